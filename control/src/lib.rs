@@ -1,0 +1,23 @@
+//! meridian-control: the control-plane kit shared by every Meridian tier.
+//!
+//! Owns the building blocks controllers are made of: the [`clock`] through
+//! which all time is read, [`backoff`] with full jitter and [`retry`]
+//! classification with per-key budgets, the per-key work [`queue`], the
+//! [`reconcile`] runner, and the [`telemetry`] they record.
+//!
+//! Must never: read time except through [`clock::Clock`], use an unseeded
+//! RNG, or depend on a tier crate (`global`, `regional`, `node-agent`).
+
+pub mod backoff;
+pub mod clock;
+pub mod lease;
+pub mod queue;
+pub mod reconcile;
+pub mod retry;
+pub mod telemetry;
+
+pub use backoff::{Backoff, BackoffConfig, BackoffConfigError};
+pub use clock::{Clock, Instant, ManualClock, SharedClock, Sleep, SystemClock};
+pub use queue::{AddOutcome, KeyState, Lane, QueueConfig, QueueKey, WorkGuard, WorkQueue};
+pub use reconcile::{Action, Handle, Reconciler, RetryContext, Runner, RunnerConfig, RunnerError};
+pub use retry::{BudgetDecision, RetryBudget, RetryBudgetConfig, RetryError, Retryable, retry};

@@ -1,0 +1,460 @@
+//! The store against raw rusqlite on the same workload, in the same run.
+//!
+//! `cargo bench -p meridian-store --bench store` runs three workloads through
+//! (i) the store API (`Database::run` on `sqlite:PATH`) and (ii) rusqlite
+//! directly, on a table of the same shape with the same pragmas (WAL,
+//! synchronous=NORMAL), each on a fresh file in a temporary directory:
+//!
+//! - A: serial single-key transactions, each setting one 16-byte key to a
+//!   100-byte value;
+//! - B: serial transactions of 1,000 such sets;
+//! - C: serial single-key read-modify-write transactions (get, then set).
+//!
+//! Store and raw runs alternate, for several rounds; the table reports the
+//! median of each and the ratio store/raw. The target is
+//! the store at >= 50% of raw for A and B (the design asks for "within 2x").
+//! The full run rewrites
+//! `docs/bench/store.md`; `--quick` (or `STORE_BENCH_QUICK=1`) runs small
+//! counts and only prints.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use meridian_store::{Database, StoreError};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+const VALUE_BYTES: usize = 100;
+const BATCH: usize = 1_000;
+/// Keys the read-modify-write workload cycles over.
+const RMW_KEYS: usize = 1_000;
+const UPSERT: &str =
+    "INSERT INTO kv (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v";
+const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/bench/store.md");
+
+struct Counts {
+    rounds: usize,
+    single: usize,
+    batches: usize,
+    rmw: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Single,
+    Batched,
+    ReadModifyWrite,
+}
+
+impl Workload {
+    const ALL: [Workload; 3] = [
+        Workload::Single,
+        Workload::Batched,
+        Workload::ReadModifyWrite,
+    ];
+
+    fn label(self, counts: &Counts) -> String {
+        match self {
+            Workload::Single => format!("A: single-key transactions ({} x 1 set)", counts.single),
+            Workload::Batched => format!(
+                "B: batched writes ({} x {BATCH} sets), sets/s",
+                counts.batches
+            ),
+            Workload::ReadModifyWrite => {
+                format!("C: single-key read-modify-write ({} x get+set)", counts.rmw)
+            }
+        }
+    }
+
+    /// Operations one run performs (transactions, or sets for B).
+    fn ops(self, counts: &Counts) -> usize {
+        match self {
+            Workload::Single => counts.single,
+            Workload::Batched => counts.batches * BATCH,
+            Workload::ReadModifyWrite => counts.rmw,
+        }
+    }
+
+    /// The smallest acceptable store/raw ratio, if there is a target.
+    fn target(self) -> Option<f64> {
+        match self {
+            Workload::Single | Workload::Batched => Some(0.5),
+            Workload::ReadModifyWrite => None,
+        }
+    }
+}
+
+/// A 16-byte key: a scrambled prefix so inserts land all over the b-tree,
+/// then the index, so keys are unique.
+fn key(i: usize) -> [u8; 16] {
+    let i = i as u64;
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+    out[8..].copy_from_slice(&i.to_be_bytes());
+    out
+}
+
+fn value(i: usize) -> [u8; VALUE_BYTES] {
+    let mut v = [b'v'; VALUE_BYTES];
+    v[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    v
+}
+
+fn bump(mut v: Vec<u8>) -> Vec<u8> {
+    if let Some(first) = v.first_mut() {
+        *first = first.wrapping_add(1);
+    }
+    v
+}
+
+// ---- the store ----
+
+async fn store_run(workload: Workload, counts: &Counts, path: &Path) -> Result<Duration, String> {
+    let url = format!("sqlite:{}", path.display());
+    let db = meridian_store::open(&url)
+        .await
+        .map_err(|e| e.to_string())?;
+    if workload == Workload::ReadModifyWrite {
+        store_seed(&db).await?;
+    }
+    let started = Instant::now();
+    match workload {
+        Workload::Single => {
+            for i in 0..counts.single {
+                let (k, v) = (&key(i), &value(i));
+                db.run(|tx, _| async move { tx.set(k, v) })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Workload::Batched => {
+            for b in 0..counts.batches {
+                db.run(|tx, _| async move {
+                    for i in b * BATCH..(b + 1) * BATCH {
+                        tx.set(&key(i), &value(i))?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        Workload::ReadModifyWrite => {
+            for i in 0..counts.rmw {
+                let k = &key(i % RMW_KEYS);
+                db.run(|tx, _| async move {
+                    let current = tx.get(k).await?.unwrap_or_else(|| vec![0; VALUE_BYTES]);
+                    tx.set(k, &bump(current))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(started.elapsed())
+}
+
+async fn store_seed(db: &Database) -> Result<(), String> {
+    db.run(|tx, _| async move {
+        for i in 0..RMW_KEYS {
+            tx.set(&key(i), &value(i))?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+// ---- raw rusqlite ----
+
+fn raw_open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get::<_, String>(0))?;
+    conn.execute_batch(
+        "PRAGMA synchronous=NORMAL;
+         CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID;",
+    )?;
+    Ok(conn)
+}
+
+fn raw_run(workload: Workload, counts: &Counts, path: &Path) -> rusqlite::Result<Duration> {
+    let mut conn = raw_open(path)?;
+    if workload == Workload::ReadModifyWrite {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for i in 0..RMW_KEYS {
+            tx.prepare_cached(UPSERT)?
+                .execute(params![key(i), value(i)])?;
+        }
+        tx.commit()?;
+    }
+    let started = Instant::now();
+    match workload {
+        Workload::Single => {
+            for i in 0..counts.single {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.prepare_cached(UPSERT)?
+                    .execute(params![key(i), value(i)])?;
+                tx.commit()?;
+            }
+        }
+        Workload::Batched => {
+            for b in 0..counts.batches {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    let mut stmt = tx.prepare_cached(UPSERT)?;
+                    for i in b * BATCH..(b + 1) * BATCH {
+                        stmt.execute(params![key(i), value(i)])?;
+                    }
+                }
+                tx.commit()?;
+            }
+        }
+        Workload::ReadModifyWrite => {
+            for i in 0..counts.rmw {
+                let k = key(i % RMW_KEYS);
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+                let current: Vec<u8> = tx
+                    .prepare_cached("SELECT v FROM kv WHERE k = ?1")?
+                    .query_row(params![k], |row| row.get(0))
+                    .optional()?
+                    .unwrap_or_else(|| vec![0; VALUE_BYTES]);
+                tx.prepare_cached(UPSERT)?
+                    .execute(params![k, bump(current)])?;
+                tx.commit()?;
+            }
+        }
+    }
+    Ok(started.elapsed())
+}
+
+// ---- measuring and reporting ----
+
+fn fresh_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-{}.db", uuid::Uuid::new_v4()))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+struct Row {
+    workload: Workload,
+    store: Vec<f64>,
+    raw: Vec<f64>,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("store bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let quick = std::env::args().any(|a| a == "--quick")
+        || std::env::var("STORE_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let counts = if quick {
+        Counts {
+            rounds: 3,
+            single: 2_000,
+            batches: 20,
+            rmw: 2_000,
+        }
+    } else {
+        Counts {
+            rounds: 5,
+            single: 20_000,
+            batches: 200,
+            rmw: 20_000,
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting tokio: {e}"))?;
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+
+    let mut rows: Vec<Row> = Workload::ALL
+        .iter()
+        .map(|&workload| Row {
+            workload,
+            store: Vec::new(),
+            raw: Vec::new(),
+        })
+        .collect();
+    for round in 0..counts.rounds {
+        for row in rows.iter_mut() {
+            let ops = row.workload.ops(&counts) as f64;
+            // Alternate which side goes first, so neither always runs on a
+            // warmer (or hotter) machine.
+            let store_first = round % 2 == 0;
+            for side in 0..2 {
+                if (side == 0) == store_first {
+                    let path = fresh_file(dir.path(), "store");
+                    let took = runtime.block_on(store_run(row.workload, &counts, &path))?;
+                    row.store.push(ops / took.as_secs_f64());
+                } else {
+                    let path = fresh_file(dir.path(), "raw");
+                    let took = raw_run(row.workload, &counts, &path).map_err(|e| e.to_string())?;
+                    row.raw.push(ops / took.as_secs_f64());
+                }
+            }
+            eprintln!(
+                "round {}: {}: store {:.0}/s, raw {:.0}/s",
+                round + 1,
+                row.workload.label(&counts),
+                row.store.last().copied().unwrap_or(0.0),
+                row.raw.last().copied().unwrap_or(0.0),
+            );
+        }
+    }
+
+    let table = table(&rows, &counts);
+    println!("{table}");
+    if quick {
+        println!("(quick mode: {DOC} left unchanged)");
+        return Ok(());
+    }
+    let report = report(&table, &counts);
+    if let Some(parent) = Path::new(DOC).parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    std::fs::write(DOC, report).map_err(|e| format!("writing {DOC}: {e}"))?;
+    println!("wrote {DOC}");
+    Ok(())
+}
+
+fn table(rows: &[Row], counts: &Counts) -> String {
+    let mut out = String::from(
+        "| workload | store ops/s | raw rusqlite ops/s | store / raw | target | met |\n|---|---:|---:|---:|---|---|\n",
+    );
+    for row in rows {
+        let (store, raw) = (median(row.store.clone()), median(row.raw.clone()));
+        let ratio = if raw > 0.0 { store / raw } else { 0.0 };
+        let (target, met) = match row.workload.target() {
+            Some(t) => (
+                format!(">= {:.0}%", t * 100.0),
+                if ratio >= t { "yes" } else { "no" },
+            ),
+            None => ("-".to_string(), "-"),
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0}% | {target} | {met} |\n",
+            row.workload.label(counts),
+            store,
+            raw,
+            ratio * 100.0,
+        ));
+    }
+    out
+}
+
+fn report(table: &str, counts: &Counts) -> String {
+    format!(
+        "# Store benchmark: meridian-store on SQLite vs raw rusqlite\n\n\
+         Generated by `store/benches/store.rs`; do not edit by hand.\n\n\
+         Command: `cargo bench -p meridian-store --bench store`\n\n\
+         - machine: {cpu}, {cores} cores, {memory} memory\n\
+         - git revision: {revision}\n\
+         - date (UTC): {date}\n\
+         - rounds: {rounds} per workload, store and raw alternating; the table shows the median of each\n\n\
+         {table}\n\
+         Both sides write to a fresh SQLite file in a temporary directory with\n\
+         `journal_mode=WAL`, `synchronous=NORMAL` and the table\n\
+         `kv (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID`; keys are 16 bytes,\n\
+         values 100 bytes, and every transaction commits before the next starts.\n\
+         The store side goes through `Database::run` (`sqlite:PATH`); the raw\n\
+         side uses rusqlite's `Transaction` with cached prepared statements.\n\
+         Ops are transactions for A and C, and individual sets for B.\n\
+         C reads and rewrites one of {RMW_KEYS} keys per transaction.\n\n\
+         ## Where the store's time goes\n\n\
+         The store runs every SQLite call on tokio's blocking pool, never on an\n\
+         async worker: one round trip is one hand-off to a blocking thread and one\n\
+         wake-up of the waiting task. A transaction that only writes pays one round\n\
+         trip (at commit); a read-modify-write pays two (the read, then the commit).\n\
+         On this 2-core VM a hand-off costs about as much as a whole raw single-key\n\
+         transaction (an empty `spawn_blocking` round trip measures 13-23 us, and\n\
+         a profile of A shows about three quarters of the time in the kernel's\n\
+         scheduler wake-up paths), so A lands near 50% of raw and C near 25%, while\n\
+         B, where one hand-off carries 1,000 writes, runs at raw speed. Running the\n\
+         SQLite work inline with `tokio::task::block_in_place` measured about 90%\n\
+         of raw for A, but panics inside a `LocalSet` driven by a multi-thread\n\
+         runtime's `block_on` and stalls the other futures of the calling task\n\
+         while SQLite works, so it is not used.\n",
+        cpu = cpu_model(),
+        cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory = total_memory(),
+        revision = git_revision(),
+        date = utc_date(),
+        rounds = counts.rounds,
+    )
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn total_memory() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or_else(
+            || "unknown".into(),
+            |kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0),
+        )
+}
+
+fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "unknown (no commit)".into())
+}
+
+/// Today's date in UTC, `YYYY-MM-DD`, from the system clock.
+fn utc_date() -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}

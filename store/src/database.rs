@@ -1,0 +1,208 @@
+//! The database handle and the transaction retry loop.
+//!
+//! Owns `run`: begin, call the closure, commit, and on a retryable error back
+//! off and run the closure again, the FoundationDB way. It must never retry a
+//! permanent error, and never retry a `commit_unknown_result` silently for a
+//! caller that did not make its closure idempotent (`run_once` does that).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::backend::{Backend, CommitInfo, TxOptions};
+use crate::error::{Result, Retryable, StoreError, TxError};
+use crate::transaction::Transaction;
+
+/// Tells a transaction closure whether an earlier attempt may have committed
+/// (its commit ended in `commit_unknown_result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybeCommitted(pub bool);
+
+/// Retry settings of `Database::run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOptions {
+    /// Attempts before the last retryable error is returned to the caller.
+    pub max_attempts: u32,
+    /// First backoff ceiling; doubles on every retry (full jitter below it).
+    pub base_delay: Duration,
+    /// Largest backoff ceiling.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryOptions {
+    fn default() -> Self {
+        // FoundationDB's own client starts at 10 ms and caps at 1 s; a local
+        // SQLite conflict clears much faster, so start lower.
+        RetryOptions {
+            max_attempts: 100,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What `run_once` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Once<T> {
+    /// This call applied the closure's writes and returned this value.
+    Applied(T),
+    /// An earlier call (or an earlier attempt of this one whose commit result
+    /// was unknown) already applied them; nothing was written this time.
+    AlreadyApplied,
+}
+
+/// A database: a backend plus the retry loop. Cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    backend: Arc<dyn Backend>,
+    retry: RetryOptions,
+    rng: Arc<Mutex<SmallRng>>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("backend", &self.backend.name())
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl Database {
+    /// Wraps a backend with default retry options and a jitter seed of 0.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Database::with_options(backend, RetryOptions::default(), 0)
+    }
+
+    /// Wraps a backend with explicit retry options and the seed of the jitter
+    /// applied between retries (so simulations replay exactly).
+    pub fn with_options(backend: Arc<dyn Backend>, retry: RetryOptions, seed: u64) -> Self {
+        Database {
+            backend,
+            retry,
+            rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
+        }
+    }
+
+    /// The backend's short name.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The backend, for wrappers such as fault injection.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// Starts a transaction that the caller commits (or drops) itself.
+    /// Prefer [`Database::run`], which also retries.
+    pub async fn begin(&self) -> Result<Transaction> {
+        self.begin_with(TxOptions::default()).await
+    }
+
+    /// Starts a transaction with explicit options.
+    pub async fn begin_with(&self, options: TxOptions) -> Result<Transaction> {
+        Ok(Transaction::new(self.backend.begin(options).await?))
+    }
+
+    /// Runs `f` in a serializable transaction and commits it, retrying on
+    /// retryable errors (conflicts, busy, too old, and `commit_unknown_result`
+    /// — so `f` must be idempotent; it is told when an earlier attempt may have
+    /// committed). Returns the closure's value.
+    pub async fn run<T, E, F, Fut>(&self, f: F) -> Result<T, E>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TxError,
+    {
+        self.run_with_info(f).await.map(|(value, _)| value)
+    }
+
+    /// Like [`Database::run`], and also returns what the commit reported (its
+    /// versionstamp, when one was asked for).
+    pub async fn run_with_info<T, E, F, Fut>(&self, mut f: F) -> Result<(T, CommitInfo), E>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TxError,
+    {
+        let mut attempt: u32 = 0;
+        let mut maybe_committed = false;
+        let mut pessimistic = false;
+        loop {
+            attempt += 1;
+            let err: E = match self.begin_with(TxOptions { pessimistic }).await {
+                Err(e) => E::from(e),
+                Ok(tx) => match f(tx.clone(), MaybeCommitted(maybe_committed)).await {
+                    Ok(value) => match tx.commit().await {
+                        Ok(info) => return Ok((value, info)),
+                        Err(e) => E::from(e),
+                    },
+                    Err(e) => e,
+                },
+            };
+            let retry = match err.as_store_error() {
+                Some(store_err) if store_err.is_retryable() => {
+                    maybe_committed |= store_err.maybe_committed();
+                    // After a conflict, take the write lock up front so the
+                    // next attempt cannot lose the race again.
+                    pessimistic |=
+                        matches!(store_err, StoreError::NotCommitted | StoreError::Busy(_));
+                    attempt < self.retry.max_attempts
+                }
+                _ => false,
+            };
+            if !retry {
+                return Err(err);
+            }
+            tokio::time::sleep(self.jittered_delay(attempt)).await;
+        }
+    }
+
+    /// Runs `f` at most once to effect, identified by `marker`: the first
+    /// commit also writes the marker key, and any later call (or a retry after
+    /// `commit_unknown_result`) that finds it returns `AlreadyApplied` without
+    /// writing. The caller owns the marker's subspace and its clean-up. `f`
+    /// must do its work inside the future it returns, not before.
+    pub async fn run_once<T, E, F, Fut>(&self, marker: &[u8], mut f: F) -> Result<Once<T>, E>
+    where
+        F: FnMut(Transaction) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TxError,
+    {
+        let marker = marker.to_vec();
+        self.run(|tx, _| {
+            let marker = marker.clone();
+            // Futures are lazy: the body does nothing unless polled below,
+            // after the marker check.
+            let body = f(tx.clone());
+            async move {
+                if tx.get(&marker).await.map_err(E::from)?.is_some() {
+                    return Ok(Once::AlreadyApplied);
+                }
+                let value = body.await?;
+                tx.set(&marker, b"").map_err(E::from)?;
+                Ok(Once::Applied(value))
+            }
+        })
+        .await
+    }
+
+    fn jittered_delay(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(20);
+        let ceiling = self
+            .retry
+            .base_delay
+            .saturating_mul(1u32 << exp)
+            .min(self.retry.max_delay);
+        let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.rng.lock().random_range(0..=nanos))
+    }
+}

@@ -1,0 +1,83 @@
+//! meridian-store: the FoundationDB data model, on SQLite or on FoundationDB.
+//!
+//! Every tier of Meridian keeps its state here and only here: ordered byte
+//! keys (tuple-encoded, one [`Subspace`] per tier, region or shard),
+//! serializable transactions with automatic retry ([`Database::run`]), range
+//! reads, atomic adds, versionstamps and watches, with FoundationDB's limits
+//! enforced on every backend. Moving from one machine to a FoundationDB
+//! cluster is a change of URL ([`open`]).
+//!
+//! This crate owns storage semantics only. It must never know what Meridian
+//! stores (jobs, leases, bindings): those key layouts belong to the tiers.
+
+pub mod backend;
+pub mod database;
+pub mod error;
+pub mod fault;
+#[cfg(feature = "fdb")]
+pub mod fdb;
+pub mod limits;
+pub mod sqlite;
+pub mod transaction;
+
+use std::sync::Arc;
+
+pub use backend::{Backend, BackendTx, CommitInfo, KeyValue, Mutation, TxOptions, WatchFuture};
+pub use database::{Database, MaybeCommitted, Once, RetryOptions};
+pub use error::{Limit, Result, Retryable, StoreError, TxError};
+pub use transaction::{RangeOption, Transaction, strinc};
+
+/// The tuple layer (FoundationDB's key encoding), re-exported so every tier
+/// encodes keys the same way.
+pub mod tuple {
+    pub use foundationdb_tuple::{
+        Element, PackError, Subspace, TuplePack, TupleUnpack, Versionstamp, pack,
+        pack_with_versionstamp, unpack,
+    };
+}
+
+pub use tuple::Subspace;
+
+/// Opens a database from a URL:
+///
+/// - `sqlite:PATH` — a SQLite file, shareable by several processes;
+/// - `sqlite::memory:` — a private, throw-away database for tests;
+/// - `fdb:CLUSTER_FILE` — a FoundationDB cluster (cargo feature `fdb`).
+pub async fn open(url: &str) -> Result<Database> {
+    Ok(Database::new(open_backend(url).await?))
+}
+
+/// Opens just the backend named by a URL (see [`open`]), for wrappers.
+pub async fn open_backend(url: &str) -> Result<Arc<dyn Backend>> {
+    let invalid = |reason: &str| StoreError::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        if rest.is_empty() {
+            return Err(invalid("sqlite: needs a path or :memory:"));
+        }
+        let backend = if rest == ":memory:" {
+            sqlite::SqliteBackend::open_ephemeral(sqlite::SqliteOptions::default()).await?
+        } else {
+            sqlite::SqliteBackend::open(rest, sqlite::SqliteOptions::default()).await?
+        };
+        return Ok(Arc::new(backend));
+    }
+    if let Some(rest) = url.strip_prefix("fdb:") {
+        #[cfg(feature = "fdb")]
+        {
+            return Ok(Arc::new(fdb::FdbBackend::open(rest)?));
+        }
+        #[cfg(not(feature = "fdb"))]
+        {
+            let _ = rest;
+            return Err(invalid(
+                "this build has no FoundationDB support (build with --features fdb)",
+            ));
+        }
+    }
+    Err(invalid(
+        "expected sqlite:PATH, sqlite::memory: or fdb:CLUSTER_FILE",
+    ))
+}
