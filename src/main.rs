@@ -7,7 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "Hierarchical multi-region federation scheduler")]
+#[command(
+    name = "meridian",
+    version,
+    about = "Hierarchical multi-region federation scheduler"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -3,7 +3,8 @@
 //! Owns the building blocks controllers are made of: the [`clock`] through
 //! which all time is read, [`backoff`] with full jitter and [`retry`]
 //! classification with per-key budgets, the per-key work [`queue`], the
-//! [`reconcile`] runner, and the [`telemetry`] they record.
+//! [`reconcile`] runner, leases with fencing epochs ([`lease`]), and the
+//! [`telemetry`] they record.
 //!
 //! Must never: read time except through [`clock::Clock`], use an unseeded
 //! RNG, or depend on a tier crate (`global`, `regional`, `node-agent`).

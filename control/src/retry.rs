@@ -12,35 +12,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::clock::{Clock, Instant};
 
-/// Whether an error is transient. Transient errors are retried with backoff;
-/// permanent ones are reported and never retried.
-pub trait Retryable {
-    fn is_retryable(&self) -> bool;
-}
-
-impl<T: Retryable + ?Sized> Retryable for &T {
-    fn is_retryable(&self) -> bool {
-        (**self).is_retryable()
-    }
-}
-
-impl<T: Retryable + ?Sized> Retryable for Box<T> {
-    fn is_retryable(&self) -> bool {
-        (**self).is_retryable()
-    }
-}
-
-impl<T: Retryable + ?Sized> Retryable for Arc<T> {
-    fn is_retryable(&self) -> bool {
-        (**self).is_retryable()
-    }
-}
+/// Whether an error is transient. Defined once, in meridian-store (the
+/// lowest crate), so store errors and every tier's errors answer the same
+/// question through the same method.
+pub use meridian_store::Retryable;
 
 /// Why [`retry`] gave up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

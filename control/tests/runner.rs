@@ -9,7 +9,9 @@ use std::time::Duration;
 use meridian_control::backoff::{Backoff, BackoffConfig};
 use meridian_control::clock::{Clock, Instant, ManualClock};
 use meridian_control::queue::{KeyState, Lane};
-use meridian_control::reconcile::{Action, Reconciler, RetryContext, Runner, RunnerConfig};
+use meridian_control::reconcile::{
+    Action, Reconciler, RetryContext, Runner, RunnerConfig, RunnerError,
+};
 use meridian_control::retry::{RetryBudgetConfig, Retryable};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
@@ -565,4 +567,30 @@ async fn no_key_is_reconciled_by_two_workers_at_once_under_many_workers() {
         );
     }
     runner.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_runner_without_workers_or_with_a_bad_backoff_is_refused() {
+    let clock = ManualClock::new();
+    let (r, _started) = Scripted::new(&clock);
+    let err = Runner::start(Arc::clone(&r), clock.shared(), config(0)).map(|_| ());
+    assert_eq!(err, Err(RunnerError::ZeroWorkers));
+    let bad = RunnerConfig {
+        backoff: BackoffConfig {
+            base: Duration::from_secs(10),
+            cap: Duration::from_secs(1),
+        },
+        ..config(1)
+    };
+    let err = Runner::start(Arc::clone(&r), clock.shared(), bad).map(|_| ());
+    assert!(matches!(err, Err(RunnerError::Backoff(_))));
+    assert_eq!(r.lists.load(Ordering::SeqCst), 0, "nothing started");
+}
+
+#[test]
+fn a_runner_started_outside_a_runtime_is_refused() {
+    let clock = ManualClock::new();
+    let (r, _started) = Scripted::new(&clock);
+    let err = Runner::start(r, clock.shared(), config(1)).map(|_| ());
+    assert_eq!(err, Err(RunnerError::NoRuntime));
 }

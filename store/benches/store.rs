@@ -32,6 +32,7 @@ const UPSERT: &str =
     "INSERT INTO kv (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v";
 const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/bench/store.md");
 
+#[derive(Clone)]
 struct Counts {
     rounds: usize,
     single: usize,
@@ -302,7 +303,14 @@ fn run() -> Result<(), String> {
             for side in 0..2 {
                 if (side == 0) == store_first {
                     let path = fresh_file(dir.path(), "store");
-                    let took = runtime.block_on(store_run(row.workload, &counts, &path))?;
+                    // Spawned onto a worker thread, where servers run their
+                    // request handlers too (not on the thread in `block_on`).
+                    let (workload, c) = (row.workload, counts.clone());
+                    let took = runtime
+                        .block_on(
+                            runtime.spawn(async move { store_run(workload, &c, &path).await }),
+                        )
+                        .map_err(|e| format!("store workload task: {e}"))??;
                     row.store.push(ops / took.as_secs_f64());
                 } else {
                     let path = fresh_file(dir.path(), "raw");
@@ -380,19 +388,21 @@ fn report(table: &str, counts: &Counts) -> String {
          Ops are transactions for A and C, and individual sets for B.\n\
          C reads and rewrites one of {RMW_KEYS} keys per transaction.\n\n\
          ## Where the store's time goes\n\n\
-         The store runs every SQLite call on tokio's blocking pool, never on an\n\
-         async worker: one round trip is one hand-off to a blocking thread and one\n\
-         wake-up of the waiting task. A transaction that only writes pays one round\n\
-         trip (at commit); a read-modify-write pays two (the read, then the commit).\n\
-         On this 2-core VM a hand-off costs about as much as a whole raw single-key\n\
-         transaction (an empty `spawn_blocking` round trip measures 13-23 us, and\n\
-         a profile of A shows about three quarters of the time in the kernel's\n\
-         scheduler wake-up paths), so A lands near 50% of raw and C near 25%, while\n\
-         B, where one hand-off carries 1,000 writes, runs at raw speed. Running the\n\
-         SQLite work inline with `tokio::task::block_in_place` measured about 90%\n\
-         of raw for A, but panics inside a `LocalSet` driven by a multi-thread\n\
-         runtime's `block_on` and stalls the other futures of the calling task\n\
-         while SQLite works, so it is not used.\n",
+         Every SQLite call runs on tokio's blocking pool, never on an async\n\
+         worker (DESIGN.md section 3): one round trip is one hand-off to a\n\
+         blocking thread and one wake-up of the waiting task. A transaction that\n\
+         only writes pays one round trip (at commit); a read-modify-write pays\n\
+         two. On this 2-core VM a hand-off costs about as much as a whole raw\n\
+         single-key transaction (an empty `spawn_blocking` round trip measures\n\
+         13-23 us; a profile of A shows about three quarters of the time in the\n\
+         kernel's scheduler wake-up paths), so A lands near half of raw and C near\n\
+         a quarter, while B, where one hand-off carries 1,000 writes, runs at raw\n\
+         speed. Tried and rejected: `block_in_place` (fast only on the thread\n\
+         in `block_on`; on a worker thread it hands the worker's core to another\n\
+         thread on every call and measured slower than the blocking pool, and it\n\
+         panics inside a `LocalSet`); a dedicated thread per connection (slower).\n\
+         The fix under way is group commit: concurrent transactions share one\n\
+         round trip, the way FoundationDB's commit proxies batch.\n",
         cpu = cpu_model(),
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         memory = total_memory(),

@@ -16,6 +16,24 @@ pub trait Retryable {
     fn is_retryable(&self) -> bool;
 }
 
+impl<T: Retryable + ?Sized> Retryable for &T {
+    fn is_retryable(&self) -> bool {
+        (**self).is_retryable()
+    }
+}
+
+impl<T: Retryable + ?Sized> Retryable for Box<T> {
+    fn is_retryable(&self) -> bool {
+        (**self).is_retryable()
+    }
+}
+
+impl<T: Retryable + ?Sized> Retryable for std::sync::Arc<T> {
+    fn is_retryable(&self) -> bool {
+        (**self).is_retryable()
+    }
+}
+
 /// Which FoundationDB limit a request exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {

@@ -36,15 +36,22 @@ async fn in_memory() -> Fixture {
 
 macro_rules! conformance_tests {
     ($module:ident, $open:ident) => {
+        conformance_tests!($module, $open, flavor = "multi_thread", worker_threads = 2);
+    };
+    ($module:ident, $open:ident, $($runtime:tt)*) => {
         mod $module {
             use super::*;
 
             macro_rules! check {
                 ($name:ident, $check:ident) => {
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    #[tokio::test($($runtime)*)]
                     async fn $name() {
                         let fixture = $open().await;
-                        conformance::$check(&fixture.db).await;
+                        // Spawned, so the check runs where servers run their
+                        // handlers: on a runtime worker thread.
+                        tokio::spawn(async move { conformance::$check(&fixture.db).await })
+                            .await
+                            .expect("the check runs to completion");
                     }
                 };
             }
@@ -119,3 +126,5 @@ macro_rules! conformance_tests {
 
 conformance_tests!(file, on_file);
 conformance_tests!(memory, in_memory);
+// The simulator and most unit tests use a current-thread runtime.
+conformance_tests!(file_on_current_thread, on_file, flavor = "current_thread");

@@ -66,13 +66,13 @@ fn set(conn: &Connection, key: &[u8], value: &[u8]) -> Result<()> {
 /// transaction too.
 pub(crate) fn apply(
     conn: &Connection,
-    mutations: Vec<Mutation>,
+    mutations: &[Mutation],
     stamp: Option<&[u8; 10]>,
 ) -> Result<Vec<Mutation>> {
     let mut deferred = Vec::new();
     for mutation in mutations {
         match mutation {
-            Mutation::Set { key, value } => set(conn, &key, &value)?,
+            Mutation::Set { key, value } => set(conn, key, value)?,
             Mutation::Clear { key } => {
                 conn.prepare_cached("DELETE FROM kv WHERE k = ?1")
                     .map_err(map_err)?
@@ -86,16 +86,16 @@ pub(crate) fn apply(
                     .map_err(map_err)?;
             }
             Mutation::Add { key, param } => {
-                let current = get(conn, &key)?;
-                set(conn, &key, &add_le(current.as_deref(), &param))?;
+                let current = get(conn, key)?;
+                set(conn, key, &add_le(current.as_deref(), param))?;
             }
             Mutation::SetVersionstampedKey { key, value } => match stamp {
-                Some(stamp) => set(conn, &fill_placeholder(&key, stamp)?, &value)?,
-                None => deferred.push(Mutation::SetVersionstampedKey { key, value }),
+                Some(stamp) => set(conn, &fill_placeholder(key, stamp)?, value)?,
+                None => deferred.push(mutation.clone()),
             },
             Mutation::SetVersionstampedValue { key, value } => match stamp {
-                Some(stamp) => set(conn, &key, &fill_placeholder(&value, stamp)?)?,
-                None => deferred.push(Mutation::SetVersionstampedValue { key, value }),
+                Some(stamp) => set(conn, key, &fill_placeholder(value, stamp)?)?,
+                None => deferred.push(mutation.clone()),
             },
         }
     }

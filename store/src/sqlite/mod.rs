@@ -17,6 +17,7 @@
 //! (`BEGIN IMMEDIATE`) so it cannot lose again.
 
 mod apply;
+mod exec;
 mod pool;
 mod tx;
 mod watch;

@@ -68,8 +68,11 @@ impl PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
+        // A connection still inside a transaction (its holder unwound
+        // mid-flight) is closed, which rolls the transaction back.
         if let Some(conn) = self.conn.take()
             && !self.broken
+            && conn.is_autocommit()
         {
             self.idle.lock().push(conn);
         }

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::exec::{self, Work};
 use super::pool::PooledConn;
 use super::{Shared, apply};
 use crate::backend::{
@@ -97,6 +98,91 @@ fn release(mut conn: PooledConn, open: bool) {
     }
 }
 
+/// One round trip: open the SQLite transaction if needed, flush buffered
+/// writes, then read.
+struct Hop<F> {
+    open: bool,
+    begin_immediate: bool,
+    pending: Vec<Mutation>,
+    read: F,
+}
+
+impl<F, R> Work for Hop<F>
+where
+    F: FnMut(&Connection) -> Result<R> + Send + 'static,
+    R: Send + 'static,
+{
+    type Output = (R, Vec<Mutation>);
+
+    fn run(&mut self, c: &Connection) -> Result<Self::Output> {
+        begun(c, self.open, self.begin_immediate, |c| {
+            let deferred = apply::apply(c, &self.pending, None)?;
+            Ok(((self.read)(c)?, deferred))
+        })
+    }
+}
+
+/// The final round trip: flush, stamp, read watched values, commit.
+struct CommitHop {
+    open: bool,
+    begin_immediate: bool,
+    pending: Vec<Mutation>,
+    deferred: Vec<Mutation>,
+    need_stamp: bool,
+    watch_keys: Vec<Vec<u8>>,
+}
+
+type Committed = (Option<[u8; 10]>, Vec<Option<Vec<u8>>>);
+
+impl Work for CommitHop {
+    type Output = Committed;
+
+    fn run(&mut self, c: &Connection) -> Result<Committed> {
+        let result = begun(c, self.open, self.begin_immediate, |c| {
+            let late = apply::apply(c, &self.pending, None)?;
+            let stamp = if self.need_stamp {
+                let stamp = apply::next_versionstamp(c)?;
+                apply::apply(c, &self.deferred, Some(&stamp))?;
+                apply::apply(c, &late, Some(&stamp))?;
+                Some(stamp)
+            } else {
+                None
+            };
+            let values = self
+                .watch_keys
+                .iter()
+                .map(|k| apply::get(c, k))
+                .collect::<Result<Vec<_>>>()?;
+            control(c, "COMMIT")?;
+            Ok((stamp, values))
+        });
+        if result.is_err() && !c.is_autocommit() {
+            // Nothing of a failed commit may stay pending on the connection.
+            let _ = c.execute_batch("ROLLBACK");
+        }
+        result
+    }
+}
+
+/// Runs `body` inside the transaction, opening it first when `open` is false.
+/// If this call opened it and `body` fails, it is rolled back here.
+fn begun<R>(
+    c: &Connection,
+    open: bool,
+    immediate: bool,
+    body: impl FnOnce(&Connection) -> Result<R>,
+) -> Result<R> {
+    if open {
+        return body(c);
+    }
+    control(c, begin_statement(immediate))?;
+    let result = body(c);
+    if result.is_err() && !c.is_autocommit() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    result
+}
+
 impl SqliteTx {
     pub(crate) fn new(shared: Arc<Shared>, options: TxOptions) -> Self {
         SqliteTx {
@@ -107,11 +193,18 @@ impl SqliteTx {
         }
     }
 
-    /// One round trip to SQLite on the blocking pool: open the transaction if
-    /// needed, flush buffered writes, then run `work`.
-    async fn round_trip<R, F>(&self, work: F) -> Result<R>
+    async fn connection(&self, session: &mut Session) -> Result<PooledConn> {
+        match session.conn.take() {
+            Some(conn) => Ok(conn),
+            None => self.shared.pool.acquire().await,
+        }
+    }
+
+    /// One round trip to SQLite: open the transaction if needed, flush
+    /// buffered writes, then run `read`.
+    async fn round_trip<R, F>(&self, read: F) -> Result<R>
     where
-        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        F: FnMut(&Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
         let mut session = self.session.lock().await;
@@ -121,46 +214,32 @@ impl SqliteTx {
         if session.finished {
             return Err(StoreError::TransactionFinished);
         }
-        let mut conn = match session.conn.take() {
-            Some(conn) => conn,
-            None => self.shared.pool.acquire().await?,
-        };
+        let conn = self.connection(&mut session).await?;
         let pending = std::mem::take(&mut self.buffer.lock().pending);
         let flushes = !pending.is_empty();
         let open = session.open;
-        let immediate = self.options.pessimistic;
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = (|| -> Result<_> {
-                let c = conn.conn()?;
-                if !open {
-                    control(c, begin_statement(immediate))?;
-                }
-                let deferred = apply::apply(c, pending, None)?;
-                Ok((work(c)?, deferred))
-            })();
-            (conn, result)
-        })
-        .await;
-        let (mut conn, result) = match joined {
-            Ok(pair) => pair,
-            Err(e) => {
-                let err = StoreError::Backend(format!("sqlite worker failed: {e}"));
-                session.failed = Some(err.clone());
-                return Err(err);
-            }
+        let begin_immediate = !open && (self.options.pessimistic || flushes);
+        let hop = Hop {
+            open,
+            begin_immediate,
+            pending,
+            read,
         };
+        let (conn, result) = exec::execute(conn, hop).await;
         match result {
             Ok((value, deferred)) => {
                 session.open = true;
                 session.wrote |= flushes;
                 session.deferred.extend(deferred);
-                session.conn = Some(conn);
+                session.conn = conn;
                 Ok(value)
             }
             Err(err) => {
                 // A statement failed inside the transaction: whatever SQLite
                 // kept of it is discarded, so nothing half-done can commit.
-                tokio::task::spawn_blocking(move || roll_back(&mut conn));
+                if let Some(conn) = conn {
+                    release(conn, true);
+                }
                 session.open = false;
                 session.failed = Some(err.clone());
                 Err(err)
@@ -231,51 +310,18 @@ impl BackendTx for SqliteTx {
             return Ok(CommitInfo::default());
         }
 
-        let mut conn = match session.conn.take() {
-            Some(conn) => conn,
-            None => self.shared.pool.acquire().await?,
+        let conn = self.connection(&mut session).await?;
+        let must_lock = writes || need_stamp;
+        let begin_immediate = !open && (self.options.pessimistic || must_lock);
+        let hop = CommitHop {
+            open,
+            begin_immediate,
+            pending,
+            deferred,
+            need_stamp,
+            watch_keys: watches.iter().map(|(k, _)| k.clone()).collect(),
         };
-        let immediate = self.options.pessimistic || (!open && writes);
-        let watch_keys: Vec<Vec<u8>> = watches.iter().map(|(k, _)| k.clone()).collect();
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = (|| -> Result<_> {
-                let c = conn.conn()?;
-                if !open {
-                    control(c, begin_statement(immediate))?;
-                }
-                let mut held = deferred;
-                held.extend(apply::apply(c, pending, None)?);
-                let stamp = if need_stamp {
-                    Some(apply::next_versionstamp(c)?)
-                } else {
-                    None
-                };
-                if let Some(stamp) = &stamp {
-                    apply::apply(c, held, Some(stamp))?;
-                }
-                let values = watch_keys
-                    .iter()
-                    .map(|k| apply::get(c, k))
-                    .collect::<Result<Vec<_>>>()?;
-                control(c, "COMMIT")?;
-                Ok((stamp, values))
-            })();
-            if result.is_err() {
-                roll_back(&mut conn);
-            }
-            (conn, result)
-        })
-        .await;
-        let (conn, result) = match joined {
-            Ok(pair) => pair,
-            Err(e) => {
-                let err = StoreError::Backend(format!("sqlite worker failed: {e}"));
-                for (_, sender) in watches {
-                    let _ = sender.send(Err(err.clone()));
-                }
-                return Err(err);
-            }
-        };
+        let (conn, result) = exec::execute(conn, hop).await;
         drop(conn);
         match result {
             Ok((stamp, values)) => {
