@@ -45,13 +45,18 @@ enum Workload {
     Single,
     Batched,
     ReadModifyWrite,
+    Concurrent,
 }
 
+/// Tasks submitting transactions at once in workload D.
+const CONCURRENCY: usize = 64;
+
 impl Workload {
-    const ALL: [Workload; 3] = [
+    const ALL: [Workload; 4] = [
         Workload::Single,
         Workload::Batched,
         Workload::ReadModifyWrite,
+        Workload::Concurrent,
     ];
 
     fn label(self, counts: &Counts) -> String {
@@ -64,13 +69,17 @@ impl Workload {
             Workload::ReadModifyWrite => {
                 format!("C: single-key read-modify-write ({} x get+set)", counts.rmw)
             }
+            Workload::Concurrent => format!(
+                "D: single-key transactions from {CONCURRENCY} tasks ({} x 1 set; raw: one after another)",
+                counts.single
+            ),
         }
     }
 
     /// Operations one run performs (transactions, or sets for B).
     fn ops(self, counts: &Counts) -> usize {
         match self {
-            Workload::Single => counts.single,
+            Workload::Single | Workload::Concurrent => counts.single,
             Workload::Batched => counts.batches * BATCH,
             Workload::ReadModifyWrite => counts.rmw,
         }
@@ -80,7 +89,7 @@ impl Workload {
     fn target(self) -> Option<f64> {
         match self {
             Workload::Single | Workload::Batched => Some(0.5),
-            Workload::ReadModifyWrite => None,
+            Workload::ReadModifyWrite | Workload::Concurrent => None,
         }
     }
 }
@@ -126,6 +135,25 @@ async fn store_run(workload: Workload, counts: &Counts, path: &Path) -> Result<D
                 db.run(|tx, _| async move { tx.set(k, v) })
                     .await
                     .map_err(|e| e.to_string())?;
+            }
+        }
+        Workload::Concurrent => {
+            let per_task = counts.single / CONCURRENCY;
+            let mut tasks = Vec::with_capacity(CONCURRENCY);
+            for t in 0..CONCURRENCY {
+                let db = db.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in t * per_task..(t + 1) * per_task {
+                        let (k, v) = (&key(i), &value(i));
+                        db.run(|tx, _| async move { tx.set(k, v) })
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok::<_, String>(())
+                }));
+            }
+            for task in tasks {
+                task.await.map_err(|e| e.to_string())??;
             }
         }
         Workload::Batched => {
@@ -190,7 +218,9 @@ fn raw_run(workload: Workload, counts: &Counts, path: &Path) -> rusqlite::Result
     }
     let started = Instant::now();
     match workload {
-        Workload::Single => {
+        // One connection commits one transaction at a time: the fastest raw
+        // SQLite does the same separate transactions.
+        Workload::Single | Workload::Concurrent => {
             for i in 0..counts.single {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 tx.prepare_cached(UPSERT)?
@@ -390,19 +420,22 @@ fn report(table: &str, counts: &Counts) -> String {
          ## Where the store's time goes\n\n\
          Every SQLite call runs on tokio's blocking pool, never on an async\n\
          worker (DESIGN.md section 3): one round trip is one hand-off to a\n\
-         blocking thread and one wake-up of the waiting task. A transaction that\n\
-         only writes pays one round trip (at commit); a read-modify-write pays\n\
-         two. On this 2-core VM a hand-off costs about as much as a whole raw\n\
-         single-key transaction (an empty `spawn_blocking` round trip measures\n\
-         13-23 us; a profile of A shows about three quarters of the time in the\n\
-         kernel's scheduler wake-up paths), so A lands near half of raw and C near\n\
-         a quarter, while B, where one hand-off carries 1,000 writes, runs at raw\n\
-         speed. Tried and rejected: `block_in_place` (fast only on the thread\n\
-         in `block_on`; on a worker thread it hands the worker's core to another\n\
-         thread on every call and measured slower than the blocking pool, and it\n\
-         panics inside a `LocalSet`); a dedicated thread per connection (slower).\n\
-         The fix under way is group commit: concurrent transactions share one\n\
-         round trip, the way FoundationDB's commit proxies batch.\n",
+         blocking thread and one wake-up of the waiting task. The workloads run\n\
+         on a runtime worker thread, where servers run their handlers. On this\n\
+         2-core VM a hand-off costs about as much as a whole raw single-key\n\
+         transaction (an empty `spawn_blocking` round trip measures 8-30 us; a\n\
+         profile of A shows about three quarters of the time in the kernel's\n\
+         scheduler wake-up paths). A single caller committing one tiny\n\
+         transaction after another (A) pays it every time, and a read-modify-write\n\
+         (C) twice. Concurrent callers (D) share it: transactions that only write\n\
+         are committed in groups, one SQLite transaction and one round trip per\n\
+         group (`store/src/sqlite/group.rs`), which beats raw SQLite committing the\n\
+         same transactions one by one. B, where one round trip carries 1,000\n\
+         writes, runs near raw speed. Tried and rejected for A: `block_in_place`\n\
+         (fast only on the thread in `block_on`; on a worker thread it hands the\n\
+         worker's core to another thread on every call and measured slower than\n\
+         the blocking pool, and it panics inside a `LocalSet`); a dedicated thread\n\
+         per connection, with and without spinning before parking (no better).\n",
         cpu = cpu_model(),
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         memory = total_memory(),

@@ -18,6 +18,7 @@
 
 mod apply;
 mod exec;
+mod group;
 mod pool;
 mod tx;
 mod watch;
@@ -70,6 +71,7 @@ pub struct SqliteBackend {
 pub(crate) struct Shared {
     pub(crate) pool: pool::Pool,
     pub(crate) watches: watch::WatchHub,
+    pub(crate) group: group::GroupCommit,
     // Kept only so an ephemeral database's directory lives as long as the
     // backend; dropped last.
     _ephemeral: Option<tempfile::TempDir>,
@@ -112,6 +114,7 @@ impl SqliteBackend {
             shared: Arc::new(Shared {
                 pool,
                 watches,
+                group: group::GroupCommit::default(),
                 _ephemeral: ephemeral,
             }),
         })

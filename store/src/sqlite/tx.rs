@@ -12,6 +12,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::exec::{self, Work};
+use super::group::{self, Committed};
 use super::pool::PooledConn;
 use super::{Shared, apply};
 use crate::backend::{
@@ -131,8 +132,6 @@ struct CommitHop {
     need_stamp: bool,
     watch_keys: Vec<Vec<u8>>,
 }
-
-type Committed = (Option<[u8; 10]>, Vec<Option<Vec<u8>>>);
 
 impl Work for CommitHop {
     type Output = Committed;
@@ -310,6 +309,17 @@ impl BackendTx for SqliteTx {
             return Ok(CommitInfo::default());
         }
 
+        if !open && session.conn.is_none() {
+            // Never touched SQLite: nothing read, so nothing to conflict on.
+            // Commit with whatever else is queued (see `group.rs`).
+            let mut mutations = deferred;
+            mutations.extend(pending);
+            let watch_keys = watches.iter().map(|(k, _)| k.clone()).collect();
+            let entry = group::Entry::new(mutations, need_stamp, watch_keys);
+            let result = group::GroupCommit::commit(&self.shared, entry).await;
+            return self.finish_commit(result, writes, watches);
+        }
+
         let conn = self.connection(&mut session).await?;
         let must_lock = writes || need_stamp;
         let begin_immediate = !open && (self.options.pessimistic || must_lock);
@@ -323,6 +333,19 @@ impl BackendTx for SqliteTx {
         };
         let (conn, result) = exec::execute(conn, hop).await;
         drop(conn);
+        self.finish_commit(result, writes, watches)
+    }
+}
+
+impl SqliteTx {
+    /// Hands watches to the hub (or fails them) once the commit's outcome is
+    /// known.
+    fn finish_commit(
+        &self,
+        result: Result<Committed>,
+        writes: bool,
+        watches: Vec<(Vec<u8>, oneshot::Sender<Result<()>>)>,
+    ) -> Result<CommitInfo> {
         match result {
             Ok((stamp, values)) => {
                 if writes {
