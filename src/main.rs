@@ -25,6 +25,10 @@ enum Command {
         #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "data/dev")]
         data_dir: PathBuf,
     },
+    /// Run one replica of a region scheduler (shards, placement, agent API).
+    Regional(RegionalArgs),
+    /// Run a replica of the global tier (federation API, routing, region links).
+    Global(GlobalArgs),
 }
 
 #[tokio::main]
@@ -37,6 +41,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Dev { data_dir } => dev(data_dir).await,
+        Command::Regional(args) => regional(args).await,
+        Command::Global(args) => global(args).await,
     }
 }
 
@@ -57,4 +63,128 @@ async fn dev(data_dir: PathBuf) -> anyhow::Result<()> {
     println!("meridian dev: store ready at {url}");
     println!("not built yet: global tier, regional tier, node agents (see README.md, Status)");
     Ok(())
+}
+
+/// Arguments of `meridian global`.
+#[derive(clap::Args)]
+struct GlobalArgs {
+    /// Store URL: `sqlite:PATH` (replicas may share one file) or `fdb:CLUSTER_FILE`.
+    #[arg(long)]
+    store: String,
+    /// gRPC listen address (port 0 picks a free port; the bound one is printed).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: std::net::SocketAddr,
+    /// HTTP/JSON listen address (with /metrics); none when omitted.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
+    /// Stable name of this replica.
+    #[arg(long, default_value = "global")]
+    name: String,
+}
+
+async fn global(args: GlobalArgs) -> anyhow::Result<()> {
+    let mut config = meridian_global::GlobalConfig::new(args.store, args.listen);
+    config.http = args.http;
+    config.name = args.name;
+    let on_ready = |grpc: std::net::SocketAddr, http: Option<std::net::SocketAddr>| {
+        let http = http
+            .map(|a| format!(" http=http://{a}"))
+            .unwrap_or_default();
+        println!("meridian global: serving grpc=http://{grpc}{http}");
+    };
+    let stop = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    meridian_global::run(config, on_ready, stop)
+        .await
+        .context("global replica failed")
+}
+
+/// Arguments of `meridian regional`.
+#[derive(clap::Args)]
+struct RegionalArgs {
+    /// Region name.
+    #[arg(long)]
+    region: String,
+    /// Global tier endpoint, e.g. `http://127.0.0.1:7400`; omit to run the
+    /// region standalone.
+    #[arg(long)]
+    global: Option<String>,
+    /// Region store URL (`sqlite:PATH` shared by the region's replicas).
+    #[arg(long)]
+    store: String,
+    /// gRPC listen address (AgentLink, RegionAdmin).
+    #[arg(long, default_value = "127.0.0.1:7500")]
+    listen: std::net::SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Number of shards the region's nodes are split into.
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// Stable replica name (default: region and process id).
+    #[arg(long)]
+    replica: Option<String>,
+    /// Shard lease duration in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    shard_lease_ms: u64,
+    /// Heartbeats late by this much make a node suspect, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    node_timeout_ms: u64,
+    /// Further grace before a suspect node is declared dead, in milliseconds.
+    #[arg(long, default_value_t = 10000)]
+    node_grace_ms: u64,
+    /// Seed of the replica's random choices (jitter, backoff).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+async fn regional(args: RegionalArgs) -> anyhow::Result<()> {
+    use std::time::Duration;
+    let mut config =
+        meridian_regional::server::Config::new(&args.region, &args.store, args.listen, args.shards);
+    config.global = args.global;
+    config.metrics_listen = args.metrics_listen;
+    if let Some(replica) = args.replica {
+        config.replica = replica;
+    }
+    config.shard_lease = Duration::from_millis(args.shard_lease_ms);
+    config.node_timeout = Duration::from_millis(args.node_timeout_ms);
+    config.node_grace = Duration::from_millis(args.node_grace_ms);
+    config.seed = args.seed;
+    let stop = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    meridian_regional::server::run(config, stop)
+        .await
+        .context("region scheduler failed")
 }

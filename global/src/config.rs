@@ -1,0 +1,68 @@
+//! Configuration of one global replica.
+//!
+//! Owns the knobs and their defaults (lease lengths chosen for a failover
+//! under 3 s). It must never read the environment or the command line: the
+//! binary does that and fills this in.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::router::{RegionSpread, TenantQuota};
+
+/// Configuration of one replica of the global tier.
+#[derive(Debug, Clone)]
+pub struct GlobalConfig {
+    /// Store URL (`sqlite:PATH`, `sqlite::memory:`, `fdb:CLUSTER_FILE`).
+    pub store_url: String,
+    /// gRPC listen address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// HTTP/JSON listen address, if the HTTP API is wanted.
+    pub http: Option<SocketAddr>,
+    /// Stable replica name (the lease holder's name).
+    pub name: String,
+    /// Namespace of the keys in the store (several deployments can share
+    /// one store under different namespaces).
+    pub namespace: String,
+    /// Global leader lease length.
+    pub leader_lease: Duration,
+    /// Part of the leader lease the leader never uses (clock-rate margin).
+    pub leader_safety_margin: Duration,
+    /// Region lease length granted to region link leaders.
+    pub region_lease: Duration,
+    /// Extra wait after a region lease expired before its jobs move.
+    pub skew_margin: Duration,
+    /// Period of the leader's controller pass (routing, loss detection).
+    pub controller_every: Duration,
+    /// Period of bookmark events on idle streams.
+    pub bookmark_every: Duration,
+    /// How jobs spread over regions.
+    pub spread: RegionSpread,
+    /// Per-tenant quotas and fair-share weights; absent tenants get weight 1
+    /// and no cap.
+    pub quotas: BTreeMap<String, TenantQuota>,
+    /// Seed of every random choice of this replica.
+    pub seed: u64,
+}
+
+impl GlobalConfig {
+    /// Defaults for a replica serving gRPC on `listen` over `store_url`.
+    pub fn new(store_url: impl Into<String>, listen: SocketAddr) -> Self {
+        GlobalConfig {
+            store_url: store_url.into(),
+            listen,
+            http: None,
+            name: "global".to_string(),
+            namespace: "default".to_string(),
+            leader_lease: Duration::from_millis(2000),
+            leader_safety_margin: Duration::from_millis(400),
+            region_lease: Duration::from_secs(10),
+            skew_margin: Duration::from_secs(2),
+            controller_every: Duration::from_millis(100),
+            bookmark_every: Duration::from_secs(5),
+            spread: RegionSpread::Spread,
+            quotas: BTreeMap::new(),
+            seed: 0,
+        }
+    }
+}

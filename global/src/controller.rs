@@ -1,0 +1,385 @@
+//! The leader's control loop: route pending jobs, move jobs off lost or
+//! evacuating regions.
+//!
+//! Owns when the global tier acts on its own: every pass (on a timer, or
+//! woken by a submit, release or capacity report) moves the jobs of regions
+//! whose lease expired more than the skew margin ago (FAILOVER jobs only;
+//! KEEP_RUNNING jobs stay), revokes the jobs of evacuating regions, and
+//! feeds a snapshot to the pure [`router`]. Every decision is re-checked
+//! inside the fenced transaction that applies it. It must never act while
+//! not leading, and never offer a job to a region before its previous hold
+//! was released.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_control::SharedClock;
+use meridian_control::lease::{Fence, Role};
+use meridian_proto::v1::{Job, JobState, RegionInfo};
+use meridian_store::{Database, RangeOption};
+use prost::Message;
+use tokio::sync::{Notify, watch};
+
+use crate::error::{GlobalError, Result};
+use crate::events::EventWriter;
+use crate::handoff::{self, read_moving};
+use crate::jobs::read_job;
+use crate::keys::Keys;
+use crate::leader::Leadership;
+use crate::lifecycle::{self, state_of};
+use crate::registry::{self, lease_live, read_region};
+use crate::router::{
+    self, Amount, Decision, JobRequest, RegionSpread, RegionView, Snapshot, TenantQuota,
+};
+
+/// Jobs routed per pass at most.
+const ROUTE_BATCH: usize = 1000;
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Jobs assigned to a region.
+    pub assigned: usize,
+    /// Jobs revoked from a region (hand-off started).
+    pub revoked: usize,
+    /// Hand-offs ended without the old region's confirmation (lost region).
+    pub force_released: usize,
+}
+
+/// The leader's controller.
+pub struct Controller {
+    db: Database,
+    keys: Keys,
+    clock: SharedClock,
+    leadership: Arc<Leadership>,
+    kick: Arc<Notify>,
+    skew_margin: Duration,
+    every: Duration,
+    spread: RegionSpread,
+    quotas: BTreeMap<String, TenantQuota>,
+    /// Resources routed to a region since its last capacity report
+    /// (keyed by region; reset when a newer report arrives).
+    reserved: BTreeMap<String, (u64, Amount)>,
+}
+
+impl Controller {
+    /// A controller; `every` is the period of passes when nothing wakes it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Database,
+        keys: Keys,
+        clock: SharedClock,
+        leadership: Arc<Leadership>,
+        kick: Arc<Notify>,
+        skew_margin: Duration,
+        every: Duration,
+        spread: RegionSpread,
+        quotas: BTreeMap<String, TenantQuota>,
+    ) -> Self {
+        Controller {
+            db,
+            keys,
+            clock,
+            leadership,
+            kick,
+            skew_margin,
+            every,
+            spread,
+            quotas,
+            reserved: BTreeMap::new(),
+        }
+    }
+
+    /// Runs passes while leading, until `shutdown` flips.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut status = self.leadership.subscribe();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if status.borrow().role == Role::Leader {
+                match self.pass().await {
+                    Ok(report) if report != PassReport::default() => {
+                        tracing::debug!(?report, "controller pass");
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "controller pass failed"),
+                }
+            } else {
+                self.reserved.clear();
+            }
+            tokio::select! {
+                _ = self.kick.notified() => {}
+                _ = self.clock.sleep(self.every) => {}
+                _ = status.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One pass: hand-offs first (they free jobs to route), then routing.
+    pub async fn pass(&mut self) -> Result<PassReport> {
+        let fence = self.leadership.fence().await?;
+        let now = self.clock.now_unix_ms();
+        let regions = self.regions().await?;
+        let mut report = PassReport::default();
+        let skew = u64::try_from(self.skew_margin.as_millis()).unwrap_or(u64::MAX);
+        for region in &regions {
+            let lost = region.lease_epoch > 0
+                && now >= region.lease_expires_at_unix_ms.saturating_add(skew);
+            if lost || region.evacuating {
+                let (revoked, released) = self.move_jobs(&fence, &region.name, skew).await?;
+                report.revoked += revoked;
+                report.force_released += released;
+            }
+        }
+        report.assigned = self.route(&fence, &regions, now).await?;
+        metrics::counter!("meridian_global_jobs_routed_total").increment(report.assigned as u64);
+        Ok(report)
+    }
+
+    async fn regions(&self) -> Result<Vec<RegionInfo>> {
+        let keys = self.keys.clone();
+        self.db
+            .run(|tx, _| {
+                let keys = keys.clone();
+                async move {
+                    let rows = tx
+                        .get_range(RangeOption::from(keys.regions().range()))
+                        .await?;
+                    rows.iter()
+                        .map(|kv| {
+                            RegionInfo::decode(kv.value.as_slice()).map_err(GlobalError::from)
+                        })
+                        .collect::<Result<Vec<_>>>()
+                }
+            })
+            .await
+    }
+
+    /// Moves the jobs of a lost or evacuating region (judged again inside
+    /// the transaction). Returns (revoked, force-released).
+    async fn move_jobs(&self, fence: &Fence, region: &str, skew: u64) -> Result<(usize, usize)> {
+        let keys = self.keys.clone();
+        let now = self.clock.now_unix_ms();
+        self.db
+            .run(|tx, _| {
+                let (keys, fence) = (keys.clone(), fence.clone());
+                async move {
+                    fence.check(&tx).await?;
+                    let Some(info) = read_region(&tx, &keys, region).await? else {
+                        return Ok((0, 0));
+                    };
+                    let lost = info.lease_epoch > 0
+                        && now >= info.lease_expires_at_unix_ms.saturating_add(skew);
+                    if !lost && !info.evacuating {
+                        return Ok((0, 0));
+                    }
+                    let held = tx
+                        .get_range(RangeOption::from(keys.helds(region).range()))
+                        .await?;
+                    let mut events = EventWriter::new();
+                    let (mut revoked, mut released) = (0, 0);
+                    for kv in held {
+                        let (job_id,): (String,) = keys
+                            .helds(region)
+                            .unpack(&kv.key)
+                            .map_err(|e| GlobalError::Corrupt(format!("held key: {e}")))?;
+                        let Some(mut job) = read_job(&tx, &keys, &job_id).await? else {
+                            continue;
+                        };
+                        let mut is_moving = read_moving(&tx, &keys, &job_id).await?.is_some();
+                        let movable = info.evacuating || handoff::fails_over(&job);
+                        if !is_moving && movable && !lifecycle::is_terminal(state_of(&job)) {
+                            let why = if lost {
+                                "region lost"
+                            } else {
+                                "region drained"
+                            };
+                            handoff::revoke(&tx, &keys, &mut events, &mut job, why, now)?;
+                            revoked += 1;
+                            is_moving = true;
+                        }
+                        // Unreachable past its lease and the skew margin: its
+                        // agents have stopped FAILOVER tasks by now, so the
+                        // hand-off ends without the region's confirmation.
+                        if lost && is_moving {
+                            handoff::release(
+                                &tx,
+                                &keys,
+                                &mut events,
+                                &mut job,
+                                "region lost",
+                                now,
+                            )?;
+                            released += 1;
+                        }
+                    }
+                    Ok::<_, GlobalError>((revoked, released))
+                }
+            })
+            .await
+    }
+
+    async fn route(&mut self, fence: &Fence, regions: &[RegionInfo], now: u64) -> Result<usize> {
+        let keys = self.keys.clone();
+        let (pending, usage) = self
+            .db
+            .run(|tx, _| {
+                let keys = keys.clone();
+                async move {
+                    let ids = tx
+                        .get_range(RangeOption::from(keys.pendings().range()).limit(ROUTE_BATCH))
+                        .await?;
+                    let mut jobs = Vec::with_capacity(ids.len());
+                    for kv in ids {
+                        let (job_id,): (String,) = keys
+                            .pendings()
+                            .unpack(&kv.key)
+                            .map_err(|e| GlobalError::Corrupt(format!("pending key: {e}")))?;
+                        if let Some(job) = read_job(&tx, &keys, &job_id).await? {
+                            jobs.push(job);
+                        }
+                    }
+                    let mut usage = BTreeMap::new();
+                    for kv in tx
+                        .get_range(RangeOption::from(keys.tenant_usages().range()))
+                        .await?
+                    {
+                        let (tenant,): (String,) = keys
+                            .tenant_usages()
+                            .unpack(&kv.key)
+                            .map_err(|e| GlobalError::Corrupt(format!("usage key: {e}")))?;
+                        let raw: [u8; 8] = kv.value.as_slice().try_into().unwrap_or([0; 8]);
+                        usage.insert(tenant, u64::try_from(i64::from_le_bytes(raw)).unwrap_or(0));
+                    }
+                    Ok::<_, GlobalError>((jobs, usage))
+                }
+            })
+            .await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let snapshot = Snapshot {
+            regions: regions.iter().map(|r| self.view(r, now)).collect(),
+            tenant_usage: usage,
+            quotas: self.quotas.clone(),
+            spread: self.spread,
+        };
+        let requests: Vec<JobRequest> = pending.iter().map(request_of).collect();
+        let assignments: BTreeMap<String, String> = router::route(&snapshot, &requests)
+            .into_iter()
+            .filter_map(|d| match d {
+                Decision::Assign { job_id, region } => Some((job_id, region)),
+                Decision::Wait { .. } => None,
+            })
+            .collect();
+        if assignments.is_empty() {
+            return Ok(0);
+        }
+        let keys = self.keys.clone();
+        let done = self
+            .db
+            .run(|tx, _| {
+                let (keys, fence, assignments) = (keys.clone(), fence.clone(), assignments.clone());
+                async move {
+                    fence.check(&tx).await?;
+                    let mut events = EventWriter::new();
+                    let mut done = Vec::new();
+                    for (job_id, region) in assignments {
+                        let Some(mut job) = read_job(&tx, &keys, &job_id).await? else {
+                            continue;
+                        };
+                        let still_pending = state_of(&job) == JobState::Pending
+                            && !job.cancel_requested
+                            && tx.get(&keys.pending(&job_id)).await?.is_some();
+                        let region_ok = read_region(&tx, &keys, &region)
+                            .await?
+                            .is_some_and(|r| lease_live(&r, now) && !r.draining);
+                        if still_pending && region_ok {
+                            handoff::assign(&tx, &keys, &mut events, &mut job, &region, now)?;
+                            done.push((region, job));
+                        }
+                    }
+                    Ok::<_, GlobalError>(done)
+                }
+            })
+            .await?;
+        for (region, job) in &done {
+            let need = request_of(job).per_task;
+            let tasks = job.spec.as_ref().map_or(0, |s| u64::from(s.task_count));
+            if let Some((_, amount)) = self.reserved.get_mut(region) {
+                amount.cpu_millis += need.cpu_millis * tasks;
+                amount.memory_bytes += need.memory_bytes * tasks;
+                amount.gpus += need.gpus * tasks;
+            }
+        }
+        Ok(done.len())
+    }
+
+    fn view(&mut self, info: &RegionInfo, now: u64) -> RegionView {
+        let cap = info.capacity.clone().unwrap_or_default();
+        let reserved = self
+            .reserved
+            .entry(info.name.clone())
+            .or_insert((info.capacity_reported_at_unix_ms, Amount::default()));
+        if reserved.0 != info.capacity_reported_at_unix_ms {
+            *reserved = (info.capacity_reported_at_unix_ms, Amount::default());
+        }
+        let reserved = reserved.1;
+        let free = Amount {
+            cpu_millis: cap
+                .cpu_millis_allocatable
+                .saturating_sub(cap.cpu_millis_allocated)
+                .saturating_sub(reserved.cpu_millis),
+            memory_bytes: cap
+                .memory_bytes_allocatable
+                .saturating_sub(cap.memory_bytes_allocated)
+                .saturating_sub(reserved.memory_bytes),
+            gpus: u64::from(cap.gpu_allocatable.saturating_sub(cap.gpu_allocated))
+                .saturating_sub(reserved.gpus),
+        };
+        let node = cap.max_node_free.unwrap_or_default();
+        RegionView {
+            name: info.name.clone(),
+            ready: registry::lease_live(info, now),
+            draining: info.draining,
+            free,
+            free_gpus_by_type: cap
+                .gpus
+                .iter()
+                .map(|g| {
+                    (
+                        g.gpu_type.clone(),
+                        u64::from(g.allocatable.saturating_sub(g.allocated)),
+                    )
+                })
+                .collect(),
+            max_node_free: Amount {
+                cpu_millis: node.cpu_millis,
+                memory_bytes: node.memory_bytes,
+                gpus: u64::from(node.gpu_count),
+            },
+        }
+    }
+}
+
+fn request_of(job: &Job) -> JobRequest {
+    let spec = job.spec.clone().unwrap_or_default();
+    let res = spec.resources.unwrap_or_default();
+    JobRequest {
+        job_id: job.job_id.clone(),
+        tenant: spec.tenant,
+        priority: spec.priority,
+        tasks: spec.task_count,
+        per_task: Amount {
+            cpu_millis: res.cpu_millis,
+            memory_bytes: res.memory_bytes,
+            gpus: u64::from(res.gpu_count),
+        },
+        gpu_type: res.gpu_type,
+        allowed: spec.allowed_regions,
+        preferred: spec.preferred_regions,
+    }
+}

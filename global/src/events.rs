@@ -1,0 +1,255 @@
+//! Event logs: the job events clients watch and the assignment events
+//! regions pull, both keyed by versionstamp so that a cursor is a commit
+//! position.
+//!
+//! Owns appending events inside the caller's transaction, tailing a log
+//! from a cursor (waiting on a store watch when caught up), and the
+//! `WatchJobs` stream with its filters and bookmarks. It must never write
+//! an event outside the transaction that made the change it describes, and
+//! never re-list state on resume: a resumed stream starts right after the
+//! cursor.
+
+use std::time::Duration;
+
+use meridian_control::SharedClock;
+use meridian_proto::v1::{AssignmentEvent, JobEvent, JobEventKind, WatchJobsRequest};
+use meridian_store::{Database, RangeOption, Subspace, Transaction, WatchFuture};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::error::{GlobalError, Result};
+use crate::keys::{self, Keys};
+use crate::validate;
+
+/// Appends events within one transaction attempt (numbering them so that
+/// several events of one commit keep their order).
+#[derive(Debug, Default)]
+pub struct EventWriter {
+    n: u16,
+}
+
+impl EventWriter {
+    /// A writer for a fresh transaction attempt.
+    pub fn new() -> Self {
+        EventWriter { n: 0 }
+    }
+
+    /// Appends a job event (its cursor is filled in when read).
+    pub fn job(&mut self, tx: &Transaction, keys: &Keys, event: &JobEvent) -> Result<()> {
+        let key = keys::event_key(&keys.job_events(), self.bump()?);
+        tx.set_versionstamped_key(&key, &event.encode_to_vec())?;
+        tx.add_i64(&keys.job_events_head(), 1)?;
+        Ok(())
+    }
+
+    /// Appends an assignment event to `region`'s log.
+    pub fn region(
+        &mut self,
+        tx: &Transaction,
+        keys: &Keys,
+        region: &str,
+        event: &AssignmentEvent,
+    ) -> Result<()> {
+        let key = keys::event_key(&keys.region_events(region), self.bump()?);
+        tx.set_versionstamped_key(&key, &event.encode_to_vec())?;
+        tx.add_i64(&keys.region_events_head(region), 1)?;
+        Ok(())
+    }
+
+    fn bump(&mut self) -> Result<u16> {
+        let n = self.n;
+        self.n = n
+            .checked_add(1)
+            .ok_or_else(|| GlobalError::Corrupt("more than 65535 events in one commit".into()))?;
+        Ok(n)
+    }
+}
+
+/// A reader that follows one log from a position.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    db: Database,
+    log: Subspace,
+    head: Vec<u8>,
+    from: Vec<u8>,
+}
+
+/// One batch read from a log: `(cursor, value)` pairs, and a watch that
+/// fires on the next append when the batch was empty.
+pub type Batch = (Vec<(Vec<u8>, Vec<u8>)>, Option<WatchFuture>);
+
+impl Tail {
+    /// Follows `log` (whose appends bump `head`) from just after `cursor`
+    /// (from the start when empty). `field` names the cursor in errors.
+    pub fn new(
+        db: Database,
+        log: Subspace,
+        head: Vec<u8>,
+        cursor: &[u8],
+        field: &str,
+    ) -> Result<Self> {
+        let from = keys::after_cursor(&log, cursor, field)?;
+        Ok(Tail {
+            db,
+            log,
+            head,
+            from,
+        })
+    }
+
+    /// Follows `log` from its current end; returns the cursor of the last
+    /// event (empty when the log is empty).
+    pub async fn at_end(db: Database, log: Subspace, head: Vec<u8>) -> Result<(Self, Vec<u8>)> {
+        let range = log.range();
+        let last = db
+            .run(|tx, _| {
+                let range = range.clone();
+                async move {
+                    tx.get_range(RangeOption::new(range.0, range.1).limit(1).reverse(true))
+                        .await
+                }
+            })
+            .await?;
+        let cursor = match last.first() {
+            Some(kv) => keys::cursor_of(&log, &kv.key)?,
+            None => Vec::new(),
+        };
+        let tail = Tail::new(db, log, head, &cursor, "cursor")?;
+        Ok((tail, cursor))
+    }
+
+    /// Reads up to `limit` events after the position and advances past them.
+    pub async fn next(&mut self, limit: usize) -> Result<Batch> {
+        let (from, end, head) = (self.from.clone(), self.log.range().1, self.head.clone());
+        let (rows, watch) = self
+            .db
+            .run(|tx, _| {
+                let (from, end, head) = (from.clone(), end.clone(), head.clone());
+                async move {
+                    let rows = tx
+                        .get_range(RangeOption::new(from, end).limit(limit))
+                        .await?;
+                    if !rows.is_empty() {
+                        return Ok::<_, GlobalError>((rows, None));
+                    }
+                    let _ = tx.get(&head).await?;
+                    Ok((rows, Some(tx.watch(&head)?)))
+                }
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for kv in rows {
+            out.push((keys::cursor_of(&self.log, &kv.key)?, kv.value));
+            let mut next = kv.key;
+            next.push(0);
+            self.from = next;
+        }
+        Ok((out, watch))
+    }
+}
+
+/// Whether a job event passes a watch request's filters.
+pub fn job_event_matches(req: &WatchJobsRequest, event: &JobEvent) -> bool {
+    if event.kind == JobEventKind::TaskChanged as i32 && !req.include_task_events {
+        return false;
+    }
+    let Some(job) = &event.job else { return true };
+    let spec = job.spec.clone().unwrap_or_default();
+    (req.tenant.is_empty() || spec.tenant == req.tenant)
+        && (req.job_ids.is_empty() || req.job_ids.contains(&job.job_id))
+        && (req.region.is_empty() || job.region == req.region)
+        && validate::matches(&spec.labels, &req.label_selector)
+}
+
+/// Checks a watch request.
+pub fn validate_watch(req: &WatchJobsRequest) -> Result<()> {
+    if req.job_ids.len() > 1000 {
+        return Err(GlobalError::invalid("job_ids", "at most 1000 entries"));
+    }
+    validate::selector("label_selector", &req.label_selector)?;
+    if !req.cursor.is_empty() && req.cursor.len() != keys::CURSOR_BYTES {
+        return Err(GlobalError::invalid(
+            "cursor",
+            "not a cursor issued by this server",
+        ));
+    }
+    Ok(())
+}
+
+/// The `WatchJobs` stream: events after the cursor (or from now), filtered,
+/// with a bookmark after every `bookmark_every` of quiet. Ends when
+/// `shutdown` flips or the client goes away.
+pub async fn watch_jobs(
+    db: Database,
+    keys: Keys,
+    req: WatchJobsRequest,
+    clock: SharedClock,
+    bookmark_every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<ReceiverStream<Result<JobEvent, Status>>> {
+    validate_watch(&req)?;
+    let (mut tail, mut last) = if req.cursor.is_empty() {
+        Tail::at_end(db, keys.job_events(), keys.job_events_head()).await?
+    } else {
+        let tail = Tail::new(
+            db,
+            keys.job_events(),
+            keys.job_events_head(),
+            &req.cursor,
+            "cursor",
+        )?;
+        (tail, req.cursor.clone())
+    };
+    let (out, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let (batch, wake) = match tail.next(256).await {
+                Ok(b) => b,
+                Err(err) => {
+                    let _ = out.send(Err(err.into())).await;
+                    return;
+                }
+            };
+            for (cursor, raw) in batch {
+                last = cursor.clone();
+                let mut event = match JobEvent::decode(raw.as_slice()) {
+                    Ok(e) => e,
+                    Err(err) => {
+                        let _ = out.send(Err(GlobalError::from(err).into())).await;
+                        return;
+                    }
+                };
+                if !job_event_matches(&req, &event) {
+                    continue;
+                }
+                event.cursor = cursor;
+                if out.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            let Some(wake) = wake else { continue };
+            tokio::select! {
+                _ = wake => {}
+                _ = clock.sleep(bookmark_every) => {
+                    let bookmark = JobEvent {
+                        cursor: last.clone(),
+                        kind: JobEventKind::Bookmark as i32,
+                        at_unix_ms: clock.now_unix_ms(),
+                        ..JobEvent::default()
+                    };
+                    if out.send(Ok(bookmark)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = shutdown.changed() => return,
+                _ = out.closed() => return,
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}

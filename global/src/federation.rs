@@ -1,0 +1,304 @@
+//! The Federation service: what clients and the CLI call on any replica.
+//!
+//! Owns the gRPC surface of `federation.proto`: validation first (nothing is
+//! read or written for a bad request), writes through the leader only
+//! (others answer UNAVAILABLE with the `meridian-leader` hint), reads on any
+//! replica, and node and log calls forwarded to the region's RegionAdmin
+//! endpoint. It must never write on a replica that does not lead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_control::SharedClock;
+use meridian_proto::limits::MAX_BATCH_ITEMS;
+use meridian_proto::v1::federation_server::Federation;
+use meridian_proto::v1::region_admin_client::RegionAdminClient;
+use meridian_proto::v1::submit_job_result::Outcome;
+use meridian_proto::v1::*;
+use meridian_store::Database;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::{GlobalError, Result};
+use crate::events;
+use crate::jobs::Jobs;
+use crate::keys::Keys;
+use crate::leader::Leadership;
+use crate::registry::Registry;
+use crate::submitter::{self, Submitter};
+use crate::validate;
+
+/// The Federation service of one replica.
+#[derive(Clone)]
+pub struct FederationService {
+    /// The store.
+    pub db: Database,
+    /// Key layout.
+    pub keys: Keys,
+    /// Time.
+    pub clock: SharedClock,
+    /// Leadership (writes need the leader).
+    pub leadership: Arc<Leadership>,
+    /// Job records.
+    pub jobs: Jobs,
+    /// Group commit of submits.
+    pub submitter: Submitter,
+    /// Region records.
+    pub registry: Registry,
+    /// Quiet time before a bookmark on watch streams.
+    pub bookmark_every: Duration,
+    /// Flips to true on shutdown; open streams end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+fn item_error(err: &GlobalError) -> ItemError {
+    ItemError {
+        code: err.code() as i32,
+        message: err.to_string(),
+        field: err.field().unwrap_or_default().to_string(),
+    }
+}
+
+impl FederationService {
+    /// SubmitJob, callable without gRPC (the HTTP API uses it too).
+    pub async fn submit(&self, req: SubmitJobRequest) -> Result<SubmitJobResponse> {
+        validate::submit(&req)?;
+        if !self.leadership.is_leader() {
+            return Err(self.leadership.not_leader().await);
+        }
+        let result = self.submitter.submit(req).await;
+        let outcome = match &result {
+            Ok(r) if r.created => "created",
+            Ok(_) => "duplicate",
+            Err(e) if e.field().is_some() => "invalid",
+            Err(_) => "error",
+        };
+        metrics::counter!("meridian_global_submits_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    /// SubmitJobs: each item judged on its own, valid ones in one commit.
+    pub async fn submit_batch(&self, req: SubmitJobsRequest) -> Result<SubmitJobsResponse> {
+        if req.items.is_empty() || req.items.len() > MAX_BATCH_ITEMS {
+            return Err(GlobalError::invalid(
+                "items",
+                format!("1 to {MAX_BATCH_ITEMS} items"),
+            ));
+        }
+        let mut results: Vec<Option<SubmitJobResult>> = vec![None; req.items.len()];
+        let mut valid = Vec::new();
+        let mut positions = Vec::new();
+        for (i, item) in req.items.into_iter().enumerate() {
+            match validate::submit(&item) {
+                Ok(()) => {
+                    positions.push(i);
+                    valid.push(item);
+                }
+                Err(err) => {
+                    results[i] = Some(SubmitJobResult {
+                        outcome: Some(Outcome::Error(item_error(&err))),
+                    })
+                }
+            }
+        }
+        if !valid.is_empty() {
+            let done = submitter::submit_group(&self.jobs, &self.leadership, valid).await?;
+            for (i, result) in positions.into_iter().zip(done) {
+                results[i] = Some(SubmitJobResult {
+                    outcome: Some(match result {
+                        Ok(accepted) => Outcome::Accepted(accepted),
+                        Err(err) => Outcome::Error(item_error(&err)),
+                    }),
+                });
+            }
+        }
+        Ok(SubmitJobsResponse {
+            results: results.into_iter().map(Option::unwrap_or_default).collect(),
+        })
+    }
+
+    /// CancelJob.
+    pub async fn cancel(&self, req: &CancelJobRequest) -> Result<CancelJobResponse> {
+        validate::job_id("job_id", &req.job_id)?;
+        validate::reason("reason", &req.reason)?;
+        let fence = self.leadership.fence().await?;
+        let job = self.jobs.cancel(&fence, &req.job_id, &req.reason).await?;
+        Ok(CancelJobResponse { job: Some(job) })
+    }
+
+    /// DrainRegion / UndrainRegion.
+    pub async fn drain(&self, req: &DrainRegionRequest, drain: bool) -> Result<RegionInfo> {
+        validate::region_name("region", &req.region)?;
+        validate::reason("reason", &req.reason)?;
+        let fence = self.leadership.fence().await?;
+        self.registry.set_drain(&fence, req, drain).await
+    }
+
+    async fn admin(
+        &self,
+        region: &str,
+    ) -> Result<RegionAdminClient<tonic::transport::Channel>, Status> {
+        validate::region_name("region", region)?;
+        let list = self.registry.list().await?;
+        let info = list
+            .regions
+            .into_iter()
+            .find(|r| r.name == region)
+            .ok_or_else(|| Status::not_found(format!("region {region}")))?;
+        if info.admin_endpoint.is_empty() {
+            return Err(Status::unavailable(format!(
+                "region {region} has no admin endpoint"
+            )));
+        }
+        RegionAdminClient::connect(info.admin_endpoint.clone())
+            .await
+            .map_err(|e| Status::unavailable(format!("region {region} unreachable: {e}")))
+    }
+}
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        Ok(Response::new(self.submit(request.into_inner()).await?))
+    }
+
+    async fn submit_jobs(
+        &self,
+        request: Request<SubmitJobsRequest>,
+    ) -> Result<Response<SubmitJobsResponse>, Status> {
+        Ok(Response::new(
+            self.submit_batch(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<GetJobResponse>, Status> {
+        let job = self.jobs.get(&request.get_ref().job_id).await?;
+        Ok(Response::new(GetJobResponse { job: Some(job) }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        Ok(Response::new(self.jobs.list(request.get_ref()).await?))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        Ok(Response::new(self.cancel(request.get_ref()).await?))
+    }
+
+    type WatchJobsStream = ReceiverStream<Result<JobEvent, Status>>;
+
+    async fn watch_jobs(
+        &self,
+        request: Request<WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let stream = events::watch_jobs(
+            self.db.clone(),
+            self.keys.clone(),
+            request.into_inner(),
+            self.clock.clone(),
+            self.bookmark_every,
+            self.shutdown.clone(),
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn get_task_logs(
+        &self,
+        request: Request<GetTaskLogsRequest>,
+    ) -> Result<Response<GetTaskLogsResponse>, Status> {
+        let req = request.into_inner();
+        let task = req
+            .task
+            .clone()
+            .ok_or_else(|| Status::from(GlobalError::invalid("task", "required")))?;
+        let job = self.jobs.get(&task.job_id).await?;
+        let region = job
+            .tasks
+            .get(task.index as usize)
+            .map(|t| t.region.clone())
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Status::from(GlobalError::invalid(
+                    "task.index",
+                    "no such task, or not placed",
+                ))
+            })?;
+        self.admin(&region).await?.get_task_logs(req).await
+    }
+
+    async fn list_regions(
+        &self,
+        _request: Request<ListRegionsRequest>,
+    ) -> Result<Response<ListRegionsResponse>, Status> {
+        Ok(Response::new(self.registry.list().await?))
+    }
+
+    async fn drain_region(
+        &self,
+        request: Request<DrainRegionRequest>,
+    ) -> Result<Response<DrainRegionResponse>, Status> {
+        let region = self.drain(request.get_ref(), true).await?;
+        Ok(Response::new(DrainRegionResponse {
+            region: Some(region),
+        }))
+    }
+
+    async fn undrain_region(
+        &self,
+        request: Request<UndrainRegionRequest>,
+    ) -> Result<Response<UndrainRegionResponse>, Status> {
+        let req = DrainRegionRequest {
+            region: request.into_inner().region,
+            ..DrainRegionRequest::default()
+        };
+        let region = self.drain(&req, false).await?;
+        Ok(Response::new(UndrainRegionResponse {
+            region: Some(region),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let req = request.into_inner();
+        self.admin(&req.region).await?.list_nodes(req).await
+    }
+
+    async fn cordon_node(
+        &self,
+        request: Request<CordonNodeRequest>,
+    ) -> Result<Response<CordonNodeResponse>, Status> {
+        let req = request.into_inner();
+        self.admin(&req.region).await?.cordon_node(req).await
+    }
+
+    async fn uncordon_node(
+        &self,
+        request: Request<UncordonNodeRequest>,
+    ) -> Result<Response<UncordonNodeResponse>, Status> {
+        let req = request.into_inner();
+        self.admin(&req.region).await?.uncordon_node(req).await
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeResponse>, Status> {
+        let req = request.into_inner();
+        self.admin(&req.region).await?.drain_node(req).await
+    }
+}

@@ -1,0 +1,172 @@
+//! Ownership of jobs by regions: assign, revoke (fence first), release.
+//!
+//! Owns the three steps of DESIGN.md section 4 as functions over one
+//! transaction: [`assign`] gives a pending job to a region under a new
+//! assignment epoch; [`revoke`] bumps the epoch first, so the old region's
+//! acknowledgements and status writes fail from that commit on, and records
+//! the hand-off as in progress; [`release`] ends it (the old region
+//! confirmed, or its lease expired plus the skew margin) and returns the job
+//! to PENDING. It must never offer a job to another region before the
+//! release, and never let two regions hold the same epoch.
+
+use meridian_proto::v1::{
+    AssignmentEvent, AssignmentEventKind, Job, JobEventKind, JobState, RegionLossPolicy,
+};
+use meridian_store::{Transaction, tuple};
+
+use crate::error::{GlobalError, Result};
+use crate::events::EventWriter;
+use crate::jobs::{change_state, job_event, write_job};
+use crate::keys::Keys;
+use crate::lifecycle;
+
+/// A hand-off in progress: the job was revoked from `from` under `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moving {
+    /// The region that held the job.
+    pub from: String,
+    /// The epoch that fenced its hold (carried by the REVOKE event).
+    pub epoch: u64,
+    /// When the revocation committed (global clock).
+    pub since_unix_ms: u64,
+}
+
+/// Reads the hand-off in progress for a job, if any.
+pub async fn read_moving(tx: &Transaction, keys: &Keys, job_id: &str) -> Result<Option<Moving>> {
+    let Some(raw) = tx.get(&keys.moving(job_id)).await? else {
+        return Ok(None);
+    };
+    let (from, epoch, since_unix_ms): (String, u64, u64) =
+        tuple::unpack(&raw).map_err(|e| GlobalError::Corrupt(format!("moving record: {e}")))?;
+    Ok(Some(Moving {
+        from,
+        epoch,
+        since_unix_ms,
+    }))
+}
+
+/// CPU millis a job holds while routed (all its tasks).
+pub fn cpu_of(job: &Job) -> i64 {
+    let spec = job.spec.clone().unwrap_or_default();
+    let per = spec.resources.map_or(0, |r| r.cpu_millis);
+    i64::try_from(per.saturating_mul(u64::from(spec.task_count))).unwrap_or(i64::MAX)
+}
+
+/// True when a job follows FAILOVER on region loss (the default).
+pub fn fails_over(job: &Job) -> bool {
+    let policy = job.spec.as_ref().map_or(0, |s| s.on_region_loss);
+    RegionLossPolicy::try_from(policy).unwrap_or(RegionLossPolicy::Failover)
+        != RegionLossPolicy::KeepRunning
+}
+
+/// Clears a job from its region's held index and its tenant's usage.
+pub fn unhold(tx: &Transaction, keys: &Keys, job: &Job) -> Result<()> {
+    if job.region.is_empty() {
+        return Ok(());
+    }
+    tx.clear(&keys.held(&job.region, &job.job_id))?;
+    let tenant = job.spec.as_ref().map(|s| s.tenant.as_str()).unwrap_or("");
+    tx.add_i64(&keys.tenant_usage(tenant), -cpu_of(job))?;
+    Ok(())
+}
+
+/// Gives a PENDING job to `region` under a new epoch: held index, tenant
+/// usage, the ASSIGN event on the region's stream and the state change.
+pub fn assign(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    job: &mut Job,
+    region: &str,
+    now: u64,
+) -> Result<()> {
+    job.assignment_epoch += 1;
+    job.region = region.to_string();
+    job.region_acknowledged = false;
+    tx.clear(&keys.pending(&job.job_id))?;
+    tx.set(
+        &keys.held(region, &job.job_id),
+        &job.assignment_epoch.to_be_bytes(),
+    )?;
+    let tenant = job
+        .spec
+        .as_ref()
+        .map(|s| s.tenant.clone())
+        .unwrap_or_default();
+    tx.add_i64(&keys.tenant_usage(&tenant), cpu_of(job))?;
+    let event = AssignmentEvent {
+        kind: AssignmentEventKind::Assign as i32,
+        job_id: job.job_id.clone(),
+        assignment_epoch: job.assignment_epoch,
+        spec: job.spec.clone(),
+        request_id: job.request_id.clone(),
+        reason: "routed".to_string(),
+        at_unix_ms: now,
+        job_created_at_unix_ms: job.created_at_unix_ms,
+        ..AssignmentEvent::default()
+    };
+    events.region(tx, keys, region, &event)?;
+    let reason = format!("routed to {region}");
+    change_state(tx, keys, events, job, JobState::Routed, &reason, now)?;
+    write_job(tx, keys, job)
+}
+
+/// Revokes a job from its region, fence first: the epoch grows in this
+/// commit, so from now on only the new epoch is accepted, and the region is
+/// told (REVOKE, carrying the new epoch) to stop the job and release it.
+pub fn revoke(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    job: &mut Job,
+    reason: &str,
+    now: u64,
+) -> Result<()> {
+    let from = job.region.clone();
+    job.assignment_epoch += 1;
+    job.region_acknowledged = false;
+    job.updated_at_unix_ms = now;
+    tx.set(
+        &keys.moving(&job.job_id),
+        &tuple::pack(&(from.as_str(), job.assignment_epoch, now)),
+    )?;
+    let event = AssignmentEvent {
+        kind: AssignmentEventKind::Revoke as i32,
+        job_id: job.job_id.clone(),
+        assignment_epoch: job.assignment_epoch,
+        reason: reason.to_string(),
+        at_unix_ms: now,
+        ..AssignmentEvent::default()
+    };
+    events.region(tx, keys, &from, &event)?;
+    events.job(tx, keys, &job_event(JobEventKind::Updated, job, None, now))?;
+    write_job(tx, keys, job)
+}
+
+/// Ends a hand-off: the old region released the job (or is presumed to
+/// have stopped it). The job returns to PENDING to be routed again, or ends
+/// CANCELLED when a cancel was requested meanwhile.
+pub fn release(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    job: &mut Job,
+    reason: &str,
+    now: u64,
+) -> Result<()> {
+    tx.clear(&keys.moving(&job.job_id))?;
+    unhold(tx, keys, job)?;
+    job.region.clear();
+    job.region_acknowledged = false;
+    if lifecycle::is_terminal(lifecycle::state_of(job)) {
+        return write_job(tx, keys, job);
+    }
+    if job.cancel_requested {
+        let why = format!("cancelled: {}", job.cancel_reason);
+        change_state(tx, keys, events, job, JobState::Cancelled, &why, now)?;
+    } else {
+        change_state(tx, keys, events, job, JobState::Pending, reason, now)?;
+        tx.set(&keys.pending(&job.job_id), b"")?;
+    }
+    write_job(tx, keys, job)
+}

@@ -1,0 +1,390 @@
+//! Job records in the store: submit (idempotent by request id), read, list
+//! and cancel.
+//!
+//! Owns the job record and its indexes (request id -> job id, pending jobs)
+//! and writes them together with their events in one transaction. It must
+//! never write without the caller's leader fence checked in the same
+//! transaction, and never create a second job for a `(tenant, request_id)`.
+
+use std::sync::Arc;
+
+use meridian_control::SharedClock;
+use meridian_control::lease::Fence;
+use meridian_proto::v1::{
+    AssignmentEvent, AssignmentEventKind, Job, JobEvent, JobEventKind, JobState, JobTransition,
+    ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse, TaskState, TaskStatus,
+};
+use meridian_store::{Database, RangeOption, Transaction};
+use prost::Message;
+use tokio::sync::Notify;
+
+use crate::error::{GlobalError, Result};
+use crate::events::EventWriter;
+use crate::keys::Keys;
+use crate::lifecycle::{self, state_of};
+use crate::validate;
+
+/// Reads a job record inside `tx`.
+pub async fn read_job(tx: &Transaction, keys: &Keys, job_id: &str) -> Result<Option<Job>> {
+    match tx.get(&keys.job(job_id)).await? {
+        Some(raw) => Ok(Some(Job::decode(raw.as_slice())?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes a job record (without its tasks) inside `tx`.
+pub fn write_job(tx: &Transaction, keys: &Keys, job: &Job) -> Result<()> {
+    let stored = Job {
+        tasks: Vec::new(),
+        ..job.clone()
+    };
+    tx.set(&keys.job(&job.job_id), &stored.encode_to_vec())?;
+    Ok(())
+}
+
+/// A job event about `job` as it is now.
+pub fn job_event(
+    kind: JobEventKind,
+    job: &Job,
+    transition: Option<JobTransition>,
+    at: u64,
+) -> JobEvent {
+    JobEvent {
+        cursor: Vec::new(),
+        kind: kind as i32,
+        job: Some(lifecycle::summary(job)),
+        transition,
+        task: None,
+        at_unix_ms: at,
+    }
+}
+
+/// Moves `job` to `to` and appends the STATE_CHANGED event; a no-op when
+/// already there. Illegal transitions are refused as corrupt requests.
+pub fn change_state(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    job: &mut Job,
+    to: JobState,
+    reason: &str,
+    now: u64,
+) -> Result<bool> {
+    let changed = lifecycle::transition(job, to, reason, now)
+        .map_err(|e| GlobalError::invalid("state", e.to_string()))?;
+    if changed {
+        let event = job_event(
+            JobEventKind::StateChanged,
+            job,
+            lifecycle::last_transition(job),
+            now,
+        );
+        events.job(tx, keys, &event)?;
+    }
+    Ok(changed)
+}
+
+/// The job store of the global tier.
+#[derive(Clone)]
+pub struct Jobs {
+    db: Database,
+    keys: Keys,
+    clock: SharedClock,
+    kick: Arc<Notify>,
+}
+
+impl Jobs {
+    /// Jobs in `db` under `keys`; `kick` is notified when there is routing
+    /// work.
+    pub fn new(db: Database, keys: Keys, clock: SharedClock, kick: Arc<Notify>) -> Self {
+        Jobs {
+            db,
+            keys,
+            clock,
+            kick,
+        }
+    }
+
+    /// Submits validated requests in one transaction, each with the id it
+    /// gets if it is new. Per-item results: an existing `(tenant,
+    /// request_id)` returns its job with `created = false`; a spec naming an
+    /// unknown region is refused with nothing written for it.
+    pub async fn submit(
+        &self,
+        fence: &Fence,
+        items: &[(SubmitJobRequest, String)],
+    ) -> Result<Vec<Result<SubmitJobResponse>>> {
+        let keys = self.keys.clone();
+        let now = self.clock.now_unix_ms();
+        let results = self
+            .db
+            .run(|tx, _| {
+                let (keys, fence) = (keys.clone(), fence.clone());
+                async move {
+                    fence.check(&tx).await?;
+                    let mut events = EventWriter::new();
+                    let mut results = Vec::with_capacity(items.len());
+                    for (req, new_id) in items {
+                        results.push(submit_one(&tx, &keys, &mut events, req, new_id, now).await?);
+                    }
+                    Ok::<_, GlobalError>(results)
+                }
+            })
+            .await?;
+        if results.iter().any(|r| matches!(r, Ok(r) if r.created)) {
+            self.kick.notify_one();
+        }
+        Ok(results)
+    }
+
+    /// One job with its tasks and history.
+    pub async fn get(&self, job_id: &str) -> Result<Job> {
+        validate::job_id("job_id", job_id)?;
+        let keys = self.keys.clone();
+        self.db
+            .run(|tx, _| {
+                let keys = keys.clone();
+                async move {
+                    let Some(mut job) = read_job(&tx, &keys, job_id).await? else {
+                        return Err(GlobalError::NotFound(format!("job {job_id}")));
+                    };
+                    let stored = tx
+                        .get_range(RangeOption::from(keys.tasks(job_id).range()))
+                        .await?;
+                    let mut by_index = std::collections::BTreeMap::new();
+                    for kv in stored {
+                        let task = TaskStatus::decode(kv.value.as_slice())?;
+                        by_index.insert(task.index, task);
+                    }
+                    let count = job.spec.as_ref().map_or(0, |s| s.task_count);
+                    job.tasks = (0..count)
+                        .map(|index| {
+                            by_index.remove(&index).unwrap_or(TaskStatus {
+                                index,
+                                state: TaskState::Pending as i32,
+                                region: job.region.clone(),
+                                ..TaskStatus::default()
+                            })
+                        })
+                        .collect();
+                    Ok(job)
+                }
+            })
+            .await
+    }
+
+    /// One page of jobs matching the filters, ordered by id.
+    pub async fn list(&self, req: &ListJobsRequest) -> Result<ListJobsResponse> {
+        let page_size = validate::page_size(req.page_size)?;
+        let states = validate::states("states", &req.states)?;
+        validate::selector("label_selector", &req.label_selector)?;
+        let after = decode_page_token(&req.page_token)?;
+        let subspace = self.keys.jobs();
+        let (begin, end) = subspace.range();
+        let mut from = match &after {
+            Some(id) => {
+                let mut k = self.keys.job(id);
+                k.push(0);
+                k
+            }
+            None => begin,
+        };
+        let mut jobs = Vec::new();
+        // Bound the work of one call; a sparse filter returns a short page
+        // with a token to continue.
+        let mut budget = 20_000usize;
+        loop {
+            let chunk = self
+                .db
+                .run(|tx, _| {
+                    let (from, end) = (from.clone(), end.clone());
+                    async move { tx.get_range(RangeOption::new(from, end).limit(500)).await }
+                })
+                .await?;
+            let exhausted = chunk.len() < 500;
+            for kv in chunk {
+                budget = budget.saturating_sub(1);
+                from = kv.key.clone();
+                from.push(0);
+                let mut job = Job::decode(kv.value.as_slice())?;
+                if !list_matches(req, &states, &job) {
+                    continue;
+                }
+                if !req.include_tasks {
+                    job.history.clear();
+                }
+                jobs.push(job);
+                if jobs.len() == page_size {
+                    let token = jobs.last().map(|j| encode_page_token(&j.job_id));
+                    return Ok(ListJobsResponse {
+                        jobs,
+                        next_page_token: token.unwrap_or_default(),
+                    });
+                }
+            }
+            if exhausted {
+                return Ok(ListJobsResponse {
+                    jobs,
+                    next_page_token: String::new(),
+                });
+            }
+            if budget == 0 {
+                let last: (String,) = subspace
+                    .unpack(&from[..from.len() - 1])
+                    .map_err(|e| GlobalError::Corrupt(format!("job key: {e}")))?;
+                return Ok(ListJobsResponse {
+                    jobs,
+                    next_page_token: encode_page_token(&last.0),
+                });
+            }
+        }
+    }
+
+    /// Records a cancel request. A pending job is cancelled at once; a job
+    /// held by a region gets a CANCEL assignment event and ends CANCELLED
+    /// when the region reports it; a terminal job is left as it is.
+    pub async fn cancel(&self, fence: &Fence, job_id: &str, reason: &str) -> Result<Job> {
+        validate::job_id("job_id", job_id)?;
+        validate::reason("reason", reason)?;
+        let keys = self.keys.clone();
+        let now = self.clock.now_unix_ms();
+        self.db
+            .run(|tx, _| {
+                let (keys, fence) = (keys.clone(), fence.clone());
+                async move {
+                    fence.check(&tx).await?;
+                    let Some(mut job) = read_job(&tx, &keys, job_id).await? else {
+                        return Err(GlobalError::NotFound(format!("job {job_id}")));
+                    };
+                    let state = state_of(&job);
+                    if lifecycle::is_terminal(state) || job.cancel_requested {
+                        return Ok(lifecycle::summary(&job));
+                    }
+                    job.cancel_requested = true;
+                    job.cancel_reason = reason.to_string();
+                    job.updated_at_unix_ms = now;
+                    let mut events = EventWriter::new();
+                    let moving = tx.get(&keys.moving(job_id)).await?.is_some();
+                    if state == JobState::Pending && !moving {
+                        tx.clear(&keys.pending(job_id))?;
+                        let why = format!("cancelled: {reason}");
+                        change_state(
+                            &tx,
+                            &keys,
+                            &mut events,
+                            &mut job,
+                            JobState::Cancelled,
+                            &why,
+                            now,
+                        )?;
+                    } else {
+                        if !moving && !job.region.is_empty() {
+                            let cancel = AssignmentEvent {
+                                kind: AssignmentEventKind::Cancel as i32,
+                                job_id: job.job_id.clone(),
+                                assignment_epoch: job.assignment_epoch,
+                                reason: reason.to_string(),
+                                at_unix_ms: now,
+                                ..AssignmentEvent::default()
+                            };
+                            events.region(&tx, &keys, &job.region, &cancel)?;
+                        }
+                        events.job(
+                            &tx,
+                            &keys,
+                            &job_event(JobEventKind::Updated, &job, None, now),
+                        )?;
+                    }
+                    write_job(&tx, &keys, &job)?;
+                    Ok(lifecycle::summary(&job))
+                }
+            })
+            .await
+    }
+}
+
+async fn submit_one(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    req: &SubmitJobRequest,
+    new_id: &str,
+    now: u64,
+) -> Result<Result<SubmitJobResponse>> {
+    let Some(spec) = req.spec.clone() else {
+        return Ok(Err(GlobalError::invalid("spec", "required")));
+    };
+    let request_key = keys.request(&spec.tenant, &req.request_id);
+    if let Some(existing) = tx.get(&request_key).await? {
+        let job_id = String::from_utf8(existing)
+            .map_err(|_| GlobalError::Corrupt("request record is not UTF-8".into()))?;
+        let job = read_job(tx, keys, &job_id).await?.ok_or_else(|| {
+            GlobalError::Corrupt(format!("request points at missing job {job_id}"))
+        })?;
+        return Ok(Ok(SubmitJobResponse {
+            job_id,
+            created: false,
+            created_at_unix_ms: job.created_at_unix_ms,
+        }));
+    }
+    for (field, list) in [
+        ("spec.allowed_regions", &spec.allowed_regions),
+        ("spec.preferred_regions", &spec.preferred_regions),
+    ] {
+        for (i, name) in list.iter().enumerate() {
+            if tx.get(&keys.region(name)).await?.is_none() {
+                return Ok(Err(GlobalError::invalid(
+                    format!("{field}[{i}]"),
+                    format!("unknown region {name:?}"),
+                )));
+            }
+        }
+    }
+    let job = lifecycle::new_job(new_id.to_string(), req.request_id.clone(), spec, now);
+    write_job(tx, keys, &job)?;
+    tx.set(&request_key, new_id.as_bytes())?;
+    tx.set(&keys.pending(new_id), b"")?;
+    let created = job_event(
+        JobEventKind::Created,
+        &job,
+        lifecycle::last_transition(&job),
+        now,
+    );
+    events.job(tx, keys, &created)?;
+    Ok(Ok(SubmitJobResponse {
+        job_id: new_id.to_string(),
+        created: true,
+        created_at_unix_ms: now,
+    }))
+}
+
+fn list_matches(req: &ListJobsRequest, states: &[JobState], job: &Job) -> bool {
+    let spec = job.spec.clone().unwrap_or_default();
+    (req.tenant.is_empty() || spec.tenant == req.tenant)
+        && (states.is_empty() || states.contains(&state_of(job)))
+        && (req.region.is_empty() || job.region == req.region)
+        && validate::matches(&spec.labels, &req.label_selector)
+}
+
+const TOKEN_PREFIX: &str = "p1.";
+
+fn encode_page_token(job_id: &str) -> String {
+    let hex: String = job_id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{TOKEN_PREFIX}{hex}")
+}
+
+fn decode_page_token(token: &str) -> Result<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || GlobalError::invalid("page_token", "not a token issued by this server");
+    let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
+    if hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16).map_err(|_| bad()))
+        .collect::<Result<Vec<u8>>>()?;
+    String::from_utf8(bytes).map(Some).map_err(|_| bad())
+}

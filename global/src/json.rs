@@ -1,0 +1,155 @@
+//! JSON <-> protobuf for the HTTP API, by the standard proto3 JSON mapping.
+//!
+//! Owns converting request bodies into the same prost messages the gRPC API
+//! takes (through the descriptors of `meridian-proto`), naming the field
+//! that could not be converted, and rendering responses with proto field
+//! names. It must never accept a body the gRPC API would not (unknown
+//! fields and unknown enum names are errors).
+
+use std::sync::OnceLock;
+
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, SerializeOptions};
+use serde_json::Value;
+
+use crate::error::{GlobalError, Result};
+
+static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
+
+fn descriptor(name: &str) -> Result<MessageDescriptor> {
+    let pool = POOL
+        .get_or_init(|| DescriptorPool::decode(meridian_proto::FILE_DESCRIPTOR_SET).ok())
+        .as_ref()
+        .ok_or_else(|| GlobalError::Corrupt("embedded descriptor set does not decode".into()))?;
+    pool.get_message_by_name(&format!("meridian.v1.{name}"))
+        .ok_or_else(|| GlobalError::Corrupt(format!("no message meridian.v1.{name}")))
+}
+
+/// Parses a JSON body into message `name` (e.g. `SubmitJobRequest`).
+pub fn parse<M: prost::Message + Default>(name: &str, body: &[u8]) -> Result<M> {
+    let value: Value = if body.is_empty() {
+        Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| GlobalError::invalid("body", format!("not valid JSON: {e}")))?
+    };
+    from_value(name, value)
+}
+
+/// Converts a JSON value into message `name`.
+pub fn from_value<M: prost::Message + Default>(name: &str, value: Value) -> Result<M> {
+    let desc = descriptor(name)?;
+    let dynamic = match DynamicMessage::deserialize(desc.clone(), value.clone()) {
+        Ok(d) => d,
+        Err(err) => {
+            let (field, message) =
+                locate(&desc, &value, "").unwrap_or_else(|| ("body".to_string(), err.to_string()));
+            return Err(GlobalError::invalid(field, message));
+        }
+    };
+    M::decode(dynamic.encode_to_vec().as_slice())
+        .map_err(|e| GlobalError::invalid("body", e.to_string()))
+}
+
+/// Renders message `name` as JSON with proto field names.
+pub fn render<M: prost::Message>(name: &str, message: &M) -> Result<Value> {
+    let desc = descriptor(name)?;
+    let dynamic = DynamicMessage::decode(desc, message.encode_to_vec().as_slice())?;
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| GlobalError::Corrupt(format!("rendering {name}: {e}")))
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// Finds the first field of `value` that does not convert, as a proto path.
+fn locate(desc: &MessageDescriptor, value: &Value, path: &str) -> Option<(String, String)> {
+    let Value::Object(map) = value else {
+        let at = if path.is_empty() { "body" } else { path };
+        return Some((at.to_string(), "expected a JSON object".to_string()));
+    };
+    for (key, v) in map {
+        let Some(field) = desc
+            .get_field_by_json_name(key)
+            .or_else(|| desc.get_field_by_name(key))
+        else {
+            return Some((join(path, key), "unknown field".to_string()));
+        };
+        let at = join(path, field.name());
+        if v.is_null() {
+            continue;
+        }
+        let single = |v: &Value| -> Option<(String, String)> {
+            let mut one = serde_json::Map::new();
+            one.insert(key.clone(), v.clone());
+            DynamicMessage::deserialize(desc.clone(), Value::Object(one))
+                .err()
+                .map(|e| (at.clone(), e.to_string()))
+        };
+        match (field.kind(), v) {
+            (Kind::Message(m), Value::Array(items)) if field.is_list() => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(found) = locate(&m, item, &format!("{at}[{i}]")) {
+                        return Some(found);
+                    }
+                }
+            }
+            (Kind::Message(m), Value::Object(_)) if !field.is_list() && !field.is_map() => {
+                if let Some(found) = locate(&m, v, &at) {
+                    return Some(found);
+                }
+            }
+            _ => {
+                if let Some(found) = single(v) {
+                    return Some(found);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_proto::v1::SubmitJobRequest;
+
+    use super::*;
+
+    #[test]
+    fn an_unknown_enum_name_is_refused_naming_its_field() {
+        let body =
+            br#"{"request_id":"r","spec":{"name":"n","placement":"PLACEMENT_POLICY_SIDEWAYS"}}"#;
+        let err = parse::<SubmitJobRequest>("SubmitJobRequest", body).unwrap_err();
+        assert_eq!(err.field(), Some("spec.placement"));
+    }
+
+    #[test]
+    fn camel_case_and_proto_names_both_parse() {
+        let a: SubmitJobRequest = parse(
+            "SubmitJobRequest",
+            br#"{"requestId":"r","spec":{"taskCount":3}}"#,
+        )
+        .unwrap();
+        let b: SubmitJobRequest = parse(
+            "SubmitJobRequest",
+            br#"{"request_id":"r","spec":{"task_count":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.spec.unwrap().task_count, 3);
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_naming_it() {
+        let err =
+            parse::<SubmitJobRequest>("SubmitJobRequest", br#"{"spec":{"colour":1}}"#).unwrap_err();
+        assert_eq!(err.field(), Some("spec.colour"));
+    }
+}

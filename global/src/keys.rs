@@ -1,0 +1,180 @@
+//! The global tier's key layout in the store.
+//!
+//! Owns every key the global tier reads or writes, all under one subspace
+//! (`("meridian", "global", <namespace>)`), and the encoding of cursors. It
+//! must never decide anything; it only names places.
+
+use meridian_store::Subspace;
+use meridian_store::tuple::{self, Versionstamp};
+
+use crate::error::{GlobalError, Result};
+
+/// Length of a cursor: one complete tuple-layer versionstamp.
+pub const CURSOR_BYTES: usize = 12;
+
+/// Keys of one global deployment.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    root: Subspace,
+}
+
+impl Keys {
+    /// Keys under `("meridian", "global", namespace)`.
+    pub fn new(namespace: &str) -> Self {
+        Keys {
+            root: Subspace::from_bytes(tuple::pack(&("meridian", "global", namespace))),
+        }
+    }
+
+    /// Everything of this deployment.
+    pub fn root(&self) -> &Subspace {
+        &self.root
+    }
+
+    /// The leader lease record (written by `meridian_control::lease`).
+    pub fn leader_lease(&self) -> Vec<u8> {
+        self.root.pack(&("leader_lease",))
+    }
+
+    /// Where the leader advertises its endpoints, with its epoch.
+    pub fn leader_info(&self) -> Vec<u8> {
+        self.root.pack(&("leader_info",))
+    }
+
+    /// One job record (the status view without tasks).
+    pub fn job(&self, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("job", job_id))
+    }
+
+    /// The range of all job records.
+    pub fn jobs(&self) -> Subspace {
+        self.root.subspace(&("job",))
+    }
+
+    /// One task status of a job.
+    pub fn task(&self, job_id: &str, index: u32) -> Vec<u8> {
+        self.root.pack(&("task", job_id, index))
+    }
+
+    /// All task statuses of a job.
+    pub fn tasks(&self, job_id: &str) -> Subspace {
+        self.root.subspace(&("task", job_id))
+    }
+
+    /// The last applied region status version of a job: `(epoch, version)`.
+    pub fn status_version(&self, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("status_version", job_id))
+    }
+
+    /// Idempotency record of a submit: `(tenant, request_id) -> job_id`.
+    pub fn request(&self, tenant: &str, request_id: &str) -> Vec<u8> {
+        self.root.pack(&("request", tenant, request_id))
+    }
+
+    /// Index of jobs waiting to be routed.
+    pub fn pending(&self, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("pending", job_id))
+    }
+
+    /// The range of the pending index.
+    pub fn pendings(&self) -> Subspace {
+        self.root.subspace(&("pending",))
+    }
+
+    /// Index of unfinished jobs held by a region: value is the epoch.
+    pub fn held(&self, region: &str, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("held", region, job_id))
+    }
+
+    /// The range of a region's held jobs.
+    pub fn helds(&self, region: &str) -> Subspace {
+        self.root.subspace(&("held", region))
+    }
+
+    /// A hand-off in progress: the job was revoked and its old region has
+    /// not released it yet.
+    pub fn moving(&self, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("moving", job_id))
+    }
+
+    /// The range of hand-offs in progress.
+    pub fn movings(&self) -> Subspace {
+        self.root.subspace(&("moving",))
+    }
+
+    /// CPU millis held by a tenant's routed, unfinished jobs (atomic counter).
+    pub fn tenant_usage(&self, tenant: &str) -> Vec<u8> {
+        self.root.pack(&("tenant_usage", tenant))
+    }
+
+    /// The range of tenant usage counters.
+    pub fn tenant_usages(&self) -> Subspace {
+        self.root.subspace(&("tenant_usage",))
+    }
+
+    /// A region's registry record.
+    pub fn region(&self, name: &str) -> Vec<u8> {
+        self.root.pack(&("region", name))
+    }
+
+    /// The range of region records.
+    pub fn regions(&self) -> Subspace {
+        self.root.subspace(&("region",))
+    }
+
+    /// Highest leadership epoch seen from a region's own election.
+    pub fn region_leader_epoch(&self, name: &str) -> Vec<u8> {
+        self.root.pack(&("region_leader_epoch", name))
+    }
+
+    /// The job event log, keyed by versionstamp.
+    pub fn job_events(&self) -> Subspace {
+        self.root.subspace(&("job_event",))
+    }
+
+    /// A counter bumped with every job event (what watchers wait on).
+    pub fn job_events_head(&self) -> Vec<u8> {
+        self.root.pack(&("job_event_head",))
+    }
+
+    /// A region's assignment event log, keyed by versionstamp.
+    pub fn region_events(&self, region: &str) -> Subspace {
+        self.root.subspace(&("region_event", region))
+    }
+
+    /// A counter bumped with every event of a region's log.
+    pub fn region_events_head(&self, region: &str) -> Vec<u8> {
+        self.root.pack(&("region_event_head", region))
+    }
+}
+
+/// Key of a not-yet-committed event in `log`; `n` orders the events of one
+/// transaction.
+pub fn event_key(log: &Subspace, n: u16) -> Vec<u8> {
+    log.pack_with_versionstamp(&(Versionstamp::incomplete(n),))
+}
+
+/// The cursor of an event read back from `log` at `key`.
+pub fn cursor_of(log: &Subspace, key: &[u8]) -> Result<Vec<u8>> {
+    let (stamp,): (Versionstamp,) = log
+        .unpack(key)
+        .map_err(|e| GlobalError::Corrupt(format!("event key: {e}")))?;
+    Ok(stamp.as_bytes().to_vec())
+}
+
+/// The first key of `log` strictly after `cursor` (everything when empty).
+/// `field` names the request field for the error of a malformed cursor.
+pub fn after_cursor(log: &Subspace, cursor: &[u8], field: &str) -> Result<Vec<u8>> {
+    if cursor.is_empty() {
+        return Ok(log.range().0);
+    }
+    let bytes: [u8; CURSOR_BYTES] = cursor
+        .try_into()
+        .map_err(|_| GlobalError::invalid(field, "not a cursor issued by this server"))?;
+    let mut tr = [0u8; 10];
+    tr.copy_from_slice(&bytes[..10]);
+    let user = u16::from_be_bytes([bytes[10], bytes[11]]);
+    let mut key = log.pack(&(Versionstamp::complete(tr, user),));
+    key.push(0);
+    Ok(key)
+}

@@ -1,0 +1,222 @@
+//! Assembly and lifetime of one global replica.
+//!
+//! Owns wiring: open the store, start the candidacy, the controller and the
+//! group-commit loop, serve gRPC (Federation, RegionLink, health,
+//! reflection) and optionally HTTP/JSON with `/metrics`, and shut all of it
+//! down gracefully (streams end, the leader lease is released so a standby
+//! takes over at once). It must never hold scheduling logic of its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meridian_control::{SharedClock, SystemClock};
+use meridian_proto::v1::federation_server::FederationServer;
+use meridian_proto::v1::region_link_server::RegionLinkServer;
+use meridian_store::Database;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::GlobalConfig;
+use crate::controller::Controller;
+use crate::error::{GlobalError, Result};
+use crate::federation::FederationService;
+use crate::jobs::Jobs;
+use crate::keys::Keys;
+use crate::leader::Leadership;
+use crate::link::LinkService;
+use crate::registry::Registry;
+use crate::submitter::Submitter;
+use crate::{http, metrics_endpoint};
+
+/// A started replica.
+pub struct Running {
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound HTTP address, when HTTP is served.
+    pub http_addr: Option<SocketAddr>,
+    /// This replica's leadership.
+    pub leadership: Arc<Leadership>,
+    /// The store it uses.
+    pub db: Database,
+    /// Its key layout.
+    pub keys: Keys,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until this replica leads (or the guard future decides).
+    pub async fn wait_leader(&self) {
+        let mut status = self.leadership.subscribe();
+        while !self.leadership.is_leader() {
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Stops serving: streams end, in-flight calls finish, the leader lease
+    /// is released.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn io_error(what: &str, e: impl std::fmt::Display) -> GlobalError {
+    GlobalError::Store(meridian_store::StoreError::Backend(format!("{what}: {e}")))
+}
+
+/// Starts a replica on the system clock.
+pub async fn start(config: GlobalConfig) -> Result<Running> {
+    let db = meridian_store::open(&config.store_url).await?;
+    start_with(config, db, SystemClock::shared()).await
+}
+
+/// Starts a replica on a given store and clock.
+pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) -> Result<Running> {
+    let keys = Keys::new(&config.namespace);
+    let grpc_listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| io_error("binding the gRPC address", e))?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|e| io_error("reading the gRPC address", e))?;
+    let http_listener = match config.http {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| io_error("binding the HTTP address", e))?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| io_error("reading the HTTP address", e))?,
+        ),
+        None => None,
+    };
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let stop = {
+        let mut rx = shutdown.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (leadership, elector_task) = Leadership::start(
+        db.clone(),
+        keys.clone(),
+        &config,
+        clock.clone(),
+        format!("http://{grpc_addr}"),
+        http_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
+        stop,
+    );
+    let kick = Arc::new(Notify::new());
+    let jobs = Jobs::new(db.clone(), keys.clone(), clock.clone(), kick.clone());
+    let registry = Registry::new(db.clone(), keys.clone(), clock.clone(), config.region_lease);
+    let submitter = Submitter::start(jobs.clone(), leadership.clone());
+    let federation = FederationService {
+        db: db.clone(),
+        keys: keys.clone(),
+        clock: clock.clone(),
+        leadership: leadership.clone(),
+        jobs: jobs.clone(),
+        submitter,
+        registry: registry.clone(),
+        bookmark_every: config.bookmark_every,
+        shutdown: shutdown.clone(),
+    };
+    let link = LinkService {
+        db: db.clone(),
+        keys: keys.clone(),
+        clock: clock.clone(),
+        leadership: leadership.clone(),
+        registry,
+        kick: kick.clone(),
+        bookmark_every: config.bookmark_every,
+        shutdown: shutdown.clone(),
+    };
+    let controller = Controller::new(
+        db.clone(),
+        keys.clone(),
+        clock.clone(),
+        leadership.clone(),
+        kick,
+        config.skew_margin,
+        config.controller_every,
+        config.spread,
+        config.quotas.clone(),
+    );
+    let mut tasks = vec![elector_task, tokio::spawn(controller.run(shutdown.clone()))];
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FederationServer<FederationService>>()
+        .await;
+    health.set_serving::<RegionLinkServer<LinkService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| io_error("building gRPC reflection", e))?;
+    let grpc = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            crate::decode_errors::rewrite,
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(FederationServer::new(federation.clone()))
+        .add_service(RegionLinkServer::new(link));
+    let mut grpc_stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve =
+            grpc.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            });
+        if let Err(err) = serve.await {
+            tracing::error!(error = %err, "gRPC server failed");
+        }
+    }));
+    if let Some(listener) = http_listener {
+        let router = http::router(federation, metrics_endpoint::handle());
+        let mut http_stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            });
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "HTTP server failed");
+            }
+        }));
+    }
+    tracing::info!(%grpc_addr, ?http_addr, name = %config.name, "global replica serving");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        leadership,
+        db,
+        keys,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// Runs a replica until `shutdown` resolves, then stops it gracefully.
+/// `on_ready` is called with the bound addresses once serving.
+pub async fn run(
+    config: GlobalConfig,
+    on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let running = start(config).await?;
+    on_ready(running.grpc_addr, running.http_addr);
+    shutdown.await;
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Group commit of submits: concurrent `SubmitJob` calls share one
+//! transaction.
+//!
+//! Owns the queue between the API handlers and [`Jobs::submit`]: while one
+//! transaction commits, new submits gather, and the next transaction takes
+//! them all (up to a batch limit), the way FoundationDB's commit proxies
+//! batch commits. Each caller still gets its own result. It must never
+//! answer a caller before the transaction holding its job has committed.
+
+use std::sync::Arc;
+
+use meridian_proto::v1::{SubmitJobRequest, SubmitJobResponse};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{GlobalError, Result};
+use crate::jobs::Jobs;
+use crate::leader::Leadership;
+
+/// Most submits in one transaction.
+pub const MAX_GROUP: usize = 500;
+
+type Reply = oneshot::Sender<Result<SubmitJobResponse>>;
+
+/// Handle to the group-commit loop.
+#[derive(Clone)]
+pub struct Submitter {
+    queue: mpsc::Sender<(SubmitJobRequest, Reply)>,
+}
+
+impl Submitter {
+    /// Starts the loop; it ends when every handle is dropped.
+    pub fn start(jobs: Jobs, leadership: Arc<Leadership>) -> Self {
+        let (queue, mut rx) = mpsc::channel::<(SubmitJobRequest, Reply)>(4 * MAX_GROUP);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                match submit_group(&jobs, &leadership, requests).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Err(err) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Submitter { queue }
+    }
+
+    /// Submits one validated request and waits for its commit.
+    pub async fn submit(&self, req: SubmitJobRequest) -> Result<SubmitJobResponse> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((req, reply))
+            .await
+            .map_err(|_| GlobalError::NotLeader { leader: None })?;
+        answer
+            .await
+            .map_err(|_| GlobalError::NotLeader { leader: None })?
+    }
+}
+
+/// Submits validated requests as one transaction (fenced by the leader).
+pub async fn submit_group(
+    jobs: &Jobs,
+    leadership: &Leadership,
+    requests: Vec<SubmitJobRequest>,
+) -> Result<Vec<Result<SubmitJobResponse>>> {
+    let fence = leadership.fence().await?;
+    let items: Vec<(SubmitJobRequest, String)> = requests
+        .into_iter()
+        .map(|r| {
+            let id = leadership.job_id(&fence);
+            (r, id)
+        })
+        .collect();
+    let results = jobs.submit(&fence, &items).await;
+    metrics::histogram!("meridian_global_submit_group_size").record(items.len() as f64);
+    results
+}

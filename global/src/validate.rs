@@ -1,0 +1,409 @@
+//! Validation of client requests, before anything is read or written.
+//!
+//! Owns the rules of the `.proto` comments for what clients send: every
+//! violation is a [`GlobalError::Invalid`] naming the field by its proto path
+//! (`spec.resources.cpu_millis`, `spec.allowed_regions[2]`). It must never
+//! touch the store: checks that need stored state (is this region known?)
+//! happen inside the writing transaction, so nothing is half-written.
+
+use std::collections::BTreeSet;
+
+use meridian_proto::limits;
+use meridian_proto::v1::{
+    AffinityKind, JobSpec, JobState, LabelOperator, LabelRequirement, PlacementPolicy,
+    RegionLossPolicy, SubmitJobRequest, TopologyDomain, task_template,
+};
+use prost::Message;
+
+use crate::error::{GlobalError, Result};
+
+/// Largest CPU request of one task: 1,024 cores.
+pub const MAX_CPU_MILLIS: u64 = 1_024_000;
+/// Largest memory request of one task: 16 TiB.
+pub const MAX_MEMORY_BYTES: u64 = 16 << 40;
+/// Largest GPU request of one task.
+pub const MAX_GPU_COUNT: u32 = 64;
+/// Longest simulated task: one week.
+pub const MAX_SIMULATED_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Most regions named in one list of a spec.
+pub const MAX_REGIONS: usize = 64;
+/// Most node constraints of a spec.
+pub const MAX_CONSTRAINTS: usize = 64;
+/// Most affinity terms of a spec.
+pub const MAX_AFFINITIES: usize = 16;
+/// Most arguments of a command.
+pub const MAX_ARGS: usize = 1024;
+/// Longest reason (cancel, drain), in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+fn invalid<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
+    Err(GlobalError::invalid(field, message))
+}
+
+fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<()> {
+    if value.len() < min {
+        return invalid(
+            field,
+            if min == 1 {
+                "required".to_string()
+            } else {
+                format!("shorter than {min} bytes")
+            },
+        );
+    }
+    if value.len() > max {
+        return invalid(field, format!("longer than {max} bytes"));
+    }
+    Ok(())
+}
+
+/// Checks a submit request (everything but whether named regions exist).
+pub fn submit(req: &SubmitJobRequest) -> Result<()> {
+    check_len(
+        "request_id",
+        &req.request_id,
+        1,
+        limits::MAX_REQUEST_ID_BYTES,
+    )?;
+    let Some(spec) = &req.spec else {
+        return invalid("spec", "required");
+    };
+    let size = spec.encoded_len();
+    if size > limits::MAX_JOB_SPEC_BYTES {
+        return invalid(
+            "spec",
+            format!(
+                "encoded size {size} bytes exceeds {} bytes",
+                limits::MAX_JOB_SPEC_BYTES
+            ),
+        );
+    }
+    job_spec(spec)
+}
+
+/// Checks a job spec; field paths start with `spec.`.
+pub fn job_spec(spec: &JobSpec) -> Result<()> {
+    check_len("spec.name", &spec.name, 1, 256)?;
+    check_len("spec.tenant", &spec.tenant, 1, 64)?;
+    labels("spec.labels", spec.labels.iter())?;
+    if spec.task_count == 0 {
+        return invalid("spec.task_count", "must be at least 1");
+    }
+    if spec.task_count > limits::MAX_TASK_COUNT {
+        return invalid(
+            "spec.task_count",
+            format!("at most {} tasks", limits::MAX_TASK_COUNT),
+        );
+    }
+    task(spec)?;
+    resources(spec)?;
+    regions(spec)?;
+    if spec.node_constraints.len() > MAX_CONSTRAINTS {
+        return invalid(
+            "spec.node_constraints",
+            format!("at most {MAX_CONSTRAINTS} entries"),
+        );
+    }
+    selector("spec.node_constraints", &spec.node_constraints)?;
+    affinities(spec)?;
+    if PlacementPolicy::try_from(spec.placement).is_err() {
+        return invalid(
+            "spec.placement",
+            format!("unknown enum value {}", spec.placement),
+        );
+    }
+    if RegionLossPolicy::try_from(spec.on_region_loss).is_err() {
+        return invalid(
+            "spec.on_region_loss",
+            format!("unknown enum value {}", spec.on_region_loss),
+        );
+    }
+    if let Some(retry) = &spec.retry {
+        if retry.max_attempts > limits::MAX_ATTEMPTS {
+            return invalid(
+                "spec.retry.max_attempts",
+                format!("at most {}", limits::MAX_ATTEMPTS),
+            );
+        }
+        if retry.backoff_base_ms != 0
+            && retry.backoff_cap_ms != 0
+            && retry.backoff_cap_ms < retry.backoff_base_ms
+        {
+            return invalid("spec.retry.backoff_cap_ms", "below backoff_base_ms");
+        }
+    }
+    if spec.stop_grace_period_ms > limits::MAX_STOP_GRACE_PERIOD_MS {
+        return invalid(
+            "spec.stop_grace_period_ms",
+            format!("at most {} ms", limits::MAX_STOP_GRACE_PERIOD_MS),
+        );
+    }
+    Ok(())
+}
+
+fn labels<'a>(
+    field: &str,
+    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<()> {
+    if labels.len() > limits::MAX_LABELS {
+        return invalid(field, format!("at most {} labels", limits::MAX_LABELS));
+    }
+    for (key, value) in labels {
+        check_len(
+            &format!("{field}[{key:?}]"),
+            key,
+            1,
+            limits::MAX_LABEL_KEY_BYTES,
+        )?;
+        check_len(
+            &format!("{field}[{key:?}]"),
+            value,
+            0,
+            limits::MAX_LABEL_VALUE_BYTES,
+        )?;
+    }
+    Ok(())
+}
+
+fn task(spec: &JobSpec) -> Result<()> {
+    let kind = spec.task.as_ref().and_then(|t| t.kind.as_ref());
+    match kind {
+        None => invalid("spec.task", "required: a command or a simulated task"),
+        Some(task_template::Kind::Command(cmd)) => {
+            if cmd.program.trim().is_empty() {
+                return invalid("spec.task.command.program", "required");
+            }
+            check_len("spec.task.command.program", &cmd.program, 1, 4096)?;
+            if cmd.args.len() > MAX_ARGS {
+                return invalid(
+                    "spec.task.command.args",
+                    format!("at most {MAX_ARGS} arguments"),
+                );
+            }
+            for key in cmd.env.keys() {
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    return invalid(
+                        format!("spec.task.command.env[{key:?}]"),
+                        "keys are non-empty and contain no '=' or NUL",
+                    );
+                }
+            }
+            Ok(())
+        }
+        Some(task_template::Kind::Simulated(sim)) => {
+            if sim.duration_ms > MAX_SIMULATED_MS {
+                return invalid(
+                    "spec.task.simulated.duration_ms",
+                    format!("at most {MAX_SIMULATED_MS} ms"),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn resources(spec: &JobSpec) -> Result<()> {
+    let Some(r) = &spec.resources else {
+        return invalid("spec.resources", "required");
+    };
+    if r.cpu_millis == 0 {
+        return invalid("spec.resources.cpu_millis", "must be above 0");
+    }
+    if r.cpu_millis > MAX_CPU_MILLIS {
+        return invalid(
+            "spec.resources.cpu_millis",
+            format!("at most {MAX_CPU_MILLIS}"),
+        );
+    }
+    if r.memory_bytes == 0 {
+        return invalid("spec.resources.memory_bytes", "must be above 0");
+    }
+    if r.memory_bytes > MAX_MEMORY_BYTES {
+        return invalid(
+            "spec.resources.memory_bytes",
+            format!("at most {MAX_MEMORY_BYTES}"),
+        );
+    }
+    if r.gpu_count > MAX_GPU_COUNT {
+        return invalid(
+            "spec.resources.gpu_count",
+            format!("at most {MAX_GPU_COUNT}"),
+        );
+    }
+    if !r.gpu_type.is_empty() && r.gpu_count == 0 {
+        return invalid("spec.resources.gpu_type", "set while gpu_count is 0");
+    }
+    check_len("spec.resources.gpu_type", &r.gpu_type, 0, 64)
+}
+
+/// Checks a region name: 1 to 64 bytes of lowercase letters, digits and `-`.
+pub fn region_name(field: &str, name: &str) -> Result<()> {
+    check_len(field, name, 1, 64)?;
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return invalid(field, "only lowercase letters, digits and '-'");
+    }
+    Ok(())
+}
+
+fn regions(spec: &JobSpec) -> Result<()> {
+    for (field, list) in [
+        ("spec.allowed_regions", &spec.allowed_regions),
+        ("spec.preferred_regions", &spec.preferred_regions),
+    ] {
+        if list.len() > MAX_REGIONS {
+            return invalid(field, format!("at most {MAX_REGIONS} entries"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, name) in list.iter().enumerate() {
+            region_name(&format!("{field}[{i}]"), name)?;
+            if !seen.insert(name) {
+                return invalid(format!("{field}[{i}]"), "duplicate region");
+            }
+        }
+    }
+    if !spec.allowed_regions.is_empty() {
+        for (i, name) in spec.preferred_regions.iter().enumerate() {
+            if !spec.allowed_regions.contains(name) {
+                return invalid(
+                    format!("spec.preferred_regions[{i}]"),
+                    "not in allowed_regions",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a label selector; entries are named `field[i]`.
+pub fn selector(field: &str, reqs: &[LabelRequirement]) -> Result<()> {
+    for (i, req) in reqs.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        check_len(
+            &format!("{at}.key"),
+            &req.key,
+            1,
+            limits::MAX_LABEL_KEY_BYTES,
+        )?;
+        let op = match LabelOperator::try_from(req.op) {
+            Ok(LabelOperator::Unspecified) => return invalid(format!("{at}.op"), "required"),
+            Ok(op) => op,
+            Err(_) => return invalid(format!("{at}.op"), format!("unknown enum value {}", req.op)),
+        };
+        let needs_values = matches!(op, LabelOperator::In | LabelOperator::NotIn);
+        if needs_values && req.values.is_empty() {
+            return invalid(
+                format!("{at}.values"),
+                "at least one value for IN and NOT_IN",
+            );
+        }
+        if !needs_values && !req.values.is_empty() {
+            return invalid(
+                format!("{at}.values"),
+                "must be empty for EXISTS and DOES_NOT_EXIST",
+            );
+        }
+        if req.values.len() > 64 {
+            return invalid(format!("{at}.values"), "at most 64 values");
+        }
+        for (j, v) in req.values.iter().enumerate() {
+            check_len(
+                &format!("{at}.values[{j}]"),
+                v,
+                0,
+                limits::MAX_LABEL_VALUE_BYTES,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn affinities(spec: &JobSpec) -> Result<()> {
+    if spec.affinities.len() > MAX_AFFINITIES {
+        return invalid(
+            "spec.affinities",
+            format!("at most {MAX_AFFINITIES} entries"),
+        );
+    }
+    for (i, term) in spec.affinities.iter().enumerate() {
+        let at = format!("spec.affinities[{i}]");
+        match AffinityKind::try_from(term.kind) {
+            Ok(AffinityKind::Unspecified) => return invalid(format!("{at}.kind"), "required"),
+            Ok(_) => {}
+            Err(_) => {
+                return invalid(
+                    format!("{at}.kind"),
+                    format!("unknown enum value {}", term.kind),
+                );
+            }
+        }
+        if term.selector.is_empty() {
+            return invalid(format!("{at}.selector"), "must not be empty");
+        }
+        selector(&format!("{at}.selector"), &term.selector)?;
+        if TopologyDomain::try_from(term.topology).is_err() {
+            return invalid(
+                format!("{at}.topology"),
+                format!("unknown enum value {}", term.topology),
+            );
+        }
+        if !term.required && !(1..=100).contains(&term.weight) {
+            return invalid(format!("{at}.weight"), "1 to 100 for a soft rule");
+        }
+    }
+    Ok(())
+}
+
+/// Checks a list of job states used as a filter.
+pub fn states(field: &str, states: &[i32]) -> Result<Vec<JobState>> {
+    states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match JobState::try_from(*s) {
+            Ok(JobState::Unspecified) | Err(_) => {
+                invalid(format!("{field}[{i}]"), format!("unknown job state {s}"))
+            }
+            Ok(state) => Ok(state),
+        })
+        .collect()
+}
+
+/// Checks a page size: 0 means the default, otherwise 1 to the maximum.
+pub fn page_size(size: u32) -> Result<usize> {
+    match size {
+        0 => Ok(limits::DEFAULT_PAGE_SIZE as usize),
+        s if s > limits::MAX_PAGE_SIZE => {
+            invalid("page_size", format!("at most {}", limits::MAX_PAGE_SIZE))
+        }
+        s => Ok(s as usize),
+    }
+}
+
+/// Checks a free-text reason.
+pub fn reason(field: &str, reason: &str) -> Result<()> {
+    check_len(field, reason, 0, MAX_REASON_BYTES)
+}
+
+/// Checks a job id given by a client.
+pub fn job_id(field: &str, id: &str) -> Result<()> {
+    check_len(field, id, 1, 64)
+}
+
+/// Whether labels satisfy every requirement of a selector.
+pub fn matches(
+    labels: &std::collections::BTreeMap<String, String>,
+    selector: &[LabelRequirement],
+) -> bool {
+    selector.iter().all(|req| {
+        let value = labels.get(&req.key);
+        match LabelOperator::try_from(req.op) {
+            Ok(LabelOperator::In) => value.is_some_and(|v| req.values.contains(v)),
+            Ok(LabelOperator::NotIn) => value.is_none_or(|v| !req.values.contains(v)),
+            Ok(LabelOperator::Exists) => value.is_some(),
+            Ok(LabelOperator::DoesNotExist) => value.is_none(),
+            _ => false,
+        }
+    })
+}

@@ -1,0 +1,298 @@
+//! The `RegionAdmin` gRPC service: list, cordon, uncordon and drain nodes,
+//! and read captured task output.
+//!
+//! Owns the operator view of nodes (`NodeInfo`, with allocation computed
+//! from the bound tasks). Must never stop tasks itself: a drain is recorded
+//! here and carried out by the node's shard leader.
+
+use std::collections::BTreeMap;
+
+use meridian_proto::v1;
+use meridian_proto::v1::region_admin_server::RegionAdmin;
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+
+use super::RegionApi;
+use super::nodes::{Cordon, set_cordon};
+use crate::model::view::scan;
+use crate::model::{NodeRecord, RegionView, Res, decode};
+use crate::shard::shard_of_node;
+
+/// Captured output of one task attempt, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLogs {
+    pub node: String,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub at: u64,
+}
+
+fn check_region(api: &RegionApi, region: &str) -> Result<(), Status> {
+    if region.is_empty() || region == api.region {
+        Ok(())
+    } else {
+        Err(Status::not_found(format!(
+            "region {region} is not served here"
+        )))
+    }
+}
+
+fn info(
+    api: &RegionApi,
+    n: &NodeRecord,
+    count: u32,
+    alloc: Option<&(Res, u32)>,
+    hb: u64,
+) -> v1::NodeInfo {
+    v1::NodeInfo {
+        node_id: n.node_id.clone(),
+        region: api.region.clone(),
+        zone: n.zone.clone(),
+        rack: n.rack.clone(),
+        state: n.liveness.to_proto() as i32,
+        cordoned: n.cordoned,
+        draining: n.draining,
+        cordon_reason: n.cordon_reason.clone(),
+        node_epoch: n.epoch,
+        boot_id: n.boot_id.clone(),
+        shard_id: shard_of_node(&n.node_id, count),
+        allocatable: Some(n.allocatable.to_proto()),
+        allocated: Some(alloc.map(|a| a.0.to_proto()).unwrap_or_default()),
+        labels: n.labels.clone().into_iter().collect(),
+        running_tasks: alloc.map_or(0, |a| a.1),
+        agent_version: n.agent_version.clone(),
+        last_heartbeat_unix_ms: hb,
+        registered_at_unix_ms: n.registered_at_unix_ms,
+    }
+}
+
+impl RegionApi {
+    async fn view(&self) -> Result<RegionView, Status> {
+        Ok(self
+            .db
+            .run(|tx, _| {
+                let keys = self.keys.clone();
+                async move { RegionView::read(&tx, &keys).await }
+            })
+            .await?)
+    }
+
+    async fn node_info(&self, node: &NodeRecord) -> Result<v1::NodeInfo, Status> {
+        let view = self.view().await?;
+        let allocs = allocations(&view);
+        let count = view.layout.map_or(1, |l| l.count);
+        Ok(info(self, node, count, allocs.get(&node.node_id), 0))
+    }
+}
+
+fn allocations(view: &RegionView) -> BTreeMap<String, (Res, u32)> {
+    let mut out: BTreeMap<String, (Res, u32)> = BTreeMap::new();
+    for ((job, _), block) in &view.blocks {
+        let Some(job) = view.jobs.get(job) else {
+            continue;
+        };
+        for t in block.tasks.iter().filter(|t| t.is_bound()) {
+            let e = out.entry(t.node.clone()).or_default();
+            e.0.add(&job.resources);
+            e.1 += 1;
+        }
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl RegionAdmin for RegionApi {
+    async fn list_nodes(
+        &self,
+        request: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        let req = request.into_inner();
+        check_region(self, &req.region)?;
+        let page_size = match req.page_size {
+            0 => meridian_proto::limits::DEFAULT_PAGE_SIZE,
+            n if n > meridian_proto::limits::MAX_PAGE_SIZE => {
+                return Err(Status::invalid_argument("page_size: at most 1000"));
+            }
+            n => n,
+        } as usize;
+        let view = self.view().await?;
+        let allocs = allocations(&view);
+        let count = view.layout.map_or(1, |l| l.count);
+        let heartbeats: BTreeMap<String, u64> = self
+            .db
+            .run(|tx, _| {
+                let keys = self.keys.clone();
+                async move {
+                    let mut out = BTreeMap::new();
+                    let (begin, end) =
+                        (keys.heartbeat(""), crate::model::Keys::heartbeat_end(&keys));
+                    for (k, v) in scan(&tx, (begin, end), true).await? {
+                        if let Some(id) = keys.second_of(&k) {
+                            out.insert(id, decode::<u64>("heartbeat", &v)?);
+                        }
+                    }
+                    Ok::<_, crate::error::RegionalError>(out)
+                }
+            })
+            .await?;
+        let selector: Vec<crate::placement::LabelConstraint> = req
+            .label_selector
+            .iter()
+            .map(|r| {
+                let job = crate::model::JobRecord {
+                    constraints: vec![(r.key.clone(), r.op, r.values.clone())],
+                    ..empty_job()
+                };
+                crate::model::pending_task(&job, 0).constraints.remove(0)
+            })
+            .collect();
+        let mut nodes: Vec<v1::NodeInfo> = view
+            .nodes
+            .values()
+            .filter(|n| n.node_id.as_str() > req.page_token.as_str())
+            .filter(|n| {
+                req.states.is_empty() || req.states.contains(&(n.liveness.to_proto() as i32))
+            })
+            .filter(|n| selector.iter().all(|c| c.matches(&n.labels)))
+            .take(page_size + 1)
+            .map(|n| {
+                info(
+                    self,
+                    n,
+                    count,
+                    allocs.get(&n.node_id),
+                    heartbeats.get(&n.node_id).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        let next_page_token = if nodes.len() > page_size {
+            nodes.truncate(page_size);
+            nodes.last().map(|n| n.node_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(v1::ListNodesResponse {
+            nodes,
+            next_page_token,
+        }))
+    }
+
+    async fn cordon_node(
+        &self,
+        request: Request<v1::CordonNodeRequest>,
+    ) -> Result<Response<v1::CordonNodeResponse>, Status> {
+        let req = request.into_inner();
+        check_region(self, &req.region)?;
+        let node = set_cordon(
+            &self.db,
+            &self.keys,
+            &req.node_id,
+            &Cordon::Cordon { reason: req.reason },
+        )
+        .await?;
+        Ok(Response::new(v1::CordonNodeResponse {
+            node: Some(self.node_info(&node).await?),
+        }))
+    }
+
+    async fn uncordon_node(
+        &self,
+        request: Request<v1::UncordonNodeRequest>,
+    ) -> Result<Response<v1::UncordonNodeResponse>, Status> {
+        let req = request.into_inner();
+        check_region(self, &req.region)?;
+        let node = set_cordon(&self.db, &self.keys, &req.node_id, &Cordon::Uncordon).await?;
+        Ok(Response::new(v1::UncordonNodeResponse {
+            node: Some(self.node_info(&node).await?),
+        }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<v1::DrainNodeRequest>,
+    ) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        let req = request.into_inner();
+        check_region(self, &req.region)?;
+        let change = Cordon::Drain {
+            reason: req.reason,
+            deadline_ms: req.deadline_ms,
+        };
+        let node = set_cordon(&self.db, &self.keys, &req.node_id, &change).await?;
+        Ok(Response::new(v1::DrainNodeResponse {
+            node: Some(self.node_info(&node).await?),
+        }))
+    }
+
+    async fn get_task_logs(
+        &self,
+        request: Request<v1::GetTaskLogsRequest>,
+    ) -> Result<Response<v1::GetTaskLogsResponse>, Status> {
+        let req = request.into_inner();
+        let task = req
+            .task
+            .ok_or_else(|| Status::invalid_argument("task: required"))?;
+        let found = self
+            .db
+            .run(|tx, _| {
+                let keys = self.keys.clone();
+                let task = task.clone();
+                async move {
+                    let mut best: Option<(u32, StoredLogs)> = None;
+                    for (k, v) in scan(&tx, keys.task_logs(&task.job_id, task.index), true).await? {
+                        let attempt = keys.attempt_of_logs(&k).unwrap_or(0);
+                        if req.attempt == 0 || req.attempt == attempt {
+                            best = Some((attempt, decode("logs", &v)?));
+                        }
+                    }
+                    Ok::<_, crate::error::RegionalError>(best)
+                }
+            })
+            .await?;
+        let Some((attempt, logs)) = found else {
+            return Err(Status::not_found(
+                "the region has no output for this task attempt",
+            ));
+        };
+        let tail = |b: Vec<u8>| match req.max_bytes as usize {
+            0 => b,
+            n if b.len() > n => b[b.len() - n..].to_vec(),
+            _ => b,
+        };
+        Ok(Response::new(v1::GetTaskLogsResponse {
+            task: Some(task),
+            attempt,
+            node_id: logs.node,
+            stdout_tail: tail(logs.stdout),
+            stderr_tail: tail(logs.stderr),
+            stdout_truncated: logs.stdout_truncated,
+            stderr_truncated: logs.stderr_truncated,
+            captured_at_unix_ms: logs.at,
+        }))
+    }
+}
+
+fn empty_job() -> crate::model::JobRecord {
+    crate::model::JobRecord {
+        job_id: String::new(),
+        assignment_epoch: 0,
+        request_id: String::new(),
+        tenant: String::new(),
+        priority: 0,
+        task_count: 0,
+        resources: Res::default(),
+        labels: BTreeMap::new(),
+        constraints: Vec::new(),
+        anti_affinity: Vec::new(),
+        affinity: Vec::new(),
+        pack: false,
+        gang: false,
+        exclusive: false,
+        on_region_loss: 0,
+        max_attempts: 1,
+        stop_grace_ms: 0,
+        state: crate::model::JobPhase::Active,
+        created_at_unix_ms: 0,
+    }
+}

@@ -1,0 +1,174 @@
+//! Jobs entering and leaving the region: assign, cancel, revoke, release.
+//!
+//! Owns the idempotent application of the global tier's assignment events to
+//! the region store (keyed on job id and assignment epoch, so duplicated or
+//! reordered events change nothing), and [`insert_job`], the entry point
+//! tests and tools use to give the region work directly. Must never issue
+//! commands to agents: stopping the tasks of a cancelled or revoked job is the
+//! shard leaders' sweep, the only writer of a node's command log.
+
+use meridian_proto::v1;
+use meridian_store::{Database, Transaction};
+use prost::Message;
+
+use crate::error::Result;
+use crate::model::view::{read_blocks, read_job};
+use crate::model::{JobPhase, Keys, TASK_BLOCK, TaskBlock, TaskRecord, encode, job_from_spec};
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The store changed.
+    Changed,
+    /// Already applied, or superseded by a newer epoch: nothing changed.
+    Unchanged,
+}
+
+/// Records job `job_id` as held under `epoch`, all its tasks pending.
+/// A second ASSIGN at the same or a lower epoch is a no-op.
+pub async fn apply_assign(
+    tx: &Transaction,
+    keys: &Keys,
+    job_id: &str,
+    epoch: u64,
+    request_id: &str,
+    spec: &v1::JobSpec,
+    now_unix_ms: u64,
+) -> Result<Applied> {
+    if let Some(existing) = read_job(tx, keys, job_id).await? {
+        let newest = match existing.state {
+            JobPhase::Revoked(e) | JobPhase::Released(e) => e.max(existing.assignment_epoch),
+            _ => existing.assignment_epoch,
+        };
+        if epoch <= newest {
+            return Ok(Applied::Unchanged);
+        }
+    }
+    let job = job_from_spec(job_id, epoch, request_id, spec, now_unix_ms)?;
+    tx.clear_range(&keys.task_blocks(job_id).0, &keys.task_blocks(job_id).1)?;
+    let mut first = 0;
+    while first < job.task_count {
+        let n = TASK_BLOCK.min(job.task_count - first);
+        let block = TaskBlock {
+            first,
+            tasks: vec![TaskRecord::new_pending(); n as usize],
+        };
+        tx.set(
+            &keys.task_block(job_id, first / TASK_BLOCK),
+            &encode(&block),
+        )?;
+        first += n;
+    }
+    tx.set(&keys.job_spec(job_id), &spec.encode_to_vec())?;
+    tx.set(&keys.job(job_id), &encode(&job))?;
+    tx.set(&keys.pending(job_id), &encode(&0u32))?;
+    tx.add_i64(&keys.pending_head(), 1)?;
+    Ok(Applied::Changed)
+}
+
+/// Marks a job cancelled (the user's request, under the region's current
+/// hold). Its pending tasks end KILLED at once; the shard leaders stop the
+/// bound ones.
+pub async fn apply_cancel(
+    tx: &Transaction,
+    keys: &Keys,
+    job_id: &str,
+    epoch: u64,
+) -> Result<Applied> {
+    let Some(mut job) = read_job(tx, keys, job_id).await? else {
+        return Ok(Applied::Unchanged);
+    };
+    if epoch < job.assignment_epoch || job.state != JobPhase::Active {
+        return Ok(Applied::Unchanged);
+    }
+    job.state = JobPhase::Cancelled;
+    tx.set(&keys.job(job_id), &encode(&job))?;
+    end_pending(tx, keys, job_id, "cancelled").await?;
+    Ok(Applied::Changed)
+}
+
+/// Marks a job revoked under `epoch` (the epoch that fenced the region's
+/// hold). Pending tasks end KILLED; the shard leaders stop the bound ones,
+/// and the link leader releases the job once none is left.
+pub async fn apply_revoke(
+    tx: &Transaction,
+    keys: &Keys,
+    job_id: &str,
+    epoch: u64,
+) -> Result<Applied> {
+    let Some(mut job) = read_job(tx, keys, job_id).await? else {
+        return Ok(Applied::Unchanged);
+    };
+    let seen = match job.state {
+        JobPhase::Revoked(e) | JobPhase::Released(e) => e,
+        _ => job.assignment_epoch,
+    };
+    if epoch <= seen {
+        return Ok(Applied::Unchanged);
+    }
+    job.state = JobPhase::Revoked(epoch);
+    tx.set(&keys.job(job_id), &encode(&job))?;
+    end_pending(tx, keys, job_id, "revoked").await?;
+    Ok(Applied::Changed)
+}
+
+async fn end_pending(tx: &Transaction, keys: &Keys, job_id: &str, why: &str) -> Result<()> {
+    for mut block in read_blocks(tx, keys, job_id).await? {
+        let mut changed = false;
+        for t in block.tasks.iter_mut().filter(|t| t.is_pending()) {
+            t.state = v1::TaskState::Killed as i32;
+            t.message = why.to_string();
+            changed = true;
+        }
+        if changed {
+            tx.set(
+                &keys.task_block(job_id, block.first / TASK_BLOCK),
+                &encode(&block),
+            )?;
+        }
+    }
+    tx.clear(&keys.pending(job_id))?;
+    Ok(())
+}
+
+/// Gives the region job `job_id` directly (as an ASSIGN from the global tier
+/// would), in its own transaction. Returns whether anything changed.
+pub async fn insert_job(
+    db: &Database,
+    keys: &Keys,
+    job_id: &str,
+    epoch: u64,
+    spec: &v1::JobSpec,
+    now_unix_ms: u64,
+) -> Result<Applied> {
+    db.run(|tx, _| {
+        let keys = keys.clone();
+        let spec = spec.clone();
+        let job_id = job_id.to_string();
+        async move { apply_assign(&tx, &keys, &job_id, epoch, "", &spec, now_unix_ms).await }
+    })
+    .await
+}
+
+/// A minimal valid spec: `tasks` simulated tasks of `cpu_millis` and
+/// `memory_bytes` each, for tests, tools and benchmarks.
+pub fn simple_spec(tenant: &str, tasks: u32, cpu_millis: u64, memory_bytes: u64) -> v1::JobSpec {
+    v1::JobSpec {
+        name: "job".into(),
+        tenant: tenant.into(),
+        task_count: tasks,
+        task: Some(v1::TaskTemplate {
+            kind: Some(v1::task_template::Kind::Simulated(v1::Simulated {
+                duration_ms: 60_000,
+                exit_code: 0,
+            })),
+        }),
+        resources: Some(v1::Resources {
+            cpu_millis,
+            memory_bytes,
+            gpu_count: 0,
+            gpu_type: String::new(),
+        }),
+        ..Default::default()
+    }
+}

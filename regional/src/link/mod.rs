@@ -1,0 +1,109 @@
+//! The link to the global tier, run by the replica that wins the region's
+//! link lease.
+//!
+//! Owns the region side of `RegionLink`: register for the region lease
+//! (presenting the link lease epoch as `leader_epoch`), renew it, pull the
+//! assignment stream from the persisted cursor and apply each event
+//! ([`apply`]), acknowledge ASSIGNs with their epochs, report capacity and job
+//! status, and release revoked jobs once none of their tasks is bound. Every
+//! store write checks the link lease's fence. Must never talk to the global
+//! tier except through the proto client, and never act on a region lease
+//! epoch the global tier called stale.
+
+pub mod apply;
+mod session;
+
+use std::time::Duration;
+
+use meridian_control::SharedClock;
+use meridian_control::lease::{Elector, ElectorConfig, Fence, Identity, Lease, Role};
+use meridian_store::Database;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::model::Keys;
+
+/// What agents are told about the region lease (stored by the link leader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkState {
+    pub region_lease_epoch: u64,
+    pub lease_expires_unix_ms: u64,
+}
+
+/// Settings of the link.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub region: String,
+    /// Global tier endpoint (`http://host:port`).
+    pub global: String,
+    pub replica: String,
+    /// This replica's own endpoint (RegionAdmin is served there too).
+    pub endpoint: String,
+    /// Duration of the link lease inside the region.
+    pub lease: Duration,
+    /// How often capacity and status go up.
+    pub report_every: Duration,
+}
+
+/// Runs the link election and, while leading, the link session, until
+/// `shutdown`.
+pub async fn run(
+    db: Database,
+    keys: Keys,
+    clock: SharedClock,
+    identity: Identity,
+    config: LinkConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let lease = Lease::new(
+        db.clone(),
+        keys.link_lease(),
+        identity.clone(),
+        clock.clone(),
+        config.lease,
+        config.lease / 10,
+    );
+    let elector = Elector::new(lease, ElectorConfig::for_lease(config.lease), 7, "link");
+    let mut status = elector.subscribe();
+    let (stop_elector, stop_rx) = oneshot::channel::<()>();
+    let elector_task = tokio::spawn(elector.run(async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::pin!(shutdown);
+    let mut session: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = status.borrow_and_update().clone();
+                if let Some((stop, task)) = session.take() {
+                    let _ = stop.send(());
+                    let _ = task.await;
+                }
+                if now.role == Role::Leader {
+                    let fence = Fence::new(keys.link_lease(), identity.clone(), now.epoch);
+                    let (stop, stop_rx) = oneshot::channel();
+                    let task = tokio::spawn(session::run(
+                        db.clone(),
+                        keys.clone(),
+                        clock.clone(),
+                        identity.clone(),
+                        config.clone(),
+                        fence,
+                        stop_rx,
+                    ));
+                    session = Some((stop, task));
+                }
+            }
+        }
+    }
+    if let Some((stop, task)) = session.take() {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    let _ = stop_elector.send(());
+    let _ = elector_task.await;
+}

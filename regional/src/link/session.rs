@@ -1,0 +1,493 @@
+//! One link leader's conversation with the global tier.
+//!
+//! Owns the region lease epoch obtained from RegisterRegion, its renewal, the
+//! assignment stream and the upward reports. A session ends (and is started
+//! again with backoff) when the stream breaks or the lease is refused; it
+//! returns for good when the link lease is lost. Must never send a call with
+//! an epoch the global tier has called stale.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meridian_control::lease::{Fence, Identity};
+use meridian_control::{Backoff, BackoffConfig, SharedClock};
+use meridian_proto::v1;
+use meridian_proto::v1::region_link_client::RegionLinkClient;
+use meridian_store::Database;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::apply::{apply_event, read_cursor};
+use super::{LinkConfig, LinkState};
+use crate::error::RegionalError;
+use crate::jobs::apply_revoke;
+use crate::model::{JobPhase, Keys, NodeLiveness, RegionView, Res, decode, encode};
+
+#[derive(Debug)]
+enum End {
+    /// The link lease moved on: stop for good.
+    Fenced,
+    /// Anything else: reconnect after a backoff.
+    Retry(String),
+}
+
+impl From<RegionalError> for End {
+    fn from(e: RegionalError) -> Self {
+        if e.is_fenced() {
+            End::Fenced
+        } else {
+            End::Retry(e.to_string())
+        }
+    }
+}
+
+impl From<tonic::Status> for End {
+    fn from(s: tonic::Status) -> Self {
+        End::Retry(format!("{}: {}", s.code(), s.message()))
+    }
+}
+
+impl From<tonic::transport::Error> for End {
+    fn from(e: tonic::transport::Error) -> Self {
+        End::Retry(e.to_string())
+    }
+}
+
+pub(super) async fn run(
+    db: Database,
+    keys: Keys,
+    clock: SharedClock,
+    identity: Identity,
+    config: LinkConfig,
+    fence: Fence,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut backoff = match Backoff::new(
+        BackoffConfig {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(5),
+        },
+        fence.epoch(),
+    ) {
+        Ok(b) => b,
+        Err(_) => return,
+    };
+    let mut retry = 0;
+    loop {
+        let result = tokio::select! {
+            _ = &mut stop => return,
+            r = session(&db, &keys, &clock, &identity, &config, &fence) => r,
+        };
+        match result {
+            Err(End::Fenced) => {
+                tracing::warn!("link lease lost; the link session ends");
+                return;
+            }
+            Err(End::Retry(why)) => {
+                tracing::warn!(reason = %why, "link session ended; reconnecting");
+            }
+            Ok(()) => {}
+        }
+        let delay = backoff.delay(retry);
+        retry = retry.saturating_add(1);
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = clock.sleep(delay) => {}
+        }
+    }
+}
+
+async fn store_state(
+    db: &Database,
+    keys: &Keys,
+    fence: &Fence,
+    state: LinkState,
+) -> Result<(), End> {
+    db.run(|tx, _| {
+        let key = keys.link_state();
+        let fence = fence.clone();
+        async move {
+            fence.check(&tx).await?;
+            tx.set(&key, &encode(&state))?;
+            Ok::<_, RegionalError>(())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn session(
+    db: &Database,
+    keys: &Keys,
+    clock: &SharedClock,
+    identity: &Identity,
+    config: &LinkConfig,
+    fence: &Fence,
+) -> Result<(), End> {
+    let mut client = RegionLinkClient::connect(config.global.clone()).await?;
+    let sent_at = clock.now_unix_ms();
+    let reg = client
+        .register_region(v1::RegisterRegionRequest {
+            region: config.region.clone(),
+            replica: Some(v1::ReplicaIdentity {
+                replica_id: config.replica.clone(),
+                boot_id: identity.boot_id.to_string(),
+                endpoint: config.endpoint.clone(),
+                zone: String::new(),
+            }),
+            leader_epoch: fence.epoch(),
+            zones: Vec::new(),
+            admin_endpoint: config.endpoint.clone(),
+        })
+        .await?
+        .into_inner();
+    if reg.verdict != v1::Verdict::Accepted as i32 {
+        return Err(End::Retry(format!(
+            "RegisterRegion refused: leader epoch {} below {}",
+            fence.epoch(),
+            reg.current_leader_epoch
+        )));
+    }
+    let epoch = reg.region_lease_epoch;
+    let renew_every = Duration::from_millis(reg.renew_interval_ms.max(50));
+    store_state(
+        db,
+        keys,
+        fence,
+        LinkState {
+            region_lease_epoch: epoch,
+            lease_expires_unix_ms: sent_at.saturating_add(reg.lease_duration_ms),
+        },
+    )
+    .await?;
+    let cursor = read_cursor(db, keys).await?;
+    let mut stream = client
+        .assignments(v1::AssignmentsRequest {
+            region: config.region.clone(),
+            region_lease_epoch: epoch,
+            cursor,
+        })
+        .await?
+        .into_inner();
+    let mut renew = clock.sleep(renew_every);
+    let mut report = clock.sleep(Duration::ZERO);
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let event = match msg {
+                    Ok(Some(e)) => e,
+                    Ok(None) => return Err(End::Retry("assignment stream ended".into())),
+                    Err(s) if s.code() == tonic::Code::OutOfRange => {
+                        // The cursor is too old: start again from a snapshot.
+                        db.run(|tx, _| {
+                            let key = keys.link_cursor();
+                            let fence = fence.clone();
+                            async move {
+                                fence.check(&tx).await?;
+                                tx.clear(&key)?;
+                                Ok::<_, RegionalError>(())
+                            }
+                        }).await?;
+                        return Err(End::Retry("cursor out of range".into()));
+                    }
+                    Err(s) => return Err(s.into()),
+                };
+                apply_event(db, keys, fence, &event, clock.now_unix_ms()).await?;
+                if event.kind == v1::AssignmentEventKind::Assign as i32 {
+                    ack(db, keys, fence, &mut client, config, epoch, &event).await?;
+                }
+            }
+            _ = &mut renew => {
+                let sent_at = clock.now_unix_ms();
+                let r = client
+                    .renew_region_lease(v1::RenewRegionLeaseRequest {
+                        region: config.region.clone(),
+                        region_lease_epoch: epoch,
+                    })
+                    .await?
+                    .into_inner();
+                if r.verdict != v1::Verdict::Accepted as i32 {
+                    return Err(End::Retry(format!("region lease renewal refused (verdict {})", r.verdict)));
+                }
+                store_state(db, keys, fence, LinkState {
+                    region_lease_epoch: epoch,
+                    lease_expires_unix_ms: sent_at.saturating_add(r.lease_duration_ms),
+                }).await?;
+                renew = clock.sleep(renew_every);
+            }
+            _ = &mut report => {
+                report_up(db, keys, fence, &mut client, config, epoch, clock.now_unix_ms()).await?;
+                report = clock.sleep(config.report_every);
+            }
+        }
+    }
+}
+
+async fn ack(
+    db: &Database,
+    keys: &Keys,
+    fence: &Fence,
+    client: &mut RegionLinkClient<tonic::transport::Channel>,
+    config: &LinkConfig,
+    epoch: u64,
+    event: &v1::AssignmentEvent,
+) -> Result<(), End> {
+    let r = client
+        .ack_assignments(v1::AckAssignmentsRequest {
+            region: config.region.clone(),
+            region_lease_epoch: epoch,
+            acks: vec![v1::JobEpoch {
+                job_id: event.job_id.clone(),
+                assignment_epoch: event.assignment_epoch,
+            }],
+        })
+        .await?
+        .into_inner();
+    if r.verdict != v1::Verdict::Accepted as i32 {
+        return Err(End::Retry(
+            "acknowledgement refused: stale region lease".into(),
+        ));
+    }
+    if let Some(item) = r.results.first()
+        && item.verdict == v1::Verdict::StaleEpoch as i32
+    {
+        // The hold moved on before we acknowledged it: drop the job.
+        let job = event.job_id.clone();
+        let newer = item.current_epoch.max(event.assignment_epoch + 1);
+        db.run(|tx, _| {
+            let keys = keys.clone();
+            let fence = fence.clone();
+            let job = job.clone();
+            async move {
+                fence.check(&tx).await?;
+                apply_revoke(&tx, &keys, &job, newer).await
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Per-job status digest last reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Reported {
+    version: u64,
+    digest: Vec<u32>,
+}
+
+async fn report_up(
+    db: &Database,
+    keys: &Keys,
+    fence: &Fence,
+    client: &mut RegionLinkClient<tonic::transport::Channel>,
+    config: &LinkConfig,
+    epoch: u64,
+    now: u64,
+) -> Result<(), End> {
+    let (view, reported) = db
+        .run(|tx, _| {
+            let keys = keys.clone();
+            async move {
+                let view = RegionView::read(&tx, &keys).await?;
+                let mut reported = BTreeMap::new();
+                for job in view.jobs.keys() {
+                    if let Some(b) = tx.get(&keys.job_status(job)).await? {
+                        reported.insert(job.clone(), decode::<Reported>("job status", &b)?);
+                    }
+                }
+                Ok::<_, RegionalError>((view, reported))
+            }
+        })
+        .await?;
+
+    // Capacity.
+    let mut cap = v1::RegionCapacity {
+        computed_at_unix_ms: now,
+        nodes_total: view.nodes.len() as u32,
+        ..Default::default()
+    };
+    let mut max_free = Res::default();
+    let mut used: BTreeMap<&str, Res> = BTreeMap::new();
+    let mut counts: BTreeMap<&str, [u32; 9]> = BTreeMap::new();
+    for ((job_id, _), block) in &view.blocks {
+        let Some(job) = view.jobs.get(job_id) else {
+            continue;
+        };
+        let c = counts.entry(job_id.as_str()).or_default();
+        for t in &block.tasks {
+            c[t.state.clamp(0, 8) as usize] += 1;
+            if t.is_bound() {
+                used.entry(t.node.as_str()).or_default().add(&job.resources);
+                cap.running_tasks += 1;
+            } else if t.is_pending() {
+                cap.pending_tasks += 1;
+            }
+        }
+        if c[v1::TaskState::Pending as usize] > 0 {
+            cap.pending_jobs += 1;
+        }
+    }
+    for n in view.nodes.values() {
+        let u = used.get(n.node_id.as_str()).cloned().unwrap_or_default();
+        if n.liveness == NodeLiveness::Ready && !n.cordoned {
+            cap.nodes_ready += 1;
+            cap.cpu_millis_allocatable += n.allocatable.cpu;
+            cap.memory_bytes_allocatable += n.allocatable.mem;
+            cap.gpu_allocatable += n.allocatable.gpus;
+            max_free.cpu = max_free.cpu.max(n.allocatable.cpu.saturating_sub(u.cpu));
+            max_free.mem = max_free.mem.max(n.allocatable.mem.saturating_sub(u.mem));
+            max_free.gpus = max_free.gpus.max(n.allocatable.gpus.saturating_sub(u.gpus));
+        }
+        cap.cpu_millis_allocated += u.cpu;
+        cap.memory_bytes_allocated += u.mem;
+        cap.gpu_allocated += u.gpus;
+    }
+    cap.max_node_free = Some(max_free.to_proto());
+    let r = client
+        .report_capacity(v1::ReportCapacityRequest {
+            region: config.region.clone(),
+            region_lease_epoch: epoch,
+            capacity: Some(cap),
+        })
+        .await?
+        .into_inner();
+    if r.verdict != v1::Verdict::Accepted as i32 {
+        return Err(End::Retry(
+            "capacity report refused: stale region lease".into(),
+        ));
+    }
+
+    // Job status, for jobs whose counts changed.
+    let mut updates = Vec::new();
+    let mut new_reported = Vec::new();
+    for (job_id, job) in &view.jobs {
+        let digest = counts
+            .get(job_id.as_str())
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        let prev = reported.get(job_id).cloned().unwrap_or_default();
+        if prev.digest == digest
+            || job.state != JobPhase::Active && job.state != JobPhase::Cancelled
+        {
+            continue;
+        }
+        let c = |s: v1::TaskState| digest.get(s as usize).copied().unwrap_or(0);
+        let state = if c(v1::TaskState::Running) + c(v1::TaskState::Starting) > 0 {
+            v1::JobState::Running
+        } else if c(v1::TaskState::Succeeded) == job.task_count {
+            v1::JobState::Succeeded
+        } else if job.state == JobPhase::Cancelled && c(v1::TaskState::Placed) == 0 {
+            v1::JobState::Cancelled
+        } else if c(v1::TaskState::Failed) > 0
+            && c(v1::TaskState::Pending) + c(v1::TaskState::Placed) == 0
+        {
+            v1::JobState::Failed
+        } else if c(v1::TaskState::Placed) > 0 {
+            v1::JobState::Placed
+        } else {
+            v1::JobState::Routed
+        };
+        let version = prev.version.max(now).saturating_add(1);
+        updates.push(v1::JobStatusUpdate {
+            job_id: job_id.clone(),
+            assignment_epoch: job.assignment_epoch,
+            status_version: version,
+            state: state as i32,
+            task_counts: Some(v1::TaskCounts {
+                pending: c(v1::TaskState::Pending),
+                placed: c(v1::TaskState::Placed),
+                starting: c(v1::TaskState::Starting),
+                running: c(v1::TaskState::Running),
+                succeeded: c(v1::TaskState::Succeeded),
+                failed: c(v1::TaskState::Failed),
+                killed: c(v1::TaskState::Killed),
+                lost: c(v1::TaskState::Lost),
+            }),
+            observed_at_unix_ms: now,
+            ..Default::default()
+        });
+        new_reported.push((job_id.clone(), Reported { version, digest }));
+        if updates.len() == meridian_proto::limits::MAX_BATCH_ITEMS {
+            break;
+        }
+    }
+    if !updates.is_empty() {
+        let r = client
+            .report_status(v1::ReportStatusRequest {
+                region: config.region.clone(),
+                region_lease_epoch: epoch,
+                updates,
+            })
+            .await?
+            .into_inner();
+        if r.verdict != v1::Verdict::Accepted as i32 {
+            return Err(End::Retry(
+                "status report refused: stale region lease".into(),
+            ));
+        }
+        db.run(|tx, _| {
+            let keys = keys.clone();
+            let fence = fence.clone();
+            let new_reported = new_reported.clone();
+            async move {
+                fence.check(&tx).await?;
+                for (job, rep) in &new_reported {
+                    tx.set(&keys.job_status(job), &encode(rep))?;
+                }
+                Ok::<_, RegionalError>(())
+            }
+        })
+        .await?;
+    }
+
+    // Releases: revoked jobs with nothing bound any more.
+    let mut releases = Vec::new();
+    for (job_id, job) in &view.jobs {
+        if let JobPhase::Revoked(e) = job.state {
+            let bound = view
+                .blocks
+                .range((job_id.clone(), 0)..=(job_id.clone(), u32::MAX))
+                .any(|(_, b)| b.tasks.iter().any(|t| t.is_bound()));
+            if !bound {
+                releases.push(v1::JobRelease {
+                    job_id: job_id.clone(),
+                    assignment_epoch: e,
+                    final_tasks: Vec::new(),
+                });
+            }
+        }
+    }
+    if !releases.is_empty() {
+        let r = client
+            .release_jobs(v1::ReleaseJobsRequest {
+                region: config.region.clone(),
+                region_lease_epoch: epoch,
+                releases: releases.clone(),
+            })
+            .await?
+            .into_inner();
+        if r.verdict != v1::Verdict::Accepted as i32 {
+            return Err(End::Retry("release refused: stale region lease".into()));
+        }
+        db.run(|tx, _| {
+            let keys = keys.clone();
+            let fence = fence.clone();
+            let releases = releases.clone();
+            async move {
+                fence.check(&tx).await?;
+                for rel in &releases {
+                    if let Some(mut job) =
+                        crate::model::view::read_job(&tx, &keys, &rel.job_id).await?
+                        && job.state == JobPhase::Revoked(rel.assignment_epoch)
+                    {
+                        job.state = JobPhase::Released(rel.assignment_epoch);
+                        tx.set(&keys.job(&rel.job_id), &encode(&job))?;
+                    }
+                }
+                Ok::<_, RegionalError>(())
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}

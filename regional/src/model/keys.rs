@@ -1,0 +1,215 @@
+//! The region store's key layout: one [`Subspace`] per region, one tuple
+//! prefix per kind of record.
+//!
+//! Owns every key the regional tier writes (see docs/regional.md, "Key
+//! layout"). Must never be bypassed: no other module builds a key by hand, so
+//! the layout can be read in one place.
+
+use meridian_store::Subspace;
+use meridian_store::tuple::{self, Versionstamp};
+
+/// Size of a task block: the tasks of one job are stored `TASK_BLOCK` to a
+/// record, so one write updates many tasks and a record stays far below the
+/// 100 KB value limit.
+pub const TASK_BLOCK: u32 = 256;
+
+/// Keys of one region.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    root: Subspace,
+}
+
+impl Keys {
+    /// The keys of region `region`.
+    pub fn new(region: &str) -> Self {
+        Keys {
+            root: Subspace::from_bytes(tuple::pack(&("meridian", "region", region))),
+        }
+    }
+
+    /// `(count, generation)` of the shard layout.
+    pub fn layout(&self) -> Vec<u8> {
+        self.root.pack(&("layout",))
+    }
+
+    /// Lease of shard `shard` (one key per shard id, whatever the count, so
+    /// the epoch of a shard id only grows across re-sharding).
+    pub fn shard_lease(&self, shard: u32) -> Vec<u8> {
+        self.root.pack(&("shard_lease", shard))
+    }
+
+    /// Lease of the link to the global tier.
+    pub fn link_lease(&self) -> Vec<u8> {
+        self.root.pack(&("link_lease",))
+    }
+
+    /// Persisted cursor of the global assignment stream.
+    pub fn link_cursor(&self) -> Vec<u8> {
+        self.root.pack(&("link", "cursor"))
+    }
+
+    /// Region lease state obtained from the global tier (for agents).
+    pub fn link_state(&self) -> Vec<u8> {
+        self.root.pack(&("link", "state"))
+    }
+
+    /// Presence record of a scheduler replica.
+    pub fn replica(&self, name: &str) -> Vec<u8> {
+        self.root.pack(&("replica", name))
+    }
+
+    /// Range of every replica presence record.
+    pub fn replicas(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("replica",)).range()
+    }
+
+    /// Node record.
+    pub fn node(&self, node: &str) -> Vec<u8> {
+        self.root.pack(&("node", node))
+    }
+
+    /// Range of every node record.
+    pub fn nodes(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("node",)).range()
+    }
+
+    /// The node id of a key from [`Keys::nodes`].
+    pub fn node_id_of(&self, key: &[u8]) -> Option<String> {
+        self.root
+            .unpack::<(String, String)>(key)
+            .ok()
+            .map(|(_, id)| id)
+    }
+
+    /// Last heartbeat of a node.
+    pub fn heartbeat(&self, node: &str) -> Vec<u8> {
+        self.root.pack(&("hb", node))
+    }
+
+    /// End of the heartbeat range (begin: `heartbeat("")`).
+    pub fn heartbeat_end(&self) -> Vec<u8> {
+        self.root.subspace(&("hb",)).range().1
+    }
+
+    /// Job record.
+    pub fn job(&self, job: &str) -> Vec<u8> {
+        self.root.pack(&("job", job))
+    }
+
+    /// Range of every job record.
+    pub fn jobs(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("job",)).range()
+    }
+
+    /// A job's spec in the wire encoding.
+    pub fn job_spec(&self, job: &str) -> Vec<u8> {
+        self.root.pack(&("jobspec", job))
+    }
+
+    /// Block `block` of a job's task records.
+    pub fn task_block(&self, job: &str, block: u32) -> Vec<u8> {
+        self.root.pack(&("tasks", job, block))
+    }
+
+    /// Range of a job's task blocks.
+    pub fn task_blocks(&self, job: &str) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("tasks", job)).range()
+    }
+
+    /// Range of every task block of every job.
+    pub fn all_task_blocks(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("tasks",)).range()
+    }
+
+    /// `(job, block)` of a key from [`Keys::all_task_blocks`].
+    pub fn block_of(&self, key: &[u8]) -> Option<(String, u32)> {
+        self.root
+            .unpack::<(String, String, u32)>(key)
+            .ok()
+            .map(|(_, job, block)| (job, block))
+    }
+
+    /// Marker of a job with pending tasks; its value is the spill count.
+    pub fn pending(&self, job: &str) -> Vec<u8> {
+        self.root.pack(&("pending", job))
+    }
+
+    /// Range of every pending marker.
+    pub fn pendings(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("pending",)).range()
+    }
+
+    /// The job id of a key from [`Keys::pendings`] or [`Keys::jobs`].
+    pub fn second_of(&self, key: &[u8]) -> Option<String> {
+        self.root
+            .unpack::<(String, String)>(key)
+            .ok()
+            .map(|(_, id)| id)
+    }
+
+    /// Template of a versionstamped command-log key of a node, with
+    /// `user_version` ordering the entries of one transaction.
+    pub fn command_template(&self, node: &str, user_version: u16) -> Vec<u8> {
+        self.root
+            .pack_with_versionstamp(&("cmd", node, Versionstamp::incomplete(user_version)))
+    }
+
+    /// Range of a node's command log.
+    pub fn commands(&self, node: &str) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("cmd", node)).range()
+    }
+
+    /// Key of the command-log entry at `stamp` (12 bytes) of a node.
+    pub fn command_at(&self, node: &str, stamp: [u8; 12]) -> Vec<u8> {
+        self.root.pack(&("cmd", node, Versionstamp::from(stamp)))
+    }
+
+    /// The stamp of a command-log key.
+    pub fn command_stamp(&self, key: &[u8]) -> Option<[u8; 12]> {
+        self.root
+            .unpack::<(String, String, Versionstamp)>(key)
+            .ok()
+            .map(|(_, _, v)| *v.as_bytes())
+    }
+
+    /// Counter bumped with every command appended for a node (watched by
+    /// the node's assignment stream).
+    pub fn command_head(&self, node: &str) -> Vec<u8> {
+        self.root.pack(&("cmdhead", node))
+    }
+
+    /// Total bindings ever committed in the region (an atomic counter;
+    /// metrics and tests watch it).
+    pub fn bound_counter(&self) -> Vec<u8> {
+        self.root.pack(&("stats", "bound"))
+    }
+
+    /// Counter bumped whenever a job gains pending tasks (shard leaders
+    /// watch it to pick new work up at once).
+    pub fn pending_head(&self) -> Vec<u8> {
+        self.root.pack(&("pendinghead",))
+    }
+
+    /// Status version and digest last reported upwards for a job.
+    pub fn job_status(&self, job: &str) -> Vec<u8> {
+        self.root.pack(&("jobstatus", job))
+    }
+
+    /// Captured output of a task attempt.
+    pub fn logs(&self, job: &str, index: u32, attempt: u32) -> Vec<u8> {
+        self.root.pack(&("logs", job, index, attempt))
+    }
+
+    /// The attempt of a key from [`Keys::task_logs`].
+    pub fn attempt_of_logs(&self, key: &[u8]) -> Option<u32> {
+        self.root
+            .unpack::<(String, String, u32, u32)>(key)
+            .ok()
+            .map(|t| t.3)
+    }
+
+    /// Range of a task's captured output, all attempts.
+    pub fn task_logs(&self, job: &str, index: u32) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("logs", job, index)).range()
+    }
+}

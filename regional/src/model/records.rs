@@ -1,0 +1,303 @@
+//! The records the regional tier stores, and their encoding.
+//!
+//! Owns the stored shape of nodes, jobs, task blocks, command-log entries and
+//! the shard layout, with conversions to the solver's and the wire's types.
+//! Records are JSON (self-describing, easy to inspect in a dump); a job's spec
+//! is kept in the wire encoding next to its record. Must never decide
+//! anything: the state machines live in the modules that write these.
+
+use std::collections::BTreeMap;
+
+use meridian_proto::v1;
+use serde::{Deserialize, Serialize};
+
+use crate::placement;
+
+/// Why a stored record could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt {what} record: {detail}")]
+pub struct Corrupt {
+    /// Which kind of record.
+    pub what: &'static str,
+    /// The decoder's message.
+    pub detail: String,
+}
+
+/// Encodes a record.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs (string keys only) cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Decodes a record of kind `what`.
+pub fn decode<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, Corrupt> {
+    serde_json::from_slice(bytes).map_err(|e| Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// Resources as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Res {
+    pub cpu: u64,
+    pub mem: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gpu_type: String,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Res {
+    pub fn to_solver(&self) -> placement::Resources {
+        placement::Resources {
+            cpu_millis: self.cpu,
+            memory_bytes: self.mem,
+            gpus: self.gpus,
+            gpu_type: (!self.gpu_type.is_empty()).then(|| self.gpu_type.clone()),
+        }
+    }
+
+    pub fn to_proto(&self) -> v1::Resources {
+        v1::Resources {
+            cpu_millis: self.cpu,
+            memory_bytes: self.mem,
+            gpu_count: self.gpus,
+            gpu_type: self.gpu_type.clone(),
+        }
+    }
+
+    pub fn from_proto(r: &v1::Resources) -> Self {
+        Res {
+            cpu: r.cpu_millis,
+            mem: r.memory_bytes,
+            gpus: r.gpu_count,
+            gpu_type: r.gpu_type.clone(),
+        }
+    }
+
+    pub fn add(&mut self, other: &Res) {
+        self.cpu = self.cpu.saturating_add(other.cpu);
+        self.mem = self.mem.saturating_add(other.mem);
+        self.gpus = self.gpus.saturating_add(other.gpus);
+    }
+}
+
+/// The shard layout: how many shards, and a generation bumped by every
+/// change of the count (bindings check it, so a re-shard fences every
+/// placement decided under the old layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub count: u32,
+    pub generation: u64,
+}
+
+/// Liveness of a node (mirrors `v1::NodeState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeLiveness {
+    Ready,
+    Suspect,
+    Down,
+}
+
+impl NodeLiveness {
+    pub fn to_proto(self) -> v1::NodeState {
+        match self {
+            NodeLiveness::Ready => v1::NodeState::Ready,
+            NodeLiveness::Suspect => v1::NodeState::Unhealthy,
+            NodeLiveness::Down => v1::NodeState::Down,
+        }
+    }
+}
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    /// Registration epoch; bumped by every new registration and by being
+    /// declared dead. Never reused.
+    pub epoch: u64,
+    pub boot_id: String,
+    pub allocatable: Res,
+    pub labels: BTreeMap<String, String>,
+    pub zone: String,
+    pub rack: String,
+    pub liveness: NodeLiveness,
+    pub cordoned: bool,
+    pub draining: bool,
+    pub cordon_reason: String,
+    /// Drain stop deadline in ms (0: each job's own grace).
+    #[serde(default)]
+    pub drain_deadline_ms: u64,
+    /// OCC version of everything placement depends on, except the tasks the
+    /// shard leader itself binds (it is their only writer, under its fence).
+    pub version: u64,
+    pub registered_at_unix_ms: u64,
+    pub agent_version: String,
+}
+
+impl NodeRecord {
+    /// Whether new tasks may be bound here.
+    pub fn schedulable(&self) -> bool {
+        self.liveness == NodeLiveness::Ready && !self.cordoned && !self.draining
+    }
+}
+
+/// Placement-relevant fields of a job, derived from its spec once at intake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub assignment_epoch: u64,
+    pub request_id: String,
+    pub tenant: String,
+    pub priority: i32,
+    pub task_count: u32,
+    pub resources: Res,
+    pub labels: BTreeMap<String, String>,
+    /// `(key, op, values)`, op as `v1::LabelOperator`.
+    pub constraints: Vec<(String, i32, Vec<String>)>,
+    /// Hard anti-affinity: `(label key, label value, scope)`; scope 0 node,
+    /// 1 rack, 2 zone.
+    pub anti_affinity: Vec<(String, String, u8)>,
+    /// Soft affinity: `(label key, label value, scope, weight)`.
+    pub affinity: Vec<(String, String, u8, u32)>,
+    pub pack: bool,
+    pub gang: bool,
+    pub exclusive: bool,
+    pub on_region_loss: i32,
+    pub max_attempts: u32,
+    pub stop_grace_ms: u64,
+    pub state: JobPhase,
+    pub created_at_unix_ms: u64,
+}
+
+/// Where a job stands in the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobPhase {
+    /// Held: place and run its tasks.
+    Active,
+    /// Cancelled by the user: stop its tasks.
+    Cancelled,
+    /// Revoked by the global tier under this epoch: stop, then release.
+    Revoked(u64),
+    /// Released after a revoke: the region will not act on it again.
+    Released(u64),
+}
+
+/// One task's state in the region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// `v1::TaskState` as i32.
+    pub state: i32,
+    /// Attempt number; 0 before the first placement.
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(default)]
+    pub node_epoch: u64,
+    #[serde(default)]
+    pub shard: u32,
+    #[serde(default)]
+    pub shard_epoch: u64,
+    #[serde(default)]
+    pub placed_at: u64,
+    /// While pending: not placed before this wall time (retry backoff, or
+    /// the fence wait of an exclusive task lost with its node).
+    #[serde(default)]
+    pub not_before: u64,
+    /// A stop has been asked for (reason), the agent has not confirmed yet.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stopping: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl TaskRecord {
+    /// A task waiting for its first placement.
+    pub fn new_pending() -> Self {
+        TaskRecord {
+            state: v1::TaskState::Pending as i32,
+            attempt: 0,
+            node: String::new(),
+            node_epoch: 0,
+            shard: 0,
+            shard_epoch: 0,
+            placed_at: 0,
+            not_before: 0,
+            stopping: String::new(),
+            exit_code: None,
+            message: String::new(),
+        }
+    }
+
+    pub fn state(&self) -> v1::TaskState {
+        v1::TaskState::try_from(self.state).unwrap_or(v1::TaskState::Unspecified)
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.state() == v1::TaskState::Pending
+    }
+
+    /// Bound to a node and not finished.
+    pub fn is_bound(&self) -> bool {
+        matches!(
+            self.state(),
+            v1::TaskState::Placed | v1::TaskState::Starting | v1::TaskState::Running
+        )
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.state(),
+            v1::TaskState::Succeeded
+                | v1::TaskState::Failed
+                | v1::TaskState::Killed
+                | v1::TaskState::Lost
+        )
+    }
+
+    /// Back to pending as the next attempt.
+    pub fn repend(&mut self, not_before: u64, why: &str) {
+        self.state = v1::TaskState::Pending as i32;
+        self.node.clear();
+        self.node_epoch = 0;
+        self.stopping.clear();
+        self.not_before = not_before;
+        self.message = why.to_string();
+    }
+}
+
+/// Up to [`super::keys::TASK_BLOCK`] consecutive tasks of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskBlock {
+    /// Index of the first task of the block.
+    pub first: u32,
+    pub tasks: Vec<TaskRecord>,
+}
+
+/// One command in a node's log (several share a log entry when written by
+/// one transaction).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// `v1::CommandKind` as i32.
+    pub kind: i32,
+    pub job: String,
+    pub index: u32,
+    pub attempt: u32,
+    pub shard: u32,
+    pub shard_epoch: u64,
+    pub node_epoch: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default)]
+    pub grace_ms: u64,
+}

@@ -1,0 +1,280 @@
+//! The durable half of placement: committing a batch of bindings.
+//!
+//! Owns the one transaction that turns decisions into state: it checks the
+//! shard [`Fence`] and the layout generation, then each binding's node (its
+//! OCC version and registration epoch, and that it is still schedulable) and
+//! task (still pending at the attempt the decision saw), and writes the
+//! accepted bindings (task blocks, RUN commands in the nodes' logs) and the
+//! stops of preemption victims. A binding whose check fails is left out and
+//! reported stale; the others commit. Must never commit anything for a fenced
+//! term or a superseded layout: those fail the whole batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_control::lease::Fence;
+use meridian_proto::v1;
+use meridian_store::{Database, Transaction};
+
+use crate::error::Result;
+use crate::model::view::{read_node, scan};
+use crate::model::{
+    CommandBatch, CommandRecord, Keys, NodeRecord, TASK_BLOCK, TaskBlock, decode, encode,
+};
+use crate::placement::TaskRef;
+use crate::shard::check_generation;
+
+/// Reading every node record at once beats one read per node above this many
+/// distinct nodes in a batch.
+const RANGE_READ_NODES_ABOVE: usize = 64;
+/// Likewise for the task blocks of the jobs in a batch.
+const RANGE_READ_JOBS_ABOVE: usize = 64;
+
+/// One decision to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedBinding {
+    pub task: TaskRef,
+    pub node: String,
+    /// The node's OCC version the decision was made on.
+    pub node_version: u64,
+    /// The task's attempt number the decision saw (the binding makes it
+    /// `attempt + 1`).
+    pub seen_attempt: u32,
+}
+
+/// A preemption to carry out with the binding it makes room for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedStop {
+    pub victim: TaskRef,
+    pub node: String,
+    pub for_task: TaskRef,
+    pub grace_ms: u64,
+}
+
+/// Why a binding was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// The node's version moved since the decision (OCC).
+    NodeVersion { seen: u64, found: u64 },
+    /// The node is unknown, down, cordoned or draining now.
+    NodeUnavailable,
+    /// The task is no longer pending at the attempt seen (bound, cancelled
+    /// or re-placed meanwhile).
+    TaskMoved,
+}
+
+/// What a batch commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub bound: Vec<TaskRef>,
+    pub stale: Vec<(TaskRef, Stale)>,
+    pub stopped: usize,
+}
+
+/// Commits `bindings` (and the stops of `stops` whose binding is accepted)
+/// under `fence` and layout `generation`, in one transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_batch(
+    db: &Database,
+    keys: &Keys,
+    fence: &Fence,
+    shard: u32,
+    generation: u64,
+    bindings: &[PlannedBinding],
+    stops: &[PlannedStop],
+    now_unix_ms: u64,
+) -> Result<BatchOutcome> {
+    db.run(|tx, _| async move {
+        commit_in(
+            &tx,
+            keys,
+            fence,
+            shard,
+            generation,
+            bindings,
+            stops,
+            now_unix_ms,
+        )
+        .await
+    })
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn commit_in(
+    tx: &Transaction,
+    keys: &Keys,
+    fence: &Fence,
+    shard: u32,
+    generation: u64,
+    bindings: &[PlannedBinding],
+    stops: &[PlannedStop],
+    now_unix_ms: u64,
+) -> Result<BatchOutcome> {
+    fence.check(tx).await?;
+    check_generation(tx, keys, generation).await?;
+
+    let wanted: BTreeSet<&str> = bindings.iter().map(|b| b.node.as_str()).collect();
+    let nodes = read_nodes(tx, keys, &wanted).await?;
+
+    let mut jobs: BTreeSet<&str> = bindings.iter().map(|b| b.task.job_id.as_str()).collect();
+    jobs.extend(stops.iter().map(|s| s.victim.job_id.as_str()));
+    let mut blocks: BTreeMap<(String, u32), TaskBlock> = BTreeMap::new();
+    if jobs.len() > RANGE_READ_JOBS_ABOVE {
+        // One paged range read instead of a round trip per job.
+        for (k, v) in scan(tx, keys.all_task_blocks(), false).await? {
+            if let Some(id) = keys.block_of(&k)
+                && jobs.contains(id.0.as_str())
+            {
+                blocks.insert(id, decode("task block", &v)?);
+            }
+        }
+    } else {
+        for job in &jobs {
+            for (k, v) in scan(tx, keys.task_blocks(job), false).await? {
+                if let Some(id) = keys.block_of(&k) {
+                    blocks.insert(id, decode("task block", &v)?);
+                }
+            }
+        }
+    }
+    let mut dirty: BTreeSet<(String, u32)> = BTreeSet::new();
+    let mut commands = CommandBatch::new();
+    let mut out = BatchOutcome::default();
+    let shard_epoch = fence.epoch();
+
+    for b in bindings {
+        let node = match nodes.get(b.node.as_str()) {
+            Some(n) if n.schedulable() => n,
+            _ => {
+                out.stale.push((b.task.clone(), Stale::NodeUnavailable));
+                continue;
+            }
+        };
+        if node.version != b.node_version {
+            out.stale.push((
+                b.task.clone(),
+                Stale::NodeVersion {
+                    seen: b.node_version,
+                    found: node.version,
+                },
+            ));
+            continue;
+        }
+        let id = (b.task.job_id.clone(), b.task.index / TASK_BLOCK);
+        let Some(task) = blocks
+            .get_mut(&id)
+            .and_then(|bl| bl.tasks.get_mut((b.task.index % TASK_BLOCK) as usize))
+        else {
+            out.stale.push((b.task.clone(), Stale::TaskMoved));
+            continue;
+        };
+        if !task.is_pending() || task.attempt != b.seen_attempt {
+            out.stale.push((b.task.clone(), Stale::TaskMoved));
+            continue;
+        }
+        task.state = v1::TaskState::Placed as i32;
+        task.attempt += 1;
+        task.node = b.node.clone();
+        task.node_epoch = node.epoch;
+        task.shard = shard;
+        task.shard_epoch = shard_epoch;
+        task.placed_at = now_unix_ms;
+        task.not_before = 0;
+        task.message.clear();
+        dirty.insert(id);
+        commands.push(
+            &b.node,
+            CommandRecord {
+                kind: v1::CommandKind::Run as i32,
+                job: b.task.job_id.clone(),
+                index: b.task.index,
+                attempt: task.attempt,
+                shard,
+                shard_epoch,
+                node_epoch: node.epoch,
+                reason: String::new(),
+                grace_ms: 0,
+            },
+        );
+        out.bound.push(b.task.clone());
+    }
+
+    let accepted: BTreeSet<&TaskRef> = out.bound.iter().collect();
+    for s in stops.iter().filter(|s| accepted.contains(&s.for_task)) {
+        let id = (s.victim.job_id.clone(), s.victim.index / TASK_BLOCK);
+        let Some(task) = blocks
+            .get_mut(&id)
+            .and_then(|bl| bl.tasks.get_mut((s.victim.index % TASK_BLOCK) as usize))
+        else {
+            continue;
+        };
+        if !task.is_bound() || task.node != s.node || !task.stopping.is_empty() {
+            continue;
+        }
+        task.stopping = "preempted".into();
+        dirty.insert(id);
+        commands.push(
+            &s.node,
+            CommandRecord {
+                kind: v1::CommandKind::Stop as i32,
+                job: s.victim.job_id.clone(),
+                index: s.victim.index,
+                attempt: task.attempt,
+                shard,
+                shard_epoch,
+                node_epoch: task.node_epoch,
+                reason: "preempted".into(),
+                grace_ms: s.grace_ms,
+            },
+        );
+        out.stopped += 1;
+    }
+
+    for id in &dirty {
+        if let Some(block) = blocks.get(id) {
+            tx.set(&keys.task_block(&id.0, id.1), &encode(block))?;
+        }
+    }
+    // A job with nothing pending any more leaves the pending index.
+    for job in bindings
+        .iter()
+        .map(|b| b.task.job_id.as_str())
+        .collect::<BTreeSet<_>>()
+    {
+        let any_pending = blocks
+            .range((job.to_string(), 0)..=(job.to_string(), u32::MAX))
+            .any(|(_, bl)| bl.tasks.iter().any(|t| t.is_pending()));
+        if !any_pending {
+            tx.clear(&keys.pending(job))?;
+        }
+    }
+    if !out.bound.is_empty() {
+        tx.add_i64(&keys.bound_counter(), out.bound.len() as i64)?;
+    }
+    commands.write(tx, keys)?;
+    Ok(out)
+}
+
+async fn read_nodes<'a>(
+    tx: &Transaction,
+    keys: &Keys,
+    wanted: &BTreeSet<&'a str>,
+) -> Result<BTreeMap<&'a str, NodeRecord>> {
+    let mut out = BTreeMap::new();
+    if wanted.len() > RANGE_READ_NODES_ABOVE {
+        for (k, v) in scan(tx, keys.nodes(), false).await? {
+            if let Some(id) = keys.node_id_of(&k)
+                && let Some(name) = wanted.get(id.as_str())
+            {
+                out.insert(*name, decode("node", &v)?);
+            }
+        }
+    } else {
+        for name in wanted {
+            if let Some(node) = read_node(tx, keys, name).await? {
+                out.insert(*name, node);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,228 @@
+//! `meridian regional`: one replica of a region scheduler.
+//!
+//! Owns wiring and lifetime: open the region store, make the shard layout
+//! match the configured count, run the shard manager (placement loops and
+//! sweeps for the shards it wins), serve `AgentLink` and `RegionAdmin` over
+//! gRPC and Prometheus metrics over HTTP, run the link to the global tier
+//! when one is configured, and shut all of it down gracefully: shards are
+//! given away fence-first, so a standby takes over at once. Must never hold
+//! scheduling logic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_control::lease::Identity;
+use meridian_control::{SharedClock, SystemClock};
+use meridian_proto::v1::agent_link_server::AgentLinkServer;
+use meridian_proto::v1::region_admin_server::RegionAdminServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::agent::{AgentApiConfig, RegionApi};
+use crate::error::{RegionalError, Result};
+use crate::link::LinkConfig;
+use crate::model::Keys;
+use crate::placer::sweep::LivenessConfig;
+use crate::placer::{Placer, PlacerConfig};
+use crate::shard::{ManagerConfig, ShardManager, ensure_layout};
+
+/// Configuration of one replica.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub region: String,
+    /// Global tier endpoint; `None` runs the region standalone (work is
+    /// given to it through [`crate::jobs::insert_job`]).
+    pub global: Option<String>,
+    /// Store URL (`sqlite:PATH`, `fdb:CLUSTER_FILE`).
+    pub store: String,
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub shards: u32,
+    /// Stable replica name.
+    pub replica: String,
+    pub shard_lease: Duration,
+    pub heartbeat_interval: Duration,
+    pub node_timeout: Duration,
+    pub node_grace: Duration,
+    pub seed: u64,
+}
+
+impl Config {
+    /// Defaults for everything but the required flags.
+    pub fn new(region: &str, store: &str, listen: SocketAddr, shards: u32) -> Self {
+        Config {
+            region: region.to_string(),
+            global: None,
+            store: store.to_string(),
+            listen,
+            metrics_listen: None,
+            shards,
+            replica: format!("{region}-{}", std::process::id()),
+            shard_lease: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(5),
+            node_grace: Duration::from_secs(10),
+            seed: 0,
+        }
+    }
+}
+
+fn server_error(e: impl std::fmt::Display) -> RegionalError {
+    RegionalError::Store(meridian_store::StoreError::Backend(e.to_string()))
+}
+
+/// Runs one replica until `shutdown` resolves, then stops gracefully.
+/// Prints `listening on ADDR` (and `metrics on ADDR`) once serving.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    if config.region.is_empty() {
+        return Err(RegionalError::invalid("region", "must not be empty"));
+    }
+    let db = meridian_store::open(&config.store).await?;
+    let keys = Keys::new(&config.region);
+    let clock: SharedClock = SystemClock::shared();
+    let identity = Identity::new_boot(config.replica.clone());
+    let layout = ensure_layout(&db, &keys, config.shards).await?;
+    tracing::info!(region = %config.region, shards = layout.count, generation = layout.generation, replica = %identity, "region replica starting");
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(server_error)?;
+    let local = listener.local_addr().map_err(server_error)?;
+    let endpoint = format!("http://{local}");
+
+    let placer = Placer::new(
+        db.clone(),
+        keys.clone(),
+        clock.clone(),
+        PlacerConfig {
+            liveness: LivenessConfig {
+                suspect_after: config.node_timeout,
+                dead_after: config.node_timeout + config.node_grace,
+                exclusive_wait: config.node_timeout,
+            },
+            seed: config.seed,
+            ..PlacerConfig::default()
+        },
+    );
+    let manager = ShardManager::new(
+        db.clone(),
+        keys.clone(),
+        clock.clone(),
+        identity.clone(),
+        ManagerConfig {
+            replica: config.replica.clone(),
+            endpoint: endpoint.clone(),
+            lease: config.shard_lease,
+            safety_margin: config.shard_lease / 10,
+            seed: config.seed,
+        },
+        placer,
+    );
+    let leading = manager.leading();
+    let api = RegionApi::new(
+        db.clone(),
+        keys.clone(),
+        clock.clone(),
+        &config.region,
+        leading.clone(),
+        AgentApiConfig {
+            heartbeat_interval: config.heartbeat_interval,
+            node_timeout: config.node_timeout + config.node_grace,
+            ..AgentApiConfig::default()
+        },
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let manager_task = tokio::spawn(manager.run(stopped(stop_rx.clone())));
+    let grpc = tonic::transport::Server::builder()
+        .add_service(AgentLinkServer::new(api.clone()))
+        .add_service(RegionAdminServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(grpc);
+    println!("listening on {local}");
+
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => Some(spawn_metrics(addr, stopped(stop_rx.clone())).await?),
+        None => None,
+    };
+    let link_task = config.global.clone().map(|global| {
+        tokio::spawn(crate::link::run(
+            db.clone(),
+            keys.clone(),
+            clock.clone(),
+            identity.clone(),
+            LinkConfig {
+                region: config.region.clone(),
+                global,
+                replica: config.replica.clone(),
+                endpoint: endpoint.clone(),
+                lease: config.shard_lease * 2,
+                report_every: Duration::from_secs(1),
+            },
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let shards_gauge = {
+        let leading = leading.clone();
+        let clock = clock.clone();
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            while !*rx.borrow() {
+                crate::metrics::shards_led(leading.lock().len());
+                clock.sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down: giving shards away");
+    let _ = stop_tx.send(true);
+    let _ = manager_task.await;
+    if let Some(t) = link_task {
+        let _ = t.await;
+    }
+    if let Ok(Err(e)) = grpc_task.await {
+        tracing::warn!(error = %e, "gRPC server ended with an error");
+    }
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    shards_gauge.abort();
+    Ok(())
+}
+
+async fn spawn_metrics(
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(server_error)?;
+    let handle = Arc::new(handle);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    let listener = TcpListener::bind(addr).await.map_err(server_error)?;
+    println!(
+        "metrics on {}",
+        listener.local_addr().map_err(server_error)?
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "metrics server ended with an error");
+        }
+    }))
+}
