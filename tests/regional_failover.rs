@@ -258,7 +258,9 @@ async fn two_replica_processes_split_the_shards_and_survive_a_kill_without_bindi
         })
         .await
         .expect("view");
-    let mut runs: BTreeMap<(String, u32), Vec<(String, u32, u64)>> = BTreeMap::new();
+    // (job, task index) -> every RUN seen for it as (node, shard, shard epoch).
+    type Runs = BTreeMap<(String, u32), Vec<(String, u32, u64)>>;
+    let mut runs: Runs = BTreeMap::new();
     for node in view.nodes.keys() {
         let log = db
             .run(|tx, _| {
