@@ -151,7 +151,7 @@ fn spec(i: usize) -> JobSpec {
 async fn killing_the_global_leader_under_load_loses_no_acknowledged_job_and_duplicates_none() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("global.db").display());
-    let mut replicas = vec![Replica::start("g1", &url), Replica::start("g2", &url)];
+    let mut replicas = [Replica::start("g1", &url), Replica::start("g2", &url)];
     let endpoints: Vec<String> = replicas.iter().map(|r| r.endpoint.clone()).collect();
 
     let acked = Arc::new(Mutex::new(Vec::<(String, String, Instant)>::new()));
