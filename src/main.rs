@@ -25,6 +25,8 @@ enum Command {
         #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "data/dev")]
         data_dir: PathBuf,
     },
+    /// Run a node agent: register with a region, pull assignments, run tasks.
+    Agent(AgentArgs),
     /// Run one replica of a region scheduler (shards, placement, agent API).
     Regional(RegionalArgs),
     /// Run a replica of the global tier (federation API, routing, region links).
@@ -41,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Dev { data_dir } => dev(data_dir).await,
+        Command::Agent(args) => agent(args).await,
         Command::Regional(args) => regional(args).await,
         Command::Global(args) => global(args).await,
     }
@@ -63,6 +66,62 @@ async fn dev(data_dir: PathBuf) -> anyhow::Result<()> {
     println!("meridian dev: store ready at {url}");
     println!("not built yet: global tier, regional tier, node agents (see README.md, Status)");
     Ok(())
+}
+
+/// Arguments of `meridian agent`.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Region scheduler endpoint, e.g. `http://127.0.0.1:7500`.
+    #[arg(long)]
+    region: String,
+    /// Node id, stable across restarts (with --simulate: the prefix of the ids).
+    #[arg(long)]
+    node_id: String,
+    /// CPU cores offered to tasks.
+    #[arg(long, default_value_t = 1.0)]
+    cpu: f64,
+    /// Memory offered to tasks, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    memory: u64,
+    /// GPUs offered to tasks.
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// Node labels, `k=v,k2=v2`.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// Where task output and the agent's state file live.
+    #[arg(long, default_value = "data/agent")]
+    work_dir: PathBuf,
+    /// Host this many simulated nodes instead of one real node.
+    #[arg(long)]
+    simulate: Option<usize>,
+    /// Seed of the agent's random choices (backoff, heartbeat jitter).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let labels = meridian_agent::parse_labels(&args.labels).context("parsing --labels")?;
+    let cmd = meridian_agent::AgentCommand {
+        region: args.region,
+        node_id: args.node_id,
+        cpu: args.cpu,
+        memory_bytes: args.memory,
+        gpus: args.gpus,
+        labels,
+        work_dir: args.work_dir,
+        simulate: args.simulate,
+        seed: args.seed,
+    };
+    let stop = async {
+        // Without a signal handler the agent runs until killed.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    meridian_agent::run_agent(cmd, stop)
+        .await
+        .context("node agent failed")
 }
 
 /// Arguments of `meridian global`.

@@ -1,0 +1,146 @@
+//! What a node is and how its agent behaves: [`NodeSpec`] (identity,
+//! resources, labels) and [`AgentOptions`] (timings, limits, seed).
+//!
+//! Owns the defaults and their validation. Must never perform I/O.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meridian_control::BackoffConfig;
+use meridian_proto::limits::{MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS};
+use meridian_proto::v1::Resources;
+
+use crate::error::AgentError;
+
+/// The node one agent (or one virtual node) stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Stable id within the region.
+    pub node_id: String,
+    /// Resources offered to tasks.
+    pub allocatable: Resources,
+    /// Labels for job node constraints.
+    pub labels: BTreeMap<String, String>,
+    /// Availability zone; empty when not configured.
+    pub zone: String,
+    /// Rack; empty when not configured.
+    pub rack: String,
+}
+
+/// Timings and limits of an agent. Every node of a host shares one.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Reconnect backoff (full jitter). Defaults: 100 ms doubling to 10 s.
+    pub reconnect: BackoffConfig,
+    /// Seed of every RNG of the host; node `i` derives its own from it.
+    pub seed: u64,
+    /// Heartbeat interval used until the region names one.
+    pub default_heartbeat: Duration,
+    /// Heartbeats are never sent more often than this, whatever the region
+    /// asks (bounded rate).
+    pub min_heartbeat: Duration,
+    /// Minimum spacing of two ReportTaskStatus calls of one node; state
+    /// changes in between are coalesced into one batch.
+    pub report_interval: Duration,
+    /// Stop grace period when a command leaves it at 0.
+    pub default_grace: Duration,
+    /// Deadline of every unary call to the region.
+    pub call_timeout: Duration,
+    /// Largest size of one output file (stdout or stderr) of an attempt;
+    /// beyond it the file is rotated once (`stdout.1`), so at most twice this
+    /// is kept on disk.
+    pub output_file_cap: u64,
+    /// Enforce the attempt's memory reservation as `RLIMIT_AS`.
+    pub enforce_memory_limit: bool,
+    /// Optional `RLIMIT_CPU` (total CPU seconds) for every real process.
+    pub cpu_time_limit: Option<Duration>,
+    /// Where real attempts get their scratch directories and the agent keeps
+    /// its state file; `None` for simulated nodes (nothing on disk).
+    pub work_dir: Option<PathBuf>,
+    /// Finished attempts remembered per node for idempotent RUN/STOP.
+    pub finished_memory: usize,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            reconnect: BackoffConfig {
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(10),
+            },
+            seed: 0,
+            default_heartbeat: Duration::from_secs(5),
+            min_heartbeat: Duration::from_millis(500),
+            report_interval: Duration::from_millis(10),
+            default_grace: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(10),
+            output_file_cap: 8 * 1024 * 1024,
+            enforce_memory_limit: true,
+            cpu_time_limit: None,
+            work_dir: None,
+            finished_memory: 256,
+        }
+    }
+}
+
+impl AgentOptions {
+    /// Checks the values that would make the agent misbehave.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        self.reconnect
+            .validate()
+            .map_err(|e| AgentError::Config(format!("reconnect backoff: {e}")))?;
+        if self.min_heartbeat.is_zero() {
+            return Err(AgentError::Config("min_heartbeat must be > 0".into()));
+        }
+        if self.call_timeout.is_zero() {
+            return Err(AgentError::Config("call_timeout must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `k=v,k2=v2` (empty string: no labels), enforcing the wire limits.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, AgentError> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| AgentError::Config(format!("label {pair:?} is not k=v")))?;
+        if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES {
+            return Err(AgentError::Config(format!(
+                "label key {k:?} must be 1 to {MAX_LABEL_KEY_BYTES} bytes"
+            )));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(AgentError::Config(format!(
+                "label value of {k:?} exceeds {MAX_LABEL_VALUE_BYTES} bytes"
+            )));
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    if labels.len() > MAX_LABELS {
+        return Err(AgentError::Config(format!("more than {MAX_LABELS} labels")));
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_into_an_ordered_map() {
+        let l = parse_labels("zone=a, gpu=yes,").unwrap();
+        assert_eq!(
+            l.into_iter().collect::<Vec<_>>(),
+            vec![("gpu".into(), "yes".into()), ("zone".into(), "a".into())]
+        );
+        assert!(parse_labels("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_label_without_equals_sign_is_rejected() {
+        assert!(matches!(parse_labels("zone"), Err(AgentError::Config(_))));
+    }
+}

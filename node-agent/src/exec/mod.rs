@@ -1,0 +1,125 @@
+//! Task execution: the seam between the node loop and what actually runs.
+//!
+//! Owns the [`Executor`] trait, the [`Launch`] request, the [`TaskExit`]
+//! outcome and the [`TaskControl`] handle used to stop an attempt. Real
+//! processes live in [`process`], simulated ones in [`simulated`]; both are
+//! driven by exactly the same node loop. Must never talk to the region.
+
+pub mod output;
+pub mod process;
+pub mod simulated;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meridian_proto::v1::{Resources, TaskAttempt, TaskTemplate};
+use tokio::sync::{mpsc, oneshot};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub attempt: TaskAttempt,
+    pub template: TaskTemplate,
+    pub resources: Resources,
+    /// Per-attempt directory (output files, default working directory);
+    /// `None` for executors that need none.
+    pub dir: Option<PathBuf>,
+}
+
+/// Captured end of one output stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// Last bytes, at most `MAX_OUTPUT_TAIL_BYTES`.
+    pub bytes: Vec<u8>,
+    /// The stream was longer than `bytes`.
+    pub truncated: bool,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code when the process exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal that ended the process, when one did.
+    pub signal: Option<i32>,
+    pub stdout: Tail,
+    pub stderr: Tail,
+    /// Detail for humans (escalated to SIGKILL, ...).
+    pub message: String,
+}
+
+/// An attempt's exit, delivered to its node's loop.
+#[derive(Debug, Clone)]
+pub struct TaskExit {
+    pub attempt: TaskAttempt,
+    pub exit: Exit,
+}
+
+/// Where executors deliver exits.
+pub type ExitTx = mpsc::UnboundedSender<TaskExit>;
+
+/// Handle to a launched attempt.
+#[derive(Debug)]
+pub struct Started {
+    /// Process id and process group of a real process.
+    pub process: Option<ProcessIds>,
+    pub control: TaskControl,
+}
+
+/// Identity of a real process, enough to find it again after an agent
+/// restart without mistaking a recycled pid for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessIds {
+    pub pid: i32,
+    /// Process group id (the pid: every attempt leads its own group).
+    pub pgid: i32,
+    /// Start time of the process in clock ticks since boot (Linux
+    /// `/proc/PID/stat` field 22); 0 when unknown.
+    pub start_ticks: u64,
+}
+
+/// Asks a launched attempt to stop. Dropping it does not stop anything.
+#[derive(Debug)]
+pub struct TaskControl {
+    stop: Option<oneshot::Sender<Duration>>,
+}
+
+impl TaskControl {
+    /// A control and the receiving end the executor watches.
+    pub fn new() -> (TaskControl, oneshot::Receiver<Duration>) {
+        let (tx, rx) = oneshot::channel();
+        (TaskControl { stop: Some(tx) }, rx)
+    }
+
+    /// Starts stopping: SIGTERM now, SIGKILL after `grace` (or the simulated
+    /// equivalent). A second call does nothing.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(tx) = self.stop.take() {
+            // The executor may have finished already: nothing to stop.
+            let _ = tx.send(grace);
+        }
+    }
+
+    /// Whether a stop was already requested.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.is_none()
+    }
+}
+
+/// Why an attempt could not be launched.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("task template has no kind")]
+    NoKind,
+    #[error("this executor cannot run {0} tasks")]
+    Unsupported(&'static str),
+    #[error("{0}")]
+    Spawn(String),
+}
+
+/// Runs attempts. One executor serves every node of a host.
+pub trait Executor: Send + Sync + 'static {
+    /// Starts `launch`; its exit is sent to `exits` exactly once, whether it
+    /// ends by itself or after [`TaskControl::stop`]. Must not block.
+    fn launch(&self, launch: Launch, exits: ExitTx) -> Result<Started, LaunchError>;
+}

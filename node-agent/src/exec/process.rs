@@ -1,0 +1,295 @@
+//! Real processes: one child per attempt, leading its own process group.
+//!
+//! Owns spawning (program, args, a minimal environment plus the task's,
+//! working directory), output capture to capped files, resource limits set
+//! between fork and exec, and stopping: SIGTERM to the whole group, the grace
+//! period on the agent's clock, then SIGKILL. After the leader exits the rest
+//! of its group is killed too, so no descendant outlives its attempt.
+//!
+//! Must never: wait on the async runtime's threads for a process (all waits
+//! are async), or signal a pid it cannot prove is still the same process.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use meridian_control::SharedClock;
+use meridian_proto::v1::task_template::Kind;
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use super::output::capture;
+use super::{
+    Executor, Exit, ExitTx, Launch, LaunchError, ProcessIds, Started, Tail, TaskControl, TaskExit,
+};
+
+/// How long to wait for output pipes to close after the group was killed
+/// (a descendant that left the group may hold them open).
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// `PATH` of a task that does not set one.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs `Command` templates as child processes.
+#[derive(Debug, Clone)]
+pub struct ProcessExecutor {
+    clock: SharedClock,
+    file_cap: u64,
+    enforce_memory_limit: bool,
+    cpu_time_limit: Option<Duration>,
+}
+
+impl ProcessExecutor {
+    pub fn new(
+        clock: SharedClock,
+        file_cap: u64,
+        enforce_memory_limit: bool,
+        cpu_time_limit: Option<Duration>,
+    ) -> Self {
+        ProcessExecutor {
+            clock,
+            file_cap,
+            enforce_memory_limit,
+            cpu_time_limit,
+        }
+    }
+}
+
+/// Limits applied in the child between fork and exec.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    address_space: Option<u64>,
+    cpu_seconds: Option<u64>,
+}
+
+impl Limits {
+    /// Runs in the forked child: only async-signal-safe calls (setrlimit).
+    fn apply(self) -> std::io::Result<()> {
+        if let Some(bytes) = self.address_space {
+            setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(std::io::Error::from)?;
+        }
+        if let Some(secs) = self.cpu_seconds {
+            // Soft limit sends SIGXCPU, the hard limit one second later SIGKILL.
+            setrlimit(Resource::RLIMIT_CPU, secs, secs.saturating_add(1))
+                .map_err(std::io::Error::from)?;
+        }
+        setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(std::io::Error::from)?;
+        Ok(())
+    }
+}
+
+impl Executor for ProcessExecutor {
+    fn launch(&self, launch: Launch, exits: ExitTx) -> Result<Started, LaunchError> {
+        let cmd = match launch.template.kind {
+            Some(Kind::Command(c)) => c,
+            Some(Kind::Simulated(_)) => return Err(LaunchError::Unsupported("simulated")),
+            None => return Err(LaunchError::NoKind),
+        };
+        if cmd.program.is_empty() {
+            return Err(LaunchError::Spawn("command.program is empty".into()));
+        }
+        let dir = launch.dir.ok_or_else(|| {
+            LaunchError::Spawn("no attempt directory (agent has no work dir)".into())
+        })?;
+        let workdir = if cmd.working_dir.is_empty() {
+            dir.join("work")
+        } else {
+            PathBuf::from(&cmd.working_dir)
+        };
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::create_dir_all(&workdir))
+            .map_err(|e| LaunchError::Spawn(format!("cannot create {}: {e}", workdir.display())))?;
+
+        let mut command = tokio::process::Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .env_clear()
+            .env("PATH", DEFAULT_PATH)
+            .env("HOME", &workdir)
+            .env(
+                "MERIDIAN_TASK_ID",
+                launch
+                    .attempt
+                    .task
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            )
+            .env("MERIDIAN_ATTEMPT", launch.attempt.attempt.to_string())
+            .envs(&cmd.env)
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let limits = Limits {
+            address_space: (self.enforce_memory_limit && launch.resources.memory_bytes > 0)
+                .then_some(launch.resources.memory_bytes),
+            cpu_seconds: self.cpu_time_limit.map(|d| d.as_secs().max(1)),
+        };
+        // SAFETY: the closure only calls setrlimit, which is async-signal-safe,
+        // and touches no memory shared with the parent.
+        unsafe {
+            command.pre_exec(move || limits.apply());
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| LaunchError::Spawn(format!("cannot start {:?}: {e}", cmd.program)))?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| LaunchError::Spawn("child exited before its pid was read".into()))?;
+        let ids = ProcessIds {
+            pid,
+            pgid: pid,
+            start_ticks: start_ticks(pid).unwrap_or(0),
+        };
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let (control, stop_rx) = TaskControl::new();
+        let clock = self.clock.clone();
+        let cap = self.file_cap;
+        let attempt = launch.attempt;
+        tokio::spawn(async move {
+            let out = stdout.map(|s| tokio::spawn(capture(s, dir.join("stdout"), cap)));
+            let err = stderr.map(|s| tokio::spawn(capture(s, dir.join("stderr"), cap)));
+            let mut exit = supervise(child, ids.pgid, stop_rx, &clock).await;
+            let drained = async {
+                let o = match out {
+                    Some(h) => h.await.unwrap_or_default(),
+                    None => Tail::default(),
+                };
+                let e = match err {
+                    Some(h) => h.await.unwrap_or_default(),
+                    None => Tail::default(),
+                };
+                (o, e)
+            };
+            tokio::select! {
+                (o, e) = drained => { exit.stdout = o; exit.stderr = e; }
+                () = clock.sleep(OUTPUT_DRAIN_LIMIT) => {
+                    exit.message.push_str("; output pipes held open by an escaped descendant");
+                }
+            }
+            // The node loop may be gone (shutdown): nobody to tell.
+            let _ = exits.send(TaskExit { attempt, exit });
+        });
+        Ok(Started {
+            process: Some(ids),
+            control,
+        })
+    }
+}
+
+/// Waits for the child, handling a stop request; kills what is left of the
+/// group afterwards.
+async fn supervise(
+    mut child: tokio::process::Child,
+    pgid: i32,
+    mut stop_rx: tokio::sync::oneshot::Receiver<Duration>,
+    clock: &SharedClock,
+) -> Exit {
+    let mut message = String::new();
+    let status = tokio::select! {
+        s = child.wait() => s,
+        grace = &mut stop_rx => match grace {
+            Ok(grace) => {
+                signal_group(pgid, Signal::SIGTERM);
+                tokio::select! {
+                    s = child.wait() => s,
+                    () = clock.sleep(grace) => {
+                        signal_group(pgid, Signal::SIGKILL);
+                        message = format!("did not exit within the {grace:?} grace period: killed");
+                        child.wait().await
+                    }
+                }
+            }
+            // The control was dropped without a stop: just wait.
+            Err(_) => child.wait().await,
+        },
+    };
+    // Descendants left in the group must not outlive the attempt.
+    signal_group(pgid, Signal::SIGKILL);
+    match status {
+        Ok(s) => Exit {
+            exit_code: s.code(),
+            signal: s.signal(),
+            message,
+            ..Exit::default()
+        },
+        Err(e) => Exit {
+            message: format!("cannot wait for the process: {e}"),
+            ..Exit::default()
+        },
+    }
+}
+
+fn signal_group(pgid: i32, sig: Signal) {
+    if let Err(e) = killpg(Pid::from_raw(pgid), sig)
+        && e != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(pgid, signal = ?sig, error = %e, "cannot signal process group");
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot, from `/proc/PID/stat`.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // Field 2 (comm) may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True when `pid` exists and is not a zombie.
+pub fn is_running(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        // No procfs: trust kill(0).
+        Err(_) => true,
+    }
+}
+
+/// What happened to a process group left by a previous agent boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Its leader was no longer running (or the pid now belongs to another
+    /// process); nothing was signalled.
+    AlreadyGone,
+    /// It exited after SIGTERM.
+    Terminated,
+    /// It had to be killed with SIGKILL.
+    Killed,
+}
+
+/// Stops the process group of a previous boot: SIGTERM, up to `grace`
+/// (checking every 50 ms on `clock`), then SIGKILL. A pid whose start time no
+/// longer matches is left alone (recycled).
+pub async fn cleanup_previous(ids: ProcessIds, grace: Duration, clock: &SharedClock) -> Cleanup {
+    let same = ids.start_ticks == 0 || start_ticks(ids.pid) == Some(ids.start_ticks);
+    if !same || !is_running(ids.pid) {
+        // The leader is gone, but descendants may remain in its group.
+        if same {
+            signal_group(ids.pgid, Signal::SIGKILL);
+        }
+        return Cleanup::AlreadyGone;
+    }
+    signal_group(ids.pgid, Signal::SIGTERM);
+    let deadline = clock.now() + grace;
+    while clock.now() < deadline {
+        if !is_running(ids.pid) {
+            signal_group(ids.pgid, Signal::SIGKILL);
+            return Cleanup::Terminated;
+        }
+        clock.sleep(Duration::from_millis(50)).await;
+    }
+    signal_group(ids.pgid, Signal::SIGKILL);
+    Cleanup::Killed
+}

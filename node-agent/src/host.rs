@@ -1,0 +1,264 @@
+//! A host: the process that carries one real node or N simulated ones.
+//!
+//! Owns building the nodes (identity, seeds, executor, channels), the
+//! previous-boot cleanup of a real node, and the `meridian agent` entry
+//! point. Simulated nodes share an executor and multiplex their streams over
+//! a pool of HTTP/2 connections (`nodes_per_connection` each), so the cost
+//! of a node is one task, one stream and its small state.
+//!
+//! Must never contain protocol logic (that is [`crate::node`]) or parse a
+//! command line (the binary does).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_control::{SharedClock, SystemClock};
+use meridian_proto::v1::{Resources, TaskState};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{AgentOptions, NodeSpec};
+use crate::error::AgentError;
+use crate::exec::Executor;
+use crate::exec::process::{Cleanup, ProcessExecutor, cleanup_previous};
+use crate::exec::simulated::SimulatedExecutor;
+use crate::node::{NodeAgent, NodeContext, report};
+use crate::persist::StateFile;
+use crate::probe::Probe;
+
+/// Simulated nodes sharing one HTTP/2 connection.
+pub const NODES_PER_CONNECTION: usize = 100;
+
+/// What `meridian agent` was asked to do.
+#[derive(Debug, Clone)]
+pub struct AgentCommand {
+    /// Region endpoint, e.g. `http://127.0.0.1:7500`.
+    pub region: String,
+    pub node_id: String,
+    /// CPU cores offered (fractions allowed).
+    pub cpu: f64,
+    /// Memory offered, in bytes.
+    pub memory_bytes: u64,
+    pub gpus: u32,
+    pub labels: BTreeMap<String, String>,
+    pub work_dir: PathBuf,
+    /// Host this many simulated nodes instead of one real node.
+    pub simulate: Option<usize>,
+    pub seed: u64,
+}
+
+/// Running nodes of one process.
+pub struct Host {
+    nodes: JoinSet<()>,
+    shutdown: watch::Sender<bool>,
+    probe: Arc<Probe>,
+}
+
+impl Host {
+    /// Starts `count` simulated nodes named `{base.node_id}-{i:06}` against
+    /// `region`, all sharing `clock` and `probe`.
+    pub fn simulated(
+        region: &str,
+        base: &NodeSpec,
+        count: usize,
+        opts: AgentOptions,
+        clock: SharedClock,
+        probe: Arc<Probe>,
+    ) -> Result<Host, AgentError> {
+        opts.validate()?;
+        let opts = Arc::new(AgentOptions {
+            work_dir: None,
+            ..opts
+        });
+        let executor: Arc<dyn Executor> = Arc::new(SimulatedExecutor::new(
+            clock.clone(),
+            Some(Duration::from_secs(1)),
+        ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let host_boot = uuid::Uuid::new_v4();
+        let mut nodes = JoinSet::new();
+        let mut channel = None;
+        for i in 0..count {
+            if i % NODES_PER_CONNECTION == 0 {
+                channel = Some(connect_lazy(region)?);
+            }
+            let Some(ch) = channel.clone() else { continue };
+            let mut spec = base.clone();
+            spec.node_id = format!("{}-{i:06}", base.node_id);
+            let seed = opts
+                .seed
+                .wrapping_add((i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let boot_id =
+                uuid::Uuid::from_u64_pair(host_boot.as_u64_pair().0, i as u64).to_string();
+            let node = NodeAgent::new(
+                NodeContext {
+                    spec,
+                    opts: opts.clone(),
+                    clock: clock.clone(),
+                    executor: executor.clone(),
+                    channel: ch,
+                    probe: probe.clone(),
+                    shutdown: shutdown_rx.clone(),
+                    seed,
+                    state_file: None,
+                },
+                boot_id,
+            )?;
+            nodes.spawn(node.run());
+        }
+        Ok(Host {
+            nodes,
+            shutdown,
+            probe,
+        })
+    }
+
+    /// Starts one real node that runs processes, after cleaning up what a
+    /// previous boot left in `opts.work_dir`.
+    pub async fn real(
+        region: &str,
+        spec: NodeSpec,
+        opts: AgentOptions,
+        clock: SharedClock,
+        probe: Arc<Probe>,
+    ) -> Result<Host, AgentError> {
+        opts.validate()?;
+        let work_dir = opts
+            .work_dir
+            .clone()
+            .ok_or_else(|| AgentError::Config("a real node needs a work dir".into()))?;
+        std::fs::create_dir_all(&work_dir).map_err(|e| AgentError::io("creating", &work_dir, e))?;
+        let state_file = StateFile::in_dir(&work_dir);
+        let previous = state_file.load()?;
+        let opts = Arc::new(opts);
+        let executor: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(
+            clock.clone(),
+            opts.output_file_cap,
+            opts.enforce_memory_limit,
+            opts.cpu_time_limit,
+        ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut node = NodeAgent::new(
+            NodeContext {
+                spec,
+                opts: opts.clone(),
+                clock: clock.clone(),
+                executor,
+                channel: connect_lazy(region)?,
+                probe: probe.clone(),
+                shutdown: shutdown_rx,
+                seed: opts.seed,
+                state_file: Some(state_file),
+            },
+            uuid::Uuid::new_v4().to_string(),
+        )?;
+        if let Some(prev) = previous {
+            let mut reports = Vec::new();
+            for t in &prev.tasks {
+                let outcome = match t.process {
+                    Some(ids) => cleanup_previous(ids, opts.default_grace, &clock).await,
+                    None => Cleanup::AlreadyGone,
+                };
+                tracing::warn!(
+                    task = ?t.attempt(), previous_boot = %prev.boot_id, ?outcome,
+                    "attempt of the previous agent boot cleaned up; reporting it LOST"
+                );
+                let mut r = report(
+                    &t.attempt(),
+                    TaskState::Lost,
+                    t.started_at_unix_ms,
+                    clock.now_unix_ms(),
+                    format!(
+                        "agent restarted (previous boot {}): attempt cleaned up ({outcome:?})",
+                        prev.boot_id
+                    ),
+                );
+                r.finished_at_unix_ms = r.observed_at_unix_ms;
+                reports.push(r);
+            }
+            node.restore_shard_epochs(prev.shard_epochs);
+            node.queue_reports(reports);
+        }
+        let mut nodes = JoinSet::new();
+        nodes.spawn(node.run());
+        Ok(Host {
+            nodes,
+            shutdown,
+            probe,
+        })
+    }
+
+    pub fn probe(&self) -> &Arc<Probe> {
+        &self.probe
+    }
+
+    /// Asks every node to stop its tasks and waits until all have.
+    pub async fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        while self.nodes.join_next().await.is_some() {}
+    }
+
+    /// Waits until every node has ended (they end only on shutdown).
+    pub async fn join(&mut self) {
+        while self.nodes.join_next().await.is_some() {}
+    }
+}
+
+/// A channel that connects on first use and reconnects by itself; each call
+/// fails fast while the region is unreachable.
+pub fn connect_lazy(region: &str) -> Result<Channel, AgentError> {
+    let endpoint = Endpoint::from_shared(region.to_string())
+        .map_err(|e| AgentError::Config(format!("region address {region:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// `meridian agent`: runs until `stop` resolves, then stops the node(s).
+pub async fn run_agent(
+    cmd: AgentCommand,
+    stop: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    if !cmd.cpu.is_finite() || cmd.cpu < 0.0 {
+        return Err(AgentError::Config(format!(
+            "--cpu {} is not a core count",
+            cmd.cpu
+        )));
+    }
+    let spec = NodeSpec {
+        node_id: cmd.node_id.clone(),
+        allocatable: Resources {
+            // Rounded to whole thousandths of a core; checked finite above.
+            cpu_millis: (cmd.cpu * 1000.0).round() as u64,
+            memory_bytes: cmd.memory_bytes,
+            gpu_count: cmd.gpus,
+            gpu_type: String::new(),
+        },
+        labels: cmd.labels.clone(),
+        zone: cmd.labels.get("zone").cloned().unwrap_or_default(),
+        rack: cmd.labels.get("rack").cloned().unwrap_or_default(),
+    };
+    let opts = AgentOptions {
+        seed: cmd.seed,
+        work_dir: Some(cmd.work_dir.clone()),
+        ..AgentOptions::default()
+    };
+    let clock = SystemClock::shared();
+    let probe = Arc::new(Probe::default());
+    let mut host = match cmd.simulate {
+        Some(n) => Host::simulated(&cmd.region, &spec, n, opts, clock, probe)?,
+        None => Host::real(&cmd.region, spec, opts, clock, probe).await?,
+    };
+    tokio::select! {
+        () = stop => {}
+        () = host.join() => return Ok(()),
+    }
+    host.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,721 @@
+//! One node's agent loop: register, pull commands, run attempts, report.
+//!
+//! Owns the session life cycle of a node over `AgentLink`: prove the current
+//! registration with a Heartbeat (or Register when there is none), open the
+//! Assignments stream from the last applied cursor, then multiplex commands,
+//! task exits, jittered heartbeats, batched reports and the region-lease
+//! deadline until the link breaks. A broken link waits out a full-jitter
+//! backoff while tasks keep running (static stability); a fence stops every
+//! task of the old epoch *before* registering again.
+//!
+//! Must never: run a command refused by fencing, block on anything but the
+//! node's own events, read time except through the clock, or leave a task
+//! it started without either a report queued or a stop requested.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_control::{Backoff, Instant, SharedClock};
+use meridian_proto::limits::MAX_BATCH_ITEMS;
+use meridian_proto::v1::agent_link_client::AgentLinkClient;
+use meridian_proto::v1::{
+    AssignmentCommand, CommandKind, HeartbeatRequest, NodeAssignmentsRequest, NodeUsage,
+    RegionLossPolicy, RegisterNodeRequest, ReportTaskStatusRequest, TaskAttempt, TaskReport,
+    TaskState, Verdict,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+use crate::config::{AgentOptions, NodeSpec};
+use crate::error::AgentError;
+use crate::exec::{Executor, ExitTx, Launch, TaskExit};
+use crate::fence::ShardEpochs;
+use crate::persist::{PersistedState, PersistedTask, StateFile};
+use crate::probe::Probe;
+use crate::tasks::{LiveTask, StopReason, TaskTable};
+
+/// Version string sent at registration.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    Lost(AgentError),
+    Fenced,
+    Shutdown,
+}
+
+/// Everything one node needs besides its own state.
+pub struct NodeContext {
+    pub spec: NodeSpec,
+    pub opts: Arc<AgentOptions>,
+    pub clock: SharedClock,
+    pub executor: Arc<dyn Executor>,
+    pub channel: Channel,
+    pub probe: Arc<Probe>,
+    /// Becomes `true` to stop the node.
+    pub shutdown: watch::Receiver<bool>,
+    /// Seed of this node's RNGs (backoff, heartbeat jitter).
+    pub seed: u64,
+    /// State file of a real node; `None` for a simulated one.
+    pub state_file: Option<StateFile>,
+}
+
+/// The agent of one node.
+pub struct NodeAgent {
+    spec: NodeSpec,
+    opts: Arc<AgentOptions>,
+    boot_id: String,
+    clock: SharedClock,
+    executor: Arc<dyn Executor>,
+    client: AgentLinkClient<Channel>,
+    probe: Arc<Probe>,
+    shutdown: watch::Receiver<bool>,
+    state_file: Option<StateFile>,
+    exits_tx: ExitTx,
+    exits_rx: mpsc::UnboundedReceiver<TaskExit>,
+    epoch: u64,
+    cursor: Vec<u8>,
+    shards: ShardEpochs,
+    tasks: TaskTable,
+    lease_deadline: Option<Instant>,
+    heartbeat_every: Duration,
+    backoff: Backoff,
+    rng: ChaCha8Rng,
+}
+
+impl NodeAgent {
+    /// A node with a fresh boot id (a UUID drawn from the node's seeded RNG
+    /// mixed with the host's process-wide boot UUID).
+    pub fn new(ctx: NodeContext, boot_id: String) -> Result<Self, AgentError> {
+        let backoff = Backoff::new(ctx.opts.reconnect, ctx.seed)
+            .map_err(|e| AgentError::Config(format!("reconnect backoff: {e}")))?;
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        Ok(NodeAgent {
+            client: AgentLinkClient::new(ctx.channel),
+            heartbeat_every: ctx.opts.default_heartbeat.max(ctx.opts.min_heartbeat),
+            tasks: TaskTable::new(ctx.opts.finished_memory),
+            rng: ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x9e37_79b9_7f4a_7c15),
+            spec: ctx.spec,
+            opts: ctx.opts,
+            boot_id,
+            clock: ctx.clock,
+            executor: ctx.executor,
+            probe: ctx.probe,
+            shutdown: ctx.shutdown,
+            state_file: ctx.state_file,
+            exits_tx,
+            exits_rx,
+            epoch: 0,
+            cursor: Vec::new(),
+            lease_deadline: None,
+            shards: ShardEpochs::default(),
+            backoff,
+        })
+    }
+
+    /// Restores the shard epochs remembered by a previous boot.
+    pub fn restore_shard_epochs(&mut self, shards: ShardEpochs) {
+        self.shards = shards;
+    }
+
+    /// Queues reports (e.g. LOST for attempts of a previous boot) to be sent
+    /// once connected.
+    pub fn queue_reports(&mut self, reports: Vec<TaskReport>) {
+        for r in reports {
+            self.tasks.queue(r);
+        }
+    }
+
+    /// Runs until shutdown: sessions, and backoff between them.
+    pub async fn run(mut self) {
+        let mut retry: u32 = 0;
+        loop {
+            if self.shutting_down() {
+                break;
+            }
+            match self.session(&mut retry).await {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Fenced => self.fence().await,
+                SessionEnd::Lost(e) => {
+                    let delay = self.backoff.delay(retry);
+                    retry = retry.saturating_add(1);
+                    tracing::debug!(node = %self.spec.node_id, error = %e, ?delay, "link lost; backing off");
+                    if !self.wait_out(delay).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.stop_all_for_shutdown().await;
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    async fn session(&mut self, retry: &mut u32) -> SessionEnd {
+        if self.epoch != 0 {
+            match self.heartbeat().await {
+                Ok(()) => {}
+                Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
+                Err(e) => return SessionEnd::Lost(e),
+            }
+        }
+        if self.epoch == 0
+            && let Err(e) = self.register().await
+        {
+            return SessionEnd::Lost(e);
+        }
+        let request = NodeAssignmentsRequest {
+            node_id: self.spec.node_id.clone(),
+            node_epoch: self.epoch,
+            cursor: self.cursor.clone(),
+        };
+        let mut client = self.client.clone();
+        let opened = self
+            .call(async move { client.assignments(request).await })
+            .await;
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => return self.classify_stream_error(e),
+        };
+        *retry = 0;
+        self.probe.update(|p| {
+            p.connected += 1;
+            p.sessions += 1;
+        });
+        let end = self.connected(&mut stream).await;
+        self.probe.update(|p| p.connected -= 1);
+        end
+    }
+
+    fn classify_stream_error(&mut self, e: AgentError) -> SessionEnd {
+        match &e {
+            AgentError::Rpc(s) if s.code() == tonic::Code::FailedPrecondition => SessionEnd::Fenced,
+            AgentError::Rpc(s) if s.code() == tonic::Code::OutOfRange => {
+                // The region no longer retains our cursor: start from a snapshot.
+                self.cursor.clear();
+                SessionEnd::Lost(e)
+            }
+            _ => SessionEnd::Lost(e),
+        }
+    }
+
+    async fn connected(&mut self, stream: &mut tonic::Streaming<AssignmentCommand>) -> SessionEnd {
+        let mut next_heartbeat = self.clock.now() + self.jittered_heartbeat();
+        let mut last_report: Option<Instant> = None;
+        loop {
+            if self.shutting_down() {
+                return SessionEnd::Shutdown;
+            }
+            let heartbeat = self.clock.sleep_until(next_heartbeat);
+            let report_due = match (self.tasks.outbox_len(), last_report) {
+                (0, _) => None,
+                (_, None) => Some(self.clock.sleep(Duration::ZERO)),
+                (_, Some(at)) => Some(self.clock.sleep_until(at + self.opts.report_interval)),
+            };
+            let failover = self.failover_sleep();
+            tokio::select! {
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() || *self.shutdown.borrow() {
+                        return SessionEnd::Shutdown;
+                    }
+                }
+                msg = stream.message() => match msg {
+                    Ok(Some(cmd)) => self.apply(cmd),
+                    Ok(None) => {
+                        return SessionEnd::Lost(AgentError::Rpc(tonic::Status::unavailable(
+                            "assignment stream ended",
+                        )));
+                    }
+                    Err(status) => return self.classify_stream_error(AgentError::Rpc(status)),
+                },
+                Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
+                () = heartbeat => {
+                    match self.heartbeat().await {
+                        Ok(()) => next_heartbeat = self.clock.now() + self.jittered_heartbeat(),
+                        Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
+                        Err(e) => return SessionEnd::Lost(e),
+                    }
+                }
+                () = maybe(report_due) => {
+                    last_report = Some(self.clock.now());
+                    match self.flush_reports().await {
+                        Ok(()) => {}
+                        Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
+                        Err(e) => return SessionEnd::Lost(e),
+                    }
+                }
+                () = maybe(failover) => self.enforce_region_lease(),
+            }
+        }
+    }
+
+    /// Waits out a backoff delay while tasks keep running. `false` on
+    /// shutdown.
+    async fn wait_out(&mut self, delay: Duration) -> bool {
+        self.probe.update(|p| {
+            p.backing_off += 1;
+            p.backoffs += 1;
+        });
+        let mut until = self.clock.sleep(delay);
+        let keep_going = loop {
+            let failover = self.failover_sleep();
+            tokio::select! {
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() || *self.shutdown.borrow() {
+                        break false;
+                    }
+                }
+                () = &mut until => break true,
+                Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
+                () = maybe(failover) => self.enforce_region_lease(),
+            }
+        };
+        self.probe.update(|p| p.backing_off -= 1);
+        keep_going
+    }
+
+    /// Runs one unary call with the call timeout, enforcing the region
+    /// lease while it is pending.
+    async fn call<T, F>(&mut self, fut: F) -> Result<T, AgentError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut timeout = self.clock.sleep(self.opts.call_timeout);
+        tokio::pin!(fut);
+        loop {
+            let failover = self.failover_sleep();
+            tokio::select! {
+                r = &mut fut => return r.map(tonic::Response::into_inner).map_err(AgentError::from),
+                () = &mut timeout => return Err(AgentError::Timeout),
+                () = maybe(failover) => self.enforce_region_lease(),
+            }
+        }
+    }
+
+    async fn register(&mut self) -> Result<(), AgentError> {
+        let request = RegisterNodeRequest {
+            node_id: self.spec.node_id.clone(),
+            boot_id: self.boot_id.clone(),
+            allocatable: Some(self.spec.allocatable.clone()),
+            labels: self.spec.labels.clone(),
+            zone: self.spec.zone.clone(),
+            rack: self.spec.rack.clone(),
+            agent_version: AGENT_VERSION.to_string(),
+        };
+        let sent_at = self.clock.now();
+        let mut client = self.client.clone();
+        let resp = self
+            .call(async move { client.register(request).await })
+            .await?;
+        if resp.node_epoch == 0 {
+            return Err(AgentError::Rpc(tonic::Status::internal(
+                "region issued node epoch 0",
+            )));
+        }
+        if resp.node_epoch != self.epoch {
+            self.cursor.clear();
+        }
+        self.epoch = resp.node_epoch;
+        self.set_heartbeat_interval(resp.heartbeat_interval_ms);
+        self.set_lease(sent_at, resp.region_lease_remaining_ms);
+        tracing::info!(node = %self.spec.node_id, epoch = self.epoch, region = %resp.region, "registered");
+        self.persist();
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), AgentError> {
+        let request = HeartbeatRequest {
+            node_id: self.spec.node_id.clone(),
+            node_epoch: self.epoch,
+            running: self.tasks.live().keys().cloned().collect(),
+            usage: Some(NodeUsage::default()),
+            applied_cursor: self.cursor.clone(),
+        };
+        let sent_at = self.clock.now();
+        let mut client = self.client.clone();
+        let resp = self
+            .call(async move { client.heartbeat(request).await })
+            .await?;
+        if resp.reregister {
+            return Err(AgentError::Fenced { epoch: self.epoch });
+        }
+        self.set_heartbeat_interval(resp.heartbeat_interval_ms);
+        self.set_lease(sent_at, resp.region_lease_remaining_ms);
+        for orphan in resp.stop {
+            let grace = self.grace_of(&orphan);
+            self.tasks.stop(&orphan, StopReason::Orphan, grace);
+        }
+        Ok(())
+    }
+
+    async fn flush_reports(&mut self) -> Result<(), AgentError> {
+        let batch = self.tasks.pending_reports(MAX_BATCH_ITEMS);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let request = ReportTaskStatusRequest {
+            node_id: self.spec.node_id.clone(),
+            node_epoch: self.epoch,
+            reports: batch.clone(),
+        };
+        let mut client = self.client.clone();
+        let resp = self
+            .call(async move { client.report_task_status(request).await })
+            .await?;
+        if resp.verdict != Verdict::Accepted as i32 {
+            return Err(AgentError::Fenced { epoch: self.epoch });
+        }
+        for (i, sent) in batch.iter().enumerate() {
+            let verdict = resp
+                .results
+                .get(i)
+                .map_or(Verdict::Accepted as i32, |r| r.verdict);
+            self.tasks.acknowledge(sent);
+            if verdict == Verdict::NotFound as i32
+                && let Some(attempt) = &sent.task
+            {
+                let grace = self.grace_of(attempt);
+                self.tasks.stop(attempt, StopReason::Orphan, grace);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one command (or refuses it), then advances the cursor.
+    fn apply(&mut self, cmd: AssignmentCommand) {
+        let cursor = cmd.cursor.clone();
+        let kind = CommandKind::try_from(cmd.kind).unwrap_or(CommandKind::Unspecified);
+        if matches!(kind, CommandKind::Run | CommandKind::Stop) {
+            match self
+                .shards
+                .admit(cmd.shard_id, cmd.shard_epoch, cmd.node_epoch, self.epoch)
+            {
+                Ok(()) if kind == CommandKind::Run => self.run_task(cmd),
+                Ok(()) => self.stop_task(cmd),
+                Err(refusal) => {
+                    tracing::warn!(node = %self.spec.node_id, ?refusal, task = ?cmd.task, "command refused");
+                    self.probe.update(|p| p.refused_commands += 1);
+                }
+            }
+        }
+        if !cursor.is_empty() {
+            self.cursor = cursor;
+        }
+    }
+
+    fn run_task(&mut self, cmd: AssignmentCommand) {
+        let Some(attempt) = cmd.task else { return };
+        if self.tasks.knows(&attempt) {
+            return;
+        }
+        for older in self.tasks.older_attempts(&attempt) {
+            let grace = self.grace_of(&older);
+            self.tasks.stop(&older, StopReason::Replaced, grace);
+        }
+        let now_ms = self.clock.now_unix_ms();
+        let grace = self.grace_ms(cmd.stop_grace_period_ms);
+        let policy =
+            RegionLossPolicy::try_from(cmd.on_region_loss).unwrap_or(RegionLossPolicy::Unspecified);
+        let launch = Launch {
+            attempt: attempt.clone(),
+            template: cmd.template.unwrap_or_default(),
+            resources: cmd.resources.unwrap_or_default(),
+            dir: self.opts.work_dir.as_ref().map(|w| {
+                let task = attempt.task.clone().unwrap_or_default();
+                w.join("tasks")
+                    .join(sanitize(&task.job_id))
+                    .join(format!("{}-{}", task.index, attempt.attempt))
+            }),
+        };
+        match self.executor.launch(launch, self.exits_tx.clone()) {
+            Ok(started) => {
+                self.probe.update(|p| {
+                    p.launched += 1;
+                    p.running += 1;
+                });
+                self.tasks.insert_live(
+                    attempt.clone(),
+                    LiveTask {
+                        node_epoch: self.epoch,
+                        policy,
+                        grace,
+                        control: started.control,
+                        process: started.process,
+                        started_at_unix_ms: now_ms,
+                        stop_reason: None,
+                    },
+                );
+                self.tasks.queue(report(
+                    &attempt,
+                    TaskState::Running,
+                    now_ms,
+                    now_ms,
+                    String::new(),
+                ));
+            }
+            Err(e) => {
+                let r = report(
+                    &attempt,
+                    TaskState::Failed,
+                    0,
+                    now_ms,
+                    format!("could not start: {e}"),
+                );
+                let mut r = r;
+                r.finished_at_unix_ms = now_ms;
+                self.tasks.remember_finished(attempt, r.clone());
+                self.tasks.queue(r);
+            }
+        }
+        self.persist();
+    }
+
+    fn stop_task(&mut self, cmd: AssignmentCommand) {
+        let Some(attempt) = cmd.task else { return };
+        let grace = self.grace_ms(cmd.stop_grace_period_ms);
+        if self
+            .tasks
+            .stop(&attempt, StopReason::Command(cmd.reason), grace)
+        {
+            return;
+        }
+        let now_ms = self.clock.now_unix_ms();
+        match self.tasks.finished_report(&attempt).cloned() {
+            Some(last) => self.tasks.queue(last),
+            None => {
+                let r = report(
+                    &attempt,
+                    TaskState::Lost,
+                    0,
+                    now_ms,
+                    "never ran on this node".into(),
+                );
+                self.tasks.remember_finished(attempt, r.clone());
+                self.tasks.queue(r);
+            }
+        }
+    }
+
+    fn on_exit(&mut self, exit: TaskExit) {
+        let now_ms = self.clock.now_unix_ms();
+        if self
+            .tasks
+            .finish(&exit.attempt, exit.exit, now_ms)
+            .is_some()
+        {
+            self.probe.update(|p| p.running -= 1);
+            self.persist();
+        }
+    }
+
+    /// Stops every task started under the fenced epoch, waits for them to
+    /// exit, and only then forgets the registration (so the next session
+    /// registers again).
+    async fn fence(&mut self) {
+        let old = self.epoch;
+        tracing::warn!(node = %self.spec.node_id, epoch = old, "node epoch fenced: stopping its tasks before re-registering");
+        self.probe.update(|p| p.fenced += 1);
+        let fenced: Vec<(TaskAttempt, Duration)> = self
+            .tasks
+            .live()
+            .iter()
+            .filter(|(_, t)| t.node_epoch <= old)
+            .map(|(a, t)| (a.clone(), t.grace))
+            .collect();
+        for (a, grace) in &fenced {
+            self.tasks.stop(a, StopReason::Fenced, *grace);
+        }
+        while fenced
+            .iter()
+            .any(|(a, _)| self.tasks.live().contains_key(a))
+        {
+            match self.exits_rx.recv().await {
+                Some(exit) => self.on_exit(exit),
+                None => break,
+            }
+        }
+        let dropped = self.tasks.drop_outbox();
+        if dropped > 0 {
+            tracing::info!(node = %self.spec.node_id, dropped, "dropped reports of the fenced epoch");
+        }
+        self.epoch = 0;
+        self.cursor.clear();
+        self.persist();
+    }
+
+    async fn stop_all_for_shutdown(&mut self) {
+        let live: Vec<(TaskAttempt, Duration)> = self
+            .tasks
+            .live()
+            .iter()
+            .map(|(a, t)| (a.clone(), t.grace))
+            .collect();
+        for (a, grace) in &live {
+            self.tasks.stop(a, StopReason::Shutdown, *grace);
+        }
+        while !self.tasks.live().is_empty() {
+            match self.exits_rx.recv().await {
+                Some(exit) => self.on_exit(exit),
+                None => break,
+            }
+        }
+        if self.epoch != 0
+            && self.tasks.outbox_len() > 0
+            && let Err(e) = self.flush_reports().await
+        {
+            tracing::warn!(node = %self.spec.node_id, error = %e, "final reports not delivered");
+        }
+    }
+
+    fn set_lease(&mut self, sent_at: Instant, remaining_ms: u64) {
+        self.lease_deadline = Some(sent_at + Duration::from_millis(remaining_ms));
+    }
+
+    fn set_heartbeat_interval(&mut self, ms: u64) {
+        if ms > 0 {
+            self.heartbeat_every = Duration::from_millis(ms).max(self.opts.min_heartbeat);
+        }
+    }
+
+    /// The heartbeat interval scaled by a uniform factor in [0.75, 1]: never
+    /// later than the region asked, spread so that nodes do not beat in step.
+    fn jittered_heartbeat(&mut self) -> Duration {
+        self.heartbeat_every
+            .mul_f64(self.rng.random_range(0.75..=1.0))
+    }
+
+    fn grace_ms(&self, ms: u64) -> Duration {
+        if ms == 0 {
+            self.opts.default_grace
+        } else {
+            Duration::from_millis(ms)
+        }
+    }
+
+    fn grace_of(&self, attempt: &TaskAttempt) -> Duration {
+        self.tasks
+            .live()
+            .get(attempt)
+            .map_or(self.opts.default_grace, |t| t.grace)
+    }
+
+    /// When the next failover task must be stopped so that it has exited by
+    /// the region-lease deadline.
+    fn next_failover_stop(&self) -> Option<Instant> {
+        let deadline = self.lease_deadline?;
+        self.tasks
+            .live()
+            .values()
+            .filter(|t| t.stop_reason.is_none() && fails_over(t.policy))
+            .map(|t| Instant::from_epoch(deadline.since_epoch().saturating_sub(t.grace)))
+            .min()
+    }
+
+    fn failover_sleep(&self) -> Option<meridian_control::Sleep> {
+        self.next_failover_stop()
+            .map(|at| self.clock.sleep_until(at))
+    }
+
+    fn enforce_region_lease(&mut self) {
+        let Some(deadline) = self.lease_deadline else {
+            return;
+        };
+        let now = self.clock.now();
+        let due: Vec<(TaskAttempt, Duration)> = self
+            .tasks
+            .live()
+            .iter()
+            .filter(|(_, t)| {
+                t.stop_reason.is_none() && fails_over(t.policy) && now + t.grace >= deadline
+            })
+            .map(|(a, t)| (a.clone(), t.grace))
+            .collect();
+        for (a, grace) in due {
+            tracing::warn!(node = %self.spec.node_id, task = ?a, "region lease ran out: stopping failover task");
+            self.tasks.stop(&a, StopReason::RegionLoss, grace);
+            self.probe.update(|p| p.region_loss_stops += 1);
+        }
+    }
+
+    fn persist(&self) {
+        let Some(file) = &self.state_file else { return };
+        let state = PersistedState {
+            node_id: self.spec.node_id.clone(),
+            boot_id: self.boot_id.clone(),
+            node_epoch: self.epoch,
+            shard_epochs: self.shards.clone(),
+            tasks: self
+                .tasks
+                .live()
+                .iter()
+                .map(|(a, t)| {
+                    let task = a.task.clone().unwrap_or_default();
+                    PersistedTask {
+                        job_id: task.job_id,
+                        index: task.index,
+                        attempt: a.attempt,
+                        process: t.process,
+                        started_at_unix_ms: t.started_at_unix_ms,
+                    }
+                })
+                .collect(),
+        };
+        if let Err(e) = file.save(&state) {
+            tracing::error!(error = %e, "cannot persist agent state");
+        }
+    }
+}
+
+fn fails_over(policy: RegionLossPolicy) -> bool {
+    policy != RegionLossPolicy::KeepRunning
+}
+
+/// A report of `state` observed now.
+pub(crate) fn report(
+    attempt: &TaskAttempt,
+    state: TaskState,
+    started_at_unix_ms: u64,
+    now_unix_ms: u64,
+    message: String,
+) -> TaskReport {
+    TaskReport {
+        task: Some(attempt.clone()),
+        state: state as i32,
+        message,
+        started_at_unix_ms,
+        observed_at_unix_ms: now_unix_ms,
+        ..TaskReport::default()
+    }
+}
+
+/// A job id made safe as one path component.
+fn sanitize(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "_".into()
+    } else {
+        cleaned
+    }
+}
+
+/// A sleep that never completes when there is none.
+async fn maybe(sleep: Option<meridian_control::Sleep>) {
+    match sleep {
+        Some(s) => s.await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,127 @@
+//! Local state of a real agent, kept in `<work-dir>/state.json`, so that a
+//! restarted agent finds the attempts of its previous boot.
+//!
+//! Owns the file format and atomic replacement (write a temporary file,
+//! fsync, rename). Must never decide what to do with what it loads: the
+//! host cleans up and reports. Simulated nodes keep no state file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use meridian_proto::v1::{TaskAttempt, TaskId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+use crate::exec::ProcessIds;
+use crate::fence::ShardEpochs;
+
+/// What survives an agent restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub node_id: String,
+    pub boot_id: String,
+    pub node_epoch: u64,
+    pub shard_epochs: ShardEpochs,
+    /// Attempts live when the state was written.
+    pub tasks: Vec<PersistedTask>,
+}
+
+/// One live attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedTask {
+    pub job_id: String,
+    pub index: u32,
+    pub attempt: u32,
+    pub process: Option<ProcessIds>,
+    pub started_at_unix_ms: u64,
+}
+
+impl PersistedTask {
+    pub fn attempt(&self) -> TaskAttempt {
+        TaskAttempt {
+            task: Some(TaskId::new(self.job_id.clone(), self.index)),
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// The state file of one agent.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The state file inside `work_dir`.
+    pub fn in_dir(work_dir: &Path) -> Self {
+        StateFile {
+            path: work_dir.join("state.json"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The previous state, `None` when there is no file.
+    pub fn load(&self) -> Result<Option<PersistedState>, AgentError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| {
+                AgentError::CorruptState {
+                    path: self.path.clone(),
+                    source,
+                }
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(AgentError::io("reading", &self.path, e)),
+        }
+    }
+
+    /// Replaces the file atomically.
+    pub fn save(&self, state: &PersistedState) -> Result<(), AgentError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes =
+            serde_json::to_vec_pretty(state).map_err(|source| AgentError::CorruptState {
+                path: self.path.clone(),
+                source,
+            })?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| AgentError::io("writing", &self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_state_loads_back_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::in_dir(dir.path());
+        assert_eq!(file.load().unwrap(), None);
+        let state = PersistedState {
+            node_id: "n1".into(),
+            boot_id: "b".into(),
+            node_epoch: 3,
+            shard_epochs: ShardEpochs::default(),
+            tasks: vec![PersistedTask {
+                job_id: "j".into(),
+                index: 2,
+                attempt: 1,
+                process: Some(ProcessIds {
+                    pid: 10,
+                    pgid: 10,
+                    start_ticks: 99,
+                }),
+                started_at_unix_ms: 5,
+            }],
+        };
+        file.save(&state).unwrap();
+        assert_eq!(file.load().unwrap(), Some(state));
+    }
+}

@@ -1,0 +1,231 @@
+//! The task attempts of one node and the status reports not yet accepted by
+//! the region.
+//!
+//! Owns: which attempts are live (with their stop handles), which finished
+//! recently (so RUN and STOP stay idempotent), the mapping from an exit to
+//! a terminal state, and the outbox (latest report per attempt, in attempt
+//! order, coalesced). Must never do I/O or read a clock: callers pass times.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use meridian_proto::v1::{RegionLossPolicy, TaskAttempt, TaskReport, TaskState};
+
+use crate::exec::{Exit, ProcessIds, TaskControl};
+
+/// Why the agent asked an attempt to stop; decides its terminal state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// A STOP command (cancel, drain, preemption, ...).
+    Command(String),
+    /// The region lease ran out and the job fails over.
+    RegionLoss,
+    /// The node epoch was bumped: the region wrote the attempt off.
+    Fenced,
+    /// The region says the attempt is not bound to this node.
+    Orphan,
+    /// A newer attempt of the same task arrived.
+    Replaced,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+impl StopReason {
+    fn message(&self) -> String {
+        match self {
+            StopReason::Command(r) if r.is_empty() => "stopped on request".into(),
+            StopReason::Command(r) => format!("stopped: {r}"),
+            StopReason::RegionLoss => "stopped: region lease ran out (failover)".into(),
+            StopReason::Fenced => "stopped: node epoch fenced".into(),
+            StopReason::Orphan => "stopped: not bound to this node".into(),
+            StopReason::Replaced => "stopped: replaced by a newer attempt".into(),
+            StopReason::Shutdown => "stopped: agent shutdown".into(),
+        }
+    }
+}
+
+/// One attempt that runs (or is stopping) on this node.
+#[derive(Debug)]
+pub struct LiveTask {
+    /// Node epoch the attempt was started under.
+    pub node_epoch: u64,
+    pub policy: RegionLossPolicy,
+    /// Grace period for stops not driven by a STOP command.
+    pub grace: Duration,
+    pub control: TaskControl,
+    pub process: Option<ProcessIds>,
+    pub started_at_unix_ms: u64,
+    pub stop_reason: Option<StopReason>,
+}
+
+/// Attempts of one node plus their unsent reports.
+#[derive(Debug, Default)]
+pub struct TaskTable {
+    live: BTreeMap<TaskAttempt, LiveTask>,
+    finished: BTreeMap<TaskAttempt, TaskReport>,
+    finished_order: VecDeque<TaskAttempt>,
+    finished_cap: usize,
+    outbox: BTreeMap<TaskAttempt, TaskReport>,
+}
+
+impl TaskTable {
+    /// A table that remembers up to `finished_cap` finished attempts.
+    pub fn new(finished_cap: usize) -> Self {
+        TaskTable {
+            finished_cap: finished_cap.max(1),
+            ..TaskTable::default()
+        }
+    }
+
+    /// The attempt is live or finished recently.
+    pub fn knows(&self, attempt: &TaskAttempt) -> bool {
+        self.live.contains_key(attempt) || self.finished.contains_key(attempt)
+    }
+
+    pub fn live(&self) -> &BTreeMap<TaskAttempt, LiveTask> {
+        &self.live
+    }
+
+    pub fn live_mut(&mut self, attempt: &TaskAttempt) -> Option<&mut LiveTask> {
+        self.live.get_mut(attempt)
+    }
+
+    /// Live attempts of the same task with a lower attempt number.
+    pub fn older_attempts(&self, attempt: &TaskAttempt) -> Vec<TaskAttempt> {
+        self.live
+            .keys()
+            .filter(|a| a.task == attempt.task && a.attempt < attempt.attempt)
+            .cloned()
+            .collect()
+    }
+
+    /// Last report of a finished attempt.
+    pub fn finished_report(&self, attempt: &TaskAttempt) -> Option<&TaskReport> {
+        self.finished.get(attempt)
+    }
+
+    pub fn insert_live(&mut self, attempt: TaskAttempt, task: LiveTask) {
+        self.live.insert(attempt, task);
+    }
+
+    /// Asks a live attempt to stop (once; later reasons do not override
+    /// the first). Returns whether the attempt was live.
+    pub fn stop(&mut self, attempt: &TaskAttempt, reason: StopReason, grace: Duration) -> bool {
+        match self.live.get_mut(attempt) {
+            Some(t) => {
+                if t.stop_reason.is_none() {
+                    t.stop_reason = Some(reason);
+                }
+                t.control.stop(grace);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues a report; it replaces any unsent report of the same attempt.
+    pub fn queue(&mut self, report: TaskReport) {
+        if let Some(attempt) = report.task.clone() {
+            self.outbox.insert(attempt, report);
+        }
+    }
+
+    /// Turns an exit into the attempt's terminal report, moves it to the
+    /// finished set and queues the report. `None` if it was not live.
+    pub fn finish(
+        &mut self,
+        attempt: &TaskAttempt,
+        exit: Exit,
+        now_unix_ms: u64,
+    ) -> Option<TaskReport> {
+        let task = self.live.remove(attempt)?;
+        let (state, mut message) = match (&task.stop_reason, exit.exit_code) {
+            (Some(reason), _) => (TaskState::Killed, reason.message()),
+            (None, Some(0)) => (TaskState::Succeeded, String::new()),
+            (None, Some(code)) => (TaskState::Failed, format!("exited with code {code}")),
+            (None, None) => (
+                TaskState::Failed,
+                match exit.signal {
+                    Some(sig) => format!("killed by signal {sig}"),
+                    None => "ended without exit status".into(),
+                },
+            ),
+        };
+        if !exit.message.is_empty() {
+            if !message.is_empty() {
+                message.push_str("; ");
+            }
+            message.push_str(&exit.message);
+        }
+        let report = TaskReport {
+            task: Some(attempt.clone()),
+            state: state as i32,
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            message: truncate(message),
+            stdout_tail: exit.stdout.bytes,
+            stderr_tail: exit.stderr.bytes,
+            stdout_truncated: exit.stdout.truncated,
+            stderr_truncated: exit.stderr.truncated,
+            started_at_unix_ms: task.started_at_unix_ms,
+            finished_at_unix_ms: now_unix_ms,
+            observed_at_unix_ms: now_unix_ms,
+        };
+        self.remember_finished(attempt.clone(), report.clone());
+        self.queue(report.clone());
+        Some(report)
+    }
+
+    /// Records an attempt that ended without ever being live here.
+    pub fn remember_finished(&mut self, attempt: TaskAttempt, report: TaskReport) {
+        if self.finished.insert(attempt.clone(), report).is_none() {
+            self.finished_order.push_back(attempt);
+        }
+        while self.finished_order.len() > self.finished_cap {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Up to `max` unsent reports, oldest attempt first (copies: they stay
+    /// queued until [`TaskTable::acknowledge`]).
+    pub fn pending_reports(&self, max: usize) -> Vec<TaskReport> {
+        let mut v: Vec<TaskReport> = self.outbox.values().take(max).cloned().collect();
+        v.sort_by_key(|r| r.observed_at_unix_ms);
+        v
+    }
+
+    /// Drops a sent report unless a newer one replaced it meanwhile.
+    pub fn acknowledge(&mut self, sent: &TaskReport) {
+        if let Some(attempt) = &sent.task
+            && self.outbox.get(attempt) == Some(sent)
+        {
+            self.outbox.remove(attempt);
+        }
+    }
+
+    /// Forgets every unsent report (after a fence: the region wrote those
+    /// attempts off and would refuse them). Returns how many were dropped.
+    pub fn drop_outbox(&mut self) -> usize {
+        let n = self.outbox.len();
+        self.outbox.clear();
+        n
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    const MAX: usize = 1024;
+    if s.len() > MAX {
+        let mut cut = MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

@@ -1,0 +1,162 @@
+//! Fencing: stale shard epochs are refused; a node-epoch bump stops the
+//! fenced tasks before the agent registers again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{FakeOptions, FakeRegion, attempt, run};
+use meridian_agent::{AgentOptions, Host, NodeSpec, Probe};
+use meridian_control::{Clock, ManualClock, SharedClock};
+use meridian_proto::v1::task_template::Kind;
+use meridian_proto::v1::{RegionLossPolicy, Resources, Simulated, TaskState, TaskTemplate};
+
+fn simulated(ms: u64) -> TaskTemplate {
+    TaskTemplate {
+        kind: Some(Kind::Simulated(Simulated {
+            duration_ms: ms,
+            exit_code: 0,
+        })),
+    }
+}
+
+fn base() -> NodeSpec {
+    NodeSpec {
+        node_id: "sim".into(),
+        allocatable: Resources::default(),
+        labels: BTreeMap::new(),
+        zone: String::new(),
+        rack: String::new(),
+    }
+}
+
+async fn one_node(clock: &SharedClock, fake: &FakeRegion, probe: Arc<Probe>) -> Host {
+    // The manual clock does not move by itself: no spacing between reports.
+    let opts = AgentOptions {
+        report_interval: Duration::ZERO,
+        ..AgentOptions::default()
+    };
+    Host::simulated(&fake.url(), &base(), 1, opts, clock.clone(), probe).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_with_a_stale_shard_epoch_is_refused() {
+    let clock = ManualClock::new();
+    let shared = clock.shared();
+    let mut fake = FakeRegion::start(shared.clone(), FakeOptions::default()).await;
+    let probe = Arc::new(Probe::default());
+    let host = one_node(&shared, &fake, probe.clone()).await;
+    let node = "sim-000000";
+    fake.wait_stream(node, 1).await;
+    let epoch = fake.epoch_of(node);
+    let hour = 3_600_000;
+
+    let first = attempt("j", 0, 1);
+    fake.send(
+        node,
+        run(
+            first.clone(),
+            simulated(hour),
+            epoch,
+            5,
+            RegionLossPolicy::KeepRunning,
+            0,
+        ),
+    )
+    .await;
+    fake.wait_report(&first, |r| r.state == TaskState::Running as i32)
+        .await;
+
+    // A deposed shard leader (epoch 4) tries to place a task: refused.
+    let stale = attempt("j", 1, 1);
+    fake.send(
+        node,
+        run(
+            stale.clone(),
+            simulated(hour),
+            epoch,
+            4,
+            RegionLossPolicy::KeepRunning,
+            0,
+        ),
+    )
+    .await;
+    // The current leader (epoch 5) places another: runs. Commands are applied
+    // in stream order, so once this one is reported the stale one was seen.
+    let current = attempt("j", 2, 1);
+    fake.send(
+        node,
+        run(
+            current.clone(),
+            simulated(hour),
+            epoch,
+            5,
+            RegionLossPolicy::KeepRunning,
+            0,
+        ),
+    )
+    .await;
+    let (_, seen) = fake
+        .wait_report(&current, |r| r.state == TaskState::Running as i32)
+        .await;
+
+    assert!(
+        seen.iter().all(|r| r.task.as_ref() != Some(&stale)),
+        "no report about the refused attempt"
+    );
+    let snap = probe.snapshot();
+    println!("probe after the stale command: {snap:?}");
+    assert_eq!(snap.refused_commands, 1);
+    assert_eq!(snap.launched, 2);
+    assert_eq!(snap.running, 2);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_epoch_bump_stops_the_fenced_tasks_before_registering_again() {
+    let clock = ManualClock::new();
+    let shared = clock.shared();
+    let fake = FakeRegion::start(shared.clone(), FakeOptions::default()).await;
+    let probe = Arc::new(Probe::default());
+    let observed = probe.clone();
+    fake.observe_registers(move || observed.snapshot().running);
+    let host = one_node(&shared, &fake, probe.clone()).await;
+    let node = "sim-000000";
+    fake.wait_stream(node, 1).await;
+    let epoch = fake.epoch_of(node);
+    for i in 0..3 {
+        fake.send(
+            node,
+            run(
+                attempt("j", i, 1),
+                simulated(3_600_000),
+                epoch,
+                1,
+                RegionLossPolicy::KeepRunning,
+                0,
+            ),
+        )
+        .await;
+    }
+    probe.wait_for(|p| p.running == 3).await;
+
+    fake.bump_epoch(node);
+    fake.wait_stream(node, epoch + 2).await;
+    let regs = fake.registrations();
+    println!("registrations (node, epoch, tasks running at that moment): {regs:?}");
+    assert_eq!(regs.len(), 2);
+    assert_eq!(
+        regs[1].2, 0,
+        "every fenced task had stopped before the agent registered again"
+    );
+    assert!(regs[1].1 > epoch + 1, "a fresh epoch above the bumped one");
+    assert_eq!(probe.snapshot().fenced, 1);
+    // Time never moved: the stops did not wait on a clock.
+    assert_eq!(
+        clock.now(),
+        meridian_control::Instant::ZERO + Duration::ZERO
+    );
+    host.shutdown().await;
+}

@@ -1,0 +1,160 @@
+//! Real processes through the whole agent: a fake region sends RUN/STOP on
+//! the real proto and receives the status reports.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::{FakeOptions, FakeRegion, attempt, run, stop};
+use meridian_agent::exec::process::is_running;
+use meridian_agent::{AgentOptions, Host, NodeSpec, Probe};
+use meridian_control::SystemClock;
+use meridian_proto::v1::task_template::Kind;
+use meridian_proto::v1::{Command, RegionLossPolicy, Resources, TaskState, TaskTemplate};
+
+fn spec(id: &str) -> NodeSpec {
+    NodeSpec {
+        node_id: id.into(),
+        allocatable: Resources {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            gpu_count: 0,
+            gpu_type: String::new(),
+        },
+        labels: BTreeMap::new(),
+        zone: String::new(),
+        rack: String::new(),
+    }
+}
+
+fn sh(script: &str, env: &[(&str, &str)], working_dir: &str) -> TaskTemplate {
+    TaskTemplate {
+        kind: Some(Kind::Command(Command {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            working_dir: working_dir.into(),
+        })),
+    }
+}
+
+async fn real_host(fake: &FakeRegion, work: &std::path::Path) -> Host {
+    let opts = AgentOptions {
+        work_dir: Some(work.to_path_buf()),
+        ..AgentOptions::default()
+    };
+    Host::real(
+        &fake.url(),
+        spec("n1"),
+        opts,
+        SystemClock::shared(),
+        Arc::new(Probe::default()),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_task_runs_and_its_exit_code_and_output_reach_the_region() {
+    let mut fake = FakeRegion::start(SystemClock::shared(), FakeOptions::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    let wd = tempfile::tempdir().unwrap();
+    let host = real_host(&fake, work.path()).await;
+    fake.wait_stream("n1", 1).await;
+    let epoch = fake.epoch_of("n1");
+
+    let a = attempt("job-1", 0, 1);
+    let script = "echo \"greeting=$GREETING\"; echo \"cwd=$(pwd)\"; echo oops >&2; exit 3";
+    let wd_path = wd.path().canonicalize().unwrap();
+    let template = sh(script, &[("GREETING", "hello")], wd_path.to_str().unwrap());
+    fake.send(
+        "n1",
+        run(
+            a.clone(),
+            template,
+            epoch,
+            1,
+            RegionLossPolicy::KeepRunning,
+            1000,
+        ),
+    )
+    .await;
+
+    let (done, seen) = fake.wait_report(&a, |r| r.finished_at_unix_ms != 0).await;
+    println!(
+        "reports: {:?}",
+        seen.iter().map(|r| r.state).collect::<Vec<_>>()
+    );
+    assert_eq!(done.state, TaskState::Failed as i32);
+    assert_eq!(done.exit_code, Some(3));
+    assert_eq!(done.signal, None);
+    let out = String::from_utf8(done.stdout_tail.clone()).unwrap();
+    assert_eq!(out, format!("greeting=hello\ncwd={}\n", wd_path.display()));
+    assert_eq!(done.stderr_tail, b"oops\n");
+    // The output also lands in the attempt's files.
+    let file = work.path().join("tasks/job-1/0-1/stdout");
+    assert_eq!(std::fs::read_to_string(file).unwrap(), out);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_the_whole_process_tree() {
+    let mut fake = FakeRegion::start(SystemClock::shared(), FakeOptions::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    let host = real_host(&fake, work.path()).await;
+    fake.wait_stream("n1", 1).await;
+    let epoch = fake.epoch_of("n1");
+
+    // The task tells us its own pid and its child's through a FIFO: reading
+    // it is an event, no polling.
+    let fifo = work.path().join("pids");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let a = attempt("job-2", 0, 1);
+    let script = "sleep 1000 & echo \"$$ $!\" > \"$PIDS\"; wait";
+    let template = sh(script, &[("PIDS", fifo.to_str().unwrap())], "");
+    fake.send(
+        "n1",
+        run(
+            a.clone(),
+            template,
+            epoch,
+            1,
+            RegionLossPolicy::KeepRunning,
+            5000,
+        ),
+    )
+    .await;
+
+    let fifo_path = fifo.clone();
+    let line = tokio::task::spawn_blocking(move || std::fs::read_to_string(fifo_path).unwrap())
+        .await
+        .unwrap();
+    let pids: Vec<i32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let (shell, child) = (pids[0], pids[1]);
+    assert!(
+        is_running(shell) && is_running(child),
+        "both run before the stop"
+    );
+
+    fake.send("n1", stop(a.clone(), epoch, 1, 5000)).await;
+    let (done, _) = fake.wait_report(&a, |r| r.finished_at_unix_ms != 0).await;
+    println!(
+        "stopped: state {} signal {:?} message {:?}",
+        done.state, done.signal, done.message
+    );
+    assert_eq!(done.state, TaskState::Killed as i32);
+    assert_eq!(done.signal, Some(15), "SIGTERM ended the shell");
+    assert!(!is_running(shell), "the shell is gone");
+    assert!(
+        !is_running(child),
+        "its child, in the same process group, is gone too"
+    );
+    host.shutdown().await;
+}

@@ -1,0 +1,176 @@
+//! Static stability: the region goes away while real tasks run.
+//! `keep_running` tasks go on (and their final status, buffered, arrives
+//! once the region is back); `failover` tasks are stopped so that they have
+//! exited by the region-lease deadline.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{FakeOptions, FakeRegion, attempt, run};
+use meridian_agent::{AgentOptions, Host, NodeSpec, Probe};
+use meridian_control::{Clock, ManualClock};
+use meridian_proto::v1::task_template::Kind;
+use meridian_proto::v1::{Command, RegionLossPolicy, Resources, TaskState, TaskTemplate};
+
+fn sh(script: &str, env: &[(&str, &str)]) -> TaskTemplate {
+    TaskTemplate {
+        kind: Some(Kind::Command(Command {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            working_dir: String::new(),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_running_tasks_survive_an_outage_and_failover_tasks_stop_at_the_lease_deadline() {
+    let clock = ManualClock::new();
+    let lease = Duration::from_secs(30);
+    let mut fake = FakeRegion::start(
+        clock.shared(),
+        FakeOptions {
+            lease_remaining_ms: lease.as_millis() as u64,
+            heartbeat_interval_ms: 60_000,
+        },
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let opts = AgentOptions {
+        work_dir: Some(work.path().to_path_buf()),
+        report_interval: Duration::ZERO,
+        ..AgentOptions::default()
+    };
+    let spec = NodeSpec {
+        node_id: "n1".into(),
+        allocatable: Resources::default(),
+        labels: BTreeMap::new(),
+        zone: String::new(),
+        rack: String::new(),
+    };
+    let host = Host::real(&fake.url(), spec, opts, clock.shared(), probe.clone())
+        .await
+        .unwrap();
+    fake.wait_stream("n1", 1).await;
+    let epoch = fake.epoch_of("n1");
+
+    // keep_running: blocks on a FIFO until the test lets it finish.
+    let fifo = work.path().join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let keep = attempt("keep", 0, 1);
+    let script = "read line < \"$GO\"; echo \"finished $line\"; exit 7";
+    fake.send(
+        "n1",
+        run(
+            keep.clone(),
+            sh(script, &[("GO", fifo.to_str().unwrap())]),
+            epoch,
+            1,
+            RegionLossPolicy::KeepRunning,
+            1000,
+        ),
+    )
+    .await;
+    let grace_ms = 2_000;
+    let fail = attempt("fail", 0, 1);
+    fake.send(
+        "n1",
+        run(
+            fail.clone(),
+            sh("exec sleep 1000", &[]),
+            epoch,
+            1,
+            RegionLossPolicy::Failover,
+            grace_ms,
+        ),
+    )
+    .await;
+    probe.wait_for(|p| p.running == 2).await;
+
+    // The region goes away.
+    fake.stop().await;
+    probe.wait_for(|p| p.backing_off == 1).await;
+
+    // Just before the lease deadline minus the grace period nothing stops.
+    let stop_at = lease - Duration::from_millis(grace_ms);
+    let mut before = probe.snapshot();
+    while clock.now().since_epoch() + Duration::from_secs(1) < stop_at {
+        clock.advance(Duration::from_secs(1));
+        // Whoever woke (a backoff retry) has tried and gone back to waiting.
+        probe
+            .wait_for(|p| p.backoffs > before.backoffs || p.backing_off == 1)
+            .await;
+        before = probe.snapshot();
+    }
+    assert_eq!(
+        probe.snapshot().running,
+        2,
+        "both still run before the deadline"
+    );
+    clock
+        .advance_to(meridian_control::Instant::from_epoch(stop_at))
+        .unwrap();
+    let stopped = probe.wait_for(|p| p.running == 1).await;
+    println!(
+        "at {:?} (lease {lease:?}, grace {grace_ms} ms): {stopped:?}",
+        clock.now()
+    );
+    assert_eq!(stopped.region_loss_stops, 1);
+
+    // The keep_running task finishes while the region is still away.
+    let fifo_path = fifo.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(fifo_path)
+            .unwrap();
+        writeln!(f, "ok").unwrap();
+    })
+    .await
+    .unwrap();
+    probe.wait_for(|p| p.running == 0).await;
+
+    // The region comes back; the agent reconnects after its backoff.
+    fake.restart().await;
+    let sessions = probe.snapshot().sessions;
+    while probe.snapshot().sessions == sessions {
+        let b = probe.snapshot().backoffs;
+        clock.advance(Duration::from_secs(10));
+        probe
+            .wait_for(|p| p.backoffs > b || p.sessions > sessions)
+            .await;
+    }
+    let mut finals = BTreeMap::new();
+    while finals.len() < 2 {
+        let (_, r) = fake.next_report().await;
+        if r.finished_at_unix_ms != 0 {
+            finals.insert(r.task.clone().unwrap().task.unwrap().job_id, r);
+        }
+    }
+    let k = &finals["keep"];
+    let f = &finals["fail"];
+    println!(
+        "keep: state {} exit {:?} out {:?}",
+        k.state,
+        k.exit_code,
+        String::from_utf8_lossy(&k.stdout_tail)
+    );
+    println!(
+        "fail: state {} signal {:?} message {:?}",
+        f.state, f.signal, f.message
+    );
+    assert_eq!(k.state, TaskState::Failed as i32);
+    assert_eq!(k.exit_code, Some(7));
+    assert_eq!(k.stdout_tail, b"finished ok\n");
+    assert_eq!(f.state, TaskState::Killed as i32);
+    assert_eq!(f.signal, Some(15));
+    host.shutdown().await;
+}
