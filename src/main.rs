@@ -20,10 +20,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a whole federation on this machine with embedded SQLite stores.
-    Dev {
-        /// Where the stores live; restarts with the same directory keep all data.
-        #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "data/dev")]
-        data_dir: PathBuf,
+    Dev(meridian_cli::DevArgs),
+    /// Submit, inspect, follow and cancel jobs.
+    Job(meridian_cli::JobArgs),
+    /// List and drain regions.
+    Region(meridian_cli::RegionArgs),
+    /// List, cordon and drain nodes.
+    Node(meridian_cli::NodeArgs),
+    /// Print a shell completion script: `meridian completions bash > ...`.
+    Completions {
+        /// The shell.
+        shell: meridian_cli::Shell,
     },
     /// Run a node agent: register with a region, pull assignments, run tasks.
     Agent(AgentArgs),
@@ -40,32 +47,22 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Logs on stderr: stdout carries command output and readiness lines.
+        .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Dev { data_dir } => dev(data_dir).await,
+        Command::Dev(args) => meridian_cli::finish(meridian_cli::dev::run(args).await),
+        Command::Job(args) => meridian_cli::finish(meridian_cli::job::run(args).await),
+        Command::Region(args) => meridian_cli::finish(meridian_cli::admin::region(args).await),
+        Command::Node(args) => meridian_cli::finish(meridian_cli::admin::node(args).await),
+        Command::Completions { shell } => {
+            meridian_cli::completions(shell, <Cli as clap::CommandFactory>::command());
+            Ok(())
+        }
         Command::Agent(args) => agent(args).await,
         Command::Regional(args) => regional(args).await,
         Command::Global(args) => global(args).await,
     }
-}
-
-async fn dev(data_dir: PathBuf) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let url = format!("sqlite:{}", data_dir.join("global.db").display());
-    let db = meridian_store::open(&url)
-        .await
-        .with_context(|| format!("opening store {url}"))?;
-    let boots = db
-        .run(|tx, _| async move {
-            tx.add_i64(&meridian_store::tuple::pack(&("dev", "boots")), 1)?;
-            Ok::<_, meridian_store::StoreError>(())
-        })
-        .await;
-    boots.context("recording the start in the store")?;
-    println!("meridian dev: store ready at {url}");
-    println!("not built yet: global tier, regional tier, node agents (see README.md, Status)");
-    Ok(())
 }
 
 /// Arguments of `meridian agent`.

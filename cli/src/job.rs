@@ -1,0 +1,604 @@
+//! `meridian job ...`: submit, inspect, follow, cancel jobs and read task output.
+//!
+//! Owns the job commands' flags and what each prints. Must never retry a
+//! submit with a different request id: one request id is chosen per command
+//! (or given with `--request-id`) and every retry reuses it, so a submit
+//! interrupted by a leader change creates exactly one job.
+
+use std::io::Write;
+
+use meridian_proto::v1::{
+    CancelJobRequest, GetJobRequest, GetTaskLogsRequest, GetTaskLogsResponse, Job, JobEvent,
+    JobEventKind, JobState, ListJobsRequest, SubmitJobRequest, TaskId, WatchJobsRequest,
+    task_template,
+};
+
+use crate::client::{Client, ConnectArgs};
+use crate::error::{CliError, Result};
+use crate::render::{self, Output, OutputArgs};
+use crate::spec::{self, SpecArgs};
+
+/// `meridian job`.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(subcommand)]
+    pub command: JobCommand,
+}
+
+/// The job subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum JobCommand {
+    /// Submit a job; prints its id (with --wait: follows it and prints its output).
+    Submit(Box<SubmitArgs>),
+    /// Show one job with its tasks and history.
+    Get {
+        /// The job id.
+        job_id: String,
+    },
+    /// List jobs.
+    List(ListArgs),
+    /// Request cancellation of a job.
+    Cancel {
+        /// The job id.
+        job_id: String,
+        /// Why, recorded in the job's history.
+        #[arg(long, default_value = "cancelled from the command line")]
+        reason: String,
+    },
+    /// Print job events as they happen (until the named jobs are all done).
+    Watch(WatchArgs),
+    /// Print the captured output of a task (`JOB_ID` means task 0).
+    Logs(LogsArgs),
+}
+
+/// Flags of `meridian job submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Idempotency key; default a fresh UUID. Submitting the same id again
+    /// returns the first job.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Follow the job until it ends, then print its tasks' output; exits
+    /// non-zero unless it succeeded.
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+}
+
+/// Flags of `meridian job list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only this tenant's jobs.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only jobs in this state (repeatable): pending, routed, placed,
+    /// running, succeeded, failed, cancelled.
+    #[arg(long = "state", value_parser = parse_job_state)]
+    pub states: Vec<JobState>,
+    /// Only jobs held by this region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// At most this many jobs.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// Flags of `meridian job watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Only these jobs; the watch ends once all of them are done.
+    pub job_ids: Vec<String>,
+    /// Only this tenant's jobs.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only jobs held by this region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Also print each task status change.
+    #[arg(long)]
+    pub tasks: bool,
+}
+
+/// Flags of `meridian job logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// `JOB_ID/INDEX`, or `JOB_ID` for task 0.
+    pub task: String,
+    /// Attempt number; 0 is the latest.
+    #[arg(long, default_value_t = 0)]
+    pub attempt: u32,
+    /// At most this many trailing bytes per stream; 0 is all that is kept.
+    #[arg(long, default_value_t = 0)]
+    pub max_bytes: u32,
+}
+
+fn parse_job_state(text: &str) -> std::result::Result<JobState, String> {
+    let name = format!("JOB_STATE_{}", text.trim().to_ascii_uppercase());
+    JobState::from_str_name(&name)
+        .filter(|s| *s != JobState::Unspecified)
+        .ok_or_else(|| format!("unknown job state {text:?}"))
+}
+
+/// Whether a job state is final.
+pub fn is_terminal(state: i32) -> bool {
+    matches!(
+        JobState::try_from(state),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+/// Runs `meridian job ...`.
+pub async fn run(args: JobArgs) -> Result<()> {
+    let mut client = Client::new(&args.connect)?;
+    let output = args.output.output;
+    match args.command {
+        JobCommand::Submit(a) => submit(&mut client, output, *a).await,
+        JobCommand::Get { job_id } => {
+            let job = get(&mut client, &job_id).await?;
+            match output {
+                Output::Json => render::print_message("Job", &job),
+                Output::Table => {
+                    print_job(&job);
+                    Ok(())
+                }
+            }
+        }
+        JobCommand::List(a) => list(&mut client, output, a).await,
+        JobCommand::Cancel { job_id, reason } => {
+            let request = CancelJobRequest { job_id, reason };
+            let response = client
+                .call(|mut c| {
+                    let r = request.clone();
+                    async move { c.cancel_job(r).await }
+                })
+                .await?;
+            let job = response.job.unwrap_or_default();
+            match output {
+                Output::Json => render::print_message("Job", &job),
+                Output::Table => {
+                    println!(
+                        "cancel requested for {} (state {})",
+                        job.job_id,
+                        render::job_state(job.state)
+                    );
+                    Ok(())
+                }
+            }
+        }
+        JobCommand::Watch(a) => watch(&mut client, output, a).await,
+        JobCommand::Logs(a) => logs(&mut client, output, a).await,
+    }
+}
+
+async fn get(client: &mut Client, job_id: &str) -> Result<Job> {
+    let request = GetJobRequest {
+        job_id: job_id.to_string(),
+    };
+    let response = client
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.get_job(r).await }
+        })
+        .await?;
+    response
+        .job
+        .ok_or_else(|| CliError::other(format!("the server returned no job for {job_id}")))
+}
+
+async fn submit(client: &mut Client, output: Output, args: SubmitArgs) -> Result<()> {
+    let spec = spec::build(&args.spec)?;
+    let is_command = matches!(
+        spec.task.as_ref().and_then(|t| t.kind.as_ref()),
+        Some(task_template::Kind::Command(_))
+    );
+    let task_count = spec.task_count;
+    let request = SubmitJobRequest {
+        request_id: args
+            .request_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        spec: Some(spec),
+    };
+    let response = client
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.submit_job(r).await }
+        })
+        .await?;
+    if !args.wait {
+        return match output {
+            Output::Json => render::print_message("SubmitJobResponse", &response),
+            Output::Table => {
+                println!("{}", response.job_id);
+                Ok(())
+            }
+        };
+    }
+    eprintln!("submitted {}; waiting for it to finish", response.job_id);
+    let job = follow(client, &response.job_id, true).await?;
+    if output == Output::Json {
+        render::print_message("Job", &job)?;
+    } else if is_command {
+        print_outputs(client, &job.job_id, task_count).await;
+    }
+    finished(&job)
+}
+
+/// Ok for a succeeded job, the failure otherwise.
+fn finished(job: &Job) -> Result<()> {
+    match JobState::try_from(job.state) {
+        Ok(JobState::Succeeded) => Ok(()),
+        Ok(JobState::Cancelled) => Err(CliError::JobFailed(format!(
+            "job {} was cancelled{}",
+            job.job_id,
+            if job.cancel_reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", job.cancel_reason)
+            }
+        ))),
+        _ => Err(CliError::JobFailed(format!(
+            "job {} ended {}: {}",
+            job.job_id,
+            render::job_state(job.state),
+            if job.failure_reason.is_empty() {
+                "no reason given"
+            } else {
+                &job.failure_reason
+            }
+        ))),
+    }
+}
+
+/// Follows one job until it is terminal and returns its full view. Opens the
+/// watch before reading the job, so no change between the two is missed;
+/// a broken stream is resumed from the last cursor.
+pub async fn follow(client: &mut Client, job_id: &str, progress: bool) -> Result<Job> {
+    let mut cursor = Vec::new();
+    let mut last_state = 0;
+    loop {
+        let request = WatchJobsRequest {
+            cursor: cursor.clone(),
+            job_ids: vec![job_id.to_string()],
+            ..WatchJobsRequest::default()
+        };
+        let mut stream = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.watch_jobs(r).await }
+            })
+            .await?;
+        let job = get(client, job_id).await?;
+        if progress && job.state != last_state {
+            eprintln!("{job_id}: {}", render::job_state(job.state));
+            last_state = job.state;
+        }
+        if is_terminal(job.state) {
+            return Ok(job);
+        }
+        // Ends when the replica goes away or ends the stream: resume then.
+        while let Ok(Some(event)) = stream.message().await {
+            cursor = event.cursor.clone();
+            let Some(j) = event.job else { continue };
+            if progress && j.state != last_state {
+                eprintln!("{job_id}: {}", render::job_state(j.state));
+                last_state = j.state;
+            }
+            if is_terminal(j.state) {
+                return get(client, job_id).await;
+            }
+        }
+    }
+}
+
+async fn task_logs(
+    client: &mut Client,
+    request: GetTaskLogsRequest,
+) -> Result<GetTaskLogsResponse> {
+    client
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.get_task_logs(r).await }
+        })
+        .await
+}
+
+async fn print_outputs(client: &mut Client, job_id: &str, task_count: u32) {
+    const SHOWN: u32 = 20;
+    for index in 0..task_count.min(SHOWN) {
+        let request = GetTaskLogsRequest {
+            task: Some(TaskId {
+                job_id: job_id.to_string(),
+                index,
+            }),
+            attempt: 0,
+            max_bytes: 0,
+        };
+        match task_logs(client, request).await {
+            Ok(logs) => {
+                if task_count > 1 {
+                    println!("==> {job_id}/{index} <==");
+                }
+                write_streams(&logs);
+            }
+            Err(e) => eprintln!("warning: output of {job_id}/{index} is not available: {e}"),
+        }
+    }
+    if task_count > SHOWN {
+        eprintln!(
+            "({} more tasks: `meridian job logs {job_id}/INDEX`)",
+            task_count - SHOWN
+        );
+    }
+}
+
+fn write_streams(logs: &GetTaskLogsResponse) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&logs.stdout_tail);
+    let _ = out.flush();
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(&logs.stderr_tail);
+    let _ = err.flush();
+}
+
+async fn list(client: &mut Client, output: Output, args: ListArgs) -> Result<()> {
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListJobsRequest {
+            tenant: args.tenant.clone().unwrap_or_default(),
+            states: args.states.iter().map(|s| *s as i32).collect(),
+            region: args.region.clone().unwrap_or_default(),
+            page_size: (args.limit - jobs.len()).clamp(1, 1000) as u32,
+            page_token: page_token.clone(),
+            ..ListJobsRequest::default()
+        };
+        let page = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.list_jobs(r).await }
+            })
+            .await?;
+        jobs.extend(page.jobs);
+        page_token = page.next_page_token;
+        if page_token.is_empty() || jobs.len() >= args.limit {
+            break;
+        }
+    }
+    jobs.truncate(args.limit);
+    match output {
+        Output::Json => {
+            let items = jobs
+                .iter()
+                .map(|j| render::to_json("Job", j))
+                .collect::<Result<Vec<_>>>()?;
+            render::print_json(&serde_json::json!({ "jobs": items }))
+        }
+        Output::Table => {
+            let mut t =
+                render::table(&["JOB", "NAME", "TENANT", "STATE", "REGION", "TASKS", "AGE"]);
+            for j in &jobs {
+                let spec = j.spec.clone().unwrap_or_default();
+                let counts = j.task_counts.unwrap_or_default();
+                t.add_row(vec![
+                    j.job_id.clone(),
+                    spec.name,
+                    spec.tenant,
+                    render::job_state(j.state),
+                    dash(&j.region),
+                    format!("{}/{}", counts.succeeded, spec.task_count),
+                    render::age(j.created_at_unix_ms),
+                ]);
+            }
+            render::print_table(&t);
+            Ok(())
+        }
+    }
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn print_job(job: &Job) {
+    let spec = job.spec.clone().unwrap_or_default();
+    let what = match spec.task.as_ref().and_then(|t| t.kind.as_ref()) {
+        Some(task_template::Kind::Command(c)) => std::iter::once(c.program.clone())
+            .chain(c.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" "),
+        Some(task_template::Kind::Simulated(s)) => {
+            format!("simulated {} ms, exit {}", s.duration_ms, s.exit_code)
+        }
+        None => "-".into(),
+    };
+    let mut t = render::table(&["FIELD", "VALUE"]);
+    let rows = [
+        ("job", job.job_id.clone()),
+        ("name", spec.name.clone()),
+        ("tenant", spec.tenant.clone()),
+        ("state", render::job_state(job.state)),
+        ("region", dash(&job.region)),
+        ("epoch", job.assignment_epoch.to_string()),
+        ("tasks", spec.task_count.to_string()),
+        ("runs", what),
+        ("request id", job.request_id.clone()),
+        ("created", render::age(job.created_at_unix_ms) + " ago"),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    if !job.failure_reason.is_empty() {
+        t.add_row(vec!["failure".to_string(), job.failure_reason.clone()]);
+    }
+    if job.cancel_requested {
+        t.add_row(vec![
+            "cancel".to_string(),
+            format!("requested: {}", job.cancel_reason),
+        ]);
+    }
+    render::print_table(&t);
+    if !job.tasks.is_empty() {
+        println!();
+        let mut t = render::table(&["TASK", "STATE", "NODE", "ATTEMPT", "EXIT", "MESSAGE"]);
+        for task in &job.tasks {
+            t.add_row(vec![
+                task.index.to_string(),
+                render::task_state(task.state),
+                dash(&task.node_id),
+                task.attempt.to_string(),
+                task.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                task.message.clone(),
+            ]);
+        }
+        render::print_table(&t);
+    }
+    if !job.history.is_empty() {
+        println!();
+        let mut t = render::table(&["WHEN", "FROM", "TO", "REGION", "REASON"]);
+        for h in &job.history {
+            t.add_row(vec![
+                render::age(h.at_unix_ms) + " ago",
+                render::job_state(h.from),
+                render::job_state(h.to),
+                dash(&h.region),
+                h.reason.clone(),
+            ]);
+        }
+        render::print_table(&t);
+    }
+}
+
+async fn watch(client: &mut Client, output: Output, args: WatchArgs) -> Result<()> {
+    let mut remaining: std::collections::BTreeSet<String> = args.job_ids.iter().cloned().collect();
+    let named = !remaining.is_empty();
+    for id in args.job_ids.iter() {
+        // Jobs already finished need no watching (a typo'd id is NOT_FOUND).
+        if is_terminal(get(client, id).await?.state) {
+            remaining.remove(id);
+        }
+    }
+    let mut cursor = Vec::new();
+    while !named || !remaining.is_empty() {
+        let request = WatchJobsRequest {
+            cursor: cursor.clone(),
+            tenant: args.tenant.clone().unwrap_or_default(),
+            job_ids: args.job_ids.clone(),
+            region: args.region.clone().unwrap_or_default(),
+            include_task_events: args.tasks,
+            ..WatchJobsRequest::default()
+        };
+        let mut stream = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.watch_jobs(r).await }
+            })
+            .await?;
+        while let Ok(Some(event)) = stream.message().await {
+            cursor = event.cursor.clone();
+            if event.kind == JobEventKind::Bookmark as i32 {
+                continue;
+            }
+            print_event(output, &event)?;
+            if let Some(j) = &event.job
+                && is_terminal(j.state)
+            {
+                remaining.remove(&j.job_id);
+                if named && remaining.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_event(output: Output, event: &JobEvent) -> Result<()> {
+    if output == Output::Json {
+        let value = render::to_json("JobEvent", event)?;
+        println!("{value}");
+        return Ok(());
+    }
+    let job = event.job.clone().unwrap_or_default();
+    let kind = JobEventKind::try_from(event.kind)
+        .map(|k| render::short(k.as_str_name(), "JOB_EVENT_KIND_"))
+        .unwrap_or_else(|_| event.kind.to_string());
+    let detail = match (&event.transition, &event.task) {
+        (_, Some(task)) => format!(
+            "task {} {} {}",
+            task.index,
+            render::task_state(task.state),
+            task.node_id
+        ),
+        (Some(t), None) => format!(
+            "{} -> {} {}",
+            render::job_state(t.from),
+            render::job_state(t.to),
+            t.reason
+        ),
+        (None, None) => render::job_state(job.state),
+    };
+    println!("{:<14} {:<14} {}", kind, job.job_id, detail.trim_end());
+    Ok(())
+}
+
+fn parse_task(text: &str) -> Result<TaskId> {
+    match text.rsplit_once('/') {
+        Some((job, index)) => Ok(TaskId {
+            job_id: job.to_string(),
+            index: index
+                .parse()
+                .map_err(|_| CliError::usage(format!("{text:?}: expected JOB_ID/INDEX")))?,
+        }),
+        None => Ok(TaskId {
+            job_id: text.to_string(),
+            index: 0,
+        }),
+    }
+}
+
+async fn logs(client: &mut Client, output: Output, args: LogsArgs) -> Result<()> {
+    let request = GetTaskLogsRequest {
+        task: Some(parse_task(&args.task)?),
+        attempt: args.attempt,
+        max_bytes: args.max_bytes,
+    };
+    let logs = task_logs(client, request).await?;
+    match output {
+        Output::Json => render::print_message("GetTaskLogsResponse", &logs),
+        Output::Table => {
+            write_streams(&logs);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_names_parse_with_and_without_an_index() {
+        let t = parse_task("j1-7/3").expect("task");
+        assert_eq!((t.job_id.as_str(), t.index), ("j1-7", 3));
+        assert_eq!(parse_task("j1-7").expect("task").index, 0);
+        assert!(parse_task("j1-7/x").is_err());
+    }
+
+    #[test]
+    fn job_states_parse_case_insensitively() {
+        assert_eq!(parse_job_state("Running"), Ok(JobState::Running));
+        assert!(parse_job_state("unspecified").is_err());
+        assert!(parse_job_state("sleeping").is_err());
+    }
+}
