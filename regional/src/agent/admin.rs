@@ -29,6 +29,8 @@ pub struct StoredLogs {
     pub at: u64,
 }
 
+crate::model::codec::json_record!(StoredLogs);
+
 fn check_region(api: &RegionApi, region: &str) -> Result<(), Status> {
     if region.is_empty() || region == api.region {
         Ok(())

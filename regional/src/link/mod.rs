@@ -30,6 +30,8 @@ pub struct LinkState {
     pub lease_expires_unix_ms: u64,
 }
 
+crate::model::codec::json_record!(LinkState);
+
 /// Settings of the link.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {

@@ -275,6 +275,8 @@ struct Reported {
     digest: Vec<u32>,
 }
 
+crate::model::codec::json_record!(Reported);
+
 async fn report_up(
     db: &Database,
     keys: &Keys,

@@ -2,8 +2,8 @@
 //!
 //! Owns the write side of the log the node's assignment stream reads: each
 //! transaction appends at most one entry per node (a list of commands) under a
-//! versionstamped key, and bumps the node's head counter so open streams
-//! wake. Must never rewrite or reorder an entry: cursors point into the log.
+//! versionstamped key, and sets the node's head key to the entry's stamp so
+//! open streams wake. Must never rewrite or reorder an entry: cursors point into the log.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +12,10 @@ use meridian_store::Transaction;
 use super::keys::Keys;
 use super::records::{CommandRecord, encode};
 use crate::error::Result;
+
+/// Value template of a node's head: a 10-byte versionstamp placeholder at
+/// offset 0 (the four-byte little-endian suffix).
+const HEAD_TEMPLATE: [u8; 14] = [0; 14];
 
 /// Commands collected during one transaction, written at its end.
 #[derive(Debug, Default)]
@@ -47,7 +51,10 @@ impl CommandBatch {
             // Entries of one transaction share the stamp; the node is in the
             // key, so one entry per node never collides.
             tx.set_versionstamped_key(&keys.command_template(&node, 0), &encode(&commands))?;
-            tx.add_i64(&keys.command_head(&node), 1)?;
+            // The head holds the stamp of the last entry: a blind write
+            // (no read, unlike an atomic add) that still changes with every
+            // entry, which is all its watchers need.
+            tx.set_versionstamped_value(&keys.command_head(&node), &HEAD_TEMPLATE)?;
         }
         Ok(())
     }

@@ -116,6 +116,12 @@ impl Keys {
         self.root.subspace(&("tasks", job)).range()
     }
 
+    /// Range of the task blocks of every job from `first` to `last`
+    /// (inclusive), in key order.
+    pub fn task_blocks_between(&self, first: &str, last: &str) -> (Vec<u8>, Vec<u8>) {
+        (self.task_blocks(first).0, self.task_blocks(last).1)
+    }
+
     /// Range of every task block of every job.
     pub fn all_task_blocks(&self) -> (Vec<u8>, Vec<u8>) {
         self.root.subspace(&("tasks",)).range()
@@ -172,8 +178,8 @@ impl Keys {
             .map(|(_, _, v)| *v.as_bytes())
     }
 
-    /// Counter bumped with every command appended for a node (watched by
-    /// the node's assignment stream).
+    /// Head of a node's command log: set to the stamp of every entry
+    /// appended (watched by the node's assignment stream).
     pub fn command_head(&self, node: &str) -> Vec<u8> {
         self.root.pack(&("cmdhead", node))
     }

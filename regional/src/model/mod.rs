@@ -4,6 +4,7 @@
 //! Owns the shape of the region store. Must never contain policy (who may
 //! write what, when): that lives in `shard`, `placer`, `agent` and `link`.
 
+pub mod codec;
 pub mod commands;
 mod convert;
 pub mod keys;
@@ -14,7 +15,7 @@ pub use commands::CommandBatch;
 pub use convert::{job_from_spec, pending_task, running_task, solver_node};
 pub use keys::{Keys, TASK_BLOCK};
 pub use records::{
-    CommandRecord, Corrupt, JobPhase, JobRecord, Layout, NodeLiveness, NodeRecord, Res, TaskBlock,
-    TaskRecord, decode, encode,
+    CommandRecord, Corrupt, JobPhase, JobRecord, Layout, NodeLiveness, NodeRecord, Record, Res,
+    TaskBlock, TaskRecord, decode, encode,
 };
 pub use view::RegionView;

@@ -2,9 +2,12 @@
 //!
 //! Owns the stored shape of nodes, jobs, task blocks, command-log entries and
 //! the shard layout, with conversions to the solver's and the wire's types.
-//! Records are JSON (self-describing, easy to inspect in a dump); a job's spec
-//! is kept in the wire encoding next to its record. Must never decide
-//! anything: the state machines live in the modules that write these.
+//! The hot records (task blocks, command-log entries, nodes: read and
+//! rewritten by every placement batch) are protobuf messages, compact and
+//! cheap to decode (see [`super::codec`]); the cold ones are JSON, easy to
+//! inspect in a dump; a job's spec is kept in the wire encoding next to its
+//! record. Must never decide anything: the state machines live in the
+//! modules that write these.
 
 use std::collections::BTreeMap;
 
@@ -13,41 +16,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::placement;
 
-/// Why a stored record could not be read back.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("corrupt {what} record: {detail}")]
-pub struct Corrupt {
-    /// Which kind of record.
-    pub what: &'static str,
-    /// The decoder's message.
-    pub detail: String,
-}
-
-/// Encodes a record.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing these plain structs (string keys only) cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-/// Decodes a record of kind `what`.
-pub fn decode<T: for<'de> Deserialize<'de>>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, Corrupt> {
-    serde_json::from_slice(bytes).map_err(|e| Corrupt {
-        what,
-        detail: e.to_string(),
-    })
-}
+pub use super::codec::{Corrupt, Record, decode, encode};
 
 /// Resources as stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
 pub struct Res {
+    #[prost(uint64, tag = "1")]
     pub cpu: u64,
+    #[prost(uint64, tag = "2")]
     pub mem: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[prost(uint32, tag = "3")]
     pub gpus: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[prost(string, tag = "4")]
     pub gpu_type: String,
 }
 
@@ -192,32 +174,43 @@ pub enum JobPhase {
 }
 
 /// One task's state in the region.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
 pub struct TaskRecord {
     /// `v1::TaskState` as i32.
+    #[prost(int32, tag = "1")]
     pub state: i32,
     /// Attempt number; 0 before the first placement.
+    #[prost(uint32, tag = "2")]
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[prost(string, tag = "3")]
     pub node: String,
     #[serde(default)]
+    #[prost(uint64, tag = "4")]
     pub node_epoch: u64,
     #[serde(default)]
+    #[prost(uint32, tag = "5")]
     pub shard: u32,
     #[serde(default)]
+    #[prost(uint64, tag = "6")]
     pub shard_epoch: u64,
     #[serde(default)]
+    #[prost(uint64, tag = "7")]
     pub placed_at: u64,
     /// While pending: not placed before this wall time (retry backoff, or
     /// the fence wait of an exclusive task lost with its node).
     #[serde(default)]
+    #[prost(uint64, tag = "8")]
     pub not_before: u64,
     /// A stop has been asked for (reason), the agent has not confirmed yet.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[prost(string, tag = "9")]
     pub stopping: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[prost(int32, optional, tag = "10")]
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[prost(string, tag = "11")]
     pub message: String,
 }
 
@@ -277,27 +270,38 @@ impl TaskRecord {
 }
 
 /// Up to [`super::keys::TASK_BLOCK`] consecutive tasks of one job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
 pub struct TaskBlock {
     /// Index of the first task of the block.
+    #[prost(uint32, tag = "1")]
     pub first: u32,
+    #[prost(message, repeated, tag = "2")]
     pub tasks: Vec<TaskRecord>,
 }
 
 /// One command in a node's log (several share a log entry when written by
 /// one transaction).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
 pub struct CommandRecord {
     /// `v1::CommandKind` as i32.
+    #[prost(int32, tag = "1")]
     pub kind: i32,
+    #[prost(string, tag = "2")]
     pub job: String,
+    #[prost(uint32, tag = "3")]
     pub index: u32,
+    #[prost(uint32, tag = "4")]
     pub attempt: u32,
+    #[prost(uint32, tag = "5")]
     pub shard: u32,
+    #[prost(uint64, tag = "6")]
     pub shard_epoch: u64,
+    #[prost(uint64, tag = "7")]
     pub node_epoch: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[prost(string, tag = "8")]
     pub reason: String,
     #[serde(default)]
+    #[prost(uint64, tag = "9")]
     pub grace_ms: u64,
 }

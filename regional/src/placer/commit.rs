@@ -26,7 +26,9 @@ use crate::shard::check_generation;
 /// Reading every node record at once beats one read per node above this many
 /// distinct nodes in a batch.
 const RANGE_READ_NODES_ABOVE: usize = 64;
-/// Likewise for the task blocks of the jobs in a batch.
+/// Likewise for the task blocks of the jobs in a batch: above this many jobs
+/// their blocks are read as one range (the batch's jobs are contiguous in
+/// key order, see [`super::round::batches`]).
 const RANGE_READ_JOBS_ABOVE: usize = 64;
 
 /// One decision to commit.
@@ -116,27 +118,8 @@ async fn commit_in(
     let wanted: BTreeSet<&str> = bindings.iter().map(|b| b.node.as_str()).collect();
     let nodes = read_nodes(tx, keys, &wanted).await?;
 
-    let mut jobs: BTreeSet<&str> = bindings.iter().map(|b| b.task.job_id.as_str()).collect();
-    jobs.extend(stops.iter().map(|s| s.victim.job_id.as_str()));
-    let mut blocks: BTreeMap<(String, u32), TaskBlock> = BTreeMap::new();
-    if jobs.len() > RANGE_READ_JOBS_ABOVE {
-        // One paged range read instead of a round trip per job.
-        for (k, v) in scan(tx, keys.all_task_blocks(), false).await? {
-            if let Some(id) = keys.block_of(&k)
-                && jobs.contains(id.0.as_str())
-            {
-                blocks.insert(id, decode("task block", &v)?);
-            }
-        }
-    } else {
-        for job in &jobs {
-            for (k, v) in scan(tx, keys.task_blocks(job), false).await? {
-                if let Some(id) = keys.block_of(&k) {
-                    blocks.insert(id, decode("task block", &v)?);
-                }
-            }
-        }
-    }
+    let blocks = read_blocks_of(tx, keys, bindings, stops).await?;
+    let mut blocks = blocks;
     let mut dirty: BTreeSet<(String, u32)> = BTreeSet::new();
     let mut commands = CommandBatch::new();
     let mut out = BatchOutcome::default();
@@ -277,4 +260,51 @@ async fn read_nodes<'a>(
         }
     }
     Ok(out)
+}
+
+type Blocks = BTreeMap<(String, u32), TaskBlock>;
+
+/// Reads the task blocks of the jobs of `bindings` and of the victims of
+/// `stops`. The binding jobs are read as one range from the first to the last
+/// (in key order: [`super::round::batches`] cuts batches along it, so the
+/// range holds few other jobs, whose blocks are skipped undecoded); victims'
+/// jobs outside that range are read one by one.
+async fn read_blocks_of(
+    tx: &Transaction,
+    keys: &Keys,
+    bindings: &[PlannedBinding],
+    stops: &[PlannedStop],
+) -> Result<Blocks> {
+    let bound: BTreeSet<&str> = bindings.iter().map(|b| b.task.job_id.as_str()).collect();
+    let mut blocks = Blocks::new();
+    let mut single: BTreeSet<&str> = BTreeSet::new();
+    match (bound.first(), bound.last()) {
+        (Some(first), Some(last)) if bound.len() > RANGE_READ_JOBS_ABOVE => {
+            for (k, v) in scan(tx, keys.task_blocks_between(first, last), false).await? {
+                if let Some(id) = keys.block_of(&k)
+                    && bound.contains(id.0.as_str())
+                {
+                    blocks.insert(id, decode("task block", &v)?);
+                }
+            }
+            single.extend(
+                stops
+                    .iter()
+                    .map(|s| s.victim.job_id.as_str())
+                    .filter(|j| !bound.contains(j)),
+            );
+        }
+        _ => {
+            single.extend(bound.iter().copied());
+            single.extend(stops.iter().map(|s| s.victim.job_id.as_str()));
+        }
+    }
+    for job in single {
+        for (k, v) in scan(tx, keys.task_blocks(job), false).await? {
+            if let Some(id) = keys.block_of(&k) {
+                blocks.insert(id, decode("task block", &v)?);
+            }
+        }
+    }
+    Ok(blocks)
 }

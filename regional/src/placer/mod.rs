@@ -60,7 +60,7 @@ pub struct PlacerConfig {
 impl Default for PlacerConfig {
     fn default() -> Self {
         PlacerConfig {
-            batch_size: 20_000,
+            batch_size: 50_000,
             max_jobs_per_round: 100_000,
             queue_capacity: 200_000,
             solver: SolverConfig::default(),

@@ -88,17 +88,14 @@ pub struct Batch {
 }
 
 /// Cuts a solution into batches of about `batch_size` bindings, never
-/// splitting one job's bindings.
+/// splitting one job's bindings. Jobs go in id order, so the jobs of one
+/// batch are contiguous in the store's key order and the commit reads their
+/// task blocks as one short range.
 pub fn batches(input: &RoundInput, solution: &Solution, batch_size: usize) -> Vec<Batch> {
     let mut by_job: BTreeMap<&str, Vec<PlannedBinding>> = BTreeMap::new();
-    let mut order: Vec<&str> = Vec::new();
     for b in &solution.bindings {
         let job = b.task.job_id.as_str();
-        let entry = by_job.entry(job).or_default();
-        if entry.is_empty() {
-            order.push(job);
-        }
-        entry.push(PlannedBinding {
+        by_job.entry(job).or_default().push(PlannedBinding {
             task: b.task.clone(),
             node: b.node.0.clone(),
             node_version: b.node_version,
@@ -119,8 +116,7 @@ pub fn batches(input: &RoundInput, solution: &Solution, batch_size: usize) -> Ve
     }
     let mut out: Vec<Batch> = Vec::new();
     let mut current = Batch::default();
-    for job in order {
-        let bindings = by_job.remove(job).unwrap_or_default();
+    for (job, bindings) in by_job {
         if !current.bindings.is_empty() && current.bindings.len() + bindings.len() > batch_size {
             out.push(std::mem::take(&mut current));
         }

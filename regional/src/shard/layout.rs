@@ -67,6 +67,8 @@ pub struct Presence {
     pub held: Vec<u32>,
 }
 
+crate::model::codec::json_record!(Presence);
+
 /// Writes this replica's presence.
 pub async fn write_presence(
     db: &Database,

@@ -1,0 +1,268 @@
+//! Node liveness and operator changes, driven by a manual clock: missed
+//! heartbeats make a node SUSPECT, then DOWN after the grace; declaring it
+//! DOWN moves its epoch before its tasks are placed again; exclusive tasks
+//! wait the documented extra time; cordon and drain through `RegionAdmin`
+//! change the node and a drain stops its tasks, which are then placed
+//! elsewhere.
+
+mod support;
+
+use std::time::Duration;
+
+use meridian_proto::v1;
+use meridian_regional::agent::AgentApiConfig;
+use meridian_regional::agent::nodes;
+use meridian_regional::agent::stream::read_log;
+use meridian_regional::jobs::{insert_job, simple_spec};
+use meridian_regional::model::{NodeLiveness, NodeRecord, TaskBlock, decode};
+use meridian_regional::placer::{PlacerConfig, ShardLoop};
+use meridian_store::Mutation;
+use support::{GIB, Region, admin_client, agent_client, registration, report};
+
+/// Registers `node-a` and `node-b` at the start time.
+async fn two_nodes(region: &Region) {
+    for id in ["node-a", "node-b"] {
+        nodes::register(
+            &region.db,
+            &region.keys,
+            &registration(id, "boot-1"),
+            region.now_ms(),
+        )
+        .await
+        .expect("register");
+    }
+}
+
+async fn heartbeat(region: &Region, node: &str, epoch: u64) {
+    let req = v1::HeartbeatRequest {
+        node_id: node.into(),
+        node_epoch: epoch,
+        ..Default::default()
+    };
+    nodes::heartbeat(&region.db, &region.keys, &req, region.now_ms(), true)
+        .await
+        .expect("heartbeat");
+}
+
+/// One job of one task taking most of a node, so the two nodes are told apart.
+async fn one_big_task(region: &Region, job: &str, exclusive: bool) {
+    let mut spec = simple_spec("t", 1, 3_000, 6 * GIB);
+    spec.exclusive = exclusive;
+    insert_job(&region.db, &region.keys, job, 1, &spec, region.now_ms())
+        .await
+        .expect("insert");
+}
+
+fn other(node: &str) -> &'static str {
+    if node == "node-a" { "node-b" } else { "node-a" }
+}
+
+async fn placer(region: &Region) -> ShardLoop {
+    let term = region.lead("replica-a").await;
+    ShardLoop::new(
+        region.db.clone(),
+        region.keys.clone(),
+        region.shared_clock(),
+        PlacerConfig::default(),
+        term,
+    )
+    .expect("loop")
+}
+
+/// Advances the clock by `by`, keeps `alive` heartbeating, runs one round.
+async fn step(region: &Region, lp: &mut ShardLoop, by: Duration, alive: &str) {
+    region.clock.advance(by);
+    heartbeat(region, alive, 1).await;
+    lp.round().await.expect("round");
+}
+
+async fn node(region: &Region, id: &str) -> NodeRecord {
+    region.view().await.nodes[id].clone()
+}
+
+#[tokio::test]
+async fn a_silent_node_turns_suspect_then_down_after_the_grace_and_its_epoch_moves_before_its_tasks_are_placed_again()
+ {
+    let (region, commits) = Region::recorded().await;
+    two_nodes(&region).await;
+    one_big_task(&region, "job-1", false).await;
+    let mut lp = placer(&region).await;
+    assert_eq!(lp.round().await.expect("round").outcome.bound.len(), 1);
+    let silent = region.task("job-1", 0).await.node;
+    let alive = other(&silent);
+
+    // Default timings: SUSPECT after 5 s without a heartbeat, DOWN after 15 s.
+    step(&region, &mut lp, Duration::from_secs(6), alive).await;
+    let n = node(&region, &silent).await;
+    assert_eq!(n.liveness, NodeLiveness::Suspect);
+    assert_eq!(n.epoch, 1, "suspicion alone does not fence the agent");
+    let task = region.task("job-1", 0).await;
+    assert!(
+        task.is_bound() && task.node == silent,
+        "a suspect keeps its tasks"
+    );
+
+    step(&region, &mut lp, Duration::from_secs(10), alive).await;
+    let n = node(&region, &silent).await;
+    assert_eq!(n.liveness, NodeLiveness::Down);
+    assert_eq!(n.epoch, 2);
+    step(&region, &mut lp, Duration::from_secs(1), alive).await;
+    let task = region.task("job-1", 0).await;
+    assert!(task.is_bound());
+    assert_eq!((task.node.as_str(), task.attempt), (alive, 2));
+
+    // Commit order: the epoch bump, then the task written off, then the new
+    // binding.
+    let node_key = region.keys.node(&silent);
+    let block_key = region.keys.task_block("job-1", 0);
+    let commits = commits.lock();
+    let position = |what: &dyn Fn(&[u8], &[u8]) -> bool| {
+        commits
+            .iter()
+            .position(|writes| {
+                writes.iter().any(|m| match m {
+                    Mutation::Set { key, value } => what(key, value),
+                    _ => false,
+                })
+            })
+            .expect("such a commit")
+    };
+    let fenced = position(&|k, v| {
+        k == node_key.as_slice() && decode::<NodeRecord>("node", v).is_ok_and(|n| n.epoch == 2)
+    });
+    let written_off = position(&|k, v| {
+        k == block_key.as_slice()
+            && decode::<TaskBlock>("task block", v)
+                .is_ok_and(|b| b.tasks[0].is_pending() && b.tasks[0].attempt == 1)
+    });
+    let rebound = position(&|k, v| {
+        k == block_key.as_slice()
+            && decode::<TaskBlock>("task block", v).is_ok_and(|b| b.tasks[0].attempt == 2)
+    });
+    assert!(
+        fenced < written_off && written_off < rebound,
+        "epoch bump #{fenced}, write-off #{written_off}, new binding #{rebound}"
+    );
+    let fence_commit = &commits[fenced];
+    assert!(
+        !fence_commit
+            .iter()
+            .any(|m| matches!(m, Mutation::Set { key, .. } if *key == block_key)),
+        "the epoch bump commits on its own, before any task moves"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_task_of_an_exclusive_job_is_placed_again_only_after_the_exclusive_wait() {
+    let region = Region::new().await;
+    two_nodes(&region).await;
+    one_big_task(&region, "job-x", true).await;
+    let mut lp = placer(&region).await;
+    assert_eq!(lp.round().await.expect("round").outcome.bound.len(), 1);
+    let silent = region.task("job-x", 0).await.node;
+    let alive = other(&silent);
+
+    step(&region, &mut lp, Duration::from_secs(16), alive).await;
+    assert_eq!(node(&region, &silent).await.liveness, NodeLiveness::Down);
+    let task = region.task("job-x", 0).await;
+    assert!(task.is_pending());
+    let declared_at = region.now_ms();
+    assert_eq!(
+        task.not_before,
+        declared_at + 10_000,
+        "exclusive_wait is 10 s"
+    );
+
+    // Rounds before the wait is over place nothing.
+    for _ in 0..9 {
+        step(&region, &mut lp, Duration::from_secs(1), alive).await;
+        assert!(region.task("job-x", 0).await.is_pending());
+    }
+    step(&region, &mut lp, Duration::from_secs(1), alive).await;
+    let task = region.task("job-x", 0).await;
+    assert!(task.is_bound(), "placed once the wait is over: {task:?}");
+    assert_eq!((task.node.as_str(), task.attempt), (alive, 2));
+}
+
+#[tokio::test]
+async fn cordon_and_drain_through_region_admin_change_the_node_and_a_drain_stops_its_tasks_which_go_elsewhere()
+ {
+    let region = Region::new().await;
+    two_nodes(&region).await;
+    let mut lp = placer(&region).await;
+    let (addr, _) = region.serve(AgentApiConfig::default(), 1).await;
+    let mut admin = admin_client(addr).await;
+    let mut agent = agent_client(addr).await;
+
+    // A cordoned node gets nothing new.
+    let cordoned = admin
+        .cordon_node(v1::CordonNodeRequest {
+            region: "r1".into(),
+            node_id: "node-a".into(),
+            reason: "maintenance".into(),
+        })
+        .await
+        .expect("cordon")
+        .into_inner()
+        .node
+        .expect("node");
+    assert!(cordoned.cordoned && !cordoned.draining);
+    assert_eq!(cordoned.cordon_reason, "maintenance");
+    assert_eq!(node(&region, "node-a").await.version, 2, "version bumped");
+    one_big_task(&region, "job-1", false).await;
+    lp.round().await.expect("round");
+    assert_eq!(region.task("job-1", 0).await.node, "node-b");
+    admin
+        .uncordon_node(v1::UncordonNodeRequest {
+            region: "r1".into(),
+            node_id: "node-a".into(),
+        })
+        .await
+        .expect("uncordon");
+    assert!(node(&region, "node-a").await.schedulable());
+
+    // Draining node-b stops its task (grace capped by the deadline) ...
+    let drained = admin
+        .drain_node(v1::DrainNodeRequest {
+            region: "r1".into(),
+            node_id: "node-b".into(),
+            reason: "kernel upgrade".into(),
+            deadline_ms: 2_000,
+        })
+        .await
+        .expect("drain")
+        .into_inner()
+        .node
+        .expect("node");
+    assert!(drained.cordoned && drained.draining);
+    region.clock.advance(Duration::from_secs(1));
+    for id in ["node-a", "node-b"] {
+        heartbeat(&region, id, 1).await;
+    }
+    lp.round().await.expect("round with a sweep");
+    let task = region.task("job-1", 0).await;
+    assert_eq!(task.stopping, "drain");
+    let log = read_log(&region.db, &region.keys, "node-b", None)
+        .await
+        .expect("log");
+    let (_, stop) = log.last().expect("a command");
+    assert_eq!(stop.kind, v1::CommandKind::Stop as i32);
+    assert_eq!((stop.reason.as_str(), stop.grace_ms), ("drain", 2_000));
+
+    // ... and once the agent reports it KILLED, it is placed elsewhere.
+    let answer = agent
+        .report_task_status(v1::ReportTaskStatusRequest {
+            node_id: "node-b".into(),
+            node_epoch: 1,
+            reports: vec![report("job-1", 0, 1, v1::TaskState::Killed)],
+        })
+        .await
+        .expect("report")
+        .into_inner();
+    assert_eq!(answer.results[0].verdict, v1::Verdict::Accepted as i32);
+    assert!(region.task("job-1", 0).await.is_pending());
+    region.clock.advance(Duration::from_secs(1));
+    lp.round().await.expect("round");
+    let task = region.task("job-1", 0).await;
+    assert_eq!((task.node.as_str(), task.attempt), ("node-a", 2));
+}
