@@ -56,7 +56,7 @@ impl GlobalConfig {
             namespace: "default".to_string(),
             leader_lease: Duration::from_millis(2000),
             leader_safety_margin: Duration::from_millis(400),
-            region_lease: Duration::from_secs(10),
+            region_lease: Duration::from_secs(30),
             skew_margin: Duration::from_secs(2),
             controller_every: Duration::from_millis(100),
             bookmark_every: Duration::from_secs(5),

@@ -136,7 +136,7 @@ fn plan(a: &DevArgs, data: &Path) -> Result<[Vec<Planned>; 3]> {
                         s("--region"),
                         region.clone(),
                         s("--global"),
-                        global_endpoints[0].clone(),
+                        global_endpoints.join(","),
                         s("--store"),
                         store.clone(),
                         s("--listen"),

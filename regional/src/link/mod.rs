@@ -36,7 +36,8 @@ crate::model::codec::json_record!(LinkState);
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
     pub region: String,
-    /// Global tier endpoint (`http://host:port`).
+    /// Global tier endpoints (`http://host:port`, comma separated): the
+    /// link follows the `meridian-leader` hint and otherwise tries the next.
     pub global: String,
     pub replica: String,
     /// This replica's own endpoint (RegionAdmin is served there too).

@@ -27,8 +27,18 @@ use crate::model::{JobPhase, Keys, NodeLiveness, RegionView, Res, decode, encode
 enum End {
     /// The link lease moved on: stop for good.
     Fenced,
-    /// Anything else: reconnect after a backoff.
-    Retry(String),
+    /// Anything else: reconnect after a backoff, to `leader` when the
+    /// answer named one (`meridian-leader`), otherwise to the next endpoint.
+    Retry { why: String, leader: Option<String> },
+}
+
+impl End {
+    fn retry(why: impl Into<String>) -> Self {
+        End::Retry {
+            why: why.into(),
+            leader: None,
+        }
+    }
 }
 
 impl From<RegionalError> for End {
@@ -36,20 +46,78 @@ impl From<RegionalError> for End {
         if e.is_fenced() {
             End::Fenced
         } else {
-            End::Retry(e.to_string())
+            End::retry(e.to_string())
         }
     }
 }
 
 impl From<tonic::Status> for End {
     fn from(s: tonic::Status) -> Self {
-        End::Retry(format!("{}: {}", s.code(), s.message()))
+        let leader = (s.code() == tonic::Code::Unavailable)
+            .then(|| s.metadata().get(meridian_proto::LEADER_METADATA_KEY))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(normalize);
+        End::Retry {
+            why: format!("{}: {}", s.code(), s.message()),
+            leader,
+        }
     }
 }
 
 impl From<tonic::transport::Error> for End {
     fn from(e: tonic::transport::Error) -> Self {
-        End::Retry(e.to_string())
+        End::retry(e.to_string())
+    }
+}
+
+fn normalize(url: &str) -> String {
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// The global endpoints a link leader may talk to (`--global`, comma
+/// separated) and the one it tries next.
+#[derive(Debug, Clone)]
+pub(super) struct Endpoints {
+    list: Vec<String>,
+    next: String,
+}
+
+impl Endpoints {
+    pub(super) fn parse(global: &str) -> Self {
+        let list: Vec<String> = global
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(normalize)
+            .collect();
+        let next = list.first().cloned().unwrap_or_default();
+        Endpoints { list, next }
+    }
+
+    fn current(&self) -> &str {
+        &self.next
+    }
+
+    /// After a failure: the hinted leader if there is one, otherwise the
+    /// listed endpoint after the current one.
+    fn advance(&mut self, leader: Option<String>) {
+        if let Some(leader) = leader {
+            self.next = leader;
+            return;
+        }
+        if self.list.is_empty() {
+            return;
+        }
+        let at = self.list.iter().position(|e| *e == self.next);
+        let i = at.map_or(0, |i| (i + 1) % self.list.len());
+        self.next = self.list[i].clone();
     }
 }
 
@@ -73,18 +141,35 @@ pub(super) async fn run(
         Err(_) => return,
     };
     let mut retry = 0;
+    let mut endpoints = Endpoints::parse(&config.global);
     loop {
+        let mut registered = false;
         let result = tokio::select! {
             _ = &mut stop => return,
-            r = session(&db, &keys, &clock, &identity, &config, &fence) => r,
+            r = session(&db, &keys, &clock, &identity, &config, &fence, endpoints.current(), &mut registered) => r,
         };
+        if registered {
+            // The session got going: the next failure starts a fresh backoff.
+            retry = 0;
+        }
         match result {
             Err(End::Fenced) => {
                 tracing::warn!("link lease lost; the link session ends");
                 return;
             }
-            Err(End::Retry(why)) => {
-                tracing::warn!(reason = %why, "link session ended; reconnecting");
+            Err(End::Retry { why, leader }) => {
+                tracing::warn!(
+                    reason = %why,
+                    endpoint = endpoints.current(),
+                    leader = leader.as_deref().unwrap_or("-"),
+                    "link session ended; reconnecting"
+                );
+                if leader.is_some() {
+                    // A replica named the leader: go there after a short
+                    // jittered pause, without growing the backoff.
+                    retry = 0;
+                }
+                endpoints.advance(leader);
             }
             Ok(()) => {}
         }
@@ -116,6 +201,7 @@ async fn store_state(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     db: &Database,
     keys: &Keys,
@@ -123,8 +209,10 @@ async fn session(
     identity: &Identity,
     config: &LinkConfig,
     fence: &Fence,
+    global: &str,
+    registered: &mut bool,
 ) -> Result<(), End> {
-    let mut client = RegionLinkClient::connect(config.global.clone()).await?;
+    let mut client = RegionLinkClient::connect(global.to_string()).await?;
     let sent_at = clock.now_unix_ms();
     let reg = client
         .register_region(v1::RegisterRegionRequest {
@@ -142,13 +230,14 @@ async fn session(
         .await?
         .into_inner();
     if reg.verdict != v1::Verdict::Accepted as i32 {
-        return Err(End::Retry(format!(
+        return Err(End::retry(format!(
             "RegisterRegion refused: leader epoch {} below {}",
             fence.epoch(),
             reg.current_leader_epoch
         )));
     }
     let epoch = reg.region_lease_epoch;
+    *registered = true;
     let renew_every = Duration::from_millis(reg.renew_interval_ms.max(50));
     store_state(
         db,
@@ -176,7 +265,7 @@ async fn session(
             msg = stream.message() => {
                 let event = match msg {
                     Ok(Some(e)) => e,
-                    Ok(None) => return Err(End::Retry("assignment stream ended".into())),
+                    Ok(None) => return Err(End::retry("assignment stream ended")),
                     Err(s) if s.code() == tonic::Code::OutOfRange => {
                         // The cursor is too old: start again from a snapshot.
                         db.run(|tx, _| {
@@ -188,7 +277,7 @@ async fn session(
                                 Ok::<_, RegionalError>(())
                             }
                         }).await?;
-                        return Err(End::Retry("cursor out of range".into()));
+                        return Err(End::retry("cursor out of range"));
                     }
                     Err(s) => return Err(s.into()),
                 };
@@ -207,7 +296,7 @@ async fn session(
                     .await?
                     .into_inner();
                 if r.verdict != v1::Verdict::Accepted as i32 {
-                    return Err(End::Retry(format!("region lease renewal refused (verdict {})", r.verdict)));
+                    return Err(End::retry(format!("region lease renewal refused (verdict {})", r.verdict)));
                 }
                 store_state(db, keys, fence, LinkState {
                     region_lease_epoch: epoch,
@@ -244,9 +333,7 @@ async fn ack(
         .await?
         .into_inner();
     if r.verdict != v1::Verdict::Accepted as i32 {
-        return Err(End::Retry(
-            "acknowledgement refused: stale region lease".into(),
-        ));
+        return Err(End::retry("acknowledgement refused: stale region lease"));
     }
     if let Some(item) = r.results.first()
         && item.verdict == v1::Verdict::StaleEpoch as i32
@@ -354,9 +441,7 @@ async fn report_up(
         .await?
         .into_inner();
     if r.verdict != v1::Verdict::Accepted as i32 {
-        return Err(End::Retry(
-            "capacity report refused: stale region lease".into(),
-        ));
+        return Err(End::retry("capacity report refused: stale region lease"));
     }
 
     // Job status, for jobs whose counts changed.
@@ -423,9 +508,7 @@ async fn report_up(
             .await?
             .into_inner();
         if r.verdict != v1::Verdict::Accepted as i32 {
-            return Err(End::Retry(
-                "status report refused: stale region lease".into(),
-            ));
+            return Err(End::retry("status report refused: stale region lease"));
         }
         db.run(|tx, _| {
             let keys = keys.clone();
@@ -469,7 +552,7 @@ async fn report_up(
             .await?
             .into_inner();
         if r.verdict != v1::Verdict::Accepted as i32 {
-            return Err(End::Retry("release refused: stale region lease".into()));
+            return Err(End::retry("release refused: stale region lease"));
         }
         db.run(|tx, _| {
             let keys = keys.clone();
@@ -492,4 +575,36 @@ async fn report_up(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_separated_global_endpoints_are_tried_in_turn_unless_a_leader_is_named() {
+        let mut e = Endpoints::parse("127.0.0.1:1, http://127.0.0.1:2");
+        assert_eq!(e.current(), "http://127.0.0.1:1");
+        e.advance(None);
+        assert_eq!(e.current(), "http://127.0.0.1:2");
+        e.advance(None);
+        assert_eq!(e.current(), "http://127.0.0.1:1");
+        e.advance(Some("http://127.0.0.1:2".into()));
+        assert_eq!(e.current(), "http://127.0.0.1:2");
+        e.advance(None);
+        assert_eq!(e.current(), "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn an_unavailable_answer_naming_the_leader_is_followed() {
+        let mut s = tonic::Status::unavailable("not the leader");
+        s.metadata_mut().insert(
+            meridian_proto::LEADER_METADATA_KEY,
+            "http://127.0.0.1:9".parse().expect("metadata"),
+        );
+        match End::from(s) {
+            End::Retry { leader, .. } => assert_eq!(leader.as_deref(), Some("http://127.0.0.1:9")),
+            End::Fenced => panic!("not fenced"),
+        }
+    }
 }

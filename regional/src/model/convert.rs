@@ -83,11 +83,7 @@ pub fn job_from_spec(
             .map(Res::from_proto)
             .unwrap_or_default(),
         labels: spec.labels.clone().into_iter().collect(),
-        constraints: spec
-            .node_constraints
-            .iter()
-            .map(|c| (c.key.clone(), c.op, c.values.clone()))
-            .collect(),
+        constraints: constraints_of(spec),
         anti_affinity,
         affinity,
         pack: spec.placement == v1::PlacementPolicy::Pack as i32,
@@ -99,6 +95,37 @@ pub fn job_from_spec(
         state: JobPhase::Active,
         created_at_unix_ms,
     })
+}
+
+/// Label every simulated node carries (`meridian agent --simulate`).
+pub const SIMULATED_LABEL: &str = "meridian.io/simulated";
+
+/// Whether the job's tasks run a real process (anything but a simulated
+/// template).
+pub fn runs_a_process(spec: &v1::JobSpec) -> bool {
+    !matches!(
+        spec.task.as_ref().and_then(|t| t.kind.as_ref()),
+        Some(v1::task_template::Kind::Simulated(_))
+    )
+}
+
+/// The spec's node constraints, plus, for a job running a real process,
+/// `meridian.io/simulated NOT IN (true)`: a real command never lands on a
+/// simulated node (it would never run). Simulated tasks may land anywhere.
+fn constraints_of(spec: &v1::JobSpec) -> Vec<(String, i32, Vec<String>)> {
+    let mut constraints: Vec<_> = spec
+        .node_constraints
+        .iter()
+        .map(|c| (c.key.clone(), c.op, c.values.clone()))
+        .collect();
+    if runs_a_process(spec) {
+        constraints.push((
+            SIMULATED_LABEL.to_string(),
+            v1::LabelOperator::NotIn as i32,
+            vec!["true".to_string()],
+        ));
+    }
+    constraints
 }
 
 fn scope(s: u8) -> Scope {
@@ -185,5 +212,58 @@ pub fn solver_node(node: &NodeRecord) -> Node {
         zone: (!node.zone.is_empty()).then(|| node.zone.clone()),
         rack: (!node.rack.is_empty()).then(|| node.rack.clone()),
         schedulable: node.schedulable(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn spec(kind: v1::task_template::Kind) -> v1::JobSpec {
+        v1::JobSpec {
+            task_count: 1,
+            task: Some(v1::TaskTemplate { kind: Some(kind) }),
+            ..Default::default()
+        }
+    }
+
+    fn simulated_node() -> BTreeMap<String, String> {
+        BTreeMap::from([(SIMULATED_LABEL.to_string(), "true".to_string())])
+    }
+
+    #[test]
+    fn a_real_command_never_lands_on_a_simulated_node_and_a_simulated_task_may() {
+        let real = job_from_spec(
+            "j1",
+            1,
+            "r1",
+            &spec(v1::task_template::Kind::Command(v1::Command {
+                program: "echo".into(),
+                args: vec!["hello".into()],
+                ..Default::default()
+            })),
+            0,
+        )
+        .expect("real job");
+        let sim = job_from_spec(
+            "j2",
+            1,
+            "r2",
+            &spec(v1::task_template::Kind::Simulated(v1::Simulated::default())),
+            0,
+        )
+        .expect("simulated job");
+        let fits = |job: &JobRecord, labels: &BTreeMap<String, String>| {
+            pending_task(job, 0)
+                .constraints
+                .iter()
+                .all(|c| c.matches(labels))
+        };
+        assert!(!fits(&real, &simulated_node()));
+        assert!(fits(&real, &BTreeMap::new()));
+        assert!(fits(&sim, &simulated_node()));
+        assert!(fits(&sim, &BTreeMap::new()));
     }
 }
