@@ -13,6 +13,13 @@ use meridian_proto::v1::Resources;
 
 use crate::error::AgentError;
 
+/// Node label every simulated node advertises (value [`SIMULATED_VALUE`]),
+/// so the region can keep tasks that run real commands off simulated nodes.
+/// A real node never carries it.
+pub const SIMULATED_LABEL: &str = "meridian.io/simulated";
+/// Value of [`SIMULATED_LABEL`] on a simulated node.
+pub const SIMULATED_VALUE: &str = "true";
+
 /// The node one agent (or one virtual node) stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
@@ -26,6 +33,28 @@ pub struct NodeSpec {
     pub zone: String,
     /// Rack; empty when not configured.
     pub rack: String,
+}
+
+impl NodeSpec {
+    /// Virtual node `index` of a `--simulate` host built on `self`: its own
+    /// id, and the simulated label (whatever `self` said about it).
+    pub fn simulated(&self, index: usize) -> NodeSpec {
+        let mut spec = self.clone();
+        spec.node_id = format!("{}-{index:06}", self.node_id);
+        spec.labels
+            .insert(SIMULATED_LABEL.to_string(), SIMULATED_VALUE.to_string());
+        spec
+    }
+
+    /// Refuses a real node's spec that claims to be simulated.
+    pub fn check_real(&self) -> Result<(), AgentError> {
+        if self.labels.contains_key(SIMULATED_LABEL) {
+            return Err(AgentError::Config(format!(
+                "label {SIMULATED_LABEL} is reserved for simulated nodes (--simulate)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Timings and limits of an agent. Every node of a host shares one.
@@ -137,6 +166,35 @@ mod tests {
             vec![("gpu".into(), "yes".into()), ("zone".into(), "a".into())]
         );
         assert!(parse_labels("").unwrap().is_empty());
+    }
+
+    fn spec(labels: &str) -> NodeSpec {
+        NodeSpec {
+            node_id: "sim".into(),
+            allocatable: Resources::default(),
+            labels: parse_labels(labels).unwrap(),
+            zone: String::new(),
+            rack: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_simulated_node_advertises_the_simulated_label_next_to_its_own_labels() {
+        let v = spec("zone=a").simulated(7);
+        assert_eq!(v.node_id, "sim-000007");
+        assert_eq!(v.labels[SIMULATED_LABEL], "true");
+        assert_eq!(v.labels["zone"], "a");
+        let overridden = spec("meridian.io/simulated=false").simulated(0);
+        assert_eq!(overridden.labels[SIMULATED_LABEL], "true");
+    }
+
+    #[test]
+    fn a_real_node_may_not_claim_to_be_simulated() {
+        assert!(spec("zone=a").check_real().is_ok());
+        assert!(matches!(
+            spec("meridian.io/simulated=true").check_real(),
+            Err(AgentError::Config(_))
+        ));
     }
 
     #[test]

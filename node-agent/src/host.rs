@@ -59,7 +59,8 @@ pub struct Host {
 
 impl Host {
     /// Starts `count` simulated nodes named `{base.node_id}-{i:06}` against
-    /// `region`, all sharing `clock` and `probe`.
+    /// `region`, all sharing `clock` and `probe`. Each advertises the label
+    /// `meridian.io/simulated=true` ([`crate::config::SIMULATED_LABEL`]).
     pub fn simulated(
         region: &str,
         base: &NodeSpec,
@@ -86,8 +87,7 @@ impl Host {
                 channel = Some(connect_lazy(region)?);
             }
             let Some(ch) = channel.clone() else { continue };
-            let mut spec = base.clone();
-            spec.node_id = format!("{}-{i:06}", base.node_id);
+            let spec = base.simulated(i);
             let seed = opts
                 .seed
                 .wrapping_add((i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
@@ -126,6 +126,7 @@ impl Host {
         probe: Arc<Probe>,
     ) -> Result<Host, AgentError> {
         opts.validate()?;
+        spec.check_real()?;
         let work_dir = opts
             .work_dir
             .clone()

@@ -22,7 +22,7 @@ pub mod persist;
 pub mod probe;
 pub mod tasks;
 
-pub use config::{AgentOptions, NodeSpec, parse_labels};
+pub use config::{AgentOptions, NodeSpec, SIMULATED_LABEL, SIMULATED_VALUE, parse_labels};
 pub use error::AgentError;
 pub use host::{AgentCommand, Host, run_agent};
 pub use node::NodeAgent;

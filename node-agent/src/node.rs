@@ -573,7 +573,7 @@ impl NodeAgent {
     }
 
     fn set_lease(&mut self, sent_at: Instant, remaining_ms: u64) {
-        self.lease_deadline = Some(sent_at + Duration::from_millis(remaining_ms));
+        self.lease_deadline = next_lease_deadline(self.lease_deadline, sent_at, remaining_ms);
     }
 
     fn set_heartbeat_interval(&mut self, ms: u64) {
@@ -671,6 +671,27 @@ impl NodeAgent {
     }
 }
 
+/// The region-lease deadline after a Register or Heartbeat response sent at
+/// `sent_at` that reports `remaining_ms`.
+///
+/// `0` means the region holds no lease (it is not linked to a global tier,
+/// or has not (re)linked since it started): that is no news about a
+/// deadline, not an expired one. It leaves the current deadline as it is, so
+/// a lease the region stopped renewing still runs out when it would have,
+/// and a node that never heard of a lease has no deadline. A positive value
+/// replaces the deadline (the latest response wins).
+fn next_lease_deadline(
+    current: Option<Instant>,
+    sent_at: Instant,
+    remaining_ms: u64,
+) -> Option<Instant> {
+    if remaining_ms == 0 {
+        current
+    } else {
+        Some(sent_at + Duration::from_millis(remaining_ms))
+    }
+}
+
 fn fails_over(policy: RegionLossPolicy) -> bool {
     policy != RegionLossPolicy::KeepRunning
 }
@@ -717,5 +738,39 @@ async fn maybe(sleep: Option<meridian_control::Sleep>) {
     match sleep {
         Some(s) => s.await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_epoch(Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn a_region_without_a_lease_sets_no_deadline_at_registration() {
+        assert_eq!(next_lease_deadline(None, at(5_000), 0), None);
+    }
+
+    #[test]
+    fn a_region_without_a_lease_leaves_an_earlier_deadline_in_place() {
+        assert_eq!(
+            next_lease_deadline(Some(at(9_000)), at(5_000), 0),
+            Some(at(9_000))
+        );
+    }
+
+    #[test]
+    fn a_reported_lease_counts_from_when_the_call_was_sent_and_replaces_the_deadline() {
+        assert_eq!(
+            next_lease_deadline(Some(at(9_000)), at(5_000), 30_000),
+            Some(at(35_000))
+        );
+        assert_eq!(
+            next_lease_deadline(Some(at(90_000)), at(5_000), 1_000),
+            Some(at(6_000))
+        );
     }
 }

@@ -174,3 +174,70 @@ async fn keep_running_tasks_survive_an_outage_and_failover_tasks_stop_at_the_lea
     assert_eq!(f.signal, Some(15));
     host.shutdown().await;
 }
+
+/// Regression: a region that holds no lease at the global tier (not linked,
+/// or not relinked yet after a restart) answers `region_lease_remaining_ms =
+/// 0`. That is no deadline, not an expired one: a `failover` task started
+/// right after registering keeps running, through heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_task_keeps_running_when_the_region_reports_no_lease_at_registration() {
+    let clock = ManualClock::new();
+    let mut fake = FakeRegion::start(
+        clock.shared(),
+        FakeOptions {
+            lease_remaining_ms: 0,
+            heartbeat_interval_ms: 1_000,
+        },
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let opts = AgentOptions {
+        work_dir: Some(work.path().to_path_buf()),
+        report_interval: Duration::ZERO,
+        ..AgentOptions::default()
+    };
+    let spec = NodeSpec {
+        node_id: "n1".into(),
+        allocatable: Resources::default(),
+        labels: BTreeMap::new(),
+        zone: String::new(),
+        rack: String::new(),
+    };
+    let host = Host::real(&fake.url(), spec, opts, clock.shared(), probe.clone())
+        .await
+        .unwrap();
+    fake.wait_stream("n1", 1).await;
+    let epoch = fake.epoch_of("n1");
+    let fail = attempt("fail", 0, 1);
+    fake.send(
+        "n1",
+        run(
+            fail.clone(),
+            sh("exec sleep 1000", &[]),
+            epoch,
+            1,
+            RegionLossPolicy::Failover,
+            2_000,
+        ),
+    )
+    .await;
+    fake.wait_report(&fail, |r| r.state == TaskState::Running as i32)
+        .await;
+
+    // Heartbeats come and go (each answered "no lease"); every STOP of an
+    // unknown attempt is answered LOST only after the agent's loop has gone
+    // round, with the failover deadline (if any) armed.
+    for i in 0..5u32 {
+        clock.advance(Duration::from_secs(1));
+        let probe_attempt = attempt("unknown", i, 1);
+        fake.send("n1", common::stop(probe_attempt.clone(), epoch, 1, 0))
+            .await;
+        fake.wait_report(&probe_attempt, |r| r.state == TaskState::Lost as i32)
+            .await;
+    }
+    let now = probe.snapshot();
+    assert_eq!(now.region_loss_stops, 0, "{now:?}");
+    assert_eq!(now.running, 1, "{now:?}");
+    host.shutdown().await;
+}

@@ -1,0 +1,559 @@
+//! The node agent against the real tiers, all as processes: a `meridian
+//! global`, a `meridian regional --global ADDR` and a `meridian agent` (real
+//! node, real processes). Jobs go in through the Federation API; what the
+//! agent's processes do comes back out through it.
+//!
+//! - a real `sh` task's non-zero exit fails the job at the global tier, and
+//!   its output is served by `GetTaskLogs`;
+//! - cancelling a job kills the task's whole process tree (the shell and
+//!   the background child it started);
+//! - static stability: with the regional process SIGKILLed, a `keep_running`
+//!   task keeps running (it finishes while the region is away), and its
+//!   final status reaches the global tier once the region is restarted on
+//!   the same store;
+//! - simulated nodes advertise `meridian.io/simulated=true`, a real node
+//!   does not.
+//!
+//! Nothing waits by sleeping: progress is awaited on process output, on the
+//! global tier's `WatchJobs` stream, or by polling an API (or a pid file)
+//! under the failure guard.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use meridian_proto::v1;
+use meridian_proto::v1::federation_client::FederationClient;
+use meridian_proto::v1::region_admin_client::RegionAdminClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::Channel;
+
+/// Failure guard only: no step waits this long when things work.
+const GUARD: Duration = Duration::from_secs(90);
+/// Interval of the polls done under the guard.
+const POLL: Duration = Duration::from_millis(25);
+const GIB: u64 = 1 << 30;
+
+/// A child process, stopped when dropped (a failing test leaves nothing):
+/// SIGINT first (an agent then stops its tasks), SIGKILL if it lingers.
+struct Proc(Child);
+
+impl Proc {
+    /// SIGKILL, and reap it.
+    fn kill_now(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        self.kill_now();
+    }
+}
+
+/// Starts `meridian ARGS` and returns it with the first stdout line that
+/// contains `marker`, from `marker` on.
+fn start(args: &[&str], marker: &str) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start meridian");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let found = loop {
+        let line = lines
+            .next()
+            .expect("the process printed its address")
+            .expect("read stdout");
+        if let Some(i) = line.find(marker) {
+            break line[i + marker.len()..].trim().to_string();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), found)
+}
+
+/// A port free right now (the regional process must come back on the same
+/// address after a restart).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a probe socket")
+        .local_addr()
+        .expect("probe address")
+        .port()
+}
+
+/// A `meridian global`, and a `meridian regional` (region `r1`) on a fixed
+/// port and store so that it can be killed and restarted.
+struct Tiers {
+    _global: Option<Proc>,
+    region_proc: Option<Proc>,
+    global: Option<String>,
+    region_addr: String,
+    region_store: String,
+    dir: tempfile::TempDir,
+}
+
+impl Tiers {
+    fn start(with_global: bool) -> Tiers {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (global_proc, global) = if with_global {
+            let store = format!("sqlite:{}", dir.path().join("global.db").display());
+            let (p, line) = start(
+                &["global", "--store", &store, "--listen", "127.0.0.1:0"],
+                "grpc=",
+            );
+            let addr = line
+                .split_whitespace()
+                .next()
+                .expect("grpc address")
+                .to_string();
+            (Some(p), Some(addr))
+        } else {
+            (None, None)
+        };
+        let mut tiers = Tiers {
+            _global: global_proc,
+            region_proc: None,
+            global,
+            region_addr: format!("127.0.0.1:{}", free_port()),
+            region_store: format!("sqlite:{}", dir.path().join("r1.db").display()),
+            dir,
+        };
+        tiers.start_region();
+        tiers
+    }
+
+    fn start_region(&mut self) {
+        let mut args = vec![
+            "regional",
+            "--region",
+            "r1",
+            "--store",
+            &self.region_store,
+            "--listen",
+            &self.region_addr,
+            "--shards",
+            "1",
+            "--shard-lease-ms",
+            "500",
+            // The outage of the static stability test must not make the
+            // node dead once the region is back.
+            "--node-timeout-ms",
+            "60000",
+        ];
+        if let Some(global) = &self.global {
+            args.extend(["--global", global.as_str()]);
+        }
+        let (p, _) = start(&args, "listening on ");
+        self.region_proc = Some(p);
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    fn kill_region(&mut self) {
+        if let Some(mut p) = self.region_proc.take() {
+            p.kill_now();
+        }
+    }
+
+    fn region_url(&self) -> String {
+        format!("http://{}", self.region_addr)
+    }
+
+    /// Starts a `meridian agent` against the region.
+    fn agent(&self, node: &str, extra: &[&str]) -> Proc {
+        let work = self.dir.path().join(format!("agent-{node}"));
+        let region = self.region_url();
+        let mut args = vec![
+            "agent",
+            "--region",
+            &region,
+            "--node-id",
+            node,
+            "--cpu",
+            "2",
+            "--memory",
+            "4294967296",
+            "--work-dir",
+            work.to_str().expect("utf-8 temp dir"),
+        ];
+        args.extend_from_slice(extra);
+        let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start meridian agent");
+        Proc(child)
+    }
+
+    async fn federation(&self) -> FederationClient<Channel> {
+        FederationClient::connect(self.global.clone().expect("a global tier"))
+            .await
+            .expect("connect to the global tier")
+    }
+
+    /// The region's nodes once `want` of them are READY (polled).
+    async fn await_nodes(&self, want: usize) -> Vec<v1::NodeInfo> {
+        loop {
+            if let Ok(mut admin) = RegionAdminClient::connect(self.region_url()).await
+                && let Ok(resp) = admin.list_nodes(v1::ListNodesRequest::default()).await
+            {
+                let nodes = resp.into_inner().nodes;
+                let ready = nodes
+                    .iter()
+                    .filter(|n| n.state == v1::NodeState::Ready as i32)
+                    .count();
+                if ready >= want {
+                    return nodes;
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+fn sh_job(
+    name: &str,
+    script: &str,
+    env: &[(&str, &str)],
+    policy: v1::RegionLossPolicy,
+) -> v1::JobSpec {
+    v1::JobSpec {
+        name: name.into(),
+        tenant: "team-a".into(),
+        task_count: 1,
+        task: Some(v1::TaskTemplate {
+            kind: Some(v1::task_template::Kind::Command(v1::Command {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                working_dir: String::new(),
+            })),
+        }),
+        resources: Some(v1::Resources {
+            cpu_millis: 500,
+            memory_bytes: GIB / 4,
+            gpu_count: 0,
+            gpu_type: String::new(),
+        }),
+        on_region_loss: policy as i32,
+        retry: Some(v1::RetryPolicy {
+            max_attempts: 1,
+            ..Default::default()
+        }),
+        stop_grace_period_ms: 2_000,
+        ..Default::default()
+    }
+}
+
+async fn submit(federation: &mut FederationClient<Channel>, spec: v1::JobSpec) -> String {
+    federation
+        .submit_job(v1::SubmitJobRequest {
+            request_id: format!("req-{}", spec.name),
+            spec: Some(spec),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id
+}
+
+async fn watch(federation: &mut FederationClient<Channel>) -> tonic::Streaming<v1::JobEvent> {
+    federation
+        .watch_jobs(v1::WatchJobsRequest::default())
+        .await
+        .expect("watch jobs")
+        .into_inner()
+}
+
+/// Awaits the first event of `watch` showing `job_id` in `state`.
+async fn await_state(
+    watch: &mut tonic::Streaming<v1::JobEvent>,
+    job_id: &str,
+    state: v1::JobState,
+) {
+    loop {
+        let event = watch
+            .message()
+            .await
+            .expect("watch stream")
+            .expect("watch stream open");
+        if let Some(job) = event.job
+            && job.job_id == job_id
+            && job.state == state as i32
+        {
+            return;
+        }
+    }
+}
+
+async fn get_job(federation: &mut FederationClient<Channel>, job_id: &str) -> v1::Job {
+    federation
+        .get_job(v1::GetJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .expect("get job")
+        .into_inner()
+        .job
+        .expect("job")
+}
+
+async fn logs(federation: &mut FederationClient<Channel>, job_id: &str) -> v1::GetTaskLogsResponse {
+    federation
+        .get_task_logs(v1::GetTaskLogsRequest {
+            task: Some(v1::TaskId {
+                job_id: job_id.into(),
+                index: 0,
+            }),
+            attempt: 0,
+            max_bytes: 0,
+        })
+        .await
+        .expect("get task logs")
+        .into_inner()
+}
+
+/// Polls for a file holding a pid.
+async fn read_pid(path: &Path) -> i32 {
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// True while `pid` is a live process (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_task_that_exits_non_zero_fails_its_job_and_its_output_is_served_by_the_global_tier()
+{
+    let tiers = Tiers::start(true);
+    let _agent = tiers.agent("node-1", &[]);
+    let run = async {
+        tiers.await_nodes(1).await;
+        let mut federation = tiers.federation().await;
+        let mut events = watch(&mut federation).await;
+        let job_id = submit(
+            &mut federation,
+            sh_job(
+                "exit3",
+                "echo out; echo \"err $GREETING\" >&2; exit 3",
+                &[("GREETING", "hello")],
+                v1::RegionLossPolicy::Failover,
+            ),
+        )
+        .await;
+        await_state(&mut events, &job_id, v1::JobState::Failed).await;
+
+        // The non-zero exit failed the task (no retry) and so the job.
+        // The region keeps the exit code with the task; the global tier
+        // sees the outcome as the job's state and counts.
+        let job = get_job(&mut federation, &job_id).await;
+        println!("job: state {} counts {:?}", job.state, job.task_counts);
+        let counts = job.task_counts.expect("task counts");
+        assert_eq!(counts.failed, 1, "{counts:?}");
+        assert_eq!(counts.succeeded, 0, "{counts:?}");
+
+        let out = logs(&mut federation, &job_id).await;
+        println!(
+            "logs: stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stdout_tail),
+            String::from_utf8_lossy(&out.stderr_tail)
+        );
+        assert_eq!(out.node_id, "node-1");
+        assert_eq!(out.stdout_tail, b"out\n");
+        assert_eq!(out.stderr_tail, b"err hello\n");
+        assert!(!out.stdout_truncated && !out.stderr_truncated);
+    };
+    tokio::time::timeout(GUARD, run)
+        .await
+        .expect("the task's result reached the global tier in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_job_kills_the_whole_process_tree_of_its_task_on_the_agent() {
+    let tiers = Tiers::start(true);
+    let _agent = tiers.agent("node-1", &[]);
+    let pids = tiers.dir.path().join("pids");
+    std::fs::create_dir_all(&pids).expect("pid dir");
+    let run = async {
+        tiers.await_nodes(1).await;
+        let mut federation = tiers.federation().await;
+        let mut events = watch(&mut federation).await;
+        // The shell starts a background child, records both pids, and waits.
+        let script = "sleep 1000 & echo $! > \"$PIDS/child\"; echo $$ > \"$PIDS/shell\"; wait";
+        let job_id = submit(
+            &mut federation,
+            sh_job(
+                "tree",
+                script,
+                &[("PIDS", pids.to_str().expect("utf-8 temp dir"))],
+                v1::RegionLossPolicy::Failover,
+            ),
+        )
+        .await;
+        await_state(&mut events, &job_id, v1::JobState::Running).await;
+        let shell = read_pid(&pids.join("shell")).await;
+        let child = read_pid(&pids.join("child")).await;
+        assert!(alive(shell) && alive(child), "both run before the cancel");
+
+        federation
+            .cancel_job(v1::CancelJobRequest {
+                job_id: job_id.clone(),
+                reason: "test cancel".into(),
+            })
+            .await
+            .expect("cancel");
+        await_state(&mut events, &job_id, v1::JobState::Cancelled).await;
+        while alive(shell) || alive(child) {
+            tokio::time::sleep(POLL).await;
+        }
+        let job = get_job(&mut federation, &job_id).await;
+        println!(
+            "shell {shell} and child {child} gone; job state {} counts {:?}",
+            job.state, job.task_counts
+        );
+        assert!(job.cancel_requested);
+        let counts = job.task_counts.expect("task counts");
+        assert_eq!(counts.killed, 1, "{counts:?}");
+    };
+    tokio::time::timeout(GUARD, run)
+        .await
+        .expect("the cancel converged in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_running_task_outlives_a_killed_region_and_its_final_status_arrives_after_the_restart()
+ {
+    let mut tiers = Tiers::start(true);
+    let _agent = tiers.agent("node-1", &[]);
+    let fifo: PathBuf = tiers.dir.path().join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let run = async {
+        tiers.await_nodes(1).await;
+        let mut federation = tiers.federation().await;
+        let mut events = watch(&mut federation).await;
+        // Blocks reading the FIFO until the test writes to it.
+        let job_id = submit(
+            &mut federation,
+            sh_job(
+                "steady",
+                "read line < \"$GO\"; echo \"finished $line\"",
+                &[("GO", fifo.to_str().expect("utf-8 temp dir"))],
+                v1::RegionLossPolicy::KeepRunning,
+            ),
+        )
+        .await;
+        await_state(&mut events, &job_id, v1::JobState::Running).await;
+
+        tiers.kill_region();
+        println!("regional process SIGKILLed");
+
+        // Opening the FIFO for writing completes only when the task has it
+        // open for reading: the task still runs with the region gone. It
+        // then finishes while the region is still away.
+        let path = fifo.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("open the FIFO");
+            writeln!(f, "ok").expect("write the FIFO");
+        })
+        .await
+        .expect("FIFO writer");
+        println!("the keep_running task read from its FIFO with the region down");
+        let job = get_job(&mut federation, &job_id).await;
+        assert_eq!(
+            job.state,
+            v1::JobState::Running as i32,
+            "no final status can arrive while the region is down: {job:?}"
+        );
+
+        tiers.start_region();
+        println!("regional process restarted on the same store");
+        await_state(&mut events, &job_id, v1::JobState::Succeeded).await;
+        let job = get_job(&mut federation, &job_id).await;
+        println!(
+            "after the restart: job state {} counts {:?}",
+            job.state, job.task_counts
+        );
+        assert_eq!(job.task_counts.expect("task counts").succeeded, 1);
+        let out = logs(&mut federation, &job_id).await;
+        assert_eq!(out.attempt, 1, "the same attempt, never re-placed");
+        assert_eq!(out.node_id, "node-1");
+        assert_eq!(out.stdout_tail, b"finished ok\n");
+    };
+    tokio::time::timeout(GUARD, run)
+        .await
+        .expect("the final status arrived in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_nodes_advertise_the_simulated_label_and_a_real_node_does_not() {
+    let tiers = Tiers::start(false);
+    let _real = tiers.agent("real", &["--labels", "zone=z1"]);
+    let _sim = tiers.agent("sim", &["--simulate", "2", "--labels", "zone=z1"]);
+    let run = async {
+        let nodes = tiers.await_nodes(3).await;
+        let labels: BTreeMap<String, BTreeMap<String, String>> = nodes
+            .into_iter()
+            .map(|n| (n.node_id, n.labels.into_iter().collect()))
+            .collect();
+        println!("{labels:?}");
+        assert_eq!(labels["real"].get(meridian_agent_label()), None);
+        for sim in ["sim-000000", "sim-000001"] {
+            assert_eq!(
+                labels[sim].get(meridian_agent_label()).map(String::as_str),
+                Some("true")
+            );
+            assert_eq!(labels[sim]["zone"], "z1");
+        }
+    };
+    tokio::time::timeout(GUARD, run)
+        .await
+        .expect("the nodes registered in time");
+}
+
+/// The label key simulated nodes carry (spelled out: this test checks the
+/// wire, not the agent's constant).
+fn meridian_agent_label() -> &'static str {
+    "meridian.io/simulated"
+}
