@@ -3,8 +3,8 @@
 //! node, real processes). Jobs go in through the Federation API; what the
 //! agent's processes do comes back out through it.
 //!
-//! - a real `sh` task's non-zero exit fails the job at the global tier, and
-//!   its output is served by `GetTaskLogs`;
+//! - a real `sh` task's non-zero exit fails the job at the global tier with
+//!   the task's exit code, and its output is served by `GetTaskLogs`;
 //! - cancelling a job kills the task's whole process tree (the shell and
 //!   the background child it started);
 //! - static stability: with the regional process SIGKILLed, a `keep_running`
@@ -382,14 +382,21 @@ async fn a_real_task_that_exits_non_zero_fails_its_job_and_its_output_is_served_
         .await;
         await_state(&mut events, &job_id, v1::JobState::Failed).await;
 
-        // The non-zero exit failed the task (no retry) and so the job.
-        // The region keeps the exit code with the task; the global tier
-        // sees the outcome as the job's state and counts.
+        // The non-zero exit failed the task (no retry) and so the job; the
+        // task's exit code and node reach the job at the global tier.
         let job = get_job(&mut federation, &job_id).await;
         println!("job: state {} counts {:?}", job.state, job.task_counts);
         let counts = job.task_counts.expect("task counts");
         assert_eq!(counts.failed, 1, "{counts:?}");
         assert_eq!(counts.succeeded, 0, "{counts:?}");
+        let task = job.tasks.first().expect("the task's status");
+        assert_eq!(task.exit_code, Some(3), "{task:?}");
+        assert_eq!(task.node_id, "node-1", "{task:?}");
+        assert!(
+            job.failure_reason.contains("task 0"),
+            "{}",
+            job.failure_reason
+        );
 
         let out = logs(&mut federation, &job_id).await;
         println!(

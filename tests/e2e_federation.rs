@@ -76,12 +76,28 @@ fn start_dev(data: &Path, base_port: u16, regions: u16, simulated_nodes: u32) ->
     }
 }
 
+/// Runs the CLI; a run that outlives the guard is killed and fails the test
+/// rather than hanging it.
 fn meridian(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(args)
         .env("MERIDIAN_ENDPOINT", endpoints)
-        .output()
-        .expect("run meridian")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run meridian");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(GUARD) {
+        Ok(output) => output.expect("meridian output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("meridian {args:?} did not finish within {GUARD:?}");
+        }
+    }
 }
 
 #[test]

@@ -21,7 +21,7 @@ use super::apply::{apply_event, read_cursor};
 use super::{LinkConfig, LinkState};
 use crate::error::RegionalError;
 use crate::jobs::apply_revoke;
-use crate::model::{JobPhase, Keys, NodeLiveness, RegionView, Res, decode, encode};
+use crate::model::{JobPhase, Keys, NodeLiveness, RegionView, Res, TaskRecord, decode, encode};
 
 #[derive(Debug)]
 enum End {
@@ -398,12 +398,25 @@ async fn report_up(
     let mut max_free = Res::default();
     let mut used: BTreeMap<&str, Res> = BTreeMap::new();
     let mut counts: BTreeMap<&str, [u32; 9]> = BTreeMap::new();
+    let mut task_views: BTreeMap<&str, Vec<v1::TaskStatus>> = BTreeMap::new();
     for ((job_id, _), block) in &view.blocks {
         let Some(job) = view.jobs.get(job_id) else {
             continue;
         };
         let c = counts.entry(job_id.as_str()).or_default();
-        for t in &block.tasks {
+        let detailed = job.task_count <= MAX_TASKS_PER_UPDATE;
+        for (offset, t) in block.tasks.iter().enumerate() {
+            if detailed {
+                task_views
+                    .entry(job_id.as_str())
+                    .or_default()
+                    .push(task_status(
+                        &config.region,
+                        block.first + offset as u32,
+                        t,
+                        now,
+                    ));
+            }
             c[t.state.clamp(0, 8) as usize] += 1;
             if t.is_bound() {
                 used.entry(t.node.as_str()).or_default().add(&job.resources);
@@ -490,8 +503,13 @@ async fn report_up(
                 killed: c(v1::TaskState::Killed),
                 lost: c(v1::TaskState::Lost),
             }),
+            failure_reason: if state == v1::JobState::Failed {
+                failure_reason(task_views.get(job_id.as_str()))
+            } else {
+                String::new()
+            },
+            tasks: task_views.remove(job_id.as_str()).unwrap_or_default(),
             observed_at_unix_ms: now,
-            ..Default::default()
         });
         new_reported.push((job_id.clone(), Reported { version, digest }));
         if updates.len() == meridian_proto::limits::MAX_BATCH_ITEMS {
@@ -575,6 +593,40 @@ async fn report_up(
         .await?;
     }
     Ok(())
+}
+
+/// Jobs with at most this many tasks carry every task's status in each update
+/// (so exit codes and nodes reach the global tier); larger jobs report counts
+/// only, which keeps an update of a 100,000-task job small.
+const MAX_TASKS_PER_UPDATE: u32 = 256;
+
+fn task_status(region: &str, index: u32, t: &TaskRecord, now: u64) -> v1::TaskStatus {
+    v1::TaskStatus {
+        index,
+        state: t.state,
+        node_id: t.node.clone(),
+        region: region.to_string(),
+        attempt: t.attempt,
+        exit_code: t.exit_code,
+        message: t.message.clone(),
+        placed_at_unix_ms: t.placed_at,
+        updated_at_unix_ms: now,
+        ..Default::default()
+    }
+}
+
+/// The first failed task's message, or its exit code, as the job's reason.
+fn failure_reason(tasks: Option<&Vec<v1::TaskStatus>>) -> String {
+    tasks
+        .into_iter()
+        .flatten()
+        .find(|t| t.state == v1::TaskState::Failed as i32)
+        .map(|t| match (t.message.is_empty(), t.exit_code) {
+            (false, _) => format!("task {}: {}", t.index, t.message),
+            (true, Some(code)) => format!("task {} exited with code {code}", t.index),
+            (true, None) => format!("task {} failed", t.index),
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
