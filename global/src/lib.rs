@@ -12,6 +12,7 @@
 //! under an assignment epoch that is not the job's current one.
 
 pub mod config;
+pub mod console;
 pub mod controller;
 pub mod decode_errors;
 pub mod error;

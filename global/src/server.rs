@@ -184,7 +184,8 @@ pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) 
         }
     }));
     if let Some(listener) = http_listener {
-        let router = http::router(federation, metrics_endpoint::handle());
+        let router = http::router(federation.clone(), metrics_endpoint::handle())
+            .merge(crate::console::router(federation));
         let mut http_stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {

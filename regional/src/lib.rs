@@ -15,6 +15,7 @@
 //! only through `meridian-proto`.
 
 pub mod agent;
+pub mod console;
 pub mod error;
 pub mod jobs;
 pub mod link;

@@ -139,6 +139,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let console = crate::console::ConsoleDeps {
+        api: api.clone(),
+        replica: config.replica.clone(),
+        global: config.global.clone(),
+    };
     let manager_task = tokio::spawn(manager.run(stopped(stop_rx.clone())));
     let grpc = tonic::transport::Server::builder()
         .add_service(AgentLinkServer::new(api.clone()))
@@ -148,7 +153,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     println!("listening on {local}");
 
     let metrics_task = match config.metrics_listen {
-        Some(addr) => Some(spawn_metrics(addr, stopped(stop_rx.clone())).await?),
+        Some(addr) => Some(spawn_metrics(addr, console, stopped(stop_rx.clone())).await?),
         None => None,
     };
     let link_task = config.global.clone().map(|global| {
@@ -199,19 +204,23 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 
 async fn spawn_metrics(
     addr: SocketAddr,
+    console: crate::console::ConsoleDeps,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(server_error)?;
     let handle = Arc::new(handle);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
-        }),
-    );
+    let console = crate::console::router(console, Some(handle.clone()));
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move { handle.render() }
+            }),
+        )
+        .merge(console);
     let listener = TcpListener::bind(addr).await.map_err(server_error)?;
     println!(
         "metrics on {}",

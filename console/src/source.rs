@@ -1,0 +1,54 @@
+//! The traits a tier implements to feed a console.
+//!
+//! Owns the contract between a tier and the pages: reads return view
+//! structs, actions return a one-line outcome or a [`ConsoleError`] shown in
+//! the page. Must never be implemented with logic of its own for an action:
+//! an implementation calls the same code as the tier's API and CLI.
+
+use std::future::Future;
+
+use crate::error::ConsoleError;
+use crate::view::{
+    ActionOutcome, EventView, FederationSnapshot, JobDetail, LaneView, NodeAction, NodeView,
+    PlacementSample, RegionIdentity, ShardView,
+};
+
+/// Result of a source call.
+pub type SourceResult<T> = Result<T, ConsoleError>;
+
+/// What a region replica gives its console.
+pub trait RegionConsoleSource: Send + Sync + 'static {
+    /// Region, serving replica and layout.
+    fn identity(&self) -> impl Future<Output = SourceResult<RegionIdentity>> + Send;
+    /// Every shard with its leader, epoch and lease age.
+    fn shards(&self) -> impl Future<Output = SourceResult<Vec<ShardView>>> + Send;
+    /// Every node with capacity, usage, state and zone.
+    fn nodes(&self) -> impl Future<Output = SourceResult<Vec<NodeView>>> + Send;
+    /// Pending tasks per priority lane, highest priority first.
+    fn pending_lanes(&self) -> impl Future<Output = SourceResult<Vec<LaneView>>> + Send;
+    /// Placement rate and latency over the last minutes, oldest first.
+    fn placement(&self) -> impl Future<Output = SourceResult<Vec<PlacementSample>>> + Send;
+    /// Recent events, newest first.
+    fn events(&self) -> impl Future<Output = SourceResult<Vec<EventView>>> + Send;
+    /// Cordons, uncordons or drains a node through the tier's admin API.
+    fn node_action(
+        &self,
+        node: &str,
+        action: NodeAction,
+        reason: &str,
+    ) -> impl Future<Output = SourceResult<ActionOutcome>> + Send;
+    /// Drains the whole region through the federation API.
+    fn drain_region(
+        &self,
+        reason: &str,
+        evacuate: bool,
+    ) -> impl Future<Output = SourceResult<ActionOutcome>> + Send;
+}
+
+/// What a global replica gives its federation overview.
+pub trait FederationConsoleSource: Send + Sync + 'static {
+    /// Regions, job counts by state and tenant, recent jobs.
+    fn overview(&self) -> impl Future<Output = SourceResult<FederationSnapshot>> + Send;
+    /// One job with its tasks and history; `NotFound` for an unknown id.
+    fn job(&self, job_id: &str) -> impl Future<Output = SourceResult<JobDetail>> + Send;
+}

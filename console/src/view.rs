@@ -1,0 +1,300 @@
+//! The view structs a tier hands to the console.
+//!
+//! Owns the shape of what the pages show: plain values already in the
+//! operator's terms (state names, millisecond times), serialisable so the
+//! same data is also served as JSON. Must never carry store records or
+//! anything a tier would have to import the other tier to build.
+
+use serde::{Deserialize, Serialize};
+
+/// Who serves a regional console.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionIdentity {
+    /// Region name.
+    pub region: String,
+    /// Name of the replica serving the page.
+    pub replica: String,
+    /// Shard count of the current layout.
+    pub shard_count: u32,
+    /// Whether the region is linked to a global tier (region drain works).
+    pub linked: bool,
+}
+
+/// One shard and its leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardView {
+    pub shard: u32,
+    /// Replica name of the lease holder; empty when nobody holds it.
+    pub leader: String,
+    /// Lease epoch (grows on every change of leader).
+    pub epoch: u64,
+    /// How long the current leader has held the lease, as far as the
+    /// serving replica has observed (ms); 0 when unknown.
+    pub held_for_ms: u64,
+    /// Time left before the lease expires (ms); 0 when expired or released.
+    pub expires_in_ms: u64,
+}
+
+/// Operator state of a node, most significant first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Ready,
+    Suspect,
+    Dead,
+    Cordoned,
+    Draining,
+}
+
+impl NodeState {
+    /// The name shown in the page (and in `data-state`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "ready",
+            NodeState::Suspect => "suspect",
+            NodeState::Dead => "dead",
+            NodeState::Cordoned => "cordoned",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+/// A resource amount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+}
+
+/// One node of the region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub zone: String,
+    pub shard: u32,
+    pub state: NodeState,
+    /// Liveness alone (ready, suspect, dead), under a cordon or drain.
+    pub liveness: NodeState,
+    pub capacity: Amount,
+    pub usage: Amount,
+    pub running_tasks: u32,
+    pub epoch: u64,
+    /// Reason of the last cordon or drain.
+    pub reason: String,
+}
+
+/// Pending work of one priority lane.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneView {
+    /// Job priority of the lane (higher is placed first).
+    pub priority: i32,
+    /// Jobs with pending tasks in the lane.
+    pub jobs: u64,
+    /// Pending tasks in the lane.
+    pub tasks: u64,
+}
+
+/// One sample of placement activity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlacementSample {
+    /// Wall time of the sample (ms).
+    pub at_unix_ms: u64,
+    /// Bindings committed per second over the sample interval.
+    pub bindings_per_second: f64,
+    /// Mean placement round latency over the interval (ms); `None` when no
+    /// round ran.
+    pub latency_ms: Option<f64>,
+}
+
+/// Kind of a recent event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    LeaderChange,
+    FencingRejection,
+    Preemption,
+    NodeDeath,
+    NodeSuspect,
+    NodeState,
+    Action,
+}
+
+impl EventKind {
+    /// Short label shown in the page.
+    pub fn label(self) -> &'static str {
+        match self {
+            EventKind::LeaderChange => "leader",
+            EventKind::FencingRejection => "fenced",
+            EventKind::Preemption => "preempt",
+            EventKind::NodeDeath => "node dead",
+            EventKind::NodeSuspect => "suspect",
+            EventKind::NodeState => "node",
+            EventKind::Action => "action",
+        }
+    }
+}
+
+/// One recent event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    pub at_unix_ms: u64,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+/// A node action offered on the regional console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAction {
+    Cordon,
+    Uncordon,
+    Drain,
+}
+
+impl NodeAction {
+    /// Parses the action segment of the URL.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cordon" => Some(NodeAction::Cordon),
+            "uncordon" => Some(NodeAction::Uncordon),
+            "drain" => Some(NodeAction::Drain),
+            _ => None,
+        }
+    }
+
+    /// The URL segment and button label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeAction::Cordon => "cordon",
+            NodeAction::Uncordon => "uncordon",
+            NodeAction::Drain => "drain",
+        }
+    }
+}
+
+/// What an action did, in one line for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionOutcome {
+    pub message: String,
+}
+
+/// Everything the regional console shows, in one consistent sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionSnapshot {
+    pub identity: RegionIdentity,
+    pub generated_at_unix_ms: u64,
+    pub shards: Vec<ShardView>,
+    pub nodes: Vec<NodeView>,
+    pub lanes: Vec<LaneView>,
+    /// Oldest first.
+    pub placement: Vec<PlacementSample>,
+    /// Newest first.
+    pub events: Vec<EventView>,
+}
+
+/// One region as the global tier sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSummary {
+    pub name: String,
+    /// `ready` or `unreachable`.
+    pub lease_state: String,
+    pub lease_epoch: u64,
+    /// Time left on the region lease (ms); 0 when expired.
+    pub lease_expires_in_ms: u64,
+    pub leader: String,
+    pub draining: bool,
+    pub evacuating: bool,
+    pub capacity: Amount,
+    /// Capacity in use (capacity minus free, from the last report).
+    pub used: Amount,
+    pub nodes_ready: u32,
+    pub nodes_total: u32,
+    pub assigned_jobs: u64,
+    pub pending_tasks: u64,
+    pub running_tasks: u64,
+    /// Age of the last capacity report (ms); `None` when never reported.
+    pub report_age_ms: Option<u64>,
+}
+
+/// Job counts of one tenant, by state name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantJobs {
+    pub tenant: String,
+    /// `(state, count)`, states in lifecycle order, zero counts left out.
+    pub by_state: Vec<(String, u64)>,
+    pub total: u64,
+}
+
+/// One job in a list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRow {
+    pub job_id: String,
+    pub name: String,
+    pub tenant: String,
+    pub state: String,
+    pub region: String,
+    pub priority: i32,
+    pub task_count: u32,
+    pub tasks_done: u32,
+    pub created_at_unix_ms: u64,
+}
+
+/// Everything the federation overview shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationSnapshot {
+    /// Name of the global replica serving the page.
+    pub replica: String,
+    /// Whether that replica is the leader.
+    pub leader: bool,
+    pub generated_at_unix_ms: u64,
+    pub regions: Vec<RegionSummary>,
+    /// `(state, count)` over the jobs scanned, lifecycle order.
+    pub jobs_by_state: Vec<(String, u64)>,
+    pub tenants: Vec<TenantJobs>,
+    /// Jobs scanned for the counts (the overview caps the scan).
+    pub jobs_scanned: u64,
+    /// True when there were more jobs than the scan covered.
+    pub scan_truncated: bool,
+    /// Most recent jobs, newest first.
+    pub recent: Vec<JobRow>,
+}
+
+/// One task of a job, with the attempt's times.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRow {
+    pub index: u32,
+    pub state: String,
+    pub region: String,
+    pub node: String,
+    pub attempt: u32,
+    pub placed_at_unix_ms: u64,
+    pub started_at_unix_ms: u64,
+    pub finished_at_unix_ms: u64,
+    pub exit_code: Option<i32>,
+    pub message: String,
+}
+
+/// One recorded change of a job's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionRow {
+    pub at_unix_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub region: String,
+    pub epoch: u64,
+    pub reason: String,
+}
+
+/// A job with its tasks and history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub job: JobRow,
+    pub request_id: String,
+    pub failure_reason: String,
+    pub assignment_epoch: u64,
+    pub cancel_requested: bool,
+    pub updated_at_unix_ms: u64,
+    pub tasks: Vec<TaskRow>,
+    pub history: Vec<TransitionRow>,
+}

@@ -1,0 +1,209 @@
+//! The console routers over in-memory sources: pages render the source's
+//! views (escaped), actions reach the source and answer its outcome or its
+//! error as JSON, the live stream sends re-rendered sections, and the
+//! assets are served from the binary.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode};
+use meridian_console::view::{
+    ActionOutcome, Amount, EventView, FederationSnapshot, JobDetail, JobRow, LaneView, NodeAction,
+    NodeState, NodeView, PlacementSample, RegionIdentity, ShardView,
+};
+use meridian_console::{
+    ConsoleError, FederationConsoleSource, RegionConsoleSource, federation_router, region_router,
+};
+use tower::ServiceExt;
+
+struct Region;
+
+impl RegionConsoleSource for Region {
+    async fn identity(&self) -> Result<RegionIdentity, ConsoleError> {
+        Ok(RegionIdentity {
+            region: "eu-<west>".into(),
+            replica: "r-a".into(),
+            shard_count: 1,
+            linked: false,
+        })
+    }
+    async fn shards(&self) -> Result<Vec<ShardView>, ConsoleError> {
+        Ok(vec![ShardView {
+            shard: 0,
+            leader: "r-a".into(),
+            epoch: 7,
+            held_for_ms: 1200,
+            expires_in_ms: 800,
+        }])
+    }
+    async fn nodes(&self) -> Result<Vec<NodeView>, ConsoleError> {
+        Ok(vec![NodeView {
+            node_id: "n-1".into(),
+            zone: "z".into(),
+            shard: 0,
+            state: NodeState::Cordoned,
+            liveness: NodeState::Ready,
+            capacity: Amount {
+                cpu_millis: 4000,
+                memory_bytes: 8 << 30,
+                gpus: 0,
+            },
+            usage: Amount {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                gpus: 0,
+            },
+            running_tasks: 1,
+            epoch: 2,
+            reason: "maintenance".into(),
+        }])
+    }
+    async fn pending_lanes(&self) -> Result<Vec<LaneView>, ConsoleError> {
+        Err(ConsoleError::Unavailable("store busy".into()))
+    }
+    async fn placement(&self) -> Result<Vec<PlacementSample>, ConsoleError> {
+        Ok(Vec::new())
+    }
+    async fn events(&self) -> Result<Vec<EventView>, ConsoleError> {
+        Ok(Vec::new())
+    }
+    async fn node_action(
+        &self,
+        node: &str,
+        action: NodeAction,
+        reason: &str,
+    ) -> Result<ActionOutcome, ConsoleError> {
+        match node {
+            "n-1" => Ok(ActionOutcome {
+                message: format!("{} n-1: {reason}", action.as_str()),
+            }),
+            other => Err(ConsoleError::NotFound(format!("node {other}"))),
+        }
+    }
+    async fn drain_region(&self, _: &str, _: bool) -> Result<ActionOutcome, ConsoleError> {
+        Err(ConsoleError::Unavailable("no global tier".into()))
+    }
+}
+
+struct Federation;
+
+impl FederationConsoleSource for Federation {
+    async fn overview(&self) -> Result<FederationSnapshot, ConsoleError> {
+        Ok(FederationSnapshot {
+            replica: "g1".into(),
+            leader: true,
+            jobs_by_state: vec![("running".into(), 2)],
+            ..FederationSnapshot::default()
+        })
+    }
+    async fn job(&self, job_id: &str) -> Result<JobDetail, ConsoleError> {
+        if job_id != "j1" {
+            return Err(ConsoleError::NotFound(format!("job {job_id}")));
+        }
+        Ok(JobDetail {
+            job: JobRow {
+                job_id: "j1".into(),
+                state: "running".into(),
+                ..JobRow::default()
+            },
+            ..JobDetail::default()
+        })
+    }
+}
+
+async fn call(router: axum::Router, method: &str, uri: &str, body: &str) -> (StatusCode, String) {
+    let response = router
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn the_regional_page_renders_escaped_views_and_names_the_failed_source_call() {
+    let (status, html) = call(region_router(Arc::new(Region)), "GET", "/console", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("eu-&lt;west&gt;"), "escaped region name");
+    assert!(html.contains("data-node=\"n-1\""));
+    assert!(html.contains("data-state=\"cordoned\""));
+    assert!(html.contains("aria-label=\"Uncordon node n-1\""));
+    assert!(html.contains("pending queue: unavailable: store busy"));
+    assert!(!html.contains("https://"), "nothing external");
+}
+
+#[tokio::test]
+async fn node_actions_answer_the_sources_outcome_or_its_error_as_json() {
+    let router = region_router(Arc::new(Region));
+    let (status, body) = call(
+        router.clone(),
+        "POST",
+        "/console/api/nodes/n-1/cordon",
+        r#"{"reason":"disk"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, r#"{"message":"cordon n-1: disk","ok":true}"#);
+    let (status, body) = call(router.clone(), "POST", "/console/api/nodes/n-9/drain", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body.contains(r#""ok":false"#) && body.contains("node n-9"),
+        "{body}"
+    );
+    let (status, _) = call(router.clone(), "POST", "/console/api/nodes/n-1/explode", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = call(router, "POST", "/console/api/drain-region", "{}").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("no global tier"), "{body}");
+}
+
+#[tokio::test]
+async fn the_live_stream_sends_the_rendered_sections_first() {
+    let response = region_router(Arc::new(Region))
+        .oneshot(
+            Request::get("/console/stream")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "server-sent events"
+    );
+    let mut body = response.into_body().into_data_stream();
+    let first = futures::StreamExt::next(&mut body)
+        .await
+        .expect("a first event")
+        .expect("bytes");
+    let text = String::from_utf8_lossy(&first);
+    assert!(text.starts_with("event: sections\n"), "{text}");
+    assert!(text.contains("data-shard=\\\"0\\\""), "{text}");
+}
+
+#[tokio::test]
+async fn the_federation_pages_render_and_an_unknown_job_is_a_404_page() {
+    let router = federation_router(Arc::new(Federation));
+    let (status, html) = call(router.clone(), "GET", "/console", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("replica g1 · leader"));
+    let (status, html) = call(router.clone(), "GET", "/console/jobs/j1", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("data-stream=\"/console/jobs/j1/stream\""));
+    let (status, html) = call(router.clone(), "GET", "/console/jobs/j2", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("not found: job j2"));
+    let (status, _) = call(router.clone(), "GET", "/console/jobs?id=j1", "").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, js) = call(router, "GET", "/console/assets/console.js", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(js.contains("EventSource"));
+}

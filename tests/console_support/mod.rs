@@ -1,0 +1,676 @@
+//! Helpers of the console browser tests: real `meridian` processes, fake
+//! agents speaking the real `AgentLink` proto, and Debian's headless
+//! Chromium driven through chromedriver (WebDriver, with `fantoccini`).
+//!
+//! Waiting on the page never sleeps: [`Browser::wait_for`] runs a predicate
+//! in the page and, until it holds, re-runs it on every DOM mutation (a
+//! `MutationObserver`), with a timeout as a failure guard only.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::wd::TimeoutConfiguration;
+use fantoccini::{Client, ClientBuilder, Locator};
+use meridian_proto::v1;
+use meridian_proto::v1::agent_link_client::AgentLinkClient;
+use meridian_proto::v1::region_link_client::RegionLinkClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+/// Failure guard only: no step waits this long when things work.
+pub const GUARD: Duration = Duration::from_secs(60);
+pub const GIB: u64 = 1 << 30;
+
+/// A child process, killed when dropped (a failing test leaves nothing).
+/// A process started in its own group (`group`) is killed with its whole
+/// group, so a browser launched by chromedriver goes with it.
+pub struct Proc(pub Child, pub bool);
+
+impl Proc {
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        if self.1 {
+            let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `program args` and reads its stdout until every marker has
+/// appeared on a line; returns what follows each marker.
+pub fn start_program(
+    program: &str,
+    args: &[&str],
+    markers: &[&str],
+    group: bool,
+) -> (Proc, Vec<String>) {
+    let mut command = Command::new(program);
+    if group {
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    }
+    let mut child = command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut found: Vec<Option<String>> = vec![None; markers.len()];
+    while found.iter().any(Option::is_none) {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("{program} ended before printing {markers:?}"))
+            .expect("read stdout");
+        for (i, m) in markers.iter().enumerate() {
+            if let Some(at) = line.find(m) {
+                found[i] = Some(line[at + m.len()..].trim().to_string());
+            }
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child, group), found.into_iter().flatten().collect())
+}
+
+/// Starts `meridian ARGS`.
+pub fn start_meridian(args: &[&str], markers: &[&str]) -> (Proc, Vec<String>) {
+    start_program(env!("CARGO_BIN_EXE_meridian"), args, markers, false)
+}
+
+/// A `meridian regional` replica with its console.
+pub struct Regional {
+    pub proc: Proc,
+    /// gRPC address (AgentLink, RegionAdmin).
+    pub grpc: String,
+    /// HTTP address (`/metrics`, `/console`).
+    pub http: String,
+}
+
+impl Regional {
+    pub fn start(store: &str, replica: &str, shards: u32, global: Option<&str>) -> Regional {
+        let shards = shards.to_string();
+        let mut args = vec![
+            "regional",
+            "--region",
+            "r1",
+            "--store",
+            store,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--shards",
+            &shards,
+            "--replica",
+            replica,
+            "--shard-lease-ms",
+            "1000",
+            // Fake agents heartbeat only when told to: nodes must not die.
+            "--node-timeout-ms",
+            "600000",
+        ];
+        if let Some(g) = global {
+            args.extend(["--global", g]);
+        }
+        let (proc, found) = start_meridian(&args, &["listening on ", "metrics on "]);
+        Regional {
+            proc,
+            grpc: found[0].clone(),
+            http: found[1].clone(),
+        }
+    }
+
+    pub fn console_url(&self) -> String {
+        format!("http://{}/console", self.http)
+    }
+}
+
+/// A `meridian global` replica serving HTTP.
+pub struct Global {
+    pub proc: Proc,
+    /// gRPC endpoint, `http://ADDR`.
+    pub grpc: String,
+    /// HTTP endpoint, `http://ADDR`.
+    pub http: String,
+}
+
+impl Global {
+    pub fn start(store: &str) -> Global {
+        let (proc, found) = start_meridian(
+            &[
+                "global",
+                "--store",
+                store,
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--name",
+                "g1",
+            ],
+            &["grpc="],
+        );
+        let mut parts = found[0].split_whitespace();
+        let grpc = parts.next().expect("grpc address").to_string();
+        let http = parts
+            .next()
+            .and_then(|p| p.strip_prefix("http="))
+            .expect("http address")
+            .to_string();
+        Global { proc, grpc, http }
+    }
+}
+
+/// One fake agent: registers its node through the real `AgentLink`.
+#[derive(Clone)]
+pub struct FakeAgent {
+    pub node: String,
+    pub epoch: u64,
+    pub client: AgentLinkClient<Channel>,
+}
+
+impl FakeAgent {
+    pub async fn register(region_grpc: &str, node: &str, zone: &str, cores: u64) -> FakeAgent {
+        let mut client = AgentLinkClient::connect(format!("http://{region_grpc}"))
+            .await
+            .expect("connect to the region");
+        let epoch = client
+            .register(v1::RegisterNodeRequest {
+                node_id: node.into(),
+                boot_id: format!("boot-{node}"),
+                allocatable: Some(v1::Resources {
+                    cpu_millis: cores * 1000,
+                    memory_bytes: cores * 2 * GIB,
+                    gpu_count: 0,
+                    gpu_type: String::new(),
+                }),
+                zone: zone.into(),
+                agent_version: "fake".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .node_epoch;
+        FakeAgent {
+            node: node.into(),
+            epoch,
+            client,
+        }
+    }
+
+    /// Follows the node's assignment stream and "runs" every RUN: reports
+    /// RUNNING, lets the task's simulated duration pass (the work itself,
+    /// as the real agent's simulated tasks do), then reports SUCCEEDED.
+    pub fn run(self) {
+        tokio::spawn(async move {
+            let request = v1::NodeAssignmentsRequest {
+                node_id: self.node.clone(),
+                node_epoch: self.epoch,
+                cursor: Vec::new(),
+            };
+            let mut client = self.client.clone();
+            let mut stream = loop {
+                match client.assignments(request.clone()).await {
+                    Ok(s) => break s.into_inner(),
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        // An agent's retry of a refused call, as a real agent does.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => return,
+                }
+            };
+            while let Ok(Some(cmd)) = stream.message().await {
+                if cmd.kind != v1::CommandKind::Run as i32 {
+                    continue;
+                }
+                let Some(attempt) = cmd.task.clone() else {
+                    continue;
+                };
+                let duration = match cmd.template.and_then(|t| t.kind) {
+                    Some(v1::task_template::Kind::Simulated(s)) => s.duration_ms,
+                    _ => 0,
+                };
+                let agent = self.clone();
+                tokio::spawn(async move {
+                    agent.report(&attempt, v1::TaskState::Running).await;
+                    tokio::time::sleep(Duration::from_millis(duration)).await;
+                    agent.report(&attempt, v1::TaskState::Succeeded).await;
+                });
+            }
+        });
+    }
+
+    pub async fn report(&self, attempt: &v1::TaskAttempt, state: v1::TaskState) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let _ = self
+            .client
+            .clone()
+            .report_task_status(v1::ReportTaskStatusRequest {
+                node_id: self.node.clone(),
+                node_epoch: self.epoch,
+                reports: vec![v1::TaskReport {
+                    task: Some(attempt.clone()),
+                    state: state as i32,
+                    exit_code: (state == v1::TaskState::Succeeded).then_some(0),
+                    started_at_unix_ms: if state == v1::TaskState::Running {
+                        now
+                    } else {
+                        0
+                    },
+                    finished_at_unix_ms: if state == v1::TaskState::Succeeded {
+                        now
+                    } else {
+                        0
+                    },
+                    observed_at_unix_ms: now,
+                    ..Default::default()
+                }],
+            })
+            .await;
+    }
+}
+
+/// A job spec of simulated tasks.
+pub fn spec(
+    name: &str,
+    tenant: &str,
+    tasks: u32,
+    cpu_millis: u64,
+    ms: u64,
+    priority: i32,
+) -> v1::JobSpec {
+    v1::JobSpec {
+        name: name.into(),
+        tenant: tenant.into(),
+        priority,
+        task_count: tasks,
+        task: Some(v1::TaskTemplate {
+            kind: Some(v1::task_template::Kind::Simulated(v1::Simulated {
+                duration_ms: ms,
+                exit_code: 0,
+            })),
+        }),
+        resources: Some(v1::Resources {
+            cpu_millis,
+            memory_bytes: GIB / 2,
+            gpu_count: 0,
+            gpu_type: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Headless Chromium behind its chromedriver. Dropping it ends the
+/// WebDriver session (chromedriver then quits the browser), even when a
+/// test fails, then stops chromedriver.
+pub struct Browser {
+    pub client: Client,
+    driver: Proc,
+    port: u16,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        // A plain blocking request: Drop cannot await the async client.
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session, self.port
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+            }
+        }
+        self.driver.kill();
+    }
+}
+
+impl Browser {
+    pub async fn start() -> Browser {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("port").port()
+        };
+        let (driver, _) = start_program(
+            "/usr/bin/chromedriver",
+            &[&format!("--port={port}")],
+            &["started successfully"],
+            true,
+        );
+        let profile = tempfile::tempdir().expect("profile dir");
+        let args = vec![
+            "--headless".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=1440,900".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": "/usr/bin/chromium", "args": args }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("start a Chromium session");
+        client
+            .update_timeouts(TimeoutConfiguration::new(Some(GUARD), Some(GUARD), None))
+            .await
+            .expect("set timeouts");
+        let session = client
+            .session_id()
+            .await
+            .expect("session id")
+            .expect("a session");
+        Browser {
+            client,
+            driver,
+            port,
+            session,
+            _profile: profile,
+        }
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("open the page");
+    }
+
+    /// Awaits a page condition: `predicate` is a JavaScript function body
+    /// returning a truthy value once the condition holds; that value is
+    /// returned. Re-checked on every DOM change; `GUARD` guards failure.
+    pub async fn wait_for(&self, what: &str, predicate: &str) -> Value {
+        let script = format!(
+            r#"const done = arguments[arguments.length - 1];
+const check = () => {{ try {{ return (function () {{ {predicate} }})(); }} catch (e) {{ return null; }} }};
+const first = check();
+if (first) {{ done(first); return; }}
+const observer = new MutationObserver(() => {{
+  const v = check();
+  if (v) {{ observer.disconnect(); done(v); }}
+}});
+observer.observe(document, {{ subtree: true, childList: true, characterData: true, attributes: true }});"#
+        );
+        match tokio::time::timeout(GUARD, self.client.execute_async(&script, vec![])).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => panic!("waiting for {what}: {e}"),
+            Err(_) => panic!("waiting for {what}: not within {GUARD:?}"),
+        }
+    }
+
+    pub async fn js(&self, script: &str) -> Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("script {script}: {e}"))
+    }
+
+    pub async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("find {css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    pub async fn type_into(&self, css: &str, text: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("find {css}: {e}"))
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+    }
+
+    /// A PNG of the whole page at laptop width into `dir/name`.
+    pub async fn screenshot(&self, dir: &Path, name: &str) -> PathBuf {
+        let height = self
+            .js("return Math.min(2400, Math.max(900, document.documentElement.scrollHeight));")
+            .await
+            .as_u64()
+            .unwrap_or(900) as u32;
+        // The outer window adds the browser's own frame in headless mode too.
+        self.client
+            .set_window_size(1440, height + 90)
+            .await
+            .expect("resize the window");
+        let png = self.client.screenshot().await.expect("screenshot");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let path = dir.join(name);
+        std::fs::write(&path, png).expect("write the screenshot");
+        self.client
+            .set_window_size(1440, 900)
+            .await
+            .expect("resize the window back");
+        path
+    }
+}
+
+/// Where screenshots go: `docs/console/` when `MERIDIAN_CONSOLE_SCREENSHOTS`
+/// is set (to refresh the documentation), otherwise a temporary directory.
+pub fn screenshot_dir(tmp: &tempfile::TempDir) -> PathBuf {
+    if std::env::var_os("MERIDIAN_CONSOLE_SCREENSHOTS").is_some() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console");
+        std::fs::create_dir_all(&dir).expect("docs/console");
+        dir
+    } else {
+        tmp.path().to_path_buf()
+    }
+}
+
+/// Wall time in ms.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A region as the global tier sees one: the test speaks `RegionLink`.
+pub struct FakeRegion {
+    pub name: String,
+    pub lease: u64,
+    pub link: RegionLinkClient<Channel>,
+    assignments: tonic::Streaming<v1::AssignmentEvent>,
+}
+
+impl FakeRegion {
+    /// Registers the region, reports ample capacity, opens its stream.
+    pub async fn register(global_grpc: &str, name: &str) -> FakeRegion {
+        let mut link = RegionLinkClient::connect(global_grpc.to_string())
+            .await
+            .expect("connect to RegionLink");
+        let lease = link
+            .register_region(v1::RegisterRegionRequest {
+                region: name.into(),
+                replica: Some(v1::ReplicaIdentity {
+                    replica_id: format!("{name}-a"),
+                    boot_id: format!("boot-{name}"),
+                    ..Default::default()
+                }),
+                leader_epoch: 1,
+                zones: vec!["zone-a".into(), "zone-b".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("register the region")
+            .into_inner()
+            .region_lease_epoch;
+        link.report_capacity(v1::ReportCapacityRequest {
+            region: name.into(),
+            region_lease_epoch: lease,
+            capacity: Some(v1::RegionCapacity {
+                nodes_total: 2,
+                nodes_ready: 2,
+                cpu_millis_allocatable: 8_000,
+                memory_bytes_allocatable: 16 * GIB,
+                max_node_free: Some(v1::Resources {
+                    cpu_millis: 4_000,
+                    memory_bytes: 8 * GIB,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("report capacity");
+        let assignments = link
+            .assignments(v1::AssignmentsRequest {
+                region: name.into(),
+                region_lease_epoch: lease,
+                cursor: Vec::new(),
+            })
+            .await
+            .expect("open the assignment stream")
+            .into_inner();
+        FakeRegion {
+            name: name.into(),
+            lease,
+            link,
+            assignments,
+        }
+    }
+
+    /// Awaits the ASSIGN of `job_id` on the stream and acknowledges it;
+    /// returns the assignment epoch.
+    pub async fn accept(&mut self, job_id: &str) -> u64 {
+        let epoch = loop {
+            let event = self
+                .assignments
+                .message()
+                .await
+                .expect("assignment stream")
+                .expect("stream open");
+            if event.kind == v1::AssignmentEventKind::Assign as i32 && event.job_id == job_id {
+                break event.assignment_epoch;
+            }
+        };
+        let answer = self
+            .link
+            .ack_assignments(v1::AckAssignmentsRequest {
+                region: self.name.clone(),
+                region_lease_epoch: self.lease,
+                acks: vec![v1::JobEpoch {
+                    job_id: job_id.into(),
+                    assignment_epoch: epoch,
+                }],
+            })
+            .await
+            .expect("ack")
+            .into_inner();
+        assert_eq!(answer.verdict, v1::Verdict::Accepted as i32, "{answer:?}");
+        epoch
+    }
+
+    /// Reports the job's state with one status per task (task `i` on
+    /// `nodes[i]`), as a region's link does.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn report(
+        &mut self,
+        job_id: &str,
+        epoch: u64,
+        version: u64,
+        state: v1::JobState,
+        nodes: &[&str],
+        placed: u64,
+        started: u64,
+        finished: u64,
+    ) {
+        let task_state = match state {
+            v1::JobState::Placed => v1::TaskState::Placed,
+            v1::JobState::Running => v1::TaskState::Running,
+            _ => v1::TaskState::Succeeded,
+        };
+        let n = nodes.len() as u32;
+        let mut counts = v1::TaskCounts::default();
+        match task_state {
+            v1::TaskState::Placed => counts.placed = n,
+            v1::TaskState::Running => counts.running = n,
+            _ => counts.succeeded = n,
+        }
+        let tasks = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| v1::TaskStatus {
+                index: i as u32,
+                state: task_state as i32,
+                node_id: (*node).into(),
+                region: self.name.clone(),
+                attempt: 1,
+                exit_code: (task_state == v1::TaskState::Succeeded).then_some(0),
+                placed_at_unix_ms: placed,
+                // Tasks start and end a little apart, as real ones do.
+                started_at_unix_ms: if started > 0 {
+                    started + 40 * i as u64
+                } else {
+                    0
+                },
+                finished_at_unix_ms: if finished > 0 {
+                    finished - 60 * (2 - i as u64 % 3)
+                } else {
+                    0
+                },
+                updated_at_unix_ms: now_ms(),
+                ..Default::default()
+            })
+            .collect();
+        let answer = self
+            .link
+            .report_status(v1::ReportStatusRequest {
+                region: self.name.clone(),
+                region_lease_epoch: self.lease,
+                updates: vec![v1::JobStatusUpdate {
+                    job_id: job_id.into(),
+                    assignment_epoch: epoch,
+                    status_version: version,
+                    state: state as i32,
+                    tasks,
+                    task_counts: Some(counts),
+                    observed_at_unix_ms: now_ms(),
+                    ..Default::default()
+                }],
+            })
+            .await
+            .expect("report status")
+            .into_inner();
+        assert_eq!(answer.verdict, v1::Verdict::Accepted as i32, "{answer:?}");
+        self.link
+            .renew_region_lease(v1::RenewRegionLeaseRequest {
+                region: self.name.clone(),
+                region_lease_epoch: self.lease,
+            })
+            .await
+            .expect("renew the region lease");
+    }
+}
