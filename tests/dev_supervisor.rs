@@ -176,6 +176,8 @@ fn dev_prints_endpoints_restarts_a_killed_child_and_stops_every_child_on_sigint(
         text.contains(&format!("global-1 grpc=http://127.0.0.1:{base} http=")),
         "{text}"
     );
+    // The federation overview and every region replica's console.
+    assert_eq!(text.matches("/console").count(), 4, "{text}");
     let endpoint = endpoint_of(lines.last().expect("ready line"));
     let regions = meridian(&endpoint, &["region", "list"]);
     assert!(regions.status.success(), "{regions:?}");

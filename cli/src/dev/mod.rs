@@ -98,7 +98,9 @@ fn plan(a: &DevArgs, data: &Path) -> Result<[Vec<Planned>; 3]> {
         let http = addr(port(a.base_port, 80 + i)?);
         global_endpoints.push(format!("http://{grpc}"));
         globals.push(Planned {
-            summary: format!("{name} grpc=http://{grpc} http=http://{http}"),
+            summary: format!(
+                "{name} grpc=http://{grpc} http=http://{http} console=http://{http}/console"
+            ),
             spec: ChildSpec {
                 args: vec![
                     s("global"),
@@ -129,7 +131,10 @@ fn plan(a: &DevArgs, data: &Path) -> Result<[Vec<Planned>; 3]> {
             let metrics = addr(port(a.base_port, 200 + 10 * u32::from(r) + i)?);
             endpoints.push(format!("http://{grpc}"));
             regions.push(Planned {
-                summary: format!("{name} grpc=http://{grpc} metrics=http://{metrics}/metrics"),
+                summary: format!(
+                    "{name} grpc=http://{grpc} metrics=http://{metrics}/metrics \
+                     console=http://{metrics}/console"
+                ),
                 spec: ChildSpec {
                     args: vec![
                         s("regional"),
