@@ -11,7 +11,9 @@ use meridian_agent::exec::process::is_running;
 use meridian_agent::{AgentOptions, Host, NodeSpec, Probe};
 use meridian_control::SystemClock;
 use meridian_proto::v1::task_template::Kind;
-use meridian_proto::v1::{Command, RegionLossPolicy, Resources, TaskState, TaskTemplate};
+use meridian_proto::v1::{
+    Command, RegionLossPolicy, Resources, Simulated, TaskState, TaskTemplate,
+};
 
 fn spec(id: &str) -> NodeSpec {
     NodeSpec {
@@ -98,6 +100,51 @@ async fn a_real_task_runs_and_its_exit_code_and_output_reach_the_region() {
     // The output also lands in the attempt's files.
     let file = work.path().join("tasks/job-1/0-1/stdout");
     assert_eq!(std::fs::read_to_string(file).unwrap(), out);
+    host.shutdown().await;
+}
+
+/// The region places simulated tasks on any node, real ones included: a
+/// real node runs them as a timer and reports their exit code. (It used to
+/// report them FAILED, "could not start", which failed about one simulated
+/// job in a thousand in `meridian dev`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_task_on_a_real_node_runs_as_a_timer_and_succeeds() {
+    let mut fake = FakeRegion::start(SystemClock::shared(), FakeOptions::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    let host = real_host(&fake, work.path()).await;
+    fake.wait_stream("n1", 1).await;
+    let epoch = fake.epoch_of("n1");
+
+    let template = |exit_code| TaskTemplate {
+        kind: Some(Kind::Simulated(Simulated {
+            duration_ms: 20,
+            exit_code,
+        })),
+    };
+    let ok = attempt("job-sim", 0, 1);
+    let bad = attempt("job-sim", 1, 1);
+    for (a, code) in [(&ok, 0), (&bad, 4)] {
+        fake.send(
+            "n1",
+            run(
+                a.clone(),
+                template(code),
+                epoch,
+                1,
+                RegionLossPolicy::KeepRunning,
+                1000,
+            ),
+        )
+        .await;
+    }
+    let (done, _) = fake.wait_report(&ok, |r| r.finished_at_unix_ms != 0).await;
+    assert_eq!(done.state, TaskState::Succeeded as i32, "{done:?}");
+    assert_eq!(done.exit_code, Some(0));
+    let (done, _) = fake.wait_report(&bad, |r| r.finished_at_unix_ms != 0).await;
+    assert_eq!(done.state, TaskState::Failed as i32, "{done:?}");
+    assert_eq!(done.exit_code, Some(4));
+    // No process, no files.
+    assert!(!work.path().join("tasks/job-sim").exists());
     host.shutdown().await;
 }
 

@@ -21,6 +21,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use super::output::capture;
+use super::simulated::SimulatedExecutor;
 use super::{
     Executor, Exit, ExitTx, Launch, LaunchError, ProcessIds, Started, Tail, TaskControl, TaskExit,
 };
@@ -31,10 +32,13 @@ const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// `PATH` of a task that does not set one.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Runs `Command` templates as child processes.
+/// Runs `Command` templates as child processes, and `Simulated` ones as
+/// timers (no process, no files): the region may place a simulated task on
+/// any node, real ones included.
 #[derive(Debug, Clone)]
 pub struct ProcessExecutor {
     clock: SharedClock,
+    simulated: SimulatedExecutor,
     file_cap: u64,
     enforce_memory_limit: bool,
     cpu_time_limit: Option<Duration>,
@@ -48,6 +52,7 @@ impl ProcessExecutor {
         cpu_time_limit: Option<Duration>,
     ) -> Self {
         ProcessExecutor {
+            simulated: SimulatedExecutor::new(clock.clone(), None),
             clock,
             file_cap,
             enforce_memory_limit,
@@ -81,6 +86,9 @@ impl Limits {
 
 impl Executor for ProcessExecutor {
     fn launch(&self, launch: Launch, exits: ExitTx) -> Result<Started, LaunchError> {
+        if matches!(launch.template.kind, Some(Kind::Simulated(_))) {
+            return self.simulated.launch(launch, exits);
+        }
         let cmd = match launch.template.kind {
             Some(Kind::Command(c)) => c,
             Some(Kind::Simulated(_)) => return Err(LaunchError::Unsupported("simulated")),
