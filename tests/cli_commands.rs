@@ -2,60 +2,13 @@
 //! on loopback ports: what they print, their JSON output, their exit codes
 //! on bad input, and following the leader from a standby replica.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// A `meridian global` process serving on a free loopback port.
-struct Global {
-    child: Child,
-    endpoint: String,
-}
+mod support;
 
-impl Global {
-    fn start(store: &str, name: &str) -> Global {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args([
-                "global",
-                "--store",
-                store,
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                name,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start meridian global");
-        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-        let endpoint = loop {
-            let mut line = String::new();
-            assert!(
-                reader.read_line(&mut line).expect("read") > 0,
-                "global exited early"
-            );
-            if let Some(rest) = line.trim().strip_prefix("meridian global: serving grpc=") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Global { child, endpoint }
-    }
-}
-
-impl Drop for Global {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::GlobalProcess as Global;
 
 fn store() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -6,8 +6,6 @@
 //! printed and must be under 3 s.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,62 +16,15 @@ use meridian_proto::v1::*;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
+mod support;
+
+use support::GlobalProcess as Replica;
+
 const CLIENTS: usize = 8;
 const PER_CLIENT: usize = 150;
 const KILL_AFTER: usize = 300;
 /// Failure guard only.
 const GUARD: Duration = Duration::from_secs(120);
-
-struct Replica {
-    child: Child,
-    endpoint: String,
-}
-
-impl Replica {
-    fn start(name: &str, url: &str) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args([
-                "global",
-                "--store",
-                url,
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                name,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start meridian global");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut reader = BufReader::new(stdout);
-        let endpoint = loop {
-            let mut line = String::new();
-            assert!(
-                reader.read_line(&mut line).expect("read stdout") > 0,
-                "exited before serving"
-            );
-            if let Some(rest) = line.trim().strip_prefix("meridian global: serving grpc=") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
-        // Keep draining its output so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Replica { child, endpoint }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A client that follows the leader: tries the hinted endpoint, otherwise
 /// the next one, until the submit is acknowledged.
@@ -151,7 +102,7 @@ fn spec(i: usize) -> JobSpec {
 async fn killing_the_global_leader_under_load_loses_no_acknowledged_job_and_duplicates_none() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("global.db").display());
-    let mut replicas = [Replica::start("g1", &url), Replica::start("g2", &url)];
+    let mut replicas = [Replica::start(&url, "g1"), Replica::start(&url, "g2")];
     let endpoints: Vec<String> = replicas.iter().map(|r| r.endpoint.clone()).collect();
 
     let acked = Arc::new(Mutex::new(Vec::<(String, String, Instant)>::new()));
