@@ -1,4 +1,5 @@
-//! meridian-store: the FoundationDB data model, on SQLite or on FoundationDB.
+//! meridian-store: the FoundationDB data model, on SQLite or on FoundationDB
+//! (or in memory, for deterministic simulation).
 //!
 //! Every tier of Meridian keeps its state here and only here: ordered byte
 //! keys (tuple-encoded, one [`Subspace`] per tier, region or shard),
@@ -17,6 +18,7 @@ pub mod fault;
 #[cfg(feature = "fdb")]
 pub mod fdb;
 pub mod limits;
+pub mod memory;
 pub mod sqlite;
 pub mod transaction;
 
@@ -42,6 +44,11 @@ pub use tuple::Subspace;
 ///
 /// - `sqlite:PATH` — a SQLite file, shareable by several processes;
 /// - `sqlite::memory:` — a private, throw-away database for tests;
+/// - `memory:` — a fresh in-process database ([`memory::MemoryBackend`]):
+///   deterministic, no threads, no files; for simulation and fast tests.
+///   Each call opens a new, empty one; to share one between several
+///   simulated processes, clone a `MemoryBackend` and pass it to
+///   [`Database::new`] instead;
 /// - `fdb:CLUSTER_FILE` — a FoundationDB cluster (cargo feature `fdb`).
 pub async fn open(url: &str) -> Result<Database> {
     Ok(Database::new(open_backend(url).await?))
@@ -64,6 +71,12 @@ pub async fn open_backend(url: &str) -> Result<Arc<dyn Backend>> {
         };
         return Ok(Arc::new(backend));
     }
+    if let Some(rest) = url.strip_prefix("memory:") {
+        if !rest.is_empty() {
+            return Err(invalid("memory: takes nothing after the colon"));
+        }
+        return Ok(Arc::new(memory::MemoryBackend::new()));
+    }
     if let Some(rest) = url.strip_prefix("fdb:") {
         #[cfg(feature = "fdb")]
         {
@@ -78,6 +91,6 @@ pub async fn open_backend(url: &str) -> Result<Arc<dyn Backend>> {
         }
     }
     Err(invalid(
-        "expected sqlite:PATH, sqlite::memory: or fdb:CLUSTER_FILE",
+        "expected sqlite:PATH, sqlite::memory:, memory: or fdb:CLUSTER_FILE",
     ))
 }

@@ -16,7 +16,7 @@
 //! reported as `not_committed`, and the retry takes the lock up front
 //! (`BEGIN IMMEDIATE`) so it cannot lose again.
 
-mod apply;
+pub(crate) mod apply;
 mod exec;
 mod group;
 mod pool;

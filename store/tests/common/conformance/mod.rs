@@ -2,7 +2,8 @@
 //!
 //! Each check is a plain async function over a [`Database`]; a backend's test
 //! file opens a database and calls every check once (`sqlite_conformance.rs`
-//! for SQLite files and `sqlite::memory:`, `fdb_conformance.rs` for a
+//! for SQLite files and `sqlite::memory:`, `memory_conformance.rs` for the
+//! in-memory backend, `fdb_conformance.rs` for a
 //! FoundationDB cluster when `FDB_CLUSTER_FILE` is set). The checks panic on
 //! the first violation. Every check works in a fresh, uniquely named subspace
 //! (`("conformance", CHECK, UUID)`), so they can share one database, run in
