@@ -113,22 +113,7 @@ impl Client {
             if !retryable(&status) {
                 return Err(status.into());
             }
-            let hint = status
-                .metadata()
-                .get(LEADER_METADATA_KEY)
-                .and_then(|v| v.to_str().ok())
-                .map(normalize)
-                .filter(|h| !h.is_empty());
-            let hinted = match hint {
-                Some(h) if h != self.endpoints[self.current].0 => {
-                    self.current = self.index_of(&h)?;
-                    true
-                }
-                _ => {
-                    self.current = (self.current + 1) % self.endpoints.len();
-                    false
-                }
-            };
+            let hinted = self.move_after(&status)?;
             last = Some(status);
             if started.elapsed() >= self.deadline {
                 break;
@@ -154,7 +139,32 @@ impl Client {
     }
 }
 
-fn retryable(status: &Status) -> bool {
+impl Client {
+    /// Moves to the replica `status` names in its `meridian-leader` hint,
+    /// or else to the next known endpoint; `true` when a hint was followed.
+    /// For a failure the caller handles itself (a broken stream).
+    pub fn move_after(&mut self, status: &Status) -> Result<bool> {
+        let hint = status
+            .metadata()
+            .get(LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(normalize)
+            .filter(|h| !h.is_empty());
+        Ok(match hint {
+            Some(h) if h != self.endpoints[self.current].0 => {
+                self.current = self.index_of(&h)?;
+                true
+            }
+            _ => {
+                self.current = (self.current + 1) % self.endpoints.len();
+                false
+            }
+        })
+    }
+}
+
+/// Whether a status means "try again, maybe elsewhere".
+pub fn retryable(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable)
         || (status.code() == Code::Unknown && status.message().contains("transport error"))
 }

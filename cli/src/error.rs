@@ -21,6 +21,8 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 5;
     /// `--wait` followed a job that ended FAILED or CANCELLED.
     pub const JOB_FAILED: i32 = 6;
+    /// `--wait --timeout` ran out before the job ended (it goes on).
+    pub const TIMED_OUT: i32 = 7;
 }
 
 /// A failed command.
@@ -38,6 +40,9 @@ pub enum CliError {
     /// A followed job ended without succeeding.
     #[error("{0}")]
     JobFailed(String),
+    /// `--timeout` ran out while waiting.
+    #[error("{0}")]
+    TimedOut(String),
     /// Anything else (I/O on this machine, a child process that would not
     /// start, a malformed answer).
     #[error("{0}")]
@@ -57,6 +62,7 @@ impl CliError {
             },
             CliError::Unavailable(_) => exit::UNAVAILABLE,
             CliError::JobFailed(_) => exit::JOB_FAILED,
+            CliError::TimedOut(_) => exit::TIMED_OUT,
             CliError::Other(_) => exit::FAILURE,
         }
     }
@@ -69,6 +75,23 @@ impl CliError {
     /// Any other failure with a message.
     pub fn other(message: impl Into<String>) -> Self {
         CliError::Other(message.into())
+    }
+}
+
+impl meridian_control::Retryable for CliError {
+    /// Retryable: nobody could serve the call, or the connection broke; the
+    /// same request may succeed later or at another replica.
+    fn is_retryable(&self) -> bool {
+        match self {
+            CliError::Unavailable(_) => true,
+            CliError::Status(s) => {
+                crate::client::retryable(s) || s.code() == Code::DeadlineExceeded
+            }
+            CliError::Usage(_)
+            | CliError::JobFailed(_)
+            | CliError::TimedOut(_)
+            | CliError::Other(_) => false,
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use crate::client::{Client, ConnectArgs};
 use crate::error::{CliError, Result};
 use crate::render::{self, Output, OutputArgs};
 use crate::spec::{self, SpecArgs};
+use crate::wait::{self, WaitOptions};
 
 /// `meridian job`.
 #[derive(Debug, clap::Args)]
@@ -68,6 +69,33 @@ pub struct SubmitArgs {
     /// non-zero unless it succeeded.
     #[arg(long, short = 'w')]
     pub wait: bool,
+    /// With --wait: give up after this long (`90`, `90s`, `2m`, `1h`; from
+    /// the start of the command), exiting 7; the job itself goes on.
+    #[arg(long, value_parser = parse_timeout, requires = "wait")]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// A `--timeout` value: whole seconds, or a number with `ms`, `s`, `m`, `h`.
+fn parse_timeout(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 90s, 2m or 1h"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("{text:?}: unit must be ms, s, m or h")),
+    };
+    if ms == 0 {
+        return Err("--timeout must be longer than zero".into());
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// Flags of `meridian job list`.
@@ -124,13 +152,7 @@ fn parse_job_state(text: &str) -> std::result::Result<JobState, String> {
         .ok_or_else(|| format!("unknown job state {text:?}"))
 }
 
-/// Whether a job state is final.
-pub fn is_terminal(state: i32) -> bool {
-    matches!(
-        JobState::try_from(state),
-        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    )
-}
+pub use crate::wait::is_terminal;
 
 /// Runs `meridian job ...`.
 pub async fn run(args: JobArgs) -> Result<()> {
@@ -197,18 +219,29 @@ async fn submit(client: &mut Client, output: Output, args: SubmitArgs) -> Result
         Some(task_template::Kind::Command(_))
     );
     let task_count = spec.task_count;
+    let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
     let request = SubmitJobRequest {
         request_id: args
             .request_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         spec: Some(spec),
     };
-    let response = client
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.submit_job(r).await }
-        })
-        .await?;
+    let submitting = client.call(|mut c| {
+        let r = request.clone();
+        async move { c.submit_job(r).await }
+    });
+    let response = match deadline {
+        None => submitting.await?,
+        Some(at) => tokio::time::timeout_at(at, submitting)
+            .await
+            .map_err(|_| {
+                CliError::TimedOut(format!(
+                    "the submit (request id {}) was not acknowledged within the --timeout; \
+                     submitting again with --request-id {} is safe",
+                    request.request_id, request.request_id
+                ))
+            })??,
+    };
     if !args.wait {
         return match output {
             Output::Json => render::print_message("SubmitJobResponse", &response),
@@ -219,7 +252,11 @@ async fn submit(client: &mut Client, output: Output, args: SubmitArgs) -> Result
         };
     }
     eprintln!("submitted {}; waiting for it to finish", response.job_id);
-    let job = follow(client, &response.job_id, true).await?;
+    let opts = WaitOptions {
+        deadline,
+        ..WaitOptions::default()
+    };
+    let job = wait::follow(client, &response.job_id, opts).await?;
     if output == Output::Json {
         render::print_message("Job", &job)?;
     } else if is_command {
@@ -251,47 +288,6 @@ fn finished(job: &Job) -> Result<()> {
                 &job.failure_reason
             }
         ))),
-    }
-}
-
-/// Follows one job until it is terminal and returns its full view. Opens the
-/// watch before reading the job, so no change between the two is missed;
-/// a broken stream is resumed from the last cursor.
-pub async fn follow(client: &mut Client, job_id: &str, progress: bool) -> Result<Job> {
-    let mut cursor = Vec::new();
-    let mut last_state = 0;
-    loop {
-        let request = WatchJobsRequest {
-            cursor: cursor.clone(),
-            job_ids: vec![job_id.to_string()],
-            ..WatchJobsRequest::default()
-        };
-        let mut stream = client
-            .call(|mut c| {
-                let r = request.clone();
-                async move { c.watch_jobs(r).await }
-            })
-            .await?;
-        let job = get(client, job_id).await?;
-        if progress && job.state != last_state {
-            eprintln!("{job_id}: {}", render::job_state(job.state));
-            last_state = job.state;
-        }
-        if is_terminal(job.state) {
-            return Ok(job);
-        }
-        // Ends when the replica goes away or ends the stream: resume then.
-        while let Ok(Some(event)) = stream.message().await {
-            cursor = event.cursor.clone();
-            let Some(j) = event.job else { continue };
-            if progress && j.state != last_state {
-                eprintln!("{job_id}: {}", render::job_state(j.state));
-                last_state = j.state;
-            }
-            if is_terminal(j.state) {
-                return get(client, job_id).await;
-            }
-        }
     }
 }
 
@@ -431,6 +427,7 @@ fn print_job(job: &Job) {
         ("tasks", spec.task_count.to_string()),
         ("runs", what),
         ("request id", job.request_id.clone()),
+        ("trace id", dash(&job.trace_id)),
         ("created", render::age(job.created_at_unix_ms) + " ago"),
     ];
     for (k, v) in rows {
@@ -593,6 +590,19 @@ mod tests {
         assert_eq!((t.job_id.as_str(), t.index), ("j1-7", 3));
         assert_eq!(parse_task("j1-7").expect("task").index, 0);
         assert!(parse_task("j1-7/x").is_err());
+    }
+
+    #[test]
+    fn timeouts_parse_with_and_without_a_unit_and_zero_is_refused() {
+        use std::time::Duration;
+        assert_eq!(parse_timeout("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("5 parsecs").is_err());
+        assert!(parse_timeout("s").is_err());
     }
 
     #[test]

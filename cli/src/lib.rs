@@ -3,7 +3,8 @@
 //! Owns the client commands (`job`, `region`, `node`), which talk to the
 //! global tier's `Federation` API and follow its leader, shell completions,
 //! and `meridian dev`, the supervisor that runs a whole federation on one
-//! machine as child processes of the same binary. `src/main.rs` only parses
+//! machine as child processes of the same binary, and the process's logging
+//! and OpenTelemetry span export ([`telemetry`]). `src/main.rs` only parses
 //! the command line (with the argument types defined here) and dispatches.
 //!
 //! Must never: depend on a tier crate (`meridian-global`, `-regional`,
@@ -22,12 +23,15 @@ pub mod error;
 pub mod job;
 pub mod render;
 pub mod spec;
+pub mod telemetry;
+pub mod wait;
 
 pub use admin::{NodeArgs, RegionArgs};
 pub use client::{ConnectArgs, DEFAULT_ENDPOINT};
 pub use dev::DevArgs;
 pub use error::{CliError, Result};
 pub use job::JobArgs;
+pub use telemetry::TelemetryArgs;
 
 /// Shells `meridian completions` writes scripts for.
 pub use clap_complete::Shell;

@@ -18,13 +18,13 @@ use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::{Resources, TaskState};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{AgentOptions, NodeSpec};
 use crate::error::AgentError;
 use crate::exec::Executor;
 use crate::exec::process::{Cleanup, ProcessExecutor, cleanup_previous};
 use crate::exec::simulated::SimulatedExecutor;
+use crate::link::{ChannelPool, RegionLink, parse_endpoints};
 use crate::node::{NodeAgent, NodeContext, report};
 use crate::persist::StateFile;
 use crate::probe::Probe;
@@ -35,7 +35,8 @@ pub const NODES_PER_CONNECTION: usize = 100;
 /// What `meridian agent` was asked to do.
 #[derive(Debug, Clone)]
 pub struct AgentCommand {
-    /// Region endpoint, e.g. `http://127.0.0.1:7500`.
+    /// Region replica endpoints, comma-separated, e.g.
+    /// `http://127.0.0.1:7500,http://127.0.0.1:7501`.
     pub region: String,
     pub node_id: String,
     /// CPU cores offered (fractions allowed).
@@ -69,24 +70,39 @@ impl Host {
         clock: SharedClock,
         probe: Arc<Probe>,
     ) -> Result<Host, AgentError> {
+        let executor: Arc<dyn Executor> = Arc::new(SimulatedExecutor::new(
+            clock.clone(),
+            Some(Duration::from_secs(1)),
+        ));
+        Host::simulated_with(region, base, count, opts, clock, probe, executor)
+    }
+
+    /// [`Host::simulated`] on a given executor: the simulation wraps the
+    /// simulated executor to record every task start and stop.
+    pub fn simulated_with(
+        region: &str,
+        base: &NodeSpec,
+        count: usize,
+        opts: AgentOptions,
+        clock: SharedClock,
+        probe: Arc<Probe>,
+        executor: Arc<dyn Executor>,
+    ) -> Result<Host, AgentError> {
         opts.validate()?;
         let opts = Arc::new(AgentOptions {
             work_dir: None,
             ..opts
         });
-        let executor: Arc<dyn Executor> = Arc::new(SimulatedExecutor::new(
-            clock.clone(),
-            Some(Duration::from_secs(1)),
-        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let host_boot = uuid::Uuid::new_v4();
+        let endpoints = parse_endpoints(region)?;
+        let pool = Arc::new(ChannelPool::default());
         let mut nodes = JoinSet::new();
-        let mut channel = None;
         for i in 0..count {
-            if i % NODES_PER_CONNECTION == 0 {
-                channel = Some(connect_lazy(region)?);
-            }
-            let Some(ch) = channel.clone() else { continue };
+            // Spread over the given replicas; each node then follows its
+            // shard leader's hint.
+            let link =
+                RegionLink::new(endpoints.clone(), i, i / NODES_PER_CONNECTION, pool.clone())?;
             let spec = base.simulated(i);
             let seed = opts
                 .seed
@@ -99,7 +115,7 @@ impl Host {
                     opts: opts.clone(),
                     clock: clock.clone(),
                     executor: executor.clone(),
-                    channel: ch,
+                    link,
                     probe: probe.clone(),
                     shutdown: shutdown_rx.clone(),
                     seed,
@@ -148,7 +164,12 @@ impl Host {
                 opts: opts.clone(),
                 clock: clock.clone(),
                 executor,
-                channel: connect_lazy(region)?,
+                link: RegionLink::new(
+                    parse_endpoints(region)?,
+                    0,
+                    0,
+                    Arc::new(ChannelPool::default()),
+                )?,
                 probe: probe.clone(),
                 shutdown: shutdown_rx,
                 seed: opts.seed,
@@ -206,19 +227,6 @@ impl Host {
     pub async fn join(&mut self) {
         while self.nodes.join_next().await.is_some() {}
     }
-}
-
-/// A channel that connects on first use and reconnects by itself; each call
-/// fails fast while the region is unreachable.
-pub fn connect_lazy(region: &str) -> Result<Channel, AgentError> {
-    let endpoint = Endpoint::from_shared(region.to_string())
-        .map_err(|e| AgentError::Config(format!("region address {region:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
 }
 
 /// `meridian agent`: runs until `stop` resolves, then stops the node(s).

@@ -4,7 +4,8 @@
 //! ([`node`]), pulling the command stream and reporting task status over the
 //! real `AgentLink` protocol, running real processes ([`exec::process`]) or
 //! simulated tasks ([`exec::simulated`]), fencing stale commands ([`fence`]),
-//! static stability across region outages, local state that survives an agent
+//! following the region's replicas and shard leaders ([`link`]), static
+//! stability across region outages, local state that survives an agent
 //! restart ([`persist`]), and hosting many virtual nodes in one process
 //! ([`host`]).
 //!
@@ -17,10 +18,13 @@ pub mod error;
 pub mod exec;
 pub mod fence;
 pub mod host;
+pub mod link;
+pub mod metrics;
 pub mod node;
 pub mod persist;
 pub mod probe;
 pub mod tasks;
+mod trace;
 
 pub use config::{AgentOptions, NodeSpec, SIMULATED_LABEL, SIMULATED_VALUE, parse_labels};
 pub use error::AgentError;

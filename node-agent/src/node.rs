@@ -4,9 +4,12 @@
 //! registration with a Heartbeat (or Register when there is none), open the
 //! Assignments stream from the last applied cursor, then multiplex commands,
 //! task exits, jittered heartbeats, batched reports and the region-lease
-//! deadline until the link breaks. A broken link waits out a full-jitter
-//! backoff while tasks keep running (static stability); a fence stops every
-//! task of the old epoch *before* registering again.
+//! deadline until the link breaks. A stream refused with a `meridian-leader`
+//! hint moves the node to the hinted replica (at once the first time, so a
+//! node whose shard moved reaches the new leader without waiting out a
+//! backoff); a broken link moves it to the next given replica after a
+//! full-jitter backoff while tasks keep running (static stability); a fence
+//! stops every task of the old epoch *before* registering again.
 //!
 //! Must never: run a command refused by fencing, block on anything but the
 //! node's own events, read time except through the clock, or leave a task
@@ -17,7 +20,6 @@ use std::time::Duration;
 
 use meridian_control::{Backoff, Instant, SharedClock};
 use meridian_proto::limits::MAX_BATCH_ITEMS;
-use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use meridian_proto::v1::{
     AssignmentCommand, CommandKind, HeartbeatRequest, NodeAssignmentsRequest, NodeUsage,
     RegionLossPolicy, RegisterNodeRequest, ReportTaskStatusRequest, TaskAttempt, TaskReport,
@@ -26,12 +28,12 @@ use meridian_proto::v1::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 
 use crate::config::{AgentOptions, NodeSpec};
 use crate::error::AgentError;
 use crate::exec::{Executor, ExitTx, Launch, TaskExit};
 use crate::fence::ShardEpochs;
+use crate::link::{RegionLink, leader_hint};
 use crate::persist::{PersistedState, PersistedTask, StateFile};
 use crate::probe::Probe;
 use crate::tasks::{LiveTask, StopReason, TaskTable};
@@ -43,6 +45,9 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug)]
 enum SessionEnd {
     Lost(AgentError),
+    /// The replica does not lead the node's shard and named the one that
+    /// does; the link already points there.
+    Redirected,
     Fenced,
     Shutdown,
 }
@@ -53,7 +58,8 @@ pub struct NodeContext {
     pub opts: Arc<AgentOptions>,
     pub clock: SharedClock,
     pub executor: Arc<dyn Executor>,
-    pub channel: Channel,
+    /// The region's replicas and the one this node talks to.
+    pub link: RegionLink,
     pub probe: Arc<Probe>,
     /// Becomes `true` to stop the node.
     pub shutdown: watch::Receiver<bool>,
@@ -70,7 +76,7 @@ pub struct NodeAgent {
     boot_id: String,
     clock: SharedClock,
     executor: Arc<dyn Executor>,
-    client: AgentLinkClient<Channel>,
+    link: RegionLink,
     probe: Arc<Probe>,
     shutdown: watch::Receiver<bool>,
     state_file: Option<StateFile>,
@@ -94,7 +100,7 @@ impl NodeAgent {
             .map_err(|e| AgentError::Config(format!("reconnect backoff: {e}")))?;
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         Ok(NodeAgent {
-            client: AgentLinkClient::new(ctx.channel),
+            link: ctx.link,
             heartbeat_every: ctx.opts.default_heartbeat.max(ctx.opts.min_heartbeat),
             tasks: TaskTable::new(ctx.opts.finished_memory),
             rng: ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -132,17 +138,35 @@ impl NodeAgent {
     /// Runs until shutdown: sessions, and backoff between them.
     pub async fn run(mut self) {
         let mut retry: u32 = 0;
+        let mut redirects: u32 = 0;
         loop {
             if self.shutting_down() {
                 break;
             }
-            match self.session(&mut retry).await {
+            match self.session(&mut retry, &mut redirects).await {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Fenced => self.fence().await,
+                SessionEnd::Redirected => {
+                    // The first hint is followed at once. Hints that keep
+                    // bouncing (a leader that just died is still named
+                    // until its lease runs out) back off like a lost link.
+                    redirects = redirects.saturating_add(1);
+                    self.probe.update(|p| p.redirects += 1);
+                    tracing::debug!(node = %self.spec.node_id, to = %self.link.current(), "following the shard leader hint");
+                    if redirects > 1 {
+                        let delay = self.backoff.delay(retry);
+                        retry = retry.saturating_add(1);
+                        if !self.wait_out(delay).await {
+                            break;
+                        }
+                    }
+                }
                 SessionEnd::Lost(e) => {
                     let delay = self.backoff.delay(retry);
                     retry = retry.saturating_add(1);
-                    tracing::debug!(node = %self.spec.node_id, error = %e, ?delay, "link lost; backing off");
+                    let from = self.link.current().to_string();
+                    self.link.next();
+                    tracing::debug!(node = %self.spec.node_id, error = %e, ?delay, %from, to = %self.link.current(), "link lost; backing off");
                     if !self.wait_out(delay).await {
                         break;
                     }
@@ -156,7 +180,7 @@ impl NodeAgent {
         *self.shutdown.borrow()
     }
 
-    async fn session(&mut self, retry: &mut u32) -> SessionEnd {
+    async fn session(&mut self, retry: &mut u32, redirects: &mut u32) -> SessionEnd {
         if self.epoch != 0 {
             match self.heartbeat().await {
                 Ok(()) => {}
@@ -174,15 +198,22 @@ impl NodeAgent {
             node_epoch: self.epoch,
             cursor: self.cursor.clone(),
         };
-        let mut client = self.client.clone();
+        let mut client = self.link.client();
         let opened = self
             .call(async move { client.assignments(request).await })
             .await;
         let mut stream = match opened {
             Ok(s) => s,
+            Err(AgentError::Rpc(status))
+                if status.code() == tonic::Code::Unavailable
+                    && leader_hint(&status).is_some_and(|h| self.link.follow(&h)) =>
+            {
+                return SessionEnd::Redirected;
+            }
             Err(e) => return self.classify_stream_error(e),
         };
         *retry = 0;
+        *redirects = 0;
         self.probe.update(|p| {
             p.connected += 1;
             p.sessions += 1;
@@ -308,7 +339,7 @@ impl NodeAgent {
             agent_version: AGENT_VERSION.to_string(),
         };
         let sent_at = self.clock.now();
-        let mut client = self.client.clone();
+        let mut client = self.link.client();
         let resp = self
             .call(async move { client.register(request).await })
             .await?;
@@ -337,7 +368,7 @@ impl NodeAgent {
             applied_cursor: self.cursor.clone(),
         };
         let sent_at = self.clock.now();
-        let mut client = self.client.clone();
+        let mut client = self.link.client();
         let resp = self
             .call(async move { client.heartbeat(request).await })
             .await?;
@@ -363,7 +394,7 @@ impl NodeAgent {
             node_epoch: self.epoch,
             reports: batch.clone(),
         };
-        let mut client = self.client.clone();
+        let mut client = self.link.client();
         let resp = self
             .call(async move { client.report_task_status(request).await })
             .await?;
@@ -398,6 +429,7 @@ impl NodeAgent {
                 Ok(()) if kind == CommandKind::Run => self.run_task(cmd),
                 Ok(()) => self.stop_task(cmd),
                 Err(refusal) => {
+                    crate::metrics::refused(&refusal);
                     tracing::warn!(node = %self.spec.node_id, ?refusal, task = ?cmd.task, "command refused");
                     self.probe.update(|p| p.refused_commands += 1);
                 }
@@ -417,6 +449,7 @@ impl NodeAgent {
             let grace = self.grace_of(&older);
             self.tasks.stop(&older, StopReason::Replaced, grace);
         }
+        let _span = crate::trace::run_span(&self.spec.node_id, &attempt, &cmd.trace_id).entered();
         let now_ms = self.clock.now_unix_ms();
         let grace = self.grace_ms(cmd.stop_grace_period_ms);
         let policy =
@@ -431,9 +464,12 @@ impl NodeAgent {
                     .join(sanitize(&task.job_id))
                     .join(format!("{}-{}", task.index, attempt.attempt))
             }),
+            trace_id: cmd.trace_id.clone(),
         };
         match self.executor.launch(launch, self.exits_tx.clone()) {
             Ok(started) => {
+                crate::trace::started(&cmd.trace_id, &attempt);
+                crate::metrics::task_started(true);
                 self.probe.update(|p| {
                     p.launched += 1;
                     p.running += 1;
@@ -459,6 +495,7 @@ impl NodeAgent {
                 ));
             }
             Err(e) => {
+                crate::metrics::task_started(false);
                 let r = report(
                     &attempt,
                     TaskState::Failed,
@@ -503,11 +540,10 @@ impl NodeAgent {
 
     fn on_exit(&mut self, exit: TaskExit) {
         let now_ms = self.clock.now_unix_ms();
-        if self
-            .tasks
-            .finish(&exit.attempt, exit.exit, now_ms)
-            .is_some()
-        {
+        if let Some(report) = self.tasks.finish(&exit.attempt, exit.exit, now_ms) {
+            crate::metrics::task_finished(
+                TaskState::try_from(report.state).unwrap_or(TaskState::Failed),
+            );
             self.probe.update(|p| p.running -= 1);
             self.persist();
         }

@@ -28,6 +28,9 @@ pub struct ProbeSnapshot {
     pub launched: u64,
     /// Task attempts stopped because the region lease ran out (failover).
     pub region_loss_stops: u64,
+    /// Streams refused by a replica that named the shard's leader, which
+    /// the node then moved to.
+    pub redirects: u64,
 }
 
 /// Shared, watchable counters.

@@ -57,6 +57,9 @@ pub struct DevArgs {
     /// Seconds a child gets to stop after SIGTERM before it is killed.
     #[arg(long, default_value_t = 10)]
     pub grace_secs: u64,
+    /// Span export, handed on to every child.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
 /// A process of the plan with what to print about it once it is up.
@@ -162,7 +165,16 @@ fn plan(a: &DevArgs, data: &Path) -> Result<[Vec<Planned>; 3]> {
             });
         }
         let mut agent = |name: String, extra: Vec<String>, summary: String| {
-            let endpoint = endpoints[agents.len() % endpoints.len()].clone();
+            // Every replica of the region, starting at a different one per
+            // agent: the agent moves on when one dies and follows each
+            // shard leader's hint, so no replica is a single point of loss.
+            let first = agents.len() % endpoints.len();
+            let endpoint = endpoints[first..]
+                .iter()
+                .chain(&endpoints[..first])
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",");
             let mut args = vec![
                 s("agent"),
                 s("--region"),
@@ -292,7 +304,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     let data = std::fs::canonicalize(&args.data_dir)
         .map_err(|e| CliError::other(format!("{}: {e}", args.data_dir.display())))?;
-    let tiers = plan(&args, &data)?;
+    let mut tiers = plan(&args, &data)?;
+    if let Some(endpoint) = &args.telemetry.otlp_endpoint {
+        for p in tiers.iter_mut().flatten() {
+            p.spec
+                .args
+                .extend(["--otlp-endpoint".to_string(), endpoint.clone()]);
+        }
+    }
     let grace = Duration::from_secs(args.grace_secs);
     // Installed before anything starts, so an early Ctrl-C is not lost.
     let signal = stop_signal();
@@ -371,6 +390,15 @@ mod tests {
         assert_eq!(r[2].spec.args[8], "127.0.0.1:7510");
         assert!(a[0].spec.args.contains(&"--simulate".to_string()));
         assert_eq!(crate::client::DEFAULT_ENDPOINT, "http://127.0.0.1:7400");
+    }
+
+    #[test]
+    fn the_otlp_endpoint_flag_is_parsed_for_the_children() {
+        let args = Wrap::parse_from(["x", "--otlp-endpoint", "http://127.0.0.1:4317"]).dev;
+        assert_eq!(
+            args.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
     }
 
     #[test]

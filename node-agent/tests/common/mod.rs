@@ -1,6 +1,7 @@
 //! A fake regional tier for the agent's tests: a real tonic `AgentLink`
 //! server on 127.0.0.1 that the test controls (send commands, bump node
-//! epochs, go unavailable, stop and restart on the same port).
+//! epochs, go unavailable, stop and restart on the same port, serve a second
+//! replica of the same state whose streams only the leader opens).
 
 #![allow(dead_code)]
 
@@ -45,6 +46,11 @@ struct Shared {
     reports: mpsc::UnboundedSender<(String, TaskReport)>,
     changed: watch::Sender<u64>,
     register_observer: Mutex<Option<Box<dyn Fn() -> usize + Send>>>,
+    /// URL of the only replica that opens streams (the others refuse with
+    /// the `meridian-leader` hint); `None`: every replica does.
+    stream_leader: Mutex<Option<String>>,
+    /// Streams refused by a replica that does not lead, per replica URL.
+    refusals: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Shared {
@@ -67,7 +73,7 @@ impl Shared {
 }
 
 #[derive(Clone)]
-struct Service(Arc<Shared>);
+struct Service(Arc<Shared>, String);
 
 #[tonic::async_trait]
 impl AgentLink for Service {
@@ -113,6 +119,16 @@ impl AgentLink for Service {
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let req = req.into_inner();
         self.0.admit(&req.node_id)?;
+        let leader = self.0.stream_leader.lock().clone();
+        if let Some(leader) = leader.filter(|l| *l != self.1) {
+            *self.0.refusals.lock().entry(self.1.clone()).or_default() += 1;
+            let mut status = Status::unavailable("this replica does not lead the node's shard");
+            status.metadata_mut().insert(
+                meridian_proto::LEADER_METADATA_KEY,
+                leader.parse().expect("url is ascii"),
+            );
+            return Err(status);
+        }
         let (tx, rx) = mpsc::channel(1024);
         {
             let mut st = self.0.state.lock();
@@ -224,6 +240,8 @@ impl FakeRegion {
             reports: reports_tx,
             changed: watch::Sender::new(0),
             register_observer: Mutex::new(None),
+            stream_leader: Mutex::new(None),
+            refusals: Mutex::new(BTreeMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -243,7 +261,7 @@ impl FakeRegion {
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let (tx, rx) = oneshot::channel::<()>();
-        let svc = AgentLinkServer::new(Service(self.shared.clone()));
+        let svc = AgentLinkServer::new(Service(self.shared.clone(), self.url()));
         let handle = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
@@ -253,6 +271,32 @@ impl FakeRegion {
                 .await;
         });
         self.server = Some((tx, handle));
+    }
+
+    /// Serves the same state on a second port, as another replica of the
+    /// region; returns its URL. It lives as long as the runtime.
+    pub async fn add_replica(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let svc = AgentLinkServer::new(Service(self.shared.clone(), url.clone()));
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        url
+    }
+
+    /// Only the replica at `url` opens streams from now on; the others
+    /// answer UNAVAILABLE naming it in `meridian-leader`.
+    pub fn set_stream_leader(&self, url: &str) {
+        *self.shared.stream_leader.lock() = Some(url.to_string());
+    }
+
+    /// Streams the replica at `url` refused because it did not lead.
+    pub fn refusals(&self, url: &str) -> usize {
+        self.shared.refusals.lock().get(url).copied().unwrap_or(0)
     }
 
     /// Drops the server: ends every stream, closes the port.
@@ -422,6 +466,7 @@ pub fn run(
         stop_grace_period_ms: grace_ms,
         reason: String::new(),
         priority: 0,
+        ..AssignmentCommand::default()
     }
 }
 

@@ -1,0 +1,236 @@
+//! Following one job to its end (`job submit --wait`).
+//!
+//! Owns the follow loop and its two bounds. The loop opens a watch on the
+//! job, then reads the job (so no change between the two is missed), then
+//! reads events until the job is final. The watch is opened again, from the
+//! last cursor, whenever it ends, fails, or stays silent for longer than
+//! [`WaitOptions::silence`]: the global tier sends a bookmark after every
+//! few seconds of quiet, so a silent stream means a stuck or deposed
+//! replica, not a quiet job. A failure moves to the replica named by its
+//! `meridian-leader` hint, else to the next known endpoint, after a
+//! full-jitter backoff. [`WaitOptions::deadline`] bounds the whole wait.
+//!
+//! Must never submit, cancel or change anything, and never give up on a job
+//! because one replica failed while the deadline still allows another try.
+
+use std::time::Duration;
+
+use meridian_control::Retryable;
+use meridian_proto::v1::{GetJobRequest, Job, JobEventKind, JobState, WatchJobsRequest};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::error::{CliError, Result};
+use crate::render;
+
+/// Default silence bound: three bookmark periods of the global tier's
+/// default (5 s), so one late bookmark never causes a re-subscription.
+pub const DEFAULT_SILENCE: Duration = Duration::from_secs(15);
+
+/// How long to follow, and when to stop trusting a quiet stream.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitOptions {
+    /// A watch with no message (event or bookmark) for this long is opened
+    /// again.
+    pub silence: Duration,
+    /// Give up (with [`CliError::TimedOut`]) at this instant.
+    pub deadline: Option<Instant>,
+    /// Print each state change to standard error.
+    pub progress: bool,
+}
+
+impl Default for WaitOptions {
+    fn default() -> Self {
+        WaitOptions {
+            silence: DEFAULT_SILENCE,
+            deadline: None,
+            progress: true,
+        }
+    }
+}
+
+/// What the wait has seen so far, kept outside the bounded future so the
+/// timeout message can say where the job was.
+#[derive(Debug, Default)]
+struct Seen {
+    state: i32,
+    resubscriptions: u32,
+}
+
+impl Seen {
+    fn job(&mut self, job_id: &str, state: i32, progress: bool) {
+        if progress && state != self.state {
+            eprintln!("{job_id}: {}", render::job_state(state));
+        }
+        self.state = state;
+    }
+}
+
+/// Whether a job state is final.
+pub fn is_terminal(state: i32) -> bool {
+    matches!(
+        JobState::try_from(state),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+/// Follows `job_id` until it is final and returns its full view, or fails
+/// with [`CliError::TimedOut`] at the deadline.
+pub async fn follow(client: &mut Client, job_id: &str, opts: WaitOptions) -> Result<Job> {
+    let mut seen = Seen::default();
+    let started = Instant::now();
+    let outcome = match opts.deadline {
+        None => Ok(follow_unbounded(client, job_id, opts, &mut seen).await),
+        Some(at) => {
+            tokio::time::timeout_at(at, follow_unbounded(client, job_id, opts, &mut seen)).await
+        }
+    };
+    match outcome {
+        Ok(result) => result,
+        Err(_) => Err(CliError::TimedOut(format!(
+            "job {job_id} did not finish within {:.1} s (last seen {}, watch opened {} times); \
+             it goes on: `meridian job watch {job_id}`",
+            started.elapsed().as_secs_f64(),
+            if seen.state == 0 {
+                "before its first state".to_string()
+            } else {
+                render::job_state(seen.state)
+            },
+            seen.resubscriptions + 1,
+        ))),
+    }
+}
+
+async fn get(client: &mut Client, job_id: &str) -> Result<Job> {
+    let request = GetJobRequest {
+        job_id: job_id.to_string(),
+    };
+    let response = client
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.get_job(r).await }
+        })
+        .await?;
+    response
+        .job
+        .ok_or_else(|| CliError::other(format!("the server returned no job for {job_id}")))
+}
+
+/// Full-jitter pause before try `failures` (1-based): uniform in
+/// `[0, min(100 ms * 2^(failures-1), 2 s)]`, so many waiting clients never
+/// retry in step.
+fn pause(failures: u32) -> Duration {
+    let ceiling = Duration::from_millis(100)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(5))
+        .min(Duration::from_secs(2));
+    rand::rng().random_range(Duration::ZERO..=ceiling)
+}
+
+/// The follow loop without a deadline; failures that another try may fix
+/// are retried forever (the caller bounds it).
+async fn follow_unbounded(
+    client: &mut Client,
+    job_id: &str,
+    opts: WaitOptions,
+    seen: &mut Seen,
+) -> Result<Job> {
+    let mut cursor = Vec::new();
+    let mut failures: u32 = 0;
+    loop {
+        if failures > 0 {
+            seen.resubscriptions += 1;
+            tokio::time::sleep(pause(failures)).await;
+        }
+        let request = WatchJobsRequest {
+            cursor: cursor.clone(),
+            job_ids: vec![job_id.to_string()],
+            ..WatchJobsRequest::default()
+        };
+        let opened = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.watch_jobs(r).await }
+            })
+            .await;
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) if e.is_retryable() => {
+                eprintln!("warning: cannot watch {job_id} yet ({e}); trying again");
+                failures = failures.saturating_add(1);
+                continue;
+            }
+            Err(CliError::Status(s)) if s.code() == tonic::Code::OutOfRange => {
+                // The cursor is older than the replica retains: the job
+                // read below covers what was missed.
+                cursor.clear();
+                failures = failures.saturating_add(1);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let job = match get(client, job_id).await {
+            Ok(j) => j,
+            Err(e) if e.is_retryable() => {
+                failures = failures.saturating_add(1);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        seen.job(job_id, job.state, opts.progress);
+        if is_terminal(job.state) {
+            return Ok(job);
+        }
+        loop {
+            let message = tokio::time::timeout(opts.silence, stream.message()).await;
+            match message {
+                Ok(Ok(Some(event))) => {
+                    failures = 0;
+                    cursor = event.cursor.clone();
+                    if event.kind == JobEventKind::Bookmark as i32 {
+                        continue;
+                    }
+                    let Some(j) = event.job else { continue };
+                    seen.job(job_id, j.state, opts.progress);
+                    if is_terminal(j.state) {
+                        // The final view (tasks, history) comes from a read;
+                        // a failed read is retried through a fresh watch.
+                        match get(client, job_id).await {
+                            Ok(full) => return Ok(full),
+                            Err(e) if e.is_retryable() => {
+                                failures = failures.saturating_add(1);
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Ok(Ok(None)) => {
+                    // The replica ended the stream (shutting down, or no
+                    // longer serving): try the next one.
+                    client.move_after(&tonic::Status::unavailable("watch ended"))?;
+                    failures = failures.saturating_add(1);
+                    break;
+                }
+                Ok(Err(status)) => {
+                    if status.code() == tonic::Code::OutOfRange {
+                        cursor.clear();
+                    }
+                    client.move_after(&status)?;
+                    failures = failures.saturating_add(1);
+                    break;
+                }
+                Err(_) => {
+                    eprintln!(
+                        "warning: no news about {job_id} from {} for {} s; watching again",
+                        client.endpoint(),
+                        opts.silence.as_secs_f64()
+                    );
+                    client.move_after(&tonic::Status::unavailable("watch silent"))?;
+                    failures = failures.saturating_add(1);
+                    break;
+                }
+            }
+        }
+    }
+}

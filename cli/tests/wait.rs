@@ -1,0 +1,276 @@
+//! `job submit --wait` against fake global replicas that misbehave the way a
+//! deposed or stuck replica does: a watch that never says anything, a watch
+//! that fails naming another replica as leader, a job that never ends.
+//!
+//! Each fake is a real tonic `Federation` server on 127.0.0.1. Nothing
+//! sleeps to wait for a condition; the guard only stops a hang.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use meridian_cli::client::{Client, ConnectArgs};
+use meridian_cli::error::exit;
+use meridian_cli::wait::{WaitOptions, follow};
+use meridian_cli::{CliError, JobArgs};
+use meridian_proto::v1::federation_server::{Federation, FederationServer};
+use meridian_proto::v1::*;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+const GUARD: Duration = Duration::from_secs(30);
+
+/// How a fake replica's WatchJobs behaves.
+#[derive(Clone)]
+enum Watch {
+    /// Opens, then never sends anything (no events, no bookmarks).
+    Silent,
+    /// Opens, then fails with UNAVAILABLE naming this replica as leader.
+    FailsNaming(String),
+}
+
+/// A fake replica: GetJob answers RUNNING for the first `running_reads`
+/// reads, SUCCEEDED after (never, when `None`).
+struct Fake {
+    watch: Watch,
+    running_reads: Option<usize>,
+    reads: AtomicUsize,
+    watches: AtomicUsize,
+}
+
+fn job(state: JobState) -> Job {
+    Job {
+        job_id: "j1-1".into(),
+        state: state as i32,
+        ..Job::default()
+    }
+}
+
+/// The service of one fake replica.
+struct Svc(Arc<Fake>);
+
+type Events = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Federation for Svc {
+    async fn submit_job(
+        &self,
+        _: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        Ok(Response::new(SubmitJobResponse {
+            job_id: "j1-1".into(),
+            created: true,
+            created_at_unix_ms: 1,
+        }))
+    }
+    async fn submit_jobs(
+        &self,
+        _: Request<SubmitJobsRequest>,
+    ) -> Result<Response<SubmitJobsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn get_job(&self, _: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let n = self.0.reads.fetch_add(1, Ordering::SeqCst);
+        let state = match self.0.running_reads {
+            Some(limit) if n >= limit => JobState::Succeeded,
+            _ => JobState::Running,
+        };
+        Ok(Response::new(GetJobResponse {
+            job: Some(job(state)),
+        }))
+    }
+    async fn list_jobs(
+        &self,
+        _: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn cancel_job(
+        &self,
+        _: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    type WatchJobsStream = Events;
+    async fn watch_jobs(
+        &self,
+        _: Request<WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        self.0.watches.fetch_add(1, Ordering::SeqCst);
+        let stream: Events = match &self.0.watch {
+            Watch::Silent => Box::pin(tokio_stream::pending()),
+            Watch::FailsNaming(leader) => {
+                let mut status = Status::unavailable("this replica lost leadership");
+                status.metadata_mut().insert(
+                    meridian_proto::LEADER_METADATA_KEY,
+                    leader.parse().expect("ascii url"),
+                );
+                Box::pin(tokio_stream::iter(vec![Err(status)]))
+            }
+        };
+        Ok(Response::new(stream))
+    }
+    async fn get_task_logs(
+        &self,
+        _: Request<GetTaskLogsRequest>,
+    ) -> Result<Response<GetTaskLogsResponse>, Status> {
+        Ok(Response::new(GetTaskLogsResponse::default()))
+    }
+    async fn list_regions(
+        &self,
+        _: Request<ListRegionsRequest>,
+    ) -> Result<Response<ListRegionsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn drain_region(
+        &self,
+        _: Request<DrainRegionRequest>,
+    ) -> Result<Response<DrainRegionResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn undrain_region(
+        &self,
+        _: Request<UndrainRegionRequest>,
+    ) -> Result<Response<UndrainRegionResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_nodes(
+        &self,
+        _: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn cordon_node(
+        &self,
+        _: Request<CordonNodeRequest>,
+    ) -> Result<Response<CordonNodeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn uncordon_node(
+        &self,
+        _: Request<UncordonNodeRequest>,
+    ) -> Result<Response<UncordonNodeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn drain_node(
+        &self,
+        _: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// Serves `fake` on a free loopback port; returns its URL.
+async fn serve(fake: Arc<Fake>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(FederationServer::new(Svc(fake)))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    url
+}
+
+fn fake(watch: Watch, running_reads: Option<usize>) -> Arc<Fake> {
+    Arc::new(Fake {
+        watch,
+        running_reads,
+        reads: AtomicUsize::new(0),
+        watches: AtomicUsize::new(0),
+    })
+}
+
+fn client(endpoint: &str) -> Client {
+    Client::new(&ConnectArgs {
+        endpoint: endpoint.to_string(),
+        timeout_secs: 5,
+    })
+    .expect("client")
+}
+
+#[tokio::test]
+async fn wait_watches_again_when_the_stream_goes_silent_and_sees_the_job_finish() {
+    // RUNNING at the first read; the silent watch never tells of the end.
+    let replica = fake(Watch::Silent, Some(1));
+    let url = serve(replica.clone()).await;
+    let opts = WaitOptions {
+        silence: Duration::from_millis(200),
+        deadline: None,
+        progress: false,
+    };
+    let job = tokio::time::timeout(GUARD, follow(&mut client(&url), "j1-1", opts))
+        .await
+        .expect("the wait ended")
+        .expect("the job was followed");
+    assert_eq!(job.state, JobState::Succeeded as i32);
+    assert!(replica.watches.load(Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test]
+async fn wait_follows_the_leader_hint_of_a_failed_stream_to_the_replica_that_reports_the_end() {
+    // The leader knows the job has ended; the deposed replica only knows it
+    // runs, and its watch fails naming the leader.
+    let leader = fake(Watch::Silent, Some(0));
+    let leader_url = serve(leader.clone()).await;
+    let deposed = fake(Watch::FailsNaming(leader_url.clone()), None);
+    let deposed_url = serve(deposed.clone()).await;
+    let opts = WaitOptions {
+        silence: Duration::from_secs(60),
+        deadline: None,
+        progress: false,
+    };
+    let job = tokio::time::timeout(GUARD, follow(&mut client(&deposed_url), "j1-1", opts))
+        .await
+        .expect("the wait ended")
+        .expect("the job was followed");
+    assert_eq!(job.state, JobState::Succeeded as i32);
+    assert_eq!(deposed.watches.load(Ordering::SeqCst), 1);
+    assert!(leader.reads.load(Ordering::SeqCst) >= 1);
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+#[tokio::test]
+async fn submit_wait_with_a_timeout_gives_up_with_exit_code_7_and_says_where_the_job_was() {
+    let replica = fake(Watch::Silent, None);
+    let url = serve(replica).await;
+    let args = Cli::try_parse_from([
+        "job",
+        "--endpoint",
+        &url,
+        "submit",
+        "--wait",
+        "--timeout",
+        "500ms",
+        "--simulate",
+        "10",
+    ]);
+    let args = match args {
+        Ok(a) => a,
+        Err(e) => panic!("arguments: {e}"),
+    };
+    let started = tokio::time::Instant::now();
+    let result = tokio::time::timeout(GUARD, meridian_cli::job::run(args.job))
+        .await
+        .expect("the command ended");
+    let err = result.expect_err("the job never ends, so the wait times out");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(matches!(err, CliError::TimedOut(_)), "{err:?}");
+    assert_eq!(err.exit_code(), exit::TIMED_OUT);
+    let message = err.to_string();
+    assert!(
+        message.contains("j1-1 did not finish within") && message.contains("RUNNING"),
+        "{message}"
+    );
+}

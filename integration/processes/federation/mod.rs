@@ -1,0 +1,601 @@
+//! A whole federation under test: `meridian dev` as a child of the test,
+//! the addresses it printed, its supervised children found by name (to
+//! `kill -9` one), who leads what (read through the global `/healthz` and
+//! the regional console's JSON), and submitting and tracking many jobs
+//! through the Federation API with the CLI's leader-following client.
+//!
+//! Everything that waits polls an API under a guard that only stops a hang.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use meridian_cli::client::{Client, ConnectArgs};
+use meridian_proto::v1;
+
+/// Failure guard of start-up steps; nothing waits this long when things work.
+pub const GUARD: Duration = Duration::from_secs(120);
+/// Pause between two polls of an API.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Sizes of the federation.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub regions: u16,
+    pub shards: u32,
+    pub simulated_nodes: u32,
+    pub base_port: u16,
+}
+
+/// Addresses of one child as `meridian dev` printed them.
+#[derive(Debug, Clone, Default)]
+pub struct ChildInfo {
+    /// `key=value` pairs of its line (`grpc`, `http`, `metrics`, ...).
+    pub addresses: BTreeMap<String, String>,
+}
+
+/// A running `meridian dev`, stopped with SIGINT (then waited for) when
+/// dropped, so a failing test leaves no process behind.
+pub struct Dev {
+    child: Child,
+    /// Comma-separated global gRPC endpoints (`MERIDIAN_ENDPOINT`).
+    pub endpoints: String,
+    /// Children by name (`global-1`, `us-east-2`, `eu-west-sim`, ...).
+    pub children: BTreeMap<String, ChildInfo>,
+    /// Lines `meridian dev` writes to standard error from now on.
+    pub stderr: Receiver<String>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Dev {
+    /// Starts `meridian dev` on `data` and waits for its ready line.
+    pub fn start(data: &Path, sizes: Sizes) -> Dev {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--base-port", &sizes.base_port.to_string()])
+            .args(["--regions", &sizes.regions.to_string()])
+            .args(["--simulated-nodes", &sizes.simulated_nodes.to_string()])
+            .args(["--shards", &sizes.shards.to_string()])
+            .args(["--grace-secs", "5"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start meridian dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (err_tx, err_rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = err_tx.send(line);
+            }
+        });
+        let mut dev = Dev {
+            child,
+            endpoints: String::new(),
+            children: BTreeMap::new(),
+            stderr: err_rx,
+        };
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("meridian dev printed its ready line in time");
+            let Some(rest) = line.strip_prefix("meridian dev: ") else {
+                continue;
+            };
+            if let Some(endpoints) = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("MERIDIAN_ENDPOINT="))
+            {
+                dev.endpoints = endpoints.to_string();
+                // Keep draining stdout so the supervisor never blocks on it.
+                std::thread::spawn(move || for _ in rx {});
+                return dev;
+            }
+            let mut words = rest.split_whitespace();
+            let Some(name) = words.next() else { continue };
+            let name = name.trim_end_matches(':');
+            let addresses: BTreeMap<String, String> = words
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if !addresses.is_empty() {
+                dev.children
+                    .insert(name.to_string(), ChildInfo { addresses });
+            }
+        }
+    }
+
+    /// The `key` address of child `name` (e.g. `grpc`, `http`, `metrics`).
+    pub fn address(&self, name: &str, key: &str) -> String {
+        self.children
+            .get(name)
+            .and_then(|c| c.addresses.get(key))
+            .cloned()
+            .unwrap_or_else(|| panic!("meridian dev printed no {key} address for {name}"))
+    }
+
+    /// The pid of the supervised child `name` now (it changes on restart).
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        let parent = self.child.id() as i32;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The command name may hold spaces; fields after its ')' do not.
+            let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+                continue;
+            };
+            let ppid: i32 = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            if ppid != parent {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let named = args
+                .windows(2)
+                .any(|w| (w[0] == "--replica" || w[0] == "--name") && w[1] == name);
+            if named {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    /// `kill -9` of child `name`; returns the pid killed.
+    pub fn kill9(&self, name: &str) -> i32 {
+        let pid = self
+            .pid_of(name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9");
+        pid
+    }
+
+    /// Waits until `meridian dev` has restarted `name` (a new pid); returns
+    /// the time since `killed_at`.
+    pub fn await_restart(&self, name: &str, old_pid: i32, killed_at: Instant) -> Duration {
+        poll(&format!("{name} restarted"), || {
+            self.pid_of(name).filter(|p| *p != old_pid).map(|_| ())
+        });
+        killed_at.elapsed()
+    }
+
+    /// A leader-following client of the global tier.
+    pub fn client(&self) -> Client {
+        Client::new(&ConnectArgs {
+            endpoint: self.endpoints.clone(),
+            timeout_secs: 60,
+        })
+        .expect("client")
+    }
+
+    /// Names of the global replicas.
+    pub fn globals(&self) -> Vec<String> {
+        self.children
+            .keys()
+            .filter(|n| n.starts_with("global-"))
+            .cloned()
+            .collect()
+    }
+
+    /// Names of the scheduler replicas of `region`.
+    pub fn region_replicas(&self, region: &str) -> Vec<String> {
+        self.children
+            .iter()
+            .filter(|(n, c)| {
+                n.strip_prefix(region)
+                    .and_then(|r| r.strip_prefix('-'))
+                    .is_some_and(|i| i.parse::<u32>().is_ok())
+                    && c.addresses.contains_key("metrics")
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The global replica that says it leads (`/healthz`), if one does.
+    pub fn global_leader(&self) -> Option<String> {
+        self.globals().into_iter().find(|name| {
+            http_get_json(&format!("{}/healthz", self.address(name, "http")))
+                .is_some_and(|v| v["leader"] == serde_json::Value::Bool(true))
+        })
+    }
+
+    /// Shard id -> (leader replica, epoch) as the console of `replica` shows
+    /// them (sampled about once a second).
+    pub fn shard_leaders(&self, replica: &str) -> Option<BTreeMap<u64, (String, u64)>> {
+        let metrics = self.address(replica, "metrics");
+        let base = metrics.trim_end_matches("/metrics");
+        let snapshot = http_get_json(&format!("{base}/console/api/snapshot"))?;
+        let shards = snapshot.get("shards")?.as_array()?;
+        Some(
+            shards
+                .iter()
+                .filter_map(|s| {
+                    Some((
+                        s.get("shard")?.as_u64()?,
+                        (
+                            s.get("leader")?.as_str()?.to_string(),
+                            s.get("epoch")?.as_u64()?,
+                        ),
+                    ))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Polls `check` every [`POLL`] until it gives a value; panics after
+/// [`GUARD`].
+pub fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {GUARD:?}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// GET of a JSON document over plain HTTP/1.1 (`http://host:port/path`);
+/// `None` when unreachable or not a 200 with JSON.
+pub fn http_get_json(url: &str) -> Option<serde_json::Value> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = match rest.split_once('/') {
+        Some((h, p)) => (h, format!("/{p}")),
+        None => (rest, "/".to_string()),
+    };
+    let mut stream = TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    serde_json::from_str(&body).ok()
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A one-task job running `sh -c script` on a real node.
+pub fn sh_job(name: &str, script: &str, exclusive: bool) -> v1::JobSpec {
+    v1::JobSpec {
+        name: name.into(),
+        tenant: "e2e".into(),
+        task_count: 1,
+        task: Some(v1::TaskTemplate {
+            kind: Some(v1::task_template::Kind::Command(v1::Command {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                env: Default::default(),
+                working_dir: String::new(),
+            })),
+        }),
+        resources: Some(v1::Resources {
+            cpu_millis: 100,
+            memory_bytes: 64 << 20,
+            gpu_count: 0,
+            gpu_type: String::new(),
+        }),
+        exclusive,
+        retry: Some(v1::RetryPolicy {
+            max_attempts: 3,
+            ..Default::default()
+        }),
+        stop_grace_period_ms: 1_000,
+        ..Default::default()
+    }
+}
+
+/// A one-task simulated job lasting `ms`.
+pub fn simulated_job(name: &str, ms: u64) -> v1::JobSpec {
+    v1::JobSpec {
+        name: name.into(),
+        tenant: "e2e".into(),
+        task_count: 1,
+        task: Some(v1::TaskTemplate {
+            kind: Some(v1::task_template::Kind::Simulated(v1::Simulated {
+                duration_ms: ms,
+                exit_code: 0,
+            })),
+        }),
+        resources: Some(v1::Resources {
+            cpu_millis: 100,
+            memory_bytes: 64 << 20,
+            gpu_count: 0,
+            gpu_type: String::new(),
+        }),
+        retry: Some(v1::RetryPolicy {
+            max_attempts: 3,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Submits `specs` with request ids `{prefix}-{i}` in batches of `batch`
+/// through SubmitJobs (following the leader; a retried batch keeps its ids,
+/// so it creates nothing twice). Returns request id -> job id of every
+/// acknowledged item.
+pub async fn submit_all(
+    client: &mut Client,
+    prefix: &str,
+    specs: Vec<v1::JobSpec>,
+    batch: usize,
+) -> BTreeMap<String, String> {
+    let mut acked = BTreeMap::new();
+    let items: Vec<v1::SubmitJobRequest> = specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| v1::SubmitJobRequest {
+            request_id: format!("{prefix}-{i}"),
+            spec: Some(spec),
+        })
+        .collect();
+    for chunk in items.chunks(batch) {
+        let request = v1::SubmitJobsRequest {
+            items: chunk.to_vec(),
+        };
+        let response = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.submit_jobs(r).await }
+            })
+            .await
+            .expect("a batch of submits is acknowledged");
+        assert_eq!(response.results.len(), chunk.len());
+        for (item, result) in chunk.iter().zip(response.results) {
+            match result.outcome {
+                Some(v1::submit_job_result::Outcome::Accepted(j)) => {
+                    acked.insert(item.request_id.clone(), j.job_id);
+                }
+                other => panic!("submit {} refused: {other:?}", item.request_id),
+            }
+        }
+    }
+    acked
+}
+
+/// Every job of the federation (all pages of ListJobs), by job id.
+pub async fn list_all(client: &mut Client) -> BTreeMap<String, v1::Job> {
+    let mut jobs = BTreeMap::new();
+    let mut page_token = String::new();
+    loop {
+        let request = v1::ListJobsRequest {
+            page_size: 1000,
+            page_token: page_token.clone(),
+            ..Default::default()
+        };
+        let page = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.list_jobs(r).await }
+            })
+            .await
+            .expect("list jobs");
+        for j in page.jobs {
+            jobs.insert(j.job_id.clone(), j);
+        }
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            return jobs;
+        }
+    }
+}
+
+/// Whether a job state is final.
+pub fn is_final(state: i32) -> bool {
+    meridian_cli::job::is_terminal(state)
+}
+
+/// Counts of jobs per state name.
+pub fn states(jobs: &BTreeMap<String, v1::Job>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for j in jobs.values() {
+        let name = v1::JobState::try_from(j.state)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_else(|_| j.state.to_string());
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Final jobs as seen through WatchJobs: opened before the first submit,
+/// resumed from its cursor (through the leader-following client) whenever
+/// the stream breaks, so no event is missed while global replicas die.
+pub struct Tracker {
+    finals: tokio::sync::watch::Receiver<BTreeMap<String, i32>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Tracker {
+    /// Starts watching every job event from now on.
+    pub async fn start(mut client: Client) -> Tracker {
+        let (tx, finals) = tokio::sync::watch::channel(BTreeMap::new());
+        let request = v1::WatchJobsRequest::default();
+        let first = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.watch_jobs(r).await }
+            })
+            .await
+            .expect("open the watch");
+        let task = tokio::spawn(async move {
+            let mut stream = Some(first);
+            let mut cursor = Vec::new();
+            loop {
+                let mut s = match stream.take() {
+                    Some(s) => s,
+                    None => {
+                        let request = v1::WatchJobsRequest {
+                            cursor: cursor.clone(),
+                            ..Default::default()
+                        };
+                        match client
+                            .call(|mut c| {
+                                let r = request.clone();
+                                async move { c.watch_jobs(r).await }
+                            })
+                            .await
+                        {
+                            Ok(s) => s,
+                            Err(e) => {
+                                eprintln!("tracker: cannot watch yet: {e}");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                continue;
+                            }
+                        }
+                    }
+                };
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(15), s.message()).await {
+                        Ok(Ok(Some(event))) => {
+                            cursor = event.cursor.clone();
+                            if let Some(j) = event.job
+                                && is_final(j.state)
+                            {
+                                tx.send_modify(|m| {
+                                    m.insert(j.job_id, j.state);
+                                });
+                            }
+                        }
+                        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                            let _ = client.move_after(&tonic::Status::unavailable("watch broke"));
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Tracker { finals, task }
+    }
+
+    /// Waits until every job of `ids` is final or `guard` passes; then
+    /// returns the listing of all jobs and how long the wait took.
+    pub async fn await_all_final(
+        &mut self,
+        client: &mut Client,
+        ids: &std::collections::BTreeSet<String>,
+        guard: Duration,
+    ) -> (BTreeMap<String, v1::Job>, Duration) {
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            let open = {
+                let finals = self.finals.borrow();
+                ids.iter().filter(|id| !finals.contains_key(*id)).count()
+            };
+            if open == 0 {
+                break;
+            }
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                println!(
+                    "  {:>5.1} s: {open} of {} jobs not final yet",
+                    started.elapsed().as_secs_f64(),
+                    ids.len()
+                );
+                last_report = Instant::now();
+            }
+            let left = guard.saturating_sub(started.elapsed());
+            if left.is_zero()
+                || tokio::time::timeout(left.min(Duration::from_secs(5)), self.finals.changed())
+                    .await
+                    .is_ok_and(|r| r.is_err())
+            {
+                break;
+            }
+        }
+        let elapsed = started.elapsed();
+        let jobs = list_all(client).await;
+        let open: Vec<&String> = ids
+            .iter()
+            .filter(|id| jobs.get(*id).is_none_or(|j| !is_final(j.state)))
+            .collect();
+        assert!(
+            open.is_empty(),
+            "{} of {} jobs not final after {:?}: {:?}",
+            open.len(),
+            ids.len(),
+            elapsed,
+            states(&jobs)
+        );
+        (jobs, elapsed)
+    }
+}
