@@ -3,8 +3,10 @@
 //! Owns the building blocks controllers are made of: the [`clock`] through
 //! which all time is read, [`backoff`] with full jitter and [`retry`]
 //! classification with per-key budgets, the per-key work [`queue`], the
-//! [`reconcile`] runner, leases with fencing epochs ([`lease`]), and the
-//! [`telemetry`] they record.
+//! [`reconcile`] runner, leases with fencing epochs ([`lease`]), the
+//! network seam every server and client goes through ([`net`]), the
+//! [`telemetry`] they record, and the jobs' [`trace`] ids every tier
+//! carries.
 //!
 //! Must never: read time except through [`clock::Clock`], use an unseeded
 //! RNG, or depend on a tier crate (`global`, `regional`, `node-agent`).
@@ -12,10 +14,12 @@
 pub mod backoff;
 pub mod clock;
 pub mod lease;
+pub mod net;
 pub mod queue;
 pub mod reconcile;
 pub mod retry;
 pub mod telemetry;
+pub mod trace;
 
 pub use backoff::{Backoff, BackoffConfig, BackoffConfigError};
 pub use clock::{Clock, Instant, ManualClock, SharedClock, Sleep, SystemClock};

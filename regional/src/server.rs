@@ -18,7 +18,6 @@ use meridian_proto::v1::agent_link_server::AgentLinkServer;
 use meridian_proto::v1::region_admin_server::RegionAdminServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::agent::{AgentApiConfig, RegionApi};
 use crate::error::{RegionalError, Result};
@@ -80,17 +79,39 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         return Err(RegionalError::invalid("region", "must not be empty"));
     }
     let db = meridian_store::open(&config.store).await?;
+    run_with(config, db, SystemClock::shared(), shutdown).await
+}
+
+/// [`run`] on a given store and clock (`config.store` is not opened): the
+/// simulation shares one store among a region's replicas and drives time.
+pub async fn run_with(
+    config: Config,
+    db: meridian_store::Database,
+    clock: SharedClock,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    if config.region.is_empty() {
+        return Err(RegionalError::invalid("region", "must not be empty"));
+    }
     let keys = Keys::new(&config.region);
-    let clock: SharedClock = SystemClock::shared();
     let identity = Identity::new_boot(config.replica.clone());
     let layout = ensure_layout(&db, &keys, config.shards).await?;
     tracing::info!(region = %config.region, shards = layout.count, generation = layout.generation, replica = %identity, "region replica starting");
 
-    let listener = TcpListener::bind(config.listen)
+    // Through the network seam, so the simulation can run this replica on
+    // its simulated network; production gets plain TCP.
+    let listener = meridian_control::net::listen(config.listen)
         .await
         .map_err(server_error)?;
-    let local = listener.local_addr().map_err(server_error)?;
+    let local = listener.local_addr;
     let endpoint = format!("http://{local}");
+
+    // The recorder goes in before any elector runs, so the lease
+    // transitions of the first shard terms are counted, not lost.
+    let prometheus = match config.metrics_listen {
+        Some(_) => Some(install_recorder()?),
+        None => None,
+    };
 
     let placer = Placer::new(
         db.clone(),
@@ -148,13 +169,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let grpc = tonic::transport::Server::builder()
         .add_service(AgentLinkServer::new(api.clone()))
         .add_service(RegionAdminServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(listener.incoming, stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);
     println!("listening on {local}");
 
-    let metrics_task = match config.metrics_listen {
-        Some(addr) => Some(spawn_metrics(addr, console, stopped(stop_rx.clone())).await?),
-        None => None,
+    let metrics_task = match (config.metrics_listen, prometheus) {
+        (Some(addr), Some(handle)) => {
+            Some(spawn_metrics(addr, handle, console, stopped(stop_rx.clone())).await?)
+        }
+        _ => None,
     };
     let link_task = config.global.clone().map(|global| {
         tokio::spawn(crate::link::run(
@@ -202,14 +225,22 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-async fn spawn_metrics(
-    addr: SocketAddr,
-    console: crate::console::ConsoleDeps,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<tokio::task::JoinHandle<()>> {
+/// Installs the process's Prometheus recorder and shows the rare-event
+/// series at zero.
+fn install_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(server_error)?;
+    crate::metrics::register_series();
+    Ok(handle)
+}
+
+async fn spawn_metrics(
+    addr: SocketAddr,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    console: crate::console::ConsoleDeps,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>> {
     let handle = Arc::new(handle);
     let console = crate::console::router(console, Some(handle.clone()));
     let app = axum::Router::new()

@@ -71,6 +71,8 @@ impl Elector {
     /// A follower of `lease`; `seed` drives the retry jitter; `name` labels
     /// metrics (for example "global" or "shard-3").
     pub fn new(lease: Lease, config: ElectorConfig, seed: u64, name: impl Into<String>) -> Self {
+        let name = name.into();
+        crate::telemetry::register_lease(&name);
         let clock = lease.clock.clone();
         let (status, _) = watch::channel(LeaderStatus {
             role: Role::Follower,
@@ -84,7 +86,7 @@ impl Elector {
             held: None,
             status,
             rng: SmallRng::seed_from_u64(seed),
-            name: name.into(),
+            name,
         }
     }
 
@@ -130,16 +132,19 @@ impl Elector {
                             return self.config.renew_every;
                         }
                         Err(LeaseError::Fenced { found, .. }) => {
+                            crate::telemetry::renew_failed(&self.name, "fenced");
                             self.step_down(&format!("fenced by {found}"));
                             return self.jittered(self.config.retry_every);
                         }
                         Err(err) => {
+                            crate::telemetry::renew_failed(&self.name, "error");
                             tracing::warn!(lease = %self.name, error = %err, "lease renewal failed; retrying until the deadline");
                             let left = held.act_until.saturating_duration_since(self.clock.now());
                             return (self.config.renew_every / 4).min(left);
                         }
                     },
                     _ = deadline => {
+                        crate::telemetry::renew_failed(&self.name, "timeout");
                         self.step_down("renewal did not finish before the deadline");
                         return self.jittered(self.config.retry_every);
                     }

@@ -12,6 +12,7 @@
 //! safety_margin` (the [`elector`] steps down there by itself).
 
 pub mod elector;
+pub mod observe;
 mod record;
 
 use std::time::Duration;
@@ -88,6 +89,11 @@ impl Fence {
         &self.holder
     }
 
+    /// The store key of the lease this fence is on.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     /// Re-reads the lease inside `tx` and fails with [`LeaseError::Fenced`] if
     /// its holder or epoch changed. Because the read is part of `tx`, a
     /// takeover that commits first makes `tx` fail (conflict, then this check
@@ -96,9 +102,13 @@ impl Fence {
     pub async fn check(&self, tx: &Transaction) -> Result<(), LeaseError> {
         let found = match tx.get(&self.key).await? {
             Some(bytes) => LeaseRecord::decode(&bytes)?,
-            None => return Err(self.fenced("no lease record".into())),
+            None => {
+                crate::telemetry::fenced_write();
+                return Err(self.fenced("no lease record".into()));
+            }
         };
         if found.epoch != self.epoch || found.holder != self.holder {
+            crate::telemetry::fenced_write();
             return Err(self.fenced(format!("{} at epoch {}", found.holder, found.epoch)));
         }
         Ok(())
@@ -219,7 +229,10 @@ impl Lease {
             })
             .await?;
         Ok(match record {
-            Ok(epoch) => Acquired::Held(self.held(epoch, started)),
+            Ok(epoch) => {
+                observe::acquired(&self.key, &self.identity, epoch);
+                Acquired::Held(self.held(epoch, started))
+            }
             Err(Some(busy)) => Acquired::Busy(busy),
             // `decide` refuses only when it found a live record.
             Err(None) => return Err(LeaseError::Corrupt("lease refused without a record".into())),

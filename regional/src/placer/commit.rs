@@ -85,20 +85,55 @@ pub async fn commit_batch(
     stops: &[PlannedStop],
     now_unix_ms: u64,
 ) -> Result<BatchOutcome> {
-    db.run(|tx, _| async move {
-        commit_in(
-            &tx,
-            keys,
-            fence,
-            shard,
-            generation,
-            bindings,
-            stops,
-            now_unix_ms,
-        )
-        .await
-    })
-    .await
+    let outcome = db
+        .run(|tx, _| async move {
+            commit_in(
+                &tx,
+                keys,
+                fence,
+                shard,
+                generation,
+                bindings,
+                stops,
+                now_unix_ms,
+            )
+            .await
+        })
+        .await;
+    meridian_control::lease::observe::fenced_write(fence, outcome.is_ok());
+    outcome
+}
+
+/// Test-only switch: while on (on the calling thread), the binding commit
+/// skips its shard fence check, so a deposed leader's batch can commit. It
+/// exists to prove that the simulation's checker catches exactly that.
+#[cfg(feature = "unfenced-writes-for-tests")]
+pub mod unfenced_for_tests {
+    use std::cell::Cell;
+
+    thread_local! {
+        static ON: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Turns the bug on or off for this thread.
+    pub fn set(on: bool) {
+        ON.with(|c| c.set(on));
+    }
+
+    pub(super) fn on() -> bool {
+        ON.with(Cell::get)
+    }
+}
+
+fn fence_check_disabled() -> bool {
+    #[cfg(feature = "unfenced-writes-for-tests")]
+    {
+        unfenced_for_tests::on()
+    }
+    #[cfg(not(feature = "unfenced-writes-for-tests"))]
+    {
+        false
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -112,7 +147,9 @@ async fn commit_in(
     stops: &[PlannedStop],
     now_unix_ms: u64,
 ) -> Result<BatchOutcome> {
-    fence.check(tx).await?;
+    if !fence_check_disabled() {
+        fence.check(tx).await?;
+    }
     check_generation(tx, keys, generation).await?;
 
     let wanted: BTreeSet<&str> = bindings.iter().map(|b| b.node.as_str()).collect();

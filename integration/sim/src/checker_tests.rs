@@ -1,0 +1,309 @@
+//! Hand-made histories, one pair per invariant: one that breaks it and one
+//! that comes close without breaking it.
+
+use super::*;
+use crate::history::{Event, History, JobState, Resources, Scope, StopReason};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn history(events: Vec<Event>) -> History {
+    History::from_events(
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (secs(i as u64), e)),
+    )
+}
+
+fn started(node: &str, task: &str, exclusive: bool, keep_running: bool) -> Event {
+    Event::TaskStarted {
+        node: node.into(),
+        task: task.into(),
+        job: "j".into(),
+        exclusive,
+        keep_running,
+    }
+}
+
+fn stopped(node: &str, task: &str, reason: StopReason) -> Event {
+    Event::TaskStopped {
+        node: node.into(),
+        task: task.into(),
+        reason,
+    }
+}
+
+fn leader(scope: Scope, holder: &str, epoch: u64) -> Event {
+    Event::LeaderChanged {
+        scope,
+        holder: holder.into(),
+        epoch,
+    }
+}
+
+fn write(scope: Scope, owner: &str, epoch: u64, committed: bool) -> Event {
+    Event::WriteAttempt {
+        scope,
+        owner: owner.into(),
+        epoch,
+        committed,
+    }
+}
+
+fn acked(request: &str, job: &str) -> Event {
+    Event::SubmitAcked {
+        request_id: request.into(),
+        job_id: job.into(),
+    }
+}
+
+fn observed(job: &str, request: &str, state: JobState) -> Event {
+    Event::JobObserved {
+        job_id: job.into(),
+        request_id: request.into(),
+        state,
+    }
+}
+
+fn shard() -> Scope {
+    Scope::Shard {
+        region: "r1".into(),
+        shard: 0,
+    }
+}
+
+fn all(h: &History) -> Vec<Violation> {
+    check(h, &CheckConfig::default())
+}
+
+#[test]
+fn exclusive_task_started_on_a_second_node_before_the_first_stopped_is_reported() {
+    let h = history(vec![
+        started("n1", "t", true, false),
+        started("n2", "t", true, false),
+    ]);
+    let v = all(&h);
+    assert_eq!(
+        v,
+        vec![Violation::ExclusiveTaskOnTwoNodes {
+            task: "t".into(),
+            running_on: "n1".into(),
+            started_on: "n2".into(),
+            seq: 1
+        }]
+    );
+}
+
+#[test]
+fn exclusive_task_moved_after_it_stopped_is_fine_and_so_is_a_non_exclusive_one() {
+    let h = history(vec![
+        started("n1", "t", true, false),
+        stopped("n1", "t", StopReason::Stopped),
+        started("n2", "t", true, false),
+        started("n1", "u", false, false),
+        started("n2", "u", false, false),
+    ]);
+    assert!(all(&h).is_empty());
+}
+
+#[test]
+fn one_request_id_acknowledged_with_two_job_ids_is_reported() {
+    let h = history(vec![acked("rq", "a"), acked("rq", "b")]);
+    let v = all(&h);
+    assert!(
+        matches!(&v[..], [Violation::RequestIdCreatedTwoJobs { request_id, job_ids }]
+        if request_id == "rq" && job_ids == &vec!["a".to_string(), "b".to_string()])
+    );
+}
+
+#[test]
+fn a_second_job_for_a_request_id_found_only_in_the_store_is_reported() {
+    let h = history(vec![
+        acked("rq", "a"),
+        observed("a", "rq", JobState::Running),
+        observed("b", "rq", JobState::Pending),
+    ]);
+    assert!(matches!(
+        &all(&h)[..],
+        [Violation::RequestIdCreatedTwoJobs { .. }]
+    ));
+}
+
+#[test]
+fn duplicate_acks_with_the_same_job_id_are_fine() {
+    let h = history(vec![
+        acked("rq", "a"),
+        acked("rq", "a"),
+        observed("a", "rq", JobState::Running),
+    ]);
+    assert!(all(&h).is_empty());
+}
+
+#[test]
+fn acknowledged_job_missing_from_later_observations_is_lost() {
+    let h = history(vec![
+        observed("old", "r0", JobState::Running),
+        acked("rq", "a"),
+        observed("old", "r0", JobState::Running),
+    ]);
+    assert_eq!(
+        all(&h),
+        vec![Violation::AcknowledgedJobLost {
+            request_id: "rq".into(),
+            job_id: "a".into()
+        }]
+    );
+}
+
+#[test]
+fn committed_write_under_an_epoch_already_superseded_is_reported() {
+    let h = history(vec![
+        leader(shard(), "p1", 1),
+        write(shard(), "p1", 1, true),
+        leader(shard(), "p2", 2),
+        write(shard(), "p1", 1, true),
+    ]);
+    assert_eq!(
+        all(&h),
+        vec![Violation::FencedWriteCommitted {
+            scope: shard(),
+            owner: "p1".into(),
+            epoch: 1,
+            current_epoch: 2,
+            seq: 3
+        }]
+    );
+}
+
+#[test]
+fn rejected_stale_write_and_writes_in_other_scopes_are_fine() {
+    let h = history(vec![
+        leader(shard(), "p1", 1),
+        leader(Scope::Global, "g1", 7),
+        leader(shard(), "p2", 2),
+        write(shard(), "p1", 1, false),
+        write(shard(), "p2", 2, true),
+        write(Scope::Global, "g1", 7, true),
+    ]);
+    assert!(all(&h).is_empty());
+}
+
+#[test]
+fn two_holders_of_one_epoch_are_reported_per_scope() {
+    let h = history(vec![
+        leader(Scope::Region("r1".into()), "a", 3),
+        leader(Scope::Region("r2".into()), "b", 3),
+        leader(Scope::Region("r1".into()), "c", 3),
+    ]);
+    assert_eq!(
+        all(&h),
+        vec![Violation::TwoLeadersInOneEpoch {
+            scope: Scope::Region("r1".into()),
+            epoch: 3,
+            holders: vec!["a".into(), "c".into()]
+        }]
+    );
+}
+
+#[test]
+fn the_same_holder_renewing_an_epoch_is_fine() {
+    let h = history(vec![
+        leader(Scope::Global, "a", 3),
+        leader(Scope::Global, "a", 3),
+    ]);
+    assert!(all(&h).is_empty());
+}
+
+#[test]
+fn placed_resources_beyond_capacity_in_any_dimension_are_overcommit() {
+    let cap = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 100,
+        gpus: 0,
+    };
+    let full = Event::NodeLoad {
+        node: "n".into(),
+        capacity: cap,
+        placed: cap,
+    };
+    let over = Event::NodeLoad {
+        node: "n".into(),
+        capacity: cap,
+        placed: Resources {
+            memory_bytes: 101,
+            ..cap
+        },
+    };
+    let h = history(vec![full, over]);
+    assert!(matches!(
+        &all(&h)[..],
+        [Violation::NodeOvercommitted { seq: 1, .. }]
+    ));
+}
+
+#[test]
+fn job_seen_converged_within_the_bound_after_heal_passes() {
+    let h = History::from_events(vec![
+        (secs(1), acked("rq", "a")),
+        (secs(2), Event::Healed),
+        (secs(5), observed("a", "rq", JobState::Pending)),
+        (secs(9), observed("a", "rq", JobState::Running)),
+    ]);
+    let cfg = CheckConfig {
+        convergence_bound: secs(10),
+    };
+    assert!(check(&h, &cfg).is_empty());
+}
+
+#[test]
+fn job_still_pending_at_the_bound_after_heal_does_not_converge() {
+    let h = History::from_events(vec![
+        (secs(1), acked("rq", "a")),
+        (secs(1), observed("a", "rq", JobState::Running)),
+        (secs(2), Event::Healed),
+        (secs(5), observed("a", "rq", JobState::Pending)),
+        (secs(20), observed("a", "rq", JobState::Running)),
+    ]);
+    let cfg = CheckConfig {
+        convergence_bound: secs(10),
+    };
+    assert_eq!(
+        check(&h, &cfg),
+        vec![Violation::JobDidNotConverge {
+            job_id: "a".into(),
+            last_seen: Some(JobState::Running),
+            bound: secs(10)
+        }]
+    );
+}
+
+#[test]
+fn keep_running_task_stopped_while_the_control_plane_is_down_is_reported() {
+    let h = history(vec![
+        started("n1", "k", false, true),
+        Event::ControlPlaneDown,
+        stopped("n1", "k", StopReason::Stopped),
+        Event::ControlPlaneUp,
+    ]);
+    assert!(matches!(
+        &all(&h)[..],
+        [Violation::KeepRunningTaskStopped { seq: 2, .. }]
+    ));
+}
+
+#[test]
+fn keep_running_task_exiting_by_itself_or_stopped_after_recovery_is_fine() {
+    let h = history(vec![
+        started("n1", "k", false, true),
+        started("n1", "k2", false, true),
+        started("n1", "f", false, false),
+        Event::ControlPlaneDown,
+        stopped("n1", "k", StopReason::Exited),
+        stopped("n1", "f", StopReason::Stopped),
+        Event::ControlPlaneUp,
+        stopped("n1", "k2", StopReason::Stopped),
+    ]);
+    assert!(all(&h).is_empty());
+}

@@ -1,0 +1,655 @@
+//! One run of the whole federation in `turmoil`, driven by one seed.
+//!
+//! Owns the shape of the simulated world ([`SimConfig`]), the run itself
+//! ([`run`]: build the hosts, play the workload and the fault plan through
+//! the safety phase, heal everything, let it converge, observe, check) and
+//! its [`Outcome`]. The history is recorded by the product's own code paths
+//! (lease takeovers, fenced writes, the agents' executor, the client's
+//! acknowledgements) and by reading the stores; the harness records only
+//! its own actions on the world. Must never decide a run's verdict by
+//! anything but [`crate::checker::check`].
+
+pub mod hosts;
+pub mod plan;
+pub mod workload;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use meridian_proto::v1;
+use meridian_store::fault::{FaultConfig, FaultyBackend};
+use meridian_store::memory::MemoryBackend;
+use meridian_store::{Backend, Database};
+
+use crate::checker::{CheckConfig, Violation, check};
+use crate::exec::Running;
+use crate::gate::PauseGate;
+use crate::history::{Event, History, Recorder, Scope, StopReason};
+use crate::net::TurmoilNet;
+use crate::observe::{self, RegionMemory, RunContext};
+use hosts::{GLOBAL_PORT, Process, REGION_PORT};
+use plan::{Fault, FaultMix, Hosts, Tier};
+
+/// Name of the one simulated region.
+pub const REGION: &str = "r1";
+
+/// The size and timing of a simulated world.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub global_replicas: usize,
+    pub region_replicas: usize,
+    pub shards: u32,
+    pub agents: usize,
+    pub jobs: usize,
+    /// Length of the phase with faults and workload.
+    pub safety: Duration,
+    /// Length of the phase after the heal.
+    pub heal: Duration,
+    pub mix: FaultMix,
+    /// Region lease the global tier grants (production default: 30 s).
+    pub region_lease: Duration,
+    pub check: CheckConfig,
+    /// Switches off the shard fence check of the binding commit for this
+    /// run (the planted bug that proves the checker works).
+    pub unfenced_binding_commit: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            global_replicas: 2,
+            region_replicas: 2,
+            shards: 2,
+            agents: 3,
+            jobs: 8,
+            safety: Duration::from_secs(20),
+            heal: Duration::from_secs(30),
+            mix: FaultMix::default(),
+            region_lease: Duration::from_secs(30),
+            check: CheckConfig {
+                convergence_bound: Duration::from_secs(25),
+            },
+            unfenced_binding_commit: false,
+        }
+    }
+}
+
+/// What a run did and what the checker found.
+#[derive(Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    pub history: History,
+    pub violations: Vec<Violation>,
+    pub faults: Vec<(Duration, Fault)>,
+    /// The global tier's job records at the end of the run.
+    pub final_jobs: Vec<v1::Job>,
+    /// The region's store at the end of the run.
+    pub final_region: Option<meridian_regional::model::view::RegionView>,
+}
+
+/// Why a run could not complete (not an invariant violation).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("the simulation failed: {0}")]
+    Turmoil(String),
+    #[error("could not build the observer runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("the unfenced binding commit needs the cargo feature unfenced-writes-for-tests")]
+    NoBugSwitch,
+}
+
+fn set_bug(on: bool) -> Result<(), SimError> {
+    #[cfg(feature = "unfenced-writes-for-tests")]
+    {
+        meridian_regional::placer::commit::unfenced_for_tests::set(on);
+        Ok(())
+    }
+    #[cfg(not(feature = "unfenced-writes-for-tests"))]
+    {
+        if on {
+            Err(SimError::NoBugSwitch)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+struct Tiers {
+    global_raw: Arc<MemoryBackend>,
+    global: Arc<FaultyBackend>,
+    region_raw: Arc<MemoryBackend>,
+    region: Arc<FaultyBackend>,
+}
+
+fn scopes(cfg: &SimConfig) -> BTreeMap<Vec<u8>, Scope> {
+    let mut out = BTreeMap::new();
+    out.insert(
+        meridian_global::keys::Keys::new("default").leader_lease(),
+        Scope::Global,
+    );
+    let keys = meridian_regional::model::Keys::new(REGION);
+    out.insert(keys.link_lease(), Scope::Region(REGION.to_string()));
+    for shard in 0..cfg.shards {
+        out.insert(
+            keys.shard_lease(shard),
+            Scope::Shard {
+                region: REGION.to_string(),
+                shard,
+            },
+        );
+    }
+    out
+}
+
+/// Runs one seed and checks its history.
+pub fn run(seed: u64, cfg: &SimConfig) -> Result<Outcome, SimError> {
+    TurmoilNet::install();
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let recorder = {
+        let now_ms = now_ms.clone();
+        Recorder::new(Arc::new(move || {
+            turmoil::sim_elapsed()
+                .unwrap_or_else(|| Duration::from_millis(now_ms.load(Ordering::Relaxed)))
+        }))
+    };
+    let _ctx = observe::enter(Arc::new(RunContext {
+        recorder: recorder.clone(),
+        scopes: scopes(cfg),
+    }));
+    set_bug(cfg.unfenced_binding_commit)?;
+    let result = drive(seed, cfg, &recorder, &now_ms);
+    set_bug(false)?;
+    let (faults, tiers) = result?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let global_db = Database::new(tiers.global_raw.clone());
+    let jobs = rt.block_on(observe::read_jobs(
+        &global_db,
+        &meridian_global::keys::Keys::new("default"),
+    ));
+    let region_db = Database::new(tiers.region_raw.clone());
+    let rkeys = meridian_regional::model::Keys::new(REGION);
+    let final_region = rt
+        .block_on(region_db.run(|tx, _| {
+            let rkeys = rkeys.clone();
+            async move { meridian_regional::model::view::RegionView::read(&tx, &rkeys).await }
+        }))
+        .ok();
+    let history = annotate(recorder.snapshot(), &jobs);
+    let violations = check(&history, &cfg.check);
+    drop(tiers);
+    Ok(Outcome {
+        seed,
+        history,
+        violations,
+        faults,
+        final_jobs: jobs,
+        final_region,
+    })
+}
+
+/// Fills in each started task's exclusivity and region-loss policy from
+/// its job's spec as the global tier stored it.
+fn annotate(history: History, jobs: &[v1::Job]) -> History {
+    let policy: BTreeMap<&str, (bool, bool)> = jobs
+        .iter()
+        .filter_map(|j| {
+            j.spec.as_ref().map(|s| {
+                let keep = s.on_region_loss == v1::RegionLossPolicy::KeepRunning as i32;
+                (j.job_id.as_str(), (s.exclusive, keep))
+            })
+        })
+        .collect();
+    let records = history
+        .records()
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            if let Event::TaskStarted {
+                job,
+                exclusive,
+                keep_running,
+                ..
+            } = &mut r.event
+                && let Some((ex, keep)) = policy.get(job.as_str())
+            {
+                *exclusive = *ex;
+                *keep_running = *keep;
+            }
+            r
+        })
+        .collect();
+    History::from_records(records)
+}
+
+struct World {
+    hosts: Hosts,
+    gates: BTreeMap<String, PauseGate>,
+    skews: BTreeMap<String, Arc<AtomicI64>>,
+    running: BTreeMap<String, Running>,
+    crashed: BTreeSet<String>,
+    /// Paused hosts whose network is held.
+    held: BTreeSet<String>,
+    control_plane_down: bool,
+    cuts: Vec<(Vec<String>, Vec<String>, bool)>,
+}
+
+fn drive(
+    seed: u64,
+    cfg: &SimConfig,
+    recorder: &Recorder,
+    now_ms: &AtomicU64,
+) -> Result<(Vec<(Duration, Fault)>, Tiers), SimError> {
+    let global_raw = Arc::new(MemoryBackend::new());
+    let region_raw = Arc::new(MemoryBackend::new());
+    // The processes write through the fault wrappers; the observer reads
+    // the stores beneath them.
+    let tiers = Tiers {
+        global: Arc::new(FaultyBackend::new(
+            global_raw.clone(),
+            FaultConfig::none(),
+            seed,
+        )),
+        region: Arc::new(FaultyBackend::new(
+            region_raw.clone(),
+            FaultConfig::none(),
+            seed ^ 1,
+        )),
+        global_raw,
+        region_raw,
+    };
+    let hosts = Hosts {
+        globals: (0..cfg.global_replicas)
+            .map(|i| format!("global-{i}"))
+            .collect(),
+        regionals: (0..cfg.region_replicas)
+            .map(|i| format!("{REGION}-{}", (b'a' + i as u8) as char))
+            .collect(),
+        agents: (0..cfg.agents).map(|i| format!("agent-{i}")).collect(),
+    };
+    let faults = plan::plan(seed, &cfg.mix, &hosts, cfg.safety);
+    let total = cfg.safety + cfg.heal;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(total + Duration::from_secs(5))
+        .tick_duration(Duration::from_millis(10))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(20))
+        .build();
+    let mut world = World {
+        hosts: hosts.clone(),
+        gates: BTreeMap::new(),
+        skews: BTreeMap::new(),
+        running: BTreeMap::new(),
+        crashed: BTreeSet::new(),
+        held: BTreeSet::new(),
+        control_plane_down: false,
+        cuts: Vec::new(),
+    };
+    let global_urls: Vec<String> = hosts
+        .globals
+        .iter()
+        .map(|h| format!("http://{h}:{GLOBAL_PORT}"))
+        .collect();
+    let region_urls = hosts
+        .regionals
+        .iter()
+        .map(|h| format!("http://{h}:{REGION_PORT}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let process = |world: &mut World, name: &str, store: Arc<dyn Backend>, i: u64| {
+        let gate = PauseGate::default();
+        let skew = Arc::new(AtomicI64::new(0));
+        world.gates.insert(name.to_string(), gate.clone());
+        world.skews.insert(name.to_string(), skew.clone());
+        Process {
+            name: name.to_string(),
+            store,
+            gate,
+            skew_ms: skew,
+            seed: seed.wrapping_mul(31).wrapping_add(i),
+        }
+    };
+    let region_lease = cfg.region_lease;
+    for (i, name) in hosts.globals.iter().enumerate() {
+        let p = process(&mut world, name, tiers.global.clone(), i as u64);
+        sim.host(name.as_str(), move || {
+            hosts::global(p.clone(), Duration::from_secs(2), region_lease)
+        });
+    }
+    let globals_joined = global_urls.join(",");
+    for (i, name) in hosts.regionals.iter().enumerate() {
+        let p = process(&mut world, name, tiers.region.clone(), 100 + i as u64);
+        let globals = globals_joined.clone();
+        let shards = cfg.shards;
+        sim.host(name.as_str(), move || {
+            hosts::regional(p.clone(), REGION.to_string(), globals.clone(), shards)
+        });
+    }
+    for (i, name) in hosts.agents.iter().enumerate() {
+        // Agents own no store; the gate and skew are unused but harmless.
+        let p = process(&mut world, name, tiers.region.clone(), 200 + i as u64);
+        let running: Running = Running::default();
+        world.running.insert(name.clone(), running.clone());
+        let regions = region_urls.clone();
+        let rec = recorder.clone();
+        sim.host(name.as_str(), move || {
+            hosts::agent(p.clone(), regions.clone(), rec.clone(), running.clone())
+        });
+    }
+    {
+        let jobs = workload::jobs(
+            seed,
+            cfg.jobs,
+            cfg.safety.saturating_sub(Duration::from_secs(4)),
+        );
+        let rec = recorder.clone();
+        let urls = global_urls.clone();
+        let give_up = total;
+        sim.client("client", async move {
+            workload::run(jobs, urls, rec, give_up).await;
+            Ok(())
+        });
+    }
+    {
+        let rec = recorder.clone();
+        let global_db = Database::new(tiers.global_raw.clone());
+        let region_db = Database::new(tiers.region_raw.clone());
+        sim.host("observer", move || {
+            let rec = rec.clone();
+            let global_db = global_db.clone();
+            let region_db = region_db.clone();
+            async move {
+                let gkeys = meridian_global::keys::Keys::new("default");
+                let rkeys = meridian_regional::model::Keys::new(REGION);
+                let mut memory = RegionMemory::default();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    observe::observe_jobs(&global_db, &gkeys, &rec).await;
+                    observe::observe_region(&region_db, &rkeys, &rec, &mut memory).await;
+                }
+            }
+        });
+    }
+
+    let mut pending = faults.iter().cloned().peekable();
+    let mut healed = false;
+    loop {
+        let elapsed = sim.elapsed();
+        now_ms.store(elapsed.as_millis() as u64, Ordering::Relaxed);
+        if elapsed >= total {
+            break;
+        }
+        while let Some((at, _)) = pending.peek() {
+            if *at > elapsed || healed {
+                break;
+            }
+            if let Some((_, fault)) = pending.next() {
+                apply(&mut sim, &mut world, &tiers, recorder, &fault);
+            }
+        }
+        if !healed && elapsed >= cfg.safety {
+            heal(&mut sim, &mut world, &tiers, recorder);
+            healed = true;
+        }
+        // Once every acknowledged job has been seen converged after the
+        // heal, the rest of the heal phase would only repeat that; a few
+        // seconds more still watch for late duplicates.
+        if healed
+            && elapsed >= cfg.safety + SETTLE
+            && elapsed.as_millis() % 1000 == 0
+            && all_converged_since_heal(&recorder.snapshot())
+        {
+            break;
+        }
+        sim.step().map_err(|e| SimError::Turmoil(e.to_string()))?;
+        hold_paused(&mut sim, &mut world, recorder);
+    }
+    Ok((faults, tiers))
+}
+
+/// How long the heal phase runs at least.
+const SETTLE: Duration = Duration::from_secs(8);
+
+fn all_converged_since_heal(history: &History) -> bool {
+    let mut acked = BTreeSet::new();
+    let mut converged = BTreeSet::new();
+    let mut healed = false;
+    for r in history.records() {
+        match &r.event {
+            Event::Healed => healed = true,
+            Event::SubmitAcked { job_id, .. } => {
+                acked.insert(job_id.clone());
+            }
+            Event::JobObserved { job_id, state, .. } if healed && state.is_converged() => {
+                converged.insert(job_id.clone());
+            }
+            _ => {}
+        }
+    }
+    healed && acked.is_subset(&converged)
+}
+
+fn set_store_faults(tiers: &Tiers, tier: Tier, fraction: f64) {
+    let config = if fraction > 0.0 {
+        FaultConfig::mixed(fraction)
+    } else {
+        FaultConfig::none()
+    };
+    match tier {
+        Tier::Global => tiers.global.set_config(config),
+        Tier::Region => tiers.region.set_config(config),
+    }
+}
+
+fn crash(sim: &mut turmoil::Sim<'_>, world: &mut World, recorder: &Recorder, host: &str) {
+    if !world.crashed.insert(host.to_string()) {
+        return;
+    }
+    sim.crash(host);
+    // An agent's simulated tasks live in its process and die with it.
+    if let Some(running) = world.running.get(host) {
+        let node = hosts::node_id(host);
+        let tasks: Vec<String> = std::mem::take(&mut *running.lock()).into_iter().collect();
+        for task in tasks {
+            recorder.record(
+                "harness",
+                Event::TaskStopped {
+                    node: node.clone(),
+                    task,
+                    reason: StopReason::NodeCrashed,
+                },
+            );
+        }
+    }
+}
+
+fn restart(sim: &mut turmoil::Sim<'_>, world: &mut World, host: &str) {
+    if world.crashed.remove(host) {
+        sim.bounce(host);
+    }
+}
+
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    world: &mut World,
+    tiers: &Tiers,
+    recorder: &Recorder,
+    fault: &Fault,
+) {
+    recorder.record(
+        "harness",
+        Event::Fault {
+            description: format!("{fault:?}"),
+        },
+    );
+    match fault {
+        // Held, not dropped: real TCP retransmits across a partition of a
+        // few seconds and delivers everything once it heals, whereas a
+        // dropped segment would hang a simulated stream for good.
+        Fault::Partition(a, b) => {
+            for x in a {
+                for y in b {
+                    sim.hold(x.as_str(), y.as_str());
+                }
+            }
+            world.cuts.push((a.clone(), b.clone(), false));
+        }
+        Fault::Repair(a, b) => {
+            for x in a {
+                for y in b {
+                    sim.release(x.as_str(), y.as_str());
+                }
+            }
+        }
+        Fault::PartitionOneway(a, b) => {
+            for x in a {
+                for y in b {
+                    sim.partition_oneway(x.as_str(), y.as_str());
+                }
+            }
+            world.cuts.push((a.clone(), b.clone(), true));
+        }
+        Fault::RepairOneway(a, b) => {
+            for x in a {
+                for y in b {
+                    sim.repair_oneway(x.as_str(), y.as_str());
+                }
+            }
+        }
+        Fault::Latency(d) => sim.set_max_message_latency(*d),
+        Fault::LinkFailRate(p) => sim.set_fail_rate(*p),
+        Fault::Crash(h) => crash(sim, world, recorder, h),
+        Fault::Restart(h) => {
+            let control = world.hosts.control_plane().contains(h);
+            if !(control && world.control_plane_down) {
+                restart(sim, world, h);
+            }
+        }
+        Fault::Pause(h) => {
+            if let Some(g) = world.gates.get(h) {
+                let (begin, end) = meridian_regional::model::Keys::new(REGION).all_task_blocks();
+                g.arm(begin, end);
+            }
+        }
+        Fault::Resume(h) => {
+            if let Some(g) = world.gates.get(h) {
+                g.disarm();
+            }
+            resume(sim, world, h);
+        }
+        Fault::StoreFaults(tier, fraction) => set_store_faults(tiers, *tier, *fraction),
+        Fault::ClockSkew(h, ms) => {
+            if let Some(s) = world.skews.get(h) {
+                s.store(*ms, Ordering::Relaxed);
+            }
+        }
+        Fault::ControlPlaneDown => {
+            if !world.control_plane_down {
+                world.control_plane_down = true;
+                for h in world.hosts.control_plane() {
+                    crash(sim, world, recorder, &h);
+                }
+                recorder.record("harness", Event::ControlPlaneDown);
+            }
+        }
+        Fault::ControlPlaneUp => control_plane_up(sim, world, recorder),
+    }
+}
+
+fn control_plane_up(sim: &mut turmoil::Sim<'_>, world: &mut World, recorder: &Recorder) {
+    if world.control_plane_down {
+        world.control_plane_down = false;
+        recorder.record("harness", Event::ControlPlaneUp);
+        for h in world.hosts.control_plane() {
+            restart(sim, world, &h);
+        }
+    }
+}
+
+fn all_hosts(hosts: &Hosts) -> Vec<String> {
+    hosts
+        .control_plane()
+        .into_iter()
+        .chain(hosts.agents.iter().cloned())
+        .collect()
+}
+
+fn resume(sim: &mut turmoil::Sim<'_>, world: &mut World, host: &str) {
+    if let Some(g) = world.gates.get(host)
+        && g.is_paused()
+    {
+        g.resume();
+    }
+    if world.held.remove(host) {
+        for other in all_hosts(&world.hosts) {
+            if other != host {
+                sim.release(host, other.as_str());
+            }
+        }
+    }
+}
+
+/// A pause strikes inside the process; cut its network off from the step
+/// it struck, as a stopped process neither sends nor receives.
+fn hold_paused(sim: &mut turmoil::Sim<'_>, world: &mut World, recorder: &Recorder) {
+    let struck: Vec<String> = world
+        .gates
+        .iter()
+        .filter(|(h, g)| g.is_paused() && !world.held.contains(*h))
+        .map(|(h, _)| h.clone())
+        .collect();
+    for h in struck {
+        recorder.record(
+            "harness",
+            Event::Fault {
+                description: format!("{h} paused before a binding commit"),
+            },
+        );
+        for other in all_hosts(&world.hosts) {
+            if other != h {
+                sim.hold(h.as_str(), other.as_str());
+            }
+        }
+        world.held.insert(h);
+    }
+}
+
+/// Ends every fault: the network whole and quick again, every process up
+/// and running, stores without faults, clocks true.
+fn heal(sim: &mut turmoil::Sim<'_>, world: &mut World, tiers: &Tiers, recorder: &Recorder) {
+    for (a, b, one_way) in std::mem::take(&mut world.cuts) {
+        for x in &a {
+            for y in &b {
+                if one_way {
+                    sim.repair_oneway(x.as_str(), y.as_str());
+                } else {
+                    sim.release(x.as_str(), y.as_str());
+                }
+            }
+        }
+    }
+    sim.set_max_message_latency(Duration::from_millis(20));
+    sim.set_fail_rate(0.0);
+    let paused: Vec<String> = world.gates.keys().cloned().collect();
+    for h in paused {
+        if let Some(g) = world.gates.get(&h) {
+            g.disarm();
+        }
+        resume(sim, world, &h);
+    }
+    control_plane_up(sim, world, recorder);
+    for h in world.crashed.clone() {
+        restart(sim, world, &h);
+    }
+    set_store_faults(tiers, Tier::Global, 0.0);
+    set_store_faults(tiers, Tier::Region, 0.0);
+    for s in world.skews.values() {
+        s.store(0, Ordering::Relaxed);
+    }
+    recorder.record("harness", Event::Healed);
+}
