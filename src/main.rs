@@ -38,19 +38,29 @@ enum Command {
     Regional(RegionalArgs),
     /// Run a replica of the global tier (federation API, routing, region links).
     Global(GlobalArgs),
+    /// Load-test a federation: submit, e2e, placement, scale, failover, herd.
+    Load(meridian_load::LoadArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        // Logs on stderr: stdout carries command output and readiness lines.
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // Servers may export spans (--otlp-endpoint); client commands only log.
+    let (service, otlp) = match &cli.command {
+        Command::Dev(a) => ("meridian-dev", a.telemetry.otlp_endpoint.as_deref()),
+        Command::Agent(a) => ("meridian-agent", a.telemetry.otlp_endpoint.as_deref()),
+        Command::Regional(a) => ("meridian-regional", a.telemetry.otlp_endpoint.as_deref()),
+        Command::Global(a) => ("meridian-global", a.telemetry.otlp_endpoint.as_deref()),
+        _ => ("meridian", None),
+    };
+    let telemetry = meridian_cli::telemetry::init(service, otlp).context("setting up telemetry")?;
+    let result = dispatch(cli.command).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Dev(args) => meridian_cli::finish(meridian_cli::dev::run(args).await),
         Command::Job(args) => meridian_cli::finish(meridian_cli::job::run(args).await),
         Command::Region(args) => meridian_cli::finish(meridian_cli::admin::region(args).await),
@@ -62,13 +72,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Agent(args) => agent(args).await,
         Command::Regional(args) => regional(args).await,
         Command::Global(args) => global(args).await,
+        Command::Load(args) => meridian_load::run(args)
+            .await
+            .map(|_| ())
+            .context("load run failed"),
     }
 }
 
 /// Arguments of `meridian agent`.
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// Region scheduler endpoint, e.g. `http://127.0.0.1:7500`.
+    /// Region scheduler replica endpoints, comma-separated, e.g.
+    /// `http://127.0.0.1:7500,http://127.0.0.1:7501`: the agent moves to the
+    /// next when one is unreachable and follows each shard leader's hint.
     #[arg(long)]
     region: String,
     /// Node id, stable across restarts (with --simulate: the prefix of the ids).
@@ -95,10 +111,22 @@ struct AgentArgs {
     /// Seed of the agent's random choices (backoff, heartbeat jitter).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Prometheus `/metrics` listen address; none when omitted.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    telemetry: meridian_cli::TelemetryArgs,
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let labels = meridian_agent::parse_labels(&args.labels).context("parsing --labels")?;
+    if let Some(addr) = args.metrics_listen {
+        // Serves until the process ends.
+        let bound = meridian_agent::metrics::serve(addr, std::future::pending())
+            .await
+            .context("serving --metrics-listen")?;
+        println!("meridian agent: metrics on http://{bound}/metrics");
+    }
     let cmd = meridian_agent::AgentCommand {
         region: args.region,
         node_id: args.node_id,
@@ -136,6 +164,8 @@ struct GlobalArgs {
     /// Stable name of this replica.
     #[arg(long, default_value = "global")]
     name: String,
+    #[command(flatten)]
+    telemetry: meridian_cli::TelemetryArgs,
 }
 
 async fn global(args: GlobalArgs) -> anyhow::Result<()> {
@@ -211,6 +241,8 @@ struct RegionalArgs {
     /// Seed of the replica's random choices (jitter, backoff).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    telemetry: meridian_cli::TelemetryArgs,
 }
 
 async fn regional(args: RegionalArgs) -> anyhow::Result<()> {

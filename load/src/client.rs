@@ -1,0 +1,83 @@
+//! Connections to the federation under load.
+//!
+//! Owns building gRPC channels to the global tier (raw, for throughput, and
+//! leader-following through the CLI's client, for probes that must survive
+//! a failover) and the job specs the scenarios submit. Must never retry a
+//! submit with a changed request: a retry keeps its request id.
+
+use std::time::Duration;
+
+use meridian_proto::v1;
+use meridian_proto::v1::federation_client::FederationClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{LoadError, Result};
+
+/// A raw client of one global endpoint (no leader following).
+pub fn federation(url: &str, timeout: Duration) -> Result<FederationClient<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| LoadError::Usage(format!("endpoint {url}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .tcp_nodelay(true);
+    Ok(FederationClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 << 20))
+}
+
+/// A client that follows the global leader across `endpoints`
+/// (comma-separated), retrying unavailable calls for up to `timeout`.
+pub fn following(endpoints: &str, timeout: Duration) -> Result<meridian_cli::client::Client> {
+    meridian_cli::client::Client::new(&meridian_cli::ConnectArgs {
+        endpoint: endpoints.to_string(),
+        timeout_secs: timeout.as_secs().max(1),
+    })
+    .map_err(|e| LoadError::Federation(e.to_string()))
+}
+
+/// The endpoint of the current global leader: the one a leader-following
+/// client lands on after one read.
+pub async fn leader(endpoints: &str) -> Result<String> {
+    let mut c = following(endpoints, Duration::from_secs(30))?;
+    c.call(|mut f| async move { f.list_regions(v1::ListRegionsRequest {}).await })
+        .await
+        .map_err(|e| LoadError::Federation(format!("finding the global leader: {e}")))?;
+    // A standby serves reads, so a write decides who leads.
+    let probe = v1::GetJobRequest {
+        job_id: "load-leader-probe".into(),
+    };
+    let _ = c
+        .call(|mut f| {
+            let p = probe.clone();
+            async move { f.get_job(p).await }
+        })
+        .await;
+    Ok(c.endpoint().to_string())
+}
+
+/// A job of `tasks` simulated tasks lasting `duration_ms`, small enough
+/// that capacity never bounds a load run (tenant `load`).
+pub fn simulated_job(name: &str, tasks: u32, duration_ms: u64) -> v1::JobSpec {
+    v1::JobSpec {
+        name: name.to_string(),
+        tenant: "load".into(),
+        task_count: tasks,
+        task: Some(v1::TaskTemplate {
+            kind: Some(v1::task_template::Kind::Simulated(v1::Simulated {
+                duration_ms,
+                exit_code: 0,
+            })),
+        }),
+        resources: Some(v1::Resources {
+            cpu_millis: 10,
+            memory_bytes: 1 << 20,
+            gpu_count: 0,
+            gpu_type: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The request id of submit `n` of `stream` in a run seeded `seed`: the
+/// same run submits the same ids.
+pub fn request_id(seed: u64, stream: &str, n: u64) -> String {
+    format!("load-{seed:x}-{stream}-{n}")
+}

@@ -1,0 +1,340 @@
+//! A federation of real processes started for one load run.
+//!
+//! Owns the layout a scenario asks for (global replicas, regions with their
+//! scheduler replicas, one simulated-node agent per region), started through
+//! the `meridian dev` supervisor's child runner (each child is the same
+//! `meridian` binary, waited for by the line it prints once serving, and
+//! restarted with backoff when it dies), on free loopback ports under a
+//! temporary directory. It also finds a child's process id so a scenario
+//! can kill it for real. Must never wait for a child by sleeping and never
+//! touch a process it did not start.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meridian_cli::dev::child::{self, ChildSpec};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::{LoadError, Result};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Replicas of the global tier.
+    pub global_replicas: u16,
+    /// Regions.
+    pub regions: u16,
+    /// Scheduler replicas per region.
+    pub region_replicas: u16,
+    /// Shards per region.
+    pub shards: u32,
+    /// Simulated nodes per region (one agent process each).
+    pub simulated_nodes: u32,
+    /// Shard lease, ms.
+    pub shard_lease_ms: u64,
+}
+
+/// One started child.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    /// Its name (`global-1`, `r01-2`, `r01-sim`).
+    pub name: String,
+    /// Its gRPC endpoint, `http://...` (none for agents).
+    pub grpc: Option<String>,
+    /// Its Prometheus endpoint, `host:port` (none for agents).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A region's processes.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// Region name.
+    pub name: String,
+    /// Scheduler replicas.
+    pub replicas: Vec<Proc>,
+    /// The simulated-node agent.
+    pub agent: Option<Proc>,
+}
+
+/// A running local federation; stopped by [`LocalFederation::shut_down`].
+pub struct LocalFederation {
+    dir: tempfile::TempDir,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// The global replicas.
+    pub globals: Vec<Proc>,
+    /// The regions.
+    pub regions: Vec<Region>,
+    /// The layout it was started with.
+    pub layout: Layout,
+}
+
+/// A free loopback port. The listener is closed before the child binds it;
+/// another process taking the port in between makes the child fail to start,
+/// which is reported, never hidden.
+fn free_port() -> Result<SocketAddr> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| LoadError::io("binding a free port", e))?;
+    l.local_addr()
+        .map_err(|e| LoadError::io("reading a free port", e))
+}
+
+/// Name of region `r` (zero-padded so sorted order is numeric order).
+pub fn region_name(r: u16) -> String {
+    format!("r{:02}", r + 1)
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+impl LocalFederation {
+    /// Starts `layout` tier by tier: globals, region replicas, agents.
+    pub async fn start(layout: Layout) -> Result<LocalFederation> {
+        let exe = std::env::current_exe()
+            .map_err(|e| LoadError::io("locating the meridian binary", e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-load-")
+            .tempdir()
+            .map_err(|e| LoadError::io("creating the data directory", e))?;
+        let data = dir.path().to_path_buf();
+        for d in ["logs", "regions", "agents"] {
+            std::fs::create_dir_all(data.join(d))
+                .map_err(|e| LoadError::io(format!("creating {d}"), e))?;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let mut fed = LocalFederation {
+            dir,
+            stop,
+            tasks: Vec::new(),
+            globals: Vec::new(),
+            regions: Vec::new(),
+            layout: layout.clone(),
+        };
+        let log = |name: &str| data.join("logs").join(format!("{name}.log"));
+        let mut tier = Vec::new();
+        for i in 0..layout.global_replicas {
+            let name = format!("global-{}", i + 1);
+            let grpc = free_port()?;
+            let http = free_port()?;
+            tier.push(ChildSpec {
+                args: vec![
+                    s("global"),
+                    s("--store"),
+                    format!("sqlite:{}", data.join("global.db").display()),
+                    s("--listen"),
+                    grpc.to_string(),
+                    s("--http"),
+                    http.to_string(),
+                    s("--name"),
+                    name.clone(),
+                ],
+                ready: Some("meridian global: serving"),
+                log: log(&name),
+                name: name.clone(),
+            });
+            fed.globals.push(Proc {
+                name,
+                grpc: Some(format!("http://{grpc}")),
+                metrics: Some(http),
+            });
+        }
+        fed.start_tier(&exe, tier, &stop_rx).await?;
+        let globals = fed.global_endpoints();
+        let mut tier = Vec::new();
+        let mut agents = Vec::new();
+        for r in 0..layout.regions {
+            let region = region_name(r);
+            let store = format!(
+                "sqlite:{}",
+                data.join("regions").join(format!("{region}.db")).display()
+            );
+            let mut replicas = Vec::new();
+            for i in 0..layout.region_replicas {
+                let name = format!("{region}-{}", i + 1);
+                let grpc = free_port()?;
+                let metrics = free_port()?;
+                tier.push(ChildSpec {
+                    args: vec![
+                        s("regional"),
+                        s("--region"),
+                        region.clone(),
+                        s("--global"),
+                        globals.clone(),
+                        s("--store"),
+                        store.clone(),
+                        s("--listen"),
+                        grpc.to_string(),
+                        s("--metrics-listen"),
+                        metrics.to_string(),
+                        s("--shards"),
+                        layout.shards.to_string(),
+                        s("--replica"),
+                        name.clone(),
+                        s("--shard-lease-ms"),
+                        layout.shard_lease_ms.to_string(),
+                        s("--seed"),
+                        (u32::from(r) * 100 + u32::from(i)).to_string(),
+                    ],
+                    ready: Some("listening on"),
+                    log: log(&name),
+                    name: name.clone(),
+                });
+                replicas.push(Proc {
+                    name,
+                    grpc: Some(format!("http://{grpc}")),
+                    metrics: Some(metrics),
+                });
+            }
+            let mut agent = None;
+            if layout.simulated_nodes > 0 {
+                let name = format!("{region}-sim");
+                // Every replica: the agent follows its shard leaders among them.
+                let endpoint = replicas
+                    .iter()
+                    .filter_map(|p| p.grpc.clone())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                agents.push(ChildSpec {
+                    args: vec![
+                        s("agent"),
+                        s("--region"),
+                        endpoint,
+                        s("--node-id"),
+                        name.clone(),
+                        s("--work-dir"),
+                        data.join("agents").join(&name).display().to_string(),
+                        s("--simulate"),
+                        layout.simulated_nodes.to_string(),
+                        s("--cpu"),
+                        s("8"),
+                        s("--memory"),
+                        (32u64 << 30).to_string(),
+                        s("--labels"),
+                        format!("zone={region}-a"),
+                        s("--seed"),
+                        r.to_string(),
+                    ],
+                    ready: None,
+                    log: log(&name),
+                    name: name.clone(),
+                });
+                agent = Some(Proc {
+                    name,
+                    grpc: None,
+                    metrics: None,
+                });
+            }
+            fed.regions.push(Region {
+                name: region,
+                replicas,
+                agent,
+            });
+        }
+        fed.start_tier(&exe, tier, &stop_rx).await?;
+        fed.start_tier(&exe, agents, &stop_rx).await?;
+        Ok(fed)
+    }
+
+    /// Starts children one after the other, each once the previous is ready.
+    async fn start_tier(
+        &mut self,
+        exe: &Path,
+        specs: Vec<ChildSpec>,
+        stop_rx: &watch::Receiver<bool>,
+    ) -> Result<()> {
+        // How long a child gets between SIGTERM and SIGKILL at shut-down.
+        let grace = Duration::from_secs(5);
+        for spec in specs {
+            let (tx, rx) = oneshot::channel();
+            let name = spec.name.clone();
+            self.tasks.push(tokio::spawn(child::supervise(
+                exe.to_path_buf(),
+                spec,
+                grace,
+                stop_rx.clone(),
+                tx,
+            )));
+            match rx.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(LoadError::Federation(e.to_string())),
+                Err(_) => return Err(LoadError::Federation(format!("{name} was never started"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The global endpoints, comma-separated.
+    pub fn global_endpoints(&self) -> String {
+        self.globals
+            .iter()
+            .filter_map(|p| p.grpc.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Where the stores and logs are.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The log file of child `name`.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(format!("{name}.log"))
+    }
+
+    /// The process id of the running child `name`, found by its command
+    /// line (which names this run's data directory, so no other process
+    /// can match).
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        let data = self.dir.path().display().to_string();
+        let entries = std::fs::read_dir("/proc").ok()?;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+            let names_it = args.windows(2).any(|w| {
+                matches!(w[0], b"--name" | b"--replica" | b"--node-id") && w[1] == name.as_bytes()
+            });
+            let ours = args
+                .iter()
+                .any(|a| String::from_utf8_lossy(a).contains(&data));
+            if names_it && ours {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    /// Kills child `name` with SIGKILL (the supervisor restarts it after
+    /// its backoff). Returns whether a process was found.
+    pub fn kill(&self, name: &str) -> bool {
+        match self.pid_of(name) {
+            Some(pid) => nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops every child (agents first would only make them reconnect; all
+    /// get SIGTERM at once and the supervisor waits for each).
+    pub async fn shut_down(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

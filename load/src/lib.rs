@@ -1,0 +1,200 @@
+//! meridian-load: the load-test suite behind `meridian load <scenario>`.
+//!
+//! Owns the scenarios (`submit`, `e2e`, `placement`, `scale`, `failover`,
+//! `herd`), each seeded, bounded in time and on loopback only, against a
+//! federation given by `--endpoint` or one it starts itself as real
+//! processes; their measurements and their reports (JSON, markdown, SVG in
+//! `docs/bench/`). `--quick` makes every scenario small enough for CI and
+//! turns only invariant violations (DESIGN.md section 7) into a failure,
+//! never a timing. Must never: hold scheduling logic, or fail a run because
+//! it was slow.
+
+pub mod client;
+pub mod error;
+pub mod federation;
+pub mod plot;
+pub mod report;
+pub mod scenario;
+pub mod scrape;
+pub mod stats;
+pub mod watch;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use error::{LoadError, Result};
+pub use report::Report;
+
+/// The scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Unary and batched submit throughput and latency through gRPC.
+    Submit,
+    /// Submit -> running latency at a fixed offered rate (open loop).
+    E2e,
+    /// Durable bindings/s of one region with 10,000 nodes.
+    Placement,
+    /// 100,000 simulated nodes across 10 regions with steady job churn.
+    Scale,
+    /// Kills leaders at intervals; recovery time and duplicate placements.
+    Failover,
+    /// Mass reconnect of simulated agents after an outage of their region.
+    Herd,
+}
+
+impl Scenario {
+    /// Its name on the command line and in report file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Submit => "submit",
+            Scenario::E2e => "e2e",
+            Scenario::Placement => "placement",
+            Scenario::Scale => "scale",
+            Scenario::Failover => "failover",
+            Scenario::Herd => "herd",
+        }
+    }
+}
+
+/// Flags of `meridian load`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Which scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Seed of every random choice of the run (request ids, samples).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seconds of load (each phase of `submit`); the scenario's default
+    /// when omitted.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Small and short (under a minute): for CI. Fails only on an
+    /// invariant violation.
+    #[arg(long)]
+    pub quick: bool,
+    /// Global tier endpoint(s) of a running federation, comma-separated;
+    /// without it the scenario starts its own on loopback.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Offered rate, jobs/s (e2e, scale, failover).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Simulated nodes per region (placement: nodes of the region).
+    #[arg(long)]
+    pub nodes: Option<u32>,
+    /// Concurrent submitters (submit).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Where the report goes (`load-<scenario>.md`, `.json`, `.svg`); default
+    /// `docs/bench` for a full run, none for `--quick`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// What a scenario gets from the command line.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The flags.
+    pub args: LoadArgs,
+    /// The exact command, for the report.
+    pub command: String,
+}
+
+impl Ctx {
+    /// `--duration` or `default` (quick, full) seconds.
+    pub fn duration(&self, quick: u64, full: u64) -> Duration {
+        Duration::from_secs(self.args.duration.unwrap_or(if self.args.quick {
+            quick
+        } else {
+            full
+        }))
+    }
+
+    /// `v` unless quick, then `q`.
+    pub fn pick<T>(&self, q: T, v: T) -> T {
+        if self.args.quick { q } else { v }
+    }
+
+    /// A new report of this run.
+    pub fn report(&self, summary: &str) -> Report {
+        Report::new(
+            self.args.scenario.name(),
+            summary,
+            self.args.quick,
+            self.args.seed,
+            &self.command,
+        )
+    }
+
+    /// A progress bar of `len` steps, hidden when stderr is not a terminal.
+    pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        let bar = if std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(len)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_string());
+        bar
+    }
+}
+
+/// Runs the scenario, writes its report and prints a summary; an invariant
+/// violation is returned as [`LoadError::Invariant`] after the report is
+/// written.
+pub async fn run(args: LoadArgs) -> Result<Report> {
+    let command = std::iter::once("meridian".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let ctx = Ctx {
+        args: args.clone(),
+        command,
+    };
+    let report = match args.scenario {
+        Scenario::Submit => scenario::submit::run(&ctx).await?,
+        Scenario::E2e => scenario::e2e::run(&ctx).await?,
+        Scenario::Placement => scenario::placement::run(&ctx).await?,
+        Scenario::Scale => scenario::scale::run(&ctx).await?,
+        Scenario::Failover => scenario::failover::run(&ctx).await?,
+        Scenario::Herd => scenario::herd::run(&ctx).await?,
+    };
+    let out = args
+        .out
+        .clone()
+        .or_else(|| (!args.quick).then(|| PathBuf::from("docs/bench")));
+    if let Some(dir) = out {
+        report.write(&dir)?;
+        println!(
+            "meridian load: report in {}",
+            dir.join(format!("{}.md", report.stem())).display()
+        );
+    }
+    for t in &report.targets {
+        println!(
+            "meridian load {}: {}: {} (target {}{})",
+            report.scenario,
+            t.name,
+            t.measured,
+            t.target,
+            if t.met { "" } else { ", missed" }
+        );
+    }
+    println!(
+        "meridian load {}: results {}",
+        report.scenario,
+        serde_json::to_string(&report.results).unwrap_or_default()
+    );
+    if report.violations.is_empty() {
+        println!("meridian load {}: no invariant violated", report.scenario);
+        Ok(report)
+    } else {
+        Err(LoadError::Invariant(report.violations.clone()))
+    }
+}

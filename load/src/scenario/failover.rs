@@ -1,0 +1,339 @@
+//! `failover`: kills leaders at intervals and measures recovery and
+//! duplicate placements.
+//!
+//! Owns a federation of two global replicas and one region of two
+//! scheduler replicas, a steady stream of long-running single-task jobs,
+//! and a kill schedule that alternates between the global leader and the
+//! region replica leading the most shards (SIGKILL of the real process; the
+//! supervisor restarts it after its backoff). Recovery of the global tier
+//! is the time until a submit is accepted again; of a shard, the time until
+//! the region's replicas lead every shard again (their `/metrics`). Checks
+//! that no task attempt ran on two nodes, that every acknowledged job runs,
+//! and that no request id got two jobs. Must never count a slow recovery as
+//! a failure.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_proto::v1;
+
+use crate::Ctx;
+use crate::client;
+use crate::error::Result;
+use crate::federation::{Layout, LocalFederation, Proc};
+use crate::scenario::{Target, await_nodes};
+use crate::scrape;
+use crate::stats::{Latency, Timeline};
+use crate::watch::{Watcher, duplicate_lines};
+
+const POLL: Duration = Duration::from_millis(25);
+
+async fn leader_of(procs: &[Proc], metric: &str) -> Option<(Proc, f64)> {
+    let mut best: Option<(Proc, f64)> = None;
+    for p in procs {
+        let Some(addr) = p.metrics else { continue };
+        if let Some(v) = scrape::read(addr, metric).await
+            && v > 0.0
+            && best.as_ref().is_none_or(|(_, b)| v > *b)
+        {
+            best = Some((p.clone(), v));
+        }
+    }
+    best
+}
+
+/// Time until a fresh submit is accepted by any global replica.
+async fn global_recovery(
+    fed: &LocalFederation,
+    seed: u64,
+    n: u64,
+    guard: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    let urls: Vec<String> = fed.globals.iter().filter_map(|p| p.grpc.clone()).collect();
+    let mut i = 0u64;
+    while t0.elapsed() < guard {
+        for url in &urls {
+            let Ok(mut c) = client::federation(url, Duration::from_millis(300)) else {
+                continue;
+            };
+            i += 1;
+            let req = v1::SubmitJobRequest {
+                request_id: client::request_id(seed, &format!("probe{n}"), i),
+                spec: Some(client::simulated_job("load-failover-probe", 1, 100)),
+            };
+            if c.submit_job(req).await.is_ok() {
+                return Some(t0.elapsed());
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    None
+}
+
+/// Time until the replicas at `addrs` lead `shards` shards between them.
+async fn shard_recovery(addrs: &[SocketAddr], shards: u32, guard: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < guard {
+        let mut led = 0.0;
+        for a in addrs {
+            led += scrape::read(*a, "meridian_regional_shards_led")
+                .await
+                .unwrap_or(0.0);
+        }
+        if led >= f64::from(shards) {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    None
+}
+
+/// Runs the scenario.
+pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
+    let mut report = ctx.report(
+        "Two global replicas and one region with two scheduler replicas and four shards; \
+         long-running single-task jobs are submitted steadily while the global leader and the \
+         replica leading the most shards are killed in turn (SIGKILL).",
+    );
+    let nodes = ctx.args.nodes.unwrap_or(ctx.pick(50, 200));
+    let offered = ctx.args.rate.unwrap_or(ctx.pick(20, 100));
+    let d = ctx.duration(16, 60);
+    let interval = Duration::from_secs(ctx.pick(5, 10));
+    let shards = 4;
+    let layout = Layout {
+        global_replicas: 2,
+        regions: 1,
+        region_replicas: 2,
+        shards,
+        simulated_nodes: nodes,
+        shard_lease_ms: 1000,
+    };
+    report.param("kill_interval_s", interval.as_secs());
+    report.param("seconds", d.as_secs());
+    report.param("offered_jobs_per_s", offered);
+    report.param("shards", shards);
+    report.param("shard_lease_ms", 1000);
+    let target = Target::get(ctx, layout).await?;
+    let fed = target.local("failover")?;
+    await_nodes(
+        &target.endpoints,
+        u64::from(nodes),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let watcher = Watcher::start(&target.endpoints).await?;
+    let start = Instant::now();
+    let seed = ctx.args.seed;
+
+    // Background submits through a leader-following client: a submit that
+    // meets a dead leader is retried, unchanged, on the new one.
+    let acked: Arc<Mutex<HashMap<String, (String, Instant)>>> = Arc::default();
+    let clashes: Arc<Mutex<Vec<String>>> = Arc::default();
+    let acks = Arc::new(Mutex::new(Timeline::new(start)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut submitters = Vec::new();
+    let lanes = 4u64;
+    for lane in 0..lanes {
+        let mut c = client::following(&target.endpoints, Duration::from_secs(30))?;
+        let (acked, clashes, acks, stop) =
+            (acked.clone(), clashes.clone(), acks.clone(), stop.clone());
+        let every = Duration::from_secs_f64(lanes as f64 / offered.max(1) as f64);
+        submitters.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                n += 1;
+                let req = v1::SubmitJobRequest {
+                    request_id: client::request_id(seed, &format!("f{lane}"), n),
+                    spec: Some(client::simulated_job("load-failover", 1, 600_000)),
+                };
+                let at = Instant::now();
+                let rid = req.request_id.clone();
+                let out = c
+                    .call(|mut f| {
+                        let r = req.clone();
+                        async move { f.submit_job(r).await }
+                    })
+                    .await;
+                if let Ok(r) = out {
+                    if let Ok(mut a) = acks.lock() {
+                        a.add(Instant::now(), 1);
+                    }
+                    if let Ok(mut m) = acked.lock()
+                        && let Some((other, _)) = m.insert(r.job_id.clone(), (rid.clone(), at))
+                        && other != rid
+                        && let Ok(mut c) = clashes.lock()
+                    {
+                        c.push(format!(
+                            "request ids {other} and {rid} both got job {}",
+                            r.job_id
+                        ));
+                    }
+                }
+            }
+        }));
+    }
+
+    let bar = ctx.progress(d.as_secs(), "failover");
+    let region_addrs: Vec<SocketAddr> = fed.regions[0]
+        .replicas
+        .iter()
+        .filter_map(|p| p.metrics)
+        .collect();
+    let mut global_times = Latency::new();
+    let mut shard_times = Latency::new();
+    let mut timeline = Vec::new();
+    let mut kills = Vec::new();
+    let mut k = 0u64;
+    let guard = Duration::from_secs(30);
+    while start.elapsed() + interval <= d {
+        tokio::time::sleep(interval).await;
+        bar.set_position(start.elapsed().as_secs());
+        k += 1;
+        let at = start.elapsed().as_secs_f64();
+        if k % 2 == 1 {
+            let Some((leader, _)) = leader_of(&fed.globals, "meridian_global_leader").await else {
+                kills.push(format!("{at:.1}s: no global leader found to kill"));
+                continue;
+            };
+            if !fed.kill(&leader.name) {
+                continue;
+            }
+            let r = global_recovery(fed, seed, k, guard).await;
+            match r {
+                Some(d) => {
+                    global_times.record(d);
+                    timeline.push((at, d.as_secs_f64() * 1000.0));
+                }
+                None => kills.push(format!(
+                    "{at:.1}s: global tier not back within {} s",
+                    guard.as_secs()
+                )),
+            }
+            kills.push(format!(
+                "{at:.1}s: killed global leader {}: {}",
+                leader.name,
+                r.map_or("not back".into(), |d| format!(
+                    "back after {} ms",
+                    d.as_millis()
+                ))
+            ));
+        } else {
+            let Some((leader, led)) =
+                leader_of(&fed.regions[0].replicas, "meridian_regional_shards_led").await
+            else {
+                kills.push(format!("{at:.1}s: no shard leader found to kill"));
+                continue;
+            };
+            if !fed.kill(&leader.name) {
+                continue;
+            }
+            let r = shard_recovery(&region_addrs, shards, guard).await;
+            match r {
+                Some(d) => {
+                    shard_times.record(d);
+                    timeline.push((at, d.as_secs_f64() * 1000.0));
+                }
+                None => kills.push(format!(
+                    "{at:.1}s: shards not led within {} s",
+                    guard.as_secs()
+                )),
+            }
+            kills.push(format!(
+                "{at:.1}s: killed {} (leading {led} shards): {}",
+                leader.name,
+                r.map_or("not all led again".into(), |d| format!(
+                    "all shards led again after {} ms",
+                    d.as_millis()
+                ))
+            ));
+        }
+    }
+    let remaining = d.saturating_sub(start.elapsed());
+    tokio::time::sleep(remaining).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in submitters {
+        let _ = s.await;
+    }
+    bar.finish_and_clear();
+    let acked = acked.lock().map(|m| m.clone()).unwrap_or_default();
+    let jobs: Vec<String> = acked.keys().cloned().collect();
+    let missing = watcher
+        .await_running(&jobs, Duration::from_secs(ctx.pick(30, 60)))
+        .await;
+    let duplicates = watcher.with(duplicate_lines);
+    let reopened = watcher.with(|s| s.reopened);
+    watcher.stop();
+    report.violations.extend(duplicates.iter().cloned());
+    report
+        .violations
+        .extend(clashes.lock().map(|c| c.clone()).unwrap_or_default());
+    if !missing.is_empty() {
+        report.result(
+            "states_of_jobs_never_seen_running",
+            super::states_of(&target.endpoints, &missing).await,
+        );
+        report.violations.push(format!(
+            "{} acknowledged jobs never ran (e.g. {})",
+            missing.len(),
+            missing
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let g = global_times.summary();
+    let s = shard_times.summary();
+    report.result("global_failovers", g.count);
+    report.result("global_recovery", &g);
+    report.result("shard_failovers", s.count);
+    report.result("shard_recovery", &s);
+    report.result("duplicate_placements", duplicates.len());
+    report.result("acknowledged", acked.len());
+    report.result("watch_reopened", reopened);
+    report.target(
+        "failover, global leader (worst of the run)",
+        "< 3 s",
+        format!("{:.0} ms max over {} kills", g.max_ms, g.count),
+        g.count > 0 && g.max_ms < 3000.0,
+    );
+    report.target(
+        "failover, shard leader (worst of the run)",
+        "< 2 s",
+        format!("{:.0} ms max over {} kills", s.max_ms, s.count),
+        s.count > 0 && s.max_ms < 2000.0,
+    );
+    report.target(
+        "failover: duplicate placements",
+        "0",
+        duplicates.len().to_string(),
+        duplicates.is_empty(),
+    );
+    report.series(
+        "recovery time per kill (global and shard, alternating)",
+        "s (kill time)",
+        "ms",
+        timeline,
+    );
+    report.series(
+        "acknowledged submits (leader-following clients)",
+        "s",
+        "jobs/s",
+        acks.lock().map(|a| a.series()).unwrap_or_default(),
+    );
+    report.notes.extend(kills);
+    report.notes.push(
+        "Recovery is measured from the SIGKILL: global, until any replica accepts a new submit \
+         (probed every 25 ms); shard, until the region's replicas' /metrics show every shard led \
+         (polled every 25 ms). A kill that finds no leader is skipped, not counted."
+            .into(),
+    );
+    target.shut_down().await;
+    Ok(report)
+}

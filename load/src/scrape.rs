@@ -1,0 +1,74 @@
+//! Reading the servers' Prometheus `/metrics` endpoints.
+//!
+//! Owns one plain HTTP/1.0 GET and the parsing of the text exposition
+//! format into `(name, labels) -> value` sums. Must never fail a run: a
+//! server that does not answer (it was just killed) reads as absent.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Fetches `/metrics` from `addr`; `None` when it does not answer in time.
+pub async fn fetch(addr: SocketAddr) -> Option<String> {
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).await.ok()?;
+        let text = String::from_utf8_lossy(&body).to_string();
+        let (head, rest) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200")
+            .then_some(())
+            .or_else(|| head.starts_with("HTTP/1.0 200").then_some(()))?;
+        Some(rest.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(2), get)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The sum of every sample of metric `name` (all label sets) in `text`.
+pub fn sum(text: &str, name: &str) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // `name{...} v` or `name v`; not `name_suffix ...`.
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if let Some(v) = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total
+}
+
+/// [`sum`] of metric `name` at `addr`, `None` if unreachable or absent.
+pub async fn read(addr: SocketAddr, name: &str) -> Option<f64> {
+    fetch(addr).await.and_then(|t| sum(&t, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_every_label_set_of_one_metric_only() {
+        let text = "# TYPE q gauge\nq{shard=\"0\"} 3\nq{shard=\"1\"} 4\nq_total 100\nq 1\n";
+        assert_eq!(sum(text, "q"), Some(8.0));
+        assert_eq!(sum(text, "absent"), None);
+    }
+}
