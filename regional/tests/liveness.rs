@@ -266,3 +266,42 @@ async fn cordon_and_drain_through_region_admin_change_the_node_and_a_drain_stops
     let task = region.task("job-1", 0).await;
     assert_eq!((task.node.as_str(), task.attempt), ("node-a", 2));
 }
+
+#[tokio::test]
+async fn a_task_its_agent_stopped_on_its_own_while_the_job_stays_active_is_placed_again() {
+    let region = Region::new().await;
+    two_nodes(&region).await;
+    let mut lp = placer(&region).await;
+    let (addr, _) = region.serve(AgentApiConfig::default(), 1).await;
+    let mut agent = agent_client(addr).await;
+    one_big_task(&region, "job-1", false).await;
+    lp.round().await.expect("round");
+    let first = region.task("job-1", 0).await;
+    assert!(first.is_bound(), "placed: {first:?}");
+    assert!(first.stopping.is_empty(), "the region asked for no stop");
+
+    // The agent lost its region lease (a scheduler failover outlasted it)
+    // and stopped the task itself; the job never left this region.
+    let answer = agent
+        .report_task_status(v1::ReportTaskStatusRequest {
+            node_id: first.node.clone(),
+            node_epoch: 1,
+            reports: vec![report("job-1", 0, 1, v1::TaskState::Killed)],
+        })
+        .await
+        .expect("report")
+        .into_inner();
+    assert_eq!(answer.results[0].verdict, v1::Verdict::Accepted as i32);
+    assert!(
+        region.task("job-1", 0).await.is_pending(),
+        "an agent-side stop does not end the task"
+    );
+    region.clock.advance(Duration::from_secs(1));
+    for id in ["node-a", "node-b"] {
+        heartbeat(&region, id, 1).await;
+    }
+    lp.round().await.expect("round");
+    let again = region.task("job-1", 0).await;
+    assert!(again.is_bound(), "placed again: {again:?}");
+    assert_eq!(again.attempt, 2);
+}

@@ -223,9 +223,20 @@ pub async fn report(
                             && match state {
                                 // Stopped by the region to move it (drain,
                                 // preemption): placed again.
-                                v1::TaskState::Killed => {
-                                    rec.stopping == "drain" || rec.stopping == "preempted"
+                                v1::TaskState::Killed
+                                    if rec.stopping == "drain" || rec.stopping == "preempted" =>
+                                {
+                                    true
                                 }
+                                // Stopped by the agent on its own (its region
+                                // lease ran out during a scheduler failover,
+                                // or it shut down) while the job stays here:
+                                // nobody else will run it, so it is placed
+                                // again, and like a drain it costs the job
+                                // none of its retries: the task did not fail.
+                                // The node epoch check above already fenced
+                                // stale reports.
+                                v1::TaskState::Killed => rec.stopping.is_empty(),
                                 v1::TaskState::Failed | v1::TaskState::Lost => attempts_left,
                                 _ => false,
                             };

@@ -9,15 +9,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::FutureExt;
 use meridian_control::lease::{Fence, Identity};
+use meridian_control::trace;
 use meridian_control::{Backoff, BackoffConfig, SharedClock};
 use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use meridian_store::Database;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
-use super::apply::{apply_event, read_cursor};
+use super::apply::{apply_events, read_cursor};
 use super::{LinkConfig, LinkState};
 use crate::error::RegionalError;
 use crate::jobs::apply_revoke;
@@ -212,7 +216,17 @@ async fn session(
     global: &str,
     registered: &mut bool,
 ) -> Result<(), End> {
-    let mut client = RegionLinkClient::connect(global.to_string()).await?;
+    // Through the network seam, so the simulation's network carries it.
+    // HTTP/2 keep-alives: a global replica that vanished without closing
+    // the connection (a partition, a frozen host) must end the assignment
+    // stream within seconds, not when TCP gives up minutes later.
+    let endpoint = tonic::transport::Endpoint::from_shared(global.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    let mut client = RegionLinkClient::new(meridian_control::net::connect(endpoint).await?);
     let sent_at = clock.now_unix_ms();
     let reg = client
         .register_region(v1::RegisterRegionRequest {
@@ -263,10 +277,38 @@ async fn session(
     loop {
         tokio::select! {
             msg = stream.message() => {
-                let event = match msg {
-                    Ok(Some(e)) => e,
-                    Ok(None) => return Err(End::retry("assignment stream ended")),
-                    Err(s) if s.code() == tonic::Code::OutOfRange => {
+                // Take what the stream already holds with it (up to a bound),
+                // store it in one transaction and acknowledge it in one call.
+                let mut events = Vec::new();
+                let mut bytes = 0;
+                let mut end = None;
+                let mut next = Some(msg);
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Ok(Some(e)) => {
+                            bytes += e.encoded_len();
+                            events.push(e);
+                        }
+                        Ok(None) => {
+                            end = Some(Ok(()));
+                            break;
+                        }
+                        Err(s) => {
+                            end = Some(Err(s));
+                            break;
+                        }
+                    }
+                    if events.len() < INTAKE_BATCH && bytes < INTAKE_BATCH_BYTES {
+                        next = stream.message().now_or_never();
+                    }
+                }
+                if !events.is_empty() {
+                    intake(db, keys, fence, &mut client, config, epoch, &events, clock.now_unix_ms()).await?;
+                }
+                match end {
+                    None => {}
+                    Some(Ok(())) => return Err(End::retry("assignment stream ended")),
+                    Some(Err(s)) if s.code() == tonic::Code::OutOfRange => {
                         // The cursor is too old: start again from a snapshot.
                         db.run(|tx, _| {
                             let key = keys.link_cursor();
@@ -279,11 +321,7 @@ async fn session(
                         }).await?;
                         return Err(End::retry("cursor out of range"));
                     }
-                    Err(s) => return Err(s.into()),
-                };
-                apply_event(db, keys, fence, &event, clock.now_unix_ms()).await?;
-                if event.kind == v1::AssignmentEventKind::Assign as i32 {
-                    ack(db, keys, fence, &mut client, config, epoch, &event).await?;
+                    Some(Err(s)) => return Err(s.into()),
                 }
             }
             _ = &mut renew => {
@@ -312,48 +350,134 @@ async fn session(
     }
 }
 
-async fn ack(
+fn count_event(event: &v1::AssignmentEvent, applied: crate::jobs::Applied) {
+    let kind = match v1::AssignmentEventKind::try_from(event.kind) {
+        Ok(v1::AssignmentEventKind::Assign) => "assign",
+        Ok(v1::AssignmentEventKind::Cancel) => "cancel",
+        Ok(v1::AssignmentEventKind::Revoke) => "revoke",
+        _ => return,
+    };
+    crate::metrics::assignment(kind, applied == crate::jobs::Applied::Changed);
+}
+
+/// The region's step of a job's trace: the ASSIGN was stored and is being
+/// acknowledged.
+fn intake_span(region: &str, event: &v1::AssignmentEvent) -> tracing::Span {
+    let span = tracing::info_span!(
+        "intake",
+        trace_id = %event.trace_id,
+        job_id = %event.job_id,
+        region = %region,
+        assignment_epoch = event.assignment_epoch,
+    );
+    trace::link(&span, trace::stored(&event.trace_id));
+    span.in_scope(|| {
+        tracing::debug!(
+            target: trace::TARGET,
+            trace_id = %event.trace_id,
+            job_id = %event.job_id,
+            region = %region,
+            "intake: assignment stored by the region"
+        );
+    });
+    span
+}
+
+/// Stores a batch of events and acknowledges its ASSIGNs in one call; a job
+/// whose hold moved on before the acknowledgement is dropped.
+#[allow(clippy::too_many_arguments)]
+async fn intake(
     db: &Database,
     keys: &Keys,
     fence: &Fence,
     client: &mut RegionLinkClient<tonic::transport::Channel>,
     config: &LinkConfig,
     epoch: u64,
-    event: &v1::AssignmentEvent,
+    events: &[v1::AssignmentEvent],
+    now_unix_ms: u64,
 ) -> Result<(), End> {
-    let r = client
-        .ack_assignments(v1::AckAssignmentsRequest {
-            region: config.region.clone(),
-            region_lease_epoch: epoch,
-            acks: vec![v1::JobEpoch {
-                job_id: event.job_id.clone(),
-                assignment_epoch: event.assignment_epoch,
-            }],
-        })
-        .await?
-        .into_inner();
+    let applied = apply_events(db, keys, fence, events, now_unix_ms).await?;
+    let mut assigned = Vec::new();
+    for (event, applied) in events.iter().zip(applied) {
+        count_event(event, applied);
+        if event.kind == v1::AssignmentEventKind::Assign as i32 {
+            assigned.push(event);
+        }
+    }
+    if assigned.is_empty() {
+        return Ok(());
+    }
+    let spans: Vec<tracing::Span> = assigned
+        .iter()
+        .map(|e| intake_span(&config.region, e))
+        .collect();
+    let mut request = tonic::Request::new(v1::AckAssignmentsRequest {
+        region: config.region.clone(),
+        region_lease_epoch: epoch,
+        acks: assigned
+            .iter()
+            .map(|e| v1::JobEpoch {
+                job_id: e.job_id.clone(),
+                assignment_epoch: e.assignment_epoch,
+            })
+            .collect(),
+    });
+    // A call carries one trace: the one of a lone job. Batched jobs keep
+    // their trace ids in their records and on their intake spans.
+    if let [event] = assigned.as_slice()
+        && let Some(value) = trace::stored(&event.trace_id)
+            .and_then(|t| tonic::metadata::MetadataValue::try_from(t.traceparent()).ok())
+    {
+        request.metadata_mut().insert(trace::TRACEPARENT, value);
+    }
+    let call = client.ack_assignments(request);
+    let r = match spans.first() {
+        Some(span) => call.instrument(span.clone()).await?,
+        None => call.await?,
+    }
+    .into_inner();
+    drop(spans);
     if r.verdict != v1::Verdict::Accepted as i32 {
+        crate::metrics::fencing_rejection("region_lease");
         return Err(End::retry("acknowledgement refused: stale region lease"));
     }
-    if let Some(item) = r.results.first()
-        && item.verdict == v1::Verdict::StaleEpoch as i32
-    {
-        // The hold moved on before we acknowledged it: drop the job.
-        let job = event.job_id.clone();
-        let newer = item.current_epoch.max(event.assignment_epoch + 1);
-        db.run(|tx, _| {
-            let keys = keys.clone();
-            let fence = fence.clone();
-            let job = job.clone();
-            async move {
-                fence.check(&tx).await?;
-                apply_revoke(&tx, &keys, &job, newer).await
-            }
+    let stale: Vec<(String, u64)> = assigned
+        .iter()
+        .zip(&r.results)
+        .filter(|(_, item)| item.verdict == v1::Verdict::StaleEpoch as i32)
+        .map(|(event, item)| {
+            crate::metrics::fencing_rejection("assignment");
+            (
+                event.job_id.clone(),
+                item.current_epoch.max(event.assignment_epoch + 1),
+            )
         })
-        .await?;
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
     }
+    // The hold moved on before we acknowledged it: drop those jobs.
+    db.run(|tx, _| {
+        let keys = keys.clone();
+        let fence = fence.clone();
+        let stale = stale.clone();
+        async move {
+            fence.check(&tx).await?;
+            for (job, newer) in &stale {
+                apply_revoke(&tx, &keys, job, *newer).await?;
+            }
+            Ok::<_, RegionalError>(())
+        }
+    })
+    .await?;
     Ok(())
 }
+
+/// Most events taken from the assignment stream into one transaction.
+const INTAKE_BATCH: usize = 256;
+/// And at most about this many encoded bytes (far below the store's
+/// transaction size limit, whatever the specs' sizes).
+const INTAKE_BATCH_BYTES: usize = 1 << 20;
 
 /// Per-job status digest last reported.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
