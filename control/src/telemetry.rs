@@ -20,6 +20,13 @@
 //! | `meridian_control_retries_total` | counter | `controller` | requeues after an error, charged to the retry budget |
 //! | `meridian_control_retry_budget_exhausted_total` | counter | `controller` | errors whose key had no retry budget left and was parked |
 //! | `meridian_control_resyncs_total` | counter | `controller`, `outcome` | full re-lists; `outcome` is `ok` or `error` |
+//! | `meridian_control_lease_transitions_total` | counter | `lease`, `to` | lease terms gained and lost; `to` is `leader` (acquired), `follower` (lost: fenced, deadline passed or renewal too slow) or `released` (given up on shutdown) |
+//! | `meridian_control_lease_epoch` | gauge | `lease` | epoch of this candidate's last term |
+//! | `meridian_control_lease_renew_failures_total` | counter | `lease`, `reason` | failed renewals; `reason` is `fenced` (taken over), `error` (retried until the deadline) or `timeout` (deadline passed mid-renewal) |
+//! | `meridian_control_fenced_writes_total` | counter | | transactions refused by a fence check: a deposed owner's write that did not commit |
+//!
+//! Lease names are fixed or bounded (`global`, `link`, `shard-N` for the
+//! configured shard count), so the `lease` label stays bounded.
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -35,6 +42,32 @@ pub const RECONCILE_DURATION: &str = "meridian_control_reconcile_duration_second
 pub const RETRIES: &str = "meridian_control_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED: &str = "meridian_control_retry_budget_exhausted_total";
 pub const RESYNCS: &str = "meridian_control_resyncs_total";
+pub const LEASE_RENEW_FAILURES: &str = "meridian_control_lease_renew_failures_total";
+pub const FENCED_WRITES: &str = "meridian_control_fenced_writes_total";
+
+/// A lease renewal failed (`reason`: `fenced`, `error` or `timeout`).
+pub(crate) fn renew_failed(lease: &str, reason: &'static str) {
+    counter!(LEASE_RENEW_FAILURES, "lease" => lease.to_owned(), "reason" => reason).increment(1);
+}
+
+/// Shows the failure series of lease `lease` at zero from the start, so a
+/// dashboard can tell "none yet" from "not exported".
+pub(crate) fn register_lease(lease: &str) {
+    for reason in ["fenced", "error", "timeout"] {
+        let _ = counter!(LEASE_RENEW_FAILURES, "lease" => lease.to_owned(), "reason" => reason);
+    }
+}
+
+/// Shows the process-wide series of this crate at zero; call once the
+/// process's recorder is installed.
+pub fn register_series() {
+    let _ = counter!(FENCED_WRITES);
+}
+
+/// A fence check refused a transaction.
+pub(crate) fn fenced_write() {
+    counter!(FENCED_WRITES).increment(1);
+}
 
 /// How a reconcile ended, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,4 +241,12 @@ pub fn describe() {
         "Reconcile errors whose key had spent its retry budget and was parked"
     );
     describe_counter!(RESYNCS, "Full re-lists of the reconciled keys by outcome");
+    describe_counter!(
+        LEASE_RENEW_FAILURES,
+        "Failed lease renewals by lease and reason"
+    );
+    describe_counter!(
+        FENCED_WRITES,
+        "Transactions refused by a fence check (a deposed owner's writes)"
+    );
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use meridian_control::SharedClock;
 use meridian_control::lease::{Fence, Role};
+use meridian_control::trace;
 use meridian_proto::v1::{Job, JobState, RegionInfo};
 use meridian_store::{Database, RangeOption};
 use prost::Message;
@@ -258,6 +259,7 @@ impl Controller {
                 }
             })
             .await?;
+        metrics::gauge!("meridian_global_route_pending_jobs").set(pending.len() as f64);
         if pending.is_empty() {
             return Ok(0);
         }
@@ -307,6 +309,7 @@ impl Controller {
             })
             .await?;
         for (region, job) in &done {
+            trace_route(job, region);
             let need = request_of(job).per_task;
             let tasks = job.spec.as_ref().map_or(0, |s| u64::from(s.task_count));
             if let Some((_, amount)) = self.reserved.get_mut(region) {
@@ -363,6 +366,27 @@ impl Controller {
             },
         }
     }
+}
+
+/// The `route` step of a job's trace: the hand-off to `region` committed.
+fn trace_route(job: &Job, region: &str) {
+    let trace = trace::stored(&job.trace_id);
+    let span = tracing::info_span!(
+        "route",
+        trace_id = %job.trace_id,
+        job_id = %job.job_id,
+        region = %region,
+        assignment_epoch = job.assignment_epoch,
+    );
+    trace::link(&span, trace);
+    let _entered = span.enter();
+    tracing::debug!(
+        target: trace::TARGET,
+        trace_id = %job.trace_id,
+        job_id = %job.job_id,
+        region = %region,
+        "route: job assigned to region"
+    );
 }
 
 fn request_of(job: &Job) -> JobRequest {

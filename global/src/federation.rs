@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_control::SharedClock;
+use meridian_control::trace::{self, TraceId};
 use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::federation_server::Federation;
 use meridian_proto::v1::region_admin_client::RegionAdminClient;
@@ -19,6 +20,7 @@ use meridian_store::Database;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::error::{GlobalError, Result};
 use crate::events;
@@ -52,6 +54,14 @@ pub struct FederationService {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// The `traceparent` metadata of an incoming call, when readable.
+fn traceparent_of(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata
+        .get(trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn item_error(err: &GlobalError) -> ItemError {
     ItemError {
         code: err.code() as i32,
@@ -61,13 +71,54 @@ fn item_error(err: &GlobalError) -> ItemError {
 }
 
 impl FederationService {
-    /// SubmitJob, callable without gRPC (the HTTP API uses it too).
+    /// SubmitJob, callable without gRPC; the job gets a fresh trace id.
     pub async fn submit(&self, req: SubmitJobRequest) -> Result<SubmitJobResponse> {
+        self.submit_traced(req, None).await
+    }
+
+    /// SubmitJob with the caller's `traceparent` (gRPC metadata or HTTP
+    /// header), whose trace id the job keeps; a fresh one without it.
+    pub async fn submit_traced(
+        &self,
+        req: SubmitJobRequest,
+        traceparent: Option<&str>,
+    ) -> Result<SubmitJobResponse> {
+        let trace = TraceId::from_traceparent_or_generate(traceparent);
+        let span = tracing::info_span!(
+            "submit",
+            trace_id = %trace,
+            request_id = %req.request_id,
+            job_id = tracing::field::Empty,
+        );
+        trace::link(&span, Some(trace));
+        async move {
+            let result = self.submit_checked(req, trace).await;
+            if let Ok(accepted) = &result {
+                tracing::Span::current().record("job_id", accepted.job_id.as_str());
+                tracing::debug!(
+                    target: trace::TARGET,
+                    trace_id = %trace,
+                    job_id = %accepted.job_id,
+                    created = accepted.created,
+                    "submit: job accepted"
+                );
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn submit_checked(
+        &self,
+        req: SubmitJobRequest,
+        trace: TraceId,
+    ) -> Result<SubmitJobResponse> {
         validate::submit(&req)?;
         if !self.leadership.is_leader() {
             return Err(self.leadership.not_leader().await);
         }
-        let result = self.submitter.submit(req).await;
+        let result = self.submitter.submit(req, trace).await;
         let outcome = match &result {
             Ok(r) if r.created => "created",
             Ok(_) => "duplicate",
@@ -79,7 +130,20 @@ impl FederationService {
     }
 
     /// SubmitJobs: each item judged on its own, valid ones in one commit.
+    /// Every job gets a fresh trace id.
     pub async fn submit_batch(&self, req: SubmitJobsRequest) -> Result<SubmitJobsResponse> {
+        self.submit_batch_traced(req, None).await
+    }
+
+    /// SubmitJobs with the caller's `traceparent`: a traced batch is one
+    /// request, so all its jobs share that trace id; without one, each job
+    /// gets its own.
+    pub async fn submit_batch_traced(
+        &self,
+        req: SubmitJobsRequest,
+        traceparent: Option<&str>,
+    ) -> Result<SubmitJobsResponse> {
+        let shared = traceparent.and_then(TraceId::from_traceparent);
         if req.items.is_empty() || req.items.len() > MAX_BATCH_ITEMS {
             return Err(GlobalError::invalid(
                 "items",
@@ -93,7 +157,7 @@ impl FederationService {
             match validate::submit(&item) {
                 Ok(()) => {
                     positions.push(i);
-                    valid.push(item);
+                    valid.push((item, shared.unwrap_or_else(TraceId::generate)));
                 }
                 Err(err) => {
                     results[i] = Some(SubmitJobResult {
@@ -163,15 +227,21 @@ impl Federation for FederationService {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
-        Ok(Response::new(self.submit(request.into_inner()).await?))
+        let traceparent = traceparent_of(request.metadata());
+        Ok(Response::new(
+            self.submit_traced(request.into_inner(), traceparent.as_deref())
+                .await?,
+        ))
     }
 
     async fn submit_jobs(
         &self,
         request: Request<SubmitJobsRequest>,
     ) -> Result<Response<SubmitJobsResponse>, Status> {
+        let traceparent = traceparent_of(request.metadata());
         Ok(Response::new(
-            self.submit_batch(request.into_inner()).await?,
+            self.submit_batch_traced(request.into_inner(), traceparent.as_deref())
+                .await?,
         ))
     }
 

@@ -103,6 +103,7 @@ pub fn assign(
         reason: "routed".to_string(),
         at_unix_ms: now,
         job_created_at_unix_ms: job.created_at_unix_ms,
+        trace_id: job.trace_id.clone(),
         ..AssignmentEvent::default()
     };
     events.region(tx, keys, region, &event)?;

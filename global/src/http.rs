@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meridian_proto::LEADER_METADATA_KEY;
@@ -123,17 +123,24 @@ pub fn router(api: FederationService, metrics: Option<PrometheusHandle>) -> Rout
         .with_state(AppState { api, metrics })
 }
 
-async fn submit(State(s): State<AppState>, body: Bytes) -> ApiResult {
+/// The `traceparent` header of a request, when readable.
+fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(meridian_control::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let result = match json::parse::<SubmitJobRequest>("SubmitJobRequest", &body) {
-        Ok(req) => s.api.submit(req).await,
+        Ok(req) => s.api.submit_traced(req, traceparent(&headers)).await,
         Err(e) => Err(e),
     };
     respond(&s, "SubmitJobResponse", result).await
 }
 
-async fn submit_batch(State(s): State<AppState>, body: Bytes) -> ApiResult {
+async fn submit_batch(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let result = match json::parse::<SubmitJobsRequest>("SubmitJobsRequest", &body) {
-        Ok(req) => s.api.submit_batch(req).await,
+        Ok(req) => s.api.submit_batch_traced(req, traceparent(&headers)).await,
         Err(e) => Err(e),
     };
     respond(&s, "SubmitJobsResponse", result).await

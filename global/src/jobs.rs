@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use meridian_control::SharedClock;
 use meridian_control::lease::Fence;
+use meridian_control::trace::TraceId;
 use meridian_proto::v1::{
     AssignmentEvent, AssignmentEventKind, Job, JobEvent, JobEventKind, JobState, JobTransition,
     ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse, TaskState, TaskStatus,
@@ -84,6 +85,17 @@ pub fn change_state(
     Ok(changed)
 }
 
+/// A validated submit with the id and trace id its job gets if it is new.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The request.
+    pub request: SubmitJobRequest,
+    /// The id the job gets if the request is new.
+    pub job_id: String,
+    /// The trace id the job gets if the request is new.
+    pub trace: TraceId,
+}
+
 /// The job store of the global tier.
 #[derive(Clone)]
 pub struct Jobs {
@@ -105,14 +117,14 @@ impl Jobs {
         }
     }
 
-    /// Submits validated requests in one transaction, each with the id it
-    /// gets if it is new. Per-item results: an existing `(tenant,
+    /// Submits validated requests in one transaction, each with the id and
+    /// trace id it gets if it is new. Per-item results: an existing `(tenant,
     /// request_id)` returns its job with `created = false`; a spec naming an
     /// unknown region is refused with nothing written for it.
     pub async fn submit(
         &self,
         fence: &Fence,
-        items: &[(SubmitJobRequest, String)],
+        items: &[NewJob],
     ) -> Result<Vec<Result<SubmitJobResponse>>> {
         let keys = self.keys.clone();
         let now = self.clock.now_unix_ms();
@@ -124,8 +136,8 @@ impl Jobs {
                     fence.check(&tx).await?;
                     let mut events = EventWriter::new();
                     let mut results = Vec::with_capacity(items.len());
-                    for (req, new_id) in items {
-                        results.push(submit_one(&tx, &keys, &mut events, req, new_id, now).await?);
+                    for item in items {
+                        results.push(submit_one(&tx, &keys, &mut events, item, now).await?);
                     }
                     Ok::<_, GlobalError>(results)
                 }
@@ -307,10 +319,10 @@ async fn submit_one(
     tx: &Transaction,
     keys: &Keys,
     events: &mut EventWriter,
-    req: &SubmitJobRequest,
-    new_id: &str,
+    item: &NewJob,
     now: u64,
 ) -> Result<Result<SubmitJobResponse>> {
+    let (req, new_id) = (&item.request, item.job_id.as_str());
     let Some(spec) = req.spec.clone() else {
         return Ok(Err(GlobalError::invalid("spec", "required")));
     };
@@ -340,7 +352,8 @@ async fn submit_one(
             }
         }
     }
-    let job = lifecycle::new_job(new_id.to_string(), req.request_id.clone(), spec, now);
+    let mut job = lifecycle::new_job(new_id.to_string(), req.request_id.clone(), spec, now);
+    job.trace_id = item.trace.to_string();
     write_job(tx, keys, &job)?;
     tx.set(&request_key, new_id.as_bytes())?;
     tx.set(&keys.pending(new_id), b"")?;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use meridian_control::SharedClock;
 use meridian_control::lease::Role;
+use meridian_control::trace::{self, TraceId};
 use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::region_link_server::RegionLink;
 use meridian_proto::v1::{
@@ -35,6 +36,7 @@ use crate::handoff::read_moving;
 use crate::jobs::read_job;
 use crate::keys::{self, Keys};
 use crate::leader::Leadership;
+use crate::metrics_endpoint;
 use crate::registry::{self, Registry, check_lease};
 use crate::{lifecycle, reports, validate};
 
@@ -124,7 +126,13 @@ impl LinkService {
         if matches!(kind, BatchKind::Release | BatchKind::Status) && accepted {
             self.kick.notify_one();
         }
+        if outcome.0 == Verdict::StaleEpoch {
+            metrics_endpoint::fencing_rejection("region_lease");
+        }
         for r in &outcome.2 {
+            if r.verdict == Verdict::StaleEpoch as i32 {
+                metrics_endpoint::fencing_rejection("assignment");
+            }
             let verdict = Verdict::try_from(r.verdict).map_or("unknown", |v| v.as_str_name());
             let kind = match kind {
                 BatchKind::Ack => "ack",
@@ -188,6 +196,7 @@ impl LinkService {
                             spec: job.spec.clone(),
                             request_id: job.request_id.clone(),
                             job_created_at_unix_ms: job.created_at_unix_ms,
+                            trace_id: job.trace_id.clone(),
                             ..base.clone()
                         });
                         if job.cancel_requested
@@ -225,6 +234,7 @@ impl LinkService {
 }
 
 fn superseded(region: &str, epoch: u64, current: u64) -> Status {
+    metrics_endpoint::fencing_rejection("region_lease");
     Status::failed_precondition(format!(
         "region lease epoch {epoch} of {region} is not current (current {current}): register again"
     ))
@@ -247,9 +257,11 @@ impl RegionLink for LinkService {
         request: Request<RenewRegionLeaseRequest>,
     ) -> Result<Response<RenewRegionLeaseResponse>, Status> {
         let fence = self.leadership.fence().await?;
-        Ok(Response::new(
-            self.registry.renew(&fence, request.get_ref()).await?,
-        ))
+        let renewed = self.registry.renew(&fence, request.get_ref()).await?;
+        if renewed.verdict == Verdict::StaleEpoch as i32 {
+            metrics_endpoint::fencing_rejection("region_lease");
+        }
+        Ok(Response::new(renewed))
     }
 
     type AssignmentsStream = ReceiverStream<Result<AssignmentEvent, Status>>;
@@ -357,7 +369,23 @@ impl RegionLink for LinkService {
         &self,
         request: Request<AckAssignmentsRequest>,
     ) -> Result<Response<AckAssignmentsResponse>, Status> {
+        let trace = request
+            .metadata()
+            .get(trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceId::from_traceparent);
         let req = request.into_inner();
+        if let Some(trace) = trace {
+            for ack in &req.acks {
+                tracing::debug!(
+                    target: trace::TARGET,
+                    trace_id = %trace,
+                    job_id = %ack.job_id,
+                    region = %req.region,
+                    "route: region acknowledged the assignment"
+                );
+            }
+        }
         let (verdict, current_epoch, results) = self
             .batch(
                 &req.region,

@@ -16,7 +16,6 @@ use meridian_store::Database;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::GlobalConfig;
 use crate::controller::Controller;
@@ -80,12 +79,12 @@ pub async fn start(config: GlobalConfig) -> Result<Running> {
 /// Starts a replica on a given store and clock.
 pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) -> Result<Running> {
     let keys = Keys::new(&config.namespace);
-    let grpc_listener = TcpListener::bind(config.listen)
+    // Through the network seam, so the simulation can run this replica on
+    // its simulated network; production gets plain TCP.
+    let grpc_listener = meridian_control::net::listen(config.listen)
         .await
         .map_err(|e| io_error("binding the gRPC address", e))?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|e| io_error("reading the gRPC address", e))?;
+    let grpc_addr = grpc_listener.local_addr;
     let http_listener = match config.http {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -101,6 +100,10 @@ pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) 
         ),
         None => None,
     };
+    // Installed before anything records, so every series lands in it.
+    let metrics = http_listener
+        .as_ref()
+        .and_then(|_| metrics_endpoint::handle());
     let (shutdown_tx, shutdown) = watch::channel(false);
     let stop = {
         let mut rx = shutdown.clone();
@@ -175,17 +178,16 @@ pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) 
         .add_service(RegionLinkServer::new(link));
     let mut grpc_stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        let serve =
-            grpc.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            });
+        let serve = grpc.serve_with_incoming_shutdown(grpc_listener.incoming, async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        });
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "gRPC server failed");
         }
     }));
     if let Some(listener) = http_listener {
-        let router = http::router(federation.clone(), metrics_endpoint::handle())
-            .merge(crate::console::router(federation));
+        let router =
+            http::router(federation.clone(), metrics).merge(crate::console::router(federation));
         let mut http_stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {

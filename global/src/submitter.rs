@@ -9,11 +9,12 @@
 
 use std::sync::Arc;
 
+use meridian_control::trace::TraceId;
 use meridian_proto::v1::{SubmitJobRequest, SubmitJobResponse};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{GlobalError, Result};
-use crate::jobs::Jobs;
+use crate::jobs::{Jobs, NewJob};
 use crate::leader::Leadership;
 
 /// Most submits in one transaction.
@@ -24,13 +25,13 @@ type Reply = oneshot::Sender<Result<SubmitJobResponse>>;
 /// Handle to the group-commit loop.
 #[derive(Clone)]
 pub struct Submitter {
-    queue: mpsc::Sender<(SubmitJobRequest, Reply)>,
+    queue: mpsc::Sender<((SubmitJobRequest, TraceId), Reply)>,
 }
 
 impl Submitter {
     /// Starts the loop; it ends when every handle is dropped.
     pub fn start(jobs: Jobs, leadership: Arc<Leadership>) -> Self {
-        let (queue, mut rx) = mpsc::channel::<(SubmitJobRequest, Reply)>(4 * MAX_GROUP);
+        let (queue, mut rx) = mpsc::channel::<((SubmitJobRequest, TraceId), Reply)>(4 * MAX_GROUP);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut group = vec![first];
@@ -40,6 +41,7 @@ impl Submitter {
                         Err(_) => break,
                     }
                 }
+                metrics::gauge!("meridian_global_submit_queue_depth").set(rx.len() as f64);
                 let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
                 match submit_group(&jobs, &leadership, requests).await {
                     Ok(results) => {
@@ -58,11 +60,12 @@ impl Submitter {
         Submitter { queue }
     }
 
-    /// Submits one validated request and waits for its commit.
-    pub async fn submit(&self, req: SubmitJobRequest) -> Result<SubmitJobResponse> {
+    /// Submits one validated request, whose job gets `trace` as its trace
+    /// id, and waits for its commit.
+    pub async fn submit(&self, req: SubmitJobRequest, trace: TraceId) -> Result<SubmitJobResponse> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((req, reply))
+            .send(((req, trace), reply))
             .await
             .map_err(|_| GlobalError::NotLeader { leader: None })?;
         answer
@@ -71,18 +74,20 @@ impl Submitter {
     }
 }
 
-/// Submits validated requests as one transaction (fenced by the leader).
+/// Submits validated requests, each with its job's trace id, as one
+/// transaction (fenced by the leader).
 pub async fn submit_group(
     jobs: &Jobs,
     leadership: &Leadership,
-    requests: Vec<SubmitJobRequest>,
+    requests: Vec<(SubmitJobRequest, TraceId)>,
 ) -> Result<Vec<Result<SubmitJobResponse>>> {
     let fence = leadership.fence().await?;
-    let items: Vec<(SubmitJobRequest, String)> = requests
+    let items: Vec<NewJob> = requests
         .into_iter()
-        .map(|r| {
-            let id = leadership.job_id(&fence);
-            (r, id)
+        .map(|(request, trace)| NewJob {
+            job_id: leadership.job_id(&fence),
+            request,
+            trace,
         })
         .collect();
     let results = jobs.submit(&fence, &items).await;

@@ -35,6 +35,21 @@ pub async fn apply_assign(
     spec: &v1::JobSpec,
     now_unix_ms: u64,
 ) -> Result<Applied> {
+    apply_assign_traced(tx, keys, job_id, epoch, request_id, spec, now_unix_ms, "").await
+}
+
+/// [`apply_assign`] keeping the job's trace id with its record.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_assign_traced(
+    tx: &Transaction,
+    keys: &Keys,
+    job_id: &str,
+    epoch: u64,
+    request_id: &str,
+    spec: &v1::JobSpec,
+    now_unix_ms: u64,
+    trace_id: &str,
+) -> Result<Applied> {
     if let Some(existing) = read_job(tx, keys, job_id).await? {
         let newest = match existing.state {
             JobPhase::Revoked(e) | JobPhase::Released(e) => e.max(existing.assignment_epoch),
@@ -44,7 +59,8 @@ pub async fn apply_assign(
             return Ok(Applied::Unchanged);
         }
     }
-    let job = job_from_spec(job_id, epoch, request_id, spec, now_unix_ms)?;
+    let mut job = job_from_spec(job_id, epoch, request_id, spec, now_unix_ms)?;
+    job.trace_id = trace_id.to_string();
     tx.clear_range(&keys.task_blocks(job_id).0, &keys.task_blocks(job_id).1)?;
     let mut first = 0;
     while first < job.task_count {

@@ -15,6 +15,21 @@
 //! | `meridian_regional_stops_total` | counter | |
 //! | `meridian_regional_agent_calls_total` | counter | `call`, `outcome` |
 //! | `meridian_regional_shards_led` | gauge | |
+//! | `meridian_regional_assignments_total` | counter | `kind`, `outcome` |
+//! | `meridian_regional_task_reports_total` | counter | `state` |
+//! | `meridian_regional_fencing_rejections_total` | counter | `epoch` |
+//!
+//! `shard` takes the configured shard numbers only; no label takes a node,
+//! job or task id. `assignments_total` counts the global tier's events the
+//! region applied (`kind` `assign`, `cancel`, `revoke`; `outcome` `changed`
+//! or `unchanged`); `task_reports_total` counts agents' accepted task
+//! reports by the state they report (`running` is a start, `succeeded`,
+//! `failed`, `killed` and `lost` are finishes); `fencing_rejections_total`
+//! counts writes the region refused or lost as stale: `node` (an agent
+//! call under a superseded node epoch), `region_lease` and `assignment`
+//! (the global tier refused the region's write). The lease, fence, queue
+//! and store series of `meridian-control` and `meridian-store` are served
+//! on the same endpoint.
 
 use std::time::Duration;
 
@@ -52,4 +67,37 @@ pub(crate) fn agent_call(call: &'static str, outcome: &'static str) {
 
 pub(crate) fn shards_led(n: usize) {
     metrics::gauge!("meridian_regional_shards_led").set(n as f64);
+}
+
+pub(crate) fn assignment(kind: &'static str, changed: bool) {
+    let outcome = if changed { "changed" } else { "unchanged" };
+    metrics::counter!("meridian_regional_assignments_total", "kind" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+pub(crate) fn task_report(state: i32) {
+    use meridian_proto::v1::TaskState;
+    let state = match TaskState::try_from(state) {
+        Ok(TaskState::Running) => "running",
+        Ok(TaskState::Succeeded) => "succeeded",
+        Ok(TaskState::Failed) => "failed",
+        Ok(TaskState::Killed) => "killed",
+        Ok(TaskState::Lost) => "lost",
+        _ => "other",
+    };
+    metrics::counter!("meridian_regional_task_reports_total", "state" => state).increment(1);
+}
+
+pub(crate) fn fencing_rejection(epoch: &'static str) {
+    metrics::counter!("meridian_regional_fencing_rejections_total", "epoch" => epoch).increment(1);
+}
+
+/// Shows the series that count rare events (fencing, retries) at zero from
+/// the start; called once the process's recorder is installed.
+pub(crate) fn register_series() {
+    for epoch in ["node", "region_lease", "assignment"] {
+        let _ = metrics::counter!("meridian_regional_fencing_rejections_total", "epoch" => epoch);
+    }
+    meridian_control::telemetry::register_series();
+    meridian_store::database::register_metrics();
 }

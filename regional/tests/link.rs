@@ -2,7 +2,9 @@
 //! gRPC: duplicated and reordered assignment events change nothing, an ASSIGN
 //! acknowledged STALE_EPOCH is dropped like a revoke, revoked jobs with no
 //! bound task are released, and a reconnecting link resumes the stream from
-//! its persisted cursor instead of re-listing.
+//! its persisted cursor instead of re-listing. The stale acknowledgement is
+//! counted as a fencing rejection (a debugging recorder is installed for
+//! this test binary, which has one test).
 
 mod support;
 
@@ -17,6 +19,7 @@ use meridian_proto::v1::region_link_server::{RegionLink, RegionLinkServer};
 use meridian_regional::jobs::simple_spec;
 use meridian_regional::link::{LinkConfig, run};
 use meridian_regional::model::JobPhase;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use parking_lot::Mutex;
 use support::{GIB, Region};
 use tokio::net::TcpListener;
@@ -213,6 +216,11 @@ fn event(
 async fn duplicated_and_reordered_events_change_nothing_stale_acks_and_revokes_are_released_and_the_stream_resumes_from_its_cursor()
  {
     use v1::AssignmentEventKind::{Assign, Cancel, Revoke};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
     let region = Region::new().await;
     let events = vec![
         event(1, Assign, "job-1", 2, 3),
@@ -354,4 +362,29 @@ async fn duplicated_and_reordered_events_change_nothing_stale_acks_and_revokes_a
     assert!(view.pending.contains_key("job-1"));
     assert_eq!(view.jobs["job-2"].state, JobPhase::Released(2));
     assert_eq!(view.jobs["job-3"].state, JobPhase::Released(2));
+
+    let rejections = |epoch: &str| -> u64 {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find_map(|(key, _, _, value)| match value {
+                DebugValue::Counter(n)
+                    if key.key().name() == "meridian_regional_fencing_rejections_total"
+                        && key
+                            .key()
+                            .labels()
+                            .any(|l| l.key() == "epoch" && l.value() == epoch) =>
+                {
+                    Some(n)
+                }
+                _ => None,
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        rejections("assignment"),
+        1,
+        "job-2's acknowledgement, answered STALE_EPOCH once, is one rejection"
+    );
 }

@@ -4,6 +4,13 @@
 //! off and run the closure again, the FoundationDB way. It must never retry a
 //! permanent error, and never retry a `commit_unknown_result` silently for a
 //! caller that did not make its closure idempotent (`run_once` does that).
+//!
+//! Metrics (through the `metrics` facade, recorded on retries only, never on
+//! the first attempt's path):
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `meridian_store_retries_total` | counter | `reason` | transaction attempts retried; `reason` is `conflict` (OCC: `not_committed`), `busy`, `unknown_result` or `other` |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -147,6 +154,7 @@ impl Database {
             };
             let retry = match err.as_store_error() {
                 Some(store_err) if store_err.is_retryable() => {
+                    count_retry(store_err);
                     maybe_committed |= store_err.maybe_committed();
                     // After a conflict, take the write lock up front so the
                     // next attempt cannot lose the race again.
@@ -205,4 +213,23 @@ impl Database {
         }
         Duration::from_nanos(self.rng.lock().random_range(0..=nanos))
     }
+}
+
+/// Shows the retry series at zero; call once the process's recorder is
+/// installed.
+pub fn register_metrics() {
+    for reason in ["conflict", "busy", "unknown_result", "other"] {
+        let _ = metrics::counter!("meridian_store_retries_total", "reason" => reason);
+    }
+}
+
+/// Counts one retry of a transaction by its cause.
+fn count_retry(err: &StoreError) {
+    let reason = match err {
+        StoreError::NotCommitted => "conflict",
+        StoreError::Busy(_) => "busy",
+        StoreError::CommitUnknownResult => "unknown_result",
+        _ => "other",
+    };
+    metrics::counter!("meridian_store_retries_total", "reason" => reason).increment(1);
 }

@@ -24,6 +24,9 @@ pub struct Launch {
     /// Per-attempt directory (output files, default working directory);
     /// `None` for executors that need none.
     pub dir: Option<PathBuf>,
+    /// The job's trace id (empty when none), given to a process as
+    /// `MERIDIAN_TRACE_ID`.
+    pub trace_id: String,
 }
 
 /// Captured end of one output stream.

@@ -125,6 +125,7 @@ impl Executor for ProcessExecutor {
                     .unwrap_or_default(),
             )
             .env("MERIDIAN_ATTEMPT", launch.attempt.attempt.to_string())
+            .env("MERIDIAN_TRACE_ID", &launch.trace_id)
             .envs(&cmd.env)
             .current_dir(&workdir)
             .stdin(Stdio::null())

@@ -296,5 +296,6 @@ fn empty_job() -> crate::model::JobRecord {
         stop_grace_ms: 0,
         state: crate::model::JobPhase::Active,
         created_at_unix_ms: 0,
+        trace_id: String::new(),
     }
 }

@@ -125,6 +125,7 @@ impl AgentLink for RegionApi {
                 if n.epoch == req.node_epoch && n.liveness != crate::model::NodeLiveness::Down => {}
             _ => {
                 m::agent_call("assignments", "stale_epoch");
+                m::fencing_rejection("node");
                 return Err(Status::failed_precondition(format!(
                     "node epoch {} of {} is not current: register again",
                     req.node_epoch, req.node_id
@@ -178,6 +179,13 @@ impl AgentLink for RegionApi {
                 "stale_epoch"
             },
         );
+        if verdict == v1::Verdict::Accepted {
+            for r in &req.reports {
+                m::task_report(r.state);
+            }
+        } else {
+            m::fencing_rejection("node");
+        }
         Ok(Response::new(v1::ReportTaskStatusResponse {
             verdict: verdict as i32,
             current_epoch: current,
@@ -199,6 +207,9 @@ impl AgentLink for RegionApi {
             EpochCheck::Unknown => (true, 0),
         };
         m::agent_call("heartbeat", if reregister { "stale_epoch" } else { "ok" });
+        if reregister {
+            m::fencing_rejection("node");
+        }
         Ok(Response::new(v1::HeartbeatResponse {
             reregister,
             current_node_epoch: current,

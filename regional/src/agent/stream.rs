@@ -82,7 +82,7 @@ pub async fn read_log(
 async fn to_wire(
     db: &Database,
     keys: &Keys,
-    specs: &mut BTreeMap<String, Option<v1::JobSpec>>,
+    specs: &mut BTreeMap<String, Option<(v1::JobSpec, String)>>,
     cursor: Cursor,
     c: &CommandRecord,
 ) -> Result<v1::AssignmentCommand> {
@@ -106,16 +106,22 @@ async fn to_wire(
     };
     if kind == v1::CommandKind::Run {
         if !specs.contains_key(&c.job) {
-            let spec = db
+            let (spec, job) = db
                 .run(|tx, _| {
                     let key = keys.job_spec(&c.job);
-                    async move { Ok::<_, RegionalError>(tx.get(&key).await?) }
+                    async move {
+                        let spec = tx.get(&key).await?;
+                        let job = crate::model::view::read_job(&tx, keys, &c.job).await?;
+                        Ok::<_, RegionalError>((spec, job))
+                    }
                 })
-                .await?
-                .and_then(|b| v1::JobSpec::decode(b.as_slice()).ok());
-            specs.insert(c.job.clone(), spec);
+                .await?;
+            let spec = spec.and_then(|b| v1::JobSpec::decode(b.as_slice()).ok());
+            let trace_id = job.map(|j| j.trace_id).unwrap_or_default();
+            specs.insert(c.job.clone(), spec.map(|s| (s, trace_id)));
         }
-        if let Some(Some(spec)) = specs.get(&c.job) {
+        if let Some(Some((spec, trace_id))) = specs.get(&c.job) {
+            msg.trace_id = trace_id.clone();
             msg.template = spec.task.clone();
             msg.resources = spec.resources.clone();
             msg.on_region_loss = spec.on_region_loss;

@@ -94,6 +94,7 @@ pub fn job_from_spec(
         stop_grace_ms: spec.stop_grace_period_ms,
         state: JobPhase::Active,
         created_at_unix_ms,
+        trace_id: String::new(),
     })
 }
 

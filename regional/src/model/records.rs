@@ -158,6 +158,10 @@ pub struct JobRecord {
     pub stop_grace_ms: u64,
     pub state: JobPhase,
     pub created_at_unix_ms: u64,
+    /// The job's trace id from the global tier (`Job.trace_id`), handed on
+    /// with every RUN; empty when the job came without one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
 }
 
 /// Where a job stands in the region.

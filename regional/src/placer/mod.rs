@@ -298,6 +298,7 @@ impl ShardLoop {
                 }
             };
             m::bound(self.term.shard, out.bound.len(), out.stale.len());
+            trace_place(&view, self.term.shard, &out.bound);
             stale_jobs.extend(out.stale.iter().map(|(t, _)| t.job_id.clone()));
             report.outcome.bound.extend(out.bound);
             report.outcome.stale.extend(out.stale);
@@ -365,5 +366,31 @@ impl ShardLoop {
                 }
             })
             .await
+    }
+}
+
+/// The `place` step of the traces of the jobs whose bindings just committed:
+/// one span per job and batch (not per task, to stay cheap at high binding
+/// rates).
+fn trace_place(view: &RegionView, shard: u32, bound: &[crate::placement::TaskRef]) {
+    let mut per_job: BTreeMap<&str, usize> = BTreeMap::new();
+    for task in bound {
+        *per_job.entry(task.job_id.as_str()).or_default() += 1;
+    }
+    for (job_id, tasks) in per_job {
+        let trace_id = view.jobs.get(job_id).map_or("", |j| j.trace_id.as_str());
+        let span =
+            tracing::info_span!("place", trace_id = %trace_id, job_id = %job_id, shard, tasks);
+        meridian_control::trace::link(&span, meridian_control::trace::stored(trace_id));
+        span.in_scope(|| {
+            tracing::debug!(
+                target: meridian_control::trace::TARGET,
+                trace_id = %trace_id,
+                job_id = %job_id,
+                shard,
+                tasks,
+                "place: tasks bound to nodes"
+            );
+        });
     }
 }
