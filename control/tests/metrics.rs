@@ -249,8 +249,7 @@ fn a_deposed_owners_write_counts_as_a_fenced_write() {
             .await
             .expect("open store");
         let clock = ManualClock::new();
-        let Acquired::Held(a) = test_lease(&db, &clock, "a").try_acquire().await.expect("a")
-        else {
+        let Acquired::Held(a) = test_lease(&db, &clock, "a").try_acquire().await.expect("a") else {
             panic!("a should acquire a fresh lease");
         };
         clock.advance(Duration::from_secs(4));
@@ -269,7 +268,10 @@ fn a_deposed_owners_write_counts_as_a_fenced_write() {
                 }
             })
             .await;
-        assert!(matches!(refused, Err(LeaseError::Fenced { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Err(LeaseError::Fenced { .. })),
+            "{refused:?}"
+        );
     });
     let snap = Snap::take(&recorder);
     assert_eq!(snap.counter(telemetry::FENCED_WRITES, &[]), 1);
@@ -296,7 +298,10 @@ fn a_renewal_refused_by_a_takeover_counts_as_a_fenced_renew_failure() {
         // B's clock runs ahead (skew): it sees the lease expired while A's
         // own deadline has not passed, and takes over.
         clock_b.advance(Duration::from_secs(10));
-        let taken = test_lease(&db, &clock_b, "b").try_acquire().await.expect("b");
+        let taken = test_lease(&db, &clock_b, "b")
+            .try_acquire()
+            .await
+            .expect("b");
         assert!(matches!(taken, Acquired::Held(_)));
         // A's next renewal is refused by the store: fenced.
         elector.tick().await;
