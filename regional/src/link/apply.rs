@@ -65,8 +65,8 @@ async fn apply_one(
     event: &v1::AssignmentEvent,
     now_unix_ms: u64,
 ) -> Result<Applied> {
-    let kind =
-        v1::AssignmentEventKind::try_from(event.kind).unwrap_or(v1::AssignmentEventKind::Unspecified);
+    let kind = v1::AssignmentEventKind::try_from(event.kind)
+        .unwrap_or(v1::AssignmentEventKind::Unspecified);
     Ok(match kind {
         v1::AssignmentEventKind::Assign => {
             let spec = event
