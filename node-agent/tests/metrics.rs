@@ -57,7 +57,8 @@ fn value(all: &[Series], name: &str, label: (&str, &str)) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_shard_leaders_command_counts_as_a_fencing_rejection_and_accepted_runs_as_starts() {
+async fn commands_under_a_stale_shard_or_node_epoch_count_as_fencing_rejections_and_accepted_runs_as_starts()
+ {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder
