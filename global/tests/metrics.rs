@@ -1,8 +1,8 @@
 //! The global tier's trace ids and metrics, in process: a submit's
-//! `traceparent` reaches the region's ASSIGN event, and a region write
-//! under a superseded lease is counted as a fencing rejection on
-//! `/metrics`. One test per binary: the Prometheus recorder is the
-//! process's.
+//! `traceparent` reaches the region's ASSIGN event; a region write under a
+//! superseded lease, and an item under a superseded assignment epoch, are
+//! each counted as a fencing rejection on `/metrics`. One test per binary:
+//! the Prometheus recorder is the process's.
 
 mod common;
 
@@ -13,7 +13,7 @@ use meridian_proto::v1::*;
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_assign_event_carries_the_submit_trace_and_a_stale_lease_write_is_counted() {
+async fn the_assign_event_carries_the_submit_trace_and_stale_lease_and_epoch_writes_are_counted() {
     let h = Harness::start(|_| {}).await;
     let mut link = h.link().await;
     let lease = register(&mut link, "region-a").await;
@@ -68,6 +68,25 @@ async fn the_assign_event_carries_the_submit_trace_and_a_stale_lease_write_is_co
         .into_inner();
     assert_eq!(stale.verdict, Verdict::StaleEpoch as i32);
 
+    // Under the current lease, an item naming an epoch older than the job's
+    // assignment epoch.
+    assert!(assign.assignment_epoch >= 1);
+    let old_item = link
+        .ack_assignments(AckAssignmentsRequest {
+            region: "region-a".into(),
+            region_lease_epoch: lease,
+            acks: vec![JobEpoch {
+                job_id: job_id.clone(),
+                assignment_epoch: assign.assignment_epoch - 1,
+            }],
+        })
+        .await
+        .expect("ack")
+        .into_inner();
+    assert_eq!(old_item.verdict, Verdict::Accepted as i32);
+    assert_eq!(old_item.results.len(), 1);
+    assert_eq!(old_item.results[0].verdict, Verdict::StaleEpoch as i32);
+
     let addr = h.running.http_addr.expect("HTTP is on");
     let (status, body) = http(addr, "GET", "/metrics", "").await;
     assert_eq!(status, 200);
@@ -82,7 +101,7 @@ async fn the_assign_event_carries_the_submit_trace_and_a_stale_lease_write_is_co
     );
     assert_eq!(
         value("meridian_global_fencing_rejections_total{epoch=\"assignment\"} "),
-        0.0
+        1.0
     );
     assert_eq!(
         value("meridian_global_submits_total{outcome=\"created\"} "),
