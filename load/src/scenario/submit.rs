@@ -7,7 +7,7 @@
 //! acknowledged jobs can be read back. Must never count a slow call as a
 //! failure.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use meridian_proto::v1;
@@ -27,9 +27,23 @@ struct Phase {
     jobs: u64,
     calls: u64,
     errors: u64,
+    /// Failed calls or items by gRPC code, with one example message each,
+    /// so a report says what the failures were.
+    error_kinds: BTreeMap<String, (u64, String)>,
     elapsed: Duration,
     timeline: Timeline,
     acked: Vec<(String, String)>,
+}
+
+impl Phase {
+    fn fail(&mut self, count: u64, code: tonic::Code, message: &str) {
+        self.errors += count;
+        let e = self
+            .error_kinds
+            .entry(format!("{code:?}"))
+            .or_insert_with(|| (0, message.to_string()));
+        e.0 += count;
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -55,6 +69,7 @@ async fn phase(url: &str, seed: u64, kind: Kind, workers: usize, d: Duration) ->
                 jobs: 0,
                 calls: 0,
                 errors: 0,
+                error_kinds: BTreeMap::new(),
                 elapsed: Duration::ZERO,
                 timeline: Timeline::new(start),
                 acked: Vec::new(),
@@ -66,7 +81,7 @@ async fn phase(url: &str, seed: u64, kind: Kind, workers: usize, d: Duration) ->
                 match kind {
                     Kind::Reference => match c.list_regions(v1::ListRegionsRequest {}).await {
                         Ok(_) => p.jobs += 1,
-                        Err(_) => p.errors += 1,
+                        Err(e) => p.fail(1, e.code(), e.message()),
                     },
                     Kind::Unary => {
                         n += 1;
@@ -80,7 +95,7 @@ async fn phase(url: &str, seed: u64, kind: Kind, workers: usize, d: Duration) ->
                                 p.jobs += 1;
                                 p.acked.push((rid, r.into_inner().job_id));
                             }
-                            Err(_) => p.errors += 1,
+                            Err(e) => p.fail(1, e.code(), e.message()),
                         }
                     }
                     Kind::Batched(size) => {
@@ -103,11 +118,14 @@ async fn phase(url: &str, seed: u64, kind: Kind, workers: usize, d: Duration) ->
                                             p.jobs += 1;
                                             p.acked.push((rid, a.job_id));
                                         }
-                                        _ => p.errors += 1,
+                                        Some(v1::submit_job_result::Outcome::Error(e)) => {
+                                            p.fail(1, tonic::Code::from_i32(e.code), &e.message)
+                                        }
+                                        None => p.fail(1, tonic::Code::Unknown, "no outcome"),
                                     }
                                 }
                             }
-                            Err(_) => p.errors += size as u64,
+                            Err(e) => p.fail(size as u64, e.code(), e.message()),
                         }
                     }
                 }
@@ -124,6 +142,7 @@ async fn phase(url: &str, seed: u64, kind: Kind, workers: usize, d: Duration) ->
         jobs: 0,
         calls: 0,
         errors: 0,
+        error_kinds: BTreeMap::new(),
         elapsed: Duration::ZERO,
         timeline: Timeline::new(start),
         acked: Vec::new(),
@@ -134,6 +153,10 @@ async fn phase(url: &str, seed: u64, kind: Kind, workers: usize, d: Duration) ->
             all.jobs += p.jobs;
             all.calls += p.calls;
             all.errors += p.errors;
+            for (code, (count, example)) in p.error_kinds {
+                let e = all.error_kinds.entry(code).or_insert((0, example));
+                e.0 += count;
+            }
             all.timeline.merge(&p.timeline);
             all.acked.extend(p.acked);
         }
@@ -192,9 +215,11 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     report.result("unary_jobs_per_s", unary_rate.round());
     report.result("unary_latency", &u);
     report.result("unary_errors", unary.errors);
+    report.result("unary_error_kinds", &unary.error_kinds);
     report.result("batched_jobs_per_s", batched_rate.round());
     report.result("batched_call_latency", batched.latency.summary());
     report.result("batched_errors", batched.errors);
+    report.result("batched_error_kinds", &batched.error_kinds);
     report.result(
         "unary_over_reference",
         if ref_rate > 0.0 {
