@@ -2,6 +2,7 @@
 //! (given or started), waiting for its nodes, submitting at a rate, and
 //! sampling queue depth. Must never judge timings as failures.
 
+mod churn;
 pub mod e2e;
 pub mod failover;
 pub mod herd;

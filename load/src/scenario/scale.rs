@@ -12,9 +12,8 @@ use crate::Ctx;
 use crate::client;
 use crate::error::Result;
 use crate::federation::Layout;
-use crate::scenario::{Target, await_nodes, open_loop, sample_metric};
-use crate::stats::{Latency, Timeline};
-use crate::watch::{Watcher, duplicate_lines};
+use crate::scenario::churn::Churn;
+use crate::scenario::{Target, await_nodes};
 
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
@@ -65,69 +64,17 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         ready,
     );
 
-    let url = client::leader(&target.endpoints).await?;
-    let watcher = Watcher::start(&url).await?;
-    let start = Instant::now();
-    let (depth, sampler) = sample_metric(
-        target.region_metrics(),
-        "meridian_regional_queue_depth",
-        Duration::from_secs(1),
-        start,
-    );
-    let bar = ctx.progress(d.as_secs(), "scale");
-    let spec = client::simulated_job("load-scale", 1, 2000);
-    let o = open_loop(&url, ctx.args.seed, offered, d, spec, &bar).await?;
-    bar.finish_and_clear();
-    let jobs: Vec<String> = o.acked.keys().cloned().collect();
-    let missing = watcher
-        .await_running(&jobs, Duration::from_secs(ctx.pick(30, 120)))
-        .await;
-    sampler.abort();
-    let mut latency = Latency::new();
-    let mut running = Timeline::new(start);
-    watcher.with(|s| {
-        for (job, (_, at)) in &o.acked {
-            if let Some(r) = s.running_at.get(job) {
-                latency.record(r.saturating_duration_since(*at));
-                running.add(*r, 1);
-            }
-        }
-        report.violations.extend(duplicate_lines(s));
-    });
-    watcher.stop();
-    report.violations.extend(o.id_clashes.iter().cloned());
-    if !missing.is_empty() {
-        report.result(
-            "states_of_jobs_never_seen_running",
-            super::states_of(&url, &missing).await,
-        );
-        report.violations.push(format!(
-            "{} acknowledged jobs never ran (e.g. {})",
-            missing.len(),
-            missing
-                .iter()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    Churn {
+        name: "scale",
+        rate: offered,
+        duration: d,
+        spec: client::simulated_job("load-scale", 1, 2000),
+        sample_every: Duration::from_secs(1),
+        wait: Duration::from_secs(ctx.pick(30, 120)),
+        depth_title: "queue depth, all regions",
     }
-    report.result("acknowledged", o.acked.len());
-    report.result("submit_errors", &o.errors);
-    report.result("submit_error_messages", &o.error_samples);
-    report.result("submit_to_running", latency.summary());
-    report.series("acknowledged submits", "s", "jobs/s", o.acks.series());
-    report.series("jobs seen running", "s", "jobs/s", running.series());
-    report.series(
-        "submit -> running latency",
-        "percentile",
-        "ms",
-        latency.curve(),
-    );
-    let depth = depth.lock().map(|v| v.clone()).unwrap_or_default();
-    if !depth.is_empty() {
-        report.series("queue depth, all regions", "s", "tasks", depth);
-    }
+    .run(ctx, &target, &mut report)
+    .await?;
     target.shut_down().await;
     Ok(report)
 }
