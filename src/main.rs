@@ -238,6 +238,11 @@ struct RegionalArgs {
     /// Further grace before a suspect node is declared dead, in milliseconds.
     #[arg(long, default_value_t = 10000)]
     node_grace_ms: u64,
+    /// Heartbeats per second the region accepts at most: past that many
+    /// nodes per second of base interval, nodes are told to beat more
+    /// slowly (up to every 10 s) and are judged against that pace.
+    #[arg(long, default_value_t = 500)]
+    max_heartbeats_per_second: u32,
     /// Seed of the replica's random choices (jitter, backoff).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -257,6 +262,7 @@ async fn regional(args: RegionalArgs) -> anyhow::Result<()> {
     config.shard_lease = Duration::from_millis(args.shard_lease_ms);
     config.node_timeout = Duration::from_millis(args.node_timeout_ms);
     config.node_grace = Duration::from_millis(args.node_grace_ms);
+    config.max_heartbeats_per_second = args.max_heartbeats_per_second;
     config.seed = args.seed;
     let stop = async {
         let mut term =

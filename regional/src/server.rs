@@ -43,6 +43,9 @@ pub struct Config {
     pub replica: String,
     pub shard_lease: Duration,
     pub heartbeat_interval: Duration,
+    /// Heartbeats per second the region accepts at most; larger regions
+    /// tell their nodes to beat more slowly (see `agent::beat_every`).
+    pub max_heartbeats_per_second: u32,
     pub node_timeout: Duration,
     pub node_grace: Duration,
     pub seed: u64,
@@ -61,6 +64,7 @@ impl Config {
             replica: format!("{region}-{}", std::process::id()),
             shard_lease: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(1),
+            max_heartbeats_per_second: AgentApiConfig::default().max_heartbeats_per_second,
             node_timeout: Duration::from_secs(5),
             node_grace: Duration::from_secs(10),
             seed: 0,
@@ -150,6 +154,7 @@ pub async fn run_with(
         leading.clone(),
         AgentApiConfig {
             heartbeat_interval: config.heartbeat_interval,
+            max_heartbeats_per_second: config.max_heartbeats_per_second,
             node_timeout: config.node_timeout + config.node_grace,
             ..AgentApiConfig::default()
         },

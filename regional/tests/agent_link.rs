@@ -253,3 +253,49 @@ async fn status_reports_past_the_nodes_bucket_are_answered_resource_exhausted_un
         tonic::Code::ResourceExhausted
     );
 }
+
+#[tokio::test]
+async fn a_region_past_its_heartbeat_budget_tells_its_nodes_to_beat_more_slowly() {
+    let region = Region::new().await;
+    let config = AgentApiConfig {
+        max_heartbeats_per_second: 4,
+        ..AgentApiConfig::default()
+    };
+    let (addr, _) = region.serve(config, 1).await;
+    let mut agent = agent_client(addr).await;
+    let first = agent
+        .register(registration("node-0", "boot-1"))
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!(first.heartbeat_interval_ms, 1_000, "one node: the base");
+    for i in 1..20 {
+        agent
+            .register(registration(&format!("node-{i}"), "boot-1"))
+            .await
+            .expect("register");
+    }
+    // The count is read at most once a second per replica.
+    region.clock.advance(std::time::Duration::from_secs(1));
+    let beat = agent
+        .heartbeat(v1::HeartbeatRequest {
+            node_id: "node-0".into(),
+            node_epoch: first.node_epoch,
+            ..Default::default()
+        })
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert!(!beat.reregister);
+    assert_eq!(
+        beat.heartbeat_interval_ms, 5_000,
+        "20 nodes at 4 beats/s: every 5 s"
+    );
+    let again = agent
+        .register(registration("node-0", "boot-1"))
+        .await
+        .expect("register again")
+        .into_inner();
+    assert_eq!(again.heartbeat_interval_ms, 5_000);
+    assert!(again.node_timeout_ms >= 15_000, "{}", again.node_timeout_ms);
+}

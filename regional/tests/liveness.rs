@@ -14,7 +14,7 @@ use meridian_regional::agent::AgentApiConfig;
 use meridian_regional::agent::nodes;
 use meridian_regional::agent::stream::read_log;
 use meridian_regional::jobs::{insert_job, simple_spec};
-use meridian_regional::model::{NodeLiveness, NodeRecord, TaskBlock, decode};
+use meridian_regional::model::{HeartbeatRecord, NodeLiveness, NodeRecord, TaskBlock, decode};
 use meridian_regional::placer::{PlacerConfig, ShardLoop};
 use meridian_store::Mutation;
 use support::{GIB, Region, admin_client, agent_client, registration, report};
@@ -39,9 +39,17 @@ async fn heartbeat(region: &Region, node: &str, epoch: u64) {
         node_epoch: epoch,
         ..Default::default()
     };
-    nodes::heartbeat(&region.db, &region.keys, &req, region.now_ms(), true)
+    let beat = nodes::heartbeat(&region.db, &region.keys, &req)
         .await
         .expect("heartbeat");
+    assert_eq!(beat.check, nodes::EpochCheck::Current);
+    let record = HeartbeatRecord {
+        at_unix_ms: region.now_ms(),
+        every_ms: 0,
+    };
+    nodes::record_beat(&region.db, &region.keys, node, record)
+        .await
+        .expect("record");
 }
 
 /// One job of one task taking most of a node, so the two nodes are told apart.
@@ -304,4 +312,59 @@ async fn a_task_its_agent_stopped_on_its_own_while_the_job_stays_active_is_place
     let again = region.task("job-1", 0).await;
     assert!(again.is_bound(), "placed again: {again:?}");
     assert_eq!(again.attempt, 2);
+}
+
+#[tokio::test]
+async fn a_node_told_to_beat_every_ten_seconds_is_judged_at_that_pace_not_the_base_one() {
+    let region = Region::new().await;
+    let slow = HeartbeatRecord {
+        at_unix_ms: region.now_ms(),
+        every_ms: 10_000,
+    };
+    nodes::register_beating(
+        &region.db,
+        &region.keys,
+        &registration("node-slow", "boot-1"),
+        slow,
+    )
+    .await
+    .expect("register");
+    nodes::register(
+        &region.db,
+        &region.keys,
+        &registration("node-base", "boot-1"),
+        region.now_ms(),
+    )
+    .await
+    .expect("register");
+    let mut lp = placer(&region).await;
+
+    // Both silent for 6 s: past the base 5 s, well inside three beats of 10 s.
+    region.clock.advance(Duration::from_secs(6));
+    lp.round().await.expect("round");
+    assert_eq!(
+        node(&region, "node-base").await.liveness,
+        NodeLiveness::Suspect
+    );
+    assert_eq!(
+        node(&region, "node-slow").await.liveness,
+        NodeLiveness::Ready
+    );
+
+    // 31 s: three slow beats missed; not yet the further 10 s of grace.
+    region.clock.advance(Duration::from_secs(25));
+    lp.round().await.expect("round");
+    assert_eq!(
+        node(&region, "node-slow").await.liveness,
+        NodeLiveness::Suspect
+    );
+    assert_eq!(
+        node(&region, "node-base").await.liveness,
+        NodeLiveness::Down
+    );
+
+    region.clock.advance(Duration::from_secs(10));
+    lp.round().await.expect("round");
+    let n = node(&region, "node-slow").await;
+    assert_eq!((n.liveness, n.epoch), (NodeLiveness::Down, 2));
 }

@@ -100,6 +100,10 @@ pub struct TxOptions {
     /// Take the write lock up front. Backends with a single writer (SQLite) use
     /// it on retries after a conflict so a retried transaction cannot starve.
     pub pessimistic: bool,
+    /// System priority (FoundationDB's `PRIORITY_SYSTEM_IMMEDIATE`): for the
+    /// few transactions that keep the system alive, lease renewals above all.
+    /// They must not queue behind ordinary load. Keep them small and rare.
+    pub system: bool,
 }
 
 /// What a successful commit reports.

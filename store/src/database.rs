@@ -131,7 +131,29 @@ impl Database {
 
     /// Like [`Database::run`], and also returns what the commit reported (its
     /// versionstamp, when one was asked for).
-    pub async fn run_with_info<T, E, F, Fut>(&self, mut f: F) -> Result<(T, CommitInfo), E>
+    pub async fn run_with_info<T, E, F, Fut>(&self, f: F) -> Result<(T, CommitInfo), E>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TxError,
+    {
+        self.run_inner(false, f).await
+    }
+
+    /// Like [`Database::run`] at system priority ([`TxOptions::system`]):
+    /// for lease renewals and the like, which must not wait behind ordinary
+    /// load. It takes the write lock up front on backends that have one.
+    /// Nothing else should use it.
+    pub async fn run_system<T, E, F, Fut>(&self, f: F) -> Result<T, E>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TxError,
+    {
+        self.run_inner(true, f).await.map(|(value, _)| value)
+    }
+
+    async fn run_inner<T, E, F, Fut>(&self, system: bool, mut f: F) -> Result<(T, CommitInfo), E>
     where
         F: FnMut(Transaction, MaybeCommitted) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -139,10 +161,17 @@ impl Database {
     {
         let mut attempt: u32 = 0;
         let mut maybe_committed = false;
-        let mut pessimistic = false;
+        // System transactions are small read-then-write ones that cannot
+        // afford a lost race: they take the write lock (where a backend has
+        // one) from their first attempt.
+        let mut pessimistic = system;
         loop {
             attempt += 1;
-            let err: E = match self.begin_with(TxOptions { pessimistic }).await {
+            let options = TxOptions {
+                pessimistic,
+                system,
+            };
+            let err: E = match self.begin_with(options).await {
                 Err(e) => E::from(e),
                 Ok(tx) => match f(tx.clone(), MaybeCommitted(maybe_committed)).await {
                     Ok(value) => match tx.commit().await {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use foundationdb::api::{FdbApiBuilder, NetworkAutoStop};
-use foundationdb::options::{ConflictRangeType, MutationType, StreamingMode};
+use foundationdb::options::{ConflictRangeType, MutationType, StreamingMode, TransactionOption};
 use foundationdb::{FdbError, KeySelector};
 use parking_lot::Mutex;
 
@@ -182,13 +182,17 @@ impl FdbBackend {
 
 #[async_trait]
 impl Backend for FdbBackend {
-    async fn begin(&self, _options: TxOptions) -> Result<Box<dyn BackendTx>> {
+    async fn begin(&self, options: TxOptions) -> Result<Box<dyn BackendTx>> {
         // `pessimistic` is a hint for single-writer backends; FoundationDB is
         // optimistic only and resolves conflicts at commit.
         let tx = self
             .db
             .create_trx()
             .map_err(|e| map_error(e, SizeHint::default()))?;
+        if options.system {
+            tx.set_option(TransactionOption::PrioritySystemImmediate)
+                .map_err(|e| map_error(e, SizeHint::default()))?;
+        }
         Ok(Box::new(FdbTx {
             tx: Mutex::new(Some(tx)),
             wrote: AtomicBool::new(false),

@@ -267,7 +267,7 @@ impl Lease {
         let key = self.key.clone();
         let fence = held.fence.clone();
         self.db
-            .run(|tx, _| {
+            .run_system(|tx, _| {
                 let key = key.clone();
                 let fence = fence.clone();
                 async move {
@@ -304,7 +304,7 @@ impl Lease {
         let duration_ms = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX);
         let clock = self.clock.clone();
         self.db
-            .run(|tx, _| {
+            .run_system(|tx, _| {
                 let key = key.clone();
                 let identity = identity.clone();
                 let decide = decide.clone();

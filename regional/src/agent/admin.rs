@@ -132,7 +132,11 @@ impl RegionAdmin for RegionApi {
                         (keys.heartbeat(""), crate::model::Keys::heartbeat_end(&keys));
                     for (k, v) in scan(&tx, (begin, end), true).await? {
                         if let Some(id) = keys.second_of(&k) {
-                            out.insert(id, decode::<u64>("heartbeat", &v)?);
+                            out.insert(
+                                id,
+                                decode::<crate::model::HeartbeatRecord>("heartbeat", &v)?
+                                    .at_unix_ms,
+                            );
                         }
                     }
                     Ok::<_, crate::error::RegionalError>(out)

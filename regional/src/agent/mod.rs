@@ -24,8 +24,15 @@ use crate::shard::Leading;
 /// Timings the agent API hands out and enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AgentApiConfig {
-    /// Heartbeat interval told to agents.
+    /// Heartbeat interval told to agents in a small region (the base).
     pub heartbeat_interval: Duration,
+    /// Heartbeats per second the region accepts at most: the interval told
+    /// to agents grows with the number of nodes so the rate stays under it
+    /// (as Nomad's `max_heartbeats_per_second`).
+    pub max_heartbeats_per_second: u32,
+    /// The interval never grows past this, so a node still beats several
+    /// times per region lease (agents stop work when that lease runs out).
+    pub max_heartbeat_interval: Duration,
     /// Node timeout told to agents (when the region may declare it dead).
     pub node_timeout: Duration,
     /// Status report calls per second allowed per node (burst: twice that).
@@ -36,6 +43,8 @@ impl Default for AgentApiConfig {
     fn default() -> Self {
         AgentApiConfig {
             heartbeat_interval: Duration::from_secs(1),
+            max_heartbeats_per_second: 500,
+            max_heartbeat_interval: Duration::from_secs(10),
             node_timeout: Duration::from_secs(15),
             reports_per_second: 20,
         }
@@ -60,6 +69,16 @@ pub struct RegionApi {
     pub(crate) leading: Leading,
     pub(crate) config: AgentApiConfig,
     rates: Arc<Mutex<BTreeMap<String, Rate>>>,
+    /// The region's node count and when it was read.
+    nodes_seen: Arc<Mutex<Option<(Instant, u64)>>>,
+}
+
+/// The heartbeat interval for a region of `nodes` nodes: the base, or
+/// longer so that all nodes together beat at most `max_per_second` times a
+/// second, capped at `cap`.
+pub fn beat_every(base: Duration, nodes: u64, max_per_second: u32, cap: Duration) -> Duration {
+    let spread = Duration::from_secs_f64(nodes as f64 / f64::from(max_per_second.max(1)));
+    base.max(spread.min(cap))
 }
 
 impl RegionApi {
@@ -79,7 +98,32 @@ impl RegionApi {
             leading,
             config,
             rates: Arc::new(Mutex::new(BTreeMap::new())),
+            nodes_seen: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The interval to tell agents now. The node count is read at most once
+    /// a second per replica; if it cannot be read, the last known one (or
+    /// none) stands.
+    async fn heartbeat_every(&self) -> Duration {
+        let now = self.clock.now();
+        let cached = *self.nodes_seen.lock();
+        let nodes = match cached {
+            Some((at, n)) if now.saturating_duration_since(at) < Duration::from_secs(1) => n,
+            _ => {
+                let n = nodes::node_count(&self.db, &self.keys)
+                    .await
+                    .unwrap_or_else(|_| cached.map_or(0, |(_, n)| n));
+                *self.nodes_seen.lock() = Some((now, n));
+                n
+            }
+        };
+        beat_every(
+            self.config.heartbeat_interval,
+            nodes,
+            self.config.max_heartbeats_per_second,
+            self.config.max_heartbeat_interval,
+        )
     }
 
     /// Whether this heartbeat should be written to the store: at most one
@@ -141,5 +185,24 @@ impl RegionApi {
             s.lease_expires_unix_ms
                 .saturating_sub(self.clock.now_unix_ms())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heartbeat_interval_grows_with_the_region_and_stops_at_the_cap() {
+        let (base, cap) = (Duration::from_secs(1), Duration::from_secs(10));
+        assert_eq!(beat_every(base, 0, 500, cap), base);
+        assert_eq!(beat_every(base, 400, 500, cap), base);
+        assert_eq!(beat_every(base, 1_500, 500, cap), Duration::from_secs(3));
+        assert_eq!(beat_every(base, 100_000, 500, cap), cap);
+        assert_eq!(
+            beat_every(base, 10, 0, cap),
+            cap,
+            "a zero budget counts as one"
+        );
     }
 }

@@ -14,7 +14,9 @@ use meridian_store::{Database, Transaction};
 
 use crate::error::{RegionalError, Result};
 use crate::model::view::{read_block, read_job, read_node};
-use crate::model::{JobPhase, Keys, NodeLiveness, NodeRecord, Res, TASK_BLOCK, encode};
+use crate::model::{
+    HeartbeatRecord, JobPhase, Keys, NodeLiveness, NodeRecord, Res, TASK_BLOCK, encode,
+};
 use crate::placer::sweep::mark_pending;
 
 /// Outcome of an epoch check.
@@ -40,13 +42,30 @@ async fn check_epoch(
     }
 }
 
-/// Registers a node; returns its record (with the epoch to use).
+/// Registers a node at `now`, told the base heartbeat interval; returns its
+/// record (with the epoch to use).
 pub async fn register(
     db: &Database,
     keys: &Keys,
     req: &v1::RegisterNodeRequest,
     now: u64,
 ) -> Result<NodeRecord> {
+    let beat = HeartbeatRecord {
+        at_unix_ms: now,
+        every_ms: 0,
+    };
+    register_beating(db, keys, req, beat).await
+}
+
+/// Registers a node; returns its record (with the epoch to use). `beat`
+/// is the heartbeat recorded for it: now, at the interval it is told.
+pub async fn register_beating(
+    db: &Database,
+    keys: &Keys,
+    req: &v1::RegisterNodeRequest,
+    beat: HeartbeatRecord,
+) -> Result<NodeRecord> {
+    let now = beat.at_unix_ms;
     if req.node_id.is_empty() || req.node_id.len() > 128 {
         return Err(RegionalError::invalid("node_id", "must be 1 to 128 bytes"));
     }
@@ -63,7 +82,7 @@ pub async fn register(
                 && o.liveness != NodeLiveness::Down
             {
                 // A retry of the current registration: same epoch.
-                tx.set(&keys.heartbeat(&req.node_id), &encode(&now))?;
+                tx.set(&keys.heartbeat(&req.node_id), &encode(&beat))?;
                 return Ok(o.clone());
             }
             let (epoch, version, cordoned, draining, reason, deadline) = match &old {
@@ -99,29 +118,50 @@ pub async fn register(
                 agent_version: req.agent_version.clone(),
             };
             tx.set(&keys.node(&node.node_id), &encode(&node))?;
-            tx.set(&keys.heartbeat(&node.node_id), &encode(&now))?;
+            tx.set(&keys.heartbeat(&node.node_id), &encode(&beat))?;
+            if old.is_none() {
+                tx.add_i64(&keys.node_count(), 1)?;
+            }
             Ok::<_, RegionalError>(node)
         }
     })
     .await
 }
 
-/// Records a heartbeat. Returns the epoch check, and the attempts of
-/// `running` the node must stop (not bound to it under its epoch).
-pub async fn heartbeat(
-    db: &Database,
-    keys: &Keys,
-    req: &v1::HeartbeatRequest,
-    now: u64,
-    write: bool,
-) -> Result<(EpochCheck, Vec<v1::TaskAttempt>)> {
+/// What a heartbeat learns, all from one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Beat {
+    pub check: EpochCheck,
+    /// Attempts the node runs that are not bound to it under its epoch: it
+    /// must stop them.
+    pub orphans: Vec<v1::TaskAttempt>,
+    /// When the region's lease at the global tier ends (0: none held).
+    pub region_lease_expires_unix_ms: u64,
+}
+
+/// Checks a heartbeat, reading only: the epoch, the orphans among
+/// `running`, and the region lease the node may run under. Recording the
+/// beat is a separate blind write ([`record_beat`]), so thousands of nodes
+/// beating never conflict with each other or with placement.
+pub async fn heartbeat(db: &Database, keys: &Keys, req: &v1::HeartbeatRequest) -> Result<Beat> {
     db.run(|tx, _| {
         let keys = keys.clone();
         let req = req.clone();
         async move {
+            let region_lease_expires_unix_ms = match tx.get(&keys.link_state()).await? {
+                Some(b) => {
+                    crate::model::decode::<crate::link::LinkState>("link state", &b)?
+                        .lease_expires_unix_ms
+                }
+                None => 0,
+            };
             let (check, _) = check_epoch(&tx, &keys, &req.node_id, req.node_epoch).await?;
             if check != EpochCheck::Current {
-                return Ok((check, Vec::new()));
+                return Ok(Beat {
+                    check,
+                    orphans: Vec::new(),
+                    region_lease_expires_unix_ms,
+                });
             }
             let mut orphans = Vec::new();
             for a in &req.running {
@@ -139,10 +179,50 @@ pub async fn heartbeat(
                     orphans.push(a.clone());
                 }
             }
-            if write {
-                tx.set(&keys.heartbeat(&req.node_id), &encode(&now))?;
-            }
-            Ok::<_, RegionalError>((check, orphans))
+            Ok::<_, RegionalError>(Beat {
+                check,
+                orphans,
+                region_lease_expires_unix_ms,
+            })
+        }
+    })
+    .await
+}
+
+/// Records a node's heartbeat without reading anything, so it joins the
+/// store's group commit. A beat landing just after the node was declared
+/// dead changes nothing: DOWN is left only by registering again.
+pub async fn record_beat(
+    db: &Database,
+    keys: &Keys,
+    node: &str,
+    beat: HeartbeatRecord,
+) -> Result<()> {
+    let key = keys.heartbeat(node);
+    db.run(|tx, _| {
+        let key = key.clone();
+        async move {
+            tx.set(&key, &encode(&beat))?;
+            Ok::<_, RegionalError>(())
+        }
+    })
+    .await
+}
+
+/// How many node ids ever registered in the region.
+pub async fn node_count(db: &Database, keys: &Keys) -> Result<u64> {
+    let key = keys.node_count();
+    db.run(|tx, _| {
+        let key = key.clone();
+        async move {
+            let n = match tx.get(&key).await? {
+                Some(b) => b
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, i64::from_le_bytes),
+                None => 0,
+            };
+            Ok::<_, RegionalError>(u64::try_from(n).unwrap_or(0))
         }
     })
     .await

@@ -21,6 +21,7 @@ use super::RegionApi;
 use super::nodes::{self, EpochCheck};
 use super::stream::{Cursor, pump};
 use crate::metrics as m;
+use crate::model::HeartbeatRecord;
 use crate::model::view::read_layout;
 use crate::shard::layout::read_presences;
 use crate::shard::shard_of_node;
@@ -76,7 +77,12 @@ impl AgentLink for RegionApi {
         request: Request<v1::RegisterNodeRequest>,
     ) -> Result<Response<v1::RegisterNodeResponse>, Status> {
         let req = request.into_inner();
-        let node = nodes::register(&self.db, &self.keys, &req, self.clock.now_unix_ms()).await;
+        let every = self.heartbeat_every().await;
+        let beat = HeartbeatRecord {
+            at_unix_ms: self.clock.now_unix_ms(),
+            every_ms: ms(every),
+        };
+        let node = nodes::register_beating(&self.db, &self.keys, &req, beat).await;
         let node = match node {
             Ok(n) => n,
             Err(err) => {
@@ -88,8 +94,8 @@ impl AgentLink for RegionApi {
         let count = self.shard_count().await?;
         Ok(Response::new(v1::RegisterNodeResponse {
             node_epoch: node.epoch,
-            heartbeat_interval_ms: ms(self.config.heartbeat_interval),
-            node_timeout_ms: ms(self.config.node_timeout),
+            heartbeat_interval_ms: ms(every),
+            node_timeout_ms: ms(self.config.node_timeout.max(every * 3)),
             region_lease_remaining_ms: self.region_lease_remaining_ms().await,
             region: self.region.clone(),
             shard_id: shard_of_node(&node.node_id, count),
@@ -198,10 +204,16 @@ impl AgentLink for RegionApi {
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let write = self.heartbeat_write_due(&req.node_id);
-        let (check, stop) =
-            nodes::heartbeat(&self.db, &self.keys, &req, self.clock.now_unix_ms(), write).await?;
-        let (reregister, current) = match check {
+        let every = self.heartbeat_every().await;
+        let beat = nodes::heartbeat(&self.db, &self.keys, &req).await?;
+        if beat.check == EpochCheck::Current && self.heartbeat_write_due(&req.node_id) {
+            let record = HeartbeatRecord {
+                at_unix_ms: self.clock.now_unix_ms(),
+                every_ms: ms(every),
+            };
+            nodes::record_beat(&self.db, &self.keys, &req.node_id, record).await?;
+        }
+        let (reregister, current) = match beat.check {
             EpochCheck::Current => (false, req.node_epoch),
             EpochCheck::Stale { current } => (true, current),
             EpochCheck::Unknown => (true, 0),
@@ -213,9 +225,11 @@ impl AgentLink for RegionApi {
         Ok(Response::new(v1::HeartbeatResponse {
             reregister,
             current_node_epoch: current,
-            heartbeat_interval_ms: ms(self.config.heartbeat_interval),
-            region_lease_remaining_ms: self.region_lease_remaining_ms().await,
-            stop,
+            heartbeat_interval_ms: ms(every),
+            region_lease_remaining_ms: beat
+                .region_lease_expires_unix_ms
+                .saturating_sub(self.clock.now_unix_ms()),
+            stop: beat.orphans,
         }))
     }
 }

@@ -86,6 +86,12 @@ impl Keys {
         self.root.pack(&("hb", node))
     }
 
+    /// How many node ids ever registered here (a little-endian `i64` kept
+    /// by atomic adds, so registrations never conflict on it).
+    pub fn node_count(&self) -> Vec<u8> {
+        self.root.pack(&("node_count",))
+    }
+
     /// End of the heartbeat range (begin: `heartbeat("")`).
     pub fn heartbeat_end(&self) -> Vec<u8> {
         self.root.subspace(&("hb",)).range().1

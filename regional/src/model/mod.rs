@@ -15,7 +15,7 @@ pub use commands::CommandBatch;
 pub use convert::{job_from_spec, pending_task, running_task, solver_node};
 pub use keys::{Keys, TASK_BLOCK};
 pub use records::{
-    CommandRecord, Corrupt, JobPhase, JobRecord, Layout, NodeLiveness, NodeRecord, Record, Res,
-    TaskBlock, TaskRecord, decode, encode,
+    CommandRecord, Corrupt, HeartbeatRecord, JobPhase, JobRecord, Layout, NodeLiveness, NodeRecord,
+    Record, Res, TaskBlock, TaskRecord, decode, encode,
 };
 pub use view::RegionView;

@@ -99,6 +99,17 @@ impl NodeLiveness {
     }
 }
 
+/// A node's last heartbeat as the region recorded it: when, and the interval
+/// the region had told the node to keep, so liveness is judged against the
+/// pace each node was actually given (the interval grows with the region's
+/// size, see `agent::beat_every`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatRecord {
+    pub at_unix_ms: u64,
+    /// 0: the region's base interval.
+    pub every_ms: u64,
+}
+
 /// A registered node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {

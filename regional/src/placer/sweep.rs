@@ -20,8 +20,8 @@ use meridian_store::{Database, Transaction};
 use crate::error::Result;
 use crate::model::view::{read_blocks, read_job, read_node};
 use crate::model::{
-    CommandBatch, CommandRecord, JobPhase, Keys, NodeLiveness, NodeRecord, RegionView, TASK_BLOCK,
-    encode,
+    CommandBatch, CommandRecord, HeartbeatRecord, JobPhase, Keys, NodeLiveness, NodeRecord,
+    RegionView, TASK_BLOCK, encode,
 };
 use crate::shard::shard_of_node;
 
@@ -35,6 +35,25 @@ pub struct LivenessConfig {
     /// Extra wait before re-placing a lost task of an exclusive job, so its
     /// fenced agent has stopped it.
     pub exclusive_wait: Duration,
+}
+
+impl LivenessConfig {
+    /// How late a node told to beat every `every` (0: the base interval)
+    /// may be before it is SUSPECT and before it is DOWN: the configured
+    /// times, stretched to three missed beats for nodes of a region large
+    /// enough to be told a slower pace.
+    pub fn deadlines(&self, every_ms: u64) -> (u64, u64) {
+        let suspect = ms(self.suspect_after).max(every_ms.saturating_mul(3));
+        let grace = ms(self.dead_after).saturating_sub(ms(self.suspect_after));
+        (suspect, suspect.saturating_add(grace))
+    }
+
+    /// How long a lost task of an exclusive job waits before it is placed
+    /// again: long enough for its fenced agent to hear of the fence at its
+    /// next two heartbeats and stop it.
+    pub fn exclusive_wait_ms(&self, every_ms: u64) -> u64 {
+        ms(self.exclusive_wait).max(every_ms.saturating_mul(2))
+    }
 }
 
 impl Default for LivenessConfig {
@@ -158,15 +177,15 @@ async fn liveness_in(
         let Some(mut node) = read_node(tx, keys, name).await? else {
             continue;
         };
-        let last = match tx.get(&keys.heartbeat(name)).await? {
-            Some(b) => crate::model::decode::<u64>("heartbeat", &b)?,
-            None => node.registered_at_unix_ms,
-        }
-        .max(node.registered_at_unix_ms);
+        let beat = read_beat(tx, keys, name).await?;
+        let last = beat
+            .map_or(node.registered_at_unix_ms, |b| b.at_unix_ms)
+            .max(node.registered_at_unix_ms);
+        let (suspect_ms, dead_ms) = config.deadlines(beat.map_or(0, |b| b.every_ms));
         let late = now.saturating_sub(last);
-        let to = if late >= ms(config.dead_after) {
+        let to = if late >= dead_ms {
             NodeLiveness::Down
-        } else if late >= ms(config.suspect_after) {
+        } else if late >= suspect_ms {
             NodeLiveness::Suspect
         } else {
             NodeLiveness::Ready
@@ -186,6 +205,16 @@ async fn liveness_in(
         changes.push((name.clone(), to));
     }
     Ok(changes)
+}
+
+async fn read_beat(tx: &Transaction, keys: &Keys, node: &str) -> Result<Option<HeartbeatRecord>> {
+    match tx.get(&keys.heartbeat(node)).await? {
+        Some(b) => Ok(Some(crate::model::decode::<HeartbeatRecord>(
+            "heartbeat",
+            &b,
+        )?)),
+        None => Ok(None),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -222,7 +251,8 @@ async fn tasks_in(
             let index = block.first + i as u32;
             if is_lost {
                 let wait = if job.exclusive {
-                    ms(config.exclusive_wait)
+                    let beat = read_beat(tx, keys, &t.node).await?;
+                    config.exclusive_wait_ms(beat.map_or(0, |b| b.every_ms))
                 } else {
                     0
                 };

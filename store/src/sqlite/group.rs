@@ -100,8 +100,14 @@ impl GroupCommit {
 
 async fn run_batch(shared: &Arc<Shared>, mut batch: Vec<Entry>) {
     let senders: Vec<_> = batch.iter_mut().filter_map(|e| e.done.take()).collect();
-    let conn = match shared.pool.acquire().await {
-        Ok(conn) => conn,
+    // Connection first, then the write turn: whoever holds the turn already
+    // has a connection, so waiters for the turn cannot starve it of one.
+    let ready = match shared.pool.acquire(false).await {
+        Ok(conn) => shared.gate.enter(false).await.map(|turn| (conn, turn)),
+        Err(err) => Err(err),
+    };
+    let (conn, turn) = match ready {
+        Ok(ready) => ready,
         Err(err) => {
             for sender in senders {
                 let _ = sender.send(Err(err.clone()));
@@ -112,6 +118,7 @@ async fn run_batch(shared: &Arc<Shared>, mut batch: Vec<Entry>) {
     let wrote = batch.iter().any(|e| !e.mutations.is_empty());
     let (conn, outcome) = exec::execute(conn, Batch { entries: batch }).await;
     drop(conn);
+    drop(turn);
     match outcome {
         Ok(results) => {
             if wrote {

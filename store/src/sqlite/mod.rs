@@ -18,6 +18,7 @@
 
 pub(crate) mod apply;
 mod exec;
+mod gate;
 mod group;
 mod pool;
 mod tx;
@@ -72,6 +73,7 @@ pub(crate) struct Shared {
     pub(crate) pool: pool::Pool,
     pub(crate) watches: watch::WatchHub,
     pub(crate) group: group::GroupCommit,
+    pub(crate) gate: gate::WriterGate,
     // Kept only so an ephemeral database's directory lives as long as the
     // backend; dropped last.
     _ephemeral: Option<tempfile::TempDir>,
@@ -115,6 +117,7 @@ impl SqliteBackend {
                 pool,
                 watches,
                 group: group::GroupCommit::default(),
+                gate: gate::WriterGate::new(options.busy_timeout),
                 _ephemeral: ephemeral,
             }),
         })

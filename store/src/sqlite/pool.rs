@@ -40,9 +40,15 @@ pub(crate) struct Pool {
     path: PathBuf,
     idle: Arc<Mutex<Vec<Connection>>>,
     permits: Arc<Semaphore>,
+    /// A small lane of its own for system transactions (lease renewals), so
+    /// they never queue behind ordinary ones for a connection.
+    system_permits: Arc<Semaphore>,
     busy_timeout: Duration,
     synchronous: Synchronous,
 }
+
+/// Connections reserved for system transactions, on top of `pool_size`.
+const SYSTEM_CONNECTIONS: usize = 2;
 
 /// A connection on loan. Returned to the pool on drop unless marked broken.
 pub(crate) struct PooledConn {
@@ -85,6 +91,7 @@ impl Pool {
             path,
             idle: Arc::new(Mutex::new(Vec::new())),
             permits: Arc::new(Semaphore::new(options.pool_size.max(1))),
+            system_permits: Arc::new(Semaphore::new(SYSTEM_CONNECTIONS)),
             busy_timeout: options.busy_timeout,
             synchronous: options.synchronous,
         }
@@ -95,15 +102,20 @@ impl Pool {
     }
 
     pub(crate) async fn warm_up(&self) -> Result<()> {
-        let conn = self.acquire().await?;
+        let conn = self.acquire(false).await?;
         drop(conn);
         Ok(())
     }
 
-    /// Lends a connection, opening one if none is idle.
-    pub(crate) async fn acquire(&self) -> Result<PooledConn> {
-        let permit = self
-            .permits
+    /// Lends a connection, opening one if none is idle. `system` callers
+    /// draw on their own small lane.
+    pub(crate) async fn acquire(&self, system: bool) -> Result<PooledConn> {
+        let lane = if system {
+            &self.system_permits
+        } else {
+            &self.permits
+        };
+        let permit = lane
             .clone()
             .acquire_owned()
             .await

@@ -12,6 +12,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::exec::{self, Work};
+use super::gate::Turn;
 use super::group::{self, Committed};
 use super::pool::PooledConn;
 use super::{Shared, apply};
@@ -37,6 +38,9 @@ struct Session {
     wrote: bool,
     /// Versionstamped writes held back until the commit assigns a stamp.
     deferred: Vec<Mutation>,
+    /// This process's write turn, taken before the first round trip that
+    /// takes SQLite's write lock and kept until the transaction ends.
+    turn: Option<Turn>,
     /// The first error: the transaction is doomed and says so on every use.
     failed: Option<StoreError>,
     finished: bool,
@@ -86,14 +90,18 @@ fn roll_back(conn: &mut PooledConn) {
 }
 
 /// Hands a connection back, rolling back first if needed, off the async
-/// runtime when there is one.
-fn release(mut conn: PooledConn, open: bool) {
+/// runtime when there is one. The write turn, if held, passes on only once
+/// SQLite's lock is free.
+fn release(mut conn: PooledConn, open: bool, turn: Option<Turn>) {
     if !open {
         return;
     }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
-            handle.spawn_blocking(move || roll_back(&mut conn));
+            handle.spawn_blocking(move || {
+                roll_back(&mut conn);
+                drop(turn);
+            });
         }
         Err(_) => roll_back(&mut conn),
     }
@@ -195,8 +203,18 @@ impl SqliteTx {
     async fn connection(&self, session: &mut Session) -> Result<PooledConn> {
         match session.conn.take() {
             Some(conn) => Ok(conn),
-            None => self.shared.pool.acquire().await,
+            None => self.shared.pool.acquire(self.options.system).await,
         }
+    }
+
+    /// Takes this process's write turn before a round trip that `writes`
+    /// (takes SQLite's write lock), unless already held. Called with the
+    /// connection in hand, so the turn's holder never waits for one.
+    async fn take_turn(&self, session: &mut Session, writes: bool) -> Result<()> {
+        if writes && session.turn.is_none() {
+            session.turn = Some(self.shared.gate.enter(self.options.system).await?);
+        }
+        Ok(())
     }
 
     /// One round trip to SQLite: open the transaction if needed, flush
@@ -218,6 +236,14 @@ impl SqliteTx {
         let flushes = !pending.is_empty();
         let open = session.open;
         let begin_immediate = !open && (self.options.pessimistic || flushes);
+        if let Err(err) = self
+            .take_turn(&mut session, begin_immediate || flushes)
+            .await
+        {
+            session.conn = Some(conn);
+            session.failed = Some(err.clone());
+            return Err(err);
+        }
         let hop = Hop {
             open,
             begin_immediate,
@@ -236,8 +262,9 @@ impl SqliteTx {
             Err(err) => {
                 // A statement failed inside the transaction: whatever SQLite
                 // kept of it is discarded, so nothing half-done can commit.
+                let turn = session.turn.take();
                 if let Some(conn) = conn {
-                    release(conn, true);
+                    release(conn, true, turn);
                 }
                 session.open = false;
                 session.failed = Some(err.clone());
@@ -304,7 +331,7 @@ impl BackendTx for SqliteTx {
             // Read-only: nothing to make durable. Give the connection back in
             // the background; the caller need not wait for the rollback.
             if let Some(conn) = session.conn.take() {
-                release(conn, open);
+                release(conn, open, session.turn.take());
             }
             return Ok(CommitInfo::default());
         }
@@ -323,6 +350,13 @@ impl BackendTx for SqliteTx {
         let conn = self.connection(&mut session).await?;
         let must_lock = writes || need_stamp;
         let begin_immediate = !open && (self.options.pessimistic || must_lock);
+        if let Err(err) = self
+            .take_turn(&mut session, must_lock || begin_immediate)
+            .await
+        {
+            release(conn, open, None);
+            return Err(err);
+        }
         let hop = CommitHop {
             open,
             begin_immediate,
@@ -333,6 +367,7 @@ impl BackendTx for SqliteTx {
         };
         let (conn, result) = exec::execute(conn, hop).await;
         drop(conn);
+        drop(session.turn.take());
         self.finish_commit(result, writes, watches)
     }
 }
@@ -372,7 +407,7 @@ impl Drop for SqliteTx {
     fn drop(&mut self) {
         let session = self.session.get_mut();
         if let Some(conn) = session.conn.take() {
-            release(conn, session.open);
+            release(conn, session.open, session.turn.take());
         }
     }
 }
