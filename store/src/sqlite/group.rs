@@ -64,7 +64,7 @@ impl Entry {
 #[derive(Default)]
 pub(crate) struct GroupCommit {
     queue: Mutex<Vec<Entry>>,
-    committer: tokio::sync::Mutex<()>,
+    committer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl GroupCommit {
@@ -74,7 +74,7 @@ impl GroupCommit {
         entry.done = Some(sender);
         shared.group.queue.lock().push(entry);
         loop {
-            let _turn = shared.group.committer.lock().await;
+            let turn = shared.group.committer.clone().lock_owned().await;
             // A batch run by an earlier lock holder may have carried ours.
             match receiver.try_recv() {
                 Ok(result) => return result,
@@ -93,7 +93,15 @@ impl GroupCommit {
             if batch.is_empty() {
                 continue;
             }
-            run_batch(shared, batch).await;
+            // The batch carries other callers' transactions: it runs on its
+            // own task, so dropping this caller's future (a timeout, a lost
+            // `select!`) cannot drop theirs half-way.
+            let shared = shared.clone();
+            let _ = tokio::spawn(async move {
+                run_batch(&shared, batch).await;
+                drop(turn);
+            })
+            .await;
         }
     }
 }
@@ -305,5 +313,43 @@ mod tests {
         }
         let distinct: std::collections::BTreeSet<_> = stamps.iter().collect();
         assert_eq!(distinct.len(), stamps.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_committer_giving_up_midway_does_not_fail_the_others_in_its_batch() {
+        let backend = SqliteBackend::open_ephemeral(SqliteOptions::default())
+            .await
+            .expect("store");
+        let shared = backend.shared.clone();
+        // Hold the committer lock so both transactions queue up, and the
+        // write turn so the batch stops inside `run_batch`.
+        let committer = shared.group.committer.clone().lock_owned().await;
+        let write_turn = shared.gate.enter(false).await.expect("turn");
+        let spawn = |key: &'static str| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                GroupCommit::commit(&shared, Entry::new(vec![set(key)], false, vec![])).await
+            })
+        };
+        let first = spawn("first");
+        while shared.group.queue.lock().len() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let second = spawn("second");
+        while shared.group.queue.lock().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // The first waiter becomes the committer and takes both.
+        drop(committer);
+        while !shared.group.queue.lock().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        first.abort();
+        assert!(first.await.expect_err("aborted").is_cancelled());
+        drop(write_turn);
+        second
+            .await
+            .expect("task")
+            .expect("the other member of the batch commits");
     }
 }
