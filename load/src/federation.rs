@@ -329,6 +329,13 @@ impl LocalFederation {
         }
     }
 
+    /// Leaves the data directory behind when the federation is dropped;
+    /// returns it.
+    pub fn keep_data(&mut self) -> &std::path::Path {
+        self.dir.disable_cleanup(true);
+        self.dir.path()
+    }
+
     /// Stops every child (agents first would only make them reconnect; all
     /// get SIGTERM at once and the supervisor waits for each).
     pub async fn shut_down(self) {

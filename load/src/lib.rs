@@ -91,6 +91,10 @@ pub struct LoadArgs {
     /// `docs/bench` for a full run, none for `--quick`.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Keep the started federation's data directory (stores and every
+    /// process's log) after the run, and print where it is.
+    #[arg(long)]
+    pub keep_data: bool,
 }
 
 /// What a scenario gets from the command line.

@@ -1,4 +1,5 @@
-//! Jobs entering and leaving the region: assign, cancel, revoke, release.
+//! Jobs entering and leaving the region: assign, cancel, revoke, release,
+//! retire.
 //!
 //! Owns the idempotent application of the global tier's assignment events to
 //! the region store (keyed on job id and assignment epoch, so duplicated or
@@ -13,7 +14,9 @@ use prost::Message;
 
 use crate::error::Result;
 use crate::model::view::{read_blocks, read_job};
-use crate::model::{JobPhase, Keys, TASK_BLOCK, TaskBlock, TaskRecord, encode, job_from_spec};
+use crate::model::{
+    JobPhase, Keys, TASK_BLOCK, TaskBlock, TaskRecord, decode, encode, job_from_spec, put_block,
+};
 
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,11 @@ pub async fn apply_assign_traced(
     now_unix_ms: u64,
     trace_id: &str,
 ) -> Result<Applied> {
+    if let Some(b) = tx.get(&keys.retired(job_id)).await?
+        && epoch <= decode::<u64>("retired job", &b)?
+    {
+        return Ok(Applied::Unchanged);
+    }
     if let Some(existing) = read_job(tx, keys, job_id).await? {
         let newest = match existing.state {
             JobPhase::Revoked(e) | JobPhase::Released(e) => e.max(existing.assignment_epoch),
@@ -69,6 +77,9 @@ pub async fn apply_assign_traced(
             first,
             tasks: vec![TaskRecord::new_pending(); n as usize],
         };
+        // Not `put_block`: a new job is ROUTED, which the global tier
+        // recorded itself when it assigned the job, so there is no status
+        // to send up yet.
         tx.set(
             &keys.task_block(job_id, first / TASK_BLOCK),
             &encode(&block),
@@ -137,14 +148,63 @@ async fn end_pending(tx: &Transaction, keys: &Keys, job_id: &str, why: &str) -> 
             changed = true;
         }
         if changed {
-            tx.set(
-                &keys.task_block(job_id, block.first / TASK_BLOCK),
-                &encode(&block),
-            )?;
+            put_block(tx, keys, job_id, &block)?;
         }
     }
     tx.clear(&keys.pending(job_id))?;
     Ok(())
+}
+
+/// A job's tasks counted by state, indexed by `TaskState` (the digest the
+/// link reports and compares).
+pub fn task_counts<'a>(blocks: impl Iterator<Item = &'a TaskBlock>) -> [u32; 9] {
+    let mut counts = [0u32; 9];
+    for t in blocks.flat_map(|b| b.tasks.iter()) {
+        counts[t.state.clamp(0, 8) as usize] += 1;
+    }
+    counts
+}
+
+/// Forgets job `job_id` once it is finished and the global tier has
+/// accepted exactly that final state (`reported`: the task counts by state
+/// that were sent, indexed by `TaskState`). Its record, spec, task blocks and
+/// status bookkeeping go; its captured output stays for `GetTaskLogs`; a
+/// tombstone keeps `epoch` so a replayed ASSIGN of that epoch is refused.
+///
+/// Without this every placement round, sweep and status report would read
+/// every job the region ever ran. Returns whether the job was retired; a job
+/// that changed since the report (a task placed again, a newer epoch) stays.
+pub async fn retire(
+    tx: &Transaction,
+    keys: &Keys,
+    job_id: &str,
+    epoch: u64,
+    reported: &[u32],
+) -> Result<bool> {
+    let Some(job) = read_job(tx, keys, job_id).await? else {
+        return Ok(false);
+    };
+    if job.assignment_epoch != epoch || !matches!(job.state, JobPhase::Active | JobPhase::Cancelled)
+    {
+        return Ok(false);
+    }
+    let blocks = read_blocks(tx, keys, job_id).await?;
+    let all_final = blocks
+        .iter()
+        .all(|b| b.tasks.iter().all(TaskRecord::is_terminal));
+    if !all_final || task_counts(blocks.iter()) != reported {
+        return Ok(false);
+    }
+    let (begin, end) = keys.task_blocks(job_id);
+    tx.clear_range(&begin, &end)?;
+    tx.clear(&keys.job(job_id))?;
+    tx.clear(&keys.job_spec(job_id))?;
+    tx.clear(&keys.job_status(job_id))?;
+    // With every task final, a pending marker left behind is stale.
+    tx.clear(&keys.pending(job_id))?;
+    tx.clear(&keys.status_dirty(job_id))?;
+    tx.set(&keys.retired(job_id), &encode(&epoch))?;
+    Ok(true)
 }
 
 /// Gives the region job `job_id` directly (as an ASSIGN from the global tier

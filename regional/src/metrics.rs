@@ -18,6 +18,7 @@
 //! | `meridian_regional_assignments_total` | counter | `kind`, `outcome` |
 //! | `meridian_regional_task_reports_total` | counter | `state` |
 //! | `meridian_regional_fencing_rejections_total` | counter | `epoch` |
+//! | `meridian_regional_jobs_retired_total` | counter | |
 //!
 //! `shard` takes the configured shard numbers only; no label takes a node,
 //! job or task id. `assignments_total` counts the global tier's events the
@@ -86,6 +87,12 @@ pub(crate) fn task_report(state: i32) {
         _ => "other",
     };
     metrics::counter!("meridian_regional_task_reports_total", "state" => state).increment(1);
+}
+
+/// Finished jobs the region forgot after the global tier accepted their
+/// final state.
+pub(crate) fn jobs_retired(n: u64) {
+    metrics::counter!("meridian_regional_jobs_retired_total").increment(n);
 }
 
 pub(crate) fn fencing_rejection(epoch: &'static str) {

@@ -41,7 +41,13 @@ impl Target {
                 local: None,
             }),
             None => {
-                let fed = LocalFederation::start(layout).await?;
+                let mut fed = LocalFederation::start(layout).await?;
+                if ctx.args.keep_data {
+                    eprintln!(
+                        "meridian load: data and logs are kept in {}",
+                        fed.keep_data().display()
+                    );
+                }
                 Ok(Target {
                     endpoints: fed.global_endpoints(),
                     local: Some(fed),

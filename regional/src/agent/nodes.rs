@@ -352,8 +352,8 @@ pub async fn report(
                 }
                 results.push(item(v1::Verdict::Accepted, ""));
             }
-            for ((job, block_no), block) in &blocks {
-                tx.set(&keys.task_block(job, *block_no), &encode(block))?;
+            for ((job, _), block) in &blocks {
+                crate::model::put_block(&tx, &keys, job, block)?;
             }
             repend.sort();
             repend.dedup();

@@ -11,6 +11,7 @@
 //! epoch the global tier called stale.
 
 pub mod apply;
+mod report;
 mod session;
 
 use std::time::Duration;

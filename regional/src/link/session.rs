@@ -6,7 +6,6 @@
 //! returns for good when the link lease is lost. Must never send a call with
 //! an epoch the global tier has called stale.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -17,18 +16,18 @@ use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use meridian_store::Database;
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::apply::{apply_events, read_cursor};
+use super::report::{report_changed, report_up};
 use super::{LinkConfig, LinkState};
 use crate::error::RegionalError;
 use crate::jobs::apply_revoke;
-use crate::model::{JobPhase, Keys, NodeLiveness, RegionView, Res, TaskRecord, decode, encode};
+use crate::model::{Keys, encode};
 
 #[derive(Debug)]
-enum End {
+pub(super) enum End {
     /// The link lease moved on: stop for good.
     Fenced,
     /// Anything else: reconnect after a backoff, to `leader` when the
@@ -37,7 +36,7 @@ enum End {
 }
 
 impl End {
-    fn retry(why: impl Into<String>) -> Self {
+    pub(super) fn retry(why: impl Into<String>) -> Self {
         End::Retry {
             why: why.into(),
             leader: None,
@@ -274,6 +273,7 @@ async fn session(
         .into_inner();
     let mut renew = clock.sleep(renew_every);
     let mut report = clock.sleep(Duration::ZERO);
+    let mut changed = status_watch(db, keys).await?;
     loop {
         tokio::select! {
             msg = stream.message() => {
@@ -345,6 +345,13 @@ async fn session(
             _ = &mut report => {
                 report_up(db, keys, fence, &mut client, config, epoch, clock.now_unix_ms()).await?;
                 report = clock.sleep(config.report_every);
+            }
+            _ = &mut changed => {
+                // Arm the next wake-up before reading, so no change is
+                // missed; a short pause lets one report carry a burst.
+                changed = status_watch(db, keys).await?;
+                clock.sleep(STATUS_COALESCE).await;
+                while report_changed(db, keys, fence, &mut client, config, epoch, clock.now_unix_ms()).await? {}
             }
         }
     }
@@ -473,285 +480,27 @@ async fn intake(
     Ok(())
 }
 
+/// How long the fast status report waits after a change, so that one
+/// report carries the changes of a burst (a placement round, an agent's
+/// batch) rather than one call each.
+const STATUS_COALESCE: Duration = Duration::from_millis(2);
+
+/// Resolves at the next task state change in the region.
+async fn status_watch(db: &Database, keys: &Keys) -> Result<meridian_store::WatchFuture, End> {
+    let head = keys.status_head();
+    Ok(db
+        .run(|tx, _| {
+            let head = head.clone();
+            async move { Ok::<_, RegionalError>(tx.watch(&head)?) }
+        })
+        .await?)
+}
+
 /// Most events taken from the assignment stream into one transaction.
 const INTAKE_BATCH: usize = 256;
 /// And at most about this many encoded bytes (far below the store's
 /// transaction size limit, whatever the specs' sizes).
 const INTAKE_BATCH_BYTES: usize = 1 << 20;
-
-/// Per-job status digest last reported.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Reported {
-    version: u64,
-    digest: Vec<u32>,
-}
-
-crate::model::codec::json_record!(Reported);
-
-async fn report_up(
-    db: &Database,
-    keys: &Keys,
-    fence: &Fence,
-    client: &mut RegionLinkClient<tonic::transport::Channel>,
-    config: &LinkConfig,
-    epoch: u64,
-    now: u64,
-) -> Result<(), End> {
-    let (view, reported) = db
-        .run(|tx, _| {
-            let keys = keys.clone();
-            async move {
-                let view = RegionView::read(&tx, &keys).await?;
-                let mut reported = BTreeMap::new();
-                for job in view.jobs.keys() {
-                    if let Some(b) = tx.get(&keys.job_status(job)).await? {
-                        reported.insert(job.clone(), decode::<Reported>("job status", &b)?);
-                    }
-                }
-                Ok::<_, RegionalError>((view, reported))
-            }
-        })
-        .await?;
-
-    // Capacity.
-    let mut cap = v1::RegionCapacity {
-        computed_at_unix_ms: now,
-        nodes_total: view.nodes.len() as u32,
-        ..Default::default()
-    };
-    let mut max_free = Res::default();
-    let mut used: BTreeMap<&str, Res> = BTreeMap::new();
-    let mut counts: BTreeMap<&str, [u32; 9]> = BTreeMap::new();
-    let mut task_views: BTreeMap<&str, Vec<v1::TaskStatus>> = BTreeMap::new();
-    for ((job_id, _), block) in &view.blocks {
-        let Some(job) = view.jobs.get(job_id) else {
-            continue;
-        };
-        let c = counts.entry(job_id.as_str()).or_default();
-        let detailed = job.task_count <= MAX_TASKS_PER_UPDATE;
-        for (offset, t) in block.tasks.iter().enumerate() {
-            if detailed {
-                task_views
-                    .entry(job_id.as_str())
-                    .or_default()
-                    .push(task_status(
-                        &config.region,
-                        block.first + offset as u32,
-                        t,
-                        now,
-                    ));
-            }
-            c[t.state.clamp(0, 8) as usize] += 1;
-            if t.is_bound() {
-                used.entry(t.node.as_str()).or_default().add(&job.resources);
-                cap.running_tasks += 1;
-            } else if t.is_pending() {
-                cap.pending_tasks += 1;
-            }
-        }
-        if c[v1::TaskState::Pending as usize] > 0 {
-            cap.pending_jobs += 1;
-        }
-    }
-    for n in view.nodes.values() {
-        let u = used.get(n.node_id.as_str()).cloned().unwrap_or_default();
-        if n.liveness == NodeLiveness::Ready && !n.cordoned {
-            cap.nodes_ready += 1;
-            cap.cpu_millis_allocatable += n.allocatable.cpu;
-            cap.memory_bytes_allocatable += n.allocatable.mem;
-            cap.gpu_allocatable += n.allocatable.gpus;
-            max_free.cpu = max_free.cpu.max(n.allocatable.cpu.saturating_sub(u.cpu));
-            max_free.mem = max_free.mem.max(n.allocatable.mem.saturating_sub(u.mem));
-            max_free.gpus = max_free.gpus.max(n.allocatable.gpus.saturating_sub(u.gpus));
-        }
-        cap.cpu_millis_allocated += u.cpu;
-        cap.memory_bytes_allocated += u.mem;
-        cap.gpu_allocated += u.gpus;
-    }
-    cap.max_node_free = Some(max_free.to_proto());
-    let r = client
-        .report_capacity(v1::ReportCapacityRequest {
-            region: config.region.clone(),
-            region_lease_epoch: epoch,
-            capacity: Some(cap),
-        })
-        .await?
-        .into_inner();
-    if r.verdict != v1::Verdict::Accepted as i32 {
-        return Err(End::retry("capacity report refused: stale region lease"));
-    }
-
-    // Job status, for jobs whose counts changed.
-    let mut updates = Vec::new();
-    let mut new_reported = Vec::new();
-    for (job_id, job) in &view.jobs {
-        let digest = counts
-            .get(job_id.as_str())
-            .map(|c| c.to_vec())
-            .unwrap_or_default();
-        let prev = reported.get(job_id).cloned().unwrap_or_default();
-        if prev.digest == digest
-            || job.state != JobPhase::Active && job.state != JobPhase::Cancelled
-        {
-            continue;
-        }
-        let c = |s: v1::TaskState| digest.get(s as usize).copied().unwrap_or(0);
-        let state = if c(v1::TaskState::Running) + c(v1::TaskState::Starting) > 0 {
-            v1::JobState::Running
-        } else if c(v1::TaskState::Succeeded) == job.task_count {
-            v1::JobState::Succeeded
-        } else if job.state == JobPhase::Cancelled && c(v1::TaskState::Placed) == 0 {
-            v1::JobState::Cancelled
-        } else if c(v1::TaskState::Failed) > 0
-            && c(v1::TaskState::Pending) + c(v1::TaskState::Placed) == 0
-        {
-            v1::JobState::Failed
-        } else if c(v1::TaskState::Placed) > 0 {
-            v1::JobState::Placed
-        } else {
-            v1::JobState::Routed
-        };
-        let version = prev.version.max(now).saturating_add(1);
-        updates.push(v1::JobStatusUpdate {
-            job_id: job_id.clone(),
-            assignment_epoch: job.assignment_epoch,
-            status_version: version,
-            state: state as i32,
-            task_counts: Some(v1::TaskCounts {
-                pending: c(v1::TaskState::Pending),
-                placed: c(v1::TaskState::Placed),
-                starting: c(v1::TaskState::Starting),
-                running: c(v1::TaskState::Running),
-                succeeded: c(v1::TaskState::Succeeded),
-                failed: c(v1::TaskState::Failed),
-                killed: c(v1::TaskState::Killed),
-                lost: c(v1::TaskState::Lost),
-            }),
-            failure_reason: if state == v1::JobState::Failed {
-                failure_reason(task_views.get(job_id.as_str()))
-            } else {
-                String::new()
-            },
-            tasks: task_views.remove(job_id.as_str()).unwrap_or_default(),
-            observed_at_unix_ms: now,
-        });
-        new_reported.push((job_id.clone(), Reported { version, digest }));
-        if updates.len() == meridian_proto::limits::MAX_BATCH_ITEMS {
-            break;
-        }
-    }
-    if !updates.is_empty() {
-        let r = client
-            .report_status(v1::ReportStatusRequest {
-                region: config.region.clone(),
-                region_lease_epoch: epoch,
-                updates,
-            })
-            .await?
-            .into_inner();
-        if r.verdict != v1::Verdict::Accepted as i32 {
-            return Err(End::retry("status report refused: stale region lease"));
-        }
-        db.run(|tx, _| {
-            let keys = keys.clone();
-            let fence = fence.clone();
-            let new_reported = new_reported.clone();
-            async move {
-                fence.check(&tx).await?;
-                for (job, rep) in &new_reported {
-                    tx.set(&keys.job_status(job), &encode(rep))?;
-                }
-                Ok::<_, RegionalError>(())
-            }
-        })
-        .await?;
-    }
-
-    // Releases: revoked jobs with nothing bound any more.
-    let mut releases = Vec::new();
-    for (job_id, job) in &view.jobs {
-        if let JobPhase::Revoked(e) = job.state {
-            let bound = view
-                .blocks
-                .range((job_id.clone(), 0)..=(job_id.clone(), u32::MAX))
-                .any(|(_, b)| b.tasks.iter().any(|t| t.is_bound()));
-            if !bound {
-                releases.push(v1::JobRelease {
-                    job_id: job_id.clone(),
-                    assignment_epoch: e,
-                    final_tasks: Vec::new(),
-                });
-            }
-        }
-    }
-    if !releases.is_empty() {
-        let r = client
-            .release_jobs(v1::ReleaseJobsRequest {
-                region: config.region.clone(),
-                region_lease_epoch: epoch,
-                releases: releases.clone(),
-            })
-            .await?
-            .into_inner();
-        if r.verdict != v1::Verdict::Accepted as i32 {
-            return Err(End::retry("release refused: stale region lease"));
-        }
-        db.run(|tx, _| {
-            let keys = keys.clone();
-            let fence = fence.clone();
-            let releases = releases.clone();
-            async move {
-                fence.check(&tx).await?;
-                for rel in &releases {
-                    if let Some(mut job) =
-                        crate::model::view::read_job(&tx, &keys, &rel.job_id).await?
-                        && job.state == JobPhase::Revoked(rel.assignment_epoch)
-                    {
-                        job.state = JobPhase::Released(rel.assignment_epoch);
-                        tx.set(&keys.job(&rel.job_id), &encode(&job))?;
-                    }
-                }
-                Ok::<_, RegionalError>(())
-            }
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-/// Jobs with at most this many tasks carry every task's status in each update
-/// (so exit codes and nodes reach the global tier); larger jobs report counts
-/// only, which keeps an update of a 100,000-task job small.
-const MAX_TASKS_PER_UPDATE: u32 = 256;
-
-fn task_status(region: &str, index: u32, t: &TaskRecord, now: u64) -> v1::TaskStatus {
-    v1::TaskStatus {
-        index,
-        state: t.state,
-        node_id: t.node.clone(),
-        region: region.to_string(),
-        attempt: t.attempt,
-        exit_code: t.exit_code,
-        message: t.message.clone(),
-        placed_at_unix_ms: t.placed_at,
-        updated_at_unix_ms: now,
-        ..Default::default()
-    }
-}
-
-/// The first failed task's message, or its exit code, as the job's reason.
-fn failure_reason(tasks: Option<&Vec<v1::TaskStatus>>) -> String {
-    tasks
-        .into_iter()
-        .flatten()
-        .find(|t| t.state == v1::TaskState::Failed as i32)
-        .map(|t| match (t.message.is_empty(), t.exit_code) {
-            (false, _) => format!("task {}: {}", t.index, t.message),
-            (true, Some(code)) => format!("task {} exited with code {code}", t.index),
-            (true, None) => format!("task {} failed", t.index),
-        })
-        .unwrap_or_default()
-}
 
 #[cfg(test)]
 mod tests {

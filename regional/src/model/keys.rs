@@ -202,6 +202,30 @@ impl Keys {
         self.root.pack(&("pendinghead",))
     }
 
+    /// Tombstone of a finished job the region forgot: the assignment epoch
+    /// it finished under, so a re-delivered ASSIGN of that epoch stays a
+    /// no-op (see `jobs::retire`).
+    pub fn retired(&self, job: &str) -> Vec<u8> {
+        self.root.pack(&("retired", job))
+    }
+
+    /// Marker of a job whose task states changed since its status last went
+    /// up (set by every task block write, cleared by the link's reporter).
+    pub fn status_dirty(&self, job: &str) -> Vec<u8> {
+        self.root.pack(&("statusdirty", job))
+    }
+
+    /// Range of every status marker.
+    pub fn status_dirties(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("statusdirty",)).range()
+    }
+
+    /// Counter bumped with every status marker set (the link's reporter
+    /// watches it to send task state changes up at once).
+    pub fn status_head(&self) -> Vec<u8> {
+        self.root.pack(&("statushead",))
+    }
+
     /// Status version and digest last reported upwards for a job.
     pub fn job_status(&self, job: &str) -> Vec<u8> {
         self.root.pack(&("jobstatus", job))

@@ -10,6 +10,7 @@ mod convert;
 pub mod keys;
 pub mod records;
 pub mod view;
+mod write;
 
 pub use commands::CommandBatch;
 pub use convert::{job_from_spec, pending_task, running_task, solver_node};
@@ -19,3 +20,4 @@ pub use records::{
     Record, Res, TaskBlock, TaskRecord, decode, encode,
 };
 pub use view::RegionView;
+pub use write::put_block;

@@ -17,9 +17,7 @@ use meridian_store::{Database, Transaction};
 
 use crate::error::Result;
 use crate::model::view::{read_node, scan};
-use crate::model::{
-    CommandBatch, CommandRecord, Keys, NodeRecord, TASK_BLOCK, TaskBlock, decode, encode,
-};
+use crate::model::{CommandBatch, CommandRecord, Keys, NodeRecord, TASK_BLOCK, TaskBlock, decode};
 use crate::placement::TaskRef;
 use crate::shard::check_generation;
 
@@ -252,7 +250,7 @@ async fn commit_in(
 
     for id in &dirty {
         if let Some(block) = blocks.get(id) {
-            tx.set(&keys.task_block(&id.0, id.1), &encode(block))?;
+            crate::model::put_block(tx, keys, &id.0, block)?;
         }
     }
     // A job with nothing pending any more leaves the pending index.

@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::model::view::{read_blocks, read_job, read_node};
 use crate::model::{
     CommandBatch, CommandRecord, HeartbeatRecord, JobPhase, Keys, NodeLiveness, NodeRecord,
-    RegionView, TASK_BLOCK, encode,
+    RegionView, encode,
 };
 use crate::shard::shard_of_node;
 
@@ -304,10 +304,7 @@ async fn tasks_in(
             changed = true;
         }
         if changed {
-            tx.set(
-                &keys.task_block(job_id, block.first / TASK_BLOCK),
-                &encode(&block),
-            )?;
+            crate::model::put_block(tx, keys, job_id, &block)?;
         }
     }
     if repended {

@@ -1,0 +1,374 @@
+//! The link's status reports against a fake global tier on a real socket:
+//! task state changes go up as they commit, not at the next full report,
+//! and a job whose final state the global tier accepted is forgotten by the
+//! region, while one it refused stays.
+
+mod support;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use meridian_control::SystemClock;
+use meridian_control::lease::Identity;
+use meridian_proto::v1;
+use meridian_proto::v1::region_link_server::{RegionLink, RegionLinkServer};
+use meridian_regional::jobs::{Applied, apply_assign, simple_spec};
+use meridian_regional::link::{LinkConfig, run};
+use meridian_regional::model::view::read_block;
+use meridian_regional::model::{Keys, put_block};
+use meridian_store::Database;
+use support::{GIB, Region};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+#[derive(Debug)]
+enum Seen {
+    Ack,
+    Capacity,
+    Status(String, i32),
+}
+
+/// Assigns `jobs` (one task each) at epoch 1 and answers everything, but
+/// refuses the final status of `refuse_final` as STALE_EPOCH.
+struct FakeGlobal {
+    jobs: Vec<String>,
+    refuse_final: String,
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+fn ok() -> i32 {
+    v1::Verdict::Accepted as i32
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<v1::AssignmentEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RegionLink for FakeGlobal {
+    async fn register_region(
+        &self,
+        _: Request<v1::RegisterRegionRequest>,
+    ) -> Result<Response<v1::RegisterRegionResponse>, Status> {
+        Ok(Response::new(v1::RegisterRegionResponse {
+            verdict: ok(),
+            region_lease_epoch: 1,
+            lease_duration_ms: 60_000,
+            renew_interval_ms: 20_000,
+            current_leader_epoch: 0,
+        }))
+    }
+
+    async fn renew_region_lease(
+        &self,
+        _: Request<v1::RenewRegionLeaseRequest>,
+    ) -> Result<Response<v1::RenewRegionLeaseResponse>, Status> {
+        Ok(Response::new(v1::RenewRegionLeaseResponse {
+            verdict: ok(),
+            current_epoch: 1,
+            lease_duration_ms: 60_000,
+        }))
+    }
+
+    type AssignmentsStream = Events;
+
+    async fn assignments(
+        &self,
+        request: Request<v1::AssignmentsRequest>,
+    ) -> Result<Response<Events>, Status> {
+        let after = request.into_inner().cursor;
+        let events: Vec<Result<v1::AssignmentEvent, Status>> = self
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, job)| v1::AssignmentEvent {
+                cursor: (i as u64 + 1).to_be_bytes().to_vec(),
+                kind: v1::AssignmentEventKind::Assign as i32,
+                job_id: job.clone(),
+                assignment_epoch: 1,
+                spec: Some(simple_spec("t", 1, 500, GIB)),
+                request_id: format!("req-{job}"),
+                ..Default::default()
+            })
+            .filter(|e| after.is_empty() || e.cursor > after)
+            .map(Ok)
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(
+            tokio_stream::iter(events),
+            futures::stream::pending(),
+        ))))
+    }
+
+    async fn ack_assignments(
+        &self,
+        request: Request<v1::AckAssignmentsRequest>,
+    ) -> Result<Response<v1::AckAssignmentsResponse>, Status> {
+        let acks = request.into_inner().acks;
+        for _ in &acks {
+            let _ = self.seen.send(Seen::Ack);
+        }
+        Ok(Response::new(v1::AckAssignmentsResponse {
+            verdict: ok(),
+            current_epoch: 1,
+            results: vec![
+                v1::ItemResult {
+                    verdict: ok(),
+                    ..Default::default()
+                };
+                acks.len()
+            ],
+        }))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<v1::ReportStatusRequest>,
+    ) -> Result<Response<v1::ReportStatusResponse>, Status> {
+        let mut results = Vec::new();
+        for u in request.into_inner().updates {
+            let _ = self.seen.send(Seen::Status(u.job_id.clone(), u.state));
+            let refused =
+                u.job_id == self.refuse_final && u.state == v1::JobState::Succeeded as i32;
+            results.push(v1::ItemResult {
+                verdict: if refused {
+                    v1::Verdict::StaleEpoch as i32
+                } else {
+                    ok()
+                },
+                current_epoch: if refused { 2 } else { 1 },
+                message: String::new(),
+            });
+        }
+        Ok(Response::new(v1::ReportStatusResponse {
+            verdict: ok(),
+            current_epoch: 1,
+            results,
+        }))
+    }
+
+    async fn report_capacity(
+        &self,
+        _: Request<v1::ReportCapacityRequest>,
+    ) -> Result<Response<v1::ReportCapacityResponse>, Status> {
+        let _ = self.seen.send(Seen::Capacity);
+        Ok(Response::new(v1::ReportCapacityResponse {
+            verdict: ok(),
+            current_epoch: 1,
+        }))
+    }
+
+    async fn release_jobs(
+        &self,
+        _: Request<v1::ReleaseJobsRequest>,
+    ) -> Result<Response<v1::ReleaseJobsResponse>, Status> {
+        Err(Status::unimplemented("no job is revoked in this test"))
+    }
+}
+
+/// Sets task 0 of `job` to `state` on node `n1`, the way an agent's report
+/// does (through `put_block`).
+async fn set_task(db: &Database, keys: &Keys, job: &str, state: v1::TaskState) {
+    db.run(|tx, _| {
+        let keys = keys.clone();
+        async move {
+            let mut block = read_block(&tx, &keys, job, 0)
+                .await?
+                .expect("the job's block");
+            let t = &mut block.tasks[0];
+            t.state = state as i32;
+            t.node = "n1".into();
+            t.attempt = 1;
+            put_block(&tx, &keys, job, &block)?;
+            Ok::<_, meridian_regional::RegionalError>(())
+        }
+    })
+    .await
+    .expect("task state written");
+}
+
+/// Waits until every `(job, state)` in `want` was reported.
+async fn await_statuses(seen: &mut mpsc::UnboundedReceiver<Seen>, want: &[(&str, v1::JobState)]) {
+    let mut missing: Vec<(String, i32)> = want
+        .iter()
+        .map(|(j, s)| (j.to_string(), *s as i32))
+        .collect();
+    while !missing.is_empty() {
+        if let Seen::Status(job, state) = seen.recv().await.expect("fake global open") {
+            missing.retain(|m| *m != (job.clone(), state));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_retires_the_job() {
+    let region = Region::new().await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let fake = FakeGlobal {
+        jobs: vec!["job-a".into(), "job-b".into()],
+        refuse_final: "job-b".into(),
+        seen: seen_tx,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegionLinkServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let link = tokio::spawn(run(
+        region.db.clone(),
+        region.keys.clone(),
+        SystemClock::shared(),
+        Identity::new_boot("replica-a"),
+        LinkConfig {
+            region: "r1".into(),
+            global: format!("http://{addr}"),
+            replica: "replica-a".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            lease: Duration::from_secs(5),
+            // One full report when the session starts, the next an hour
+            // later: whatever arrives in between came by the fast path.
+            report_every: Duration::from_secs(3600),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let guard = Duration::from_secs(60);
+    tokio::time::timeout(guard, async {
+        let (mut acks, mut capacity) = (0, false);
+        while acks < 2 || !capacity {
+            match seen.recv().await.expect("fake global open") {
+                Seen::Ack => acks += 1,
+                Seen::Capacity => capacity = true,
+                Seen::Status(..) => {}
+            }
+        }
+    })
+    .await
+    .expect("both jobs taken in and the first full report sent");
+
+    for job in ["job-a", "job-b"] {
+        set_task(&region.db, &region.keys, job, v1::TaskState::Running).await;
+    }
+    tokio::time::timeout(
+        guard,
+        await_statuses(
+            &mut seen,
+            &[
+                ("job-a", v1::JobState::Running),
+                ("job-b", v1::JobState::Running),
+            ],
+        ),
+    )
+    .await
+    .expect("RUNNING reported without waiting for the next full report");
+
+    for job in ["job-a", "job-b"] {
+        set_task(&region.db, &region.keys, job, v1::TaskState::Succeeded).await;
+    }
+    tokio::time::timeout(
+        guard,
+        await_statuses(
+            &mut seen,
+            &[
+                ("job-a", v1::JobState::Succeeded),
+                ("job-b", v1::JobState::Succeeded),
+            ],
+        ),
+    )
+    .await
+    .expect("SUCCEEDED reported");
+
+    // Both answers are recorded in the store (job-a retired, job-b's
+    // refused report kept): await those commits.
+    let mut succeeded = [0u32; 9];
+    succeeded[v1::TaskState::Succeeded as usize] = 1;
+    let final_digest = format!(
+        "\"digest\":{}",
+        serde_json::to_string(&succeeded).expect("json")
+    );
+    let settled = async {
+        loop {
+            let (a, b, watches) = region
+                .db
+                .run(|tx, _| {
+                    let keys = region.keys.clone();
+                    async move {
+                        let a = tx.get(&keys.retired("job-a")).await?;
+                        let b = tx.get(&keys.job_status("job-b")).await?;
+                        let w = (
+                            tx.watch(&keys.retired("job-a"))?,
+                            tx.watch(&keys.job_status("job-b"))?,
+                        );
+                        Ok::<_, meridian_store::StoreError>((a, b, w))
+                    }
+                })
+                .await
+                .expect("read");
+            let b_done = b.is_some_and(|v| String::from_utf8_lossy(&v).contains(&final_digest));
+            if a.is_some() && b_done {
+                return;
+            }
+            tokio::select! {
+                _ = watches.0 => {}
+                _ = watches.1 => {}
+            }
+        }
+    };
+    tokio::time::timeout(guard, settled)
+        .await
+        .expect("the answers were recorded");
+    let _ = stop.send(());
+    link.await.expect("link task");
+
+    let view = region.view().await;
+    assert!(
+        !view.jobs.contains_key("job-a"),
+        "the job whose final state was accepted is forgotten"
+    );
+    assert!(
+        !view.blocks.keys().any(|(j, _)| j == "job-a"),
+        "with its task blocks"
+    );
+    assert!(
+        view.jobs.contains_key("job-b"),
+        "the job whose final state was refused stays"
+    );
+
+    let replay = |epoch: u64| {
+        let (db, keys) = (region.db.clone(), region.keys.clone());
+        async move {
+            db.run(|tx, _| {
+                let keys = keys.clone();
+                async move {
+                    apply_assign(
+                        &tx,
+                        &keys,
+                        "job-a",
+                        epoch,
+                        "req-job-a",
+                        &simple_spec("t", 1, 500, GIB),
+                        0,
+                    )
+                    .await
+                }
+            })
+            .await
+            .expect("apply")
+        }
+    };
+    assert_eq!(
+        replay(1).await,
+        Applied::Unchanged,
+        "a replayed ASSIGN of the retired epoch does not bring the job back"
+    );
+    assert_eq!(
+        replay(2).await,
+        Applied::Changed,
+        "a newer epoch is a new hold"
+    );
+}
