@@ -121,6 +121,13 @@ impl Net for TcpNet {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
                 .map(move |accepted| {
                     accepted.map(|stream| {
+                        // gRPC answers and stream messages are small writes
+                        // that follow one another: with Nagle's algorithm each
+                        // waits for the peer's delayed ACK (tens of ms). The
+                        // clients set the same on their side.
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
+                        }
                         let remote = stream.peer_addr().ok();
                         Conn::new(stream, Some(local_addr), remote)
                     })

@@ -13,7 +13,9 @@
 //! acknowledged in exactly its final state.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
+use meridian_control::SharedClock;
 use meridian_control::lease::Fence;
 use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
@@ -44,8 +46,55 @@ crate::model::codec::json_record!(Reported);
 /// only, which keeps an update of a 100,000-task job small.
 const MAX_TASKS_PER_UPDATE: u32 = 256;
 
+/// How long the fast status report waits after a change, so that one
+/// report carries the changes of a burst (a placement round, an agent's
+/// batch) rather than one call each.
+const STATUS_COALESCE: Duration = Duration::from_millis(2);
+
+/// Reports for one link session until a report fails: the full report at
+/// once and then every `report_every`, the fast one at every task state
+/// change.
+pub(super) async fn reporter(
+    db: Database,
+    keys: Keys,
+    fence: Fence,
+    mut client: Client,
+    config: LinkConfig,
+    epoch: u64,
+    clock: SharedClock,
+) -> Result<(), End> {
+    let mut full = clock.sleep(Duration::ZERO);
+    let mut changed = status_watch(&db, &keys).await?;
+    loop {
+        tokio::select! {
+            _ = &mut full => {
+                report_up(&db, &keys, &fence, &mut client, &config, epoch, clock.now_unix_ms()).await?;
+                full = clock.sleep(config.report_every);
+            }
+            _ = &mut changed => {
+                // Arm the next wake-up before reading, so no change is
+                // missed; a short pause lets one report carry a burst.
+                changed = status_watch(&db, &keys).await?;
+                clock.sleep(STATUS_COALESCE).await;
+                while report_changed(&db, &keys, &fence, &mut client, &config, epoch, clock.now_unix_ms()).await? {}
+            }
+        }
+    }
+}
+
+/// Resolves at the next task state change in the region.
+async fn status_watch(db: &Database, keys: &Keys) -> Result<meridian_store::WatchFuture, End> {
+    let head = keys.status_head();
+    Ok(db
+        .run(|tx, _| {
+            let head = head.clone();
+            async move { Ok::<_, RegionalError>(tx.watch(&head)?) }
+        })
+        .await?)
+}
+
 /// The full report: capacity, every job whose counts changed, releases.
-pub(super) async fn report_up(
+async fn report_up(
     db: &Database,
     keys: &Keys,
     fence: &Fence,
@@ -105,7 +154,7 @@ pub(super) async fn report_up(
 /// markers cleared in the same transaction that reads them. Returns whether
 /// more may be marked. A report lost on the way is repaired by the next full
 /// report, which compares against the stored digests.
-pub(super) async fn report_changed(
+async fn report_changed(
     db: &Database,
     keys: &Keys,
     fence: &Fence,

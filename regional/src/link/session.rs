@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::apply::{apply_events, read_cursor};
-use super::report::{report_changed, report_up};
+use super::report::reporter;
 use super::{LinkConfig, LinkState};
 use crate::error::RegionalError;
 use crate::jobs::apply_revoke;
@@ -272,8 +272,16 @@ async fn session(
         .await?
         .into_inner();
     let mut renew = clock.sleep(renew_every);
-    let mut report = clock.sleep(Duration::ZERO);
-    let mut changed = status_watch(db, keys).await?;
+    // Reports run beside the intake, never between two batches of it.
+    let mut reporter = AbortOnDrop(tokio::spawn(reporter(
+        db.clone(),
+        keys.clone(),
+        fence.clone(),
+        client.clone(),
+        config.clone(),
+        epoch,
+        clock.clone(),
+    )));
     loop {
         tokio::select! {
             msg = stream.message() => {
@@ -342,16 +350,12 @@ async fn session(
                 }).await?;
                 renew = clock.sleep(renew_every);
             }
-            _ = &mut report => {
-                report_up(db, keys, fence, &mut client, config, epoch, clock.now_unix_ms()).await?;
-                report = clock.sleep(config.report_every);
-            }
-            _ = &mut changed => {
-                // Arm the next wake-up before reading, so no change is
-                // missed; a short pause lets one report carry a burst.
-                changed = status_watch(db, keys).await?;
-                clock.sleep(STATUS_COALESCE).await;
-                while report_changed(db, keys, fence, &mut client, config, epoch, clock.now_unix_ms()).await? {}
+            ended = &mut reporter.0 => {
+                return match ended {
+                    Ok(Err(end)) => Err(end),
+                    Ok(Ok(())) => Err(End::retry("status reporter ended")),
+                    Err(e) => Err(End::retry(format!("status reporter failed: {e}"))),
+                };
             }
         }
     }
@@ -480,20 +484,13 @@ async fn intake(
     Ok(())
 }
 
-/// How long the fast status report waits after a change, so that one
-/// report carries the changes of a burst (a placement round, an agent's
-/// batch) rather than one call each.
-const STATUS_COALESCE: Duration = Duration::from_millis(2);
+/// Aborts the task when the session that spawned it ends.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-/// Resolves at the next task state change in the region.
-async fn status_watch(db: &Database, keys: &Keys) -> Result<meridian_store::WatchFuture, End> {
-    let head = keys.status_head();
-    Ok(db
-        .run(|tx, _| {
-            let head = head.clone();
-            async move { Ok::<_, RegionalError>(tx.watch(&head)?) }
-        })
-        .await?)
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Most events taken from the assignment stream into one transaction.

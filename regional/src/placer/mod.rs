@@ -17,6 +17,7 @@
 pub mod commit;
 pub mod round;
 pub mod sweep;
+pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::shard::{ShardTerm, ShardWork, shard_of_job};
 use commit::{BatchOutcome, commit_batch};
 use round::{batches, build_input};
 use sweep::{LivenessConfig, sweep};
+use views::SharedViews;
 
 /// Tuning of the placement loop.
 #[derive(Debug, Clone)]
@@ -82,15 +84,19 @@ pub struct Placer {
     keys: Keys,
     clock: SharedClock,
     config: PlacerConfig,
+    /// Shared by the loops of every shard this replica leads.
+    views: Arc<SharedViews>,
 }
 
 impl Placer {
     pub fn new(db: Database, keys: Keys, clock: SharedClock, config: PlacerConfig) -> Arc<Self> {
+        let views = SharedViews::new(db.clone(), keys.clone());
         Arc::new(Placer {
             db,
             keys,
             clock,
             config,
+            views,
         })
     }
 }
@@ -101,9 +107,10 @@ impl ShardWork for Placer {
         let keys = self.keys.clone();
         let clock = self.clock.clone();
         let config = self.config.clone();
+        let views = self.views.clone();
         Box::pin(async move {
             let shard = term.shard;
-            match ShardLoop::new(db, keys, clock, config, term) {
+            match ShardLoop::with_views(db, keys, clock, config, term, views) {
                 Ok(mut lp) => {
                     if let Err(err) = lp.run(stop).await {
                         tracing::warn!(shard, error = %err, "placement loop ended");
@@ -136,15 +143,30 @@ pub struct ShardLoop {
     retries: BTreeMap<String, u32>,
     last_sweep: Option<meridian_control::Instant>,
     last_resync: Option<meridian_control::Instant>,
+    views: Arc<SharedViews>,
 }
 
 impl ShardLoop {
+    /// A loop that reads the region on its own.
     pub fn new(
         db: Database,
         keys: Keys,
         clock: SharedClock,
         config: PlacerConfig,
         term: ShardTerm,
+    ) -> Result<Self> {
+        let views = SharedViews::new(db.clone(), keys.clone());
+        ShardLoop::with_views(db, keys, clock, config, term, views)
+    }
+
+    /// A loop sharing its region reads with the replica's other shards.
+    pub fn with_views(
+        db: Database,
+        keys: Keys,
+        clock: SharedClock,
+        config: PlacerConfig,
+        term: ShardTerm,
+        views: Arc<SharedViews>,
     ) -> Result<Self> {
         let queue = WorkQueue::new(
             QueueConfig {
@@ -168,6 +190,7 @@ impl ShardLoop {
             retries: BTreeMap::new(),
             last_sweep: None,
             last_resync: None,
+            views,
         })
     }
 
@@ -216,15 +239,10 @@ impl ShardLoop {
 
     /// One round: resync and sweep when due, then place the ready jobs.
     pub async fn round(&mut self) -> Result<RoundReport> {
+        let ticket = self.views.ticket();
         let now = self.clock.now();
         let now_ms = self.clock.now_unix_ms();
-        let view = self
-            .db
-            .run(|tx, _| {
-                let keys = self.keys.clone();
-                async move { RegionView::read(&tx, &keys).await }
-            })
-            .await?;
+        let view = self.views.read_after(ticket).await?;
         let count = view.layout.map_or(1, |l| l.count);
         let due = |last: Option<meridian_control::Instant>, every: Duration| {
             last.is_none_or(|t| now.saturating_duration_since(t) >= every)

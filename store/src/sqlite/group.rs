@@ -123,15 +123,16 @@ async fn run_batch(shared: &Arc<Shared>, mut batch: Vec<Entry>) {
             return;
         }
     };
-    let wrote = batch.iter().any(|e| !e.mutations.is_empty());
+    let mut touched = super::watch::Touched::default();
+    for e in &batch {
+        touched.add_all(&e.mutations);
+    }
     let (conn, outcome) = exec::execute(conn, Batch { entries: batch }).await;
     drop(conn);
     drop(turn);
     match outcome {
         Ok(results) => {
-            if wrote {
-                shared.watches.poke();
-            }
+            shared.watches.poke(touched);
             for (sender, result) in senders.into_iter().zip(results) {
                 let _ = sender.send(result);
             }

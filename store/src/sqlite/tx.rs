@@ -15,6 +15,7 @@ use super::exec::{self, Work};
 use super::gate::Turn;
 use super::group::{self, Committed};
 use super::pool::PooledConn;
+use super::watch::Touched;
 use super::{Shared, apply};
 use crate::backend::{
     BackendTx, CommitInfo, Mutation, RangeChunk, RangeRequest, TxOptions, WatchFuture,
@@ -49,6 +50,8 @@ struct Session {
 #[derive(Default)]
 struct Buffer {
     pending: Vec<Mutation>,
+    /// Every key written so far, flushed or not (for the watch hub).
+    touched: Touched,
     want_stamp: bool,
     watches: Vec<(Vec<u8>, oneshot::Sender<Result<()>>)>,
 }
@@ -288,7 +291,9 @@ impl BackendTx for SqliteTx {
     }
 
     fn mutate(&self, mutation: Mutation) {
-        self.buffer.lock().pending.push(mutation);
+        let mut buffer = self.buffer.lock();
+        buffer.touched.add(&mutation);
+        buffer.pending.push(mutation);
     }
 
     fn request_versionstamp(&self) {
@@ -314,12 +319,13 @@ impl BackendTx for SqliteTx {
             return Err(StoreError::TransactionFinished);
         }
         session.finished = true;
-        let (pending, want_stamp, watches) = {
+        let (pending, want_stamp, watches, touched) = {
             let mut buffer = self.buffer.lock();
             (
                 std::mem::take(&mut buffer.pending),
                 buffer.want_stamp,
                 std::mem::take(&mut buffer.watches),
+                std::mem::take(&mut buffer.touched),
             )
         };
         let deferred = std::mem::take(&mut session.deferred);
@@ -344,7 +350,7 @@ impl BackendTx for SqliteTx {
             let watch_keys = watches.iter().map(|(k, _)| k.clone()).collect();
             let entry = group::Entry::new(mutations, need_stamp, watch_keys);
             let result = group::GroupCommit::commit(&self.shared, entry).await;
-            return self.finish_commit(result, writes, watches);
+            return self.finish_commit(result, touched, watches);
         }
 
         let conn = self.connection(&mut session).await?;
@@ -368,7 +374,7 @@ impl BackendTx for SqliteTx {
         let (conn, result) = exec::execute(conn, hop).await;
         drop(conn);
         drop(session.turn.take());
-        self.finish_commit(result, writes, watches)
+        self.finish_commit(result, touched, watches)
     }
 }
 
@@ -378,14 +384,12 @@ impl SqliteTx {
     fn finish_commit(
         &self,
         result: Result<Committed>,
-        writes: bool,
+        touched: Touched,
         watches: Vec<(Vec<u8>, oneshot::Sender<Result<()>>)>,
     ) -> Result<CommitInfo> {
         match result {
             Ok((stamp, values)) => {
-                if writes {
-                    self.shared.watches.poke();
-                }
+                self.shared.watches.poke(touched);
                 for ((key, sender), value) in watches.into_iter().zip(values) {
                     self.shared.watches.register(key, value, sender);
                 }
