@@ -48,6 +48,8 @@ pub(crate) struct Touched {
     /// `[begin, end)` ranges: cleared ranges, and the prefixes of
     /// versionstamped keys (their final bytes are known only at commit).
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A write whose key cannot be bounded: every watch is checked.
+    all: bool,
 }
 
 impl Touched {
@@ -73,7 +75,7 @@ impl Touched {
                     .unwrap_or(&[]);
                 match strinc(prefix) {
                     Some(end) => self.ranges.push((prefix.to_vec(), end)),
-                    None => self.ranges.push((Vec::new(), vec![0xff; 11_000])),
+                    None => self.all = true,
                 }
             }
         }
@@ -87,12 +89,13 @@ impl Touched {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.ranges.is_empty()
+        self.keys.is_empty() && self.ranges.is_empty() && !self.all
     }
 
     fn merge(&mut self, other: Touched) {
         self.keys.extend(other.keys);
         self.ranges.extend(other.ranges);
+        self.all |= other.all;
     }
 }
 
@@ -265,6 +268,7 @@ fn check(
 ) {
     let keys: Vec<Vec<u8>> = match touched {
         None => waiting.keys().cloned().collect(),
+        Some(t) if t.all => waiting.keys().cloned().collect(),
         Some(t) => {
             let mut keys: Vec<Vec<u8>> = t
                 .keys
@@ -342,5 +346,65 @@ fn fail_all(waiting: &mut BTreeMap<Vec<u8>, Vec<Waiter>>, active: &AtomicUsize, 
             active.fetch_sub(1, Ordering::AcqRel);
             let _ = sender.send(Err(err.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covers(t: &Touched, key: &[u8]) -> bool {
+        t.all
+            || t.keys.iter().any(|k| k == key)
+            || t.ranges
+                .iter()
+                .any(|(b, e)| b.as_slice() <= key && key < e.as_slice())
+    }
+
+    #[test]
+    fn a_versionstamped_key_is_covered_by_the_range_of_its_prefix() {
+        let mut template = b"cmd/node-7/".to_vec();
+        let offset = template.len() as u32;
+        template.extend_from_slice(&[0u8; 10]);
+        template.extend_from_slice(b"/x");
+        template.extend_from_slice(&offset.to_le_bytes());
+        let mut t = Touched::default();
+        t.add(&Mutation::SetVersionstampedKey {
+            key: template,
+            value: Vec::new(),
+        });
+        let mut written = b"cmd/node-7/".to_vec();
+        written.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9, 0, 1]);
+        written.extend_from_slice(b"/x");
+        assert!(covers(&t, &written), "the key the commit wrote");
+        assert!(!covers(&t, b"cmd/node-8/"), "another node's log");
+        assert!(!covers(&t, b"cmdhead/node-7"), "a key outside the prefix");
+    }
+
+    #[test]
+    fn cleared_ranges_and_plain_writes_are_covered_exactly() {
+        let mut t = Touched::default();
+        t.add_all(&[
+            Mutation::Set {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+            },
+            Mutation::ClearRange {
+                begin: b"m".to_vec(),
+                end: b"p".to_vec(),
+            },
+        ]);
+        assert!(covers(&t, b"a"));
+        assert!(!covers(&t, b"ab"));
+        assert!(covers(&t, b"m"));
+        assert!(covers(&t, b"o\xff"));
+        assert!(!covers(&t, b"p"), "the end is exclusive");
+    }
+
+    #[test]
+    fn the_successor_of_a_prefix_skips_trailing_ff_bytes() {
+        assert_eq!(strinc(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(strinc(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(strinc(b"\xff\xff"), None);
     }
 }
