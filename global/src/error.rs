@@ -44,6 +44,11 @@ pub enum GlobalError {
     /// region lease epoch).
     #[error("stale epoch: {0}")]
     StaleEpoch(String),
+    /// Too much work is waiting already: shed at the door so the work in
+    /// flight (and the leader's lease renewals) keep their latency. Retry
+    /// with backoff.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -77,6 +82,7 @@ impl GlobalError {
             GlobalError::NotLeader { .. } | GlobalError::Fenced(_) => Code::Unavailable,
             GlobalError::OutOfRange(_) => Code::OutOfRange,
             GlobalError::StaleEpoch(_) => Code::FailedPrecondition,
+            GlobalError::Overloaded(_) => Code::ResourceExhausted,
             GlobalError::Corrupt(_) => Code::Internal,
             GlobalError::Store(e) if e.is_retryable() => Code::Unavailable,
             GlobalError::Store(_) => Code::Internal,
@@ -88,7 +94,9 @@ impl Retryable for GlobalError {
     fn is_retryable(&self) -> bool {
         match self {
             GlobalError::Store(e) => e.is_retryable(),
-            GlobalError::NotLeader { .. } | GlobalError::Fenced(_) => true,
+            GlobalError::NotLeader { .. } | GlobalError::Fenced(_) | GlobalError::Overloaded(_) => {
+                true
+            }
             _ => false,
         }
     }

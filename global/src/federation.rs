@@ -167,6 +167,7 @@ impl FederationService {
             }
         }
         if !valid.is_empty() {
+            let _slot = self.submitter.batch_slot()?;
             let done = submitter::submit_group(&self.jobs, &self.leadership, valid).await?;
             for (i, result) in positions.into_iter().zip(done) {
                 results[i] = Some(SubmitJobResult {

@@ -56,6 +56,7 @@ impl IntoResponse for ApiError {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::FailedPrecondition => StatusCode::CONFLICT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = json!({

@@ -9,6 +9,7 @@
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
 //! | `meridian_global_submits_total` | counter | `outcome` | SubmitJob calls; `outcome` is `created`, `duplicate`, `invalid` or `error` |
+//! | `meridian_global_submits_shed_total` | counter | `call` | submits refused RESOURCE_EXHAUSTED at admission; `call` is `unary` or `batch` |
 //! | `meridian_global_submit_group_size` | histogram | | submits per group-commit transaction |
 //! | `meridian_global_submit_queue_depth` | gauge | | submits waiting for the next group commit |
 //! | `meridian_global_route_pending_jobs` | gauge | | pending jobs the last routing pass saw (at most one routing batch) |
