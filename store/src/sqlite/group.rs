@@ -333,7 +333,7 @@ mod tests {
             })
         };
         let first = spawn("first");
-        while shared.group.queue.lock().len() < 1 {
+        while shared.group.queue.lock().is_empty() {
             tokio::task::yield_now().await;
         }
         let second = spawn("second");
