@@ -4,7 +4,9 @@
 //! each, and the retry rule every command shares: a call answered
 //! `UNAVAILABLE` is sent again, unchanged (so a submit keeps its request
 //! id), to the replica named by the `meridian-leader` hint, otherwise to the
-//! next known endpoint after a short jittered backoff, until the deadline.
+//! next known endpoint after a short jittered backoff, until the deadline;
+//! one answered `RESOURCE_EXHAUSTED` (the leader shedding load) is sent
+//! again to the same replica after the backoff.
 //! Must never retry a request the server refused for another reason, and
 //! never change a request between attempts.
 
@@ -113,7 +115,8 @@ impl Client {
             if !retryable(&status) {
                 return Err(status.into());
             }
-            let hinted = self.move_after(&status)?;
+            // An overloaded leader is still the leader: stay, and back off.
+            let hinted = status.code() != Code::ResourceExhausted && self.move_after(&status)?;
             last = Some(status);
             if started.elapsed() >= self.deadline {
                 break;
@@ -165,7 +168,7 @@ impl Client {
 
 /// Whether a status means "try again, maybe elsewhere".
 pub fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable)
+    matches!(status.code(), Code::Unavailable | Code::ResourceExhausted)
         || (status.code() == Code::Unknown && status.message().contains("transport error"))
 }
 
@@ -177,6 +180,35 @@ mod tests {
     fn endpoints_without_a_scheme_get_http() {
         assert_eq!(normalize("127.0.0.1:7400/"), "http://127.0.0.1:7400");
         assert_eq!(normalize(" http://a:1 "), "http://a:1");
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_leader_is_asked_again_after_a_pause_without_moving_on() {
+        let args = ConnectArgs {
+            endpoint: "http://127.0.0.1:1,http://127.0.0.1:2".into(),
+            timeout_secs: 30,
+        };
+        let mut client = Client::new(&args).expect("client");
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let answer: u32 = client
+            .call(|_| {
+                let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        Err(Status::resource_exhausted("overloaded: retry with backoff"))
+                    } else {
+                        Ok(tonic::Response::new(n))
+                    }
+                }
+            })
+            .await
+            .expect("answered on the third try");
+        assert_eq!(answer, 2);
+        assert_eq!(
+            client.endpoint(),
+            "http://127.0.0.1:1",
+            "stays with the replica that shed the call"
+        );
     }
 
     #[tokio::test]
