@@ -108,7 +108,23 @@ pub async fn status(
         let (seen_epoch, seen_version): (u64, u64) = tuple::unpack(&raw)
             .map_err(|e| GlobalError::Corrupt(format!("status version: {e}")))?;
         if seen_epoch == epoch && update.status_version <= seen_version {
-            return Ok(result(Verdict::Accepted, epoch, ""));
+            // Already applied only if it says what the job says now; an
+            // older version with another state is out of date, and the
+            // region must not take ACCEPTED as "the global tier has this
+            // state" (it forgets jobs whose final state was accepted).
+            let same = JobState::try_from(update.state).ok() == Some(state_of(&job));
+            return Ok(if same {
+                result(Verdict::Accepted, epoch, "")
+            } else {
+                result(
+                    Verdict::Invalid,
+                    epoch,
+                    format!(
+                        "status_version {} is not newer than the last applied ({seen_version})",
+                        update.status_version
+                    ),
+                )
+            });
         }
     }
     let task_count = job.spec.as_ref().map_or(0, |s| s.task_count);

@@ -205,7 +205,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     let region = Region::new().await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let fake = FakeGlobal {
-        jobs: vec!["job-a".into(), "job-b".into()],
+        jobs: vec!["job-a".into(), "job-b".into(), "job-c".into()],
         refuse_final: "job-b".into(),
         seen: seen_tx,
     };
@@ -240,7 +240,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     let guard = Duration::from_secs(60);
     tokio::time::timeout(guard, async {
         let (mut acks, mut capacity) = (0, false);
-        while acks < 2 || !capacity {
+        while acks < 3 || !capacity {
             match seen.recv().await.expect("fake global open") {
                 Seen::Ack => acks += 1,
                 Seen::Capacity => capacity = true,
@@ -249,7 +249,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
         }
     })
     .await
-    .expect("both jobs taken in and the first full report sent");
+    .expect("the jobs taken in and the first full report sent");
 
     for job in ["job-a", "job-b"] {
         set_task(&region.db, &region.keys, job, v1::TaskState::Running).await;
@@ -283,45 +283,69 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     .await
     .expect("SUCCEEDED reported");
 
-    // Both answers are recorded in the store (job-a retired, job-b's
-    // refused report kept): await those commits.
-    let mut succeeded = [0u32; 9];
-    succeeded[v1::TaskState::Succeeded as usize] = 1;
-    let final_digest = format!(
-        "\"digest\":{}",
-        serde_json::to_string(&succeeded).expect("json")
-    );
-    let settled = async {
-        loop {
-            let (a, b, watches) = region
-                .db
-                .run(|tx, _| {
-                    let keys = region.keys.clone();
-                    async move {
-                        let a = tx.get(&keys.retired("job-a")).await?;
-                        let b = tx.get(&keys.job_status("job-b")).await?;
-                        let w = (
-                            tx.watch(&keys.retired("job-a"))?,
-                            tx.watch(&keys.job_status("job-b"))?,
-                        );
-                        Ok::<_, meridian_store::StoreError>((a, b, w))
-                    }
-                })
-                .await
-                .expect("read");
-            let b_done = b.is_some_and(|v| String::from_utf8_lossy(&v).contains(&final_digest));
-            if a.is_some() && b_done {
-                return;
-            }
-            tokio::select! {
-                _ = watches.0 => {}
-                _ = watches.1 => {}
+    // Job-a's answer is recorded: it is retired.
+    let digest_of = |state: v1::TaskState| {
+        let mut counts = [0u32; 9];
+        counts[state as usize] = 1;
+        format!(
+            "\"digest\":{}",
+            serde_json::to_string(&counts).expect("json")
+        )
+    };
+    // The value of `key` once it exists and contains `want`.
+    let stored = |key: Vec<u8>, want: String| {
+        let db = region.db.clone();
+        async move {
+            loop {
+                let (value, watch) = db
+                    .run(|tx, _| {
+                        let key = key.clone();
+                        async move {
+                            Ok::<_, meridian_store::StoreError>((
+                                tx.get(&key).await?,
+                                tx.watch(&key)?,
+                            ))
+                        }
+                    })
+                    .await
+                    .expect("read");
+                if let Some(v) = value
+                    && String::from_utf8_lossy(&v).contains(&want)
+                {
+                    return v;
+                }
+                let _ = watch.await;
             }
         }
     };
-    tokio::time::timeout(guard, settled)
+    tokio::time::timeout(guard, stored(region.keys.retired("job-a"), String::new()))
         .await
-        .expect("the answers were recorded");
+        .expect("job-a retired");
+    // One reporter sends one batch at a time: once a later change of job-c
+    // is recorded, job-b's refused answer has been handled too.
+    set_task(&region.db, &region.keys, "job-c", v1::TaskState::Running).await;
+    tokio::time::timeout(
+        guard,
+        stored(
+            region.keys.job_status("job-c"),
+            digest_of(v1::TaskState::Running),
+        ),
+    )
+    .await
+    .expect("job-c's report recorded");
+    let b_status = tokio::time::timeout(
+        guard,
+        stored(
+            region.keys.job_status("job-b"),
+            digest_of(v1::TaskState::Running),
+        ),
+    )
+    .await
+    .expect("job-b's RUNNING was recorded earlier");
+    assert!(
+        !String::from_utf8_lossy(&b_status).contains(&digest_of(v1::TaskState::Succeeded)),
+        "a refused final state is not recorded as reported, so the next full report sends it again"
+    );
     let _ = stop.send(());
     link.await.expect("link task");
 

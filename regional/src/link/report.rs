@@ -21,6 +21,7 @@ use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use meridian_store::{Database, RangeOption};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::LinkConfig;
 use super::session::End;
@@ -51,9 +52,10 @@ const MAX_TASKS_PER_UPDATE: u32 = 256;
 /// batch) rather than one call each.
 const STATUS_COALESCE: Duration = Duration::from_millis(2);
 
-/// Reports for one link session until a report fails: the full report at
-/// once and then every `report_every`, the fast one at every task state
-/// change.
+/// Reports for one link session until a report fails or `stop` flips
+/// (checked between reports, never inside one): the full report at once and
+/// then every `report_every`, the fast one at every task state change.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn reporter(
     db: Database,
     keys: Keys,
@@ -62,11 +64,16 @@ pub(super) async fn reporter(
     config: LinkConfig,
     epoch: u64,
     clock: SharedClock,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), End> {
     let mut full = clock.sleep(Duration::ZERO);
     let mut changed = status_watch(&db, &keys).await?;
     loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
         tokio::select! {
+            _ = stop.changed() => return Ok(()),
             _ = &mut full => {
                 report_up(&db, &keys, &fence, &mut client, &config, epoch, clock.now_unix_ms()).await?;
                 full = clock.sleep(config.report_every);
@@ -380,9 +387,15 @@ async fn send_status(
                 let mut retired = 0u64;
                 for (((job, job_epoch, last), rep), ok) in finals.iter().zip(reported).zip(accepted)
                 {
+                    // A refused item stays unrecorded, so the next full
+                    // report sends the job's state again with a newer
+                    // version (a job moved away stops being reported once
+                    // its REVOKE arrives).
+                    if !*ok {
+                        continue;
+                    }
                     tx.set(&keys.job_status(job), &encode(rep))?;
                     if *last
-                        && *ok
                         && crate::jobs::retire(&tx, &keys, job, *job_epoch, &rep.digest).await?
                     {
                         retired += 1;

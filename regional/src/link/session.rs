@@ -16,7 +16,7 @@ use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use meridian_store::Database;
 use prost::Message;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::apply::{apply_events, read_cursor};
@@ -272,7 +272,11 @@ async fn session(
         .await?
         .into_inner();
     let mut renew = clock.sleep(renew_every);
-    // Reports run beside the intake, never between two batches of it.
+    // Reports run beside the intake, never between two batches of it. The
+    // reporter is stopped between two reports and awaited before the
+    // session ends, so two reporters never overlap: a second one reading
+    // what the first had not recorded yet could send an older version.
+    let (stop_reporter, reporter_stopped) = watch::channel(false);
     let mut reporter = AbortOnDrop(tokio::spawn(reporter(
         db.clone(),
         keys.clone(),
@@ -281,7 +285,55 @@ async fn session(
         config.clone(),
         epoch,
         clock.clone(),
+        reporter_stopped,
     )));
+    let ended = intake_loop(
+        db,
+        keys,
+        clock,
+        config,
+        fence,
+        &mut client,
+        &mut stream,
+        epoch,
+        renew_every,
+        &mut renew,
+        &mut reporter,
+    )
+    .await;
+    let _ = stop_reporter.send(true);
+    // Finished already when its own end ended the session (a handle must not
+    // be polled again after it answered).
+    if !reporter.0.is_finished() {
+        tokio::select! {
+            _ = &mut reporter.0 => {}
+            _ = clock.sleep(REPORTER_GRACE) => {
+                tracing::warn!("status reporter did not stop in time; aborting it");
+            }
+        }
+    }
+    ended
+}
+
+/// How long a session's end waits for its reporter to finish its report.
+const REPORTER_GRACE: Duration = Duration::from_secs(15);
+
+/// The intake half of a session: assignments in, lease renewals, until a
+/// failure (of its own or the reporter's) ends the session.
+#[allow(clippy::too_many_arguments)]
+async fn intake_loop(
+    db: &Database,
+    keys: &Keys,
+    clock: &SharedClock,
+    config: &LinkConfig,
+    fence: &Fence,
+    client: &mut RegionLinkClient<tonic::transport::Channel>,
+    stream: &mut tonic::Streaming<v1::AssignmentEvent>,
+    epoch: u64,
+    renew_every: Duration,
+    renew: &mut meridian_control::Sleep,
+    reporter: &mut AbortOnDrop<Result<(), End>>,
+) -> Result<(), End> {
     loop {
         tokio::select! {
             msg = stream.message() => {
@@ -311,7 +363,7 @@ async fn session(
                     }
                 }
                 if !events.is_empty() {
-                    intake(db, keys, fence, &mut client, config, epoch, &events, clock.now_unix_ms()).await?;
+                    intake(db, keys, fence, client, config, epoch, &events, clock.now_unix_ms()).await?;
                 }
                 match end {
                     None => {}
@@ -332,7 +384,7 @@ async fn session(
                     Some(Err(s)) => return Err(s.into()),
                 }
             }
-            _ = &mut renew => {
+            _ = &mut *renew => {
                 let sent_at = clock.now_unix_ms();
                 let r = client
                     .renew_region_lease(v1::RenewRegionLeaseRequest {
@@ -348,7 +400,7 @@ async fn session(
                     region_lease_epoch: epoch,
                     lease_expires_unix_ms: sent_at.saturating_add(r.lease_duration_ms),
                 }).await?;
-                renew = clock.sleep(renew_every);
+                *renew = clock.sleep(renew_every);
             }
             ended = &mut reporter.0 => {
                 return match ended {

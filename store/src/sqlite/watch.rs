@@ -8,8 +8,9 @@
 //! noticed by polling `PRAGMA data_version` (it changes whenever another
 //! connection commits, this process's pool included): then every watched key
 //! is read, in one read transaction, at most once per poll interval and at
-//! most 1/20 of the time (so with many watches, other processes' commits are
-//! seen a little later, never at the cost of a core). A new
+//! most 1/20 of the time, but at least every 20 poll intervals (so with many
+//! watches, other processes' commits are seen a little later, never at the
+//! cost of a core). A new
 //! watch is checked on its own key. The thread idles on its channel when
 //! nothing is watched. It must never hold a lock that a writer needs: each
 //! check is one short read.
@@ -249,8 +250,12 @@ fn watch_loop(
         match data_version(&conn) {
             Ok(v) if v != seen_version => {
                 seen_version = v;
+                let started = Instant::now();
                 check(&conn, &mut waiting, &active, None);
-                full_every = poll.max(last_full.elapsed() * FULL_CHECK_SHARE);
+                // One slow check (a descheduled thread, a lock wait) must
+                // not hide other processes' commits for long: capped.
+                full_every =
+                    (started.elapsed() * FULL_CHECK_SHARE).clamp(poll, poll * FULL_CHECK_SHARE);
             }
             Ok(_) => drop_abandoned(&mut waiting, &active),
             Err(e) => fail_all(&mut waiting, &active, e),
