@@ -52,40 +52,294 @@ const MAX_TASKS_PER_UPDATE: u32 = 256;
 /// batch) rather than one call each.
 const STATUS_COALESCE: Duration = Duration::from_millis(2);
 
-/// Reports for one link session until a report fails or `stop` flips
-/// (checked between reports, never inside one): the full report at once and
-/// then every `report_every`, the fast one at every task state change.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn reporter(
-    db: Database,
-    keys: Keys,
-    fence: Fence,
-    mut client: Client,
-    config: LinkConfig,
-    epoch: u64,
-    clock: SharedClock,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), End> {
-    let mut full = clock.sleep(Duration::ZERO);
-    let mut changed = status_watch(&db, &keys).await?;
-    loop {
-        if *stop.borrow() {
+/// What one link session's reporter works with.
+pub(super) struct Reporter {
+    pub db: Database,
+    pub keys: Keys,
+    pub fence: Fence,
+    pub client: Client,
+    pub config: LinkConfig,
+    /// The region lease epoch every report is sent under.
+    pub epoch: u64,
+    pub clock: SharedClock,
+}
+
+impl Reporter {
+    /// Reports until a report fails or `stop` flips (checked between
+    /// reports, never inside one): the full report at once and then every
+    /// `report_every`, the fast one at every task state change.
+    pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), End> {
+        let clock = self.clock.clone();
+        let mut full = clock.sleep(Duration::ZERO);
+        let mut changed = status_watch(&self.db, &self.keys).await?;
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                _ = &mut full => {
+                    self.full(clock.now_unix_ms()).await?;
+                    full = clock.sleep(self.config.report_every);
+                }
+                _ = &mut changed => {
+                    // Arm the next wake-up before reading, so no change is
+                    // missed; a short pause lets one report carry a burst.
+                    changed = status_watch(&self.db, &self.keys).await?;
+                    clock.sleep(STATUS_COALESCE).await;
+                    while self.changed(clock.now_unix_ms()).await? {}
+                }
+            }
+        }
+    }
+    /// The full report: capacity, every job whose counts changed, releases.
+    async fn full(&mut self, now: u64) -> Result<(), End> {
+        let Reporter {
+            db,
+            keys,
+            client,
+            config,
+            epoch,
+            ..
+        } = self;
+        let epoch = *epoch;
+        let (view, reported) = db
+            .run(|tx, _| {
+                let keys = keys.clone();
+                async move {
+                    let view = RegionView::read(&tx, &keys).await?;
+                    let mut reported = BTreeMap::new();
+                    for job in view.jobs.keys() {
+                        if let Some(b) = tx.get(&keys.job_status(job)).await? {
+                            reported.insert(job.clone(), decode::<Reported>("job status", &b)?);
+                        }
+                    }
+                    Ok::<_, RegionalError>((view, reported))
+                }
+            })
+            .await?;
+
+        let r = client
+            .report_capacity(v1::ReportCapacityRequest {
+                region: config.region.clone(),
+                region_lease_epoch: epoch,
+                capacity: Some(capacity(&view, now)),
+            })
+            .await?
+            .into_inner();
+        if r.verdict != v1::Verdict::Accepted as i32 {
+            return Err(End::retry("capacity report refused: stale region lease"));
+        }
+
+        let mut updates = Vec::new();
+        for (job_id, job) in &view.jobs {
+            let blocks: Vec<&TaskBlock> = view
+                .blocks
+                .range((job_id.clone(), 0)..=(job_id.clone(), u32::MAX))
+                .map(|(_, b)| b)
+                .collect();
+            let prev = reported.get(job_id).cloned().unwrap_or_default();
+            if let Some(u) = job_update(&config.region, job, &blocks, &prev, now) {
+                updates.push(u);
+                if updates.len() == meridian_proto::limits::MAX_BATCH_ITEMS {
+                    break;
+                }
+            }
+        }
+        self.send_status(updates).await?;
+        self.release_revoked(&view).await
+    }
+
+    /// The fast report: the jobs marked changed (up to one batch), their
+    /// markers cleared in the same transaction that reads them. Returns whether
+    /// more may be marked. A report lost on the way is repaired by the next full
+    /// report, which compares against the stored digests.
+    async fn changed(&mut self, now: u64) -> Result<bool, End> {
+        let Reporter {
+            db,
+            keys,
+            fence,
+            config,
+            ..
+        } = self;
+        let limit = meridian_proto::limits::MAX_BATCH_ITEMS;
+        type Changed = Vec<(JobRecord, Vec<TaskBlock>, Reported)>;
+        let (changed, marked) = db
+            .run(|tx, _| {
+                let keys = keys.clone();
+                let fence = fence.clone();
+                async move {
+                    fence.check(&tx).await?;
+                    let marks = tx
+                        .get_range(RangeOption::from(keys.status_dirties()).limit(limit))
+                        .await?;
+                    let mut out: Changed = Vec::with_capacity(marks.len());
+                    for kv in &marks {
+                        tx.clear(&kv.key)?;
+                        let Some(job_id) = keys.second_of(&kv.key) else {
+                            continue;
+                        };
+                        let Some(job) = read_job(&tx, &keys, &job_id).await? else {
+                            continue;
+                        };
+                        let blocks = read_blocks(&tx, &keys, &job_id).await?;
+                        let prev = match tx.get(&keys.job_status(&job_id)).await? {
+                            Some(b) => decode::<Reported>("job status", &b)?,
+                            None => Reported::default(),
+                        };
+                        out.push((job, blocks, prev));
+                    }
+                    Ok::<_, RegionalError>((out, marks.len()))
+                }
+            })
+            .await?;
+        let updates = changed
+            .iter()
+            .filter_map(|(job, blocks, prev)| {
+                let blocks: Vec<&TaskBlock> = blocks.iter().collect();
+                job_update(&config.region, job, &blocks, prev, now)
+            })
+            .collect();
+        self.send_status(updates).await?;
+        Ok(marked == limit)
+    }
+
+    /// Sends `updates`, then records what was accepted and retires the jobs
+    /// accepted in a final state.
+    async fn send_status(
+        &mut self,
+        updates: Vec<(v1::JobStatusUpdate, Reported)>,
+    ) -> Result<(), End> {
+        let Reporter {
+            db,
+            keys,
+            fence,
+            client,
+            config,
+            epoch,
+            ..
+        } = self;
+        let epoch = *epoch;
+        if updates.is_empty() {
             return Ok(());
         }
-        tokio::select! {
-            _ = stop.changed() => return Ok(()),
-            _ = &mut full => {
-                report_up(&db, &keys, &fence, &mut client, &config, epoch, clock.now_unix_ms()).await?;
-                full = clock.sleep(config.report_every);
-            }
-            _ = &mut changed => {
-                // Arm the next wake-up before reading, so no change is
-                // missed; a short pause lets one report carry a burst.
-                changed = status_watch(&db, &keys).await?;
-                clock.sleep(STATUS_COALESCE).await;
-                while report_changed(&db, &keys, &fence, &mut client, &config, epoch, clock.now_unix_ms()).await? {}
+        let (updates, reported): (Vec<_>, Vec<_>) = updates.into_iter().unzip();
+        let finals: Vec<(String, u64, bool)> = updates
+            .iter()
+            .map(|u| (u.job_id.clone(), u.assignment_epoch, is_final(u.state)))
+            .collect();
+        let r = client
+            .report_status(v1::ReportStatusRequest {
+                region: config.region.clone(),
+                region_lease_epoch: epoch,
+                updates,
+            })
+            .await?
+            .into_inner();
+        if r.verdict != v1::Verdict::Accepted as i32 {
+            return Err(End::retry("status report refused: stale region lease"));
+        }
+        let accepted: Vec<bool> = (0..finals.len())
+            .map(|i| {
+                r.results
+                    .get(i)
+                    .is_some_and(|item| item.verdict == v1::Verdict::Accepted as i32)
+            })
+            .collect();
+        let retired = db
+            .run(|tx, _| {
+                let keys = keys.clone();
+                let fence = fence.clone();
+                let (finals, reported, accepted) = (&finals, &reported, &accepted);
+                async move {
+                    fence.check(&tx).await?;
+                    let mut retired = 0u64;
+                    for (((job, job_epoch, last), rep), ok) in
+                        finals.iter().zip(reported).zip(accepted)
+                    {
+                        // A refused item stays unrecorded, so the next full
+                        // report sends the job's state again with a newer
+                        // version (a job moved away stops being reported once
+                        // its REVOKE arrives).
+                        if !*ok {
+                            continue;
+                        }
+                        tx.set(&keys.job_status(job), &encode(rep))?;
+                        if *last
+                            && crate::jobs::retire(&tx, &keys, job, *job_epoch, &rep.digest).await?
+                        {
+                            retired += 1;
+                        }
+                    }
+                    Ok::<_, RegionalError>(retired)
+                }
+            })
+            .await?;
+        crate::metrics::jobs_retired(retired);
+        Ok(())
+    }
+
+    /// Releases revoked jobs with nothing bound any more.
+    async fn release_revoked(&mut self, view: &RegionView) -> Result<(), End> {
+        let Reporter {
+            db,
+            keys,
+            fence,
+            client,
+            config,
+            epoch,
+            ..
+        } = self;
+        let epoch = *epoch;
+        let mut releases = Vec::new();
+        for (job_id, job) in &view.jobs {
+            if let JobPhase::Revoked(e) = job.state {
+                let bound = view
+                    .blocks
+                    .range((job_id.clone(), 0)..=(job_id.clone(), u32::MAX))
+                    .any(|(_, b)| b.tasks.iter().any(|t| t.is_bound()));
+                if !bound {
+                    releases.push(v1::JobRelease {
+                        job_id: job_id.clone(),
+                        assignment_epoch: e,
+                        final_tasks: Vec::new(),
+                    });
+                }
             }
         }
+        if releases.is_empty() {
+            return Ok(());
+        }
+        let r = client
+            .release_jobs(v1::ReleaseJobsRequest {
+                region: config.region.clone(),
+                region_lease_epoch: epoch,
+                releases: releases.clone(),
+            })
+            .await?
+            .into_inner();
+        if r.verdict != v1::Verdict::Accepted as i32 {
+            return Err(End::retry("release refused: stale region lease"));
+        }
+        db.run(|tx, _| {
+            let keys = keys.clone();
+            let fence = fence.clone();
+            let releases = releases.clone();
+            async move {
+                fence.check(&tx).await?;
+                for rel in &releases {
+                    if let Some(mut job) = read_job(&tx, &keys, &rel.job_id).await?
+                        && job.state == JobPhase::Revoked(rel.assignment_epoch)
+                    {
+                        job.state = JobPhase::Released(rel.assignment_epoch);
+                        tx.set(&keys.job(&rel.job_id), &encode(&job))?;
+                    }
+                }
+                Ok::<_, RegionalError>(())
+            }
+        })
+        .await?;
+        Ok(())
     }
 }
 
@@ -98,118 +352,6 @@ async fn status_watch(db: &Database, keys: &Keys) -> Result<meridian_store::Watc
             async move { Ok::<_, RegionalError>(tx.watch(&head)?) }
         })
         .await?)
-}
-
-/// The full report: capacity, every job whose counts changed, releases.
-async fn report_up(
-    db: &Database,
-    keys: &Keys,
-    fence: &Fence,
-    client: &mut Client,
-    config: &LinkConfig,
-    epoch: u64,
-    now: u64,
-) -> Result<(), End> {
-    let (view, reported) = db
-        .run(|tx, _| {
-            let keys = keys.clone();
-            async move {
-                let view = RegionView::read(&tx, &keys).await?;
-                let mut reported = BTreeMap::new();
-                for job in view.jobs.keys() {
-                    if let Some(b) = tx.get(&keys.job_status(job)).await? {
-                        reported.insert(job.clone(), decode::<Reported>("job status", &b)?);
-                    }
-                }
-                Ok::<_, RegionalError>((view, reported))
-            }
-        })
-        .await?;
-
-    let r = client
-        .report_capacity(v1::ReportCapacityRequest {
-            region: config.region.clone(),
-            region_lease_epoch: epoch,
-            capacity: Some(capacity(&view, now)),
-        })
-        .await?
-        .into_inner();
-    if r.verdict != v1::Verdict::Accepted as i32 {
-        return Err(End::retry("capacity report refused: stale region lease"));
-    }
-
-    let mut updates = Vec::new();
-    for (job_id, job) in &view.jobs {
-        let blocks: Vec<&TaskBlock> = view
-            .blocks
-            .range((job_id.clone(), 0)..=(job_id.clone(), u32::MAX))
-            .map(|(_, b)| b)
-            .collect();
-        let prev = reported.get(job_id).cloned().unwrap_or_default();
-        if let Some(u) = job_update(&config.region, job, &blocks, &prev, now) {
-            updates.push(u);
-            if updates.len() == meridian_proto::limits::MAX_BATCH_ITEMS {
-                break;
-            }
-        }
-    }
-    send_status(db, keys, fence, client, config, epoch, updates).await?;
-    release_revoked(db, keys, fence, client, config, epoch, &view).await
-}
-
-/// The fast report: the jobs marked changed (up to one batch), their
-/// markers cleared in the same transaction that reads them. Returns whether
-/// more may be marked. A report lost on the way is repaired by the next full
-/// report, which compares against the stored digests.
-async fn report_changed(
-    db: &Database,
-    keys: &Keys,
-    fence: &Fence,
-    client: &mut Client,
-    config: &LinkConfig,
-    epoch: u64,
-    now: u64,
-) -> Result<bool, End> {
-    let limit = meridian_proto::limits::MAX_BATCH_ITEMS;
-    type Changed = Vec<(JobRecord, Vec<TaskBlock>, Reported)>;
-    let (changed, marked) = db
-        .run(|tx, _| {
-            let keys = keys.clone();
-            let fence = fence.clone();
-            async move {
-                fence.check(&tx).await?;
-                let marks = tx
-                    .get_range(RangeOption::from(keys.status_dirties()).limit(limit))
-                    .await?;
-                let mut out: Changed = Vec::with_capacity(marks.len());
-                for kv in &marks {
-                    tx.clear(&kv.key)?;
-                    let Some(job_id) = keys.second_of(&kv.key) else {
-                        continue;
-                    };
-                    let Some(job) = read_job(&tx, &keys, &job_id).await? else {
-                        continue;
-                    };
-                    let blocks = read_blocks(&tx, &keys, &job_id).await?;
-                    let prev = match tx.get(&keys.job_status(&job_id)).await? {
-                        Some(b) => decode::<Reported>("job status", &b)?,
-                        None => Reported::default(),
-                    };
-                    out.push((job, blocks, prev));
-                }
-                Ok::<_, RegionalError>((out, marks.len()))
-            }
-        })
-        .await?;
-    let updates = changed
-        .iter()
-        .filter_map(|(job, blocks, prev)| {
-            let blocks: Vec<&TaskBlock> = blocks.iter().collect();
-            job_update(&config.region, job, &blocks, prev, now)
-        })
-        .collect();
-    send_status(db, keys, fence, client, config, epoch, updates).await?;
-    Ok(marked == limit)
 }
 
 /// The region's capacity as the router sees it.
@@ -338,136 +480,6 @@ fn is_final(state: i32) -> bool {
     ]
     .iter()
     .any(|s| *s as i32 == state)
-}
-
-/// Sends `updates`, then records what was accepted and retires the jobs
-/// accepted in a final state.
-async fn send_status(
-    db: &Database,
-    keys: &Keys,
-    fence: &Fence,
-    client: &mut Client,
-    config: &LinkConfig,
-    epoch: u64,
-    updates: Vec<(v1::JobStatusUpdate, Reported)>,
-) -> Result<(), End> {
-    if updates.is_empty() {
-        return Ok(());
-    }
-    let (updates, reported): (Vec<_>, Vec<_>) = updates.into_iter().unzip();
-    let finals: Vec<(String, u64, bool)> = updates
-        .iter()
-        .map(|u| (u.job_id.clone(), u.assignment_epoch, is_final(u.state)))
-        .collect();
-    let r = client
-        .report_status(v1::ReportStatusRequest {
-            region: config.region.clone(),
-            region_lease_epoch: epoch,
-            updates,
-        })
-        .await?
-        .into_inner();
-    if r.verdict != v1::Verdict::Accepted as i32 {
-        return Err(End::retry("status report refused: stale region lease"));
-    }
-    let accepted: Vec<bool> = (0..finals.len())
-        .map(|i| {
-            r.results
-                .get(i)
-                .is_some_and(|item| item.verdict == v1::Verdict::Accepted as i32)
-        })
-        .collect();
-    let retired = db
-        .run(|tx, _| {
-            let keys = keys.clone();
-            let fence = fence.clone();
-            let (finals, reported, accepted) = (&finals, &reported, &accepted);
-            async move {
-                fence.check(&tx).await?;
-                let mut retired = 0u64;
-                for (((job, job_epoch, last), rep), ok) in finals.iter().zip(reported).zip(accepted)
-                {
-                    // A refused item stays unrecorded, so the next full
-                    // report sends the job's state again with a newer
-                    // version (a job moved away stops being reported once
-                    // its REVOKE arrives).
-                    if !*ok {
-                        continue;
-                    }
-                    tx.set(&keys.job_status(job), &encode(rep))?;
-                    if *last
-                        && crate::jobs::retire(&tx, &keys, job, *job_epoch, &rep.digest).await?
-                    {
-                        retired += 1;
-                    }
-                }
-                Ok::<_, RegionalError>(retired)
-            }
-        })
-        .await?;
-    crate::metrics::jobs_retired(retired);
-    Ok(())
-}
-
-/// Releases revoked jobs with nothing bound any more.
-async fn release_revoked(
-    db: &Database,
-    keys: &Keys,
-    fence: &Fence,
-    client: &mut Client,
-    config: &LinkConfig,
-    epoch: u64,
-    view: &RegionView,
-) -> Result<(), End> {
-    let mut releases = Vec::new();
-    for (job_id, job) in &view.jobs {
-        if let JobPhase::Revoked(e) = job.state {
-            let bound = view
-                .blocks
-                .range((job_id.clone(), 0)..=(job_id.clone(), u32::MAX))
-                .any(|(_, b)| b.tasks.iter().any(|t| t.is_bound()));
-            if !bound {
-                releases.push(v1::JobRelease {
-                    job_id: job_id.clone(),
-                    assignment_epoch: e,
-                    final_tasks: Vec::new(),
-                });
-            }
-        }
-    }
-    if releases.is_empty() {
-        return Ok(());
-    }
-    let r = client
-        .release_jobs(v1::ReleaseJobsRequest {
-            region: config.region.clone(),
-            region_lease_epoch: epoch,
-            releases: releases.clone(),
-        })
-        .await?
-        .into_inner();
-    if r.verdict != v1::Verdict::Accepted as i32 {
-        return Err(End::retry("release refused: stale region lease"));
-    }
-    db.run(|tx, _| {
-        let keys = keys.clone();
-        let fence = fence.clone();
-        let releases = releases.clone();
-        async move {
-            fence.check(&tx).await?;
-            for rel in &releases {
-                if let Some(mut job) = read_job(&tx, &keys, &rel.job_id).await?
-                    && job.state == JobPhase::Revoked(rel.assignment_epoch)
-                {
-                    job.state = JobPhase::Released(rel.assignment_epoch);
-                    tx.set(&keys.job(&rel.job_id), &encode(&job))?;
-                }
-            }
-            Ok::<_, RegionalError>(())
-        }
-    })
-    .await?;
-    Ok(())
 }
 
 fn task_status(region: &str, index: u32, t: &TaskRecord, now: u64) -> v1::TaskStatus {

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::apply::{apply_events, read_cursor};
-use super::report::reporter;
+use super::report::Reporter;
 use super::{LinkConfig, LinkState};
 use crate::error::RegionalError;
 use crate::jobs::apply_revoke;
@@ -277,16 +277,18 @@ async fn session(
     // session ends, so two reporters never overlap: a second one reading
     // what the first had not recorded yet could send an older version.
     let (stop_reporter, reporter_stopped) = watch::channel(false);
-    let mut reporter = AbortOnDrop(tokio::spawn(reporter(
-        db.clone(),
-        keys.clone(),
-        fence.clone(),
-        client.clone(),
-        config.clone(),
-        epoch,
-        clock.clone(),
-        reporter_stopped,
-    )));
+    let mut reporter = AbortOnDrop(tokio::spawn(
+        Reporter {
+            db: db.clone(),
+            keys: keys.clone(),
+            fence: fence.clone(),
+            client: client.clone(),
+            config: config.clone(),
+            epoch,
+            clock: clock.clone(),
+        }
+        .run(reporter_stopped),
+    ));
     let ended = intake_loop(
         db,
         keys,
