@@ -352,9 +352,11 @@ pub async fn report(
                 }
                 results.push(item(v1::Verdict::Accepted, ""));
             }
-            for ((job, _), block) in &blocks {
-                crate::model::put_block(&tx, &keys, job, block)?;
-            }
+            crate::model::put_blocks(
+                &tx,
+                &keys,
+                blocks.iter().map(|((job, _), block)| (job.as_str(), block)),
+            )?;
             repend.sort();
             repend.dedup();
             for job in repend {

@@ -20,4 +20,4 @@ pub use records::{
     Record, Res, TaskBlock, TaskRecord, decode, encode,
 };
 pub use view::RegionView;
-pub use write::put_block;
+pub use write::{put_block, put_blocks};

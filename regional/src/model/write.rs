@@ -14,11 +14,31 @@ use crate::model::{Keys, TASK_BLOCK, TaskBlock, encode};
 
 /// Stores `block` of job `job_id` and marks the job's status as changed.
 pub fn put_block(tx: &Transaction, keys: &Keys, job_id: &str, block: &TaskBlock) -> Result<()> {
-    tx.set(
-        &keys.task_block(job_id, block.first / TASK_BLOCK),
-        &encode(block),
-    )?;
-    tx.set(&keys.status_dirty(job_id), &[])?;
-    tx.add_i64(&keys.status_head(), 1)?;
+    put_blocks(tx, keys, [(job_id, block)])
+}
+
+/// Stores many blocks, marking each job once and bumping the reporter's
+/// head once for all of them (a placement batch writes thousands of blocks
+/// in one transaction; one counter update per block would be thousands of
+/// read-modify-writes of one row).
+pub fn put_blocks<'a>(
+    tx: &Transaction,
+    keys: &Keys,
+    blocks: impl IntoIterator<Item = (&'a str, &'a TaskBlock)>,
+) -> Result<()> {
+    let mut last_job: Option<&str> = None;
+    for (job_id, block) in blocks {
+        tx.set(
+            &keys.task_block(job_id, block.first / TASK_BLOCK),
+            &encode(block),
+        )?;
+        if last_job != Some(job_id) {
+            tx.set(&keys.status_dirty(job_id), &[])?;
+            last_job = Some(job_id);
+        }
+    }
+    if last_job.is_some() {
+        tx.add_i64(&keys.status_head(), 1)?;
+    }
     Ok(())
 }

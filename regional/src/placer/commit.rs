@@ -248,11 +248,13 @@ async fn commit_in(
         out.stopped += 1;
     }
 
-    for id in &dirty {
-        if let Some(block) = blocks.get(id) {
-            crate::model::put_block(tx, keys, &id.0, block)?;
-        }
-    }
+    crate::model::put_blocks(
+        tx,
+        keys,
+        dirty
+            .iter()
+            .filter_map(|id| blocks.get(id).map(|b| (id.0.as_str(), b))),
+    )?;
     // A job with nothing pending any more leaves the pending index.
     for job in bindings
         .iter()
