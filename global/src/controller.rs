@@ -233,13 +233,20 @@ impl Controller {
                     let ids = tx
                         .get_range(RangeOption::from(keys.pendings().range()).limit(ROUTE_BATCH))
                         .await?;
-                    let mut jobs = Vec::with_capacity(ids.len());
+                    let mut job_ids = Vec::with_capacity(ids.len());
                     for kv in ids {
                         let (job_id,): (String,) = keys
                             .pendings()
                             .unpack(&kv.key)
                             .map_err(|e| GlobalError::Corrupt(format!("pending key: {e}")))?;
-                        if let Some(job) = read_job(&tx, &keys, &job_id).await? {
+                        job_ids.push(job_id);
+                    }
+                    // All the jobs in one round trip.
+                    let wanted: Vec<Vec<u8>> = job_ids.iter().map(|j| keys.job(j)).collect();
+                    tx.prefetch(&wanted).await?;
+                    let mut jobs = Vec::with_capacity(job_ids.len());
+                    for job_id in &job_ids {
+                        if let Some(job) = read_job(&tx, &keys, job_id).await? {
                             jobs.push(job);
                         }
                     }
@@ -286,6 +293,13 @@ impl Controller {
             .run(|tx, _| {
                 let (keys, fence, assignments) = (keys.clone(), fence.clone(), assignments.clone());
                 async move {
+                    let mut wanted = vec![fence.key().to_vec()];
+                    for (job_id, region) in &assignments {
+                        wanted.push(keys.job(job_id));
+                        wanted.push(keys.pending(job_id));
+                        wanted.push(keys.region(region));
+                    }
+                    tx.prefetch(&wanted).await?;
                     fence.check(&tx).await?;
                     let mut events = EventWriter::new();
                     let mut done = Vec::new();

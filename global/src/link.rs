@@ -19,10 +19,10 @@ use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::region_link_server::RegionLink;
 use meridian_proto::v1::{
     AckAssignmentsRequest, AckAssignmentsResponse, AssignmentEvent, AssignmentEventKind,
-    AssignmentsRequest, ItemResult, RegisterRegionRequest, RegisterRegionResponse,
-    ReleaseJobsRequest, ReleaseJobsResponse, RenewRegionLeaseRequest, RenewRegionLeaseResponse,
-    ReportCapacityRequest, ReportCapacityResponse, ReportStatusRequest, ReportStatusResponse,
-    Verdict,
+    AssignmentsRequest, ItemResult, JobEpoch, JobRelease, JobStatusUpdate, RegisterRegionRequest,
+    RegisterRegionResponse, ReleaseJobsRequest, ReleaseJobsResponse, RenewRegionLeaseRequest,
+    RenewRegionLeaseResponse, ReportCapacityRequest, ReportCapacityResponse, ReportStatusRequest,
+    ReportStatusResponse, Verdict,
 };
 use meridian_store::{Database, RangeOption, Transaction};
 use prost::Message;
@@ -71,6 +71,29 @@ type ApplyItem<T> = for<'a> fn(
     u64,
 ) -> futures::future::BoxFuture<'a, Result<ItemResult>>;
 
+/// An item of an epoch-checked batch names one job.
+trait BatchItem {
+    fn job_id(&self) -> &str;
+}
+
+impl BatchItem for JobEpoch {
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+}
+
+impl BatchItem for JobStatusUpdate {
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+}
+
+impl BatchItem for JobRelease {
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+}
+
 /// Which batch a generic epoch-checked call applies.
 #[derive(Clone, Copy)]
 enum BatchKind {
@@ -82,7 +105,7 @@ enum BatchKind {
 impl LinkService {
     /// Applies a batch of items under the region lease epoch in one
     /// transaction: `(verdict, current lease epoch, per-item results)`.
-    async fn batch<T: Clone + Send + Sync>(
+    async fn batch<T: BatchItem + Clone + Send + Sync>(
         &self,
         region: &str,
         lease_epoch: u64,
@@ -106,6 +129,15 @@ impl LinkService {
             .run(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
+                    // Every record the items read, in one round trip.
+                    let mut wanted = vec![fence.key().to_vec()];
+                    for item in items {
+                        let job = item.job_id();
+                        wanted.push(keys.job(job));
+                        wanted.push(keys.moving(job));
+                        wanted.push(keys.status_version(job));
+                    }
+                    tx.prefetch(&wanted).await?;
                     fence.check(&tx).await?;
                     if let Some(current) = check_lease(&tx, &keys, region, lease_epoch).await? {
                         return Ok((Verdict::StaleEpoch, current, Vec::new()));

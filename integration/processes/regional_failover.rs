@@ -8,9 +8,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian_regional::agent::nodes;
+use meridian_control::SystemClock;
 use meridian_regional::jobs::{insert_job, simple_spec};
 use meridian_regional::model::{CommandRecord, Keys, RegionView, decode};
+use meridian_regional::pipeline::node::Register;
+use meridian_regional::pipeline::{Intent, Outcome};
+use meridian_regional::replica::DataPath;
+use meridian_regional::shard::ensure_layout;
 use meridian_regional::shard::observe_shard_leases;
 use meridian_store::Database;
 
@@ -156,11 +160,27 @@ async fn two_replica_processes_split_the_shards_and_survive_a_kill_without_bindi
     let url = format!("sqlite:{}", dir.join("region.db").display());
     let db = meridian_store::open(&url).await.expect("open store");
     let keys = Keys::new("r1");
+    // This process writes as a third party (as an operator's tool would):
+    // its writes reach the replicas through the region's change feed.
+    ensure_layout(&db, &keys, SHARDS).await.expect("layout");
+    let clock = SystemClock::shared();
+    let path = DataPath::start(db.clone(), keys.clone(), clock.clone(), "test")
+        .await
+        .expect("data path");
     for i in 0..NODES {
-        let req = meridian_proto_types::register(&format!("node-{i:03}"), 64_000, 256 * GIB);
-        nodes::register(&db, &keys, &req, now_ms())
+        let request = register(&format!("node-{i:03}"), 64_000, 256 * GIB);
+        let out = path
+            .pipeline
+            .submit(
+                None,
+                Intent::Register(Register {
+                    request,
+                    now_unix_ms: clock.now_unix_ms(),
+                }),
+            )
             .await
             .expect("register node");
+        assert!(matches!(out, Outcome::Node(Some(_))), "{out:?}");
     }
 
     let a = Replica::start("a", &url);
@@ -192,12 +212,11 @@ async fn two_replica_processes_split_the_shards_and_survive_a_kill_without_bindi
 
     // Load: jobs keep arriving while replica b is killed.
     let loader = {
-        let db = db.clone();
-        let keys = keys.clone();
+        let pipeline = path.pipeline.clone();
         tokio::spawn(async move {
             for j in 0..JOBS {
                 let spec = simple_spec("tenant", TASKS_PER_JOB, 100, GIB / 8);
-                insert_job(&db, &keys, &format!("job-{j:04}"), 1, &spec, now_ms())
+                insert_job(&pipeline, &format!("job-{j:04}"), 1, &spec, now_ms())
                     .await
                     .expect("insert job");
                 tokio::task::yield_now().await;
@@ -303,22 +322,15 @@ async fn two_replica_processes_split_the_shards_and_survive_a_kill_without_bindi
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-mod meridian_proto_types {
-    pub fn register(
-        id: &str,
-        cpu: u64,
-        mem: u64,
-    ) -> meridian_regional::agent::nodes::RegisterRequest {
-        meridian_regional::agent::nodes::RegisterRequest {
-            node_id: id.into(),
-            boot_id: format!("boot-{id}"),
-            allocatable: Some(meridian_regional::agent::nodes::WireResources {
-                cpu_millis: cpu,
-                memory_bytes: mem,
-                gpu_count: 0,
-                gpu_type: String::new(),
-            }),
+fn register(id: &str, cpu: u64, mem: u64) -> meridian_proto::v1::RegisterNodeRequest {
+    meridian_proto::v1::RegisterNodeRequest {
+        node_id: id.into(),
+        boot_id: format!("boot-{id}"),
+        allocatable: Some(meridian_proto::v1::Resources {
+            cpu_millis: cpu,
+            memory_bytes: mem,
             ..Default::default()
-        }
+        }),
+        ..Default::default()
     }
 }

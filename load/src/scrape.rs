@@ -56,6 +56,21 @@ pub fn sum(text: &str, name: &str) -> Option<f64> {
     total
 }
 
+/// The sum of the samples of metric `name` whose labels contain `label`
+/// (for example `to="follower"`).
+pub fn sum_where(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with('{'))
+        .filter(|rest| {
+            rest.split_once('}')
+                .is_some_and(|(labels, _)| labels.contains(label))
+        })
+        .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum()
+}
+
 /// [`sum`] of metric `name` at `addr`, `None` if unreachable or absent.
 pub async fn read(addr: SocketAddr, name: &str) -> Option<f64> {
     fetch(addr).await.and_then(|t| sum(&t, name))
@@ -70,5 +85,11 @@ mod tests {
         let text = "# TYPE q gauge\nq{shard=\"0\"} 3\nq{shard=\"1\"} 4\nq_total 100\nq 1\n";
         assert_eq!(sum(text, "q"), Some(8.0));
         assert_eq!(sum(text, "absent"), None);
+    }
+
+    #[test]
+    fn sums_only_the_label_sets_that_match() {
+        let text = "t{lease=\"a\",to=\"follower\"} 2\nt{lease=\"b\",to=\"leader\"} 5\nt{to=\"follower\"} 1\n";
+        assert_eq!(sum_where(text, "t", "to=\"follower\""), 3.0);
     }
 }

@@ -25,6 +25,7 @@ pub mod persist;
 pub mod probe;
 pub mod tasks;
 mod trace;
+pub mod uplink;
 
 pub use config::{AgentOptions, NodeSpec, SIMULATED_LABEL, SIMULATED_VALUE, parse_labels};
 pub use error::AgentError;

@@ -9,9 +9,9 @@
 //! The rule: a hint names the replica that leads the node's shard, so the
 //! node moves there at once; a broken link moves it to the next replica it
 //! was given, so one dead replica never cuts a node off from a region that
-//! still has live ones. Register, Heartbeat and ReportTaskStatus are served
-//! by any replica, so following the stream's leader for them too costs
-//! nothing.
+//! still has live ones. The replica that leads a node's shard serves all
+//! of the node's calls (others answer with the hint), so every call follows
+//! the same rule.
 //!
 //! Must never decide anything about tasks, epochs or when to retry (that is
 //! [`crate::node`]).
@@ -20,20 +20,53 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_control::SharedClock;
 use meridian_proto::LEADER_METADATA_KEY;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::AgentError;
+use crate::uplink::Uplink;
 
-/// Lazily connected channels of one host, by endpoint and slot.
-#[derive(Default)]
+/// Lazily connected channels of one host, by endpoint and slot, and the
+/// host's uplink to each endpoint.
 pub struct ChannelPool {
     channels: Mutex<BTreeMap<(String, usize), Channel>>,
+    uplinks: Mutex<BTreeMap<String, Uplink>>,
+    clock: SharedClock,
+}
+
+impl Default for ChannelPool {
+    fn default() -> Self {
+        ChannelPool::new(meridian_control::SystemClock::shared())
+    }
 }
 
 impl ChannelPool {
+    /// A pool whose uplinks wait on `clock`.
+    pub fn new(clock: SharedClock) -> Self {
+        ChannelPool {
+            channels: Mutex::new(BTreeMap::new()),
+            uplinks: Mutex::new(BTreeMap::new()),
+            clock,
+        }
+    }
+
+    /// The uplink (batched heartbeats and reports) of the host to `url`.
+    pub fn uplink(&self, url: &str) -> Result<Uplink, AgentError> {
+        if let Some(u) = self.uplinks.lock().get(url) {
+            return Ok(u.clone());
+        }
+        let uplink = Uplink::start(self.get(url, 0)?, self.clock.clone());
+        Ok(self
+            .uplinks
+            .lock()
+            .entry(url.to_string())
+            .or_insert(uplink)
+            .clone())
+    }
+
     /// The channel of `slot` to `url`, created (unconnected) on first use.
     pub fn get(&self, url: &str, slot: usize) -> Result<Channel, AgentError> {
         let mut channels = self.channels.lock();
@@ -133,6 +166,11 @@ impl RegionLink {
     /// A client of the current replica.
     pub fn client(&self) -> AgentLinkClient<Channel> {
         self.client.clone()
+    }
+
+    /// The host's batched uplink to the current replica.
+    pub fn uplink(&self) -> Result<Uplink, AgentError> {
+        self.pool.uplink(&self.current)
     }
 
     /// Moves to the hinted replica. `false` when the hint names the current

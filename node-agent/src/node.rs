@@ -31,12 +31,16 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{AgentOptions, NodeSpec};
 use crate::error::AgentError;
-use crate::exec::{Executor, ExitTx, Launch, TaskExit};
+use crate::exec::{Executor, ExitTx, Launch, ProcessIds, TaskEvent, TaskExit};
 use crate::fence::ShardEpochs;
 use crate::link::{RegionLink, leader_hint};
-use crate::persist::{PersistedState, PersistedTask, StateFile};
+use crate::persist::{PersistedState, PersistedTask, Persister, StateFile};
 use crate::probe::Probe;
 use crate::tasks::{LiveTask, StopReason, TaskTable};
+
+/// How much longer a node waits before its next report call when the region
+/// said it reports too fast.
+const REPORT_BACK_OFF: Duration = Duration::from_millis(100);
 
 /// Version string sent at registration.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -79,9 +83,9 @@ pub struct NodeAgent {
     link: RegionLink,
     probe: Arc<Probe>,
     shutdown: watch::Receiver<bool>,
-    state_file: Option<StateFile>,
+    persister: Option<Persister>,
     exits_tx: ExitTx,
-    exits_rx: mpsc::UnboundedReceiver<TaskExit>,
+    exits_rx: mpsc::UnboundedReceiver<TaskEvent>,
     epoch: u64,
     cursor: Vec<u8>,
     shards: ShardEpochs,
@@ -111,7 +115,7 @@ impl NodeAgent {
             executor: ctx.executor,
             probe: ctx.probe,
             shutdown: ctx.shutdown,
-            state_file: ctx.state_file,
+            persister: ctx.state_file.map(Persister::start),
             exits_tx,
             exits_rx,
             epoch: 0,
@@ -185,13 +189,13 @@ impl NodeAgent {
             match self.heartbeat().await {
                 Ok(()) => {}
                 Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
-                Err(e) => return SessionEnd::Lost(e),
+                Err(e) => return self.redirect_or_lost(e),
             }
         }
         if self.epoch == 0
             && let Err(e) = self.register().await
         {
-            return SessionEnd::Lost(e);
+            return self.redirect_or_lost(e);
         }
         let request = NodeAssignmentsRequest {
             node_id: self.spec.node_id.clone(),
@@ -221,6 +225,19 @@ impl NodeAgent {
         let end = self.connected(&mut stream).await;
         self.probe.update(|p| p.connected -= 1);
         end
+    }
+
+    /// A call refused with a `meridian-leader` hint moves the node to the
+    /// named replica (the leader of its shard serves all its calls); any
+    /// other failure loses the link.
+    fn redirect_or_lost(&mut self, e: AgentError) -> SessionEnd {
+        if let AgentError::Rpc(status) = &e
+            && status.code() == tonic::Code::Unavailable
+            && leader_hint(status).is_some_and(|h| self.link.follow(&h))
+        {
+            return SessionEnd::Redirected;
+        }
+        SessionEnd::Lost(e)
     }
 
     fn classify_stream_error(&mut self, e: AgentError) -> SessionEnd {
@@ -264,12 +281,12 @@ impl NodeAgent {
                     }
                     Err(status) => return self.classify_stream_error(AgentError::Rpc(status)),
                 },
-                Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
+                Some(event) = self.exits_rx.recv() => self.on_event(event),
                 () = heartbeat => {
                     match self.heartbeat().await {
                         Ok(()) => next_heartbeat = self.clock.now() + self.jittered_heartbeat(),
                         Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
-                        Err(e) => return SessionEnd::Lost(e),
+                        Err(e) => return self.redirect_or_lost(e),
                     }
                 }
                 () = maybe(report_due) => {
@@ -277,7 +294,13 @@ impl NodeAgent {
                     match self.flush_reports().await {
                         Ok(()) => {}
                         Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
-                        Err(e) => return SessionEnd::Lost(e),
+                        Err(AgentError::Rpc(s)) if s.code() == tonic::Code::ResourceExhausted => {
+                            // The region asks this node to report more
+                            // slowly: the reports stay queued (and keep
+                            // coalescing) and go with the next call.
+                            last_report = Some(self.clock.now() + REPORT_BACK_OFF);
+                        }
+                        Err(e) => return self.redirect_or_lost(e),
                     }
                 }
                 () = maybe(failover) => self.enforce_region_lease(),
@@ -302,7 +325,7 @@ impl NodeAgent {
                     }
                 }
                 () = &mut until => break true,
-                Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
+                Some(event) = self.exits_rx.recv() => self.on_event(event),
                 () = maybe(failover) => self.enforce_region_lease(),
             }
         };
@@ -368,9 +391,9 @@ impl NodeAgent {
             applied_cursor: self.cursor.clone(),
         };
         let sent_at = self.clock.now();
-        let mut client = self.link.client();
+        let uplink = self.link.uplink()?;
         let resp = self
-            .call(async move { client.heartbeat(request).await })
+            .call(async move { uplink.heartbeat(request).await.map(tonic::Response::new) })
             .await?;
         if resp.reregister {
             return Err(AgentError::Fenced { epoch: self.epoch });
@@ -389,14 +412,19 @@ impl NodeAgent {
         if batch.is_empty() {
             return Ok(());
         }
+        // An attempt the region hears of is one a restarted agent finds:
+        // the state file holds every change made before these reports.
+        if let Some(p) = self.persister.as_mut() {
+            p.flush().await;
+        }
         let request = ReportTaskStatusRequest {
             node_id: self.spec.node_id.clone(),
             node_epoch: self.epoch,
             reports: batch.clone(),
         };
-        let mut client = self.link.client();
+        let uplink = self.link.uplink()?;
         let resp = self
-            .call(async move { client.report_task_status(request).await })
+            .call(async move { uplink.report(request).await.map(tonic::Response::new) })
             .await?;
         if resp.verdict != Verdict::Accepted as i32 {
             return Err(AgentError::Fenced { epoch: self.epoch });
@@ -486,13 +514,15 @@ impl NodeAgent {
                         stop_reason: None,
                     },
                 );
-                self.tasks.queue(report(
-                    &attempt,
-                    TaskState::Running,
-                    now_ms,
-                    now_ms,
-                    String::new(),
-                ));
+                if started.running {
+                    self.tasks.queue(report(
+                        &attempt,
+                        TaskState::Running,
+                        now_ms,
+                        now_ms,
+                        String::new(),
+                    ));
+                }
             }
             Err(e) => {
                 crate::metrics::task_started(false);
@@ -538,6 +568,29 @@ impl NodeAgent {
         }
     }
 
+    fn on_event(&mut self, event: TaskEvent) {
+        match event {
+            TaskEvent::Spawned { attempt, process } => self.on_spawned(&attempt, process),
+            TaskEvent::Exited(exit) => self.on_exit(exit),
+        }
+    }
+
+    /// The attempt's process exists: remember where, and report it running.
+    fn on_spawned(&mut self, attempt: &TaskAttempt, process: ProcessIds) {
+        let Some(started_at) = self.tasks.set_process(attempt, process) else {
+            return;
+        };
+        let now_ms = self.clock.now_unix_ms();
+        self.tasks.queue(report(
+            attempt,
+            TaskState::Running,
+            started_at,
+            now_ms,
+            String::new(),
+        ));
+        self.persist();
+    }
+
     fn on_exit(&mut self, exit: TaskExit) {
         let now_ms = self.clock.now_unix_ms();
         if let Some(report) = self.tasks.finish(&exit.attempt, exit.exit, now_ms) {
@@ -571,7 +624,7 @@ impl NodeAgent {
             .any(|(a, _)| self.tasks.live().contains_key(a))
         {
             match self.exits_rx.recv().await {
-                Some(exit) => self.on_exit(exit),
+                Some(event) => self.on_event(event),
                 None => break,
             }
         }
@@ -596,7 +649,7 @@ impl NodeAgent {
         }
         while !self.tasks.live().is_empty() {
             match self.exits_rx.recv().await {
-                Some(exit) => self.on_exit(exit),
+                Some(event) => self.on_event(event),
                 None => break,
             }
         }
@@ -605,6 +658,10 @@ impl NodeAgent {
             && let Err(e) = self.flush_reports().await
         {
             tracing::warn!(node = %self.spec.node_id, error = %e, "final reports not delivered");
+        }
+        // What the next boot finds must be this state, not an older one.
+        if let Some(p) = self.persister.as_mut() {
+            p.flush().await;
         }
     }
 
@@ -678,8 +735,10 @@ impl NodeAgent {
         }
     }
 
-    fn persist(&self) {
-        let Some(file) = &self.state_file else { return };
+    fn persist(&mut self) {
+        let Some(persister) = self.persister.as_mut() else {
+            return;
+        };
         let state = PersistedState {
             node_id: self.spec.node_id.clone(),
             boot_id: self.boot_id.clone(),
@@ -701,9 +760,7 @@ impl NodeAgent {
                 })
                 .collect(),
         };
-        if let Err(e) = file.save(&state) {
-            tracing::error!(error = %e, "cannot persist agent state");
-        }
+        persister.save(state);
     }
 }
 

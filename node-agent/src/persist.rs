@@ -1,8 +1,14 @@
 //! Local state of a real agent, kept in `<work-dir>/state.json`, so that a
 //! restarted agent finds the attempts of its previous boot.
 //!
-//! Owns the file format and atomic replacement (write a temporary file,
-//! fsync, rename). Must never decide what to do with what it loads: the
+//! Owns the file format, atomic replacement (write a temporary file, fsync,
+//! rename), and the [`Persister`] that does it off the node's loop: a real
+//! node starts and ends hundreds of attempts a second, and an fsync per
+//! change in the loop would bound it to a few dozen. The persister writes
+//! the latest state as soon as the previous write is done, so changes made
+//! during a write share the next one; a crash loses at most the changes of
+//! about one fsync (the same window as an attempt started just before the
+//! crash had before). Must never decide what to do with what it loads: the
 //! host cleans up and reports. Simulated nodes keep no state file.
 
 use std::io::Write;
@@ -95,6 +101,52 @@ impl StateFile {
     }
 }
 
+/// Writes a node's state in the background, always the latest.
+pub struct Persister {
+    latest: tokio::sync::watch::Sender<Option<(u64, PersistedState)>>,
+    written: tokio::sync::watch::Receiver<u64>,
+    next: u64,
+}
+
+impl Persister {
+    /// Starts writing to `file`.
+    pub fn start(file: StateFile) -> Self {
+        let (latest, mut rx) = tokio::sync::watch::channel::<Option<(u64, PersistedState)>>(None);
+        let (done, written) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some((seq, state)) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let file = file.clone();
+                match tokio::task::spawn_blocking(move || file.save(&state)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot persist agent state"),
+                    Err(e) => tracing::error!(error = %e, "persisting agent state failed"),
+                }
+                let _ = done.send(seq);
+            }
+        });
+        Persister {
+            latest,
+            written,
+            next: 0,
+        }
+    }
+
+    /// Hands over the state to write next (replacing any not written yet).
+    pub fn save(&mut self, state: PersistedState) {
+        self.next += 1;
+        self.latest.send_replace(Some((self.next, state)));
+    }
+
+    /// Waits until the last state handed over is on disk.
+    pub async fn flush(&mut self) {
+        let want = self.next;
+        let _ = self.written.wait_for(|w| *w >= want).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +175,21 @@ mod tests {
         };
         file.save(&state).unwrap();
         assert_eq!(file.load().unwrap(), Some(state));
+    }
+
+    #[tokio::test]
+    async fn the_persister_writes_the_latest_state_and_flush_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::in_dir(dir.path());
+        let mut p = Persister::start(file.clone());
+        for epoch in 1..=50 {
+            p.save(PersistedState {
+                node_id: "n1".into(),
+                node_epoch: epoch,
+                ..PersistedState::default()
+            });
+        }
+        p.flush().await;
+        assert_eq!(file.load().unwrap().map(|s| s.node_epoch), Some(50));
     }
 }

@@ -123,6 +123,18 @@ impl TaskTable {
         }
     }
 
+    /// Records where a live attempt's process is; returns when the attempt
+    /// started (`None` when it is not live any more).
+    pub fn set_process(
+        &mut self,
+        attempt: &TaskAttempt,
+        process: crate::exec::ProcessIds,
+    ) -> Option<u64> {
+        let task = self.live.get_mut(attempt)?;
+        task.process = Some(process);
+        Some(task.started_at_unix_ms)
+    }
+
     /// Queues a report; it replaces any unsent report of the same attempt.
     pub fn queue(&mut self, report: TaskReport) {
         if let Some(attempt) = report.task.clone() {

@@ -68,6 +68,8 @@ pub mod limits {
     /// Maximum items per batch call (SubmitJobs, AckAssignments,
     /// ReportStatus, ReleaseJobs, ReportTaskStatus).
     pub const MAX_BATCH_ITEMS: usize = 1000;
+    /// Most nodes in one HeartbeatNodes or ReportNodes call.
+    pub const MAX_NODES_PER_CALL: usize = 10_000;
     /// Page size used when a list request leaves it at 0.
     pub const DEFAULT_PAGE_SIZE: u32 = 100;
     /// Largest page size a list request may ask for.

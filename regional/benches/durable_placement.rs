@@ -11,35 +11,23 @@
 //! runs a tenth of the size and only prints. `BATCH=N` overrides the batch
 //! size (default: the shard leader's).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use meridian_control::SystemClock;
-use meridian_control::lease::{Acquired, Identity, Lease};
-use meridian_proto::v1;
-use meridian_regional::agent::nodes;
-use meridian_regional::jobs::{apply_assign, simple_spec};
-use meridian_regional::model::{Keys, RegionView};
+use meridian_regional::fixture::{Fixture, bench_job, bench_node};
+use meridian_regional::pipeline::bind::Bind;
+use meridian_regional::pipeline::{Authority, Intent, Outcome};
 use meridian_regional::placement::{SolverConfig, solve};
 use meridian_regional::placer::PlacerConfig;
-use meridian_regional::placer::commit::commit_batch;
 use meridian_regional::placer::round::{batches, build_input};
-use meridian_regional::shard::ensure_layout;
 
 const DOC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../docs/bench/placement-durable.md"
 );
 const COMMAND: &str = "cargo bench -p meridian-regional --bench durable_placement";
-const GIB: u64 = 1 << 30;
-const MIB: u64 = 1 << 20;
 const TARGET: f64 = 50_000.0;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -63,81 +51,43 @@ async fn main() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let url = format!("sqlite:{}", dir.join("region.db").display());
     let db = meridian_store::open(&url).await.expect("open");
-    let keys = Keys::new("bench");
-    ensure_layout(&db, &keys, 1).await.expect("layout");
 
     let setup = Instant::now();
-    for i in 0..n_nodes {
-        let zone = i % 4;
-        let rack = i % 100;
-        let req = v1::RegisterNodeRequest {
-            node_id: format!("node-{i:05}"),
-            boot_id: "boot".into(),
-            allocatable: Some(v1::Resources {
-                cpu_millis: 32_000,
-                memory_bytes: 128 * GIB,
-                gpu_count: 0,
-                gpu_type: String::new(),
-            }),
-            zone: format!("zone-{zone}"),
-            rack: format!("rack-{rack}"),
-            ..Default::default()
-        };
-        nodes::register(&db, &keys, &req, now_ms())
-            .await
-            .expect("register");
-    }
-    let shapes = [
-        (250, 512 * MIB),
-        (1_000, 2 * GIB),
-        (4_000, 8 * GIB),
-        (500, GIB),
-    ];
-    for chunk in (0..n_jobs).collect::<Vec<_>>().chunks(500) {
-        db.run(|tx, _| {
-            let keys = keys.clone();
-            let chunk = chunk.to_vec();
-            async move {
-                for j in chunk {
-                    let (cpu, mem) = shapes[j % shapes.len()];
-                    let mut spec = simple_spec(&format!("tenant-{}", j % 20), per_job, cpu, mem);
-                    if j % 5 < 2 {
-                        spec.placement = v1::PlacementPolicy::Pack as i32;
-                    }
-                    apply_assign(&tx, &keys, &format!("job-{j:06}"), 1, "", &spec, 0).await?;
-                }
-                Ok::<_, meridian_regional::RegionalError>(())
-            }
-        })
+    let fixture = Fixture::open(
+        db,
+        "bench",
+        1,
+        SystemClock::shared(),
+        PlacerConfig::default(),
+    )
+    .await
+    .expect("fixture");
+    fixture
+        .register_many((0..n_nodes).map(bench_node).collect())
+        .await
+        .expect("register");
+    fixture
+        .insert_jobs(
+            (0..n_jobs)
+                .map(|j| (format!("job-{j:06}"), bench_job(j, per_job)))
+                .collect(),
+        )
         .await
         .expect("insert jobs");
-    }
     let setup = setup.elapsed();
-
-    let lease = Lease::new(
-        db.clone(),
-        keys.shard_lease(0),
-        Identity::new_boot("bench"),
-        SystemClock::shared(),
-        Duration::from_secs(600),
-        Duration::from_secs(1),
-    );
-    let Acquired::Held(held) = lease.try_acquire().await.expect("acquire") else {
-        panic!("lease busy");
+    let authority = Authority {
+        fence: fixture.fence(0).expect("fence"),
+        generation: None,
     };
 
     let t0 = Instant::now();
-    let view = db
-        .run(|tx, _| {
-            let keys = keys.clone();
-            async move { RegionView::read(&tx, &keys).await }
-        })
-        .await
-        .expect("view");
-    let t_read = t0.elapsed();
-    let jobs = view.pending.keys().cloned().collect();
-    let input = build_input(&view, 0, &jobs, now_ms());
-    let t_build = t0.elapsed() - t_read;
+    let input = {
+        let state = fixture.path.state.read();
+        let jobs: BTreeSet<String> = state.pending_jobs.iter().cloned().collect();
+        build_input(&state, 0, &jobs, fixture.clock.now_unix_ms())
+    };
+    let t_read = Duration::ZERO;
+    let t_build = t0.elapsed();
     let t1 = Instant::now();
     let solution = solve(&input.snapshot, &input.pending, &SolverConfig::default());
     let t_solve = t1.elapsed();
@@ -147,18 +97,26 @@ async fn main() {
     let plan = batches(&input, &solution, batch_size);
     let n_batches = plan.len();
     for batch in plan {
-        let out = commit_batch(
-            &db,
-            &keys,
-            &held.fence,
-            0,
-            input.generation,
-            &batch.bindings,
-            &batch.stops,
-            now_ms(),
-        )
-        .await
-        .expect("commit");
+        let out = fixture
+            .path
+            .pipeline
+            .submit(
+                Some(Authority {
+                    generation: Some(input.generation),
+                    ..authority.clone()
+                }),
+                Intent::Bind(Bind {
+                    shard: 0,
+                    bindings: batch.bindings,
+                    stops: batch.stops,
+                    now_unix_ms: fixture.clock.now_unix_ms(),
+                }),
+            )
+            .await
+            .expect("commit");
+        let Outcome::Bound(out) = out else {
+            panic!("a binding intent answered {out:?}");
+        };
         bound += out.bound.len();
         stale += out.stale.len();
     }
@@ -178,31 +136,29 @@ alone is in [placement.md](placement.md).\n\n\
 ({n_batches} transactions)\n\
 - setup (not timed): {:.1} s\n\n\
 | phase | time |\n|---|---:|\n\
-| read the region (one transaction) | {} ms |\n\
-| build the snapshot | {} ms |\n\
+| read the region | {} ms (in memory) |\n\
+| build the solver's input from memory | {} ms |\n\
 | solve | {} ms |\n\
 | commit all batches (fence, layout, node versions, task states checked) | {} ms |\n\
 | **total** | **{} ms** |\n\n\
 Bindings committed: {bound} (stale: {stale}, unschedulable: {}).\n\n\
 **Durable bindings/s (whole round): {:.0}** — target >= 50,000: {}. Commit phase alone: {:.0} bindings/s.\n\n\
 ## What is measured\n\n\
-One placement round of the shard leader's own code (`RegionView::read`, `build_input`, `solve`, \
-`batches`, `commit_batch`), timed from the first read to the last commit, on a store holding the \
-whole region. The solve here is easier than the pure bench's (no GPUs, labels or preemption), so \
-the round is dominated by the store.\n\n\
+One placement round of the shard leader's own code (`build_input` from the replica's memory, \
+`solve`, `batches`, and the binding intents through the write pipeline), timed from taking the \
+pending jobs to the last commit, on a store holding the whole region. The solve here is easier \
+than the pure bench's (no GPUs, labels or preemption), so the round is dominated by the store.\n\n\
 ## What bounds it\n\n\
-The commit. Each batch is one transaction that re-reads the shard fence, the layout generation, \
-every node record (one range read: a binding's node version and epoch are checked against it) and \
-the task blocks of the batch's jobs (one range read: batches are cut along job ids, so a batch's \
-jobs are contiguous in key order and each block is read and decoded once per round), then writes \
-one task block per job (256 tasks per record), one command-log entry per node touched (all RUN \
-commands of the batch for that node) with the node's head key set to the entry's stamp (a blind \
-write, no read), the pending index and one atomic counter. So rows written grow with jobs and \
-nodes, not with tasks: here 10,000 task blocks and 10,000 pending-marker clears per round, and \
-two rows (log entry, head) per node per batch. The hot records (task blocks, command entries, nodes) are protobuf, a few tens \
-of bytes per task, so a batch of 50,000 bindings stays far below the 10 MB transaction limit. What \
-is left is SQLite itself: applying the batch's rows (B-tree upserts with WAL page writes) is \
-most of the commit phase, and a larger batch saves one log row per node per batch.\n",
+The commit. Each batch is one pipeline transaction that reads, in one batched read, the shard \
+fence, the layout, every node record a binding names (version, epoch, schedulability, and room: \
+the pipeline re-checks that each task still fits its node) and the task blocks of the bound tasks, \
+then writes one task block per job (256 tasks per record), one command-log entry per node touched \
+(all RUN commands of the batch for that node) with the node's head set to the entry's stamp, one \
+change-feed entry naming every record changed, and one atomic counter. So rows written grow with \
+jobs and nodes, not with tasks. The hot records are protobuf, a few tens of bytes per task, so a \
+batch of 50,000 bindings stays far below the 10 MB transaction limit. What is left is SQLite \
+itself: applying the batch's rows (B-tree upserts with WAL page writes) is most of the commit \
+phase.\n",
         input.pending.len(),
         setup.as_secs_f64(),
         ms(t_read),

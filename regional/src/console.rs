@@ -29,7 +29,6 @@ use parking_lot::Mutex;
 use tonic::Request;
 
 use crate::agent::RegionApi;
-use crate::model::RegionView;
 use crate::shard::observe_shard_leases;
 
 /// Samples kept for the charts (five minutes at one a second).
@@ -221,15 +220,11 @@ impl RegionConsole {
         let now = api.clock.now_unix_ms();
         let failed = |e: crate::RegionalError| ConsoleError::Failed(e.to_string());
         let nodes: Vec<NodeView> = self.list_nodes().await?.iter().map(node_view).collect();
-        let (view, bound) = api
+        let bound = api
             .db
             .run(|tx, _| {
                 let keys = api.keys.clone();
-                async move {
-                    let view = RegionView::read(&tx, &keys).await?;
-                    let bound = tx.get(&keys.bound_counter()).await?;
-                    Ok::<_, crate::RegionalError>((view, bound))
-                }
+                async move { Ok::<_, crate::RegionalError>(tx.get(&keys.bound_counter()).await?) }
             })
             .await
             .map_err(failed)?;
@@ -239,36 +234,31 @@ impl RegionConsole {
             le[..n].copy_from_slice(&b[..n]);
             u64::from_le_bytes(le)
         });
-        let count = view.layout.map_or(0, |l| l.count);
+        let count = api.state.read().layout.map_or(0, |l| l.count);
         let leases = observe_shard_leases(&api.db, &api.keys, count)
             .await
             .map_err(failed)?;
 
         let mut lanes: BTreeMap<i32, LaneView> = BTreeMap::new();
         let mut preempting = BTreeSet::new();
-        for ((job_id, _), block) in &view.blocks {
-            let Some(job) = view.jobs.get(job_id) else {
-                continue;
-            };
-            let pending = block.tasks.iter().filter(|t| t.is_pending()).count() as u64;
-            if pending > 0 {
-                let lane = lanes.entry(job.priority).or_insert(LaneView {
-                    priority: job.priority,
-                    ..LaneView::default()
-                });
-                lane.tasks += pending;
-            }
-            for (i, t) in block.tasks.iter().enumerate() {
-                if t.stopping == "preempted" {
-                    preempting.insert((job_id.clone(), block.first + i as u32));
+        {
+            let state = api.state.read();
+            for (job_id, job) in &state.jobs {
+                if job.pending > 0 {
+                    let lane = lanes.entry(job.record.priority).or_insert(LaneView {
+                        priority: job.record.priority,
+                        ..LaneView::default()
+                    });
+                    lane.tasks += u64::from(job.pending);
+                    if state.pending_jobs.contains(job_id) {
+                        lane.jobs += 1;
+                    }
                 }
-            }
-        }
-        for job_id in view.pending.keys() {
-            if let Some(job) = view.jobs.get(job_id)
-                && let Some(lane) = lanes.get_mut(&job.priority)
-            {
-                lane.jobs += 1;
+                for (index, t) in job.tasks() {
+                    if t.stopping == "preempted" {
+                        preempting.insert((job_id.clone(), index));
+                    }
+                }
             }
         }
 

@@ -40,6 +40,9 @@ pub enum RegionalError {
     /// Something named does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A bug or a broken invariant of this process (never retried).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl RegionalError {
@@ -67,7 +70,8 @@ impl Retryable for RegionalError {
             RegionalError::Resharded { .. }
             | RegionalError::Corrupt(_)
             | RegionalError::Invalid { .. }
-            | RegionalError::NotFound(_) => false,
+            | RegionalError::NotFound(_)
+            | RegionalError::Internal(_) => false,
         }
     }
 }

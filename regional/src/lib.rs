@@ -2,14 +2,16 @@
 //!
 //! A region scheduler owns the nodes of one region. Its replicas share the
 //! region store; the region's nodes are split into [`shard`]s, each led by
-//! one replica under a lease with a fencing epoch. A shard leader runs the
-//! [`placer`]: pending tasks in a work queue, the pure [`placement`] solver,
-//! and commits of bindings with OCC on node versions and the shard epoch; and
-//! the node sweep (liveness, lost tasks, stops). Every replica serves the
-//! [`agent`] API (registration, assignment streams, status, heartbeats) and
-//! the operator API; the replica leading the link to the global tier runs the
-//! [`link`] (region lease, assignment pull, acks, status and capacity). The
-//! [`server`] puts it together for `meridian regional`.
+//! one replica under a lease with a fencing epoch. Every replica keeps the
+//! region in memory ([`state`]), loaded once and kept current by its own
+//! commits and the store's change feed, and writes through one batching
+//! write [`pipeline`] that re-checks every decision against the store under
+//! its fence. A shard leader runs the [`placer`]: jobs its shard owns in a
+//! work queue fed by changes to memory, the pure [`placement`] solver, and
+//! node [`liveness`] from heartbeats held in memory. The leader of a node's
+//! shard serves its [`agent`] API; the replica leading the link to the
+//! global tier runs the [`link`]. The [`replica`] data path and the
+//! [`server`] put it together for `meridian regional`.
 //!
 //! Must never: import another tier crate (`global`, `node-agent`); tiers talk
 //! only through `meridian-proto`.
@@ -17,13 +19,18 @@
 pub mod agent;
 pub mod console;
 pub mod error;
+pub mod fixture;
 pub mod jobs;
 pub mod link;
+pub mod liveness;
 mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod placement;
 pub mod placer;
+pub mod replica;
 pub mod server;
 pub mod shard;
+pub mod state;
 
 pub use error::{RegionalError, Result};

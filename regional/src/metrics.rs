@@ -19,6 +19,10 @@
 //! | `meridian_regional_task_reports_total` | counter | `state` |
 //! | `meridian_regional_fencing_rejections_total` | counter | `epoch` |
 //! | `meridian_regional_jobs_retired_total` | counter | |
+//! | `meridian_regional_overcommit_refused_total` | counter | |
+//! | `meridian_regional_handoffs_total` | counter | `shard` |
+//! | `meridian_regional_pipeline_group_size` | histogram | |
+//! | `meridian_regional_pipeline_commit_seconds` | histogram | |
 //!
 //! `shard` takes the configured shard numbers only; no label takes a node,
 //! job or task id. `assignments_total` counts the global tier's events the
@@ -95,6 +99,28 @@ pub(crate) fn jobs_retired(n: u64) {
     metrics::counter!("meridian_regional_jobs_retired_total").increment(n);
 }
 
+/// A binding refused at commit because its node had no room left for it
+/// (a wrong or stale decision; the task is placed again).
+pub(crate) fn overcommit_refused() {
+    metrics::counter!("meridian_regional_overcommit_refused_total").increment(1);
+}
+
+/// Jobs a shard leader handed to another shard with room for them.
+pub(crate) fn handed_off(shard: u32, n: usize) {
+    metrics::counter!("meridian_regional_handoffs_total", "shard" => shard.to_string())
+        .increment(n as u64);
+}
+
+/// Intents committed together in one write-pipeline transaction.
+pub(crate) fn pipeline_group(n: usize) {
+    metrics::histogram!("meridian_regional_pipeline_group_size").record(n as f64);
+}
+
+/// Time of one write-pipeline transaction (reads, decisions, commit).
+pub(crate) fn pipeline_commit(d: Duration) {
+    metrics::histogram!("meridian_regional_pipeline_commit_seconds").record(d.as_secs_f64());
+}
+
 pub(crate) fn fencing_rejection(epoch: &'static str) {
     metrics::counter!("meridian_regional_fencing_rejections_total", "epoch" => epoch).increment(1);
 }
@@ -102,6 +128,7 @@ pub(crate) fn fencing_rejection(epoch: &'static str) {
 /// Shows the series that count rare events (fencing, retries) at zero from
 /// the start; called once the process's recorder is installed.
 pub(crate) fn register_series() {
+    let _ = metrics::counter!("meridian_regional_overcommit_refused_total");
     for epoch in ["node", "region_lease", "assignment"] {
         let _ = metrics::counter!("meridian_regional_fencing_rejections_total", "epoch" => epoch);
     }

@@ -12,19 +12,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_control::lease::Identity;
+use meridian_control::lease::{Identity, LeaseRuntime};
 use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::agent_link_server::AgentLinkServer;
 use meridian_proto::v1::region_admin_server::RegionAdminServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::agent::{AgentApiConfig, RegionApi};
+use crate::agent::{AgentApiConfig, ApiParts, RegionApi};
 use crate::error::{RegionalError, Result};
-use crate::link::LinkConfig;
+use crate::link::{LinkConfig, LinkCtx};
 use crate::model::Keys;
 use crate::placer::sweep::LivenessConfig;
-use crate::placer::{Placer, PlacerConfig};
+use crate::placer::{Placer, PlacerConfig, PlacerCtx};
+use crate::replica::DataPath;
 use crate::shard::{ManagerConfig, ShardManager, ensure_layout};
 
 /// Configuration of one replica.
@@ -49,6 +50,9 @@ pub struct Config {
     pub node_timeout: Duration,
     pub node_grace: Duration,
     pub seed: u64,
+    /// Renew leases on a thread and runtime of their own (production). The
+    /// simulation runs everything on its one thread and turns this off.
+    pub dedicated_lease_thread: bool,
 }
 
 impl Config {
@@ -68,6 +72,7 @@ impl Config {
             node_timeout: Duration::from_secs(5),
             node_grace: Duration::from_secs(10),
             seed: 0,
+            dedicated_lease_thread: true,
         }
     }
 }
@@ -101,6 +106,11 @@ pub async fn run_with(
     let identity = Identity::new_boot(config.replica.clone());
     let layout = ensure_layout(&db, &keys, config.shards).await?;
     tracing::info!(region = %config.region, shards = layout.count, generation = layout.generation, replica = %identity, "region replica starting");
+    let leases = if config.dedicated_lease_thread {
+        LeaseRuntime::dedicated("meridian-leases").map_err(server_error)?
+    } else {
+        LeaseRuntime::inline()
+    };
 
     // Through the network seam, so the simulation can run this replica on
     // its simulated network; production gets plain TCP.
@@ -117,11 +127,20 @@ pub async fn run_with(
         None => None,
     };
 
-    let placer = Placer::new(
+    let path = DataPath::start(
         db.clone(),
         keys.clone(),
         clock.clone(),
-        PlacerConfig {
+        &identity.to_string(),
+    )
+    .await?;
+    let placer = Placer::new(PlacerCtx {
+        pipeline: path.pipeline.clone(),
+        state: path.state.clone(),
+        tailer: path.tailer.clone(),
+        beats: path.beats.clone(),
+        clock: clock.clone(),
+        config: PlacerConfig {
             liveness: LivenessConfig {
                 suspect_after: config.node_timeout,
                 dead_after: config.node_timeout + config.node_grace,
@@ -130,7 +149,7 @@ pub async fn run_with(
             seed: config.seed,
             ..PlacerConfig::default()
         },
-    );
+    });
     let manager = ShardManager::new(
         db.clone(),
         keys.clone(),
@@ -142,23 +161,34 @@ pub async fn run_with(
             lease: config.shard_lease,
             safety_margin: config.shard_lease / 10,
             seed: config.seed,
+            leases: leases.clone(),
         },
         placer,
     );
     let leading = manager.leading();
-    let api = RegionApi::new(
-        db.clone(),
-        keys.clone(),
-        clock.clone(),
-        &config.region,
-        leading.clone(),
-        AgentApiConfig {
+    let api = RegionApi::new(ApiParts {
+        db: db.clone(),
+        keys: keys.clone(),
+        clock: clock.clone(),
+        region: config.region.clone(),
+        identity: identity.clone(),
+        leading: leading.clone(),
+        config: AgentApiConfig {
             heartbeat_interval: config.heartbeat_interval,
             max_heartbeats_per_second: config.max_heartbeats_per_second,
             node_timeout: config.node_timeout + config.node_grace,
             ..AgentApiConfig::default()
         },
-    );
+        pipeline: path.pipeline.clone(),
+        state: path.state.clone(),
+        beats: path.beats.clone(),
+        streams: path.streams.clone(),
+    });
+    let pruner = tokio::spawn(path.streams.clone().keep_pruned(
+        path.state.clone(),
+        leading.clone(),
+        clock.clone(),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -186,10 +216,15 @@ pub async fn run_with(
     };
     let link_task = config.global.clone().map(|global| {
         tokio::spawn(crate::link::run(
-            db.clone(),
-            keys.clone(),
-            clock.clone(),
-            identity.clone(),
+            LinkCtx {
+                db: db.clone(),
+                keys: keys.clone(),
+                clock: clock.clone(),
+                identity: identity.clone(),
+                pipeline: path.pipeline.clone(),
+                state: path.state.clone(),
+                leases: leases.clone(),
+            },
             LinkConfig {
                 region: config.region.clone(),
                 global,
@@ -227,6 +262,8 @@ pub async fn run_with(
         let _ = t.await;
     }
     shards_gauge.abort();
+    pruner.abort();
+    drop(path);
     Ok(())
 }
 

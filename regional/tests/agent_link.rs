@@ -1,21 +1,31 @@
 //! The `AgentLink` service over real gRPC: registration and node epochs,
 //! stale epochs answered so the agent re-registers, the resumable assignment
-//! stream, and the rate bound on status reports.
+//! stream, the rate bound on status reports and the heartbeat budget.
 
 mod support;
 
 use meridian_proto::v1;
 use meridian_regional::agent::AgentApiConfig;
-use meridian_regional::jobs::{insert_job, simple_spec};
-use meridian_regional::placer::{PlacerConfig, ShardLoop};
+use meridian_regional::jobs::simple_spec;
+use meridian_regional::shard::Leading;
 use support::{GIB, Region, agent_client, registration, report};
 use tokio_stream::StreamExt;
+
+/// Ends the open assignment streams that must not go on, as the server does
+/// beside its agent API (on every change of memory).
+fn prune_streams(region: &Region, leading: &Leading) {
+    tokio::spawn(region.fx.path.streams.clone().keep_pruned(
+        region.fx.path.state.clone(),
+        leading.clone(),
+        region.shared_clock(),
+    ));
+}
 
 #[tokio::test]
 async fn registering_again_with_the_same_boot_id_keeps_the_epoch_and_a_new_boot_id_gets_a_higher_one()
  {
     let region = Region::new().await;
-    let (addr, _) = region.serve(AgentApiConfig::default(), 1).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
     let mut agent = agent_client(addr).await;
 
     let first = agent
@@ -47,7 +57,8 @@ async fn registering_again_with_the_same_boot_id_keeps_the_epoch_and_a_new_boot_
 async fn a_stale_node_epoch_is_told_to_reregister_and_its_open_assignment_stream_ends_failed_precondition()
  {
     let region = Region::new().await;
-    let (addr, _) = region.serve(AgentApiConfig::default(), 1).await;
+    let (addr, leading) = region.serve(AgentApiConfig::default()).await;
+    prune_streams(&region, &leading);
     let mut agent = agent_client(addr).await;
     let old = agent
         .register(registration("node-a", "boot-1"))
@@ -76,7 +87,11 @@ async fn a_stale_node_epoch_is_told_to_reregister_and_its_open_assignment_stream
         .node_epoch;
     assert!(new > old);
 
-    let end = stream.next().await.expect("the stream ends with a status");
+    // A guard only: the stream ends as soon as memory has the new epoch.
+    let end = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
+        .await
+        .expect("the stream ended in time")
+        .expect("the stream ends with a status");
     let status = end.expect_err("an error, not a command");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
 
@@ -130,8 +145,7 @@ async fn a_stale_node_epoch_is_told_to_reregister_and_its_open_assignment_stream
 #[tokio::test]
 async fn the_assignment_stream_resumes_from_a_cursor_without_resending_acknowledged_commands() {
     let region = Region::new().await;
-    let term = region.lead("replica-a").await;
-    let (addr, _) = region.serve(AgentApiConfig::default(), term.epoch).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
     let mut agent = agent_client(addr).await;
     let epoch = agent
         .register(registration("node-a", "boot-1"))
@@ -139,30 +153,10 @@ async fn the_assignment_stream_resumes_from_a_cursor_without_resending_acknowled
         .expect("register")
         .into_inner()
         .node_epoch;
-    let mut placer = ShardLoop::new(
-        region.db.clone(),
-        region.keys.clone(),
-        region.shared_clock(),
-        PlacerConfig::default(),
-        term,
-    )
-    .expect("loop");
-    let place = |job: &'static str, tasks: u32| {
-        let region = &region;
-        async move {
-            insert_job(
-                &region.db,
-                &region.keys,
-                job,
-                1,
-                &simple_spec("t", tasks, 500, GIB / 4),
-                region.now_ms(),
-            )
-            .await
-            .expect("insert");
-        }
-    };
-    place("job-1", 2).await;
+    let mut placer = region.shard_loop(0).await;
+    region
+        .insert("job-1", simple_spec("t", 2, 500, GIB / 4))
+        .await;
     let bound = placer.round().await.expect("round").outcome.bound.len();
     assert_eq!(bound, 2);
 
@@ -182,34 +176,55 @@ async fn the_assignment_stream_resumes_from_a_cursor_without_resending_acknowled
     };
     let mut first = open(Vec::new()).await;
     let mut runs = Vec::new();
-    loop {
+    let bookmark = loop {
         let cmd = first.next().await.expect("message").expect("ok");
         if cmd.kind == v1::CommandKind::Bookmark as i32 {
-            break;
+            break cmd;
         }
         assert_eq!(cmd.kind, v1::CommandKind::Run as i32);
         assert!(cmd.template.is_some(), "a RUN carries the task template");
         runs.push(cmd);
-    }
+    };
     assert_eq!(runs.len(), 2, "the snapshot holds both bindings");
-    let acked = runs[1].cursor.clone();
+    assert!(
+        !bookmark.cursor.is_empty(),
+        "the bookmark marks the log's head"
+    );
+    // The agent acknowledged everything up to the bookmark.
+    let acked = bookmark.cursor.clone();
     drop(first);
 
-    place("job-2", 1).await;
-    // The next resync of the pending index is due.
-    region.clock.advance(std::time::Duration::from_secs(1));
+    region
+        .insert("job-2", simple_spec("t", 1, 500, GIB / 4))
+        .await;
     assert_eq!(placer.round().await.expect("round").outcome.bound.len(), 1);
 
-    let mut resumed = open(acked).await;
+    let mut resumed = open(acked.clone()).await;
     let next = resumed.next().await.expect("message").expect("ok");
     assert_eq!(next.kind, v1::CommandKind::Run as i32);
+    assert!(next.template.is_some(), "a RUN carries the task template");
     let task = next.task.and_then(|a| a.task).expect("task");
     assert_eq!(
         (task.job_id.as_str(), task.index),
         ("job-2", 0),
         "only the command after the acknowledged cursor is sent"
     );
-    assert!(next.cursor > runs[1].cursor);
+    assert!(next.cursor > acked);
+
+    // Commands committed later follow on the resumed stream, once each.
+    region
+        .insert("job-3", simple_spec("t", 1, 500, GIB / 4))
+        .await;
+    assert_eq!(placer.round().await.expect("round").outcome.bound.len(), 1);
+    let live = resumed.next().await.expect("message").expect("ok");
+    assert_eq!(live.kind, v1::CommandKind::Run as i32);
+    let task = live.task.and_then(|a| a.task).expect("task");
+    assert_eq!(
+        (task.job_id.as_str(), task.index),
+        ("job-3", 0),
+        "the next command is the new one, not job-2's again"
+    );
+    assert!(live.cursor > next.cursor);
 }
 
 #[tokio::test]
@@ -219,7 +234,7 @@ async fn status_reports_past_the_nodes_bucket_are_answered_resource_exhausted_un
         reports_per_second: 2,
         ..AgentApiConfig::default()
     };
-    let (addr, _) = region.serve(config, 1).await;
+    let (addr, _) = region.serve(config).await;
     let mut agent = agent_client(addr).await;
     let epoch = agent
         .register(registration("node-a", "boot-1"))
@@ -261,7 +276,7 @@ async fn a_region_past_its_heartbeat_budget_tells_its_nodes_to_beat_more_slowly(
         max_heartbeats_per_second: 4,
         ..AgentApiConfig::default()
     };
-    let (addr, _) = region.serve(config, 1).await;
+    let (addr, _) = region.serve(config).await;
     let mut agent = agent_client(addr).await;
     let first = agent
         .register(registration("node-0", "boot-1"))
@@ -275,8 +290,7 @@ async fn a_region_past_its_heartbeat_budget_tells_its_nodes_to_beat_more_slowly(
             .await
             .expect("register");
     }
-    // The count is read at most once a second per replica.
-    region.clock.advance(std::time::Duration::from_secs(1));
+    // The count is the replica's memory of its nodes: no wait.
     let beat = agent
         .heartbeat(v1::HeartbeatRequest {
             node_id: "node-0".into(),

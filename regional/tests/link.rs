@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_control::SystemClock;
-use meridian_control::lease::Identity;
+use meridian_control::lease::{Identity, LeaseRuntime};
 use meridian_proto::v1;
 use meridian_proto::v1::region_link_server::{RegionLink, RegionLinkServer};
 use meridian_regional::jobs::simple_spec;
-use meridian_regional::link::{LinkConfig, run};
+use meridian_regional::link::{LinkConfig, LinkCtx, run};
 use meridian_regional::model::JobPhase;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use parking_lot::Mutex;
@@ -194,6 +194,21 @@ impl RegionLink for FakeGlobal {
     }
 }
 
+/// The link of `region`'s replica: its store, memory and write pipeline,
+/// on the system clock (the link's backoff, reports and coalescing need
+/// time to pass on their own), with lease duties on the test's runtime.
+fn link_ctx(region: &Region) -> LinkCtx {
+    LinkCtx {
+        db: region.db.clone(),
+        keys: region.keys.clone(),
+        clock: SystemClock::shared(),
+        identity: Identity::new_boot("replica-a"),
+        pipeline: region.fx.path.pipeline.clone(),
+        state: region.fx.path.state.clone(),
+        leases: LeaseRuntime::inline(),
+    }
+}
+
 fn event(
     i: u64,
     kind: v1::AssignmentEventKind,
@@ -249,10 +264,7 @@ async fn duplicated_and_reordered_events_change_nothing_stale_acks_and_revokes_a
 
     let (stop, stopped) = oneshot::channel::<()>();
     let link = tokio::spawn(run(
-        region.db.clone(),
-        region.keys.clone(),
-        SystemClock::shared(),
-        Identity::new_boot("replica-a"),
+        link_ctx(&region),
         LinkConfig {
             region: "r1".into(),
             global: format!("http://{addr}"),
@@ -283,33 +295,24 @@ async fn duplicated_and_reordered_events_change_nothing_stale_acks_and_revokes_a
         }
     });
     guard.await.expect("the link converged in time");
-    // The region marks a job released after the answer: await that write.
+    // The region marks a job released after the answer: await that write
+    // (memory follows the pipeline's commits).
+    let state = region.fx.path.state.clone();
+    let watcher = state.subscribe();
     let released = async {
         loop {
-            let watches = region
-                .db
-                .run(|tx, _| {
-                    let keys = region.keys.clone();
-                    async move {
-                        Ok::<_, meridian_store::StoreError>((
-                            tx.watch(&keys.job("job-2"))?,
-                            tx.watch(&keys.job("job-3"))?,
-                        ))
-                    }
+            let done = {
+                let s = state.read();
+                ["job-2", "job-3"].iter().all(|j| {
+                    s.jobs
+                        .get(*j)
+                        .is_some_and(|e| matches!(e.record.state, JobPhase::Released(_)))
                 })
-                .await
-                .expect("arm watches");
-            let view = region.view().await;
-            if ["job-2", "job-3"]
-                .iter()
-                .all(|j| matches!(view.jobs[*j].state, JobPhase::Released(_)))
-            {
+            };
+            if done {
                 return;
             }
-            tokio::select! {
-                _ = watches.0 => {}
-                _ = watches.1 => {}
-            }
+            watcher.changed().await;
         }
     };
     tokio::time::timeout(Duration::from_secs(30), released)
@@ -359,7 +362,29 @@ async fn duplicated_and_reordered_events_change_nothing_stale_acks_and_revokes_a
         .map(|(_, b)| b.tasks.len())
         .sum();
     assert_eq!(tasks, 3);
-    assert!(view.pending.contains_key("job-1"));
+    assert!(
+        view.blocks
+            .iter()
+            .filter(|((j, _), _)| j == "job-1")
+            .flat_map(|(_, b)| b.tasks.iter())
+            .all(|t| t.is_pending()),
+        "job-1's tasks wait for a node"
+    );
+    assert!(
+        state.read().pending_jobs.contains("job-1"),
+        "and the replica's memory queues job-1 for placement"
+    );
+    let job3: Vec<i32> = view
+        .blocks
+        .iter()
+        .filter(|((j, _), _)| j == "job-3")
+        .flat_map(|(_, b)| b.tasks.iter().map(|t| t.state))
+        .collect();
+    assert_eq!(
+        job3,
+        vec![v1::TaskState::Killed as i32; 2],
+        "the revoked job's pending tasks ended KILLED"
+    );
     assert_eq!(view.jobs["job-2"].state, JobPhase::Released(2));
     assert_eq!(view.jobs["job-3"].state, JobPhase::Released(2));
 

@@ -1,86 +1,76 @@
 //! Node liveness and operator changes, driven by a manual clock: missed
 //! heartbeats make a node SUSPECT, then DOWN after the grace; declaring it
-//! DOWN moves its epoch before its tasks are placed again; exclusive tasks
-//! wait the documented extra time; cordon and drain through `RegionAdmin`
-//! change the node and a drain stops its tasks, which are then placed
-//! elsewhere.
+//! DOWN moves its epoch before its tasks are placed again; a node that
+//! keeps beating (through `Heartbeat` or the batched `HeartbeatNodes`) is
+//! never declared dead; a new term counts every node as heard at its start;
+//! exclusive tasks wait the documented extra time; cordon and drain through
+//! `RegionAdmin` change the node and a drain stops its tasks, which are then
+//! placed elsewhere.
+//!
+//! Heartbeats are kept in the leader's memory (`Beats`), not in the store:
+//! the tests send them over gRPC to a served region (or, where the pace a
+//! node was told matters, record them in the leader's `Beats` directly) and
+//! assert on the node and task records the shard loop's sweep writes.
 
 mod support;
 
 use std::time::Duration;
 
+use meridian_control::Clock;
 use meridian_proto::v1;
+use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use meridian_regional::agent::AgentApiConfig;
-use meridian_regional::agent::nodes;
 use meridian_regional::agent::stream::read_log;
-use meridian_regional::jobs::{insert_job, simple_spec};
-use meridian_regional::model::{HeartbeatRecord, NodeLiveness, NodeRecord, TaskBlock, decode};
+use meridian_regional::fixture::Fixture;
+use meridian_regional::jobs::simple_spec;
+use meridian_regional::model::{NodeLiveness, NodeRecord, TaskBlock, decode};
 use meridian_regional::placer::{PlacerConfig, ShardLoop};
 use meridian_store::Mutation;
-use support::{GIB, Region, admin_client, agent_client, registration, report};
+use support::{GIB, Region, admin_client, agent_client, report};
+use tonic::transport::Channel;
+
+type Agent = AgentLinkClient<Channel>;
 
 /// Registers `node-a` and `node-b` at the start time.
 async fn two_nodes(region: &Region) {
     for id in ["node-a", "node-b"] {
-        nodes::register(
-            &region.db,
-            &region.keys,
-            &registration(id, "boot-1"),
-            region.now_ms(),
-        )
-        .await
-        .expect("register");
+        region.register(id, "boot-1").await;
     }
 }
 
-async fn heartbeat(region: &Region, node: &str, epoch: u64) {
-    let req = v1::HeartbeatRequest {
-        node_id: node.into(),
-        node_epoch: epoch,
-        ..Default::default()
-    };
-    let beat = nodes::heartbeat(&region.db, &region.keys, &req)
+/// A heartbeat of `node` at `epoch`, as its agent sends it; the region
+/// must take it as current.
+async fn heartbeat(agent: &mut Agent, node: &str, epoch: u64) {
+    let answer = agent
+        .heartbeat(v1::HeartbeatRequest {
+            node_id: node.into(),
+            node_epoch: epoch,
+            ..Default::default()
+        })
         .await
-        .expect("heartbeat");
-    assert_eq!(beat.check, nodes::EpochCheck::Current);
-    let record = HeartbeatRecord {
-        at_unix_ms: region.now_ms(),
-        every_ms: 0,
-    };
-    nodes::record_beat(&region.db, &region.keys, node, record)
-        .await
-        .expect("record");
+        .expect("heartbeat")
+        .into_inner();
+    assert!(
+        !answer.reregister,
+        "{node} at epoch {epoch} is current: {answer:?}"
+    );
 }
 
 /// One job of one task taking most of a node, so the two nodes are told apart.
 async fn one_big_task(region: &Region, job: &str, exclusive: bool) {
     let mut spec = simple_spec("t", 1, 3_000, 6 * GIB);
     spec.exclusive = exclusive;
-    insert_job(&region.db, &region.keys, job, 1, &spec, region.now_ms())
-        .await
-        .expect("insert");
+    region.insert(job, spec).await;
 }
 
 fn other(node: &str) -> &'static str {
     if node == "node-a" { "node-b" } else { "node-a" }
 }
 
-async fn placer(region: &Region) -> ShardLoop {
-    let term = region.lead("replica-a").await;
-    ShardLoop::new(
-        region.db.clone(),
-        region.keys.clone(),
-        region.shared_clock(),
-        PlacerConfig::default(),
-        term,
-    )
-    .expect("loop")
-}
-
-/// Advances the clock by `by`, keeps `alive` heartbeating, runs one round.
-async fn step(region: &Region, lp: &mut ShardLoop, by: Duration, alive: &str) {
+/// Advances the clock by `by`, has `alive` heartbeat, runs one round.
+async fn step(region: &Region, lp: &mut ShardLoop, agent: &mut Agent, by: Duration, alive: &str) {
     region.clock.advance(by);
-    heartbeat(region, alive, 1).await;
+    heartbeat(agent, alive, 1).await;
     lp.round().await.expect("round");
 }
 
@@ -94,13 +84,15 @@ async fn a_silent_node_turns_suspect_then_down_after_the_grace_and_its_epoch_mov
     let (region, commits) = Region::recorded().await;
     two_nodes(&region).await;
     one_big_task(&region, "job-1", false).await;
-    let mut lp = placer(&region).await;
+    let mut lp = region.shard_loop(0).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
+    let mut agent = agent_client(addr).await;
     assert_eq!(lp.round().await.expect("round").outcome.bound.len(), 1);
     let silent = region.task("job-1", 0).await.node;
     let alive = other(&silent);
 
     // Default timings: SUSPECT after 5 s without a heartbeat, DOWN after 15 s.
-    step(&region, &mut lp, Duration::from_secs(6), alive).await;
+    step(&region, &mut lp, &mut agent, Duration::from_secs(6), alive).await;
     let n = node(&region, &silent).await;
     assert_eq!(n.liveness, NodeLiveness::Suspect);
     assert_eq!(n.epoch, 1, "suspicion alone does not fence the agent");
@@ -110,14 +102,20 @@ async fn a_silent_node_turns_suspect_then_down_after_the_grace_and_its_epoch_mov
         "a suspect keeps its tasks"
     );
 
-    step(&region, &mut lp, Duration::from_secs(10), alive).await;
+    step(&region, &mut lp, &mut agent, Duration::from_secs(10), alive).await;
     let n = node(&region, &silent).await;
     assert_eq!(n.liveness, NodeLiveness::Down);
     assert_eq!(n.epoch, 2);
-    step(&region, &mut lp, Duration::from_secs(1), alive).await;
+    step(&region, &mut lp, &mut agent, Duration::from_secs(1), alive).await;
     let task = region.task("job-1", 0).await;
     assert!(task.is_bound());
     assert_eq!((task.node.as_str(), task.attempt), (alive, 2));
+    let a = node(&region, alive).await;
+    assert_eq!(
+        (a.liveness, a.epoch),
+        (NodeLiveness::Ready, 1),
+        "the node that kept beating is never suspected"
+    );
 
     // Commit order: the epoch bump, then the task written off, then the new
     // binding.
@@ -161,16 +159,131 @@ async fn a_silent_node_turns_suspect_then_down_after_the_grace_and_its_epoch_mov
 }
 
 #[tokio::test]
+async fn a_node_beating_through_heartbeat_nodes_stays_ready_while_a_silent_one_goes_down_and_hears_of_its_new_epoch()
+ {
+    let region = Region::new().await;
+    two_nodes(&region).await;
+    let mut lp = region.shard_loop(0).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
+    let mut agent = agent_client(addr).await;
+    let beat = |node: &str, epoch: u64| v1::HeartbeatRequest {
+        node_id: node.into(),
+        node_epoch: epoch,
+        ..Default::default()
+    };
+
+    // node-a beats every 4 s (inside the 5 s suspicion) for 40 s, in the
+    // batched call of an agent process that hosts many nodes; node-b is
+    // silent.
+    for _ in 0..10 {
+        region.clock.advance(Duration::from_secs(4));
+        let answer = agent
+            .heartbeat_nodes(v1::HeartbeatNodesRequest {
+                nodes: vec![beat("node-a", 1)],
+            })
+            .await
+            .expect("heartbeat nodes")
+            .into_inner();
+        let r = answer.results[0].response.as_ref().expect("an answer");
+        assert!(!r.reregister);
+        lp.round().await.expect("round");
+        let a = node(&region, "node-a").await;
+        assert_eq!((a.liveness, a.epoch), (NodeLiveness::Ready, 1));
+    }
+    let b = node(&region, "node-b").await;
+    assert_eq!((b.liveness, b.epoch), (NodeLiveness::Down, 2));
+
+    // node-b's agent comes back: its next heartbeat is told to register
+    // again, under the epoch that fenced it.
+    let answer = agent
+        .heartbeat_nodes(v1::HeartbeatNodesRequest {
+            nodes: vec![beat("node-a", 1), beat("node-b", 1)],
+        })
+        .await
+        .expect("heartbeat nodes")
+        .into_inner();
+    let a = answer.results[0].response.as_ref().expect("an answer");
+    let b = answer.results[1].response.as_ref().expect("an answer");
+    assert!(!a.reregister);
+    assert!(b.reregister);
+    assert_eq!(b.current_node_epoch, 2);
+}
+
+#[tokio::test]
+async fn a_new_term_counts_every_node_as_heard_at_its_start_and_declares_none_dead_before_it_had_time_to_hear_from_it()
+ {
+    let region = Region::new().await;
+    two_nodes(&region).await;
+    one_big_task(&region, "job-1", false).await;
+    let mut old = region.shard_loop(0).await;
+    assert_eq!(old.round().await.expect("round").outcome.bound.len(), 1);
+    let placed = region.task("job-1", 0).await;
+
+    // The leader goes away and nobody leads the shard for two hours, long
+    // past its lease: no heartbeat is heard anywhere meanwhile.
+    let long_ago = region.clock.now();
+    region.clock.advance(Duration::from_secs(2 * 3600));
+    let next = Fixture::open(
+        region.db.clone(),
+        "r1",
+        1,
+        region.shared_clock(),
+        PlacerConfig::default(),
+    )
+    .await
+    .expect("the next leader takes the shard");
+    assert!(next.term(0).expect("term").epoch > region.term().epoch);
+    // The next leader last heard node-a two hours ago (it led the shard
+    // once before) and has never heard node-b.
+    next.path.beats.beat("node-a", long_ago, 0);
+    let mut lp = next.shard_loop(0).await.expect("shard loop");
+
+    // Its first rounds judge nobody late: it counts every node as heard at
+    // least when its term began.
+    lp.round().await.expect("round");
+    region.clock.advance(Duration::from_secs(4));
+    lp.round().await.expect("round");
+    for id in ["node-a", "node-b"] {
+        let n = node(&region, id).await;
+        assert_eq!((n.liveness, n.epoch), (NodeLiveness::Ready, 1), "{id}");
+    }
+    assert_eq!(
+        region.task("job-1", 0).await,
+        placed,
+        "the task stays where it runs"
+    );
+
+    // From then on, it judges by what it hears: the node running the task
+    // stays silent, the other beats to it.
+    let silent = placed.node.as_str();
+    let alive = other(silent);
+    for (by, silent_is) in [(2, NodeLiveness::Suspect), (10, NodeLiveness::Down)] {
+        region.clock.advance(Duration::from_secs(by));
+        next.path.beats.beat(alive, next.clock.now(), 0);
+        lp.round().await.expect("round");
+        assert_eq!(node(&region, silent).await.liveness, silent_is);
+        assert_eq!(node(&region, alive).await.liveness, NodeLiveness::Ready);
+    }
+    assert_eq!(node(&region, silent).await.epoch, 2);
+
+    // The old term can no longer act on anything.
+    let err = old.round().await.expect_err("the old term is over");
+    assert!(err.is_fenced(), "{err}");
+}
+
+#[tokio::test]
 async fn a_lost_task_of_an_exclusive_job_is_placed_again_only_after_the_exclusive_wait() {
     let region = Region::new().await;
     two_nodes(&region).await;
     one_big_task(&region, "job-x", true).await;
-    let mut lp = placer(&region).await;
+    let mut lp = region.shard_loop(0).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
+    let mut agent = agent_client(addr).await;
     assert_eq!(lp.round().await.expect("round").outcome.bound.len(), 1);
     let silent = region.task("job-x", 0).await.node;
     let alive = other(&silent);
 
-    step(&region, &mut lp, Duration::from_secs(16), alive).await;
+    step(&region, &mut lp, &mut agent, Duration::from_secs(16), alive).await;
     assert_eq!(node(&region, &silent).await.liveness, NodeLiveness::Down);
     let task = region.task("job-x", 0).await;
     assert!(task.is_pending());
@@ -183,10 +296,10 @@ async fn a_lost_task_of_an_exclusive_job_is_placed_again_only_after_the_exclusiv
 
     // Rounds before the wait is over place nothing.
     for _ in 0..9 {
-        step(&region, &mut lp, Duration::from_secs(1), alive).await;
+        step(&region, &mut lp, &mut agent, Duration::from_secs(1), alive).await;
         assert!(region.task("job-x", 0).await.is_pending());
     }
-    step(&region, &mut lp, Duration::from_secs(1), alive).await;
+    step(&region, &mut lp, &mut agent, Duration::from_secs(1), alive).await;
     let task = region.task("job-x", 0).await;
     assert!(task.is_bound(), "placed once the wait is over: {task:?}");
     assert_eq!((task.node.as_str(), task.attempt), (alive, 2));
@@ -197,8 +310,8 @@ async fn cordon_and_drain_through_region_admin_change_the_node_and_a_drain_stops
  {
     let region = Region::new().await;
     two_nodes(&region).await;
-    let mut lp = placer(&region).await;
-    let (addr, _) = region.serve(AgentApiConfig::default(), 1).await;
+    let mut lp = region.shard_loop(0).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
     let mut admin = admin_client(addr).await;
     let mut agent = agent_client(addr).await;
 
@@ -245,7 +358,7 @@ async fn cordon_and_drain_through_region_admin_change_the_node_and_a_drain_stops
     assert!(drained.cordoned && drained.draining);
     region.clock.advance(Duration::from_secs(1));
     for id in ["node-a", "node-b"] {
-        heartbeat(&region, id, 1).await;
+        heartbeat(&mut agent, id, 1).await;
     }
     lp.round().await.expect("round with a sweep");
     let task = region.task("job-1", 0).await;
@@ -279,8 +392,8 @@ async fn cordon_and_drain_through_region_admin_change_the_node_and_a_drain_stops
 async fn a_task_its_agent_stopped_on_its_own_while_the_job_stays_active_is_placed_again() {
     let region = Region::new().await;
     two_nodes(&region).await;
-    let mut lp = placer(&region).await;
-    let (addr, _) = region.serve(AgentApiConfig::default(), 1).await;
+    let mut lp = region.shard_loop(0).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
     let mut agent = agent_client(addr).await;
     one_big_task(&region, "job-1", false).await;
     lp.round().await.expect("round");
@@ -306,7 +419,7 @@ async fn a_task_its_agent_stopped_on_its_own_while_the_job_stays_active_is_place
     );
     region.clock.advance(Duration::from_secs(1));
     for id in ["node-a", "node-b"] {
-        heartbeat(&region, id, 1).await;
+        heartbeat(&mut agent, id, 1).await;
     }
     lp.round().await.expect("round");
     let again = region.task("job-1", 0).await;
@@ -317,27 +430,16 @@ async fn a_task_its_agent_stopped_on_its_own_while_the_job_stays_active_is_place
 #[tokio::test]
 async fn a_node_told_to_beat_every_ten_seconds_is_judged_at_that_pace_not_the_base_one() {
     let region = Region::new().await;
-    let slow = HeartbeatRecord {
-        at_unix_ms: region.now_ms(),
-        every_ms: 10_000,
-    };
-    nodes::register_beating(
-        &region.db,
-        &region.keys,
-        &registration("node-slow", "boot-1"),
-        slow,
-    )
-    .await
-    .expect("register");
-    nodes::register(
-        &region.db,
-        &region.keys,
-        &registration("node-base", "boot-1"),
-        region.now_ms(),
-    )
-    .await
-    .expect("register");
-    let mut lp = placer(&region).await;
+    region.register("node-slow", "boot-1").await;
+    region.register("node-base", "boot-1").await;
+    // node-slow's last heartbeat was answered with a 10 s pace (a region
+    // large enough to slow its agents down); node-base beats at the base.
+    region
+        .fx
+        .path
+        .beats
+        .beat("node-slow", region.clock.now(), 10_000);
+    let mut lp = region.shard_loop(0).await;
 
     // Both silent for 6 s: past the base 5 s, well inside three beats of 10 s.
     region.clock.advance(Duration::from_secs(6));

@@ -56,7 +56,7 @@ async fn calls_under_a_superseded_node_epoch_count_as_fencing_rejections_and_cur
         .expect("the only recorder of this test binary");
 
     let region = Region::new().await;
-    let (addr, _) = region.serve(AgentApiConfig::default(), 1).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
     let mut agent = agent_client(addr).await;
     let old = agent
         .register(registration("node-a", "boot-1"))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use meridian_control::SystemClock;
-use meridian_control::lease::Identity;
+use meridian_control::lease::{Identity, LeaseRuntime};
 use meridian_regional::model::Keys;
 use meridian_regional::shard::{ManagerConfig, ShardManager, ShardTerm, ShardWork, ensure_layout};
 use tokio::sync::{mpsc, watch};
@@ -71,6 +71,7 @@ fn manager(
             lease,
             safety_margin: lease / 10,
             seed: 7,
+            leases: LeaseRuntime::inline(),
         },
         Arc::new(Probe {
             replica: name.into(),

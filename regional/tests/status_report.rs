@@ -1,7 +1,8 @@
 //! The link's status reports against a fake global tier on a real socket:
-//! task state changes go up as they commit, not at the next full report,
-//! and a job whose final state the global tier accepted is forgotten by the
-//! region, while one it refused stays.
+//! task state changes (placement, then agents' reports through the write
+//! pipeline) go up as they commit, not at the next full report, and a job
+//! whose final state the global tier accepted is forgotten by the region,
+//! while one it refused stays.
 
 mod support;
 
@@ -9,15 +10,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use meridian_control::SystemClock;
-use meridian_control::lease::Identity;
+use meridian_control::lease::{Identity, LeaseRuntime};
 use meridian_proto::v1;
 use meridian_proto::v1::region_link_server::{RegionLink, RegionLinkServer};
-use meridian_regional::jobs::{Applied, apply_assign, simple_spec};
-use meridian_regional::link::{LinkConfig, run};
-use meridian_regional::model::view::read_block;
-use meridian_regional::model::{Keys, put_block};
-use meridian_store::Database;
-use support::{GIB, Region};
+use meridian_regional::jobs::{Applied, insert_job, simple_spec};
+use meridian_regional::link::{LinkConfig, LinkCtx, run};
+use meridian_regional::pipeline::report::Report;
+use meridian_regional::pipeline::{Intent, Outcome};
+use support::{GIB, Region, report};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -166,25 +166,51 @@ impl RegionLink for FakeGlobal {
     }
 }
 
-/// Sets task 0 of `job` to `state` on node `n1`, the way an agent's report
-/// does (through `put_block`).
-async fn set_task(db: &Database, keys: &Keys, job: &str, state: v1::TaskState) {
-    db.run(|tx, _| {
-        let keys = keys.clone();
-        async move {
-            let mut block = read_block(&tx, &keys, job, 0)
-                .await?
-                .expect("the job's block");
-            let t = &mut block.tasks[0];
-            t.state = state as i32;
-            t.node = "n1".into();
-            t.attempt = 1;
-            put_block(&tx, &keys, job, &block)?;
-            Ok::<_, meridian_regional::RegionalError>(())
-        }
-    })
-    .await
-    .expect("task state written");
+/// The link of `region`'s replica: its store, memory and write pipeline,
+/// on the system clock (the link's backoff, reports and coalescing need
+/// time to pass on their own), with lease duties on the test's runtime.
+fn link_ctx(region: &Region) -> LinkCtx {
+    LinkCtx {
+        db: region.db.clone(),
+        keys: region.keys.clone(),
+        clock: SystemClock::shared(),
+        identity: Identity::new_boot("replica-a"),
+        pipeline: region.fx.path.pipeline.clone(),
+        state: region.fx.path.state.clone(),
+        leases: LeaseRuntime::inline(),
+    }
+}
+
+/// Node `n1`'s agent reports task 0 of `job` (bound to it) in `state`,
+/// through the write pipeline as the agent API submits it.
+async fn set_task(region: &Region, job: &str, state: v1::TaskState) {
+    let task = region.task(job, 0).await;
+    assert_eq!(task.node, "n1", "{job}'s task is bound to n1");
+    let out = region
+        .fx
+        .path
+        .pipeline
+        .submit(
+            None,
+            Intent::Report(Report {
+                request: v1::ReportTaskStatusRequest {
+                    node_id: "n1".into(),
+                    node_epoch: task.node_epoch,
+                    reports: vec![report(job, 0, task.attempt, state)],
+                },
+                now_unix_ms: region.now_ms(),
+            }),
+        )
+        .await
+        .expect("report");
+    let Outcome::Reported(out) = out else {
+        panic!("a report answered {out:?}");
+    };
+    assert_eq!(
+        out.results.iter().map(|r| r.verdict).collect::<Vec<_>>(),
+        vec![v1::Verdict::Accepted as i32],
+        "{job}: {state:?} accepted"
+    );
 }
 
 /// Waits until every `(job, state)` in `want` was reported.
@@ -203,6 +229,8 @@ async fn await_statuses(seen: &mut mpsc::UnboundedReceiver<Seen>, want: &[(&str,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_retires_the_job() {
     let region = Region::new().await;
+    // One node, room for every job's task: placement binds them there.
+    region.register("n1", "boot-1").await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let fake = FakeGlobal {
         jobs: vec!["job-a".into(), "job-b".into(), "job-c".into()],
@@ -218,10 +246,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     );
     let (stop, stopped) = oneshot::channel::<()>();
     let link = tokio::spawn(run(
-        region.db.clone(),
-        region.keys.clone(),
-        SystemClock::shared(),
-        Identity::new_boot("replica-a"),
+        link_ctx(&region),
         LinkConfig {
             region: "r1".into(),
             global: format!("http://{addr}"),
@@ -251,8 +276,25 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     .await
     .expect("the jobs taken in and the first full report sent");
 
+    // The shard leader places the three jobs' tasks on n1.
+    let mut placer = region.shard_loop(0).await;
+    assert_eq!(placer.round().await.expect("round").outcome.bound.len(), 3);
+    tokio::time::timeout(
+        guard,
+        await_statuses(
+            &mut seen,
+            &[
+                ("job-a", v1::JobState::Placed),
+                ("job-b", v1::JobState::Placed),
+                ("job-c", v1::JobState::Placed),
+            ],
+        ),
+    )
+    .await
+    .expect("PLACED reported without waiting for the next full report");
+
     for job in ["job-a", "job-b"] {
-        set_task(&region.db, &region.keys, job, v1::TaskState::Running).await;
+        set_task(&region, job, v1::TaskState::Running).await;
     }
     tokio::time::timeout(
         guard,
@@ -268,7 +310,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     .expect("RUNNING reported without waiting for the next full report");
 
     for job in ["job-a", "job-b"] {
-        set_task(&region.db, &region.keys, job, v1::TaskState::Succeeded).await;
+        set_task(&region, job, v1::TaskState::Succeeded).await;
     }
     tokio::time::timeout(
         guard,
@@ -323,7 +365,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
         .expect("job-a retired");
     // One reporter sends one batch at a time: once a later change of job-c
     // is recorded, job-b's refused answer has been handled too.
-    set_task(&region.db, &region.keys, "job-c", v1::TaskState::Running).await;
+    set_task(&region, "job-c", v1::TaskState::Running).await;
     tokio::time::timeout(
         guard,
         stored(
@@ -364,25 +406,17 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     );
 
     let replay = |epoch: u64| {
-        let (db, keys) = (region.db.clone(), region.keys.clone());
+        let region = &region;
         async move {
-            db.run(|tx, _| {
-                let keys = keys.clone();
-                async move {
-                    apply_assign(
-                        &tx,
-                        &keys,
-                        "job-a",
-                        epoch,
-                        "req-job-a",
-                        &simple_spec("t", 1, 500, GIB),
-                        0,
-                    )
-                    .await
-                }
-            })
+            insert_job(
+                &region.fx.path.pipeline,
+                "job-a",
+                epoch,
+                &simple_spec("t", 1, 500, GIB),
+                region.now_ms(),
+            )
             .await
-            .expect("apply")
+            .expect("insert")
         }
     };
     assert_eq!(

@@ -134,6 +134,16 @@ pub trait Backend: Send + Sync + 'static {
 pub trait BackendTx: Send + Sync {
     /// Reads one key.
     async fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>>;
+    /// Reads several keys, in order. Backends where each read is a round
+    /// trip (SQLite's blocking pool) override this to read them all in one;
+    /// the default reads them one after the other.
+    async fn get_many(&self, keys: &[Vec<u8>], snapshot: bool) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key, snapshot).await?);
+        }
+        Ok(out)
+    }
     /// Reads one batch of a range.
     async fn get_range(&self, request: &RangeRequest) -> Result<RangeChunk>;
     /// Buffers a write. Validation already happened above the seam.

@@ -137,7 +137,28 @@ impl Database {
         Fut: Future<Output = Result<T, E>>,
         E: TxError,
     {
-        self.run_inner(false, f).await
+        self.run_inner(TxOptions::default(), f).await
+    }
+
+    /// Like [`Database::run_with_info`], but every attempt takes the write
+    /// lock up front on backends that have one (SQLite's `BEGIN IMMEDIATE`).
+    /// For a process's batched writer: its transactions read and then write
+    /// many keys, so on a backend whose conflicts are coarse (any commit
+    /// since the read) a lost race would throw the whole batch's reads away.
+    pub async fn run_locked<T, E, F, Fut>(&self, f: F) -> Result<(T, CommitInfo), E>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TxError,
+    {
+        self.run_inner(
+            TxOptions {
+                pessimistic: true,
+                system: false,
+            },
+            f,
+        )
+        .await
     }
 
     /// Like [`Database::run`] at system priority ([`TxOptions::system`]):
@@ -150,10 +171,22 @@ impl Database {
         Fut: Future<Output = Result<T, E>>,
         E: TxError,
     {
-        self.run_inner(true, f).await.map(|(value, _)| value)
+        self.run_inner(
+            TxOptions {
+                pessimistic: true,
+                system: true,
+            },
+            f,
+        )
+        .await
+        .map(|(value, _)| value)
     }
 
-    async fn run_inner<T, E, F, Fut>(&self, system: bool, mut f: F) -> Result<(T, CommitInfo), E>
+    async fn run_inner<T, E, F, Fut>(
+        &self,
+        first: TxOptions,
+        mut f: F,
+    ) -> Result<(T, CommitInfo), E>
     where
         F: FnMut(Transaction, MaybeCommitted) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -163,8 +196,9 @@ impl Database {
         let mut maybe_committed = false;
         // System transactions are small read-then-write ones that cannot
         // afford a lost race: they take the write lock (where a backend has
-        // one) from their first attempt.
-        let mut pessimistic = system;
+        // one) from their first attempt, as `run_locked` ones do.
+        let system = first.system;
+        let mut pessimistic = first.pessimistic;
         loop {
             attempt += 1;
             let options = TxOptions {

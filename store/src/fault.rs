@@ -249,6 +249,10 @@ impl BackendTx for FaultyTx {
         self.current()?.get(key, snapshot).await
     }
 
+    async fn get_many(&self, keys: &[Vec<u8>], snapshot: bool) -> Result<Vec<Option<Vec<u8>>>> {
+        self.current()?.get_many(keys, snapshot).await
+    }
+
     async fn get_range(&self, request: &RangeRequest) -> Result<RangeChunk> {
         self.current()?.get_range(request).await
     }

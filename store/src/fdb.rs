@@ -259,6 +259,12 @@ impl BackendTx for FdbTx {
         Ok(value.map(|slice| slice.to_vec()))
     }
 
+    async fn get_many(&self, keys: &[Vec<u8>], snapshot: bool) -> Result<Vec<Option<Vec<u8>>>> {
+        // Issued together, so the reads overlap on the network.
+        let reads = keys.iter().map(|k| self.get(k, snapshot));
+        futures::future::try_join_all(reads).await
+    }
+
     async fn get_range(&self, request: &RangeRequest) -> Result<RangeChunk> {
         let option = foundationdb::RangeOption {
             begin: KeySelector::first_greater_or_equal(request.begin.clone()),

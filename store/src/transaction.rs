@@ -106,6 +106,11 @@ struct Inner {
     /// error, it dooms the transaction: its commit fails with the same error,
     /// so a caller that ignored the refusal cannot commit the other writes.
     refused: parking_lot::Mutex<Option<StoreError>>,
+    /// Values read in batches ([`Transaction::get_many`],
+    /// [`Transaction::prefetch`]), so a later `get` of one of them costs no
+    /// round trip. A write to a cached key drops it (the backend, which
+    /// sees the write, answers from then on).
+    cache: parking_lot::Mutex<std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl Transaction {
@@ -118,6 +123,7 @@ impl Transaction {
                 written_bytes: AtomicUsize::new(0),
                 finished: AtomicBool::new(false),
                 refused: parking_lot::Mutex::new(None),
+                cache: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             }),
         }
     }
@@ -151,6 +157,9 @@ impl Transaction {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.check_usable()?;
         limits::check_key(key)?;
+        if let Some(v) = self.inner.cache.lock().get(key) {
+            return Ok(v.clone());
+        }
         self.inner.backend.get(key, false).await
     }
 
@@ -158,7 +167,60 @@ impl Transaction {
     pub async fn get_snapshot(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.check_usable()?;
         limits::check_key(key)?;
+        if let Some(v) = self.inner.cache.lock().get(key) {
+            return Ok(v.clone());
+        }
         self.inner.backend.get(key, true).await
+    }
+
+    /// Reads `keys` in one round trip (as [`Transaction::get_many`]) so that
+    /// the `get`s of them that follow are answered without one: for code
+    /// that reads key by key but knows its keys up front.
+    pub async fn prefetch(&self, keys: &[Vec<u8>]) -> Result<()> {
+        let missing: Vec<Vec<u8>> = {
+            let cache = self.inner.cache.lock();
+            keys.iter()
+                .filter(|k| !cache.contains_key(*k))
+                .cloned()
+                .collect()
+        };
+        self.get_many(&missing).await.map(|_| ())
+    }
+
+    fn forget(&self, key: &[u8]) {
+        self.inner.cache.lock().remove(key);
+    }
+
+    /// Reads several keys in one round trip where the backend can (SQLite),
+    /// concurrently where it cannot batch (FoundationDB); the values come
+    /// back in the order of `keys`. Each key adds its read conflict, as
+    /// [`Transaction::get`] does.
+    pub async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.check_usable()?;
+        for key in keys {
+            limits::check_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = self.inner.backend.get_many(keys, false).await?;
+        let mut cache = self.inner.cache.lock();
+        for (k, v) in keys.iter().zip(&values) {
+            cache.insert(k.clone(), v.clone());
+        }
+        Ok(values)
+    }
+
+    /// [`Transaction::get_many`] without read conflicts.
+    pub async fn get_many_snapshot(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.check_usable()?;
+        for key in keys {
+            limits::check_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.backend.get_many(keys, true).await
     }
 
     /// Reads a range. With a limit of 0 every pair is returned, fetched in
@@ -247,6 +309,7 @@ impl Transaction {
             limits::check_value(value)?;
             self.account(key.len() + value.len())
         })())?;
+        self.forget(key);
         self.inner.backend.mutate(Mutation::Set {
             key: key.to_vec(),
             value: value.to_vec(),
@@ -258,6 +321,7 @@ impl Transaction {
     pub fn clear(&self, key: &[u8]) -> Result<()> {
         self.check_usable()?;
         self.refuse(limits::check_key(key).and_then(|()| self.account(key.len())))?;
+        self.forget(key);
         self.inner
             .backend
             .mutate(Mutation::Clear { key: key.to_vec() });
@@ -272,6 +336,16 @@ impl Transaction {
             limits::check_key(end)?;
             self.account(begin.len() + end.len())
         })())?;
+        {
+            let mut cache = self.inner.cache.lock();
+            let inside: Vec<Vec<u8>> = cache
+                .range(begin.to_vec()..end.to_vec())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in inside {
+                cache.remove(&k);
+            }
+        }
         self.inner.backend.mutate(Mutation::ClearRange {
             begin: begin.to_vec(),
             end: end.to_vec(),
@@ -288,6 +362,7 @@ impl Transaction {
             limits::check_value(param)?;
             self.account(key.len() + param.len())
         })())?;
+        self.forget(key);
         self.inner.backend.mutate(Mutation::Add {
             key: key.to_vec(),
             param: param.to_vec(),
@@ -327,6 +402,7 @@ impl Transaction {
             limits::check_value(&value[..value.len() - 4])?;
             self.account(key.len() + value.len())
         })())?;
+        self.forget(key);
         self.inner.backend.mutate(Mutation::SetVersionstampedValue {
             key: key.to_vec(),
             value: value.to_vec(),

@@ -14,6 +14,7 @@
 pub mod elector;
 pub mod observe;
 mod record;
+mod runtime;
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use crate::clock::{Instant, SharedClock};
 
 pub use elector::{Elector, ElectorConfig, LeaderStatus, Role};
 pub use record::{Identity, LeaseRecord};
+pub use runtime::LeaseRuntime;
 
 /// Why a lease operation or a fenced write failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -100,8 +102,17 @@ impl Fence {
     /// on retry), and one that commits later is ordered after `tx`: either
     /// way no write of a fenced owner commits.
     pub async fn check(&self, tx: &Transaction) -> Result<(), LeaseError> {
-        let found = match tx.get(&self.key).await? {
-            Some(bytes) => LeaseRecord::decode(&bytes)?,
+        let stored = tx.get(&self.key).await?;
+        self.verify(stored.as_deref())
+    }
+
+    /// The check of [`Fence::check`] on a lease record the caller read
+    /// itself, inside the transaction that writes (for a batched writer that
+    /// reads many keys, fences among them, in one round trip). The read must
+    /// be a conflicting read of that transaction, or the proof means nothing.
+    pub fn verify(&self, stored: Option<&[u8]>) -> Result<(), LeaseError> {
+        let found = match stored {
+            Some(bytes) => LeaseRecord::decode(bytes)?,
             None => {
                 crate::telemetry::fenced_write();
                 return Err(self.fenced("no lease record".into()));

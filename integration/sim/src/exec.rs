@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use meridian_agent::exec::simulated::SimulatedExecutor;
-use meridian_agent::exec::{Executor, ExitTx, Launch, LaunchError, Started, TaskExit};
+use meridian_agent::exec::{Executor, ExitTx, Launch, LaunchError, Started, TaskEvent};
 use meridian_proto::v1::TaskAttempt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -51,7 +51,7 @@ impl RecordingExecutor {
 impl Executor for RecordingExecutor {
     fn launch(&self, launch: Launch, exits: ExitTx) -> Result<Started, LaunchError> {
         let (task, job) = task_name(&launch.attempt);
-        let (tx, mut rx) = mpsc::unbounded_channel::<TaskExit>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<TaskEvent>();
         let started = self.inner.launch(launch, tx)?;
         self.running.lock().insert(task.clone());
         // Exclusivity and region-loss policy are filled in from the job
@@ -70,7 +70,14 @@ impl Executor for RecordingExecutor {
         let node = self.node.clone();
         let running = self.running.clone();
         tokio::spawn(async move {
-            if let Some(exit) = rx.recv().await {
+            while let Some(event) = rx.recv().await {
+                let exit = match event {
+                    TaskEvent::Exited(exit) => exit,
+                    spawned => {
+                        let _ = exits.send(spawned);
+                        continue;
+                    }
+                };
                 let reason = if exit.exit.signal.is_some() {
                     StopReason::Stopped
                 } else {
@@ -85,7 +92,8 @@ impl Executor for RecordingExecutor {
                         reason,
                     },
                 );
-                let _ = exits.send(exit);
+                let _ = exits.send(TaskEvent::Exited(exit));
+                break;
             }
         });
         Ok(started)

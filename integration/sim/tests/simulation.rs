@@ -8,8 +8,9 @@
 
 use std::ops::Range;
 
+use meridian_sim::world::plan::FaultMix;
 use meridian_sim::world::{SimConfig, run};
-use meridian_sim::{Event, Violation};
+use meridian_sim::{Event, Scope, Violation};
 
 /// Seeds that failed once. Each entry says what it caught.
 const REGRESSION_SEEDS: &[u64] = &[
@@ -112,6 +113,75 @@ fn ci_seeds_fourth_quarter_hold_every_invariant() {
 #[test]
 fn seeds_that_once_failed_hold_every_invariant() {
     assert_every_invariant_holds(REGRESSION_SEEDS.iter().copied());
+}
+
+/// Pauses of a region replica only: the paused replica led shards, lost
+/// their leases while it stood still, and on resume decided from the
+/// memory it had before the pause, which the new leader's writes made
+/// stale.
+fn pauses_only() -> SimConfig {
+    SimConfig {
+        mix: FaultMix {
+            partitions: false,
+            one_way: false,
+            delay_and_loss: false,
+            link_loss: false,
+            crashes: false,
+            pauses: true,
+            store_faults: false,
+            clock_jumps: false,
+            control_plane_down: false,
+            ..FaultMix::default()
+        },
+        ..SimConfig::default()
+    }
+}
+
+/// Seeds of [`pauses_only`] in which a shard leader resumed after another
+/// replica took its shard and tried to bind from its stale memory
+/// (`SIM_SCAN_STALE=N` lists such seeds among 0..N).
+const STALE_MEMORY_SEEDS: &[u64] = &[8, 11];
+
+/// A shard write refused because its writer no longer held the shard: the
+/// fence, not memory, stopped it.
+fn refused_shard_writes(history: &meridian_sim::History) -> usize {
+    history.count(|e| {
+        matches!(
+            e,
+            Event::WriteAttempt {
+                scope: Scope::Shard { .. },
+                committed: false,
+                ..
+            }
+        )
+    })
+}
+
+#[test]
+fn a_shard_leader_resuming_with_stale_memory_is_fenced_and_every_invariant_holds() {
+    let cfg = pauses_only();
+    if let Some(n) = env_u64("SIM_SCAN_STALE") {
+        for seed in 0..n {
+            let outcome = run(seed, &cfg).expect("the run completes");
+            eprintln!(
+                "seed {seed}: refused shard writes {}, violations {}",
+                refused_shard_writes(&outcome.history),
+                outcome.violations.len()
+            );
+        }
+    }
+    for &seed in STALE_MEMORY_SEEDS {
+        let outcome = run(seed, &cfg).expect("the run completes");
+        assert!(
+            outcome.violations.is_empty(),
+            "{}",
+            describe(seed, &outcome.violations)
+        );
+        assert!(
+            refused_shard_writes(&outcome.history) > 0,
+            "seed {seed} no longer has a stale leader write: the test checks nothing"
+        );
+    }
 }
 
 /// The seeds that once left failover-stopped tasks unplaced, with the short

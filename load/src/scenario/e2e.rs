@@ -70,6 +70,6 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         format!("{:.1} ms ({achieved:.0} jobs/s acknowledged)", l.p99_ms),
         l.p99_ms < 50.0 && offered >= 5000 && o.errors.is_empty(),
     );
-    target.shut_down().await;
+    target.finish(&mut report).await;
     Ok(report)
 }

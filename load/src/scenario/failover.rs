@@ -334,6 +334,6 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
          (polled every 25 ms). A kill that finds no leader is skipped, not counted."
             .into(),
     );
-    target.shut_down().await;
+    target.finish(&mut report).await;
     Ok(report)
 }

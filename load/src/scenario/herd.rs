@@ -162,6 +162,6 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
          start-up."
             .into(),
     );
-    target.shut_down().await;
+    target.finish(&mut report).await;
     Ok(report)
 }

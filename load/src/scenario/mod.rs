@@ -10,7 +10,7 @@ pub mod placement;
 pub mod scale;
 pub mod submit;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,6 +74,54 @@ impl Target {
             .flat_map(|r| r.replicas.iter())
             .filter_map(|p| p.metrics)
             .collect()
+    }
+
+    /// Every local process that serves metrics (global replicas and region
+    /// replicas).
+    pub fn all_metrics(&self) -> Vec<SocketAddr> {
+        let globals = self
+            .local
+            .iter()
+            .flat_map(|f| f.globals.iter())
+            .filter_map(|p| p.metrics);
+        globals.chain(self.region_metrics()).collect()
+    }
+
+    /// Records how often a leader that was not killed lost its lease (a
+    /// step-down of a live process: its renewal came too late or was
+    /// fenced), then stops the local federation. A killed process takes its
+    /// counters with it, so every step-down counted here is one of a
+    /// healthy leader; the target is zero.
+    pub async fn finish(self, report: &mut crate::Report) {
+        let addrs = self.all_metrics();
+        if !addrs.is_empty() {
+            let mut losses = 0.0;
+            let mut per_process = BTreeMap::new();
+            for addr in addrs {
+                if let Some(text) = scrape::fetch(addr).await {
+                    let n = scrape::sum_where(
+                        &text,
+                        "meridian_control_lease_transitions_total",
+                        "to=\"follower\"",
+                    );
+                    losses += n;
+                    if n > 0.0 {
+                        per_process.insert(addr.to_string(), n);
+                    }
+                }
+            }
+            report.result("lease_losses_of_live_leaders", losses);
+            if !per_process.is_empty() {
+                report.result("lease_losses_by_process", &per_process);
+            }
+            report.target(
+                "lease losses of leaders that were not killed",
+                "0",
+                format!("{losses:.0}"),
+                losses == 0.0,
+            );
+        }
+        self.shut_down().await;
     }
 
     /// Stops the local federation, if any.

@@ -75,6 +75,6 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     }
     .run(ctx, &target, &mut report)
     .await?;
-    target.shut_down().await;
+    target.finish(&mut report).await;
     Ok(report)
 }

@@ -329,6 +329,6 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
          so jobs are routed but not placed: the numbers are the global tier's."
             .into(),
     );
-    target.shut_down().await;
+    target.finish(&mut report).await;
     Ok(report)
 }

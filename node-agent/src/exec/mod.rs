@@ -58,15 +58,31 @@ pub struct TaskExit {
     pub exit: Exit,
 }
 
-/// Where executors deliver exits.
-pub type ExitTx = mpsc::UnboundedSender<TaskExit>;
+/// What an executor tells a node's loop about an attempt it launched.
+#[derive(Debug, Clone)]
+pub enum TaskEvent {
+    /// The attempt's process exists now (an executor that starts processes
+    /// off the node's loop): it runs, and this is how to find it again.
+    Spawned {
+        attempt: TaskAttempt,
+        process: ProcessIds,
+    },
+    /// The attempt ended (or never started: no exit code, a message).
+    Exited(TaskExit),
+}
+
+/// Where executors deliver what happens to attempts.
+pub type ExitTx = mpsc::UnboundedSender<TaskEvent>;
 
 /// Handle to a launched attempt.
 #[derive(Debug)]
 pub struct Started {
-    /// Process id and process group of a real process.
+    /// Process id and process group of a real process, when known already.
     pub process: Option<ProcessIds>,
     pub control: TaskControl,
+    /// The attempt runs already. `false`: a [`TaskEvent::Spawned`] (or its
+    /// [`TaskEvent::Exited`], if it could not start) follows.
+    pub running: bool,
 }
 
 /// Identity of a real process, enough to find it again after an agent
@@ -123,6 +139,7 @@ pub enum LaunchError {
 /// Runs attempts. One executor serves every node of a host.
 pub trait Executor: Send + Sync + 'static {
     /// Starts `launch`; its exit is sent to `exits` exactly once, whether it
-    /// ends by itself or after [`TaskControl::stop`]. Must not block.
+    /// ends by itself or after [`TaskControl::stop`] (and before it, once,
+    /// `Spawned` when [`Started::running`] was false). Must not block.
     fn launch(&self, launch: Launch, exits: ExitTx) -> Result<Started, LaunchError>;
 }

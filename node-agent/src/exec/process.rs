@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use meridian_control::SharedClock;
 use meridian_proto::v1::task_template::Kind;
-use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use super::output::capture;
 use super::simulated::SimulatedExecutor;
 use super::{
-    Executor, Exit, ExitTx, Launch, LaunchError, ProcessIds, Started, Tail, TaskControl, TaskExit,
+    Executor, Exit, ExitTx, Launch, LaunchError, ProcessIds, Started, Tail, TaskControl, TaskEvent,
+    TaskExit,
 };
 
 /// How long to wait for output pipes to close after the group was killed
@@ -69,18 +69,37 @@ struct Limits {
 }
 
 impl Limits {
-    /// Runs in the forked child: only async-signal-safe calls (setrlimit).
-    fn apply(self) -> std::io::Result<()> {
+    /// Sets the limits of the running process `pid` (prlimit). Applied just
+    /// after the spawn rather than in a forked child before exec: a
+    /// `pre_exec` hook forces a full fork of the agent (copying its page
+    /// tables costs more than the whole life of a short task), while
+    /// without one the process is started with `posix_spawn` (vfork). The
+    /// limits are in place microseconds after the process starts, before a
+    /// dynamically linked program is done loading; a program could exceed
+    /// them only in that window (task cgroups will close it).
+    fn apply_to(self, pid: i32) -> std::io::Result<()> {
+        let set = |resource, soft: u64, hard: u64| -> std::io::Result<()> {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: prlimit reads `limit` and writes nothing (old is
+            // null); `pid` is our own child.
+            let rc = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
         if let Some(bytes) = self.address_space {
-            setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(std::io::Error::from)?;
+            set(libc::RLIMIT_AS, bytes, bytes)?;
         }
         if let Some(secs) = self.cpu_seconds {
             // Soft limit sends SIGXCPU, the hard limit one second later SIGKILL.
-            setrlimit(Resource::RLIMIT_CPU, secs, secs.saturating_add(1))
-                .map_err(std::io::Error::from)?;
+            set(libc::RLIMIT_CPU, secs, secs.saturating_add(1))?;
         }
-        setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(std::io::Error::from)?;
-        Ok(())
+        set(libc::RLIMIT_CORE, 0, 0)
     }
 }
 
@@ -100,67 +119,44 @@ impl Executor for ProcessExecutor {
         let dir = launch.dir.ok_or_else(|| {
             LaunchError::Spawn("no attempt directory (agent has no work dir)".into())
         })?;
-        let workdir = if cmd.working_dir.is_empty() {
-            dir.join("work")
-        } else {
-            PathBuf::from(&cmd.working_dir)
-        };
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::create_dir_all(&workdir))
-            .map_err(|e| LaunchError::Spawn(format!("cannot create {}: {e}", workdir.display())))?;
-
-        let mut command = tokio::process::Command::new(&cmd.program);
-        command
-            .args(&cmd.args)
-            .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .env("HOME", &workdir)
-            .env(
-                "MERIDIAN_TASK_ID",
-                launch
-                    .attempt
-                    .task
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-            )
-            .env("MERIDIAN_ATTEMPT", launch.attempt.attempt.to_string())
-            .env("MERIDIAN_TRACE_ID", &launch.trace_id)
-            .envs(&cmd.env)
-            .current_dir(&workdir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
         let limits = Limits {
             address_space: (self.enforce_memory_limit && launch.resources.memory_bytes > 0)
                 .then_some(launch.resources.memory_bytes),
             cpu_seconds: self.cpu_time_limit.map(|d| d.as_secs().max(1)),
         };
-        // SAFETY: the closure only calls setrlimit, which is async-signal-safe,
-        // and touches no memory shared with the parent.
-        unsafe {
-            command.pre_exec(move || limits.apply());
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| LaunchError::Spawn(format!("cannot start {:?}: {e}", cmd.program)))?;
-        let pid = child
-            .id()
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or_else(|| LaunchError::Spawn("child exited before its pid was read".into()))?;
-        let ids = ProcessIds {
-            pid,
-            pgid: pid,
-            start_ticks: start_ticks(pid).unwrap_or(0),
-        };
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
         let (control, stop_rx) = TaskControl::new();
         let clock = self.clock.clone();
         let cap = self.file_cap;
         let attempt = launch.attempt;
+        let trace_id = launch.trace_id;
+        // The directories and the spawn itself (the calling thread waits
+        // until the program has been exec'd) happen on a blocking thread:
+        // the node's loop goes on with its next command, and several
+        // attempts start at once.
         tokio::spawn(async move {
+            let spawn_attempt = attempt.clone();
+            let spawned = tokio::task::spawn_blocking(move || {
+                spawn(&cmd, &dir, &spawn_attempt, &trace_id, limits).map(|c| (c, dir))
+            })
+            .await
+            .unwrap_or_else(|e| Err(LaunchError::Spawn(format!("spawn thread failed: {e}"))));
+            let (mut child, ids, dir) = match spawned {
+                Ok(((child, ids), dir)) => (child, ids, dir),
+                Err(e) => {
+                    let exit = Exit {
+                        message: format!("could not start: {e}"),
+                        ..Exit::default()
+                    };
+                    let _ = exits.send(TaskEvent::Exited(TaskExit { attempt, exit }));
+                    return;
+                }
+            };
+            let _ = exits.send(TaskEvent::Spawned {
+                attempt: attempt.clone(),
+                process: ids,
+            });
+            let stdout = child.stdout.take();
+            let stderr = child.stderr.take();
             let out = stdout.map(|s| tokio::spawn(capture(s, dir.join("stdout"), cap)));
             let err = stderr.map(|s| tokio::spawn(capture(s, dir.join("stderr"), cap)));
             let mut exit = supervise(child, ids.pgid, stop_rx, &clock).await;
@@ -182,13 +178,103 @@ impl Executor for ProcessExecutor {
                 }
             }
             // The node loop may be gone (shutdown): nobody to tell.
-            let _ = exits.send(TaskExit { attempt, exit });
+            let _ = exits.send(TaskEvent::Exited(TaskExit { attempt, exit }));
         });
         Ok(Started {
-            process: Some(ids),
+            process: None,
             control,
+            running: false,
         })
     }
+}
+
+/// Creates the attempt's directories and starts its process, limited.
+/// Blocks until the program has been exec'd.
+fn spawn(
+    cmd: &meridian_proto::v1::Command,
+    dir: &std::path::Path,
+    attempt: &meridian_proto::v1::TaskAttempt,
+    trace_id: &str,
+    limits: Limits,
+) -> Result<(tokio::process::Child, ProcessIds), LaunchError> {
+    let workdir = if cmd.working_dir.is_empty() {
+        dir.join("work")
+    } else {
+        PathBuf::from(&cmd.working_dir)
+    };
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::create_dir_all(&workdir))
+        .map_err(|e| LaunchError::Spawn(format!("cannot create {}: {e}", workdir.display())))?;
+    // Looked up here, in the task's own PATH: a program left to the spawn
+    // to look up in a PATH that differs from the agent's makes the standard
+    // library fall back from posix_spawn to a full fork.
+    let path_var = cmd.env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
+    let program = resolve(&cmd.program, path_var, &workdir).ok_or_else(|| {
+        LaunchError::Spawn(format!(
+            "cannot start {:?}: not found in PATH {path_var}",
+            cmd.program
+        ))
+    })?;
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .args(&cmd.args)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", &workdir)
+        .env(
+            "MERIDIAN_TASK_ID",
+            attempt
+                .task
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        )
+        .env("MERIDIAN_ATTEMPT", attempt.attempt.to_string())
+        .env("MERIDIAN_TRACE_ID", trace_id)
+        .envs(&cmd.env)
+        .current_dir(&workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let child = command
+        .spawn()
+        .map_err(|e| LaunchError::Spawn(format!("cannot start {:?}: {e}", cmd.program)))?;
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| LaunchError::Spawn("child exited before its pid was read".into()))?;
+    if let Err(e) = limits.apply_to(pid)
+        && e.raw_os_error() != Some(libc::ESRCH)
+    {
+        // A process we cannot limit does not run.
+        signal_group(pid, Signal::SIGKILL);
+        return Err(LaunchError::Spawn(format!("cannot limit the process: {e}")));
+    }
+    let ids = ProcessIds {
+        pid,
+        pgid: pid,
+        start_ticks: start_ticks(pid).unwrap_or(0),
+    };
+    Ok((child, ids))
+}
+
+/// The file `program` names: itself when it has a slash (relative to the
+/// task's working directory), otherwise the first executable file of that
+/// name in `path_var`.
+fn resolve(program: &str, path_var: &str, workdir: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return Some(if p.is_absolute() { p } else { workdir.join(p) });
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Waits for the child, handling a stop request; kills what is left of the
@@ -301,4 +387,22 @@ pub async fn cleanup_previous(ids: ProcessIds, grace: Duration, clock: &SharedCl
     }
     signal_group(ids.pgid, Signal::SIGKILL);
     Cleanup::Killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_name_is_found_in_the_tasks_path_and_a_path_is_kept() {
+        let dir = std::path::Path::new("/tmp");
+        assert_eq!(
+            resolve("sh", "/nonexistent:/bin:/usr/bin", dir)
+                .and_then(|p| p.file_name().map(|f| f.to_owned())),
+            Some("sh".into())
+        );
+        assert_eq!(resolve("no-such-program-here", "/bin:/usr/bin", dir), None);
+        assert_eq!(resolve("./run.sh", "/bin", dir), Some(dir.join("./run.sh")));
+        assert_eq!(resolve("/bin/sh", "", dir), Some(PathBuf::from("/bin/sh")));
+    }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use meridian_control::SharedClock;
 use meridian_proto::v1::task_template::Kind;
 
-use super::{Executor, Exit, ExitTx, Launch, LaunchError, Started, TaskControl, TaskExit};
+use super::{
+    Executor, Exit, ExitTx, Launch, LaunchError, Started, TaskControl, TaskEvent, TaskExit,
+};
 
 /// SIGTERM's number, reported for a stopped simulated task.
 const SIGTERM: i32 = 15;
@@ -72,11 +74,12 @@ impl Executor for SimulatedExecutor {
                     ..Exit::default()
                 }
             };
-            let _ = exits.send(TaskExit { attempt, exit });
+            let _ = exits.send(TaskEvent::Exited(TaskExit { attempt, exit }));
         });
         Ok(Started {
             process: None,
             control,
+            running: true,
         })
     }
 }

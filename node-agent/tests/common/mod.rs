@@ -202,6 +202,64 @@ impl AgentLink for Service {
             stop: vec![],
         }))
     }
+
+    async fn heartbeat_nodes(
+        &self,
+        req: Request<meridian_proto::v1::HeartbeatNodesRequest>,
+    ) -> Result<Response<meridian_proto::v1::HeartbeatNodesResponse>, Status> {
+        let mut results = Vec::new();
+        for node in req.into_inner().nodes {
+            results.push(match self.heartbeat(Request::new(node)).await {
+                Ok(r) => meridian_proto::v1::NodeHeartbeatResult {
+                    response: Some(r.into_inner()),
+                    error: None,
+                },
+                Err(s) => meridian_proto::v1::NodeHeartbeatResult {
+                    response: None,
+                    error: Some(call_error(&s)),
+                },
+            });
+        }
+        Ok(Response::new(meridian_proto::v1::HeartbeatNodesResponse {
+            results,
+        }))
+    }
+
+    async fn report_nodes(
+        &self,
+        req: Request<meridian_proto::v1::ReportNodesRequest>,
+    ) -> Result<Response<meridian_proto::v1::ReportNodesResponse>, Status> {
+        let mut results = Vec::new();
+        for node in req.into_inner().nodes {
+            results.push(match self.report_task_status(Request::new(node)).await {
+                Ok(r) => meridian_proto::v1::NodeReportResult {
+                    response: Some(r.into_inner()),
+                    error: None,
+                },
+                Err(s) => meridian_proto::v1::NodeReportResult {
+                    response: None,
+                    error: Some(call_error(&s)),
+                },
+            });
+        }
+        Ok(Response::new(meridian_proto::v1::ReportNodesResponse {
+            results,
+        }))
+    }
+}
+
+/// A node's error in a batched answer, as the region sends it.
+fn call_error(s: &Status) -> meridian_proto::v1::NodeCallError {
+    meridian_proto::v1::NodeCallError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        leader: s
+            .metadata()
+            .get(meridian_proto::LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    }
 }
 
 /// Options of a [`FakeRegion`].

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use super::RegionApi;
-use super::nodes::{Cordon, set_cordon};
 use crate::model::view::scan;
-use crate::model::{NodeRecord, RegionView, Res, decode};
-use crate::shard::shard_of_node;
+use crate::model::{NodeRecord, Res, decode};
+use crate::pipeline::node::{Cordon, SetCordon};
+use crate::pipeline::{Intent, Outcome};
+use crate::state::NodeEntry;
 
 /// Captured output of one task attempt, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,13 +42,15 @@ fn check_region(api: &RegionApi, region: &str) -> Result<(), Status> {
     }
 }
 
-fn info(
-    api: &RegionApi,
-    n: &NodeRecord,
-    count: u32,
-    alloc: Option<&(Res, u32)>,
-    hb: u64,
-) -> v1::NodeInfo {
+fn info(api: &RegionApi, entry: &NodeEntry, n: &NodeRecord) -> v1::NodeInfo {
+    // Heartbeats are kept in memory by the shard's leader only; elsewhere
+    // the last one is unknown (0).
+    let hb = api.beats.last(&n.node_id).map_or(0, |b| {
+        let ago = api.clock.now().saturating_duration_since(b.at);
+        api.clock
+            .now_unix_ms()
+            .saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))
+    });
     v1::NodeInfo {
         node_id: n.node_id.clone(),
         region: api.region.clone(),
@@ -59,11 +62,11 @@ fn info(
         cordon_reason: n.cordon_reason.clone(),
         node_epoch: n.epoch,
         boot_id: n.boot_id.clone(),
-        shard_id: shard_of_node(&n.node_id, count),
+        shard_id: entry.shard,
         allocatable: Some(n.allocatable.to_proto()),
-        allocated: Some(alloc.map(|a| a.0.to_proto()).unwrap_or_default()),
+        allocated: Some(entry.allocated.to_proto()),
         labels: n.labels.clone().into_iter().collect(),
-        running_tasks: alloc.map_or(0, |a| a.1),
+        running_tasks: entry.bound.len() as u32,
         agent_version: n.agent_version.clone(),
         last_heartbeat_unix_ms: hb,
         registered_at_unix_ms: n.registered_at_unix_ms,
@@ -71,37 +74,30 @@ fn info(
 }
 
 impl RegionApi {
-    async fn view(&self) -> Result<RegionView, Status> {
-        Ok(self
-            .db
-            .run(|tx, _| {
-                let keys = self.keys.clone();
-                async move { RegionView::read(&tx, &keys).await }
-            })
-            .await?)
-    }
-
-    async fn node_info(&self, node: &NodeRecord) -> Result<v1::NodeInfo, Status> {
-        let view = self.view().await?;
-        let allocs = allocations(&view);
-        let count = view.layout.map_or(1, |l| l.count);
-        Ok(info(self, node, count, allocs.get(&node.node_id), 0))
-    }
-}
-
-fn allocations(view: &RegionView) -> BTreeMap<String, (Res, u32)> {
-    let mut out: BTreeMap<String, (Res, u32)> = BTreeMap::new();
-    for ((job, _), block) in &view.blocks {
-        let Some(job) = view.jobs.get(job) else {
-            continue;
-        };
-        for t in block.tasks.iter().filter(|t| t.is_bound()) {
-            let e = out.entry(t.node.clone()).or_default();
-            e.0.add(&job.resources);
-            e.1 += 1;
+    fn node_info(&self, node: &NodeRecord) -> v1::NodeInfo {
+        let s = self.state.read();
+        match s.nodes.get(&node.node_id) {
+            Some(entry) => info(self, entry, node),
+            None => info(self, &NodeEntry::default(), node),
         }
     }
-    out
+
+    async fn cordon(&self, node: String, change: Cordon) -> Result<v1::NodeInfo, Status> {
+        let out = self
+            .pipeline
+            .submit(
+                None,
+                Intent::Cordon(SetCordon {
+                    node: node.clone(),
+                    change,
+                }),
+            )
+            .await?;
+        match out {
+            Outcome::Node(Some(n)) => Ok(self.node_info(&n)),
+            _ => Err(Status::not_found(format!("node {node}"))),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -119,30 +115,6 @@ impl RegionAdmin for RegionApi {
             }
             n => n,
         } as usize;
-        let view = self.view().await?;
-        let allocs = allocations(&view);
-        let count = view.layout.map_or(1, |l| l.count);
-        let heartbeats: BTreeMap<String, u64> = self
-            .db
-            .run(|tx, _| {
-                let keys = self.keys.clone();
-                async move {
-                    let mut out = BTreeMap::new();
-                    let (begin, end) =
-                        (keys.heartbeat(""), crate::model::Keys::heartbeat_end(&keys));
-                    for (k, v) in scan(&tx, (begin, end), true).await? {
-                        if let Some(id) = keys.second_of(&k) {
-                            out.insert(
-                                id,
-                                decode::<crate::model::HeartbeatRecord>("heartbeat", &v)?
-                                    .at_unix_ms,
-                            );
-                        }
-                    }
-                    Ok::<_, crate::error::RegionalError>(out)
-                }
-            })
-            .await?;
         let selector: Vec<crate::placement::LabelConstraint> = req
             .label_selector
             .iter()
@@ -154,25 +126,19 @@ impl RegionAdmin for RegionApi {
                 crate::model::pending_task(&job, 0).constraints.remove(0)
             })
             .collect();
-        let mut nodes: Vec<v1::NodeInfo> = view
-            .nodes
-            .values()
-            .filter(|n| n.node_id.as_str() > req.page_token.as_str())
-            .filter(|n| {
-                req.states.is_empty() || req.states.contains(&(n.liveness.to_proto() as i32))
-            })
-            .filter(|n| selector.iter().all(|c| c.matches(&n.labels)))
-            .take(page_size + 1)
-            .map(|n| {
-                info(
-                    self,
-                    n,
-                    count,
-                    allocs.get(&n.node_id),
-                    heartbeats.get(&n.node_id).copied().unwrap_or(0),
-                )
-            })
-            .collect();
+        let mut nodes: Vec<v1::NodeInfo> = {
+            let state = self.state.read();
+            state
+                .node_records()
+                .filter(|(_, n)| n.node_id.as_str() > req.page_token.as_str())
+                .filter(|(_, n)| {
+                    req.states.is_empty() || req.states.contains(&(n.liveness.to_proto() as i32))
+                })
+                .filter(|(_, n)| selector.iter().all(|c| c.matches(&n.labels)))
+                .take(page_size + 1)
+                .map(|(e, n)| info(self, e, n))
+                .collect()
+        };
         let next_page_token = if nodes.len() > page_size {
             nodes.truncate(page_size);
             nodes.last().map(|n| n.node_id.clone()).unwrap_or_default()
@@ -191,16 +157,10 @@ impl RegionAdmin for RegionApi {
     ) -> Result<Response<v1::CordonNodeResponse>, Status> {
         let req = request.into_inner();
         check_region(self, &req.region)?;
-        let node = set_cordon(
-            &self.db,
-            &self.keys,
-            &req.node_id,
-            &Cordon::Cordon { reason: req.reason },
-        )
-        .await?;
-        Ok(Response::new(v1::CordonNodeResponse {
-            node: Some(self.node_info(&node).await?),
-        }))
+        let node = self
+            .cordon(req.node_id, Cordon::Cordon { reason: req.reason })
+            .await?;
+        Ok(Response::new(v1::CordonNodeResponse { node: Some(node) }))
     }
 
     async fn uncordon_node(
@@ -209,10 +169,8 @@ impl RegionAdmin for RegionApi {
     ) -> Result<Response<v1::UncordonNodeResponse>, Status> {
         let req = request.into_inner();
         check_region(self, &req.region)?;
-        let node = set_cordon(&self.db, &self.keys, &req.node_id, &Cordon::Uncordon).await?;
-        Ok(Response::new(v1::UncordonNodeResponse {
-            node: Some(self.node_info(&node).await?),
-        }))
+        let node = self.cordon(req.node_id, Cordon::Uncordon).await?;
+        Ok(Response::new(v1::UncordonNodeResponse { node: Some(node) }))
     }
 
     async fn drain_node(
@@ -225,10 +183,8 @@ impl RegionAdmin for RegionApi {
             reason: req.reason,
             deadline_ms: req.deadline_ms,
         };
-        let node = set_cordon(&self.db, &self.keys, &req.node_id, &change).await?;
-        Ok(Response::new(v1::DrainNodeResponse {
-            node: Some(self.node_info(&node).await?),
-        }))
+        let node = self.cordon(req.node_id, change).await?;
+        Ok(Response::new(v1::DrainNodeResponse { node: Some(node) }))
     }
 
     async fn get_task_logs(
@@ -301,5 +257,6 @@ fn empty_job() -> crate::model::JobRecord {
         state: crate::model::JobPhase::Active,
         created_at_unix_ms: 0,
         trace_id: String::new(),
+        shard: 0,
     }
 }

@@ -1,12 +1,15 @@
 //! The node-facing and operator-facing APIs of a region replica.
 //!
 //! Owns the gRPC services `AgentLink` ([`service`]) and `RegionAdmin`
-//! ([`admin`]), their store transactions ([`nodes`]) and the assignment
-//! stream ([`stream`]). Every replica serves them; only the shard leader
-//! serves a node's assignment stream. Must never place tasks.
+//! ([`admin`]), and the agents' assignment streams ([`stream`]). A node talks
+//! to the replica that leads its shard: that replica answers heartbeats from
+//! memory (they are never written), checks epochs and orphans against its
+//! memory, writes registrations and task reports through the write pipeline,
+//! and pushes commands to the node's stream as soon as they commit. Other
+//! replicas answer UNAVAILABLE with the `meridian-leader` hint. Must never
+//! place tasks.
 
 pub mod admin;
-pub mod nodes;
 pub mod service;
 pub mod stream;
 
@@ -14,12 +17,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_control::lease::{Fence, Identity, Lease};
 use meridian_control::{Instant, SharedClock};
 use meridian_store::Database;
 use parking_lot::Mutex;
 
+use crate::liveness::Beats;
 use crate::model::Keys;
+use crate::pipeline::{Authority, Pipeline};
 use crate::shard::Leading;
+use crate::shard::layout::read_presences;
+use crate::state::SharedState;
+use stream::Streams;
 
 /// Timings the agent API hands out and enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +45,9 @@ pub struct AgentApiConfig {
     /// Node timeout told to agents (when the region may declare it dead).
     pub node_timeout: Duration,
     /// Status report calls per second allowed per node (burst: twice that).
+    /// An agent sends at most one call per 10 ms, coalescing what changed
+    /// in between, so a busy real node that starts and ends hundreds of
+    /// tasks a second stays under it; a runaway agent does not.
     pub reports_per_second: u32,
 }
 
@@ -46,15 +58,14 @@ impl Default for AgentApiConfig {
             max_heartbeats_per_second: 500,
             max_heartbeat_interval: Duration::from_secs(10),
             node_timeout: Duration::from_secs(15),
-            reports_per_second: 20,
+            reports_per_second: 200,
         }
     }
 }
 
-/// Per-node rate state on this replica.
+/// Per-node report rate on this replica.
 #[derive(Debug, Clone, Copy)]
 struct Rate {
-    last_heartbeat_write: Option<Instant>,
     tokens: f64,
     refilled: Instant,
 }
@@ -66,11 +77,29 @@ pub struct RegionApi {
     pub(crate) keys: Keys,
     pub(crate) clock: SharedClock,
     pub(crate) region: String,
+    pub(crate) identity: Identity,
     pub(crate) leading: Leading,
     pub(crate) config: AgentApiConfig,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) state: SharedState,
+    pub(crate) beats: Arc<Beats>,
+    pub(crate) streams: Arc<Streams>,
     rates: Arc<Mutex<BTreeMap<String, Rate>>>,
-    /// The region's node count and when it was read.
-    nodes_seen: Arc<Mutex<Option<(Instant, u64)>>>,
+}
+
+/// What a [`RegionApi`] is built from.
+pub struct ApiParts {
+    pub db: Database,
+    pub keys: Keys,
+    pub clock: SharedClock,
+    pub region: String,
+    pub identity: Identity,
+    pub leading: Leading,
+    pub config: AgentApiConfig,
+    pub pipeline: Pipeline,
+    pub state: SharedState,
+    pub beats: Arc<Beats>,
+    pub streams: Arc<Streams>,
 }
 
 /// The heartbeat interval for a region of `nodes` nodes: the base, or
@@ -81,43 +110,31 @@ pub fn beat_every(base: Duration, nodes: u64, max_per_second: u32, cap: Duration
     base.max(spread.min(cap))
 }
 
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl RegionApi {
-    pub fn new(
-        db: Database,
-        keys: Keys,
-        clock: SharedClock,
-        region: &str,
-        leading: Leading,
-        config: AgentApiConfig,
-    ) -> Self {
+    pub fn new(parts: ApiParts) -> Self {
         RegionApi {
-            db,
-            keys,
-            clock,
-            region: region.to_string(),
-            leading,
-            config,
+            db: parts.db,
+            keys: parts.keys,
+            clock: parts.clock,
+            region: parts.region,
+            identity: parts.identity,
+            leading: parts.leading,
+            config: parts.config,
+            pipeline: parts.pipeline,
+            state: parts.state,
+            beats: parts.beats,
+            streams: parts.streams,
             rates: Arc::new(Mutex::new(BTreeMap::new())),
-            nodes_seen: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// The interval to tell agents now. The node count is read at most once
-    /// a second per replica; if it cannot be read, the last known one (or
-    /// none) stands.
-    async fn heartbeat_every(&self) -> Duration {
-        let now = self.clock.now();
-        let cached = *self.nodes_seen.lock();
-        let nodes = match cached {
-            Some((at, n)) if now.saturating_duration_since(at) < Duration::from_secs(1) => n,
-            _ => {
-                let n = nodes::node_count(&self.db, &self.keys)
-                    .await
-                    .unwrap_or_else(|_| cached.map_or(0, |(_, n)| n));
-                *self.nodes_seen.lock() = Some((now, n));
-                n
-            }
-        };
+    /// The interval to tell agents now.
+    fn heartbeat_every(&self) -> Duration {
+        let nodes = self.state.read().nodes.len() as u64;
         beat_every(
             self.config.heartbeat_interval,
             nodes,
@@ -126,24 +143,22 @@ impl RegionApi {
         )
     }
 
-    /// Whether this heartbeat should be written to the store: at most one
-    /// write per node per half interval on this replica; the rest are
-    /// answered from the epoch check alone.
-    fn heartbeat_write_due(&self, node: &str) -> bool {
-        let now = self.clock.now();
-        let mut rates = self.rates.lock();
-        let rate = rates.entry(node.to_string()).or_insert(Rate {
-            last_heartbeat_write: None,
-            tokens: f64::from(self.config.reports_per_second) * 2.0,
-            refilled: now,
+    /// The shard of `node` and, when this replica leads it, the authority
+    /// to write under.
+    fn lead_of(&self, node: &str) -> (u32, Option<Authority>) {
+        let shard = {
+            let s = self.state.read();
+            s.nodes.get(node).map_or_else(
+                || crate::shard::shard_of_node(node, s.shard_count()),
+                |n| n.shard,
+            )
+        };
+        let epoch = self.leading.lock().get(&shard).copied();
+        let authority = epoch.map(|epoch| Authority {
+            fence: Fence::new(self.keys.shard_lease(shard), self.identity.clone(), epoch),
+            generation: None,
         });
-        let due = rate
-            .last_heartbeat_write
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.config.heartbeat_interval / 2);
-        if due {
-            rate.last_heartbeat_write = Some(now);
-        }
-        due
+        (shard, authority)
     }
 
     /// Takes one report token of `node`; false when it has none left.
@@ -152,7 +167,6 @@ impl RegionApi {
         let per_second = f64::from(self.config.reports_per_second.max(1));
         let mut rates = self.rates.lock();
         let rate = rates.entry(node.to_string()).or_insert(Rate {
-            last_heartbeat_write: None,
             tokens: per_second * 2.0,
             refilled: now,
         });
@@ -169,22 +183,32 @@ impl RegionApi {
 
     /// Milliseconds the region lease at the global tier has left, as far
     /// as this replica knows (0 when none is held).
-    async fn region_lease_remaining_ms(&self) -> u64 {
-        let key = self.keys.link_state();
-        let state = self
-            .db
-            .run(|tx, _| {
-                let key = key.clone();
-                async move { Ok::<_, crate::error::RegionalError>(tx.get(&key).await?) }
-            })
-            .await
-            .ok()
-            .flatten()
-            .and_then(|b| crate::model::decode::<crate::link::LinkState>("link state", &b).ok());
-        state.map_or(0, |s| {
+    fn region_lease_remaining_ms(&self) -> u64 {
+        let link = self.state.read().link;
+        link.map_or(0, |s| {
             s.lease_expires_unix_ms
                 .saturating_sub(self.clock.now_unix_ms())
         })
+    }
+
+    /// The endpoint of the replica leading `shard`, when it can be found.
+    async fn leader_of(&self, shard: u32) -> Option<String> {
+        let lease = Lease::new(
+            self.db.clone(),
+            self.keys.shard_lease(shard),
+            Identity::new_boot("observer"),
+            self.clock.clone(),
+            Duration::from_secs(1),
+            Duration::ZERO,
+        );
+        let record = lease.observe().await.ok().flatten()?;
+        let presences = read_presences(&self.db, &self.keys).await.ok()?;
+        presences
+            .into_iter()
+            .find(|(name, p)| {
+                *name == record.holder.name && p.boot_id == record.holder.boot_id.to_string()
+            })
+            .map(|(_, p)| p.endpoint)
     }
 }
 

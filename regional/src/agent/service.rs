@@ -1,74 +1,229 @@
 //! The `AgentLink` gRPC service.
 //!
-//! Owns the translation between the wire and [`super::nodes`]: verdicts for
-//! stale epochs in the response body (never a gRPC error), FAILED_PRECONDITION
-//! for a stream whose epoch is superseded, UNAVAILABLE with the
-//! `meridian-leader` hint when this replica does not lead the node's shard,
-//! RESOURCE_EXHAUSTED when a node reports faster than its rate. Must never
-//! write the store except through `nodes`.
+//! Owns the translation between the wire and the replica's memory and write
+//! pipeline: verdicts for stale epochs in the response body (never a gRPC
+//! error), FAILED_PRECONDITION for a stream whose epoch is superseded,
+//! UNAVAILABLE with the `meridian-leader` hint when this replica does not
+//! lead the node's shard, RESOURCE_EXHAUSTED when a node reports faster than
+//! its rate, and the batched calls of agent processes that host many nodes,
+//! where each node gets its own answer or its own error. Must never write
+//! the store except through the pipeline.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 
-use meridian_control::lease::{Identity, Lease};
 use meridian_proto::v1;
 use meridian_proto::v1::agent_link_server::AgentLink;
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::RegionApi;
-use super::nodes::{self, EpochCheck};
-use super::stream::{Cursor, pump};
+use super::stream::{Cursor, open};
+use super::{RegionApi, ms};
 use crate::metrics as m;
-use crate::model::HeartbeatRecord;
-use crate::model::view::read_layout;
-use crate::shard::layout::read_presences;
-use crate::shard::shard_of_node;
+use crate::model::NodeLiveness;
+use crate::pipeline::node::Register;
+use crate::pipeline::report::{EpochCheck, Report, check_epoch};
+use crate::pipeline::{Intent, Outcome};
 
-fn ms(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+type CommandStream = Pin<Box<dyn Stream<Item = Result<v1::AssignmentCommand, Status>> + Send>>;
+
+/// Leaders found during one call, per shard.
+type Hints = BTreeMap<u32, Option<String>>;
 
 impl RegionApi {
-    async fn shard_count(&self) -> Result<u32, Status> {
-        let layout = self
-            .db
-            .run(|tx, _| {
-                let keys = self.keys.clone();
-                async move { read_layout(&tx, &keys).await }
-            })
-            .await?;
-        Ok(layout.map_or(1, |l| l.count))
-    }
-
     /// UNAVAILABLE naming the shard's leader, when it can be found.
-    async fn not_leader(&self, shard: u32) -> Status {
+    async fn not_leader(&self, shard: u32, hints: &mut Hints) -> Status {
         let mut status = Status::unavailable(format!("this replica does not lead shard {shard}"));
-        let lease = Lease::new(
-            self.db.clone(),
-            self.keys.shard_lease(shard),
-            Identity::new_boot("observer"),
-            self.clock.clone(),
-            std::time::Duration::from_secs(1),
-            std::time::Duration::ZERO,
-        );
-        if let Ok(Some(record)) = lease.observe().await
-            && let Ok(presences) = read_presences(&self.db, &self.keys).await
-            && let Some((_, p)) = presences.iter().find(|(name, p)| {
-                *name == record.holder.name && p.boot_id == record.holder.boot_id.to_string()
-            })
-            && let Ok(value) = p.endpoint.parse()
-        {
+        let leader = match hints.get(&shard) {
+            Some(l) => l.clone(),
+            None => {
+                let l = self.leader_of(shard).await;
+                hints.insert(shard, l.clone());
+                l
+            }
+        };
+        if let Some(value) = leader.and_then(|l| l.parse().ok()) {
             status
                 .metadata_mut()
                 .insert(meridian_proto::LEADER_METADATA_KEY, value);
         }
         status
     }
+
+    async fn register_one(
+        &self,
+        req: v1::RegisterNodeRequest,
+    ) -> Result<v1::RegisterNodeResponse, Status> {
+        Register::validate(&req)?;
+        let (shard, authority) = self.lead_of(&req.node_id);
+        let Some(authority) = authority else {
+            m::agent_call("register", "not_leader");
+            return Err(self.not_leader(shard, &mut Hints::new()).await);
+        };
+        let every = self.heartbeat_every();
+        let node = self
+            .pipeline
+            .submit(
+                Some(authority),
+                Intent::Register(Register {
+                    request: req,
+                    now_unix_ms: self.clock.now_unix_ms(),
+                }),
+            )
+            .await;
+        let node = match node {
+            Ok(Outcome::Node(Some(n))) => n,
+            Ok(_) => {
+                m::agent_call("register", "error");
+                return Err(Status::internal("registration answered nothing"));
+            }
+            Err(err) => {
+                m::agent_call("register", "error");
+                return Err(err.into());
+            }
+        };
+        self.beats.beat(&node.node_id, self.clock.now(), ms(every));
+        m::agent_call("register", "ok");
+        Ok(v1::RegisterNodeResponse {
+            node_epoch: node.epoch,
+            heartbeat_interval_ms: ms(every),
+            node_timeout_ms: ms(self.config.node_timeout.max(every * 3)),
+            region_lease_remaining_ms: self.region_lease_remaining_ms(),
+            region: self.region.clone(),
+            shard_id: shard,
+        })
+    }
+
+    /// A heartbeat, answered from memory: nothing is written.
+    async fn heartbeat_one(
+        &self,
+        req: &v1::HeartbeatRequest,
+        hints: &mut Hints,
+    ) -> Result<v1::HeartbeatResponse, Status> {
+        let (shard, authority) = self.lead_of(&req.node_id);
+        if authority.is_none() {
+            m::agent_call("heartbeat", "not_leader");
+            return Err(self.not_leader(shard, hints).await);
+        }
+        let every = self.heartbeat_every();
+        let (check, orphans) = {
+            let s = self.state.read();
+            let entry = s.nodes.get(&req.node_id);
+            let check = check_epoch(entry.and_then(|e| e.record.as_ref()), req.node_epoch);
+            let orphans: Vec<v1::TaskAttempt> = match (check, entry) {
+                (EpochCheck::Current, Some(e)) => req
+                    .running
+                    .iter()
+                    .filter(|a| {
+                        let Some(t) = &a.task else { return false };
+                        let task = crate::placement::TaskRef::new(t.job_id.clone(), t.index);
+                        !e.bound.get(&task).is_some_and(|b| {
+                            b.attempt == a.attempt && b.node_epoch == req.node_epoch
+                        })
+                    })
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (check, orphans)
+        };
+        let (reregister, current) = match check {
+            EpochCheck::Current => {
+                self.beats.beat(&req.node_id, self.clock.now(), ms(every));
+                m::agent_call("heartbeat", "ok");
+                (false, req.node_epoch)
+            }
+            EpochCheck::Stale { current } => {
+                m::agent_call("heartbeat", "stale_epoch");
+                m::fencing_rejection("node");
+                (true, current)
+            }
+            EpochCheck::Unknown => {
+                m::agent_call("heartbeat", "stale_epoch");
+                m::fencing_rejection("node");
+                (true, 0)
+            }
+        };
+        Ok(v1::HeartbeatResponse {
+            reregister,
+            current_node_epoch: current,
+            heartbeat_interval_ms: ms(every),
+            region_lease_remaining_ms: self.region_lease_remaining_ms(),
+            stop: orphans,
+        })
+    }
+
+    /// Checks a report call and makes its intent.
+    fn report_intent(&self, req: v1::ReportTaskStatusRequest) -> Result<Intent, Status> {
+        if req.reports.len() > meridian_proto::limits::MAX_BATCH_ITEMS {
+            return Err(Status::invalid_argument("reports: at most 1000 per call"));
+        }
+        if !self.take_report_token(&req.node_id) {
+            m::agent_call("report", "rate_limited");
+            return Err(Status::resource_exhausted(
+                "status reports of this node exceed the allowed rate: retry later, coalescing",
+            ));
+        }
+        Ok(Intent::Report(Report {
+            request: req,
+            now_unix_ms: self.clock.now_unix_ms(),
+        }))
+    }
+
+    /// The answer to a report call once its intent committed.
+    fn report_answer(
+        &self,
+        req_states: &[i32],
+        outcome: crate::error::Result<Outcome>,
+    ) -> Result<v1::ReportTaskStatusResponse, Status> {
+        let out = match outcome? {
+            Outcome::Reported(out) => out,
+            _ => return Err(Status::internal("a report answered nothing")),
+        };
+        let (verdict, current) = match out.check {
+            EpochCheck::Current => (v1::Verdict::Accepted, 0),
+            EpochCheck::Stale { current } => (v1::Verdict::StaleEpoch, current),
+            EpochCheck::Unknown => (v1::Verdict::NotFound, 0),
+        };
+        if verdict == v1::Verdict::Accepted {
+            m::agent_call("report", "ok");
+            for (state, r) in req_states.iter().zip(&out.results) {
+                if r.verdict == v1::Verdict::Accepted as i32 {
+                    m::task_report(*state);
+                }
+            }
+        } else {
+            m::agent_call("report", "stale_epoch");
+            m::fencing_rejection("node");
+        }
+        Ok(v1::ReportTaskStatusResponse {
+            verdict: verdict as i32,
+            current_epoch: current,
+            results: out.results,
+        })
+    }
 }
 
-type CommandStream = Pin<Box<dyn Stream<Item = Result<v1::AssignmentCommand, Status>> + Send>>;
+fn node_error(status: &Status) -> v1::NodeCallError {
+    v1::NodeCallError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        leader: status
+            .metadata()
+            .get(meridian_proto::LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+fn check_nodes<T>(nodes: &[T]) -> Result<(), Status> {
+    if nodes.len() > meridian_proto::limits::MAX_NODES_PER_CALL {
+        return Err(Status::invalid_argument("nodes: at most 10000 per call"));
+    }
+    Ok(())
+}
 
 #[tonic::async_trait]
 impl AgentLink for RegionApi {
@@ -76,30 +231,9 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::RegisterNodeRequest>,
     ) -> Result<Response<v1::RegisterNodeResponse>, Status> {
-        let req = request.into_inner();
-        let every = self.heartbeat_every().await;
-        let beat = HeartbeatRecord {
-            at_unix_ms: self.clock.now_unix_ms(),
-            every_ms: ms(every),
-        };
-        let node = nodes::register_beating(&self.db, &self.keys, &req, beat).await;
-        let node = match node {
-            Ok(n) => n,
-            Err(err) => {
-                m::agent_call("register", "error");
-                return Err(err.into());
-            }
-        };
-        m::agent_call("register", "ok");
-        let count = self.shard_count().await?;
-        Ok(Response::new(v1::RegisterNodeResponse {
-            node_epoch: node.epoch,
-            heartbeat_interval_ms: ms(every),
-            node_timeout_ms: ms(self.config.node_timeout.max(every * 3)),
-            region_lease_remaining_ms: self.region_lease_remaining_ms().await,
-            region: self.region.clone(),
-            shard_id: shard_of_node(&node.node_id, count),
-        }))
+        self.register_one(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type AssignmentsStream = CommandStream;
@@ -118,41 +252,28 @@ impl AgentLink for RegionApi {
                 )
             })?)
         };
-        let node = self
-            .db
-            .run(|tx, _| {
-                let keys = self.keys.clone();
-                let id = req.node_id.clone();
-                async move { crate::model::view::read_node(&tx, &keys, &id).await }
-            })
-            .await?;
-        match node {
-            Some(n)
-                if n.epoch == req.node_epoch && n.liveness != crate::model::NodeLiveness::Down => {}
-            _ => {
-                m::agent_call("assignments", "stale_epoch");
-                m::fencing_rejection("node");
-                return Err(Status::failed_precondition(format!(
-                    "node epoch {} of {} is not current: register again",
-                    req.node_epoch, req.node_id
-                )));
-            }
+        let current = {
+            let s = self.state.read();
+            s.nodes
+                .get(&req.node_id)
+                .and_then(|e| e.record.as_ref())
+                .is_some_and(|n| n.epoch == req.node_epoch && n.liveness != NodeLiveness::Down)
+        };
+        if !current {
+            m::agent_call("assignments", "stale_epoch");
+            m::fencing_rejection("node");
+            return Err(Status::failed_precondition(format!(
+                "node epoch {} of {} is not current: register again",
+                req.node_epoch, req.node_id
+            )));
         }
-        let shard = shard_of_node(&req.node_id, self.shard_count().await?);
-        if !self.leading.lock().contains_key(&shard) {
+        let (shard, authority) = self.lead_of(&req.node_id);
+        if authority.is_none() {
             m::agent_call("assignments", "not_leader");
-            return Err(self.not_leader(shard).await);
+            return Err(self.not_leader(shard, &mut Hints::new()).await);
         }
         m::agent_call("assignments", "ok");
-        let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(pump(
-            self.db.clone(),
-            self.keys.clone(),
-            req.node_id,
-            req.node_epoch,
-            cursor,
-            tx,
-        ));
+        let rx = open(self, req.node_id, req.node_epoch, cursor);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -161,42 +282,10 @@ impl AgentLink for RegionApi {
         request: Request<v1::ReportTaskStatusRequest>,
     ) -> Result<Response<v1::ReportTaskStatusResponse>, Status> {
         let req = request.into_inner();
-        if req.reports.len() > meridian_proto::limits::MAX_BATCH_ITEMS {
-            return Err(Status::invalid_argument("reports: at most 1000 per call"));
-        }
-        if !self.take_report_token(&req.node_id) {
-            m::agent_call("report", "rate_limited");
-            return Err(Status::resource_exhausted(
-                "status reports of this node exceed the allowed rate: retry later, coalescing",
-            ));
-        }
-        let (check, results) =
-            nodes::report(&self.db, &self.keys, &req, self.clock.now_unix_ms()).await?;
-        let (verdict, current) = match check {
-            EpochCheck::Current => (v1::Verdict::Accepted, req.node_epoch),
-            EpochCheck::Stale { current } => (v1::Verdict::StaleEpoch, current),
-            EpochCheck::Unknown => (v1::Verdict::NotFound, 0),
-        };
-        m::agent_call(
-            "report",
-            if verdict == v1::Verdict::Accepted {
-                "ok"
-            } else {
-                "stale_epoch"
-            },
-        );
-        if verdict == v1::Verdict::Accepted {
-            for r in &req.reports {
-                m::task_report(r.state);
-            }
-        } else {
-            m::fencing_rejection("node");
-        }
-        Ok(Response::new(v1::ReportTaskStatusResponse {
-            verdict: verdict as i32,
-            current_epoch: current,
-            results,
-        }))
+        let states: Vec<i32> = req.reports.iter().map(|r| r.state).collect();
+        let intent = self.report_intent(req)?;
+        let outcome = self.pipeline.submit(None, intent).await;
+        self.report_answer(&states, outcome).map(Response::new)
     }
 
     async fn heartbeat(
@@ -204,32 +293,78 @@ impl AgentLink for RegionApi {
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let every = self.heartbeat_every().await;
-        let beat = nodes::heartbeat(&self.db, &self.keys, &req).await?;
-        if beat.check == EpochCheck::Current && self.heartbeat_write_due(&req.node_id) {
-            let record = HeartbeatRecord {
-                at_unix_ms: self.clock.now_unix_ms(),
-                every_ms: ms(every),
+        self.heartbeat_one(&req, &mut Hints::new())
+            .await
+            .map(Response::new)
+    }
+
+    async fn heartbeat_nodes(
+        &self,
+        request: Request<v1::HeartbeatNodesRequest>,
+    ) -> Result<Response<v1::HeartbeatNodesResponse>, Status> {
+        let req = request.into_inner();
+        check_nodes(&req.nodes)?;
+        let mut hints = Hints::new();
+        let mut results = Vec::with_capacity(req.nodes.len());
+        for node in &req.nodes {
+            results.push(match self.heartbeat_one(node, &mut hints).await {
+                Ok(r) => v1::NodeHeartbeatResult {
+                    response: Some(r),
+                    error: None,
+                },
+                Err(s) => v1::NodeHeartbeatResult {
+                    response: None,
+                    error: Some(node_error(&s)),
+                },
+            });
+        }
+        Ok(Response::new(v1::HeartbeatNodesResponse { results }))
+    }
+
+    async fn report_nodes(
+        &self,
+        request: Request<v1::ReportNodesRequest>,
+    ) -> Result<Response<v1::ReportNodesResponse>, Status> {
+        let req = request.into_inner();
+        check_nodes(&req.nodes)?;
+        // Every node's intent is queued before any is awaited, so they
+        // commit together.
+        let mut pending = Vec::with_capacity(req.nodes.len());
+        for node in req.nodes {
+            let states: Vec<i32> = node.reports.iter().map(|r| r.state).collect();
+            match self.report_intent(node) {
+                Ok(intent) => {
+                    let pipeline = self.pipeline.clone();
+                    pending.push((
+                        states,
+                        Ok(tokio::spawn(
+                            async move { pipeline.submit(None, intent).await },
+                        )),
+                    ));
+                }
+                Err(s) => pending.push((states, Err(s))),
+            }
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for (states, p) in pending {
+            let answer = match p {
+                Err(s) => Err(s),
+                Ok(task) => match task.await {
+                    Ok(outcome) => self.report_answer(&states, outcome),
+                    Err(e) => Err(Status::internal(format!("report task failed: {e}"))),
+                },
             };
-            nodes::record_beat(&self.db, &self.keys, &req.node_id, record).await?;
+            results.push(match answer {
+                Ok(r) => v1::NodeReportResult {
+                    response: Some(r),
+                    error: None,
+                },
+                Err(s) => v1::NodeReportResult {
+                    response: None,
+                    error: Some(node_error(&s)),
+                },
+            });
         }
-        let (reregister, current) = match beat.check {
-            EpochCheck::Current => (false, req.node_epoch),
-            EpochCheck::Stale { current } => (true, current),
-            EpochCheck::Unknown => (true, 0),
-        };
-        m::agent_call("heartbeat", if reregister { "stale_epoch" } else { "ok" });
-        if reregister {
-            m::fencing_rejection("node");
-        }
-        Ok(Response::new(v1::HeartbeatResponse {
-            reregister,
-            current_node_epoch: current,
-            heartbeat_interval_ms: ms(every),
-            region_lease_remaining_ms: beat
-                .region_lease_expires_unix_ms
-                .saturating_sub(self.clock.now_unix_ms()),
-            stop: beat.orphans,
-        }))
+        Ok(Response::new(v1::ReportNodesResponse { results }))
     }
 }

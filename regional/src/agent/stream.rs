@@ -1,20 +1,40 @@
-//! A node's assignment stream: snapshot, then live commands from its log.
+//! Nodes' assignment streams: a snapshot or the log after a cursor, then
+//! commands as they commit.
 //!
 //! Owns the cursor format (12-byte versionstamp of the log entry, then the
-//! 4-byte big-endian index of the command within it) and the stream's end
-//! conditions: FAILED_PRECONDITION once the node epoch it was opened with is
-//! superseded. Must never send a command of another node or an older epoch.
+//! 4-byte big-endian index of the command within it), the registry of open
+//! streams in this process ([`Streams`], the write pipeline's command sink:
+//! committed commands are pushed to the node's stream at once, no store read
+//! in between), and the streams' end conditions: FAILED_PRECONDITION once the
+//! node epoch it was opened with is superseded, UNAVAILABLE when this replica
+//! stops leading the node's shard or the stream falls behind (the agent
+//! resumes from its cursor). An empty cursor starts from a snapshot of the
+//! node's bound tasks in memory, followed by a BOOKMARK at the log's head.
+//! Must never send a command of another node or an older epoch, or a command
+//! twice: everything forwarded is after the last cursor sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use meridian_proto::v1;
 use meridian_store::Database;
-use prost::Message;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tonic::Status;
 
+use super::RegionApi;
 use crate::error::{RegionalError, Result};
-use crate::model::view::{read_block, read_node, scan};
+use crate::model::view::scan;
 use crate::model::{CommandRecord, Keys, NodeLiveness, decode};
+use crate::pipeline::CommandSink;
+use crate::shard::Leading;
+use crate::state::{RegionState, SharedState, Stamp};
+
+/// Commands a stream may hold unsent before it is cut (the agent then
+/// resumes from its cursor, reading the log).
+const STREAM_BUFFER: usize = 1_024;
 
 /// A position in a node's command log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +59,22 @@ impl Cursor {
         let index = u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
         Some(Cursor { stamp, index })
     }
+
+    /// Just after every command of the log entry of commit `stamp`.
+    pub fn after_entry(stamp: Stamp) -> Cursor {
+        Cursor {
+            stamp: entry_stamp(stamp),
+            index: u32::MAX,
+        }
+    }
+}
+
+/// The 12-byte stamp of the log entry a commit writes (one entry per node
+/// per transaction, user version 0).
+fn entry_stamp(stamp: Stamp) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    s[..10].copy_from_slice(&stamp);
+    s
 }
 
 /// Log entries after `after` (all when `None`), flattened with cursors.
@@ -78,17 +114,346 @@ pub async fn read_log(
     .await
 }
 
-/// Turns a stored command into the wire message.
-async fn to_wire(
-    db: &Database,
-    keys: &Keys,
-    specs: &mut BTreeMap<String, Option<(v1::JobSpec, String)>>,
-    cursor: Cursor,
-    c: &CommandRecord,
-) -> Result<v1::AssignmentCommand> {
+/// What the registry hands a stream.
+enum Live {
+    Commands(Vec<(Cursor, CommandRecord)>),
+    /// Read the log again after the last cursor sent.
+    Resync,
+    /// End the stream with this status.
+    End(Status),
+}
+
+struct Slot {
+    id: u64,
+    epoch: u64,
+    tx: mpsc::Sender<Live>,
+}
+
+/// The assignment streams open in this process, by node.
+#[derive(Default)]
+pub struct Streams {
+    slots: Mutex<BTreeMap<String, Slot>>,
+    next: AtomicU64,
+}
+
+impl Streams {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Streams::default())
+    }
+
+    fn add(&self, node: &str, epoch: u64) -> (u64, mpsc::Receiver<Live>) {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        // A newer stream of the node replaces an older one (its sender is
+        // dropped, so the older stream ends).
+        self.slots
+            .lock()
+            .insert(node.to_string(), Slot { id, epoch, tx });
+        (id, rx)
+    }
+
+    fn remove(&self, node: &str, id: u64) {
+        let mut slots = self.slots.lock();
+        if slots.get(node).is_some_and(|s| s.id == id) {
+            slots.remove(node);
+        }
+    }
+
+    fn send(&self, node: &str, live: Live) {
+        let mut slots = self.slots.lock();
+        if let Some(slot) = slots.get(node)
+            && slot.tx.try_send(live).is_err()
+        {
+            // Full or gone: cut it; the agent resumes from its cursor.
+            slots.remove(node);
+        }
+    }
+
+    /// Ends the streams that must not go on: nodes whose epoch moved or who
+    /// are down, and nodes of shards this replica no longer leads.
+    pub fn prune(&self, state: &RegionState, leading: &BTreeMap<u32, u64>) {
+        let mut ended = Vec::new();
+        {
+            let slots = self.slots.lock();
+            for (node, slot) in slots.iter() {
+                let entry = state.nodes.get(node);
+                let current = entry
+                    .and_then(|e| e.record.as_ref())
+                    .is_some_and(|r| r.epoch == slot.epoch && r.liveness != NodeLiveness::Down);
+                if !current {
+                    ended.push((
+                        node.clone(),
+                        Status::failed_precondition(format!(
+                            "node epoch {} of {node} has been superseded: register again",
+                            slot.epoch
+                        )),
+                    ));
+                } else if !entry.is_some_and(|e| leading.contains_key(&e.shard)) {
+                    ended.push((
+                        node.clone(),
+                        Status::unavailable("this replica no longer leads the node's shard"),
+                    ));
+                }
+            }
+        }
+        for (node, status) in ended {
+            self.send(&node, Live::End(status));
+            self.slots.lock().remove(&node);
+        }
+    }
+
+    /// Prunes streams whenever memory or leadership changes, until the
+    /// state handle goes away.
+    pub async fn keep_pruned(
+        self: Arc<Self>,
+        state: SharedState,
+        leading: Leading,
+        clock: meridian_control::SharedClock,
+    ) {
+        let watcher = state.subscribe();
+        loop {
+            tokio::select! {
+                _ = watcher.changed() => {}
+                // Leadership changes are not state changes: look now and then.
+                _ = clock.sleep(Duration::from_millis(250)) => {}
+            }
+            let led = leading.lock().clone();
+            self.prune(&state.read(), &led);
+        }
+    }
+}
+
+impl CommandSink for Streams {
+    fn deliver(
+        &self,
+        _state: &RegionState,
+        stamp: Stamp,
+        commands: &BTreeMap<String, Vec<CommandRecord>>,
+    ) {
+        let stamp = entry_stamp(stamp);
+        for (node, cmds) in commands {
+            let list = cmds
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        Cursor {
+                            stamp,
+                            index: i as u32,
+                        },
+                        c.clone(),
+                    )
+                })
+                .collect();
+            self.send(node, Live::Commands(list));
+        }
+    }
+
+    fn resync(&self, nodes: &BTreeSet<String>) {
+        for node in nodes {
+            self.send(node, Live::Resync);
+        }
+    }
+}
+
+type Out = mpsc::Sender<std::result::Result<v1::AssignmentCommand, Status>>;
+
+/// Opens the stream of `node` at `epoch` from `cursor`; returns what the
+/// gRPC response streams.
+pub(super) fn open(
+    api: &RegionApi,
+    node: String,
+    epoch: u64,
+    cursor: Option<Cursor>,
+) -> mpsc::Receiver<std::result::Result<v1::AssignmentCommand, Status>> {
+    let (out, rx) = mpsc::channel(STREAM_BUFFER);
+    // Registered before anything is read, so no commit falls in between:
+    // what the read already covers is skipped by cursor.
+    let (id, live) = api.streams.add(&node, epoch);
+    let pump = Pump {
+        db: api.db.clone(),
+        keys: api.keys.clone(),
+        state: api.state.clone(),
+        node,
+        epoch,
+        last: None,
+        out,
+    };
+    let streams = api.streams.clone();
+    tokio::spawn(async move {
+        let node = pump.node.clone();
+        pump.run(cursor, live).await;
+        streams.remove(&node, id);
+    });
+    rx
+}
+
+struct Pump {
+    db: Database,
+    keys: Keys,
+    state: SharedState,
+    node: String,
+    epoch: u64,
+    last: Option<Cursor>,
+    out: Out,
+}
+
+impl Pump {
+    async fn run(mut self, cursor: Option<Cursor>, mut live: mpsc::Receiver<Live>) {
+        let started = match cursor {
+            None => self.snapshot().await,
+            Some(c) => {
+                self.last = Some(c);
+                self.resend_log().await
+            }
+        };
+        if !started {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = self.out.closed() => return,
+                msg = live.recv() => match msg {
+                    Some(Live::Commands(list)) => {
+                        if !self.send_all(list).await {
+                            return;
+                        }
+                    }
+                    Some(Live::Resync) => {
+                        if !self.resend_log().await {
+                            return;
+                        }
+                    }
+                    Some(Live::End(status)) => {
+                        let _ = self.out.send(Err(status)).await;
+                        return;
+                    }
+                    None => {
+                        let _ = self
+                            .out
+                            .send(Err(Status::unavailable(
+                                "the stream fell behind: reopen from the last cursor",
+                            )))
+                            .await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// The node's live bindings from memory, then a bookmark at the head
+    /// of its log.
+    async fn snapshot(&mut self) -> bool {
+        let (messages, head) = self.bound_now();
+        for m in messages {
+            if self.out.send(Ok(m)).await.is_err() {
+                return false;
+            }
+        }
+        self.bookmark(head).await
+    }
+
+    /// The RUN (and pending STOP) of every attempt bound to the node under
+    /// this stream's epoch, and the node's log head.
+    fn bound_now(&self) -> (Vec<v1::AssignmentCommand>, Option<Stamp>) {
+        {
+            let s = self.state.read();
+            let Some(entry) = s.nodes.get(&self.node) else {
+                return (Vec::new(), None);
+            };
+            let mut messages = Vec::new();
+            for (task, b) in &entry.bound {
+                if b.node_epoch != self.epoch {
+                    continue;
+                }
+                let Some(job) = s.jobs.get(&task.job_id) else {
+                    continue;
+                };
+                let Some(t) = job.task(task.index) else {
+                    continue;
+                };
+                let run = CommandRecord {
+                    kind: v1::CommandKind::Run as i32,
+                    job: task.job_id.clone(),
+                    index: task.index,
+                    attempt: b.attempt,
+                    shard: t.shard,
+                    shard_epoch: t.shard_epoch,
+                    node_epoch: b.node_epoch,
+                    reason: String::new(),
+                    grace_ms: 0,
+                };
+                messages.push(to_wire(&s, None, &run));
+                if !t.stopping.is_empty() {
+                    let stop = CommandRecord {
+                        kind: v1::CommandKind::Stop as i32,
+                        reason: t.stopping.clone(),
+                        grace_ms: job.record.stop_grace_ms,
+                        ..run
+                    };
+                    messages.push(to_wire(&s, None, &stop));
+                }
+            }
+            (messages, entry.cmd_head)
+        }
+    }
+
+    async fn bookmark(&mut self, head: Option<Stamp>) -> bool {
+        let cursor = head.map(Cursor::after_entry);
+        self.last = cursor;
+        let bookmark = v1::AssignmentCommand {
+            cursor: cursor.map(|c| c.encode()).unwrap_or_default(),
+            kind: v1::CommandKind::Bookmark as i32,
+            node_epoch: self.epoch,
+            ..Default::default()
+        };
+        self.out.send(Ok(bookmark)).await.is_ok()
+    }
+
+    /// The log after the last cursor sent.
+    async fn resend_log(&mut self) -> bool {
+        match read_log(&self.db, &self.keys, &self.node, self.last).await {
+            Ok(entries) => self.send_all(entries).await,
+            Err(err) => {
+                let _ = self.out.send(Err(err.into())).await;
+                false
+            }
+        }
+    }
+
+    /// Sends the commands after the last cursor, of this stream's epoch.
+    async fn send_all(&mut self, list: Vec<(Cursor, CommandRecord)>) -> bool {
+        let messages: Vec<v1::AssignmentCommand> = {
+            let s = self.state.read();
+            list.iter()
+                .filter(|(cur, _)| self.last.is_none_or(|l| *cur > l))
+                .filter(|(_, c)| c.node_epoch == self.epoch)
+                .map(|(cur, c)| to_wire(&s, Some(*cur), c))
+                .collect()
+        };
+        if let Some((cur, _)) = list
+            .iter()
+            .rev()
+            .find(|(cur, _)| self.last.is_none_or(|l| *cur > l))
+        {
+            self.last = Some(*cur);
+        }
+        for m in messages {
+            if self.out.send(Ok(m)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Turns a stored command into the wire message, with the job's template
+/// for a RUN (from memory; a job already retired goes without one).
+fn to_wire(s: &RegionState, cursor: Option<Cursor>, c: &CommandRecord) -> v1::AssignmentCommand {
     let kind = v1::CommandKind::try_from(c.kind).unwrap_or(v1::CommandKind::Unspecified);
     let mut msg = v1::AssignmentCommand {
-        cursor: cursor.encode(),
+        cursor: cursor.map(|c| c.encode()).unwrap_or_default(),
         kind: c.kind,
         task: Some(v1::TaskAttempt {
             task: Some(v1::TaskId {
@@ -104,24 +469,11 @@ async fn to_wire(
         stop_grace_period_ms: c.grace_ms,
         ..Default::default()
     };
-    if kind == v1::CommandKind::Run {
-        if !specs.contains_key(&c.job) {
-            let (spec, job) = db
-                .run(|tx, _| {
-                    let key = keys.job_spec(&c.job);
-                    async move {
-                        let spec = tx.get(&key).await?;
-                        let job = crate::model::view::read_job(&tx, keys, &c.job).await?;
-                        Ok::<_, RegionalError>((spec, job))
-                    }
-                })
-                .await?;
-            let spec = spec.and_then(|b| v1::JobSpec::decode(b.as_slice()).ok());
-            let trace_id = job.map(|j| j.trace_id).unwrap_or_default();
-            specs.insert(c.job.clone(), spec.map(|s| (s, trace_id)));
-        }
-        if let Some(Some((spec, trace_id))) = specs.get(&c.job) {
-            msg.trace_id = trace_id.clone();
+    if kind == v1::CommandKind::Run
+        && let Some(job) = s.jobs.get(&c.job)
+    {
+        msg.trace_id = job.record.trace_id.clone();
+        if let Some(spec) = &job.spec {
             msg.template = spec.task.clone();
             msg.resources = spec.resources.clone();
             msg.on_region_loss = spec.on_region_loss;
@@ -131,156 +483,5 @@ async fn to_wire(
             }
         }
     }
-    Ok(msg)
-}
-
-/// Whether `c` still describes a live binding of `node` (for snapshots).
-async fn still_bound(db: &Database, keys: &Keys, node: &str, c: &CommandRecord) -> Result<bool> {
-    db.run(|tx, _| {
-        let keys = keys.clone();
-        async move {
-            let block = read_block(&tx, &keys, &c.job, c.index).await?;
-            Ok::<_, RegionalError>(
-                block
-                    .and_then(|b| b.tasks.get((c.index - b.first) as usize).cloned())
-                    .is_some_and(|t| {
-                        t.is_bound()
-                            && t.node == node
-                            && t.attempt == c.attempt
-                            && t.node_epoch == c.node_epoch
-                    }),
-            )
-        }
-    })
-    .await
-}
-
-/// Feeds `out` with the commands of `node` for `epoch` until the epoch is
-/// superseded, the receiver goes away, or `stop` fires.
-pub async fn pump(
-    db: Database,
-    keys: Keys,
-    node: String,
-    epoch: u64,
-    cursor: Option<Cursor>,
-    out: mpsc::Sender<std::result::Result<v1::AssignmentCommand, tonic::Status>>,
-) {
-    let mut specs = BTreeMap::new();
-    let mut last = cursor;
-    if cursor.is_none() {
-        // Snapshot: the log's commands that still describe live bindings.
-        let entries = match read_log(&db, &keys, &node, None).await {
-            Ok(e) => e,
-            Err(err) => {
-                let _ = out.send(Err(err.into())).await;
-                return;
-            }
-        };
-        for (cur, c) in &entries {
-            last = Some(*cur);
-            if c.node_epoch != epoch {
-                continue;
-            }
-            match still_bound(&db, &keys, &node, c).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(err) => {
-                    let _ = out.send(Err(err.into())).await;
-                    return;
-                }
-            }
-            match to_wire(&db, &keys, &mut specs, *cur, c).await {
-                Ok(msg) => {
-                    if out.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(err) => {
-                    let _ = out.send(Err(err.into())).await;
-                    return;
-                }
-            }
-        }
-        let bookmark = v1::AssignmentCommand {
-            cursor: last.map(|c| c.encode()).unwrap_or_default(),
-            kind: v1::CommandKind::Bookmark as i32,
-            node_epoch: epoch,
-            ..Default::default()
-        };
-        if out.send(Ok(bookmark)).await.is_err() {
-            return;
-        }
-    }
-    loop {
-        // Arm the wake-ups first, then read, so nothing is missed.
-        let watches = db
-            .run(|tx, _| {
-                let head = keys.command_head(&node);
-                let node_key = keys.node(&node);
-                async move {
-                    let a = tx.watch(&head)?;
-                    let b = tx.watch(&node_key)?;
-                    Ok::<_, RegionalError>((a, b))
-                }
-            })
-            .await;
-        let (head_watch, node_watch) = match watches {
-            Ok(w) => w,
-            Err(err) => {
-                let _ = out.send(Err(err.into())).await;
-                return;
-            }
-        };
-        let current = db
-            .run(|tx, _| {
-                let keys = keys.clone();
-                let node = node.clone();
-                async move { read_node(&tx, &keys, &node).await }
-            })
-            .await;
-        match current {
-            Ok(Some(n)) if n.epoch == epoch && n.liveness != NodeLiveness::Down => {}
-            Ok(_) => {
-                let _ = out
-                    .send(Err(tonic::Status::failed_precondition(format!(
-                        "node epoch {epoch} of {node} has been superseded: register again"
-                    ))))
-                    .await;
-                return;
-            }
-            Err(err) => {
-                let _ = out.send(Err(err.into())).await;
-                return;
-            }
-        }
-        let entries = match read_log(&db, &keys, &node, last).await {
-            Ok(e) => e,
-            Err(err) => {
-                let _ = out.send(Err(err.into())).await;
-                return;
-            }
-        };
-        for (cur, c) in &entries {
-            last = Some(*cur);
-            if c.node_epoch != epoch {
-                continue;
-            }
-            match to_wire(&db, &keys, &mut specs, *cur, c).await {
-                Ok(msg) => {
-                    if out.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(err) => {
-                    let _ = out.send(Err(err.into())).await;
-                    return;
-                }
-            }
-        }
-        tokio::select! {
-            _ = out.closed() => return,
-            _ = head_watch => {}
-            _ = node_watch => {}
-        }
-    }
+    msg
 }

@@ -13,16 +13,21 @@
 pub mod apply;
 mod report;
 mod session;
+pub mod trim;
+
+pub use report::Reported;
 
 use std::time::Duration;
 
 use meridian_control::SharedClock;
-use meridian_control::lease::{Elector, ElectorConfig, Fence, Identity, Lease, Role};
+use meridian_control::lease::{Elector, ElectorConfig, Fence, Identity, Lease, LeaseRuntime, Role};
 use meridian_store::Database;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::model::Keys;
+use crate::pipeline::Pipeline;
+use crate::state::SharedState;
 
 /// What agents are told about the region lease (stored by the link leader).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,16 +54,34 @@ pub struct LinkConfig {
     pub report_every: Duration,
 }
 
+/// What the link runs with.
+#[derive(Clone)]
+pub struct LinkCtx {
+    pub db: Database,
+    pub keys: Keys,
+    pub clock: SharedClock,
+    pub identity: Identity,
+    pub pipeline: Pipeline,
+    pub state: SharedState,
+    /// Where the link lease is renewed.
+    pub leases: LeaseRuntime,
+}
+
 /// Runs the link election and, while leading, the link session, until
 /// `shutdown`.
 pub async fn run(
-    db: Database,
-    keys: Keys,
-    clock: SharedClock,
-    identity: Identity,
+    ctx: LinkCtx,
     config: LinkConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let LinkCtx {
+        db,
+        keys,
+        clock,
+        identity,
+        leases,
+        ..
+    } = ctx.clone();
     let lease = Lease::new(
         db.clone(),
         keys.link_lease(),
@@ -70,7 +93,7 @@ pub async fn run(
     let elector = Elector::new(lease, ElectorConfig::for_lease(config.lease), 7, "link");
     let mut status = elector.subscribe();
     let (stop_elector, stop_rx) = oneshot::channel::<()>();
-    let elector_task = tokio::spawn(elector.run(async move {
+    let elector_task = leases.spawn(elector.run(async move {
         let _ = stop_rx.await;
     }));
     tokio::pin!(shutdown);
@@ -89,16 +112,24 @@ pub async fn run(
                 }
                 if now.role == Role::Leader {
                     let fence = Fence::new(keys.link_lease(), identity.clone(), now.epoch);
-                    let (stop, stop_rx) = oneshot::channel();
-                    let task = tokio::spawn(session::run(
-                        db.clone(),
-                        keys.clone(),
-                        clock.clone(),
-                        identity.clone(),
-                        config.clone(),
-                        fence,
-                        stop_rx,
-                    ));
+                    let (stop, stop_rx) = oneshot::channel::<()>();
+                    let (stop_session, session_rx) = oneshot::channel();
+                    let (stop_trim, trim_rx) = oneshot::channel();
+                    let work = futures::future::join(
+                        session::run(ctx.clone(), config.clone(), fence.clone(), session_rx),
+                        trim::run(db.clone(), keys.clone(), clock.clone(), fence, trim_rx),
+                    );
+                    let task = tokio::spawn(async move {
+                        tokio::pin!(work);
+                        tokio::select! {
+                            _ = &mut work => return,
+                            _ = stop_rx => {}
+                        }
+                        // Both are told, and the session may finish its report.
+                        let _ = stop_session.send(());
+                        let _ = stop_trim.send(());
+                        work.await;
+                    });
                     session = Some((stop, task));
                 }
             }

@@ -1,13 +1,13 @@
 //! What the region tells the global tier about its work: capacity, job
 //! status, releases, and the forgetting of finished jobs.
 //!
-//! Owns two paths to the same per-job status rule ([`job_update`]): a full
-//! report on a timer (capacity, the status of every job whose task counts
-//! changed, releases of revoked jobs), which repairs anything missed, and a
-//! fast report of only the jobs whose task blocks changed since
-//! ([`Keys::status_dirty`]), run as soon as a change commits, so a task seen
-//! running reaches the global tier in milliseconds rather than at the next
-//! tick. A job whose final state the global tier accepted is retired
+//! Owns two paths to the same per-job status rule ([`job_update`]), both
+//! read from the replica's memory: a full report on a timer (capacity, the
+//! status of every job whose task counts changed, releases of revoked jobs),
+//! which repairs anything missed, and a fast report of only the jobs that
+//! changed, run as soon as memory shows the change (a commit of this
+//! process, or the change feed for another's), so a task seen running
+//! reaches the global tier in milliseconds rather than at the next tick. A job whose final state the global tier accepted is retired
 //! (`jobs::retire`). Must never report under a region lease epoch the
 //! global tier refused, and never retire a job the global tier has not
 //! acknowledged in exactly its final state.
@@ -19,25 +19,26 @@ use meridian_control::SharedClock;
 use meridian_control::lease::Fence;
 use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
-use meridian_store::{Database, RangeOption};
+use meridian_store::Database;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::LinkConfig;
 use super::session::End;
 use crate::error::RegionalError;
-use crate::model::view::{read_blocks, read_job};
-use crate::model::{
-    JobPhase, JobRecord, Keys, NodeLiveness, RegionView, Res, TaskBlock, TaskRecord, decode, encode,
-};
+use crate::model::view::scan;
+use crate::model::{JobPhase, JobRecord, Keys, NodeLiveness, Res, TaskBlock, TaskRecord, decode};
+use crate::pipeline::upward::{Accepted, RecordStatus, Release};
+use crate::pipeline::{Authority, Intent, Outcome, Pipeline};
+use crate::state::{RegionState, SharedState};
 
 type Client = RegionLinkClient<tonic::transport::Channel>;
 
 /// Per-job status digest last reported.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Reported {
-    version: u64,
-    digest: Vec<u32>,
+pub struct Reported {
+    pub version: u64,
+    pub digest: Vec<u32>,
 }
 
 crate::model::codec::json_record!(Reported);
@@ -62,6 +63,8 @@ pub(super) struct Reporter {
     /// The region lease epoch every report is sent under.
     pub epoch: u64,
     pub clock: SharedClock,
+    pub pipeline: Pipeline,
+    pub state: SharedState,
 }
 
 impl Reporter {
@@ -70,8 +73,9 @@ impl Reporter {
     /// `report_every`, the fast one at every task state change.
     pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), End> {
         let clock = self.clock.clone();
+        let watcher = self.state.subscribe();
+        let mut reported = self.load_reported().await?;
         let mut full = clock.sleep(Duration::ZERO);
-        let mut changed = status_watch(&self.db, &self.keys).await?;
         loop {
             if *stop.borrow() {
                 return Ok(());
@@ -79,159 +83,125 @@ impl Reporter {
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
                 _ = &mut full => {
-                    self.full(clock.now_unix_ms()).await?;
+                    // Anything the fast path missed is found here.
+                    let _ = watcher.take();
+                    self.full(&mut reported, clock.now_unix_ms()).await?;
                     full = clock.sleep(self.config.report_every);
                 }
-                _ = &mut changed => {
-                    // Arm the next wake-up before reading, so no change is
-                    // missed; a short pause lets one report carry a burst.
-                    changed = status_watch(&self.db, &self.keys).await?;
+                delta = watcher.changed() => {
+                    // A short pause lets one report carry a burst.
                     clock.sleep(STATUS_COALESCE).await;
-                    while self.changed(clock.now_unix_ms()).await? {}
+                    let mut jobs = delta.jobs;
+                    jobs.extend(watcher.take().jobs);
+                    self.changed(&mut reported, jobs, clock.now_unix_ms()).await?;
                 }
             }
         }
     }
-    /// The full report: capacity, every job whose counts changed, releases.
-    async fn full(&mut self, now: u64) -> Result<(), End> {
-        let Reporter {
-            db,
-            keys,
-            client,
-            config,
-            epoch,
-            ..
-        } = self;
-        let epoch = *epoch;
-        let (view, reported) = db
+
+    /// The digests the global tier accepted, as stored.
+    async fn load_reported(&self) -> Result<BTreeMap<String, Reported>, End> {
+        let keys = self.keys.clone();
+        Ok(self
+            .db
             .run(|tx, _| {
                 let keys = keys.clone();
                 async move {
-                    let view = RegionView::read(&tx, &keys).await?;
-                    let mut reported = BTreeMap::new();
-                    for job in view.jobs.keys() {
-                        if let Some(b) = tx.get(&keys.job_status(job)).await? {
-                            reported.insert(job.clone(), decode::<Reported>("job status", &b)?);
+                    let mut out = BTreeMap::new();
+                    let (begin, end) = keys.job_statuses();
+                    for (k, v) in scan(&tx, (begin, end), true).await? {
+                        if let Some(job) = keys.second_of(&k) {
+                            out.insert(job, decode::<Reported>("job status", &v)?);
                         }
                     }
-                    Ok::<_, RegionalError>((view, reported))
+                    Ok::<_, RegionalError>(out)
                 }
             })
-            .await?;
+            .await?)
+    }
 
-        let r = client
+    /// The full report: capacity, every job whose counts changed, releases.
+    async fn full(
+        &mut self,
+        reported: &mut BTreeMap<String, Reported>,
+        now: u64,
+    ) -> Result<(), End> {
+        let (cap, updates, releases) = {
+            let s = self.state.read();
+            let cap = capacity(&s, now);
+            let mut updates = Vec::new();
+            for (job_id, job) in &s.jobs {
+                let blocks: Vec<&TaskBlock> = job.blocks.values().map(|b| &b.block).collect();
+                let prev = reported.get(job_id).cloned().unwrap_or_default();
+                if let Some(u) = job_update(&self.config.region, &job.record, &blocks, &prev, now) {
+                    updates.push(u);
+                    if updates.len() == meridian_proto::limits::MAX_BATCH_ITEMS {
+                        break;
+                    }
+                }
+            }
+            (cap, updates, releasable(&s))
+        };
+        let r = self
+            .client
             .report_capacity(v1::ReportCapacityRequest {
-                region: config.region.clone(),
-                region_lease_epoch: epoch,
-                capacity: Some(capacity(&view, now)),
+                region: self.config.region.clone(),
+                region_lease_epoch: self.epoch,
+                capacity: Some(cap),
             })
             .await?
             .into_inner();
         if r.verdict != v1::Verdict::Accepted as i32 {
             return Err(End::retry("capacity report refused: stale region lease"));
         }
-
-        let mut updates = Vec::new();
-        for (job_id, job) in &view.jobs {
-            let blocks: Vec<&TaskBlock> = view
-                .blocks
-                .range((job_id.clone(), 0)..=(job_id.clone(), u32::MAX))
-                .map(|(_, b)| b)
-                .collect();
-            let prev = reported.get(job_id).cloned().unwrap_or_default();
-            if let Some(u) = job_update(&config.region, job, &blocks, &prev, now) {
-                updates.push(u);
-                if updates.len() == meridian_proto::limits::MAX_BATCH_ITEMS {
-                    break;
-                }
-            }
-        }
-        self.send_status(updates).await?;
-        self.release_revoked(&view).await
+        self.send_status(reported, updates).await?;
+        self.release(releases).await
     }
 
-    /// The fast report: the jobs marked changed (up to one batch), their
-    /// markers cleared in the same transaction that reads them. Returns whether
-    /// more may be marked. A report lost on the way is repaired by the next full
-    /// report, which compares against the stored digests.
-    async fn changed(&mut self, now: u64) -> Result<bool, End> {
-        let Reporter {
-            db,
-            keys,
-            fence,
-            config,
-            ..
-        } = self;
-        let limit = meridian_proto::limits::MAX_BATCH_ITEMS;
-        type Changed = Vec<(JobRecord, Vec<TaskBlock>, Reported)>;
-        let (changed, marked) = db
-            .run(|tx, _| {
-                let keys = keys.clone();
-                let fence = fence.clone();
-                async move {
-                    fence.check(&tx).await?;
-                    let marks = tx
-                        .get_range(RangeOption::from(keys.status_dirties()).limit(limit))
-                        .await?;
-                    let mut out: Changed = Vec::with_capacity(marks.len());
-                    for kv in &marks {
-                        tx.clear(&kv.key)?;
-                        let Some(job_id) = keys.second_of(&kv.key) else {
-                            continue;
-                        };
-                        let Some(job) = read_job(&tx, &keys, &job_id).await? else {
-                            continue;
-                        };
-                        let blocks = read_blocks(&tx, &keys, &job_id).await?;
-                        let prev = match tx.get(&keys.job_status(&job_id)).await? {
-                            Some(b) => decode::<Reported>("job status", &b)?,
-                            None => Reported::default(),
-                        };
-                        out.push((job, blocks, prev));
-                    }
-                    Ok::<_, RegionalError>((out, marks.len()))
-                }
-            })
-            .await?;
-        let updates = changed
-            .iter()
-            .filter_map(|(job, blocks, prev)| {
-                let blocks: Vec<&TaskBlock> = blocks.iter().collect();
-                job_update(&config.region, job, &blocks, prev, now)
-            })
-            .collect();
-        self.send_status(updates).await?;
-        Ok(marked == limit)
+    /// The fast report: the jobs that changed, as memory has them now.
+    async fn changed(
+        &mut self,
+        reported: &mut BTreeMap<String, Reported>,
+        jobs: BTreeSet<String>,
+        now: u64,
+    ) -> Result<(), End> {
+        let updates: Vec<_> = {
+            let s = self.state.read();
+            jobs.iter()
+                .filter_map(|id| {
+                    let job = s.jobs.get(id)?;
+                    let blocks: Vec<&TaskBlock> = job.blocks.values().map(|b| &b.block).collect();
+                    let prev = reported.get(id).cloned().unwrap_or_default();
+                    job_update(&self.config.region, &job.record, &blocks, &prev, now)
+                })
+                .collect()
+        };
+        for chunk in updates.chunks(meridian_proto::limits::MAX_BATCH_ITEMS) {
+            self.send_status(reported, chunk.to_vec()).await?;
+        }
+        Ok(())
     }
 
     /// Sends `updates`, then records what was accepted and retires the jobs
     /// accepted in a final state.
     async fn send_status(
         &mut self,
+        reported: &mut BTreeMap<String, Reported>,
         updates: Vec<(v1::JobStatusUpdate, Reported)>,
     ) -> Result<(), End> {
-        let Reporter {
-            db,
-            keys,
-            fence,
-            client,
-            config,
-            epoch,
-            ..
-        } = self;
-        let epoch = *epoch;
         if updates.is_empty() {
             return Ok(());
         }
-        let (updates, reported): (Vec<_>, Vec<_>) = updates.into_iter().unzip();
+        let (updates, digests): (Vec<_>, Vec<_>) = updates.into_iter().unzip();
         let finals: Vec<(String, u64, bool)> = updates
             .iter()
             .map(|u| (u.job_id.clone(), u.assignment_epoch, is_final(u.state)))
             .collect();
-        let r = client
+        let r = self
+            .client
             .report_status(v1::ReportStatusRequest {
-                region: config.region.clone(),
-                region_lease_epoch: epoch,
+                region: self.config.region.clone(),
+                region_lease_epoch: self.epoch,
                 updates,
             })
             .await?
@@ -239,81 +209,64 @@ impl Reporter {
         if r.verdict != v1::Verdict::Accepted as i32 {
             return Err(End::retry("status report refused: stale region lease"));
         }
-        let accepted: Vec<bool> = (0..finals.len())
-            .map(|i| {
+        // A refused item stays unrecorded, so the next full report sends the
+        // job's state again with a newer version (a job moved away stops
+        // being reported once its REVOKE arrives).
+        let accepted: Vec<Accepted> = finals
+            .into_iter()
+            .zip(digests)
+            .enumerate()
+            .filter(|(i, _)| {
                 r.results
-                    .get(i)
+                    .get(*i)
                     .is_some_and(|item| item.verdict == v1::Verdict::Accepted as i32)
             })
-            .collect();
-        let retired = db
-            .run(|tx, _| {
-                let keys = keys.clone();
-                let fence = fence.clone();
-                let (finals, reported, accepted) = (&finals, &reported, &accepted);
-                async move {
-                    fence.check(&tx).await?;
-                    let mut retired = 0u64;
-                    for (((job, job_epoch, last), rep), ok) in
-                        finals.iter().zip(reported).zip(accepted)
-                    {
-                        // A refused item stays unrecorded, so the next full
-                        // report sends the job's state again with a newer
-                        // version (a job moved away stops being reported once
-                        // its REVOKE arrives).
-                        if !*ok {
-                            continue;
-                        }
-                        tx.set(&keys.job_status(job), &encode(rep))?;
-                        if *last
-                            && crate::jobs::retire(&tx, &keys, job, *job_epoch, &rep.digest).await?
-                        {
-                            retired += 1;
-                        }
-                    }
-                    Ok::<_, RegionalError>(retired)
-                }
+            .map(|(_, ((job, epoch, last), rep))| Accepted {
+                job,
+                epoch,
+                reported: rep,
+                last,
             })
+            .collect();
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        for a in &accepted {
+            reported.insert(a.job.clone(), a.reported.clone());
+        }
+        let out = self
+            .pipeline
+            .submit(
+                Some(self.authority()),
+                Intent::Status(RecordStatus { accepted }),
+            )
             .await?;
-        crate::metrics::jobs_retired(retired);
+        if let Outcome::Retired(n) = out {
+            crate::metrics::jobs_retired(n);
+        }
+        // Retired jobs are gone from memory; their digests with them.
+        let s = self.state.read();
+        reported.retain(|job, _| s.jobs.contains_key(job));
         Ok(())
     }
 
-    /// Releases revoked jobs with nothing bound any more.
-    async fn release_revoked(&mut self, view: &RegionView) -> Result<(), End> {
-        let Reporter {
-            db,
-            keys,
-            fence,
-            client,
-            config,
-            epoch,
-            ..
-        } = self;
-        let epoch = *epoch;
-        let mut releases = Vec::new();
-        for (job_id, job) in &view.jobs {
-            if let JobPhase::Revoked(e) = job.state {
-                let bound = view
-                    .blocks
-                    .range((job_id.clone(), 0)..=(job_id.clone(), u32::MAX))
-                    .any(|(_, b)| b.tasks.iter().any(|t| t.is_bound()));
-                if !bound {
-                    releases.push(v1::JobRelease {
-                        job_id: job_id.clone(),
-                        assignment_epoch: e,
-                        final_tasks: Vec::new(),
-                    });
-                }
-            }
+    fn authority(&self) -> Authority {
+        Authority {
+            fence: self.fence.clone(),
+            generation: None,
         }
+    }
+
+    /// Releases revoked jobs with nothing bound any more.
+    async fn release(&mut self, releases: Vec<v1::JobRelease>) -> Result<(), End> {
         if releases.is_empty() {
             return Ok(());
         }
-        let r = client
+        let r = self
+            .client
             .release_jobs(v1::ReleaseJobsRequest {
-                region: config.region.clone(),
-                region_lease_epoch: epoch,
+                region: self.config.region.clone(),
+                region_lease_epoch: self.epoch,
                 releases: releases.clone(),
             })
             .await?
@@ -321,66 +274,54 @@ impl Reporter {
         if r.verdict != v1::Verdict::Accepted as i32 {
             return Err(End::retry("release refused: stale region lease"));
         }
-        db.run(|tx, _| {
-            let keys = keys.clone();
-            let fence = fence.clone();
-            let releases = releases.clone();
-            async move {
-                fence.check(&tx).await?;
-                for rel in &releases {
-                    if let Some(mut job) = read_job(&tx, &keys, &rel.job_id).await?
-                        && job.state == JobPhase::Revoked(rel.assignment_epoch)
-                    {
-                        job.state = JobPhase::Released(rel.assignment_epoch);
-                        tx.set(&keys.job(&rel.job_id), &encode(&job))?;
-                    }
-                }
-                Ok::<_, RegionalError>(())
-            }
-        })
-        .await?;
+        let jobs = releases
+            .into_iter()
+            .map(|r| (r.job_id, r.assignment_epoch))
+            .collect();
+        self.pipeline
+            .submit(Some(self.authority()), Intent::Release(Release { jobs }))
+            .await?;
         Ok(())
     }
 }
 
-/// Resolves at the next task state change in the region.
-async fn status_watch(db: &Database, keys: &Keys) -> Result<meridian_store::WatchFuture, End> {
-    let head = keys.status_head();
-    Ok(db
-        .run(|tx, _| {
-            let head = head.clone();
-            async move { Ok::<_, RegionalError>(tx.watch(&head)?) }
-        })
-        .await?)
+/// Revoked jobs with no task bound any more.
+fn releasable(s: &RegionState) -> Vec<v1::JobRelease> {
+    let mut out = Vec::new();
+    for (job_id, job) in &s.jobs {
+        if let JobPhase::Revoked(e) = job.record.state
+            && !job.tasks().any(|(_, t)| t.is_bound())
+        {
+            out.push(v1::JobRelease {
+                job_id: job_id.clone(),
+                assignment_epoch: e,
+                final_tasks: Vec::new(),
+            });
+        }
+    }
+    out
 }
 
 /// The region's capacity as the router sees it.
-fn capacity(view: &RegionView, now: u64) -> v1::RegionCapacity {
+fn capacity(s: &RegionState, now: u64) -> v1::RegionCapacity {
     let mut cap = v1::RegionCapacity {
         computed_at_unix_ms: now,
-        nodes_total: view.nodes.len() as u32,
+        nodes_total: s.node_records().count() as u32,
         ..Default::default()
     };
-    let mut used: BTreeMap<&str, Res> = BTreeMap::new();
-    let mut pending_jobs = BTreeSet::new();
-    for ((job_id, _), block) in &view.blocks {
-        let Some(job) = view.jobs.get(job_id) else {
-            continue;
-        };
-        for t in &block.tasks {
+    for job in s.jobs.values() {
+        for (_, t) in job.tasks() {
             if t.is_bound() {
-                used.entry(t.node.as_str()).or_default().add(&job.resources);
                 cap.running_tasks += 1;
             } else if t.is_pending() {
                 cap.pending_tasks += 1;
-                pending_jobs.insert(job_id.as_str());
             }
         }
     }
-    cap.pending_jobs = pending_jobs.len() as u64;
+    cap.pending_jobs = s.pending_jobs.len() as u64;
     let mut max_free = Res::default();
-    for n in view.nodes.values() {
-        let u = used.get(n.node_id.as_str()).cloned().unwrap_or_default();
+    for (entry, n) in s.node_records() {
+        let u = &entry.allocated;
         if n.liveness == NodeLiveness::Ready && !n.cordoned {
             cap.nodes_ready += 1;
             cap.cpu_millis_allocatable += n.allocatable.cpu;

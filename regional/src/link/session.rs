@@ -9,22 +9,22 @@
 use std::time::Duration;
 
 use futures::FutureExt;
-use meridian_control::lease::{Fence, Identity};
+use meridian_control::lease::Fence;
 use meridian_control::trace;
-use meridian_control::{Backoff, BackoffConfig, SharedClock};
+use meridian_control::{Backoff, BackoffConfig};
 use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
-use meridian_store::Database;
 use prost::Message;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use super::apply::{apply_events, read_cursor};
+use super::apply::read_cursor;
 use super::report::Reporter;
-use super::{LinkConfig, LinkState};
+use super::{LinkConfig, LinkCtx, LinkState};
 use crate::error::RegionalError;
-use crate::jobs::apply_revoke;
-use crate::model::{Keys, encode};
+use crate::pipeline::intake::Intake;
+use crate::pipeline::upward::SetLink;
+use crate::pipeline::{Authority, Intent, Outcome};
 
 #[derive(Debug)]
 pub(super) enum End {
@@ -125,14 +125,12 @@ impl Endpoints {
 }
 
 pub(super) async fn run(
-    db: Database,
-    keys: Keys,
-    clock: SharedClock,
-    identity: Identity,
+    ctx: LinkCtx,
     config: LinkConfig,
     fence: Fence,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let clock = ctx.clock.clone();
     let mut backoff = match Backoff::new(
         BackoffConfig {
             base: Duration::from_millis(100),
@@ -149,7 +147,7 @@ pub(super) async fn run(
         let mut registered = false;
         let result = tokio::select! {
             _ = &mut stop => return,
-            r = session(&db, &keys, &clock, &identity, &config, &fence, endpoints.current(), &mut registered) => r,
+            r = session(&ctx, &config, &fence, endpoints.current(), &mut registered) => r,
         };
         if registered {
             // The session got going: the next failure starts a fresh backoff.
@@ -185,36 +183,28 @@ pub(super) async fn run(
     }
 }
 
-async fn store_state(
-    db: &Database,
-    keys: &Keys,
-    fence: &Fence,
-    state: LinkState,
-) -> Result<(), End> {
-    db.run(|tx, _| {
-        let key = keys.link_state();
-        let fence = fence.clone();
-        async move {
-            fence.check(&tx).await?;
-            tx.set(&key, &encode(&state))?;
-            Ok::<_, RegionalError>(())
-        }
+fn authority(fence: &Fence) -> Option<Authority> {
+    Some(Authority {
+        fence: fence.clone(),
+        generation: None,
     })
-    .await?;
+}
+
+async fn store_state(ctx: &LinkCtx, fence: &Fence, state: LinkState) -> Result<(), End> {
+    ctx.pipeline
+        .submit(authority(fence), Intent::SetLink(SetLink { state }))
+        .await?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn session(
-    db: &Database,
-    keys: &Keys,
-    clock: &SharedClock,
-    identity: &Identity,
+    ctx: &LinkCtx,
     config: &LinkConfig,
     fence: &Fence,
     global: &str,
     registered: &mut bool,
 ) -> Result<(), End> {
+    let (db, keys, clock, identity) = (&ctx.db, &ctx.keys, &ctx.clock, &ctx.identity);
     // Through the network seam, so the simulation's network carries it.
     // HTTP/2 keep-alives: a global replica that vanished without closing
     // the connection (a partition, a frozen host) must end the assignment
@@ -253,8 +243,7 @@ async fn session(
     *registered = true;
     let renew_every = Duration::from_millis(reg.renew_interval_ms.max(50));
     store_state(
-        db,
-        keys,
+        ctx,
         fence,
         LinkState {
             region_lease_epoch: epoch,
@@ -271,7 +260,18 @@ async fn session(
         })
         .await?
         .into_inner();
-    let mut renew = clock.sleep(renew_every);
+    // The region lease is renewed where the other leases are: on a thread
+    // of its own, with a connection of its own, so a busy data path never
+    // costs the region its lease at the global tier.
+    let (renewed, mut renewals) = mpsc::unbounded_channel();
+    let _renewer = AbortOnDrop(ctx.leases.spawn(renew_region_lease(
+        global.to_string(),
+        config.region.clone(),
+        epoch,
+        renew_every,
+        clock.clone(),
+        renewed,
+    )));
     // Reports run beside the intake, never between two batches of it. The
     // reporter is stopped between two reports and awaited before the
     // session ends, so two reporters never overlap: a second one reading
@@ -286,20 +286,19 @@ async fn session(
             config: config.clone(),
             epoch,
             clock: clock.clone(),
+            pipeline: ctx.pipeline.clone(),
+            state: ctx.state.clone(),
         }
         .run(reporter_stopped),
     ));
     let ended = intake_loop(
-        db,
-        keys,
-        clock,
+        ctx,
         config,
         fence,
         &mut client,
         &mut stream,
         epoch,
-        renew_every,
-        &mut renew,
+        &mut renewals,
         &mut reporter,
     )
     .await;
@@ -317,6 +316,65 @@ async fn session(
     ended
 }
 
+/// Renews the region lease every `every` until refused; hands each renewed
+/// expiry (or the refusal) to the session. Runs on the lease runtime, with
+/// a connection made there.
+async fn renew_region_lease(
+    global: String,
+    region: String,
+    epoch: u64,
+    every: Duration,
+    clock: meridian_control::SharedClock,
+    out: mpsc::UnboundedSender<Result<LinkState, End>>,
+) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(global) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(every.max(Duration::from_millis(500)) * 2)
+            .tcp_nodelay(true),
+        Err(e) => {
+            let _ = out.send(Err(End::retry(e.to_string())));
+            return;
+        }
+    };
+    let mut client = RegionLinkClient::new(meridian_control::net::connect_lazy(endpoint));
+    loop {
+        clock.sleep(every).await;
+        let sent_at = clock.now_unix_ms();
+        let answer = client
+            .renew_region_lease(v1::RenewRegionLeaseRequest {
+                region: region.clone(),
+                region_lease_epoch: epoch,
+            })
+            .await;
+        let sent = match answer {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.verdict != v1::Verdict::Accepted as i32 {
+                    let _ = out.send(Err(End::retry(format!(
+                        "region lease renewal refused (verdict {})",
+                        r.verdict
+                    ))));
+                    return;
+                }
+                out.send(Ok(LinkState {
+                    region_lease_epoch: epoch,
+                    lease_expires_unix_ms: sent_at.saturating_add(r.lease_duration_ms),
+                }))
+            }
+            // A failed renewal is tried again at the next tick; the session
+            // ends by itself when its stream breaks.
+            Err(status) => {
+                tracing::warn!(%status, "region lease renewal failed; retrying");
+                Ok(())
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
 /// How long a session's end waits for its reporter to finish its report.
 const REPORTER_GRACE: Duration = Duration::from_secs(15);
 
@@ -324,18 +382,16 @@ const REPORTER_GRACE: Duration = Duration::from_secs(15);
 /// failure (of its own or the reporter's) ends the session.
 #[allow(clippy::too_many_arguments)]
 async fn intake_loop(
-    db: &Database,
-    keys: &Keys,
-    clock: &SharedClock,
+    ctx: &LinkCtx,
     config: &LinkConfig,
     fence: &Fence,
     client: &mut RegionLinkClient<tonic::transport::Channel>,
     stream: &mut tonic::Streaming<v1::AssignmentEvent>,
     epoch: u64,
-    renew_every: Duration,
-    renew: &mut meridian_control::Sleep,
+    renewals: &mut mpsc::UnboundedReceiver<Result<LinkState, End>>,
     reporter: &mut AbortOnDrop<Result<(), End>>,
 ) -> Result<(), End> {
+    let clock = &ctx.clock;
     loop {
         tokio::select! {
             msg = stream.message() => {
@@ -365,45 +421,33 @@ async fn intake_loop(
                     }
                 }
                 if !events.is_empty() {
-                    intake(db, keys, fence, client, config, epoch, &events, clock.now_unix_ms()).await?;
+                    intake(ctx, fence, client, config, epoch, &events, clock.now_unix_ms()).await?;
                 }
                 match end {
                     None => {}
                     Some(Ok(())) => return Err(End::retry("assignment stream ended")),
                     Some(Err(s)) if s.code() == tonic::Code::OutOfRange => {
                         // The cursor is too old: start again from a snapshot.
-                        db.run(|tx, _| {
-                            let key = keys.link_cursor();
-                            let fence = fence.clone();
-                            async move {
-                                fence.check(&tx).await?;
-                                tx.clear(&key)?;
-                                Ok::<_, RegionalError>(())
-                            }
-                        }).await?;
+                        ctx.pipeline
+                            .submit(
+                                authority(fence),
+                                Intent::Intake(Intake {
+                                    events: Vec::new(),
+                                    cursor: Some(Vec::new()),
+                                    now_unix_ms: clock.now_unix_ms(),
+                                }),
+                            )
+                            .await?;
                         return Err(End::retry("cursor out of range"));
                     }
                     Some(Err(s)) => return Err(s.into()),
                 }
             }
-            _ = &mut *renew => {
-                let sent_at = clock.now_unix_ms();
-                let r = client
-                    .renew_region_lease(v1::RenewRegionLeaseRequest {
-                        region: config.region.clone(),
-                        region_lease_epoch: epoch,
-                    })
-                    .await?
-                    .into_inner();
-                if r.verdict != v1::Verdict::Accepted as i32 {
-                    return Err(End::retry(format!("region lease renewal refused (verdict {})", r.verdict)));
-                }
-                store_state(db, keys, fence, LinkState {
-                    region_lease_epoch: epoch,
-                    lease_expires_unix_ms: sent_at.saturating_add(r.lease_duration_ms),
-                }).await?;
-                *renew = clock.sleep(renew_every);
-            }
+            renewal = renewals.recv() => match renewal {
+                Some(Ok(state)) => store_state(ctx, fence, state).await?,
+                Some(Err(end)) => return Err(end),
+                None => return Err(End::retry("region lease renewal stopped")),
+            },
             ended = &mut reporter.0 => {
                 return match ended {
                     Ok(Err(end)) => Err(end),
@@ -452,8 +496,7 @@ fn intake_span(region: &str, event: &v1::AssignmentEvent) -> tracing::Span {
 /// whose hold moved on before the acknowledgement is dropped.
 #[allow(clippy::too_many_arguments)]
 async fn intake(
-    db: &Database,
-    keys: &Keys,
+    ctx: &LinkCtx,
     fence: &Fence,
     client: &mut RegionLinkClient<tonic::transport::Channel>,
     config: &LinkConfig,
@@ -461,7 +504,25 @@ async fn intake(
     events: &[v1::AssignmentEvent],
     now_unix_ms: u64,
 ) -> Result<(), End> {
-    let applied = apply_events(db, keys, fence, events, now_unix_ms).await?;
+    let applied = match ctx
+        .pipeline
+        .submit(
+            authority(fence),
+            Intent::Intake(Intake {
+                events: events.to_vec(),
+                cursor: None,
+                now_unix_ms,
+            }),
+        )
+        .await?
+    {
+        Outcome::Intake(applied) => applied,
+        other => {
+            return Err(End::from(RegionalError::Internal(format!(
+                "an intake answered {other:?}"
+            ))));
+        }
+    };
     let mut assigned = Vec::new();
     for (event, applied) in events.iter().zip(applied) {
         count_event(event, applied);
@@ -522,19 +583,25 @@ async fn intake(
         return Ok(());
     }
     // The hold moved on before we acknowledged it: drop those jobs.
-    db.run(|tx, _| {
-        let keys = keys.clone();
-        let fence = fence.clone();
-        let stale = stale.clone();
-        async move {
-            fence.check(&tx).await?;
-            for (job, newer) in &stale {
-                apply_revoke(&tx, &keys, job, *newer).await?;
-            }
-            Ok::<_, RegionalError>(())
-        }
-    })
-    .await?;
+    let revokes = stale
+        .into_iter()
+        .map(|(job, newer)| v1::AssignmentEvent {
+            kind: v1::AssignmentEventKind::Revoke as i32,
+            job_id: job,
+            assignment_epoch: newer,
+            ..Default::default()
+        })
+        .collect();
+    ctx.pipeline
+        .submit(
+            authority(fence),
+            Intent::Intake(Intake {
+                events: revokes,
+                cursor: None,
+                now_unix_ms,
+            }),
+        )
+        .await?;
     Ok(())
 }
 

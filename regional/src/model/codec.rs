@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use super::records::{
-    CommandRecord, HeartbeatRecord, JobRecord, Layout, NodeLiveness, NodeRecord, Res, TaskBlock,
-};
+use super::records::{CommandRecord, JobRecord, Layout, NodeLiveness, NodeRecord, Res, TaskBlock};
 
 /// Why a stored record could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,25 +59,6 @@ macro_rules! json_record {
 pub(crate) use json_record;
 
 json_record!(u32, u64, Layout, JobRecord);
-
-impl Record for HeartbeatRecord {
-    fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-    fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        // Stores written before the interval was recorded hold the time
-        // alone; such a node was told the base interval.
-        match serde_json::from_slice::<HeartbeatRecord>(bytes) {
-            Ok(record) => Ok(record),
-            Err(e) => serde_json::from_slice::<u64>(bytes)
-                .map(|at_unix_ms| HeartbeatRecord {
-                    at_unix_ms,
-                    every_ms: 0,
-                })
-                .map_err(|_| e.to_string()),
-        }
-    }
-}
 
 impl Record for TaskBlock {
     fn to_bytes(&self) -> Vec<u8> {
@@ -274,23 +253,7 @@ mod tests {
     fn bytes_that_are_not_a_record_are_reported_corrupt_with_their_kind() {
         let err = decode::<NodeRecord>("node", &[0xff, 0xff, 0xff]).unwrap_err();
         assert_eq!(err.what, "node");
-        assert!(decode::<u64>("heartbeat", b"{").is_err());
-        assert!(decode::<HeartbeatRecord>("heartbeat", b"{").is_err());
-    }
-
-    #[test]
-    fn a_heartbeat_stored_as_a_bare_time_reads_as_one_at_the_base_interval() {
-        let beat = HeartbeatRecord {
-            at_unix_ms: 1_700_000_000_000,
-            every_ms: 4_000,
-        };
-        assert_eq!(decode("heartbeat", &encode(&beat)), Ok(beat));
-        assert_eq!(
-            decode::<HeartbeatRecord>("heartbeat", &encode(&1_700_000_000_000_u64)),
-            Ok(HeartbeatRecord {
-                at_unix_ms: 1_700_000_000_000,
-                every_ms: 0
-            })
-        );
+        assert!(decode::<u64>("counter", b"{").is_err());
+        assert!(decode::<JobRecord>("job", b"{").is_err());
     }
 }

@@ -95,6 +95,7 @@ pub fn job_from_spec(
         state: JobPhase::Active,
         created_at_unix_ms,
         trace_id: String::new(),
+        shard: 0,
     })
 }
 

@@ -81,22 +81,6 @@ impl Keys {
             .map(|(_, id)| id)
     }
 
-    /// Last heartbeat of a node.
-    pub fn heartbeat(&self, node: &str) -> Vec<u8> {
-        self.root.pack(&("hb", node))
-    }
-
-    /// How many node ids ever registered here (a little-endian `i64` kept
-    /// by atomic adds, so registrations never conflict on it).
-    pub fn node_count(&self) -> Vec<u8> {
-        self.root.pack(&("node_count",))
-    }
-
-    /// End of the heartbeat range (begin: `heartbeat("")`).
-    pub fn heartbeat_end(&self) -> Vec<u8> {
-        self.root.subspace(&("hb",)).range().1
-    }
-
     /// Job record.
     pub fn job(&self, job: &str) -> Vec<u8> {
         self.root.pack(&("job", job))
@@ -112,6 +96,11 @@ impl Keys {
         self.root.pack(&("jobspec", job))
     }
 
+    /// Range of every job spec.
+    pub fn job_specs(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("jobspec",)).range()
+    }
+
     /// Block `block` of a job's task records.
     pub fn task_block(&self, job: &str, block: u32) -> Vec<u8> {
         self.root.pack(&("tasks", job, block))
@@ -120,12 +109,6 @@ impl Keys {
     /// Range of a job's task blocks.
     pub fn task_blocks(&self, job: &str) -> (Vec<u8>, Vec<u8>) {
         self.root.subspace(&("tasks", job)).range()
-    }
-
-    /// Range of the task blocks of every job from `first` to `last`
-    /// (inclusive), in key order.
-    pub fn task_blocks_between(&self, first: &str, last: &str) -> (Vec<u8>, Vec<u8>) {
-        (self.task_blocks(first).0, self.task_blocks(last).1)
     }
 
     /// Range of every task block of every job.
@@ -141,17 +124,7 @@ impl Keys {
             .map(|(_, job, block)| (job, block))
     }
 
-    /// Marker of a job with pending tasks; its value is the spill count.
-    pub fn pending(&self, job: &str) -> Vec<u8> {
-        self.root.pack(&("pending", job))
-    }
-
-    /// Range of every pending marker.
-    pub fn pendings(&self) -> (Vec<u8>, Vec<u8>) {
-        self.root.subspace(&("pending",)).range()
-    }
-
-    /// The job id of a key from [`Keys::pendings`] or [`Keys::jobs`].
+    /// The id in a key of the form `(kind, id)` (jobs, specs, command heads).
     pub fn second_of(&self, key: &[u8]) -> Option<String> {
         self.root
             .unpack::<(String, String)>(key)
@@ -190,16 +163,63 @@ impl Keys {
         self.root.pack(&("cmdhead", node))
     }
 
+    /// Template of a versionstamped change-feed key: one entry per
+    /// transaction that changed cached records, `part` ordering the entries
+    /// of one transaction (an entry holds at most about 90 KB of changes).
+    pub fn feed_template(&self, part: u16) -> Vec<u8> {
+        self.root
+            .pack_with_versionstamp(&("feed", Versionstamp::incomplete(part)))
+    }
+
+    /// Range of the whole change feed.
+    pub fn feed(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("feed",)).range()
+    }
+
+    /// Range of the feed entries of transactions committed after `stamp`.
+    pub fn feed_after(&self, stamp: [u8; 10]) -> (Vec<u8>, Vec<u8>) {
+        let mut last = [0xffu8; 12];
+        last[..10].copy_from_slice(&stamp);
+        let mut begin = self.root.pack(&("feed", Versionstamp::from(last)));
+        // Just past every part of the transaction at `stamp`.
+        begin.push(0);
+        (begin, self.feed().1)
+    }
+
+    /// The commit stamp and part of a feed key.
+    pub fn feed_stamp(&self, key: &[u8]) -> Option<([u8; 10], u16)> {
+        self.root
+            .unpack::<(String, Versionstamp)>(key)
+            .ok()
+            .map(|(_, v)| {
+                let b = v.as_bytes();
+                let mut stamp = [0u8; 10];
+                stamp.copy_from_slice(&b[..10]);
+                (stamp, u16::from_be_bytes([b[10], b[11]]))
+            })
+    }
+
+    /// Head of the change feed: the stamp of its last entry (a versionstamped
+    /// value written with every entry; replicas watch it).
+    pub fn feed_head(&self) -> Vec<u8> {
+        self.root.pack(&("feedhead",))
+    }
+
+    /// How far the feed has been trimmed: entries at or before this stamp
+    /// are gone, and a replica whose cursor is older must load afresh.
+    pub fn feed_trim(&self) -> Vec<u8> {
+        self.root.pack(&("feedtrim",))
+    }
+
+    /// Range of every node's command-log head.
+    pub fn command_heads(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("cmdhead",)).range()
+    }
+
     /// Total bindings ever committed in the region (an atomic counter;
     /// metrics and tests watch it).
     pub fn bound_counter(&self) -> Vec<u8> {
         self.root.pack(&("stats", "bound"))
-    }
-
-    /// Counter bumped whenever a job gains pending tasks (shard leaders
-    /// watch it to pick new work up at once).
-    pub fn pending_head(&self) -> Vec<u8> {
-        self.root.pack(&("pendinghead",))
     }
 
     /// Tombstone of a finished job the region forgot: the assignment epoch
@@ -209,26 +229,14 @@ impl Keys {
         self.root.pack(&("retired", job))
     }
 
-    /// Marker of a job whose task states changed since its status last went
-    /// up (set by every task block write, cleared by the link's reporter).
-    pub fn status_dirty(&self, job: &str) -> Vec<u8> {
-        self.root.pack(&("statusdirty", job))
-    }
-
-    /// Range of every status marker.
-    pub fn status_dirties(&self) -> (Vec<u8>, Vec<u8>) {
-        self.root.subspace(&("statusdirty",)).range()
-    }
-
-    /// Counter bumped with every status marker set (the link's reporter
-    /// watches it to send task state changes up at once).
-    pub fn status_head(&self) -> Vec<u8> {
-        self.root.pack(&("statushead",))
-    }
-
     /// Status version and digest last reported upwards for a job.
     pub fn job_status(&self, job: &str) -> Vec<u8> {
         self.root.pack(&("jobstatus", job))
+    }
+
+    /// Range of every job's status digest.
+    pub fn job_statuses(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("jobstatus",)).range()
     }
 
     /// Captured output of a task attempt.

@@ -7,17 +7,16 @@
 pub mod codec;
 pub mod commands;
 mod convert;
+pub mod feed;
 pub mod keys;
 pub mod records;
 pub mod view;
-mod write;
 
 pub use commands::CommandBatch;
 pub use convert::{job_from_spec, pending_task, running_task, solver_node};
 pub use keys::{Keys, TASK_BLOCK};
 pub use records::{
-    CommandRecord, Corrupt, HeartbeatRecord, JobPhase, JobRecord, Layout, NodeLiveness, NodeRecord,
-    Record, Res, TaskBlock, TaskRecord, decode, encode,
+    CommandRecord, Corrupt, JobPhase, JobRecord, Layout, NodeLiveness, NodeRecord, Record, Res,
+    TaskBlock, TaskRecord, decode, encode,
 };
 pub use view::RegionView;
-pub use write::{put_block, put_blocks};

@@ -99,17 +99,6 @@ impl NodeLiveness {
     }
 }
 
-/// A node's last heartbeat as the region recorded it: when, and the interval
-/// the region had told the node to keep, so liveness is judged against the
-/// pace each node was actually given (the interval grows with the region's
-/// size, see `agent::beat_every`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeartbeatRecord {
-    pub at_unix_ms: u64,
-    /// 0: the region's base interval.
-    pub every_ms: u64,
-}
-
 /// A registered node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -173,6 +162,11 @@ pub struct JobRecord {
     /// with every RUN; empty when the job came without one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trace_id: String,
+    /// The shard whose leader places this job's pending tasks (taken modulo
+    /// the shard count). Chosen at intake as a shard with room for the job;
+    /// a leader that cannot place it hands it to another shard that can.
+    #[serde(default)]
+    pub shard: u32,
 }
 
 /// Where a job stands in the region.

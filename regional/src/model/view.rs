@@ -1,8 +1,9 @@
-//! A consistent read of a region's state, for one decision.
+//! A consistent read of a region's records straight from the store.
 //!
-//! Owns loading the layout, nodes, jobs, task blocks and pending markers in
-//! one transaction, and the small read helpers other modules share. Must
-//! never write: deciding what to do with the view belongs to the callers.
+//! Owns reading the layout, nodes, jobs and task blocks in one transaction
+//! (for checkers, tools and tests that look at the store from outside a
+//! replica; replicas decide from their memory, `state`), and the small read
+//! helpers other modules share. Must never write.
 
 use std::collections::BTreeMap;
 
@@ -24,8 +25,6 @@ pub struct RegionView {
     pub jobs: BTreeMap<String, JobRecord>,
     /// Keyed by `(job, block number)`.
     pub blocks: BTreeMap<(String, u32), TaskBlock>,
-    /// Jobs with pending tasks, with their spill count.
-    pub pending: BTreeMap<String, u32>,
 }
 
 /// Reads every pair of a range in pages.
@@ -104,12 +103,6 @@ impl RegionView {
         for (_, v) in scan(tx, keys.jobs(), true).await? {
             let job: JobRecord = decode("job", &v)?;
             view.jobs.insert(job.job_id.clone(), job);
-        }
-        for (k, v) in scan(tx, keys.pendings(), true).await? {
-            if let Some(job) = keys.second_of(&k) {
-                let spill: u32 = decode("pending", &v)?;
-                view.pending.insert(job, spill);
-            }
         }
         view.blocks = read_all_blocks(tx, keys).await?;
         Ok(view)

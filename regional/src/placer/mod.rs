@@ -1,42 +1,52 @@
 //! The shard leader's placement loop.
 //!
-//! Owns what a replica does while it leads a shard: keep the jobs with
-//! pending tasks that the shard is responsible for in a [`WorkQueue`] (one
-//! key per job), and in rounds take the ready jobs, read the region, solve
-//! ([`crate::placement::solve`]) and commit the decisions in batches
-//! ([`commit::commit_batch`]: shard fence, layout generation and node
-//! versions checked in the same transaction). Stale decisions go back to the
-//! queue at once; jobs with unschedulable tasks are retried with backoff (and,
-//! with several shards, offered to the next shard), without blocking the
-//! others. Between rounds it runs the node [`sweep`].
+//! Owns what a replica does while it leads a shard. At the start of a term
+//! it follows the change feed to its end (so it decides on everything its
+//! predecessor wrote) and queues every job its shard owns that has pending
+//! tasks. From then on it is driven by changes to memory, not by timers: a
+//! new or changed job of its shard is queued; a node with more room wakes
+//! exactly the waiting jobs it can take ([`hints`]), and a job that waits
+//! for room that another shard has is handed to that shard at once. A round
+//! takes the ready jobs, builds the solver's input from memory
+//! ([`round::build_input`]), solves, and submits the decisions to the write
+//! pipeline, which checks them against the store under the shard's fence.
+//! Decisions made on a view that changed go back to the queue at once; jobs
+//! that fit nowhere wait for a change (or, as a repair path, their backoff).
+//! Between rounds it runs the node [`sweep`].
 //!
-//! Must never: act after its term ended (every write checks the fence, and a
-//! fenced write ends the loop), or wait on a job's backoff with other work
-//! ready.
+//! Must never: act after its term ended (every intent carries the shard's
+//! fence, and a fenced intent ends the loop), or wait on one job's backoff
+//! with other work ready.
 
-pub mod commit;
+pub mod hints;
 pub mod round;
 pub mod sweep;
-pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use meridian_control::{Backoff, BackoffConfig, Lane, QueueConfig, SharedClock, WorkQueue};
-use meridian_store::Database;
+use meridian_control::{
+    Backoff, BackoffConfig, Instant, Lane, QueueConfig, SharedClock, WorkQueue,
+};
 use tokio::sync::watch;
 
 use crate::error::{RegionalError, Result};
+use crate::liveness::Beats;
 use crate::metrics as m;
-use crate::model::{Keys, RegionView, encode};
+use crate::model::JobPhase;
+use crate::pipeline::bind::{BatchOutcome, Bind};
+use crate::pipeline::node::Liveness;
+use crate::pipeline::upward::Handoff;
+use crate::pipeline::{Authority, Intent, Outcome, Pipeline};
 use crate::placement::{SolverConfig, solve};
-use crate::shard::{ShardTerm, ShardWork, shard_of_job};
-use commit::{BatchOutcome, commit_batch};
+use crate::shard::{ShardTerm, ShardWork};
+use crate::state::tail::Tailer;
+use crate::state::{Delta, SharedState, Watcher};
+use hints::Waiting;
 use round::{batches, build_input};
-use sweep::{LivenessConfig, sweep};
-use views::SharedViews;
+use sweep::{LivenessConfig, SweepOutcome, liveness_changes, task_changes};
 
 /// Tuning of the placement loop.
 #[derive(Debug, Clone)]
@@ -48,9 +58,10 @@ pub struct PlacerConfig {
     /// Most jobs waiting in the queue.
     pub queue_capacity: usize,
     pub solver: SolverConfig,
-    /// Retry delays of jobs with unschedulable tasks.
+    /// Retry delays of jobs that fit nowhere when no change wakes them.
     pub backoff: BackoffConfig,
-    /// How often the pending index is re-listed even without a wake-up.
+    /// How often every pending job is queued again even without a change:
+    /// a repair path, not the way work is found.
     pub resync_every: Duration,
     /// How often the node sweep runs.
     pub sweep_every: Duration,
@@ -70,7 +81,7 @@ impl Default for PlacerConfig {
                 base: Duration::from_millis(100),
                 cap: Duration::from_secs(10),
             },
-            resync_every: Duration::from_secs(1),
+            resync_every: Duration::from_secs(10),
             sweep_every: Duration::from_millis(500),
             liveness: LivenessConfig::default(),
             seed: 0,
@@ -78,39 +89,34 @@ impl Default for PlacerConfig {
     }
 }
 
+/// What the shard loops of a replica share.
+#[derive(Clone)]
+pub struct PlacerCtx {
+    pub pipeline: Pipeline,
+    pub state: SharedState,
+    pub tailer: Tailer,
+    pub beats: Arc<Beats>,
+    pub clock: SharedClock,
+    pub config: PlacerConfig,
+}
+
 /// The [`ShardWork`] of a region scheduler replica.
 pub struct Placer {
-    db: Database,
-    keys: Keys,
-    clock: SharedClock,
-    config: PlacerConfig,
-    /// Shared by the loops of every shard this replica leads.
-    views: Arc<SharedViews>,
+    ctx: PlacerCtx,
 }
 
 impl Placer {
-    pub fn new(db: Database, keys: Keys, clock: SharedClock, config: PlacerConfig) -> Arc<Self> {
-        let views = SharedViews::new(db.clone(), keys.clone());
-        Arc::new(Placer {
-            db,
-            keys,
-            clock,
-            config,
-            views,
-        })
+    pub fn new(ctx: PlacerCtx) -> Arc<Self> {
+        Arc::new(Placer { ctx })
     }
 }
 
 impl ShardWork for Placer {
     fn lead(&self, term: ShardTerm, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
-        let db = self.db.clone();
-        let keys = self.keys.clone();
-        let clock = self.clock.clone();
-        let config = self.config.clone();
-        let views = self.views.clone();
+        let ctx = self.ctx.clone();
         Box::pin(async move {
             let shard = term.shard;
-            match ShardLoop::with_views(db, keys, clock, config, term, views) {
+            match ShardLoop::start(ctx, term).await {
                 Ok(mut lp) => {
                     if let Err(err) = lp.run(stop).await {
                         tracing::warn!(shard, error = %err, "placement loop ended");
@@ -129,69 +135,59 @@ pub struct RoundReport {
     pub tasks: usize,
     pub outcome: BatchOutcome,
     pub unschedulable: usize,
+    /// Jobs handed to another shard in this round.
+    pub handed_off: usize,
 }
 
 /// One term of one shard's placement.
 pub struct ShardLoop {
-    db: Database,
-    keys: Keys,
-    clock: SharedClock,
-    config: PlacerConfig,
+    ctx: PlacerCtx,
     term: ShardTerm,
     queue: WorkQueue<String>,
     backoff: Backoff,
     retries: BTreeMap<String, u32>,
-    last_sweep: Option<meridian_control::Instant>,
-    last_resync: Option<meridian_control::Instant>,
-    views: Arc<SharedViews>,
+    waiting: Waiting,
+    watcher: Watcher,
+    /// Nodes count as heard from at least this late.
+    heard_from: Instant,
+    last_sweep: Option<Instant>,
+    last_resync: Option<Instant>,
+    handoffs: Vec<(String, u32)>,
 }
 
 impl ShardLoop {
-    /// A loop that reads the region on its own.
-    pub fn new(
-        db: Database,
-        keys: Keys,
-        clock: SharedClock,
-        config: PlacerConfig,
-        term: ShardTerm,
-    ) -> Result<Self> {
-        let views = SharedViews::new(db.clone(), keys.clone());
-        ShardLoop::with_views(db, keys, clock, config, term, views)
-    }
-
-    /// A loop sharing its region reads with the replica's other shards.
-    pub fn with_views(
-        db: Database,
-        keys: Keys,
-        clock: SharedClock,
-        config: PlacerConfig,
-        term: ShardTerm,
-        views: Arc<SharedViews>,
-    ) -> Result<Self> {
+    /// Starts a term: subscribes to changes, follows the feed to its end,
+    /// and queues the shard's pending jobs.
+    pub async fn start(ctx: PlacerCtx, term: ShardTerm) -> Result<Self> {
+        let watcher = ctx.state.subscribe();
+        ctx.tailer.catch_up().await?;
         let queue = WorkQueue::new(
             QueueConfig {
                 name: format!("placement-shard-{}", term.shard),
-                capacity: config.queue_capacity,
+                capacity: ctx.config.queue_capacity,
                 min_interval: Duration::ZERO,
             },
-            clock.clone(),
+            ctx.clock.clone(),
         )
         .map_err(|e| RegionalError::invalid("queue_capacity", e.to_string()))?;
-        let backoff = Backoff::new(config.backoff, config.seed ^ u64::from(term.shard))
+        let backoff = Backoff::new(ctx.config.backoff, ctx.config.seed ^ u64::from(term.shard))
             .map_err(|e| RegionalError::invalid("backoff", e.to_string()))?;
-        Ok(ShardLoop {
-            db,
-            keys,
-            clock,
-            config,
+        let heard_from = ctx.clock.now();
+        let mut lp = ShardLoop {
+            ctx,
             term,
             queue,
             backoff,
             retries: BTreeMap::new(),
+            waiting: Waiting::default(),
+            watcher,
+            heard_from,
             last_sweep: None,
             last_resync: None,
-            views,
-        })
+            handoffs: Vec::new(),
+        };
+        lp.resync();
+        Ok(lp)
     }
 
     /// The jobs waiting in this term's queue.
@@ -199,22 +195,28 @@ impl ShardLoop {
         &self.queue
     }
 
+    /// How many jobs wait for room.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn authority(&self, generation: Option<u64>) -> Authority {
+        Authority {
+            fence: self.term.fence.clone(),
+            generation,
+        }
+    }
+
     async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
-        let head = self.keys.pending_head();
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
-            // Arm the wake-up before reading, so no change is missed.
-            let wake = self
-                .db
-                .run(|tx, _| {
-                    let head = head.clone();
-                    async move { tx.watch(&head) }
-                })
-                .await?;
             match self.round().await {
                 Ok(_) => {}
+                // The layout moved under a decision: the next round decides
+                // under the new one (memory follows the layout change).
+                Err(RegionalError::Resharded { .. }) => {}
                 Err(err) if err.is_fenced() => return Err(err),
                 Err(err) => {
                     tracing::warn!(shard = self.term.shard, error = %err, "placement round failed");
@@ -223,56 +225,111 @@ impl ShardLoop {
             if self.queue.ready_len() > 0 {
                 continue;
             }
-            let now = self.clock.now();
-            let mut wait = self.config.resync_every.min(self.config.sweep_every);
+            let now = self.ctx.clock.now();
+            let next_sweep = self.last_sweep.map_or(Duration::ZERO, |t| {
+                (t + self.ctx.config.sweep_every).saturating_duration_since(now)
+            });
+            let mut wait = next_sweep;
             if let Some(at) = self.queue.next_eligible_at() {
                 wait = wait.min(at.saturating_duration_since(now));
             }
-            let sleep = self.clock.sleep(wait);
+            let sleep = self.ctx.clock.sleep(wait);
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
                 _ = sleep => {}
-                _ = wake => { self.last_resync = None; }
+                delta = self.watcher.changed() => self.absorb(delta),
             }
         }
     }
 
-    /// One round: resync and sweep when due, then place the ready jobs.
-    pub async fn round(&mut self) -> Result<RoundReport> {
-        let ticket = self.views.ticket();
-        let now = self.clock.now();
-        let now_ms = self.clock.now_unix_ms();
-        let view = self.views.read_after(ticket).await?;
-        let count = view.layout.map_or(1, |l| l.count);
-        let due = |last: Option<meridian_control::Instant>, every: Duration| {
-            last.is_none_or(|t| now.saturating_duration_since(t) >= every)
-        };
-        if due(self.last_sweep, self.config.sweep_every) {
-            self.last_sweep = Some(now);
-            let out = sweep(
-                &self.db,
-                &self.keys,
-                &self.term.fence,
-                self.term.shard,
-                &view,
-                &self.config.liveness,
-                now_ms,
-            )
-            .await?;
-            m::sweep(&out);
+    /// Reacts to changes of memory: queue what concerns this shard, wake
+    /// waiting jobs a node's new room can help, hand over jobs another
+    /// shard now has room for.
+    pub fn absorb(&mut self, delta: Delta) {
+        if delta.is_empty() {
+            return;
         }
-        if due(self.last_resync, self.config.resync_every) {
-            self.last_resync = Some(now);
-            for (job, spill) in &view.pending {
-                if shard_of_job(job, *spill, count) == self.term.shard {
-                    self.queue.add(job.clone(), Lane::Normal);
+        if delta.reload || delta.layout {
+            self.resync();
+        }
+        let shard = self.term.shard;
+        let state = self.ctx.state.clone();
+        let s = state.read();
+        let count = s.shard_count();
+        for job_id in &delta.jobs {
+            if self.waiting.contains(job_id) {
+                continue;
+            }
+            if let Some(job) = s.jobs.get(job_id)
+                && job.owner(count) == shard
+                && job.pending > 0
+                && job.record.state == JobPhase::Active
+            {
+                self.queue.add(job_id.clone(), Lane::Normal);
+            }
+        }
+        for node_id in &delta.freed {
+            let Some(node) = s.nodes.get(node_id) else {
+                continue;
+            };
+            if self.waiting.is_empty() {
+                break;
+            }
+            let woken = self.waiting.wake_for(node);
+            for job in woken {
+                if node.shard == shard {
+                    self.queue.add(job, Lane::High);
+                } else {
+                    self.handoffs.push((job, node.shard));
                 }
             }
         }
-        m::queue_depth(self.term.shard, self.queue.len());
+    }
 
+    /// Queues every pending job this shard owns (term start, reload, and
+    /// now and then as a repair).
+    fn resync(&mut self) {
+        self.last_resync = Some(self.ctx.clock.now());
+        let shard = self.term.shard;
+        let state = self.ctx.state.clone();
+        let s = state.read();
+        let count = s.shard_count();
+        for job_id in &s.pending_jobs {
+            if let Some(job) = s.jobs.get(job_id)
+                && job.owner(count) == shard
+                && !self.waiting.contains(job_id)
+            {
+                self.queue.add(job_id.clone(), Lane::Normal);
+            }
+        }
+    }
+
+    /// One round: changes, sweep and resync when due, then place the ready
+    /// jobs and hand over what another shard can take.
+    pub async fn round(&mut self) -> Result<RoundReport> {
+        let delta = self.watcher.take();
+        self.absorb(delta);
+        let now = self.ctx.clock.now();
+        let due = |last: Option<Instant>, every: Duration| {
+            last.is_none_or(|t| now.saturating_duration_since(t) >= every)
+        };
+        if due(self.last_sweep, self.ctx.config.sweep_every) {
+            self.last_sweep = Some(now);
+            let out = self.sweep().await?;
+            m::sweep(&out);
+        }
+        if due(self.last_resync, self.ctx.config.resync_every) {
+            self.resync();
+        }
+        m::queue_depth(self.term.shard, self.queue.len());
+        let mut report = self.place().await?;
+        report.handed_off = self.hand_off().await?;
+        Ok(report)
+    }
+
+    async fn place(&mut self) -> Result<RoundReport> {
         let mut guards = Vec::new();
-        while guards.len() < self.config.max_jobs_per_round {
+        while guards.len() < self.ctx.config.max_jobs_per_round {
             match self.queue.try_get() {
                 Some(g) => guards.push(g),
                 None => break,
@@ -282,10 +339,22 @@ impl ShardLoop {
             return Ok(RoundReport::default());
         }
         let jobs: BTreeSet<String> = guards.iter().map(|g| g.key().clone()).collect();
-        let input = build_input(&view, self.term.shard, &jobs, now_ms);
-        let started = std::time::Instant::now();
-        let solution = solve(&input.snapshot, &input.pending, &self.config.solver);
-        m::solve_seconds(started.elapsed());
+        for job in &jobs {
+            self.waiting.unpark(job);
+        }
+        let now_ms = self.ctx.clock.now_unix_ms();
+        let input = {
+            let s = self.ctx.state.read();
+            build_input(&s, self.term.shard, &jobs, now_ms)
+        };
+        let solution = if input.pending.is_empty() {
+            crate::placement::Solution::default()
+        } else {
+            let started = std::time::Instant::now();
+            let solution = solve(&input.snapshot, &input.pending, &self.ctx.config.solver);
+            m::solve_seconds(started.elapsed());
+            solution
+        };
         let mut report = RoundReport {
             jobs: jobs.len(),
             tasks: input.pending.len(),
@@ -293,20 +362,25 @@ impl ShardLoop {
             ..RoundReport::default()
         };
         let mut stale_jobs: BTreeSet<String> = BTreeSet::new();
-        for batch in batches(&input, &solution, self.config.batch_size) {
-            let out = commit_batch(
-                &self.db,
-                &self.keys,
-                &self.term.fence,
-                self.term.shard,
-                input.generation,
-                &batch.bindings,
-                &batch.stops,
-                self.clock.now_unix_ms(),
-            )
-            .await;
+        for batch in batches(&input, &solution, self.ctx.config.batch_size) {
+            let intent = Intent::Bind(Bind {
+                shard: self.term.shard,
+                bindings: batch.bindings.clone(),
+                stops: batch.stops,
+                now_unix_ms: self.ctx.clock.now_unix_ms(),
+            });
+            let out = self
+                .ctx
+                .pipeline
+                .submit(Some(self.authority(Some(input.generation))), intent)
+                .await;
             let out = match out {
-                Ok(out) => out,
+                Ok(Outcome::Bound(out)) => out,
+                Ok(other) => {
+                    return Err(RegionalError::Internal(format!(
+                        "a binding intent answered {other:?}"
+                    )));
+                }
                 Err(err) if err.is_fenced() => return Err(err),
                 Err(err) => {
                     // The whole batch failed: its jobs go back to the queue.
@@ -316,18 +390,19 @@ impl ShardLoop {
                 }
             };
             m::bound(self.term.shard, out.bound.len(), out.stale.len());
-            trace_place(&view, self.term.shard, &out.bound);
+            self.trace_place(&out.bound);
             stale_jobs.extend(out.stale.iter().map(|(t, _)| t.job_id.clone()));
             report.outcome.bound.extend(out.bound);
             report.outcome.stale.extend(out.stale);
             report.outcome.stopped += out.stopped;
         }
-        let unschedulable: BTreeSet<String> = solution
+        let mut unschedulable: BTreeSet<String> = solution
             .unschedulable
             .iter()
             .map(|(t, _)| t.job_id.clone())
             .collect();
-        let mut spill = Vec::new();
+        unschedulable.extend(input.no_room.iter().cloned());
+        report.unschedulable += input.no_room.len();
         for guard in guards {
             let job = guard.key().clone();
             guard.done();
@@ -335,14 +410,7 @@ impl ShardLoop {
                 // Decided on a view that changed: decide again right away.
                 self.queue.add(job, Lane::High);
             } else if unschedulable.contains(&job) {
-                let retry = self.retries.entry(job.clone()).or_insert(0);
-                let delay = self.backoff.delay(*retry);
-                *retry = retry.saturating_add(1);
-                if count > 1 {
-                    spill.push(job);
-                } else {
-                    self.queue.add_after(job, Lane::Low, delay);
-                }
+                self.wait_or_hand_over(&job);
             } else {
                 self.retries.remove(&job);
                 if let Some(at) = input.next_retry_unix_ms {
@@ -351,64 +419,166 @@ impl ShardLoop {
                 }
             }
         }
-        if !spill.is_empty() {
-            self.spill(&spill, &view).await?;
-        }
         Ok(report)
     }
 
-    /// Offers jobs this shard could not place to the next shard.
-    async fn spill(&self, jobs: &[String], view: &RegionView) -> Result<()> {
-        let fence = self.term.fence.clone();
-        self.db
-            .run(|tx, _| {
-                let keys = self.keys.clone();
-                let fence = fence.clone();
-                let jobs = jobs.to_vec();
-                let seen: Vec<u32> = jobs
-                    .iter()
-                    .map(|j| view.pending.get(j).copied().unwrap_or(0))
-                    .collect();
-                async move {
-                    fence.check(&tx).await?;
-                    for (job, seen) in jobs.iter().zip(seen) {
-                        let key = keys.pending(job);
-                        if let Some(bytes) = tx.get(&key).await? {
-                            let now: u32 = crate::model::decode("pending", &bytes)?;
-                            if now == seen {
-                                tx.set(&key, &encode(&seen.wrapping_add(1)))?;
-                            }
-                        }
-                    }
-                    Ok::<_, RegionalError>(())
-                }
-            })
-            .await
+    /// A job with tasks that found no room: another shard with room for it
+    /// takes it now; otherwise it waits for a change that helps it, or its
+    /// backoff.
+    fn wait_or_hand_over(&mut self, job_id: &str) {
+        let state = self.ctx.state.clone();
+        let s = state.read();
+        let Some(job) = s.jobs.get(job_id) else {
+            return;
+        };
+        if job.pending == 0 || job.record.state != JobPhase::Active {
+            return;
+        }
+        if let Some(to) =
+            crate::state::fit::better_shard(&s, &job.record, job.pending, self.term.shard)
+        {
+            self.handoffs.push((job_id.to_string(), to));
+            return;
+        }
+        self.waiting.park(&job.record, job.pending);
+        let retry = self.retries.entry(job_id.to_string()).or_insert(0);
+        let delay = self.backoff.delay(*retry);
+        *retry = retry.saturating_add(1);
+        self.queue.add_after(job_id.to_string(), Lane::Low, delay);
     }
-}
 
-/// The `place` step of the traces of the jobs whose bindings just committed:
-/// one span per job and batch (not per task, to stay cheap at high binding
-/// rates).
-fn trace_place(view: &RegionView, shard: u32, bound: &[crate::placement::TaskRef]) {
-    let mut per_job: BTreeMap<&str, usize> = BTreeMap::new();
-    for task in bound {
-        *per_job.entry(task.job_id.as_str()).or_default() += 1;
+    /// Hands the collected jobs to the shards that have room for them.
+    async fn hand_off(&mut self) -> Result<usize> {
+        if self.handoffs.is_empty() {
+            return Ok(0);
+        }
+        let moves = std::mem::take(&mut self.handoffs);
+        for (job, _) in &moves {
+            self.waiting.unpark(job);
+            self.retries.remove(job);
+        }
+        let generation = self.ctx.state.read().layout.map_or(0, |l| l.generation);
+        let out = self
+            .ctx
+            .pipeline
+            .submit(
+                Some(self.authority(Some(generation))),
+                Intent::Handoff(Handoff {
+                    from: self.term.shard,
+                    moves,
+                }),
+            )
+            .await?;
+        Ok(match out {
+            Outcome::Moved(moved) => {
+                m::handed_off(self.term.shard, moved.len());
+                moved.len()
+            }
+            _ => 0,
+        })
     }
-    for (job_id, tasks) in per_job {
-        let trace_id = view.jobs.get(job_id).map_or("", |j| j.trace_id.as_str());
-        let span =
-            tracing::info_span!("place", trace_id = %trace_id, job_id = %job_id, shard, tasks);
-        meridian_control::trace::link(&span, meridian_control::trace::stored(trace_id));
-        span.in_scope(|| {
-            tracing::debug!(
-                target: meridian_control::trace::TARGET,
-                trace_id = %trace_id,
-                job_id = %job_id,
+
+    /// Liveness first (an epoch bump commits alone), then lost tasks and
+    /// stops, decided on memory that already holds the bumps.
+    async fn sweep(&mut self) -> Result<SweepOutcome> {
+        let shard = self.term.shard;
+        let now = self.ctx.clock.now();
+        let mut out = SweepOutcome::default();
+        let changes = {
+            let s = self.ctx.state.read();
+            let ids: Vec<&str> = s
+                .shard_nodes(shard)
+                .map(|(_, r)| r.node_id.as_str())
+                .collect();
+            let beats = self.ctx.beats.snapshot(ids);
+            liveness_changes(
+                &s,
+                &beats,
                 shard,
-                tasks,
-                "place: tasks bound to nodes"
-            );
-        });
+                self.heard_from,
+                now,
+                &self.ctx.config.liveness,
+            )
+        };
+        if !changes.is_empty() {
+            let applied = self
+                .ctx
+                .pipeline
+                .submit(
+                    Some(self.authority(None)),
+                    Intent::Liveness(Liveness { changes }),
+                )
+                .await?;
+            if let Outcome::Liveness(applied) = applied {
+                for c in applied {
+                    match c.to {
+                        crate::model::NodeLiveness::Suspect => out.suspected.push(c.node),
+                        crate::model::NodeLiveness::Down => out.declared_dead.push(c.node),
+                        crate::model::NodeLiveness::Ready => out.recovered.push(c.node),
+                    }
+                }
+            }
+        }
+        let tasks = {
+            let s = self.ctx.state.read();
+            let ids: Vec<&str> = s
+                .shard_nodes(shard)
+                .map(|(_, r)| r.node_id.as_str())
+                .collect();
+            let beats = self.ctx.beats.snapshot(ids);
+            task_changes(
+                &s,
+                &beats,
+                shard,
+                &self.ctx.config.liveness,
+                self.ctx.clock.now_unix_ms(),
+            )
+        };
+        if !tasks.is_empty() {
+            let done = self
+                .ctx
+                .pipeline
+                .submit(Some(self.authority(None)), Intent::Sweep(tasks))
+                .await?;
+            if let Outcome::Swept(done) = done {
+                out.lost_tasks = done.lost;
+                out.stops = done.stops;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `place` step of the traces of the jobs whose bindings just
+    /// committed: one span per job and batch (not per task, to stay cheap at
+    /// high binding rates).
+    fn trace_place(&self, bound: &[crate::placement::TaskRef]) {
+        let mut per_job: BTreeMap<&str, usize> = BTreeMap::new();
+        for task in bound {
+            *per_job.entry(task.job_id.as_str()).or_default() += 1;
+        }
+        if per_job.is_empty() {
+            return;
+        }
+        let s = self.ctx.state.read();
+        let shard = self.term.shard;
+        for (job_id, tasks) in per_job {
+            let trace_id = s
+                .jobs
+                .get(job_id)
+                .map_or(String::new(), |j| j.record.trace_id.clone());
+            let span =
+                tracing::info_span!("place", trace_id = %trace_id, job_id = %job_id, shard, tasks);
+            meridian_control::trace::link(&span, meridian_control::trace::stored(&trace_id));
+            span.in_scope(|| {
+                tracing::debug!(
+                    target: meridian_control::trace::TARGET,
+                    trace_id = %trace_id,
+                    job_id = %job_id,
+                    shard,
+                    tasks,
+                    "place: tasks bound to nodes"
+                );
+            });
+        }
     }
 }

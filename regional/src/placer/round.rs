@@ -1,83 +1,134 @@
-//! The pure half of a placement round: from a region view to the solver's
-//! input, and from the solver's output to commit batches.
+//! The pure half of a placement round: from memory to the solver's input,
+//! and from the solver's output to binding batches.
 //!
-//! Owns which nodes and tasks a shard leader considers (its shard's nodes;
-//! the pending tasks of the jobs it took from its queue, whose retry time has
-//! come) and how decisions are cut into batches (a job's bindings never span
-//! two batches, so a gang commits all or nothing). Must never do I/O.
+//! Owns which nodes and tasks a shard leader considers (its shard's nodes
+//! with what is committed on them; the pending tasks of the jobs it took from
+//! its queue whose retry time has come, and for a job that is not a gang no
+//! more of them than its shard has room for, so a wide job that does not fit
+//! costs nothing to decide), when the solver needs the running tasks too
+//! (preemption, affinity rules), and how decisions are cut into batches (a
+//! job's bindings never span two batches, so a gang commits all or nothing).
+//! Must never do I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::commit::{PlannedBinding, PlannedStop};
-use crate::model::{RegionView, pending_task, running_task, solver_node};
-use crate::placement::{NodeId, PendingTask, Snapshot, Solution, TaskRef};
-use crate::shard::shard_of_node;
+use crate::model::{JobPhase, pending_task, running_task, solver_node};
+use crate::pipeline::bind::{PlannedBinding, PlannedStop};
+use crate::placement::{PendingTask, Snapshot, Solution, TaskRef};
+use crate::state::RegionState;
+use crate::state::fit::{constraints, room_for};
 
 /// What one solve of one shard works on.
 #[derive(Debug, Clone, Default)]
 pub struct RoundInput {
     pub snapshot: Snapshot,
     pub pending: Vec<PendingTask>,
-    /// Attempt number of each pending task as read.
+    /// Attempt number of each pending task as seen.
     pub seen_attempts: BTreeMap<TaskRef, u32>,
-    /// Layout generation the view was read at.
+    /// Resources of each job's tasks.
+    pub resources: BTreeMap<String, crate::model::Res>,
+    /// Layout generation the state was at.
     pub generation: u64,
     /// Earliest future retry time among the jobs' waiting tasks.
     pub next_retry_unix_ms: Option<u64>,
+    /// Jobs taken that had tasks waiting but no room at all in the shard:
+    /// unschedulable without a solve.
+    pub no_room: BTreeSet<String>,
 }
 
 /// Builds the input of a solve for `shard` over `jobs`.
 pub fn build_input(
-    view: &RegionView,
+    state: &RegionState,
     shard: u32,
     jobs: &BTreeSet<String>,
     now_unix_ms: u64,
 ) -> RoundInput {
-    let (count, generation) = view.layout.map_or((1, 0), |l| (l.count, l.generation));
-    let mine = |id: &str| shard_of_node(id, count) == shard;
+    let count = state.shard_count();
     let mut input = RoundInput {
-        generation,
+        generation: state.layout.map_or(0, |l| l.generation),
         ..RoundInput::default()
     };
-    for node in view.nodes.values().filter(|n| mine(&n.node_id)) {
-        input
-            .snapshot
-            .nodes
-            .insert(NodeId::new(node.node_id.clone()), solver_node(node));
+    for (entry, record) in state.shard_nodes(shard) {
+        let mut node = solver_node(record);
+        node.allocated = entry.allocated.to_solver();
+        input.snapshot.nodes.insert(node.id.clone(), node);
     }
-    for ((job_id, _), block) in &view.blocks {
-        let Some(job) = view.jobs.get(job_id) else {
+    for job_id in jobs {
+        let Some(job) = state.jobs.get(job_id) else {
             continue;
         };
-        let take_pending = jobs.contains(job_id) && job.state == crate::model::JobPhase::Active;
-        for (i, t) in block.tasks.iter().enumerate() {
-            let index = block.first + i as u32;
-            if t.is_bound()
-                && input
-                    .snapshot
-                    .nodes
-                    .contains_key(&NodeId::new(t.node.clone()))
-            {
-                input
-                    .snapshot
-                    .running
-                    .push(running_task(job, index, &t.node));
-            } else if take_pending && t.is_pending() {
-                if t.not_before > now_unix_ms {
-                    input.next_retry_unix_ms = Some(
-                        input
-                            .next_retry_unix_ms
-                            .map_or(t.not_before, |at| at.min(t.not_before)),
-                    );
-                    continue;
+        if job.owner(count) != shard || job.record.state != JobPhase::Active || job.pending == 0 {
+            continue;
+        }
+        let limit = if job.record.gang {
+            u64::MAX
+        } else {
+            let cons = constraints(&job.record);
+            state
+                .shard_nodes(shard)
+                .map(|(e, _)| room_for(e, &job.record, &cons))
+                .fold(0u64, u64::saturating_add)
+        };
+        let mut taken = 0u64;
+        let mut waiting_now = false;
+        for (index, t) in job.tasks() {
+            if !t.is_pending() {
+                continue;
+            }
+            if t.not_before > now_unix_ms {
+                input.next_retry_unix_ms = Some(
+                    input
+                        .next_retry_unix_ms
+                        .map_or(t.not_before, |at| at.min(t.not_before)),
+                );
+                continue;
+            }
+            waiting_now = true;
+            if taken >= limit {
+                // Preemption could still make room for a higher priority.
+                if job.record.priority <= state.lowest_bound_priority() {
+                    break;
                 }
-                let p = pending_task(job, index);
-                input.seen_attempts.insert(p.task.clone(), t.attempt);
-                input.pending.push(p);
+            }
+            taken += 1;
+            let p = pending_task(&job.record, index);
+            input.seen_attempts.insert(p.task.clone(), t.attempt);
+            input.pending.push(p);
+        }
+        if waiting_now && taken == 0 {
+            input.no_room.insert(job_id.clone());
+        }
+        input
+            .resources
+            .insert(job_id.clone(), job.record.resources.clone());
+    }
+    if needs_running(state, &input.pending) {
+        for (entry, record) in state.shard_nodes(shard) {
+            for (task, bound) in &entry.bound {
+                if let Some(job) = state.jobs.get(&task.job_id) {
+                    let mut running = running_task(&job.record, task.index, &record.node_id);
+                    // Already asked to stop (its room may already be the
+                    // task's it makes way for): it cannot make room again.
+                    running.preemptible &= !bound.stopping;
+                    input.snapshot.running.push(running);
+                }
             }
         }
     }
     input
+}
+
+/// Whether the solver must see the tasks already running: to preempt some
+/// of them, or to honour affinity rules that involve them.
+fn needs_running(state: &RegionState, pending: &[PendingTask]) -> bool {
+    let lowest = state.lowest_bound_priority();
+    let rules_bound = state.bound_with_rules() > 0;
+    pending.iter().any(|p| {
+        p.priority > lowest
+            || !p.anti_affinity.is_empty()
+            || !p.affinity.is_empty()
+            || (rules_bound && !p.labels.is_empty())
+    })
 }
 
 /// One transaction's worth of decisions.
@@ -88,9 +139,7 @@ pub struct Batch {
 }
 
 /// Cuts a solution into batches of about `batch_size` bindings, never
-/// splitting one job's bindings. Jobs go in id order, so the jobs of one
-/// batch are contiguous in the store's key order and the commit reads their
-/// task blocks as one short range.
+/// splitting one job's bindings.
 pub fn batches(input: &RoundInput, solution: &Solution, batch_size: usize) -> Vec<Batch> {
     let mut by_job: BTreeMap<&str, Vec<PlannedBinding>> = BTreeMap::new();
     for b in &solution.bindings {
@@ -100,6 +149,7 @@ pub fn batches(input: &RoundInput, solution: &Solution, batch_size: usize) -> Ve
             node: b.node.0.clone(),
             node_version: b.node_version,
             seen_attempt: input.seen_attempts.get(&b.task).copied().unwrap_or(0),
+            resources: input.resources.get(job).cloned().unwrap_or_default(),
         });
     }
     let mut stops_for: BTreeMap<&str, Vec<PlannedStop>> = BTreeMap::new();

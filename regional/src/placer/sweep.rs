@@ -1,29 +1,26 @@
-//! The shard leader's sweep over its nodes: liveness, lost tasks, stops.
+//! What a shard leader's sweep decides: liveness, lost tasks, stops.
 //!
-//! Owns the node state machine (READY -> SUSPECT when heartbeats are late,
-//! -> DOWN after the grace; back to READY when heartbeats resume before DOWN)
-//! and what follows from node and job state: a node declared dead has its
-//! epoch bumped first, in its own transaction, and only then are its tasks
-//! written off as LOST and put back to pending (an exclusive job's task only
-//! after a further fence wait); tasks bound under an older node epoch (the
-//! agent re-registered) are lost the same way; tasks of cancelled or revoked
-//! jobs and of draining nodes are sent STOP once. Every write checks the
-//! shard fence. Must never touch nodes of other shards.
+//! Owns the node state machine's timing (READY -> SUSPECT when heartbeats
+//! are late, -> DOWN after the grace; back to READY when they resume before
+//! DOWN), judged from the heartbeats this replica heard (a node counts as
+//! heard when the term began), and what follows from node and job state: a
+//! task bound under a node epoch that is gone is lost (pending again, after
+//! a fence wait for an exclusive job); a task of a cancelled or revoked job,
+//! or on a draining node, is stopped once. Pure: it reads memory and returns
+//! intents; the shard loop submits them, the liveness changes first (the
+//! epoch bump commits alone before any task is written off). Must never
+//! touch nodes of other shards.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use meridian_control::lease::Fence;
-use meridian_proto::v1;
-use meridian_store::{Database, Transaction};
+use meridian_control::Instant;
 
-use crate::error::Result;
-use crate::model::view::{read_blocks, read_job, read_node};
-use crate::model::{
-    CommandBatch, CommandRecord, HeartbeatRecord, JobPhase, Keys, NodeLiveness, NodeRecord,
-    RegionView, encode,
-};
-use crate::shard::shard_of_node;
+use crate::liveness::Beat;
+use crate::model::{JobPhase, NodeLiveness};
+use crate::pipeline::node::LivenessChange;
+use crate::pipeline::sweep::{LostTask, StopTask, SweepTasks};
+use crate::state::RegionState;
 
 /// Liveness timings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,109 +77,27 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One sweep of `shard` under `fence`, deciding from `view` and re-checking
-/// against the store inside each transaction.
-pub async fn sweep(
-    db: &Database,
-    keys: &Keys,
-    fence: &Fence,
+/// Liveness changes of `shard`'s nodes at `now`: each node counts as heard
+/// at its last heartbeat here, or at `heard_from` (the term's start) if that
+/// is later.
+pub fn liveness_changes(
+    state: &RegionState,
+    beats: &BTreeMap<&str, Beat>,
     shard: u32,
-    view: &RegionView,
+    heard_from: Instant,
+    now: Instant,
     config: &LivenessConfig,
-    now_unix_ms: u64,
-) -> Result<SweepOutcome> {
-    let count = view.layout.map_or(1, |l| l.count);
-    let mine: Vec<&NodeRecord> = view
-        .nodes
-        .values()
-        .filter(|n| shard_of_node(&n.node_id, count) == shard)
-        .collect();
-    let mut out = SweepOutcome::default();
-
-    // 1. Liveness, epoch bumps first.
-    let names: Vec<String> = mine.iter().map(|n| n.node_id.clone()).collect();
-    let changes = db
-        .run(|tx, _| {
-            let names = names.clone();
-            async move { liveness_in(&tx, keys, fence, &names, config, now_unix_ms).await }
-        })
-        .await?;
-    for (node, to) in changes {
-        match to {
-            NodeLiveness::Suspect => out.suspected.push(node),
-            NodeLiveness::Down => out.declared_dead.push(node),
-            NodeLiveness::Ready => out.recovered.push(node),
-        }
-    }
-
-    // 2. Tasks: lost ones back to pending, stops where needed.
-    let my_nodes: BTreeSet<&str> = mine.iter().map(|n| n.node_id.as_str()).collect();
-    let mut jobs: BTreeSet<String> = BTreeSet::new();
-    for ((job_id, _), block) in &view.blocks {
-        let Some(job) = view.jobs.get(job_id) else {
-            continue;
-        };
-        for t in block
-            .tasks
-            .iter()
-            .filter(|t| t.is_bound() && my_nodes.contains(t.node.as_str()))
-        {
-            let node = view.nodes.get(&t.node);
-            let lost = out.declared_dead.contains(&t.node)
-                || node.is_none_or(|n| n.liveness == NodeLiveness::Down || n.epoch > t.node_epoch);
-            let stop = t.stopping.is_empty()
-                && (job.state != JobPhase::Active || node.is_some_and(|n| n.draining));
-            if lost || stop {
-                jobs.insert(job_id.clone());
-            }
-        }
-    }
-    for job in jobs {
-        let (lost, stops) = db
-            .run(|tx, _| {
-                let job = job.clone();
-                let my_nodes: BTreeSet<String> = my_nodes.iter().map(|s| s.to_string()).collect();
-                async move {
-                    tasks_in(
-                        &tx,
-                        keys,
-                        fence,
-                        shard,
-                        &job,
-                        &my_nodes,
-                        config,
-                        now_unix_ms,
-                    )
-                    .await
-                }
-            })
-            .await?;
-        out.lost_tasks += lost;
-        out.stops += stops;
-    }
-    Ok(out)
-}
-
-async fn liveness_in(
-    tx: &Transaction,
-    keys: &Keys,
-    fence: &Fence,
-    names: &[String],
-    config: &LivenessConfig,
-    now: u64,
-) -> Result<Vec<(String, NodeLiveness)>> {
-    fence.check(tx).await?;
+) -> Vec<LivenessChange> {
     let mut changes = Vec::new();
-    for name in names {
-        let Some(mut node) = read_node(tx, keys, name).await? else {
+    for (_, node) in state.shard_nodes(shard) {
+        if node.liveness == NodeLiveness::Down {
+            // DOWN is left only by registering again.
             continue;
-        };
-        let beat = read_beat(tx, keys, name).await?;
-        let last = beat
-            .map_or(node.registered_at_unix_ms, |b| b.at_unix_ms)
-            .max(node.registered_at_unix_ms);
+        }
+        let beat = beats.get(node.node_id.as_str());
+        let last = beat.map_or(heard_from, |b| b.at.max(heard_from));
         let (suspect_ms, dead_ms) = config.deadlines(beat.map_or(0, |b| b.every_ms));
-        let late = now.saturating_sub(last);
+        let late = ms(now.saturating_duration_since(last));
         let to = if late >= dead_ms {
             NodeLiveness::Down
         } else if late >= suspect_ms {
@@ -190,135 +105,83 @@ async fn liveness_in(
         } else {
             NodeLiveness::Ready
         };
-        if to == node.liveness || node.liveness == NodeLiveness::Down {
-            // DOWN is left only by registering again.
-            continue;
+        if to != node.liveness {
+            if to == NodeLiveness::Down {
+                tracing::warn!(node = %node.node_id, epoch = node.epoch, late_ms = late, "node declared dead");
+            }
+            changes.push(LivenessChange {
+                node: node.node_id.clone(),
+                epoch: node.epoch,
+                from: node.liveness,
+                to,
+            });
         }
-        if to == NodeLiveness::Down {
-            // The fence of the node's agent: its epoch moves first.
-            node.epoch += 1;
-            tracing::warn!(node = %name, epoch = node.epoch, late_ms = late, "node declared dead");
-        }
-        node.liveness = to;
-        node.version += 1;
-        tx.set(&keys.node(name), &encode(&node))?;
-        changes.push((name.clone(), to));
     }
-    Ok(changes)
+    changes
 }
 
-async fn read_beat(tx: &Transaction, keys: &Keys, node: &str) -> Result<Option<HeartbeatRecord>> {
-    match tx.get(&keys.heartbeat(node)).await? {
-        Some(b) => Ok(Some(crate::model::decode::<HeartbeatRecord>(
-            "heartbeat",
-            &b,
-        )?)),
-        None => Ok(None),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn tasks_in(
-    tx: &Transaction,
-    keys: &Keys,
-    fence: &Fence,
+/// Lost tasks and stops on `shard`'s nodes.
+pub fn task_changes(
+    state: &RegionState,
+    beats: &BTreeMap<&str, Beat>,
     shard: u32,
-    job_id: &str,
-    my_nodes: &BTreeSet<String>,
     config: &LivenessConfig,
-    now: u64,
-) -> Result<(usize, usize)> {
-    fence.check(tx).await?;
-    let Some(job) = read_job(tx, keys, job_id).await? else {
-        return Ok((0, 0));
+    now_unix_ms: u64,
+) -> SweepTasks {
+    let mut out = SweepTasks {
+        shard,
+        ..SweepTasks::default()
     };
-    let mut nodes: BTreeMap<String, Option<NodeRecord>> = BTreeMap::new();
-    let mut commands = CommandBatch::new();
-    let (mut lost, mut stops, mut repended) = (0, 0, false);
-    for mut block in read_blocks(tx, keys, job_id).await? {
-        let mut changed = false;
-        for (i, t) in block.tasks.iter_mut().enumerate() {
-            if !t.is_bound() || !my_nodes.contains(&t.node) {
+    for (node_id, entry) in state.nodes.iter().filter(|(_, e)| e.shard == shard) {
+        let record = entry.record.as_ref();
+        for (task, b) in &entry.bound {
+            let Some(job) = state.jobs.get(&task.job_id) else {
                 continue;
-            }
-            if !nodes.contains_key(&t.node) {
-                let n = read_node(tx, keys, &t.node).await?;
-                nodes.insert(t.node.clone(), n);
-            }
-            let node = nodes.get(&t.node).and_then(Option::as_ref);
-            let is_lost =
-                node.is_none_or(|n| n.liveness == NodeLiveness::Down || n.epoch > t.node_epoch);
-            let index = block.first + i as u32;
-            if is_lost {
-                let wait = if job.exclusive {
-                    let beat = read_beat(tx, keys, &t.node).await?;
-                    config.exclusive_wait_ms(beat.map_or(0, |b| b.every_ms))
+            };
+            let lost =
+                record.is_none_or(|n| n.liveness == NodeLiveness::Down || n.epoch > b.node_epoch);
+            if lost {
+                let wait = if job.record.exclusive {
+                    let every = beats.get(node_id.as_str()).map_or(0, |b| b.every_ms);
+                    config.exclusive_wait_ms(every)
                 } else {
                     0
                 };
-                if job.state == JobPhase::Active {
-                    t.repend(now.saturating_add(wait), "lost with its node");
-                    repended = true;
-                } else {
-                    t.state = v1::TaskState::Lost as i32;
-                    t.message = "lost with its node".into();
-                }
-                lost += 1;
-                changed = true;
+                out.lost.push(LostTask {
+                    task: task.clone(),
+                    attempt: b.attempt,
+                    node_epoch: b.node_epoch,
+                    not_before: now_unix_ms.saturating_add(wait),
+                });
                 continue;
             }
-            let reason = match job.state {
+            if b.stopping {
+                continue;
+            }
+            let draining = record.is_some_and(|n| n.draining);
+            let reason = match job.record.state {
                 JobPhase::Cancelled => "cancelled",
                 JobPhase::Revoked(_) | JobPhase::Released(_) => "revoked",
-                JobPhase::Active if node.is_some_and(|n| n.draining) => "drain",
+                JobPhase::Active if draining => "drain",
                 JobPhase::Active => continue,
             };
-            if !t.stopping.is_empty() {
-                continue;
-            }
-            let grace = match node {
+            let grace = match record {
                 Some(n) if reason == "drain" && n.drain_deadline_ms > 0 => {
-                    match job.stop_grace_ms {
+                    match job.record.stop_grace_ms {
                         0 => n.drain_deadline_ms,
                         g => g.min(n.drain_deadline_ms),
                     }
                 }
-                _ => job.stop_grace_ms,
+                _ => job.record.stop_grace_ms,
             };
-            t.stopping = reason.to_string();
-            commands.push(
-                &t.node,
-                CommandRecord {
-                    kind: v1::CommandKind::Stop as i32,
-                    job: job_id.to_string(),
-                    index,
-                    attempt: t.attempt,
-                    shard,
-                    shard_epoch: fence.epoch(),
-                    node_epoch: t.node_epoch,
-                    reason: reason.to_string(),
-                    grace_ms: grace,
-                },
-            );
-            stops += 1;
-            changed = true;
-        }
-        if changed {
-            crate::model::put_block(tx, keys, job_id, &block)?;
+            out.stops.push(StopTask {
+                task: task.clone(),
+                attempt: b.attempt,
+                node: node_id.clone(),
+                reason: reason.to_string(),
+                grace_ms: grace,
+            });
         }
     }
-    if repended {
-        mark_pending(tx, keys, job_id).await?;
-    }
-    commands.write(tx, keys)?;
-    Ok((lost, stops))
-}
-
-/// Puts `job_id` in the pending index (if absent) and wakes shard leaders.
-pub async fn mark_pending(tx: &Transaction, keys: &Keys, job_id: &str) -> Result<()> {
-    if tx.get(&keys.pending(job_id)).await?.is_none() {
-        tx.set(&keys.pending(job_id), &encode(&0u32))?;
-    }
-    tx.add_i64(&keys.pending_head(), 1)?;
-    Ok(())
+    out
 }

@@ -7,10 +7,11 @@
 //! replicas share the shards and how many each holds. Must never decide who
 //! leads a shard: that is the shard leases' job.
 
-use meridian_store::{Database, Transaction};
+use meridian_store::Database;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RegionalError, Result};
+use crate::model::feed::{Change, FeedEntry};
 use crate::model::view::{read_layout, scan};
 use crate::model::{Keys, Layout, decode, encode};
 
@@ -36,23 +37,13 @@ pub async fn ensure_layout(db: &Database, keys: &Keys, count: u32) -> Result<Lay
                 },
             };
             tx.set(&keys.layout(), &encode(&layout))?;
+            let mut feed = FeedEntry::new();
+            feed.add(Change::layout());
+            feed.write(&tx, &keys, "layout")?;
             Ok(layout)
         }
     })
     .await
-}
-
-/// Fails with [`RegionalError::Resharded`] unless the stored layout is at
-/// `generation`. Called inside every binding transaction.
-pub async fn check_generation(tx: &Transaction, keys: &Keys, generation: u64) -> Result<()> {
-    let found = read_layout(tx, keys).await?.map_or(0, |l| l.generation);
-    if found != generation {
-        return Err(RegionalError::Resharded {
-            expected: generation,
-            found,
-        });
-    }
-    Ok(())
 }
 
 /// A replica's presence record.

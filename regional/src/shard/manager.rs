@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use meridian_control::lease::{Elector, ElectorConfig, Fence, Identity, Lease, Role};
+use meridian_control::lease::{Elector, ElectorConfig, Fence, Identity, Lease, LeaseRuntime, Role};
 use meridian_control::{Instant, SharedClock};
 use meridian_store::Database;
 use parking_lot::Mutex;
@@ -60,6 +60,9 @@ pub struct ManagerConfig {
     pub safety_margin: Duration,
     /// Seed of the electors' jitter.
     pub seed: u64,
+    /// Where the shard leases are renewed (a thread of their own in
+    /// production, so a saturated data path cannot delay a renewal).
+    pub leases: LeaseRuntime,
 }
 
 /// Which shards this replica leads, at which epoch.
@@ -241,6 +244,7 @@ impl ShardManager {
         let task = tokio::spawn(drive_slot(
             shard,
             elector,
+            self.config.leases.clone(),
             self.keys.shard_lease(shard),
             self.identity.clone(),
             self.work.clone(),
@@ -252,9 +256,11 @@ impl ShardManager {
 }
 
 /// Runs one shard's elector and, while it leads, the shard's worker.
+#[allow(clippy::too_many_arguments)]
 async fn drive_slot(
     shard: u32,
     elector: Elector,
+    leases: LeaseRuntime,
     lease_key: Vec<u8>,
     identity: Identity,
     work: Arc<dyn ShardWork>,
@@ -263,7 +269,7 @@ async fn drive_slot(
 ) {
     let mut status = elector.subscribe();
     let (elector_stop, elector_stop_rx) = oneshot::channel::<()>();
-    let elector_task = tokio::spawn(elector.run(async move {
+    let elector_task = leases.spawn(elector.run(async move {
         let _ = elector_stop_rx.await;
     }));
     let mut worker: Option<(watch::Sender<bool>, JoinHandle<()>)> = None;

@@ -9,5 +9,5 @@ pub mod layout;
 pub mod manager;
 
 pub use hash::{shard_of_job, shard_of_node, stable_hash};
-pub use layout::{check_generation, ensure_layout, observe_shard_leases};
+pub use layout::{ensure_layout, observe_shard_leases};
 pub use manager::{Leading, ManagerConfig, ShardManager, ShardTerm, ShardWork};

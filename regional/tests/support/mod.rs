@@ -1,5 +1,5 @@
-//! What the regional integration tests share: an in-memory region store
-//! with a manual clock, node registration, leading a shard, and serving
+//! What the regional integration tests share: an in-memory region (a
+//! `Fixture`) on a manual clock, node registration, leading its shards, and serving
 //! `AgentLink` and `RegionAdmin` over real gRPC on 127.0.0.1:0.
 //!
 //! Owns nothing the tests assert on; it must never sleep or read the system
@@ -10,18 +10,19 @@
 pub mod recording;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use meridian_control::lease::{Acquired, Identity, Lease};
 use meridian_control::{ManualClock, SharedClock};
 use meridian_proto::v1;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use meridian_proto::v1::agent_link_server::AgentLinkServer;
 use meridian_proto::v1::region_admin_client::RegionAdminClient;
 use meridian_proto::v1::region_admin_server::RegionAdminServer;
-use meridian_regional::agent::{AgentApiConfig, RegionApi};
-use meridian_regional::model::{Keys, RegionView, TaskRecord};
-use meridian_regional::shard::{Leading, ShardTerm, ensure_layout};
+use meridian_regional::agent::{AgentApiConfig, ApiParts, RegionApi};
+use meridian_regional::fixture::Fixture;
+use meridian_regional::model::{Keys, NodeRecord, RegionView, TaskRecord};
+use meridian_regional::pipeline::{Authority, Intent, Outcome};
+use meridian_regional::placer::{PlacerConfig, ShardLoop};
+use meridian_regional::shard::{Leading, ShardTerm};
 use meridian_store::Database;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -30,37 +31,54 @@ use tonic::transport::Channel;
 pub const GIB: u64 = 1 << 30;
 pub const START_MS: u64 = 1_000_000;
 
-/// A one-shard region in memory, at wall time [`START_MS`].
+/// A region in memory, at wall time [`START_MS`] on a manual clock, whose
+/// every shard is led by this process (a [`Fixture`]).
 pub struct Region {
     pub db: Database,
     pub keys: Keys,
     pub clock: ManualClock,
+    pub fx: Fixture,
 }
 
 impl Region {
+    /// A one-shard region.
     pub async fn new() -> Self {
+        Region::with_shards(1).await
+    }
+
+    /// A region of `shards` shards.
+    pub async fn with_shards(shards: u32) -> Self {
         let db = meridian_store::open("sqlite::memory:")
             .await
             .expect("store");
-        Region::on(db).await
+        Region::on(db, shards).await
     }
 
-    /// A region whose store records every commit's writes.
+    /// A one-shard region whose store records every commit's writes.
     pub async fn recorded() -> (Self, recording::CommitLog) {
         let inner = meridian_store::open_backend("sqlite::memory:")
             .await
             .expect("store");
         let (backend, log) = recording::Recording::wrap(inner);
-        (Region::on(Database::new(backend)).await, log)
+        (Region::on(Database::new(backend), 1).await, log)
     }
 
-    async fn on(db: Database) -> Self {
-        let keys = Keys::new("r1");
-        ensure_layout(&db, &keys, 1).await.expect("layout");
+    async fn on(db: Database, shards: u32) -> Self {
+        let clock = ManualClock::starting_at_unix_ms(START_MS);
+        let fx = Fixture::open(
+            db.clone(),
+            "r1",
+            shards,
+            clock.shared(),
+            PlacerConfig::default(),
+        )
+        .await
+        .expect("fixture");
         Region {
             db,
-            keys,
-            clock: ManualClock::starting_at_unix_ms(START_MS),
+            keys: fx.keys.clone(),
+            clock,
+            fx,
         }
     }
 
@@ -72,26 +90,46 @@ impl Region {
         self.clock.shared().now_unix_ms()
     }
 
-    /// Takes the lease of shard 0 as `name`.
-    pub async fn lead(&self, name: &str) -> ShardTerm {
-        let lease = Lease::new(
-            self.db.clone(),
-            self.keys.shard_lease(0),
-            Identity::new_boot(name),
-            self.shared_clock(),
-            Duration::from_secs(3600),
-            Duration::from_secs(1),
-        );
-        match lease.try_acquire().await.expect("acquire") {
-            Acquired::Held(held) => ShardTerm {
-                shard: 0,
-                epoch: held.fence.epoch(),
-                fence: held.fence,
-            },
-            Acquired::Busy(r) => panic!("lease busy: {r:?}"),
-        }
+    /// The term this process holds on shard 0.
+    pub fn term(&self) -> ShardTerm {
+        self.fx.term(0).expect("term")
     }
 
+    /// Registers `node` as its agent would (fenced by its shard's term).
+    pub async fn register(&self, node: &str, boot: &str) -> NodeRecord {
+        self.fx
+            .register(registration(node, boot))
+            .await
+            .expect("register")
+    }
+
+    /// Gives the region job `job` (an ASSIGN at epoch 1).
+    pub async fn insert(&self, job: &str, spec: v1::JobSpec) {
+        self.fx
+            .insert_jobs(vec![(job.to_string(), spec)])
+            .await
+            .expect("insert");
+    }
+
+    /// The placement loop of `shard`.
+    pub async fn shard_loop(&self, shard: u32) -> ShardLoop {
+        self.fx.shard_loop(shard).await.expect("shard loop")
+    }
+
+    /// Submits `intent` to the pipeline under the term of `shard`.
+    pub async fn submit(
+        &self,
+        shard: u32,
+        intent: Intent,
+    ) -> meridian_regional::error::Result<Outcome> {
+        let authority = Authority {
+            fence: self.fx.fence(shard).expect("fence"),
+            generation: None,
+        };
+        self.fx.path.pipeline.submit(Some(authority), intent).await
+    }
+
+    /// The region as stored (not as remembered).
     pub async fn view(&self) -> RegionView {
         self.db
             .run(|tx, _| {
@@ -114,19 +152,25 @@ impl Region {
             .expect("task exists")
     }
 
-    /// Serves `AgentLink` and `RegionAdmin` on 127.0.0.1:0; the replica
-    /// leads the shards in the returned [`Leading`] (shard 0 at `epoch`).
-    pub async fn serve(&self, config: AgentApiConfig, epoch: u64) -> (SocketAddr, Leading) {
+    /// Serves `AgentLink` and `RegionAdmin` on 127.0.0.1:0 from this
+    /// process's data path; the replica leads the shards in the returned
+    /// [`Leading`] (shard 0 at its term's epoch).
+    pub async fn serve(&self, config: AgentApiConfig) -> (SocketAddr, Leading) {
         let leading: Leading = Default::default();
-        leading.lock().insert(0, epoch);
-        let api = RegionApi::new(
-            self.db.clone(),
-            self.keys.clone(),
-            self.shared_clock(),
-            "r1",
-            leading.clone(),
+        leading.lock().insert(0, self.term().epoch);
+        let api = RegionApi::new(ApiParts {
+            db: self.db.clone(),
+            keys: self.keys.clone(),
+            clock: self.shared_clock(),
+            region: "r1".into(),
+            identity: self.fx.identity.clone(),
+            leading: leading.clone(),
             config,
-        );
+            pipeline: self.fx.path.pipeline.clone(),
+            state: self.fx.path.state.clone(),
+            beats: self.fx.path.beats.clone(),
+            streams: self.fx.path.streams.clone(),
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(

@@ -284,6 +284,14 @@ impl BackendTx for SqliteTx {
         self.round_trip(move |c| apply::get(c, &key)).await
     }
 
+    async fn get_many(&self, keys: &[Vec<u8>], _snapshot: bool) -> Result<Vec<Option<Vec<u8>>>> {
+        // One round trip for all of them: the hand-off to the blocking pool
+        // costs more than a small read does.
+        let keys = keys.to_vec();
+        self.round_trip(move |c| keys.iter().map(|k| apply::get(c, k)).collect())
+            .await
+    }
+
     async fn get_range(&self, request: &RangeRequest) -> Result<RangeChunk> {
         let request = request.clone();
         self.round_trip(move |c| apply::get_range(c, &request))

@@ -180,16 +180,34 @@ impl WatchHub {
 
     fn start(&self) -> Result<mpsc::Sender<Message>> {
         let (sender, receiver) = mpsc::channel();
-        let conn = open_connection(
-            &self.path,
-            self.options.busy_timeout,
-            self.options.synchronous,
-        )?;
+        let path = self.path.clone();
+        let (busy, sync) = (self.options.busy_timeout, self.options.synchronous);
         let poll = self.options.watch_poll;
         let active = self.active.clone();
+        // The connection is opened on the watch thread, never on the caller's:
+        // opening may wait for the write lock (schema check), and the caller
+        // is often an async worker that the lock's holder needs to finish.
         std::thread::Builder::new()
             .name("meridian-store-watch".into())
-            .spawn(move || watch_loop(conn, receiver, poll, active))
+            .spawn(move || {
+                loop {
+                    match open_connection(&path, busy, sync) {
+                        Ok(conn) => return watch_loop(conn, receiver, poll, active),
+                        // Refuse one waiting registration and try again on the
+                        // next: a failure to open may pass (a busy file).
+                        Err(e) => match receiver.recv() {
+                            Ok(Message::Register { sender, .. }) => {
+                                active.fetch_sub(1, Ordering::AcqRel);
+                                let _ = sender.send(Err(StoreError::Backend(format!(
+                                    "opening the watch connection: {e}"
+                                ))));
+                            }
+                            Ok(Message::Poke(_)) => {}
+                            Err(_) => return,
+                        },
+                    }
+                }
+            })
             .map_err(|e| StoreError::Backend(format!("starting the watch thread: {e}")))?;
         Ok(sender)
     }

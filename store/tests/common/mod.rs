@@ -25,6 +25,10 @@ macro_rules! for_each_check {
             check_reads_see_own_writes
         );
         $check!(
+            get_many_reads_in_order_with_own_writes_and_conflicts,
+            check_get_many_reads_in_order_with_own_writes_and_conflicts
+        );
+        $check!(
             range_reads_are_ordered_and_paginated,
             check_range_reads_are_ordered_and_paginated
         );

@@ -84,6 +84,8 @@ pub async fn regional(p: Process, region: String, globals: String, shards: u32) 
     config.heartbeat_interval = Duration::from_millis(500);
     config.node_timeout = Duration::from_secs(3);
     config.node_grace = Duration::from_secs(2);
+    // One thread only: a lease thread of its own would escape the seed.
+    config.dedicated_lease_thread = false;
     let clock = SimClock::shared(p.skew_ms.clone(), p.gate.clone());
     if let Err(e) =
         meridian_regional::server::run_with(config, p.db(), clock, std::future::pending()).await

@@ -103,7 +103,7 @@ pub enum SimError {
 fn set_bug(on: bool) -> Result<(), SimError> {
     #[cfg(feature = "unfenced-writes-for-tests")]
     {
-        meridian_regional::placer::commit::unfenced_for_tests::set(on);
+        meridian_regional::pipeline::unfenced_for_tests::set(on);
         Ok(())
     }
     #[cfg(not(feature = "unfenced-writes-for-tests"))]

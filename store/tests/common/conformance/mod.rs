@@ -16,6 +16,7 @@
 //! | [`check_concurrent_read_modify_write_loses_no_update`] | 16 tasks x 100 get-then-set increments of one counter end at exactly 1,600 |
 //! | [`check_concurrent_atomic_adds_lose_no_update`] | 16 tasks x 100 atomic adds end at exactly the sum |
 //! | [`check_reads_see_own_writes`] | inside a transaction, `get`/`get_range` see its own sets, clears, clear-ranges and adds |
+//! | [`check_get_many_reads_in_order_with_own_writes_and_conflicts`] | `get_many` answers in the order asked, sees own writes, and conflicts like `get` |
 //! | [`check_range_reads_are_ordered_and_paginated`] | forward, reverse, limit, streaming in small batches, prefix, manual pages, empty ranges |
 //! | [`check_versionstamps_increase_in_commit_order`] | commit stamps strictly increase; versionstamped keys sort in commit order, not begin order; versionstamped values carry the commit's stamp |
 //! | [`check_watch_fires_after_another_transaction_commits_a_change`] | a committed watch resolves once another transaction changes (or creates) the key |

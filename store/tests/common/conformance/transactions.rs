@@ -166,6 +166,78 @@ pub async fn check_reads_see_own_writes(db: &Database) {
     assert_eq!(read_i64(db, &counter).await, 10);
 }
 
+/// `get_many` returns the values of its keys in the order asked, `None`
+/// for missing ones, sees the transaction's own writes, answers later `get`s
+/// of its keys (writes after it win), and adds read conflicts like `get`: a
+/// transaction whose batched read was overwritten before its commit fails
+/// with retryable `not_committed`.
+pub async fn check_get_many_reads_in_order_with_own_writes_and_conflicts(db: &Database) {
+    let space = fresh_space("get-many");
+    let key = |i: i64| space.pack(&("k", i));
+    db.run(|tx, _| {
+        let (a, b) = (key(1), key(3));
+        async move {
+            tx.set(&a, b"one")?;
+            tx.set(&b, b"three")?;
+            Ok::<_, StoreError>(())
+        }
+    })
+    .await
+    .expect("seeding");
+
+    let tx = db.begin().await.expect("begin");
+    tx.set(&key(2), b"two").expect("set");
+    tx.clear(&key(3)).expect("clear");
+    let got = tx
+        .get_many(&[key(3), key(1), key(4), key(2)])
+        .await
+        .expect("get_many");
+    assert_eq!(
+        got,
+        vec![None, Some(b"one".to_vec()), None, Some(b"two".to_vec())],
+        "values in the order asked, own sets and clears seen, missing keys as None"
+    );
+    assert_eq!(
+        tx.get_many(&[]).await.expect("empty"),
+        Vec::<Option<Vec<u8>>>::new()
+    );
+    // Values read in a batch answer later gets, and writes after the batch
+    // are seen over them.
+    tx.prefetch(&[key(1), key(5)]).await.expect("prefetch");
+    assert_eq!(tx.get(&key(1)).await.expect("get"), Some(b"one".to_vec()));
+    tx.set(&key(1), b"uno").expect("set");
+    assert_eq!(tx.get(&key(1)).await.expect("get"), Some(b"uno".to_vec()));
+    tx.set(&key(5), b"five").expect("set");
+    assert_eq!(tx.get(&key(5)).await.expect("get"), Some(b"five".to_vec()));
+    tx.clear_range(&key(0), &key(9)).expect("clear_range");
+    assert_eq!(tx.get(&key(5)).await.expect("get"), None);
+    tx.add_i64(&key(7), 1).expect("add");
+    assert_eq!(tx.get_many(&[key(7)]).await.expect("get_many").len(), 1);
+    tx.add_i64(&key(7), 1).expect("add");
+    assert_eq!(
+        tx.get(&key(7)).await.expect("get"),
+        Some(2i64.to_le_bytes().to_vec()),
+        "an atomic add after a batched read is seen"
+    );
+    drop(tx);
+
+    // A batched read conflicts with a write that commits before the reader.
+    let reader = db.begin().await.expect("begin");
+    let seen = reader.get_many(&[key(1)]).await.expect("get_many");
+    assert_eq!(seen, vec![Some(b"one".to_vec())]);
+    db.run(|tx, _| {
+        let k = key(1);
+        async move { tx.set(&k, b"changed") }
+    })
+    .await
+    .expect("overwrite");
+    reader.set(&key(9), b"derived").expect("set");
+    match reader.commit().await {
+        Err(e) => assert!(e.is_retryable(), "a conflict is retryable, got {e}"),
+        Ok(_) => panic!("a transaction whose get_many read was overwritten must not commit"),
+    }
+}
+
 /// `run_once` applies its closure once per marker: calling it again with the
 /// same marker (what a caller does when it cannot know whether its commit
 /// landed) returns `AlreadyApplied` and writes nothing.

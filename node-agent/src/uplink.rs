@@ -1,0 +1,233 @@
+//! Heartbeats and task reports of a host's nodes, batched per replica.
+//!
+//! Owns the calls every node of a host makes most often. A node hands its
+//! heartbeat or its reports to the uplink of the replica it talks to and
+//! awaits its own answer; the uplink sends whatever is queued in one
+//! `HeartbeatNodes` or `ReportNodes` call as soon as the previous call of its
+//! kind is answered, so an idle uplink sends at once and a busy one batches
+//! by itself (a host of 1,000 simulated nodes makes a few calls a second,
+//! not thousands). Heartbeats, whose timing does not matter to a few tens of
+//! milliseconds, linger [`HEARTBEAT_LINGER`] first so that the beats of
+//! many nodes share a call even when nothing else is going on; reports go
+//! at once. A node's own failure comes back to that node alone, as
+//! the status its single call would have had (with the leader hint).
+//!
+//! Must never change or drop a node's request, or answer a node with
+//! another node's result.
+
+use meridian_proto::LEADER_METADATA_KEY;
+use meridian_proto::limits::MAX_NODES_PER_CALL;
+use meridian_proto::v1::agent_link_client::AgentLinkClient;
+use meridian_proto::v1::{
+    HeartbeatNodesRequest, HeartbeatRequest, HeartbeatResponse, NodeCallError, ReportNodesRequest,
+    ReportTaskStatusRequest, ReportTaskStatusResponse,
+};
+use std::time::Duration;
+
+use meridian_control::SharedClock;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use tonic::transport::Channel;
+
+type Reply<T> = oneshot::Sender<Result<T, Status>>;
+
+/// How long a heartbeat waits for others to share its call.
+pub const HEARTBEAT_LINGER: Duration = Duration::from_millis(50);
+
+/// The batchers of one replica endpoint.
+#[derive(Clone)]
+pub struct Uplink {
+    heartbeats: mpsc::UnboundedSender<(HeartbeatRequest, Reply<HeartbeatResponse>)>,
+    reports: mpsc::UnboundedSender<(ReportTaskStatusRequest, Reply<ReportTaskStatusResponse>)>,
+}
+
+impl Uplink {
+    /// Starts the batchers of `channel`.
+    pub fn start(channel: Channel, clock: SharedClock) -> Uplink {
+        let client = AgentLinkClient::new(channel);
+        let (heartbeats, hb_rx) = mpsc::unbounded_channel();
+        let (reports, rep_rx) = mpsc::unbounded_channel();
+        let c = client.clone();
+        tokio::spawn(batch(
+            hb_rx,
+            Some((clock, HEARTBEAT_LINGER)),
+            move |nodes| {
+                let mut c = c.clone();
+                async move {
+                    let r = c
+                        .heartbeat_nodes(HeartbeatNodesRequest { nodes })
+                        .await?
+                        .into_inner();
+                    Ok(r.results
+                        .into_iter()
+                        .map(|x| one(x.response, x.error))
+                        .collect())
+                }
+            },
+        ));
+        tokio::spawn(batch(rep_rx, None, move |nodes| {
+            let mut c = client.clone();
+            async move {
+                let r = c
+                    .report_nodes(ReportNodesRequest { nodes })
+                    .await?
+                    .into_inner();
+                Ok(r.results
+                    .into_iter()
+                    .map(|x| one(x.response, x.error))
+                    .collect())
+            }
+        }));
+        Uplink {
+            heartbeats,
+            reports,
+        }
+    }
+
+    /// Sends one node's heartbeat with the others' and waits for its answer.
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.heartbeats
+            .send((req, tx))
+            .map_err(|_| Status::unavailable("the uplink has stopped"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the uplink dropped the heartbeat"))?
+    }
+
+    /// Sends one node's reports with the others' and waits for its answer.
+    pub async fn report(
+        &self,
+        req: ReportTaskStatusRequest,
+    ) -> Result<ReportTaskStatusResponse, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.reports
+            .send((req, tx))
+            .map_err(|_| Status::unavailable("the uplink has stopped"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the uplink dropped the reports"))?
+    }
+}
+
+/// One node's part of a batched answer.
+fn one<T>(response: Option<T>, error: Option<NodeCallError>) -> Result<T, Status> {
+    match (response, error) {
+        (_, Some(e)) => Err(to_status(&e)),
+        (Some(r), None) => Ok(r),
+        (None, None) => Err(Status::internal(
+            "the region answered nothing for this node",
+        )),
+    }
+}
+
+/// The status a single call would have failed with.
+fn to_status(e: &NodeCallError) -> Status {
+    let mut status = Status::new(tonic::Code::from(e.code), e.message.clone());
+    if !e.leader.is_empty()
+        && let Ok(value) = e.leader.parse()
+    {
+        status.metadata_mut().insert(LEADER_METADATA_KEY, value);
+    }
+    status
+}
+
+/// Sends what is queued, one call at a time, until every sender is gone.
+async fn batch<Req, Resp, F, Fut>(
+    mut rx: mpsc::UnboundedReceiver<(Req, Reply<Resp>)>,
+    linger: Option<(SharedClock, Duration)>,
+    send: F,
+) where
+    F: Fn(Vec<Req>) -> Fut,
+    Fut: Future<Output = Result<Vec<Result<Resp, Status>>, Status>>,
+{
+    while let Some(first) = rx.recv().await {
+        if let Some((clock, d)) = &linger {
+            clock.sleep(*d).await;
+        }
+        let mut queued = vec![first];
+        while queued.len() < MAX_NODES_PER_CALL {
+            match rx.try_recv() {
+                Ok(q) => queued.push(q),
+                Err(_) => break,
+            }
+        }
+        let (reqs, replies): (Vec<Req>, Vec<Reply<Resp>>) = queued.into_iter().unzip();
+        match send(reqs).await {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                for reply in replies {
+                    let r = results.next().unwrap_or_else(|| {
+                        Err(Status::internal(
+                            "the region answered fewer nodes than asked",
+                        ))
+                    });
+                    let _ = reply.send(r);
+                }
+            }
+            Err(status) => {
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_own_error_comes_back_as_its_status_with_the_leader_hint() {
+        let s = to_status(&NodeCallError {
+            code: tonic::Code::Unavailable as i32,
+            message: "not the leader".into(),
+            leader: "http://127.0.0.1:9".into(),
+        });
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            crate::link::leader_hint(&s).as_deref(),
+            Some("http://127.0.0.1:9")
+        );
+        let r: Result<u32, Status> = one(None, None);
+        assert_eq!(r.map_err(|s| s.code()), Err(tonic::Code::Internal));
+    }
+
+    #[tokio::test]
+    async fn queued_requests_go_in_one_call_and_each_gets_its_own_answer() {
+        let (tx, rx) = mpsc::unbounded_channel::<(u32, Reply<u32>)>();
+        let mut waiting = Vec::new();
+        for i in 0..5 {
+            let (r, w) = oneshot::channel();
+            tx.send((i, r)).expect("send");
+            waiting.push(w);
+        }
+        drop(tx);
+        let calls = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        batch(rx, None, move |reqs: Vec<u32>| {
+            seen.lock().push(reqs.len());
+            async move {
+                Ok(reqs
+                    .into_iter()
+                    .map(|r| {
+                        if r == 3 {
+                            Err(Status::not_found("gone"))
+                        } else {
+                            Ok(r * 10)
+                        }
+                    })
+                    .collect())
+            }
+        })
+        .await;
+        assert_eq!(*calls.lock(), vec![5], "one call for all five");
+        let mut got = Vec::new();
+        for w in waiting {
+            got.push(w.await.expect("answered").map_err(|s| s.code()));
+        }
+        assert_eq!(
+            got,
+            vec![Ok(0), Ok(10), Ok(20), Err(tonic::Code::NotFound), Ok(40)]
+        );
+    }
+}

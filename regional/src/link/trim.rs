@@ -1,0 +1,91 @@
+//! Trimming the change feed, by the link leader.
+//!
+//! Owns the feed's retention: every [`TRIM_EVERY`] the link leader notes the
+//! feed head, and clears the entries up to the head it noted [`RETAIN`] ago,
+//! recording how far it trimmed. A replica whose cursor is older than that
+//! (it was stopped or cut off for longer) sees the trim mark and loads its
+//! memory afresh instead of missing changes. Must never trim without the link
+//! lease's fence: two trimmers would still be safe, but one is enough.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use meridian_control::lease::Fence;
+use meridian_control::{Instant, SharedClock};
+use meridian_store::Database;
+
+use crate::error::{RegionalError, Result};
+use crate::model::Keys;
+use crate::model::feed::stamp_of;
+use crate::state::Stamp;
+
+/// How often the head is noted and the feed trimmed.
+pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+/// How long entries are kept: far longer than any replica lags while
+/// running, so a reload only follows a long stop or partition.
+pub const RETAIN: Duration = Duration::from_secs(120);
+
+/// Notes the head and trims until `stop` fires.
+pub async fn run(
+    db: Database,
+    keys: Keys,
+    clock: SharedClock,
+    fence: Fence,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut noted: VecDeque<(Instant, Stamp)> = VecDeque::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = clock.sleep(TRIM_EVERY) => {}
+        }
+        match step(&db, &keys, &clock, &fence, &mut noted).await {
+            Ok(()) => {}
+            Err(e) if e.is_fenced() => return,
+            Err(e) => tracing::warn!(error = %e, "trimming the change feed failed"),
+        }
+    }
+}
+
+async fn step(
+    db: &Database,
+    keys: &Keys,
+    clock: &SharedClock,
+    fence: &Fence,
+    noted: &mut VecDeque<(Instant, Stamp)>,
+) -> Result<()> {
+    let now = clock.now();
+    let head = db
+        .run(|tx, _| {
+            let key = keys.feed_head();
+            async move { Ok::<_, RegionalError>(tx.get(&key).await?.as_deref().and_then(stamp_of)) }
+        })
+        .await?;
+    if let Some(head) = head {
+        noted.push_back((now, head));
+    }
+    let mut cut = None;
+    while let Some((at, stamp)) = noted.front().copied() {
+        if now.saturating_duration_since(at) < RETAIN {
+            break;
+        }
+        cut = Some(stamp);
+        noted.pop_front();
+    }
+    let Some(cut) = cut else {
+        return Ok(());
+    };
+    db.run(|tx, _| {
+        let keys = keys.clone();
+        let fence = fence.clone();
+        async move {
+            fence.check(&tx).await?;
+            let (begin, _) = keys.feed();
+            let (end, _) = keys.feed_after(cut);
+            tx.clear_range(&begin, &end)?;
+            tx.set(&keys.feed_trim(), &cut)?;
+            Ok::<_, RegionalError>(())
+        }
+    })
+    .await
+}

@@ -1,0 +1,281 @@
+//! The binding intent: a shard leader's placement decisions, checked and
+//! made durable.
+//!
+//! Owns what a binding must still satisfy when it commits, in the same
+//! transaction as its write (the plan applier's re-check): the node is
+//! schedulable at the OCC version the decision saw; the task still fits the
+//! node given everything bound there (committed, and accepted earlier in this
+//! transaction, by this intent or another of its group), less the
+//! preemption victims it stops there (the agent starts it only once they
+//! stopped), so even a wrong decision can never overcommit a node; the
+//! task is still pending at the attempt seen. Accepted bindings become task
+//! records (PLACED, next attempt) and RUN commands in the nodes' logs;
+//! preemption victims of accepted bindings get STOP. The shard fence and the
+//! layout generation are checked by the pipeline for the whole intent.
+//! Must never bind a task a check refused: those come back [`Stale`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_proto::v1;
+
+use super::overlay::{Missing, ReadSet, Tx};
+use crate::model::{CommandRecord, Res, TASK_BLOCK};
+use crate::placement::TaskRef;
+use crate::state::RegionState;
+
+/// One decision to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedBinding {
+    pub task: TaskRef,
+    pub node: String,
+    /// The node's OCC version the decision was made on.
+    pub node_version: u64,
+    /// The task's attempt number the decision saw (the binding makes it
+    /// `attempt + 1`).
+    pub seen_attempt: u32,
+    /// What the task needs (its job's resources).
+    pub resources: Res,
+}
+
+/// A preemption to carry out with the binding it makes room for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedStop {
+    pub victim: TaskRef,
+    pub node: String,
+    pub for_task: TaskRef,
+    pub grace_ms: u64,
+}
+
+/// Why a binding was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// The node's version moved since the decision (OCC).
+    NodeVersion { seen: u64, found: u64 },
+    /// The node is unknown, down, cordoned or draining now.
+    NodeUnavailable,
+    /// The task does not fit the node any more (a faulty or stale decision).
+    NoRoom,
+    /// The task is no longer pending at the attempt seen (bound, cancelled
+    /// or re-placed meanwhile).
+    TaskMoved,
+}
+
+/// What a binding intent did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub bound: Vec<TaskRef>,
+    pub stale: Vec<(TaskRef, Stale)>,
+    pub stopped: usize,
+}
+
+/// A batch of bindings of one shard.
+#[derive(Debug, Clone, Default)]
+pub struct Bind {
+    pub shard: u32,
+    pub bindings: Vec<PlannedBinding>,
+    pub stops: Vec<PlannedStop>,
+    pub now_unix_ms: u64,
+}
+
+/// What the binding intent takes from memory before its transaction: the
+/// committed allocation of each target node, and what each preemption
+/// victim counts in it. The shard leader is the only writer of its nodes'
+/// bindings and the pipeline applies each commit to memory before the next
+/// group starts, so this is exact for bindings; a task that ended through
+/// another process and is not seen yet only makes the check more
+/// conservative.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    allocated: BTreeMap<String, Res>,
+    victims: BTreeMap<TaskRef, Res>,
+}
+
+impl Bind {
+    pub(super) fn prepare(&self, state: &RegionState) -> Prepared {
+        let mut allocated = BTreeMap::new();
+        for b in &self.bindings {
+            if !allocated.contains_key(&b.node) {
+                let a = state
+                    .nodes
+                    .get(&b.node)
+                    .map(|n| n.allocated.clone())
+                    .unwrap_or_default();
+                allocated.insert(b.node.clone(), a);
+            }
+        }
+        let mut victims = BTreeMap::new();
+        for stop in &self.stops {
+            let bound = state
+                .nodes
+                .get(&stop.node)
+                .and_then(|n| n.bound.get(&stop.victim))
+                .filter(|b| !b.stopping);
+            if let Some(b) = bound {
+                victims.insert(stop.victim.clone(), b.resources.clone());
+            }
+        }
+        Prepared { allocated, victims }
+    }
+
+    pub(super) fn reads(&self, want: &mut ReadSet) {
+        for b in &self.bindings {
+            want.nodes.insert(b.node.clone());
+            want.blocks
+                .insert((b.task.job_id.clone(), b.task.index / TASK_BLOCK));
+        }
+        for s in &self.stops {
+            want.blocks
+                .insert((s.victim.job_id.clone(), s.victim.index / TASK_BLOCK));
+        }
+    }
+
+    pub(super) fn weight(&self) -> usize {
+        self.bindings.len() * 160 + self.stops.len() * 100
+    }
+
+    pub(super) fn apply(
+        &self,
+        tx: &mut Tx<'_>,
+        prepared: &Prepared,
+        shard_epoch: u64,
+    ) -> Result<BatchOutcome, Missing> {
+        let mut out = BatchOutcome::default();
+        // Victims whose room accepted bindings of this intent count on.
+        let mut claimed: BTreeSet<&TaskRef> = BTreeSet::new();
+        for b in &self.bindings {
+            let Some(node) = tx.node(&b.node)?.filter(|n| n.schedulable()) else {
+                out.stale.push((b.task.clone(), Stale::NodeUnavailable));
+                continue;
+            };
+            if node.version != b.node_version {
+                out.stale.push((
+                    b.task.clone(),
+                    Stale::NodeVersion {
+                        seen: b.node_version,
+                        found: node.version,
+                    },
+                ));
+                continue;
+            }
+            // The victims this binding stops on the node give their room
+            // back (each once, and only while it still runs there).
+            let mut freed = Res::default();
+            let mut mine: Vec<&TaskRef> = Vec::new();
+            for s in &self.stops {
+                if s.for_task != b.task
+                    || s.node != b.node
+                    || claimed.contains(&s.victim)
+                    || mine.contains(&&s.victim)
+                {
+                    continue;
+                }
+                let Some(res) = prepared.victims.get(&s.victim) else {
+                    continue;
+                };
+                if stoppable(tx, s)? {
+                    freed.add(res);
+                    mine.push(&s.victim);
+                }
+            }
+            let (taken, group_freed) = tx.room(&b.node);
+            let mut would = prepared.allocated.get(&b.node).cloned().unwrap_or_default();
+            would.add(&taken);
+            would.add(&b.resources);
+            let mut room = node.allocatable.clone();
+            room.add(&group_freed);
+            room.add(&freed);
+            if would.cpu > room.cpu || would.mem > room.mem || would.gpus > room.gpus {
+                crate::metrics::overcommit_refused();
+                out.stale.push((b.task.clone(), Stale::NoRoom));
+                continue;
+            }
+            let n = b.task.index / TASK_BLOCK;
+            let Some(mut block) = tx.block(&b.task.job_id, n)? else {
+                out.stale.push((b.task.clone(), Stale::TaskMoved));
+                continue;
+            };
+            let Some(task) = block.tasks.get_mut((b.task.index - block.first) as usize) else {
+                out.stale.push((b.task.clone(), Stale::TaskMoved));
+                continue;
+            };
+            if !task.is_pending() || task.attempt != b.seen_attempt {
+                out.stale.push((b.task.clone(), Stale::TaskMoved));
+                continue;
+            }
+            task.state = v1::TaskState::Placed as i32;
+            task.attempt += 1;
+            task.node = b.node.clone();
+            task.node_epoch = node.epoch;
+            task.shard = self.shard;
+            task.shard_epoch = shard_epoch;
+            task.placed_at = self.now_unix_ms;
+            task.not_before = 0;
+            task.message.clear();
+            let attempt = task.attempt;
+            tx.set_block(&b.task.job_id, block);
+            tx.command(
+                &b.node,
+                CommandRecord {
+                    kind: v1::CommandKind::Run as i32,
+                    job: b.task.job_id.clone(),
+                    index: b.task.index,
+                    attempt,
+                    shard: self.shard,
+                    shard_epoch,
+                    node_epoch: node.epoch,
+                    reason: String::new(),
+                    grace_ms: 0,
+                },
+            );
+            tx.use_room(&b.node, &b.resources, &freed);
+            claimed.extend(mine);
+            out.bound.push(b.task.clone());
+        }
+
+        let accepted: BTreeSet<&TaskRef> = out.bound.iter().collect();
+        for s in self.stops.iter().filter(|s| accepted.contains(&s.for_task)) {
+            if !stoppable(tx, s)? {
+                continue;
+            }
+            let n = s.victim.index / TASK_BLOCK;
+            let Some(mut block) = tx.block(&s.victim.job_id, n)? else {
+                continue;
+            };
+            let Some(task) = block.tasks.get_mut((s.victim.index - block.first) as usize) else {
+                continue;
+            };
+            task.stopping = "preempted".into();
+            let (attempt, node_epoch) = (task.attempt, task.node_epoch);
+            tx.set_block(&s.victim.job_id, block);
+            tx.command(
+                &s.node,
+                CommandRecord {
+                    kind: v1::CommandKind::Stop as i32,
+                    job: s.victim.job_id.clone(),
+                    index: s.victim.index,
+                    attempt,
+                    shard: self.shard,
+                    shard_epoch,
+                    node_epoch,
+                    reason: "preempted".into(),
+                    grace_ms: s.grace_ms,
+                },
+            );
+            out.stopped += 1;
+        }
+        tx.count_bound(out.bound.len() as i64);
+        Ok(out)
+    }
+}
+
+/// Whether the victim of `stop` still runs on its node with no stop asked.
+fn stoppable(tx: &Tx<'_>, stop: &PlannedStop) -> Result<bool, Missing> {
+    let v = &stop.victim;
+    let Some(block) = tx.block(&v.job_id, v.index / TASK_BLOCK)? else {
+        return Ok(false);
+    };
+    Ok(block
+        .tasks
+        .get((v.index - block.first) as usize)
+        .is_some_and(|t| t.is_bound() && t.node == stop.node && t.stopping.is_empty()))
+}

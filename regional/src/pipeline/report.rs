@@ -1,0 +1,198 @@
+//! The report intent: task state changes an agent observed, applied.
+//!
+//! Owns the task state machine on the agent's word: under a current node
+//! epoch, a report for an attempt bound to the reporting node moves it to
+//! STARTING or RUNNING, or ends it; an ended attempt goes back to pending
+//! (the next attempt) when it was stopped to move it (drain, preemption, the
+//! agent's own stop during a failover) or failed with retries left; captured
+//! output is kept per attempt. A report repeated after its commit was
+//! uncertain is accepted again without change. Must never accept a report
+//! under a superseded node epoch, or for an attempt not bound to the node.
+
+use std::collections::BTreeSet;
+
+use meridian_proto::v1;
+
+use super::overlay::{Missing, ReadSet, Tx};
+use crate::agent::admin::StoredLogs;
+use crate::model::{JobPhase, Keys, NodeLiveness, TASK_BLOCK, TaskRecord, encode};
+
+/// Whether a node's epoch is current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochCheck {
+    Current,
+    Stale { current: u64 },
+    Unknown,
+}
+
+/// What a report intent did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportOutcome {
+    pub check: EpochCheck,
+    pub results: Vec<v1::ItemResult>,
+}
+
+/// The reports of one node's call.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub request: v1::ReportTaskStatusRequest,
+    pub now_unix_ms: u64,
+}
+
+fn item(verdict: v1::Verdict, message: &str) -> v1::ItemResult {
+    v1::ItemResult {
+        verdict: verdict as i32,
+        current_epoch: 0,
+        message: message.to_string(),
+    }
+}
+
+/// The epoch check of `node` against a presented `epoch`.
+pub fn check_epoch(node: Option<&crate::model::NodeRecord>, epoch: u64) -> EpochCheck {
+    match node {
+        None => EpochCheck::Unknown,
+        Some(n) if n.epoch != epoch || n.liveness == NodeLiveness::Down => {
+            EpochCheck::Stale { current: n.epoch }
+        }
+        Some(_) => EpochCheck::Current,
+    }
+}
+
+impl Report {
+    pub(super) fn reads(&self, want: &mut ReadSet) {
+        want.nodes.insert(self.request.node_id.clone());
+        for r in &self.request.reports {
+            if let Some(t) = r.task.as_ref().and_then(|a| a.task.as_ref()) {
+                want.blocks.insert((t.job_id.clone(), t.index / TASK_BLOCK));
+                want.jobs.insert(t.job_id.clone());
+            }
+        }
+    }
+
+    pub(super) fn weight(&self) -> usize {
+        self.request
+            .reports
+            .iter()
+            .map(|r| 200 + r.stdout_tail.len() + r.stderr_tail.len())
+            .sum()
+    }
+
+    pub(super) fn apply(&self, tx: &mut Tx<'_>, keys: &Keys) -> Result<ReportOutcome, Missing> {
+        let req = &self.request;
+        let check = check_epoch(tx.node(&req.node_id)?.as_ref(), req.node_epoch);
+        if check != EpochCheck::Current {
+            return Ok(ReportOutcome {
+                check,
+                results: Vec::new(),
+            });
+        }
+        let mut results = Vec::with_capacity(req.reports.len());
+        let mut seen: BTreeSet<(String, u32)> = BTreeSet::new();
+        for r in &req.reports {
+            let Some(a) = &r.task else {
+                results.push(item(v1::Verdict::Invalid, "task is required"));
+                continue;
+            };
+            let Some(t) = &a.task else {
+                results.push(item(v1::Verdict::Invalid, "task.task is required"));
+                continue;
+            };
+            let n = t.index / TASK_BLOCK;
+            let Some(mut block) = tx.block(&t.job_id, n)? else {
+                results.push(item(v1::Verdict::NotFound, "unknown task"));
+                continue;
+            };
+            let job = tx.job(&t.job_id)?;
+            let Some(rec) = block.tasks.get_mut((t.index - block.first) as usize) else {
+                results.push(item(v1::Verdict::NotFound, "unknown task"));
+                continue;
+            };
+            let state = v1::TaskState::try_from(r.state).unwrap_or(v1::TaskState::Unspecified);
+            let ours = rec.node == req.node_id
+                && rec.attempt == a.attempt
+                && rec.node_epoch == req.node_epoch;
+            if ours && rec.is_terminal() && rec.state == state as i32 {
+                // A repeat of an end already applied (the agent resent it,
+                // or our commit of it was uncertain): nothing to change.
+                results.push(item(v1::Verdict::Accepted, ""));
+                continue;
+            }
+            if !rec.is_bound() || !ours {
+                results.push(item(
+                    v1::Verdict::NotFound,
+                    "attempt not bound to this node",
+                ));
+                continue;
+            }
+            match state {
+                v1::TaskState::Starting | v1::TaskState::Running => rec.state = state as i32,
+                v1::TaskState::Succeeded
+                | v1::TaskState::Failed
+                | v1::TaskState::Killed
+                | v1::TaskState::Lost => {
+                    end(rec, state, r, job.as_ref());
+                    if !r.stdout_tail.is_empty() || !r.stderr_tail.is_empty() {
+                        let logs = StoredLogs {
+                            node: req.node_id.clone(),
+                            stdout: r.stdout_tail.clone(),
+                            stderr: r.stderr_tail.clone(),
+                            stdout_truncated: r.stdout_truncated,
+                            stderr_truncated: r.stderr_truncated,
+                            at: r.observed_at_unix_ms.max(self.now_unix_ms),
+                        };
+                        tx.set_raw(keys.logs(&t.job_id, t.index, a.attempt), encode(&logs));
+                    }
+                }
+                _ => {
+                    results.push(item(
+                        v1::Verdict::Invalid,
+                        "state must be STARTING, RUNNING or terminal",
+                    ));
+                    continue;
+                }
+            }
+            seen.insert((t.job_id.clone(), n));
+            tx.set_block(&t.job_id, block);
+            results.push(item(v1::Verdict::Accepted, ""));
+        }
+        Ok(ReportOutcome { check, results })
+    }
+}
+
+/// Ends attempt `rec` in `state`: placed again (next attempt) when it was
+/// moved or may retry, otherwise final.
+fn end(
+    rec: &mut TaskRecord,
+    state: v1::TaskState,
+    r: &v1::TaskReport,
+    job: Option<&crate::model::JobRecord>,
+) {
+    rec.exit_code = r.exit_code;
+    rec.message = r.message.clone();
+    let active = job.is_some_and(|j| j.state == JobPhase::Active);
+    let attempts_left = job.is_some_and(|j| rec.attempt < j.max_attempts);
+    let again = active
+        && match state {
+            // Stopped by the region to move it (drain, preemption): placed
+            // again.
+            v1::TaskState::Killed if rec.stopping == "drain" || rec.stopping == "preempted" => true,
+            // Stopped by the agent on its own (its region lease ran out
+            // during a scheduler failover, or it shut down) while the job
+            // stays here: nobody else will run it, so it is placed again,
+            // and like a drain it costs the job none of its retries: the
+            // task did not fail. The node epoch check already fenced stale
+            // reports.
+            v1::TaskState::Killed => rec.stopping.is_empty(),
+            v1::TaskState::Failed | v1::TaskState::Lost => attempts_left,
+            _ => false,
+        };
+    if again {
+        rec.repend(
+            0,
+            &format!("attempt {} ended {}", rec.attempt, state.as_str_name()),
+        );
+    } else {
+        rec.state = state as i32;
+        rec.stopping.clear();
+    }
+}

@@ -1,0 +1,131 @@
+//! The sweep intent: tasks written off with their node, and stops.
+//!
+//! Owns what follows from a node's death and from a job or node that no
+//! longer wants its tasks: an attempt bound under a node epoch that is gone
+//! goes back to pending (after a fence wait for exclusive jobs) or, for a job
+//! that is not active, ends LOST; an attempt of a cancelled or revoked job,
+//! or on a draining node, gets one STOP. Each applies only if the task is
+//! still bound as the decision saw it. Must never write off a task whose
+//! node epoch has not moved: the epoch bump commits first, on its own.
+
+use meridian_proto::v1;
+
+use super::overlay::{Missing, ReadSet, Tx};
+use crate::model::{CommandRecord, JobPhase, TASK_BLOCK};
+use crate::placement::TaskRef;
+
+/// An attempt lost with its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostTask {
+    pub task: TaskRef,
+    pub attempt: u32,
+    pub node_epoch: u64,
+    /// Not placed again before this wall time (exclusive jobs' fence wait).
+    pub not_before: u64,
+}
+
+/// An attempt to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopTask {
+    pub task: TaskRef,
+    pub attempt: u32,
+    pub node: String,
+    pub reason: String,
+    pub grace_ms: u64,
+}
+
+/// A sweep's task changes in one shard.
+#[derive(Debug, Clone, Default)]
+pub struct SweepTasks {
+    pub shard: u32,
+    pub lost: Vec<LostTask>,
+    pub stops: Vec<StopTask>,
+}
+
+/// What a sweep intent did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepDone {
+    pub lost: usize,
+    pub stops: usize,
+}
+
+impl SweepTasks {
+    pub fn is_empty(&self) -> bool {
+        self.lost.is_empty() && self.stops.is_empty()
+    }
+
+    pub(super) fn reads(&self, want: &mut ReadSet) {
+        for t in self
+            .lost
+            .iter()
+            .map(|l| &l.task)
+            .chain(self.stops.iter().map(|s| &s.task))
+        {
+            want.blocks.insert((t.job_id.clone(), t.index / TASK_BLOCK));
+            want.jobs.insert(t.job_id.clone());
+        }
+    }
+
+    pub(super) fn weight(&self) -> usize {
+        (self.lost.len() + self.stops.len()) * 120
+    }
+
+    pub(super) fn apply(&self, tx: &mut Tx<'_>, shard_epoch: u64) -> Result<SweepDone, Missing> {
+        let mut done = SweepDone::default();
+        for l in &self.lost {
+            let n = l.task.index / TASK_BLOCK;
+            let Some(mut block) = tx.block(&l.task.job_id, n)? else {
+                continue;
+            };
+            let active = tx
+                .job(&l.task.job_id)?
+                .is_some_and(|j| j.state == JobPhase::Active);
+            let Some(t) = block.tasks.get_mut((l.task.index - block.first) as usize) else {
+                continue;
+            };
+            if !t.is_bound() || t.attempt != l.attempt || t.node_epoch != l.node_epoch {
+                continue;
+            }
+            if active {
+                t.repend(l.not_before, "lost with its node");
+            } else {
+                t.state = v1::TaskState::Lost as i32;
+                t.message = "lost with its node".into();
+            }
+            tx.set_block(&l.task.job_id, block);
+            done.lost += 1;
+        }
+        for s in &self.stops {
+            let n = s.task.index / TASK_BLOCK;
+            let Some(mut block) = tx.block(&s.task.job_id, n)? else {
+                continue;
+            };
+            let Some(t) = block.tasks.get_mut((s.task.index - block.first) as usize) else {
+                continue;
+            };
+            if !t.is_bound() || t.attempt != s.attempt || t.node != s.node || !t.stopping.is_empty()
+            {
+                continue;
+            }
+            t.stopping = s.reason.clone();
+            let node_epoch = t.node_epoch;
+            tx.set_block(&s.task.job_id, block);
+            tx.command(
+                &s.node,
+                CommandRecord {
+                    kind: v1::CommandKind::Stop as i32,
+                    job: s.task.job_id.clone(),
+                    index: s.task.index,
+                    attempt: s.attempt,
+                    shard: self.shard,
+                    shard_epoch,
+                    node_epoch,
+                    reason: s.reason.clone(),
+                    grace_ms: s.grace_ms,
+                },
+            );
+            done.stops += 1;
+        }
+        Ok(done)
+    }
+}
