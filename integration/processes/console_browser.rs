@@ -451,6 +451,24 @@ async fn both_consoles_render_under_load_and_are_captured_as_screenshots() {
                 .await
                 .expect("submit");
         }
+        // Jobs no node can ever run (no node has the label) stay in the
+        // region's queue: placement is quick enough that work that fits
+        // never queues there for long.
+        for i in 0..2u32 {
+            let mut waiting = spec(&format!("gpu-{i}"), tenants[0], 2, 1000, 1_000, 5);
+            waiting.node_constraints.push(v1::LabelRequirement {
+                key: "accelerator".into(),
+                op: v1::LabelOperator::In as i32,
+                values: vec!["tpu".into()],
+            });
+            federation
+                .submit_job(v1::SubmitJobRequest {
+                    request_id: format!("waiting-{i}"),
+                    spec: Some(waiting),
+                })
+                .await
+                .expect("submit");
+        }
 
         let browser = Browser::start().await;
         browser.goto(&region.console_url()).await;

@@ -73,24 +73,35 @@ impl FakeAgent {
         let mut client = AgentLinkClient::connect(format!("http://{region}"))
             .await
             .expect("connect to the region");
-        let epoch = client
-            .register(v1::RegisterNodeRequest {
-                node_id: node.into(),
-                boot_id: format!("boot-{node}"),
-                allocatable: Some(v1::Resources {
-                    cpu_millis: 4_000,
-                    memory_bytes: 8 * GIB,
-                    gpu_count: 0,
-                    gpu_type: String::new(),
-                }),
-                zone: "z1".into(),
-                agent_version: "fake".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("register")
-            .into_inner()
-            .node_epoch;
+        // A region replica answers registrations only once it leads the
+        // node's shard, which it takes just after it starts listening; an
+        // agent retries until then, and so does this one.
+        let request = v1::RegisterNodeRequest {
+            node_id: node.into(),
+            boot_id: format!("boot-{node}"),
+            allocatable: Some(v1::Resources {
+                cpu_millis: 4_000,
+                memory_bytes: 8 * GIB,
+                gpu_count: 0,
+                gpu_type: String::new(),
+            }),
+            zone: "z1".into(),
+            agent_version: "fake".into(),
+            ..Default::default()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let epoch = loop {
+            match client.register(request.clone()).await {
+                Ok(r) => break r.into_inner().node_epoch,
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(s) => panic!("register: {s:?}"),
+            }
+        };
         FakeAgent {
             node: node.into(),
             epoch,

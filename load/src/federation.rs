@@ -32,6 +32,9 @@ pub struct Layout {
     pub shards: u32,
     /// Simulated nodes per region (one agent process each).
     pub simulated_nodes: u32,
+    /// Real-process agents per region (4 cores, 8 GiB, label `real=true`),
+    /// as `meridian dev` starts them.
+    pub real_agents: u32,
     /// Shard lease, ms.
     pub shard_lease_ms: u64,
 }
@@ -225,6 +228,36 @@ impl LocalFederation {
                     name,
                     grpc: None,
                     metrics: None,
+                });
+            }
+            for k in 0..layout.real_agents {
+                let name = format!("{region}-node-{}", k + 1);
+                let endpoint = replicas
+                    .iter()
+                    .filter_map(|p| p.grpc.clone())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                agents.push(ChildSpec {
+                    args: vec![
+                        s("agent"),
+                        s("--region"),
+                        endpoint,
+                        s("--node-id"),
+                        name.clone(),
+                        s("--work-dir"),
+                        data.join("agents").join(&name).display().to_string(),
+                        s("--cpu"),
+                        s("4"),
+                        s("--memory"),
+                        (8u64 << 30).to_string(),
+                        s("--labels"),
+                        format!("zone={region}-b,real=true"),
+                        s("--seed"),
+                        (u32::from(r) * 100 + 1 + k).to_string(),
+                    ],
+                    ready: None,
+                    log: log(&name),
+                    name,
                 });
             }
             fed.regions.push(Region {

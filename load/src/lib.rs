@@ -41,6 +41,9 @@ pub enum Scenario {
     Failover,
     /// Mass reconnect of simulated agents after an outage of their region.
     Herd,
+    /// Real processes on real agents: one job of many tasks, then as many
+    /// one-task jobs in batched calls; time until all finished.
+    Real,
 }
 
 impl Scenario {
@@ -53,6 +56,7 @@ impl Scenario {
             Scenario::Scale => "scale",
             Scenario::Failover => "failover",
             Scenario::Herd => "herd",
+            Scenario::Real => "real",
         }
     }
 }
@@ -168,6 +172,7 @@ pub async fn run(args: LoadArgs) -> Result<Report> {
         Scenario::Scale => scenario::scale::run(&ctx).await?,
         Scenario::Failover => scenario::failover::run(&ctx).await?,
         Scenario::Herd => scenario::herd::run(&ctx).await?,
+        Scenario::Real => scenario::real::run(&ctx).await?,
     };
     let out = args
         .out

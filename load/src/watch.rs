@@ -24,6 +24,8 @@ pub struct Seen {
     pub running_at: HashMap<String, Instant>,
     /// Last state seen of each job.
     pub state: HashMap<String, i32>,
+    /// When each job was first seen in a final state.
+    pub finished_at: HashMap<String, Instant>,
     /// Node of each `(job, task index, attempt)` once placed.
     pub placements: HashMap<(String, u32, u32), String>,
     /// `(job, task, attempt, first node, second node)` bound twice.
@@ -44,6 +46,16 @@ fn running_job(state: i32) -> bool {
     state == v1::JobState::Running as i32 || state == v1::JobState::Succeeded as i32
 }
 
+fn final_job(state: i32) -> bool {
+    [
+        v1::JobState::Succeeded,
+        v1::JobState::Failed,
+        v1::JobState::Cancelled,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
+}
+
 fn running_task(state: i32) -> bool {
     state == v1::TaskState::Running as i32 || state == v1::TaskState::Succeeded as i32
 }
@@ -56,6 +68,9 @@ fn record(seen: &mut Seen, ev: &v1::JobEvent, now: Instant) {
         seen.state.insert(j.job_id.clone(), j.state);
         if running_job(j.state) {
             seen.running_at.entry(j.job_id.clone()).or_insert(now);
+        }
+        if final_job(j.state) {
+            seen.finished_at.entry(j.job_id.clone()).or_insert(now);
         }
         for t in &j.tasks {
             note_task(seen, &j.job_id, t, now);
@@ -179,6 +194,26 @@ impl Watcher {
                 return missing;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every job of `jobs` was seen in a final state (polling
+    /// under `guard`, as [`Watcher::await_running`]); returns the jobs never
+    /// seen finished. The times recorded are those of the events, not of
+    /// the polls.
+    pub async fn await_finished(&self, jobs: &[String], guard: Duration) -> Vec<String> {
+        let until = Instant::now() + guard;
+        loop {
+            let missing: Vec<String> = self.with(|s| {
+                jobs.iter()
+                    .filter(|j| !s.finished_at.contains_key(*j))
+                    .cloned()
+                    .collect()
+            });
+            if missing.is_empty() || Instant::now() >= until {
+                return missing;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -96,7 +96,7 @@ impl Host {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let host_boot = uuid::Uuid::new_v4();
         let endpoints = parse_endpoints(region)?;
-        let pool = Arc::new(ChannelPool::new(clock.clone()));
+        let pool = Arc::new(ChannelPool::new());
         let mut nodes = JoinSet::new();
         for i in 0..count {
             // Spread over the given replicas; each node then follows its
@@ -168,7 +168,7 @@ impl Host {
                     parse_endpoints(region)?,
                     0,
                     0,
-                    Arc::new(ChannelPool::new(clock.clone())),
+                    Arc::new(ChannelPool::new()),
                 )?,
                 probe: probe.clone(),
                 shutdown: shutdown_rx,

@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_control::SharedClock;
 use meridian_proto::LEADER_METADATA_KEY;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use parking_lot::Mutex;
@@ -34,22 +33,19 @@ use crate::uplink::Uplink;
 pub struct ChannelPool {
     channels: Mutex<BTreeMap<(String, usize), Channel>>,
     uplinks: Mutex<BTreeMap<String, Uplink>>,
-    clock: SharedClock,
 }
 
 impl Default for ChannelPool {
     fn default() -> Self {
-        ChannelPool::new(meridian_control::SystemClock::shared())
+        ChannelPool::new()
     }
 }
 
 impl ChannelPool {
-    /// A pool whose uplinks wait on `clock`.
-    pub fn new(clock: SharedClock) -> Self {
+    pub fn new() -> Self {
         ChannelPool {
             channels: Mutex::new(BTreeMap::new()),
             uplinks: Mutex::new(BTreeMap::new()),
-            clock,
         }
     }
 
@@ -58,7 +54,7 @@ impl ChannelPool {
         if let Some(u) = self.uplinks.lock().get(url) {
             return Ok(u.clone());
         }
-        let uplink = Uplink::start(self.get(url, 0)?, self.clock.clone());
+        let uplink = Uplink::start(self.get(url, 0)?);
         Ok(self
             .uplinks
             .lock()

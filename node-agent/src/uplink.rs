@@ -6,10 +6,9 @@
 //! `HeartbeatNodes` or `ReportNodes` call as soon as the previous call of its
 //! kind is answered, so an idle uplink sends at once and a busy one batches
 //! by itself (a host of 1,000 simulated nodes makes a few calls a second,
-//! not thousands). Heartbeats, whose timing does not matter to a few tens of
-//! milliseconds, linger [`HEARTBEAT_LINGER`] first so that the beats of
-//! many nodes share a call even when nothing else is going on; reports go
-//! at once. A node's own failure comes back to that node alone, as
+//! not thousands). Nothing waits to fill a batch: a node awaits its call in
+//! its own loop, and a wait there would delay the commands it has not
+//! handled yet. A node's own failure comes back to that node alone, as
 //! the status its single call would have had (with the leader hint).
 //!
 //! Must never change or drop a node's request, or answer a node with
@@ -22,17 +21,11 @@ use meridian_proto::v1::{
     HeartbeatNodesRequest, HeartbeatRequest, HeartbeatResponse, NodeCallError, ReportNodesRequest,
     ReportTaskStatusRequest, ReportTaskStatusResponse,
 };
-use std::time::Duration;
-
-use meridian_control::SharedClock;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tonic::transport::Channel;
 
 type Reply<T> = oneshot::Sender<Result<T, Status>>;
-
-/// How long a heartbeat waits for others to share its call.
-pub const HEARTBEAT_LINGER: Duration = Duration::from_millis(50);
 
 /// The batchers of one replica endpoint.
 #[derive(Clone)]
@@ -43,29 +36,25 @@ pub struct Uplink {
 
 impl Uplink {
     /// Starts the batchers of `channel`.
-    pub fn start(channel: Channel, clock: SharedClock) -> Uplink {
+    pub fn start(channel: Channel) -> Uplink {
         let client = AgentLinkClient::new(channel);
         let (heartbeats, hb_rx) = mpsc::unbounded_channel();
         let (reports, rep_rx) = mpsc::unbounded_channel();
         let c = client.clone();
-        tokio::spawn(batch(
-            hb_rx,
-            Some((clock, HEARTBEAT_LINGER)),
-            move |nodes| {
-                let mut c = c.clone();
-                async move {
-                    let r = c
-                        .heartbeat_nodes(HeartbeatNodesRequest { nodes })
-                        .await?
-                        .into_inner();
-                    Ok(r.results
-                        .into_iter()
-                        .map(|x| one(x.response, x.error))
-                        .collect())
-                }
-            },
-        ));
-        tokio::spawn(batch(rep_rx, None, move |nodes| {
+        tokio::spawn(batch(hb_rx, move |nodes| {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .heartbeat_nodes(HeartbeatNodesRequest { nodes })
+                    .await?
+                    .into_inner();
+                Ok(r.results
+                    .into_iter()
+                    .map(|x| one(x.response, x.error))
+                    .collect())
+            }
+        }));
+        tokio::spawn(batch(rep_rx, move |nodes| {
             let mut c = client.clone();
             async move {
                 let r = c
@@ -131,18 +120,12 @@ fn to_status(e: &NodeCallError) -> Status {
 }
 
 /// Sends what is queued, one call at a time, until every sender is gone.
-async fn batch<Req, Resp, F, Fut>(
-    mut rx: mpsc::UnboundedReceiver<(Req, Reply<Resp>)>,
-    linger: Option<(SharedClock, Duration)>,
-    send: F,
-) where
+async fn batch<Req, Resp, F, Fut>(mut rx: mpsc::UnboundedReceiver<(Req, Reply<Resp>)>, send: F)
+where
     F: Fn(Vec<Req>) -> Fut,
     Fut: Future<Output = Result<Vec<Result<Resp, Status>>, Status>>,
 {
     while let Some(first) = rx.recv().await {
-        if let Some((clock, d)) = &linger {
-            clock.sleep(*d).await;
-        }
         let mut queued = vec![first];
         while queued.len() < MAX_NODES_PER_CALL {
             match rx.try_recv() {
@@ -204,7 +187,7 @@ mod tests {
         drop(tx);
         let calls = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
         let seen = calls.clone();
-        batch(rx, None, move |reqs: Vec<u32>| {
+        batch(rx, move |reqs: Vec<u32>| {
             seen.lock().push(reqs.len());
             async move {
                 Ok(reqs

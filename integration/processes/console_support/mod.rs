@@ -188,24 +188,35 @@ impl FakeAgent {
         let mut client = AgentLinkClient::connect(format!("http://{region_grpc}"))
             .await
             .expect("connect to the region");
-        let epoch = client
-            .register(v1::RegisterNodeRequest {
-                node_id: node.into(),
-                boot_id: format!("boot-{node}"),
-                allocatable: Some(v1::Resources {
-                    cpu_millis: cores * 1000,
-                    memory_bytes: cores * 2 * GIB,
-                    gpu_count: 0,
-                    gpu_type: String::new(),
-                }),
-                zone: zone.into(),
-                agent_version: "fake".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("register")
-            .into_inner()
-            .node_epoch;
+        // A region replica answers registrations only once it leads the
+        // node's shard, which it takes just after it starts listening; an
+        // agent retries until then, and so does this one.
+        let request = v1::RegisterNodeRequest {
+            node_id: node.into(),
+            boot_id: format!("boot-{node}"),
+            allocatable: Some(v1::Resources {
+                cpu_millis: cores * 1000,
+                memory_bytes: cores * 2 * GIB,
+                gpu_count: 0,
+                gpu_type: String::new(),
+            }),
+            zone: zone.into(),
+            agent_version: "fake".into(),
+            ..Default::default()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let epoch = loop {
+            match client.register(request.clone()).await {
+                Ok(r) => break r.into_inner().node_epoch,
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(s) => panic!("register: {s:?}"),
+            }
+        };
         FakeAgent {
             node: node.into(),
             epoch,
@@ -423,7 +434,15 @@ observer.observe(document, {{ subtree: true, childList: true, characterData: tru
         match tokio::time::timeout(GUARD, self.client.execute_async(&script, vec![])).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => panic!("waiting for {what}: {e}"),
-            Err(_) => panic!("waiting for {what}: not within {GUARD:?}"),
+            Err(_) => {
+                // What the page showed, so a failure says why.
+                let text = self
+                    .client
+                    .execute("return document.body.innerText.slice(0, 4000);", vec![])
+                    .await
+                    .unwrap_or_default();
+                panic!("waiting for {what}: not within {GUARD:?}; the page shows:\n{text}")
+            }
         }
     }
 

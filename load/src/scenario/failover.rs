@@ -109,6 +109,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         region_replicas: 2,
         shards,
         simulated_nodes: nodes,
+        real_agents: 0,
         shard_lease_ms: 1000,
     };
     report.param("kill_interval_s", interval.as_secs());

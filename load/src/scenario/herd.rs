@@ -71,6 +71,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         region_replicas: 1,
         shards: 4,
         simulated_nodes: nodes,
+        real_agents: 0,
         shard_lease_ms: 1000,
     };
     report.param("simulated_nodes", nodes);

@@ -7,6 +7,7 @@ pub mod e2e;
 pub mod failover;
 pub mod herd;
 pub mod placement;
+pub mod real;
 pub mod scale;
 pub mod submit;
 

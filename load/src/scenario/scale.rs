@@ -38,6 +38,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         region_replicas: 1,
         shards: 4,
         simulated_nodes: per_region,
+        real_agents: 0,
         shard_lease_ms: 2000,
     };
     let target = Target::get(ctx, layout).await?;

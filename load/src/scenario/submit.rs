@@ -178,6 +178,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         region_replicas: 1,
         shards: 2,
         simulated_nodes: 0,
+        real_agents: 0,
         shard_lease_ms: 1000,
     };
     let target = Target::get(ctx, layout).await?;

@@ -162,7 +162,7 @@ impl Tailer {
 
 /// A record as read again for a change.
 enum Value {
-    Node(Option<NodeRecord>),
+    Node(Option<Box<NodeRecord>>),
     Job(
         Box<Option<(JobRecord, Option<v1::JobSpec>)>>,
         Vec<(u32, Option<TaskBlock>)>,
@@ -284,7 +284,7 @@ async fn read_values(
                 values
                     .next()
                     .flatten()
-                    .map(|b| decode("node", &b))
+                    .map(|b| decode("node", &b).map(Box::new))
                     .transpose()?,
             ),
             Changed::Commands => {
@@ -358,7 +358,7 @@ async fn read_values(
 
 fn apply(s: &mut super::RegionState, c: &Change, stamp: Stamp, value: Value, delta: &mut Delta) {
     match value {
-        Value::Node(record) => s.put_node(&c.id, record, stamp, delta),
+        Value::Node(record) => s.put_node(&c.id, record.map(|r| *r), stamp, delta),
         Value::Commands(Some(head)) => s.put_cmd_head(&c.id, head),
         Value::Commands(None) => {}
         Value::Job(job, blocks) => {
