@@ -91,6 +91,10 @@ pub struct LoadArgs {
     /// Concurrent submitters (submit).
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Long-running tasks bound in the region before the first kill
+    /// (failover), in jobs of 1,000 tasks.
+    #[arg(long)]
+    pub tasks: Option<u64>,
     /// Where the report goes (`load-<scenario>.md`, `.json`, `.svg`); default
     /// `docs/bench` for a full run, none for `--quick`.
     #[arg(long)]

@@ -65,7 +65,14 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
         ),
         (
             "meridian.v1.AgentLink",
-            &["Register", "Assignments", "ReportTaskStatus", "Heartbeat"][..],
+            &[
+                "Register",
+                "Assignments",
+                "ReportTaskStatus",
+                "Heartbeat",
+                "HeartbeatNodes",
+                "ReportNodes",
+            ][..],
         ),
         (
             "meridian.v1.RegionAdmin",

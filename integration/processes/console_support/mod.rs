@@ -530,22 +530,32 @@ impl FakeRegion {
         let mut link = RegionLinkClient::connect(global_grpc.to_string())
             .await
             .expect("connect to RegionLink");
-        let lease = link
-            .register_region(v1::RegisterRegionRequest {
-                region: name.into(),
-                replica: Some(v1::ReplicaIdentity {
-                    replica_id: format!("{name}-a"),
-                    boot_id: format!("boot-{name}"),
-                    ..Default::default()
-                }),
-                leader_epoch: 1,
-                zones: vec!["zone-a".into(), "zone-b".into()],
+        let request = v1::RegisterRegionRequest {
+            region: name.into(),
+            replica: Some(v1::ReplicaIdentity {
+                replica_id: format!("{name}-a"),
+                boot_id: format!("boot-{name}"),
                 ..Default::default()
-            })
-            .await
-            .expect("register the region")
-            .into_inner()
-            .region_lease_epoch;
+            }),
+            leader_epoch: 1,
+            zones: vec!["zone-a".into(), "zone-b".into()],
+            ..Default::default()
+        };
+        // The global replica leads just after it starts listening; a region
+        // retries until then, and so does this one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let lease = loop {
+            match link.register_region(request.clone()).await {
+                Ok(r) => break r.into_inner().region_lease_epoch,
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(s) => panic!("register the region: {s:?}"),
+            }
+        };
         link.report_capacity(v1::ReportCapacityRequest {
             region: name.into(),
             region_lease_epoch: lease,

@@ -2,7 +2,9 @@
 //! duplicate placements.
 //!
 //! Owns a federation of two global replicas and one region of two
-//! scheduler replicas, a steady stream of long-running single-task jobs,
+//! scheduler replicas, optionally a preload of long-running tasks bound
+//! before the first kill (`--tasks`, so a shard takeover has a full region
+//! to load), a steady stream of long-running single-task jobs,
 //! and a kill schedule that alternates between the global leader and the
 //! region replica leading the most shards (SIGKILL of the real process; the
 //! supervisor restarts it after its backoff). Recovery of the global tier
@@ -42,6 +44,66 @@ async fn leader_of(procs: &[Proc], metric: &str) -> Option<(Proc, f64)> {
         }
     }
     best
+}
+
+/// Tasks per job of the preload.
+const PRELOAD_JOB_TASKS: u64 = 1_000;
+
+/// Submits `tasks` long-running tasks (jobs of [`PRELOAD_JOB_TASKS`], in
+/// one batched call per 100 jobs) and waits until the region reports them
+/// all bound; returns how long that took.
+async fn bind_long_tasks(endpoints: &str, seed: u64, tasks: u64) -> Result<Duration> {
+    let started = Instant::now();
+    let mut c = client::following(endpoints, Duration::from_secs(60))?;
+    let jobs = tasks.div_ceil(PRELOAD_JOB_TASKS);
+    let mut n = 0u64;
+    while n < jobs {
+        let items: Vec<v1::SubmitJobRequest> = (n..jobs.min(n + 100))
+            .map(|j| {
+                let count = (tasks - j * PRELOAD_JOB_TASKS).min(PRELOAD_JOB_TASKS);
+                v1::SubmitJobRequest {
+                    request_id: client::request_id(seed, "preload", j),
+                    spec: Some(client::simulated_job(
+                        "load-failover-preload",
+                        count as u32,
+                        3_600_000,
+                    )),
+                }
+            })
+            .collect();
+        n += items.len() as u64;
+        c.call(move |mut f| {
+            let req = v1::SubmitJobsRequest {
+                items: items.clone(),
+            };
+            async move { f.submit_jobs(req).await }
+        })
+        .await
+        .map_err(|e| crate::error::LoadError::Federation(e.to_string()))?;
+    }
+    let guard = Duration::from_secs(600);
+    loop {
+        let regions = c
+            .call(|mut f| async move { f.list_regions(v1::ListRegionsRequest {}).await })
+            .await
+            .map_err(|e| crate::error::LoadError::Federation(e.to_string()))?;
+        let running: u64 = regions
+            .regions
+            .iter()
+            .filter_map(|r| r.capacity.as_ref())
+            .map(|c| c.running_tasks)
+            .sum();
+        if running >= tasks {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > guard {
+            return Err(crate::error::LoadError::Federation(format!(
+                "only {running} of {tasks} preloaded tasks bound after {} s",
+                guard.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Time until a fresh submit is accepted by any global replica.
@@ -126,8 +188,14 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     )
     .await?;
     let watcher = Watcher::start(&target.endpoints).await?;
-    let start = Instant::now();
     let seed = ctx.args.seed;
+    let preload = ctx.args.tasks.unwrap_or(0);
+    report.param("tasks_bound_before_kills", preload);
+    if preload > 0 {
+        let took = bind_long_tasks(&target.endpoints, seed, preload).await?;
+        report.result("seconds_to_bind_preloaded_tasks", took.as_secs_f64());
+    }
+    let start = Instant::now();
 
     // Background submits through a leader-following client: a submit that
     // meets a dead leader is retried, unchanged, on the new one.
