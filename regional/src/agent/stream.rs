@@ -172,10 +172,28 @@ impl Streams {
     /// Ends the streams that must not go on: nodes whose epoch moved or who
     /// are down, and nodes of shards this replica no longer leads.
     pub fn prune(&self, state: &RegionState, leading: &BTreeMap<u32, u64>) {
+        self.prune_some(state, leading, None);
+    }
+
+    /// [`Streams::prune`] of the streams of `only` (all when `None`).
+    fn prune_some(
+        &self,
+        state: &RegionState,
+        leading: &BTreeMap<u32, u64>,
+        only: Option<&std::collections::BTreeSet<String>>,
+    ) {
         let mut ended = Vec::new();
         {
             let slots = self.slots.lock();
-            for (node, slot) in slots.iter() {
+            let picked: Box<dyn Iterator<Item = (&String, &Slot)>> = match only {
+                Some(nodes) => Box::new(
+                    nodes
+                        .iter()
+                        .filter_map(|n| slots.get_key_value(n)),
+                ),
+                None => Box::new(slots.iter()),
+            };
+            for (node, slot) in picked {
                 let entry = state.nodes.get(node);
                 let current = entry
                     .and_then(|e| e.record.as_ref())
@@ -211,14 +229,27 @@ impl Streams {
         clock: meridian_control::SharedClock,
     ) {
         let watcher = state.subscribe();
+        let every = Duration::from_millis(250);
+        let mut next_full = clock.now() + every;
         loop {
-            tokio::select! {
-                _ = watcher.changed() => {}
-                // Leadership changes are not state changes: look now and then.
-                _ = clock.sleep(Duration::from_millis(250)) => {}
+            // Only a node whose epoch or liveness moved can lose its stream
+            // on a change; leadership changes are not state changes, so
+            // every stream is looked at now and then, busy or not.
+            let only = tokio::select! {
+                delta = watcher.changed() => {
+                    (!delta.reload && !delta.layout && clock.now() < next_full)
+                        .then_some(delta.epochs)
+                }
+                _ = clock.sleep_until(next_full) => None,
+            };
+            if only.is_none() {
+                next_full = clock.now() + every;
+            }
+            if only.as_ref().is_some_and(|n| n.is_empty()) {
+                continue;
             }
             let led = leading.lock().clone();
-            self.prune(&state.read(), &led);
+            self.prune_some(&state.read(), &led, only.as_ref());
         }
     }
 }
