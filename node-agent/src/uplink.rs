@@ -6,10 +6,14 @@
 //! `HeartbeatNodes` or `ReportNodes` call as soon as the previous call of its
 //! kind is answered, so an idle uplink sends at once and a busy one batches
 //! by itself (a host of 1,000 simulated nodes makes a few calls a second,
-//! not thousands). Nothing waits to fill a batch: a node awaits its call in
-//! its own loop, and a wait there would delay the commands it has not
-//! handled yet. A node's own failure comes back to that node alone, as
-//! the status its single call would have had (with the leader hint).
+//! not thousands). Heartbeats, whose timing does not matter to a few tens of
+//! milliseconds, linger [`HEARTBEAT_LINGER`] first so that the beats of
+//! many nodes share a call even when nothing else is going on; reports go
+//! at once. The linger is a batching delay, not a time the agent reasons
+//! about, so it runs on the runtime's timer rather than the agent's clock
+//! (a manual clock in tests would hold the beat for good). A node's own
+//! failure comes back to that node alone, as the status its single call
+//! would have had (with the leader hint).
 //!
 //! Must never change or drop a node's request, or answer a node with
 //! another node's result.
@@ -27,6 +31,9 @@ use tonic::transport::Channel;
 
 type Reply<T> = oneshot::Sender<Result<T, Status>>;
 
+/// How long a heartbeat waits for others to share its call.
+pub const HEARTBEAT_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The batchers of one replica endpoint.
 #[derive(Clone)]
 pub struct Uplink {
@@ -41,7 +48,7 @@ impl Uplink {
         let (heartbeats, hb_rx) = mpsc::unbounded_channel();
         let (reports, rep_rx) = mpsc::unbounded_channel();
         let c = client.clone();
-        tokio::spawn(batch(hb_rx, move |nodes| {
+        tokio::spawn(batch(hb_rx, Some(HEARTBEAT_LINGER), move |nodes| {
             let mut c = c.clone();
             async move {
                 let r = c
@@ -54,7 +61,7 @@ impl Uplink {
                     .collect())
             }
         }));
-        tokio::spawn(batch(rep_rx, move |nodes| {
+        tokio::spawn(batch(rep_rx, None, move |nodes| {
             let mut c = client.clone();
             async move {
                 let r = c
@@ -120,12 +127,18 @@ fn to_status(e: &NodeCallError) -> Status {
 }
 
 /// Sends what is queued, one call at a time, until every sender is gone.
-async fn batch<Req, Resp, F, Fut>(mut rx: mpsc::UnboundedReceiver<(Req, Reply<Resp>)>, send: F)
-where
+async fn batch<Req, Resp, F, Fut>(
+    mut rx: mpsc::UnboundedReceiver<(Req, Reply<Resp>)>,
+    linger: Option<std::time::Duration>,
+    send: F,
+) where
     F: Fn(Vec<Req>) -> Fut,
     Fut: Future<Output = Result<Vec<Result<Resp, Status>>, Status>>,
 {
     while let Some(first) = rx.recv().await {
+        if let Some(d) = linger {
+            tokio::time::sleep(d).await;
+        }
         let mut queued = vec![first];
         while queued.len() < MAX_NODES_PER_CALL {
             match rx.try_recv() {
@@ -187,7 +200,7 @@ mod tests {
         drop(tx);
         let calls = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
         let seen = calls.clone();
-        batch(rx, move |reqs: Vec<u32>| {
+        batch(rx, None, move |reqs: Vec<u32>| {
             seen.lock().push(reqs.len());
             async move {
                 Ok(reqs

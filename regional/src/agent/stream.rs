@@ -186,11 +186,7 @@ impl Streams {
         {
             let slots = self.slots.lock();
             let picked: Box<dyn Iterator<Item = (&String, &Slot)>> = match only {
-                Some(nodes) => Box::new(
-                    nodes
-                        .iter()
-                        .filter_map(|n| slots.get_key_value(n)),
-                ),
+                Some(nodes) => Box::new(nodes.iter().filter_map(|n| slots.get_key_value(n))),
                 None => Box::new(slots.iter()),
             };
             for (node, slot) in picked {
