@@ -17,6 +17,7 @@ use crate::pipeline::bind::{PlannedBinding, PlannedStop};
 use crate::placement::{PendingTask, Snapshot, Solution, TaskRef};
 use crate::state::RegionState;
 use crate::state::fit::{constraints, room_for};
+use super::hints::Shape;
 
 /// What one solve of one shard works on.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +49,7 @@ pub fn build_input(
         generation: state.layout.map_or(0, |l| l.generation),
         ..RoundInput::default()
     };
+    let mut room_by_shape: BTreeMap<Shape, u64> = BTreeMap::new();
     for (entry, record) in state.shard_nodes(shard) {
         let mut node = solver_node(record);
         node.allocated = entry.allocated.to_solver();
@@ -63,11 +65,17 @@ pub fn build_input(
         let limit = if job.record.gang {
             u64::MAX
         } else {
-            let cons = constraints(&job.record);
-            state
-                .shard_nodes(shard)
-                .map(|(e, _)| room_for(e, &job.record, &cons))
-                .fold(0u64, u64::saturating_add)
+            // Jobs of one shape see the same room: count it once a round
+            // (a round may hold thousands of jobs of a few shapes).
+            *room_by_shape
+                .entry(Shape::of(&job.record))
+                .or_insert_with(|| {
+                    let cons = constraints(&job.record);
+                    state
+                        .shard_nodes(shard)
+                        .map(|(e, _)| room_for(e, &job.record, &cons))
+                        .fold(0u64, u64::saturating_add)
+                })
         };
         let mut taken = 0u64;
         let mut waiting_now = false;
