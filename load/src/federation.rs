@@ -191,24 +191,39 @@ impl LocalFederation {
                     metrics: Some(metrics),
                 });
             }
+            // Every replica: an agent follows its shard leaders among them.
+            let endpoint = replicas
+                .iter()
+                .filter_map(|p| p.grpc.clone())
+                .collect::<Vec<_>>()
+                .join(",");
+            let agent_spec = |name: &str, seed: u32, extra: Vec<String>| {
+                let mut args = vec![
+                    s("agent"),
+                    s("--region"),
+                    endpoint.clone(),
+                    s("--node-id"),
+                    name.to_string(),
+                    s("--work-dir"),
+                    data.join("agents").join(name).display().to_string(),
+                    s("--seed"),
+                    seed.to_string(),
+                ];
+                args.extend(extra);
+                ChildSpec {
+                    args,
+                    ready: None,
+                    log: log(name),
+                    name: name.to_string(),
+                }
+            };
             let mut agent = None;
             if layout.simulated_nodes > 0 {
                 let name = format!("{region}-sim");
-                // Every replica: the agent follows its shard leaders among them.
-                let endpoint = replicas
-                    .iter()
-                    .filter_map(|p| p.grpc.clone())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                agents.push(ChildSpec {
-                    args: vec![
-                        s("agent"),
-                        s("--region"),
-                        endpoint,
-                        s("--node-id"),
-                        name.clone(),
-                        s("--work-dir"),
-                        data.join("agents").join(&name).display().to_string(),
+                agents.push(agent_spec(
+                    &name,
+                    u32::from(r),
+                    vec![
                         s("--simulate"),
                         layout.simulated_nodes.to_string(),
                         s("--cpu"),
@@ -217,13 +232,8 @@ impl LocalFederation {
                         (32u64 << 30).to_string(),
                         s("--labels"),
                         format!("zone={region}-a"),
-                        s("--seed"),
-                        r.to_string(),
                     ],
-                    ready: None,
-                    log: log(&name),
-                    name: name.clone(),
-                });
+                ));
                 agent = Some(Proc {
                     name,
                     grpc: None,
@@ -232,33 +242,18 @@ impl LocalFederation {
             }
             for k in 0..layout.real_agents {
                 let name = format!("{region}-node-{}", k + 1);
-                let endpoint = replicas
-                    .iter()
-                    .filter_map(|p| p.grpc.clone())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                agents.push(ChildSpec {
-                    args: vec![
-                        s("agent"),
-                        s("--region"),
-                        endpoint,
-                        s("--node-id"),
-                        name.clone(),
-                        s("--work-dir"),
-                        data.join("agents").join(&name).display().to_string(),
+                agents.push(agent_spec(
+                    &name,
+                    u32::from(r) * 100 + 1 + k,
+                    vec![
                         s("--cpu"),
                         s("4"),
                         s("--memory"),
                         (8u64 << 30).to_string(),
                         s("--labels"),
                         format!("zone={region}-b,real=true"),
-                        s("--seed"),
-                        (u32::from(r) * 100 + 1 + k).to_string(),
                     ],
-                    ready: None,
-                    log: log(&name),
-                    name,
-                });
+                ));
             }
             fed.regions.push(Region {
                 name: region,

@@ -12,12 +12,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::hints::Shape;
 use crate::model::{JobPhase, pending_task, running_task, solver_node};
 use crate::pipeline::bind::{PlannedBinding, PlannedStop};
 use crate::placement::{PendingTask, Snapshot, Solution, TaskRef};
 use crate::state::RegionState;
 use crate::state::fit::{constraints, room_for};
-use super::hints::Shape;
 
 /// What one solve of one shard works on.
 #[derive(Debug, Clone, Default)]
