@@ -43,9 +43,17 @@ pub fn tail(path: &Path) -> String {
     let Ok(file) = std::fs::File::open(path) else {
         return String::new();
     };
+    // Stack frames would push the error itself out of the tail.
+    let frame = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with("at ")
+            || t.split_once(": ")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
     let lines: Vec<String> = std::io::BufReader::new(file)
         .lines()
         .map_while(std::result::Result::ok)
+        .filter(|l| !frame(l))
         .collect();
     let start = lines.len().saturating_sub(TAIL_LINES);
     lines[start..]
