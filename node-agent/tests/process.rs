@@ -137,10 +137,21 @@ async fn a_simulated_task_on_a_real_node_runs_as_a_timer_and_succeeds() {
         )
         .await;
     }
-    let (done, _) = fake.wait_report(&ok, |r| r.finished_at_unix_ms != 0).await;
+    // Both timers are 20 ms: either may end first, so the final reports
+    // are collected in whatever order they come.
+    let mut finals = BTreeMap::new();
+    while finals.len() < 2 {
+        let (_, r) = fake.next_report().await;
+        if r.finished_at_unix_ms != 0
+            && let Some(t) = r.task.clone()
+        {
+            finals.insert(t.task.map(|t| t.index), r);
+        }
+    }
+    let done = &finals[&ok.task.as_ref().map(|t| t.index)];
     assert_eq!(done.state, TaskState::Succeeded as i32, "{done:?}");
     assert_eq!(done.exit_code, Some(0));
-    let (done, _) = fake.wait_report(&bad, |r| r.finished_at_unix_ms != 0).await;
+    let done = &finals[&bad.task.as_ref().map(|t| t.index)];
     assert_eq!(done.state, TaskState::Failed as i32, "{done:?}");
     assert_eq!(done.exit_code, Some(4));
     // No process, no files.
