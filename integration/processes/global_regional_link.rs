@@ -273,6 +273,29 @@ async fn await_state(
     }
 }
 
+/// Waits until every job of `jobs` was seen in `state` (events of one job
+/// may come before or after those of another).
+async fn await_all(
+    watch: &mut tonic::Streaming<v1::JobEvent>,
+    jobs: &BTreeSet<String>,
+    state: v1::JobState,
+) {
+    let mut seen = BTreeSet::new();
+    while seen.len() < jobs.len() {
+        let event = watch
+            .message()
+            .await
+            .expect("watch stream")
+            .expect("watch stream open");
+        if let Some(job) = event.job
+            && jobs.contains(&job.job_id)
+            && job.state == state as i32
+        {
+            seen.insert(job.job_id);
+        }
+    }
+}
+
 async fn get_job(federation: &mut FederationClient<Channel>, job_id: &str) -> v1::Job {
     federation
         .get_job(v1::GetJobRequest {
@@ -343,10 +366,10 @@ async fn jobs_submitted_to_the_global_tier_run_on_a_regions_agents_and_their_suc
             agent.report(&attempt, v1::TaskState::Succeeded).await;
         }
 
-        // The region's status reports move the jobs to SUCCEEDED.
-        for job_id in jobs.keys() {
-            await_state(&mut watch, job_id, v1::JobState::Succeeded).await;
-        }
+        // The region's status reports move the jobs to SUCCEEDED, in
+        // whatever order they finish.
+        let ids: BTreeSet<String> = jobs.keys().cloned().collect();
+        await_all(&mut watch, &ids, v1::JobState::Succeeded).await;
         for (job_id, tasks) in &jobs {
             let job = get_job(&mut federation, job_id).await;
             assert_eq!(job.state, v1::JobState::Succeeded as i32, "{job:?}");
