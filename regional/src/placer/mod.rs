@@ -486,11 +486,10 @@ impl ShardLoop {
         let mut out = SweepOutcome::default();
         let changes = {
             let s = self.ctx.state.read();
-            let ids: Vec<&str> = s
-                .shard_nodes(shard)
-                .map(|(_, r)| r.node_id.as_str())
-                .collect();
-            let beats = self.ctx.beats.snapshot(ids);
+            let beats = self
+                .ctx
+                .beats
+                .snapshot(s.shard_nodes(shard).map(|(_, r)| r.node_id.as_str()));
             liveness_changes(
                 &s,
                 &beats,
@@ -521,11 +520,10 @@ impl ShardLoop {
         }
         let tasks = {
             let s = self.ctx.state.read();
-            let ids: Vec<&str> = s
-                .shard_nodes(shard)
-                .map(|(_, r)| r.node_id.as_str())
-                .collect();
-            let beats = self.ctx.beats.snapshot(ids);
+            let beats = self
+                .ctx
+                .beats
+                .snapshot(s.shard_nodes(shard).map(|(_, r)| r.node_id.as_str()));
             task_changes(
                 &s,
                 &beats,
