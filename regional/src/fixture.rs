@@ -9,6 +9,7 @@
 //! through the same code a replica runs.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_control::SharedClock;
@@ -22,6 +23,7 @@ use crate::model::{Keys, NodeRecord};
 use crate::pipeline::intake::Intake;
 use crate::pipeline::node::Register;
 use crate::pipeline::{Authority, Intent, Outcome};
+use crate::placement::Solve;
 use crate::placer::{PlacerConfig, PlacerCtx, ShardLoop};
 use crate::replica::DataPath;
 use crate::shard::{ShardTerm, ensure_layout, shard_of_node};
@@ -34,6 +36,9 @@ pub struct Fixture {
     pub path: DataPath,
     pub identity: Identity,
     pub config: PlacerConfig,
+    /// What the shard loops decide with: the product's solver unless a test
+    /// swaps it.
+    pub solver: Arc<dyn Solve>,
     terms: BTreeMap<u32, ShardTerm>,
 }
 
@@ -82,6 +87,7 @@ impl Fixture {
             path,
             identity,
             config,
+            solver: Arc::new(crate::placement::solve),
             terms,
         })
     }
@@ -202,6 +208,7 @@ impl Fixture {
             beats: self.path.beats.clone(),
             clock: self.clock.clone(),
             config: self.config.clone(),
+            solver: self.solver.clone(),
         }
     }
 

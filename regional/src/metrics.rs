@@ -20,6 +20,7 @@
 //! | `meridian_regional_fencing_rejections_total` | counter | `epoch` |
 //! | `meridian_regional_jobs_retired_total` | counter | |
 //! | `meridian_regional_overcommit_refused_total` | counter | |
+//! | `meridian_regional_solves_refused_total` | counter | `shard` |
 //! | `meridian_regional_handoffs_total` | counter | `shard` |
 //! | `meridian_regional_pipeline_group_size` | histogram | |
 //! | `meridian_regional_pipeline_commit_seconds` | histogram | |
@@ -103,6 +104,13 @@ pub(crate) fn jobs_retired(n: u64) {
 /// (a wrong or stale decision; the task is placed again).
 pub(crate) fn overcommit_refused() {
     metrics::counter!("meridian_regional_overcommit_refused_total").increment(1);
+}
+
+/// A solve whose decisions broke one of the solver's own safety rules and
+/// were thrown away (a solver bug; the jobs wait with the rule as reason).
+pub(crate) fn solve_refused(shard: u32) {
+    metrics::counter!("meridian_regional_solves_refused_total", "shard" => shard.to_string())
+        .increment(1);
 }
 
 /// Jobs a shard leader handed to another shard with room for them.

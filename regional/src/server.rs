@@ -135,6 +135,7 @@ pub async fn run_with(
     )
     .await?;
     let placer = Placer::new(PlacerCtx {
+        solver: Arc::new(crate::placement::solve),
         pipeline: path.pipeline.clone(),
         state: path.state.clone(),
         tailer: path.tailer.clone(),

@@ -7,6 +7,8 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meridian_control::lease::{Acquired, Fence, Identity, Lease};
@@ -18,7 +20,9 @@ use meridian_regional::model::{CommandRecord, Res};
 use meridian_regional::pipeline::bind::{BatchOutcome, Bind, PlannedBinding, Stale};
 use meridian_regional::pipeline::node::{Cordon, SetCordon};
 use meridian_regional::pipeline::{Authority, Intent, Outcome};
-use meridian_regional::placement::{Solution, SolverConfig, TaskRef, solve};
+use meridian_regional::placement::{
+    Binding, NodeId, PendingTask, Snapshot, Solution, SolverConfig, TaskRef, solve,
+};
 use meridian_regional::placer::round::{Batch, RoundInput, batches, build_input};
 use meridian_regional::shard::ensure_layout;
 use support::{GIB, Region};
@@ -449,4 +453,81 @@ async fn a_binding_decided_under_an_older_shard_layout_never_commits() {
     assert!(err.is_fenced(), "{err}");
     assert!(region.task("job-1", 0).await.is_pending());
     assert!(commands(&region, "node-a").await.is_empty());
+}
+
+/// A wrong solver: binds every pending task to `node` at the version it
+/// sees, room or not, and counts how often it was asked.
+fn everything_on(
+    node: &'static str,
+    calls: Arc<AtomicUsize>,
+) -> impl Fn(&Snapshot, &[PendingTask], &SolverConfig) -> Solution + Send + Sync {
+    move |snapshot: &Snapshot, pending: &[PendingTask], _: &SolverConfig| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let node = NodeId::new(node);
+        let version = snapshot.nodes.get(&node).map_or(0, |n| n.version);
+        Solution {
+            bindings: pending
+                .iter()
+                .map(|p| Binding {
+                    task: p.task.clone(),
+                    node: node.clone(),
+                    node_version: version,
+                })
+                .collect(),
+            preemptions: Vec::new(),
+            unschedulable: Vec::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_faulty_solver_that_binds_onto_a_full_node_never_overcommits_it() {
+    let mut region = Region::new().await;
+    region.register("node-a", "boot-a").await;
+    // The shard has room (on node-b), so the round asks the solver.
+    region.register("node-b", "boot-b").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    region.fx.solver = Arc::new(everything_on("node-a", calls.clone()));
+    let mut placer = region.shard_loop(0).await;
+
+    // Each job needs 3 of node-a's 4 cores; the first one fits.
+    region
+        .insert("job-1", simple_spec("t", 1, 3_000, GIB))
+        .await;
+    let first = placer.round().await.expect("round");
+    assert_eq!(first.outcome.bound, vec![TaskRef::new("job-1", 0)]);
+
+    // The solver puts the second one on the same node, not on node-b where
+    // it fits: the commit refuses.
+    region
+        .insert("job-2", simple_spec("t", 1, 3_000, GIB))
+        .await;
+    let second = placer.round().await.expect("round");
+    assert!(second.outcome.bound.is_empty(), "{second:?}");
+    assert_eq!(
+        second.outcome.stale,
+        vec![(TaskRef::new("job-2", 0), Stale::NoRoom)]
+    );
+    assert!(region.task("job-2", 0).await.is_pending());
+    let runs: Vec<String> = commands(&region, "node-a")
+        .await
+        .into_iter()
+        .map(|c| c.job)
+        .collect();
+    assert_eq!(runs, vec!["job-1"]);
+    assert_eq!(
+        region.fx.path.state.read().nodes["node-a"].allocated.cpu,
+        3_000
+    );
+
+    // The refused job went back to the queue: the next round decides it
+    // again (and the commit refuses it again) with no timer involved.
+    let asked = calls.load(Ordering::SeqCst);
+    let third = placer.round().await.expect("round");
+    assert_eq!(calls.load(Ordering::SeqCst), asked + 1);
+    assert_eq!(third.jobs, 1);
+    assert_eq!(
+        third.outcome.stale,
+        vec![(TaskRef::new("job-2", 0), Stale::NoRoom)]
+    );
 }

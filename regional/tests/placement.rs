@@ -671,6 +671,37 @@ fn verify_rejects_an_overcommitting_solution() {
 }
 
 #[test]
+fn a_refused_solve_binds_nothing_and_every_task_waits_with_the_broken_rule() {
+    let snapshot = Snapshot::new(vec![node("a", 1000)], vec![]);
+    let pending = vec![task("j", 0, "t", cpu(800)), task("j", 1, "t", cpu(800))];
+    let bad = Solution {
+        bindings: (0..2)
+            .map(|i| Binding {
+                task: TaskRef::new("j", i),
+                node: NodeId::new("a"),
+                node_version: 1,
+            })
+            .collect(),
+        ..Solution::default()
+    };
+    let violation = verify(&snapshot, &pending, &bad).expect_err("overcommits");
+    let refused = Solution::refused(&pending, &violation);
+    assert!(refused.bindings.is_empty() && refused.preemptions.is_empty());
+    assert_eq!(refused.unschedulable.len(), 2);
+    assert_eq!(refused.refusal(), Some(violation.to_string().as_str()));
+    let (_, reason) = &refused.unschedulable[0];
+    assert!(
+        reason.to_string().contains("a is overcommitted on cpu"),
+        "{reason}"
+    );
+    assert_eq!(verify(&snapshot, &pending, &refused), Ok(()));
+    assert_eq!(
+        solve(&snapshot, &pending, &SolverConfig::default()).refusal(),
+        None
+    );
+}
+
+#[test]
 fn verify_rejects_a_split_gang_a_stale_version_and_an_illegal_victim() {
     let mut high = Running::new(TaskRef::new("high", 0), "a", "t", cpu(100));
     high.priority = 9;

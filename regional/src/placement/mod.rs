@@ -4,7 +4,8 @@
 //! tasks running on them) plus a queue of [`PendingTask`]s into a
 //! [`Solution`]: bindings, preemptions and the reasons the other tasks stay
 //! pending; and [`verify`], an independent re-check of a solution's safety
-//! properties, which `solve` asserts in debug builds.
+//! properties, which `solve` checks on every solution it returns, in release
+//! builds too. [`Solve`] is the seam through which a shard leader calls it.
 //!
 //! Must never: read a clock, draw unseeded randomness, do I/O, or let the
 //! iteration order of a hash map reach a decision. The same input always gives
@@ -50,3 +51,29 @@ pub use types::{
     Policy, Resources, Running, Scope, Snapshot, TaskRef, TaskSelector,
 };
 pub use verify::{Violation, verify};
+
+/// How a shard leader decides placements: [`solve`] in the product. The
+/// commit re-checks every decision against the store whatever this returns,
+/// which is what tests prove with a deliberately wrong implementation.
+pub trait Solve: Send + Sync {
+    fn solve(
+        &self,
+        snapshot: &Snapshot,
+        pending: &[PendingTask],
+        config: &SolverConfig,
+    ) -> Solution;
+}
+
+impl<F> Solve for F
+where
+    F: Fn(&Snapshot, &[PendingTask], &SolverConfig) -> Solution + Send + Sync,
+{
+    fn solve(
+        &self,
+        snapshot: &Snapshot,
+        pending: &[PendingTask],
+        config: &SolverConfig,
+    ) -> Solution {
+        self(snapshot, pending, config)
+    }
+}

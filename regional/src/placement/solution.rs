@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-use super::types::{GangId, NodeId, TaskRef};
+use super::types::{GangId, NodeId, PendingTask, TaskRef};
+use super::verify::Violation;
 
 /// Bind `task` to `node`, valid only while the node is still at
 /// `node_version`.
@@ -56,6 +57,9 @@ pub enum Reason {
     AlreadyRunning,
     /// The task appears earlier in the pending list; that entry decides.
     DuplicatePending,
+    /// The solve broke one of its own safety rules and was thrown away (a
+    /// bug in the solver, never expected): the rule it broke.
+    Refused(String),
 }
 
 impl fmt::Display for Reason {
@@ -78,6 +82,9 @@ impl fmt::Display for Reason {
             }
             Reason::AlreadyRunning => f.write_str("task is already running"),
             Reason::DuplicatePending => f.write_str("task is listed twice in the pending queue"),
+            Reason::Refused(rule) => {
+                write!(f, "placement decision refused by its safety check: {rule}")
+            }
         }
     }
 }
@@ -92,4 +99,28 @@ pub struct Solution {
     pub preemptions: Vec<Preemption>,
     /// Every pending entry that was not bound, in the order decided.
     pub unschedulable: Vec<(TaskRef, Reason)>,
+}
+
+impl Solution {
+    /// What a solve that broke `violation` returns instead of its decisions:
+    /// nothing bound, nothing stopped, and every pending entry waiting with
+    /// the broken rule as its reason.
+    pub fn refused(pending: &[PendingTask], violation: &Violation) -> Solution {
+        Solution {
+            bindings: Vec::new(),
+            preemptions: Vec::new(),
+            unschedulable: pending
+                .iter()
+                .map(|p| (p.task.clone(), Reason::Refused(violation.to_string())))
+                .collect(),
+        }
+    }
+
+    /// The rule a refused solve broke, if this is one.
+    pub fn refusal(&self) -> Option<&str> {
+        self.unschedulable.iter().find_map(|(_, r)| match r {
+            Reason::Refused(rule) => Some(rule.as_str()),
+            _ => None,
+        })
+    }
 }

@@ -10,8 +10,8 @@
 //! not fit from costing a full scan of the cluster each.
 //!
 //! Must never: bind a task that does not fit the resources accounted so far,
-//! leave part of a gang bound, or return a solution `verify` rejects (debug
-//! builds assert it).
+//! leave part of a gang bound, or return a solution `verify` rejects (every
+//! build checks it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -37,10 +37,18 @@ use super::verify::verify;
 /// either bound or listed in [`Solution::unschedulable`] with its reason.
 ///
 /// Deterministic: the same arguments always give the same solution.
+///
+/// Every solution is checked by [`verify`] before it is returned, in release
+/// builds too: one that breaks a rule is replaced by
+/// [`Solution::refused`], which binds nothing and gives every task the
+/// violation as its reason, so a solver bug shows up as waiting jobs with a
+/// loud reason instead of as an unsafe placement.
 pub fn solve(snapshot: &Snapshot, pending: &[PendingTask], config: &SolverConfig) -> Solution {
     let solution = Solver::new(snapshot, pending, config).run();
-    debug_assert_eq!(verify(snapshot, pending, &solution), Ok(()));
-    solution
+    match verify(snapshot, pending, &solution) {
+        Ok(()) => solution,
+        Err(violation) => Solution::refused(pending, &violation),
+    }
 }
 
 /// Selectors of every rule in the solve, numbered in sorted order, and which

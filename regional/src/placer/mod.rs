@@ -40,7 +40,7 @@ use crate::pipeline::bind::{BatchOutcome, Bind};
 use crate::pipeline::node::Liveness;
 use crate::pipeline::upward::Handoff;
 use crate::pipeline::{Authority, Intent, Outcome, Pipeline};
-use crate::placement::{SolverConfig, solve};
+use crate::placement::{Solve, SolverConfig};
 use crate::shard::{ShardTerm, ShardWork};
 use crate::state::tail::Tailer;
 use crate::state::{Delta, SharedState, Watcher};
@@ -98,6 +98,8 @@ pub struct PlacerCtx {
     pub beats: Arc<Beats>,
     pub clock: SharedClock,
     pub config: PlacerConfig,
+    /// What decides placements ([`crate::placement::solve`]).
+    pub solver: Arc<dyn Solve>,
 }
 
 /// The [`ShardWork`] of a region scheduler replica.
@@ -351,8 +353,20 @@ impl ShardLoop {
             crate::placement::Solution::default()
         } else {
             let started = std::time::Instant::now();
-            let solution = solve(&input.snapshot, &input.pending, &self.ctx.config.solver);
+            let solution =
+                self.ctx
+                    .solver
+                    .solve(&input.snapshot, &input.pending, &self.ctx.config.solver);
             m::solve_seconds(started.elapsed());
+            if let Some(rule) = solution.refusal() {
+                m::solve_refused(self.term.shard);
+                tracing::error!(
+                    shard = self.term.shard,
+                    rule,
+                    jobs = jobs.len(),
+                    "a placement solve broke a safety rule and was thrown away"
+                );
+            }
             solution
         };
         let mut report = RoundReport {
