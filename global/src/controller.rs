@@ -6,17 +6,20 @@
 //! whose lease expired more than the skew margin ago (FAILOVER jobs only;
 //! KEEP_RUNNING jobs stay), revokes the jobs of evacuating regions, and
 //! feeds a snapshot to the pure [`router`]. Every decision is re-checked
-//! inside the fenced transaction that applies it. It must never act while
-//! not leading, and never offer a job to a region before its previous hold
-//! was released.
+//! inside the fenced transaction that applies it. Errors are isolated: a job
+//! that cannot be handled (its record does not decode) is parked with a
+//! backoff of its own ([`Parking`]) while the others are routed, and a pass
+//! that fails as a whole (the store is unavailable) is retried after a
+//! full-jitter backoff, not at once. It must never act while not leading,
+//! and never offer a job to a region before its previous hold was released.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_control::SharedClock;
 use meridian_control::lease::{Fence, Role};
 use meridian_control::trace;
+use meridian_control::{Backoff, BackoffConfig, SharedClock};
 use meridian_proto::v1::{Job, JobState, RegionInfo};
 use meridian_store::{Database, RangeOption};
 use prost::Message;
@@ -29,6 +32,7 @@ use crate::jobs::read_job;
 use crate::keys::Keys;
 use crate::leader::Leadership;
 use crate::lifecycle::{self, state_of};
+use crate::parking::Parking;
 use crate::registry::{self, lease_live, read_region};
 use crate::router::{
     self, Amount, Decision, JobRequest, RegionSpread, RegionView, Snapshot, TenantQuota,
@@ -62,6 +66,20 @@ pub struct Controller {
     /// Resources routed to a region since its last capacity report
     /// (keyed by region; reset when a newer report arrives).
     reserved: BTreeMap<String, (u64, Amount)>,
+    /// Jobs set aside after failing on their own.
+    parking: Parking,
+    /// Delay after a failed pass.
+    retry: Backoff,
+}
+
+/// Waits after a pass that failed as a whole: 50 ms doubling to 5 s.
+fn pass_backoff(seed: u64) -> Backoff {
+    let config = BackoffConfig {
+        base: Duration::from_millis(50),
+        cap: Duration::from_secs(5),
+    };
+    // Constants with 0 < base <= cap: this cannot fail at run time.
+    Backoff::new(config, seed).expect("a valid constant backoff")
 }
 
 impl Controller {
@@ -77,8 +95,11 @@ impl Controller {
         every: Duration,
         spread: RegionSpread,
         quotas: BTreeMap<String, TenantQuota>,
+        seed: u64,
     ) -> Self {
         Controller {
+            parking: Parking::new(seed),
+            retry: pass_backoff(seed.wrapping_add(1)),
             db,
             keys,
             clock,
@@ -95,24 +116,46 @@ impl Controller {
     /// Runs passes while leading, until `shutdown` flips.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut status = self.leadership.subscribe();
+        let mut failures: u32 = 0;
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            let mut wait = self.every;
             if status.borrow().role == Role::Leader {
                 match self.pass().await {
-                    Ok(report) if report != PassReport::default() => {
-                        tracing::debug!(?report, "controller pass");
+                    Ok(report) => {
+                        failures = 0;
+                        if report != PassReport::default() {
+                            tracing::debug!(?report, "controller pass");
+                        }
                     }
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "controller pass failed"),
+                    Err(err) => {
+                        wait = self.retry.delay(failures);
+                        failures = failures.saturating_add(1);
+                        metrics::counter!("meridian_global_controller_pass_failures_total")
+                            .increment(1);
+                        tracing::warn!(error = %err, failures, retry_in_ms = wait.as_millis() as u64, "controller pass failed");
+                    }
                 }
             } else {
                 self.reserved.clear();
+                self.parking.clear();
+                failures = 0;
             }
+            // After a failure only the backoff (or a change of role) ends
+            // the wait: kicks would retry a failing store at the rate of
+            // submits.
+            let kicked = async {
+                if failures == 0 {
+                    self.kick.notified().await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
-                _ = self.kick.notified() => {}
-                _ = self.clock.sleep(self.every) => {}
+                _ = kicked => {}
+                _ = self.clock.sleep(wait) => {}
                 _ = status.changed() => {}
                 _ = shutdown.changed() => {}
             }
@@ -161,34 +204,52 @@ impl Controller {
 
     /// Moves the jobs of a lost or evacuating region (judged again inside
     /// the transaction). Returns (revoked, force-released).
-    async fn move_jobs(&self, fence: &Fence, region: &str, skew: u64) -> Result<(usize, usize)> {
+    async fn move_jobs(
+        &mut self,
+        fence: &Fence,
+        region: &str,
+        skew: u64,
+    ) -> Result<(usize, usize)> {
         let keys = self.keys.clone();
         let now = self.clock.now_unix_ms();
-        self.db
+        let blocked = self.parking.blocked(self.clock.now());
+        let blocked = &blocked;
+        let (revoked, released, broken) = self
+            .db
             .run(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
                     fence.check(&tx).await?;
                     let Some(info) = read_region(&tx, &keys, region).await? else {
-                        return Ok((0, 0));
+                        return Ok((0, 0, Vec::new()));
                     };
                     let lost = info.lease_epoch > 0
                         && now >= info.lease_expires_at_unix_ms.saturating_add(skew);
                     if !lost && !info.evacuating {
-                        return Ok((0, 0));
+                        return Ok((0, 0, Vec::new()));
                     }
                     let held = tx
                         .get_range(RangeOption::from(keys.helds(region).range()))
                         .await?;
                     let mut events = EventWriter::new();
                     let (mut revoked, mut released) = (0, 0);
+                    let mut broken = Vec::new();
                     for kv in held {
                         let (job_id,): (String,) = keys
                             .helds(region)
                             .unpack(&kv.key)
                             .map_err(|e| GlobalError::Corrupt(format!("held key: {e}")))?;
-                        let Some(mut job) = read_job(&tx, &keys, &job_id).await? else {
+                        if blocked.contains(&job_id) {
                             continue;
+                        }
+                        let mut job = match read_job(&tx, &keys, &job_id).await {
+                            Ok(Some(job)) => job,
+                            Ok(None) => continue,
+                            Err(GlobalError::Corrupt(why)) => {
+                                broken.push((job_id, why));
+                                continue;
+                            }
+                            Err(err) => return Err(err),
                         };
                         let mut is_moving = read_moving(&tx, &keys, &job_id).await?.is_some();
                         let movable = info.evacuating || handoff::fails_over(&job);
@@ -217,21 +278,34 @@ impl Controller {
                             released += 1;
                         }
                     }
-                    Ok::<_, GlobalError>((revoked, released))
+                    Ok::<_, GlobalError>((revoked, released, broken))
                 }
             })
-            .await
+            .await?;
+        self.park(broken);
+        Ok((revoked, released))
+    }
+
+    /// Parks each job that failed on its own in the last transaction.
+    fn park(&mut self, broken: Vec<(String, String)>) {
+        let now = self.clock.now();
+        for (job_id, why) in broken {
+            self.parking.fail(&job_id, now, &why);
+        }
     }
 
     async fn route(&mut self, fence: &Fence, regions: &[RegionInfo], now: u64) -> Result<usize> {
         let keys = self.keys.clone();
-        let (pending, usage) = self
+        let blocked = self.parking.blocked(self.clock.now());
+        // Parked jobs do not take the places of others in the batch.
+        let scan = ROUTE_BATCH.saturating_add(blocked.len());
+        let (pending, usage, broken) = self
             .db
             .run(|tx, _| {
-                let keys = keys.clone();
+                let (keys, blocked) = (keys.clone(), &blocked);
                 async move {
                     let ids = tx
-                        .get_range(RangeOption::from(keys.pendings().range()).limit(ROUTE_BATCH))
+                        .get_range(RangeOption::from(keys.pendings().range()).limit(scan))
                         .await?;
                     let mut job_ids = Vec::with_capacity(ids.len());
                     for kv in ids {
@@ -239,15 +313,22 @@ impl Controller {
                             .pendings()
                             .unpack(&kv.key)
                             .map_err(|e| GlobalError::Corrupt(format!("pending key: {e}")))?;
-                        job_ids.push(job_id);
+                        if !blocked.contains(&job_id) && job_ids.len() < ROUTE_BATCH {
+                            job_ids.push(job_id);
+                        }
                     }
                     // All the jobs in one round trip.
                     let wanted: Vec<Vec<u8>> = job_ids.iter().map(|j| keys.job(j)).collect();
                     tx.prefetch(&wanted).await?;
                     let mut jobs = Vec::with_capacity(job_ids.len());
-                    for job_id in &job_ids {
-                        if let Some(job) = read_job(&tx, &keys, job_id).await? {
-                            jobs.push(job);
+                    let mut broken = Vec::new();
+                    for job_id in job_ids {
+                        match read_job(&tx, &keys, &job_id).await {
+                            Ok(Some(job)) => jobs.push(job),
+                            Ok(None) => {}
+                            // One bad record must not stop the others.
+                            Err(GlobalError::Corrupt(why)) => broken.push((job_id, why)),
+                            Err(err) => return Err(err),
                         }
                     }
                     let mut usage = BTreeMap::new();
@@ -262,10 +343,16 @@ impl Controller {
                         let raw: [u8; 8] = kv.value.as_slice().try_into().unwrap_or([0; 8]);
                         usage.insert(tenant, u64::try_from(i64::from_le_bytes(raw)).unwrap_or(0));
                     }
-                    Ok::<_, GlobalError>((jobs, usage))
+                    Ok::<_, GlobalError>((jobs, usage, broken))
                 }
             })
             .await?;
+        self.park(broken);
+        if !self.parking.is_empty() {
+            for job in &pending {
+                self.parking.handled(&job.job_id);
+            }
+        }
         metrics::gauge!("meridian_global_route_pending_jobs").set(pending.len() as f64);
         if pending.is_empty() {
             return Ok(0);

@@ -27,6 +27,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod link;
 pub mod metrics_endpoint;
+pub mod parking;
 pub mod registry;
 pub mod reports;
 pub mod router;

@@ -55,6 +55,7 @@ fn register_series() {
     for epoch in ["region_lease", "assignment"] {
         let _ = metrics::counter!("meridian_global_fencing_rejections_total", "epoch" => epoch);
     }
+    crate::parking::register_series();
     meridian_control::telemetry::register_series();
     meridian_store::database::register_metrics();
 }

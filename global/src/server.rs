@@ -155,6 +155,7 @@ pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) 
         config.controller_every,
         config.spread,
         config.quotas.clone(),
+        config.seed,
     );
     let mut tasks = vec![elector_task, tokio::spawn(controller.run(shutdown.clone()))];
 
