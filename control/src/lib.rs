@@ -2,8 +2,8 @@
 //!
 //! Owns the building blocks controllers are made of: the [`clock`] through
 //! which all time is read, [`backoff`] with full jitter and [`retry`]
-//! classification with per-key budgets, the per-key work [`queue`], the
-//! [`reconcile`] runner, leases with fencing epochs ([`lease`]), the
+//! classification, the per-key work [`queue`], leases with fencing epochs
+//! ([`lease`]), the
 //! network seam every server and client goes through ([`net`]), the
 //! [`telemetry`] they record, and the jobs' [`trace`] ids every tier
 //! carries.
@@ -16,7 +16,6 @@ pub mod clock;
 pub mod lease;
 pub mod net;
 pub mod queue;
-pub mod reconcile;
 pub mod retry;
 pub mod telemetry;
 pub mod trace;
@@ -24,5 +23,4 @@ pub mod trace;
 pub use backoff::{Backoff, BackoffConfig, BackoffConfigError};
 pub use clock::{Clock, Instant, ManualClock, SharedClock, Sleep, SystemClock};
 pub use queue::{AddOutcome, KeyState, Lane, QueueConfig, QueueKey, WorkGuard, WorkQueue};
-pub use reconcile::{Action, Handle, Reconciler, RetryContext, Runner, RunnerConfig, RunnerError};
-pub use retry::{BudgetDecision, RetryBudget, RetryBudgetConfig, RetryError, Retryable, retry};
+pub use retry::{RetryError, Retryable, retry};

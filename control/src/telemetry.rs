@@ -1,9 +1,9 @@
 //! Metrics of meridian-control, through the `metrics` facade.
 //!
 //! Owns the metric names, their labels and their handles. Handles are
-//! registered once, when a queue or runner is built, so a recorder installed
-//! around construction (globally or with `metrics::with_local_recorder`)
-//! receives everything that queue or runner records afterwards.
+//! registered once, when a queue is built, so a recorder installed around
+//! construction (globally or with `metrics::with_local_recorder`) receives
+//! everything that queue records afterwards.
 //!
 //! Must never: create a label value from a key (unbounded cardinality), or
 //! register metrics on a hot path.
@@ -15,11 +15,6 @@
 //! | `meridian_control_queue_adds_total` | counter | `queue`, `lane` | add calls, merged ones included |
 //! | `meridian_control_queue_drops_total` | counter | `queue`, `lane` | entries dropped because the queue was full (evicted or refused), by the dropped entry's lane |
 //! | `meridian_control_queue_wait_seconds` | histogram | `queue`, `lane` | from eligible to handed out |
-//! | `meridian_control_reconciles_total` | counter | `controller`, `outcome` | finished reconciles; `outcome` is `done`, `requeue`, `transient_error`, `permanent_error` or `panic` |
-//! | `meridian_control_reconcile_duration_seconds` | histogram | `controller`, `outcome` | reconcile run time on the runner's clock |
-//! | `meridian_control_retries_total` | counter | `controller` | requeues after an error, charged to the retry budget |
-//! | `meridian_control_retry_budget_exhausted_total` | counter | `controller` | errors whose key had no retry budget left and was parked |
-//! | `meridian_control_resyncs_total` | counter | `controller`, `outcome` | full re-lists; `outcome` is `ok` or `error` |
 //! | `meridian_control_lease_transitions_total` | counter | `lease`, `to` | lease terms gained and lost; `to` is `leader` (acquired), `follower` (lost: fenced, deadline passed or renewal too slow) or `released` (given up on shutdown) |
 //! | `meridian_control_lease_epoch` | gauge | `lease` | epoch of this candidate's last term |
 //! | `meridian_control_lease_renew_failures_total` | counter | `lease`, `reason` | failed renewals; `reason` is `fenced` (taken over), `error` (retried until the deadline) or `timeout` (deadline passed mid-renewal) |
@@ -37,11 +32,6 @@ pub const QUEUE_PROCESSING: &str = "meridian_control_queue_processing";
 pub const QUEUE_ADDS: &str = "meridian_control_queue_adds_total";
 pub const QUEUE_DROPS: &str = "meridian_control_queue_drops_total";
 pub const QUEUE_WAIT: &str = "meridian_control_queue_wait_seconds";
-pub const RECONCILES: &str = "meridian_control_reconciles_total";
-pub const RECONCILE_DURATION: &str = "meridian_control_reconcile_duration_seconds";
-pub const RETRIES: &str = "meridian_control_retries_total";
-pub const RETRY_BUDGET_EXHAUSTED: &str = "meridian_control_retry_budget_exhausted_total";
-pub const RESYNCS: &str = "meridian_control_resyncs_total";
 pub const LEASE_RENEW_FAILURES: &str = "meridian_control_lease_renew_failures_total";
 pub const FENCED_WRITES: &str = "meridian_control_fenced_writes_total";
 
@@ -67,46 +57,6 @@ pub fn register_series() {
 /// A fence check refused a transaction.
 pub(crate) fn fenced_write() {
     counter!(FENCED_WRITES).increment(1);
-}
-
-/// How a reconcile ended, as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Done,
-    Requeue,
-    TransientError,
-    PermanentError,
-    Panic,
-}
-
-impl Outcome {
-    const ALL: [Outcome; 5] = [
-        Outcome::Done,
-        Outcome::Requeue,
-        Outcome::TransientError,
-        Outcome::PermanentError,
-        Outcome::Panic,
-    ];
-
-    fn index(self) -> usize {
-        match self {
-            Outcome::Done => 0,
-            Outcome::Requeue => 1,
-            Outcome::TransientError => 2,
-            Outcome::PermanentError => 3,
-            Outcome::Panic => 4,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Done => "done",
-            Outcome::Requeue => "requeue",
-            Outcome::TransientError => "transient_error",
-            Outcome::PermanentError => "permanent_error",
-            Outcome::Panic => "panic",
-        }
-    }
 }
 
 pub(crate) struct QueueMetrics {
@@ -153,61 +103,6 @@ impl QueueMetrics {
     }
 }
 
-pub(crate) struct RunnerMetrics {
-    reconciles: [Counter; 5],
-    durations: [Histogram; 5],
-    retries: Counter,
-    budget_exhausted: Counter,
-    resync_ok: Counter,
-    resync_error: Counter,
-}
-
-impl RunnerMetrics {
-    pub(crate) fn new(controller: &str) -> Self {
-        RunnerMetrics {
-            reconciles: Outcome::ALL.map(|o| {
-                counter!(RECONCILES, "controller" => controller.to_owned(), "outcome" => o.as_str())
-            }),
-            durations: Outcome::ALL.map(|o| {
-                histogram!(
-                    RECONCILE_DURATION,
-                    "controller" => controller.to_owned(),
-                    "outcome" => o.as_str()
-                )
-            }),
-            retries: counter!(RETRIES, "controller" => controller.to_owned()),
-            budget_exhausted: counter!(RETRY_BUDGET_EXHAUSTED, "controller" => controller.to_owned()),
-            resync_ok: counter!(RESYNCS, "controller" => controller.to_owned(), "outcome" => "ok"),
-            resync_error: counter!(
-                RESYNCS,
-                "controller" => controller.to_owned(),
-                "outcome" => "error"
-            ),
-        }
-    }
-
-    pub(crate) fn reconciled(&self, outcome: Outcome, seconds: f64) {
-        self.reconciles[outcome.index()].increment(1);
-        self.durations[outcome.index()].record(seconds);
-    }
-
-    pub(crate) fn retried(&self) {
-        self.retries.increment(1);
-    }
-
-    pub(crate) fn budget_exhausted(&self) {
-        self.budget_exhausted.increment(1);
-    }
-
-    pub(crate) fn resynced(&self, ok: bool) {
-        if ok {
-            self.resync_ok.increment(1);
-        } else {
-            self.resync_error.increment(1);
-        }
-    }
-}
-
 /// Registers descriptions of every metric above with the installed recorder.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -229,18 +124,6 @@ pub fn describe() {
         Unit::Seconds,
         "Time from eligible to handed out"
     );
-    describe_counter!(RECONCILES, "Finished reconciles by outcome");
-    describe_histogram!(
-        RECONCILE_DURATION,
-        Unit::Seconds,
-        "Reconcile run time by outcome"
-    );
-    describe_counter!(RETRIES, "Requeues after a reconcile error");
-    describe_counter!(
-        RETRY_BUDGET_EXHAUSTED,
-        "Reconcile errors whose key had spent its retry budget and was parked"
-    );
-    describe_counter!(RESYNCS, "Full re-lists of the reconciled keys by outcome");
     describe_counter!(
         LEASE_RENEW_FAILURES,
         "Failed lease renewals by lease and reason"

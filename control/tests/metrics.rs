@@ -1,4 +1,4 @@
-//! Metrics recorded by the work queue and the runner, read back through a
+//! Metrics recorded by the work queue and the leases, read back through a
 //! debugging recorder installed around construction.
 //!
 //! Taking a debugging snapshot resets counters and gauges, so each check
@@ -9,12 +9,9 @@ use std::time::Duration;
 
 use meridian_control::clock::ManualClock;
 use meridian_control::queue::{Lane, QueueConfig, WorkQueue};
-use meridian_control::reconcile::{Action, Reconciler, Runner, RunnerConfig};
-use meridian_control::retry::Retryable;
 use meridian_control::telemetry;
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use parking_lot::Mutex;
 
 struct Snap(Vec<(CompositeKey, DebugValue)>);
 
@@ -131,87 +128,6 @@ fn the_queue_reports_depth_per_lane_adds_drops_and_waits() {
         snap.gauge(telemetry::QUEUE_PROCESSING, &[("queue", "placement")]),
         0.0
     );
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("flaky")]
-struct Flaky;
-
-impl Retryable for Flaky {
-    fn is_retryable(&self) -> bool {
-        true
-    }
-}
-
-struct FailsOnce {
-    failed: Mutex<bool>,
-}
-
-impl Reconciler for FailsOnce {
-    type Key = u32;
-    type Error = Flaky;
-
-    async fn reconcile(&self, _key: &u32) -> Result<Action, Flaky> {
-        let mut failed = self.failed.lock();
-        if *failed {
-            Ok(Action::Done)
-        } else {
-            *failed = true;
-            Err(Flaky)
-        }
-    }
-
-    async fn list_keys(&self) -> Result<Vec<u32>, Flaky> {
-        Ok(vec![1])
-    }
-}
-
-#[tokio::test]
-async fn the_runner_reports_outcomes_retries_durations_and_resyncs() {
-    let recorder = DebuggingRecorder::new();
-    let clock = ManualClock::new();
-    let runner = metrics::with_local_recorder(&recorder, || {
-        Runner::start(
-            Arc::new(FailsOnce {
-                failed: Mutex::new(false),
-            }),
-            clock.shared(),
-            RunnerConfig {
-                name: "jobs".to_owned(),
-                workers: 1,
-                resync_interval: None,
-                ..RunnerConfig::default()
-            },
-        )
-        .expect("runner starts")
-    });
-    runner.wait_for_resyncs(1).await;
-    runner.queue().idle().await;
-    let due = runner.queue().next_eligible_at().expect("retry scheduled");
-    clock.advance_to(due).expect("forward");
-    runner.queue().idle().await;
-
-    let snap = Snap::take(&recorder);
-    let jobs = ("controller", "jobs");
-    let outcome = |o: &str| snap.counter(telemetry::RECONCILES, &[jobs, ("outcome", o)]);
-    assert_eq!(outcome("transient_error"), 1);
-    assert_eq!(outcome("done"), 1);
-    assert_eq!(outcome("permanent_error"), 0);
-    assert_eq!(snap.counter(telemetry::RETRIES, &[jobs]), 1);
-    assert_eq!(snap.counter(telemetry::RETRY_BUDGET_EXHAUSTED, &[jobs]), 0);
-    assert_eq!(
-        snap.counter(telemetry::RESYNCS, &[jobs, ("outcome", "ok")]),
-        1
-    );
-    let done_durations =
-        snap.histogram(telemetry::RECONCILE_DURATION, &[jobs, ("outcome", "done")]);
-    assert_eq!(done_durations.len(), 1);
-    // The runner's queue is named after the controller.
-    assert_eq!(
-        snap.counter(telemetry::QUEUE_ADDS, &[("queue", "jobs"), ("lane", "low")]),
-        1
-    );
-    runner.shutdown().await.expect("clean shutdown");
 }
 
 /// Runs `f` on a current-thread runtime with `recorder` installed on this
