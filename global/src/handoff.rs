@@ -1,6 +1,6 @@
 //! Ownership of jobs by regions: assign, revoke (fence first), release.
 //!
-//! Owns the three steps of DESIGN.md section 4 as functions over one
+//! Owns the three steps of the fence-first hand-off (docs/architecture.md) as functions over one
 //! transaction: [`assign`] gives a pending job to a region under a new
 //! assignment epoch; [`revoke`] bumps the epoch first, so the old region's
 //! acknowledgements and status writes fail from that commit on, and records

@@ -5,7 +5,7 @@
 //! and of the global leader for several lease lengths (the GC-pause case),
 //! and `kill -9` of every control plane process at once while `keep_running`
 //! tasks run; `meridian dev` restarts what dies. Then a heal phase. The
-//! collected history is judged by `meridian-sim`'s checker (DESIGN.md §7),
+//! collected history is judged by `meridian-sim`'s checker (the invariants of docs/architecture.md),
 //! the same one the deterministic simulation uses.
 //!
 //! What the history holds, and where each part comes from:

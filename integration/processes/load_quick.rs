@@ -1,6 +1,5 @@
 //! `meridian load <scenario> --quick` as a real process, one test per
-//! scenario: each must finish successfully (no invariant of DESIGN.md
-//! section 7 violated) and write its JSON report with an empty list of
+//! scenario: each must finish successfully (no invariant of docs/architecture.md violated) and write its JSON report with an empty list of
 //! violations. Timings are never asserted. The scenarios start their own
 //! federations of processes, so these tests run one at a time (a lock here,
 //! and alone under nextest, see .config/nextest.toml).

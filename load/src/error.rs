@@ -9,7 +9,7 @@ use meridian_store::Retryable;
 /// What can stop a load run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The system under load broke a rule of DESIGN.md section 7.
+    /// The system under load broke an invariant of docs/architecture.md.
     #[error("invariant violated: {}", .0.join("; "))]
     Invariant(Vec<String>),
     /// The local federation could not be started or controlled.

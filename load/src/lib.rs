@@ -5,7 +5,7 @@
 //! federation given by `--endpoint` or one it starts itself as real
 //! processes; their measurements and their reports (JSON, markdown, SVG in
 //! `docs/bench/`). `--quick` makes every scenario small enough for CI and
-//! turns only invariant violations (DESIGN.md section 7) into a failure,
+//! turns only invariant violations (docs/architecture.md, invariants) into a failure,
 //! never a timing. Must never: hold scheduling logic, or fail a run because
 //! it was slow.
 

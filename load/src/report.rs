@@ -4,7 +4,7 @@
 //! violations, time series), its JSON form, and the markdown page with the
 //! machine, git revision and exact command (from `meridian-bench-report`)
 //! beside the SVG plot. Must never judge a run beyond comparing a measured
-//! value with its DESIGN.md target, and never fail a run for a timing.
+//! value with its target (docs/architecture.md), and never fail a run for a timing.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::error::{LoadError, Result};
 
-/// A DESIGN.md section 8 target and what this run measured.
+/// A target of docs/architecture.md and what this run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     /// What is measured, e.g. "submit, batched".
@@ -63,7 +63,7 @@ pub struct Report {
     pub params: BTreeMap<String, serde_json::Value>,
     /// Measured results.
     pub results: BTreeMap<String, serde_json::Value>,
-    /// Targets of DESIGN.md section 8 this scenario measures.
+    /// Targets of docs/architecture.md this scenario measures.
     pub targets: Vec<Target>,
     /// Invariant violations (empty on a good run).
     pub violations: Vec<String>,
@@ -148,7 +148,7 @@ impl Report {
         let _ = writeln!(md, "- date (UTC): {}", self.date);
         let _ = writeln!(md, "- seed: {}, quick: {}\n", self.seed, self.quick);
         if !self.targets.is_empty() {
-            let _ = writeln!(md, "## Targets (DESIGN.md section 8)\n");
+            let _ = writeln!(md, "## Targets (docs/architecture.md)\n");
             let _ = writeln!(
                 md,
                 "| target | required | measured | met |\n|---|---|---|---|"
@@ -165,7 +165,7 @@ impl Report {
             }
             md.push('\n');
         }
-        let _ = writeln!(md, "## Invariants (DESIGN.md section 7)\n");
+        let _ = writeln!(md, "## Invariants (docs/architecture.md, invariants)\n");
         if self.violations.is_empty() {
             let _ = writeln!(md, "No violation found.\n");
         } else {

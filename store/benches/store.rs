@@ -423,7 +423,7 @@ fn report(table: &str, counts: &Counts) -> String {
          The store side goes through `Database::run` (`sqlite:PATH`); the raw\n\
          side uses rusqlite's `Transaction` with cached prepared statements.\n\
          Ops are transactions for A, C and D, and individual sets for B.\n\
-         The targets (DESIGN.md section 8) are on throughput, the most each side\n\
+         The targets (docs/architecture.md) are on throughput, the most each side\n\
          can sustain: for single-key transactions that is D, since raw SQLite\n\
          cannot commit faster than one transaction after another on one file\n\
          while the store serves many callers at once; A, one caller waiting for\n\
@@ -431,7 +431,7 @@ fn report(table: &str, counts: &Counts) -> String {
          C reads and rewrites one of {RMW_KEYS} keys per transaction.\n\n\
          ## Where the store's time goes\n\n\
          Every SQLite call runs on tokio's blocking pool, never on an async\n\
-         worker (DESIGN.md section 3): one round trip is one hand-off to a\n\
+         worker (docs/store.md): one round trip is one hand-off to a\n\
          blocking thread and one wake-up of the waiting task. The workloads run\n\
          on a runtime worker thread, where servers run their handlers. On this\n\
          2-core VM a hand-off costs about as much as a whole raw single-key\n\

@@ -1,6 +1,6 @@
 //! Leases with fencing epochs: who may act, and proof inside every write.
 //!
-//! Owns the lease protocol of DESIGN.md section 4 on top of the store: acquire,
+//! Owns the lease protocol (docs/architecture.md, authority and fencing) on top of the store: acquire,
 //! renew, release and observe a record `(holder, epoch, expires_at)`, and the
 //! [`Fence`] an owner checks inside each of its write transactions. Taking over
 //! is one transaction that bumps the epoch; only after it commits does the new

@@ -1,4 +1,4 @@
-//! The history checker: DESIGN.md section 7 as code.
+//! The history checker: the invariants of docs/architecture.md as code.
 //!
 //! Owns the invariants and their reading of a [`History`]: [`check`] walks
 //! the records once in sequence order and returns every [`Violation`] it
@@ -17,7 +17,7 @@ use crate::history::{Event, History, JobState, Resources, Scope, StopReason};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckConfig {
     /// How long after [`Event::Healed`] every acknowledged job has to be seen
-    /// converged (DESIGN.md 7.6: a few lease lengths).
+    /// converged (the convergence invariant of docs/architecture.md: a few lease lengths).
     pub convergence_bound: Duration,
 }
 

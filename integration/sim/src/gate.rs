@@ -5,7 +5,7 @@
 //! process's clock consults it too). A paused process fires no timer and
 //! commits no transaction until it resumes, so a leader paused past its
 //! lease resumes holding a stale fence and tries to write with it: the
-//! GC-pause case of DESIGN.md section 4. A pause is armed, and strikes at
+//! GC-pause case of the fencing protocol (docs/architecture.md). A pause is armed, and strikes at
 //! the process's next commit into a chosen key range (the region's task
 //! bindings), just before that commit. Must never drop or reorder a transaction, only delay its
 //! commit.

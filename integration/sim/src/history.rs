@@ -89,7 +89,7 @@ pub enum JobState {
 }
 
 impl JobState {
-    /// Whether the job has converged in the sense of DESIGN.md section 7.6:
+    /// Whether the job has converged in the sense of the convergence invariant of docs/architecture.md:
     /// placed, running or failed with a reason.
     pub fn is_converged(&self) -> bool {
         !matches!(self, JobState::Pending)

@@ -2,7 +2,7 @@
 //! and the checker that judges a run.
 //!
 //! Owns the history vocabulary and recorder ([`history`]), the invariant
-//! checker of DESIGN.md section 7 ([`checker`]), and the simulation: the
+//! checker of the invariants of docs/architecture.md ([`checker`]), and the simulation: the
 //! simulated network and clock behind the product's seams ([`net`],
 //! [`clock`]), the pause fault ([`gate`]), what is recorded from the real
 //! components ([`exec`], [`observe`]) and the run itself ([`world`]). The

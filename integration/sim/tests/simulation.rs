@@ -1,5 +1,5 @@
 //! The whole federation under faults, seed after seed, judged by the
-//! history checker (DESIGN.md section 7).
+//! history checker (docs/architecture.md, invariants).
 //!
 //! By default the four `ci_seeds_*` tests split seeds 0..100 between them
 //! (nextest runs them side by side). `SIM_SEEDS=N` makes them cover 0..N;
