@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meridian_control::SharedClock;
-use meridian_control::lease::{Elector, ElectorConfig, Fence, Identity, LeaderStatus, Lease, Role};
+use meridian_control::lease::{
+    Elector, ElectorConfig, Fence, Identity, LeaderStatus, Lease, LeaseRuntime, Role, Term,
+};
 use meridian_store::{Database, tuple};
 use tokio::sync::watch;
 
@@ -84,29 +86,21 @@ impl Leadership {
             next_seq: AtomicU64::new(0),
         });
         let advertiser = leadership.clone();
-        let mut changes = leadership.status.clone();
-        let handle = tokio::spawn(async move {
-            let adverts = async move {
-                loop {
-                    let status = changes.borrow_and_update().clone();
-                    if status.role == Role::Leader {
+        metrics::gauge!("meridian_global_leader").set(0.0);
+        let handle =
+            tokio::spawn(
+                elector.lead(LeaseRuntime::inline(), shutdown, move |mut term: Term| {
+                    let (advertiser, grpc, http) = (advertiser.clone(), grpc.clone(), http.clone());
+                    async move {
                         metrics::gauge!("meridian_global_leader").set(1.0);
-                        if let Err(err) = advertiser.advertise(&grpc, &http).await {
+                        if let Err(err) = advertiser.advertise(&term.fence, &grpc, &http).await {
                             tracing::warn!(error = %err, "advertising the leader endpoints failed");
                         }
-                    } else {
+                        term.ended().await;
                         metrics::gauge!("meridian_global_leader").set(0.0);
                     }
-                    if changes.changed().await.is_err() {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = elector.run(shutdown) => {}
-                _ = adverts => {}
-            }
-        });
+                }),
+            );
         (leadership, handle)
     }
 
@@ -175,11 +169,7 @@ impl Leadership {
         format!("j{:010}-{:012}", fence.epoch(), seq)
     }
 
-    async fn advertise(&self, grpc: &str, http: &str) -> Result<()> {
-        let fence = match self.fence().await {
-            Ok(fence) => fence,
-            Err(_) => return Ok(()),
-        };
+    async fn advertise(&self, fence: &Fence, grpc: &str, http: &str) -> Result<()> {
         let key = self.keys.leader_info();
         let value = tuple::pack(&(fence.epoch(), grpc, http));
         self.db

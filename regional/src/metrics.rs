@@ -21,6 +21,7 @@
 //! | `meridian_regional_jobs_retired_total` | counter | |
 //! | `meridian_regional_overcommit_refused_total` | counter | |
 //! | `meridian_regional_solves_refused_total` | counter | `shard` |
+//! | `meridian_regional_round_failures_total` | counter | `shard` |
 //! | `meridian_regional_handoffs_total` | counter | `shard` |
 //! | `meridian_regional_pipeline_group_size` | histogram | |
 //! | `meridian_regional_pipeline_commit_seconds` | histogram | |
@@ -110,6 +111,12 @@ pub(crate) fn overcommit_refused() {
 /// were thrown away (a solver bug; the jobs wait with the rule as reason).
 pub(crate) fn solve_refused(shard: u32) {
     metrics::counter!("meridian_regional_solves_refused_total", "shard" => shard.to_string())
+        .increment(1);
+}
+
+/// A placement round that failed (then retried after a backoff).
+pub(crate) fn round_failed(shard: u32) {
+    metrics::counter!("meridian_regional_round_failures_total", "shard" => shard.to_string())
         .increment(1);
 }
 

@@ -12,6 +12,7 @@
 //! safety_margin` (the [`elector`] steps down there by itself).
 
 pub mod elector;
+mod lead;
 pub mod observe;
 mod record;
 mod runtime;
@@ -23,6 +24,7 @@ use meridian_store::{Database, Retryable, StoreError, Transaction, TxError};
 use crate::clock::{Instant, SharedClock};
 
 pub use elector::{Elector, ElectorConfig, LeaderStatus, Role};
+pub use lead::Term;
 pub use record::{Identity, LeaseRecord};
 pub use runtime::LeaseRuntime;
 

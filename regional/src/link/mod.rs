@@ -20,7 +20,7 @@ pub use report::Reported;
 use std::time::Duration;
 
 use meridian_control::SharedClock;
-use meridian_control::lease::{Elector, ElectorConfig, Fence, Identity, Lease, LeaseRuntime, Role};
+use meridian_control::lease::{Elector, ElectorConfig, Identity, Lease, LeaseRuntime, Term};
 use meridian_store::Database;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -91,54 +91,27 @@ pub async fn run(
         config.lease / 10,
     );
     let elector = Elector::new(lease, ElectorConfig::for_lease(config.lease), 7, "link");
-    let mut status = elector.subscribe();
-    let (stop_elector, stop_rx) = oneshot::channel::<()>();
-    let elector_task = leases.spawn(elector.run(async move {
-        let _ = stop_rx.await;
-    }));
-    tokio::pin!(shutdown);
-    let mut session: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)> = None;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            changed = status.changed() => {
-                if changed.is_err() {
-                    break;
+    elector
+        .lead(leases, shutdown, move |mut term: Term| {
+            let (ctx, config) = (ctx.clone(), config.clone());
+            let (db, keys, clock) = (db.clone(), keys.clone(), clock.clone());
+            async move {
+                let (stop_session, session_rx) = oneshot::channel();
+                let (stop_trim, trim_rx) = oneshot::channel();
+                let work = futures::future::join(
+                    session::run(ctx, config, term.fence.clone(), session_rx),
+                    trim::run(db, keys, clock, term.fence.clone(), trim_rx),
+                );
+                tokio::pin!(work);
+                tokio::select! {
+                    _ = &mut work => return,
+                    _ = term.ended() => {}
                 }
-                let now = status.borrow_and_update().clone();
-                if let Some((stop, task)) = session.take() {
-                    let _ = stop.send(());
-                    let _ = task.await;
-                }
-                if now.role == Role::Leader {
-                    let fence = Fence::new(keys.link_lease(), identity.clone(), now.epoch);
-                    let (stop, stop_rx) = oneshot::channel::<()>();
-                    let (stop_session, session_rx) = oneshot::channel();
-                    let (stop_trim, trim_rx) = oneshot::channel();
-                    let work = futures::future::join(
-                        session::run(ctx.clone(), config.clone(), fence.clone(), session_rx),
-                        trim::run(db.clone(), keys.clone(), clock.clone(), fence, trim_rx),
-                    );
-                    let task = tokio::spawn(async move {
-                        tokio::pin!(work);
-                        tokio::select! {
-                            _ = &mut work => return,
-                            _ = stop_rx => {}
-                        }
-                        // Both are told, and the session may finish its report.
-                        let _ = stop_session.send(());
-                        let _ = stop_trim.send(());
-                        work.await;
-                    });
-                    session = Some((stop, task));
-                }
+                // Both are told, and the session may finish its report.
+                let _ = stop_session.send(());
+                let _ = stop_trim.send(());
+                work.await;
             }
-        }
-    }
-    if let Some((stop, task)) = session.take() {
-        let _ = stop.send(());
-        let _ = task.await;
-    }
-    let _ = stop_elector.send(());
-    let _ = elector_task.await;
+        })
+        .await;
 }

@@ -118,16 +118,51 @@ impl ShardWork for Placer {
         let ctx = self.ctx.clone();
         Box::pin(async move {
             let shard = term.shard;
-            match ShardLoop::start(ctx, term).await {
-                Ok(mut lp) => {
-                    if let Err(err) = lp.run(stop).await {
-                        tracing::warn!(shard, error = %err, "placement loop ended");
+            // A term whose loop cannot start (the feed cannot be read yet)
+            // must not hold its shard idle: it tries again until it starts
+            // or the term ends.
+            let mut failures = 0u32;
+            let mut backoff = start_backoff(ctx.config.seed ^ u64::from(shard));
+            let mut stop_wait = stop.clone();
+            loop {
+                if *stop.borrow() {
+                    return;
+                }
+                match ShardLoop::start(ctx.clone(), term.clone()).await {
+                    Ok(mut lp) => {
+                        if let Err(err) = lp.run(stop).await {
+                            tracing::warn!(shard, error = %err, "placement loop ended");
+                        }
+                        return;
+                    }
+                    Err(err) if err.is_fenced() => {
+                        tracing::warn!(shard, error = %err, "placement loop fenced at start");
+                        return;
+                    }
+                    Err(err) => {
+                        let wait = backoff.delay(failures);
+                        failures = failures.saturating_add(1);
+                        tracing::error!(shard, error = %err, failures, retry_in_ms = wait.as_millis() as u64, "placement loop could not start; retrying");
+                        tokio::select! {
+                            _ = ctx.clock.sleep(wait) => {}
+                            _ = stop_wait.changed() => {}
+                        }
                     }
                 }
-                Err(err) => tracing::error!(shard, error = %err, "placement loop could not start"),
             }
         })
     }
+}
+
+/// Waits between attempts to start a term's loop, and after a failed
+/// round: 50 ms doubling to 2 s, so a store outage is not retried hot.
+fn start_backoff(seed: u64) -> Backoff {
+    let config = BackoffConfig {
+        base: Duration::from_millis(50),
+        cap: Duration::from_secs(2),
+    };
+    // Constants with 0 < base <= cap: this cannot fail at run time.
+    Backoff::new(config, seed).expect("a valid constant backoff")
 }
 
 /// What one round did, for tests and metrics.
@@ -210,18 +245,31 @@ impl ShardLoop {
     }
 
     async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let mut failures = 0u32;
+        let mut backoff = start_backoff(self.ctx.config.seed ^ u64::from(self.term.shard));
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
             match self.round().await {
-                Ok(_) => {}
+                Ok(_) => failures = 0,
                 // The layout moved under a decision: the next round decides
                 // under the new one (memory follows the layout change).
                 Err(RegionalError::Resharded { .. }) => {}
                 Err(err) if err.is_fenced() => return Err(err),
                 Err(err) => {
-                    tracing::warn!(shard = self.term.shard, error = %err, "placement round failed");
+                    // The next round waits out a backoff so a failing store
+                    // is not retried hot (a job the round took and did not
+                    // decide is queued again by the next resync).
+                    let wait = backoff.delay(failures);
+                    failures = failures.saturating_add(1);
+                    m::round_failed(self.term.shard);
+                    tracing::warn!(shard = self.term.shard, error = %err, failures, retry_in_ms = wait.as_millis() as u64, "placement round failed");
+                    tokio::select! {
+                        _ = stop.changed() => return Ok(()),
+                        _ = self.ctx.clock.sleep(wait) => {}
+                    }
+                    continue;
                 }
             }
             if self.queue.ready_len() > 0 {

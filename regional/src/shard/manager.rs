@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use meridian_control::lease::{Elector, ElectorConfig, Fence, Identity, Lease, LeaseRuntime, Role};
+use meridian_control::lease::{Elector, ElectorConfig, Fence, Identity, Lease, LeaseRuntime, Term};
 use meridian_control::{Instant, SharedClock};
 use meridian_store::Database;
 use parking_lot::Mutex;
@@ -240,74 +240,46 @@ impl ShardManager {
             self.config.seed ^ u64::from(shard).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             format!("shard-{shard}"),
         );
-        let (stop, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(drive_slot(
-            shard,
-            elector,
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (work, leading) = (self.work.clone(), self.leading.clone());
+        let task = tokio::spawn(elector.lead(
             self.config.leases.clone(),
-            self.keys.shard_lease(shard),
-            self.identity.clone(),
-            self.work.clone(),
-            self.leading.clone(),
-            stop_rx,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |term: Term| {
+                let (work, leading) = (work.clone(), leading.clone());
+                async move {
+                    let epoch = term.epoch();
+                    let _listed = Listed::new(leading, shard, epoch);
+                    let shard_term = ShardTerm {
+                        shard,
+                        epoch,
+                        fence: term.fence.clone(),
+                    };
+                    work.lead(shard_term, term.stop_signal()).await;
+                }
+            },
         ));
         self.slots.insert(shard, Slot { stop, task });
     }
 }
 
-/// Runs one shard's elector and, while it leads, the shard's worker.
-#[allow(clippy::too_many_arguments)]
-async fn drive_slot(
-    shard: u32,
-    elector: Elector,
-    leases: LeaseRuntime,
-    lease_key: Vec<u8>,
-    identity: Identity,
-    work: Arc<dyn ShardWork>,
+/// Lists a shard in [`Leading`] for as long as its term's worker runs.
+struct Listed {
     leading: Leading,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut status = elector.subscribe();
-    let (elector_stop, elector_stop_rx) = oneshot::channel::<()>();
-    let elector_task = leases.spawn(elector.run(async move {
-        let _ = elector_stop_rx.await;
-    }));
-    let mut worker: Option<(watch::Sender<bool>, JoinHandle<()>)> = None;
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            changed = status.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let now = status.borrow_and_update().clone();
-                if let Some((stop_worker, task)) = worker.take() {
-                    // Any change ends the current term's worker first.
-                    let _ = stop_worker.send(true);
-                    let _ = task.await;
-                    leading.lock().remove(&shard);
-                }
-                if now.role == Role::Leader {
-                    let term = ShardTerm {
-                        shard,
-                        epoch: now.epoch,
-                        fence: Fence::new(lease_key.clone(), identity.clone(), now.epoch),
-                    };
-                    leading.lock().insert(shard, now.epoch);
-                    let (stop_worker, stop_rx) = watch::channel(false);
-                    let task = tokio::spawn(work.lead(term, stop_rx));
-                    worker = Some((stop_worker, task));
-                }
-            }
-        }
+    shard: u32,
+}
+
+impl Listed {
+    fn new(leading: Leading, shard: u32, epoch: u64) -> Self {
+        leading.lock().insert(shard, epoch);
+        Listed { leading, shard }
     }
-    // Fence-first: no decision of this term is in flight once the worker has
-    // returned; only then is the lease released.
-    if let Some((stop_worker, task)) = worker.take() {
-        let _ = stop_worker.send(true);
-        let _ = task.await;
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.leading.lock().remove(&self.shard);
     }
-    leading.lock().remove(&shard);
-    let _ = elector_stop.send(());
-    let _ = elector_task.await;
 }
