@@ -311,6 +311,14 @@ impl Replicas {
         delay
     }
 
+    /// A pause drawn at the backoff's cap, for a long-lived client (a node,
+    /// a region's link) that must try again even after a refusal the rule
+    /// fails: it does so, but no sooner than a full backoff would.
+    pub fn pause_at_cap(&mut self) -> Duration {
+        self.quick = 0;
+        self.backoff.delay(u32::MAX)
+    }
+
     /// An immediate move is free once per given replica in a row; past
     /// that, moves keep their target but wait like a backoff.
     fn quick_move(&mut self) -> Duration {

@@ -41,7 +41,10 @@ fn an_unavailable_answer_without_a_hint_backs_off_and_moves_to_the_next_replica(
 
 #[test]
 fn a_leader_that_sheds_load_is_asked_again_after_a_pause() {
-    for status in [Status::resource_exhausted("busy"), Status::aborted("conflict")] {
+    for status in [
+        Status::resource_exhausted("busy"),
+        Status::aborted("conflict"),
+    ] {
         let verdict = RpcVerdict::of(&status);
         assert_eq!(verdict, RpcVerdict::Backoff { move_on: false });
         let mut r = replicas("127.0.0.1:1,127.0.0.1:2");
@@ -53,7 +56,10 @@ fn a_leader_that_sheds_load_is_asked_again_after_a_pause() {
 fn an_attempt_out_of_time_moves_to_the_next_replica_at_once() {
     let verdict = RpcVerdict::of(&Status::deadline_exceeded("slow"));
     assert_eq!(verdict, RpcVerdict::RetryNow);
-    assert_eq!(RpcVerdict::of(&Status::cancelled("cut")), RpcVerdict::RetryNow);
+    assert_eq!(
+        RpcVerdict::of(&Status::cancelled("cut")),
+        RpcVerdict::RetryNow
+    );
     let mut r = replicas("127.0.0.1:1,127.0.0.1:2");
     let step = r.after(&verdict).expect("retried");
     assert_eq!(step.to, "http://127.0.0.1:2");
@@ -125,8 +131,16 @@ fn hints_bouncing_between_replicas_stop_being_free_after_one_round() {
     let mut r = replicas("a:1,a:2");
     let mut waits = Vec::new();
     for i in 0..6 {
-        let to = if i % 2 == 0 { "http://a:2" } else { "http://a:1" };
-        waits.push(r.after(&RpcVerdict::RetryAt(to.into())).expect("retried").wait);
+        let to = if i % 2 == 0 {
+            "http://a:2"
+        } else {
+            "http://a:1"
+        };
+        waits.push(
+            r.after(&RpcVerdict::RetryAt(to.into()))
+                .expect("retried")
+                .wait,
+        );
     }
     assert_eq!(&waits[..2], &[Duration::ZERO, Duration::ZERO]);
     assert!(
@@ -140,7 +154,11 @@ fn the_same_seed_gives_the_same_pauses() {
     let run = || {
         let mut r = replicas("a:1,a:2");
         (0..8)
-            .map(|_| r.after(&RpcVerdict::Backoff { move_on: true }).expect("retried").wait)
+            .map(|_| {
+                r.after(&RpcVerdict::Backoff { move_on: true })
+                    .expect("retried")
+                    .wait
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
