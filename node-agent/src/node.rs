@@ -257,10 +257,11 @@ impl NodeAgent {
                     match self.flush_reports().await {
                         Ok(()) => {}
                         Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
-                        Err(AgentError::Rpc(s)) if s.code() == tonic::Code::ResourceExhausted => {
-                            // The region asks this node to report more
-                            // slowly: the reports stay queued (and keep
-                            // coalescing) and go with the next call.
+                        Err(e) if e.verdict() == (RpcVerdict::Backoff { move_on: false }) => {
+                            // The replica leads but sheds load (it asks this
+                            // node to report more slowly): the reports stay
+                            // queued (and keep coalescing) and go with the
+                            // next call, to the same replica.
                             last_report = Some(self.clock.now() + REPORT_BACK_OFF);
                         }
                         Err(e) => return SessionEnd::Failed(e),
