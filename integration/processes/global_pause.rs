@@ -169,7 +169,9 @@ async fn a_submit_sent_to_a_frozen_global_leader_completes_through_the_standby_w
                 spec: Some(spec()),
             };
             let refused = c.submit_job(probe).await.err()?;
-            let hint = refused.metadata().get(meridian_proto::LEADER_METADATA_KEY)?;
+            let hint = refused
+                .metadata()
+                .get(meridian_proto::LEADER_METADATA_KEY)?;
             (hint.to_str().ok()? == new_leader).then_some(())
         }
     })
@@ -178,13 +180,20 @@ async fn a_submit_sent_to_a_frozen_global_leader_completes_through_the_standby_w
         all_jobs(&endpoints[frozen])
     })
     .await;
-    let jobs = poll("the standby lists the jobs", || all_jobs(&endpoints[standby])).await;
+    let jobs = poll("the standby lists the jobs", || {
+        all_jobs(&endpoints[standby])
+    })
+    .await;
     for (who, jobs) in [("resumed", &seen_by_resumed), ("standby", &jobs)] {
         let made: Vec<&str> = jobs
             .iter()
             .filter(|j| j.request_id == REQUEST_ID)
             .map(|j| j.job_id.as_str())
             .collect();
-        assert_eq!(made, vec![job_id.as_str()], "jobs seen by the {who} replica");
+        assert_eq!(
+            made,
+            vec![job_id.as_str()],
+            "jobs seen by the {who} replica"
+        );
     }
 }

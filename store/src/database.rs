@@ -290,9 +290,9 @@ impl Database {
 
     /// The pause after failed attempt `attempt` (1-based).
     fn pause(&self, attempt: u32) -> Duration {
-        self.backoff
-            .as_ref()
-            .map_or(Duration::ZERO, |b| b.lock().delay(attempt.saturating_sub(1)))
+        self.backoff.as_ref().map_or(Duration::ZERO, |b| {
+            b.lock().delay(attempt.saturating_sub(1))
+        })
     }
 }
 

@@ -85,7 +85,7 @@ fn refusals_fail_whatever_their_message_says() {
 
 #[test]
 fn an_unknown_status_made_from_a_broken_connection_backs_off() {
-    let broken = std::io::Error::new(std::io::ErrorKind::Other, "reset by peer");
+    let broken = std::io::Error::other("reset by peer");
     let status = Status::from_error(Box::new(broken));
     assert_eq!(status.code(), Code::Unknown);
     assert_eq!(
