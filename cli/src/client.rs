@@ -1,23 +1,25 @@
 //! The connection to the global tier, following its leader.
 //!
 //! Owns the list of known global endpoints, one lazily connected channel
-//! each, and the retry rule every command shares: a call answered
-//! `UNAVAILABLE` is sent again, unchanged (so a submit keeps its request
-//! id), to the replica named by the `meridian-leader` hint, otherwise to the
-//! next known endpoint after a short jittered backoff, until the deadline;
-//! one answered `RESOURCE_EXHAUSTED` (the leader shedding load) is sent
-//! again to the same replica after the backoff.
-//! Must never retry a request the server refused for another reason, and
-//! never change a request between attempts.
+//! each, and the loop that applies control's retry rule
+//! ([`meridian_control::rpc`]) to every command: each attempt is bounded by
+//! `--attempt-timeout-ms`, and a failed one is sent again, unchanged (so a
+//! submit keeps its request id), where and when the rule says, until
+//! `--timeout-secs`. Pauses are drawn from a seeded backoff and waited out
+//! on the clock.
+//!
+//! Must never classify a status itself, retry a request the rule says to
+//! fail, or change a request between attempts.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use meridian_proto::LEADER_METADATA_KEY;
+use meridian_control::rpc::{self, Replicas, RetryConfig, RpcVerdict};
+use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::federation_client::FederationClient;
-use rand::Rng;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
 
 use crate::error::{CliError, Result};
 
@@ -39,13 +41,36 @@ pub struct ConnectArgs {
     /// Give up on a call that no replica could serve after this many seconds.
     #[arg(long, default_value_t = 15, global = true)]
     pub timeout_secs: u64,
+    /// Give up on one attempt after this many milliseconds and send the same
+    /// request to the next replica (about a leader lease: a frozen leader
+    /// costs one attempt, not the whole call).
+    #[arg(long, default_value_t = default_attempt_ms(), global = true)]
+    pub attempt_timeout_ms: u64,
+}
+
+const fn default_attempt_ms() -> u64 {
+    rpc::DEFAULT_ATTEMPT_DEADLINE.as_millis() as u64
+}
+
+impl ConnectArgs {
+    /// `endpoint` (comma-separated) with a call deadline of `timeout` and the
+    /// default attempt deadline.
+    pub fn new(endpoint: impl Into<String>, timeout: Duration) -> ConnectArgs {
+        ConnectArgs {
+            endpoint: endpoint.into(),
+            timeout_secs: timeout.as_secs().max(1),
+            attempt_timeout_ms: default_attempt_ms(),
+        }
+    }
 }
 
 /// A leader-following client of the `Federation` service.
 pub struct Client {
-    endpoints: Vec<(String, FederationClient<Channel>)>,
-    current: usize,
+    channels: BTreeMap<String, FederationClient<Channel>>,
+    replicas: Replicas,
+    clock: SharedClock,
     deadline: Duration,
+    attempt_deadline: Duration,
 }
 
 fn channel(url: &str) -> Result<FederationClient<Channel>> {
@@ -56,138 +81,134 @@ fn channel(url: &str) -> Result<FederationClient<Channel>> {
     Ok(FederationClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 << 20))
 }
 
-fn normalize(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    }
-}
-
 impl Client {
-    /// A client of the comma-separated `endpoint` list; connects on first use.
+    /// A client of the comma-separated `endpoint` list; connects on first
+    /// use. Its pauses are seeded from the process id.
     pub fn new(args: &ConnectArgs) -> Result<Client> {
-        let mut client = Client {
-            endpoints: Vec::new(),
-            current: 0,
-            deadline: Duration::from_secs(args.timeout_secs.max(1)),
-        };
-        for url in args.endpoint.split(',').filter(|u| !u.trim().is_empty()) {
-            client.index_of(&normalize(url))?;
-        }
-        if client.endpoints.is_empty() {
+        Client::seeded(args, u64::from(std::process::id()))
+    }
+
+    /// Like [`Client::new`], with the seed of its backoff given.
+    pub fn seeded(args: &ConnectArgs, seed: u64) -> Result<Client> {
+        let given = rpc::parse_endpoints(&args.endpoint);
+        if given.is_empty() {
             return Err(CliError::usage("--endpoint: no endpoint given"));
         }
-        Ok(client)
-    }
-
-    fn index_of(&mut self, url: &str) -> Result<usize> {
-        if let Some(i) = self.endpoints.iter().position(|(u, _)| u == url) {
-            return Ok(i);
+        let mut channels = BTreeMap::new();
+        for url in &given {
+            channels.insert(url.clone(), channel(url)?);
         }
-        self.endpoints.push((url.to_string(), channel(url)?));
-        Ok(self.endpoints.len() - 1)
+        let config = RetryConfig {
+            attempt_deadline: Duration::from_millis(args.attempt_timeout_ms.max(1)),
+            ..RetryConfig::default()
+        };
+        let replicas = Replicas::new(given, 0, config.backoff, seed)
+            .map_err(|e| CliError::usage(format!("--endpoint: {e}")))?;
+        Ok(Client {
+            channels,
+            replicas,
+            clock: SystemClock::shared(),
+            deadline: Duration::from_secs(args.timeout_secs.max(1)),
+            attempt_deadline: config.attempt_deadline,
+        })
     }
 
     /// The endpoint the next call goes to.
     pub fn endpoint(&self) -> &str {
-        &self.endpoints[self.current].0
+        self.replicas.current()
     }
 
-    /// Runs `call` against the current endpoint, following the leader hint
-    /// and retrying on `UNAVAILABLE` until the deadline. `call` must send the
-    /// same request every time.
+    /// The clock every wait of this client goes through.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    fn current(&mut self) -> Result<FederationClient<Channel>> {
+        let url = self.replicas.current().to_string();
+        if let Some(c) = self.channels.get(&url) {
+            return Ok(c.clone());
+        }
+        let c = channel(&url).map_err(|e| {
+            CliError::other(format!("a replica named an unusable leader {url:?}: {e}"))
+        })?;
+        self.channels.insert(url, c.clone());
+        Ok(c)
+    }
+
+    /// Runs `call` against the current endpoint, each attempt bounded by
+    /// the attempt deadline, sending it again where and when the retry rule
+    /// says until the call's deadline. `call` must send the same request
+    /// every time.
     pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T>
     where
         F: FnMut(FederationClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(50);
-        let mut last: Option<Status>;
+        let started = self.clock.now();
+        let mut last: Option<Status> = None;
         loop {
-            let client = self.endpoints[self.current].1.clone();
-            let status = match call(client).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) => status,
-            };
-            if !retryable(&status) {
-                return Err(status.into());
-            }
-            // An overloaded leader is still the leader: stay, and back off.
-            let hinted = status.code() != Code::ResourceExhausted && self.move_after(&status)?;
-            last = Some(status);
-            if started.elapsed() >= self.deadline {
+            let left = self.deadline.saturating_sub(self.clock.now() - started);
+            if left.is_zero() {
                 break;
             }
-            if !hinted {
-                // Nobody known to lead (an election is under way, or the
-                // endpoint is down): back off with full jitter.
-                let pause = rand::rng().random_range(Duration::ZERO..=delay);
-                tokio::time::sleep(pause).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
+            let client = self.current()?;
+            let bound = self.attempt_deadline.min(left);
+            let status = match rpc::attempt(self.clock.as_ref(), bound, call(client)).await {
+                Ok(response) => {
+                    self.replicas.answered();
+                    return Ok(response.into_inner());
+                }
+                Err(status) => status,
+            };
+            let Some(step) = self.replicas.after(&RpcVerdict::of(&status)) else {
+                return Err(status.into());
+            };
+            last = Some(status);
+            if self.clock.now() - started + step.wait >= self.deadline {
+                break;
             }
+            self.clock.sleep(step.wait).await;
         }
         let detail = last.map(|s| s.message().to_string()).unwrap_or_default();
         Err(CliError::Unavailable(format!(
             "no global replica could serve the request within {} s (endpoints: {}): {detail}",
             self.deadline.as_secs(),
-            self.endpoints
-                .iter()
-                .map(|(u, _)| u.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            self.replicas.given().join(", ")
         )))
     }
-}
 
-impl Client {
-    /// Moves to the replica `status` names in its `meridian-leader` hint,
-    /// or else to the next known endpoint; `true` when a hint was followed.
-    /// For a failure the caller handles itself (a broken stream).
-    pub fn move_after(&mut self, status: &Status) -> Result<bool> {
-        let hint = status
-            .metadata()
-            .get(LEADER_METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .map(normalize)
-            .filter(|h| !h.is_empty());
-        Ok(match hint {
-            Some(h) if h != self.endpoints[self.current].0 => {
-                self.current = self.index_of(&h)?;
-                true
-            }
-            _ => {
-                self.current = (self.current + 1) % self.endpoints.len();
-                false
-            }
-        })
+    /// Moves as the retry rule says after `status` ended a stream this
+    /// client's caller paces itself; a refusal moves on too, since a stream
+    /// that answered before can be opened again elsewhere.
+    pub fn move_after(&mut self, status: &Status) {
+        match RpcVerdict::of(status) {
+            RpcVerdict::Fail => self.move_on(),
+            verdict => self.replicas.move_for(&verdict),
+        }
     }
-}
 
-/// Whether a status means "try again, maybe elsewhere".
-pub fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::ResourceExhausted)
-        || (status.code() == Code::Unknown && status.message().contains("transport error"))
+    /// Moves to the next known replica (a stream that ended or went silent).
+    pub fn move_on(&mut self) {
+        self.replicas
+            .move_for(&RpcVerdict::Backoff { move_on: true });
+    }
+
+    /// Marks the current replica as not answering in time and moves on.
+    pub fn move_from_silent(&mut self) {
+        self.replicas.move_for(&RpcVerdict::RetryNow);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn endpoints_without_a_scheme_get_http() {
-        assert_eq!(normalize("127.0.0.1:7400/"), "http://127.0.0.1:7400");
-        assert_eq!(normalize(" http://a:1 "), "http://a:1");
-    }
-
     #[tokio::test]
     async fn an_overloaded_leader_is_asked_again_after_a_pause_without_moving_on() {
-        let args = ConnectArgs {
-            endpoint: "http://127.0.0.1:1,http://127.0.0.1:2".into(),
-            timeout_secs: 30,
-        };
+        let args = ConnectArgs::new(
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            Duration::from_secs(30),
+        );
         let mut client = Client::new(&args).expect("client");
         let tries = std::sync::atomic::AtomicU32::new(0);
         let answer: u32 = client
@@ -213,12 +234,55 @@ mod tests {
 
     #[tokio::test]
     async fn a_comma_separated_list_gives_one_endpoint_each() {
-        let args = ConnectArgs {
-            endpoint: "http://127.0.0.1:1,127.0.0.1:2,".into(),
-            timeout_secs: 1,
-        };
+        let args = ConnectArgs::new("http://127.0.0.1:1,127.0.0.1:2,", Duration::from_secs(1));
         let client = Client::new(&args).expect("client");
-        assert_eq!(client.endpoints.len(), 2);
+        assert_eq!(client.replicas.given().len(), 2);
         assert_eq!(client.endpoint(), "http://127.0.0.1:1");
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_not_sent_again_even_if_its_message_says_transport_error() {
+        let args = ConnectArgs::new(
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            Duration::from_secs(30),
+        );
+        let mut client = Client::new(&args).expect("client");
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let answer: Result<u32> = client
+            .call(|_| {
+                tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { Err(Status::unknown("transport error")) }
+            })
+            .await;
+        assert!(matches!(answer, Err(CliError::Status(_))), "{answer:?}");
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_does_not_answer_in_time_goes_to_the_next_replica_unchanged() {
+        let args = ConnectArgs {
+            attempt_timeout_ms: 100,
+            ..ConnectArgs::new(
+                "http://127.0.0.1:1,http://127.0.0.1:2",
+                Duration::from_secs(30),
+            )
+        };
+        let mut client = Client::new(&args).expect("client");
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let answer: u32 = client
+            .call(|_| {
+                let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        std::future::pending().await
+                    } else {
+                        Ok(tonic::Response::new(n))
+                    }
+                }
+            })
+            .await
+            .expect("answered by the second replica");
+        assert_eq!(answer, 1);
+        assert_eq!(client.endpoint(), "http://127.0.0.1:2");
     }
 }

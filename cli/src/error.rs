@@ -79,14 +79,12 @@ impl CliError {
 }
 
 impl meridian_control::Retryable for CliError {
-    /// Retryable: nobody could serve the call, or the connection broke; the
-    /// same request may succeed later or at another replica.
+    /// Retryable: nobody could serve the call, or control's retry rule says
+    /// the same request may succeed later or at another replica.
     fn is_retryable(&self) -> bool {
         match self {
             CliError::Unavailable(_) => true,
-            CliError::Status(s) => {
-                crate::client::retryable(s) || s.code() == Code::DeadlineExceeded
-            }
+            CliError::Status(s) => meridian_control::RpcVerdict::of(s).is_retryable(),
             CliError::Usage(_)
             | CliError::JobFailed(_)
             | CliError::TimedOut(_)

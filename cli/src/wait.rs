@@ -6,18 +6,19 @@
 //! last cursor, whenever it ends, fails, or stays silent for longer than
 //! [`WaitOptions::silence`]: the global tier sends a bookmark after every
 //! few seconds of quiet, so a silent stream means a stuck or deposed
-//! replica, not a quiet job. A failure moves to the replica named by its
-//! `meridian-leader` hint, else to the next known endpoint, after a
-//! full-jitter backoff. [`WaitOptions::deadline`] bounds the whole wait.
+//! replica, not a quiet job. A failure moves where control's retry rule
+//! says (the hinted leader, else the next known endpoint) after the one
+//! full-jitter backoff, seeded from the job id and waited out on the
+//! client's clock. [`WaitOptions::deadline`] bounds the whole wait.
 //!
 //! Must never submit, cancel or change anything, and never give up on a job
 //! because one replica failed while the deadline still allows another try.
 
 use std::time::Duration;
 
-use meridian_control::Retryable;
+use meridian_control::rpc::seed_of;
+use meridian_control::{Backoff, BackoffConfig, Retryable};
 use meridian_proto::v1::{GetJobRequest, Job, JobEventKind, JobState, WatchJobsRequest};
-use rand::Rng;
 use tokio::time::Instant;
 
 use crate::client::Client;
@@ -117,15 +118,12 @@ async fn get(client: &mut Client, job_id: &str) -> Result<Job> {
         .ok_or_else(|| CliError::other(format!("the server returned no job for {job_id}")))
 }
 
-/// Full-jitter pause before try `failures` (1-based): uniform in
-/// `[0, min(100 ms * 2^(failures-1), 2 s)]`, so many waiting clients never
-/// retry in step.
-fn pause(failures: u32) -> Duration {
-    let ceiling = Duration::from_millis(100)
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(5))
-        .min(Duration::from_secs(2));
-    rand::rng().random_range(Duration::ZERO..=ceiling)
-}
+/// Pauses before opening the watch again: from 100 ms doubling up to 2 s,
+/// so many waiting clients never retry in step.
+const RESUBSCRIBE: BackoffConfig = BackoffConfig {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(2),
+};
 
 /// The follow loop without a deadline; failures that another try may fix
 /// are retried forever (the caller bounds it).
@@ -137,10 +135,13 @@ async fn follow_unbounded(
 ) -> Result<Job> {
     let mut cursor = Vec::new();
     let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(RESUBSCRIBE, seed_of(job_id))
+        .map_err(|e| CliError::other(format!("resubscription backoff: {e}")))?;
     loop {
         if failures > 0 {
             seen.resubscriptions += 1;
-            tokio::time::sleep(pause(failures)).await;
+            let pause = backoff.delay(failures - 1);
+            client.clock().sleep(pause).await;
         }
         let request = WatchJobsRequest {
             cursor: cursor.clone(),
@@ -182,7 +183,11 @@ async fn follow_unbounded(
             return Ok(job);
         }
         loop {
-            let message = tokio::time::timeout(opts.silence, stream.message()).await;
+            let silence = client.clock().sleep(opts.silence);
+            let message = tokio::select! {
+                m = stream.message() => Ok(m),
+                () = silence => Err(()),
+            };
             match message {
                 Ok(Ok(Some(event))) => {
                     failures = 0;
@@ -208,7 +213,7 @@ async fn follow_unbounded(
                 Ok(Ok(None)) => {
                     // The replica ended the stream (shutting down, or no
                     // longer serving): try the next one.
-                    client.move_after(&tonic::Status::unavailable("watch ended"))?;
+                    client.move_on();
                     failures = failures.saturating_add(1);
                     break;
                 }
@@ -216,7 +221,7 @@ async fn follow_unbounded(
                     if status.code() == tonic::Code::OutOfRange {
                         cursor.clear();
                     }
-                    client.move_after(&status)?;
+                    client.move_after(&status);
                     failures = failures.saturating_add(1);
                     break;
                 }
@@ -226,7 +231,7 @@ async fn follow_unbounded(
                         client.endpoint(),
                         opts.silence.as_secs_f64()
                     );
-                    client.move_after(&tonic::Status::unavailable("watch silent"))?;
+                    client.move_from_silent();
                     failures = failures.saturating_add(1);
                     break;
                 }

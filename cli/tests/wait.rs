@@ -188,11 +188,7 @@ fn fake(watch: Watch, running_reads: Option<usize>) -> Arc<Fake> {
 }
 
 fn client(endpoint: &str) -> Client {
-    Client::new(&ConnectArgs {
-        endpoint: endpoint.to_string(),
-        timeout_secs: 5,
-    })
-    .expect("client")
+    Client::new(&ConnectArgs::new(endpoint, Duration::from_secs(5))).expect("client")
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 //!
 //! Owns the building blocks controllers are made of: the [`clock`] through
 //! which all time is read, [`backoff`] with full jitter and [`retry`]
-//! classification, the per-key work [`queue`], leases with fencing epochs
-//! ([`lease`]), the
+//! classification, the per-key work [`queue`], the one retry rule for calls
+//! between processes ([`rpc`]), leases with fencing epochs ([`lease`]), the
 //! network seam every server and client goes through ([`net`]), the
 //! [`telemetry`] they record, and the jobs' [`trace`] ids every tier
 //! carries.
@@ -17,6 +17,7 @@ pub mod lease;
 pub mod net;
 pub mod queue;
 pub mod retry;
+pub mod rpc;
 pub mod telemetry;
 pub mod trace;
 
@@ -24,3 +25,4 @@ pub use backoff::{Backoff, BackoffConfig, BackoffConfigError};
 pub use clock::{Clock, Instant, ManualClock, SharedClock, Sleep, SystemClock};
 pub use queue::{AddOutcome, KeyState, Lane, QueueConfig, QueueKey, WorkGuard, WorkQueue};
 pub use retry::{RetryError, Retryable, retry};
+pub use rpc::{Replicas, RetryConfig, RpcVerdict};

@@ -1,9 +1,10 @@
 //! Connections to the federation under load.
 //!
 //! Owns building gRPC channels to the global tier (raw, for throughput, and
-//! leader-following through the CLI's client, for probes that must survive
-//! a failover) and the job specs the scenarios submit. Must never retry a
-//! submit with a changed request: a retry keeps its request id.
+//! leader-following through the CLI's client, which applies control's retry
+//! rule, for probes that must survive a failover) and the job specs the
+//! scenarios submit. Must never retry a submit with a changed request: a
+//! retry keeps its request id, and never classify a status itself.
 
 use std::time::Duration;
 
@@ -13,9 +14,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{LoadError, Result};
 
-/// A raw client of one global endpoint (no leader following).
+/// A raw client of one global endpoint (no leader following, no retry:
+/// the throughput scenarios count every failure as it comes).
 pub fn federation(url: &str, timeout: Duration) -> Result<FederationClient<Channel>> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+    let url = meridian_control::rpc::normalize(url);
+    let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| LoadError::Usage(format!("endpoint {url}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
@@ -26,11 +29,8 @@ pub fn federation(url: &str, timeout: Duration) -> Result<FederationClient<Chann
 /// A client that follows the global leader across `endpoints`
 /// (comma-separated), retrying unavailable calls for up to `timeout`.
 pub fn following(endpoints: &str, timeout: Duration) -> Result<meridian_cli::client::Client> {
-    meridian_cli::client::Client::new(&meridian_cli::ConnectArgs {
-        endpoint: endpoints.to_string(),
-        timeout_secs: timeout.as_secs().max(1),
-    })
-    .map_err(|e| LoadError::Federation(e.to_string()))
+    meridian_cli::client::Client::new(&meridian_cli::ConnectArgs::new(endpoints, timeout))
+        .map_err(|e| LoadError::Federation(e.to_string()))
 }
 
 /// The endpoint of the current global leader: the one a leader-following

@@ -61,12 +61,13 @@ impl LoadError {
 }
 
 impl Retryable for LoadError {
+    /// A failed call answers as control's retry rule says; nothing else is
+    /// worth a retry.
     fn is_retryable(&self) -> bool {
         match self {
-            LoadError::Rpc { status, .. } => matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
-            ),
+            LoadError::Rpc { status, .. } => {
+                meridian_control::RpcVerdict::of(status).is_retryable()
+            }
             _ => false,
         }
     }

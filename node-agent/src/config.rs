@@ -74,7 +74,8 @@ pub struct AgentOptions {
     pub report_interval: Duration,
     /// Stop grace period when a command leaves it at 0.
     pub default_grace: Duration,
-    /// Deadline of every unary call to the region.
+    /// Deadline of every unary call to the region: one attempt, after which
+    /// the node tries the next replica (control's per-attempt deadline).
     pub call_timeout: Duration,
     /// Largest size of one output file (stdout or stderr) of an attempt;
     /// beyond it the file is rotated once (`stdout.1`), so at most twice this
@@ -103,7 +104,7 @@ impl Default for AgentOptions {
             min_heartbeat: Duration::from_millis(500),
             report_interval: Duration::from_millis(10),
             default_grace: Duration::from_secs(10),
-            call_timeout: Duration::from_secs(10),
+            call_timeout: meridian_control::rpc::DEFAULT_ATTEMPT_DEADLINE,
             output_file_cap: 8 * 1024 * 1024,
             enforce_memory_limit: true,
             cpu_time_limit: None,

@@ -1,11 +1,13 @@
-//! Errors of the node agent and their retry classification.
+//! Errors of the node agent.
 //!
-//! Owns [`AgentError`] and its answer to [`Retryable`]. Must never decide
-//! what to do about an error: callers (the node loop) do.
+//! Owns [`AgentError`] and how it maps onto control's retry rule
+//! ([`AgentError::verdict`]). Must never classify a gRPC status itself (the
+//! rule does), nor decide what to do about an error: callers (the node
+//! loop) do.
 
 use std::path::PathBuf;
 
-use meridian_control::Retryable;
+use meridian_control::{Retryable, RpcVerdict};
 
 /// Anything that can go wrong inside the agent.
 #[derive(Debug, thiserror::Error)]
@@ -57,21 +59,38 @@ impl AgentError {
     }
 }
 
-impl Retryable for AgentError {
-    fn is_retryable(&self) -> bool {
+impl AgentError {
+    /// What control's retry rule says about this error. Failures that never
+    /// left this host (fencing, files, configuration) are not retried.
+    pub fn verdict(&self) -> RpcVerdict {
         match self {
-            AgentError::Transport(_) | AgentError::Timeout => true,
-            AgentError::Rpc(status) => !matches!(
-                status.code(),
-                tonic::Code::InvalidArgument
-                    | tonic::Code::FailedPrecondition
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::Unimplemented
-            ),
+            AgentError::Transport(e) => RpcVerdict::of_transport(e),
+            AgentError::Rpc(status) => RpcVerdict::of(status),
+            // The call's deadline ran out: the replica is slow or frozen.
+            AgentError::Timeout => RpcVerdict::RetryNow,
             AgentError::Fenced { .. }
             | AgentError::Io { .. }
             | AgentError::CorruptState { .. }
-            | AgentError::Config(_) => false,
+            | AgentError::Config(_) => RpcVerdict::Fail,
         }
+    }
+}
+
+impl Retryable for AgentError {
+    fn is_retryable(&self) -> bool {
+        self.verdict().is_retryable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_refusals_are_not_retryable_whatever_their_code_was_before() {
+        assert!(!AgentError::Rpc(tonic::Status::not_found("node")).is_retryable());
+        assert!(!AgentError::Rpc(tonic::Status::internal("bug")).is_retryable());
+        assert!(AgentError::Rpc(tonic::Status::unavailable("election")).is_retryable());
+        assert_eq!(AgentError::Timeout.verdict(), RpcVerdict::RetryNow);
     }
 }

@@ -101,12 +101,18 @@ impl Host {
         for i in 0..count {
             // Spread over the given replicas; each node then follows its
             // shard leader's hint.
-            let link =
-                RegionLink::new(endpoints.clone(), i, i / NODES_PER_CONNECTION, pool.clone())?;
-            let spec = base.simulated(i);
             let seed = opts
                 .seed
                 .wrapping_add((i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let link = RegionLink::new(
+                endpoints.clone(),
+                i,
+                i / NODES_PER_CONNECTION,
+                pool.clone(),
+                opts.reconnect,
+                seed,
+            )?;
+            let spec = base.simulated(i);
             let boot_id =
                 uuid::Uuid::from_u64_pair(host_boot.as_u64_pair().0, i as u64).to_string();
             let node = NodeAgent::new(
@@ -169,6 +175,8 @@ impl Host {
                     0,
                     0,
                     Arc::new(ChannelPool::new()),
+                    opts.reconnect,
+                    opts.seed,
                 )?,
                 probe: probe.clone(),
                 shutdown: shutdown_rx,

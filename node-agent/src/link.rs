@@ -6,21 +6,25 @@
 //! [`ChannelPool`] (one HTTP/2 connection per endpoint and slot of
 //! [`crate::host::NODES_PER_CONNECTION`] nodes).
 //!
-//! The rule: a hint names the replica that leads the node's shard, so the
-//! node moves there at once; a broken link moves it to the next replica it
-//! was given, so one dead replica never cuts a node off from a region that
-//! still has live ones. The replica that leads a node's shard serves all
-//! of the node's calls (others answer with the hint), so every call follows
-//! the same rule.
+//! Where to go after a failed call is control's retry rule
+//! ([`meridian_control::rpc`]), applied by [`RegionLink::after`]: a hint
+//! names the replica that leads the node's shard, so the node moves there
+//! at once; a call that ran out of its deadline moves it to the next given
+//! replica at once; a broken link moves it there after a backoff, so one
+//! dead or frozen replica never cuts a node off from a region that still
+//! has live ones. The replica that leads a node's shard serves all of the
+//! node's calls (others answer with the hint), so every call follows the
+//! same rule.
 //!
-//! Must never decide anything about tasks, epochs or when to retry (that is
-//! [`crate::node`]).
+//! Must never classify a status itself, or decide anything about tasks or
+//! epochs (that is [`crate::node`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_proto::LEADER_METADATA_KEY;
+use meridian_control::BackoffConfig;
+use meridian_control::rpc::{self, Replicas, RpcVerdict};
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
@@ -89,74 +93,54 @@ pub fn connect_lazy(url: &str) -> Result<Channel, AgentError> {
     Ok(meridian_control::net::connect_lazy(endpoint))
 }
 
-/// `host:port` gets `http://`; a trailing slash goes.
-fn normalize(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    }
-}
-
-/// The comma-separated endpoint list of `--region`, normalized; an empty
-/// list is a configuration error.
+/// The comma-separated endpoint list of `--region`, spelled as control's
+/// rule spells endpoints; an empty list is a configuration error.
 pub fn parse_endpoints(list: &str) -> Result<Vec<String>, AgentError> {
-    let urls: Vec<String> = list
-        .split(',')
-        .filter(|u| !u.trim().is_empty())
-        .map(normalize)
-        .collect();
+    let urls = rpc::parse_endpoints(list);
     if urls.is_empty() {
         return Err(AgentError::Config("no region endpoint given".into()));
     }
     Ok(urls)
 }
 
-/// The replica named by a `meridian-leader` hint on `status`, if any.
-pub fn leader_hint(status: &tonic::Status) -> Option<String> {
-    status
-        .metadata()
-        .get(LEADER_METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| !h.trim().is_empty())
-        .map(normalize)
-}
-
 /// One node's view of the region's replicas.
 pub struct RegionLink {
-    given: Vec<String>,
-    current: String,
+    replicas: Replicas,
     slot: usize,
     pool: Arc<ChannelPool>,
+    /// The endpoint `client` talks to.
+    connected: String,
     client: AgentLinkClient<Channel>,
 }
 
 impl RegionLink {
     /// Starts at `first` (an index into `given`, wrapped), so the nodes of a
-    /// host can be spread over the replicas.
+    /// host can be spread over the replicas; pauses between attempts are
+    /// drawn from `reconnect` with `seed`.
     pub fn new(
         given: Vec<String>,
         first: usize,
         slot: usize,
         pool: Arc<ChannelPool>,
+        reconnect: BackoffConfig,
+        seed: u64,
     ) -> Result<RegionLink, AgentError> {
-        let Some(current) = given.get(first % given.len().max(1)).cloned() else {
-            return Err(AgentError::Config("no region endpoint given".into()));
-        };
-        let client = AgentLinkClient::new(pool.get(&current, slot)?);
+        let replicas = Replicas::new(given, first, reconnect, seed)
+            .map_err(|e| AgentError::Config(format!("region endpoints: {e}")))?;
+        let connected = replicas.current().to_string();
+        let client = AgentLinkClient::new(pool.get(&connected, slot)?);
         Ok(RegionLink {
-            given,
-            current,
+            replicas,
             slot,
             pool,
+            connected,
             client,
         })
     }
 
     /// The replica calls go to now.
     pub fn current(&self) -> &str {
-        &self.current
+        &self.connected
     }
 
     /// A client of the current replica.
@@ -166,46 +150,47 @@ impl RegionLink {
 
     /// The host's batched uplink to the current replica.
     pub fn uplink(&self) -> Result<Uplink, AgentError> {
-        self.pool.uplink(&self.current)
+        self.pool.uplink(&self.connected)
     }
 
-    /// Moves to the hinted replica. `false` when the hint names the current
-    /// one or is not a usable address (then nothing changes).
-    pub fn follow(&mut self, hint: &str) -> bool {
-        let hint = normalize(hint);
-        if hint == self.current {
-            return false;
-        }
-        match self.pool.get(&hint, self.slot) {
-            Ok(channel) => {
-                self.client = AgentLinkClient::new(channel);
-                self.current = hint;
-                true
-            }
-            Err(e) => {
-                tracing::warn!(hint = %hint, error = %e, "ignoring an unusable leader hint");
-                false
-            }
-        }
+    /// The current replica answered: control's rule starts over.
+    pub fn answered(&mut self) {
+        self.replicas.answered();
     }
 
-    /// Moves to the replica given after the current one (the first given
-    /// one when the current replica came from a hint).
-    pub fn next(&mut self) {
-        let next = match self.given.iter().position(|u| *u == self.current) {
-            Some(i) => (i + 1) % self.given.len(),
-            None => 0,
+    /// Applies control's retry rule to a failed call and moves the link
+    /// where it says; returns the pause before the next session. A verdict
+    /// of failure still gets a next session (a node never gives up on its
+    /// region, its tasks keep running), at the next replica after a pause
+    /// drawn at the backoff's cap.
+    pub fn after(&mut self, verdict: &RpcVerdict) -> Duration {
+        let wait = match self.replicas.after(verdict) {
+            Some(step) => step.wait,
+            None => {
+                self.replicas
+                    .move_for(&RpcVerdict::Backoff { move_on: true });
+                self.replicas.pause_at_cap()
+            }
         };
-        let url = self.given[next].clone();
-        if url == self.current {
+        self.connect_current();
+        wait
+    }
+
+    /// Points the client at the replica the rule chose. A hinted address
+    /// that cannot be used leaves the node where it was.
+    fn connect_current(&mut self) {
+        let url = self.replicas.current().to_string();
+        if url == self.connected {
             return;
         }
-        // Every given endpoint was accepted by `new`'s caller through
-        // `parse_endpoints`; a channel that cannot be built keeps the node
-        // where it is rather than failing it.
-        if let Ok(channel) = self.pool.get(&url, self.slot) {
-            self.client = AgentLinkClient::new(channel);
-            self.current = url;
+        match self.pool.get(&url, self.slot) {
+            Ok(channel) => {
+                self.client = AgentLinkClient::new(channel);
+                self.connected = url;
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %url, error = %e, "ignoring an unusable endpoint");
+            }
         }
     }
 }
@@ -220,42 +205,46 @@ mod tests {
             first,
             0,
             Arc::new(ChannelPool::default()),
+            BackoffConfig::default(),
+            1,
         )
         .expect("link")
+    }
+
+    fn unavailable() -> RpcVerdict {
+        RpcVerdict::Backoff { move_on: true }
     }
 
     #[tokio::test]
     async fn a_broken_link_moves_to_the_next_given_replica_and_wraps() {
         let mut l = link("127.0.0.1:1,http://127.0.0.1:2/", 0);
         assert_eq!(l.current(), "http://127.0.0.1:1");
-        l.next();
+        l.after(&unavailable());
         assert_eq!(l.current(), "http://127.0.0.1:2");
-        l.next();
+        l.after(&unavailable());
         assert_eq!(l.current(), "http://127.0.0.1:1");
     }
 
     #[tokio::test]
-    async fn a_hint_moves_the_node_and_a_later_break_returns_to_the_given_list() {
+    async fn a_hint_moves_the_node_at_once_and_a_later_break_returns_to_the_given_list() {
         let mut l = link("http://127.0.0.1:1,http://127.0.0.1:2", 1);
         assert_eq!(l.current(), "http://127.0.0.1:2");
-        assert!(l.follow("127.0.0.1:3"));
-        assert_eq!(l.current(), "http://127.0.0.1:3");
-        assert!(!l.follow("http://127.0.0.1:3"));
-        l.next();
+        let wait = l.after(&RpcVerdict::RetryAt("http://127.0.0.1:3".into()));
+        assert_eq!((l.current(), wait), ("http://127.0.0.1:3", Duration::ZERO));
+        l.after(&unavailable());
         assert_eq!(l.current(), "http://127.0.0.1:1");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_still_gets_a_next_session_at_the_next_replica() {
+        let mut l = link("http://127.0.0.1:1,http://127.0.0.1:2", 0);
+        let wait = l.after(&RpcVerdict::Fail);
+        assert_eq!(l.current(), "http://127.0.0.1:2");
+        assert!(wait <= BackoffConfig::default().cap);
     }
 
     #[test]
     fn an_empty_endpoint_list_is_a_configuration_error() {
         assert!(matches!(parse_endpoints(" , "), Err(AgentError::Config(_))));
-    }
-
-    #[test]
-    fn a_status_without_hint_names_no_leader() {
-        assert_eq!(leader_hint(&tonic::Status::unavailable("x")), None);
-        let mut s = tonic::Status::unavailable("not leader");
-        s.metadata_mut()
-            .insert(LEADER_METADATA_KEY, "127.0.0.1:9".parse().expect("value"));
-        assert_eq!(leader_hint(&s).as_deref(), Some("http://127.0.0.1:9"));
     }
 }

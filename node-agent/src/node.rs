@@ -4,12 +4,14 @@
 //! registration with a Heartbeat (or Register when there is none), open the
 //! Assignments stream from the last applied cursor, then multiplex commands,
 //! task exits, jittered heartbeats, batched reports and the region-lease
-//! deadline until the link breaks. A stream refused with a `meridian-leader`
-//! hint moves the node to the hinted replica (at once the first time, so a
-//! node whose shard moved reaches the new leader without waiting out a
-//! backoff); a broken link moves it to the next given replica after a
-//! full-jitter backoff while tasks keep running (static stability); a fence
-//! stops every task of the old epoch *before* registering again.
+//! deadline until the link breaks. Where and when the next session starts
+//! is control's retry rule, applied by the [`RegionLink`]: a call refused
+//! with a `meridian-leader` hint moves the node to the hinted replica at
+//! once (so a node whose shard moved reaches the new leader without waiting
+//! out a backoff), a call that ran out of its deadline moves it to the next
+//! given replica at once, and a broken link moves it there after a
+//! full-jitter backoff, while tasks keep running (static stability); a
+//! fence stops every task of the old epoch *before* registering again.
 //!
 //! Must never: run a command refused by fencing, block on anything but the
 //! node's own events, read time except through the clock, or leave a task
@@ -18,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_control::{Backoff, Instant, SharedClock};
+use meridian_control::{Instant, RpcVerdict, SharedClock};
 use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::{
     AssignmentCommand, CommandKind, HeartbeatRequest, NodeAssignmentsRequest, NodeUsage,
@@ -33,7 +35,7 @@ use crate::config::{AgentOptions, NodeSpec};
 use crate::error::AgentError;
 use crate::exec::{Executor, ExitTx, Launch, ProcessIds, TaskEvent, TaskExit};
 use crate::fence::ShardEpochs;
-use crate::link::{RegionLink, leader_hint};
+use crate::link::RegionLink;
 use crate::persist::{PersistedState, PersistedTask, Persister, StateFile};
 use crate::probe::Probe;
 use crate::tasks::{LiveTask, StopReason, TaskTable};
@@ -48,10 +50,8 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How a session ended.
 #[derive(Debug)]
 enum SessionEnd {
-    Lost(AgentError),
-    /// The replica does not lead the node's shard and named the one that
-    /// does; the link already points there.
-    Redirected,
+    /// A call failed; the retry rule says where the next session goes.
+    Failed(AgentError),
     Fenced,
     Shutdown,
 }
@@ -67,7 +67,8 @@ pub struct NodeContext {
     pub probe: Arc<Probe>,
     /// Becomes `true` to stop the node.
     pub shutdown: watch::Receiver<bool>,
-    /// Seed of this node's RNGs (backoff, heartbeat jitter).
+    /// Seed of this node's heartbeat jitter and boot id (the link's backoff
+    /// has its own seed).
     pub seed: u64,
     /// State file of a real node; `None` for a simulated one.
     pub state_file: Option<StateFile>,
@@ -92,7 +93,6 @@ pub struct NodeAgent {
     tasks: TaskTable,
     lease_deadline: Option<Instant>,
     heartbeat_every: Duration,
-    backoff: Backoff,
     rng: ChaCha8Rng,
 }
 
@@ -100,8 +100,6 @@ impl NodeAgent {
     /// A node with a fresh boot id (a UUID drawn from the node's seeded RNG
     /// mixed with the host's process-wide boot UUID).
     pub fn new(ctx: NodeContext, boot_id: String) -> Result<Self, AgentError> {
-        let backoff = Backoff::new(ctx.opts.reconnect, ctx.seed)
-            .map_err(|e| AgentError::Config(format!("reconnect backoff: {e}")))?;
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         Ok(NodeAgent {
             link: ctx.link,
@@ -122,7 +120,6 @@ impl NodeAgent {
             cursor: Vec::new(),
             lease_deadline: None,
             shards: ShardEpochs::default(),
-            backoff,
         })
     }
 
@@ -139,39 +136,25 @@ impl NodeAgent {
         }
     }
 
-    /// Runs until shutdown: sessions, and backoff between them.
+    /// Runs until shutdown: sessions, and the pauses the retry rule puts
+    /// between them.
     pub async fn run(mut self) {
-        let mut retry: u32 = 0;
-        let mut redirects: u32 = 0;
         loop {
             if self.shutting_down() {
                 break;
             }
-            match self.session(&mut retry, &mut redirects).await {
+            match self.session().await {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Fenced => self.fence().await,
-                SessionEnd::Redirected => {
-                    // The first hint is followed at once. Hints that keep
-                    // bouncing (a leader that just died is still named
-                    // until its lease runs out) back off like a lost link.
-                    redirects = redirects.saturating_add(1);
-                    self.probe.update(|p| p.redirects += 1);
-                    tracing::debug!(node = %self.spec.node_id, to = %self.link.current(), "following the shard leader hint");
-                    if redirects > 1 {
-                        let delay = self.backoff.delay(retry);
-                        retry = retry.saturating_add(1);
-                        if !self.wait_out(delay).await {
-                            break;
-                        }
-                    }
-                }
-                SessionEnd::Lost(e) => {
-                    let delay = self.backoff.delay(retry);
-                    retry = retry.saturating_add(1);
+                SessionEnd::Failed(e) => {
+                    let verdict = e.verdict();
                     let from = self.link.current().to_string();
-                    self.link.next();
-                    tracing::debug!(node = %self.spec.node_id, error = %e, ?delay, %from, to = %self.link.current(), "link lost; backing off");
-                    if !self.wait_out(delay).await {
+                    let delay = self.link.after(&verdict);
+                    if matches!(verdict, RpcVerdict::RetryAt(_)) {
+                        self.probe.update(|p| p.redirects += 1);
+                    }
+                    tracing::debug!(node = %self.spec.node_id, error = %e, ?verdict, ?delay, %from, to = %self.link.current(), "session ended");
+                    if !delay.is_zero() && !self.wait_out(delay).await {
                         break;
                     }
                 }
@@ -184,18 +167,18 @@ impl NodeAgent {
         *self.shutdown.borrow()
     }
 
-    async fn session(&mut self, retry: &mut u32, redirects: &mut u32) -> SessionEnd {
+    async fn session(&mut self) -> SessionEnd {
         if self.epoch != 0 {
             match self.heartbeat().await {
                 Ok(()) => {}
                 Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
-                Err(e) => return self.redirect_or_lost(e),
+                Err(e) => return SessionEnd::Failed(e),
             }
         }
         if self.epoch == 0
             && let Err(e) = self.register().await
         {
-            return self.redirect_or_lost(e);
+            return SessionEnd::Failed(e);
         }
         let request = NodeAssignmentsRequest {
             node_id: self.spec.node_id.clone(),
@@ -208,16 +191,9 @@ impl NodeAgent {
             .await;
         let mut stream = match opened {
             Ok(s) => s,
-            Err(AgentError::Rpc(status))
-                if status.code() == tonic::Code::Unavailable
-                    && leader_hint(&status).is_some_and(|h| self.link.follow(&h)) =>
-            {
-                return SessionEnd::Redirected;
-            }
-            Err(e) => return self.classify_stream_error(e),
+            Err(e) => return self.on_stream_error(e),
         };
-        *retry = 0;
-        *redirects = 0;
+        self.link.answered();
         self.probe.update(|p| {
             p.connected += 1;
             p.sessions += 1;
@@ -227,28 +203,15 @@ impl NodeAgent {
         end
     }
 
-    /// A call refused with a `meridian-leader` hint moves the node to the
-    /// named replica (the leader of its shard serves all its calls); any
-    /// other failure loses the link.
-    fn redirect_or_lost(&mut self, e: AgentError) -> SessionEnd {
-        if let AgentError::Rpc(status) = &e
-            && status.code() == tonic::Code::Unavailable
-            && leader_hint(status).is_some_and(|h| self.link.follow(&h))
-        {
-            return SessionEnd::Redirected;
-        }
-        SessionEnd::Lost(e)
-    }
-
-    fn classify_stream_error(&mut self, e: AgentError) -> SessionEnd {
+    fn on_stream_error(&mut self, e: AgentError) -> SessionEnd {
         match &e {
             AgentError::Rpc(s) if s.code() == tonic::Code::FailedPrecondition => SessionEnd::Fenced,
             AgentError::Rpc(s) if s.code() == tonic::Code::OutOfRange => {
                 // The region no longer retains our cursor: start from a snapshot.
                 self.cursor.clear();
-                SessionEnd::Lost(e)
+                SessionEnd::Failed(e)
             }
-            _ => SessionEnd::Lost(e),
+            _ => SessionEnd::Failed(e),
         }
     }
 
@@ -275,18 +238,18 @@ impl NodeAgent {
                 msg = stream.message() => match msg {
                     Ok(Some(cmd)) => self.apply(cmd),
                     Ok(None) => {
-                        return SessionEnd::Lost(AgentError::Rpc(tonic::Status::unavailable(
+                        return SessionEnd::Failed(AgentError::Rpc(tonic::Status::unavailable(
                             "assignment stream ended",
                         )));
                     }
-                    Err(status) => return self.classify_stream_error(AgentError::Rpc(status)),
+                    Err(status) => return self.on_stream_error(AgentError::Rpc(status)),
                 },
                 Some(event) = self.exits_rx.recv() => self.on_event(event),
                 () = heartbeat => {
                     match self.heartbeat().await {
                         Ok(()) => next_heartbeat = self.clock.now() + self.jittered_heartbeat(),
                         Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
-                        Err(e) => return self.redirect_or_lost(e),
+                        Err(e) => return SessionEnd::Failed(e),
                     }
                 }
                 () = maybe(report_due) => {
@@ -294,13 +257,14 @@ impl NodeAgent {
                     match self.flush_reports().await {
                         Ok(()) => {}
                         Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
-                        Err(AgentError::Rpc(s)) if s.code() == tonic::Code::ResourceExhausted => {
-                            // The region asks this node to report more
-                            // slowly: the reports stay queued (and keep
-                            // coalescing) and go with the next call.
+                        Err(e) if e.verdict() == (RpcVerdict::Backoff { move_on: false }) => {
+                            // The replica leads but sheds load (it asks this
+                            // node to report more slowly): the reports stay
+                            // queued (and keep coalescing) and go with the
+                            // next call, to the same replica.
                             last_report = Some(self.clock.now() + REPORT_BACK_OFF);
                         }
-                        Err(e) => return self.redirect_or_lost(e),
+                        Err(e) => return SessionEnd::Failed(e),
                     }
                 }
                 () = maybe(failover) => self.enforce_region_lease(),

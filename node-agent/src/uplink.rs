@@ -181,7 +181,7 @@ mod tests {
         });
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert_eq!(
-            crate::link::leader_hint(&s).as_deref(),
+            meridian_control::rpc::leader_hint(&s).as_deref(),
             Some("http://127.0.0.1:9")
         );
         let r: Result<u32, Status> = one(None, None);

@@ -1,9 +1,11 @@
 //! The database handle and the transaction retry loop.
 //!
 //! Owns `run`: begin, call the closure, commit, and on a retryable error back
-//! off and run the closure again, the FoundationDB way. It must never retry a
-//! permanent error, and never retry a `commit_unknown_result` silently for a
-//! caller that did not make its closure idempotent (`run_once` does that).
+//! off and run the closure again, the FoundationDB way. The pause is the one
+//! full-jitter [`Backoff`], seeded per database, waited out on the
+//! database's [`crate::clock::Clock`]. It must never retry a permanent error,
+//! and never retry a `commit_unknown_result` silently for a caller that did
+//! not make its closure idempotent (`run_once` does that).
 //!
 //! Metrics (through the `metrics` facade, recorded on retries only, never on
 //! the first attempt's path):
@@ -17,10 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 use crate::backend::{Backend, CommitInfo, TxOptions};
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Result, Retryable, StoreError, TxError};
 use crate::transaction::Transaction;
 
@@ -67,7 +69,9 @@ pub enum Once<T> {
 pub struct Database {
     backend: Arc<dyn Backend>,
     retry: RetryOptions,
-    rng: Arc<Mutex<SmallRng>>,
+    /// `None` when the options ask for no pause at all (a zero delay).
+    backoff: Option<Arc<Mutex<Backoff>>>,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for Database {
@@ -86,13 +90,31 @@ impl Database {
     }
 
     /// Wraps a backend with explicit retry options and the seed of the jitter
-    /// applied between retries (so simulations replay exactly).
+    /// applied between retries (so simulations replay exactly). Pauses are
+    /// waited out on a [`SystemClock`] until [`Database::with_clock`].
     pub fn with_options(backend: Arc<dyn Backend>, retry: RetryOptions, seed: u64) -> Self {
+        // A base above the cap means every pause is drawn below the cap, as
+        // `min(cap, base * 2^n)` says; a zero base or cap means no pause.
+        let config = BackoffConfig {
+            base: retry.base_delay.min(retry.max_delay),
+            cap: retry.max_delay,
+        };
+        let backoff = Backoff::new(config, seed)
+            .ok()
+            .map(|b| Arc::new(Mutex::new(b)));
         Database {
             backend,
             retry,
-            rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
+            backoff,
+            clock: Arc::new(SystemClock::new()),
         }
+    }
+
+    /// The same database, waiting out its retry pauses on `clock` (the
+    /// process's clock, so a simulation or a test controls them too).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The backend's short name.
@@ -230,7 +252,10 @@ impl Database {
             if !retry {
                 return Err(err);
             }
-            tokio::time::sleep(self.jittered_delay(attempt)).await;
+            let pause = self.pause(attempt);
+            if !pause.is_zero() {
+                self.clock.sleep(pause).await;
+            }
         }
     }
 
@@ -263,18 +288,11 @@ impl Database {
         .await
     }
 
-    fn jittered_delay(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(20);
-        let ceiling = self
-            .retry
-            .base_delay
-            .saturating_mul(1u32 << exp)
-            .min(self.retry.max_delay);
-        let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
-        if nanos == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(self.rng.lock().random_range(0..=nanos))
+    /// The pause after failed attempt `attempt` (1-based).
+    fn pause(&self, attempt: u32) -> Duration {
+        self.backoff.as_ref().map_or(Duration::ZERO, |b| {
+            b.lock().delay(attempt.saturating_sub(1))
+        })
     }
 }
 

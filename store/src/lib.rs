@@ -8,10 +8,14 @@
 //! enforced on every backend. Moving from one machine to a FoundationDB
 //! cluster is a change of URL ([`open`]).
 //!
-//! This crate owns storage semantics only. It must never know what Meridian
+//! This crate owns storage semantics, plus the two primitives its retry loop
+//! shares with every tier above it: the [`clock`] and the full-jitter
+//! [`backoff`] formula. It must never know what Meridian
 //! stores (jobs, leases, bindings): those key layouts belong to the tiers.
 
 pub mod backend;
+pub mod backoff;
+pub mod clock;
 pub mod database;
 pub mod error;
 pub mod fault;
@@ -25,6 +29,8 @@ pub mod transaction;
 use std::sync::Arc;
 
 pub use backend::{Backend, BackendTx, CommitInfo, KeyValue, Mutation, TxOptions, WatchFuture};
+pub use backoff::{Backoff, BackoffConfig, BackoffConfigError};
+pub use clock::{Clock, Instant, ManualClock, SharedClock, Sleep, SystemClock};
 pub use database::{Database, MaybeCommitted, Once, RetryOptions};
 pub use error::{Limit, Result, Retryable, StoreError, TxError};
 pub use transaction::{RangeOption, Transaction, strinc};

@@ -204,10 +204,10 @@ impl Dev {
 
     /// A leader-following client of the global tier.
     pub fn client(&self) -> Client {
-        Client::new(&ConnectArgs {
-            endpoint: self.endpoints.clone(),
-            timeout_secs: 60,
-        })
+        Client::new(&ConnectArgs::new(
+            self.endpoints.clone(),
+            Duration::from_secs(60),
+        ))
         .expect("client")
     }
 
@@ -537,7 +537,7 @@ impl Tracker {
                             }
                         }
                         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                            let _ = client.move_after(&tonic::Status::unavailable("watch broke"));
+                            client.move_on();
                             break;
                         }
                     }

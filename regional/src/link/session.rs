@@ -1,17 +1,21 @@
 //! One link leader's conversation with the global tier.
 //!
 //! Owns the region lease epoch obtained from RegisterRegion, its renewal, the
-//! assignment stream and the upward reports. A session ends (and is started
-//! again with backoff) when the stream breaks or the lease is refused; it
-//! returns for good when the link lease is lost. Must never send a call with
-//! an epoch the global tier has called stale.
+//! assignment stream and the upward reports. A session ends when the stream
+//! breaks or the lease is refused, and is started again where and when
+//! control's retry rule says (the hinted global leader at once, otherwise
+//! the next global endpoint after a backoff); each unary call of a session
+//! has the rule's per-attempt deadline. It returns for good when the link
+//! lease is lost. Must never send a call with an epoch the global tier has
+//! called stale, nor classify a status itself.
 
 use std::time::Duration;
 
 use futures::FutureExt;
+use meridian_control::BackoffConfig;
 use meridian_control::lease::Fence;
+use meridian_control::rpc::{self, Replicas, RpcVerdict};
 use meridian_control::trace;
-use meridian_control::{Backoff, BackoffConfig};
 use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use prost::Message;
@@ -30,16 +34,17 @@ use crate::pipeline::{Authority, Intent, Outcome};
 pub(super) enum End {
     /// The link lease moved on: stop for good.
     Fenced,
-    /// Anything else: reconnect after a backoff, to `leader` when the
-    /// answer named one (`meridian-leader`), otherwise to the next endpoint.
-    Retry { why: String, leader: Option<String> },
+    /// Anything else: start again where and when the retry rule says.
+    Retry { why: String, verdict: RpcVerdict },
 }
 
 impl End {
+    /// A session end that is not a failed call (a refusal in an answer, a
+    /// stream that ended): the next endpoint, after a backoff.
     pub(super) fn retry(why: impl Into<String>) -> Self {
         End::Retry {
             why: why.into(),
-            leader: None,
+            verdict: RpcVerdict::Backoff { move_on: true },
         }
     }
 }
@@ -56,73 +61,27 @@ impl From<RegionalError> for End {
 
 impl From<tonic::Status> for End {
     fn from(s: tonic::Status) -> Self {
-        let leader = (s.code() == tonic::Code::Unavailable)
-            .then(|| s.metadata().get(meridian_proto::LEADER_METADATA_KEY))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(normalize);
         End::Retry {
             why: format!("{}: {}", s.code(), s.message()),
-            leader,
+            verdict: RpcVerdict::of(&s),
         }
     }
 }
 
 impl From<tonic::transport::Error> for End {
     fn from(e: tonic::transport::Error) -> Self {
-        End::retry(e.to_string())
-    }
-}
-
-fn normalize(url: &str) -> String {
-    if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    }
-}
-
-/// The global endpoints a link leader may talk to (`--global`, comma
-/// separated) and the one it tries next.
-#[derive(Debug, Clone)]
-pub(super) struct Endpoints {
-    list: Vec<String>,
-    next: String,
-}
-
-impl Endpoints {
-    pub(super) fn parse(global: &str) -> Self {
-        let list: Vec<String> = global
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(normalize)
-            .collect();
-        let next = list.first().cloned().unwrap_or_default();
-        Endpoints { list, next }
-    }
-
-    fn current(&self) -> &str {
-        &self.next
-    }
-
-    /// After a failure: the hinted leader if there is one, otherwise the
-    /// listed endpoint after the current one.
-    fn advance(&mut self, leader: Option<String>) {
-        if let Some(leader) = leader {
-            self.next = leader;
-            return;
+        End::Retry {
+            why: e.to_string(),
+            verdict: RpcVerdict::of_transport(&e),
         }
-        if self.list.is_empty() {
-            return;
-        }
-        let at = self.list.iter().position(|e| *e == self.next);
-        let i = at.map_or(0, |i| (i + 1) % self.list.len());
-        self.next = self.list[i].clone();
     }
 }
+
+/// Pauses between sessions: from 100 ms doubling up to 5 s.
+const LINK_BACKOFF: BackoffConfig = BackoffConfig {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(5),
+};
 
 pub(super) async fn run(
     ctx: LinkCtx,
@@ -131,51 +90,54 @@ pub(super) async fn run(
     mut stop: oneshot::Receiver<()>,
 ) {
     let clock = ctx.clock.clone();
-    let mut backoff = match Backoff::new(
-        BackoffConfig {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(5),
-        },
-        fence.epoch(),
-    ) {
-        Ok(b) => b,
-        Err(_) => return,
+    let given = rpc::parse_endpoints(&config.global);
+    let mut replicas = match Replicas::new(given, 0, LINK_BACKOFF, fence.epoch()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(global = %config.global, error = %e, "no usable global endpoint; the link stays idle");
+            let _ = stop.await;
+            return;
+        }
     };
-    let mut retry = 0;
-    let mut endpoints = Endpoints::parse(&config.global);
     loop {
         let mut registered = false;
+        let global = replicas.current().to_string();
         let result = tokio::select! {
             _ = &mut stop => return,
-            r = session(&ctx, &config, &fence, endpoints.current(), &mut registered) => r,
+            r = session(&ctx, &config, &fence, &global, &mut registered) => r,
         };
         if registered {
-            // The session got going: the next failure starts a fresh backoff.
-            retry = 0;
+            // The session got going: the next failure starts the rule over.
+            replicas.answered();
         }
-        match result {
+        let delay = match result {
             Err(End::Fenced) => {
                 tracing::warn!("link lease lost; the link session ends");
                 return;
             }
-            Err(End::Retry { why, leader }) => {
+            Err(End::Retry { why, verdict }) => {
+                let delay = match replicas.after(&verdict) {
+                    Some(step) => step.wait,
+                    // A refusal the rule fails: the link must not stop while
+                    // it holds its lease, so it tries the next endpoint, no
+                    // sooner than a full backoff.
+                    None => {
+                        replicas.move_for(&RpcVerdict::Backoff { move_on: true });
+                        replicas.pause_at_cap()
+                    }
+                };
                 tracing::warn!(
                     reason = %why,
-                    endpoint = endpoints.current(),
-                    leader = leader.as_deref().unwrap_or("-"),
+                    endpoint = %global,
+                    ?verdict,
+                    next = replicas.current(),
+                    ?delay,
                     "link session ended; reconnecting"
                 );
-                if leader.is_some() {
-                    // A replica named the leader: go there after a short
-                    // jittered pause, without growing the backoff.
-                    retry = 0;
-                }
-                endpoints.advance(leader);
+                delay
             }
-            Ok(()) => {}
-        }
-        let delay = backoff.delay(retry);
-        retry = retry.saturating_add(1);
+            Ok(()) => replicas.back_off(),
+        };
         tokio::select! {
             _ = &mut stop => return,
             _ = clock.sleep(delay) => {}
@@ -217,19 +179,19 @@ async fn session(
         .keep_alive_while_idle(true);
     let mut client = RegionLinkClient::new(meridian_control::net::connect(endpoint).await?);
     let sent_at = clock.now_unix_ms();
-    let reg = client
-        .register_region(v1::RegisterRegionRequest {
-            region: config.region.clone(),
-            replica: Some(v1::ReplicaIdentity {
-                replica_id: config.replica.clone(),
-                boot_id: identity.boot_id.to_string(),
-                endpoint: config.endpoint.clone(),
-                zone: String::new(),
-            }),
-            leader_epoch: fence.epoch(),
-            zones: Vec::new(),
-            admin_endpoint: config.endpoint.clone(),
-        })
+    let register = client.register_region(v1::RegisterRegionRequest {
+        region: config.region.clone(),
+        replica: Some(v1::ReplicaIdentity {
+            replica_id: config.replica.clone(),
+            boot_id: identity.boot_id.to_string(),
+            endpoint: config.endpoint.clone(),
+            zone: String::new(),
+        }),
+        leader_epoch: fence.epoch(),
+        zones: Vec::new(),
+        admin_endpoint: config.endpoint.clone(),
+    });
+    let reg = rpc::attempt(clock.as_ref(), rpc::DEFAULT_ATTEMPT_DEADLINE, register)
         .await?
         .into_inner();
     if reg.verdict != v1::Verdict::Accepted as i32 {
@@ -252,12 +214,12 @@ async fn session(
     )
     .await?;
     let cursor = read_cursor(db, keys).await?;
-    let mut stream = client
-        .assignments(v1::AssignmentsRequest {
-            region: config.region.clone(),
-            region_lease_epoch: epoch,
-            cursor,
-        })
+    let open = client.assignments(v1::AssignmentsRequest {
+        region: config.region.clone(),
+        region_lease_epoch: epoch,
+        cursor,
+    });
+    let mut stream = rpc::attempt(clock.as_ref(), rpc::DEFAULT_ATTEMPT_DEADLINE, open)
         .await?
         .into_inner();
     // The region lease is renewed where the other leases are: on a thread
@@ -556,7 +518,11 @@ async fn intake(
     {
         request.metadata_mut().insert(trace::TRACEPARENT, value);
     }
-    let call = client.ack_assignments(request);
+    let call = rpc::attempt(
+        ctx.clock.as_ref(),
+        rpc::DEFAULT_ATTEMPT_DEADLINE,
+        client.ack_assignments(request),
+    );
     let r = match spans.first() {
         Some(span) => call.instrument(span.clone()).await?,
         None => call.await?,
@@ -625,28 +591,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn comma_separated_global_endpoints_are_tried_in_turn_unless_a_leader_is_named() {
-        let mut e = Endpoints::parse("127.0.0.1:1, http://127.0.0.1:2");
-        assert_eq!(e.current(), "http://127.0.0.1:1");
-        e.advance(None);
-        assert_eq!(e.current(), "http://127.0.0.1:2");
-        e.advance(None);
-        assert_eq!(e.current(), "http://127.0.0.1:1");
-        e.advance(Some("http://127.0.0.1:2".into()));
-        assert_eq!(e.current(), "http://127.0.0.1:2");
-        e.advance(None);
-        assert_eq!(e.current(), "http://127.0.0.1:1");
-    }
-
-    #[test]
-    fn an_unavailable_answer_naming_the_leader_is_followed() {
+    fn an_unavailable_answer_naming_the_leader_ends_the_session_towards_it() {
         let mut s = tonic::Status::unavailable("not the leader");
         s.metadata_mut().insert(
             meridian_proto::LEADER_METADATA_KEY,
-            "http://127.0.0.1:9".parse().expect("metadata"),
+            "127.0.0.1:9/".parse().expect("metadata"),
         );
         match End::from(s) {
-            End::Retry { leader, .. } => assert_eq!(leader.as_deref(), Some("http://127.0.0.1:9")),
+            End::Retry { verdict, .. } => {
+                assert_eq!(verdict, RpcVerdict::RetryAt("http://127.0.0.1:9".into()));
+            }
+            End::Fenced => panic!("not fenced"),
+        }
+    }
+
+    #[test]
+    fn a_refused_call_is_not_retried_as_if_it_were_a_lost_connection() {
+        match End::from(tonic::Status::invalid_argument("region: unknown")) {
+            End::Retry { verdict, .. } => assert_eq!(verdict, RpcVerdict::Fail),
             End::Fenced => panic!("not fenced"),
         }
     }

@@ -62,7 +62,8 @@ pub async fn global(p: Process, lease: Duration, region_lease: Duration) -> Host
     config.region_lease = region_lease;
     config.skew_margin = Duration::from_secs(1);
     let clock = SimClock::shared(p.skew_ms.clone(), p.gate.clone());
-    match meridian_global::server::start_with(config, p.db(), clock).await {
+    let db = p.db().with_clock(clock.clone());
+    match meridian_global::server::start_with(config, db, clock).await {
         Ok(_running) => std::future::pending::<()>().await,
         Err(e) => tracing::error!(error = %e, host = %p.name, "global replica did not start"),
     }
@@ -87,8 +88,9 @@ pub async fn regional(p: Process, region: String, globals: String, shards: u32) 
     // One thread only: a lease thread of its own would escape the seed.
     config.dedicated_lease_thread = false;
     let clock = SimClock::shared(p.skew_ms.clone(), p.gate.clone());
+    let db = p.db().with_clock(clock.clone());
     if let Err(e) =
-        meridian_regional::server::run_with(config, p.db(), clock, std::future::pending()).await
+        meridian_regional::server::run_with(config, db, clock, std::future::pending()).await
     {
         tracing::error!(error = %e, host = %p.name, "region replica ended");
     }
