@@ -24,5 +24,5 @@ pub mod trace;
 pub use backoff::{Backoff, BackoffConfig, BackoffConfigError};
 pub use clock::{Clock, Instant, ManualClock, SharedClock, Sleep, SystemClock};
 pub use queue::{AddOutcome, KeyState, Lane, QueueConfig, QueueKey, WorkGuard, WorkQueue};
-pub use retry::{RetryError, Retryable, retry};
+pub use retry::Retryable;
 pub use rpc::{Replicas, RetryConfig, RpcVerdict};

@@ -1,28 +1,10 @@
-//! Backoff bounds and spread, and the retry helper driven by a manual clock.
+//! Backoff bounds and spread.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use meridian_control::backoff::{Backoff, BackoffConfig};
-use meridian_control::clock::{Clock, ManualClock};
-use meridian_control::retry::{RetryError, Retryable, retry};
 use proptest::prelude::*;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum TestError {
-    #[error("transient")]
-    Transient,
-    #[error("permanent")]
-    Permanent,
-}
-
-impl Retryable for TestError {
-    fn is_retryable(&self) -> bool {
-        matches!(self, TestError::Transient)
-    }
-}
 
 /// The ceiling by repeated doubling, independent of the crate's shift math.
 fn ceiling_by_doubling(base: Duration, cap: Duration, retry: u32) -> Duration {
@@ -125,124 +107,4 @@ fn full_jitter_delays_are_uniform_over_the_ceiling() {
     // The lowest and highest 1% are reached: jitter really spans [0, ceiling].
     assert!(hist.value_at_quantile(0.005) < ceiling_us / 100);
     assert!(hist.value_at_quantile(0.995) > ceiling_us * 99 / 100);
-}
-
-fn test_backoff() -> Backoff {
-    Backoff::new(
-        BackoffConfig {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(5),
-        },
-        99,
-    )
-    .expect("valid config")
-}
-
-#[tokio::test]
-async fn retry_waits_full_jitter_delays_on_the_clock_between_transient_failures() {
-    let clock = ManualClock::new();
-    let calls = Arc::new(AtomicU32::new(0));
-    let task = {
-        let clock = clock.clone();
-        let calls = Arc::clone(&calls);
-        tokio::spawn(async move {
-            let mut backoff = test_backoff();
-            let mut seen = Vec::new();
-            let result = retry(&clock, &mut backoff, 10, |attempt| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                seen.push((attempt, clock.now()));
-                async move {
-                    if attempt < 4 {
-                        Err(TestError::Transient)
-                    } else {
-                        Ok(attempt * 10)
-                    }
-                }
-            })
-            .await;
-            (result, seen)
-        })
-    };
-
-    let mut expected = test_backoff();
-    let mut at = clock.now();
-    for n in 0..3 {
-        clock.wait_for_timers(1).await;
-        let delay = expected.delay(n);
-        at = at + delay;
-        assert_eq!(clock.next_deadline(), Some(at), "retry {n} waits {delay:?}");
-        assert_eq!(calls.load(Ordering::SeqCst), n + 1);
-        clock.advance_to_next_deadline();
-    }
-    let (result, seen) = task.await.expect("retry task");
-    assert_eq!(result, Ok(40));
-    assert_eq!(seen.len(), 4);
-    assert_eq!(seen.last().map(|(_, t)| *t), Some(at));
-    assert_eq!(
-        seen.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
-    );
-}
-
-#[tokio::test]
-async fn retry_returns_a_permanent_error_at_once_without_waiting() {
-    let clock = ManualClock::new();
-    let mut backoff = test_backoff();
-    let mut calls = 0;
-    let result: Result<(), _> = retry(&clock, &mut backoff, 10, |_| {
-        calls += 1;
-        async { Err(TestError::Permanent) }
-    })
-    .await;
-    assert_eq!(
-        result,
-        Err(RetryError::Permanent {
-            attempts: 1,
-            source: TestError::Permanent
-        })
-    );
-    assert_eq!(calls, 1);
-    assert_eq!(clock.pending_timers(), 0);
-    assert!(!result.unwrap_err().is_retryable());
-}
-
-#[tokio::test]
-async fn retry_gives_up_after_max_attempts_with_the_last_transient_error() {
-    let clock = ManualClock::new();
-    let task = {
-        let clock = clock.clone();
-        tokio::spawn(async move {
-            let mut backoff = test_backoff();
-            retry(&clock, &mut backoff, 3, |_| async {
-                Err::<(), _>(TestError::Transient)
-            })
-            .await
-        })
-    };
-    for _ in 0..2 {
-        clock.wait_for_timers(1).await;
-        clock.advance_to_next_deadline();
-    }
-    let result = task.await.expect("retry task");
-    let err = result.expect_err("exhausted");
-    assert_eq!(
-        err,
-        RetryError::Exhausted {
-            attempts: 3,
-            source: TestError::Transient
-        }
-    );
-    assert!(err.is_retryable());
-    assert_eq!(clock.pending_timers(), 0);
-}
-
-#[tokio::test]
-async fn retry_with_zero_max_attempts_still_tries_once() {
-    let clock = ManualClock::new();
-    let mut backoff = test_backoff();
-    let result = retry(&clock, &mut backoff, 0, |attempt| async move {
-        Err::<(), _>((attempt, TestError::Transient).1)
-    })
-    .await;
-    assert_eq!(result.map_err(|e| e.attempts()), Err(1));
 }
