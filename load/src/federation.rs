@@ -1,20 +1,21 @@
 //! A federation of real processes started for one load run.
 //!
 //! Owns the layout a scenario asks for (global replicas, regions with their
-//! scheduler replicas, one simulated-node agent per region), started through
-//! the `meridian dev` supervisor's child runner (each child is the same
-//! `meridian` binary, waited for by the line it prints once serving, and
-//! restarted with backoff when it dies), on free loopback ports under a
-//! temporary directory. It also finds a child's process id so a scenario
-//! can kill it for real. Must never wait for a child by sleeping and never
+//! scheduler replicas, one simulated-node agent per region, real agents),
+//! planned by `meridian dev`'s plan (the same processes and command lines)
+//! on free loopback ports under a temporary directory, and started by its
+//! child runner (each child is the same `meridian` binary, waited for by the
+//! line it prints once serving, and restarted with backoff when it dies). It
+//! also finds a child's process id so a scenario can kill it for real. Must never wait for a child by sleeping and never
 //! touch a process it did not start.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meridian_cli::dev::child::{self, ChildSpec};
-use tokio::sync::{oneshot, watch};
+use meridian_cli::dev::child;
+use meridian_cli::dev::plan::{self, Process, Role};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::{LoadError, Result};
@@ -89,8 +90,12 @@ pub fn region_name(r: u16) -> String {
     format!("r{:02}", r + 1)
 }
 
-fn s(v: &str) -> String {
-    v.to_string()
+fn proc_of(p: &Process) -> Proc {
+    Proc {
+        name: p.spec.name.clone(),
+        grpc: p.endpoint(),
+        metrics: p.http,
+    }
 }
 
 impl LocalFederation {
@@ -116,182 +121,61 @@ impl LocalFederation {
             regions: Vec::new(),
             layout: layout.clone(),
         };
-        let log = |name: &str| data.join("logs").join(format!("{name}.log"));
-        let mut tier = Vec::new();
-        for i in 0..layout.global_replicas {
-            let name = format!("global-{}", i + 1);
-            let grpc = free_port()?;
-            let http = free_port()?;
-            tier.push(ChildSpec {
-                args: vec![
-                    s("global"),
-                    s("--store"),
-                    format!("sqlite:{}", data.join("global.db").display()),
-                    s("--listen"),
-                    grpc.to_string(),
-                    s("--http"),
-                    http.to_string(),
-                    s("--name"),
-                    name.clone(),
-                ],
-                ready: Some("meridian global: serving"),
-                log: log(&name),
-                name: name.clone(),
-            });
-            fed.globals.push(Proc {
-                name,
-                grpc: Some(format!("http://{grpc}")),
-                metrics: Some(http),
-            });
-        }
-        fed.start_tier(&exe, tier, &stop_rx).await?;
-        let globals = fed.global_endpoints();
-        let mut tier = Vec::new();
-        let mut agents = Vec::new();
-        for r in 0..layout.regions {
-            let region = region_name(r);
-            let store = format!(
-                "sqlite:{}",
-                data.join("regions").join(format!("{region}.db")).display()
-            );
-            let mut replicas = Vec::new();
-            for i in 0..layout.region_replicas {
-                let name = format!("{region}-{}", i + 1);
-                let grpc = free_port()?;
-                let metrics = free_port()?;
-                tier.push(ChildSpec {
-                    args: vec![
-                        s("regional"),
-                        s("--region"),
-                        region.clone(),
-                        s("--global"),
-                        globals.clone(),
-                        s("--store"),
-                        store.clone(),
-                        s("--listen"),
-                        grpc.to_string(),
-                        s("--metrics-listen"),
-                        metrics.to_string(),
-                        s("--shards"),
-                        layout.shards.to_string(),
-                        s("--replica"),
-                        name.clone(),
-                        s("--shard-lease-ms"),
-                        layout.shard_lease_ms.to_string(),
-                        s("--seed"),
-                        (u32::from(r) * 100 + u32::from(i)).to_string(),
-                    ],
-                    ready: Some("listening on"),
-                    log: log(&name),
-                    name: name.clone(),
-                });
-                replicas.push(Proc {
-                    name,
-                    grpc: Some(format!("http://{grpc}")),
-                    metrics: Some(metrics),
-                });
-            }
-            // Every replica: an agent follows its shard leaders among them.
-            let endpoint = replicas
+        let regions: Vec<String> = (0..layout.regions).map(region_name).collect();
+        let plan = plan::plan(
+            &plan::Layout {
+                global_replicas: layout.global_replicas,
+                regions: regions.clone(),
+                region_replicas: layout.region_replicas,
+                shards: layout.shards,
+                simulated_nodes: layout.simulated_nodes,
+                real_agents: layout.real_agents,
+                shard_lease_ms: Some(layout.shard_lease_ms),
+            },
+            &data,
+            |_| free_port(),
+        )?;
+        fed.globals = plan.globals.iter().map(proc_of).collect();
+        for name in regions {
+            let replicas = plan
+                .regionals
                 .iter()
-                .filter_map(|p| p.grpc.clone())
-                .collect::<Vec<_>>()
-                .join(",");
-            let agent_spec = |name: &str, seed: u32, extra: Vec<String>| {
-                let mut args = vec![
-                    s("agent"),
-                    s("--region"),
-                    endpoint.clone(),
-                    s("--node-id"),
-                    name.to_string(),
-                    s("--work-dir"),
-                    data.join("agents").join(name).display().to_string(),
-                    s("--seed"),
-                    seed.to_string(),
-                ];
-                args.extend(extra);
-                ChildSpec {
-                    args,
-                    ready: None,
-                    log: log(name),
-                    name: name.to_string(),
-                }
-            };
-            let mut agent = None;
-            if layout.simulated_nodes > 0 {
-                let name = format!("{region}-sim");
-                agents.push(agent_spec(
-                    &name,
-                    u32::from(r),
-                    vec![
-                        s("--simulate"),
-                        layout.simulated_nodes.to_string(),
-                        s("--cpu"),
-                        s("8"),
-                        s("--memory"),
-                        (32u64 << 30).to_string(),
-                        s("--labels"),
-                        format!("zone={region}-a"),
-                    ],
-                ));
-                agent = Some(Proc {
-                    name,
-                    grpc: None,
-                    metrics: None,
-                });
-            }
-            for k in 0..layout.real_agents {
-                let name = format!("{region}-node-{}", k + 1);
-                agents.push(agent_spec(
-                    &name,
-                    u32::from(r) * 100 + 1 + k,
-                    vec![
-                        s("--cpu"),
-                        s("4"),
-                        s("--memory"),
-                        (8u64 << 30).to_string(),
-                        s("--labels"),
-                        format!("zone={region}-b,real=true"),
-                    ],
-                ));
-            }
+                .filter(|p| matches!(&p.role, Role::Regional { region } if *region == name))
+                .map(proc_of)
+                .collect();
+            let agent = plan
+                .agents
+                .iter()
+                .find(|p| {
+                    matches!(&p.role, Role::Agent { region, simulated: true } if *region == name)
+                })
+                .map(proc_of);
             fed.regions.push(Region {
-                name: region,
+                name,
                 replicas,
                 agent,
             });
         }
-        fed.start_tier(&exe, tier, &stop_rx).await?;
-        fed.start_tier(&exe, agents, &stop_rx).await?;
+        for tier in plan.tiers() {
+            fed.start_tier(&exe, tier, &stop_rx).await?;
+        }
         Ok(fed)
     }
 
-    /// Starts children one after the other, each once the previous is ready.
+    /// Starts a tier's children one after the other, each once the
+    /// previous is ready.
     async fn start_tier(
         &mut self,
         exe: &Path,
-        specs: Vec<ChildSpec>,
+        tier: &[Process],
         stop_rx: &watch::Receiver<bool>,
     ) -> Result<()> {
         // How long a child gets between SIGTERM and SIGKILL at shut-down.
         let grace = Duration::from_secs(5);
-        for spec in specs {
-            let (tx, rx) = oneshot::channel();
-            let name = spec.name.clone();
-            self.tasks.push(tokio::spawn(child::supervise(
-                exe.to_path_buf(),
-                spec,
-                grace,
-                stop_rx.clone(),
-                tx,
-            )));
-            match rx.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(LoadError::Federation(e.to_string())),
-                Err(_) => return Err(LoadError::Federation(format!("{name} was never started"))),
-            }
-        }
-        Ok(())
+        let specs = tier.iter().map(|p| &p.spec);
+        let (tasks, outcome) = child::start_in_order(exe, specs, grace, stop_rx, |_| {}).await;
+        self.tasks.extend(tasks);
+        outcome.map_err(|e| LoadError::Federation(e.to_string()))
     }
 
     /// The global endpoints, comma-separated.

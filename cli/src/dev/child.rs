@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::error::{CliError, Result};
 
@@ -251,4 +252,39 @@ pub async fn supervise(
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Starts `specs` one after the other, each once the previous one is ready
+/// (so the first global replica is the first candidate for leader, and logs
+/// read in a stable order), calling `on_ready` for each. Every child is
+/// supervised until `stop` turns true. Returns the supervisors and, if a
+/// child could not start, why; the ones started before it keep running
+/// until `stop`.
+pub async fn start_in_order<'a>(
+    exe: &Path,
+    specs: impl IntoIterator<Item = &'a ChildSpec>,
+    grace: Duration,
+    stop: &watch::Receiver<bool>,
+    mut on_ready: impl FnMut(&ChildSpec),
+) -> (Vec<JoinHandle<()>>, Result<()>) {
+    let mut tasks = Vec::new();
+    for spec in specs {
+        let (tx, rx) = oneshot::channel();
+        tasks.push(tokio::spawn(supervise(
+            exe.to_path_buf(),
+            spec.clone(),
+            grace,
+            stop.clone(),
+            tx,
+        )));
+        match rx.await {
+            Ok(Ok(_)) => on_ready(spec),
+            Ok(Err(e)) => return (tasks, Err(e)),
+            Err(_) => {
+                let why = format!("{} was never started", spec.name);
+                return (tasks, Err(CliError::other(why)));
+            }
+        }
+    }
+    (tasks, Ok(()))
 }

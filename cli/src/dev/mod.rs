@@ -1,24 +1,26 @@
 //! `meridian dev`: a whole federation on this machine.
 //!
-//! Owns the layout of a development federation (which processes, their
-//! flags, stores under the data directory, deterministic ports so restarts
-//! find everything where it was), starting it tier by tier (each child is
-//! waited for by the line it prints once serving), printing the endpoints,
-//! and stopping it on SIGINT/SIGTERM (agents, then regions, then the global
-//! tier). Every part runs as a separate OS process of this same binary.
+//! Owns the flags of a development federation and its deterministic ports
+//! (so restarts find everything where it was), starting the [`plan`] tier
+//! by tier with [`child::start_in_order`] (each child is waited for by the
+//! line it prints once serving), printing the endpoints, and stopping it on
+//! SIGINT/SIGTERM (agents, then regions, then the global tier). Every part
+//! runs as a separate OS process of this same binary; the load suite starts
+//! its federations from the same plan.
 //! Must never hold scheduling logic, and never wait for a child by sleeping.
 
 pub mod child;
+pub mod plan;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::{CliError, Result};
-use child::ChildSpec;
+use plan::{Layout, Listen, Plan, Process};
 
 /// Names of the first regions; further ones are `region-N`.
 const REGION_NAMES: [&str; 6] = [
@@ -62,12 +64,6 @@ pub struct DevArgs {
     pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
-/// A process of the plan with what to print about it once it is up.
-struct Planned {
-    spec: ChildSpec,
-    summary: String,
-}
-
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
@@ -84,155 +80,28 @@ fn region_name(r: u16) -> String {
         .unwrap_or_else(|| format!("region-{}", r + 1))
 }
 
-fn url(path: &Path) -> String {
-    format!("sqlite:{}", path.display())
-}
-
-/// The three tiers to start, in order: global replicas, region replicas, agents.
-fn plan(a: &DevArgs, data: &Path) -> Result<[Vec<Planned>; 3]> {
-    let logs = data.join("logs");
-    let log = |name: &str| logs.join(format!("{name}.log"));
-    let s = |v: &str| v.to_string();
-    let mut globals = Vec::new();
-    let mut global_endpoints = Vec::new();
-    for i in 0..u32::from(a.global_replicas) {
-        let name = format!("global-{}", i + 1);
-        let grpc = addr(port(a.base_port, i)?);
-        let http = addr(port(a.base_port, 80 + i)?);
-        global_endpoints.push(format!("http://{grpc}"));
-        globals.push(Planned {
-            summary: format!(
-                "{name} grpc=http://{grpc} http=http://{http} console=http://{http}/console"
-            ),
-            spec: ChildSpec {
-                args: vec![
-                    s("global"),
-                    s("--store"),
-                    url(&data.join("global.db")),
-                    s("--listen"),
-                    grpc.to_string(),
-                    s("--http"),
-                    http.to_string(),
-                    s("--name"),
-                    name.clone(),
-                ],
-                ready: Some("meridian global: serving"),
-                log: log(&name),
-                name,
-            },
-        });
-    }
-    let mut regions = Vec::new();
-    let mut agents = Vec::new();
-    for r in 0..a.regions {
-        let region = region_name(r);
-        let store = url(&data.join("regions").join(format!("{region}.db")));
-        let mut endpoints = Vec::new();
-        for i in 0..u32::from(a.region_replicas) {
-            let name = format!("{region}-{}", i + 1);
-            let grpc = addr(port(a.base_port, 100 + 10 * u32::from(r) + i)?);
-            let metrics = addr(port(a.base_port, 200 + 10 * u32::from(r) + i)?);
-            endpoints.push(format!("http://{grpc}"));
-            regions.push(Planned {
-                summary: format!(
-                    "{name} grpc=http://{grpc} metrics=http://{metrics}/metrics \
-                     console=http://{metrics}/console"
-                ),
-                spec: ChildSpec {
-                    args: vec![
-                        s("regional"),
-                        s("--region"),
-                        region.clone(),
-                        s("--global"),
-                        global_endpoints.join(","),
-                        s("--store"),
-                        store.clone(),
-                        s("--listen"),
-                        grpc.to_string(),
-                        s("--metrics-listen"),
-                        metrics.to_string(),
-                        s("--shards"),
-                        a.shards.to_string(),
-                        s("--replica"),
-                        name.clone(),
-                        s("--seed"),
-                        (u32::from(r) * 100 + i).to_string(),
-                    ],
-                    ready: Some("listening on"),
-                    log: log(&name),
-                    name,
-                },
-            });
-        }
-        let mut agent = |name: String, extra: Vec<String>, summary: String| {
-            // Every replica of the region, starting at a different one per
-            // agent: the agent moves on when one dies and follows each
-            // shard leader's hint, so no replica is a single point of loss.
-            let first = agents.len() % endpoints.len();
-            let endpoint = endpoints[first..]
-                .iter()
-                .chain(&endpoints[..first])
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(",");
-            let mut args = vec![
-                s("agent"),
-                s("--region"),
-                endpoint,
-                s("--node-id"),
-                name.clone(),
-                s("--work-dir"),
-                data.join("agents").join(&name).display().to_string(),
-                s("--seed"),
-                (u32::from(r) * 100 + agents.len() as u32).to_string(),
-            ];
-            args.extend(extra);
-            agents.push(Planned {
-                summary,
-                spec: ChildSpec {
-                    args,
-                    ready: None,
-                    log: log(&name),
-                    name,
-                },
-            });
+/// The federation `meridian dev` runs: the global tier serves gRPC from
+/// the base port and HTTP from +80, region `r`'s replica `i` gRPC from
+/// +100+10r+i and metrics from +200+10r+i.
+fn dev_plan(a: &DevArgs, data: &Path) -> Result<Plan> {
+    let layout = Layout {
+        global_replicas: a.global_replicas,
+        regions: (0..a.regions).map(region_name).collect(),
+        region_replicas: a.region_replicas,
+        shards: a.shards,
+        simulated_nodes: a.simulated_nodes,
+        real_agents: a.real_agents,
+        shard_lease_ms: None,
+    };
+    plan::plan(&layout, data, |listen| {
+        let offset = match listen {
+            Listen::GlobalGrpc { replica } => replica,
+            Listen::GlobalHttp { replica } => 80 + replica,
+            Listen::RegionGrpc { region, replica } => 100 + 10 * region + replica,
+            Listen::RegionMetrics { region, replica } => 200 + 10 * region + replica,
         };
-        if a.simulated_nodes > 0 {
-            let name = format!("{region}-sim");
-            let summary = format!("{name}: {} simulated nodes", a.simulated_nodes);
-            agent(
-                name,
-                vec![
-                    s("--simulate"),
-                    a.simulated_nodes.to_string(),
-                    s("--cpu"),
-                    s("8"),
-                    s("--memory"),
-                    (32u64 << 30).to_string(),
-                    s("--labels"),
-                    format!("zone={region}-a"),
-                ],
-                summary,
-            );
-        }
-        for k in 0..a.real_agents {
-            let name = format!("{region}-node-{}", k + 1);
-            let summary = format!("{name}: real processes");
-            agent(
-                name,
-                vec![
-                    s("--cpu"),
-                    s("4"),
-                    s("--memory"),
-                    (8u64 << 30).to_string(),
-                    s("--labels"),
-                    format!("zone={region}-b,real=true"),
-                ],
-                summary,
-            );
-        }
-    }
-    Ok([globals, regions, agents])
+        Ok(addr(port(a.base_port, offset)?))
+    })
 }
 
 struct Tier {
@@ -249,35 +118,22 @@ impl Tier {
     }
 }
 
-/// Starts a tier's children one after the other, each once the previous
-/// one is ready (so the first global replica is the first candidate for
-/// leader, and logs read in a stable order).
-async fn start_tier(exe: &Path, planned: &[Planned], grace: Duration) -> (Tier, Result<()>) {
+/// Starts a tier's children in order, printing where each is once it is up.
+async fn start_tier(
+    exe: &Path,
+    tier: &[Process],
+    grace: Duration,
+    simulated_nodes: u32,
+) -> (Tier, Result<()>) {
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    for p in planned {
-        let (tx, rx) = oneshot::channel();
-        tasks.push(tokio::spawn(child::supervise(
-            exe.to_path_buf(),
-            p.spec.clone(),
-            grace,
-            stop_rx.clone(),
-            tx,
-        )));
-        let outcome = match rx.await {
-            Ok(Ok(_)) => {
-                println!("meridian dev: {}", p.summary);
-                continue;
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(CliError::other(format!(
-                "{} was never started",
-                p.spec.name
-            ))),
-        };
-        return (Tier { stop, tasks }, outcome);
-    }
-    (Tier { stop, tasks }, Ok(()))
+    let specs = tier.iter().map(|p| &p.spec);
+    let (tasks, outcome) = child::start_in_order(exe, specs, grace, &stop_rx, |spec| {
+        if let Some(p) = tier.iter().find(|p| p.spec.name == spec.name) {
+            println!("meridian dev: {}", p.summary(simulated_nodes));
+        }
+    })
+    .await;
+    (Tier { stop, tasks }, outcome)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -304,9 +160,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     let data = std::fs::canonicalize(&args.data_dir)
         .map_err(|e| CliError::other(format!("{}: {e}", args.data_dir.display())))?;
-    let mut tiers = plan(&args, &data)?;
+    let mut plan = dev_plan(&args, &data)?;
     if let Some(endpoint) = &args.telemetry.otlp_endpoint {
-        for p in tiers.iter_mut().flatten() {
+        for p in plan.processes_mut() {
             p.spec
                 .args
                 .extend(["--otlp-endpoint".to_string(), endpoint.clone()]);
@@ -321,8 +177,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let mut running: Vec<Tier> = Vec::new();
     let mut failure = None;
     let mut interrupted = false;
-    for planned in &tiers {
-        let start = start_tier(&exe, planned, grace);
+    for tier in plan.tiers() {
+        let start = start_tier(&exe, tier, grace, args.simulated_nodes);
         tokio::select! {
             (tier, outcome) = start => {
                 running.push(tier);
@@ -339,20 +195,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
     }
     if failure.is_none() && !interrupted {
-        let globals: Vec<String> = tiers[0]
-            .iter()
-            .map(|p| {
-                p.summary
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("grpc="))
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
         println!("meridian dev: logs in {}", data.join("logs").display());
         println!(
             "meridian dev: ready: MERIDIAN_ENDPOINT={} (try: meridian job submit --wait -- echo hello; Ctrl-C stops everything)",
-            globals.join(",")
+            plan.global_endpoints()
         );
         let s = (&mut signal).await?;
         eprintln!("meridian dev: {s}: stopping agents, regions, then the global tier");
@@ -384,11 +230,16 @@ mod tests {
     #[test]
     fn the_default_plan_has_two_globals_six_region_replicas_and_six_agents() {
         let args = Wrap::parse_from(["x"]).dev;
-        let [g, r, a] = plan(&args, Path::new("/d")).expect("plan");
+        let plan = dev_plan(&args, Path::new("/d")).expect("plan");
+        let [g, r, a] = plan.tiers();
         assert_eq!((g.len(), r.len(), a.len()), (2, 6, 6));
         assert_eq!(g[0].spec.args[4], "127.0.0.1:7400");
         assert_eq!(r[2].spec.args[8], "127.0.0.1:7510");
         assert!(a[0].spec.args.contains(&"--simulate".to_string()));
+        assert_eq!(
+            plan.global_endpoints(),
+            "http://127.0.0.1:7400,http://127.0.0.1:7401"
+        );
         assert_eq!(crate::client::DEFAULT_ENDPOINT, "http://127.0.0.1:7400");
     }
 
@@ -405,7 +256,7 @@ mod tests {
     fn ports_that_do_not_fit_are_a_usage_error() {
         let args = Wrap::parse_from(["x", "--base-port", "65500"]).dev;
         assert!(matches!(
-            plan(&args, Path::new("/d")),
+            dev_plan(&args, Path::new("/d")),
             Err(CliError::Usage(_))
         ));
     }

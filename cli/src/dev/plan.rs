@@ -1,0 +1,339 @@
+//! The processes of a local federation and their command lines.
+//!
+//! Owns, for a [`Layout`], which `meridian` processes make a federation
+//! (global replicas sharing one store; each region's scheduler replicas
+//! sharing the region's store; per region one agent hosting the simulated
+//! nodes and the real-process agents), their names, stores and work
+//! directories under the data directory, flags and seeds, and the order in
+//! which they start (global tier, regions, agents). `meridian dev` plans on
+//! fixed ports from its base port, so a restart finds everything where it
+//! was; the load suite plans on free ports. Both start the plan with
+//! [`super::child::start_in_order`].
+//!
+//! Must never start or wait for anything: it only describes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::child::ChildSpec;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Replicas of the global tier.
+    pub global_replicas: u16,
+    /// Region names, in order.
+    pub regions: Vec<String>,
+    /// Scheduler replicas per region.
+    pub region_replicas: u16,
+    /// Shards per region.
+    pub shards: u32,
+    /// Simulated nodes per region, hosted by one agent process (0: none).
+    pub simulated_nodes: u32,
+    /// Real-process agents per region (4 cores, 8 GiB, label `real=true`).
+    pub real_agents: u32,
+    /// Shard lease in ms; the regional default when `None`.
+    pub shard_lease_ms: Option<u64>,
+}
+
+/// An address a planned process listens on, for the caller to choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// gRPC of global replica `replica` (0-based).
+    GlobalGrpc { replica: u32 },
+    /// HTTP (API, console, metrics) of global replica `replica`.
+    GlobalHttp { replica: u32 },
+    /// gRPC of scheduler replica `replica` of region `region` (0-based).
+    RegionGrpc { region: u32, replica: u32 },
+    /// Metrics and console of scheduler replica `replica` of `region`.
+    RegionMetrics { region: u32, replica: u32 },
+}
+
+/// What a planned process is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Global,
+    Regional {
+        region: String,
+    },
+    /// `simulated`: the agent hosting the region's simulated nodes.
+    Agent {
+        region: String,
+        simulated: bool,
+    },
+}
+
+/// One process of the plan.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub spec: ChildSpec,
+    pub role: Role,
+    /// Its gRPC address (global and regional replicas).
+    pub grpc: Option<SocketAddr>,
+    /// Its HTTP address: a global replica's API and console, a regional
+    /// replica's metrics and console.
+    pub http: Option<SocketAddr>,
+}
+
+impl Process {
+    /// The gRPC endpoint as clients dial it.
+    pub fn endpoint(&self) -> Option<String> {
+        self.grpc.map(|a| format!("http://{a}"))
+    }
+
+    /// One line saying where to reach it.
+    pub fn summary(&self, simulated_nodes: u32) -> String {
+        let name = &self.spec.name;
+        match (&self.role, self.grpc, self.http) {
+            (Role::Global, Some(grpc), Some(http)) => format!(
+                "{name} grpc=http://{grpc} http=http://{http} console=http://{http}/console"
+            ),
+            (Role::Regional { .. }, Some(grpc), Some(http)) => format!(
+                "{name} grpc=http://{grpc} metrics=http://{http}/metrics console=http://{http}/console"
+            ),
+            (
+                Role::Agent {
+                    simulated: true, ..
+                },
+                _,
+                _,
+            ) => {
+                format!("{name}: {simulated_nodes} simulated nodes")
+            }
+            (Role::Agent { .. }, _, _) => format!("{name}: real processes"),
+            _ => name.clone(),
+        }
+    }
+}
+
+/// A federation's processes, tier by tier.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub globals: Vec<Process>,
+    pub regionals: Vec<Process>,
+    pub agents: Vec<Process>,
+}
+
+impl Plan {
+    /// The tiers in start order.
+    pub fn tiers(&self) -> [&[Process]; 3] {
+        [&self.globals, &self.regionals, &self.agents]
+    }
+
+    /// Every process, in start order.
+    pub fn processes_mut(&mut self) -> impl Iterator<Item = &mut Process> {
+        self.globals
+            .iter_mut()
+            .chain(self.regionals.iter_mut())
+            .chain(self.agents.iter_mut())
+    }
+
+    /// The global replicas' endpoints, comma-separated (`MERIDIAN_ENDPOINT`).
+    pub fn global_endpoints(&self) -> String {
+        self.globals
+            .iter()
+            .filter_map(Process::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn sqlite(path: &Path) -> String {
+    format!("sqlite:{}", path.display())
+}
+
+fn args(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+/// Plans `layout` with its stores, logs and work directories under `data`;
+/// `listen` chooses every address.
+pub fn plan<E>(
+    layout: &Layout,
+    data: &Path,
+    mut listen: impl FnMut(Listen) -> Result<SocketAddr, E>,
+) -> Result<Plan, E> {
+    let log = |name: &str| data.join("logs").join(format!("{name}.log"));
+    let mut globals = Vec::new();
+    for replica in 0..u32::from(layout.global_replicas) {
+        let name = format!("global-{}", replica + 1);
+        let grpc = listen(Listen::GlobalGrpc { replica })?;
+        let http = listen(Listen::GlobalHttp { replica })?;
+        let mut a = args(&["global", "--store"]);
+        a.push(sqlite(&data.join("global.db")));
+        a.extend(["--listen".into(), grpc.to_string()]);
+        a.extend(["--http".into(), http.to_string()]);
+        a.extend(["--name".into(), name.clone()]);
+        globals.push(Process {
+            spec: ChildSpec {
+                args: a,
+                ready: Some("meridian global: serving"),
+                log: log(&name),
+                name,
+            },
+            role: Role::Global,
+            grpc: Some(grpc),
+            http: Some(http),
+        });
+    }
+    let global_endpoints = globals
+        .iter()
+        .filter_map(Process::endpoint)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut regionals = Vec::new();
+    let mut agents: Vec<Process> = Vec::new();
+    for (r, region) in (0u32..).zip(&layout.regions) {
+        let store = sqlite(&data.join("regions").join(format!("{region}.db")));
+        let mut endpoints = Vec::new();
+        for replica in 0..u32::from(layout.region_replicas) {
+            let name = format!("{region}-{}", replica + 1);
+            let grpc = listen(Listen::RegionGrpc { region: r, replica })?;
+            let metrics = listen(Listen::RegionMetrics { region: r, replica })?;
+            endpoints.push(format!("http://{grpc}"));
+            let mut a = args(&["regional", "--region", region, "--global"]);
+            a.extend([global_endpoints.clone(), "--store".into(), store.clone()]);
+            a.extend(["--listen".into(), grpc.to_string()]);
+            a.extend(["--metrics-listen".into(), metrics.to_string()]);
+            a.extend(["--shards".into(), layout.shards.to_string()]);
+            a.extend(["--replica".into(), name.clone()]);
+            a.extend(["--seed".into(), (r * 100 + replica).to_string()]);
+            if let Some(ms) = layout.shard_lease_ms {
+                a.extend(["--shard-lease-ms".into(), ms.to_string()]);
+            }
+            regionals.push(Process {
+                spec: ChildSpec {
+                    args: a,
+                    ready: Some("listening on"),
+                    log: log(&name),
+                    name,
+                },
+                role: Role::Regional {
+                    region: region.clone(),
+                },
+                grpc: Some(grpc),
+                http: Some(metrics),
+            });
+        }
+        let mut agent = |name: String, simulated: bool, extra: Vec<String>| {
+            // Every replica of the region, starting at a different one per
+            // agent: the agent moves on when one dies and follows each
+            // shard leader's hint, so no replica is a single point of loss.
+            let first = agents.len() % endpoints.len().max(1);
+            let endpoint = endpoints[first..]
+                .iter()
+                .chain(&endpoints[..first])
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut a = args(&["agent", "--region"]);
+            a.extend([endpoint, "--node-id".into(), name.clone()]);
+            a.extend([
+                "--work-dir".into(),
+                data.join("agents").join(&name).display().to_string(),
+            ]);
+            a.extend(["--seed".into(), (r * 100 + agents.len() as u32).to_string()]);
+            a.extend(extra);
+            agents.push(Process {
+                spec: ChildSpec {
+                    args: a,
+                    ready: None,
+                    log: log(&name),
+                    name,
+                },
+                role: Role::Agent {
+                    region: region.clone(),
+                    simulated,
+                },
+                grpc: None,
+                http: None,
+            });
+        };
+        if layout.simulated_nodes > 0 {
+            let mut extra = args(&["--simulate"]);
+            extra.push(layout.simulated_nodes.to_string());
+            extra.extend(args(&["--cpu", "8", "--memory"]));
+            extra.push((32u64 << 30).to_string());
+            extra.extend(["--labels".into(), format!("zone={region}-a")]);
+            agent(format!("{region}-sim"), true, extra);
+        }
+        for k in 0..layout.real_agents {
+            let mut extra = args(&["--cpu", "4", "--memory"]);
+            extra.push((8u64 << 30).to_string());
+            extra.extend(["--labels".into(), format!("zone={region}-b,real=true")]);
+            agent(format!("{region}-node-{}", k + 1), false, extra);
+        }
+    }
+    Ok(Plan {
+        globals,
+        regionals,
+        agents,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout {
+            global_replicas: 2,
+            regions: vec!["a".into(), "b".into()],
+            region_replicas: 2,
+            shards: 4,
+            simulated_nodes: 10,
+            real_agents: 1,
+            shard_lease_ms: Some(1_000),
+        }
+    }
+
+    fn numbered() -> impl FnMut(Listen) -> Result<SocketAddr, Infallible> {
+        let mut next = 9_000u16;
+        move |_| {
+            next += 1;
+            Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, next)))
+        }
+    }
+
+    #[test]
+    fn every_region_gets_its_replicas_a_simulated_agent_and_its_real_agents_on_one_store() {
+        let plan = plan(&layout(), Path::new("/d"), numbered()).expect("plan");
+        assert_eq!(plan.globals.len(), 2);
+        assert_eq!(plan.regionals.len(), 4);
+        assert_eq!(plan.agents.len(), 4);
+        let stores: Vec<&String> = plan
+            .regionals
+            .iter()
+            .filter(|p| p.role == Role::Regional { region: "a".into() })
+            .map(|p| &p.spec.args[6])
+            .collect();
+        assert_eq!(stores, ["sqlite:/d/regions/a.db", "sqlite:/d/regions/a.db"]);
+        assert!(
+            plan.regionals
+                .iter()
+                .all(|p| p.spec.args[4] == plan.global_endpoints())
+        );
+        assert!(
+            plan.regionals[0]
+                .spec
+                .args
+                .ends_with(&["--shard-lease-ms".into(), "1000".into()])
+        );
+    }
+
+    #[test]
+    fn agents_of_a_region_start_at_different_replicas_and_have_distinct_seeds() {
+        let plan = plan(&layout(), Path::new("/d"), numbered()).expect("plan");
+        let first_replica = |p: &Process| p.spec.args[2].split(',').next().map(str::to_string);
+        let (sim, real) = (&plan.agents[0], &plan.agents[1]);
+        assert_ne!(first_replica(sim), first_replica(real));
+        let seeds: std::collections::BTreeSet<&String> =
+            plan.agents.iter().map(|p| &p.spec.args[8]).collect();
+        assert_eq!(seeds.len(), plan.agents.len());
+        assert!(sim.spec.args.contains(&"--simulate".to_string()));
+        assert!(real.spec.args.iter().any(|a| a.contains("real=true")));
+    }
+}
