@@ -74,7 +74,33 @@ fn open_log(path: &Path) -> Result<std::fs::File> {
 /// Starts the child and waits until it is ready; returns it with its
 /// readiness line.
 async fn start(exe: &Path, spec: &ChildSpec) -> Result<(Child, String)> {
-    let mut log = open_log(&spec.log)?;
+    let log = open_log(&spec.log)?;
+    let mut child = spawn(exe, spec, &log)?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| CliError::other(format!("{}: no stdout", spec.name)))?;
+    let ready_rx = copy_output(stdout, log, spec.ready);
+    tokio::select! {
+        line = ready_rx => match line {
+            Ok(line) => Ok((child, line)),
+            Err(_) => {
+                let status = child.wait().await.ok();
+                Err(failed(spec, "closed its output before it was ready", status))
+            }
+        },
+        status = child.wait() => Err(failed(spec, "exited before it was ready", status.ok())),
+        () = tokio::time::sleep(READY_GUARD) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            Err(failed(spec, &format!("was not ready after {} s", READY_GUARD.as_secs()), None))
+        }
+    }
+}
+
+/// Spawns the child in its own process group, standard error into `log`.
+fn spawn(exe: &Path, spec: &ChildSpec, log: &std::fs::File) -> Result<Child> {
+    let mut log = log;
     let _ = writeln!(
         log,
         "=== meridian dev: starting {} ({} {}) ===",
@@ -109,23 +135,26 @@ async fn start(exe: &Path, spec: &ChildSpec) -> Result<(Child, String)> {
                 .map_err(std::io::Error::from)
         });
     }
-    let mut child = command
+    command
         .spawn()
-        .map_err(|e| CliError::other(format!("starting {}: {e}", spec.name)))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| CliError::other(format!("{}: no stdout", spec.name)))?;
+        .map_err(|e| CliError::other(format!("starting {}: {e}", spec.name)))
+}
+
+/// Copies the child's standard output into its log for the child's whole
+/// life (so it never blocks on a full pipe); the receiver gets the first
+/// line starting with `ready` (at once, empty, when there is no `ready`).
+fn copy_output(
+    stdout: tokio::process::ChildStdout,
+    mut log: std::fs::File,
+    ready: Option<&'static str>,
+) -> oneshot::Receiver<String> {
     let (ready_tx, ready_rx) = oneshot::channel::<String>();
-    let ready = spec.ready;
     let mut ready_tx = Some(ready_tx);
     if ready.is_none()
         && let Some(tx) = ready_tx.take()
     {
         let _ = tx.send(String::new());
     }
-    // Copies stdout into the log for the child's whole life, so the child
-    // never blocks on a full pipe.
     tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -138,21 +167,7 @@ async fn start(exe: &Path, spec: &ChildSpec) -> Result<(Child, String)> {
             }
         }
     });
-    tokio::select! {
-        line = ready_rx => match line {
-            Ok(line) => Ok((child, line)),
-            Err(_) => {
-                let status = child.wait().await.ok();
-                Err(failed(spec, "closed its output before it was ready", status))
-            }
-        },
-        status = child.wait() => Err(failed(spec, "exited before it was ready", status.ok())),
-        () = tokio::time::sleep(READY_GUARD) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            Err(failed(spec, &format!("was not ready after {} s", READY_GUARD.as_secs()), None))
-        }
-    }
+    ready_rx
 }
 
 fn failed(spec: &ChildSpec, what: &str, status: Option<ExitStatus>) -> CliError {

@@ -153,7 +153,42 @@ pub fn plan<E>(
     data: &Path,
     mut listen: impl FnMut(Listen) -> Result<SocketAddr, E>,
 ) -> Result<Plan, E> {
-    let log = |name: &str| data.join("logs").join(format!("{name}.log"));
+    let mut plan = Plan {
+        globals: plan_globals(layout, data, &mut listen)?,
+        regionals: Vec::new(),
+        agents: Vec::new(),
+    };
+    let globals = plan.global_endpoints();
+    for (r, region) in (0u32..).zip(&layout.regions) {
+        let at = Region {
+            index: r,
+            name: region,
+            data,
+        };
+        let replicas = plan_region_replicas(layout, &at, &globals, &mut listen)?;
+        let endpoints: Vec<String> = replicas.iter().filter_map(Process::endpoint).collect();
+        plan.regionals.extend(replicas);
+        plan_agents(layout, &at, &endpoints, &mut plan.agents);
+    }
+    Ok(plan)
+}
+
+/// Where one region's processes go.
+struct Region<'a> {
+    index: u32,
+    name: &'a String,
+    data: &'a Path,
+}
+
+fn log(data: &Path, name: &str) -> std::path::PathBuf {
+    data.join("logs").join(format!("{name}.log"))
+}
+
+fn plan_globals<E>(
+    layout: &Layout,
+    data: &Path,
+    listen: &mut impl FnMut(Listen) -> Result<SocketAddr, E>,
+) -> Result<Vec<Process>, E> {
     let mut globals = Vec::new();
     for replica in 0..u32::from(layout.global_replicas) {
         let name = format!("global-{}", replica + 1);
@@ -168,7 +203,7 @@ pub fn plan<E>(
             spec: ChildSpec {
                 args: a,
                 ready: Some("meridian global: serving"),
-                log: log(&name),
+                log: log(data, &name),
                 name,
             },
             role: Role::Global,
@@ -176,99 +211,104 @@ pub fn plan<E>(
             http: Some(http),
         });
     }
-    let global_endpoints = globals
-        .iter()
-        .filter_map(Process::endpoint)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut regionals = Vec::new();
-    let mut agents: Vec<Process> = Vec::new();
-    for (r, region) in (0u32..).zip(&layout.regions) {
-        let store = sqlite(&data.join("regions").join(format!("{region}.db")));
-        let mut endpoints = Vec::new();
-        for replica in 0..u32::from(layout.region_replicas) {
-            let name = format!("{region}-{}", replica + 1);
-            let grpc = listen(Listen::RegionGrpc { region: r, replica })?;
-            let metrics = listen(Listen::RegionMetrics { region: r, replica })?;
-            endpoints.push(format!("http://{grpc}"));
-            let mut a = args(&["regional", "--region", region, "--global"]);
-            a.extend([global_endpoints.clone(), "--store".into(), store.clone()]);
-            a.extend(["--listen".into(), grpc.to_string()]);
-            a.extend(["--metrics-listen".into(), metrics.to_string()]);
-            a.extend(["--shards".into(), layout.shards.to_string()]);
-            a.extend(["--replica".into(), name.clone()]);
-            a.extend(["--seed".into(), (r * 100 + replica).to_string()]);
-            if let Some(ms) = layout.shard_lease_ms {
-                a.extend(["--shard-lease-ms".into(), ms.to_string()]);
-            }
-            regionals.push(Process {
-                spec: ChildSpec {
-                    args: a,
-                    ready: Some("listening on"),
-                    log: log(&name),
-                    name,
-                },
-                role: Role::Regional {
-                    region: region.clone(),
-                },
-                grpc: Some(grpc),
-                http: Some(metrics),
-            });
+    Ok(globals)
+}
+
+fn plan_region_replicas<E>(
+    layout: &Layout,
+    at: &Region<'_>,
+    globals: &str,
+    listen: &mut impl FnMut(Listen) -> Result<SocketAddr, E>,
+) -> Result<Vec<Process>, E> {
+    let (r, region) = (at.index, at.name);
+    let store = sqlite(&at.data.join("regions").join(format!("{region}.db")));
+    let mut replicas = Vec::new();
+    for replica in 0..u32::from(layout.region_replicas) {
+        let name = format!("{region}-{}", replica + 1);
+        let grpc = listen(Listen::RegionGrpc { region: r, replica })?;
+        let metrics = listen(Listen::RegionMetrics { region: r, replica })?;
+        let mut a = args(&["regional", "--region", region, "--global"]);
+        a.extend([globals.to_string(), "--store".into(), store.clone()]);
+        a.extend(["--listen".into(), grpc.to_string()]);
+        a.extend(["--metrics-listen".into(), metrics.to_string()]);
+        a.extend(["--shards".into(), layout.shards.to_string()]);
+        a.extend(["--replica".into(), name.clone()]);
+        a.extend(["--seed".into(), (r * 100 + replica).to_string()]);
+        if let Some(ms) = layout.shard_lease_ms {
+            a.extend(["--shard-lease-ms".into(), ms.to_string()]);
         }
-        let mut agent = |name: String, simulated: bool, extra: Vec<String>| {
-            // Every replica of the region, starting at a different one per
-            // agent: the agent moves on when one dies and follows each
-            // shard leader's hint, so no replica is a single point of loss.
-            let first = agents.len() % endpoints.len().max(1);
-            let endpoint = endpoints[first..]
-                .iter()
-                .chain(&endpoints[..first])
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(",");
-            let mut a = args(&["agent", "--region"]);
-            a.extend([endpoint, "--node-id".into(), name.clone()]);
-            a.extend([
-                "--work-dir".into(),
-                data.join("agents").join(&name).display().to_string(),
-            ]);
-            a.extend(["--seed".into(), (r * 100 + agents.len() as u32).to_string()]);
-            a.extend(extra);
-            agents.push(Process {
-                spec: ChildSpec {
-                    args: a,
-                    ready: None,
-                    log: log(&name),
-                    name,
-                },
-                role: Role::Agent {
-                    region: region.clone(),
-                    simulated,
-                },
-                grpc: None,
-                http: None,
-            });
-        };
-        if layout.simulated_nodes > 0 {
-            let mut extra = args(&["--simulate"]);
-            extra.push(layout.simulated_nodes.to_string());
-            extra.extend(args(&["--cpu", "8", "--memory"]));
-            extra.push((32u64 << 30).to_string());
-            extra.extend(["--labels".into(), format!("zone={region}-a")]);
-            agent(format!("{region}-sim"), true, extra);
-        }
-        for k in 0..layout.real_agents {
-            let mut extra = args(&["--cpu", "4", "--memory"]);
-            extra.push((8u64 << 30).to_string());
-            extra.extend(["--labels".into(), format!("zone={region}-b,real=true")]);
-            agent(format!("{region}-node-{}", k + 1), false, extra);
-        }
+        replicas.push(Process {
+            spec: ChildSpec {
+                args: a,
+                ready: Some("listening on"),
+                log: log(at.data, &name),
+                name,
+            },
+            role: Role::Regional {
+                region: region.clone(),
+            },
+            grpc: Some(grpc),
+            http: Some(metrics),
+        });
     }
-    Ok(Plan {
-        globals,
-        regionals,
-        agents,
-    })
+    Ok(replicas)
+}
+
+/// The region's agents, appended to `agents` (every agent so far, so seeds
+/// and first replicas differ across the whole plan).
+fn plan_agents(layout: &Layout, at: &Region<'_>, endpoints: &[String], agents: &mut Vec<Process>) {
+    let region = at.name;
+    let mut agent = |name: String, simulated: bool, extra: Vec<String>| {
+        // Every replica of the region, starting at a different one per
+        // agent: the agent moves on when one dies and follows each shard
+        // leader's hint, so no replica is a single point of loss.
+        let first = agents.len() % endpoints.len().max(1);
+        let endpoint = endpoints[first..]
+            .iter()
+            .chain(&endpoints[..first])
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut a = args(&["agent", "--region"]);
+        a.extend([endpoint, "--node-id".into(), name.clone()]);
+        a.extend([
+            "--work-dir".into(),
+            at.data.join("agents").join(&name).display().to_string(),
+        ]);
+        a.extend([
+            "--seed".into(),
+            (at.index * 100 + agents.len() as u32).to_string(),
+        ]);
+        a.extend(extra);
+        agents.push(Process {
+            spec: ChildSpec {
+                args: a,
+                ready: None,
+                log: log(at.data, &name),
+                name,
+            },
+            role: Role::Agent {
+                region: region.clone(),
+                simulated,
+            },
+            grpc: None,
+            http: None,
+        });
+    };
+    if layout.simulated_nodes > 0 {
+        let mut extra = args(&["--simulate"]);
+        extra.push(layout.simulated_nodes.to_string());
+        extra.extend(args(&["--cpu", "8", "--memory"]));
+        extra.push((32u64 << 30).to_string());
+        extra.extend(["--labels".into(), format!("zone={region}-a")]);
+        agent(format!("{region}-sim"), true, extra);
+    }
+    for k in 0..layout.real_agents {
+        let mut extra = args(&["--cpu", "4", "--memory"]);
+        extra.push((8u64 << 30).to_string());
+        extra.extend(["--labels".into(), format!("zone={region}-b,real=true")]);
+        agent(format!("{region}-node-{}", k + 1), false, extra);
+    }
 }
 
 #[cfg(test)]
