@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Harness, guarded, http, register, spec, submit};
+use common::{Harness, assignments, guarded, http, register, spec, submit};
 use futures::StreamExt;
 use meridian_proto::v1::*;
 
@@ -17,15 +17,7 @@ async fn the_assign_event_carries_the_submit_trace_and_stale_lease_and_epoch_wri
     let h = Harness::start(|_| {}).await;
     let mut link = h.link().await;
     let lease = register(&mut link, "region-a").await;
-    let mut stream = link
-        .assignments(AssignmentsRequest {
-            region: "region-a".into(),
-            region_lease_epoch: lease,
-            cursor: Vec::new(),
-        })
-        .await
-        .expect("open the assignment stream")
-        .into_inner();
+    let mut stream = assignments(&mut link, "region-a", lease).await;
     let mut request = tonic::Request::new(submit("traced", spec("acme")));
     request.metadata_mut().insert(
         "traceparent",

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Harness, guarded, http, register, spec, submit};
+use common::{Harness, assignments, guarded, http, register, spec, submit};
 use futures::StreamExt;
 use meridian_proto::v1::*;
 
@@ -15,15 +15,7 @@ async fn a_pending_job_whose_record_cannot_be_decoded_is_parked_and_counted_whil
     let h = Harness::start(|_| {}).await;
     let mut link = h.link().await;
     let lease = register(&mut link, "region-a").await;
-    let mut stream = link
-        .assignments(AssignmentsRequest {
-            region: "region-a".into(),
-            region_lease_epoch: lease,
-            cursor: Vec::new(),
-        })
-        .await
-        .expect("open the assignment stream")
-        .into_inner();
+    let mut stream = assignments(&mut link, "region-a", lease).await;
 
     // A pending job whose record is garbage, ahead of every real id in the
     // pending index ("j-" sorts before "j0").

@@ -79,23 +79,7 @@ impl Client {
 }
 
 fn spec(i: usize) -> JobSpec {
-    JobSpec {
-        name: format!("load-{i}"),
-        tenant: "load".into(),
-        task_count: 1,
-        task: Some(TaskTemplate {
-            kind: Some(task_template::Kind::Simulated(Simulated {
-                duration_ms: 10,
-                exit_code: 0,
-            })),
-        }),
-        resources: Some(Resources {
-            cpu_millis: 100,
-            memory_bytes: 1 << 20,
-            ..Resources::default()
-        }),
-        ..JobSpec::default()
-    }
+    support::tiny_job(&format!("load-{i}"), "load")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

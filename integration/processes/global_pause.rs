@@ -25,23 +25,7 @@ const BOUND: Duration = Duration::from_secs(5);
 const REQUEST_ID: &str = "paused-leader-submit";
 
 fn spec() -> JobSpec {
-    JobSpec {
-        name: "paused".into(),
-        tenant: "test".into(),
-        task_count: 1,
-        task: Some(TaskTemplate {
-            kind: Some(task_template::Kind::Simulated(Simulated {
-                duration_ms: 10,
-                exit_code: 0,
-            })),
-        }),
-        resources: Some(Resources {
-            cpu_millis: 100,
-            memory_bytes: 1 << 20,
-            ..Resources::default()
-        }),
-        ..JobSpec::default()
-    }
+    support::tiny_job("paused", "test")
 }
 
 /// Polls `check` until it answers, failing the test after [`GUARD`].

@@ -89,6 +89,22 @@ async fn commands(region: &Region, node: &str) -> Vec<CommandRecord> {
         .collect()
 }
 
+/// job-2 (3 of node-a's 4 cores) was refused: it is still pending, only
+/// job-1 got a RUN on node-a, and node-a's allocation is job-1's alone.
+async fn only_job_1_runs_on_node_a(region: &Region) {
+    assert!(region.task("job-2", 0).await.is_pending());
+    let runs: Vec<String> = commands(region, "node-a")
+        .await
+        .into_iter()
+        .map(|c| c.job)
+        .collect();
+    assert_eq!(runs, vec!["job-1"]);
+    assert_eq!(
+        region.fx.path.state.read().nodes["node-a"].allocated.cpu,
+        3_000
+    );
+}
+
 /// A binding of task 0 of `job` to `node`, decided on node version
 /// `version`, of a task needing `cpu` millicores and 1 GiB.
 fn planned(job: &str, node: &str, version: u64, cpu: u64) -> PlannedBinding {
@@ -214,17 +230,7 @@ async fn a_binding_decided_when_the_node_had_room_is_refused_once_another_bindin
         second.stale,
         vec![(TaskRef::new("job-2", 0), Stale::NoRoom)]
     );
-    assert!(region.task("job-2", 0).await.is_pending());
-    let runs: Vec<String> = commands(&region, "node-a")
-        .await
-        .into_iter()
-        .map(|c| c.job)
-        .collect();
-    assert_eq!(runs, vec!["job-1"]);
-    assert_eq!(
-        region.fx.path.state.read().nodes["node-a"].allocated.cpu,
-        3_000
-    );
+    only_job_1_runs_on_node_a(&region).await;
 }
 
 #[tokio::test]
@@ -508,17 +514,7 @@ async fn a_faulty_solver_that_binds_onto_a_full_node_never_overcommits_it() {
         second.outcome.stale,
         vec![(TaskRef::new("job-2", 0), Stale::NoRoom)]
     );
-    assert!(region.task("job-2", 0).await.is_pending());
-    let runs: Vec<String> = commands(&region, "node-a")
-        .await
-        .into_iter()
-        .map(|c| c.job)
-        .collect();
-    assert_eq!(runs, vec!["job-1"]);
-    assert_eq!(
-        region.fx.path.state.read().nodes["node-a"].allocated.cpu,
-        3_000
-    );
+    only_job_1_runs_on_node_a(&region).await;
 
     // The refused job went back to the queue: the next round decides it
     // again (and the commit refuses it again) with no timer involved.

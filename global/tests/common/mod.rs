@@ -157,6 +157,23 @@ pub async fn register(link: &mut RegionLinkClient<Channel>, region: &str) -> u64
     reg.region_lease_epoch
 }
 
+/// Opens `region`'s assignment stream from the start, under region lease
+/// `lease`.
+pub async fn assignments(
+    link: &mut RegionLinkClient<Channel>,
+    region: &str,
+    lease: u64,
+) -> tonic::Streaming<AssignmentEvent> {
+    link.assignments(AssignmentsRequest {
+        region: region.into(),
+        region_lease_epoch: lease,
+        cursor: Vec::new(),
+    })
+    .await
+    .expect("open the assignment stream")
+    .into_inner()
+}
+
 /// A minimal HTTP/1.1 exchange: returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

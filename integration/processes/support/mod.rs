@@ -56,3 +56,27 @@ impl Drop for GlobalProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A one-task job of a 10 ms simulated task, as small as a job gets.
+// Not every test binary that shares this module submits jobs.
+#[allow(dead_code)]
+pub fn tiny_job(name: &str, tenant: &str) -> meridian_proto::v1::JobSpec {
+    use meridian_proto::v1::{JobSpec, Resources, Simulated, TaskTemplate, task_template};
+    JobSpec {
+        name: name.into(),
+        tenant: tenant.into(),
+        task_count: 1,
+        task: Some(TaskTemplate {
+            kind: Some(task_template::Kind::Simulated(Simulated {
+                duration_ms: 10,
+                exit_code: 0,
+            })),
+        }),
+        resources: Some(Resources {
+            cpu_millis: 100,
+            memory_bytes: 1 << 20,
+            ..Resources::default()
+        }),
+        ..JobSpec::default()
+    }
+}
