@@ -207,31 +207,7 @@ pub async fn node(args: NodeArgs) -> Result<()> {
     let mut client = Client::new(&args.connect)?;
     let output = args.output.output;
     let nodes = match args.command {
-        NodeCommand::List { region, limit } => {
-            let mut nodes = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = ListNodesRequest {
-                    region: region.clone(),
-                    page_size: (limit - nodes.len()).clamp(1, 1000) as u32,
-                    page_token: page_token.clone(),
-                    ..ListNodesRequest::default()
-                };
-                let page = client
-                    .call(|mut c| {
-                        let r = request.clone();
-                        async move { c.list_nodes(r).await }
-                    })
-                    .await?;
-                nodes.extend(page.nodes);
-                page_token = page.next_page_token;
-                if page_token.is_empty() || nodes.len() >= limit {
-                    break;
-                }
-            }
-            nodes.truncate(limit);
-            nodes
-        }
+        NodeCommand::List { region, limit } => list_nodes(&mut client, &region, limit).await?,
         NodeCommand::Cordon {
             node,
             region,
@@ -285,6 +261,33 @@ pub async fn node(args: NodeArgs) -> Result<()> {
         }
     };
     print_nodes(output, &nodes)
+}
+
+/// Lists up to `limit` nodes of `region`, page by page.
+async fn list_nodes(client: &mut Client, region: &str, limit: usize) -> Result<Vec<NodeInfo>> {
+    let mut nodes = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListNodesRequest {
+            region: region.to_string(),
+            page_size: (limit - nodes.len()).clamp(1, 1000) as u32,
+            page_token: page_token.clone(),
+            ..ListNodesRequest::default()
+        };
+        let page = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.list_nodes(r).await }
+            })
+            .await?;
+        nodes.extend(page.nodes);
+        page_token = page.next_page_token;
+        if page_token.is_empty() || nodes.len() >= limit {
+            break;
+        }
+    }
+    nodes.truncate(limit);
+    Ok(nodes)
 }
 
 fn print_nodes(output: Output, nodes: &[NodeInfo]) -> Result<()> {

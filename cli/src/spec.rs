@@ -167,6 +167,17 @@ pub fn build(args: &SpecArgs) -> Result<JobSpec> {
         Some(path) => read_file(path)?,
         None => JobSpec::default(),
     };
+    apply_task(&mut spec, args)?;
+    apply_identity(&mut spec, args);
+    apply_resources(&mut spec, args)?;
+    apply_placement(&mut spec, args)?;
+    apply_failure_policies(&mut spec, args);
+    Ok(spec)
+}
+
+/// The task: a simulated one or a command from the flags (replacing the
+/// file's), then the command's environment and working directory.
+fn apply_task(spec: &mut JobSpec, args: &SpecArgs) -> Result<()> {
     if let Some(ms) = args.simulate {
         spec.task = Some(TaskTemplate {
             kind: Some(task_template::Kind::Simulated(Simulated {
@@ -204,6 +215,11 @@ pub fn build(args: &SpecArgs) -> Result<JobSpec> {
              --simulate MS, or --file SPEC",
         ));
     }
+    Ok(())
+}
+
+/// Name, tenant, priority and task count, with their defaults.
+fn apply_identity(spec: &mut JobSpec, args: &SpecArgs) {
     if let Some(name) = &args.name {
         spec.name = name.clone();
     } else if spec.name.is_empty() {
@@ -229,6 +245,10 @@ pub fn build(args: &SpecArgs) -> Result<JobSpec> {
     } else if spec.task_count == 0 {
         spec.task_count = 1;
     }
+}
+
+/// Cores, memory and GPUs per task, with their defaults.
+fn apply_resources(spec: &mut JobSpec, args: &SpecArgs) -> Result<()> {
     let resources = spec.resources.get_or_insert_with(Resources::default);
     if let Some(cpu) = args.cpu {
         if !cpu.is_finite() || cpu < 0.0 {
@@ -249,6 +269,11 @@ pub fn build(args: &SpecArgs) -> Result<JobSpec> {
     if let Some(g) = args.gpus {
         resources.gpu_count = g;
     }
+    Ok(())
+}
+
+/// Labels, regions, node constraints and the placement policy.
+fn apply_placement(spec: &mut JobSpec, args: &SpecArgs) -> Result<()> {
     spec.labels.extend(parse_pairs("label", &args.labels)?);
     spec.allowed_regions.extend(args.regions.iter().cloned());
     spec.preferred_regions
@@ -267,6 +292,12 @@ pub fn build(args: &SpecArgs) -> Result<JobSpec> {
     }
     spec.exclusive |= args.exclusive;
     spec.gang |= args.gang;
+    Ok(())
+}
+
+/// What happens when a region is lost, how often a task is retried and how
+/// long it is given to stop.
+fn apply_failure_policies(spec: &mut JobSpec, args: &SpecArgs) {
     match args.on_region_loss.as_deref() {
         Some("failover") => spec.on_region_loss = RegionLossPolicy::Failover as i32,
         Some("keep-running") => spec.on_region_loss = RegionLossPolicy::KeepRunning as i32,
@@ -280,7 +311,6 @@ pub fn build(args: &SpecArgs) -> Result<JobSpec> {
     if let Some(ms) = args.stop_grace_ms {
         spec.stop_grace_period_ms = ms;
     }
-    Ok(spec)
 }
 
 #[cfg(test)]

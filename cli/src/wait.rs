@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use meridian_control::rpc::seed_of;
 use meridian_control::{Backoff, BackoffConfig, Retryable};
-use meridian_proto::v1::{GetJobRequest, Job, JobEventKind, JobState, WatchJobsRequest};
+use meridian_proto::v1::{GetJobRequest, Job, JobEvent, JobEventKind, JobState, WatchJobsRequest};
 use tokio::time::Instant;
 
 use crate::client::Client;
@@ -182,59 +182,85 @@ async fn follow_unbounded(
         if is_terminal(job.state) {
             return Ok(job);
         }
-        loop {
-            let silence = client.clock().sleep(opts.silence);
-            let message = tokio::select! {
-                m = stream.message() => Ok(m),
-                () = silence => Err(()),
-            };
-            match message {
-                Ok(Ok(Some(event))) => {
-                    failures = 0;
-                    cursor = event.cursor.clone();
-                    if event.kind == JobEventKind::Bookmark as i32 {
-                        continue;
-                    }
-                    let Some(j) = event.job else { continue };
-                    seen.job(job_id, j.state, opts.progress);
-                    if is_terminal(j.state) {
-                        // The final view (tasks, history) comes from a read;
-                        // a failed read is retried through a fresh watch.
-                        match get(client, job_id).await {
-                            Ok(full) => return Ok(full),
-                            Err(e) if e.is_retryable() => {
-                                failures = failures.saturating_add(1);
-                                break;
-                            }
-                            Err(e) => return Err(e),
+        let watched = read_events(
+            client,
+            job_id,
+            opts,
+            seen,
+            &mut stream,
+            &mut cursor,
+            &mut failures,
+        )
+        .await?;
+        if let Some(job) = watched {
+            return Ok(job);
+        }
+    }
+}
+
+/// Reads the open watch until the job is final (its full view) or the watch
+/// must be opened again (`None`, with the failure counted).
+async fn read_events(
+    client: &mut Client,
+    job_id: &str,
+    opts: WaitOptions,
+    seen: &mut Seen,
+    stream: &mut tonic::Streaming<JobEvent>,
+    cursor: &mut Vec<u8>,
+    failures: &mut u32,
+) -> Result<Option<Job>> {
+    loop {
+        let silence = client.clock().sleep(opts.silence);
+        let message = tokio::select! {
+            m = stream.message() => Ok(m),
+            () = silence => Err(()),
+        };
+        match message {
+            Ok(Ok(Some(event))) => {
+                *failures = 0;
+                *cursor = event.cursor.clone();
+                if event.kind == JobEventKind::Bookmark as i32 {
+                    continue;
+                }
+                let Some(j) = event.job else { continue };
+                seen.job(job_id, j.state, opts.progress);
+                if is_terminal(j.state) {
+                    // The final view (tasks, history) comes from a read;
+                    // a failed read is retried through a fresh watch.
+                    match get(client, job_id).await {
+                        Ok(full) => return Ok(Some(full)),
+                        Err(e) if e.is_retryable() => {
+                            *failures = failures.saturating_add(1);
+                            return Ok(None);
                         }
+                        Err(e) => return Err(e),
                     }
                 }
-                Ok(Ok(None)) => {
-                    // The replica ended the stream (shutting down, or no
-                    // longer serving): try the next one.
-                    client.move_on();
-                    failures = failures.saturating_add(1);
-                    break;
+            }
+            Ok(Ok(None)) => {
+                // The replica ended the stream (shutting down, or no
+                // longer serving): try the next one.
+                client.move_on();
+                *failures = failures.saturating_add(1);
+                return Ok(None);
+            }
+            Ok(Err(status)) => {
+                if status.code() == tonic::Code::OutOfRange {
+                    cursor.clear();
                 }
-                Ok(Err(status)) => {
-                    if status.code() == tonic::Code::OutOfRange {
-                        cursor.clear();
-                    }
-                    client.move_after(&status);
-                    failures = failures.saturating_add(1);
-                    break;
-                }
-                Err(_) => {
-                    eprintln!(
-                        "warning: no news about {job_id} from {} for {} s; watching again",
-                        client.endpoint(),
-                        opts.silence.as_secs_f64()
-                    );
-                    client.move_from_silent();
-                    failures = failures.saturating_add(1);
-                    break;
-                }
+                client.move_after(&status);
+                *failures = failures.saturating_add(1);
+                return Ok(None);
+            }
+            Err(_) => {
+                eprintln!(
+                    "warning: no news about {job_id} from {} for {} s; watching again",
+                    client.endpoint(),
+                    opts.silence.as_secs_f64()
+                );
+                client.move_from_silent();
+                *failures = failures.saturating_add(1);
+                return Ok(None);
             }
         }
     }

@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::error::ConsoleError;
 use crate::render::{self, badge, count, esc, meter, url_segment};
 use crate::source::RegionConsoleSource;
-use crate::view::{NodeAction, NodeState, RegionSnapshot};
+use crate::view::{NodeAction, NodeState, NodeView, RegionSnapshot};
 use crate::{CONSOLE_PATH, assets};
 
 /// How often the live stream re-renders the page's sections.
@@ -318,54 +318,7 @@ fn nodes_html(snap: &RegionSnapshot) -> String {
     for n in nodes.iter().take(MAX_NODE_ROWS) {
         let (cpu_text, mem_text) = render::amount_text(&n.usage, &n.capacity);
         let id = esc(&n.node_id);
-        let url = |a: NodeAction| {
-            format!(
-                "{CONSOLE_PATH}/api/nodes/{}/{}",
-                url_segment(&n.node_id),
-                a.as_str()
-            )
-        };
-        let mut actions = String::new();
-        let mut button = |a: NodeAction, label: &str, confirm: String| {
-            let _ = write!(
-                actions,
-                "<button type=\"button\" data-action=\"{}\" data-url=\"{}\" data-confirm=\"{}\" \
-                 aria-label=\"{label} node {id}\">{label}</button>",
-                a.as_str(),
-                esc(&url(a)),
-                esc(&confirm),
-            );
-        };
-        let cordoned = matches!(n.state, NodeState::Cordoned | NodeState::Draining);
-        if cordoned {
-            button(
-                NodeAction::Uncordon,
-                "Uncordon",
-                format!(
-                    "Uncordon node {}? New tasks may be placed on it again.",
-                    n.node_id
-                ),
-            );
-        } else {
-            button(
-                NodeAction::Cordon,
-                "Cordon",
-                format!(
-                    "Cordon node {}? No new tasks will be placed on it; running tasks keep running.",
-                    n.node_id
-                ),
-            );
-        }
-        if n.state != NodeState::Draining {
-            button(
-                NodeAction::Drain,
-                "Drain",
-                format!(
-                    "Drain node {}? It is cordoned and its running tasks are stopped and placed elsewhere.",
-                    n.node_id
-                ),
-            );
-        }
+        let actions = node_actions(n);
         let liveness = if n.state != n.liveness && n.liveness != NodeState::Ready {
             format!(" {}", badge(n.liveness.as_str()))
         } else {
@@ -416,6 +369,61 @@ fn nodes_html(snap: &RegionSnapshot) -> String {
         );
     }
     s
+}
+
+/// The buttons of a node's row: cordon or uncordon, and drain unless it is
+/// draining already.
+fn node_actions(n: &NodeView) -> String {
+    let id = esc(&n.node_id);
+    let url = |a: NodeAction| {
+        format!(
+            "{CONSOLE_PATH}/api/nodes/{}/{}",
+            url_segment(&n.node_id),
+            a.as_str()
+        )
+    };
+    let mut actions = String::new();
+    let mut button = |a: NodeAction, label: &str, confirm: String| {
+        let _ = write!(
+            actions,
+            "<button type=\"button\" data-action=\"{}\" data-url=\"{}\" data-confirm=\"{}\" \
+             aria-label=\"{label} node {id}\">{label}</button>",
+            a.as_str(),
+            esc(&url(a)),
+            esc(&confirm),
+        );
+    };
+    let cordoned = matches!(n.state, NodeState::Cordoned | NodeState::Draining);
+    if cordoned {
+        button(
+            NodeAction::Uncordon,
+            "Uncordon",
+            format!(
+                "Uncordon node {}? New tasks may be placed on it again.",
+                n.node_id
+            ),
+        );
+    } else {
+        button(
+            NodeAction::Cordon,
+            "Cordon",
+            format!(
+                "Cordon node {}? No new tasks will be placed on it; running tasks keep running.",
+                n.node_id
+            ),
+        );
+    }
+    if n.state != NodeState::Draining {
+        button(
+            NodeAction::Drain,
+            "Drain",
+            format!(
+                "Drain node {}? It is cordoned and its running tasks are stopped and placed elsewhere.",
+                n.node_id
+            ),
+        );
+    }
+    actions
 }
 
 fn events_html(snap: &RegionSnapshot) -> String {

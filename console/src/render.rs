@@ -146,11 +146,6 @@ pub fn badge(state: &str) -> String {
 
 /// A line chart of `points` (x: wall ms, y: value) as inline SVG.
 pub fn line_chart(title: &str, unit: &str, points: &[(u64, Option<f64>)]) -> String {
-    const W: f64 = 560.0;
-    const H: f64 = 150.0;
-    const LEFT: f64 = 48.0;
-    const BOTTOM: f64 = 20.0;
-    const TOP: f64 = 10.0;
     let values: Vec<f64> = points.iter().filter_map(|p| p.1).collect();
     let max = values.iter().copied().fold(0.0_f64, f64::max);
     let top = nice_ceiling(max);
@@ -164,60 +159,14 @@ pub fn line_chart(title: &str, unit: &str, points: &[(u64, Option<f64>)]) -> Str
         None => format!("{title}: no data yet"),
     };
     let mut svg = format!(
-        "<svg class=\"chart\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{}\">\
+        "<svg class=\"chart\" viewBox=\"0 0 {CHART_W} {CHART_H}\" role=\"img\" aria-label=\"{}\">\
          <title>{}</title>",
         esc(&summary),
         esc(&summary)
     );
-    for i in 0..=4 {
-        let y = TOP + (H - TOP - BOTTOM) * f64::from(i) / 4.0;
-        let v = top * f64::from(4 - i) / 4.0;
-        let _ = write!(
-            svg,
-            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{W}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
-             <text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            LEFT - 6.0,
-            y + 4.0,
-            num(v)
-        );
-    }
+    y_grid(&mut svg, top);
     if let (Some(first), Some(end)) = (points.first(), points.last()) {
-        let span = (end.0.saturating_sub(first.0)).max(1) as f64;
-        let x = |t: u64| LEFT + (W - LEFT - 4.0) * (t.saturating_sub(first.0)) as f64 / span;
-        let y = |v: f64| TOP + (H - TOP - BOTTOM) * (1.0 - v / top);
-        let mut path = String::new();
-        let mut area = String::new();
-        let mut pen_down = false;
-        for p in points {
-            match p.1 {
-                Some(v) => {
-                    let cmd = if pen_down { 'L' } else { 'M' };
-                    let _ = write!(path, "{cmd}{:.1},{:.1} ", x(p.0), y(v));
-                    pen_down = true;
-                }
-                None => pen_down = false,
-            }
-        }
-        let coords: Vec<(f64, f64)> = points
-            .iter()
-            .filter_map(|p| p.1.map(|v| (x(p.0), y(v))))
-            .collect();
-        if let (Some(a), Some(b)) = (coords.first(), coords.last()) {
-            let _ = write!(area, "M{:.1},{:.1} ", a.0, H - BOTTOM);
-            for (cx, cy) in &coords {
-                let _ = write!(area, "L{cx:.1},{cy:.1} ");
-            }
-            let _ = write!(area, "L{:.1},{:.1} Z", b.0, H - BOTTOM);
-            let _ = write!(svg, "<path class=\"area\" d=\"{area}\"/>");
-        }
-        let _ = write!(svg, "<path class=\"line\" d=\"{}\"/>", path.trim_end());
-        let _ = write!(
-            svg,
-            "<text class=\"axis\" x=\"{LEFT}\" y=\"{H}\">{}</text>\
-             <text class=\"axis\" x=\"{W}\" y=\"{H}\" text-anchor=\"end\">{}</text>",
-            clock(first.0).get(..8).unwrap_or(""),
-            clock(end.0).get(..8).unwrap_or("")
-        );
+        plot(&mut svg, points, *first, *end, top);
     }
     svg.push_str("</svg>");
     format!(
@@ -227,6 +176,78 @@ pub fn line_chart(title: &str, unit: &str, points: &[(u64, Option<f64>)]) -> Str
             .map(|v| format!("{} {unit}", num(v)))
             .unwrap_or_else(|| "—".into()))
     )
+}
+
+/// Width, height and margins of a line chart.
+const CHART_W: f64 = 560.0;
+const CHART_H: f64 = 150.0;
+const CHART_LEFT: f64 = 48.0;
+const CHART_BOTTOM: f64 = 20.0;
+const CHART_TOP: f64 = 10.0;
+
+/// The horizontal grid lines of a line chart, labelled from `top` down to 0.
+fn y_grid(svg: &mut String, top: f64) {
+    for i in 0..=4 {
+        let y = CHART_TOP + (CHART_H - CHART_TOP - CHART_BOTTOM) * f64::from(i) / 4.0;
+        let v = top * f64::from(4 - i) / 4.0;
+        let _ = write!(
+            svg,
+            "<line class=\"grid\" x1=\"{CHART_LEFT}\" x2=\"{CHART_W}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
+             <text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            CHART_LEFT - 6.0,
+            y + 4.0,
+            num(v)
+        );
+    }
+}
+
+/// The line of `points` (broken where a value is missing), the area under
+/// it, and the times of its first and last points.
+fn plot(
+    svg: &mut String,
+    points: &[(u64, Option<f64>)],
+    first: (u64, Option<f64>),
+    end: (u64, Option<f64>),
+    top: f64,
+) {
+    let span = (end.0.saturating_sub(first.0)).max(1) as f64;
+    let x = |t: u64| {
+        CHART_LEFT + (CHART_W - CHART_LEFT - 4.0) * (t.saturating_sub(first.0)) as f64 / span
+    };
+    let y = |v: f64| CHART_TOP + (CHART_H - CHART_TOP - CHART_BOTTOM) * (1.0 - v / top);
+    let mut path = String::new();
+    let mut area = String::new();
+    let mut pen_down = false;
+    for p in points {
+        match p.1 {
+            Some(v) => {
+                let cmd = if pen_down { 'L' } else { 'M' };
+                let _ = write!(path, "{cmd}{:.1},{:.1} ", x(p.0), y(v));
+                pen_down = true;
+            }
+            None => pen_down = false,
+        }
+    }
+    let coords: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| p.1.map(|v| (x(p.0), y(v))))
+        .collect();
+    if let (Some(a), Some(b)) = (coords.first(), coords.last()) {
+        let _ = write!(area, "M{:.1},{:.1} ", a.0, CHART_H - CHART_BOTTOM);
+        for (cx, cy) in &coords {
+            let _ = write!(area, "L{cx:.1},{cy:.1} ");
+        }
+        let _ = write!(area, "L{:.1},{:.1} Z", b.0, CHART_H - CHART_BOTTOM);
+        let _ = write!(svg, "<path class=\"area\" d=\"{area}\"/>");
+    }
+    let _ = write!(svg, "<path class=\"line\" d=\"{}\"/>", path.trim_end());
+    let _ = write!(
+        svg,
+        "<text class=\"axis\" x=\"{CHART_LEFT}\" y=\"{CHART_H}\">{}</text>\
+         <text class=\"axis\" x=\"{CHART_W}\" y=\"{CHART_H}\" text-anchor=\"end\">{}</text>",
+        clock(first.0).get(..8).unwrap_or(""),
+        clock(end.0).get(..8).unwrap_or("")
+    );
 }
 
 /// Horizontal bars, one per `(label, value, class)`, as inline SVG.

@@ -21,7 +21,7 @@ use meridian_control::lease::{Fence, Role};
 use meridian_control::trace;
 use meridian_control::{Backoff, BackoffConfig, SharedClock};
 use meridian_proto::v1::{Job, JobState, RegionInfo};
-use meridian_store::{Database, RangeOption};
+use meridian_store::{Database, RangeOption, Transaction};
 use prost::Message;
 use tokio::sync::{Notify, watch};
 
@@ -37,6 +37,10 @@ use crate::registry::{self, lease_live, read_region};
 use crate::router::{
     self, Amount, Decision, JobRequest, RegionSpread, RegionView, Snapshot, TenantQuota,
 };
+
+/// A routing pass's reading: pending jobs, usage by tenant, and the jobs
+/// whose records failed on their own (with why).
+type Pending = (Vec<Job>, BTreeMap<String, u64>, Vec<(String, String)>);
 
 /// Jobs routed per pass at most.
 const ROUTE_BATCH: usize = 1000;
@@ -228,6 +232,11 @@ impl Controller {
                     if !lost && !info.evacuating {
                         return Ok((0, 0, Vec::new()));
                     }
+                    let loss = Loss {
+                        lost,
+                        evacuating: info.evacuating,
+                        now,
+                    };
                     let held = tx
                         .get_range(RangeOption::from(keys.helds(region).range()))
                         .await?;
@@ -251,32 +260,10 @@ impl Controller {
                             }
                             Err(err) => return Err(err),
                         };
-                        let mut is_moving = read_moving(&tx, &keys, &job_id).await?.is_some();
-                        let movable = info.evacuating || handoff::fails_over(&job);
-                        if !is_moving && movable && !lifecycle::is_terminal(state_of(&job)) {
-                            let why = if lost {
-                                "region lost"
-                            } else {
-                                "region drained"
-                            };
-                            handoff::revoke(&tx, &keys, &mut events, &mut job, why, now)?;
-                            revoked += 1;
-                            is_moving = true;
-                        }
-                        // Unreachable past its lease and the skew margin: its
-                        // agents have stopped FAILOVER tasks by now, so the
-                        // hand-off ends without the region's confirmation.
-                        if lost && is_moving {
-                            handoff::release(
-                                &tx,
-                                &keys,
-                                &mut events,
-                                &mut job,
-                                "region lost",
-                                now,
-                            )?;
-                            released += 1;
-                        }
+                        let (r, l) =
+                            move_held_job(&tx, &keys, &mut events, &job_id, &mut job, loss).await?;
+                        revoked += r;
+                        released += l;
                     }
                     Ok::<_, GlobalError>((revoked, released, broken))
                 }
@@ -295,12 +282,47 @@ impl Controller {
     }
 
     async fn route(&mut self, fence: &Fence, regions: &[RegionInfo], now: u64) -> Result<usize> {
+        let (pending, usage, broken) = self.read_pending().await?;
+        self.park(broken);
+        if !self.parking.is_empty() {
+            for job in &pending {
+                self.parking.handled(&job.job_id);
+            }
+        }
+        metrics::gauge!("meridian_global_route_pending_jobs").set(pending.len() as f64);
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let snapshot = Snapshot {
+            regions: regions.iter().map(|r| self.view(r, now)).collect(),
+            tenant_usage: usage,
+            quotas: self.quotas.clone(),
+            spread: self.spread,
+        };
+        let requests: Vec<JobRequest> = pending.iter().map(request_of).collect();
+        let assignments: BTreeMap<String, String> = router::route(&snapshot, &requests)
+            .into_iter()
+            .filter_map(|d| match d {
+                Decision::Assign { job_id, region } => Some((job_id, region)),
+                Decision::Wait { .. } => None,
+            })
+            .collect();
+        if assignments.is_empty() {
+            return Ok(0);
+        }
+        let done = self.commit_assignments(fence, assignments, now).await?;
+        self.note_routed(&done);
+        Ok(done.len())
+    }
+
+    /// Up to a batch of pending jobs that are not parked, the tenants' usage,
+    /// and the jobs whose records failed on their own.
+    async fn read_pending(&self) -> Result<Pending> {
         let keys = self.keys.clone();
         let blocked = self.parking.blocked(self.clock.now());
         // Parked jobs do not take the places of others in the batch.
         let scan = ROUTE_BATCH.saturating_add(blocked.len());
-        let (pending, usage, broken) = self
-            .db
+        self.db
             .run(|tx, _| {
                 let (keys, blocked) = (keys.clone(), &blocked);
                 async move {
@@ -346,37 +368,20 @@ impl Controller {
                     Ok::<_, GlobalError>((jobs, usage, broken))
                 }
             })
-            .await?;
-        self.park(broken);
-        if !self.parking.is_empty() {
-            for job in &pending {
-                self.parking.handled(&job.job_id);
-            }
-        }
-        metrics::gauge!("meridian_global_route_pending_jobs").set(pending.len() as f64);
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let snapshot = Snapshot {
-            regions: regions.iter().map(|r| self.view(r, now)).collect(),
-            tenant_usage: usage,
-            quotas: self.quotas.clone(),
-            spread: self.spread,
-        };
-        let requests: Vec<JobRequest> = pending.iter().map(request_of).collect();
-        let assignments: BTreeMap<String, String> = router::route(&snapshot, &requests)
-            .into_iter()
-            .filter_map(|d| match d {
-                Decision::Assign { job_id, region } => Some((job_id, region)),
-                Decision::Wait { .. } => None,
-            })
-            .collect();
-        if assignments.is_empty() {
-            return Ok(0);
-        }
+            .await
+    }
+
+    /// Applies the router's assignments in one fenced transaction, each
+    /// re-checked there (the job still pending, the region live and not
+    /// draining). Returns the jobs assigned, with their regions.
+    async fn commit_assignments(
+        &self,
+        fence: &Fence,
+        assignments: BTreeMap<String, String>,
+        now: u64,
+    ) -> Result<Vec<(String, Job)>> {
         let keys = self.keys.clone();
-        let done = self
-            .db
+        self.db
             .run(|tx, _| {
                 let (keys, fence, assignments) = (keys.clone(), fence.clone(), assignments.clone());
                 async move {
@@ -408,8 +413,13 @@ impl Controller {
                     Ok::<_, GlobalError>(done)
                 }
             })
-            .await?;
-        for (region, job) in &done {
+            .await
+    }
+
+    /// Traces each routed job and counts its resources against its region
+    /// until a newer capacity report covers them.
+    fn note_routed(&mut self, done: &[(String, Job)]) {
+        for (region, job) in done {
             trace_route(job, region);
             let need = request_of(job).per_task;
             let tasks = job.spec.as_ref().map_or(0, |s| u64::from(s.task_count));
@@ -419,7 +429,6 @@ impl Controller {
                 amount.gpus += need.gpus * tasks;
             }
         }
-        Ok(done.len())
     }
 
     fn view(&mut self, info: &RegionInfo, now: u64) -> RegionView {
@@ -467,6 +476,53 @@ impl Controller {
             },
         }
     }
+}
+
+/// How a region whose jobs move stands, judged inside the transaction.
+#[derive(Debug, Clone, Copy)]
+struct Loss {
+    lost: bool,
+    evacuating: bool,
+    now: u64,
+}
+
+/// Starts the hand-off of one job held by a lost or evacuating region (unless
+/// it is moving already, stays by its policy, or is final), and ends it at
+/// once when the region is lost. Returns (revoked, released), each 0 or 1.
+async fn move_held_job(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    job_id: &str,
+    job: &mut Job,
+    loss: Loss,
+) -> Result<(usize, usize)> {
+    let Loss {
+        lost,
+        evacuating,
+        now,
+    } = loss;
+    let (mut revoked, mut released) = (0, 0);
+    let mut is_moving = read_moving(tx, keys, job_id).await?.is_some();
+    let movable = evacuating || handoff::fails_over(job);
+    if !is_moving && movable && !lifecycle::is_terminal(state_of(job)) {
+        let why = if lost {
+            "region lost"
+        } else {
+            "region drained"
+        };
+        handoff::revoke(tx, keys, events, job, why, now)?;
+        revoked = 1;
+        is_moving = true;
+    }
+    // Unreachable past its lease and the skew margin: its agents have
+    // stopped FAILOVER tasks by now, so the hand-off ends without the
+    // region's confirmation.
+    if lost && is_moving {
+        handoff::release(tx, keys, events, job, "region lost", now)?;
+        released = 1;
+    }
+    Ok((revoked, released))
 }
 
 /// The `route` step of a job's trace: the hand-off to `region` committed.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_control::SharedClock;
-use meridian_control::lease::Role;
+use meridian_control::lease::{LeaderStatus, Role};
 use meridian_control::trace::{self, TraceId};
 use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::region_link_server::RegionLink;
@@ -263,6 +263,86 @@ impl LinkService {
             })
             .await
     }
+
+    /// Streams the region's events after `last`, with a bookmark after each
+    /// quiet period, until the region's lease epoch changes, this replica
+    /// stops leading or shuts down, a read fails, or the receiver goes away.
+    async fn follow_events(
+        &self,
+        req: &AssignmentsRequest,
+        mut last: Vec<u8>,
+        mut tail: Tail,
+        out: mpsc::Sender<Result<AssignmentEvent, Status>>,
+        mut leader: watch::Receiver<LeaderStatus>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if leader.borrow().role != Role::Leader {
+                let _ = out.send(Err(Status::unavailable("leadership lost"))).await;
+                return;
+            }
+            let (current, lease_changed) = match self.lease_epoch_watch(&req.region).await {
+                Ok(w) => w,
+                Err(err) => {
+                    let _ = out.send(Err(err.into())).await;
+                    return;
+                }
+            };
+            if current != req.region_lease_epoch {
+                let _ = out
+                    .send(Err(superseded(
+                        &req.region,
+                        req.region_lease_epoch,
+                        current,
+                    )))
+                    .await;
+                return;
+            }
+            let (batch, wake) = match tail.next(256).await {
+                Ok(b) => b,
+                Err(err) => {
+                    let _ = out.send(Err(err.into())).await;
+                    return;
+                }
+            };
+            for (cursor, raw) in batch {
+                let mut event = match AssignmentEvent::decode(raw.as_slice()) {
+                    Ok(e) => e,
+                    Err(err) => {
+                        let _ = out.send(Err(GlobalError::from(err).into())).await;
+                        return;
+                    }
+                };
+                event.cursor = cursor.clone();
+                last = cursor;
+                if out.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            let Some(wake) = wake else { continue };
+            tokio::select! {
+                _ = wake => {}
+                _ = lease_changed => {}
+                _ = self.clock.sleep(self.bookmark_every) => {
+                    let bookmark = AssignmentEvent {
+                        cursor: last.clone(),
+                        kind: AssignmentEventKind::Bookmark as i32,
+                        at_unix_ms: self.clock.now_unix_ms(),
+                        ..AssignmentEvent::default()
+                    };
+                    if out.send(Ok(bookmark)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = leader.changed() => {}
+                _ = shutdown.changed() => return,
+                _ = out.closed() => return,
+            }
+        }
+    }
 }
 
 fn superseded(region: &str, epoch: u64, current: u64) -> Status {
@@ -311,88 +391,24 @@ impl RegionLink for LinkService {
         }
         let log = self.keys.region_events(&req.region);
         let head = self.keys.region_events_head(&req.region);
-        let (snapshot, mut last) = if req.cursor.is_empty() {
+        let (snapshot, last) = if req.cursor.is_empty() {
             self.snapshot(&req.region).await?
         } else {
             (Vec::new(), req.cursor.clone())
         };
-        let mut tail = Tail::new(self.db.clone(), log, head, &last, "cursor")?;
+        let tail = Tail::new(self.db.clone(), log, head, &last, "cursor")?;
         let (out, rx) = mpsc::channel(256);
         let this = self.clone();
-        let mut leader = self.leadership.subscribe();
-        let mut shutdown = self.shutdown.clone();
+        let leader = self.leadership.subscribe();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             for event in snapshot {
                 if out.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
-            loop {
-                if *shutdown.borrow() {
-                    return;
-                }
-                if leader.borrow().role != Role::Leader {
-                    let _ = out.send(Err(Status::unavailable("leadership lost"))).await;
-                    return;
-                }
-                let (current, lease_changed) = match this.lease_epoch_watch(&req.region).await {
-                    Ok(w) => w,
-                    Err(err) => {
-                        let _ = out.send(Err(err.into())).await;
-                        return;
-                    }
-                };
-                if current != req.region_lease_epoch {
-                    let _ = out
-                        .send(Err(superseded(
-                            &req.region,
-                            req.region_lease_epoch,
-                            current,
-                        )))
-                        .await;
-                    return;
-                }
-                let (batch, wake) = match tail.next(256).await {
-                    Ok(b) => b,
-                    Err(err) => {
-                        let _ = out.send(Err(err.into())).await;
-                        return;
-                    }
-                };
-                for (cursor, raw) in batch {
-                    let mut event = match AssignmentEvent::decode(raw.as_slice()) {
-                        Ok(e) => e,
-                        Err(err) => {
-                            let _ = out.send(Err(GlobalError::from(err).into())).await;
-                            return;
-                        }
-                    };
-                    event.cursor = cursor.clone();
-                    last = cursor;
-                    if out.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                }
-                let Some(wake) = wake else { continue };
-                tokio::select! {
-                    _ = wake => {}
-                    _ = lease_changed => {}
-                    _ = this.clock.sleep(this.bookmark_every) => {
-                        let bookmark = AssignmentEvent {
-                            cursor: last.clone(),
-                            kind: AssignmentEventKind::Bookmark as i32,
-                            at_unix_ms: this.clock.now_unix_ms(),
-                            ..AssignmentEvent::default()
-                        };
-                        if out.send(Ok(bookmark)).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ = leader.changed() => {}
-                    _ = shutdown.changed() => return,
-                    _ = out.closed() => return,
-                }
-            }
+            this.follow_events(&req, last, tail, out, leader, shutdown)
+                .await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

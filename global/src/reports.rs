@@ -8,7 +8,8 @@
 //! current one, and never apply a status version twice.
 
 use meridian_proto::v1::{
-    ItemResult, Job, JobEpoch, JobEventKind, JobRelease, JobState, JobStatusUpdate, Verdict,
+    ItemResult, Job, JobEpoch, JobEventKind, JobRelease, JobState, JobStatusUpdate, TaskCounts,
+    Verdict,
 };
 use meridian_store::{Transaction, tuple};
 use prost::Message;
@@ -104,64 +105,13 @@ pub async fn status(
         };
     let epoch = job.assignment_epoch;
     let version_key = keys.status_version(&job.job_id);
-    if let Some(raw) = tx.get(&version_key).await? {
-        let (seen_epoch, seen_version): (u64, u64) = tuple::unpack(&raw)
-            .map_err(|e| GlobalError::Corrupt(format!("status version: {e}")))?;
-        if seen_epoch == epoch && update.status_version <= seen_version {
-            // Already applied only if it says what the job says now; an
-            // older version with another state is out of date, and the
-            // region must not take ACCEPTED as "the global tier has this
-            // state" (it forgets jobs whose final state was accepted).
-            let same = JobState::try_from(update.state).ok() == Some(state_of(&job));
-            return Ok(if same {
-                result(Verdict::Accepted, epoch, "")
-            } else {
-                result(
-                    Verdict::Invalid,
-                    epoch,
-                    format!(
-                        "status_version {} is not newer than the last applied ({seen_version})",
-                        update.status_version
-                    ),
-                )
-            });
-        }
+    if let Some(replayed) = replayed(tx, &version_key, &job, update).await? {
+        return Ok(replayed);
     }
-    let task_count = job.spec.as_ref().map_or(0, |s| s.task_count);
-    for task in &update.tasks {
-        if task.index >= task_count {
-            return Ok(result(
-                Verdict::Invalid,
-                epoch,
-                format!("task index {} out of range", task.index),
-            ));
-        }
-    }
-    let counts = update
-        .task_counts
-        .unwrap_or_else(|| job.task_counts.unwrap_or_default());
-    let reported = JobState::try_from(update.state).unwrap_or(JobState::Unspecified);
-    let to = match reported {
-        JobState::Unspecified => {
-            lifecycle::state_from_counts(&counts, task_count, job.cancel_requested)
-        }
-        JobState::Pending => {
-            return Ok(result(
-                Verdict::Invalid,
-                epoch,
-                "a region never reports PENDING",
-            ));
-        }
-        s => s,
+    let (counts, to) = match judge(&job, update) {
+        Ok(judged) => judged,
+        Err(rejected) => return Ok(rejected),
     };
-    let from = state_of(&job);
-    if from != to && !lifecycle::allowed(from, to) {
-        return Ok(result(
-            Verdict::Invalid,
-            epoch,
-            format!("illegal transition {from:?} -> {to:?}"),
-        ));
-    }
     tx.set(&version_key, &tuple::pack(&(epoch, update.status_version)))?;
     for task in &update.tasks {
         let mut task = task.clone();
@@ -190,6 +140,86 @@ pub async fn status(
     }
     write_job(tx, keys, &job)?;
     Ok(result(Verdict::Accepted, epoch, ""))
+}
+
+/// The verdict on an update whose version was already passed for this
+/// epoch; `None` when it is new.
+async fn replayed(
+    tx: &Transaction,
+    version_key: &[u8],
+    job: &Job,
+    update: &JobStatusUpdate,
+) -> Result<Option<ItemResult>> {
+    let epoch = job.assignment_epoch;
+    if let Some(raw) = tx.get(version_key).await? {
+        let (seen_epoch, seen_version): (u64, u64) = tuple::unpack(&raw)
+            .map_err(|e| GlobalError::Corrupt(format!("status version: {e}")))?;
+        if seen_epoch == epoch && update.status_version <= seen_version {
+            // Already applied only if it says what the job says now; an
+            // older version with another state is out of date, and the
+            // region must not take ACCEPTED as "the global tier has this
+            // state" (it forgets jobs whose final state was accepted).
+            let same = JobState::try_from(update.state).ok() == Some(state_of(job));
+            return Ok(Some(if same {
+                result(Verdict::Accepted, epoch, "")
+            } else {
+                result(
+                    Verdict::Invalid,
+                    epoch,
+                    format!(
+                        "status_version {} is not newer than the last applied ({seen_version})",
+                        update.status_version
+                    ),
+                )
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The task counts and the state an update brings the job to, or why it is
+/// invalid.
+fn judge(
+    job: &Job,
+    update: &JobStatusUpdate,
+) -> std::result::Result<(TaskCounts, JobState), ItemResult> {
+    let epoch = job.assignment_epoch;
+    let task_count = job.spec.as_ref().map_or(0, |s| s.task_count);
+    for task in &update.tasks {
+        if task.index >= task_count {
+            return Err(result(
+                Verdict::Invalid,
+                epoch,
+                format!("task index {} out of range", task.index),
+            ));
+        }
+    }
+    let counts = update
+        .task_counts
+        .unwrap_or_else(|| job.task_counts.unwrap_or_default());
+    let reported = JobState::try_from(update.state).unwrap_or(JobState::Unspecified);
+    let to = match reported {
+        JobState::Unspecified => {
+            lifecycle::state_from_counts(&counts, task_count, job.cancel_requested)
+        }
+        JobState::Pending => {
+            return Err(result(
+                Verdict::Invalid,
+                epoch,
+                "a region never reports PENDING",
+            ));
+        }
+        s => s,
+    };
+    let from = state_of(job);
+    if from != to && !lifecycle::allowed(from, to) {
+        return Err(result(
+            Verdict::Invalid,
+            epoch,
+            format!("illegal transition {from:?} -> {to:?}"),
+        ));
+    }
+    Ok((counts, to))
 }
 
 /// Applies one release confirmation.

@@ -9,10 +9,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use meridian_control::net::Listener;
 use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::federation_server::FederationServer;
 use meridian_proto::v1::region_link_server::RegionLinkServer;
 use meridian_store::Database;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -79,27 +81,8 @@ pub async fn start(config: GlobalConfig) -> Result<Running> {
 /// Starts a replica on a given store and clock.
 pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) -> Result<Running> {
     let keys = Keys::new(&config.namespace);
-    // Through the network seam, so the simulation can run this replica on
-    // its simulated network; production gets plain TCP.
-    let grpc_listener = meridian_control::net::listen(config.listen)
-        .await
-        .map_err(|e| io_error("binding the gRPC address", e))?;
+    let (grpc_listener, http_listener, http_addr) = bind(&config).await?;
     let grpc_addr = grpc_listener.local_addr;
-    let http_listener = match config.http {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| io_error("binding the HTTP address", e))?,
-        ),
-        None => None,
-    };
-    let http_addr = match &http_listener {
-        Some(l) => Some(
-            l.local_addr()
-                .map_err(|e| io_error("reading the HTTP address", e))?,
-        ),
-        None => None,
-    };
     // Installed before anything records, so every series lands in it.
     let metrics = http_listener
         .as_ref()
@@ -120,6 +103,63 @@ pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) 
         http_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
         stop,
     );
+    let (federation, link, controller) =
+        services(&config, &db, &keys, &clock, &leadership, &shutdown);
+    let mut tasks = vec![elector_task, tokio::spawn(controller.run(shutdown.clone()))];
+    tasks.push(serve_grpc(federation.clone(), link, grpc_listener, shutdown.clone()).await?);
+    if let Some(listener) = http_listener {
+        tasks.push(serve_http(federation, metrics, listener, shutdown.clone()));
+    }
+    tracing::info!(%grpc_addr, ?http_addr, name = %config.name, "global replica serving");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        leadership,
+        db,
+        keys,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// Binds the gRPC address and, when configured, the HTTP one (with the
+/// address it got).
+async fn bind(
+    config: &GlobalConfig,
+) -> Result<(Listener, Option<TcpListener>, Option<SocketAddr>)> {
+    // Through the network seam, so the simulation can run this replica on
+    // its simulated network; production gets plain TCP.
+    let grpc_listener = meridian_control::net::listen(config.listen)
+        .await
+        .map_err(|e| io_error("binding the gRPC address", e))?;
+    let http_listener = match config.http {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| io_error("binding the HTTP address", e))?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| io_error("reading the HTTP address", e))?,
+        ),
+        None => None,
+    };
+    Ok((grpc_listener, http_listener, http_addr))
+}
+
+/// The two gRPC services and the controller, sharing one store, clock,
+/// leadership and kick.
+fn services(
+    config: &GlobalConfig,
+    db: &Database,
+    keys: &Keys,
+    clock: &SharedClock,
+    leadership: &Arc<Leadership>,
+    shutdown: &watch::Receiver<bool>,
+) -> (FederationService, LinkService, Controller) {
     let kick = Arc::new(Notify::new());
     let jobs = Jobs::new(db.clone(), keys.clone(), clock.clone(), kick.clone());
     let registry = Registry::new(db.clone(), keys.clone(), clock.clone(), config.region_lease);
@@ -157,8 +197,16 @@ pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) 
         config.quotas.clone(),
         config.seed,
     );
-    let mut tasks = vec![elector_task, tokio::spawn(controller.run(shutdown.clone()))];
+    (federation, link, controller)
+}
 
+/// Marks the services healthy and serves gRPC until shutdown.
+async fn serve_grpc(
+    federation: FederationService,
+    link: LinkService,
+    listener: Listener,
+    mut stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<FederationServer<FederationService>>()
@@ -175,39 +223,34 @@ pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) 
         ))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(FederationServer::new(federation.clone()))
+        .add_service(FederationServer::new(federation))
         .add_service(RegionLinkServer::new(link));
-    let mut grpc_stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let serve = grpc.serve_with_incoming_shutdown(grpc_listener.incoming, async move {
-            let _ = grpc_stop.wait_for(|s| *s).await;
+    Ok(tokio::spawn(async move {
+        let serve = grpc.serve_with_incoming_shutdown(listener.incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
         });
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "gRPC server failed");
         }
-    }));
-    if let Some(listener) = http_listener {
-        let router =
-            http::router(federation.clone(), metrics).merge(crate::console::router(federation));
-        let mut http_stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            });
-            if let Err(err) = serve.await {
-                tracing::error!(error = %err, "HTTP server failed");
-            }
-        }));
-    }
-    tracing::info!(%grpc_addr, ?http_addr, name = %config.name, "global replica serving");
-    Ok(Running {
-        grpc_addr,
-        http_addr,
-        leadership,
-        db,
-        keys,
-        shutdown: shutdown_tx,
-        tasks,
+    }))
+}
+
+/// Serves the HTTP/JSON API, `/metrics` and the console until shutdown.
+fn serve_http(
+    federation: FederationService,
+    metrics: Option<PrometheusHandle>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let router =
+        http::router(federation.clone(), metrics).merge(crate::console::router(federation));
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(err) = serve.await {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
     })
 }
 

@@ -103,6 +103,132 @@ impl Tracker {
         });
         self.events.truncate(EVENTS);
     }
+
+    /// Takes the shard leases in, with an event for each change of epoch.
+    fn note_leaders(&mut self, leases: Vec<Option<(String, u64, u64)>>, now: u64) {
+        let mut shards = BTreeMap::new();
+        for (shard, lease) in leases.into_iter().enumerate() {
+            let shard = shard as u32;
+            let (leader, epoch, expires) = lease.unwrap_or_default();
+            let since = match self.shards.get(&shard) {
+                Some((l, e, since, _)) if *l == leader && *e == epoch => *since,
+                Some((l, e, _, _)) => {
+                    if *e != epoch {
+                        let msg = format!(
+                            "shard {shard}: leader {} → {} (epoch {e} → {epoch})",
+                            if l.is_empty() { "none" } else { l },
+                            if leader.is_empty() { "none" } else { &leader }
+                        );
+                        self.push_event(now, EventKind::LeaderChange, msg);
+                    }
+                    now
+                }
+                None => now,
+            };
+            shards.insert(shard, (leader, epoch, since, expires));
+        }
+        self.shards = shards;
+    }
+
+    /// Events for nodes that registered or changed state, and for tasks
+    /// newly preempted, since the last sample.
+    fn note_node_changes(
+        &mut self,
+        nodes: &[NodeView],
+        preempting: &BTreeSet<(String, u32)>,
+        now: u64,
+    ) {
+        let before: BTreeMap<&str, &NodeView> =
+            self.nodes.iter().map(|n| (n.node_id.as_str(), n)).collect();
+        let mut events = Vec::new();
+        for n in nodes {
+            match before.get(n.node_id.as_str()) {
+                None => events.push((
+                    EventKind::NodeState,
+                    format!(
+                        "node {} registered (zone {}, epoch {})",
+                        n.node_id, n.zone, n.epoch
+                    ),
+                )),
+                Some(b) if b.liveness != n.liveness => {
+                    let kind = match n.liveness {
+                        NodeState::Dead => EventKind::NodeDeath,
+                        NodeState::Suspect => EventKind::NodeSuspect,
+                        _ => EventKind::NodeState,
+                    };
+                    let what = match n.liveness {
+                        NodeState::Dead => format!("declared dead (epoch now {})", n.epoch),
+                        NodeState::Suspect => "suspect: heartbeats late".to_string(),
+                        _ => format!("ready again (epoch {})", n.epoch),
+                    };
+                    events.push((kind, format!("node {} {what}", n.node_id)));
+                }
+                Some(b) if b.state != n.state => events.push((
+                    EventKind::NodeState,
+                    format!(
+                        "node {} {} → {}{}",
+                        n.node_id,
+                        b.state.as_str(),
+                        n.state.as_str(),
+                        if n.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", n.reason)
+                        }
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+        for (kind, msg) in events {
+            self.push_event(now, kind, msg);
+        }
+        let fresh: Vec<_> = preempting.difference(&self.preempting).cloned().collect();
+        if !fresh.is_empty() {
+            let jobs: BTreeSet<&str> = fresh.iter().map(|(j, _)| j.as_str()).collect();
+            let msg = format!(
+                "{} task(s) preempted for higher-priority work (jobs {})",
+                fresh.len(),
+                jobs.into_iter().take(5).collect::<Vec<_>>().join(", ")
+            );
+            self.push_event(now, EventKind::Preemption, msg);
+        }
+    }
+
+    /// A chart sample (placement rate, round latency) and fencing rejection
+    /// events, from the difference with the last sample's figures.
+    fn note_rates(&mut self, counters: &Counters, now: u64) {
+        if let Some(prev) = self.counters {
+            let secs = (now.saturating_sub(prev.at_ms) as f64 / 1000.0).max(0.001);
+            let rounds = counters.solve_count - prev.solve_count;
+            let sample = PlacementSample {
+                at_unix_ms: now,
+                bindings_per_second: counters.bound.saturating_sub(prev.bound) as f64 / secs,
+                latency_ms: (rounds > 0.0)
+                    .then(|| (counters.solve_sum - prev.solve_sum) / rounds * 1000.0),
+            };
+            self.samples.push_back(sample);
+            while self.samples.len() > SAMPLES {
+                self.samples.pop_front();
+            }
+            let stale = counters.stale_bindings - prev.stale_bindings;
+            if stale > 0.0 {
+                self.push_event(
+                now,
+                EventKind::FencingRejection,
+                format!("{stale:.0} binding(s) refused at commit (stale node version or fenced shard epoch)"),
+            );
+            }
+            let agents = counters.stale_agents - prev.stale_agents;
+            if agents > 0.0 {
+                self.push_event(
+                    now,
+                    EventKind::FencingRejection,
+                    format!("{agents:.0} agent call(s) refused: stale node epoch"),
+                );
+            }
+        }
+    }
 }
 
 async fn sample_loop(console: Weak<RegionConsole>) {
@@ -220,6 +346,35 @@ impl RegionConsole {
         let now = api.clock.now_unix_ms();
         let failed = |e: crate::RegionalError| ConsoleError::Failed(e.to_string());
         let nodes: Vec<NodeView> = self.list_nodes().await?.iter().map(node_view).collect();
+        let bound = self.read_bound().await?;
+        let count = api.state.read().layout.map_or(0, |l| l.count);
+        let leases = observe_shard_leases(&api.db, &api.keys, count)
+            .await
+            .map_err(failed)?;
+        let (lanes, preempting) = self.queue();
+        let counters = self.counters(now, bound);
+
+        let mut st = self.state.lock();
+        let first = !st.sampled;
+        st.note_leaders(leases, now);
+        st.shard_count = count;
+        if !first {
+            st.note_node_changes(&nodes, &preempting, now);
+        }
+        st.note_rates(&counters, now);
+        st.counters = Some(counters);
+        st.nodes = nodes;
+        st.lanes = lanes.into_values().rev().collect();
+        st.preempting = preempting;
+        st.sampled = true;
+        st.error = None;
+        Ok(())
+    }
+
+    /// The store's count of bindings ever made (zero before the first).
+    async fn read_bound(&self) -> Result<u64, ConsoleError> {
+        let api = &self.deps.api;
+        let failed = |e: crate::RegionalError| ConsoleError::Failed(e.to_string());
         let bound = api
             .db
             .run(|tx, _| {
@@ -234,11 +389,12 @@ impl RegionConsole {
             le[..n].copy_from_slice(&b[..n]);
             u64::from_le_bytes(le)
         });
-        let count = api.state.read().layout.map_or(0, |l| l.count);
-        let leases = observe_shard_leases(&api.db, &api.keys, count)
-            .await
-            .map_err(failed)?;
+        Ok(bound)
+    }
 
+    /// The pending queue by priority lane, and the tasks being preempted.
+    fn queue(&self) -> (BTreeMap<i32, LaneView>, BTreeSet<(String, u32)>) {
+        let api = &self.deps.api;
         let mut lanes: BTreeMap<i32, LaneView> = BTreeMap::new();
         let mut preempting = BTreeSet::new();
         {
@@ -261,13 +417,18 @@ impl RegionConsole {
                 }
             }
         }
+        (lanes, preempting)
+    }
 
+    /// This sample's cumulative figures, from the store's counter and this
+    /// process's metrics.
+    fn counters(&self, now: u64, bound: u64) -> Counters {
         let text = self
             .metrics
             .as_ref()
             .map(|h| h.render())
             .unwrap_or_default();
-        let counters = Counters {
+        Counters {
             at_ms: now,
             bound,
             solve_sum: metric_sum(&text, "meridian_regional_solve_seconds_sum", None),
@@ -278,130 +439,7 @@ impl RegionConsole {
                 "meridian_regional_agent_calls_total",
                 Some("outcome=\"stale_epoch\""),
             ),
-        };
-
-        let mut st = self.state.lock();
-        let first = !st.sampled;
-        // Leader changes.
-        let mut shards = BTreeMap::new();
-        for (shard, lease) in leases.into_iter().enumerate() {
-            let shard = shard as u32;
-            let (leader, epoch, expires) = lease.unwrap_or_default();
-            let since = match st.shards.get(&shard) {
-                Some((l, e, since, _)) if *l == leader && *e == epoch => *since,
-                Some((l, e, _, _)) => {
-                    if *e != epoch {
-                        let msg = format!(
-                            "shard {shard}: leader {} → {} (epoch {e} → {epoch})",
-                            if l.is_empty() { "none" } else { l },
-                            if leader.is_empty() { "none" } else { &leader }
-                        );
-                        st.push_event(now, EventKind::LeaderChange, msg);
-                    }
-                    now
-                }
-                None => now,
-            };
-            shards.insert(shard, (leader, epoch, since, expires));
         }
-        st.shards = shards;
-        st.shard_count = count;
-        // Node changes.
-        if !first {
-            let before: BTreeMap<&str, &NodeView> =
-                st.nodes.iter().map(|n| (n.node_id.as_str(), n)).collect();
-            let mut events = Vec::new();
-            for n in &nodes {
-                match before.get(n.node_id.as_str()) {
-                    None => events.push((
-                        EventKind::NodeState,
-                        format!(
-                            "node {} registered (zone {}, epoch {})",
-                            n.node_id, n.zone, n.epoch
-                        ),
-                    )),
-                    Some(b) if b.liveness != n.liveness => {
-                        let kind = match n.liveness {
-                            NodeState::Dead => EventKind::NodeDeath,
-                            NodeState::Suspect => EventKind::NodeSuspect,
-                            _ => EventKind::NodeState,
-                        };
-                        let what = match n.liveness {
-                            NodeState::Dead => format!("declared dead (epoch now {})", n.epoch),
-                            NodeState::Suspect => "suspect: heartbeats late".to_string(),
-                            _ => format!("ready again (epoch {})", n.epoch),
-                        };
-                        events.push((kind, format!("node {} {what}", n.node_id)));
-                    }
-                    Some(b) if b.state != n.state => events.push((
-                        EventKind::NodeState,
-                        format!(
-                            "node {} {} → {}{}",
-                            n.node_id,
-                            b.state.as_str(),
-                            n.state.as_str(),
-                            if n.reason.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" ({})", n.reason)
-                            }
-                        ),
-                    )),
-                    Some(_) => {}
-                }
-            }
-            for (kind, msg) in events {
-                st.push_event(now, kind, msg);
-            }
-            let fresh: Vec<_> = preempting.difference(&st.preempting).cloned().collect();
-            if !fresh.is_empty() {
-                let jobs: BTreeSet<&str> = fresh.iter().map(|(j, _)| j.as_str()).collect();
-                let msg = format!(
-                    "{} task(s) preempted for higher-priority work (jobs {})",
-                    fresh.len(),
-                    jobs.into_iter().take(5).collect::<Vec<_>>().join(", ")
-                );
-                st.push_event(now, EventKind::Preemption, msg);
-            }
-        }
-        // Rates, latency and fencing rejections between samples.
-        if let Some(prev) = st.counters {
-            let secs = (now.saturating_sub(prev.at_ms) as f64 / 1000.0).max(0.001);
-            let rounds = counters.solve_count - prev.solve_count;
-            let sample = PlacementSample {
-                at_unix_ms: now,
-                bindings_per_second: counters.bound.saturating_sub(prev.bound) as f64 / secs,
-                latency_ms: (rounds > 0.0)
-                    .then(|| (counters.solve_sum - prev.solve_sum) / rounds * 1000.0),
-            };
-            st.samples.push_back(sample);
-            while st.samples.len() > SAMPLES {
-                st.samples.pop_front();
-            }
-            let stale = counters.stale_bindings - prev.stale_bindings;
-            if stale > 0.0 {
-                st.push_event(
-                    now,
-                    EventKind::FencingRejection,
-                    format!("{stale:.0} binding(s) refused at commit (stale node version or fenced shard epoch)"),
-                );
-            }
-            let agents = counters.stale_agents - prev.stale_agents;
-            if agents > 0.0 {
-                st.push_event(
-                    now,
-                    EventKind::FencingRejection,
-                    format!("{agents:.0} agent call(s) refused: stale node epoch"),
-                );
-            }
-        }
-        st.counters = Some(counters);
-        st.nodes = nodes;
-        st.lanes = lanes.into_values().rev().collect();
-        st.preempting = preempting;
-        st.sampled = true;
-        st.error = None;
-        Ok(())
     }
 
     fn checked<T>(&self, read: impl FnOnce(&Tracker) -> T) -> Result<T, ConsoleError> {

@@ -13,11 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_control::lease::{Identity, LeaseRuntime};
+use meridian_control::net::Listener;
 use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::agent_link_server::AgentLinkServer;
 use meridian_proto::v1::region_admin_server::RegionAdminServer;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::agent::{AgentApiConfig, ApiParts, RegionApi};
 use crate::error::{RegionalError, Result};
@@ -26,7 +29,7 @@ use crate::model::Keys;
 use crate::placer::sweep::LivenessConfig;
 use crate::placer::{Placer, PlacerConfig, PlacerCtx};
 use crate::replica::DataPath;
-use crate::shard::{ManagerConfig, ShardManager, ensure_layout};
+use crate::shard::{Leading, ManagerConfig, ShardManager, ensure_layout};
 
 /// Configuration of one replica.
 #[derive(Debug, Clone)]
@@ -134,138 +137,225 @@ pub async fn run_with(
         &identity.to_string(),
     )
     .await?;
-    let placer = Placer::new(PlacerCtx {
-        solver: Arc::new(crate::placement::solve),
-        pipeline: path.pipeline.clone(),
-        state: path.state.clone(),
-        tailer: path.tailer.clone(),
-        beats: path.beats.clone(),
-        clock: clock.clone(),
-        config: PlacerConfig {
-            liveness: LivenessConfig {
-                suspect_after: config.node_timeout,
-                dead_after: config.node_timeout + config.node_grace,
-                exclusive_wait: config.node_timeout,
-            },
-            seed: config.seed,
-            ..PlacerConfig::default()
-        },
-    });
-    let manager = ShardManager::new(
-        db.clone(),
-        keys.clone(),
-        clock.clone(),
-        identity.clone(),
-        ManagerConfig {
-            replica: config.replica.clone(),
-            endpoint: endpoint.clone(),
-            lease: config.shard_lease,
-            safety_margin: config.shard_lease / 10,
-            seed: config.seed,
-            leases: leases.clone(),
-        },
-        placer,
-    );
-    let leading = manager.leading();
-    let api = RegionApi::new(ApiParts {
-        db: db.clone(),
-        keys: keys.clone(),
-        clock: clock.clone(),
-        region: config.region.clone(),
-        identity: identity.clone(),
-        leading: leading.clone(),
-        config: AgentApiConfig {
-            heartbeat_interval: config.heartbeat_interval,
-            max_heartbeats_per_second: config.max_heartbeats_per_second,
-            node_timeout: config.node_timeout + config.node_grace,
-            ..AgentApiConfig::default()
-        },
-        pipeline: path.pipeline.clone(),
-        state: path.state.clone(),
-        beats: path.beats.clone(),
-        streams: path.streams.clone(),
-    });
-    let pruner = tokio::spawn(path.streams.clone().keep_pruned(
-        path.state.clone(),
-        leading.clone(),
-        clock.clone(),
-    ));
-
+    let wiring = Wiring {
+        db,
+        keys,
+        clock,
+        identity,
+        leases,
+        endpoint,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    let console = crate::console::ConsoleDeps {
-        api: api.clone(),
-        replica: config.replica.clone(),
-        global: config.global.clone(),
-    };
-    let manager_task = tokio::spawn(manager.run(stopped(stop_rx.clone())));
-    let grpc = tonic::transport::Server::builder()
-        .add_service(AgentLinkServer::new(api.clone()))
-        .add_service(RegionAdminServer::new(api))
-        .serve_with_incoming_shutdown(listener.incoming, stopped(stop_rx.clone()));
-    let grpc_task = tokio::spawn(grpc);
-    println!("listening on {local}");
-
-    let metrics_task = match (config.metrics_listen, prometheus) {
-        (Some(addr), Some(handle)) => {
-            Some(spawn_metrics(addr, handle, console, stopped(stop_rx.clone())).await?)
-        }
-        _ => None,
-    };
-    let link_task = config.global.clone().map(|global| {
-        tokio::spawn(crate::link::run(
-            LinkCtx {
-                db: db.clone(),
-                keys: keys.clone(),
-                clock: clock.clone(),
-                identity: identity.clone(),
-                pipeline: path.pipeline.clone(),
-                state: path.state.clone(),
-                leases: leases.clone(),
-            },
-            LinkConfig {
-                region: config.region.clone(),
-                global,
-                replica: config.replica.clone(),
-                endpoint: endpoint.clone(),
-                lease: config.shard_lease * 2,
-                report_every: Duration::from_secs(1),
-            },
-            stopped(stop_rx.clone()),
-        ))
-    });
-    let shards_gauge = {
-        let leading = leading.clone();
-        let clock = clock.clone();
-        let rx = stop_rx.clone();
-        tokio::spawn(async move {
-            while !*rx.borrow() {
-                crate::metrics::shards_led(leading.lock().len());
-                clock.sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
+    let tasks = wiring
+        .start(&config, &path, listener, prometheus, &stop_rx)
+        .await?;
 
     shutdown.await;
     tracing::info!("shutting down: giving shards away");
     let _ = stop_tx.send(true);
-    let _ = manager_task.await;
-    if let Some(t) = link_task {
-        let _ = t.await;
-    }
-    if let Ok(Err(e)) = grpc_task.await {
-        tracing::warn!(error = %e, "gRPC server ended with an error");
-    }
-    if let Some(t) = metrics_task {
-        let _ = t.await;
-    }
-    shards_gauge.abort();
-    pruner.abort();
+    tasks.stop().await;
     drop(path);
     Ok(())
+}
+
+/// What the parts of a replica share.
+struct Wiring {
+    db: meridian_store::Database,
+    keys: Keys,
+    clock: SharedClock,
+    identity: Identity,
+    leases: LeaseRuntime,
+    /// This replica's gRPC endpoint, as others reach it.
+    endpoint: String,
+}
+
+impl Wiring {
+    /// Starts the shard manager, the gRPC and metrics servers, the link and
+    /// the background upkeep, all stopping when `stop` flips.
+    async fn start(
+        &self,
+        config: &Config,
+        path: &DataPath,
+        listener: Listener,
+        prometheus: Option<PrometheusHandle>,
+        stop_rx: &watch::Receiver<bool>,
+    ) -> Result<Tasks> {
+        let manager = self.shard_manager(config, path);
+        let leading = manager.leading();
+        let api = self.api(config, path, leading.clone());
+        let pruner = tokio::spawn(path.streams.clone().keep_pruned(
+            path.state.clone(),
+            leading.clone(),
+            self.clock.clone(),
+        ));
+
+        let console = crate::console::ConsoleDeps {
+            api: api.clone(),
+            replica: config.replica.clone(),
+            global: config.global.clone(),
+        };
+        let manager_task = tokio::spawn(manager.run(stopped(stop_rx.clone())));
+        let grpc = tonic::transport::Server::builder()
+            .add_service(AgentLinkServer::new(api.clone()))
+            .add_service(RegionAdminServer::new(api))
+            .serve_with_incoming_shutdown(listener.incoming, stopped(stop_rx.clone()));
+        let grpc_task = tokio::spawn(grpc);
+        println!("listening on {}", listener.local_addr);
+
+        let metrics_task = match (config.metrics_listen, prometheus) {
+            (Some(addr), Some(handle)) => {
+                Some(spawn_metrics(addr, handle, console, stopped(stop_rx.clone())).await?)
+            }
+            _ => None,
+        };
+        let link_task = self.spawn_link(config, path, stop_rx);
+        let shards_gauge = spawn_shards_gauge(leading, self.clock.clone(), stop_rx.clone());
+        Ok(Tasks {
+            manager: manager_task,
+            link: link_task,
+            grpc: grpc_task,
+            metrics: metrics_task,
+            shards_gauge,
+            pruner,
+        })
+    }
+
+    /// The shard manager, with the placer it runs for each shard it wins.
+    fn shard_manager(&self, config: &Config, path: &DataPath) -> ShardManager {
+        let placer = Placer::new(PlacerCtx {
+            solver: Arc::new(crate::placement::solve),
+            pipeline: path.pipeline.clone(),
+            state: path.state.clone(),
+            tailer: path.tailer.clone(),
+            beats: path.beats.clone(),
+            clock: self.clock.clone(),
+            config: PlacerConfig {
+                liveness: LivenessConfig {
+                    suspect_after: config.node_timeout,
+                    dead_after: config.node_timeout + config.node_grace,
+                    exclusive_wait: config.node_timeout,
+                },
+                seed: config.seed,
+                ..PlacerConfig::default()
+            },
+        });
+        ShardManager::new(
+            self.db.clone(),
+            self.keys.clone(),
+            self.clock.clone(),
+            self.identity.clone(),
+            ManagerConfig {
+                replica: config.replica.clone(),
+                endpoint: self.endpoint.clone(),
+                lease: config.shard_lease,
+                safety_margin: config.shard_lease / 10,
+                seed: config.seed,
+                leases: self.leases.clone(),
+            },
+            placer,
+        )
+    }
+
+    /// The `AgentLink` and `RegionAdmin` services.
+    fn api(&self, config: &Config, path: &DataPath, leading: Leading) -> RegionApi {
+        RegionApi::new(ApiParts {
+            db: self.db.clone(),
+            keys: self.keys.clone(),
+            clock: self.clock.clone(),
+            region: config.region.clone(),
+            identity: self.identity.clone(),
+            leading,
+            config: AgentApiConfig {
+                heartbeat_interval: config.heartbeat_interval,
+                max_heartbeats_per_second: config.max_heartbeats_per_second,
+                node_timeout: config.node_timeout + config.node_grace,
+                ..AgentApiConfig::default()
+            },
+            pipeline: path.pipeline.clone(),
+            state: path.state.clone(),
+            beats: path.beats.clone(),
+            streams: path.streams.clone(),
+        })
+    }
+
+    /// The link to the global tier, when one is configured.
+    fn spawn_link(
+        &self,
+        config: &Config,
+        path: &DataPath,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<JoinHandle<()>> {
+        config.global.clone().map(|global| {
+            tokio::spawn(crate::link::run(
+                LinkCtx {
+                    db: self.db.clone(),
+                    keys: self.keys.clone(),
+                    clock: self.clock.clone(),
+                    identity: self.identity.clone(),
+                    pipeline: path.pipeline.clone(),
+                    state: path.state.clone(),
+                    leases: self.leases.clone(),
+                },
+                LinkConfig {
+                    region: config.region.clone(),
+                    global,
+                    replica: config.replica.clone(),
+                    endpoint: self.endpoint.clone(),
+                    lease: config.shard_lease * 2,
+                    report_every: Duration::from_secs(1),
+                },
+                stopped(stop.clone()),
+            ))
+        })
+    }
+}
+
+/// A serving replica's tasks.
+struct Tasks {
+    manager: JoinHandle<()>,
+    link: Option<JoinHandle<()>>,
+    grpc: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    metrics: Option<JoinHandle<()>>,
+    shards_gauge: JoinHandle<()>,
+    pruner: JoinHandle<()>,
+}
+
+impl Tasks {
+    /// Waits, once stop was sent, for the shards to be given away and the
+    /// link and servers to end; the upkeep tasks are simply aborted.
+    async fn stop(self) {
+        let _ = self.manager.await;
+        if let Some(t) = self.link {
+            let _ = t.await;
+        }
+        if let Ok(Err(e)) = self.grpc.await {
+            tracing::warn!(error = %e, "gRPC server ended with an error");
+        }
+        if let Some(t) = self.metrics {
+            let _ = t.await;
+        }
+        self.shards_gauge.abort();
+        self.pruner.abort();
+    }
+}
+
+/// Resolves once `true` is sent on the stop channel.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Keeps the shards-led gauge current until the replica stops.
+fn spawn_shards_gauge(
+    leading: Leading,
+    clock: SharedClock,
+    rx: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while !*rx.borrow() {
+            crate::metrics::shards_led(leading.lock().len());
+            clock.sleep(Duration::from_millis(500)).await;
+        }
+    })
 }
 
 /// Installs the process's Prometheus recorder and shows the rare-event

@@ -167,70 +167,93 @@ impl<K: Hash + Eq + Clone> QueueState<K> {
         };
         match found {
             Found::Pending(old_lane, old_pos) => {
-                let new_lane = old_lane.max(lane);
-                let new_pos = (old_pos.0.min(at), old_pos.1);
-                if (new_lane, new_pos) != (old_lane, old_pos) {
-                    self.lanes[old_lane.index()].remove(&old_pos);
-                    self.lanes[new_lane.index()].insert(new_pos, key.clone());
-                    self.slots.insert(
-                        key,
-                        Slot::Pending {
-                            lane: new_lane,
-                            pos: new_pos,
-                        },
-                    );
-                }
-                Added {
-                    outcome: AddOutcome::Merged,
-                    pending_at: Some(new_pos.0),
-                    dropped_lane: None,
-                }
+                self.merge_pending(key, lane, at, old_lane, old_pos)
             }
-            Found::Dirty(old) => {
-                let merged = Rerun {
-                    lane: old.lane.max(lane),
-                    at: old.at.min(at),
-                    seq: old.seq,
-                };
-                self.set_rerun(&key, Some(merged));
-                self.rerun_by_lane[old.lane.index()] -= 1;
-                self.rerun_by_lane[merged.lane.index()] += 1;
-                Added {
-                    outcome: AddOutcome::MarkedDirty { evicted: None },
-                    pending_at: None,
-                    dropped_lane: None,
-                }
-            }
-            Found::Clean => {
-                let evicted = match self.make_room(lane) {
-                    Ok(evicted) => evicted,
-                    Err(()) => return self.refuse(lane),
-                };
-                let seq = self.bump_seq();
-                self.set_rerun(&key, Some(Rerun { lane, at, seq }));
-                self.rerun_by_lane[lane.index()] += 1;
-                self.pending += 1;
-                Added {
-                    dropped_lane: evicted.as_ref().map(|(_, l)| *l),
-                    outcome: AddOutcome::MarkedDirty { evicted },
-                    pending_at: None,
-                }
-            }
-            Found::Absent => {
-                let evicted = match self.make_room(lane) {
-                    Ok(evicted) => evicted,
-                    Err(()) => return self.refuse(lane),
-                };
-                let pos = (at, self.bump_seq());
-                self.lanes[lane.index()].insert(pos, key.clone());
-                self.slots.insert(key, Slot::Pending { lane, pos });
-                self.pending += 1;
-                Added {
-                    dropped_lane: evicted.as_ref().map(|(_, l)| *l),
-                    outcome: AddOutcome::Queued { evicted },
-                    pending_at: Some(at),
-                }
-            }
+            Found::Dirty(old) => self.merge_rerun(&key, lane, at, old),
+            Found::Clean => self.mark_dirty(&key, lane, at),
+            Found::Absent => self.queue_new(key, lane, at),
+        }
+    }
+
+    /// An add for a key already pending: raise its lane and move its
+    /// eligibility earlier, never later.
+    fn merge_pending(
+        &mut self,
+        key: K,
+        lane: Lane,
+        at: Instant,
+        old_lane: Lane,
+        old_pos: Pos,
+    ) -> Added<K> {
+        let new_lane = old_lane.max(lane);
+        let new_pos = (old_pos.0.min(at), old_pos.1);
+        if (new_lane, new_pos) != (old_lane, old_pos) {
+            self.lanes[old_lane.index()].remove(&old_pos);
+            self.lanes[new_lane.index()].insert(new_pos, key.clone());
+            self.slots.insert(
+                key,
+                Slot::Pending {
+                    lane: new_lane,
+                    pos: new_pos,
+                },
+            );
+        }
+        Added {
+            outcome: AddOutcome::Merged,
+            pending_at: Some(new_pos.0),
+            dropped_lane: None,
+        }
+    }
+
+    /// An add for a key being processed that already has a rerun: the rerun
+    /// keeps its place and takes the higher lane and the earlier time.
+    fn merge_rerun(&mut self, key: &K, lane: Lane, at: Instant, old: Rerun) -> Added<K> {
+        let merged = Rerun {
+            lane: old.lane.max(lane),
+            at: old.at.min(at),
+            seq: old.seq,
+        };
+        self.set_rerun(key, Some(merged));
+        self.rerun_by_lane[old.lane.index()] -= 1;
+        self.rerun_by_lane[merged.lane.index()] += 1;
+        Added {
+            outcome: AddOutcome::MarkedDirty { evicted: None },
+            pending_at: None,
+            dropped_lane: None,
+        }
+    }
+
+    /// An add for a key being processed with no rerun yet: the rerun counts
+    /// as pending, so it needs room like a new key.
+    fn mark_dirty(&mut self, key: &K, lane: Lane, at: Instant) -> Added<K> {
+        let evicted = match self.make_room(lane) {
+            Ok(evicted) => evicted,
+            Err(()) => return self.refuse(lane),
+        };
+        let seq = self.bump_seq();
+        self.set_rerun(key, Some(Rerun { lane, at, seq }));
+        self.rerun_by_lane[lane.index()] += 1;
+        self.pending += 1;
+        Added {
+            dropped_lane: evicted.as_ref().map(|(_, l)| *l),
+            outcome: AddOutcome::MarkedDirty { evicted },
+            pending_at: None,
+        }
+    }
+
+    fn queue_new(&mut self, key: K, lane: Lane, at: Instant) -> Added<K> {
+        let evicted = match self.make_room(lane) {
+            Ok(evicted) => evicted,
+            Err(()) => return self.refuse(lane),
+        };
+        let pos = (at, self.bump_seq());
+        self.lanes[lane.index()].insert(pos, key.clone());
+        self.slots.insert(key, Slot::Pending { lane, pos });
+        self.pending += 1;
+        Added {
+            dropped_lane: evicted.as_ref().map(|(_, l)| *l),
+            outcome: AddOutcome::Queued { evicted },
+            pending_at: Some(at),
         }
     }
 

@@ -196,140 +196,51 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         report.result("seconds_to_bind_preloaded_tasks", took.as_secs_f64());
     }
     let start = Instant::now();
-
-    // Background submits through a leader-following client: a submit that
-    // meets a dead leader is retried, unchanged, on the new one.
-    let acked: Arc<Mutex<HashMap<String, (String, Instant)>>> = Arc::default();
-    let clashes: Arc<Mutex<Vec<String>>> = Arc::default();
-    let acks = Arc::new(Mutex::new(Timeline::new(start)));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut submitters = Vec::new();
-    let lanes = 4u64;
-    for lane in 0..lanes {
-        let mut c = client::following(&target.endpoints, Duration::from_secs(30))?;
-        let (acked, clashes, acks, stop) =
-            (acked.clone(), clashes.clone(), acks.clone(), stop.clone());
-        let every = Duration::from_secs_f64(lanes as f64 / offered.max(1) as f64);
-        submitters.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tick.tick().await;
-                n += 1;
-                let req = v1::SubmitJobRequest {
-                    request_id: client::request_id(seed, &format!("f{lane}"), n),
-                    spec: Some(client::simulated_job("load-failover", 1, 600_000)),
-                };
-                let at = Instant::now();
-                let rid = req.request_id.clone();
-                let out = c
-                    .call(|mut f| {
-                        let r = req.clone();
-                        async move { f.submit_job(r).await }
-                    })
-                    .await;
-                if let Ok(r) = out {
-                    if let Ok(mut a) = acks.lock() {
-                        a.add(Instant::now(), 1);
-                    }
-                    if let Ok(mut m) = acked.lock()
-                        && let Some((other, _)) = m.insert(r.job_id.clone(), (rid.clone(), at))
-                        && other != rid
-                        && let Ok(mut c) = clashes.lock()
-                    {
-                        c.push(format!(
-                            "request ids {other} and {rid} both got job {}",
-                            r.job_id
-                        ));
-                    }
-                }
-            }
-        }));
-    }
+    let submits = Submits::start(&target.endpoints, seed, offered, start)?;
 
     let bar = ctx.progress(d.as_secs(), "failover");
-    let region_addrs: Vec<SocketAddr> = fed.regions[0]
-        .replicas
-        .iter()
-        .filter_map(|p| p.metrics)
-        .collect();
-    let mut global_times = Latency::new();
-    let mut shard_times = Latency::new();
-    let mut timeline = Vec::new();
-    let mut kills = Vec::new();
-    let mut k = 0u64;
-    let guard = Duration::from_secs(30);
-    while start.elapsed() + interval <= d {
-        tokio::time::sleep(interval).await;
-        bar.set_position(start.elapsed().as_secs());
-        k += 1;
-        let at = start.elapsed().as_secs_f64();
-        if k % 2 == 1 {
-            let Some((leader, _)) = leader_of(&fed.globals, "meridian_global_leader").await else {
-                kills.push(format!("{at:.1}s: no global leader found to kill"));
-                continue;
-            };
-            if !fed.kill(&leader.name) {
-                continue;
-            }
-            let r = global_recovery(fed, seed, k, guard).await;
-            match r {
-                Some(d) => {
-                    global_times.record(d);
-                    timeline.push((at, d.as_secs_f64() * 1000.0));
-                }
-                None => kills.push(format!(
-                    "{at:.1}s: global tier not back within {} s",
-                    guard.as_secs()
-                )),
-            }
-            kills.push(format!(
-                "{at:.1}s: killed global leader {}: {}",
-                leader.name,
-                r.map_or("not back".into(), |d| format!(
-                    "back after {} ms",
-                    d.as_millis()
-                ))
-            ));
-        } else {
-            let Some((leader, led)) =
-                leader_of(&fed.regions[0].replicas, "meridian_regional_shards_led").await
-            else {
-                kills.push(format!("{at:.1}s: no shard leader found to kill"));
-                continue;
-            };
-            if !fed.kill(&leader.name) {
-                continue;
-            }
-            let r = shard_recovery(&region_addrs, shards, guard).await;
-            match r {
-                Some(d) => {
-                    shard_times.record(d);
-                    timeline.push((at, d.as_secs_f64() * 1000.0));
-                }
-                None => kills.push(format!(
-                    "{at:.1}s: shards not led within {} s",
-                    guard.as_secs()
-                )),
-            }
-            kills.push(format!(
-                "{at:.1}s: killed {} (leading {led} shards): {}",
-                leader.name,
-                r.map_or("not all led again".into(), |d| format!(
-                    "all shards led again after {} ms",
-                    d.as_millis()
-                ))
-            ));
-        }
-    }
+    let plan = KillPlan {
+        seed,
+        shards,
+        start,
+        duration: d,
+        interval,
+    };
+    let recoveries = kill_and_measure(fed, &plan, &bar).await;
     let remaining = d.saturating_sub(start.elapsed());
     tokio::time::sleep(remaining).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for s in submitters {
-        let _ = s.await;
-    }
+    let (acked, clashes, acks) = submits.stop().await;
     bar.finish_and_clear();
-    let acked = acked.lock().map(|m| m.clone()).unwrap_or_default();
+    let (duplicates, reopened) = check_jobs(
+        ctx,
+        &mut report,
+        &target.endpoints,
+        watcher,
+        &acked,
+        clashes,
+    )
+    .await;
+    let counts = Counts {
+        duplicates,
+        acknowledged: acked.len(),
+        reopened,
+    };
+    report_recoveries(&mut report, recoveries, &counts, acks);
+    target.finish(&mut report).await;
+    Ok(report)
+}
+
+/// Waits for every acknowledged job to be seen running, then records the
+/// duplicate placements, the request id clashes and the jobs never seen
+/// running as violations; the number of duplicates and of watch reopens.
+async fn check_jobs(
+    ctx: &Ctx,
+    report: &mut crate::Report,
+    endpoints: &str,
+    watcher: Watcher,
+    acked: &HashMap<String, (String, Instant)>,
+    clashes: Vec<String>,
+) -> (usize, u64) {
     let jobs: Vec<String> = acked.keys().cloned().collect();
     let missing = watcher
         .await_running(&jobs, Duration::from_secs(ctx.pick(30, 60)))
@@ -338,13 +249,11 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     let reopened = watcher.with(|s| s.reopened);
     watcher.stop();
     report.violations.extend(duplicates.iter().cloned());
-    report
-        .violations
-        .extend(clashes.lock().map(|c| c.clone()).unwrap_or_default());
+    report.violations.extend(clashes);
     if !missing.is_empty() {
         report.result(
             "states_of_jobs_never_seen_running",
-            super::states_of(&target.endpoints, &missing).await,
+            super::states_of(endpoints, &missing).await,
         );
         report.violations.push(format!(
             "{} acknowledged jobs never ran (e.g. {})",
@@ -357,15 +266,255 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
                 .join(", ")
         ));
     }
-    let g = global_times.summary();
-    let s = shard_times.summary();
+    (duplicates.len(), reopened)
+}
+
+/// Background submits through leader-following clients: a submit that
+/// meets a dead leader is retried, unchanged, on the new one.
+struct Submits {
+    /// Job id -> (request id, when sent) of each acknowledged submit.
+    acked: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    /// Request ids that got the job of another request id.
+    clashes: Arc<Mutex<Vec<String>>>,
+    acks: Arc<Mutex<Timeline>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    lanes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Submits {
+    /// Starts four lanes that together offer `offered` jobs a second.
+    fn start(endpoints: &str, seed: u64, offered: u64, start: Instant) -> Result<Submits> {
+        let acked: Arc<Mutex<HashMap<String, (String, Instant)>>> = Arc::default();
+        let clashes: Arc<Mutex<Vec<String>>> = Arc::default();
+        let acks = Arc::new(Mutex::new(Timeline::new(start)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut submitters = Vec::new();
+        let lanes = 4u64;
+        for lane in 0..lanes {
+            let mut c = client::following(endpoints, Duration::from_secs(30))?;
+            let (acked, clashes, acks, stop) =
+                (acked.clone(), clashes.clone(), acks.clone(), stop.clone());
+            let every = Duration::from_secs_f64(lanes as f64 / offered.max(1) as f64);
+            submitters.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    n += 1;
+                    let req = v1::SubmitJobRequest {
+                        request_id: client::request_id(seed, &format!("f{lane}"), n),
+                        spec: Some(client::simulated_job("load-failover", 1, 600_000)),
+                    };
+                    let at = Instant::now();
+                    let rid = req.request_id.clone();
+                    let out = c
+                        .call(|mut f| {
+                            let r = req.clone();
+                            async move { f.submit_job(r).await }
+                        })
+                        .await;
+                    if let Ok(r) = out {
+                        if let Ok(mut a) = acks.lock() {
+                            a.add(Instant::now(), 1);
+                        }
+                        if let Ok(mut m) = acked.lock()
+                            && let Some((other, _)) = m.insert(r.job_id.clone(), (rid.clone(), at))
+                            && other != rid
+                            && let Ok(mut c) = clashes.lock()
+                        {
+                            c.push(format!(
+                                "request ids {other} and {rid} both got job {}",
+                                r.job_id
+                            ));
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(Submits {
+            acked,
+            clashes,
+            acks,
+            stop,
+            lanes: submitters,
+        })
+    }
+
+    /// Stops the lanes and waits for them; what they saw: the acknowledged
+    /// jobs, the clashes, and the acknowledgements over time.
+    async fn stop(
+        self,
+    ) -> (
+        HashMap<String, (String, Instant)>,
+        Vec<String>,
+        Vec<(f64, f64)>,
+    ) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for s in self.lanes {
+            let _ = s.await;
+        }
+        let acked = self.acked.lock().map(|m| m.clone()).unwrap_or_default();
+        let clashes = self.clashes.lock().map(|c| c.clone()).unwrap_or_default();
+        let acks = self.acks.lock().map(|a| a.series()).unwrap_or_default();
+        (acked, clashes, acks)
+    }
+}
+
+/// When to kill, and what to wait for after each kill.
+struct KillPlan {
+    seed: u64,
+    shards: u32,
+    start: Instant,
+    duration: Duration,
+    interval: Duration,
+}
+
+/// What the kills measured.
+struct Recoveries {
+    global: Latency,
+    shard: Latency,
+    /// (kill time in s, recovery in ms), of each kill that recovered.
+    timeline: Vec<(f64, f64)>,
+    /// One line per kill or skipped kill.
+    kills: Vec<String>,
+}
+
+/// Kills the global leader and the replica leading the most shards in turn,
+/// one every interval, and measures each recovery.
+async fn kill_and_measure(
+    fed: &LocalFederation,
+    plan: &KillPlan,
+    bar: &indicatif::ProgressBar,
+) -> Recoveries {
+    let region_addrs: Vec<SocketAddr> = fed.regions[0]
+        .replicas
+        .iter()
+        .filter_map(|p| p.metrics)
+        .collect();
+    let mut rec = Recoveries {
+        global: Latency::new(),
+        shard: Latency::new(),
+        timeline: Vec::new(),
+        kills: Vec::new(),
+    };
+    let mut k = 0u64;
+    let guard = Duration::from_secs(30);
+    while plan.start.elapsed() + plan.interval <= plan.duration {
+        tokio::time::sleep(plan.interval).await;
+        bar.set_position(plan.start.elapsed().as_secs());
+        k += 1;
+        let at = plan.start.elapsed().as_secs_f64();
+        if k % 2 == 1 {
+            kill_global_leader(fed, plan.seed, k, guard, at, &mut rec).await;
+        } else {
+            kill_shard_leader(fed, &region_addrs, plan.shards, guard, at, &mut rec).await;
+        }
+    }
+    rec
+}
+
+/// Kills the global leader and waits until a submit is accepted again.
+async fn kill_global_leader(
+    fed: &LocalFederation,
+    seed: u64,
+    k: u64,
+    guard: Duration,
+    at: f64,
+    rec: &mut Recoveries,
+) {
+    let Some((leader, _)) = leader_of(&fed.globals, "meridian_global_leader").await else {
+        rec.kills
+            .push(format!("{at:.1}s: no global leader found to kill"));
+        return;
+    };
+    if !fed.kill(&leader.name) {
+        return;
+    }
+    let r = global_recovery(fed, seed, k, guard).await;
+    match r {
+        Some(d) => {
+            rec.global.record(d);
+            rec.timeline.push((at, d.as_secs_f64() * 1000.0));
+        }
+        None => rec.kills.push(format!(
+            "{at:.1}s: global tier not back within {} s",
+            guard.as_secs()
+        )),
+    }
+    rec.kills.push(format!(
+        "{at:.1}s: killed global leader {}: {}",
+        leader.name,
+        r.map_or("not back".into(), |d| format!(
+            "back after {} ms",
+            d.as_millis()
+        ))
+    ));
+}
+
+/// Kills the region replica leading the most shards and waits until every
+/// shard is led again.
+async fn kill_shard_leader(
+    fed: &LocalFederation,
+    region_addrs: &[SocketAddr],
+    shards: u32,
+    guard: Duration,
+    at: f64,
+    rec: &mut Recoveries,
+) {
+    let Some((leader, led)) =
+        leader_of(&fed.regions[0].replicas, "meridian_regional_shards_led").await
+    else {
+        rec.kills
+            .push(format!("{at:.1}s: no shard leader found to kill"));
+        return;
+    };
+    if !fed.kill(&leader.name) {
+        return;
+    }
+    let r = shard_recovery(region_addrs, shards, guard).await;
+    match r {
+        Some(d) => {
+            rec.shard.record(d);
+            rec.timeline.push((at, d.as_secs_f64() * 1000.0));
+        }
+        None => rec.kills.push(format!(
+            "{at:.1}s: shards not led within {} s",
+            guard.as_secs()
+        )),
+    }
+    rec.kills.push(format!(
+        "{at:.1}s: killed {} (leading {led} shards): {}",
+        leader.name,
+        r.map_or("not all led again".into(), |d| format!(
+            "all shards led again after {} ms",
+            d.as_millis()
+        ))
+    ));
+}
+
+/// What the run counted besides the recoveries.
+struct Counts {
+    duplicates: usize,
+    acknowledged: usize,
+    reopened: u64,
+}
+
+/// The recoveries, the counts and the targets, into the report.
+fn report_recoveries(
+    report: &mut crate::Report,
+    rec: Recoveries,
+    counts: &Counts,
+    acks: Vec<(f64, f64)>,
+) {
+    let g = rec.global.summary();
+    let s = rec.shard.summary();
     report.result("global_failovers", g.count);
     report.result("global_recovery", &g);
     report.result("shard_failovers", s.count);
     report.result("shard_recovery", &s);
-    report.result("duplicate_placements", duplicates.len());
-    report.result("acknowledged", acked.len());
-    report.result("watch_reopened", reopened);
+    report.result("duplicate_placements", counts.duplicates);
+    report.result("acknowledged", counts.acknowledged);
+    report.result("watch_reopened", counts.reopened);
     report.target(
         "failover, global leader (worst of the run)",
         "< 3 s",
@@ -381,28 +530,26 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     report.target(
         "failover: duplicate placements",
         "0",
-        duplicates.len().to_string(),
-        duplicates.is_empty(),
+        counts.duplicates.to_string(),
+        counts.duplicates == 0,
     );
     report.series(
         "recovery time per kill (global and shard, alternating)",
         "s (kill time)",
         "ms",
-        timeline,
+        rec.timeline,
     );
     report.series(
         "acknowledged submits (leader-following clients)",
         "s",
         "jobs/s",
-        acks.lock().map(|a| a.series()).unwrap_or_default(),
+        acks,
     );
-    report.notes.extend(kills);
+    report.notes.extend(rec.kills);
     report.notes.push(
         "Recovery is measured from the SIGKILL: global, until any replica accepts a new submit \
          (probed every 25 ms); shard, until the region's replicas' /metrics show every shard led \
          (polled every 25 ms). A kill that finds no leader is skipped, not counted."
             .into(),
     );
-    target.finish(&mut report).await;
-    Ok(report)
 }

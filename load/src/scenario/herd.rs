@@ -95,13 +95,84 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         )));
     }
     let guard = Duration::from_secs(ctx.pick(60, 300));
+    let outage = Outage {
+        kill_ms,
+        killed,
+        guard,
+    };
+    let returns = watch_returns(ctx, &url, &region.name, nodes, &outage, &mut report).await;
+    let Returns {
+        back,
+        reachable_after,
+        curve,
+        seen_total,
+    } = returns;
+    report.violations.dedup();
+    if back.len() < nodes as usize {
+        report.violations.push(format!(
+            "only {} of {nodes} nodes were heard from within {} s of the outage",
+            back.len(),
+            guard.as_secs()
+        ));
+    }
+    if seen_total > nodes as usize {
+        report
+            .violations
+            .push(format!("{seen_total} node records for {nodes} nodes"));
+    }
+    report_returns(&mut report, &back, reachable_after, curve);
+    report.notes.push(
+        "Times are read by polling the region's node list every 200 ms, so each is rounded up \
+         to the poll; the restart includes the supervisor's 500 ms backoff and the replica's own \
+         start-up."
+            .into(),
+    );
+    target.finish(&mut report).await;
+    Ok(report)
+}
+
+/// When the scheduler was killed, and how long its nodes are given to come
+/// back.
+struct Outage {
+    kill_ms: u64,
+    killed: Instant,
+    guard: Duration,
+}
+
+/// What the polls saw after the kill.
+struct Returns {
+    /// When each node was first heard from again, after the kill.
+    back: BTreeMap<String, Duration>,
+    /// When the region first answered again.
+    reachable_after: Option<Duration>,
+    /// (s after the kill, nodes back) at each poll.
+    curve: Vec<(f64, f64)>,
+    /// Node records in the last list read.
+    seen_total: usize,
+}
+
+/// Polls the region's node list until every node has been heard from since
+/// the kill or the guard is spent; a node listed twice is a violation.
+async fn watch_returns(
+    ctx: &Ctx,
+    url: &str,
+    region: &str,
+    nodes: u32,
+    outage: &Outage,
+    report: &mut crate::Report,
+) -> Returns {
+    let Outage {
+        kill_ms,
+        killed,
+        guard,
+    } = *outage;
     let bar = ctx.progress(u64::from(nodes), "herd");
     let mut back: BTreeMap<String, Duration> = BTreeMap::new();
     let mut reachable_after = None;
     let mut curve = Vec::new();
     let mut seen_total = 0usize;
     while back.len() < nodes as usize && killed.elapsed() < guard {
-        if let Some(list) = list_nodes(&url, &region.name).await {
+        if let Some(list) = list_nodes(url, region).await {
             let now = killed.elapsed();
             reachable_after.get_or_insert(now);
             seen_total = list.len();
@@ -122,19 +193,21 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bar.finish_and_clear();
-    report.violations.dedup();
-    if back.len() < nodes as usize {
-        report.violations.push(format!(
-            "only {} of {nodes} nodes were heard from within {} s of the outage",
-            back.len(),
-            guard.as_secs()
-        ));
+    Returns {
+        back,
+        reachable_after,
+        curve,
+        seen_total,
     }
-    if seen_total > nodes as usize {
-        report
-            .violations
-            .push(format!("{seen_total} node records for {nodes} nodes"));
-    }
+}
+
+/// The return times, their spread and curves, into the report.
+fn report_returns(
+    report: &mut crate::Report,
+    back: &BTreeMap<String, Duration>,
+    reachable_after: Option<Duration>,
+    curve: Vec<(f64, f64)>,
+) {
     let mut spread = Latency::new();
     for d in back.values() {
         spread.record(*d);
@@ -157,12 +230,4 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         "ms",
         spread.curve(),
     );
-    report.notes.push(
-        "Times are read by polling the region's node list every 200 ms, so each is rounded up \
-         to the poll; the restart includes the supervisor's 500 ms backoff and the replica's own \
-         start-up."
-            .into(),
-    );
-    target.finish(&mut report).await;
-    Ok(report)
 }

@@ -81,68 +81,14 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     let mut failed = 0usize;
     for round in 0..rounds {
         let started = Instant::now();
-        let spec = true_job("load-real-array", tasks);
-        let request_id = client::request_id(ctx.args.seed, &format!("real-one-{round}"), 0);
-        let accepted = c
-            .call(move |mut f| {
-                let req = v1::SubmitJobRequest {
-                    request_id: request_id.clone(),
-                    spec: Some(spec.clone()),
-                };
-                async move { f.submit_job(req).await }
-            })
-            .await
-            .map_err(|e| LoadError::Federation(e.to_string()))?;
+        let accepted = submit_one_job(&mut c, ctx.args.seed, round, tasks).await?;
         let jobs = vec![accepted.job_id];
         let (took, bad) = finish(&watcher, &jobs, started, guard).await?;
         one_job.push(took);
         failed += bad;
 
         let started = Instant::now();
-        let mut calls = Vec::new();
-        for (call, first) in (0..tasks)
-            .step_by(meridian_proto::limits::MAX_BATCH_ITEMS)
-            .enumerate()
-        {
-            let n = (tasks - first).min(meridian_proto::limits::MAX_BATCH_ITEMS as u32);
-            let items: Vec<v1::SubmitJobRequest> = (0..n)
-                .map(|i| v1::SubmitJobRequest {
-                    request_id: client::request_id(
-                        ctx.args.seed,
-                        &format!("real-many-{round}-{call}"),
-                        u64::from(i),
-                    ),
-                    spec: Some(true_job("load-real-one", 1)),
-                })
-                .collect();
-            let mut c = client::following(&target.endpoints, Duration::from_secs(30))?;
-            calls.push(tokio::spawn(async move {
-                c.call(move |mut f| {
-                    let req = v1::SubmitJobsRequest {
-                        items: items.clone(),
-                    };
-                    async move { f.submit_jobs(req).await }
-                })
-                .await
-            }));
-        }
-        let mut jobs = Vec::new();
-        for call in calls {
-            let answer = call
-                .await
-                .map_err(|e| LoadError::Federation(e.to_string()))?
-                .map_err(|e| LoadError::Federation(e.to_string()))?;
-            for r in answer.results {
-                match r.outcome {
-                    Some(v1::submit_job_result::Outcome::Accepted(a)) => jobs.push(a.job_id),
-                    other => {
-                        return Err(LoadError::Federation(format!(
-                            "a batched submit was refused: {other:?}"
-                        )));
-                    }
-                }
-            }
-        }
+        let jobs = submit_separate_jobs(&target.endpoints, ctx.args.seed, round, tasks).await?;
         let (took, bad) = finish(&watcher, &jobs, started, guard).await?;
         many_jobs.push(took);
         failed += bad;
@@ -178,6 +124,81 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     }
     target.finish(&mut report).await;
     Ok(report)
+}
+
+/// Submits one job of `tasks` tasks of `true`.
+async fn submit_one_job(
+    c: &mut meridian_cli::client::Client,
+    seed: u64,
+    round: u32,
+    tasks: u32,
+) -> Result<v1::SubmitJobResponse> {
+    let spec = true_job("load-real-array", tasks);
+    let request_id = client::request_id(seed, &format!("real-one-{round}"), 0);
+    c.call(move |mut f| {
+        let req = v1::SubmitJobRequest {
+            request_id: request_id.clone(),
+            spec: Some(spec.clone()),
+        };
+        async move { f.submit_job(req).await }
+    })
+    .await
+    .map_err(|e| LoadError::Federation(e.to_string()))
+}
+
+/// Submits `tasks` one-task jobs of `true` in batched calls sent together;
+/// the ids of the jobs.
+async fn submit_separate_jobs(
+    endpoints: &str,
+    seed: u64,
+    round: u32,
+    tasks: u32,
+) -> Result<Vec<String>> {
+    let mut calls = Vec::new();
+    for (call, first) in (0..tasks)
+        .step_by(meridian_proto::limits::MAX_BATCH_ITEMS)
+        .enumerate()
+    {
+        let n = (tasks - first).min(meridian_proto::limits::MAX_BATCH_ITEMS as u32);
+        let items: Vec<v1::SubmitJobRequest> = (0..n)
+            .map(|i| v1::SubmitJobRequest {
+                request_id: client::request_id(
+                    seed,
+                    &format!("real-many-{round}-{call}"),
+                    u64::from(i),
+                ),
+                spec: Some(true_job("load-real-one", 1)),
+            })
+            .collect();
+        let mut c = client::following(endpoints, Duration::from_secs(30))?;
+        calls.push(tokio::spawn(async move {
+            c.call(move |mut f| {
+                let req = v1::SubmitJobsRequest {
+                    items: items.clone(),
+                };
+                async move { f.submit_jobs(req).await }
+            })
+            .await
+        }));
+    }
+    let mut jobs = Vec::new();
+    for call in calls {
+        let answer = call
+            .await
+            .map_err(|e| LoadError::Federation(e.to_string()))?
+            .map_err(|e| LoadError::Federation(e.to_string()))?;
+        for r in answer.results {
+            match r.outcome {
+                Some(v1::submit_job_result::Outcome::Accepted(a)) => jobs.push(a.job_id),
+                other => {
+                    return Err(LoadError::Federation(format!(
+                        "a batched submit was refused: {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(jobs)
 }
 
 /// Waits for `jobs` to finish; returns the time from `started` to the last

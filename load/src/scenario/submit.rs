@@ -11,8 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use meridian_proto::v1;
+use meridian_proto::v1::federation_client::FederationClient;
 use rand::SeedableRng as _;
 use rand::seq::IndexedRandom as _;
+use tonic::transport::Channel;
 
 use crate::Ctx;
 use crate::client;
@@ -36,6 +38,33 @@ struct Phase {
 }
 
 impl Phase {
+    fn new(start: Instant) -> Self {
+        Phase {
+            latency: Latency::new(),
+            jobs: 0,
+            calls: 0,
+            errors: 0,
+            error_kinds: BTreeMap::new(),
+            elapsed: Duration::ZERO,
+            timeline: Timeline::new(start),
+            acked: Vec::new(),
+        }
+    }
+
+    /// Adds one worker's numbers to these.
+    fn merge(&mut self, p: Phase) {
+        self.latency.merge(&p.latency);
+        self.jobs += p.jobs;
+        self.calls += p.calls;
+        self.errors += p.errors;
+        for (code, (count, example)) in p.error_kinds {
+            let e = self.error_kinds.entry(code).or_insert((0, example));
+            e.0 += count;
+        }
+        self.timeline.merge(&p.timeline);
+        self.acked.extend(p.acked);
+    }
+
     fn fail(&mut self, count: u64, code: tonic::Code, message: &str) {
         self.errors += count;
         let e = self
@@ -61,108 +90,92 @@ async fn phase(url: &str, seed: u64, kind: Kind, workers: usize, d: Duration) ->
     let end = start + d;
     let mut handles = Vec::new();
     for w in 0..workers {
-        let mut c = channels[w % channels.len()].clone();
+        let c = channels[w % channels.len()].clone();
         let spec = client::simulated_job("load-submit", 1, 1000);
-        handles.push(tokio::spawn(async move {
-            let mut p = Phase {
-                latency: Latency::new(),
-                jobs: 0,
-                calls: 0,
-                errors: 0,
-                error_kinds: BTreeMap::new(),
-                elapsed: Duration::ZERO,
-                timeline: Timeline::new(start),
-                acked: Vec::new(),
-            };
-            let mut n = 0u64;
-            while Instant::now() < end {
-                let t = Instant::now();
-                let before = p.jobs;
-                match kind {
-                    Kind::Reference => match c.list_regions(v1::ListRegionsRequest {}).await {
-                        Ok(_) => p.jobs += 1,
-                        Err(e) => p.fail(1, e.code(), e.message()),
-                    },
-                    Kind::Unary => {
-                        n += 1;
-                        let rid = client::request_id(seed, &format!("u{w}"), n);
-                        let req = v1::SubmitJobRequest {
-                            request_id: rid.clone(),
-                            spec: Some(spec.clone()),
-                        };
-                        match c.submit_job(req).await {
-                            Ok(r) => {
-                                p.jobs += 1;
-                                p.acked.push((rid, r.into_inner().job_id));
-                            }
-                            Err(e) => p.fail(1, e.code(), e.message()),
-                        }
-                    }
-                    Kind::Batched(size) => {
-                        let items: Vec<_> = (0..size)
-                            .map(|_| {
-                                n += 1;
-                                v1::SubmitJobRequest {
-                                    request_id: client::request_id(seed, &format!("b{w}"), n),
-                                    spec: Some(spec.clone()),
-                                }
-                            })
-                            .collect();
-                        let rids: Vec<String> =
-                            items.iter().map(|i| i.request_id.clone()).collect();
-                        match c.submit_jobs(v1::SubmitJobsRequest { items }).await {
-                            Ok(r) => {
-                                for (rid, res) in rids.into_iter().zip(r.into_inner().results) {
-                                    match res.outcome {
-                                        Some(v1::submit_job_result::Outcome::Accepted(a)) => {
-                                            p.jobs += 1;
-                                            p.acked.push((rid, a.job_id));
-                                        }
-                                        Some(v1::submit_job_result::Outcome::Error(e)) => {
-                                            p.fail(1, tonic::Code::from_i32(e.code), &e.message)
-                                        }
-                                        None => p.fail(1, tonic::Code::Unknown, "no outcome"),
-                                    }
-                                }
-                            }
-                            Err(e) => p.fail(size as u64, e.code(), e.message()),
-                        }
-                    }
-                }
-                p.calls += 1;
-                let done = Instant::now();
-                p.latency.record(done - t);
-                p.timeline.add(done, p.jobs - before);
-            }
-            p
-        }));
+        handles.push(tokio::spawn(worker(c, kind, seed, w, spec, start, end)));
     }
-    let mut all = Phase {
-        latency: Latency::new(),
-        jobs: 0,
-        calls: 0,
-        errors: 0,
-        error_kinds: BTreeMap::new(),
-        elapsed: Duration::ZERO,
-        timeline: Timeline::new(start),
-        acked: Vec::new(),
-    };
+    let mut all = Phase::new(start);
     for h in handles {
         if let Ok(p) = h.await {
-            all.latency.merge(&p.latency);
-            all.jobs += p.jobs;
-            all.calls += p.calls;
-            all.errors += p.errors;
-            for (code, (count, example)) in p.error_kinds {
-                let e = all.error_kinds.entry(code).or_insert((0, example));
-                e.0 += count;
-            }
-            all.timeline.merge(&p.timeline);
-            all.acked.extend(p.acked);
+            all.merge(p);
         }
     }
     all.elapsed = start.elapsed();
     Ok(all)
+}
+
+/// One closed-loop submitter of a phase: calls until `end`, each call
+/// after the answer to the one before.
+async fn worker(
+    mut c: FederationClient<Channel>,
+    kind: Kind,
+    seed: u64,
+    w: usize,
+    spec: v1::JobSpec,
+    start: Instant,
+    end: Instant,
+) -> Phase {
+    let mut p = Phase::new(start);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        let t = Instant::now();
+        let before = p.jobs;
+        match kind {
+            Kind::Reference => match c.list_regions(v1::ListRegionsRequest {}).await {
+                Ok(_) => p.jobs += 1,
+                Err(e) => p.fail(1, e.code(), e.message()),
+            },
+            Kind::Unary => {
+                n += 1;
+                let rid = client::request_id(seed, &format!("u{w}"), n);
+                let req = v1::SubmitJobRequest {
+                    request_id: rid.clone(),
+                    spec: Some(spec.clone()),
+                };
+                match c.submit_job(req).await {
+                    Ok(r) => {
+                        p.jobs += 1;
+                        p.acked.push((rid, r.into_inner().job_id));
+                    }
+                    Err(e) => p.fail(1, e.code(), e.message()),
+                }
+            }
+            Kind::Batched(size) => {
+                let items: Vec<_> = (0..size)
+                    .map(|_| {
+                        n += 1;
+                        v1::SubmitJobRequest {
+                            request_id: client::request_id(seed, &format!("b{w}"), n),
+                            spec: Some(spec.clone()),
+                        }
+                    })
+                    .collect();
+                let rids: Vec<String> = items.iter().map(|i| i.request_id.clone()).collect();
+                match c.submit_jobs(v1::SubmitJobsRequest { items }).await {
+                    Ok(r) => {
+                        for (rid, res) in rids.into_iter().zip(r.into_inner().results) {
+                            match res.outcome {
+                                Some(v1::submit_job_result::Outcome::Accepted(a)) => {
+                                    p.jobs += 1;
+                                    p.acked.push((rid, a.job_id));
+                                }
+                                Some(v1::submit_job_result::Outcome::Error(e)) => {
+                                    p.fail(1, tonic::Code::from_i32(e.code), &e.message)
+                                }
+                                None => p.fail(1, tonic::Code::Unknown, "no outcome"),
+                            }
+                        }
+                    }
+                    Err(e) => p.fail(size as u64, e.code(), e.message()),
+                }
+            }
+        }
+        p.calls += 1;
+        let done = Instant::now();
+        p.latency.record(done - t);
+        p.timeline.add(done, p.jobs - before);
+    }
+    p
 }
 
 /// Runs the scenario.
@@ -207,6 +220,24 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     let batched = phase(&url, seed, Kind::Batched(batch), batch_workers, d).await?;
     bar.finish_and_clear();
 
+    report_phases(&mut report, &reference, &unary, &batched);
+
+    // Invariant 2: no request id creates two jobs, none is lost.
+    let mut acked = unary.acked;
+    acked.extend(batched.acked);
+    check_acked(ctx, &mut report, &url, &acked).await?;
+    report.notes.push(
+        "Closed loop: each submitter waits for its answer before the next call, so latency here \
+         is service time; the e2e scenario measures with an open loop. The region has no nodes, \
+         so jobs are routed but not placed: the numbers are the global tier's."
+            .into(),
+    );
+    target.finish(&mut report).await;
+    Ok(report)
+}
+
+/// Rates, latencies, errors and targets of the three phases.
+fn report_phases(report: &mut crate::Report, reference: &Phase, unary: &Phase, batched: &Phase) {
     let unary_rate = rate(unary.jobs, unary.elapsed);
     let batched_rate = rate(batched.jobs, batched.elapsed);
     let ref_rate = rate(reference.jobs, reference.elapsed);
@@ -265,12 +296,20 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         "ms",
         unary.latency.curve(),
     );
+}
 
-    // Invariant 2: no request id creates two jobs, none is lost.
-    let mut acked = unary.acked;
-    acked.extend(batched.acked);
+/// Checks that no two request ids got one job, and that a sample of the
+/// acknowledged jobs reads back with its request id and is not created again
+/// by a resubmit of it.
+async fn check_acked(
+    ctx: &Ctx,
+    report: &mut crate::Report,
+    url: &str,
+    acked: &[(String, String)],
+) -> Result<()> {
+    let seed = ctx.args.seed;
     let mut by_job: HashMap<&str, &str> = HashMap::new();
-    for (rid, job) in &acked {
+    for (rid, job) in acked {
         if let Some(other) = by_job.insert(job, rid)
             && other != rid
         {
@@ -284,7 +323,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         .choose_multiple(&mut rng, ctx.pick(300, 1000))
         .cloned()
         .collect();
-    let mut c = client::federation(&url, Duration::from_secs(30))?;
+    let mut c = client::federation(url, Duration::from_secs(30))?;
     let spec = client::simulated_job("load-submit", 1, 1000);
     let mut checked = 0u64;
     for (rid, job) in &sample {
@@ -324,12 +363,5 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     }
     report.result("acknowledged_jobs", acked.len());
     report.result("jobs_read_back_and_resubmitted", checked);
-    report.notes.push(
-        "Closed loop: each submitter waits for its answer before the next call, so latency here \
-         is service time; the e2e scenario measures with an open loop. The region has no nodes, \
-         so jobs are routed but not placed: the numbers are the global tier's."
-            .into(),
-    );
-    target.finish(&mut report).await;
-    Ok(report)
+    Ok(())
 }

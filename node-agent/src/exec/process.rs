@@ -140,7 +140,7 @@ impl Executor for ProcessExecutor {
             })
             .await
             .unwrap_or_else(|e| Err(LaunchError::Spawn(format!("spawn thread failed: {e}"))));
-            let (mut child, ids, dir) = match spawned {
+            let (child, ids, dir) = match spawned {
                 Ok(((child, ids), dir)) => (child, ids, dir),
                 Err(e) => {
                     let exit = Exit {
@@ -155,28 +155,7 @@ impl Executor for ProcessExecutor {
                 attempt: attempt.clone(),
                 process: ids,
             });
-            let stdout = child.stdout.take();
-            let stderr = child.stderr.take();
-            let out = stdout.map(|s| tokio::spawn(capture(s, dir.join("stdout"), cap)));
-            let err = stderr.map(|s| tokio::spawn(capture(s, dir.join("stderr"), cap)));
-            let mut exit = supervise(child, ids.pgid, stop_rx, &clock).await;
-            let drained = async {
-                let o = match out {
-                    Some(h) => h.await.unwrap_or_default(),
-                    None => Tail::default(),
-                };
-                let e = match err {
-                    Some(h) => h.await.unwrap_or_default(),
-                    None => Tail::default(),
-                };
-                (o, e)
-            };
-            tokio::select! {
-                (o, e) = drained => { exit.stdout = o; exit.stderr = e; }
-                () = clock.sleep(OUTPUT_DRAIN_LIMIT) => {
-                    exit.message.push_str("; output pipes held open by an escaped descendant");
-                }
-            }
+            let exit = run_to_exit(child, ids.pgid, &dir, cap, stop_rx, &clock).await;
             // The node loop may be gone (shutdown): nobody to tell.
             let _ = exits.send(TaskEvent::Exited(TaskExit { attempt, exit }));
         });
@@ -186,6 +165,41 @@ impl Executor for ProcessExecutor {
             running: false,
         })
     }
+}
+
+/// Captures the process's output while it runs and waits for it to end:
+/// the exit, with the tails of its output when the pipes closed in time.
+async fn run_to_exit(
+    mut child: tokio::process::Child,
+    pgid: i32,
+    dir: &Path,
+    cap: u64,
+    stop_rx: tokio::sync::oneshot::Receiver<Duration>,
+    clock: &SharedClock,
+) -> Exit {
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out = stdout.map(|s| tokio::spawn(capture(s, dir.join("stdout"), cap)));
+    let err = stderr.map(|s| tokio::spawn(capture(s, dir.join("stderr"), cap)));
+    let mut exit = supervise(child, pgid, stop_rx, clock).await;
+    let drained = async {
+        let o = match out {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Tail::default(),
+        };
+        let e = match err {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Tail::default(),
+        };
+        (o, e)
+    };
+    tokio::select! {
+        (o, e) = drained => { exit.stdout = o; exit.stderr = e; }
+        () = clock.sleep(OUTPUT_DRAIN_LIMIT) => {
+            exit.message.push_str("; output pipes held open by an escaped descendant");
+        }
+    }
+    exit
 }
 
 /// Creates the attempt's directories and starts its process, limited.

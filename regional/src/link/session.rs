@@ -166,53 +166,9 @@ async fn session(
     global: &str,
     registered: &mut bool,
 ) -> Result<(), End> {
-    let (db, keys, clock, identity) = (&ctx.db, &ctx.keys, &ctx.clock, &ctx.identity);
-    // Through the network seam, so the simulation's network carries it.
-    // HTTP/2 keep-alives: a global replica that vanished without closing
-    // the connection (a partition, a frozen host) must end the assignment
-    // stream within seconds, not when TCP gives up minutes later.
-    let endpoint = tonic::transport::Endpoint::from_shared(global.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    let mut client = RegionLinkClient::new(meridian_control::net::connect(endpoint).await?);
-    let sent_at = clock.now_unix_ms();
-    let register = client.register_region(v1::RegisterRegionRequest {
-        region: config.region.clone(),
-        replica: Some(v1::ReplicaIdentity {
-            replica_id: config.replica.clone(),
-            boot_id: identity.boot_id.to_string(),
-            endpoint: config.endpoint.clone(),
-            zone: String::new(),
-        }),
-        leader_epoch: fence.epoch(),
-        zones: Vec::new(),
-        admin_endpoint: config.endpoint.clone(),
-    });
-    let reg = rpc::attempt(clock.as_ref(), rpc::DEFAULT_ATTEMPT_DEADLINE, register)
-        .await?
-        .into_inner();
-    if reg.verdict != v1::Verdict::Accepted as i32 {
-        return Err(End::retry(format!(
-            "RegisterRegion refused: leader epoch {} below {}",
-            fence.epoch(),
-            reg.current_leader_epoch
-        )));
-    }
-    let epoch = reg.region_lease_epoch;
-    *registered = true;
-    let renew_every = Duration::from_millis(reg.renew_interval_ms.max(50));
-    store_state(
-        ctx,
-        fence,
-        LinkState {
-            region_lease_epoch: epoch,
-            lease_expires_unix_ms: sent_at.saturating_add(reg.lease_duration_ms),
-        },
-    )
-    .await?;
+    let (db, keys, clock) = (&ctx.db, &ctx.keys, &ctx.clock);
+    let mut client = connect(global).await?;
+    let (epoch, renew_every) = register(ctx, config, fence, &mut client, registered).await?;
     let cursor = read_cursor(db, keys).await?;
     let open = client.assignments(v1::AssignmentsRequest {
         region: config.region.clone(),
@@ -264,6 +220,81 @@ async fn session(
         &mut reporter,
     )
     .await;
+    stop_reporter_in_time(&stop_reporter, &mut reporter, clock).await;
+    ended
+}
+
+/// A connection to the global replica at `global`.
+async fn connect(global: &str) -> Result<RegionLinkClient<tonic::transport::Channel>, End> {
+    // Through the network seam, so the simulation's network carries it.
+    // HTTP/2 keep-alives: a global replica that vanished without closing
+    // the connection (a partition, a frozen host) must end the assignment
+    // stream within seconds, not when TCP gives up minutes later.
+    let endpoint = tonic::transport::Endpoint::from_shared(global.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(RegionLinkClient::new(
+        meridian_control::net::connect(endpoint).await?,
+    ))
+}
+
+/// Registers this replica as the region's link and records the region lease
+/// it got; its epoch and how often to renew it.
+async fn register(
+    ctx: &LinkCtx,
+    config: &LinkConfig,
+    fence: &Fence,
+    client: &mut RegionLinkClient<tonic::transport::Channel>,
+    registered: &mut bool,
+) -> Result<(u64, Duration), End> {
+    let (clock, identity) = (&ctx.clock, &ctx.identity);
+    let sent_at = clock.now_unix_ms();
+    let register = client.register_region(v1::RegisterRegionRequest {
+        region: config.region.clone(),
+        replica: Some(v1::ReplicaIdentity {
+            replica_id: config.replica.clone(),
+            boot_id: identity.boot_id.to_string(),
+            endpoint: config.endpoint.clone(),
+            zone: String::new(),
+        }),
+        leader_epoch: fence.epoch(),
+        zones: Vec::new(),
+        admin_endpoint: config.endpoint.clone(),
+    });
+    let reg = rpc::attempt(clock.as_ref(), rpc::DEFAULT_ATTEMPT_DEADLINE, register)
+        .await?
+        .into_inner();
+    if reg.verdict != v1::Verdict::Accepted as i32 {
+        return Err(End::retry(format!(
+            "RegisterRegion refused: leader epoch {} below {}",
+            fence.epoch(),
+            reg.current_leader_epoch
+        )));
+    }
+    let epoch = reg.region_lease_epoch;
+    *registered = true;
+    let renew_every = Duration::from_millis(reg.renew_interval_ms.max(50));
+    store_state(
+        ctx,
+        fence,
+        LinkState {
+            region_lease_epoch: epoch,
+            lease_expires_unix_ms: sent_at.saturating_add(reg.lease_duration_ms),
+        },
+    )
+    .await?;
+    Ok((epoch, renew_every))
+}
+
+/// Tells the reporter to stop and waits a bounded time for it.
+async fn stop_reporter_in_time(
+    stop_reporter: &watch::Sender<bool>,
+    reporter: &mut AbortOnDrop<Result<(), End>>,
+    clock: &meridian_control::SharedClock,
+) {
     let _ = stop_reporter.send(true);
     // Finished already when its own end ended the session (a handle must not
     // be polled again after it answered).
@@ -275,7 +306,6 @@ async fn session(
             }
         }
     }
-    ended
 }
 
 /// Renews the region lease every `every` until refused; hands each renewed
@@ -466,7 +496,33 @@ async fn intake(
     events: &[v1::AssignmentEvent],
     now_unix_ms: u64,
 ) -> Result<(), End> {
-    let applied = match ctx
+    let applied = store_events(ctx, fence, events, now_unix_ms).await?;
+    let mut assigned = Vec::new();
+    for (event, applied) in events.iter().zip(applied) {
+        count_event(event, applied);
+        if event.kind == v1::AssignmentEventKind::Assign as i32 {
+            assigned.push(event);
+        }
+    }
+    if assigned.is_empty() {
+        return Ok(());
+    }
+    let stale = acknowledge(ctx, client, config, epoch, &assigned).await?;
+    if stale.is_empty() {
+        return Ok(());
+    }
+    // The hold moved on before we acknowledged it: drop those jobs.
+    drop_moved(ctx, fence, stale, now_unix_ms).await
+}
+
+/// Stores a batch of events in one intent; what each did.
+async fn store_events(
+    ctx: &LinkCtx,
+    fence: &Fence,
+    events: &[v1::AssignmentEvent],
+    now_unix_ms: u64,
+) -> Result<Vec<crate::jobs::Applied>, End> {
+    match ctx
         .pipeline
         .submit(
             authority(fence),
@@ -478,23 +534,22 @@ async fn intake(
         )
         .await?
     {
-        Outcome::Intake(applied) => applied,
-        other => {
-            return Err(End::from(RegionalError::Internal(format!(
-                "an intake answered {other:?}"
-            ))));
-        }
-    };
-    let mut assigned = Vec::new();
-    for (event, applied) in events.iter().zip(applied) {
-        count_event(event, applied);
-        if event.kind == v1::AssignmentEventKind::Assign as i32 {
-            assigned.push(event);
-        }
+        Outcome::Intake(applied) => Ok(applied),
+        other => Err(End::from(RegionalError::Internal(format!(
+            "an intake answered {other:?}"
+        )))),
     }
-    if assigned.is_empty() {
-        return Ok(());
-    }
+}
+
+/// Acknowledges the stored ASSIGNs in one call; the jobs whose hold moved
+/// on meanwhile, each with an epoch newer than the one acknowledged.
+async fn acknowledge(
+    ctx: &LinkCtx,
+    client: &mut RegionLinkClient<tonic::transport::Channel>,
+    config: &LinkConfig,
+    epoch: u64,
+    assigned: &[&v1::AssignmentEvent],
+) -> Result<Vec<(String, u64)>, End> {
     let spans: Vec<tracing::Span> = assigned
         .iter()
         .map(|e| intake_span(&config.region, e))
@@ -512,7 +567,7 @@ async fn intake(
     });
     // A call carries one trace: the one of a lone job. Batched jobs keep
     // their trace ids in their records and on their intake spans.
-    if let [event] = assigned.as_slice()
+    if let [event] = assigned
         && let Some(value) = trace::stored(&event.trace_id)
             .and_then(|t| tonic::metadata::MetadataValue::try_from(t.traceparent()).ok())
     {
@@ -533,7 +588,7 @@ async fn intake(
         crate::metrics::fencing_rejection("region_lease");
         return Err(End::retry("acknowledgement refused: stale region lease"));
     }
-    let stale: Vec<(String, u64)> = assigned
+    let stale = assigned
         .iter()
         .zip(&r.results)
         .filter(|(_, item)| item.verdict == v1::Verdict::StaleEpoch as i32)
@@ -545,10 +600,16 @@ async fn intake(
             )
         })
         .collect();
-    if stale.is_empty() {
-        return Ok(());
-    }
-    // The hold moved on before we acknowledged it: drop those jobs.
+    Ok(stale)
+}
+
+/// Revokes, at the newer epoch, the jobs whose hold moved on.
+async fn drop_moved(
+    ctx: &LinkCtx,
+    fence: &Fence,
+    stale: Vec<(String, u64)>,
+    now_unix_ms: u64,
+) -> Result<(), End> {
     let revokes = stale
         .into_iter()
         .map(|(job, newer)| v1::AssignmentEvent {

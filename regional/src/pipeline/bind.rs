@@ -143,96 +143,129 @@ impl Bind {
         // Victims whose room accepted bindings of this intent count on.
         let mut claimed: BTreeSet<&TaskRef> = BTreeSet::new();
         for b in &self.bindings {
-            let Some(node) = tx.node(&b.node)?.filter(|n| n.schedulable()) else {
-                out.stale.push((b.task.clone(), Stale::NodeUnavailable));
-                continue;
-            };
-            if node.version != b.node_version {
-                out.stale.push((
-                    b.task.clone(),
-                    Stale::NodeVersion {
-                        seen: b.node_version,
-                        found: node.version,
-                    },
-                ));
-                continue;
+            match self.bind(tx, prepared, shard_epoch, b, &mut claimed)? {
+                Ok(()) => out.bound.push(b.task.clone()),
+                Err(stale) => out.stale.push((b.task.clone(), stale)),
             }
-            // The victims this binding stops on the node give their room
-            // back (each once, and only while it still runs there).
-            let mut freed = Res::default();
-            let mut mine: Vec<&TaskRef> = Vec::new();
-            for s in &self.stops {
-                if s.for_task != b.task
-                    || s.node != b.node
-                    || claimed.contains(&s.victim)
-                    || mine.contains(&&s.victim)
-                {
-                    continue;
-                }
-                let Some(res) = prepared.victims.get(&s.victim) else {
-                    continue;
-                };
-                if stoppable(tx, s)? {
-                    freed.add(res);
-                    mine.push(&s.victim);
-                }
-            }
-            let (taken, group_freed) = tx.room(&b.node);
-            let mut would = prepared.allocated.get(&b.node).cloned().unwrap_or_default();
-            would.add(&taken);
-            would.add(&b.resources);
-            let mut room = node.allocatable.clone();
-            room.add(&group_freed);
-            room.add(&freed);
-            if would.cpu > room.cpu || would.mem > room.mem || would.gpus > room.gpus {
-                crate::metrics::overcommit_refused();
-                out.stale.push((b.task.clone(), Stale::NoRoom));
-                continue;
-            }
-            let n = b.task.index / TASK_BLOCK;
-            let Some(mut block) = tx.block(&b.task.job_id, n)? else {
-                out.stale.push((b.task.clone(), Stale::TaskMoved));
-                continue;
-            };
-            let Some(task) = block.tasks.get_mut((b.task.index - block.first) as usize) else {
-                out.stale.push((b.task.clone(), Stale::TaskMoved));
-                continue;
-            };
-            if !task.is_pending() || task.attempt != b.seen_attempt {
-                out.stale.push((b.task.clone(), Stale::TaskMoved));
-                continue;
-            }
-            task.state = v1::TaskState::Placed as i32;
-            task.attempt += 1;
-            task.node = b.node.clone();
-            task.node_epoch = node.epoch;
-            task.shard = self.shard;
-            task.shard_epoch = shard_epoch;
-            task.placed_at = self.now_unix_ms;
-            task.not_before = 0;
-            task.message.clear();
-            let attempt = task.attempt;
-            tx.set_block(&b.task.job_id, block);
-            tx.command(
-                &b.node,
-                CommandRecord {
-                    kind: v1::CommandKind::Run as i32,
-                    job: b.task.job_id.clone(),
-                    index: b.task.index,
-                    attempt,
-                    shard: self.shard,
-                    shard_epoch,
-                    node_epoch: node.epoch,
-                    reason: String::new(),
-                    grace_ms: 0,
-                },
-            );
-            tx.use_room(&b.node, &b.resources, &freed);
-            claimed.extend(mine);
-            out.bound.push(b.task.clone());
         }
+        out.stopped = self.stop_victims(tx, &out.bound, shard_epoch)?;
+        tx.count_bound(out.bound.len() as i64);
+        Ok(out)
+    }
 
-        let accepted: BTreeSet<&TaskRef> = out.bound.iter().collect();
+    /// Checks one binding against the node and the task as they are now
+    /// and writes it (task record, RUN command, room used), or says why not.
+    fn bind<'s>(
+        &'s self,
+        tx: &mut Tx<'_>,
+        prepared: &Prepared,
+        shard_epoch: u64,
+        b: &PlannedBinding,
+        claimed: &mut BTreeSet<&'s TaskRef>,
+    ) -> Result<Result<(), Stale>, Missing> {
+        let Some(node) = tx.node(&b.node)?.filter(|n| n.schedulable()) else {
+            return Ok(Err(Stale::NodeUnavailable));
+        };
+        if node.version != b.node_version {
+            return Ok(Err(Stale::NodeVersion {
+                seen: b.node_version,
+                found: node.version,
+            }));
+        }
+        // The victims this binding stops on the node give their room back
+        // (each once, and only while it still runs there).
+        let (freed, mine) = self.freed_by(tx, prepared, b, claimed)?;
+        let (taken, group_freed) = tx.room(&b.node);
+        let mut would = prepared.allocated.get(&b.node).cloned().unwrap_or_default();
+        would.add(&taken);
+        would.add(&b.resources);
+        let mut room = node.allocatable.clone();
+        room.add(&group_freed);
+        room.add(&freed);
+        if would.cpu > room.cpu || would.mem > room.mem || would.gpus > room.gpus {
+            crate::metrics::overcommit_refused();
+            return Ok(Err(Stale::NoRoom));
+        }
+        let n = b.task.index / TASK_BLOCK;
+        let Some(mut block) = tx.block(&b.task.job_id, n)? else {
+            return Ok(Err(Stale::TaskMoved));
+        };
+        let Some(task) = block.tasks.get_mut((b.task.index - block.first) as usize) else {
+            return Ok(Err(Stale::TaskMoved));
+        };
+        if !task.is_pending() || task.attempt != b.seen_attempt {
+            return Ok(Err(Stale::TaskMoved));
+        }
+        task.state = v1::TaskState::Placed as i32;
+        task.attempt += 1;
+        task.node = b.node.clone();
+        task.node_epoch = node.epoch;
+        task.shard = self.shard;
+        task.shard_epoch = shard_epoch;
+        task.placed_at = self.now_unix_ms;
+        task.not_before = 0;
+        task.message.clear();
+        let attempt = task.attempt;
+        tx.set_block(&b.task.job_id, block);
+        tx.command(
+            &b.node,
+            CommandRecord {
+                kind: v1::CommandKind::Run as i32,
+                job: b.task.job_id.clone(),
+                index: b.task.index,
+                attempt,
+                shard: self.shard,
+                shard_epoch,
+                node_epoch: node.epoch,
+                reason: String::new(),
+                grace_ms: 0,
+            },
+        );
+        tx.use_room(&b.node, &b.resources, &freed);
+        claimed.extend(mine);
+        Ok(Ok(()))
+    }
+
+    /// The room given back by the victims `b` stops on its node that no
+    /// other accepted binding counts on and that still run there.
+    fn freed_by<'s>(
+        &'s self,
+        tx: &Tx<'_>,
+        prepared: &Prepared,
+        b: &PlannedBinding,
+        claimed: &BTreeSet<&'s TaskRef>,
+    ) -> Result<(Res, Vec<&'s TaskRef>), Missing> {
+        let mut freed = Res::default();
+        let mut mine: Vec<&TaskRef> = Vec::new();
+        for s in &self.stops {
+            if s.for_task != b.task
+                || s.node != b.node
+                || claimed.contains(&s.victim)
+                || mine.contains(&&s.victim)
+            {
+                continue;
+            }
+            let Some(res) = prepared.victims.get(&s.victim) else {
+                continue;
+            };
+            if stoppable(tx, s)? {
+                freed.add(res);
+                mine.push(&s.victim);
+            }
+        }
+        Ok((freed, mine))
+    }
+
+    /// Stops the victims of accepted bindings that still run; returns how
+    /// many.
+    fn stop_victims(
+        &self,
+        tx: &mut Tx<'_>,
+        bound: &[TaskRef],
+        shard_epoch: u64,
+    ) -> Result<usize, Missing> {
+        let mut stopped = 0;
+        let accepted: BTreeSet<&TaskRef> = bound.iter().collect();
         for s in self.stops.iter().filter(|s| accepted.contains(&s.for_task)) {
             if !stoppable(tx, s)? {
                 continue;
@@ -261,10 +294,9 @@ impl Bind {
                     grace_ms: s.grace_ms,
                 },
             );
-            out.stopped += 1;
+            stopped += 1;
         }
-        tx.count_bound(out.bound.len() as i64);
-        Ok(out)
+        Ok(stopped)
     }
 }
 

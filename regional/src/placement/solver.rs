@@ -137,6 +137,141 @@ fn numbering<'a>(names: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, u
         .collect()
 }
 
+/// The dense numbers of one solve: tenants, jobs and selectors.
+struct Numbers<'a> {
+    tenants: HashMap<&'a str, u32>,
+    jobs: HashMap<&'a str, u32>,
+    selectors: Selectors<'a>,
+}
+
+/// The running tasks in dense numbers, each on its node's index (`None` for
+/// a node not in the snapshot).
+fn running_infos(
+    snapshot: &Snapshot,
+    ix: &ClusterIndex<'_>,
+    numbers: &Numbers<'_>,
+) -> Vec<RunInfo> {
+    snapshot
+        .running
+        .iter()
+        .map(|r| RunInfo {
+            node: ix.by_id.get(&r.node).copied(),
+            footprint: Footprint {
+                job: numbers.jobs[r.task.job_id.as_str()],
+                tenant: numbers.tenants[r.tenant.as_str()],
+                amount: Amount::of(&r.resources),
+                selectors: numbers.selectors.matched(&r.task, &r.labels),
+                rules: r
+                    .anti_affinity
+                    .iter()
+                    .map(|a| (numbers.selectors.id(&a.selector), a.scope))
+                    .collect(),
+            },
+            priority: r.priority,
+            preemptible: r.preemptible,
+        })
+        .collect()
+}
+
+/// The pending tasks in dense numbers, with their node filters interned.
+fn task_infos<'a>(
+    pending: &'a [PendingTask],
+    ix: &ClusterIndex<'_>,
+    filters: &mut Filters<'a>,
+    numbers: &Numbers<'_>,
+) -> Vec<TaskInfo> {
+    pending
+        .iter()
+        .map(|p| {
+            let footprint = Footprint {
+                job: numbers.jobs[p.task.job_id.as_str()],
+                tenant: numbers.tenants[p.tenant.as_str()],
+                amount: Amount::of(&p.resources),
+                selectors: numbers.selectors.matched(&p.task, &p.labels),
+                rules: p
+                    .anti_affinity
+                    .iter()
+                    .map(|a| (numbers.selectors.id(&a.selector), a.scope))
+                    .collect(),
+            };
+            let shape_only = footprint.rules.is_empty()
+                && footprint
+                    .selectors
+                    .iter()
+                    .all(|&s| !numbers.selectors.in_rule[s as usize]);
+            let gpu_type = match p.resources.gpus {
+                0 => None,
+                _ => p.resources.gpu_type.as_deref(),
+            };
+            TaskInfo {
+                footprint,
+                priority: p.priority,
+                filter: filters.intern(
+                    ix,
+                    FilterKey {
+                        constraints: &p.constraints,
+                        gpu_type,
+                    },
+                ),
+                policy: p.policy,
+                affinity: p
+                    .affinity
+                    .iter()
+                    .map(|a| (numbers.selectors.id(&a.selector), a.scope, a.weight))
+                    .collect(),
+                shape_only,
+            }
+        })
+        .collect()
+}
+
+/// Which pending entries are open for placement; the others (a task listed
+/// twice, or already running) are unschedulable with that reason.
+fn screen(snapshot: &Snapshot, pending: &[PendingTask]) -> (Vec<bool>, Vec<(u32, Reason)>) {
+    let mut open = vec![false; pending.len()];
+    let mut unschedulable = Vec::new();
+    // Looked up only, never iterated.
+    let already_running: HashSet<&TaskRef> = snapshot.running.iter().map(|r| &r.task).collect();
+    let mut seen: HashSet<&TaskRef> = HashSet::with_capacity(pending.len());
+    for (i, p) in pending.iter().enumerate() {
+        if !seen.insert(&p.task) {
+            unschedulable.push((i as u32, Reason::DuplicatePending));
+        } else if already_running.contains(&p.task) {
+            unschedulable.push((i as u32, Reason::AlreadyRunning));
+        } else {
+            open[i] = true;
+        }
+    }
+    (open, unschedulable)
+}
+
+/// Each gang with its members.
+type Gangs<'a> = Vec<(&'a GangId, Vec<u32>)>;
+
+/// The gang of each open entry, and each gang's members, highest priority
+/// first, then queue order.
+fn group_gangs<'a>(pending: &'a [PendingTask], open: &[bool]) -> (Vec<Option<u32>>, Gangs<'a>) {
+    let mut gang_members: BTreeMap<&GangId, Vec<u32>> = BTreeMap::new();
+    for (i, p) in pending.iter().enumerate() {
+        if let (true, Some(g)) = (open[i], &p.gang) {
+            gang_members.entry(g).or_default().push(i as u32);
+        }
+    }
+    let mut gang_of = vec![None; pending.len()];
+    let gangs: Vec<(&GangId, Vec<u32>)> = gang_members
+        .into_iter()
+        .enumerate()
+        .map(|(g, (id, mut members))| {
+            members.sort_by_key(|&m| (std::cmp::Reverse(pending[m as usize].priority), m));
+            for &m in &members {
+                gang_of[m as usize] = Some(g as u32);
+            }
+            (id, members)
+        })
+        .collect();
+    (gang_of, gangs)
+}
+
 struct Solver<'a> {
     snapshot: &'a Snapshot,
     pending: &'a [PendingTask],
@@ -170,40 +305,23 @@ struct Solver<'a> {
 impl<'a> Solver<'a> {
     fn new(snapshot: &'a Snapshot, pending: &'a [PendingTask], config: &'a SolverConfig) -> Self {
         let ix = ClusterIndex::new(snapshot);
-        let tenants = numbering(
-            pending
-                .iter()
-                .map(|p| p.tenant.as_str())
-                .chain(snapshot.running.iter().map(|r| r.tenant.as_str())),
-        );
-        let jobs = numbering(
-            pending
-                .iter()
-                .map(|p| p.task.job_id.as_str())
-                .chain(snapshot.running.iter().map(|r| r.task.job_id.as_str())),
-        );
-        let selectors = Selectors::new(snapshot, pending);
+        let numbers = Numbers {
+            tenants: numbering(
+                pending
+                    .iter()
+                    .map(|p| p.tenant.as_str())
+                    .chain(snapshot.running.iter().map(|r| r.tenant.as_str())),
+            ),
+            jobs: numbering(
+                pending
+                    .iter()
+                    .map(|p| p.task.job_id.as_str())
+                    .chain(snapshot.running.iter().map(|r| r.task.job_id.as_str())),
+            ),
+            selectors: Selectors::new(snapshot, pending),
+        };
 
-        let running: Vec<RunInfo> = snapshot
-            .running
-            .iter()
-            .map(|r| RunInfo {
-                node: ix.by_id.get(&r.node).copied(),
-                footprint: Footprint {
-                    job: jobs[r.task.job_id.as_str()],
-                    tenant: tenants[r.tenant.as_str()],
-                    amount: Amount::of(&r.resources),
-                    selectors: selectors.matched(&r.task, &r.labels),
-                    rules: r
-                        .anti_affinity
-                        .iter()
-                        .map(|a| (selectors.id(&a.selector), a.scope))
-                        .collect(),
-                },
-                priority: r.priority,
-                preemptible: r.preemptible,
-            })
-            .collect();
+        let running = running_infos(snapshot, &ix, &numbers);
         let mut on_node = vec![Vec::new(); ix.len()];
         for (i, r) in running.iter().enumerate() {
             if let Some(n) = r.node {
@@ -217,93 +335,20 @@ impl<'a> Solver<'a> {
             .min();
 
         let mut filters = Filters::new();
-        let tasks: Vec<TaskInfo> = pending
-            .iter()
-            .map(|p| {
-                let footprint = Footprint {
-                    job: jobs[p.task.job_id.as_str()],
-                    tenant: tenants[p.tenant.as_str()],
-                    amount: Amount::of(&p.resources),
-                    selectors: selectors.matched(&p.task, &p.labels),
-                    rules: p
-                        .anti_affinity
-                        .iter()
-                        .map(|a| (selectors.id(&a.selector), a.scope))
-                        .collect(),
-                };
-                let shape_only = footprint.rules.is_empty()
-                    && footprint
-                        .selectors
-                        .iter()
-                        .all(|&s| !selectors.in_rule[s as usize]);
-                let gpu_type = match p.resources.gpus {
-                    0 => None,
-                    _ => p.resources.gpu_type.as_deref(),
-                };
-                TaskInfo {
-                    footprint,
-                    priority: p.priority,
-                    filter: filters.intern(
-                        &ix,
-                        FilterKey {
-                            constraints: &p.constraints,
-                            gpu_type,
-                        },
-                    ),
-                    policy: p.policy,
-                    affinity: p
-                        .affinity
-                        .iter()
-                        .map(|a| (selectors.id(&a.selector), a.scope, a.weight))
-                        .collect(),
-                    shape_only,
-                }
-            })
-            .collect();
+        let tasks = task_infos(pending, &ix, &mut filters, &numbers);
 
         let baseline: Vec<Amount> = ix.nodes.iter().map(|n| Amount::of(&n.allocated)).collect();
         let state = State::new(
             &ix,
             &baseline,
             &running,
-            jobs.len(),
-            selectors.in_rule.len(),
-            tenants.len(),
+            numbers.jobs.len(),
+            numbers.selectors.in_rule.len(),
+            numbers.tenants.len(),
         );
 
-        let mut open = vec![false; pending.len()];
-        let mut unschedulable = Vec::new();
-        // Looked up only, never iterated.
-        let already_running: HashSet<&TaskRef> = snapshot.running.iter().map(|r| &r.task).collect();
-        let mut seen: HashSet<&TaskRef> = HashSet::with_capacity(pending.len());
-        for (i, p) in pending.iter().enumerate() {
-            if !seen.insert(&p.task) {
-                unschedulable.push((i as u32, Reason::DuplicatePending));
-            } else if already_running.contains(&p.task) {
-                unschedulable.push((i as u32, Reason::AlreadyRunning));
-            } else {
-                open[i] = true;
-            }
-        }
-
-        let mut gang_members: BTreeMap<&GangId, Vec<u32>> = BTreeMap::new();
-        for (i, p) in pending.iter().enumerate() {
-            if let (true, Some(g)) = (open[i], &p.gang) {
-                gang_members.entry(g).or_default().push(i as u32);
-            }
-        }
-        let mut gang_of = vec![None; pending.len()];
-        let gangs: Vec<(&GangId, Vec<u32>)> = gang_members
-            .into_iter()
-            .enumerate()
-            .map(|(g, (id, mut members))| {
-                members.sort_by_key(|&m| (std::cmp::Reverse(pending[m as usize].priority), m));
-                for &m in &members {
-                    gang_of[m as usize] = Some(g as u32);
-                }
-                (id, members)
-            })
-            .collect();
+        let (open, unschedulable) = screen(snapshot, pending);
+        let (gang_of, gangs) = group_gangs(pending, &open);
 
         let queue = Queue::new(
             (0..pending.len())

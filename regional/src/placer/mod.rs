@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use meridian_control::{
-    Backoff, BackoffConfig, Instant, Lane, QueueConfig, SharedClock, WorkQueue,
+    Backoff, BackoffConfig, Instant, Lane, QueueConfig, SharedClock, WorkGuard, WorkQueue,
 };
 use tokio::sync::watch;
 
@@ -45,7 +45,7 @@ use crate::shard::{ShardTerm, ShardWork};
 use crate::state::tail::Tailer;
 use crate::state::{Delta, SharedState, Watcher};
 use hints::Waiting;
-use round::{batches, build_input};
+use round::{RoundInput, batches, build_input};
 use sweep::{LivenessConfig, SweepOutcome, liveness_changes, task_changes};
 
 /// Tuning of the placement loop.
@@ -397,7 +397,29 @@ impl ShardLoop {
             let s = self.ctx.state.read();
             build_input(&s, self.term.shard, &jobs, now_ms)
         };
-        let solution = if input.pending.is_empty() {
+        let solution = self.solve(&input, jobs.len());
+        let mut report = RoundReport {
+            jobs: jobs.len(),
+            tasks: input.pending.len(),
+            unschedulable: solution.unschedulable.len(),
+            ..RoundReport::default()
+        };
+        let stale_jobs = self.commit(&input, &solution, &mut report).await?;
+        let mut unschedulable: BTreeSet<String> = solution
+            .unschedulable
+            .iter()
+            .map(|(t, _)| t.job_id.clone())
+            .collect();
+        unschedulable.extend(input.no_room.iter().cloned());
+        report.unschedulable += input.no_room.len();
+        self.settle(guards, &stale_jobs, &unschedulable, &input, now_ms);
+        Ok(report)
+    }
+
+    /// Solves the round's input (nothing to solve when no task waits); a
+    /// solution that broke a safety rule is counted and logged.
+    fn solve(&self, input: &RoundInput, jobs: usize) -> crate::placement::Solution {
+        if input.pending.is_empty() {
             crate::placement::Solution::default()
         } else {
             let started = std::time::Instant::now();
@@ -411,20 +433,24 @@ impl ShardLoop {
                 tracing::error!(
                     shard = self.term.shard,
                     rule,
-                    jobs = jobs.len(),
+                    jobs,
                     "a placement solve broke a safety rule and was thrown away"
                 );
             }
             solution
-        };
-        let mut report = RoundReport {
-            jobs: jobs.len(),
-            tasks: input.pending.len(),
-            unschedulable: solution.unschedulable.len(),
-            ..RoundReport::default()
-        };
+        }
+    }
+
+    /// Commits the solution batch by batch into `report`; the jobs to decide
+    /// again because a batch failed or a binding went stale.
+    async fn commit(
+        &mut self,
+        input: &RoundInput,
+        solution: &crate::placement::Solution,
+        report: &mut RoundReport,
+    ) -> Result<BTreeSet<String>> {
         let mut stale_jobs: BTreeSet<String> = BTreeSet::new();
-        for batch in batches(&input, &solution, self.ctx.config.batch_size) {
+        for batch in batches(input, solution, self.ctx.config.batch_size) {
             let intent = Intent::Bind(Bind {
                 shard: self.term.shard,
                 bindings: batch.bindings.clone(),
@@ -458,13 +484,19 @@ impl ShardLoop {
             report.outcome.stale.extend(out.stale);
             report.outcome.stopped += out.stopped;
         }
-        let mut unschedulable: BTreeSet<String> = solution
-            .unschedulable
-            .iter()
-            .map(|(t, _)| t.job_id.clone())
-            .collect();
-        unschedulable.extend(input.no_room.iter().cloned());
-        report.unschedulable += input.no_room.len();
+        Ok(stale_jobs)
+    }
+
+    /// Puts each job of the round back: at once when its view changed,
+    /// waiting when it found no room, else at its next retry time.
+    fn settle(
+        &mut self,
+        guards: Vec<WorkGuard<String>>,
+        stale_jobs: &BTreeSet<String>,
+        unschedulable: &BTreeSet<String>,
+        input: &RoundInput,
+        now_ms: u64,
+    ) {
         for guard in guards {
             let job = guard.key().clone();
             guard.done();
@@ -481,7 +513,6 @@ impl ShardLoop {
                 }
             }
         }
-        Ok(report)
     }
 
     /// A job with tasks that found no room: another shard with room for it

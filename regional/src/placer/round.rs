@@ -16,8 +16,8 @@ use super::hints::Shape;
 use crate::model::{JobPhase, pending_task, running_task, solver_node};
 use crate::pipeline::bind::{PlannedBinding, PlannedStop};
 use crate::placement::{PendingTask, Snapshot, Solution, TaskRef};
-use crate::state::RegionState;
 use crate::state::fit::{constraints, room_for};
+use crate::state::{JobEntry, RegionState};
 
 /// What one solve of one shard works on.
 #[derive(Debug, Clone, Default)]
@@ -65,65 +65,94 @@ pub fn build_input(
         let limit = if job.record.gang {
             u64::MAX
         } else {
-            // Jobs of one shape see the same room: count it once a round
-            // (a round may hold thousands of jobs of a few shapes).
-            *room_by_shape
-                .entry(Shape::of(&job.record))
-                .or_insert_with(|| {
-                    let cons = constraints(&job.record);
-                    state
-                        .shard_nodes(shard)
-                        .map(|(e, _)| room_for(e, &job.record, &cons))
-                        .fold(0u64, u64::saturating_add)
-                })
+            shape_room(state, shard, job, &mut room_by_shape)
         };
-        let mut taken = 0u64;
-        let mut waiting_now = false;
-        for (index, t) in job.tasks() {
-            if !t.is_pending() {
-                continue;
-            }
-            if t.not_before > now_unix_ms {
-                input.next_retry_unix_ms = Some(
-                    input
-                        .next_retry_unix_ms
-                        .map_or(t.not_before, |at| at.min(t.not_before)),
-                );
-                continue;
-            }
-            waiting_now = true;
-            if taken >= limit {
-                // Preemption could still make room for a higher priority.
-                if job.record.priority <= state.lowest_bound_priority() {
-                    break;
-                }
-            }
-            taken += 1;
-            let p = pending_task(&job.record, index);
-            input.seen_attempts.insert(p.task.clone(), t.attempt);
-            input.pending.push(p);
-        }
-        if waiting_now && taken == 0 {
-            input.no_room.insert(job_id.clone());
-        }
-        input
-            .resources
-            .insert(job_id.clone(), job.record.resources.clone());
+        take_pending(state, job_id, job, limit, now_unix_ms, &mut input);
     }
     if needs_running(state, &input.pending) {
-        for (entry, record) in state.shard_nodes(shard) {
-            for (task, bound) in &entry.bound {
-                if let Some(job) = state.jobs.get(&task.job_id) {
-                    let mut running = running_task(&job.record, task.index, &record.node_id);
-                    // Already asked to stop (its room may already be the
-                    // task's it makes way for): it cannot make room again.
-                    running.preemptible &= !bound.stopping;
-                    input.snapshot.running.push(running);
-                }
+        add_running(state, shard, &mut input);
+    }
+    input
+}
+
+/// How many tasks of a job of `job`'s shape the shard has room for. Jobs of
+/// one shape see the same room: it is counted once a round (a round may
+/// hold thousands of jobs of a few shapes).
+fn shape_room(
+    state: &RegionState,
+    shard: u32,
+    job: &JobEntry,
+    room_by_shape: &mut BTreeMap<Shape, u64>,
+) -> u64 {
+    *room_by_shape
+        .entry(Shape::of(&job.record))
+        .or_insert_with(|| {
+            let cons = constraints(&job.record);
+            state
+                .shard_nodes(shard)
+                .map(|(e, _)| room_for(e, &job.record, &cons))
+                .fold(0u64, u64::saturating_add)
+        })
+}
+
+/// Takes up to `limit` of the job's tasks that wait now (more when
+/// preemption could make room), and notes when its waiting ones are due.
+fn take_pending(
+    state: &RegionState,
+    job_id: &str,
+    job: &JobEntry,
+    limit: u64,
+    now_unix_ms: u64,
+    input: &mut RoundInput,
+) {
+    let mut taken = 0u64;
+    let mut waiting_now = false;
+    for (index, t) in job.tasks() {
+        if !t.is_pending() {
+            continue;
+        }
+        if t.not_before > now_unix_ms {
+            input.next_retry_unix_ms = Some(
+                input
+                    .next_retry_unix_ms
+                    .map_or(t.not_before, |at| at.min(t.not_before)),
+            );
+            continue;
+        }
+        waiting_now = true;
+        if taken >= limit {
+            // Preemption could still make room for a higher priority.
+            if job.record.priority <= state.lowest_bound_priority() {
+                break;
+            }
+        }
+        taken += 1;
+        let p = pending_task(&job.record, index);
+        input.seen_attempts.insert(p.task.clone(), t.attempt);
+        input.pending.push(p);
+    }
+    if waiting_now && taken == 0 {
+        input.no_room.insert(job_id.to_string());
+    }
+    input
+        .resources
+        .insert(job_id.to_string(), job.record.resources.clone());
+}
+
+/// The running tasks on the shard's nodes, for the solver to preempt or
+/// weigh affinity against.
+fn add_running(state: &RegionState, shard: u32, input: &mut RoundInput) {
+    for (entry, record) in state.shard_nodes(shard) {
+        for (task, bound) in &entry.bound {
+            if let Some(job) = state.jobs.get(&task.job_id) {
+                let mut running = running_task(&job.record, task.index, &record.node_id);
+                // Already asked to stop (its room may already be the
+                // task's it makes way for): it cannot make room again.
+                running.preemptible &= !bound.stopping;
+                input.snapshot.running.push(running);
             }
         }
     }
-    input
 }
 
 /// Whether the solver must see the tasks already running: to preempt some

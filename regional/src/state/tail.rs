@@ -295,16 +295,7 @@ async fn read_values(
                 let spec = values.next().flatten();
                 match record {
                     Some(b) => {
-                        let job: JobRecord = decode("job", &b)?;
-                        let spec = spec
-                            .map(|s| v1::JobSpec::decode(s.as_slice()))
-                            .transpose()
-                            .map_err(|e| {
-                                RegionalError::Corrupt(crate::model::Corrupt {
-                                    what: "job spec",
-                                    detail: e.to_string(),
-                                })
-                            })?;
+                        let (job, spec) = decode_job(&b, spec)?;
                         jobs_blocks.push((read.len(), c.id.clone(), job.task_count));
                         Value::Job(Box::new(Some((job, spec))), Vec::new())
                     }
@@ -333,9 +324,39 @@ async fn read_values(
         read.push((c, stamp, value));
     }
     // The blocks of whole-job changes, in one more read.
+    read_job_blocks(tx, keys, &jobs_blocks, &mut read).await?;
+    for (c, stamp, value) in read {
+        out.insert(c, (stamp, value));
+    }
+    Ok(out)
+}
+
+/// A job's record and spec, decoded.
+fn decode_job(record: &[u8], spec: Option<Vec<u8>>) -> Result<(JobRecord, Option<v1::JobSpec>)> {
+    let job: JobRecord = decode("job", record)?;
+    let spec = spec
+        .map(|s| v1::JobSpec::decode(s.as_slice()))
+        .transpose()
+        .map_err(|e| {
+            RegionalError::Corrupt(crate::model::Corrupt {
+                what: "job spec",
+                detail: e.to_string(),
+            })
+        })?;
+    Ok((job, spec))
+}
+
+/// Reads the task blocks of each job in `jobs` (the entry of `read` it
+/// belongs to, its id, its task count) into that entry.
+async fn read_job_blocks(
+    tx: &Transaction,
+    keys: &Keys,
+    jobs: &[(usize, String, u32)],
+    read: &mut [(Change, Stamp, Value)],
+) -> Result<()> {
     let mut block_keys = Vec::new();
     let mut wanted_blocks: Vec<(usize, u32)> = Vec::new();
-    for (at, job, tasks) in &jobs_blocks {
+    for (at, job, tasks) in jobs {
         for n in 0..tasks.div_ceil(TASK_BLOCK) {
             block_keys.push(keys.task_block(job, n));
             wanted_blocks.push((*at, n));
@@ -350,10 +371,7 @@ async fn read_values(
             list.push((n, block));
         }
     }
-    for (c, stamp, value) in read {
-        out.insert(c, (stamp, value));
-    }
-    Ok(out)
+    Ok(())
 }
 
 fn apply(s: &mut super::RegionState, c: &Change, stamp: Stamp, value: Value, delta: &mut Delta) {

@@ -244,33 +244,8 @@ fn drive(
     recorder: &Recorder,
     now_ms: &AtomicU64,
 ) -> Result<(Vec<(Duration, Fault)>, Tiers), SimError> {
-    let global_raw = Arc::new(MemoryBackend::new());
-    let region_raw = Arc::new(MemoryBackend::new());
-    // The processes write through the fault wrappers; the observer reads
-    // the stores beneath them.
-    let tiers = Tiers {
-        global: Arc::new(FaultyBackend::new(
-            global_raw.clone(),
-            FaultConfig::none(),
-            seed,
-        )),
-        region: Arc::new(FaultyBackend::new(
-            region_raw.clone(),
-            FaultConfig::none(),
-            seed ^ 1,
-        )),
-        global_raw,
-        region_raw,
-    };
-    let hosts = Hosts {
-        globals: (0..cfg.global_replicas)
-            .map(|i| format!("global-{i}"))
-            .collect(),
-        regionals: (0..cfg.region_replicas)
-            .map(|i| format!("{REGION}-{}", (b'a' + i as u8) as char))
-            .collect(),
-        agents: (0..cfg.agents).map(|i| format!("agent-{i}")).collect(),
-    };
+    let tiers = stores(seed);
+    let hosts = host_names(cfg);
     let faults = plan::plan(seed, &cfg.mix, &hosts, cfg.safety);
     let total = cfg.safety + cfg.heal;
     let mut sim = turmoil::Builder::new()
@@ -295,6 +270,66 @@ fn drive(
         .iter()
         .map(|h| format!("http://{h}:{GLOBAL_PORT}"))
         .collect();
+    add_processes(
+        &mut sim,
+        &mut world,
+        seed,
+        cfg,
+        &tiers,
+        recorder,
+        &global_urls,
+    );
+    add_client(&mut sim, seed, cfg, recorder, global_urls);
+    add_observer(&mut sim, &tiers, recorder);
+    play(&mut sim, &mut world, cfg, &tiers, recorder, &faults, now_ms)?;
+    Ok((faults, tiers))
+}
+
+/// The two stores: the processes write through fault wrappers, the
+/// observer reads the stores beneath them.
+fn stores(seed: u64) -> Tiers {
+    let global_raw = Arc::new(MemoryBackend::new());
+    let region_raw = Arc::new(MemoryBackend::new());
+    Tiers {
+        global: Arc::new(FaultyBackend::new(
+            global_raw.clone(),
+            FaultConfig::none(),
+            seed,
+        )),
+        region: Arc::new(FaultyBackend::new(
+            region_raw.clone(),
+            FaultConfig::none(),
+            seed ^ 1,
+        )),
+        global_raw,
+        region_raw,
+    }
+}
+
+fn host_names(cfg: &SimConfig) -> Hosts {
+    Hosts {
+        globals: (0..cfg.global_replicas)
+            .map(|i| format!("global-{i}"))
+            .collect(),
+        regionals: (0..cfg.region_replicas)
+            .map(|i| format!("{REGION}-{}", (b'a' + i as u8) as char))
+            .collect(),
+        agents: (0..cfg.agents).map(|i| format!("agent-{i}")).collect(),
+    }
+}
+
+/// The global replicas, the region's replicas and the agents, each with a
+/// pause gate and a clock skew of its own.
+fn add_processes(
+    sim: &mut turmoil::Sim<'_>,
+    world: &mut World,
+    seed: u64,
+    cfg: &SimConfig,
+    tiers: &Tiers,
+    recorder: &Recorder,
+    global_urls: &[String],
+) {
+    let hosts = world.hosts.clone();
     let region_urls = hosts
         .regionals
         .iter()
@@ -316,14 +351,14 @@ fn drive(
     };
     let region_lease = cfg.region_lease;
     for (i, name) in hosts.globals.iter().enumerate() {
-        let p = process(&mut world, name, tiers.global.clone(), i as u64);
+        let p = process(world, name, tiers.global.clone(), i as u64);
         sim.host(name.as_str(), move || {
             hosts::global(p.clone(), Duration::from_secs(2), region_lease)
         });
     }
     let globals_joined = global_urls.join(",");
     for (i, name) in hosts.regionals.iter().enumerate() {
-        let p = process(&mut world, name, tiers.region.clone(), 100 + i as u64);
+        let p = process(world, name, tiers.region.clone(), 100 + i as u64);
         let globals = globals_joined.clone();
         let shards = cfg.shards;
         sim.host(name.as_str(), move || {
@@ -332,7 +367,7 @@ fn drive(
     }
     for (i, name) in hosts.agents.iter().enumerate() {
         // Agents own no store; the gate and skew are unused but harmless.
-        let p = process(&mut world, name, tiers.region.clone(), 200 + i as u64);
+        let p = process(world, name, tiers.region.clone(), 200 + i as u64);
         let running: Running = Running::default();
         world.running.insert(name.clone(), running.clone());
         let regions = region_urls.clone();
@@ -341,41 +376,63 @@ fn drive(
             hosts::agent(p.clone(), regions.clone(), rec.clone(), running.clone())
         });
     }
-    {
-        let jobs = workload::jobs(
-            seed,
-            cfg.jobs,
-            cfg.safety.saturating_sub(Duration::from_secs(4)),
-        );
-        let rec = recorder.clone();
-        let urls = global_urls.clone();
-        let give_up = total;
-        sim.client("client", async move {
-            workload::run(jobs, urls, rec, give_up).await;
-            Ok(())
-        });
-    }
-    {
-        let rec = recorder.clone();
-        let global_db = Database::new(tiers.global_raw.clone());
-        let region_db = Database::new(tiers.region_raw.clone());
-        sim.host("observer", move || {
-            let rec = rec.clone();
-            let global_db = global_db.clone();
-            let region_db = region_db.clone();
-            async move {
-                let gkeys = meridian_global::keys::Keys::new("default");
-                let rkeys = meridian_regional::model::Keys::new(REGION);
-                let mut memory = RegionMemory::default();
-                loop {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    observe::observe_jobs(&global_db, &gkeys, &rec).await;
-                    observe::observe_region(&region_db, &rkeys, &rec, &mut memory).await;
-                }
-            }
-        });
-    }
+}
 
+/// The client that submits the workload during the safety phase.
+fn add_client(
+    sim: &mut turmoil::Sim<'_>,
+    seed: u64,
+    cfg: &SimConfig,
+    recorder: &Recorder,
+    global_urls: Vec<String>,
+) {
+    let jobs = workload::jobs(
+        seed,
+        cfg.jobs,
+        cfg.safety.saturating_sub(Duration::from_secs(4)),
+    );
+    let rec = recorder.clone();
+    let give_up = cfg.safety + cfg.heal;
+    sim.client("client", async move {
+        workload::run(jobs, global_urls, rec, give_up).await;
+        Ok(())
+    });
+}
+
+/// The observer, which reads the stores beneath the fault wrappers.
+fn add_observer(sim: &mut turmoil::Sim<'_>, tiers: &Tiers, recorder: &Recorder) {
+    let rec = recorder.clone();
+    let global_db = Database::new(tiers.global_raw.clone());
+    let region_db = Database::new(tiers.region_raw.clone());
+    sim.host("observer", move || {
+        let rec = rec.clone();
+        let global_db = global_db.clone();
+        let region_db = region_db.clone();
+        async move {
+            let gkeys = meridian_global::keys::Keys::new("default");
+            let rkeys = meridian_regional::model::Keys::new(REGION);
+            let mut memory = RegionMemory::default();
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                observe::observe_jobs(&global_db, &gkeys, &rec).await;
+                observe::observe_region(&region_db, &rkeys, &rec, &mut memory).await;
+            }
+        }
+    });
+}
+
+/// Steps the world, applying each fault when its time comes, healing at the
+/// end of the safety phase, until the run is over or has converged.
+fn play(
+    sim: &mut turmoil::Sim<'_>,
+    world: &mut World,
+    cfg: &SimConfig,
+    tiers: &Tiers,
+    recorder: &Recorder,
+    faults: &[(Duration, Fault)],
+    now_ms: &AtomicU64,
+) -> Result<(), SimError> {
+    let total = cfg.safety + cfg.heal;
     let mut pending = faults.iter().cloned().peekable();
     let mut healed = false;
     loop {
@@ -389,11 +446,11 @@ fn drive(
                 break;
             }
             if let Some((_, fault)) = pending.next() {
-                apply(&mut sim, &mut world, &tiers, recorder, &fault);
+                apply(sim, world, tiers, recorder, &fault);
             }
         }
         if !healed && elapsed >= cfg.safety {
-            heal(&mut sim, &mut world, &tiers, recorder);
+            heal(sim, world, tiers, recorder);
             healed = true;
         }
         // Once every acknowledged job has been seen converged after the
@@ -407,9 +464,9 @@ fn drive(
             break;
         }
         sim.step().map_err(|e| SimError::Turmoil(e.to_string()))?;
-        hold_paused(&mut sim, &mut world, recorder);
+        hold_paused(sim, world, recorder);
     }
-    Ok((faults, tiers))
+    Ok(())
 }
 
 /// How long the heal phase runs at least.
@@ -492,35 +549,15 @@ fn apply(
         // few seconds and delivers everything once it heals, whereas a
         // dropped segment would hang a simulated stream for good.
         Fault::Partition(a, b) => {
-            for x in a {
-                for y in b {
-                    sim.hold(x.as_str(), y.as_str());
-                }
-            }
+            each_pair(a, b, |x, y| sim.hold(x, y));
             world.cuts.push((a.clone(), b.clone(), false));
         }
-        Fault::Repair(a, b) => {
-            for x in a {
-                for y in b {
-                    sim.release(x.as_str(), y.as_str());
-                }
-            }
-        }
+        Fault::Repair(a, b) => each_pair(a, b, |x, y| sim.release(x, y)),
         Fault::PartitionOneway(a, b) => {
-            for x in a {
-                for y in b {
-                    sim.partition_oneway(x.as_str(), y.as_str());
-                }
-            }
+            each_pair(a, b, |x, y| sim.partition_oneway(x, y));
             world.cuts.push((a.clone(), b.clone(), true));
         }
-        Fault::RepairOneway(a, b) => {
-            for x in a {
-                for y in b {
-                    sim.repair_oneway(x.as_str(), y.as_str());
-                }
-            }
-        }
+        Fault::RepairOneway(a, b) => each_pair(a, b, |x, y| sim.repair_oneway(x, y)),
         Fault::Latency(d) => sim.set_max_message_latency(*d),
         Fault::LinkFailRate(p) => sim.set_fail_rate(*p),
         Fault::Crash(h) => crash(sim, world, recorder, h),
@@ -548,16 +585,27 @@ fn apply(
                 s.store(*ms, Ordering::Relaxed);
             }
         }
-        Fault::ControlPlaneDown => {
-            if !world.control_plane_down {
-                world.control_plane_down = true;
-                for h in world.hosts.control_plane() {
-                    crash(sim, world, recorder, &h);
-                }
-                recorder.record("harness", Event::ControlPlaneDown);
-            }
-        }
+        Fault::ControlPlaneDown => control_plane_down(sim, world, recorder),
         Fault::ControlPlaneUp => control_plane_up(sim, world, recorder),
+    }
+}
+
+/// Calls `f` for each host of `a` with each host of `b`.
+fn each_pair(a: &[String], b: &[String], mut f: impl FnMut(&str, &str)) {
+    for x in a {
+        for y in b {
+            f(x.as_str(), y.as_str());
+        }
+    }
+}
+
+fn control_plane_down(sim: &mut turmoil::Sim<'_>, world: &mut World, recorder: &Recorder) {
+    if !world.control_plane_down {
+        world.control_plane_down = true;
+        for h in world.hosts.control_plane() {
+            crash(sim, world, recorder, &h);
+        }
+        recorder.record("harness", Event::ControlPlaneDown);
     }
 }
 

@@ -151,81 +151,106 @@ pub fn plan(seed: u64, mix: &FaultMix, hosts: &Hosts, safety: Duration) -> Vec<(
         let start = ms(&mut rng, 2_000, latest.max(2_001) * 2 / 3);
         let len = ms(&mut rng, 1_500, 6_000);
         let end = (start + len).min(Duration::from_millis(latest));
-        match kind {
-            0 => {
-                let (a, b) = match rng.random_range(0..3) {
-                    0 => (hosts.globals.clone(), hosts.regionals.clone()),
-                    1 => (hosts.regionals.clone(), hosts.agents.clone()),
-                    _ => (
-                        vec![pick(&mut rng, &hosts.agents).clone()],
-                        hosts.regionals.clone(),
-                    ),
-                };
-                out.push((start, Fault::Partition(a.clone(), b.clone())));
-                out.push((end, Fault::Repair(a, b)));
-            }
-            1 => {
-                let (a, b) = if rng.random_bool(0.5) {
-                    (
-                        vec![pick(&mut rng, &hosts.agents).clone()],
-                        hosts.regionals.clone(),
-                    )
-                } else {
-                    (hosts.regionals.clone(), hosts.globals.clone())
-                };
-                out.push((start, Fault::PartitionOneway(a.clone(), b.clone())));
-                out.push((end, Fault::RepairOneway(a, b)));
-            }
-            2 => {
-                out.push((start, Fault::Latency(ms(&mut rng, 50, 400))));
-                out.push((end, Fault::Latency(Duration::from_millis(20))));
-                if mix.link_loss {
-                    out.push((start, Fault::LinkFailRate(rng.random_range(0.0..0.05))));
-                    out.push((end, Fault::LinkFailRate(0.0)));
-                }
-            }
-            3 => {
-                let all: Vec<String> = hosts
-                    .control_plane()
-                    .into_iter()
-                    .chain(hosts.agents.iter().cloned())
-                    .collect();
-                let h = pick(&mut rng, &all).clone();
-                out.push((start, Fault::Crash(h.clone())));
-                out.push((end, Fault::Restart(h)));
-            }
-            4 => {
-                let h = pick(&mut rng, &hosts.regionals).clone();
-                out.push((start, Fault::Pause(h.clone())));
-                out.push((end, Fault::Resume(h)));
-            }
-            5 => {
-                let tier = if rng.random_bool(0.5) {
-                    Tier::Global
-                } else {
-                    Tier::Region
-                };
-                out.push((start, Fault::StoreFaults(tier, rng.random_range(0.05..0.3))));
-                out.push((end, Fault::StoreFaults(tier, 0.0)));
-            }
-            6 => {
-                let h = pick(&mut rng, &hosts.control_plane()).clone();
-                let bound = mix.skew_bound.as_millis() as i64;
-                out.push((
-                    start,
-                    Fault::ClockSkew(h.clone(), rng.random_range(-bound..=bound)),
-                ));
-                out.push((end, Fault::ClockSkew(h, 0)));
-            }
-            _ => {
-                out.push((start, Fault::ControlPlaneDown));
-                out.push((end, Fault::ControlPlaneUp));
-            }
-        }
+        push_fault(&mut rng, kind, mix, hosts, start, end, &mut out);
     }
     // Stable: a start and its end at the same time keep their order.
     out.sort_by_key(|(at, _)| *at);
     out
+}
+
+/// The two ends of a fault of `kind` from `start` to `end`, into `out`.
+fn push_fault(
+    rng: &mut ChaCha8Rng,
+    kind: u8,
+    mix: &FaultMix,
+    hosts: &Hosts,
+    start: Duration,
+    end: Duration,
+    out: &mut Vec<(Duration, Fault)>,
+) {
+    match kind {
+        0 => {
+            let (a, b) = partition_sides(rng, hosts);
+            out.push((start, Fault::Partition(a.clone(), b.clone())));
+            out.push((end, Fault::Repair(a, b)));
+        }
+        1 => {
+            let (a, b) = one_way_sides(rng, hosts);
+            out.push((start, Fault::PartitionOneway(a.clone(), b.clone())));
+            out.push((end, Fault::RepairOneway(a, b)));
+        }
+        2 => {
+            out.push((start, Fault::Latency(ms(rng, 50, 400))));
+            out.push((end, Fault::Latency(Duration::from_millis(20))));
+            if mix.link_loss {
+                out.push((start, Fault::LinkFailRate(rng.random_range(0.0..0.05))));
+                out.push((end, Fault::LinkFailRate(0.0)));
+            }
+        }
+        3 => {
+            let all: Vec<String> = hosts
+                .control_plane()
+                .into_iter()
+                .chain(hosts.agents.iter().cloned())
+                .collect();
+            let h = pick(rng, &all).clone();
+            out.push((start, Fault::Crash(h.clone())));
+            out.push((end, Fault::Restart(h)));
+        }
+        4 => {
+            let h = pick(rng, &hosts.regionals).clone();
+            out.push((start, Fault::Pause(h.clone())));
+            out.push((end, Fault::Resume(h)));
+        }
+        5 => {
+            let tier = if rng.random_bool(0.5) {
+                Tier::Global
+            } else {
+                Tier::Region
+            };
+            out.push((start, Fault::StoreFaults(tier, rng.random_range(0.05..0.3))));
+            out.push((end, Fault::StoreFaults(tier, 0.0)));
+        }
+        6 => {
+            let h = pick(rng, &hosts.control_plane()).clone();
+            let bound = mix.skew_bound.as_millis() as i64;
+            out.push((
+                start,
+                Fault::ClockSkew(h.clone(), rng.random_range(-bound..=bound)),
+            ));
+            out.push((end, Fault::ClockSkew(h, 0)));
+        }
+        _ => {
+            out.push((start, Fault::ControlPlaneDown));
+            out.push((end, Fault::ControlPlaneUp));
+        }
+    }
+}
+
+/// The sides of a partition: global from region, region from agents, or one
+/// agent from the region.
+fn partition_sides(rng: &mut ChaCha8Rng, hosts: &Hosts) -> (Vec<String>, Vec<String>) {
+    match rng.random_range(0..3) {
+        0 => (hosts.globals.clone(), hosts.regionals.clone()),
+        1 => (hosts.regionals.clone(), hosts.agents.clone()),
+        _ => (
+            vec![pick(rng, &hosts.agents).clone()],
+            hosts.regionals.clone(),
+        ),
+    }
+}
+
+/// The sides of a one-way partition: one agent to the region, or the
+/// region to the global tier.
+fn one_way_sides(rng: &mut ChaCha8Rng, hosts: &Hosts) -> (Vec<String>, Vec<String>) {
+    if rng.random_bool(0.5) {
+        (
+            vec![pick(rng, &hosts.agents).clone()],
+            hosts.regionals.clone(),
+        )
+    } else {
+        (hosts.regionals.clone(), hosts.globals.clone())
+    }
 }
 
 #[cfg(test)]
