@@ -27,7 +27,7 @@ use meridian_proto::v1::{
     RegionLossPolicy, RegisterNodeRequest, ReportTaskStatusRequest, TaskAttempt, TaskReport,
     TaskState, Verdict,
 };
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, watch};
 
@@ -642,8 +642,7 @@ impl NodeAgent {
     /// The heartbeat interval scaled by a uniform factor in [0.75, 1]: never
     /// later than the region asked, spread so that nodes do not beat in step.
     fn jittered_heartbeat(&mut self) -> Duration {
-        self.heartbeat_every
-            .mul_f64(self.rng.random_range(0.75..=1.0))
+        meridian_control::backoff::spread(self.heartbeat_every, 0.25, &mut self.rng)
     }
 
     fn grace_ms(&self, ms: u64) -> Duration {

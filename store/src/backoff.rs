@@ -117,6 +117,15 @@ impl Backoff {
     }
 }
 
+/// Spreads a periodic action: `period` shortened by a uniform random part of
+/// up to `share` of it (`share` clamped to `0.0..=1.0`), so a crowd that
+/// starts in step drifts apart and nobody acts later than asked. With
+/// [`Backoff::delay`], the one place a random wait is drawn.
+pub fn spread<R: Rng + ?Sized>(period: Duration, share: f64, rng: &mut R) -> Duration {
+    let share = share.clamp(0.0, 1.0);
+    period.mul_f64(rng.random_range((1.0 - share)..=1.0))
+}
+
 fn nanos_to_duration(nanos: u128) -> Duration {
     const NANOS_PER_SEC: u128 = 1_000_000_000;
     let secs = u64::try_from(nanos / NANOS_PER_SEC).unwrap_or(u64::MAX);
@@ -128,6 +137,25 @@ fn nanos_to_duration(nanos: u128) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spread_period_is_never_later_than_asked_nor_shorter_than_its_share_allows() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let period = Duration::from_millis(400);
+        let draws: Vec<Duration> = (0..1_000).map(|_| spread(period, 0.25, &mut rng)).collect();
+        assert!(
+            draws
+                .iter()
+                .all(|d| *d <= period && *d >= period.mul_f64(0.75))
+        );
+        // Spread, not constant: a crowd drifts apart.
+        let (min, max) = (draws.iter().min(), draws.iter().max());
+        assert!(
+            max.zip(min)
+                .is_some_and(|(a, b)| *a - *b > Duration::from_millis(80))
+        );
+        assert_eq!(spread(period, 0.0, &mut rng), period);
+    }
 
     fn cfg(base_ms: u64, cap_ms: u64) -> BackoffConfig {
         BackoffConfig {

@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
 use super::{Acquired, Fence, Held, Lease, LeaseError};
@@ -212,14 +212,7 @@ impl Elector {
     // Followers spread their retries so a crowd of them does not hit the store
     // in the same instant when a lease expires.
     fn jittered(&mut self, base: Duration) -> Duration {
-        let half = base / 2;
-        let extra_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let extra = if extra_ns == 0 {
-            0
-        } else {
-            self.rng.random_range(0..=extra_ns)
-        };
-        half + Duration::from_nanos(extra)
+        crate::backoff::spread(base, 0.5, &mut self.rng)
     }
 
     /// Runs until `shutdown` resolves, then releases the lease if held so a
