@@ -22,6 +22,7 @@
 //! | `meridian_regional_overcommit_refused_total` | counter | |
 //! | `meridian_regional_solves_refused_total` | counter | `shard` |
 //! | `meridian_regional_round_failures_total` | counter | `shard` |
+//! | `meridian_regional_assignments_refused_total` | counter | |
 //! | `meridian_regional_handoffs_total` | counter | `shard` |
 //! | `meridian_regional_pipeline_group_size` | histogram | |
 //! | `meridian_regional_pipeline_commit_seconds` | histogram | |
@@ -120,6 +121,11 @@ pub(crate) fn round_failed(shard: u32) {
         .increment(1);
 }
 
+/// An ASSIGN the region could not take, reported FAILED upward.
+pub(crate) fn assignment_refused() {
+    metrics::counter!("meridian_regional_assignments_refused_total").increment(1);
+}
+
 /// Jobs a shard leader handed to another shard with room for them.
 pub(crate) fn handed_off(shard: u32, n: usize) {
     metrics::counter!("meridian_regional_handoffs_total", "shard" => shard.to_string())
@@ -144,6 +150,7 @@ pub(crate) fn fencing_rejection(epoch: &'static str) {
 /// the start; called once the process's recorder is installed.
 pub(crate) fn register_series() {
     let _ = metrics::counter!("meridian_regional_overcommit_refused_total");
+    let _ = metrics::counter!("meridian_regional_assignments_refused_total");
     for epoch in ["node", "region_lease", "assignment"] {
         let _ = metrics::counter!("meridian_regional_fencing_rejections_total", "epoch" => epoch);
     }

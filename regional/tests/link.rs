@@ -3,8 +3,9 @@
 //! acknowledged STALE_EPOCH is dropped like a revoke, revoked jobs with no
 //! bound task are released, and a reconnecting link resumes the stream from
 //! its persisted cursor instead of re-listing. The stale acknowledgement is
-//! counted as a fencing rejection (a debugging recorder is installed for
-//! this test binary, which has one test).
+//! counted as a fencing rejection (a debugging recorder is installed by
+//! that test). An ASSIGN the region cannot take is failed upward and does
+//! not hold up the events behind it.
 
 mod support;
 
@@ -35,6 +36,8 @@ enum Seen {
     Opened(Vec<u8>),
     Ack(String, u64),
     Release(String, u64),
+    /// A job reported FAILED, with its reason.
+    Failed(String, String),
 }
 
 struct FakeGlobal {
@@ -146,7 +149,15 @@ impl RegionLink for FakeGlobal {
         &self,
         request: Request<v1::ReportStatusRequest>,
     ) -> Result<Response<v1::ReportStatusResponse>, Status> {
-        let n = request.into_inner().updates.len();
+        let updates = request.into_inner().updates;
+        for u in &updates {
+            if u.state == v1::JobState::Failed as i32 {
+                let _ = self
+                    .seen
+                    .send(Seen::Failed(u.job_id.clone(), u.failure_reason.clone()));
+            }
+        }
+        let n = updates.len();
         Ok(Response::new(v1::ReportStatusResponse {
             verdict: ok(),
             current_epoch: 1,
@@ -291,6 +302,7 @@ async fn duplicated_and_reordered_events_change_nothing_stale_acks_and_revokes_a
                         releases.push((j, e));
                     }
                 }
+                Seen::Failed(..) => {}
             }
         }
     });
@@ -412,4 +424,72 @@ async fn duplicated_and_reordered_events_change_nothing_stale_acks_and_revokes_a
         1,
         "job-2's acknowledgement, answered STALE_EPOCH once, is one rejection"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_the_region_cannot_take_is_failed_upward_and_the_ones_behind_it_are_taken() {
+    use v1::AssignmentEventKind::Assign;
+    let region = Region::new().await;
+    // No task at all: the region's conversion refuses it.
+    let events = vec![
+        event(1, Assign, "job-bad", 1, 0),
+        event(2, Assign, "job-good", 1, 2),
+    ];
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let fake = FakeGlobal {
+        events,
+        stale_acks: Vec::new(),
+        seen: seen_tx,
+        opened: Arc::default(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegionLinkServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let link = tokio::spawn(run(
+        link_ctx(&region),
+        LinkConfig {
+            region: "r1".into(),
+            global: format!("http://{addr}"),
+            replica: "replica-a".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            lease: Duration::from_secs(5),
+            report_every: Duration::from_millis(50),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let (mut failed, mut acks) = (Vec::new(), Vec::new());
+    let guard = tokio::time::timeout(Duration::from_secs(30), async {
+        while failed.is_empty() || acks.is_empty() {
+            match seen.recv().await.expect("fake open") {
+                Seen::Failed(j, why) => failed.push((j, why)),
+                Seen::Ack(j, e) => acks.push((j, e)),
+                _ => {}
+            }
+        }
+    });
+    guard
+        .await
+        .expect("the link reported and acknowledged in time");
+    let _ = stop.send(());
+    link.await.expect("link task");
+
+    assert_eq!(failed[0].0, "job-bad");
+    assert!(
+        failed[0].1.contains("region r1 cannot run this job") && failed[0].1.contains("task_count"),
+        "{}",
+        failed[0].1
+    );
+    assert_eq!(acks[0], ("job-good".to_string(), 1));
+    assert!(!acks.iter().any(|(j, _)| j == "job-bad"));
+    let view = region.view().await;
+    assert!(view.jobs.contains_key("job-good"));
+    assert!(!view.jobs.contains_key("job-bad"));
 }

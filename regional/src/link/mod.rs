@@ -11,6 +11,7 @@
 //! epoch the global tier called stale.
 
 pub mod apply;
+mod refuse;
 mod report;
 mod session;
 pub mod trim;

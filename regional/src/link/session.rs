@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::apply::read_cursor;
+use super::refuse;
 use super::report::Reporter;
 use super::{LinkConfig, LinkCtx, LinkState};
 use crate::error::RegionalError;
@@ -496,7 +497,23 @@ async fn intake(
     events: &[v1::AssignmentEvent],
     now_unix_ms: u64,
 ) -> Result<(), End> {
-    let applied = store_events(ctx, fence, events, now_unix_ms).await?;
+    // Refusals go up first: only then may the cursor pass them.
+    let refused: Vec<(&v1::AssignmentEvent, String)> = events
+        .iter()
+        .filter_map(|e| refuse::refusal(e).map(|why| (e, why)))
+        .collect();
+    refuse::fail_upward(client, config, epoch, &refused).await?;
+    let cursor = events
+        .iter()
+        .rev()
+        .find(|e| !e.cursor.is_empty())
+        .map(|e| e.cursor.clone());
+    let events: Vec<v1::AssignmentEvent> = events
+        .iter()
+        .filter(|e| !refused.iter().any(|(r, _)| std::ptr::eq(*r, *e)))
+        .cloned()
+        .collect();
+    let applied = store_events(ctx, fence, &events, cursor, now_unix_ms).await?;
     let mut assigned = Vec::new();
     for (event, applied) in events.iter().zip(applied) {
         count_event(event, applied);
@@ -520,6 +537,7 @@ async fn store_events(
     ctx: &LinkCtx,
     fence: &Fence,
     events: &[v1::AssignmentEvent],
+    cursor: Option<Vec<u8>>,
     now_unix_ms: u64,
 ) -> Result<Vec<crate::jobs::Applied>, End> {
     match ctx
@@ -528,7 +546,7 @@ async fn store_events(
             authority(fence),
             Intent::Intake(Intake {
                 events: events.to_vec(),
-                cursor: None,
+                cursor,
                 now_unix_ms,
             }),
         )
