@@ -5,6 +5,7 @@
 //! Must never hide the server's message: for `INVALID_ARGUMENT` that message
 //! starts with the proto path of the offending field, and it is shown as is.
 
+use meridian_control::rpc::Refusal;
 use tonic::{Code, Status};
 
 /// Exit codes of `meridian` commands (also listed in `docs/cli.md`).
@@ -54,10 +55,10 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => exit::USAGE,
-            CliError::Status(s) => match s.code() {
-                Code::InvalidArgument => exit::INVALID,
-                Code::NotFound => exit::NOT_FOUND,
-                Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
+            CliError::Status(s) => match Refusal::of(s) {
+                Refusal::Invalid => exit::INVALID,
+                Refusal::NotFound => exit::NOT_FOUND,
+                Refusal::Unavailable => exit::UNAVAILABLE,
                 _ => exit::FAILURE,
             },
             CliError::Unavailable(_) => exit::UNAVAILABLE,

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use meridian_control::rpc::seed_of;
+use meridian_control::rpc::{Refusal, seed_of};
 use meridian_control::{Backoff, BackoffConfig, Retryable};
 use meridian_proto::v1::{GetJobRequest, Job, JobEvent, JobEventKind, JobState, WatchJobsRequest};
 use tokio::time::Instant;
@@ -161,7 +161,7 @@ async fn follow_unbounded(
                 failures = failures.saturating_add(1);
                 continue;
             }
-            Err(CliError::Status(s)) if s.code() == tonic::Code::OutOfRange => {
+            Err(CliError::Status(s)) if Refusal::of(&s) == Refusal::CursorExpired => {
                 // The cursor is older than the replica retains: the job
                 // read below covers what was missed.
                 cursor.clear();
@@ -245,7 +245,7 @@ async fn read_events(
                 return Ok(None);
             }
             Ok(Err(status)) => {
-                if status.code() == tonic::Code::OutOfRange {
+                if Refusal::of(&status) == Refusal::CursorExpired {
                     cursor.clear();
                 }
                 client.move_after(&status);

@@ -90,6 +90,42 @@ impl RpcVerdict {
     }
 }
 
+/// What a failed call means to a caller whose next step depends on more
+/// than retrying: a cursor to give up, a fenced node, a missing object.
+/// Read here from the code, beside [`RpcVerdict`], so no caller reads codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is malformed (INVALID_ARGUMENT).
+    Invalid,
+    /// What it names does not exist (NOT_FOUND).
+    NotFound,
+    /// The caller's cursor is older than what the server keeps
+    /// (OUT_OF_RANGE): start again from a snapshot.
+    CursorExpired,
+    /// The caller acted under an epoch that was superseded
+    /// (FAILED_PRECONDITION): it is fenced.
+    Fenced,
+    /// Nobody served the call, or not in time (UNAVAILABLE,
+    /// DEADLINE_EXCEEDED).
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+impl Refusal {
+    /// What `status` means.
+    pub fn of(status: &Status) -> Refusal {
+        match status.code() {
+            Code::InvalidArgument => Refusal::Invalid,
+            Code::NotFound => Refusal::NotFound,
+            Code::OutOfRange => Refusal::CursorExpired,
+            Code::FailedPrecondition => Refusal::Fenced,
+            Code::Unavailable | Code::DeadlineExceeded => Refusal::Unavailable,
+            _ => Refusal::Other,
+        }
+    }
+}
+
 /// The replica named by the `meridian-leader` metadata of `status`,
 /// normalized; `None` when there is no usable hint.
 pub fn leader_hint(status: &Status) -> Option<String> {

@@ -40,10 +40,15 @@ pub fn router(api: FederationService) -> axum::Router {
 }
 
 fn console_error(e: GlobalError) -> ConsoleError {
-    match e.code() {
-        tonic::Code::NotFound => ConsoleError::NotFound(e.to_string()),
-        tonic::Code::InvalidArgument => ConsoleError::Invalid(e.to_string()),
-        tonic::Code::Unavailable => ConsoleError::Unavailable(e.to_string()),
+    match e {
+        GlobalError::NotFound(_) => ConsoleError::NotFound(e.to_string()),
+        GlobalError::Invalid { .. } => ConsoleError::Invalid(e.to_string()),
+        GlobalError::NotLeader { .. } | GlobalError::Fenced(_) => {
+            ConsoleError::Unavailable(e.to_string())
+        }
+        GlobalError::Store(ref s) if meridian_store::Retryable::is_retryable(s) => {
+            ConsoleError::Unavailable(e.to_string())
+        }
         _ => ConsoleError::Failed(e.to_string()),
     }
 }

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_control::rpc::Refusal;
 use meridian_control::{Instant, RpcVerdict, SharedClock};
 use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::{
@@ -205,8 +206,8 @@ impl NodeAgent {
 
     fn on_stream_error(&mut self, e: AgentError) -> SessionEnd {
         match &e {
-            AgentError::Rpc(s) if s.code() == tonic::Code::FailedPrecondition => SessionEnd::Fenced,
-            AgentError::Rpc(s) if s.code() == tonic::Code::OutOfRange => {
+            AgentError::Rpc(s) if Refusal::of(s) == Refusal::Fenced => SessionEnd::Fenced,
+            AgentError::Rpc(s) if Refusal::of(s) == Refusal::CursorExpired => {
                 // The region no longer retains our cursor: start from a snapshot.
                 self.cursor.clear();
                 SessionEnd::Failed(e)

@@ -249,10 +249,11 @@ async fn sample_loop(console: Weak<RegionConsole>) {
 }
 
 fn from_status(s: tonic::Status) -> ConsoleError {
-    match s.code() {
-        tonic::Code::NotFound => ConsoleError::NotFound(s.message().to_string()),
-        tonic::Code::InvalidArgument => ConsoleError::Invalid(s.message().to_string()),
-        tonic::Code::Unavailable => ConsoleError::Unavailable(s.message().to_string()),
+    use meridian_control::rpc::Refusal;
+    match Refusal::of(&s) {
+        Refusal::NotFound => ConsoleError::NotFound(s.message().to_string()),
+        Refusal::Invalid => ConsoleError::Invalid(s.message().to_string()),
+        Refusal::Unavailable => ConsoleError::Unavailable(s.message().to_string()),
         _ => ConsoleError::Failed(s.message().to_string()),
     }
 }

@@ -216,3 +216,26 @@ fn seeds_of_texts_are_stable() {
     assert_eq!(seed_of("j1"), seed_of("j1"));
     assert_ne!(seed_of("j1"), seed_of("j2"));
 }
+
+#[test]
+fn a_refusal_names_what_the_caller_does_next_from_the_code_alone() {
+    assert_eq!(
+        Refusal::of(&Status::out_of_range("x")),
+        Refusal::CursorExpired
+    );
+    assert_eq!(
+        Refusal::of(&Status::failed_precondition("x")),
+        Refusal::Fenced
+    );
+    assert_eq!(Refusal::of(&Status::not_found("x")), Refusal::NotFound);
+    assert_eq!(
+        Refusal::of(&Status::invalid_argument("x")),
+        Refusal::Invalid
+    );
+    assert_eq!(
+        Refusal::of(&Status::deadline_exceeded("x")),
+        Refusal::Unavailable
+    );
+    // The message never decides.
+    assert_eq!(Refusal::of(&Status::internal("not found")), Refusal::Other);
+}

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use meridian_control::rpc::Refusal;
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
 use rand::SeedableRng as _;
@@ -341,7 +342,7 @@ async fn check_acked(
             Ok(_) => report.violations.push(format!(
                 "acknowledged job {job} reads back with another request id"
             )),
-            Err(s) if s.code() == tonic::Code::NotFound => report
+            Err(s) if Refusal::of(&s) == Refusal::NotFound => report
                 .violations
                 .push(format!("acknowledged job {job} ({rid}) is lost")),
             Err(_) => continue,
