@@ -197,7 +197,8 @@ pub async fn run(args: JobArgs) -> Result<()> {
     }
 }
 
-async fn get(client: &mut Client, job_id: &str) -> Result<Job> {
+/// The job `job_id` as the federation has it now.
+pub(crate) async fn get(client: &mut Client, job_id: &str) -> Result<Job> {
     let request = GetJobRequest {
         job_id: job_id.to_string(),
     };

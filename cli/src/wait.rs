@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use meridian_control::rpc::{Refusal, seed_of};
 use meridian_control::{Backoff, BackoffConfig, Retryable};
-use meridian_proto::v1::{GetJobRequest, Job, JobEvent, JobEventKind, JobState, WatchJobsRequest};
+use meridian_proto::v1::{Job, JobEvent, JobEventKind, JobState, WatchJobsRequest};
 use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{CliError, Result};
+use crate::job::get;
 use crate::render;
 
 /// Default silence bound: three bookmark periods of the global tier's
@@ -101,21 +102,6 @@ pub async fn follow(client: &mut Client, job_id: &str, opts: WaitOptions) -> Res
             seen.resubscriptions + 1,
         ))),
     }
-}
-
-async fn get(client: &mut Client, job_id: &str) -> Result<Job> {
-    let request = GetJobRequest {
-        job_id: job_id.to_string(),
-    };
-    let response = client
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.get_job(r).await }
-        })
-        .await?;
-    response
-        .job
-        .ok_or_else(|| CliError::other(format!("the server returned no job for {job_id}")))
 }
 
 /// Pauses before opening the watch again: from 100 ms doubling up to 2 s,
