@@ -135,7 +135,10 @@ impl Database {
 
     /// Starts a transaction with explicit options.
     pub async fn begin_with(&self, options: TxOptions) -> Result<Transaction> {
-        Ok(Transaction::new(self.backend.begin(options).await?))
+        Ok(Transaction::new(
+            self.backend.begin(options).await?,
+            self.clock.clone(),
+        ))
     }
 
     /// Runs `f` in a serializable transaction and commits it, retrying on

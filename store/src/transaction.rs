@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::backend::{BackendTx, CommitInfo, KeyValue, Mutation, RangeRequest, WatchFuture};
+use crate::clock::{Instant, SharedClock};
 use crate::error::{Result, StoreError};
 use crate::limits::{self, MAX_TRANSACTION_AGE};
 
@@ -97,6 +98,9 @@ pub struct Transaction {
 
 struct Inner {
     backend: Box<dyn BackendTx>,
+    /// The database's clock: a transaction's age is measured on it, so in
+    /// the simulation it is simulated time, never the host's load.
+    clock: SharedClock,
     started: Instant,
     /// Added to the real age (see `Transaction::backdate`), in nanoseconds.
     backdated_nanos: AtomicU64,
@@ -114,11 +118,13 @@ struct Inner {
 }
 
 impl Transaction {
-    pub(crate) fn new(backend: Box<dyn BackendTx>) -> Self {
+    pub(crate) fn new(backend: Box<dyn BackendTx>, clock: SharedClock) -> Self {
+        let started = clock.now();
         Transaction {
             inner: Arc::new(Inner {
                 backend,
-                started: Instant::now(),
+                clock,
+                started,
                 backdated_nanos: AtomicU64::new(0),
                 written_bytes: AtomicUsize::new(0),
                 finished: AtomicBool::new(false),
@@ -439,7 +445,10 @@ impl Transaction {
 
     /// How long ago the transaction started.
     pub fn age(&self) -> Duration {
-        self.inner.started.elapsed()
+        self.inner
+            .clock
+            .now()
+            .saturating_duration_since(self.inner.started)
             + Duration::from_nanos(self.inner.backdated_nanos.load(Ordering::Acquire))
     }
 
