@@ -220,6 +220,38 @@ fn link_ctx(region: &Region) -> LinkCtx {
     }
 }
 
+/// Serves `fake` on a loopback port and runs `region`'s link against it;
+/// the sender stops the link.
+async fn start_link(
+    region: &Region,
+    fake: FakeGlobal,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegionLinkServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let link = tokio::spawn(run(
+        link_ctx(region),
+        LinkConfig {
+            region: "r1".into(),
+            global: format!("http://{addr}"),
+            replica: "replica-a".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            lease: Duration::from_secs(5),
+            report_every: Duration::from_millis(50),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, link)
+}
+
 fn event(
     i: u64,
     kind: v1::AssignmentEventKind,
@@ -265,29 +297,7 @@ async fn duplicated_and_reordered_events_change_nothing_stale_acks_and_revokes_a
         seen: seen_tx,
         opened: Arc::default(),
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RegionLinkServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-
-    let (stop, stopped) = oneshot::channel::<()>();
-    let link = tokio::spawn(run(
-        link_ctx(&region),
-        LinkConfig {
-            region: "r1".into(),
-            global: format!("http://{addr}"),
-            replica: "replica-a".into(),
-            endpoint: "http://127.0.0.1:1".into(),
-            lease: Duration::from_secs(5),
-            report_every: Duration::from_millis(50),
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, link) = start_link(&region, fake).await;
 
     let mut opened = Vec::new();
     let mut acks = Vec::new();
@@ -442,28 +452,7 @@ async fn an_assignment_the_region_cannot_take_is_failed_upward_and_the_ones_behi
         seen: seen_tx,
         opened: Arc::default(),
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RegionLinkServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let link = tokio::spawn(run(
-        link_ctx(&region),
-        LinkConfig {
-            region: "r1".into(),
-            global: format!("http://{addr}"),
-            replica: "replica-a".into(),
-            endpoint: "http://127.0.0.1:1".into(),
-            lease: Duration::from_secs(5),
-            report_every: Duration::from_millis(50),
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, link) = start_link(&region, fake).await;
 
     let (mut failed, mut acks) = (Vec::new(), Vec::new());
     let guard = tokio::time::timeout(Duration::from_secs(30), async {
