@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use meridian_control::lease::{Fence, Role};
 use meridian_control::trace;
-use meridian_control::{Backoff, BackoffConfig, SharedClock};
+use meridian_control::{Backoff, SharedClock};
 use meridian_proto::v1::{Job, JobState, RegionInfo};
 use meridian_store::{Database, RangeOption, Transaction};
 use prost::Message;
@@ -78,12 +78,7 @@ pub struct Controller {
 
 /// Waits after a pass that failed as a whole: 50 ms doubling to 5 s.
 fn pass_backoff(seed: u64) -> Backoff {
-    let config = BackoffConfig {
-        base: Duration::from_millis(50),
-        cap: Duration::from_secs(5),
-    };
-    // Constants with 0 < base <= cap: this cannot fail at run time.
-    Backoff::new(config, seed).expect("a valid constant backoff")
+    Backoff::between(Duration::from_millis(50), Duration::from_secs(5), seed)
 }
 
 impl Controller {

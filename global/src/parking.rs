@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use meridian_control::{Backoff, BackoffConfig, Instant};
+use meridian_control::{Backoff, Instant};
 
 /// How long a parked job waits before its first retry at most; doubles on
 /// every failure up to [`CAP`].
@@ -40,13 +40,8 @@ pub struct Parking {
 impl Parking {
     /// No job parked; `seed` drives the jitter.
     pub fn new(seed: u64) -> Self {
-        let config = BackoffConfig {
-            base: BASE,
-            cap: CAP,
-        };
         Parking {
-            // Constants with 0 < BASE <= CAP: this cannot fail at run time.
-            backoff: Backoff::new(config, seed).expect("BASE and CAP make a valid backoff"),
+            backoff: Backoff::between(BASE, CAP, seed),
             parked: BTreeMap::new(),
         }
     }
@@ -118,7 +113,7 @@ pub(crate) fn register_series() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_control::{Clock, ManualClock};
+    use meridian_control::{BackoffConfig, Clock, ManualClock};
 
     #[test]
     fn a_parked_job_is_skipped_until_its_backoff_ends_and_others_are_not() {

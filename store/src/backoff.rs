@@ -92,6 +92,21 @@ impl Backoff {
         })
     }
 
+    /// A backoff from `base` doubling to `cap` that cannot be invalid: a
+    /// zero base counts as one nanosecond and a base above the cap as the
+    /// cap. For the fixed settings of a loop, where an error would only be a
+    /// constant's mistake.
+    pub fn between(base: Duration, cap: Duration, seed: u64) -> Self {
+        let cap = cap.max(Duration::from_nanos(1));
+        Backoff {
+            config: BackoffConfig {
+                base: base.clamp(Duration::from_nanos(1), cap),
+                cap,
+            },
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
     pub fn config(&self) -> BackoffConfig {
         self.config
     }
@@ -137,6 +152,15 @@ fn nanos_to_duration(nanos: u128) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backoff_between_impossible_bounds_is_made_valid_not_refused() {
+        let b = Backoff::between(Duration::ZERO, Duration::from_millis(5), 1);
+        assert_eq!(b.config().base, Duration::from_nanos(1));
+        let b = Backoff::between(Duration::from_secs(9), Duration::from_secs(2), 1);
+        assert_eq!(b.config().base, Duration::from_secs(2));
+        assert_eq!(b.config().validate(), Ok(()));
+    }
 
     #[test]
     fn a_spread_period_is_never_later_than_asked_nor_shorter_than_its_share_allows() {

@@ -157,12 +157,7 @@ impl ShardWork for Placer {
 /// Waits between attempts to start a term's loop, and after a failed
 /// round: 50 ms doubling to 2 s, so a store outage is not retried hot.
 fn start_backoff(seed: u64) -> Backoff {
-    let config = BackoffConfig {
-        base: Duration::from_millis(50),
-        cap: Duration::from_secs(2),
-    };
-    // Constants with 0 < base <= cap: this cannot fail at run time.
-    Backoff::new(config, seed).expect("a valid constant backoff")
+    Backoff::between(Duration::from_millis(50), Duration::from_secs(2), seed)
 }
 
 /// What one round did, for tests and metrics.
