@@ -379,6 +379,35 @@ struct Recoveries {
     kills: Vec<String>,
 }
 
+/// Which recovery a kill measured.
+#[derive(Clone, Copy)]
+enum Tier {
+    Global,
+    Shard,
+}
+
+impl Recoveries {
+    /// Records one kill's recovery `r` (none within `guard`) at `at` s.
+    fn note(&mut self, tier: Tier, at: f64, r: Option<Duration>, guard: Duration) {
+        match r {
+            Some(d) => {
+                match tier {
+                    Tier::Global => self.global.record(d),
+                    Tier::Shard => self.shard.record(d),
+                }
+                self.timeline.push((at, d.as_secs_f64() * 1000.0));
+            }
+            None => self.kills.push(match tier {
+                Tier::Global => format!(
+                    "{at:.1}s: global tier not back within {} s",
+                    guard.as_secs()
+                ),
+                Tier::Shard => format!("{at:.1}s: shards not led within {} s", guard.as_secs()),
+            }),
+        }
+    }
+}
+
 /// Kills the global leader and the replica leading the most shards in turn,
 /// one every interval, and measures each recovery.
 async fn kill_and_measure(
@@ -431,16 +460,7 @@ async fn kill_global_leader(
         return;
     }
     let r = global_recovery(fed, seed, k, guard).await;
-    match r {
-        Some(d) => {
-            rec.global.record(d);
-            rec.timeline.push((at, d.as_secs_f64() * 1000.0));
-        }
-        None => rec.kills.push(format!(
-            "{at:.1}s: global tier not back within {} s",
-            guard.as_secs()
-        )),
-    }
+    rec.note(Tier::Global, at, r, guard);
     rec.kills.push(format!(
         "{at:.1}s: killed global leader {}: {}",
         leader.name,
@@ -472,16 +492,7 @@ async fn kill_shard_leader(
         return;
     }
     let r = shard_recovery(region_addrs, shards, guard).await;
-    match r {
-        Some(d) => {
-            rec.shard.record(d);
-            rec.timeline.push((at, d.as_secs_f64() * 1000.0));
-        }
-        None => rec.kills.push(format!(
-            "{at:.1}s: shards not led within {} s",
-            guard.as_secs()
-        )),
-    }
+    rec.note(Tier::Shard, at, r, guard);
     rec.kills.push(format!(
         "{at:.1}s: killed {} (leading {led} shards): {}",
         leader.name,
