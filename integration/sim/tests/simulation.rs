@@ -26,6 +26,11 @@ const REGRESSION_SEEDS: &[u64] = &[
     // the same finding as seed 2.
     19, // Control plane down plus store faults, 8 s region lease: same.
     31,
+    // An intake retried after a commit of unknown outcome read the job the
+    // first attempt had stored, not its task blocks, and put it in memory
+    // with no pending task; the feed entry naming it was then skipped as
+    // already applied, and the job waited forever.
+    84,
 ];
 
 const CI_SEEDS: u64 = 100;
@@ -55,6 +60,17 @@ fn describe(seed: u64, violations: &[Violation]) -> String {
     out
 }
 
+/// `SIM_LOG=FILTER` (an `EnvFilter`, e.g. `info,meridian_trace=debug`)
+/// prints the replicas' logs of a replayed seed.
+fn trace_if_asked() {
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Runs every seed and fails with a replay command for each that broke an
 /// invariant.
 fn assert_every_invariant_holds(seeds: impl IntoIterator<Item = u64>) {
@@ -62,6 +78,7 @@ fn assert_every_invariant_holds(seeds: impl IntoIterator<Item = u64>) {
 }
 
 fn assert_every_invariant_holds_with(cfg: &SimConfig, seeds: impl IntoIterator<Item = u64>) {
+    trace_if_asked();
     let mut failures = Vec::new();
     let mut runs = 0;
     for seed in seeds {

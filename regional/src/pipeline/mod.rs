@@ -534,6 +534,14 @@ fn apply_to_state(
         if c.jobs.contains_key(id) || c.removed.contains(id) {
             continue;
         }
+        // A job new to memory needs its tasks too; without its blocks it
+        // would look like a job with nothing to place, and the stamp would
+        // make the tailer skip the feed entry that names it. Such a job is
+        // left to the tailer (a retried intake reads an earlier attempt's
+        // job, not its blocks).
+        if !s.jobs.contains_key(id) && !has_every_block(overlay, id, v.as_ref()) {
+            continue;
+        }
         let spec = spec_of(overlay, id);
         s.put_job(id, v.clone().map(|r| (r, spec)), stamp, delta);
     }
@@ -576,6 +584,15 @@ fn apply_to_state(
     if let Some(link) = &c.link {
         s.put_link(Some(*link), stamp, delta);
     }
+}
+
+/// Whether the group read every task block of `job` (trivially so for a
+/// job that is not there).
+fn has_every_block(overlay: &Overlay, job: &str, record: Option<&crate::model::JobRecord>) -> bool {
+    record.is_none_or(|r| {
+        (0..r.task_count.div_ceil(crate::model::TASK_BLOCK))
+            .all(|n| overlay.blocks.contains_key(&(job.to_string(), n)))
+    })
 }
 
 fn spec_of(overlay: &Overlay, job: &str) -> Option<Arc<v1::JobSpec>> {
