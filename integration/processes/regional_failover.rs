@@ -185,15 +185,19 @@ async fn two_replica_processes_split_the_shards_and_survive_a_kill_without_bindi
 
     let a = Replica::start("a", &url);
     let mut b = Replica::start("b", &url);
+    // The replicas keep their shard leases in a store of their own.
+    let leases = meridian_store::open_leases(&url, &db)
+        .await
+        .expect("open the lease store");
     let lease_keys: Vec<Vec<u8>> = (0..SHARDS).map(|s| keys.shard_lease(s)).collect();
 
     // Both replicas lead some shards, and every shard has a live leader.
     wait_until(
-        &db,
+        &leases,
         &lease_keys,
         "the replicas to split the shards",
         || async {
-            let h = holders(&db, &keys).await;
+            let h = holders(&leases, &keys).await;
             let now = now_ms();
             let live: Vec<&str> = h
                 .iter()
@@ -229,7 +233,7 @@ async fn two_replica_processes_split_the_shards_and_survive_a_kill_without_bindi
     })
     .await;
 
-    let before = holders(&db, &keys).await;
+    let before = holders(&leases, &keys).await;
     let b_shards: BTreeMap<u32, u64> = before
         .iter()
         .enumerate()
@@ -244,14 +248,19 @@ async fn two_replica_processes_split_the_shards_and_survive_a_kill_without_bindi
     let killed_at = Instant::now();
     b.child.wait().expect("reap b");
 
-    wait_until(&db, &lease_keys, "a new leader for b's shards", || async {
-        let h = holders(&db, &keys).await;
-        b_shards.iter().all(|(s, old)| {
-            h[*s as usize]
-                .as_ref()
-                .is_some_and(|(n, e, _)| n == "a" && e > old)
-        })
-    })
+    wait_until(
+        &leases,
+        &lease_keys,
+        "a new leader for b's shards",
+        || async {
+            let h = holders(&leases, &keys).await;
+            b_shards.iter().all(|(s, old)| {
+                h[*s as usize]
+                    .as_ref()
+                    .is_some_and(|(n, e, _)| n == "a" && e > old)
+            })
+        },
+    )
     .await;
     let failover = killed_at.elapsed();
     println!("failover of {} shard(s) took {failover:?}", b_shards.len());

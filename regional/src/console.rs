@@ -349,7 +349,7 @@ impl RegionConsole {
         let nodes: Vec<NodeView> = self.list_nodes().await?.iter().map(node_view).collect();
         let bound = self.read_bound().await?;
         let count = api.state.read().layout.map_or(0, |l| l.count);
-        let leases = observe_shard_leases(&api.db, &api.keys, count)
+        let leases = observe_shard_leases(&api.lease_store, &api.keys, count)
             .await
             .map_err(failed)?;
         let (lanes, preempting) = self.queue();

@@ -65,7 +65,8 @@ impl Fixture {
                 clock.clone(),
                 Duration::from_secs(3600),
                 Duration::from_secs(1),
-            );
+            )
+            .with_fence_in(db.clone(), keys.shard_fence(shard));
             let Acquired::Held(held) = lease.try_acquire().await? else {
                 return Err(RegionalError::Internal(format!(
                     "shard {shard}'s lease is held by another owner"

@@ -91,17 +91,45 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         return Err(RegionalError::invalid("region", "must not be empty"));
     }
     let db = meridian_store::open(&config.store).await?;
-    run_with(config, db, SystemClock::shared(), shutdown).await
+    let lease_store = meridian_store::open_leases(&config.store, &db).await?;
+    let stores = Stores {
+        data: db,
+        leases: lease_store,
+    };
+    run_with(config, stores, SystemClock::shared(), shutdown).await
 }
 
-/// [`run`] on a given store and clock (`config.store` is not opened): the
+/// The stores a replica works on.
+#[derive(Clone)]
+pub struct Stores {
+    /// The region's records.
+    pub data: meridian_store::Database,
+    /// The region's lease records (`meridian_store::open_leases`).
+    pub leases: meridian_store::Database,
+}
+
+impl Stores {
+    /// Leases kept beside the data, in one store.
+    pub fn single(db: meridian_store::Database) -> Self {
+        Stores {
+            data: db.clone(),
+            leases: db,
+        }
+    }
+}
+
+/// [`run`] on given stores and clock (`config.store` is not opened): the
 /// simulation shares one store among a region's replicas and drives time.
 pub async fn run_with(
     config: Config,
-    db: meridian_store::Database,
+    stores: Stores,
     clock: SharedClock,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let Stores {
+        data: db,
+        leases: lease_store,
+    } = stores;
     if config.region.is_empty() {
         return Err(RegionalError::invalid("region", "must not be empty"));
     }
@@ -139,6 +167,7 @@ pub async fn run_with(
     .await?;
     let wiring = Wiring {
         db,
+        lease_store,
         keys,
         clock,
         identity,
@@ -161,6 +190,7 @@ pub async fn run_with(
 /// What the parts of a replica share.
 struct Wiring {
     db: meridian_store::Database,
+    lease_store: meridian_store::Database,
     keys: Keys,
     clock: SharedClock,
     identity: Identity,
@@ -251,6 +281,7 @@ impl Wiring {
                 safety_margin: config.shard_lease / 10,
                 seed: config.seed,
                 leases: self.leases.clone(),
+                lease_store: self.lease_store.clone(),
             },
             placer,
         )
@@ -260,6 +291,7 @@ impl Wiring {
     fn api(&self, config: &Config, path: &DataPath, leading: Leading) -> RegionApi {
         RegionApi::new(ApiParts {
             db: self.db.clone(),
+            lease_store: self.lease_store.clone(),
             keys: self.keys.clone(),
             clock: self.clock.clone(),
             region: config.region.clone(),
@@ -295,6 +327,7 @@ impl Wiring {
                     pipeline: path.pipeline.clone(),
                     state: path.state.clone(),
                     leases: self.leases.clone(),
+                    lease_store: self.lease_store.clone(),
                 },
                 LinkConfig {
                     region: config.region.clone(),

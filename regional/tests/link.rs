@@ -217,6 +217,7 @@ fn link_ctx(region: &Region) -> LinkCtx {
         pipeline: region.fx.path.pipeline.clone(),
         state: region.fx.path.state.clone(),
         leases: LeaseRuntime::inline(),
+        lease_store: region.db.clone(),
     }
 }
 

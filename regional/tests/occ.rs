@@ -394,7 +394,8 @@ async fn a_binding_batch_of_a_deposed_shard_leader_never_commits() {
         region.shared_clock(),
         Duration::from_secs(10),
         Duration::from_secs(1),
-    );
+    )
+    .with_fence_in(region.db.clone(), region.keys.shard_fence(0));
     let new = match lease.try_acquire().await.expect("acquire") {
         Acquired::Held(held) => held.fence,
         Acquired::Busy(r) => panic!("lease busy: {r:?}"),

@@ -72,6 +72,7 @@ fn manager(
             safety_margin: lease / 10,
             seed: 7,
             leases: LeaseRuntime::inline(),
+            lease_store: db.clone(),
         },
         Arc::new(Probe {
             replica: name.into(),

@@ -60,6 +60,29 @@ pub async fn open(url: &str) -> Result<Database> {
     Ok(Database::new(open_backend(url).await?))
 }
 
+/// Opens the store for the lease records that guard the data at `url`
+/// (`data`, already open). On SQLite, where one write lock covers a whole
+/// file, that is a file of its own beside the data's (`NAME.leases.db` for
+/// `NAME.db`), so a renewal never waits behind the data's writes; the
+/// fences writes check stay with the data (see the lease module of
+/// `meridian-control`). Every other backend has no such lock, and leases
+/// stay in `data`.
+pub async fn open_leases(url: &str, data: &Database) -> Result<Database> {
+    match url.strip_prefix("sqlite:") {
+        Some(path) if !path.is_empty() && path != ":memory:" => {
+            open(&format!("sqlite:{}", leases_path(path))).await
+        }
+        _ => Ok(data.clone()),
+    }
+}
+
+fn leases_path(data: &str) -> String {
+    match data.strip_suffix(".db") {
+        Some(stem) => format!("{stem}.leases.db"),
+        None => format!("{data}.leases"),
+    }
+}
+
 /// Opens just the backend named by a URL (see [`open`]), for wrappers.
 pub async fn open_backend(url: &str) -> Result<Arc<dyn Backend>> {
     let invalid = |reason: &str| StoreError::InvalidUrl {
@@ -99,4 +122,15 @@ pub async fn open_backend(url: &str) -> Result<Arc<dyn Backend>> {
     Err(invalid(
         "expected sqlite:PATH, sqlite::memory:, memory: or fdb:CLUSTER_FILE",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leases_path;
+
+    #[test]
+    fn the_lease_store_is_a_sibling_file_of_the_data() {
+        assert_eq!(leases_path("/d/r1.db"), "/d/r1.leases.db");
+        assert_eq!(leases_path("/d/region"), "/d/region.leases");
+    }
 }

@@ -78,7 +78,7 @@ impl Elector {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut status = self.subscribe();
-        let lease_key = self.lease().key().to_vec();
+        let lease_key = self.lease().fence_key().to_vec();
         let identity = self.lease().identity().clone();
         let (release, released) = oneshot::channel::<()>();
         let candidacy = runtime.spawn(self.run(async move {

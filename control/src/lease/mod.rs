@@ -12,6 +12,7 @@
 //! safety_margin` (the [`elector`] steps down there by itself).
 
 pub mod elector;
+mod home;
 mod lead;
 pub mod observe;
 mod record;
@@ -165,6 +166,8 @@ pub struct Lease {
     clock: SharedClock,
     duration: Duration,
     safety_margin: Duration,
+    /// Where fences are checked, when not on the lease record itself.
+    home: Option<home::FenceHome>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -194,7 +197,18 @@ impl Lease {
             clock,
             duration,
             safety_margin: safety_margin.min(duration),
+            home: None,
         }
+    }
+
+    /// Keeps the record where [`Lease::new`] put it (a store of its own,
+    /// whose writes wait for nothing but other leases) and publishes each
+    /// term's fence at `key` in `guarded`, the store of the data the lease
+    /// guards; fences are checked there (see `home.rs` for why that is as
+    /// safe as checking the lease record).
+    pub fn with_fence_in(mut self, guarded: Database, key: Vec<u8>) -> Self {
+        self.home = Some(home::FenceHome { db: guarded, key });
+        self
     }
 
     /// This candidate's identity.
@@ -210,6 +224,12 @@ impl Lease {
     /// The store key of the record.
     pub fn key(&self) -> &[u8] {
         &self.key
+    }
+
+    /// The key writes check their fence against: the published fence, or
+    /// the lease record itself.
+    pub fn fence_key(&self) -> &[u8] {
+        self.home.as_ref().map_or(&self.key, |h| &h.key)
     }
 
     /// The record as it is now, if any.
@@ -235,72 +255,88 @@ impl Lease {
     pub async fn try_acquire(&self) -> Result<Acquired, LeaseError> {
         let started = self.clock.now();
         let now_ms = self.clock.now_unix_ms();
+        // Above any published fence too: a lost or replaced lease store
+        // must not bring an old epoch back.
+        let floor = match &self.home {
+            Some(home) => home.published_epoch().await?,
+            None => 0,
+        };
         let record = self
             .write(move |current| match current {
                 Some(cur) if !cur.is_expired_at(now_ms) => Err(Some(cur.clone())),
-                _ => Ok(current.map_or(1, |cur| cur.epoch + 1)),
+                _ => Ok(current.map_or(0, |cur| cur.epoch).max(floor) + 1),
             })
             .await?;
-        Ok(match record {
-            Ok(epoch) => {
-                observe::acquired(&self.key, &self.identity, epoch);
-                Acquired::Held(self.held(epoch, started))
-            }
-            Err(Some(busy)) => Acquired::Busy(busy),
+        let epoch = match record {
+            Ok(epoch) => epoch,
+            Err(Some(busy)) => return Ok(Acquired::Busy(busy)),
             // `decide` refuses only when it found a live record.
             Err(None) => return Err(LeaseError::Corrupt("lease refused without a record".into())),
-        })
+        };
+        let mut held = self.held(epoch, started);
+        if let Some(home) = &self.home {
+            match home.publish(&self.identity, epoch).await {
+                Ok(Ok(())) => {}
+                Ok(Err(newer)) => return Ok(Acquired::Busy(newer)),
+                Err(err) => {
+                    // Not acting on this term: let the next candidate in
+                    // now rather than at expiry.
+                    let _ = self.release(&held).await;
+                    return Err(err);
+                }
+            }
+            // Publishing waited for the guarded store's writers; the term
+            // counts from a renewal after it, or (if that renewal failed)
+            // from before the acquisition, which is shorter but still safe.
+            if let Ok(renewed) = self.renew(&held).await {
+                held = renewed;
+            }
+        }
+        observe::acquired(self.fence_key(), &self.identity, epoch);
+        Ok(Acquired::Held(held))
     }
 
     /// Extends a held lease. Fails with [`LeaseError::Fenced`] when the
     /// epoch or holder moved.
     pub async fn renew(&self, held: &Held) -> Result<Held, LeaseError> {
         let started = self.clock.now();
-        let fence = held.fence.clone();
-        let outcome = self
-            .write(move |current| match current {
-                Some(cur) if cur.epoch == fence.epoch && cur.holder == fence.holder => {
-                    Ok(cur.epoch)
-                }
-                other => Err(other.cloned()),
-            })
-            .await?;
-        match outcome {
-            Ok(epoch) => Ok(self.held(epoch, started)),
-            Err(found) => Err(held.fence.fenced(found.map_or_else(
-                || "no lease record".to_string(),
-                |r| format!("{} at epoch {}", r.holder, r.epoch),
-            ))),
-        }
+        let epoch = self.rewrite_own(held, Some(self.lifetime_ms())).await?;
+        Ok(self.held(epoch, started))
     }
 
     /// Gives the lease up so another candidate can take it at once. The epoch
     /// stays; the next holder bumps it.
     pub async fn release(&self, held: &Held) -> Result<(), LeaseError> {
-        let key = self.key.clone();
+        self.rewrite_own(held, None).await.map(|_| ())
+    }
+
+    /// Rewrites the record of `held`'s term with a new lifetime, or fails
+    /// with [`LeaseError::Fenced`] if the term is over.
+    async fn rewrite_own(&self, held: &Held, lifetime_ms: Option<u64>) -> Result<u64, LeaseError> {
         let fence = held.fence.clone();
-        self.db
-            .run_system(|tx, _| {
-                let key = key.clone();
-                let fence = fence.clone();
-                async move {
-                    fence.check(&tx).await?;
-                    let released = LeaseRecord {
-                        holder: fence.holder.clone(),
-                        epoch: fence.epoch,
-                        expires_at_unix_ms: 0,
-                    };
-                    tx.set(&key, &released.encode())?;
-                    Ok(())
-                }
-            })
-            .await
+        let outcome = self
+            .write_with(
+                move |current| match current {
+                    Some(cur) if cur.epoch == fence.epoch && cur.holder == fence.holder => {
+                        Ok(cur.epoch)
+                    }
+                    other => Err(other.cloned()),
+                },
+                lifetime_ms,
+            )
+            .await?;
+        outcome.map_err(|found| {
+            held.fence.fenced(found.map_or_else(
+                || "no lease record".to_string(),
+                |r| format!("{} at epoch {}", r.holder, r.epoch),
+            ))
+        })
     }
 
     fn held(&self, epoch: u64, started: Instant) -> Held {
         let usable = self.duration.saturating_sub(self.safety_margin);
         Held {
-            fence: Fence::new(self.key.clone(), self.identity.clone(), epoch),
+            fence: Fence::new(self.fence_key().to_vec(), self.identity.clone(), epoch),
             act_until: started.saturating_add(usable),
         }
     }
@@ -312,9 +348,25 @@ impl Lease {
     where
         F: Fn(Option<&LeaseRecord>) -> Result<u64, Option<LeaseRecord>> + Clone,
     {
+        self.write_with(decide, Some(self.lifetime_ms())).await
+    }
+
+    fn lifetime_ms(&self) -> u64 {
+        u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// [`Lease::write`] with the record's lifetime from now; `None` writes
+    /// it released (expired at once).
+    async fn write_with<F>(
+        &self,
+        decide: F,
+        lifetime_ms: Option<u64>,
+    ) -> Result<Result<u64, Option<LeaseRecord>>, LeaseError>
+    where
+        F: Fn(Option<&LeaseRecord>) -> Result<u64, Option<LeaseRecord>> + Clone,
+    {
         let key = self.key.clone();
         let identity = self.identity.clone();
-        let duration_ms = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX);
         let clock = self.clock.clone();
         self.db
             .run_system(|tx, _| {
@@ -334,7 +386,8 @@ impl Lease {
                     let record = LeaseRecord {
                         holder: identity,
                         epoch,
-                        expires_at_unix_ms: clock.now_unix_ms().saturating_add(duration_ms),
+                        expires_at_unix_ms: lifetime_ms
+                            .map_or(0, |ms| clock.now_unix_ms().saturating_add(ms)),
                     };
                     tx.set(&key, &record.encode())?;
                     Ok(Ok(epoch))

@@ -74,6 +74,8 @@ struct Rate {
 #[derive(Clone)]
 pub struct RegionApi {
     pub(crate) db: Database,
+    /// Where the shard lease records live (who leads a shard).
+    pub(crate) lease_store: Database,
     pub(crate) keys: Keys,
     pub(crate) clock: SharedClock,
     pub(crate) region: String,
@@ -90,6 +92,7 @@ pub struct RegionApi {
 /// What a [`RegionApi`] is built from.
 pub struct ApiParts {
     pub db: Database,
+    pub lease_store: Database,
     pub keys: Keys,
     pub clock: SharedClock,
     pub region: String,
@@ -118,6 +121,7 @@ impl RegionApi {
     pub fn new(parts: ApiParts) -> Self {
         RegionApi {
             db: parts.db,
+            lease_store: parts.lease_store,
             keys: parts.keys,
             clock: parts.clock,
             region: parts.region,
@@ -155,7 +159,7 @@ impl RegionApi {
         };
         let epoch = self.leading.lock().get(&shard).copied();
         let authority = epoch.map(|epoch| Authority {
-            fence: Fence::new(self.keys.shard_lease(shard), self.identity.clone(), epoch),
+            fence: Fence::new(self.keys.shard_fence(shard), self.identity.clone(), epoch),
             generation: None,
         });
         (shard, authority)
@@ -194,7 +198,7 @@ impl RegionApi {
     /// The endpoint of the replica leading `shard`, when it can be found.
     async fn leader_of(&self, shard: u32) -> Option<String> {
         let lease = Lease::new(
-            self.db.clone(),
+            self.lease_store.clone(),
             self.keys.shard_lease(shard),
             Identity::new_boot("observer"),
             self.clock.clone(),

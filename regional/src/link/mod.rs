@@ -66,6 +66,8 @@ pub struct LinkCtx {
     pub state: SharedState,
     /// Where the link lease is renewed.
     pub leases: LeaseRuntime,
+    /// Where the link lease record lives (see `ManagerConfig::lease_store`).
+    pub lease_store: Database,
 }
 
 /// Runs the link election and, while leading, the link session, until
@@ -81,16 +83,18 @@ pub async fn run(
         clock,
         identity,
         leases,
+        lease_store,
         ..
     } = ctx.clone();
     let lease = Lease::new(
-        db.clone(),
+        lease_store,
         keys.link_lease(),
         identity.clone(),
         clock.clone(),
         config.lease,
         config.lease / 10,
-    );
+    )
+    .with_fence_in(db.clone(), keys.link_fence());
     let elector = Elector::new(lease, ElectorConfig::for_lease(config.lease), 7, "link");
     elector
         .lead(leases, shutdown, move |mut term: Term| {

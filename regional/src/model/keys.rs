@@ -38,9 +38,20 @@ impl Keys {
         self.root.pack(&("shard_lease", shard))
     }
 
+    /// The fence of shard `shard`'s current term, published here, beside
+    /// the data, when its lease is kept in a store of its own.
+    pub fn shard_fence(&self, shard: u32) -> Vec<u8> {
+        self.root.pack(&("shard_fence", shard))
+    }
+
     /// Lease of the link to the global tier.
     pub fn link_lease(&self) -> Vec<u8> {
         self.root.pack(&("link_lease",))
+    }
+
+    /// The fence of the link's current term (see [`Keys::shard_fence`]).
+    pub fn link_fence(&self) -> Vec<u8> {
+        self.root.pack(&("link_fence",))
     }
 
     /// Persisted cursor of the global assignment stream.

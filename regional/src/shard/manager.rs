@@ -63,6 +63,11 @@ pub struct ManagerConfig {
     /// Where the shard leases are renewed (a thread of their own in
     /// production, so a saturated data path cannot delay a renewal).
     pub leases: LeaseRuntime,
+    /// Where the shard lease records live: a store of their own on SQLite
+    /// (`meridian_store::open_leases`), so a renewal never waits behind
+    /// the region's writes; their fences are published into the region's
+    /// store, where the writes check them.
+    pub lease_store: Database,
 }
 
 /// Which shards this replica leads, at which epoch.
@@ -227,13 +232,14 @@ impl ShardManager {
 
     fn open_slot(&mut self, shard: u32) {
         let lease = Lease::new(
-            self.db.clone(),
+            self.config.lease_store.clone(),
             self.keys.shard_lease(shard),
             self.identity.clone(),
             self.clock.clone(),
             self.config.lease,
             self.config.safety_margin,
-        );
+        )
+        .with_fence_in(self.db.clone(), self.keys.shard_fence(shard));
         let elector = Elector::new(
             lease,
             ElectorConfig::for_lease(self.config.lease),

@@ -160,6 +160,7 @@ impl Region {
         leading.lock().insert(0, self.term().epoch);
         let api = RegionApi::new(ApiParts {
             db: self.db.clone(),
+            lease_store: self.db.clone(),
             keys: self.keys.clone(),
             clock: self.shared_clock(),
             region: "r1".into(),

@@ -89,8 +89,13 @@ pub async fn regional(p: Process, region: String, globals: String, shards: u32) 
     config.dedicated_lease_thread = false;
     let clock = SimClock::shared(p.skew_ms.clone(), p.gate.clone());
     let db = p.db().with_clock(clock.clone());
-    if let Err(e) =
-        meridian_regional::server::run_with(config, db, clock, std::future::pending()).await
+    if let Err(e) = meridian_regional::server::run_with(
+        config,
+        meridian_regional::server::Stores::single(db),
+        clock,
+        std::future::pending(),
+    )
+    .await
     {
         tracing::error!(error = %e, host = %p.name, "region replica ended");
     }

@@ -130,10 +130,11 @@ fn scopes(cfg: &SimConfig) -> BTreeMap<Vec<u8>, Scope> {
         Scope::Global,
     );
     let keys = meridian_regional::model::Keys::new(REGION);
-    out.insert(keys.link_lease(), Scope::Region(REGION.to_string()));
+    // Scopes are named by the key writes check their fence against.
+    out.insert(keys.link_fence(), Scope::Region(REGION.to_string()));
     for shard in 0..cfg.shards {
         out.insert(
-            keys.shard_lease(shard),
+            keys.shard_fence(shard),
             Scope::Shard {
                 region: REGION.to_string(),
                 shard,
