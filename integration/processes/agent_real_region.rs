@@ -18,17 +18,19 @@
 //! global tier's `WatchJobs` stream, or by polling an API (or a pid file)
 //! under the failure guard.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use meridian_cli::dev::line::{AgentLine, GlobalLine, LOOPBACK_ANY_PORT, RegionalLine};
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::region_admin_client::RegionAdminClient;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use support::{Agent, Global, Launch, Proc, Regional};
 use tonic::transport::Channel;
 
 /// Failure guard only: no step waits this long when things work.
@@ -37,68 +39,10 @@ const GUARD: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(25);
 const GIB: u64 = 1 << 30;
 
-/// A child process, stopped when dropped (a failing test leaves nothing):
-/// SIGINT first (an agent then stops its tasks), SIGKILL if it lingers.
-struct Proc(Child);
-
-impl Proc {
-    /// SIGKILL, and reap it.
-    fn kill_now(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            if !matches!(self.0.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(POLL);
-        }
-        self.kill_now();
-    }
-}
-
-/// Starts `meridian ARGS` and returns it with the first stdout line that
-/// contains `marker`, from `marker` on.
-fn start(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start meridian");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let found = loop {
-        let line = lines
-            .next()
-            .expect("the process printed its address")
-            .expect("read stdout");
-        if let Some(i) = line.find(marker) {
-            break line[i + marker.len()..].trim().to_string();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), found)
-}
-
-/// A port free right now (the regional process must come back on the same
-/// address after a restart).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a probe socket")
-        .local_addr()
-        .expect("probe address")
-        .port()
+/// How this file's processes run: SIGINT first when dropped (an agent
+/// then stops its tasks), SIGKILL if they linger.
+fn stop_gently(launch: Launch) -> Launch {
+    launch.interrupt_on_drop()
 }
 
 /// A `meridian global`, and a `meridian regional` (region `r1`) on a fixed
@@ -107,7 +51,7 @@ struct Tiers {
     _global: Option<Proc>,
     region_proc: Option<Proc>,
     global: Option<String>,
-    region_addr: String,
+    region_addr: SocketAddr,
     region_store: String,
     dir: tempfile::TempDir,
 }
@@ -117,16 +61,9 @@ impl Tiers {
         let dir = tempfile::tempdir().expect("temp dir");
         let (global_proc, global) = if with_global {
             let store = format!("sqlite:{}", dir.path().join("global.db").display());
-            let (p, line) = start(
-                &["global", "--store", &store, "--listen", "127.0.0.1:0"],
-                "grpc=",
-            );
-            let addr = line
-                .split_whitespace()
-                .next()
-                .expect("grpc address")
-                .to_string();
-            (Some(p), Some(addr))
+            let line = GlobalLine::new(store, LOOPBACK_ANY_PORT);
+            let g = Global::start_with(&line, stop_gently);
+            (Some(g.proc), Some(g.grpc))
         } else {
             (None, None)
         };
@@ -134,7 +71,7 @@ impl Tiers {
             _global: global_proc,
             region_proc: None,
             global,
-            region_addr: format!("127.0.0.1:{}", free_port()),
+            region_addr: support::free_loopback_addr(),
             region_store: format!("sqlite:{}", dir.path().join("r1.db").display()),
             dir,
         };
@@ -143,28 +80,13 @@ impl Tiers {
     }
 
     fn start_region(&mut self) {
-        let mut args = vec![
-            "regional",
-            "--region",
-            "r1",
-            "--store",
-            &self.region_store,
-            "--listen",
-            &self.region_addr,
-            "--shards",
-            "1",
-            "--shard-lease-ms",
-            "500",
+        let mut line = RegionalLine::new("r1", &self.region_store, self.region_addr, 1)
+            .shard_lease_ms(500)
             // The outage of the static stability test must not make the
             // node dead once the region is back.
-            "--node-timeout-ms",
-            "60000",
-        ];
-        if let Some(global) = &self.global {
-            args.extend(["--global", global.as_str()]);
-        }
-        let (p, _) = start(&args, "listening on ");
-        self.region_proc = Some(p);
+            .node_timeout_ms(60_000);
+        line.global = self.global.clone();
+        self.region_proc = Some(Regional::start_with(&line, stop_gently).proc);
     }
 
     /// SIGKILL: no shutdown of any kind.
@@ -178,32 +100,16 @@ impl Tiers {
         format!("http://{}", self.region_addr)
     }
 
-    /// Starts a `meridian agent` against the region.
-    fn agent(&self, node: &str, extra: &[&str]) -> Proc {
+    /// The command line of a `meridian agent` of node `node` against the
+    /// region: 2 cores, 4 GiB.
+    fn agent_line(&self, node: &str) -> AgentLine {
         let work = self.dir.path().join(format!("agent-{node}"));
-        let region = self.region_url();
-        let mut args = vec![
-            "agent",
-            "--region",
-            &region,
-            "--node-id",
-            node,
-            "--cpu",
-            "2",
-            "--memory",
-            "4294967296",
-            "--work-dir",
-            work.to_str().expect("utf-8 temp dir"),
-        ];
-        args.extend_from_slice(extra);
-        let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start meridian agent");
-        Proc(child)
+        AgentLine::new(vec![self.region_url()], node, work, 2.0, 4 * GIB)
+    }
+
+    /// Starts a `meridian agent` from `line`.
+    fn agent(&self, line: AgentLine) -> Proc {
+        Agent::start_with(&line, stop_gently).proc
     }
 
     async fn federation(&self) -> FederationClient<Channel> {
@@ -365,7 +271,7 @@ fn alive(pid: i32) -> bool {
 async fn a_real_task_that_exits_non_zero_fails_its_job_and_its_output_is_served_by_the_global_tier()
 {
     let tiers = Tiers::start(true);
-    let _agent = tiers.agent("node-1", &[]);
+    let _agent = tiers.agent(tiers.agent_line("node-1"));
     let run = async {
         tiers.await_nodes(1).await;
         let mut federation = tiers.federation().await;
@@ -417,7 +323,7 @@ async fn a_real_task_that_exits_non_zero_fails_its_job_and_its_output_is_served_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_job_kills_the_whole_process_tree_of_its_task_on_the_agent() {
     let tiers = Tiers::start(true);
-    let _agent = tiers.agent("node-1", &[]);
+    let _agent = tiers.agent(tiers.agent_line("node-1"));
     let pids = tiers.dir.path().join("pids");
     std::fs::create_dir_all(&pids).expect("pid dir");
     let run = async {
@@ -470,7 +376,7 @@ async fn cancelling_a_job_kills_the_whole_process_tree_of_its_task_on_the_agent(
 async fn a_keep_running_task_outlives_a_killed_region_and_its_final_status_arrives_after_the_restart()
  {
     let mut tiers = Tiers::start(true);
-    let _agent = tiers.agent("node-1", &[]);
+    let _agent = tiers.agent(tiers.agent_line("node-1"));
     let fifo: PathBuf = tiers.dir.path().join("go");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     let run = async {
@@ -536,8 +442,8 @@ async fn a_keep_running_task_outlives_a_killed_region_and_its_final_status_arriv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_nodes_advertise_the_simulated_label_and_a_real_node_does_not() {
     let tiers = Tiers::start(false);
-    let _real = tiers.agent("real", &["--labels", "zone=z1"]);
-    let _sim = tiers.agent("sim", &["--simulate", "2", "--labels", "zone=z1"]);
+    let _real = tiers.agent(tiers.agent_line("real").labels("zone=z1"));
+    let _sim = tiers.agent(tiers.agent_line("sim").simulate(2).labels("zone=z1"));
     let run = async {
         let nodes = tiers.await_nodes(3).await;
         let labels: BTreeMap<String, BTreeMap<String, String>> = nodes

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 mod support;
 
-use support::GlobalProcess as Global;
+use support::Global;
 
 fn store() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -41,9 +41,9 @@ fn ok(o: Output) -> String {
 #[test]
 fn submit_prints_a_job_id_that_job_list_and_job_get_then_show() {
     let (_dir, url) = store();
-    let g = Global::start(&url, "g1");
+    let g = Global::replica(&url, "g1");
     let id = ok(meridian(
-        &g.endpoint,
+        &g.grpc,
         &["job", "submit", "--simulate", "10", "--name", "nap"],
     ));
     let id = id.trim();
@@ -51,23 +51,23 @@ fn submit_prints_a_job_id_that_job_list_and_job_get_then_show() {
         id.starts_with('j') && !id.contains(char::is_whitespace),
         "{id:?}"
     );
-    let list = ok(meridian(&g.endpoint, &["job", "list"]));
+    let list = ok(meridian(&g.grpc, &["job", "list"]));
     let row = list
         .lines()
         .find(|l| l.starts_with(id))
         .expect("job in list");
     assert!(row.contains("nap") && row.contains("PENDING"), "{row}");
     assert!(list.starts_with("JOB"), "{list}");
-    let get = ok(meridian(&g.endpoint, &["job", "get", id]));
+    let get = ok(meridian(&g.grpc, &["job", "get", id]));
     assert!(get.contains("simulated 10 ms"), "{get}");
 }
 
 #[test]
 fn json_output_parses_and_carries_the_job() {
     let (_dir, url) = store();
-    let g = Global::start(&url, "g1");
+    let g = Global::replica(&url, "g1");
     let submitted: Value = serde_json::from_str(&ok(meridian(
-        &g.endpoint,
+        &g.grpc,
         &[
             "job", "submit", "-o", "json", "--count", "3", "--label", "team=a", "--", "true",
         ],
@@ -76,7 +76,7 @@ fn json_output_parses_and_carries_the_job() {
     assert_eq!(submitted["created"], true);
     let id = submitted["job_id"].as_str().expect("job_id").to_string();
     let job: Value = serde_json::from_str(&ok(meridian(
-        &g.endpoint,
+        &g.grpc,
         &["job", "get", &id, "--output", "json"],
     )))
     .expect("get JSON");
@@ -85,25 +85,24 @@ fn json_output_parses_and_carries_the_job() {
     assert_eq!(job["spec"]["task_count"], 3);
     assert_eq!(job["spec"]["labels"]["team"], "a");
     assert_eq!(job["spec"]["task"]["command"]["program"], "true");
-    let list: Value =
-        serde_json::from_str(&ok(meridian(&g.endpoint, &["job", "list", "-o", "json"])))
-            .expect("list JSON");
+    let list: Value = serde_json::from_str(&ok(meridian(&g.grpc, &["job", "list", "-o", "json"])))
+        .expect("list JSON");
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(1));
 }
 
 #[test]
 fn a_bad_spec_exits_non_zero_and_names_the_field() {
     let (_dir, url) = store();
-    let g = Global::start(&url, "g1");
+    let g = Global::replica(&url, "g1");
     let o = meridian(
-        &g.endpoint,
+        &g.grpc,
         &["job", "submit", "--count", "0", "--simulate", "5"],
     );
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     assert!(stderr(&o).contains("spec.task_count"), "{}", stderr(&o));
     assert!(stdout(&o).is_empty());
 
-    let o = meridian(&g.endpoint, &["job", "submit", "--cpu", "0", "--", "echo"]);
+    let o = meridian(&g.grpc, &["job", "submit", "--cpu", "0", "--", "echo"]);
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     assert!(
         stderr(&o).contains("spec.resources.cpu_millis"),
@@ -115,20 +114,20 @@ fn a_bad_spec_exits_non_zero_and_names_the_field() {
     let file = dir.path().join("job.yaml");
     std::fs::write(&file, "name: x\ntask_cuont: 2\n").expect("write spec");
     let o = meridian(
-        &g.endpoint,
+        &g.grpc,
         &["job", "submit", "-f", &file.display().to_string()],
     );
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(stderr(&o).contains("task_cuont"), "{}", stderr(&o));
 
-    let list = ok(meridian(&g.endpoint, &["job", "list", "-o", "json"]));
+    let list = ok(meridian(&g.grpc, &["job", "list", "-o", "json"]));
     assert!(!list.contains("job_id"), "nothing was created: {list}");
 }
 
 #[test]
 fn a_spec_file_submits_like_flags_and_a_repeated_request_id_gives_the_same_job() {
     let (_dir, url) = store();
-    let g = Global::start(&url, "g1");
+    let g = Global::replica(&url, "g1");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("job.toml");
     std::fs::write(
@@ -138,11 +137,11 @@ fn a_spec_file_submits_like_flags_and_a_repeated_request_id_gives_the_same_job()
     .expect("write spec");
     let file = file.display().to_string();
     let args = ["job", "submit", "-f", &file, "--request-id", "req-1"];
-    let first = ok(meridian(&g.endpoint, &args));
-    let second = ok(meridian(&g.endpoint, &args));
+    let first = ok(meridian(&g.grpc, &args));
+    let second = ok(meridian(&g.grpc, &args));
     assert_eq!(first, second);
     let job: Value = serde_json::from_str(&ok(meridian(
-        &g.endpoint,
+        &g.grpc,
         &["job", "get", first.trim(), "-o", "json"],
     )))
     .expect("get JSON");
@@ -153,40 +152,38 @@ fn a_spec_file_submits_like_flags_and_a_repeated_request_id_gives_the_same_job()
 #[test]
 fn region_list_works_and_an_unknown_job_or_region_is_not_found() {
     let (_dir, url) = store();
-    let g = Global::start(&url, "g1");
-    let table = ok(meridian(&g.endpoint, &["region", "list"]));
+    let g = Global::replica(&url, "g1");
+    let table = ok(meridian(&g.grpc, &["region", "list"]));
     assert!(table.starts_with("REGION"), "{table}");
-    let json: Value = serde_json::from_str(&ok(meridian(
-        &g.endpoint,
-        &["region", "list", "-o", "json"],
-    )))
-    .expect("regions JSON");
+    let json: Value =
+        serde_json::from_str(&ok(meridian(&g.grpc, &["region", "list", "-o", "json"])))
+            .expect("regions JSON");
     assert_eq!(json["regions"], Value::Array(vec![]));
 
-    let o = meridian(&g.endpoint, &["job", "get", "j-nope"]);
+    let o = meridian(&g.grpc, &["job", "get", "j-nope"]);
     assert_eq!(o.status.code(), Some(4), "{o:?}");
     assert!(stderr(&o).starts_with("error: not found"), "{}", stderr(&o));
-    let o = meridian(&g.endpoint, &["region", "drain", "atlantis"]);
+    let o = meridian(&g.grpc, &["region", "drain", "atlantis"]);
     assert_eq!(o.status.code(), Some(4), "{o:?}");
 }
 
 #[test]
 fn submits_sent_to_either_replica_reach_the_leader() {
     let (_dir, url) = store();
-    let a = Global::start(&url, "g1");
-    let b = Global::start(&url, "g2");
+    let a = Global::replica(&url, "g1");
+    let b = Global::replica(&url, "g2");
     // One of the two is a standby: it answers UNAVAILABLE with the leader
     // hint, which the command follows with the same request id.
     let via_a = ok(meridian(
-        &a.endpoint,
+        &a.grpc,
         &["job", "submit", "--simulate", "1", "--request-id", "r-a"],
     ));
     let via_b = ok(meridian(
-        &b.endpoint,
+        &b.grpc,
         &["job", "submit", "--simulate", "1", "--request-id", "r-b"],
     ));
     assert_ne!(via_a.trim(), via_b.trim());
-    let list = ok(meridian(&a.endpoint, &["job", "list"]));
+    let list = ok(meridian(&a.grpc, &["job", "list"]));
     assert!(
         list.contains(via_a.trim()) && list.contains(via_b.trim()),
         "{list}"

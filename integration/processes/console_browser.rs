@@ -9,6 +9,7 @@
 //! updates it), with a timeout as a failure guard only.
 
 mod console_support;
+mod support;
 
 use std::time::Instant;
 
@@ -206,7 +207,7 @@ async fn killing_a_shard_leader_process_shows_the_new_leader_and_epoch_on_the_pa
             .js("window.__consoleMarker = 'no reload'; return true;")
             .await;
 
-        victim.proc.kill();
+        victim.proc.kill_now();
         let killed = Instant::now();
         let wanted = json!(victims);
         let after = browser

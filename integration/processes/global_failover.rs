@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 
 mod support;
 
-use support::GlobalProcess as Replica;
+use support::Global;
 
 const CLIENTS: usize = 8;
 const PER_CLIENT: usize = 150;
@@ -86,8 +86,8 @@ fn spec(i: usize) -> JobSpec {
 async fn killing_the_global_leader_under_load_loses_no_acknowledged_job_and_duplicates_none() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("global.db").display());
-    let mut replicas = [Replica::start(&url, "g1"), Replica::start(&url, "g2")];
-    let endpoints: Vec<String> = replicas.iter().map(|r| r.endpoint.clone()).collect();
+    let mut replicas = [Global::replica(&url, "g1"), Global::replica(&url, "g2")];
+    let endpoints: Vec<String> = replicas.iter().map(|r| r.grpc.clone()).collect();
 
     let acked = Arc::new(Mutex::new(Vec::<(String, String, Instant)>::new()));
     let count = Arc::new(AtomicUsize::new(0));
@@ -146,8 +146,7 @@ async fn killing_the_global_leader_under_load_loses_no_acknowledged_job_and_dupl
     }
     let leader = leader.expect("one replica leads");
     let killed_at = Instant::now();
-    replicas[leader].child.kill().expect("SIGKILL the leader");
-    let _ = replicas[leader].child.wait();
+    replicas[leader].proc.kill_now();
 
     for c in clients {
         tokio::time::timeout(GUARD, c)

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::*;
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 mod support;
 
-use support::GlobalProcess as Replica;
+use support::Global;
 
 /// Failure guard only: how long a step may take before the test fails.
 const GUARD: Duration = Duration::from_secs(60);
@@ -93,11 +92,11 @@ async fn a_submit_sent_to_a_frozen_global_leader_completes_through_the_standby_w
  {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("global.db").display());
-    let replicas = [Replica::start(&url, "g1"), Replica::start(&url, "g2")];
-    let endpoints: Vec<String> = replicas.iter().map(|r| r.endpoint.clone()).collect();
+    let replicas = [Global::replica(&url, "g1"), Global::replica(&url, "g2")];
+    let endpoints: Vec<String> = replicas.iter().map(|r| r.grpc.clone()).collect();
     let frozen = leader(&endpoints).await;
     let standby = 1 - frozen;
-    let pid = Pid::from_raw(i32::try_from(replicas[frozen].child.id()).unwrap());
+    let pid = replicas[frozen].proc.pid();
 
     kill(pid, Signal::SIGSTOP).expect("SIGSTOP the leader");
     let started = Instant::now();

@@ -9,56 +9,22 @@
 //! assignment streams and on the global tier's `WatchJobs` stream; the only
 //! pause is an agent's retry of a refused call, as a real agent does.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use meridian_cli::dev::line::{GlobalLine, LOOPBACK_ANY_PORT, RegionalLine};
 use meridian_proto::v1;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use meridian_proto::v1::federation_client::FederationClient;
+use support::{Global, Proc, Regional};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 /// Failure guard only: no step waits this long when things work.
 const GUARD: Duration = Duration::from_secs(60);
 const GIB: u64 = 1 << 30;
-
-/// A child process, killed when dropped (a failing test leaves nothing).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `meridian ARGS` and returns it with the first stdout line that
-/// contains `marker`, from `marker` on.
-fn start(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start meridian");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let found = loop {
-        let line = lines
-            .next()
-            .expect("the process printed its address")
-            .expect("read stdout");
-        if let Some(i) = line.find(marker) {
-            break line[i + marker.len()..].trim().to_string();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), found)
-}
 
 /// One fake agent: registers its node, then forwards every command of its
 /// assignment stream to `commands`.
@@ -70,38 +36,7 @@ struct FakeAgent {
 
 impl FakeAgent {
     async fn register(region: &str, node: &str) -> FakeAgent {
-        let mut client = AgentLinkClient::connect(format!("http://{region}"))
-            .await
-            .expect("connect to the region");
-        // A region replica answers registrations only once it leads the
-        // node's shard, which it takes just after it starts listening; an
-        // agent retries until then, and so does this one.
-        let request = v1::RegisterNodeRequest {
-            node_id: node.into(),
-            boot_id: format!("boot-{node}"),
-            allocatable: Some(v1::Resources {
-                cpu_millis: 4_000,
-                memory_bytes: 8 * GIB,
-                gpu_count: 0,
-                gpu_type: String::new(),
-            }),
-            zone: "z1".into(),
-            agent_version: "fake".into(),
-            ..Default::default()
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let epoch = loop {
-            match client.register(request.clone()).await {
-                Ok(r) => break r.into_inner().node_epoch,
-                Err(s)
-                    if s.code() == tonic::Code::Unavailable
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(s) => panic!("register: {s:?}"),
-            }
-        };
+        let (client, epoch) = support::register_node(region, node, "z1", 4).await;
         FakeAgent {
             node: node.into(),
             epoch,
@@ -200,47 +135,19 @@ impl Tiers {
         let dir = tempfile::tempdir().expect("temp dir");
         let global_store = format!("sqlite:{}", dir.path().join("global.db").display());
         let region_store = format!("sqlite:{}", dir.path().join("r1.db").display());
-        let (global_proc, global) = start(
-            &[
-                "global",
-                "--store",
-                &global_store,
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            "grpc=",
-        );
-        let global = global
-            .split_whitespace()
-            .next()
-            .expect("grpc address")
-            .to_string();
-        let (region_proc, region) = start(
-            &[
-                "regional",
-                "--region",
-                "r1",
-                "--global",
-                &global,
-                "--store",
-                &region_store,
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                "1",
-                "--shard-lease-ms",
-                "500",
+        let global = Global::start(&GlobalLine::new(global_store, LOOPBACK_ANY_PORT));
+        let region = Regional::start(
+            &RegionalLine::new("r1", region_store, LOOPBACK_ANY_PORT, 1)
+                .global(&global.grpc)
+                .shard_lease_ms(500)
                 // The fake agents do not heartbeat: nodes must not be declared dead.
-                "--node-timeout-ms",
-                "600000",
-            ],
-            "listening on ",
+                .node_timeout_ms(600_000),
         );
         Tiers {
-            _global: global_proc,
-            _region: region_proc,
-            global,
-            region,
+            _global: global.proc,
+            _region: region.proc,
+            global: global.grpc,
+            region: region.grpc,
             _dir: dir,
         }
     }

@@ -18,23 +18,25 @@
 //! Nothing waits by sleeping: progress is awaited on process output or by
 //! polling an API or the captured logs under the failure guard.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use meridian_cli::dev::line::{AgentLine, GlobalLine, LOOPBACK_ANY_PORT, RegionalLine};
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::region_admin_client::RegionAdminClient;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use support::{Agent, Global, Launch, Proc, Regional, Stderr};
 use tonic::transport::Channel;
 
 /// Failure guard only: no step waits this long when things work.
@@ -54,106 +56,29 @@ fn traceparent() -> String {
     format!("00-{TRACE}-00f067aa0ba902b7-01")
 }
 
-/// A child process with its captured standard error; SIGINT then SIGKILL
-/// when dropped, so a failing test leaves nothing behind.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+/// How this file's processes run: the trace log filter, stderr captured
+/// for [`await_log`], no span export unless the test asks for it (through
+/// `env`, added last), and SIGINT then SIGKILL when dropped, so a failing
+/// test leaves nothing behind.
+fn observed(launch: Launch, env: &[(&str, &str)]) -> Launch {
+    launch
+        .env("RUST_LOG", LOG)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stderr(Stderr::Capture)
+        .interrupt_on_drop()
+        .envs(env)
 }
 
-impl Proc {
-    /// Starts `meridian ARGS` with `env`; returns it and the rest of each
-    /// stdout line that contains one of `markers`, in the order given.
-    fn start(args: &[&str], env: &[(&str, &str)], markers: &[&str]) -> (Proc, Vec<String>) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meridian"));
-        command
-            .args(args)
-            .env("RUST_LOG", LOG)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("start meridian");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log lock").push(line);
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut found = vec![None; markers.len()];
-        while found.iter().any(Option::is_none) {
-            let line = lines
-                .next()
-                .expect("the process printed its addresses")
-                .expect("read stdout");
-            for (i, marker) in markers.iter().enumerate() {
-                if found[i].is_none()
-                    && let Some(at) = line.find(marker)
-                {
-                    found[i] = Some(line[at + marker.len()..].trim().to_string());
-                }
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let found = found.into_iter().map(Option::unwrap_or_default).collect();
-        (Proc { child, log }, found)
-    }
-
-    /// Whether a captured log line contains every one of `parts`.
-    fn logged(&self, parts: &[&str]) -> bool {
-        self.log
-            .lock()
-            .expect("log lock")
-            .iter()
-            .any(|l| parts.iter().all(|p| l.contains(p)))
-    }
-
-    /// Polls the captured log for a line with every one of `parts`.
-    async fn await_log(&self, what: &str, parts: &[&str]) {
-        let start = Instant::now();
-        while !self.logged(parts) {
-            assert!(
-                start.elapsed() < GUARD,
-                "{what}: no log line with {parts:?}; log:\n{}",
-                self.log.lock().expect("log lock").join("\n")
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// SIGINT, then waits for the exit (a server flushes its spans first).
-    fn interrupt(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
-        }
-        let start = Instant::now();
-        while matches!(self.child.try_wait(), Ok(None)) {
-            assert!(start.elapsed() < GUARD, "the process did not stop");
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(POLL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Polls `proc`'s captured log for a line with every one of `parts`.
+async fn await_log(proc: &Proc, what: &str, parts: &[&str]) {
+    let start = Instant::now();
+    while !proc.logged(parts) {
+        assert!(
+            start.elapsed() < GUARD,
+            "{what}: no log line with {parts:?}; log:\n{}",
+            proc.log_text()
+        );
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -225,14 +150,6 @@ fn has_metric(metrics: &BTreeMap<String, f64>, name: &str) -> bool {
     metrics
         .keys()
         .any(|k| k == name || k.starts_with(&format!("{name}{{")))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a probe socket")
-        .local_addr()
-        .expect("probe address")
-        .port()
 }
 
 /// The job whose one task prints its `MERIDIAN_TRACE_ID`.
@@ -343,77 +260,35 @@ struct Federation {
 fn start_federation(env: &[(&str, &str)]) -> Federation {
     let dir = tempfile::tempdir().expect("temp dir");
     let global_store = format!("sqlite:{}", dir.path().join("global.db").display());
-    let (global, found) = Proc::start(
-        &[
-            "global",
-            "--store",
-            &global_store,
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ],
-        env,
-        &["grpc="],
+    let global = Global::start_with(
+        &GlobalLine::new(global_store, LOOPBACK_ANY_PORT).http(LOOPBACK_ANY_PORT),
+        |l| observed(l, env),
     );
-    let mut addrs = found[0].split_whitespace();
-    let global_grpc = addrs.next().expect("grpc address").to_string();
-    let global_http = addrs
-        .next()
-        .and_then(|h| h.strip_prefix("http="))
-        .expect("http address")
-        .to_string();
+    let global_http = global.http.expect("http address");
     let region_store = format!("sqlite:{}", dir.path().join("r1.db").display());
-    let region_addr = format!("127.0.0.1:{}", free_port());
-    let (region, found) = Proc::start(
-        &[
-            "regional",
-            "--region",
-            "r1",
-            "--store",
-            &region_store,
-            "--listen",
-            &region_addr,
-            "--shards",
-            "1",
-            "--global",
-            &global_grpc,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        env,
-        &["metrics on ", "listening on "],
+    let region_addr = support::free_loopback_addr();
+    let region = Regional::start_with(
+        &RegionalLine::new("r1", region_store, region_addr, 1)
+            .global(&global.grpc)
+            .metrics_listen(LOOPBACK_ANY_PORT),
+        |l| observed(l, env),
     );
-    let region_metrics = found[0].clone();
+    let region_metrics = region.metrics.expect("metrics address");
     let region_url = format!("http://{region_addr}");
     let work = dir.path().join("agent");
-    let (agent, found) = Proc::start(
-        &[
-            "agent",
-            "--region",
-            &region_url,
-            "--node-id",
-            "n1",
-            "--cpu",
-            "2",
-            "--memory",
-            "4294967296",
-            "--work-dir",
-            work.to_str().expect("utf-8 temp dir"),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        env,
-        &["metrics on "],
+    let agent = Agent::start_with(
+        &AgentLine::new(vec![region_url.clone()], "n1", work, 2.0, 4 << 30)
+            .metrics_listen(LOOPBACK_ANY_PORT),
+        |l| observed(l, env),
     );
-    let agent_metrics = found[0].clone();
+    let agent_metrics = agent.metrics.expect("metrics address");
     Federation {
-        global,
-        global_grpc,
+        global: global.proc,
+        global_grpc: global.grpc,
         global_http,
-        region,
+        region: region.proc,
         region_metrics,
-        agent,
+        agent: agent.proc,
         agent_metrics,
         region_url,
         _dir: dir,
@@ -490,7 +365,7 @@ async fn one_trace_id_follows_a_job_from_submit_through_region_to_the_agents_pro
         (&f.region, "place", "place: tasks bound to nodes"),
         (&f.agent, "run", "run: task attempt started"),
     ] {
-        proc.await_log(step, &[line, &trace, &job_field]).await;
+        await_log(proc, step, &[line, &trace, &job_field]).await;
     }
 }
 
@@ -668,24 +543,11 @@ async fn otlp_export_sends_the_submit_span_under_the_jobs_trace_id() {
     let (endpoint, server) = collector.start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let store = format!("sqlite:{}", dir.path().join("global.db").display());
-    let (mut global, found) = Proc::start(
-        &[
-            "global",
-            "--store",
-            &store,
-            "--listen",
-            "127.0.0.1:0",
-            "--otlp-endpoint",
-            &endpoint,
-        ],
-        &[],
-        &["grpc="],
+    let mut global = Global::start_with(
+        &GlobalLine::new(store, LOOPBACK_ANY_PORT).otlp_endpoint(&endpoint),
+        |l| observed(l, &[]),
     );
-    let grpc = found[0]
-        .split_whitespace()
-        .next()
-        .expect("grpc address")
-        .to_string();
+    let grpc = global.grpc.clone();
     let mut federation = FederationClient::connect(grpc)
         .await
         .expect("connect to the global tier");
@@ -695,7 +557,7 @@ async fn otlp_export_sends_the_submit_span_under_the_jobs_trace_id() {
     spec.name = "otlp".into();
     submit_traced(&mut federation, spec).await;
     // A stopping server flushes the spans it still holds.
-    global.interrupt();
+    global.proc.interrupt();
     let spans = collector.spans.lock().expect("collector lock").clone();
     server.abort();
     assert!(

@@ -3,11 +3,12 @@
 //! keep arriving. Its shards get a new leader within two lease lengths, every
 //! task ends up bound, and no task is ever bound twice.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use meridian_cli::dev::line::{LOOPBACK_ANY_PORT, RegionalLine};
 use meridian_control::SystemClock;
 use meridian_regional::jobs::{insert_job, simple_spec};
 use meridian_regional::model::{CommandRecord, Keys, RegionView, decode};
@@ -17,6 +18,7 @@ use meridian_regional::replica::DataPath;
 use meridian_regional::shard::ensure_layout;
 use meridian_regional::shard::observe_shard_leases;
 use meridian_store::Database;
+use support::{Proc, Regional};
 
 const SHARDS: u32 = 4;
 const LEASE_MS: u64 = 1_000;
@@ -27,54 +29,14 @@ const GIB: u64 = 1 << 30;
 /// Failure guard only: no step waits this long when things work.
 const GUARD: Duration = Duration::from_secs(60);
 
-struct Replica {
-    child: Child,
-}
-
-impl Replica {
-    fn start(name: &str, url: &str) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args([
-                "regional",
-                "--region",
-                "r1",
-                "--store",
-                url,
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                &SHARDS.to_string(),
-                "--replica",
-                name,
-                "--shard-lease-ms",
-                &LEASE_MS.to_string(),
-                // No agents in this test: nodes must not be declared dead.
-                "--node-timeout-ms",
-                "600000",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start meridian regional");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the first line");
-        assert!(
-            line.starts_with("listening on"),
-            "unexpected first line: {line:?}"
-        );
-        Replica { child }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts replica `name` of region `r1` on the store at `url`.
+fn replica(name: &str, url: &str) -> Proc {
+    let line = RegionalLine::new("r1", url, LOOPBACK_ANY_PORT, SHARDS)
+        .replica(name)
+        .shard_lease_ms(LEASE_MS)
+        // No agents in this test: nodes must not be declared dead.
+        .node_timeout_ms(600_000);
+    Regional::start(&line).proc
 }
 
 /// Awaits `cond`, re-checking whenever one of `watched` changes.
@@ -183,8 +145,8 @@ async fn two_replica_processes_split_the_shards_and_survive_a_kill_without_bindi
         assert!(matches!(out, Outcome::Node(Some(_))), "{out:?}");
     }
 
-    let a = Replica::start("a", &url);
-    let mut b = Replica::start("b", &url);
+    let a = replica("a", &url);
+    let mut b = replica("b", &url);
     // The replicas keep their shard leases in a store of their own.
     let leases = meridian_store::open_leases(&url, &db)
         .await
@@ -244,9 +206,8 @@ async fn two_replica_processes_split_the_shards_and_survive_a_kill_without_bindi
         })
         .collect();
     assert!(!b_shards.is_empty(), "b leads nothing: {before:?}");
-    b.child.kill().expect("SIGKILL replica b");
     let killed_at = Instant::now();
-    b.child.wait().expect("reap b");
+    b.kill_now();
 
     wait_until(
         &leases,

@@ -10,6 +10,7 @@
 //! Must never hold scheduling logic, and never wait for a child by sleeping.
 
 pub mod child;
+pub mod line;
 pub mod plan;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -163,9 +164,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let mut plan = dev_plan(&args, &data)?;
     if let Some(endpoint) = &args.telemetry.otlp_endpoint {
         for p in plan.processes_mut() {
-            p.spec
-                .args
-                .extend(["--otlp-endpoint".to_string(), endpoint.clone()]);
+            p.spec.args.extend(line::otlp_endpoint(endpoint));
         }
     }
     let grace = Duration::from_secs(args.grace_secs);

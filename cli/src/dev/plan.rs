@@ -8,7 +8,8 @@
 //! which they start (global tier, regions, agents). `meridian dev` plans on
 //! fixed ports from its base port, so a restart finds everything where it
 //! was; the load suite plans on free ports. Both start the plan with
-//! [`super::child::start_in_order`].
+//! [`super::child::start_in_order`]. Each process's arguments are built by
+//! [`super::line`], which alone spells a role's flags.
 //!
 //! Must never start or wait for anything: it only describes.
 
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::child::ChildSpec;
+use super::line::{AgentLine, GlobalLine, RegionalLine};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,10 +144,6 @@ fn sqlite(path: &Path) -> String {
     format!("sqlite:{}", path.display())
 }
 
-fn args(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
-}
-
 /// Plans `layout` with its stores, logs and work directories under `data`;
 /// `listen` chooses every address.
 pub fn plan<E>(
@@ -194,14 +192,12 @@ fn plan_globals<E>(
         let name = format!("global-{}", replica + 1);
         let grpc = listen(Listen::GlobalGrpc { replica })?;
         let http = listen(Listen::GlobalHttp { replica })?;
-        let mut a = args(&["global", "--store"]);
-        a.push(sqlite(&data.join("global.db")));
-        a.extend(["--listen".into(), grpc.to_string()]);
-        a.extend(["--http".into(), http.to_string()]);
-        a.extend(["--name".into(), name.clone()]);
+        let line = GlobalLine::new(sqlite(&data.join("global.db")), grpc)
+            .http(http)
+            .name(name.clone());
         globals.push(Process {
             spec: ChildSpec {
-                args: a,
+                args: line.args(),
                 ready: Some("meridian global: serving"),
                 log: log(data, &name),
                 name,
@@ -227,19 +223,15 @@ fn plan_region_replicas<E>(
         let name = format!("{region}-{}", replica + 1);
         let grpc = listen(Listen::RegionGrpc { region: r, replica })?;
         let metrics = listen(Listen::RegionMetrics { region: r, replica })?;
-        let mut a = args(&["regional", "--region", region, "--global"]);
-        a.extend([globals.to_string(), "--store".into(), store.clone()]);
-        a.extend(["--listen".into(), grpc.to_string()]);
-        a.extend(["--metrics-listen".into(), metrics.to_string()]);
-        a.extend(["--shards".into(), layout.shards.to_string()]);
-        a.extend(["--replica".into(), name.clone()]);
-        a.extend(["--seed".into(), (r * 100 + replica).to_string()]);
-        if let Some(ms) = layout.shard_lease_ms {
-            a.extend(["--shard-lease-ms".into(), ms.to_string()]);
-        }
+        let mut line = RegionalLine::new(region.clone(), store.clone(), grpc, layout.shards)
+            .global(globals)
+            .metrics_listen(metrics)
+            .replica(name.clone())
+            .seed(u64::from(r * 100 + replica));
+        line.shard_lease_ms = layout.shard_lease_ms;
         replicas.push(Process {
             spec: ChildSpec {
-                args: a,
+                args: line.args(),
                 ready: Some("listening on"),
                 log: log(at.data, &name),
                 name,
@@ -258,56 +250,55 @@ fn plan_region_replicas<E>(
 /// and first replicas differ across the whole plan).
 fn plan_agents(layout: &Layout, at: &Region<'_>, endpoints: &[String], agents: &mut Vec<Process>) {
     let region = at.name;
-    let mut agent = |name: String, simulated: bool, extra: Vec<String>| {
+    // `simulate`: how many simulated nodes the agent hosts; a real node
+    // when `None`. `cpu` and `memory` are per node.
+    let mut agent = |name: String, simulate: Option<u32>, cpu: f64, memory: u64, labels: String| {
         // Every replica of the region, starting at a different one per
         // agent: the agent moves on when one dies and follows each shard
         // leader's hint, so no replica is a single point of loss.
         let first = agents.len() % endpoints.len().max(1);
-        let endpoint = endpoints[first..]
+        let order = endpoints[first..]
             .iter()
             .chain(&endpoints[..first])
             .cloned()
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut a = args(&["agent", "--region"]);
-        a.extend([endpoint, "--node-id".into(), name.clone()]);
-        a.extend([
-            "--work-dir".into(),
-            at.data.join("agents").join(&name).display().to_string(),
-        ]);
-        a.extend([
-            "--seed".into(),
-            (at.index * 100 + agents.len() as u32).to_string(),
-        ]);
-        a.extend(extra);
+            .collect();
+        let work_dir = at.data.join("agents").join(&name);
+        let mut line = AgentLine::new(order, name.clone(), work_dir, cpu, memory)
+            .seed(u64::from(at.index * 100 + agents.len() as u32))
+            .labels(labels);
+        line.simulate = simulate;
         agents.push(Process {
             spec: ChildSpec {
-                args: a,
+                args: line.args(),
                 ready: None,
                 log: log(at.data, &name),
                 name,
             },
             role: Role::Agent {
                 region: region.clone(),
-                simulated,
+                simulated: simulate.is_some(),
             },
             grpc: None,
             http: None,
         });
     };
     if layout.simulated_nodes > 0 {
-        let mut extra = args(&["--simulate"]);
-        extra.push(layout.simulated_nodes.to_string());
-        extra.extend(args(&["--cpu", "8", "--memory"]));
-        extra.push((32u64 << 30).to_string());
-        extra.extend(["--labels".into(), format!("zone={region}-a")]);
-        agent(format!("{region}-sim"), true, extra);
+        agent(
+            format!("{region}-sim"),
+            Some(layout.simulated_nodes),
+            8.0,
+            32 << 30,
+            format!("zone={region}-a"),
+        );
     }
     for k in 0..layout.real_agents {
-        let mut extra = args(&["--cpu", "4", "--memory"]);
-        extra.push((8u64 << 30).to_string());
-        extra.extend(["--labels".into(), format!("zone={region}-b,real=true")]);
-        agent(format!("{region}-node-{}", k + 1), false, extra);
+        agent(
+            format!("{region}-node-{}", k + 1),
+            None,
+            4.0,
+            8 << 30,
+            format!("zone={region}-b,real=true"),
+        );
     }
 }
 

@@ -8,90 +8,25 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::wd::TimeoutConfiguration;
 use fantoccini::{Client, ClientBuilder, Locator};
+use meridian_cli::dev::line::{GlobalLine, LOOPBACK_ANY_PORT, RegionalLine};
 use meridian_proto::v1;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
+use crate::support::{self, Launch, Proc, Stderr};
+
 /// Failure guard only: no step waits this long when things work.
 pub const GUARD: Duration = Duration::from_secs(60);
 pub const GIB: u64 = 1 << 30;
 
-/// A child process, killed when dropped (a failing test leaves nothing).
-/// A process started in its own group (`group`) is killed with its whole
-/// group, so a browser launched by chromedriver goes with it.
-pub struct Proc(pub Child, pub bool);
-
-impl Proc {
-    /// SIGKILL, and reap it.
-    pub fn kill(&mut self) {
-        if self.1 {
-            let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Starts `program args` and reads its stdout until every marker has
-/// appeared on a line; returns what follows each marker.
-pub fn start_program(
-    program: &str,
-    args: &[&str],
-    markers: &[&str],
-    group: bool,
-) -> (Proc, Vec<String>) {
-    let mut command = Command::new(program);
-    if group {
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    }
-    let mut child = command
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {program}: {e}"));
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut found: Vec<Option<String>> = vec![None; markers.len()];
-    while found.iter().any(Option::is_none) {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("{program} ended before printing {markers:?}"))
-            .expect("read stdout");
-        for (i, m) in markers.iter().enumerate() {
-            if let Some(at) = line.find(m) {
-                found[i] = Some(line[at + m.len()..].trim().to_string());
-            }
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child, group), found.into_iter().flatten().collect())
-}
-
-/// Starts `meridian ARGS`.
-pub fn start_meridian(args: &[&str], markers: &[&str]) -> (Proc, Vec<String>) {
-    start_program(env!("CARGO_BIN_EXE_meridian"), args, markers, false)
-}
-
-/// A `meridian regional` replica with its console.
+/// A `meridian regional` replica of region `r1` with its console.
 pub struct Regional {
     pub proc: Proc,
     /// gRPC address (AgentLink, RegionAdmin).
@@ -102,35 +37,18 @@ pub struct Regional {
 
 impl Regional {
     pub fn start(store: &str, replica: &str, shards: u32, global: Option<&str>) -> Regional {
-        let shards = shards.to_string();
-        let mut args = vec![
-            "regional",
-            "--region",
-            "r1",
-            "--store",
-            store,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--shards",
-            &shards,
-            "--replica",
-            replica,
-            "--shard-lease-ms",
-            "1000",
+        let mut line = RegionalLine::new("r1", store, LOOPBACK_ANY_PORT, shards)
+            .metrics_listen(LOOPBACK_ANY_PORT)
+            .replica(replica)
+            .shard_lease_ms(1000)
             // Fake agents heartbeat only when told to: nodes must not die.
-            "--node-timeout-ms",
-            "600000",
-        ];
-        if let Some(g) = global {
-            args.extend(["--global", g]);
-        }
-        let (proc, found) = start_meridian(&args, &["listening on ", "metrics on "]);
+            .node_timeout_ms(600_000);
+        line.global = global.map(str::to_string);
+        let started = support::Regional::start_with(&line, quiet);
         Regional {
-            proc,
-            grpc: found[0].clone(),
-            http: found[1].clone(),
+            proc: started.proc,
+            grpc: started.grpc,
+            http: started.metrics.expect("the metrics address"),
         }
     }
 
@@ -150,29 +68,21 @@ pub struct Global {
 
 impl Global {
     pub fn start(store: &str) -> Global {
-        let (proc, found) = start_meridian(
-            &[
-                "global",
-                "--store",
-                store,
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--name",
-                "g1",
-            ],
-            &["grpc="],
-        );
-        let mut parts = found[0].split_whitespace();
-        let grpc = parts.next().expect("grpc address").to_string();
-        let http = parts
-            .next()
-            .and_then(|p| p.strip_prefix("http="))
-            .expect("http address")
-            .to_string();
-        Global { proc, grpc, http }
+        let line = GlobalLine::new(store, LOOPBACK_ANY_PORT)
+            .http(LOOPBACK_ANY_PORT)
+            .name("g1");
+        let started = support::Global::start_with(&line, quiet);
+        Global {
+            proc: started.proc,
+            grpc: started.grpc,
+            http: started.http.expect("the http address"),
+        }
     }
+}
+
+/// The servers' logs would drown the browser test's own output.
+fn quiet(launch: Launch) -> Launch {
+    launch.stderr(Stderr::Null)
 }
 
 /// One fake agent: registers its node through the real `AgentLink`.
@@ -185,38 +95,7 @@ pub struct FakeAgent {
 
 impl FakeAgent {
     pub async fn register(region_grpc: &str, node: &str, zone: &str, cores: u64) -> FakeAgent {
-        let mut client = AgentLinkClient::connect(format!("http://{region_grpc}"))
-            .await
-            .expect("connect to the region");
-        // A region replica answers registrations only once it leads the
-        // node's shard, which it takes just after it starts listening; an
-        // agent retries until then, and so does this one.
-        let request = v1::RegisterNodeRequest {
-            node_id: node.into(),
-            boot_id: format!("boot-{node}"),
-            allocatable: Some(v1::Resources {
-                cpu_millis: cores * 1000,
-                memory_bytes: cores * 2 * GIB,
-                gpu_count: 0,
-                gpu_type: String::new(),
-            }),
-            zone: zone.into(),
-            agent_version: "fake".into(),
-            ..Default::default()
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let epoch = loop {
-            match client.register(request.clone()).await {
-                Ok(r) => break r.into_inner().node_epoch,
-                Err(s)
-                    if s.code() == tonic::Code::Unavailable
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(s) => panic!("register: {s:?}"),
-            }
-        };
+        let (client, epoch) = support::register_node(region_grpc, node, zone, cores).await;
         FakeAgent {
             node: node.into(),
             epoch,
@@ -354,7 +233,7 @@ impl Drop for Browser {
                 let _ = stream.read_to_end(&mut answer);
             }
         }
-        self.driver.kill();
+        self.driver.kill_now();
     }
 }
 
@@ -364,12 +243,10 @@ impl Browser {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
             l.local_addr().expect("port").port()
         };
-        let (driver, _) = start_program(
-            "/usr/bin/chromedriver",
-            &[&format!("--port={port}")],
-            &["started successfully"],
-            true,
-        );
+        let (driver, _) = Launch::program("/usr/bin/chromedriver", vec![format!("--port={port}")])
+            .stderr(Stderr::Null)
+            .own_group()
+            .start(&["started successfully"]);
         let profile = tempfile::tempdir().expect("profile dir");
         let args = vec![
             "--headless".to_string(),

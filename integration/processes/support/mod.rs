@@ -1,65 +1,32 @@
-//! Processes the root package's multi-process tests start, shared so each
-//! test file does not spell out the same start-up and shutdown.
+//! What the root package's multi-process tests share, so each test file
+//! does not spell out the same start-up and shutdown: [`launch`] starts a
+//! program and ends it with the test, [`roles`] starts the federation's
+//! roles from their `meridian_cli::dev::line` command lines and reads the
+//! addresses they print, [`fake_agent`] registers nodes the test drives
+//! itself.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+// Each test binary that includes this module uses only part of it.
+#![allow(dead_code, unused_imports)]
 
-/// A `meridian global` process serving gRPC on a free loopback port; killed
-/// (and reaped) when dropped.
-pub struct GlobalProcess {
-    pub child: Child,
-    pub endpoint: String,
-}
+pub mod fake_agent;
+pub mod launch;
+pub mod roles;
 
-impl GlobalProcess {
-    /// Starts a replica on the store at `store` and waits for its serving line.
-    pub fn start(store: &str, name: &str) -> GlobalProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args([
-                "global",
-                "--store",
-                store,
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                name,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start meridian global");
-        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-        let endpoint = loop {
-            let mut line = String::new();
-            assert!(
-                reader.read_line(&mut line).expect("read stdout") > 0,
-                "meridian global exited before serving"
-            );
-            if let Some(rest) = line.trim().strip_prefix("meridian global: serving grpc=") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
-        // Keep draining its output so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
-        GlobalProcess { child, endpoint }
-    }
-}
+pub use fake_agent::register_node;
+pub use launch::{Launch, Proc, Stderr};
+pub use roles::{Agent, Global, Regional};
 
-impl Drop for GlobalProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A loopback address whose port is free right now, for a process that must
+/// be reachable at an address known before it starts, or come back on the
+/// same one after a restart (port 0 would pick a new port each time).
+pub fn free_loopback_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a probe socket")
+        .local_addr()
+        .expect("probe address")
 }
 
 /// A one-task job of a 10 ms simulated task, as small as a job gets.
-// Not every test binary that shares this module submits jobs.
-#[allow(dead_code)]
 pub fn tiny_job(name: &str, tenant: &str) -> meridian_proto::v1::JobSpec {
     use meridian_proto::v1::{JobSpec, Resources, Simulated, TaskTemplate, task_template};
     JobSpec {
