@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod node;
 pub mod persist;
 pub mod probe;
+mod reports;
 pub mod tasks;
 mod trace;
 pub mod uplink;

@@ -25,8 +25,8 @@ use meridian_control::{Instant, RpcVerdict, SharedClock};
 use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::{
     AssignmentCommand, CommandKind, HeartbeatRequest, NodeAssignmentsRequest, NodeUsage,
-    RegionLossPolicy, RegisterNodeRequest, ReportTaskStatusRequest, TaskAttempt, TaskReport,
-    TaskState, Verdict,
+    RegionLossPolicy, RegisterNodeRequest, ReportTaskStatusRequest, ReportTaskStatusResponse,
+    TaskAttempt, TaskReport, TaskState, Verdict,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -39,6 +39,7 @@ use crate::fence::ShardEpochs;
 use crate::link::RegionLink;
 use crate::persist::{PersistedState, PersistedTask, Persister, StateFile};
 use crate::probe::Probe;
+use crate::reports::{self, InFlight};
 use crate::tasks::{LiveTask, StopReason, TaskTable};
 
 /// How much longer a node waits before its next report call when the region
@@ -219,15 +220,18 @@ impl NodeAgent {
     async fn connected(&mut self, stream: &mut tonic::Streaming<AssignmentCommand>) -> SessionEnd {
         let mut next_heartbeat = self.clock.now() + self.jittered_heartbeat();
         let mut last_report: Option<Instant> = None;
+        // Reports go beside the loop (reports.rs): a slow report call must
+        // not hold back heartbeats, commands or the region lease.
+        let mut inflight: Option<InFlight> = None;
         loop {
             if self.shutting_down() {
                 return SessionEnd::Shutdown;
             }
             let heartbeat = self.clock.sleep_until(next_heartbeat);
-            let report_due = match (self.tasks.outbox_len(), last_report) {
-                (0, _) => None,
-                (_, None) => Some(self.clock.sleep(Duration::ZERO)),
-                (_, Some(at)) => Some(self.clock.sleep_until(at + self.opts.report_interval)),
+            let report_due = match (self.tasks.outbox_len(), last_report, &inflight) {
+                (0, _, _) | (_, _, Some(_)) => None,
+                (_, None, None) => Some(self.clock.sleep(Duration::ZERO)),
+                (_, Some(at), None) => Some(self.clock.sleep_until(at + self.opts.report_interval)),
             };
             let failover = self.failover_sleep();
             tokio::select! {
@@ -248,14 +252,24 @@ impl NodeAgent {
                 Some(event) = self.exits_rx.recv() => self.on_event(event),
                 () = heartbeat => {
                     match self.heartbeat().await {
-                        Ok(()) => next_heartbeat = self.clock.now() + self.jittered_heartbeat(),
+                        Ok(()) => {
+                            next_heartbeat = self.clock.now() + self.jittered_heartbeat();
+                            self.probe.update(|p| p.heartbeats += 1);
+                        }
                         Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
                         Err(e) => return SessionEnd::Failed(e),
                     }
                 }
                 () = maybe(report_due) => {
                     last_report = Some(self.clock.now());
-                    match self.flush_reports().await {
+                    match self.send_reports().await {
+                        Ok(call) => inflight = call,
+                        Err(e) => return SessionEnd::Failed(e),
+                    }
+                }
+                (batch, answer) = reports::answer(&mut inflight) => {
+                    inflight = None;
+                    match answer.and_then(|resp| self.reports_answered(&batch, &resp)) {
                         Ok(()) => {}
                         Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
                         Err(e) if e.verdict() == (RpcVerdict::Backoff { move_on: false }) => {
@@ -372,10 +386,21 @@ impl NodeAgent {
         Ok(())
     }
 
+    /// Sends the pending reports and waits for the answer (at shutdown,
+    /// when nothing else is left to do).
     async fn flush_reports(&mut self) -> Result<(), AgentError> {
+        let Some(call) = self.send_reports().await? else {
+            return Ok(());
+        };
+        let (batch, answer) = call.await;
+        self.reports_answered(&batch, &answer?)
+    }
+
+    /// Starts a call with the pending reports, if there are any.
+    async fn send_reports(&mut self) -> Result<Option<InFlight>, AgentError> {
         let batch = self.tasks.pending_reports(MAX_BATCH_ITEMS);
         if batch.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         // An attempt the region hears of is one a restarted agent finds:
         // the state file holds every change made before these reports.
@@ -388,9 +413,21 @@ impl NodeAgent {
             reports: batch.clone(),
         };
         let uplink = self.link.uplink()?;
-        let resp = self
-            .call(async move { uplink.report(request).await.map(tonic::Response::new) })
-            .await?;
+        Ok(Some(reports::send(
+            uplink,
+            request,
+            batch,
+            self.clock.clone(),
+            self.opts.call_timeout,
+        )))
+    }
+
+    /// Takes the region's answer to the reports of `batch`.
+    fn reports_answered(
+        &mut self,
+        batch: &[TaskReport],
+        resp: &ReportTaskStatusResponse,
+    ) -> Result<(), AgentError> {
         if resp.verdict != Verdict::Accepted as i32 {
             return Err(AgentError::Fenced { epoch: self.epoch });
         }

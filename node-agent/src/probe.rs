@@ -31,6 +31,9 @@ pub struct ProbeSnapshot {
     /// Streams refused by a replica that named the shard's leader, which
     /// the node then moved to.
     pub redirects: u64,
+    /// Heartbeats answered in a session, over all time (counted once the
+    /// next one is scheduled).
+    pub heartbeats: u64,
 }
 
 /// Shared, watchable counters.

@@ -241,3 +241,77 @@ async fn a_failover_task_keeps_running_when_the_region_reports_no_lease_at_regis
     assert_eq!(now.running, 1, "{now:?}");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_the_region_is_slow_to_answer_holds_back_neither_heartbeats_nor_the_region_lease()
+{
+    let clock = ManualClock::new();
+    let mut fake = FakeRegion::start(
+        clock.shared(),
+        FakeOptions {
+            lease_remaining_ms: 3_000,
+            heartbeat_interval_ms: 1_000,
+        },
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let opts = AgentOptions {
+        work_dir: Some(work.path().to_path_buf()),
+        report_interval: Duration::ZERO,
+        // The held report must not simply time out while the test runs.
+        call_timeout: Duration::from_secs(3_600),
+        ..AgentOptions::default()
+    };
+    let spec = NodeSpec {
+        node_id: "n1".into(),
+        allocatable: Resources::default(),
+        labels: BTreeMap::new(),
+        zone: String::new(),
+        rack: String::new(),
+    };
+    let host = Host::real(&fake.url(), spec, opts, clock.shared(), probe.clone())
+        .await
+        .unwrap();
+    fake.wait_stream("n1", 1).await;
+    let epoch = fake.epoch_of("n1");
+
+    // The region answers no report for now; the task's RUNNING report waits.
+    fake.hold_reports(true);
+    let fail = attempt("fail", 0, 1);
+    fake.send(
+        "n1",
+        run(
+            fail.clone(),
+            sh("exec sleep 1000", &[]),
+            epoch,
+            1,
+            RegionLossPolicy::Failover,
+            1_000,
+        ),
+    )
+    .await;
+    fake.wait_held_reports(1).await;
+
+    // Three lease lengths pass while that report is held: the node goes on
+    // heartbeating, each answer extends its view of the region lease, and
+    // its failover task keeps running.
+    for _ in 0..9 {
+        let before = probe.snapshot().heartbeats;
+        clock.advance(Duration::from_secs(1));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            probe.wait_for(|p| p.heartbeats > before),
+        )
+        .await
+        .expect("a heartbeat while a report is held (failure guard)");
+    }
+    let now = probe.snapshot();
+    assert_eq!(now.region_loss_stops, 0, "{now:?}");
+    assert_eq!(now.running, 1, "{now:?}");
+
+    fake.hold_reports(false);
+    fake.wait_report(&fail, |r| r.state == TaskState::Running as i32)
+        .await;
+    host.shutdown().await;
+}

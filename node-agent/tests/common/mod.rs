@@ -36,6 +36,8 @@ struct State {
     /// Every register: (node id, epoch issued, value of the observer then).
     registrations: Vec<(String, u64, usize)>,
     cursor_seq: u64,
+    /// Report calls that arrived while reports were held.
+    held_reports: usize,
 }
 
 struct Shared {
@@ -51,6 +53,8 @@ struct Shared {
     stream_leader: Mutex<Option<String>>,
     /// Streams refused by a replica that does not lead, per replica URL.
     refusals: Mutex<BTreeMap<String, usize>>,
+    /// While true, report calls wait (a region working through a backlog).
+    hold_reports: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -147,6 +151,12 @@ impl AgentLink for Service {
     ) -> Result<Response<ReportTaskStatusResponse>, Status> {
         let req = req.into_inner();
         self.0.admit(&req.node_id)?;
+        let mut hold = self.0.hold_reports.subscribe();
+        if *hold.borrow_and_update() {
+            self.0.state.lock().held_reports += 1;
+            self.0.bump();
+            let _ = hold.wait_for(|held| !*held).await;
+        }
         let current = self
             .0
             .state
@@ -300,6 +310,7 @@ impl FakeRegion {
             register_observer: Mutex::new(None),
             stream_leader: Mutex::new(None),
             refusals: Mutex::new(BTreeMap::new()),
+            hold_reports: watch::Sender::new(false),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -444,6 +455,23 @@ impl FakeRegion {
                 if epoch >= min_epoch && st.streams.contains_key(node_id) {
                     return;
                 }
+            }
+            rx.changed().await.unwrap();
+        }
+    }
+
+    /// Makes report calls wait (`true`) or lets them through.
+    pub fn hold_reports(&self, hold: bool) {
+        self.shared.hold_reports.send_replace(hold);
+    }
+
+    /// Waits until at least `n` report calls arrived while reports were
+    /// held.
+    pub async fn wait_held_reports(&self, n: usize) {
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            if self.shared.state.lock().held_reports >= n {
+                return;
             }
             rx.changed().await.unwrap();
         }
