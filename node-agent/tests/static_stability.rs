@@ -175,27 +175,38 @@ async fn keep_running_tasks_survive_an_outage_and_failover_tasks_stop_at_the_lea
     host.shutdown().await;
 }
 
-/// Regression: a region that holds no lease at the global tier (not linked,
-/// or not relinked yet after a restart) answers `region_lease_remaining_ms =
-/// 0`. That is no deadline, not an expired one: a `failover` task started
-/// right after registering keeps running, through heartbeats.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failover_task_keeps_running_when_the_region_reports_no_lease_at_registration() {
-    let clock = ManualClock::new();
-    let mut fake = FakeRegion::start(
+/// One node `n1` with a stream open to a fake region answering
+/// `lease_remaining_ms` and `heartbeat_interval_ms`, on `clock`.
+struct OneNode {
+    fake: FakeRegion,
+    host: Host,
+    probe: Arc<Probe>,
+    epoch: u64,
+    _work: tempfile::TempDir,
+}
+
+async fn one_node(
+    clock: &ManualClock,
+    lease_remaining_ms: u64,
+    heartbeat_interval_ms: u64,
+    call_timeout: Option<Duration>,
+) -> OneNode {
+    let fake = FakeRegion::start(
         clock.shared(),
         FakeOptions {
-            lease_remaining_ms: 0,
-            heartbeat_interval_ms: 1_000,
+            lease_remaining_ms,
+            heartbeat_interval_ms,
         },
     )
     .await;
     let work = tempfile::tempdir().unwrap();
     let probe = Arc::new(Probe::default());
+    let defaults = AgentOptions::default();
     let opts = AgentOptions {
         work_dir: Some(work.path().to_path_buf()),
         report_interval: Duration::ZERO,
-        ..AgentOptions::default()
+        call_timeout: call_timeout.unwrap_or(defaults.call_timeout),
+        ..defaults
     };
     let spec = NodeSpec {
         node_id: "n1".into(),
@@ -209,6 +220,29 @@ async fn a_failover_task_keeps_running_when_the_region_reports_no_lease_at_regis
         .unwrap();
     fake.wait_stream("n1", 1).await;
     let epoch = fake.epoch_of("n1");
+    OneNode {
+        fake,
+        host,
+        probe,
+        epoch,
+        _work: work,
+    }
+}
+
+/// Regression: a region that holds no lease at the global tier (not linked,
+/// or not relinked yet after a restart) answers `region_lease_remaining_ms =
+/// 0`. That is no deadline, not an expired one: a `failover` task started
+/// right after registering keeps running, through heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_task_keeps_running_when_the_region_reports_no_lease_at_registration() {
+    let clock = ManualClock::new();
+    let OneNode {
+        mut fake,
+        host,
+        probe,
+        epoch,
+        _work,
+    } = one_node(&clock, 0, 1_000, None).await;
     let fail = attempt("fail", 0, 1);
     fake.send(
         "n1",
@@ -246,35 +280,14 @@ async fn a_failover_task_keeps_running_when_the_region_reports_no_lease_at_regis
 async fn a_report_the_region_is_slow_to_answer_holds_back_neither_heartbeats_nor_the_region_lease()
 {
     let clock = ManualClock::new();
-    let mut fake = FakeRegion::start(
-        clock.shared(),
-        FakeOptions {
-            lease_remaining_ms: 3_000,
-            heartbeat_interval_ms: 1_000,
-        },
-    )
-    .await;
-    let work = tempfile::tempdir().unwrap();
-    let probe = Arc::new(Probe::default());
-    let opts = AgentOptions {
-        work_dir: Some(work.path().to_path_buf()),
-        report_interval: Duration::ZERO,
-        // The held report must not simply time out while the test runs.
-        call_timeout: Duration::from_secs(3_600),
-        ..AgentOptions::default()
-    };
-    let spec = NodeSpec {
-        node_id: "n1".into(),
-        allocatable: Resources::default(),
-        labels: BTreeMap::new(),
-        zone: String::new(),
-        rack: String::new(),
-    };
-    let host = Host::real(&fake.url(), spec, opts, clock.shared(), probe.clone())
-        .await
-        .unwrap();
-    fake.wait_stream("n1", 1).await;
-    let epoch = fake.epoch_of("n1");
+    // The held report must not simply time out while the test runs.
+    let OneNode {
+        mut fake,
+        host,
+        probe,
+        epoch,
+        _work,
+    } = one_node(&clock, 3_000, 1_000, Some(Duration::from_secs(3_600))).await;
 
     // The region answers no report for now; the task's RUNNING report waits.
     fake.hold_reports(true);
