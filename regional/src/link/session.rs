@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use meridian_control::BackoffConfig;
 use meridian_control::lease::Fence;
-use meridian_control::rpc::{self, Replicas, RpcVerdict};
+use meridian_control::rpc::{self, Refusal, Replicas, RpcVerdict};
 use meridian_control::trace;
 use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
@@ -419,7 +419,7 @@ async fn intake_loop(
                 match end {
                     None => {}
                     Some(Ok(())) => return Err(End::retry("assignment stream ended")),
-                    Some(Err(s)) if s.code() == tonic::Code::OutOfRange => {
+                    Some(Err(s)) if Refusal::of(&s) == Refusal::CursorExpired => {
                         // The cursor is too old: start again from a snapshot.
                         ctx.pipeline
                             .submit(
