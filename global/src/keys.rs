@@ -36,6 +36,12 @@ impl Keys {
         self.root.pack(&("leader_lease",))
     }
 
+    /// The current leader term's published fence, which every leader write
+    /// checks (the lease record itself may live in a store of its own).
+    pub fn leader_fence(&self) -> Vec<u8> {
+        self.root.pack(&("leader_fence",))
+    }
+
     /// Where the leader advertises its endpoints, with its epoch.
     pub fn leader_info(&self) -> Vec<u8> {
         self.root.pack(&("leader_info",))

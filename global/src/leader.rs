@@ -32,6 +32,27 @@ pub struct LeaderInfo {
     pub http: String,
 }
 
+/// Where the leader lease lives and is renewed.
+#[derive(Clone)]
+pub struct Stores {
+    /// The global records; the published leader fence is here.
+    pub data: Database,
+    /// The lease record (`meridian_store::open_leases`): on SQLite a file of
+    /// its own, so a renewal never waits behind the submit path's commits.
+    pub leases: Database,
+    /// Where the elector runs: a thread of its own in production, so a
+    /// saturated runtime cannot cost a healthy leader its lease.
+    pub runtime: LeaseRuntime,
+}
+
+/// The endpoints a leader advertises.
+pub struct Advertised {
+    /// gRPC endpoint (URI).
+    pub grpc: String,
+    /// HTTP endpoint (URI); empty when none.
+    pub http: String,
+}
+
 /// This replica's view of, and part in, the global leadership.
 pub struct Leadership {
     db: Database,
@@ -54,23 +75,25 @@ impl Leadership {
     /// held lease is released) when `shutdown` resolves. `grpc` and `http`
     /// are the endpoints advertised while leading.
     pub fn start(
-        db: Database,
+        stores: &Stores,
         keys: Keys,
         config: &GlobalConfig,
         clock: SharedClock,
-        grpc: String,
-        http: String,
+        advertised: Advertised,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let Advertised { grpc, http } = advertised;
+        let db = stores.data.clone();
         let identity = Identity::new_boot(config.name.clone());
         let lease = Lease::new(
-            db.clone(),
+            stores.leases.clone(),
             keys.leader_lease(),
             identity.clone(),
             clock,
             config.leader_lease,
             config.leader_safety_margin,
-        );
+        )
+        .with_fence_in(db.clone(), keys.leader_fence());
         let elector = Elector::new(
             lease,
             ElectorConfig::for_lease(config.leader_lease),
@@ -89,7 +112,7 @@ impl Leadership {
         metrics::gauge!("meridian_global_leader").set(0.0);
         let handle =
             tokio::spawn(
-                elector.lead(LeaseRuntime::inline(), shutdown, move |mut term: Term| {
+                elector.lead(stores.runtime.clone(), shutdown, move |mut term: Term| {
                     let (advertiser, grpc, http) = (advertiser.clone(), grpc.clone(), http.clone());
                     async move {
                         metrics::gauge!("meridian_global_leader").set(1.0);
@@ -125,7 +148,7 @@ impl Leadership {
         let status = self.status.borrow().clone();
         if status.role == Role::Leader {
             return Ok(Fence::new(
-                self.keys.leader_lease(),
+                self.keys.leader_fence(),
                 self.identity.clone(),
                 status.epoch,
             ));

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use meridian_control::lease::LeaseRuntime;
 use meridian_control::net::Listener;
 use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::federation_server::FederationServer;
@@ -25,7 +26,7 @@ use crate::error::{GlobalError, Result};
 use crate::federation::FederationService;
 use crate::jobs::Jobs;
 use crate::keys::Keys;
-use crate::leader::Leadership;
+use crate::leader::{Advertised, Leadership, Stores};
 use crate::link::LinkService;
 use crate::registry::Registry;
 use crate::submitter::Submitter;
@@ -72,14 +73,33 @@ fn io_error(what: &str, e: impl std::fmt::Display) -> GlobalError {
     GlobalError::Store(meridian_store::StoreError::Backend(format!("{what}: {e}")))
 }
 
-/// Starts a replica on the system clock.
+/// Starts a replica on the system clock, its leader lease in the lease
+/// store beside `config.store_url` and renewed on a thread of its own.
 pub async fn start(config: GlobalConfig) -> Result<Running> {
     let db = meridian_store::open(&config.store_url).await?;
-    start_with(config, db, SystemClock::shared()).await
+    let stores = Stores {
+        leases: meridian_store::open_leases(&config.store_url, &db).await?,
+        data: db,
+        runtime: LeaseRuntime::dedicated("meridian-global-lease")
+            .map_err(|e| io_error("starting the lease thread", e))?,
+    };
+    start_on(config, stores, SystemClock::shared()).await
 }
 
-/// Starts a replica on a given store and clock.
+/// Starts a replica on a given store and clock, its leader lease in that
+/// store and renewed on the caller's runtime (the simulation's way: one
+/// thread, one store).
 pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) -> Result<Running> {
+    let stores = Stores {
+        data: db.clone(),
+        leases: db,
+        runtime: LeaseRuntime::inline(),
+    };
+    start_on(config, stores, clock).await
+}
+
+async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> Result<Running> {
+    let db = stores.data.clone();
     let keys = Keys::new(&config.namespace);
     let (grpc_listener, http_listener, http_addr) = bind(&config).await?;
     let grpc_addr = grpc_listener.local_addr;
@@ -95,12 +115,14 @@ pub async fn start_with(config: GlobalConfig, db: Database, clock: SharedClock) 
         }
     };
     let (leadership, elector_task) = Leadership::start(
-        db.clone(),
+        &stores,
         keys.clone(),
         &config,
         clock.clone(),
-        format!("http://{grpc_addr}"),
-        http_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
+        Advertised {
+            grpc: format!("http://{grpc_addr}"),
+            http: http_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
+        },
         stop,
     );
     let (federation, link, controller) =

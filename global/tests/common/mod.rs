@@ -62,10 +62,10 @@ impl Harness {
     }
 
     /// Keys stored under the deployment, other than the leader's own
-    /// records (lease and advertisement).
+    /// records (lease, published fence and advertisement).
     pub async fn stored_keys(&self) -> Vec<Vec<u8>> {
         let keys = self.running.keys.clone();
-        let (lease, info) = (keys.leader_lease(), keys.leader_info());
+        let (lease, fence, info) = (keys.leader_lease(), keys.leader_fence(), keys.leader_info());
         let rows = self
             .running
             .db
@@ -77,7 +77,7 @@ impl Harness {
             .unwrap();
         rows.into_iter()
             .map(|kv| kv.key)
-            .filter(|k| *k != lease && *k != info)
+            .filter(|k| *k != lease && *k != fence && *k != info)
             .collect()
     }
 }

@@ -126,7 +126,7 @@ struct Tiers {
 fn scopes(cfg: &SimConfig) -> BTreeMap<Vec<u8>, Scope> {
     let mut out = BTreeMap::new();
     out.insert(
-        meridian_global::keys::Keys::new("default").leader_lease(),
+        meridian_global::keys::Keys::new("default").leader_fence(),
         Scope::Global,
     );
     let keys = meridian_regional::model::Keys::new(REGION);
