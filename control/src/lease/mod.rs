@@ -288,8 +288,11 @@ impl Lease {
             // Publishing waited for the guarded store's writers; the term
             // counts from a renewal after it, or (if that renewal failed)
             // from before the acquisition, which is shorter but still safe.
-            if let Ok(renewed) = self.renew(&held).await {
-                held = renewed;
+            match self.renew(&held).await {
+                Ok(renewed) => held = renewed,
+                // Taken over while publishing: this term is already over.
+                Err(err @ LeaseError::Fenced { .. }) => return Err(err),
+                Err(_) => {}
             }
         }
         observe::acquired(self.fence_key(), &self.identity, epoch);
