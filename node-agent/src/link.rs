@@ -39,6 +39,14 @@ pub struct ChannelPool {
     uplinks: Mutex<BTreeMap<String, Uplink>>,
 }
 
+/// The uplink's connection: one of its own, never a slot of command
+/// streams. HTTP/2 flow control is per connection too; answers to
+/// heartbeats sharing a connection with command streams waited while
+/// those streams' unread commands filled its window, and node loops
+/// waiting for those heartbeats read no commands: at 10,000 nodes the
+/// nodes' view of the region lease ran out.
+const UPLINK_SLOT: usize = usize::MAX;
+
 impl Default for ChannelPool {
     fn default() -> Self {
         ChannelPool::new()
@@ -58,7 +66,7 @@ impl ChannelPool {
         if let Some(u) = self.uplinks.lock().get(url) {
             return Ok(u.clone());
         }
-        let uplink = Uplink::start(self.get(url, 0)?);
+        let uplink = Uplink::start(self.get(url, UPLINK_SLOT)?);
         Ok(self
             .uplinks
             .lock()
