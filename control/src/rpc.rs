@@ -19,7 +19,9 @@
 //! is sent again, now, to the next replica; an answer that says nobody can
 //! serve the call right now (`UNAVAILABLE` without a hint, a broken
 //! connection, `ABORTED`, `RESOURCE_EXHAUSTED`) is sent again after a
-//! full-jitter backoff; anything else fails. Immediate moves are free only
+//! full-jitter backoff; anything else fails. A hint naming a replica whose
+//! last attempt ran out of time is followed only when it is named again
+//! after a pause. Immediate moves are free only
 //! once per known replica in a row; past that they back off too, so a hint
 //! that bounces between replicas never spins.
 //!
@@ -293,12 +295,14 @@ impl Replicas {
         }
         let wait = match verdict {
             RpcVerdict::Fail => return None,
-            RpcVerdict::RetryAt(leader)
-                if *leader == self.current || self.unresponsive.contains(leader) =>
-            {
-                // Named a replica that is not answering (a frozen leader is
-                // named until its lease runs out) or itself: ask here again
-                // after a pause rather than wait out another deadline.
+            RpcVerdict::RetryAt(leader) if *leader == self.current => self.back_off(),
+            RpcVerdict::RetryAt(leader) if self.unresponsive.remove(leader) => {
+                // Named a replica whose last attempt ran out of time (a
+                // frozen leader is named until its lease runs out): ask
+                // here again after a pause rather than wait out another
+                // deadline. The doubt is spent: named again, it is
+                // believed, so a leader that was once slow is not shunned
+                // for as long as it leads.
                 self.back_off()
             }
             RpcVerdict::RetryAt(leader) => {
@@ -327,7 +331,7 @@ impl Replicas {
     /// paces itself (a stream that broke after it had answered).
     pub fn move_for(&mut self, verdict: &RpcVerdict) {
         match verdict {
-            RpcVerdict::RetryAt(leader) if !self.unresponsive.contains(leader) => {
+            RpcVerdict::RetryAt(leader) if !self.unresponsive.remove(leader) => {
                 self.current = leader.clone();
             }
             RpcVerdict::RetryNow => {

@@ -116,6 +116,25 @@ fn a_hint_naming_a_replica_that_just_ran_out_of_time_is_not_followed_at_once() {
 }
 
 #[test]
+fn a_leader_that_once_ran_out_of_time_is_followed_when_named_again() {
+    // Found at 10,000 nodes: a node whose call to its shard's leader timed
+    // out once under load never went back, although the other replica
+    // named that leader on every call, so it never heartbeat again.
+    let mut r = replicas("127.0.0.1:1,127.0.0.1:2");
+    r.after(&RpcVerdict::RetryNow);
+    assert_eq!(r.current(), "http://127.0.0.1:2");
+    let first = r
+        .after(&RpcVerdict::RetryAt("http://127.0.0.1:1".into()))
+        .expect("retried");
+    assert_eq!(first.to, "http://127.0.0.1:2", "one pause of doubt");
+    assert!(first.wait > Duration::ZERO);
+    let second = r
+        .after(&RpcVerdict::RetryAt("http://127.0.0.1:1".into()))
+        .expect("retried");
+    assert_eq!(second.to, "http://127.0.0.1:1", "named again: believed");
+}
+
+#[test]
 fn turning_the_list_passes_over_replicas_that_ran_out_of_time() {
     let mut r = replicas("a:1,a:2,a:3");
     r.after(&RpcVerdict::RetryNow);
