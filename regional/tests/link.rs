@@ -13,20 +13,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_control::SystemClock;
-use meridian_control::lease::{Identity, LeaseRuntime};
 use meridian_proto::v1;
-use meridian_proto::v1::region_link_server::{RegionLink, RegionLinkServer};
+use meridian_proto::v1::region_link_server::RegionLink;
 use meridian_regional::jobs::simple_spec;
-use meridian_regional::link::{LinkConfig, LinkCtx, run};
 use meridian_regional::model::JobPhase;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use parking_lot::Mutex;
+use support::link::start_link;
 use support::{GIB, Region};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 /// What the fake global tier saw.
@@ -205,54 +201,6 @@ impl RegionLink for FakeGlobal {
     }
 }
 
-/// The link of `region`'s replica: its store, memory and write pipeline,
-/// on the system clock (the link's backoff, reports and coalescing need
-/// time to pass on their own), with lease duties on the test's runtime.
-fn link_ctx(region: &Region) -> LinkCtx {
-    LinkCtx {
-        db: region.db.clone(),
-        keys: region.keys.clone(),
-        clock: SystemClock::shared(),
-        identity: Identity::new_boot("replica-a"),
-        pipeline: region.fx.path.pipeline.clone(),
-        state: region.fx.path.state.clone(),
-        leases: LeaseRuntime::inline(),
-        lease_store: region.db.clone(),
-    }
-}
-
-/// Serves `fake` on a loopback port and runs `region`'s link against it;
-/// the sender stops the link.
-async fn start_link(
-    region: &Region,
-    fake: FakeGlobal,
-) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RegionLinkServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-
-    let (stop, stopped) = oneshot::channel::<()>();
-    let link = tokio::spawn(run(
-        link_ctx(region),
-        LinkConfig {
-            region: "r1".into(),
-            global: format!("http://{addr}"),
-            replica: "replica-a".into(),
-            endpoint: "http://127.0.0.1:1".into(),
-            lease: Duration::from_secs(5),
-            report_every: Duration::from_millis(50),
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    (stop, link)
-}
-
 fn event(
     i: u64,
     kind: v1::AssignmentEventKind,
@@ -298,7 +246,7 @@ async fn duplicated_and_reordered_events_change_nothing_stale_acks_and_revokes_a
         seen: seen_tx,
         opened: Arc::default(),
     };
-    let (stop, link) = start_link(&region, fake).await;
+    let (stop, link) = start_link(&region, fake, Duration::from_millis(50)).await;
 
     let mut opened = Vec::new();
     let mut acks = Vec::new();
@@ -453,7 +401,7 @@ async fn an_assignment_the_region_cannot_take_is_failed_upward_and_the_ones_behi
         seen: seen_tx,
         opened: Arc::default(),
     };
-    let (stop, link) = start_link(&region, fake).await;
+    let (stop, link) = start_link(&region, fake, Duration::from_millis(50)).await;
 
     let (mut failed, mut acks) = (Vec::new(), Vec::new());
     let guard = tokio::time::timeout(Duration::from_secs(30), async {

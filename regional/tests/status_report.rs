@@ -9,19 +9,15 @@ mod support;
 use std::pin::Pin;
 use std::time::Duration;
 
-use meridian_control::SystemClock;
-use meridian_control::lease::{Identity, LeaseRuntime};
 use meridian_proto::v1;
-use meridian_proto::v1::region_link_server::{RegionLink, RegionLinkServer};
+use meridian_proto::v1::region_link_server::RegionLink;
 use meridian_regional::jobs::{Applied, insert_job, simple_spec};
-use meridian_regional::link::{LinkConfig, LinkCtx, run};
 use meridian_regional::pipeline::report::Report;
 use meridian_regional::pipeline::{Intent, Outcome};
+use support::link::start_link;
 use support::{GIB, Region, report};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 #[derive(Debug)]
@@ -166,22 +162,6 @@ impl RegionLink for FakeGlobal {
     }
 }
 
-/// The link of `region`'s replica: its store, memory and write pipeline,
-/// on the system clock (the link's backoff, reports and coalescing need
-/// time to pass on their own), with lease duties on the test's runtime.
-fn link_ctx(region: &Region) -> LinkCtx {
-    LinkCtx {
-        db: region.db.clone(),
-        keys: region.keys.clone(),
-        clock: SystemClock::shared(),
-        identity: Identity::new_boot("replica-a"),
-        pipeline: region.fx.path.pipeline.clone(),
-        state: region.fx.path.state.clone(),
-        leases: LeaseRuntime::inline(),
-        lease_store: region.db.clone(),
-    }
-}
-
 /// Node `n1`'s agent reports task 0 of `job` (bound to it) in `state`,
 /// through the write pipeline as the agent API submits it.
 async fn set_task(region: &Region, job: &str, state: v1::TaskState) {
@@ -238,30 +218,9 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
         refuse_final: "job-b".into(),
         seen: seen_tx,
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RegionLinkServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let link = tokio::spawn(run(
-        link_ctx(&region),
-        LinkConfig {
-            region: "r1".into(),
-            global: format!("http://{addr}"),
-            replica: "replica-a".into(),
-            endpoint: "http://127.0.0.1:1".into(),
-            lease: Duration::from_secs(5),
-            // One full report when the session starts, the next an hour
-            // later: whatever arrives in between came by the fast path.
-            report_every: Duration::from_secs(3600),
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    // One full report when the session starts, the next an hour later:
+    // whatever arrives in between came by the fast path.
+    let (stop, link) = start_link(&region, fake, Duration::from_secs(3600)).await;
 
     let guard = Duration::from_secs(60);
     tokio::time::timeout(guard, async {

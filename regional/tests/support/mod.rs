@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod link;
 pub mod recording;
 
 use std::net::SocketAddr;

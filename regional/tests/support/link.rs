@@ -1,0 +1,63 @@
+//! Running a test region's link against a fake global tier served on
+//! 127.0.0.1:0. Unlike the rest of the support, the link runs on the system
+//! clock: its backoff, reports and coalescing need time to pass on their
+//! own (the tests await what they see, and never sleep).
+
+use std::time::Duration;
+
+use meridian_control::SystemClock;
+use meridian_control::lease::{Identity, LeaseRuntime};
+use meridian_proto::v1::region_link_server::{RegionLink, RegionLinkServer};
+use meridian_regional::link::{LinkConfig, LinkCtx, run};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::Region;
+
+/// The link of `region`'s replica: its store, memory and write pipeline,
+/// with lease duties on the test's runtime.
+fn link_ctx(region: &Region) -> LinkCtx {
+    LinkCtx {
+        db: region.db.clone(),
+        keys: region.keys.clone(),
+        clock: SystemClock::shared(),
+        identity: Identity::new_boot("replica-a"),
+        pipeline: region.fx.path.pipeline.clone(),
+        state: region.fx.path.state.clone(),
+        leases: LeaseRuntime::inline(),
+        lease_store: region.db.clone(),
+    }
+}
+
+/// Serves `fake` on a loopback port and runs `region`'s link against it,
+/// sending a full report every `report_every`; the sender stops the link.
+pub async fn start_link<S: RegionLink>(
+    region: &Region,
+    fake: S,
+    report_every: Duration,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegionLinkServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let link = tokio::spawn(run(
+        link_ctx(region),
+        LinkConfig {
+            region: "r1".into(),
+            global: format!("http://{addr}"),
+            replica: "replica-a".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            lease: Duration::from_secs(5),
+            report_every,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, link)
+}
