@@ -22,7 +22,7 @@ use super::preempt;
 use super::search::Search;
 use super::solution::{Binding, Preemption, Reason, Solution};
 use super::state::{Footprint, RunInfo, State, TaskInfo};
-use super::types::{GangId, PendingTask, Snapshot, TaskRef, TaskSelector};
+use super::types::{AntiAffinity, GangId, PendingTask, Resources, Snapshot, TaskRef, TaskSelector};
 use super::verify::verify;
 
 /// Decide bindings, preemptions and reasons for `pending` on `snapshot`.
@@ -156,21 +156,39 @@ fn running_infos(
         .iter()
         .map(|r| RunInfo {
             node: ix.by_id.get(&r.node).copied(),
-            footprint: Footprint {
-                job: numbers.jobs[r.task.job_id.as_str()],
-                tenant: numbers.tenants[r.tenant.as_str()],
-                amount: Amount::of(&r.resources),
-                selectors: numbers.selectors.matched(&r.task, &r.labels),
-                rules: r
-                    .anti_affinity
-                    .iter()
-                    .map(|a| (numbers.selectors.id(&a.selector), a.scope))
-                    .collect(),
-            },
+            footprint: footprint(
+                numbers,
+                &r.task,
+                &r.tenant,
+                &r.resources,
+                &r.labels,
+                &r.anti_affinity,
+            ),
             priority: r.priority,
             preemptible: r.preemptible,
         })
         .collect()
+}
+
+/// A task's footprint in dense numbers, running or pending alike.
+fn footprint(
+    numbers: &Numbers<'_>,
+    task: &TaskRef,
+    tenant: &str,
+    resources: &Resources,
+    labels: &BTreeMap<String, String>,
+    anti_affinity: &[AntiAffinity],
+) -> Footprint {
+    Footprint {
+        job: numbers.jobs[task.job_id.as_str()],
+        tenant: numbers.tenants[tenant],
+        amount: Amount::of(resources),
+        selectors: numbers.selectors.matched(task, labels),
+        rules: anti_affinity
+            .iter()
+            .map(|a| (numbers.selectors.id(&a.selector), a.scope))
+            .collect(),
+    }
 }
 
 /// The pending tasks in dense numbers, with their node filters interned.
@@ -183,17 +201,14 @@ fn task_infos<'a>(
     pending
         .iter()
         .map(|p| {
-            let footprint = Footprint {
-                job: numbers.jobs[p.task.job_id.as_str()],
-                tenant: numbers.tenants[p.tenant.as_str()],
-                amount: Amount::of(&p.resources),
-                selectors: numbers.selectors.matched(&p.task, &p.labels),
-                rules: p
-                    .anti_affinity
-                    .iter()
-                    .map(|a| (numbers.selectors.id(&a.selector), a.scope))
-                    .collect(),
-            };
+            let footprint = footprint(
+                numbers,
+                &p.task,
+                &p.tenant,
+                &p.resources,
+                &p.labels,
+                &p.anti_affinity,
+            );
             let shape_only = footprint.rules.is_empty()
                 && footprint
                     .selectors
