@@ -14,7 +14,9 @@ use common::{FakeOptions, FakeRegion, attempt, run};
 use meridian_agent::{AgentOptions, Host, NodeSpec, Probe};
 use meridian_control::{Clock, ManualClock};
 use meridian_proto::v1::task_template::Kind;
-use meridian_proto::v1::{Command, RegionLossPolicy, Resources, TaskState, TaskTemplate};
+use meridian_proto::v1::{
+    Command, RegionLossPolicy, Resources, TaskAttempt, TaskState, TaskTemplate,
+};
 
 fn sh(script: &str, env: &[(&str, &str)]) -> TaskTemplate {
     TaskTemplate {
@@ -185,6 +187,25 @@ struct OneNode {
     _work: tempfile::TempDir,
 }
 
+/// Sends node `n1` a long-running `failover` task with a stop grace of
+/// `grace_ms`; returns its attempt.
+async fn send_failover_task(fake: &FakeRegion, epoch: u64, grace_ms: u64) -> TaskAttempt {
+    let fail = attempt("fail", 0, 1);
+    fake.send(
+        "n1",
+        run(
+            fail.clone(),
+            sh("exec sleep 1000", &[]),
+            epoch,
+            1,
+            RegionLossPolicy::Failover,
+            grace_ms,
+        ),
+    )
+    .await;
+    fail
+}
+
 async fn one_node(
     clock: &ManualClock,
     lease_remaining_ms: u64,
@@ -243,19 +264,7 @@ async fn a_failover_task_keeps_running_when_the_region_reports_no_lease_at_regis
         epoch,
         _work,
     } = one_node(&clock, 0, 1_000, None).await;
-    let fail = attempt("fail", 0, 1);
-    fake.send(
-        "n1",
-        run(
-            fail.clone(),
-            sh("exec sleep 1000", &[]),
-            epoch,
-            1,
-            RegionLossPolicy::Failover,
-            2_000,
-        ),
-    )
-    .await;
+    let fail = send_failover_task(&fake, epoch, 2_000).await;
     fake.wait_report(&fail, |r| r.state == TaskState::Running as i32)
         .await;
 
@@ -291,19 +300,7 @@ async fn a_report_the_region_is_slow_to_answer_holds_back_neither_heartbeats_nor
 
     // The region answers no report for now; the task's RUNNING report waits.
     fake.hold_reports(true);
-    let fail = attempt("fail", 0, 1);
-    fake.send(
-        "n1",
-        run(
-            fail.clone(),
-            sh("exec sleep 1000", &[]),
-            epoch,
-            1,
-            RegionLossPolicy::Failover,
-            1_000,
-        ),
-    )
-    .await;
+    let fail = send_failover_task(&fake, epoch, 1_000).await;
     fake.wait_held_reports(1).await;
 
     // Three lease lengths pass while that report is held: the node goes on
