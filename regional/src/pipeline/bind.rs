@@ -172,6 +172,8 @@ impl Bind {
                 found: node.version,
             }));
         }
+        let node_epoch = node.epoch;
+        let mut room = node.allocatable.clone();
         // The victims this binding stops on the node give their room back
         // (each once, and only while it still runs there).
         let (freed, mine) = self.freed_by(tx, prepared, b, claimed)?;
@@ -179,34 +181,38 @@ impl Bind {
         let mut would = prepared.allocated.get(&b.node).cloned().unwrap_or_default();
         would.add(&taken);
         would.add(&b.resources);
-        let mut room = node.allocatable.clone();
         room.add(&group_freed);
         room.add(&freed);
         if would.cpu > room.cpu || would.mem > room.mem || would.gpus > room.gpus {
             crate::metrics::overcommit_refused();
             return Ok(Err(Stale::NoRoom));
         }
-        let n = b.task.index / TASK_BLOCK;
-        let Some(mut block) = tx.block(&b.task.job_id, n)? else {
-            return Ok(Err(Stale::TaskMoved));
-        };
-        let Some(task) = block.tasks.get_mut((b.task.index - block.first) as usize) else {
-            return Ok(Err(Stale::TaskMoved));
-        };
-        if !task.is_pending() || task.attempt != b.seen_attempt {
+        let (n, at) = (b.task.index / TASK_BLOCK, b.task.index);
+        let pending_at_seen = tx.block(&b.task.job_id, n)?.is_some_and(|block| {
+            block
+                .tasks
+                .get((at - block.first) as usize)
+                .is_some_and(|t| t.is_pending() && t.attempt == b.seen_attempt)
+        });
+        if !pending_at_seen {
             return Ok(Err(Stale::TaskMoved));
         }
+        let Some(task) = tx
+            .block_mut(&b.task.job_id, n)?
+            .and_then(|block| block.tasks.get_mut((at - block.first) as usize))
+        else {
+            return Ok(Err(Stale::TaskMoved));
+        };
         task.state = v1::TaskState::Placed as i32;
         task.attempt += 1;
         task.node = b.node.clone();
-        task.node_epoch = node.epoch;
+        task.node_epoch = node_epoch;
         task.shard = self.shard;
         task.shard_epoch = shard_epoch;
         task.placed_at = self.now_unix_ms;
         task.not_before = 0;
         task.message.clear();
         let attempt = task.attempt;
-        tx.set_block(&b.task.job_id, block);
         tx.command(
             &b.node,
             CommandRecord {
@@ -216,7 +222,7 @@ impl Bind {
                 attempt,
                 shard: self.shard,
                 shard_epoch,
-                node_epoch: node.epoch,
+                node_epoch,
                 reason: String::new(),
                 grace_ms: 0,
             },
@@ -271,15 +277,14 @@ impl Bind {
                 continue;
             }
             let n = s.victim.index / TASK_BLOCK;
-            let Some(mut block) = tx.block(&s.victim.job_id, n)? else {
-                continue;
-            };
-            let Some(task) = block.tasks.get_mut((s.victim.index - block.first) as usize) else {
+            let Some(task) = tx
+                .block_mut(&s.victim.job_id, n)?
+                .and_then(|block| block.tasks.get_mut((s.victim.index - block.first) as usize))
+            else {
                 continue;
             };
             task.stopping = "preempted".into();
             let (attempt, node_epoch) = (task.attempt, task.node_epoch);
-            tx.set_block(&s.victim.job_id, block);
             tx.command(
                 &s.node,
                 CommandRecord {

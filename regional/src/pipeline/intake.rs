@@ -142,7 +142,7 @@ fn assign(
     {
         return Ok(Ok(Applied::Unchanged));
     }
-    let existing = tx.job(job_id)?;
+    let existing = tx.job(job_id)?.cloned();
     if let Some(existing) = &existing {
         let newest = match existing.state {
             JobPhase::Revoked(e) | JobPhase::Released(e) => e.max(existing.assignment_epoch),
@@ -196,7 +196,7 @@ enum Ending {
 /// A cancel (under the region's current hold) or a revoke (under the epoch
 /// that fenced it): the job stops being placed, its pending tasks end KILLED.
 fn end(tx: &mut Tx<'_>, job_id: &str, epoch: u64, how: Ending) -> Result<Applied, Missing> {
-    let Some(mut job) = tx.job(job_id)? else {
+    let Some(mut job) = tx.job(job_id)?.cloned() else {
         return Ok(Applied::Unchanged);
     };
     let why = match how {
@@ -220,17 +220,18 @@ fn end(tx: &mut Tx<'_>, job_id: &str, epoch: u64, how: Ending) -> Result<Applied
         }
     };
     for n in 0..job.task_count.div_ceil(TASK_BLOCK) {
-        let Some(mut block) = tx.block(job_id, n)? else {
+        let any_pending = tx
+            .block(job_id, n)?
+            .is_some_and(|b| b.tasks.iter().any(|t| t.is_pending()));
+        if !any_pending {
+            continue;
+        }
+        let Some(block) = tx.block_mut(job_id, n)? else {
             continue;
         };
-        let mut changed = false;
         for t in block.tasks.iter_mut().filter(|t| t.is_pending()) {
             t.state = v1::TaskState::Killed as i32;
             t.message = why.to_string();
-            changed = true;
-        }
-        if changed {
-            tx.set_block(job_id, block);
         }
     }
     tx.set_job(job);

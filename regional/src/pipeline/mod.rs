@@ -229,7 +229,7 @@ impl Committer {
         };
         let mut uncertain = false;
         let started = std::time::Instant::now();
-        let ((outcomes, overlay), info) = self
+        let ((outcomes, mut overlay), info) = self
             .db
             .run_locked(|tx, maybe: MaybeCommitted| {
                 uncertain |= maybe.0;
@@ -239,11 +239,12 @@ impl Committer {
             .await?;
         crate::metrics::pipeline_commit(started.elapsed());
         let stamp = info.versionstamp.unwrap_or([0; 10]);
+        let commands = std::mem::take(&mut overlay.changes.commands);
         self.state
-            .update(|s, delta| apply_to_state(s, &overlay, stamp, delta));
-        if !overlay.changes.commands.is_empty() {
+            .update(|s, delta| apply_to_state(s, overlay, &commands, stamp, delta));
+        if !commands.is_empty() {
             let state = self.state.read();
-            self.sink.deliver(&state, stamp, &overlay.changes.commands);
+            self.sink.deliver(&state, stamp, &commands);
         }
         if uncertain {
             // An earlier attempt may have committed commands no stream saw.
@@ -522,16 +523,26 @@ fn write(tx: &Transaction, keys: &Keys, overlay: &Overlay, writer: &str) -> Resu
 }
 
 /// Applies what a committed group read and wrote to memory, at its stamp.
+/// Takes the group's records by value: what it read and wrote moves into
+/// memory without a copy.
 fn apply_to_state(
     s: &mut RegionState,
-    overlay: &Overlay,
+    overlay: Overlay,
+    commands: &BTreeMap<String, Vec<CommandRecord>>,
     stamp: Stamp,
     delta: &mut crate::state::Delta,
 ) {
-    let c = &overlay.changes;
+    let Overlay {
+        nodes,
+        jobs,
+        specs,
+        blocks,
+        raw: _,
+        changes: c,
+    } = overlay;
     // Values read (and not changed) were current at the commit.
-    for (id, v) in &overlay.jobs {
-        if c.jobs.contains_key(id) || c.removed.contains(id) {
+    for (id, v) in jobs {
+        if c.jobs.contains_key(&id) || c.removed.contains(&id) {
             continue;
         }
         // A job new to memory needs its tasks too; without its blocks it
@@ -539,68 +550,69 @@ fn apply_to_state(
         // make the tailer skip the feed entry that names it. Such a job is
         // left to the tailer (a retried intake reads an earlier attempt's
         // job, not its blocks).
-        if !s.jobs.contains_key(id) && !has_every_block(overlay, id, v.as_ref()) {
+        if !s.jobs.contains_key(&id) && !has_every_block(&blocks, &id, v.as_ref()) {
             continue;
         }
-        let spec = spec_of(overlay, id);
-        s.put_job(id, v.clone().map(|r| (r, spec)), stamp, delta);
+        let spec = spec_of(&specs, &id);
+        s.put_job(&id, v.map(|r| (r, spec)), stamp, delta);
     }
-    for (id, v) in &overlay.nodes {
-        if !c.nodes.contains_key(id) {
-            s.put_node(id, v.clone(), stamp, delta);
+    for (id, v) in nodes {
+        if !c.nodes.contains_key(&id) {
+            s.put_node(&id, v, stamp, delta);
         }
     }
-    for ((job, n), v) in &overlay.blocks {
-        let key = (job.clone(), *n);
+    for (key, v) in blocks {
         if !c.blocks.contains_key(&key) && !c.cleared_blocks.contains(&key) {
-            s.put_block(job, *n, v.clone(), stamp, delta);
+            s.put_block(&key.0, key.1, v, stamp, delta);
         }
     }
     // Then the changes.
     for job in &c.removed {
         s.put_job(job, None, stamp, delta);
     }
-    for (id, job) in &c.jobs {
+    for (id, job) in c.jobs {
         let spec = c
             .specs
-            .get(id)
+            .get(&id)
             .and_then(|b| v1::JobSpec::decode(b.as_slice()).ok())
             .map(Arc::new)
-            .or_else(|| spec_of(overlay, id));
-        s.put_job(id, Some((job.clone(), spec)), stamp, delta);
+            .or_else(|| spec_of(&specs, &id));
+        s.put_job(&id, Some((job, spec)), stamp, delta);
     }
     for (job, n) in &c.cleared_blocks {
         s.put_block(job, *n, None, stamp, delta);
     }
-    for ((job, n), block) in &c.blocks {
-        s.put_block(job, *n, Some(block.clone()), stamp, delta);
+    for ((job, n), block) in c.blocks {
+        s.put_block(&job, n, Some(block), stamp, delta);
     }
-    for (id, node) in &c.nodes {
-        s.put_node(id, Some(node.clone()), stamp, delta);
+    for (id, node) in c.nodes {
+        s.put_node(&id, Some(node), stamp, delta);
     }
-    for node in c.commands.keys() {
+    for node in commands.keys() {
         s.put_cmd_head(node, stamp);
     }
-    if let Some(link) = &c.link {
-        s.put_link(Some(*link), stamp, delta);
+    if let Some(link) = c.link {
+        s.put_link(Some(link), stamp, delta);
     }
 }
 
 /// Whether the group read every task block of `job` (trivially so for a
 /// job that is not there).
-fn has_every_block(overlay: &Overlay, job: &str, record: Option<&crate::model::JobRecord>) -> bool {
+fn has_every_block(
+    blocks: &BTreeMap<(String, u32), Option<crate::model::TaskBlock>>,
+    job: &str,
+    record: Option<&crate::model::JobRecord>,
+) -> bool {
     record.is_none_or(|r| {
         (0..r.task_count.div_ceil(crate::model::TASK_BLOCK))
-            .all(|n| overlay.blocks.contains_key(&(job.to_string(), n)))
+            .all(|n| blocks.contains_key(&(job.to_string(), n)))
     })
 }
 
-fn spec_of(overlay: &Overlay, job: &str) -> Option<Arc<v1::JobSpec>> {
-    overlay
-        .specs
+fn spec_of(specs: &BTreeMap<String, Option<Vec<u8>>>, job: &str) -> Option<Arc<v1::JobSpec>> {
+    specs
         .get(job)
-        .cloned()
-        .flatten()
+        .and_then(Option::as_ref)
         .and_then(|b| v1::JobSpec::decode(b.as_slice()).ok())
         .map(Arc::new)
 }

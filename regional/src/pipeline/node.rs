@@ -40,7 +40,7 @@ impl Register {
 
     pub(super) fn apply(&self, tx: &mut Tx<'_>) -> Result<NodeRecord, Missing> {
         let req = &self.request;
-        let old = tx.node(&req.node_id)?;
+        let old = tx.node(&req.node_id)?.cloned();
         if let Some(o) = &old
             && o.boot_id == req.boot_id
             && o.liveness != NodeLiveness::Down
@@ -111,7 +111,7 @@ impl Liveness {
     pub(super) fn apply(&self, tx: &mut Tx<'_>) -> Result<Vec<LivenessChange>, Missing> {
         let mut applied = Vec::new();
         for c in &self.changes {
-            let Some(mut node) = tx.node(&c.node)? else {
+            let Some(mut node) = tx.node(&c.node)?.cloned() else {
                 continue;
             };
             if node.epoch != c.epoch
@@ -155,7 +155,7 @@ impl SetCordon {
 
     /// The node after the change; `None` when it is unknown.
     pub(super) fn apply(&self, tx: &mut Tx<'_>) -> Result<Option<NodeRecord>, Missing> {
-        let Some(mut node) = tx.node(&self.node)? else {
+        let Some(mut node) = tx.node(&self.node)?.cloned() else {
             return Ok(None);
         };
         let before = node.clone();

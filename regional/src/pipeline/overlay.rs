@@ -147,19 +147,20 @@ impl<'a> Tx<'a> {
         self.mine.removed.contains(job) || self.base.changes.removed.contains(job)
     }
 
-    pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, Missing> {
+    /// The node as this intent sees it, borrowed (no copy per decision).
+    pub fn node(&self, id: &str) -> Result<Option<&NodeRecord>, Missing> {
         if let Some(n) = self
             .mine
             .nodes
             .get(id)
             .or_else(|| self.base.changes.nodes.get(id))
         {
-            return Ok(Some(n.clone()));
+            return Ok(Some(n));
         }
         self.base
             .nodes
             .get(id)
-            .cloned()
+            .map(Option::as_ref)
             .ok_or_else(|| Missing(format!("node {id}")))
     }
 
@@ -167,7 +168,8 @@ impl<'a> Tx<'a> {
         self.mine.nodes.insert(node.node_id.clone(), node);
     }
 
-    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, Missing> {
+    /// The job as this intent sees it, borrowed.
+    pub fn job(&self, id: &str) -> Result<Option<&JobRecord>, Missing> {
         if self.gone(id) {
             return Ok(None);
         }
@@ -177,12 +179,12 @@ impl<'a> Tx<'a> {
             .get(id)
             .or_else(|| self.base.changes.jobs.get(id))
         {
-            return Ok(Some(j.clone()));
+            return Ok(Some(j));
         }
         self.base
             .jobs
             .get(id)
-            .cloned()
+            .map(Option::as_ref)
             .ok_or_else(|| Missing(format!("job {id}")))
     }
 
@@ -203,28 +205,54 @@ impl<'a> Tx<'a> {
         self.mine.removed.insert(job.to_string());
     }
 
-    pub fn block(&self, job: &str, block: u32) -> Result<Option<TaskBlock>, Missing> {
+    /// A task block as this intent sees it, borrowed.
+    pub fn block(&self, job: &str, block: u32) -> Result<Option<&TaskBlock>, Missing> {
         if self.gone(job) {
             return Ok(None);
         }
         let key = (job.to_string(), block);
         if let Some(b) = self.mine.blocks.get(&key) {
-            return Ok(Some(b.clone()));
+            return Ok(Some(b));
         }
         if self.mine.cleared_blocks.contains(&key) {
             return Ok(None);
         }
-        if let Some(b) = self.base.changes.blocks.get(&key) {
-            return Ok(Some(b.clone()));
+        self.base_block(&key)
+    }
+
+    /// The block as the group sees it, before this intent's changes.
+    fn base_block(&self, key: &(String, u32)) -> Result<Option<&TaskBlock>, Missing> {
+        if let Some(b) = self.base.changes.blocks.get(key) {
+            return Ok(Some(b));
         }
-        if self.base.changes.cleared_blocks.contains(&key) {
+        if self.base.changes.cleared_blocks.contains(key) {
             return Ok(None);
         }
         self.base
             .blocks
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| Missing(format!("block {block} of job {job}")))
+            .get(key)
+            .map(Option::as_ref)
+            .ok_or_else(|| Missing(format!("block {} of job {}", key.1, key.0)))
+    }
+
+    /// A task block to change in place: copied into this intent's layer on
+    /// its first change only, so an intent that changes many tasks of one
+    /// block copies it once, and writes it once.
+    pub fn block_mut(&mut self, job: &str, block: u32) -> Result<Option<&mut TaskBlock>, Missing> {
+        if self.gone(job) {
+            return Ok(None);
+        }
+        let key = (job.to_string(), block);
+        if !self.mine.blocks.contains_key(&key) {
+            if self.mine.cleared_blocks.contains(&key) {
+                return Ok(None);
+            }
+            let Some(copy) = self.base_block(&key)?.cloned() else {
+                return Ok(None);
+            };
+            self.mine.blocks.insert(key.clone(), copy);
+        }
+        Ok(self.mine.blocks.get_mut(&key))
     }
 
     pub fn set_block(&mut self, job: &str, block: TaskBlock) {
@@ -338,10 +366,19 @@ mod tests {
         overlay.blocks.insert(("j".into(), 0), Some(block(1)));
         {
             let mut tx = Tx::new(&overlay);
-            tx.set_block("j", block(2));
+            tx.block_mut("j", 0).expect("read").expect("some").tasks[0].state = 2;
             assert_eq!(
                 tx.block("j", 0).expect("read").expect("some").tasks[0].state,
                 2
+            );
+            assert_eq!(
+                overlay.blocks[&("j".to_string(), 0)]
+                    .as_ref()
+                    .expect("some")
+                    .tasks[0]
+                    .state,
+                1,
+                "a change stays in the intent's layer"
             );
             // Dropped without accept: refused.
         }
@@ -375,6 +412,12 @@ mod tests {
         overlay.absorb(tx.accept());
         let tx = Tx::new(&overlay);
         assert_eq!(tx.block("j", 0), Ok(None));
-        assert_eq!(tx.job("j"), Ok(None));
+        let mut tx = Tx::new(&overlay);
+        assert_eq!(
+            tx.block_mut("j", 0),
+            Ok(None),
+            "nothing to change in a removed job"
+        );
+        assert_eq!(tx.job("j"), Ok(None::<&JobRecord>));
     }
 }

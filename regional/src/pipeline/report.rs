@@ -79,7 +79,7 @@ impl Report {
 
     pub(super) fn apply(&self, tx: &mut Tx<'_>, keys: &Keys) -> Result<ReportOutcome, Missing> {
         let req = &self.request;
-        let check = check_epoch(tx.node(&req.node_id)?.as_ref(), req.node_epoch);
+        let check = check_epoch(tx.node(&req.node_id)?, req.node_epoch);
         if check != EpochCheck::Current {
             return Ok(ReportOutcome {
                 check,
@@ -98,12 +98,11 @@ impl Report {
                 continue;
             };
             let n = t.index / TASK_BLOCK;
-            let Some(mut block) = tx.block(&t.job_id, n)? else {
-                results.push(item(v1::Verdict::NotFound, "unknown task"));
-                continue;
-            };
-            let job = tx.job(&t.job_id)?;
-            let Some(rec) = block.tasks.get_mut((t.index - block.first) as usize) else {
+            let job = tx.job(&t.job_id)?.map(JobFacts::of);
+            let Some(rec) = tx
+                .block_mut(&t.job_id, n)?
+                .and_then(|block| block.tasks.get_mut((t.index - block.first) as usize))
+            else {
                 results.push(item(v1::Verdict::NotFound, "unknown task"));
                 continue;
             };
@@ -130,7 +129,7 @@ impl Report {
                 | v1::TaskState::Failed
                 | v1::TaskState::Killed
                 | v1::TaskState::Lost => {
-                    end(rec, state, r, job.as_ref());
+                    end(rec, state, r, job);
                     if !r.stdout_tail.is_empty() || !r.stderr_tail.is_empty() {
                         let logs = StoredLogs {
                             node: req.node_id.clone(),
@@ -152,7 +151,6 @@ impl Report {
                 }
             }
             seen.insert((t.job_id.clone(), n));
-            tx.set_block(&t.job_id, block);
             results.push(item(v1::Verdict::Accepted, ""));
         }
         Ok(ReportOutcome { check, results })
@@ -161,15 +159,26 @@ impl Report {
 
 /// Ends attempt `rec` in `state`: placed again (next attempt) when it was
 /// moved or may retry, otherwise final.
-fn end(
-    rec: &mut TaskRecord,
-    state: v1::TaskState,
-    r: &v1::TaskReport,
-    job: Option<&crate::model::JobRecord>,
-) {
+/// What an ending task needs to know of its job.
+#[derive(Clone, Copy)]
+struct JobFacts {
+    active: bool,
+    max_attempts: u32,
+}
+
+impl JobFacts {
+    fn of(job: &crate::model::JobRecord) -> Self {
+        JobFacts {
+            active: job.state == JobPhase::Active,
+            max_attempts: job.max_attempts,
+        }
+    }
+}
+
+fn end(rec: &mut TaskRecord, state: v1::TaskState, r: &v1::TaskReport, job: Option<JobFacts>) {
     rec.exit_code = r.exit_code;
     rec.message = r.message.clone();
-    let active = job.is_some_and(|j| j.state == JobPhase::Active);
+    let active = job.is_some_and(|j| j.active);
     let attempts_left = job.is_some_and(|j| rec.attempt < j.max_attempts);
     let again = active
         && match state {

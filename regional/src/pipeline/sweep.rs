@@ -74,13 +74,13 @@ impl SweepTasks {
         let mut done = SweepDone::default();
         for l in &self.lost {
             let n = l.task.index / TASK_BLOCK;
-            let Some(mut block) = tx.block(&l.task.job_id, n)? else {
-                continue;
-            };
             let active = tx
                 .job(&l.task.job_id)?
                 .is_some_and(|j| j.state == JobPhase::Active);
-            let Some(t) = block.tasks.get_mut((l.task.index - block.first) as usize) else {
+            let Some(t) = tx
+                .block_mut(&l.task.job_id, n)?
+                .and_then(|block| block.tasks.get_mut((l.task.index - block.first) as usize))
+            else {
                 continue;
             };
             if !t.is_bound() || t.attempt != l.attempt || t.node_epoch != l.node_epoch {
@@ -92,15 +92,14 @@ impl SweepTasks {
                 t.state = v1::TaskState::Lost as i32;
                 t.message = "lost with its node".into();
             }
-            tx.set_block(&l.task.job_id, block);
             done.lost += 1;
         }
         for s in &self.stops {
             let n = s.task.index / TASK_BLOCK;
-            let Some(mut block) = tx.block(&s.task.job_id, n)? else {
-                continue;
-            };
-            let Some(t) = block.tasks.get_mut((s.task.index - block.first) as usize) else {
+            let Some(t) = tx
+                .block_mut(&s.task.job_id, n)?
+                .and_then(|block| block.tasks.get_mut((s.task.index - block.first) as usize))
+            else {
                 continue;
             };
             if !t.is_bound() || t.attempt != s.attempt || t.node != s.node || !t.stopping.is_empty()
@@ -109,7 +108,6 @@ impl SweepTasks {
             }
             t.stopping = s.reason.clone();
             let node_epoch = t.node_epoch;
-            tx.set_block(&s.task.job_id, block);
             tx.command(
                 &s.node,
                 CommandRecord {

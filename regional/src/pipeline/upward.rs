@@ -95,8 +95,9 @@ fn retire(
     {
         return Ok(false);
     }
+    let task_count = job.task_count;
     let mut blocks = Vec::new();
-    for n in 0..job.task_count.div_ceil(TASK_BLOCK) {
+    for n in 0..task_count.div_ceil(TASK_BLOCK) {
         if let Some(b) = tx.block(job_id, n)? {
             blocks.push(b);
         }
@@ -104,7 +105,7 @@ fn retire(
     let all_final = blocks
         .iter()
         .all(|b| b.tasks.iter().all(TaskRecord::is_terminal));
-    if !all_final || crate::jobs::task_counts(blocks.iter()) != reported {
+    if !all_final || crate::jobs::task_counts(blocks.iter().copied()) != reported {
         return Ok(false);
     }
     tx.remove_job(job_id);
@@ -129,7 +130,7 @@ impl Release {
 
     pub(super) fn apply(&self, tx: &mut Tx<'_>) -> Result<(), Missing> {
         for (job_id, epoch) in &self.jobs {
-            if let Some(mut job) = tx.job(job_id)?
+            if let Some(mut job) = tx.job(job_id)?.cloned()
                 && job.state == JobPhase::Revoked(*epoch)
             {
                 job.state = JobPhase::Released(*epoch);
@@ -159,7 +160,7 @@ impl Handoff {
     pub(super) fn apply(&self, tx: &mut Tx<'_>, count: u32) -> Result<Vec<String>, Missing> {
         let mut moved = Vec::new();
         for (job_id, to) in &self.moves {
-            let Some(mut job) = tx.job(job_id)? else {
+            let Some(mut job) = tx.job(job_id)?.cloned() else {
                 continue;
             };
             if job.shard % count.max(1) != self.from || job.state != JobPhase::Active {

@@ -46,7 +46,7 @@ use crate::state::tail::Tailer;
 use crate::state::{Delta, SharedState, Watcher};
 use hints::Waiting;
 use round::{RoundInput, batches, build_input};
-use sweep::{LivenessConfig, SweepOutcome, liveness_changes, task_changes};
+use sweep::{LivenessConfig, SweepOutcome, SweepScope, liveness_changes, task_changes};
 
 /// Tuning of the placement loop.
 #[derive(Debug, Clone)]
@@ -185,6 +185,8 @@ pub struct ShardLoop {
     last_sweep: Option<Instant>,
     last_resync: Option<Instant>,
     handoffs: Vec<(String, u32)>,
+    /// What the next task sweep must look at.
+    sweep_scope: SweepScope,
 }
 
 impl ShardLoop {
@@ -217,6 +219,7 @@ impl ShardLoop {
             last_sweep: None,
             last_resync: None,
             handoffs: Vec::new(),
+            sweep_scope: SweepScope::everything(),
         };
         lp.resync();
         Ok(lp)
@@ -294,6 +297,7 @@ impl ShardLoop {
         if delta.is_empty() {
             return;
         }
+        self.sweep_scope.note(&delta);
         if delta.reload || delta.layout {
             self.resync();
         }
@@ -331,10 +335,11 @@ impl ShardLoop {
         }
     }
 
-    /// Queues every pending job this shard owns (term start, reload, and
-    /// now and then as a repair).
+    /// Queues every pending job this shard owns and owes a full task sweep
+    /// (term start, reload, and now and then as a repair).
     fn resync(&mut self) {
         self.last_resync = Some(self.ctx.clock.now());
+        self.sweep_scope = SweepScope::everything();
         let shard = self.term.shard;
         let state = self.ctx.state.clone();
         let s = state.read();
@@ -587,6 +592,26 @@ impl ShardLoop {
                 &self.ctx.config.liveness,
             )
         };
+        // Taken now, owed again if the sweep fails.
+        let mut scope = std::mem::take(&mut self.sweep_scope);
+        match self.sweep_tasks(changes, &mut scope, &mut out).await {
+            Ok(()) => Ok(out),
+            Err(err) => {
+                self.sweep_scope.merge(scope);
+                Err(err)
+            }
+        }
+    }
+
+    /// Commits the liveness changes, then the lost tasks and stops among
+    /// what `scope` covers (and on the nodes whose liveness just changed).
+    async fn sweep_tasks(
+        &mut self,
+        changes: Vec<crate::pipeline::node::LivenessChange>,
+        scope: &mut SweepScope,
+        out: &mut SweepOutcome,
+    ) -> Result<()> {
+        let shard = self.term.shard;
         if !changes.is_empty() {
             let applied = self
                 .ctx
@@ -598,6 +623,9 @@ impl ShardLoop {
                 .await?;
             if let Outcome::Liveness(applied) = applied {
                 for c in applied {
+                    if !scope.all {
+                        scope.nodes.insert(c.node.clone());
+                    }
                     match c.to {
                         crate::model::NodeLiveness::Suspect => out.suspected.push(c.node),
                         crate::model::NodeLiveness::Down => out.declared_dead.push(c.node),
@@ -606,16 +634,18 @@ impl ShardLoop {
                 }
             }
         }
+        if scope.is_empty() {
+            return Ok(());
+        }
         let tasks = {
             let s = self.ctx.state.read();
-            let beats = self
-                .ctx
-                .beats
-                .snapshot(s.shard_nodes(shard).map(|(_, r)| r.node_id.as_str()));
+            let beats = &self.ctx.beats;
+            let every_ms = |node: &str| beats.last(node).map_or(0, |b| b.every_ms);
             task_changes(
                 &s,
-                &beats,
+                &every_ms,
                 shard,
+                scope,
                 &self.ctx.config.liveness,
                 self.ctx.clock.now_unix_ms(),
             )
@@ -631,7 +661,7 @@ impl ShardLoop {
                 out.stops = done.stops;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The `place` step of the traces of the jobs whose bindings just

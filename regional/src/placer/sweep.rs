@@ -6,12 +6,15 @@
 //! heard when the term began), and what follows from node and job state: a
 //! task bound under a node epoch that is gone is lost (pending again, after
 //! a fence wait for an exclusive job); a task of a cancelled or revoked job,
-//! or on a draining node, is stopped once. Pure: it reads memory and returns
-//! intents; the shard loop submits them, the liveness changes first (the
+//! or on a draining node, is stopped once. The task rules look only at the
+//! nodes and jobs that changed since the last sweep ([`SweepScope`]), and at
+//! every bound task at a term's start and now and then as a repair, so a
+//! region with 100,000 bound tasks does not walk them all twice a second.
+//! Pure: it reads memory and returns intents; the shard loop submits them, the liveness changes first (the
 //! epoch bump commits alone before any task is written off). Must never
 //! touch nodes of other shards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use meridian_control::Instant;
@@ -20,7 +23,8 @@ use crate::liveness::Beat;
 use crate::model::{JobPhase, NodeLiveness};
 use crate::pipeline::node::LivenessChange;
 use crate::pipeline::sweep::{LostTask, StopTask, SweepTasks};
-use crate::state::RegionState;
+use crate::placement::TaskRef;
+use crate::state::{Bound, JobEntry, NodeEntry, RegionState};
 
 /// Liveness timings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,11 +124,67 @@ pub fn liveness_changes(
     changes
 }
 
-/// Lost tasks and stops on `shard`'s nodes.
+/// What a task sweep must look at: every bound task of the shard, or only
+/// those on nodes and of jobs that changed since the last sweep. Every
+/// condition the sweep acts on (a node gone, down, re-registered or
+/// draining; a job no longer active; a task bound under an older epoch)
+/// arrives as a change of a node or a job, so a sweep of what changed finds
+/// what a full one would; a full one still runs now and then as a repair.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepScope {
+    pub all: bool,
+    pub nodes: BTreeSet<String>,
+    pub jobs: BTreeSet<String>,
+}
+
+impl SweepScope {
+    /// Every bound task.
+    pub fn everything() -> Self {
+        SweepScope {
+            all: true,
+            ..SweepScope::default()
+        }
+    }
+
+    /// Notes what a change of memory may have made for the sweep to do.
+    pub fn note(&mut self, delta: &crate::state::Delta) {
+        if delta.reload || delta.layout {
+            self.all = true;
+        }
+        if self.all {
+            self.nodes.clear();
+            self.jobs.clear();
+            return;
+        }
+        self.nodes.extend(delta.nodes.iter().cloned());
+        self.nodes.extend(delta.epochs.iter().cloned());
+        self.jobs.extend(delta.jobs.iter().cloned());
+    }
+
+    /// Adds what `other` covers (a sweep that failed is owed again).
+    pub fn merge(&mut self, other: SweepScope) {
+        self.all |= other.all;
+        if self.all {
+            self.nodes.clear();
+            self.jobs.clear();
+        } else {
+            self.nodes.extend(other.nodes);
+            self.jobs.extend(other.jobs);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.nodes.is_empty() && self.jobs.is_empty()
+    }
+}
+
+/// Lost tasks and stops on `shard`'s nodes, among the tasks `scope` covers.
+/// `every_ms` gives the heartbeat pace a node was told (0: the base one).
 pub fn task_changes(
     state: &RegionState,
-    beats: &BTreeMap<&str, Beat>,
+    every_ms: &dyn Fn(&str) -> u64,
     shard: u32,
+    scope: &SweepScope,
     config: &LivenessConfig,
     now_unix_ms: u64,
 ) -> SweepTasks {
@@ -132,56 +192,136 @@ pub fn task_changes(
         shard,
         ..SweepTasks::default()
     };
-    for (node_id, entry) in state.nodes.iter().filter(|(_, e)| e.shard == shard) {
-        let record = entry.record.as_ref();
-        for (task, b) in &entry.bound {
-            let Some(job) = state.jobs.get(&task.job_id) else {
+    let judge = Judge {
+        state,
+        every_ms,
+        config,
+        now_unix_ms,
+    };
+    let of_shard = |e: &NodeEntry| e.shard == shard;
+    if scope.all {
+        for (node_id, entry) in state.nodes.iter().filter(|(_, e)| of_shard(e)) {
+            judge.node(node_id, entry, &mut out);
+        }
+        return out;
+    }
+    for node_id in &scope.nodes {
+        if let Some(entry) = state.nodes.get(node_id).filter(|e| of_shard(e)) {
+            judge.node(node_id, entry, &mut out);
+        }
+    }
+    for job_id in &scope.jobs {
+        let Some(job) = state.jobs.get(job_id) else {
+            continue;
+        };
+        for (index, t) in job.tasks() {
+            if !t.is_bound() || scope.nodes.contains(&t.node) {
+                continue;
+            }
+            let Some(entry) = state.nodes.get(&t.node).filter(|e| of_shard(e)) else {
                 continue;
             };
-            let lost =
-                record.is_none_or(|n| n.liveness == NodeLiveness::Down || n.epoch > b.node_epoch);
-            if lost {
-                let wait = if job.record.exclusive {
-                    let every = beats.get(node_id.as_str()).map_or(0, |b| b.every_ms);
-                    config.exclusive_wait_ms(every)
-                } else {
-                    0
-                };
-                out.lost.push(LostTask {
-                    task: task.clone(),
-                    attempt: b.attempt,
-                    node_epoch: b.node_epoch,
-                    not_before: now_unix_ms.saturating_add(wait),
+            // The common case, a task just bound or reported on a healthy
+            // node, needs no closer look.
+            let settled = job.record.state == JobPhase::Active
+                && entry.record.as_ref().is_some_and(|n| {
+                    n.liveness != NodeLiveness::Down && !n.draining && n.epoch <= t.node_epoch
                 });
+            if settled {
                 continue;
             }
-            if b.stopping {
-                continue;
+            let task = TaskRef::new(job_id, index);
+            if let Some(b) = entry.bound.get(&task) {
+                judge.task(&t.node, entry, &task, b, job, &mut out);
             }
-            let draining = record.is_some_and(|n| n.draining);
-            let reason = match job.record.state {
-                JobPhase::Cancelled => "cancelled",
-                JobPhase::Revoked(_) | JobPhase::Released(_) => "revoked",
-                JobPhase::Active if draining => "drain",
-                JobPhase::Active => continue,
-            };
-            let grace = match record {
-                Some(n) if reason == "drain" && n.drain_deadline_ms > 0 => {
-                    match job.record.stop_grace_ms {
-                        0 => n.drain_deadline_ms,
-                        g => g.min(n.drain_deadline_ms),
-                    }
-                }
-                _ => job.record.stop_grace_ms,
-            };
-            out.stops.push(StopTask {
-                task: task.clone(),
-                attempt: b.attempt,
-                node: node_id.clone(),
-                reason: reason.to_string(),
-                grace_ms: grace,
-            });
         }
     }
     out
 }
+
+/// The rules of [`task_changes`] for one bound task.
+struct Judge<'a> {
+    state: &'a RegionState,
+    every_ms: &'a dyn Fn(&str) -> u64,
+    config: &'a LivenessConfig,
+    now_unix_ms: u64,
+}
+
+impl Judge<'_> {
+    /// Every bound task of one node.
+    fn node(&self, node_id: &str, entry: &NodeEntry, out: &mut SweepTasks) {
+        // Bound tasks are ordered by job: one lookup per job and node, not
+        // per task.
+        let mut last: Option<(&str, Option<&JobEntry>)> = None;
+        for (task, b) in &entry.bound {
+            let job = match last {
+                Some((id, job)) if id == task.job_id => job,
+                _ => {
+                    let job = self.state.jobs.get(&task.job_id);
+                    last = Some((task.job_id.as_str(), job));
+                    job
+                }
+            };
+            if let Some(job) = job {
+                self.task(node_id, entry, task, b, job, out);
+            }
+        }
+    }
+
+    fn task(
+        &self,
+        node_id: &str,
+        entry: &NodeEntry,
+        task: &TaskRef,
+        b: &Bound,
+        job: &JobEntry,
+        out: &mut SweepTasks,
+    ) {
+        let record = entry.record.as_ref();
+        let lost =
+            record.is_none_or(|n| n.liveness == NodeLiveness::Down || n.epoch > b.node_epoch);
+        if lost {
+            let wait = if job.record.exclusive {
+                self.config.exclusive_wait_ms((self.every_ms)(node_id))
+            } else {
+                0
+            };
+            out.lost.push(LostTask {
+                task: task.clone(),
+                attempt: b.attempt,
+                node_epoch: b.node_epoch,
+                not_before: self.now_unix_ms.saturating_add(wait),
+            });
+            return;
+        }
+        if b.stopping {
+            return;
+        }
+        let draining = record.is_some_and(|n| n.draining);
+        let reason = match job.record.state {
+            JobPhase::Cancelled => "cancelled",
+            JobPhase::Revoked(_) | JobPhase::Released(_) => "revoked",
+            JobPhase::Active if draining => "drain",
+            JobPhase::Active => return,
+        };
+        let grace = match record {
+            Some(n) if reason == "drain" && n.drain_deadline_ms > 0 => {
+                match job.record.stop_grace_ms {
+                    0 => n.drain_deadline_ms,
+                    g => g.min(n.drain_deadline_ms),
+                }
+            }
+            _ => job.record.stop_grace_ms,
+        };
+        out.stops.push(StopTask {
+            task: task.clone(),
+            attempt: b.attempt,
+            node: node_id.to_string(),
+            reason: reason.to_string(),
+            grace_ms: grace,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -232,13 +232,18 @@ impl RegionState {
         delta: &mut Delta,
     ) {
         let count = self.shard_count();
-        let entry = self
-            .nodes
-            .entry(id.to_string())
-            .or_insert_with(|| NodeEntry {
-                shard: shard_of_node(id, count),
-                ..NodeEntry::default()
-            });
+        if !self.nodes.contains_key(id) {
+            self.nodes.insert(
+                id.to_string(),
+                NodeEntry {
+                    shard: shard_of_node(id, count),
+                    ..NodeEntry::default()
+                },
+            );
+        }
+        let Some(entry) = self.nodes.get_mut(id) else {
+            return;
+        };
         if entry.record.is_some() && !newer(label, entry.label) {
             return;
         }
