@@ -219,6 +219,7 @@ impl NodeAgent {
 
     async fn connected(&mut self, stream: &mut tonic::Streaming<AssignmentCommand>) -> SessionEnd {
         let mut next_heartbeat = self.clock.now() + self.jittered_heartbeat();
+        let mut last_beat = self.clock.now();
         let mut last_report: Option<Instant> = None;
         // Reports go beside the loop (reports.rs): a slow report call must
         // not hold back heartbeats, commands or the region lease.
@@ -227,7 +228,10 @@ impl NodeAgent {
             if self.shutting_down() {
                 return SessionEnd::Shutdown;
             }
-            let heartbeat = self.clock.sleep_until(next_heartbeat);
+            let beat_at = self
+                .early_beat(last_beat)
+                .map_or(next_heartbeat, |early| early.min(next_heartbeat));
+            let heartbeat = self.clock.sleep_until(beat_at);
             let report_due = match (self.tasks.outbox_len(), last_report, &inflight) {
                 (0, _, _) | (_, _, Some(_)) => None,
                 (_, None, None) => Some(self.clock.sleep(Duration::ZERO)),
@@ -253,7 +257,8 @@ impl NodeAgent {
                 () = heartbeat => {
                     match self.heartbeat().await {
                         Ok(()) => {
-                            next_heartbeat = self.clock.now() + self.jittered_heartbeat();
+                            last_beat = self.clock.now();
+                            next_heartbeat = last_beat + self.jittered_heartbeat();
                             self.probe.update(|p| p.heartbeats += 1);
                         }
                         Err(AgentError::Fenced { .. }) => return SessionEnd::Fenced,
@@ -708,6 +713,21 @@ impl NodeAgent {
             .filter(|t| t.stop_reason.is_none() && fails_over(t.policy))
             .map(|t| Instant::from_epoch(deadline.since_epoch().saturating_sub(t.grace)))
             .min()
+    }
+
+    /// When to beat ahead of the pace the region asked for: a call's time
+    /// before this node's view of the region lease would make it stop a
+    /// failover task, so that an answer that extends the lease is in first.
+    /// A region renews its lease at a third of its length and a node beats
+    /// up to every ten seconds, so at the plain pace a task's stop grace can
+    /// run out between two answers of a region whose lease is fine. Never
+    /// sooner than a quarter of the pace after the last beat: a region that
+    /// really lost its lease is not asked in a storm.
+    fn early_beat(&self, last_beat: Instant) -> Option<Instant> {
+        let stop = self.next_failover_stop()?;
+        let ahead = Instant::from_epoch(stop.since_epoch().saturating_sub(self.opts.call_timeout));
+        let floor = last_beat + (self.heartbeat_every / 4).max(self.opts.min_heartbeat);
+        Some(ahead.max(floor))
     }
 
     fn failover_sleep(&self) -> Option<meridian_control::Sleep> {

@@ -325,3 +325,43 @@ async fn a_report_the_region_is_slow_to_answer_holds_back_neither_heartbeats_nor
         .await;
     host.shutdown().await;
 }
+
+/// A region whose lease is fine but whose answers leave a node's view of
+/// it only a little longer than a task's stop grace plus the heartbeat
+/// pace: the node beats early, a call's time before it would stop its
+/// failover task, and the task keeps running. (At the plain 30 s pace the
+/// task, with its 12 s lease view and 1 s grace, would stop at 11 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_beats_early_when_its_lease_view_would_stop_a_failover_task_before_the_next_answer()
+{
+    let clock = ManualClock::new();
+    let OneNode {
+        fake,
+        host,
+        probe,
+        epoch,
+        _work,
+    } = one_node(&clock, 12_000, 30_000, None).await;
+    send_failover_task(&fake, epoch, 1_000).await;
+    probe.wait_for(|p| p.running == 1).await;
+
+    // Each answer puts the stop point 11 s after the beat; the default call
+    // time is 3 s: the node beats every 8 s, never waiting for its 30 s pace.
+    for second in 1..=40u64 {
+        let before = probe.snapshot().heartbeats;
+        clock.advance(Duration::from_secs(1));
+        if second % 8 == 0 {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                probe.wait_for(|p| p.heartbeats > before),
+            )
+            .await
+            .expect("an early heartbeat (failure guard)");
+        }
+    }
+    let now = probe.snapshot();
+    assert_eq!(now.region_loss_stops, 0, "{now:?}");
+    assert_eq!(now.running, 1, "{now:?}");
+    assert!(now.heartbeats >= 5, "{now:?}");
+    host.shutdown().await;
+}
