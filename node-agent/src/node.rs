@@ -721,12 +721,13 @@ impl NodeAgent {
     /// A region renews its lease at a third of its length and a node beats
     /// up to every ten seconds, so at the plain pace a task's stop grace can
     /// run out between two answers of a region whose lease is fine. Never
-    /// sooner than a quarter of the pace after the last beat: a region that
-    /// really lost its lease is not asked in a storm.
+    /// sooner than half the pace after the last beat: while a region's
+    /// lease is in doubt its nodes beat at most twice as often as it asked,
+    /// not in a storm.
     fn early_beat(&self, last_beat: Instant) -> Option<Instant> {
         let stop = self.next_failover_stop()?;
         let ahead = Instant::from_epoch(stop.since_epoch().saturating_sub(self.opts.call_timeout));
-        let floor = last_beat + (self.heartbeat_every / 4).max(self.opts.min_heartbeat);
+        let floor = last_beat + (self.heartbeat_every / 2).max(self.opts.min_heartbeat);
         Some(ahead.max(floor))
     }
 

@@ -329,8 +329,9 @@ async fn a_report_the_region_is_slow_to_answer_holds_back_neither_heartbeats_nor
 /// A region whose lease is fine but whose answers leave a node's view of
 /// it only a little longer than a task's stop grace plus the heartbeat
 /// pace: the node beats early, a call's time before it would stop its
-/// failover task, and the task keeps running. (At the plain 30 s pace the
-/// task, with its 12 s lease view and 1 s grace, would stop at 11 s.)
+/// failover task, and the task keeps running. (At the plain 16 s pace, 12
+/// to 16 s with its spread, the task, with its 12 s lease view and 1 s
+/// grace, would stop at 11 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_beats_early_when_its_lease_view_would_stop_a_failover_task_before_the_next_answer()
 {
@@ -341,12 +342,13 @@ async fn a_node_beats_early_when_its_lease_view_would_stop_a_failover_task_befor
         probe,
         epoch,
         _work,
-    } = one_node(&clock, 12_000, 30_000, None).await;
+    } = one_node(&clock, 12_000, 16_000, None).await;
     send_failover_task(&fake, epoch, 1_000).await;
     probe.wait_for(|p| p.running == 1).await;
 
     // Each answer puts the stop point 11 s after the beat; the default call
-    // time is 3 s: the node beats every 8 s, never waiting for its 30 s pace.
+    // time is 3 s: the node beats every 8 s (half its pace, the most it
+    // beats ahead), never waiting for its 16 s pace.
     for second in 1..=40u64 {
         let before = probe.snapshot().heartbeats;
         clock.advance(Duration::from_secs(1));
