@@ -314,3 +314,33 @@ pub struct CommandRecord {
     #[prost(uint64, tag = "9")]
     pub grace_ms: u64,
 }
+
+#[cfg(test)]
+impl NodeRecord {
+    /// A registered, ready node with `cpu` millicores and `mem` bytes, at
+    /// epoch 1 and version 1: the node most unit tests start from.
+    pub(crate) fn ready_for_tests(id: &str, cpu: u64, mem: u64) -> NodeRecord {
+        NodeRecord {
+            node_id: id.into(),
+            epoch: 1,
+            boot_id: "b".into(),
+            allocatable: Res {
+                cpu,
+                mem,
+                gpus: 0,
+                gpu_type: String::new(),
+            },
+            labels: Default::default(),
+            zone: String::new(),
+            rack: String::new(),
+            liveness: NodeLiveness::Ready,
+            cordoned: false,
+            draining: false,
+            cordon_reason: String::new(),
+            drain_deadline_ms: 0,
+            version: 1,
+            registered_at_unix_ms: 0,
+            agent_version: String::new(),
+        }
+    }
+}

@@ -135,7 +135,7 @@ impl Waiting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NodeLiveness, NodeRecord, Res};
+    use crate::model::{NodeRecord, Res};
     use crate::state::NodeEntry;
 
     fn job(id: &str, cpu: u64, priority: i32, created: u64) -> JobRecord {
@@ -153,28 +153,7 @@ mod tests {
 
     fn node(cpu: u64, used: u64) -> NodeEntry {
         NodeEntry {
-            record: Some(NodeRecord {
-                node_id: "n".into(),
-                epoch: 1,
-                boot_id: "b".into(),
-                allocatable: Res {
-                    cpu,
-                    mem: 1 << 40,
-                    gpus: 0,
-                    gpu_type: String::new(),
-                },
-                labels: Default::default(),
-                zone: String::new(),
-                rack: String::new(),
-                liveness: NodeLiveness::Ready,
-                cordoned: false,
-                draining: false,
-                cordon_reason: String::new(),
-                drain_deadline_ms: 0,
-                version: 1,
-                registered_at_unix_ms: 0,
-                agent_version: String::new(),
-            }),
+            record: Some(NodeRecord::ready_for_tests("n", cpu, 1 << 40)),
             allocated: Res {
                 cpu: used,
                 mem: 0,

@@ -2,7 +2,7 @@ use meridian_proto::v1;
 
 use super::*;
 use crate::jobs::simple_spec;
-use crate::model::{NodeLiveness, TaskRecord, job_from_spec};
+use crate::model::{TaskRecord, job_from_spec};
 
 fn stamp(n: u8) -> Stamp {
     let mut s = [0u8; 10];
@@ -12,26 +12,8 @@ fn stamp(n: u8) -> Stamp {
 
 fn node(id: &str, cpu: u64, version: u64) -> NodeRecord {
     NodeRecord {
-        node_id: id.into(),
-        epoch: 1,
-        boot_id: "b".into(),
-        allocatable: Res {
-            cpu,
-            mem: 1 << 30,
-            gpus: 0,
-            gpu_type: String::new(),
-        },
-        labels: Default::default(),
-        zone: String::new(),
-        rack: String::new(),
-        liveness: NodeLiveness::Ready,
-        cordoned: false,
-        draining: false,
-        cordon_reason: String::new(),
-        drain_deadline_ms: 0,
         version,
-        registered_at_unix_ms: 0,
-        agent_version: String::new(),
+        ..NodeRecord::ready_for_tests(id, cpu, 1 << 30)
     }
 }
 

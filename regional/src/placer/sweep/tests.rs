@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::jobs::simple_spec;
-use crate::model::{JobRecord, NodeRecord, Res, TaskBlock, TaskRecord, job_from_spec};
+use crate::model::{JobRecord, NodeRecord, TaskBlock, TaskRecord, job_from_spec};
 use crate::state::{Delta, Stamp};
 
 fn stamp(n: u32) -> Stamp {
@@ -15,28 +15,7 @@ fn stamp(n: u32) -> Stamp {
 }
 
 fn node(id: &str) -> NodeRecord {
-    NodeRecord {
-        node_id: id.into(),
-        epoch: 1,
-        boot_id: "b".into(),
-        allocatable: Res {
-            cpu: 100_000,
-            mem: 1 << 40,
-            gpus: 0,
-            gpu_type: String::new(),
-        },
-        labels: Default::default(),
-        zone: String::new(),
-        rack: String::new(),
-        liveness: NodeLiveness::Ready,
-        cordoned: false,
-        draining: false,
-        cordon_reason: String::new(),
-        drain_deadline_ms: 0,
-        version: 1,
-        registered_at_unix_ms: 0,
-        agent_version: String::new(),
-    }
+    NodeRecord::ready_for_tests(id, 100_000, 1 << 40)
 }
 
 fn job(id: &str, tasks: u32) -> JobRecord {
