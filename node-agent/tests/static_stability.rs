@@ -314,9 +314,9 @@ async fn a_report_the_region_is_slow_to_answer_holds_back_neither_heartbeats_nor
 /// pace: the node beats early, before it would stop its failover task, and
 /// the task keeps running. (At the plain 16 s pace, 12 to 16 s with its
 /// spread, the task, with its 12 s lease view and 1 s grace, would stop at
-/// 11 s.) Calls get an hour here: the clock moves a second at a time while
-/// a heartbeat lingers in its batch for real milliseconds, and a call timing
-/// out on the test's clock would end the session, which is not the point.
+/// 11 s.) Calls get an hour here: the test's clock moves a second at a time
+/// while the node's calls take real milliseconds, and a call timing out on
+/// that clock would end the session, which is not the point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_beats_early_when_its_lease_view_would_stop_a_failover_task_before_the_next_answer()
 {
