@@ -9,8 +9,6 @@
 //! uncertain is accepted again without change. Must never accept a report
 //! under a superseded node epoch, or for an attempt not bound to the node.
 
-use std::collections::BTreeSet;
-
 use meridian_proto::v1;
 
 use super::overlay::{Missing, ReadSet, Tx};
@@ -87,7 +85,6 @@ impl Report {
             });
         }
         let mut results = Vec::with_capacity(req.reports.len());
-        let mut seen: BTreeSet<(String, u32)> = BTreeSet::new();
         for r in &req.reports {
             let Some(a) = &r.task else {
                 results.push(item(v1::Verdict::Invalid, "task is required"));
@@ -150,7 +147,6 @@ impl Report {
                     continue;
                 }
             }
-            seen.insert((t.job_id.clone(), n));
             results.push(item(v1::Verdict::Accepted, ""));
         }
         Ok(ReportOutcome { check, results })
