@@ -101,7 +101,7 @@ fn meridian(endpoints: &str, args: &[&str]) -> Output {
 }
 
 #[test]
-fn job_submit_wait_prints_hello_from_a_real_echo_run_by_meridian_dev() {
+fn job_submit_wait_prints_what_a_real_task_wrote_and_nothing_for_a_silent_one() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let (_dev, endpoints) = start_dev(&dir.path().join("dev"), 12400, 2, 50);
@@ -130,4 +130,22 @@ fn job_submit_wait_prints_hello_from_a_real_echo_run_by_meridian_dev() {
         "echo hello: submitted and printed in {} ms",
         started.elapsed().as_millis()
     );
+    // A task that writes nothing has no stored output: nothing to print, and
+    // nothing to warn about.
+    let out = meridian(
+        &endpoints,
+        &[
+            "job",
+            "submit",
+            "--wait",
+            "--timeout-secs",
+            "60",
+            "--",
+            "true",
+        ],
+    );
+    assert!(out.status.success(), "submit --wait -- true failed");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("warning"), "unexpected warning: {stderr}");
 }

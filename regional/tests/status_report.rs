@@ -28,10 +28,12 @@ enum Seen {
 }
 
 /// Assigns `jobs` (one task each) at epoch 1 and answers everything, but
-/// refuses the final status of `refuse_final` as STALE_EPOCH.
+/// refuses the final status of `refuse_final` as STALE_EPOCH, and never
+/// answers a capacity report when `hold_capacity` is set.
 struct FakeGlobal {
     jobs: Vec<String>,
     refuse_final: String,
+    hold_capacity: bool,
     seen: mpsc::UnboundedSender<Seen>,
 }
 
@@ -148,6 +150,9 @@ impl RegionLink for FakeGlobal {
         _: Request<v1::ReportCapacityRequest>,
     ) -> Result<Response<v1::ReportCapacityResponse>, Status> {
         let _ = self.seen.send(Seen::Capacity);
+        if self.hold_capacity {
+            futures::future::pending::<()>().await;
+        }
         Ok(Response::new(v1::ReportCapacityResponse {
             verdict: ok(),
             current_epoch: 1,
@@ -216,6 +221,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     let fake = FakeGlobal {
         jobs: vec!["job-a".into(), "job-b".into(), "job-c".into()],
         refuse_final: "job-b".into(),
+        hold_capacity: false,
         seen: seen_tx,
     };
     // One full report when the session starts, the next an hour later:
@@ -389,4 +395,53 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
         Applied::Changed,
         "a newer epoch is a new hold"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_report_the_global_tier_never_answers_holds_back_no_task_status() {
+    let region = Region::new().await;
+    region.register("n1", "boot-1").await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let fake = FakeGlobal {
+        jobs: vec!["job-a".into()],
+        refuse_final: String::new(),
+        hold_capacity: true,
+        seen: seen_tx,
+    };
+    let (stop, link) = start_link(&region, fake, Duration::from_secs(3600)).await;
+
+    let guard = Duration::from_secs(60);
+    tokio::time::timeout(guard, async {
+        let (mut acked, mut capacity) = (false, false);
+        while !acked || !capacity {
+            match seen.recv().await.expect("fake global open") {
+                Seen::Ack => acked = true,
+                Seen::Capacity => capacity = true,
+                Seen::Status(..) => {}
+            }
+        }
+    })
+    .await
+    .expect("the job taken in and a capacity report sent");
+
+    // The capacity call is still out, and stays out: the task's changes go
+    // up beside it.
+    let mut placer = region.shard_loop(0).await;
+    assert_eq!(placer.round().await.expect("round").outcome.bound.len(), 1);
+    tokio::time::timeout(
+        guard,
+        await_statuses(&mut seen, &[("job-a", v1::JobState::Placed)]),
+    )
+    .await
+    .expect("PLACED reported while a capacity report is unanswered");
+    set_task(&region, "job-a", v1::TaskState::Running).await;
+    tokio::time::timeout(
+        guard,
+        await_statuses(&mut seen, &[("job-a", v1::JobState::Running)]),
+    )
+    .await
+    .expect("RUNNING reported while a capacity report is unanswered");
+
+    let _ = stop.send(());
+    let _ = link.await;
 }

@@ -2,15 +2,16 @@
 //! status, releases, and the forgetting of finished jobs.
 //!
 //! Owns two paths to the same per-job status rule ([`job_update`]), both
-//! read from the replica's memory: a full report on a timer (capacity, the
-//! status of every job whose task counts changed, releases of revoked jobs),
-//! which repairs anything missed, and a fast report of only the jobs that
+//! read from the replica's memory: a fast report of only the jobs that
 //! changed, run as soon as memory shows the change (a commit of this
 //! process, or the change feed for another's), so a task seen running
-//! reaches the global tier in milliseconds rather than at the next tick. A job whose final state the global tier accepted is retired
-//! (`jobs::retire`). Must never report under a region lease epoch the
-//! global tier refused, and never retire a job the global tier has not
-//! acknowledged in exactly its final state.
+//! reaches the global tier in milliseconds rather than at the next tick; and
+//! a catch-up on a timer that repairs anything the fast one missed. Capacity
+//! and the releases of revoked jobs go on a timer of their own beside them,
+//! so they never delay a status. A job whose final state the global tier
+//! accepted is retired (`jobs::retire`). Must never report under a region
+//! lease epoch the global tier refused, and never retire a job the global
+//! tier has not acknowledged in exactly its final state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -54,6 +55,7 @@ const MAX_TASKS_PER_UPDATE: u32 = 256;
 const STATUS_COALESCE: Duration = Duration::from_millis(2);
 
 /// What one link session's reporter works with.
+#[derive(Clone)]
 pub(super) struct Reporter {
     pub db: Database,
     pub keys: Keys,
@@ -69,9 +71,65 @@ pub(super) struct Reporter {
 
 impl Reporter {
     /// Reports until a report fails or `stop` flips (checked between
-    /// reports, never inside one): the full report at once and then every
-    /// `report_every`, the fast one at every task state change.
-    pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), End> {
+    /// reports, never inside one). Two loops run side by side: job status
+    /// (the fast report at every task state change, and a catch-up from
+    /// memory every `report_every`), and capacity with releases every
+    /// `report_every`. Status reports stay one at a time, so versions reach
+    /// the global tier in order; capacity and releases never touch a job's
+    /// status, so a capacity call that is slow to answer does not hold back
+    /// a task's change.
+    pub(super) async fn run(self, stop: watch::Receiver<bool>) -> Result<(), End> {
+        let mut capacity = self.clone();
+        let mut status = self;
+        tokio::try_join!(
+            status.status_loop(stop.clone()),
+            capacity.capacity_loop(stop)
+        )?;
+        Ok(())
+    }
+
+    async fn capacity_loop(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), End> {
+        let clock = self.clock.clone();
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let (cap, releases) = {
+                let s = self.state.read();
+                (capacity(&s, clock.now_unix_ms()), releasable(&s))
+            };
+            // A capacity figure is replaced by the next one whole, so a stop
+            // may cut its call short; releases are recorded once answered, so
+            // they finish.
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                sent = self.report_capacity(cap) => sent?,
+            }
+            self.release(releases).await?;
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                _ = clock.sleep(self.config.report_every) => {}
+            }
+        }
+    }
+
+    async fn report_capacity(&mut self, cap: v1::RegionCapacity) -> Result<(), End> {
+        let r = self
+            .client
+            .report_capacity(v1::ReportCapacityRequest {
+                region: self.config.region.clone(),
+                region_lease_epoch: self.epoch,
+                capacity: Some(cap),
+            })
+            .await?
+            .into_inner();
+        if r.verdict != v1::Verdict::Accepted as i32 {
+            return Err(End::retry("capacity report refused: stale region lease"));
+        }
+        Ok(())
+    }
+
+    async fn status_loop(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), End> {
         let clock = self.clock.clone();
         let watcher = self.state.subscribe();
         let mut reported = self.load_reported().await?;
@@ -85,7 +143,7 @@ impl Reporter {
                 _ = &mut full => {
                     // Anything the fast path missed is found here.
                     let _ = watcher.take();
-                    self.full(&mut reported, clock.now_unix_ms()).await?;
+                    self.catch_up(&mut reported, clock.now_unix_ms()).await?;
                     full = clock.sleep(self.config.report_every);
                 }
                 delta = watcher.changed() => {
@@ -120,15 +178,15 @@ impl Reporter {
             .await?)
     }
 
-    /// The full report: capacity, every job whose counts changed, releases.
-    async fn full(
+    /// The status catch-up: every job whose counts differ from what the
+    /// global tier last accepted.
+    async fn catch_up(
         &mut self,
         reported: &mut BTreeMap<String, Reported>,
         now: u64,
     ) -> Result<(), End> {
-        let (cap, updates, releases) = {
+        let updates = {
             let s = self.state.read();
-            let cap = capacity(&s, now);
             let mut updates = Vec::new();
             for (job_id, job) in &s.jobs {
                 let blocks: Vec<&TaskBlock> = job.blocks.values().map(|b| &b.block).collect();
@@ -140,22 +198,9 @@ impl Reporter {
                     }
                 }
             }
-            (cap, updates, releasable(&s))
+            updates
         };
-        let r = self
-            .client
-            .report_capacity(v1::ReportCapacityRequest {
-                region: self.config.region.clone(),
-                region_lease_epoch: self.epoch,
-                capacity: Some(cap),
-            })
-            .await?
-            .into_inner();
-        if r.verdict != v1::Verdict::Accepted as i32 {
-            return Err(End::retry("capacity report refused: stale region lease"));
-        }
-        self.send_status(reported, updates).await?;
-        self.release(releases).await
+        self.send_status(reported, updates).await
     }
 
     /// The fast report: the jobs that changed, as memory has them now.
@@ -209,7 +254,7 @@ impl Reporter {
         if r.verdict != v1::Verdict::Accepted as i32 {
             return Err(End::retry("status report refused: stale region lease"));
         }
-        // A refused item stays unrecorded, so the next full report sends the
+        // A refused item stays unrecorded, so the next catch-up sends the
         // job's state again with a newer version (a job moved away stops
         // being reported once its REVOKE arrives).
         let accepted: Vec<Accepted> = finals
