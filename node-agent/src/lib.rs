@@ -13,6 +13,7 @@
 //! through `meridian-proto`), read time except through a
 //! [`meridian_control::Clock`], or use an unseeded RNG.
 
+mod beside;
 pub mod config;
 pub mod error;
 pub mod exec;
@@ -23,7 +24,6 @@ pub mod metrics;
 pub mod node;
 pub mod persist;
 pub mod probe;
-mod reports;
 pub mod tasks;
 mod trace;
 pub mod uplink;

@@ -257,16 +257,18 @@ async fn a_failover_task_keeps_running_when_the_region_reports_no_lease_at_regis
         probe,
         epoch,
         work: _work,
-    } = one_node(&clock, 0, 1_000, None).await;
+    } = one_node(&clock, 0, 1_000, Some(Duration::from_secs(3_600))).await;
     let fail = send_failover_task(&fake, epoch, 2_000).await;
     fake.wait_report(&fail, |r| r.state == TaskState::Running as i32)
         .await;
 
     // Heartbeats come and go (each answered "no lease"); every STOP of an
     // unknown attempt is answered LOST only after the agent's loop has gone
-    // round, with the failover deadline (if any) armed.
+    // round since the beat's answer, with the failover deadline (if any)
+    // armed. Calls get an hour: heartbeats run beside the loop, so the
+    // test's clock moves on while one is out.
     for i in 0..5u32 {
-        clock.advance(Duration::from_secs(1));
+        advance_to_a_beat(&clock, &probe, "a heartbeat answered \"no lease\"").await;
         let probe_attempt = attempt("unknown", i, 1);
         fake.send("n1", common::stop(probe_attempt.clone(), epoch, 1, 0))
             .await;
@@ -306,6 +308,69 @@ async fn a_report_the_region_is_slow_to_answer_holds_back_neither_heartbeats_nor
     fake.hold_reports(false);
     fake.wait_report(&fail, |r| r.state == TaskState::Running as i32)
         .await;
+    host.shutdown().await;
+}
+
+/// Sends node `n1` a task `job` that ends at once; returns its attempt.
+async fn send_quick_task(fake: &FakeRegion, epoch: u64, job: &str) -> TaskAttempt {
+    let quick = attempt(job, 0, 1);
+    let cmd = run(
+        quick.clone(),
+        sh("exit 0", &[]),
+        epoch,
+        1,
+        RegionLossPolicy::KeepRunning,
+        1_000,
+    );
+    fake.send("n1", cmd).await;
+    quick
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_the_region_is_slow_to_answer_holds_back_no_task_report() {
+    let clock = ManualClock::new();
+    // The held heartbeat must not simply time out while the test runs.
+    let OneNode {
+        mut fake,
+        host,
+        probe,
+        epoch,
+        work: _work,
+    } = one_node(&clock, 3_000, 1_000, Some(Duration::from_secs(3_600))).await;
+    let guard = Duration::from_secs(30);
+    // A first task's report shows the node's loop is running, so the clock
+    // moved below reaches its heartbeat timer.
+    let first = send_quick_task(&fake, epoch, "first").await;
+    tokio::time::timeout(
+        guard,
+        fake.wait_report(&first, |r| r.state == TaskState::Succeeded as i32),
+    )
+    .await
+    .expect("a first task ran (failure guard)");
+
+    // The region answers no heartbeat for now; the node's next beat waits.
+    fake.hold_heartbeats(true);
+    let beats = probe.snapshot().heartbeats;
+    clock.advance(Duration::from_secs(2));
+    tokio::time::timeout(guard, fake.wait_held_heartbeats(1))
+        .await
+        .expect("a beat sent and held (failure guard)");
+
+    // Another quick task: its start and its end reach the region while
+    // that beat is out.
+    let quick = send_quick_task(&fake, epoch, "quick").await;
+    tokio::time::timeout(
+        guard,
+        fake.wait_report(&quick, |r| r.state == TaskState::Succeeded as i32),
+    )
+    .await
+    .expect("the task's end reported while a beat was out (failure guard)");
+    assert_eq!(probe.snapshot().heartbeats, beats, "the beat is still out");
+
+    fake.hold_heartbeats(false);
+    tokio::time::timeout(guard, probe.wait_for(|p| p.heartbeats > beats))
+        .await
+        .expect("the held beat answered once let through (failure guard)");
     host.shutdown().await;
 }
 

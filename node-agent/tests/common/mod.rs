@@ -38,6 +38,8 @@ struct State {
     cursor_seq: u64,
     /// Report calls that arrived while reports were held.
     held_reports: usize,
+    /// Heartbeat calls that arrived while heartbeats were held.
+    held_heartbeats: usize,
 }
 
 struct Shared {
@@ -55,11 +57,27 @@ struct Shared {
     refusals: Mutex<BTreeMap<String, usize>>,
     /// While true, report calls wait (a region working through a backlog).
     hold_reports: watch::Sender<bool>,
+    /// While true, heartbeat calls wait.
+    hold_heartbeats: watch::Sender<bool>,
 }
 
 impl Shared {
     fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Waits while `hold` is set, counting the call in `held`.
+    async fn wait_while_held(
+        &self,
+        hold: &watch::Sender<bool>,
+        held: impl FnOnce(&mut State) -> &mut usize,
+    ) {
+        let mut hold = hold.subscribe();
+        if *hold.borrow_and_update() {
+            *held(&mut self.state.lock()) += 1;
+            self.bump();
+            let _ = hold.wait_for(|held| !*held).await;
+        }
     }
 
     /// Refuses every call while unavailable; records the arrival.
@@ -151,12 +169,9 @@ impl AgentLink for Service {
     ) -> Result<Response<ReportTaskStatusResponse>, Status> {
         let req = req.into_inner();
         self.0.admit(&req.node_id)?;
-        let mut hold = self.0.hold_reports.subscribe();
-        if *hold.borrow_and_update() {
-            self.0.state.lock().held_reports += 1;
-            self.0.bump();
-            let _ = hold.wait_for(|held| !*held).await;
-        }
+        self.0
+            .wait_while_held(&self.0.hold_reports, |st| &mut st.held_reports)
+            .await;
         let current = self
             .0
             .state
@@ -196,6 +211,9 @@ impl AgentLink for Service {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let req = req.into_inner();
         self.0.admit(&req.node_id)?;
+        self.0
+            .wait_while_held(&self.0.hold_heartbeats, |st| &mut st.held_heartbeats)
+            .await;
         let current = self
             .0
             .state
@@ -311,6 +329,7 @@ impl FakeRegion {
             stream_leader: Mutex::new(None),
             refusals: Mutex::new(BTreeMap::new()),
             hold_reports: watch::Sender::new(false),
+            hold_heartbeats: watch::Sender::new(false),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -465,12 +484,27 @@ impl FakeRegion {
         self.shared.hold_reports.send_replace(hold);
     }
 
+    /// Makes heartbeat calls wait (`true`) or lets them through.
+    pub fn hold_heartbeats(&self, hold: bool) {
+        self.shared.hold_heartbeats.send_replace(hold);
+    }
+
     /// Waits until at least `n` report calls arrived while reports were
     /// held.
     pub async fn wait_held_reports(&self, n: usize) {
+        self.wait_held(n, |st| st.held_reports).await;
+    }
+
+    /// Waits until at least `n` heartbeat calls arrived while heartbeats
+    /// were held.
+    pub async fn wait_held_heartbeats(&self, n: usize) {
+        self.wait_held(n, |st| st.held_heartbeats).await;
+    }
+
+    async fn wait_held(&self, n: usize, held: impl Fn(&State) -> usize) {
         let mut rx = self.shared.changed.subscribe();
         loop {
-            if self.shared.state.lock().held_reports >= n {
+            if held(&self.shared.state.lock()) >= n {
                 return;
             }
             rx.changed().await.unwrap();

@@ -24,14 +24,15 @@ use meridian_control::rpc::Refusal;
 use meridian_control::{Instant, RpcVerdict, SharedClock};
 use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::{
-    AssignmentCommand, CommandKind, HeartbeatRequest, NodeAssignmentsRequest, NodeUsage,
-    RegionLossPolicy, RegisterNodeRequest, ReportTaskStatusRequest, ReportTaskStatusResponse,
-    TaskAttempt, TaskReport, TaskState, Verdict,
+    AssignmentCommand, CommandKind, HeartbeatResponse, NodeAssignmentsRequest, RegionLossPolicy,
+    RegisterNodeRequest, ReportTaskStatusRequest, ReportTaskStatusResponse, TaskAttempt,
+    TaskReport, TaskState, Verdict,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, watch};
 
+use crate::beside::{self, InFlight};
 use crate::config::{AgentOptions, NodeSpec};
 use crate::error::AgentError;
 use crate::exec::{Executor, ExitTx, Launch, ProcessIds, TaskEvent, TaskExit};
@@ -39,8 +40,9 @@ use crate::fence::ShardEpochs;
 use crate::link::RegionLink;
 use crate::persist::{PersistedState, PersistedTask, Persister, StateFile};
 use crate::probe::Probe;
-use crate::reports::{self, InFlight};
 use crate::tasks::{LiveTask, StopReason, TaskTable};
+
+mod lease;
 
 /// How much longer a node waits before its next report call when the region
 /// said it reports too fast.
@@ -221,9 +223,10 @@ impl NodeAgent {
         let mut next_heartbeat = self.clock.now() + self.jittered_heartbeat();
         let mut last_beat = self.clock.now();
         let mut last_report: Option<Instant> = None;
-        // Reports go beside the loop (reports.rs): a slow report call must
-        // not hold back heartbeats, commands or the region lease.
-        let mut inflight: Option<InFlight> = None;
+        // Reports and heartbeats go beside the loop (beside.rs): a slow call
+        // of one must not hold back the other, commands or the region lease.
+        let mut inflight: Option<InFlight<Vec<TaskReport>, ReportTaskStatusResponse>> = None;
+        let mut beating: Option<InFlight<Instant, HeartbeatResponse>> = None;
         loop {
             if self.shutting_down() {
                 return SessionEnd::Shutdown;
@@ -231,7 +234,7 @@ impl NodeAgent {
             let beat_at = self
                 .early_beat(last_beat)
                 .map_or(next_heartbeat, |early| early.min(next_heartbeat));
-            let heartbeat = self.clock.sleep_until(beat_at);
+            let heartbeat = beating.is_none().then(|| self.clock.sleep_until(beat_at));
             let report_due = match (self.tasks.outbox_len(), last_report, &inflight) {
                 (0, _, _) | (_, _, Some(_)) => None,
                 (_, None, None) => Some(self.clock.sleep(Duration::ZERO)),
@@ -254,8 +257,21 @@ impl NodeAgent {
                     Err(status) => return self.on_stream_error(AgentError::Rpc(status)),
                 },
                 Some(event) = self.exits_rx.recv() => self.on_event(event),
-                () = heartbeat => {
-                    match self.heartbeat().await {
+                () = maybe(heartbeat) => match self.link.uplink() {
+                    Ok(uplink) => {
+                        let request = self.heartbeat_request();
+                        beating = Some(beside::send(
+                            self.clock.now(),
+                            async move { uplink.heartbeat(request).await },
+                            self.clock.clone(),
+                            self.opts.call_timeout,
+                        ));
+                    }
+                    Err(e) => return SessionEnd::Failed(e),
+                },
+                (sent_at, answer) = beside::answer(&mut beating) => {
+                    beating = None;
+                    match answer.and_then(|resp| self.heartbeat_answered(sent_at, resp)) {
                         Ok(()) => {
                             last_beat = self.clock.now();
                             next_heartbeat = last_beat + self.jittered_heartbeat();
@@ -272,7 +288,7 @@ impl NodeAgent {
                         Err(e) => return SessionEnd::Failed(e),
                     }
                 }
-                (batch, answer) = reports::answer(&mut inflight) => {
+                (batch, answer) = beside::answer(&mut inflight) => {
                     inflight = None;
                     match answer.and_then(|resp| self.reports_answered(&batch, &resp)) {
                         Ok(()) => {}
@@ -366,31 +382,6 @@ impl NodeAgent {
         Ok(())
     }
 
-    async fn heartbeat(&mut self) -> Result<(), AgentError> {
-        let request = HeartbeatRequest {
-            node_id: self.spec.node_id.clone(),
-            node_epoch: self.epoch,
-            running: self.tasks.live().keys().cloned().collect(),
-            usage: Some(NodeUsage::default()),
-            applied_cursor: self.cursor.clone(),
-        };
-        let sent_at = self.clock.now();
-        let uplink = self.link.uplink()?;
-        let resp = self
-            .call(async move { uplink.heartbeat(request).await.map(tonic::Response::new) })
-            .await?;
-        if resp.reregister {
-            return Err(AgentError::Fenced { epoch: self.epoch });
-        }
-        self.set_heartbeat_interval(resp.heartbeat_interval_ms);
-        self.set_lease(sent_at, resp.region_lease_remaining_ms);
-        for orphan in resp.stop {
-            let grace = self.grace_of(&orphan);
-            self.tasks.stop(&orphan, StopReason::Orphan, grace);
-        }
-        Ok(())
-    }
-
     /// Sends the pending reports and waits for the answer (at shutdown,
     /// when nothing else is left to do).
     async fn flush_reports(&mut self) -> Result<(), AgentError> {
@@ -402,7 +393,9 @@ impl NodeAgent {
     }
 
     /// Starts a call with the pending reports, if there are any.
-    async fn send_reports(&mut self) -> Result<Option<InFlight>, AgentError> {
+    async fn send_reports(
+        &mut self,
+    ) -> Result<Option<InFlight<Vec<TaskReport>, ReportTaskStatusResponse>>, AgentError> {
         let batch = self.tasks.pending_reports(MAX_BATCH_ITEMS);
         if batch.is_empty() {
             return Ok(None);
@@ -418,10 +411,9 @@ impl NodeAgent {
             reports: batch.clone(),
         };
         let uplink = self.link.uplink()?;
-        Ok(Some(reports::send(
-            uplink,
-            request,
+        Ok(Some(beside::send(
             batch,
+            async move { uplink.report(request).await },
             self.clock.clone(),
             self.opts.call_timeout,
         )))
@@ -672,16 +664,6 @@ impl NodeAgent {
         }
     }
 
-    fn set_lease(&mut self, sent_at: Instant, remaining_ms: u64) {
-        self.lease_deadline = next_lease_deadline(self.lease_deadline, sent_at, remaining_ms);
-    }
-
-    fn set_heartbeat_interval(&mut self, ms: u64) {
-        if ms > 0 {
-            self.heartbeat_every = Duration::from_millis(ms).max(self.opts.min_heartbeat);
-        }
-    }
-
     /// The heartbeat interval scaled by a uniform factor in [0.75, 1]: never
     /// later than the region asked, spread so that nodes do not beat in step.
     fn jittered_heartbeat(&mut self) -> Duration {
@@ -701,60 +683,6 @@ impl NodeAgent {
             .live()
             .get(attempt)
             .map_or(self.opts.default_grace, |t| t.grace)
-    }
-
-    /// When the next failover task must be stopped so that it has exited by
-    /// the region-lease deadline.
-    fn next_failover_stop(&self) -> Option<Instant> {
-        let deadline = self.lease_deadline?;
-        self.tasks
-            .live()
-            .values()
-            .filter(|t| t.stop_reason.is_none() && fails_over(t.policy))
-            .map(|t| Instant::from_epoch(deadline.since_epoch().saturating_sub(t.grace)))
-            .min()
-    }
-
-    /// When to beat ahead of the pace the region asked for: a call's time
-    /// before this node's view of the region lease would make it stop a
-    /// failover task, so that an answer that extends the lease is in first.
-    /// A region renews its lease at a third of its length and a node beats
-    /// up to every ten seconds, so at the plain pace a task's stop grace can
-    /// run out between two answers of a region whose lease is fine. Never
-    /// sooner than half the pace after the last beat: while a region's
-    /// lease is in doubt its nodes beat at most twice as often as it asked,
-    /// not in a storm.
-    fn early_beat(&self, last_beat: Instant) -> Option<Instant> {
-        let stop = self.next_failover_stop()?;
-        let ahead = Instant::from_epoch(stop.since_epoch().saturating_sub(self.opts.call_timeout));
-        let floor = last_beat + (self.heartbeat_every / 2).max(self.opts.min_heartbeat);
-        Some(ahead.max(floor))
-    }
-
-    fn failover_sleep(&self) -> Option<meridian_control::Sleep> {
-        self.next_failover_stop()
-            .map(|at| self.clock.sleep_until(at))
-    }
-
-    fn enforce_region_lease(&mut self) {
-        let Some(deadline) = self.lease_deadline else {
-            return;
-        };
-        let now = self.clock.now();
-        let due: Vec<(TaskAttempt, Duration)> = self
-            .tasks
-            .live()
-            .iter()
-            .filter(|(_, t)| {
-                t.stop_reason.is_none() && fails_over(t.policy) && now + t.grace >= deadline
-            })
-            .map(|(a, t)| (a.clone(), t.grace))
-            .collect();
-        for (a, grace) in due {
-            tracing::warn!(node = %self.spec.node_id, task = ?a, "region lease ran out: stopping failover task");
-            self.tasks.stop(&a, StopReason::RegionLoss, grace);
-            self.probe.update(|p| p.region_loss_stops += 1);
-        }
     }
 
     fn persist(&mut self) {
@@ -784,31 +712,6 @@ impl NodeAgent {
         };
         persister.save(state);
     }
-}
-
-/// The region-lease deadline after a Register or Heartbeat response sent at
-/// `sent_at` that reports `remaining_ms`.
-///
-/// `0` means the region holds no lease (it is not linked to a global tier,
-/// or has not (re)linked since it started): that is no news about a
-/// deadline, not an expired one. It leaves the current deadline as it is, so
-/// a lease the region stopped renewing still runs out when it would have,
-/// and a node that never heard of a lease has no deadline. A positive value
-/// replaces the deadline (the latest response wins).
-fn next_lease_deadline(
-    current: Option<Instant>,
-    sent_at: Instant,
-    remaining_ms: u64,
-) -> Option<Instant> {
-    if remaining_ms == 0 {
-        current
-    } else {
-        Some(sent_at + Duration::from_millis(remaining_ms))
-    }
-}
-
-fn fails_over(policy: RegionLossPolicy) -> bool {
-    policy != RegionLossPolicy::KeepRunning
 }
 
 /// A report of `state` observed now.
@@ -853,39 +756,5 @@ async fn maybe(sleep: Option<meridian_control::Sleep>) {
     match sleep {
         Some(s) => s.await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(ms: u64) -> Instant {
-        Instant::from_epoch(Duration::from_millis(ms))
-    }
-
-    #[test]
-    fn a_region_without_a_lease_sets_no_deadline_at_registration() {
-        assert_eq!(next_lease_deadline(None, at(5_000), 0), None);
-    }
-
-    #[test]
-    fn a_region_without_a_lease_leaves_an_earlier_deadline_in_place() {
-        assert_eq!(
-            next_lease_deadline(Some(at(9_000)), at(5_000), 0),
-            Some(at(9_000))
-        );
-    }
-
-    #[test]
-    fn a_reported_lease_counts_from_when_the_call_was_sent_and_replaces_the_deadline() {
-        assert_eq!(
-            next_lease_deadline(Some(at(9_000)), at(5_000), 30_000),
-            Some(at(35_000))
-        );
-        assert_eq!(
-            next_lease_deadline(Some(at(90_000)), at(5_000), 1_000),
-            Some(at(6_000))
-        );
     }
 }
