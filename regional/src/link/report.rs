@@ -147,6 +147,11 @@ impl Reporter {
                     full = clock.sleep(self.config.report_every);
                 }
                 delta = watcher.changed() => {
+                    // Node liveness and epochs change memory too, many times
+                    // a second; only job changes concern this report.
+                    if delta.jobs.is_empty() {
+                        continue;
+                    }
                     // A short pause lets one report carry a burst.
                     clock.sleep(STATUS_COALESCE).await;
                     let mut jobs = delta.jobs;
