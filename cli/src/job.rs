@@ -324,7 +324,9 @@ async fn print_outputs(client: &mut Client, job_id: &str, task_count: u32) {
             }
             // A region keeps output only for tasks that wrote some, so a
             // finished task without any (`true`) has nothing to show.
-            Err(e) if e.exit_code() == crate::error::exit::NOT_FOUND => {}
+            Err(CliError::Status(s))
+                if s.code() == tonic::Code::NotFound
+                    && s.message().contains(meridian_proto::NO_TASK_OUTPUT) => {}
             Err(e) => eprintln!("warning: output of {job_id}/{index} is not available: {e}"),
         }
     }

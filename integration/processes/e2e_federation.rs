@@ -144,8 +144,11 @@ fn job_submit_wait_prints_what_a_real_task_wrote_and_nothing_for_a_silent_one() 
             "true",
         ],
     );
-    assert!(out.status.success(), "submit --wait -- true failed");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "submit --wait -- true failed: {stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert!(!stderr.contains("warning"), "unexpected warning: {stderr}");
 }

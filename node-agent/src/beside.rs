@@ -12,9 +12,11 @@
 //! as long. With both calls beside the loop, heartbeats, reports, commands
 //! and the region lease go on while either waits.
 //!
-//! Must never have two calls of one kind outstanding for a node: the loop
-//! starts a call only when the previous one of its kind answered, and the
-//! outbox hands out the same unacknowledged reports until a call answers.
+//! Must never have two calls of one kind outstanding for a node within a
+//! session: the loop starts a call only when the previous one of its kind
+//! answered, and the outbox hands out the same unacknowledged reports until
+//! a call answers. (A call dropped with its session may still be sent by the
+//! uplink beside the next session's first; the region judges each by epoch.)
 
 use std::future::Future;
 use std::pin::Pin;

@@ -56,6 +56,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// endpoint when it answers `UNAVAILABLE`.
 pub const LEADER_METADATA_KEY: &str = "meridian-leader";
 
+/// The message of the `NOT_FOUND` a region answers to `GetTaskLogs` for an
+/// attempt without stored output: a region keeps output only for tasks that
+/// wrote some, so clients may take it as "nothing to show".
+pub const NO_TASK_OUTPUT: &str = "the region has no output for this task attempt";
+
 /// Wire limits documented in the `.proto` files, for the tiers that enforce
 /// them and the clients that want to respect them up front.
 pub mod limits {

@@ -1,6 +1,6 @@
 //! The link's status reports against a fake global tier on a real socket:
 //! task state changes (placement, then agents' reports through the write
-//! pipeline) go up as they commit, not at the next full report, and a job
+//! pipeline) go up as they commit, not at the next catch-up, and a job
 //! whose final state the global tier accepted is forgotten by the region,
 //! while one it refused stays.
 
@@ -224,8 +224,8 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
         hold_capacity: false,
         seen: seen_tx,
     };
-    // One full report when the session starts, the next an hour later:
-    // whatever arrives in between came by the fast path.
+    // One catch-up and one capacity report when the session starts, the
+    // next an hour later: whatever arrives in between came by the fast path.
     let (stop, link) = start_link(&region, fake, Duration::from_secs(3600)).await;
 
     let guard = Duration::from_secs(60);
@@ -240,7 +240,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
         }
     })
     .await
-    .expect("the jobs taken in and the first full report sent");
+    .expect("the jobs taken in and the first capacity report sent");
 
     // The shard leader places the three jobs' tasks on n1.
     let mut placer = region.shard_loop(0).await;
@@ -257,7 +257,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
         ),
     )
     .await
-    .expect("PLACED reported without waiting for the next full report");
+    .expect("PLACED reported without waiting for the next catch-up");
 
     for job in ["job-a", "job-b"] {
         set_task(&region, job, v1::TaskState::Running).await;
@@ -273,7 +273,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
         ),
     )
     .await
-    .expect("RUNNING reported without waiting for the next full report");
+    .expect("RUNNING reported without waiting for the next catch-up");
 
     for job in ["job-a", "job-b"] {
         set_task(&region, job, v1::TaskState::Succeeded).await;
@@ -352,7 +352,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     .expect("job-b's RUNNING was recorded earlier");
     assert!(
         !String::from_utf8_lossy(&b_status).contains(&digest_of(v1::TaskState::Succeeded)),
-        "a refused final state is not recorded as reported, so the next full report sends it again"
+        "a refused final state is not recorded as reported, so the next catch-up sends it again"
     );
     let _ = stop.send(());
     link.await.expect("link task");

@@ -213,9 +213,7 @@ impl RegionAdmin for RegionApi {
             })
             .await?;
         let Some((attempt, logs)) = found else {
-            return Err(Status::not_found(
-                "the region has no output for this task attempt",
-            ));
+            return Err(Status::not_found(meridian_proto::NO_TASK_OUTPUT));
         };
         let tail = |b: Vec<u8>| match req.max_bytes as usize {
             0 => b,

@@ -54,6 +54,10 @@ const MAX_TASKS_PER_UPDATE: u32 = 256;
 /// batch) rather than one call each.
 const STATUS_COALESCE: Duration = Duration::from_millis(2);
 
+/// How long a capacity report may wait for its answer before it is given up
+/// (the next one follows `report_every` later).
+const CAPACITY_DEADLINE: Duration = meridian_control::rpc::DEFAULT_ATTEMPT_DEADLINE;
+
 /// What one link session's reporter works with.
 #[derive(Clone)]
 pub(super) struct Reporter {
@@ -70,8 +74,11 @@ pub(super) struct Reporter {
 }
 
 impl Reporter {
-    /// Reports until a report fails or `stop` flips (checked between
-    /// reports, never inside one). Two loops run side by side: job status
+    /// Reports until a report fails or `stop` flips (checked between status
+    /// reports, never inside one; a capacity call in flight is cut short).
+    /// If one loop fails, the other is dropped where it stands: an answer it
+    /// did not record is sent again by the next session with a newer
+    /// version, which the global tier accepts as the state it has. Two loops run side by side: job status
     /// (the fast report at every task state change, and a catch-up from
     /// memory every `report_every`), and capacity with releases every
     /// `report_every`. Status reports stay one at a time, so versions reach
@@ -99,11 +106,15 @@ impl Reporter {
                 (capacity(&s, clock.now_unix_ms()), releasable(&s))
             };
             // A capacity figure is replaced by the next one whole, so a stop
-            // may cut its call short; releases are recorded once answered, so
-            // they finish.
+            // may cut its call short, and one the global tier does not answer
+            // in time is skipped rather than left to hold back the releases;
+            // releases are recorded once answered, so they finish.
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
                 sent = self.report_capacity(cap) => sent?,
+                () = clock.sleep(CAPACITY_DEADLINE) => {
+                    tracing::warn!(region = %self.config.region, "capacity report not answered in time; skipped");
+                }
             }
             self.release(releases).await?;
             tokio::select! {
@@ -147,6 +158,11 @@ impl Reporter {
                     full = clock.sleep(self.config.report_every);
                 }
                 delta = watcher.changed() => {
+                    // A reload may have changed anything: catch up at once.
+                    if delta.reload {
+                        full = clock.sleep(Duration::ZERO);
+                        continue;
+                    }
                     // Node liveness and epochs change memory too, many times
                     // a second; only job changes concern this report.
                     if delta.jobs.is_empty() {

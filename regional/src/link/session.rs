@@ -4,8 +4,11 @@
 //! assignment stream and the upward reports. A session ends when the stream
 //! breaks or the lease is refused, and is started again where and when
 //! control's retry rule says (the hinted global leader at once, otherwise
-//! the next global endpoint after a backoff); each unary call of a session
-//! has the rule's per-attempt deadline. It returns for good when the link
+//! the next global endpoint after a backoff); registration and lease calls
+//! have the rule's per-attempt deadline, a capacity report is skipped when
+//! not answered within it, and status reports and releases wait for their
+//! answer (the HTTP/2 keep-alive ends a session whose global replica
+//! vanished). It returns for good when the link
 //! lease is lost. Must never send a call with an epoch the global tier has
 //! called stale, nor classify a status itself.
 

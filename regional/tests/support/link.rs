@@ -31,7 +31,7 @@ fn link_ctx(region: &Region) -> LinkCtx {
 }
 
 /// Serves `fake` on a loopback port and runs `region`'s link against it,
-/// sending a full report every `report_every`; the sender stops the link.
+/// sending capacity and a status catch-up every `report_every`; the sender stops the link.
 pub async fn start_link<S: RegionLink>(
     region: &Region,
     fake: S,
