@@ -187,20 +187,13 @@ impl Bind {
             crate::metrics::overcommit_refused();
             return Ok(Err(Stale::NoRoom));
         }
-        let (n, at) = (b.task.index / TASK_BLOCK, b.task.index);
-        let pending_at_seen = tx.block(&b.task.job_id, n)?.is_some_and(|block| {
-            block
-                .tasks
-                .get((at - block.first) as usize)
-                .is_some_and(|t| t.is_pending() && t.attempt == b.seen_attempt)
-        });
+        let pending_at_seen = tx
+            .task(&b.task.job_id, b.task.index)?
+            .is_some_and(|t| t.is_pending() && t.attempt == b.seen_attempt);
         if !pending_at_seen {
             return Ok(Err(Stale::TaskMoved));
         }
-        let Some(task) = tx
-            .block_mut(&b.task.job_id, n)?
-            .and_then(|block| block.tasks.get_mut((at - block.first) as usize))
-        else {
+        let Some(task) = tx.task_mut(&b.task.job_id, b.task.index)? else {
             return Ok(Err(Stale::TaskMoved));
         };
         task.state = v1::TaskState::Placed as i32;
@@ -276,11 +269,7 @@ impl Bind {
             if !stoppable(tx, s)? {
                 continue;
             }
-            let n = s.victim.index / TASK_BLOCK;
-            let Some(task) = tx
-                .block_mut(&s.victim.job_id, n)?
-                .and_then(|block| block.tasks.get_mut((s.victim.index - block.first) as usize))
-            else {
+            let Some(task) = tx.task_mut(&s.victim.job_id, s.victim.index)? else {
                 continue;
             };
             task.stopping = "preempted".into();
@@ -308,11 +297,7 @@ impl Bind {
 /// Whether the victim of `stop` still runs on its node with no stop asked.
 fn stoppable(tx: &Tx<'_>, stop: &PlannedStop) -> Result<bool, Missing> {
     let v = &stop.victim;
-    let Some(block) = tx.block(&v.job_id, v.index / TASK_BLOCK)? else {
-        return Ok(false);
-    };
-    Ok(block
-        .tasks
-        .get((v.index - block.first) as usize)
+    Ok(tx
+        .task(&v.job_id, v.index)?
         .is_some_and(|t| t.is_bound() && t.node == stop.node && t.stopping.is_empty()))
 }

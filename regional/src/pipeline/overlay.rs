@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{CommandRecord, JobRecord, NodeRecord, Res, TaskBlock};
+use crate::model::{CommandRecord, JobRecord, NodeRecord, Res, TaskBlock, TaskRecord};
 
 /// What a group must read before its intents decide.
 #[derive(Debug, Clone, Default)]
@@ -253,6 +253,23 @@ impl<'a> Tx<'a> {
             self.mine.blocks.insert(key.clone(), copy);
         }
         Ok(self.mine.blocks.get_mut(&key))
+    }
+
+    /// Task `index` of `job` as this intent sees it.
+    pub fn task(&self, job: &str, index: u32) -> Result<Option<&TaskRecord>, Missing> {
+        Ok(self
+            .block(job, index / crate::model::TASK_BLOCK)?
+            .and_then(|b| b.tasks.get((index - b.first) as usize)))
+    }
+
+    /// Task `index` of `job` to change: its block is copied into this
+    /// intent's layer on the first change (see [`Tx::block_mut`]). Check
+    /// with [`Tx::task`] first where the change may not happen, so a refusal
+    /// copies nothing.
+    pub fn task_mut(&mut self, job: &str, index: u32) -> Result<Option<&mut TaskRecord>, Missing> {
+        Ok(self
+            .block_mut(job, index / crate::model::TASK_BLOCK)?
+            .and_then(|b| b.tasks.get_mut((index - b.first) as usize)))
     }
 
     pub fn set_block(&mut self, job: &str, block: TaskBlock) {

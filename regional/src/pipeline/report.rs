@@ -94,12 +94,8 @@ impl Report {
                 results.push(item(v1::Verdict::Invalid, "task.task is required"));
                 continue;
             };
-            let n = t.index / TASK_BLOCK;
             let job = tx.job(&t.job_id)?.map(JobFacts::of);
-            let Some(rec) = tx
-                .block_mut(&t.job_id, n)?
-                .and_then(|block| block.tasks.get_mut((t.index - block.first) as usize))
-            else {
+            let Some(rec) = tx.task_mut(&t.job_id, t.index)? else {
                 results.push(item(v1::Verdict::NotFound, "unknown task"));
                 continue;
             };

@@ -11,7 +11,7 @@
 use meridian_proto::v1;
 
 use super::overlay::{Missing, ReadSet, Tx};
-use crate::model::{CommandRecord, JobPhase, TASK_BLOCK};
+use crate::model::{CommandRecord, JobPhase, TASK_BLOCK, TaskRecord};
 use crate::placement::TaskRef;
 
 /// An attempt lost with its node.
@@ -73,19 +73,21 @@ impl SweepTasks {
     pub(super) fn apply(&self, tx: &mut Tx<'_>, shard_epoch: u64) -> Result<SweepDone, Missing> {
         let mut done = SweepDone::default();
         for l in &self.lost {
-            let n = l.task.index / TASK_BLOCK;
             let active = tx
                 .job(&l.task.job_id)?
                 .is_some_and(|j| j.state == JobPhase::Active);
-            let Some(t) = tx
-                .block_mut(&l.task.job_id, n)?
-                .and_then(|block| block.tasks.get_mut((l.task.index - block.first) as usize))
-            else {
-                continue;
+            let still_lost = |t: &TaskRecord| {
+                t.is_bound() && t.attempt == l.attempt && t.node_epoch == l.node_epoch
             };
-            if !t.is_bound() || t.attempt != l.attempt || t.node_epoch != l.node_epoch {
+            if !tx
+                .task(&l.task.job_id, l.task.index)?
+                .is_some_and(still_lost)
+            {
                 continue;
             }
+            let Some(t) = tx.task_mut(&l.task.job_id, l.task.index)? else {
+                continue;
+            };
             if active {
                 t.repend(l.not_before, "lost with its node");
             } else {
@@ -95,17 +97,18 @@ impl SweepTasks {
             done.lost += 1;
         }
         for s in &self.stops {
-            let n = s.task.index / TASK_BLOCK;
-            let Some(t) = tx
-                .block_mut(&s.task.job_id, n)?
-                .and_then(|block| block.tasks.get_mut((s.task.index - block.first) as usize))
-            else {
-                continue;
+            let still_to_stop = |t: &TaskRecord| {
+                t.is_bound() && t.attempt == s.attempt && t.node == s.node && t.stopping.is_empty()
             };
-            if !t.is_bound() || t.attempt != s.attempt || t.node != s.node || !t.stopping.is_empty()
+            if !tx
+                .task(&s.task.job_id, s.task.index)?
+                .is_some_and(still_to_stop)
             {
                 continue;
             }
+            let Some(t) = tx.task_mut(&s.task.job_id, s.task.index)? else {
+                continue;
+            };
             t.stopping = s.reason.clone();
             let node_epoch = t.node_epoch;
             tx.command(
