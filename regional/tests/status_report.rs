@@ -199,6 +199,19 @@ async fn set_task(region: &Region, job: &str, state: v1::TaskState) {
     );
 }
 
+/// Waits until `jobs` assignments were acknowledged and a capacity report
+/// was sent.
+async fn await_intake(seen: &mut mpsc::UnboundedReceiver<Seen>, jobs: usize) {
+    let (mut acks, mut capacity) = (0, false);
+    while acks < jobs || !capacity {
+        match seen.recv().await.expect("fake global open") {
+            Seen::Ack => acks += 1,
+            Seen::Capacity => capacity = true,
+            Seen::Status(..) => {}
+        }
+    }
+}
+
 /// Waits until every `(job, state)` in `want` was reported.
 async fn await_statuses(seen: &mut mpsc::UnboundedReceiver<Seen>, want: &[(&str, v1::JobState)]) {
     let mut missing: Vec<(String, i32)> = want
@@ -229,18 +242,9 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     let (stop, link) = start_link(&region, fake, Duration::from_secs(3600)).await;
 
     let guard = Duration::from_secs(60);
-    tokio::time::timeout(guard, async {
-        let (mut acks, mut capacity) = (0, false);
-        while acks < 3 || !capacity {
-            match seen.recv().await.expect("fake global open") {
-                Seen::Ack => acks += 1,
-                Seen::Capacity => capacity = true,
-                Seen::Status(..) => {}
-            }
-        }
-    })
-    .await
-    .expect("the jobs taken in and the first capacity report sent");
+    tokio::time::timeout(guard, await_intake(&mut seen, 3))
+        .await
+        .expect("the jobs taken in and the first capacity report sent");
 
     // The shard leader places the three jobs' tasks on n1.
     let mut placer = region.shard_loop(0).await;
@@ -411,18 +415,9 @@ async fn a_capacity_report_the_global_tier_never_answers_holds_back_no_task_stat
     let (stop, link) = start_link(&region, fake, Duration::from_secs(3600)).await;
 
     let guard = Duration::from_secs(60);
-    tokio::time::timeout(guard, async {
-        let (mut acked, mut capacity) = (false, false);
-        while !acked || !capacity {
-            match seen.recv().await.expect("fake global open") {
-                Seen::Ack => acked = true,
-                Seen::Capacity => capacity = true,
-                Seen::Status(..) => {}
-            }
-        }
-    })
-    .await
-    .expect("the job taken in and a capacity report sent");
+    tokio::time::timeout(guard, await_intake(&mut seen, 1))
+        .await
+        .expect("the job taken in and a capacity report sent");
 
     // The capacity call is still out, and stays out: the task's changes go
     // up beside it.
