@@ -2,8 +2,9 @@
 //!
 //! Owns the mapping from domain errors to gRPC status codes (the conventions
 //! of `common.proto`: INVALID_ARGUMENT naming the field, UNAVAILABLE with the
-//! `meridian-leader` hint from a replica that does not lead). It must never
-//! turn a retryable store error into a permanent one, nor the reverse.
+//! `meridian-leader` hint from a replica that does not lead, ALREADY_EXISTS
+//! for a request id reused with another spec). It must never turn a
+//! retryable store error into a permanent one, nor the reverse.
 
 use meridian_control::lease::LeaseError;
 use meridian_proto::LEADER_METADATA_KEY;
@@ -49,6 +50,19 @@ pub enum GlobalError {
     /// with backoff.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// A request id already used for a job of the tenant, now with another
+    /// spec: the key is taken, so this spec cannot be submitted under it.
+    /// Not retryable; the caller picks a new request id for the new spec.
+    #[error(
+        "request id {request_id:?} was used for job {job_id} with a different spec; \
+         submit another spec under a new request id"
+    )]
+    RequestIdReused {
+        /// The reused request id.
+        request_id: String,
+        /// The job the request id already names.
+        job_id: String,
+    },
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -83,6 +97,7 @@ impl GlobalError {
             GlobalError::OutOfRange(_) => Code::OutOfRange,
             GlobalError::StaleEpoch(_) => Code::FailedPrecondition,
             GlobalError::Overloaded(_) => Code::ResourceExhausted,
+            GlobalError::RequestIdReused { .. } => Code::AlreadyExists,
             GlobalError::Corrupt(_) => Code::Internal,
             GlobalError::Store(e) if e.is_retryable() => Code::Unavailable,
             GlobalError::Store(_) => Code::Internal,

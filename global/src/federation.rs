@@ -122,6 +122,7 @@ impl FederationService {
         let outcome = match &result {
             Ok(r) if r.created => "created",
             Ok(_) => "duplicate",
+            Err(GlobalError::RequestIdReused { .. }) => "reused",
             Err(e) if e.field().is_some() => "invalid",
             Err(_) => "error",
         };

@@ -4,8 +4,9 @@
 //! Owns routes and the mapping of errors to HTTP: a bad request is a 400
 //! with a JSON body `{code, message, field}` naming the field; a write on a
 //! replica that does not lead is a 503 with the `meridian-leader` header
-//! (the leader's HTTP endpoint). Every route calls the same code as the
-//! gRPC service. It must never implement API behaviour of its own.
+//! (the leader's HTTP endpoint); a request id reused with another spec is a
+//! 409 with the same body. Every route calls the same code as the gRPC
+//! service. It must never implement API behaviour of its own.
 
 use std::collections::BTreeMap;
 
@@ -55,7 +56,7 @@ impl IntoResponse for ApiError {
             Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Code::FailedPrecondition => StatusCode::CONFLICT,
+            Code::FailedPrecondition | Code::AlreadyExists => StatusCode::CONFLICT,
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -2,9 +2,12 @@
 //! and cancel.
 //!
 //! Owns the job record and its indexes (request id -> job id, pending jobs)
-//! and writes them together with their events in one transaction. It must
-//! never write without the caller's leader fence checked in the same
-//! transaction, and never create a second job for a `(tenant, request_id)`.
+//! and writes them together with their events in one transaction. A repeated
+//! `(tenant, request_id)` returns its job only when the spec is the one the
+//! job was created with; another spec is refused. It must never write
+//! without the caller's leader fence checked in the same transaction, never
+//! create a second job for a `(tenant, request_id)`, and never rewrite a
+//! job's spec, which is what a repeated request id is judged against.
 
 use std::sync::Arc;
 
@@ -12,8 +15,9 @@ use meridian_control::SharedClock;
 use meridian_control::lease::Fence;
 use meridian_control::trace::TraceId;
 use meridian_proto::v1::{
-    AssignmentEvent, AssignmentEventKind, Job, JobEvent, JobEventKind, JobState, JobTransition,
-    ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse, TaskState, TaskStatus,
+    AssignmentEvent, AssignmentEventKind, Job, JobEvent, JobEventKind, JobSpec, JobState,
+    JobTransition, ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse,
+    TaskState, TaskStatus,
 };
 use meridian_store::{Database, RangeOption, Transaction};
 use prost::Message;
@@ -119,8 +123,10 @@ impl Jobs {
 
     /// Submits validated requests in one transaction, each with the id and
     /// trace id it gets if it is new. Per-item results: an existing `(tenant,
-    /// request_id)` returns its job with `created = false`; a spec naming an
-    /// unknown region is refused with nothing written for it.
+    /// request_id)` with the spec its job was created with returns that job
+    /// with `created = false`, and with another spec is refused as
+    /// `RequestIdReused`; a spec naming an unknown region is refused with
+    /// nothing written for it.
     pub async fn submit(
         &self,
         fence: &Fence,
@@ -333,6 +339,19 @@ async fn submit_one(
         let job = read_job(tx, keys, &job_id).await?.ok_or_else(|| {
             GlobalError::Corrupt(format!("request points at missing job {job_id}"))
         })?;
+        // Judged against the spec stored in the job itself, not a digest kept
+        // in the request record: every job record, those written before this
+        // check existed included, holds the spec it was created with, so no
+        // old record has to be taken on trust, and the request record's
+        // format (read by any replica of an older build) stays as it was.
+        // Read in this transaction, so a racing submit that wrote the record
+        // first is seen here or makes this transaction conflict and retry.
+        if !same_spec(job.spec.as_ref(), &spec) {
+            return Ok(Err(GlobalError::RequestIdReused {
+                request_id: req.request_id.clone(),
+                job_id,
+            }));
+        }
         return Ok(Ok(SubmitJobResponse {
             job_id,
             created: false,
@@ -369,6 +388,14 @@ async fn submit_one(
         created: true,
         created_at_unix_ms: now,
     }))
+}
+
+/// Whether `stored` (a job's spec as created) and `submitted` are the same
+/// spec, compared by their encodings: prost encodes fields in tag order and
+/// the proto maps are `BTreeMap`s, so equal specs encode to equal bytes, and
+/// a field this build does not know was dropped from both when decoded.
+fn same_spec(stored: Option<&JobSpec>, submitted: &JobSpec) -> bool {
+    stored.is_some_and(|stored| stored.encode_to_vec() == submitted.encode_to_vec())
 }
 
 fn list_matches(req: &ListJobsRequest, states: &[JobState], job: &Job) -> bool {
