@@ -4,15 +4,18 @@
 //!
 //! Owns appending events inside the caller's transaction, tailing a log
 //! from a cursor (waiting on a store watch when caught up), and the
-//! `WatchJobs` stream with its filters and bookmarks. It must never write
-//! an event outside the transaction that made the change it describes, and
-//! never re-list state on resume: a resumed stream starts right after the
-//! cursor.
+//! `WatchJobs` stream with its filters, its check that a cursor is one the
+//! server issued, and each watcher's own bookmark timer. It must never write
+//! an event outside the transaction that made the change it describes,
+//! never re-list state on resume (a resumed stream starts right after the
+//! cursor), and never follow a cursor that names no position the job log
+//! ever had.
 
 use std::time::Duration;
 
 use meridian_control::SharedClock;
 use meridian_proto::v1::{AssignmentEvent, JobEvent, JobEventKind, WatchJobsRequest};
+use meridian_store::tuple::Versionstamp;
 use meridian_store::{Database, RangeOption, Subspace, Transaction, WatchFuture};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -170,17 +173,57 @@ pub fn validate_watch(req: &WatchJobsRequest) -> Result<()> {
     }
     validate::selector("label_selector", &req.label_selector)?;
     if !req.cursor.is_empty() && req.cursor.len() != keys::CURSOR_BYTES {
-        return Err(GlobalError::invalid(
-            "cursor",
-            "not a cursor issued by this server",
-        ));
+        return Err(not_issued());
     }
     Ok(())
 }
 
+fn not_issued() -> GlobalError {
+    GlobalError::invalid("cursor", "not a cursor issued by this server")
+}
+
+/// Checks that a `WatchJobs` cursor names an event of the job log.
+///
+/// Every cursor the server hands out is the position of an event it read
+/// from the log (an event's own, or the last one a bookmark's scan passed),
+/// so a cursor whose event is not there was never issued: following it
+/// would silently skip or replay events (an all-zero one replays the whole
+/// log, one past the end receives only bookmarks). The check reads the
+/// shared store, so a cursor issued by one replica is accepted by every
+/// other, across leader failovers, with no secret to keep. The job log is
+/// never trimmed; if it ever is, a cursor below the trimmed start must
+/// answer OUT_OF_RANGE instead, which needs the trim point recorded.
+pub async fn verify_cursor(db: &Database, keys: &Keys, cursor: &[u8]) -> Result<()> {
+    if cursor.is_empty() {
+        return Ok(());
+    }
+    let bytes: [u8; keys::CURSOR_BYTES] = cursor.try_into().map_err(|_| not_issued())?;
+    let mut tr = [0u8; 10];
+    tr.copy_from_slice(&bytes[..10]);
+    let user = u16::from_be_bytes([bytes[10], bytes[11]]);
+    let key = keys.job_events().pack(&(Versionstamp::complete(tr, user),));
+    let found = db
+        .run(|tx, _| {
+            let key = key.clone();
+            async move { Ok::<_, GlobalError>(tx.get(&key).await?.is_some()) }
+        })
+        .await?;
+    if found { Ok(()) } else { Err(not_issued()) }
+}
+
+/// A bookmark at `cursor`.
+fn bookmark(clock: &SharedClock, cursor: &[u8]) -> JobEvent {
+    JobEvent {
+        cursor: cursor.to_vec(),
+        kind: JobEventKind::Bookmark as i32,
+        at_unix_ms: clock.now_unix_ms(),
+        ..JobEvent::default()
+    }
+}
+
 /// The `WatchJobs` stream: events after the cursor (or from now), filtered,
-/// with a bookmark after every `bookmark_every` of quiet. Ends when
-/// `shutdown` flips or the client goes away.
+/// with a bookmark whenever this watcher was sent nothing for
+/// `bookmark_every`. Ends when `shutdown` flips or the client goes away.
 pub async fn watch_jobs(
     db: Database,
     keys: Keys,
@@ -190,6 +233,7 @@ pub async fn watch_jobs(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<ReceiverStream<Result<JobEvent, Status>>> {
     validate_watch(&req)?;
+    verify_cursor(&db, &keys, &req.cursor).await?;
     let (mut tail, mut last) = if req.cursor.is_empty() {
         Tail::at_end(db, keys.job_events(), keys.job_events_head()).await?
     } else {
@@ -203,6 +247,12 @@ pub async fn watch_jobs(
         (tail, req.cursor.clone())
     };
     let (out, rx) = mpsc::channel(256);
+    // The timer runs on what this watcher was sent, not on appends to the
+    // log: on a busy federation the log never goes quiet, and a watcher of
+    // one quiet job would otherwise get no resume point (nor sign of life)
+    // for as long as other jobs keep changing. It starts when the call is
+    // answered, not when the task first runs.
+    let mut bookmark_at = clock.now().saturating_add(bookmark_every);
     tokio::spawn(async move {
         loop {
             if *shutdown.borrow() {
@@ -228,24 +278,31 @@ pub async fn watch_jobs(
                     continue;
                 }
                 event.cursor = cursor;
+                // Each deadline is taken before the send it follows, so it
+                // never depends on how soon this task runs after the
+                // client has the message.
+                bookmark_at = clock.now().saturating_add(bookmark_every);
                 if out.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            // Checked after every batch, caught up or not, so that a scan
+            // through many non-matching events still yields bookmarks; the
+            // bookmark carries the last position scanned, so a resume from
+            // it skips what was already passed over.
+            let now = clock.now();
+            if now >= bookmark_at {
+                bookmark_at = now.saturating_add(bookmark_every);
+                if out.send(Ok(bookmark(&clock, &last))).await.is_err() {
                     return;
                 }
             }
             let Some(wake) = wake else { continue };
             tokio::select! {
                 _ = wake => {}
-                _ = clock.sleep(bookmark_every) => {
-                    let bookmark = JobEvent {
-                        cursor: last.clone(),
-                        kind: JobEventKind::Bookmark as i32,
-                        at_unix_ms: clock.now_unix_ms(),
-                        ..JobEvent::default()
-                    };
-                    if out.send(Ok(bookmark)).await.is_err() {
-                        return;
-                    }
-                }
+                // The bookmark itself is sent by the check above, on the
+                // next pass.
+                _ = clock.sleep_until(bookmark_at) => {}
                 _ = shutdown.changed() => return,
                 _ = out.closed() => return,
             }
