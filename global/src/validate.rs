@@ -5,6 +5,9 @@
 //! (`spec.resources.cpu_millis`, `spec.allowed_regions[2]`). It must never
 //! touch the store: checks that need stored state (is this region known?)
 //! happen inside the writing transaction, so nothing is half-written.
+//!
+//! A spec over its encoded-size limit is refused naming the field that made
+//! it too large (see [`oversized`]), before any other rule looks at it.
 
 use std::collections::BTreeSet;
 
@@ -52,7 +55,7 @@ fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<()> {
         );
     }
     if value.len() > max {
-        return invalid(field, format!("longer than {max} bytes"));
+        return invalid(field, format!("{} bytes, at most {max}", value.len()));
     }
     Ok(())
 }
@@ -68,17 +71,173 @@ pub fn submit(req: &SubmitJobRequest) -> Result<()> {
     let Some(spec) = &req.spec else {
         return invalid("spec", "required");
     };
+    // Computing the encoded size walks the message without copying it, so an
+    // oversize spec is refused before any per-field rule runs on it.
     let size = spec.encoded_len();
     if size > limits::MAX_JOB_SPEC_BYTES {
-        return invalid(
-            "spec",
-            format!(
-                "encoded size {size} bytes exceeds {} bytes",
-                limits::MAX_JOB_SPEC_BYTES
-            ),
-        );
+        return Err(oversized(spec, size));
     }
     job_spec(spec)
+}
+
+/// One string of a spec weighed by [`oversized`]: its path, its length and
+/// its own limit in bytes, if it has one.
+struct Leaf {
+    path: String,
+    bytes: usize,
+    limit: Option<usize>,
+}
+
+fn leaf(path: String, value: &str, limit: Option<usize>) -> Leaf {
+    Leaf {
+        path,
+        bytes: value.len(),
+        limit,
+    }
+}
+
+/// Names the field that makes a spec of `size` encoded bytes too large.
+///
+/// The largest string over its own limit is named first (`spec.name:
+/// 1048576 bytes, at most 256`); failing that, the largest string when it
+/// holds at least half of the spec's bytes; otherwise the repeated or map
+/// field holding the most bytes (many small `args`).
+fn oversized(spec: &JobSpec, size: usize) -> GlobalError {
+    let max = limits::MAX_JOB_SPEC_BYTES;
+    let mut leaves = vec![
+        leaf("spec.name".into(), &spec.name, Some(256)),
+        leaf("spec.tenant".into(), &spec.tenant, Some(64)),
+    ];
+    // Repeated and map fields by their total bytes.
+    let mut lists: Vec<(String, usize)> = Vec::new();
+    let map_path = |field: &str, key: &str| {
+        // A key too long to be valid would make an unreadable path (and an
+        // oversize status header): the map itself is named instead.
+        if key.len() > limits::MAX_LABEL_KEY_BYTES {
+            field.to_string()
+        } else {
+            format!("{field}[{key:?}]")
+        }
+    };
+    for (key, value) in &spec.labels {
+        let at = map_path("spec.labels", key);
+        leaves.push(leaf(at.clone(), key, Some(limits::MAX_LABEL_KEY_BYTES)));
+        leaves.push(leaf(at, value, Some(limits::MAX_LABEL_VALUE_BYTES)));
+    }
+    let entries = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    };
+    lists.push(("spec.labels".into(), entries(&spec.labels)));
+    if let Some(task_template::Kind::Command(cmd)) =
+        spec.task.as_ref().and_then(|t| t.kind.as_ref())
+    {
+        leaves.push(leaf(
+            "spec.task.command.program".into(),
+            &cmd.program,
+            Some(4096),
+        ));
+        leaves.push(leaf(
+            "spec.task.command.working_dir".into(),
+            &cmd.working_dir,
+            None,
+        ));
+        for (i, arg) in cmd.args.iter().enumerate() {
+            leaves.push(leaf(format!("spec.task.command.args[{i}]"), arg, None));
+        }
+        for (key, value) in &cmd.env {
+            let at = map_path("spec.task.command.env", key);
+            leaves.push(leaf(at.clone(), key, None));
+            leaves.push(leaf(at, value, None));
+        }
+        lists.push((
+            "spec.task.command.args".into(),
+            cmd.args.iter().map(String::len).sum(),
+        ));
+        lists.push(("spec.task.command.env".into(), entries(&cmd.env)));
+    }
+    if let Some(r) = &spec.resources {
+        leaves.push(leaf(
+            "spec.resources.gpu_type".into(),
+            &r.gpu_type,
+            Some(64),
+        ));
+    }
+    for (field, list) in [
+        ("spec.allowed_regions", &spec.allowed_regions),
+        ("spec.preferred_regions", &spec.preferred_regions),
+    ] {
+        for (i, name) in list.iter().enumerate() {
+            leaves.push(leaf(format!("{field}[{i}]"), name, Some(64)));
+        }
+        lists.push((field.into(), list.iter().map(String::len).sum()));
+    }
+    selector_leaves("spec.node_constraints", &spec.node_constraints, &mut leaves);
+    lists.push((
+        "spec.node_constraints".into(),
+        spec.node_constraints.iter().map(Message::encoded_len).sum(),
+    ));
+    for (i, term) in spec.affinities.iter().enumerate() {
+        selector_leaves(
+            &format!("spec.affinities[{i}].selector"),
+            &term.selector,
+            &mut leaves,
+        );
+    }
+    lists.push((
+        "spec.affinities".into(),
+        spec.affinities.iter().map(Message::encoded_len).sum(),
+    ));
+
+    let whole = |field: String, bytes: usize| {
+        GlobalError::invalid(
+            field,
+            format!("{bytes} bytes, making the spec {size} bytes encoded, at most {max}"),
+        )
+    };
+    // The first of equally large strings (maps are ordered), so the same
+    // spec always names the same field.
+    let larger = |a: Leaf, b: Leaf| if b.bytes > a.bytes { b } else { a };
+    let (over, within): (Vec<Leaf>, Vec<Leaf>) = leaves
+        .into_iter()
+        .partition(|l| l.limit.is_some_and(|limit| l.bytes > limit));
+    // A string over its own limit is wrong whatever else the spec holds, so
+    // it is named first: fixing anything else would not make the spec valid.
+    if let Some(l) = over.into_iter().reduce(larger) {
+        let limit = l.limit.unwrap_or(max);
+        return GlobalError::invalid(l.path, format!("{} bytes, at most {limit}", l.bytes));
+    }
+    let largest = within.into_iter().reduce(larger);
+    if let Some(l) = largest.as_ref().filter(|l| l.bytes * 2 >= size) {
+        return whole(l.path.clone(), l.bytes);
+    }
+    match lists
+        .into_iter()
+        .reduce(|a, b| if b.1 > a.1 { b } else { a })
+    {
+        Some((field, bytes)) if bytes > 0 => whole(field, bytes),
+        _ => match largest {
+            Some(l) => whole(l.path, l.bytes),
+            None => whole("spec".into(), size),
+        },
+    }
+}
+
+fn selector_leaves(field: &str, reqs: &[LabelRequirement], leaves: &mut Vec<Leaf>) {
+    for (i, req) in reqs.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        leaves.push(leaf(
+            format!("{at}.key"),
+            &req.key,
+            Some(limits::MAX_LABEL_KEY_BYTES),
+        ));
+        for (j, v) in req.values.iter().enumerate() {
+            leaves.push(leaf(
+                format!("{at}.values[{j}]"),
+                v,
+                Some(limits::MAX_LABEL_VALUE_BYTES),
+            ));
+        }
+    }
 }
 
 /// Checks a job spec; field paths start with `spec.`.
@@ -406,4 +565,70 @@ pub fn matches(
             _ => false,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_proto::v1::{Command, Resources, TaskTemplate};
+
+    use super::*;
+
+    fn request(f: impl FnOnce(&mut JobSpec)) -> SubmitJobRequest {
+        let mut spec = JobSpec {
+            name: "n".into(),
+            tenant: "t".into(),
+            task_count: 1,
+            task: Some(TaskTemplate {
+                kind: Some(task_template::Kind::Command(Command {
+                    program: "echo".into(),
+                    ..Command::default()
+                })),
+            }),
+            resources: Some(Resources {
+                cpu_millis: 1,
+                memory_bytes: 1,
+                ..Resources::default()
+            }),
+            ..JobSpec::default()
+        };
+        f(&mut spec);
+        SubmitJobRequest {
+            request_id: "r".into(),
+            spec: Some(spec),
+        }
+    }
+
+    fn field_of(req: &SubmitJobRequest) -> String {
+        submit(req).unwrap_err().to_string()
+    }
+
+    fn command(spec: &mut JobSpec) -> &mut Command {
+        match spec.task.as_mut().and_then(|t| t.kind.as_mut()) {
+            Some(task_template::Kind::Command(c)) => c,
+            _ => unreachable!("the test spec runs a command"),
+        }
+    }
+
+    #[test]
+    fn many_small_arguments_are_reported_as_the_list() {
+        let req = request(|s| command(s).args = vec!["xx".into(); 30_000]);
+        assert!(
+            field_of(&req).starts_with("spec.task.command.args:"),
+            "{}",
+            field_of(&req)
+        );
+    }
+
+    #[test]
+    fn a_string_over_its_own_limit_is_named_before_a_larger_one_without() {
+        let req = request(|s| {
+            s.labels.insert("k".into(), "v".repeat(40_000));
+            command(s).args = vec!["x".repeat(50_000)];
+        });
+        assert!(
+            field_of(&req).starts_with("spec.labels[\"k\"]:"),
+            "{}",
+            field_of(&req)
+        );
+    }
 }

@@ -126,8 +126,9 @@ fn bad_inputs() -> Vec<(&'static str, SubmitJobRequest)> {
         ),
         ("spec.task_count", with(&|s| s.task_count = 0)),
         ("spec.task_count", with(&|s| s.task_count = 10_001)),
+        // Too large a spec names the field that made it so.
         (
-            "spec",
+            "spec.task.command.args[0]",
             with(&|s| {
                 s.task = Some(TaskTemplate {
                     kind: Some(task_template::Kind::Command(Command {
@@ -180,6 +181,115 @@ struct RawSpec {
     tenant: String,
 }
 
+/// A SubmitJobRequest whose `spec.task.command.program` holds raw bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCommandSubmit {
+    #[prost(string, tag = "1")]
+    request_id: String,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<RawCommandSpec>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCommandSpec {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, tag = "2")]
+    tenant: String,
+    #[prost(message, optional, tag = "6")]
+    task: Option<RawTask>,
+}
+
+/// TaskTemplate with its `command` member (field 1 of oneof `kind`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawTask {
+    #[prost(message, optional, tag = "1")]
+    command: Option<RawCommand>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCommand {
+    #[prost(bytes = "vec", tag = "1")]
+    program: Vec<u8>,
+}
+
+/// Sends a hand-built message as a SubmitJob call; it must fail.
+async fn submit_raw<M: prost::Message + Send + 'static>(h: &Harness, raw: M) -> tonic::Status {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.grpc()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<M, SubmitJobResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/meridian.v1.Federation/SubmitJob");
+    grpc.unary(tonic::Request::new(raw), path, codec)
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_a_oneof_member_is_reported_at_its_proto_field_path() {
+    let h = Harness::start(|_| {}).await;
+    let raw = RawCommandSubmit {
+        request_id: "r-utf8-oneof".into(),
+        spec: Some(RawCommandSpec {
+            name: "n".into(),
+            tenant: "acme".into(),
+            task: Some(RawTask {
+                command: Some(RawCommand {
+                    program: vec![b'/', 0xff, 0xfe],
+                }),
+            }),
+        }),
+    };
+    let status = submit_raw(&h, raw).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // `command` is the proto field; `kind` is the oneof holding it.
+    assert!(
+        status.message().starts_with("spec.task.command.program:"),
+        "{:?}",
+        status.message()
+    );
+    assert_eq!(h.stored_keys().await, Vec::<Vec<u8>>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_name_is_reported_as_spec_name() {
+    let h = Harness::start(|_| {}).await;
+    let mut client = h.federation().await;
+    let big = JobSpec {
+        name: "n".repeat(1 << 20),
+        ..spec("acme")
+    };
+    let req = submit("r-big", big.clone());
+    let status = client.submit_job(req.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(status.message(), "spec.name: 1048576 bytes, at most 256");
+    let batch = client
+        .submit_jobs(SubmitJobsRequest { items: vec![req] })
+        .await
+        .unwrap()
+        .into_inner();
+    match &batch.results[0].outcome {
+        Some(submit_job_result::Outcome::Error(e)) => assert_eq!(e.field, "spec.name"),
+        other => panic!("batch item was {other:?}"),
+    }
+
+    let body = format!(
+        r#"{{"request_id":"h-big","spec":{{"name":"{}","tenant":"t","task_count":1,"task":{{"simulated":{{"duration_ms":5}}}},"resources":{{"cpu_millis":100,"memory_bytes":1}}}}}}"#,
+        big.name
+    );
+    let addr = h.running.http_addr.unwrap();
+    let (status, body) = http(addr, "POST", "/v1/jobs", &body).await;
+    assert_eq!(status, 400, "{}", &body[..body.len().min(300)]);
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["field"], "spec.name", "{body}");
+    assert_eq!(err["message"], "spec.name: 1048576 bytes, at most 256");
+    assert_eq!(h.stored_keys().await, Vec::<Vec<u8>>::new());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_is_invalid_argument_naming_the_field_and_leaves_nothing_in_the_store() {
     let h = Harness::start(|_| {}).await;
@@ -214,19 +324,7 @@ async fn every_bad_input_is_invalid_argument_naming_the_field_and_leaves_nothing
             tenant: "acme".into(),
         }),
     };
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.grpc()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<RawSubmit, SubmitJobResponse>::default();
-    let path = http::uri::PathAndQuery::from_static("/meridian.v1.Federation/SubmitJob");
-    let status = grpc
-        .unary(tonic::Request::new(raw), path, codec)
-        .await
-        .unwrap_err();
+    let status = submit_raw(&h, raw).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(
         status.message().starts_with("spec.name:"),
