@@ -252,6 +252,29 @@ async fn invalid_utf8_in_a_oneof_member_is_reported_at_its_proto_field_path() {
         "{:?}",
         status.message()
     );
+
+    // The same bytes in a JSON body, sent raw: `http` only sends text.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = br#"{"request_id":"h-utf8","spec":{"name":"n","tenant":"t","task_count":1,"task":{"command":{"program":"/"#.to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(br#""}},"resources":{"cpu_millis":100,"memory_bytes":1}}}"#);
+    let mut req = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let mut conn = tokio::net::TcpStream::connect(h.running.http_addr.unwrap())
+        .await
+        .unwrap();
+    conn.write_all(&req).await.unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    let (_, json) = text.split_once("\r\n\r\n").unwrap();
+    let err: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(err["field"], "spec.task.command.program", "{json}");
     assert_eq!(h.stored_keys().await, Vec::<Vec<u8>>::new());
 }
 
