@@ -43,6 +43,12 @@ pub struct GlobalConfig {
     pub quotas: BTreeMap<String, TenantQuota>,
     /// Seed of every random choice of this replica.
     pub seed: u64,
+    /// Time an HTTP client has to send a request's headers before its
+    /// connection is closed.
+    pub http_header_timeout: Duration,
+    /// Time an HTTP client has to send a request's body once its headers
+    /// are in before it is answered 408 and its connection closed.
+    pub http_body_timeout: Duration,
 }
 
 impl GlobalConfig {
@@ -63,6 +69,8 @@ impl GlobalConfig {
             spread: RegionSpread::Spread,
             quotas: BTreeMap::new(),
             seed: 0,
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(10),
         }
     }
 }

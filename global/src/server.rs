@@ -130,7 +130,17 @@ async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> R
     let mut tasks = vec![elector_task, tokio::spawn(controller.run(shutdown.clone()))];
     tasks.push(serve_grpc(federation.clone(), link, grpc_listener, shutdown.clone()).await?);
     if let Some(listener) = http_listener {
-        tasks.push(serve_http(federation, metrics, listener, shutdown.clone()));
+        let timeouts = http::HttpTimeouts {
+            header: config.http_header_timeout,
+            body: config.http_body_timeout,
+        };
+        tasks.push(serve_http(
+            federation,
+            metrics,
+            listener,
+            timeouts,
+            shutdown.clone(),
+        ));
     }
     tracing::info!(%grpc_addr, ?http_addr, name = %config.name, "global replica serving");
     Ok(Running {
@@ -262,18 +272,12 @@ fn serve_http(
     federation: FederationService,
     metrics: Option<PrometheusHandle>,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    timeouts: http::HttpTimeouts,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let router =
         http::router(federation.clone(), metrics).merge(crate::console::router(federation));
-    tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(err) = serve.await {
-            tracing::error!(error = %err, "HTTP server failed");
-        }
-    })
+    tokio::spawn(http::serve(listener, router, timeouts, stop))
 }
 
 /// Runs a replica until `shutdown` resolves, then stops it gracefully.
