@@ -178,22 +178,29 @@ fn echo_trace_job() -> v1::JobSpec {
     }
 }
 
-/// Submits `spec` with this file's `traceparent` metadata.
+/// Submits `spec` with this file's `traceparent` metadata, retrying (with
+/// the same request id) while the replica is not the leader yet.
 async fn submit_traced(federation: &mut FederationClient<Channel>, spec: v1::JobSpec) -> String {
-    let mut request = tonic::Request::new(v1::SubmitJobRequest {
+    let submit = v1::SubmitJobRequest {
         request_id: format!("req-{}", spec.name),
         spec: Some(spec),
-    });
-    request.metadata_mut().insert(
-        "traceparent",
-        traceparent().parse().expect("ascii traceparent"),
-    );
-    federation
-        .submit_job(request)
-        .await
-        .expect("submit")
-        .into_inner()
-        .job_id
+    };
+    loop {
+        let mut request = tonic::Request::new(submit.clone());
+        request.metadata_mut().insert(
+            "traceparent",
+            traceparent().parse().expect("ascii traceparent"),
+        );
+        match federation.submit_job(request).await {
+            Ok(answer) => return answer.into_inner().job_id,
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                // A client's retry of a refused call (a replica that has just
+                // started may not lead yet), not a test wait.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("submit: {s}"),
+        }
+    }
 }
 
 /// Polls the job until it is terminal.
