@@ -38,6 +38,16 @@ pub const MAX_AFFINITIES: usize = 16;
 pub const MAX_ARGS: usize = 1024;
 /// Longest reason (cancel, drain), in bytes.
 pub const MAX_REASON_BYTES: usize = 1024;
+/// Longest job name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest tenant, in bytes.
+pub const MAX_TENANT_BYTES: usize = 64;
+/// Longest command program, in bytes.
+pub const MAX_PROGRAM_BYTES: usize = 4096;
+/// Longest region name, in bytes.
+pub const MAX_REGION_NAME_BYTES: usize = 64;
+/// Longest GPU type, in bytes.
+pub const MAX_GPU_TYPE_BYTES: usize = 64;
 
 fn invalid<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
     Err(GlobalError::invalid(field, message))
@@ -105,8 +115,8 @@ fn leaf(path: String, value: &str, limit: Option<usize>) -> Leaf {
 fn oversized(spec: &JobSpec, size: usize) -> GlobalError {
     let max = limits::MAX_JOB_SPEC_BYTES;
     let mut leaves = vec![
-        leaf("spec.name".into(), &spec.name, Some(256)),
-        leaf("spec.tenant".into(), &spec.tenant, Some(64)),
+        leaf("spec.name".into(), &spec.name, Some(MAX_NAME_BYTES)),
+        leaf("spec.tenant".into(), &spec.tenant, Some(MAX_TENANT_BYTES)),
     ];
     // Repeated and map fields by their total bytes.
     let mut lists: Vec<(String, usize)> = Vec::new();
@@ -134,7 +144,7 @@ fn oversized(spec: &JobSpec, size: usize) -> GlobalError {
         leaves.push(leaf(
             "spec.task.command.program".into(),
             &cmd.program,
-            Some(4096),
+            Some(MAX_PROGRAM_BYTES),
         ));
         leaves.push(leaf(
             "spec.task.command.working_dir".into(),
@@ -159,7 +169,7 @@ fn oversized(spec: &JobSpec, size: usize) -> GlobalError {
         leaves.push(leaf(
             "spec.resources.gpu_type".into(),
             &r.gpu_type,
-            Some(64),
+            Some(MAX_GPU_TYPE_BYTES),
         ));
     }
     for (field, list) in [
@@ -167,7 +177,11 @@ fn oversized(spec: &JobSpec, size: usize) -> GlobalError {
         ("spec.preferred_regions", &spec.preferred_regions),
     ] {
         for (i, name) in list.iter().enumerate() {
-            leaves.push(leaf(format!("{field}[{i}]"), name, Some(64)));
+            leaves.push(leaf(
+                format!("{field}[{i}]"),
+                name,
+                Some(MAX_REGION_NAME_BYTES),
+            ));
         }
         lists.push((field.into(), list.iter().map(String::len).sum()));
     }
@@ -242,8 +256,8 @@ fn selector_leaves(field: &str, reqs: &[LabelRequirement], leaves: &mut Vec<Leaf
 
 /// Checks a job spec; field paths start with `spec.`.
 pub fn job_spec(spec: &JobSpec) -> Result<()> {
-    check_len("spec.name", &spec.name, 1, 256)?;
-    check_len("spec.tenant", &spec.tenant, 1, 64)?;
+    check_len("spec.name", &spec.name, 1, MAX_NAME_BYTES)?;
+    check_len("spec.tenant", &spec.tenant, 1, MAX_TENANT_BYTES)?;
     labels("spec.labels", spec.labels.iter())?;
     if spec.task_count == 0 {
         return invalid("spec.task_count", "must be at least 1");
@@ -332,7 +346,12 @@ fn task(spec: &JobSpec) -> Result<()> {
             if cmd.program.trim().is_empty() {
                 return invalid("spec.task.command.program", "required");
             }
-            check_len("spec.task.command.program", &cmd.program, 1, 4096)?;
+            check_len(
+                "spec.task.command.program",
+                &cmd.program,
+                1,
+                MAX_PROGRAM_BYTES,
+            )?;
             if cmd.args.len() > MAX_ARGS {
                 return invalid(
                     "spec.task.command.args",
@@ -392,12 +411,17 @@ fn resources(spec: &JobSpec) -> Result<()> {
     if !r.gpu_type.is_empty() && r.gpu_count == 0 {
         return invalid("spec.resources.gpu_type", "set while gpu_count is 0");
     }
-    check_len("spec.resources.gpu_type", &r.gpu_type, 0, 64)
+    check_len(
+        "spec.resources.gpu_type",
+        &r.gpu_type,
+        0,
+        MAX_GPU_TYPE_BYTES,
+    )
 }
 
 /// Checks a region name: 1 to 64 bytes of lowercase letters, digits and `-`.
 pub fn region_name(field: &str, name: &str) -> Result<()> {
-    check_len(field, name, 1, 64)?;
+    check_len(field, name, 1, MAX_REGION_NAME_BYTES)?;
     if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
