@@ -76,12 +76,8 @@ impl IntoResponse for ApiError {
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let body = json!({
-            "code": format!("{code:?}"),
-            "message": self.error.to_string(),
-            "field": self.error.field(),
-        });
-        let mut response = (status, axum::Json(body)).into_response();
+        let field = json!(self.error.field());
+        let mut response = json_error(status, code, &self.error.to_string(), field);
         if let Some(leader) = self
             .leader_http
             .and_then(|l| HeaderValue::from_str(&l).ok())
@@ -300,10 +296,15 @@ fn error_body(status: StatusCode, message: &str) -> Response {
         s if s.is_client_error() => Code::InvalidArgument,
         _ => Code::Internal,
     };
+    json_error(status, code, message, Value::Null)
+}
+
+/// The `{code, message, field}` body of every error answer.
+fn json_error(status: StatusCode, code: Code, message: &str, field: Value) -> Response {
     let body = json!({
         "code": format!("{code:?}"),
         "message": message,
-        "field": Value::Null,
+        "field": field,
     });
     (status, axum::Json(body)).into_response()
 }
