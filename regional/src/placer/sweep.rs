@@ -148,29 +148,31 @@ impl SweepScope {
 
     /// Notes what a change of memory may have made for the sweep to do.
     pub fn note(&mut self, delta: &crate::state::Delta) {
-        if delta.reload || delta.layout {
-            self.all = true;
+        self.all |= delta.reload || delta.layout;
+        if !self.owes_all() {
+            self.nodes
+                .extend(delta.nodes.iter().chain(&delta.epochs).cloned());
+            self.jobs.extend(delta.jobs.iter().cloned());
         }
-        if self.all {
-            self.nodes.clear();
-            self.jobs.clear();
-            return;
-        }
-        self.nodes.extend(delta.nodes.iter().cloned());
-        self.nodes.extend(delta.epochs.iter().cloned());
-        self.jobs.extend(delta.jobs.iter().cloned());
     }
 
     /// Adds what `other` covers (a sweep that failed is owed again).
     pub fn merge(&mut self, other: SweepScope) {
         self.all |= other.all;
-        if self.all {
-            self.nodes.clear();
-            self.jobs.clear();
-        } else {
+        if !self.owes_all() {
             self.nodes.extend(other.nodes);
             self.jobs.extend(other.jobs);
         }
+    }
+
+    /// Whether every bound task is owed; the sets add nothing then and are
+    /// dropped.
+    fn owes_all(&mut self) -> bool {
+        if self.all {
+            self.nodes.clear();
+            self.jobs.clear();
+        }
+        self.all
     }
 
     pub fn is_empty(&self) -> bool {
