@@ -75,14 +75,18 @@ pub struct LocalFederation {
     pub layout: Layout,
 }
 
-/// A free loopback port. The listener is closed before the child binds it;
-/// another process taking the port in between makes the child fail to start,
-/// which is reported, never hidden.
-fn free_port() -> Result<SocketAddr> {
+/// A free loopback port, with its listener: the caller holds every
+/// listener until all ports are chosen, so the kernel cannot hand one port
+/// out twice. They are closed before the children bind; another process
+/// taking a port in between makes the child fail to start, which is
+/// reported, never hidden.
+fn free_port() -> Result<(SocketAddr, TcpListener)> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| LoadError::io("binding a free port", e))?;
-    l.local_addr()
-        .map_err(|e| LoadError::io("reading a free port", e))
+    let addr = l
+        .local_addr()
+        .map_err(|e| LoadError::io("reading a free port", e))?;
+    Ok((addr, l))
 }
 
 /// Name of region `r` (zero-padded so sorted order is numeric order).
@@ -122,6 +126,7 @@ impl LocalFederation {
             layout: layout.clone(),
         };
         let regions: Vec<String> = (0..layout.regions).map(region_name).collect();
+        let mut held = Vec::new();
         let plan = plan::plan(
             &plan::Layout {
                 global_replicas: layout.global_replicas,
@@ -133,8 +138,13 @@ impl LocalFederation {
                 shard_lease_ms: Some(layout.shard_lease_ms),
             },
             &data,
-            |_| free_port(),
+            |_| {
+                let (addr, listener) = free_port()?;
+                held.push(listener);
+                Ok::<_, LoadError>(addr)
+            },
         )?;
+        drop(held);
         fed.globals = plan.globals.iter().map(proc_of).collect();
         for name in regions {
             let replicas = plan
