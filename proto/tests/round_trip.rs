@@ -154,6 +154,7 @@ fn a_job_status_view_survives_an_encode_decode_round_trip() {
         created_at_unix_ms: 5,
         updated_at_unix_ms: 6,
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+        waiting_reason: "0/3 nodes: 3 do not match real=true".to_owned(),
     };
     let decoded = Job::decode(job.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(decoded, job);

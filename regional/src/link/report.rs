@@ -468,6 +468,7 @@ fn job_update(
         },
         tasks,
         observed_at_unix_ms: now,
+        waiting_reason: String::new(),
     };
     Some((
         update,
