@@ -1,0 +1,247 @@
+//! The job routes: submit (one or a batch), list, get, cancel, and a task's
+//! logs.
+//!
+//! Owns reading each route's request (body, query string, path) into the
+//! RPC's request message and handing it to the same code the gRPC
+//! `Federation` service runs. It must never check, change or answer a
+//! request on its own: validation, idempotency and leadership are the
+//! service's.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use meridian_proto::v1::federation_server::Federation;
+use meridian_proto::v1::{
+    CancelJobRequest, GetTaskLogsRequest, ListJobsRequest, SubmitJobRequest, SubmitJobsRequest,
+};
+use serde_json::{Value, json};
+
+use super::errors::{ApiError, ErrorBody};
+use super::query::QueryMessage;
+use super::{ApiResult, AppState, respond};
+use crate::json;
+use crate::openapi::proto;
+
+/// The `traceparent` header of a request, when readable.
+fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(meridian_control::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// SubmitJob.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "SubmitJob",
+    params(("traceparent" = Option<String>, Header,
+        description = "W3C trace context; the job keeps its trace id")),
+    request_body(content = proto::SubmitJobRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The job, new (`created`) or the one the request id \
+            already named", body = proto::SubmitJobResponse),
+        (status = 409, description = "The request id names a job with another spec",
+            body = ErrorBody),
+        (status = 503, description = "This replica does not lead; `meridian-leader` names \
+            the leader's HTTP endpoint", body = ErrorBody,
+            headers(("meridian-leader" = String, description = "the leader's HTTP endpoint"))),
+        (status = "4XX", description = "Refused; `field` names the offending field",
+            body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let result = match json::parse::<SubmitJobRequest>("SubmitJobRequest", &body) {
+        Ok(req) => s.api.submit_traced(req, traceparent(&headers)).await,
+        Err(e) => Err(e),
+    };
+    respond(&s, "SubmitJobResponse", result).await
+}
+
+/// SubmitJobs.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/batch",
+    tag = "jobs",
+    operation_id = "SubmitJobs",
+    params(("traceparent" = Option<String>, Header,
+        description = "W3C trace context; every job of the batch keeps its trace id")),
+    request_body(content = proto::SubmitJobsRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One result per item, in request order; a bad item \
+            fails alone", body = proto::SubmitJobsResponse),
+        (status = 503, description = "This replica does not lead", body = ErrorBody,
+            headers(("meridian-leader" = String, description = "the leader's HTTP endpoint"))),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn submit_batch(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let result = match json::parse::<SubmitJobsRequest>("SubmitJobsRequest", &body) {
+        Ok(req) => s.api.submit_batch_traced(req, traceparent(&headers)).await,
+        Err(e) => Err(e),
+    };
+    respond(&s, "SubmitJobsResponse", result).await
+}
+
+/// ListJobs, its request in the query string.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "ListJobs",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only jobs of this tenant"),
+        ("states" = Option<Vec<String>>, Query, description = "Only jobs in these states \
+            (`JOB_STATE_PENDING`, ...), repeated or comma-separated; `state` works too"),
+        ("region" = Option<String>, Query, description = "Only jobs held by this region"),
+        ("label_selector" = Option<Vec<String>>, Query, description = "A `LabelRequirement` \
+            as JSON (or a JSON array of them), repeated: only jobs whose labels satisfy all"),
+        ("page_size" = Option<u32>, Query, description = "1 to 1000; 0 or absent means 100"),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the \
+            previous page"),
+        ("include_tasks" = Option<bool>, Query, description = "Fill in tasks and history"),
+    ),
+    responses(
+        (status = 200, description = "One page of jobs", body = proto::ListJobsResponse),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn list(
+    State(s): State<AppState>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> ApiResult {
+    let result = match QueryMessage::read("ListJobsRequest", pairs, &[("state", "states")])
+        .and_then(QueryMessage::into_message::<ListJobsRequest>)
+    {
+        Ok(req) => s.api.jobs.list(&req).await,
+        Err(e) => Err(e),
+    };
+    respond(&s, "ListJobsResponse", result).await
+}
+
+/// ListJobs, its request in the body.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/list",
+    tag = "jobs",
+    operation_id = "ListJobsByBody",
+    request_body(content = proto::ListJobsRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One page of jobs", body = proto::ListJobsResponse),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn list_post(State(s): State<AppState>, body: Bytes) -> ApiResult {
+    let result = match json::parse::<ListJobsRequest>("ListJobsRequest", &body) {
+        Ok(req) => s.api.jobs.list(&req).await,
+        Err(e) => Err(e),
+    };
+    respond(&s, "ListJobsResponse", result).await
+}
+
+/// GetJob.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{job_id}",
+    tag = "jobs",
+    operation_id = "GetJob",
+    params(("job_id" = String, Path, description = "The job")),
+    responses(
+        (status = 200, description = "The job with its tasks and history", body = proto::Job),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn get_job(State(s): State<AppState>, Path(job_id): Path<String>) -> ApiResult {
+    let result = s.api.jobs.get(&job_id).await;
+    respond(&s, "Job", result).await
+}
+
+/// CancelJob.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{job_id}/cancel",
+    tag = "jobs",
+    operation_id = "CancelJob",
+    params(("job_id" = String, Path, description = "The job (wins over `job_id` in the body)")),
+    request_body(content = proto::CancelJobRequest, content_type = "application/json",
+        description = "Optional: `{\"reason\": \"...\"}`"),
+    responses(
+        (status = 200, description = "The job after the request was recorded",
+            body = proto::CancelJobResponse),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "This replica does not lead", body = ErrorBody,
+            headers(("meridian-leader" = String, description = "the leader's HTTP endpoint"))),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(s): State<AppState>,
+    Path(job_id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let result = match json::parse::<CancelJobRequest>("CancelJobRequest", &body) {
+        Ok(mut req) => {
+            req.job_id = job_id;
+            s.api.cancel(&req).await
+        }
+        Err(e) => Err(e),
+    };
+    respond(&s, "CancelJobResponse", result).await
+}
+
+/// GetTaskLogs: the task from the path, `attempt` and `max_bytes` from the
+/// query string.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{job_id}/tasks/{index}/logs",
+    tag = "jobs",
+    operation_id = "GetTaskLogs",
+    params(
+        ("job_id" = String, Path, description = "The job"),
+        ("index" = u32, Path, description = "Index of the task within its job"),
+        ("attempt" = Option<u32>, Query, description = "Attempt number; 0 or absent means \
+            the latest"),
+        ("max_bytes" = Option<u32>, Query, description = "At most this many trailing bytes \
+            of each stream; 0 or absent means all that is retained"),
+    ),
+    responses(
+        (status = 200, description = "The captured output tails (base64)",
+            body = proto::GetTaskLogsResponse),
+        (status = 404, description = "No such job, or the region has no output for the \
+            attempt", body = ErrorBody),
+        (status = 503, description = "The task's region cannot be reached", body = ErrorBody),
+        (status = "4XX", description = "Refused; an index of no placed task names \
+            `task.index`", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn task_logs(
+    State(s): State<AppState>,
+    Path((job_id, index)): Path<(String, String)>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> ApiResult {
+    // The index goes through the JSON mapping like any field, so a path
+    // segment that is no number is refused naming `task.index`.
+    let index = index
+        .parse::<u32>()
+        .map_or(Value::String(index), Value::from);
+    let req = QueryMessage::read("GetTaskLogsRequest", pairs, &[]).and_then(|mut m| {
+        m.set("task", json!({ "job_id": job_id, "index": index }));
+        m.into_message::<GetTaskLogsRequest>()
+    });
+    let req = match req {
+        Ok(req) => req,
+        Err(e) => return Err(super::errors::fail(&s, e).await),
+    };
+    match s.api.get_task_logs(tonic::Request::new(req)).await {
+        Ok(answer) => respond(&s, "GetTaskLogsResponse", Ok(answer.into_inner())).await,
+        Err(status) => Err(ApiError::from(status)),
+    }
+}
