@@ -36,6 +36,10 @@ pub struct GlobalConfig {
     pub controller_every: Duration,
     /// Period of bookmark events on idle streams.
     pub bookmark_every: Duration,
+    /// How long job and assignment events are kept before the leader trims
+    /// them; a watch resuming from a trimmed cursor gets OUT_OF_RANGE.
+    /// Must be longer than zero.
+    pub event_retention: Duration,
     /// How jobs spread over regions.
     pub spread: RegionSpread,
     /// Per-tenant quotas and fair-share weights; absent tenants get weight 1
@@ -66,6 +70,7 @@ impl GlobalConfig {
             skew_margin: Duration::from_secs(2),
             controller_every: Duration::from_millis(100),
             bookmark_every: Duration::from_secs(5),
+            event_retention: Duration::from_secs(7 * 24 * 3600),
             spread: RegionSpread::Spread,
             quotas: BTreeMap::new(),
             seed: 0,

@@ -5,11 +5,13 @@
 //! Owns appending events inside the caller's transaction, tailing a log
 //! from a cursor (waiting on a store watch when caught up), and the
 //! `WatchJobs` stream with its filters, its check that a cursor is one the
-//! server issued, and each watcher's own bookmark timer. It must never write
-//! an event outside the transaction that made the change it describes,
-//! never re-list state on resume (a resumed stream starts right after the
-//! cursor), and never follow a cursor that names no position the job log
-//! ever had.
+//! server issued, each watcher's own bookmark timer, and the reading of a
+//! log's trim record ([`Trim`], written by [`crate::retention`]). It must
+//! never write an event outside the transaction that made the change it
+//! describes, never re-list state on resume (a resumed stream starts right
+//! after the cursor), never follow a cursor that names no position the job
+//! log ever had, and never skip over trimmed events: a reader whose next
+//! position was trimmed ends with OUT_OF_RANGE.
 
 use std::time::Duration;
 
@@ -70,13 +72,79 @@ impl EventWriter {
     }
 }
 
+/// How far a log has been trimmed: stored at [`keys::trim_of`] its head,
+/// written in the same transaction as each delete.
+///
+/// `through` is the cursor of the last event deleted: every event at or
+/// before it is gone, every event after it is kept, so the first retained
+/// position is the one right after `through`. `first` is the first position
+/// the log ever had (the first event the first trim deleted), which tells a
+/// cursor from below the trim point (once issued, now expired) from one
+/// below anything the log ever held (never issued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trim {
+    /// The first position the log ever had.
+    pub first: [u8; keys::CURSOR_BYTES],
+    /// The last position deleted.
+    pub through: [u8; keys::CURSOR_BYTES],
+}
+
+impl Trim {
+    /// The stored form: `first` then `through`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 * keys::CURSOR_BYTES);
+        out.extend_from_slice(&self.first);
+        out.extend_from_slice(&self.through);
+        out
+    }
+
+    /// Reads the stored form.
+    pub fn decode(raw: &[u8]) -> Result<Self> {
+        let corrupt = || GlobalError::Corrupt(format!("trim record of {} bytes", raw.len()));
+        if raw.len() != 2 * keys::CURSOR_BYTES {
+            return Err(corrupt());
+        }
+        let (first, through) = raw.split_at(keys::CURSOR_BYTES);
+        Ok(Trim {
+            first: first.try_into().map_err(|_| corrupt())?,
+            through: through.try_into().map_err(|_| corrupt())?,
+        })
+    }
+
+    /// The trim record at `key`, if the log was ever trimmed.
+    pub async fn read(tx: &Transaction, key: &[u8]) -> Result<Option<Self>> {
+        tx.get(key).await?.as_deref().map(Trim::decode).transpose()
+    }
+
+    /// Whether a reader that has seen everything up to `seen` (empty: from
+    /// before the first event) has lost events to this trim.
+    fn overtook(&self, seen: &[u8]) -> bool {
+        seen < self.through.as_slice()
+    }
+}
+
+/// The error of a cursor, or a reader, whose next events were trimmed.
+/// Not retryable: the same cursor can only fail again.
+pub fn expired() -> GlobalError {
+    GlobalError::OutOfRange(
+        "cursor: the events after this cursor are no longer kept (they passed the retention \
+         period and were trimmed); read the current state again (ListJobs or GetJob), then \
+         watch from an empty cursor"
+            .into(),
+    )
+}
+
 /// A reader that follows one log from a position.
 #[derive(Debug, Clone)]
 pub struct Tail {
     db: Database,
     log: Subspace,
     head: Vec<u8>,
+    trim: Vec<u8>,
     from: Vec<u8>,
+    /// The last position this reader has passed (`None`: it starts from
+    /// the log's beginning, whatever that is at its first read).
+    seen: Option<Vec<u8>>,
 }
 
 /// One batch read from a log: `(cursor, value)` pairs, and a watch that
@@ -94,11 +162,14 @@ impl Tail {
         field: &str,
     ) -> Result<Self> {
         let from = keys::after_cursor(&log, cursor, field)?;
+        let trim = keys::trim_of(&head);
         Ok(Tail {
             db,
             log,
             head,
+            trim,
             from,
+            seen: (!cursor.is_empty()).then(|| cursor.to_vec()),
         })
     }
 
@@ -106,12 +177,15 @@ impl Tail {
     /// event (empty when the log is empty).
     pub async fn at_end(db: Database, log: Subspace, head: Vec<u8>) -> Result<(Self, Vec<u8>)> {
         let range = log.range();
-        let last = db
+        let trim_key = keys::trim_of(&head);
+        let (last, trim) = db
             .run(|tx, _| {
-                let range = range.clone();
+                let (range, trim_key) = (range.clone(), trim_key.clone());
                 async move {
-                    tx.get_range(RangeOption::new(range.0, range.1).limit(1).reverse(true))
-                        .await
+                    let last = tx
+                        .get_range(RangeOption::new(range.0, range.1).limit(1).reverse(true))
+                        .await?;
+                    Ok::<_, GlobalError>((last, Trim::read(&tx, &trim_key).await?))
                 }
             })
             .await?;
@@ -119,32 +193,56 @@ impl Tail {
             Some(kv) => keys::cursor_of(&log, &kv.key)?,
             None => Vec::new(),
         };
-        let tail = Tail::new(db, log, head, &cursor, "cursor")?;
+        let mut tail = Tail::new(db, log, head, &cursor, "cursor")?;
+        // An empty log was read at a known trim point: events appended
+        // after this read and trimmed before the first `next` are noticed.
+        if cursor.is_empty() {
+            tail.seen = Some(trim.map(|t| t.through.to_vec()).unwrap_or_default());
+        }
         Ok((tail, cursor))
     }
 
     /// Reads up to `limit` events after the position and advances past them.
+    /// Fails with OUT_OF_RANGE when events after the position were trimmed
+    /// (a reader that fell behind the retention), rather than skip them.
     pub async fn next(&mut self, limit: usize) -> Result<Batch> {
-        let (from, end, head) = (self.from.clone(), self.log.range().1, self.head.clone());
-        let (rows, watch) = self
+        let (from, end) = (self.from.clone(), self.log.range().1);
+        let (head, trim_key) = (self.head.clone(), self.trim.clone());
+        let (rows, watch, trim) = self
             .db
             .run(|tx, _| {
-                let (from, end, head) = (from.clone(), end.clone(), head.clone());
+                let (from, end) = (from.clone(), end.clone());
+                let (head, trim_key) = (head.clone(), trim_key.clone());
                 async move {
+                    // Read with the rows, so the check and the rows agree.
+                    let trim = Trim::read(&tx, &trim_key).await?;
                     let rows = tx
                         .get_range(RangeOption::new(from, end).limit(limit))
                         .await?;
                     if !rows.is_empty() {
-                        return Ok::<_, GlobalError>((rows, None));
+                        return Ok::<_, GlobalError>((rows, None, trim));
                     }
                     let _ = tx.get(&head).await?;
-                    Ok((rows, Some(tx.watch(&head)?)))
+                    Ok((rows, Some(tx.watch(&head)?), trim))
                 }
             })
             .await?;
+        match (&self.seen, trim) {
+            // From the beginning: whatever was trimmed before this read was
+            // never this reader's to see.
+            (None, trim) => {
+                self.seen = Some(trim.map(|t| t.through.to_vec()).unwrap_or_default());
+            }
+            (Some(seen), Some(trim)) if trim.overtook(seen) => {
+                return Err(expired());
+            }
+            _ => {}
+        }
         let mut out = Vec::with_capacity(rows.len());
         for kv in rows {
-            out.push((keys::cursor_of(&self.log, &kv.key)?, kv.value));
+            let cursor = keys::cursor_of(&self.log, &kv.key)?;
+            self.seen = Some(cursor.clone());
+            out.push((cursor, kv.value));
             let mut next = kv.key;
             next.push(0);
             self.from = next;
@@ -182,7 +280,8 @@ fn not_issued() -> GlobalError {
     GlobalError::invalid("cursor", "not a cursor issued by this server")
 }
 
-/// Checks that a `WatchJobs` cursor names an event of the job log.
+/// Checks that a `WatchJobs` cursor names an event of the job log, or a
+/// position the log held before it was trimmed.
 ///
 /// Every cursor the server hands out is the position of an event it read
 /// from the log (an event's own, or the last one a bookmark's scan passed),
@@ -190,9 +289,17 @@ fn not_issued() -> GlobalError {
 /// would silently skip or replay events (an all-zero one replays the whole
 /// log, one past the end receives only bookmarks). The check reads the
 /// shared store, so a cursor issued by one replica is accepted by every
-/// other, across leader failovers, with no secret to keep. The job log is
-/// never trimmed; if it ever is, a cursor below the trimmed start must
-/// answer OUT_OF_RANGE instead, which needs the trim point recorded.
+/// other, across leader failovers, with no secret to keep.
+///
+/// The log is trimmed by age ([`crate::retention`]), and the trim record
+/// says where: a cursor from the first position the log ever had up to
+/// the last trimmed one answers OUT_OF_RANGE (the client re-lists and
+/// watches from an empty cursor), except the last trimmed position itself,
+/// after which nothing is missing. Below the first position, or after the
+/// trim point without an event, the cursor was never issued:
+/// INVALID_ARGUMENT. A forged cursor that falls inside the trimmed range
+/// cannot be told from an expired one and is answered OUT_OF_RANGE, which
+/// only sends its client to re-list.
 pub async fn verify_cursor(db: &Database, keys: &Keys, cursor: &[u8]) -> Result<()> {
     if cursor.is_empty() {
         return Ok(());
@@ -202,13 +309,22 @@ pub async fn verify_cursor(db: &Database, keys: &Keys, cursor: &[u8]) -> Result<
     tr.copy_from_slice(&bytes[..10]);
     let user = u16::from_be_bytes([bytes[10], bytes[11]]);
     let key = keys.job_events().pack(&(Versionstamp::complete(tr, user),));
-    let found = db
+    let trim_key = keys.job_events_trim();
+    let (found, trim) = db
         .run(|tx, _| {
-            let key = key.clone();
-            async move { Ok::<_, GlobalError>(tx.get(&key).await?.is_some()) }
+            let (key, trim_key) = (key.clone(), trim_key.clone());
+            async move {
+                let found = tx.get(&key).await?.is_some();
+                Ok::<_, GlobalError>((found, Trim::read(&tx, &trim_key).await?))
+            }
         })
         .await?;
-    if found { Ok(()) } else { Err(not_issued()) }
+    match trim {
+        _ if found => Ok(()),
+        Some(trim) if bytes == trim.through => Ok(()),
+        Some(trim) if trim.first <= bytes && bytes < trim.through => Err(expired()),
+        _ => Err(not_issued()),
+    }
 }
 
 /// A bookmark at `cursor`.

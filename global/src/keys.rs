@@ -143,6 +143,13 @@ impl Keys {
         self.root.pack(&("job_event_head",))
     }
 
+    /// How far the job event log has been trimmed (`events::Trim`): under
+    /// the head key's tuple, so a reader that knows only the head finds it
+    /// ([`trim_of`]).
+    pub fn job_events_trim(&self) -> Vec<u8> {
+        self.root.pack(&("job_event_head", "trim"))
+    }
+
     /// A region's assignment event log, keyed by versionstamp.
     pub fn region_events(&self, region: &str) -> Subspace {
         self.root.subspace(&("region_event", region))
@@ -152,6 +159,20 @@ impl Keys {
     pub fn region_events_head(&self, region: &str) -> Vec<u8> {
         self.root.pack(&("region_event_head", region))
     }
+
+    /// How far a region's assignment log has been trimmed (see
+    /// [`Keys::job_events_trim`]).
+    pub fn region_events_trim(&self, region: &str) -> Vec<u8> {
+        self.root.pack(&("region_event_head", region, "trim"))
+    }
+}
+
+/// The trim record of the log whose head counter is `head`: the head's
+/// tuple with one more element, outside every log's range.
+pub fn trim_of(head: &[u8]) -> Vec<u8> {
+    let mut key = head.to_vec();
+    key.extend_from_slice(&tuple::pack(&("trim",)));
+    key
 }
 
 /// Key of a not-yet-committed event in `log`; `n` orders the events of one
@@ -183,4 +204,25 @@ pub fn after_cursor(log: &Subspace, cursor: &[u8], field: &str) -> Result<Vec<u8
     let mut key = log.pack(&(Versionstamp::complete(tr, user),));
     key.push(0);
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logs_trim_record_is_found_from_its_head_and_lies_outside_the_log() {
+        let keys = Keys::new("t");
+        assert_eq!(trim_of(&keys.job_events_head()), keys.job_events_trim());
+        assert_eq!(
+            trim_of(&keys.region_events_head("r")),
+            keys.region_events_trim("r")
+        );
+        let (begin, end) = keys.job_events().range();
+        let trim = keys.job_events_trim();
+        assert!(trim < begin || trim >= end);
+        let (begin, end) = keys.region_events("r").range();
+        let trim = keys.region_events_trim("r");
+        assert!(trim < begin || trim >= end);
+    }
 }

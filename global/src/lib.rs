@@ -32,6 +32,7 @@ pub mod openapi;
 pub mod parking;
 pub mod registry;
 pub mod reports;
+pub mod retention;
 pub mod router;
 pub mod server;
 pub mod submitter;

@@ -1,10 +1,11 @@
 //! Assembly and lifetime of one global replica.
 //!
-//! Owns wiring: open the store, start the candidacy, the controller and the
-//! group-commit loop, serve gRPC (Federation, RegionLink, health,
-//! reflection) and optionally HTTP/JSON with `/metrics`, and shut all of it
-//! down gracefully (streams end, the leader lease is released so a standby
-//! takes over at once). It must never hold scheduling logic of its own.
+//! Owns wiring: open the store, start the candidacy, the controller, the
+//! event logs' trimmer and the group-commit loop, serve gRPC (Federation,
+//! RegionLink, health, reflection) and optionally HTTP/JSON with `/metrics`,
+//! and shut all of it down gracefully (streams end, the leader lease is
+//! released so a standby takes over at once). It must never hold scheduling
+//! logic of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::keys::Keys;
 use crate::leader::{Advertised, Leadership, Stores};
 use crate::link::LinkService;
 use crate::registry::Registry;
+use crate::retention::Retention;
 use crate::submitter::Submitter;
 use crate::{http, metrics_endpoint};
 
@@ -128,6 +130,14 @@ async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> R
     let (federation, link, controller) =
         services(&config, &db, &keys, &clock, &leadership, &shutdown);
     let mut tasks = vec![elector_task, tokio::spawn(controller.run(shutdown.clone()))];
+    let retention = Retention::new(
+        db.clone(),
+        keys.clone(),
+        clock.clone(),
+        leadership.clone(),
+        config.event_retention,
+    );
+    tasks.push(tokio::spawn(retention.run(shutdown.clone())));
     tasks.push(serve_grpc(federation.clone(), link, grpc_listener, shutdown.clone()).await?);
     if let Some(listener) = http_listener {
         let timeouts = http::HttpTimeouts {
