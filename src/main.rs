@@ -164,14 +164,60 @@ struct GlobalArgs {
     /// Stable name of this replica.
     #[arg(long, default_value = "global")]
     name: String,
+    /// How long job and assignment events are kept before the leader trims
+    /// them (`7d`, `36h`, `1h30m`, `90s`); a watch resuming from a trimmed
+    /// cursor gets OUT_OF_RANGE and re-lists.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    event_retention: std::time::Duration,
     #[command(flatten)]
     telemetry: meridian_cli::TelemetryArgs,
+}
+
+/// A duration longer than zero written as numbers with units, humantime
+/// style: `7d`, `36h`, `1h30m`, `90s`, `250ms` (units `ms`, `s`, `m`, `h`,
+/// `d`, `w`; spaces between parts allowed).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?}: expected a duration such as 7d, 36h, 1h30m or 90s");
+    let mut rest = text.trim();
+    let mut ms: u64 = 0;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            _ => return Err(bad()),
+        };
+        rest = rest[unit_len..].trim_start();
+        ms = n
+            .checked_mul(unit)
+            .and_then(|part| ms.checked_add(part))
+            .ok_or_else(bad)?;
+    }
+    if ms == 0 {
+        return Err(format!("{text:?}: must be longer than zero"));
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 async fn global(args: GlobalArgs) -> anyhow::Result<()> {
     let mut config = meridian_global::GlobalConfig::new(args.store, args.listen);
     config.http = args.http;
     config.name = args.name;
+    config.event_retention = args.event_retention;
     let on_ready = |grpc: std::net::SocketAddr, http: Option<std::net::SocketAddr>| {
         let http = http
             .map(|a| format!(" http=http://{a}"))
@@ -281,4 +327,27 @@ async fn regional(args: RegionalArgs) -> anyhow::Result<()> {
     meridian_regional::server::run(config, stop)
         .await
         .context("region scheduler failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_with_units_and_combined_parts_and_zero_is_refused() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("36h"), Ok(Duration::from_secs(36 * 3_600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("7 parsecs").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999w").is_err());
+    }
 }
