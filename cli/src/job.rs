@@ -8,9 +8,8 @@
 use std::io::Write;
 
 use meridian_proto::v1::{
-    CancelJobRequest, GetJobRequest, GetTaskLogsRequest, GetTaskLogsResponse, Job, JobEvent,
-    JobEventKind, JobState, ListJobsRequest, SubmitJobRequest, TaskId, WatchJobsRequest,
-    task_template,
+    CancelJobRequest, GetJobRequest, GetTaskLogsRequest, GetTaskLogsResponse, Job, JobState,
+    ListJobsRequest, SubmitJobRequest, TaskId, task_template,
 };
 
 use crate::client::{Client, ConnectArgs};
@@ -192,7 +191,9 @@ pub async fn run(args: JobArgs) -> Result<()> {
                 }
             }
         }
-        JobCommand::Watch(a) => watch(&mut client, output, a).await,
+        JobCommand::Watch(a) => {
+            crate::watch::watch_into(&mut client, output, a, &mut std::io::stdout()).await
+        }
         JobCommand::Logs(a) => logs(&mut client, output, a).await,
     }
 }
@@ -480,79 +481,6 @@ fn print_job(job: &Job) {
         }
         render::print_table(&t);
     }
-}
-
-async fn watch(client: &mut Client, output: Output, args: WatchArgs) -> Result<()> {
-    let mut remaining: std::collections::BTreeSet<String> = args.job_ids.iter().cloned().collect();
-    let named = !remaining.is_empty();
-    for id in args.job_ids.iter() {
-        // Jobs already finished need no watching (a typo'd id is NOT_FOUND).
-        if is_terminal(get(client, id).await?.state) {
-            remaining.remove(id);
-        }
-    }
-    let mut cursor = Vec::new();
-    while !named || !remaining.is_empty() {
-        let request = WatchJobsRequest {
-            cursor: cursor.clone(),
-            tenant: args.tenant.clone().unwrap_or_default(),
-            job_ids: args.job_ids.clone(),
-            region: args.region.clone().unwrap_or_default(),
-            include_task_events: args.tasks,
-            ..WatchJobsRequest::default()
-        };
-        let mut stream = client
-            .call(|mut c| {
-                let r = request.clone();
-                async move { c.watch_jobs(r).await }
-            })
-            .await?;
-        while let Ok(Some(event)) = stream.message().await {
-            cursor = event.cursor.clone();
-            if event.kind == JobEventKind::Bookmark as i32 {
-                continue;
-            }
-            print_event(output, &event)?;
-            if let Some(j) = &event.job
-                && is_terminal(j.state)
-            {
-                remaining.remove(&j.job_id);
-                if named && remaining.is_empty() {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_event(output: Output, event: &JobEvent) -> Result<()> {
-    if output == Output::Json {
-        let value = render::to_json("JobEvent", event)?;
-        println!("{value}");
-        return Ok(());
-    }
-    let job = event.job.clone().unwrap_or_default();
-    let kind = JobEventKind::try_from(event.kind)
-        .map(|k| render::short(k.as_str_name(), "JOB_EVENT_KIND_"))
-        .unwrap_or_else(|_| event.kind.to_string());
-    let detail = match (&event.transition, &event.task) {
-        (_, Some(task)) => format!(
-            "task {} {} {}",
-            task.index,
-            render::task_state(task.state),
-            task.node_id
-        ),
-        (Some(t), None) => format!(
-            "{} -> {} {}",
-            render::job_state(t.from),
-            render::job_state(t.to),
-            t.reason
-        ),
-        (None, None) => render::job_state(job.state),
-    };
-    println!("{:<14} {:<14} {}", kind, job.job_id, detail.trim_end());
-    Ok(())
 }
 
 fn parse_task(text: &str) -> Result<TaskId> {

@@ -25,6 +25,7 @@ pub mod render;
 pub mod spec;
 pub mod telemetry;
 pub mod wait;
+pub mod watch;
 
 pub use admin::{NodeArgs, RegionArgs};
 pub use client::{ConnectArgs, DEFAULT_ENDPOINT};

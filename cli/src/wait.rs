@@ -9,7 +9,11 @@
 //! replica, not a quiet job. A failure moves where control's retry rule
 //! says (the hinted leader, else the next known endpoint) after the one
 //! full-jitter backoff, seeded from the job id and waited out on the
-//! client's clock. [`WaitOptions::deadline`] bounds the whole wait.
+//! client's clock. [`WaitOptions::deadline`] bounds the whole wait. A
+//! cursor the server no longer holds events after (OUT_OF_RANGE, at open or
+//! mid-stream) is dropped: the watch opens again from now and the job read
+//! that follows stands in for the trimmed events, as a Kubernetes client
+//! re-lists on 410 Gone; a state already printed is not printed again.
 //!
 //! Must never submit, cancel or change anything, and never give up on a job
 //! because one replica failed while the deadline still allows another try.
@@ -148,7 +152,7 @@ async fn follow_unbounded(
                 continue;
             }
             Err(CliError::Status(s)) if Refusal::of(&s) == Refusal::CursorExpired => {
-                // The cursor is older than the replica retains: the job
+                // The cursor is older than the server retains: the job
                 // read below covers what was missed.
                 cursor.clear();
                 failures = failures.saturating_add(1);
@@ -230,10 +234,16 @@ async fn read_events(
                 *failures = failures.saturating_add(1);
                 return Ok(None);
             }
+            Ok(Err(status)) if Refusal::of(&status) == Refusal::CursorExpired => {
+                // The stream fell behind what the server keeps. Every
+                // replica shares that history, so the watch opens again
+                // here, from now, and the job read after it covers what was
+                // missed.
+                cursor.clear();
+                *failures = failures.saturating_add(1);
+                return Ok(None);
+            }
             Ok(Err(status)) => {
-                if Refusal::of(&status) == Refusal::CursorExpired {
-                    cursor.clear();
-                }
                 client.move_after(&status);
                 *failures = failures.saturating_add(1);
                 return Ok(None);
