@@ -20,6 +20,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
 
 use crate::config::GlobalConfig;
 use crate::controller::Controller;
@@ -242,6 +245,20 @@ fn services(
     (federation, link, controller)
 }
 
+/// Server reflection over this server's services. The descriptor set holds
+/// every `meridian.v1` service, so the served ones are named: a client must
+/// not be told of a service (RegionAdmin, AgentLink) this server does not
+/// answer. Both protocol versions are served: some clients still speak
+/// only `v1alpha`.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(<FederationServer<FederationService> as NamedService>::NAME)
+        .with_service_name(<RegionLinkServer<LinkService> as NamedService>::NAME)
+        .with_service_name(<HealthServer<HealthService> as NamedService>::NAME)
+}
+
 /// Marks the services healthy and serves gRPC until shutdown.
 async fn serve_grpc(
     federation: FederationService,
@@ -254,17 +271,19 @@ async fn serve_grpc(
         .set_serving::<FederationServer<FederationService>>()
         .await;
     health.set_serving::<RegionLinkServer<LinkService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| io_error("building gRPC reflection", e))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| io_error("building gRPC reflection", e))?;
     let grpc = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             crate::decode_errors::rewrite,
         ))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(FederationServer::new(federation))
         .add_service(RegionLinkServer::new(link));
     Ok(tokio::spawn(async move {

@@ -3,10 +3,10 @@
 //! Owns wiring and lifetime: open the region store, make the shard layout
 //! match the configured count, run the shard manager (placement loops and
 //! sweeps for the shards it wins), serve `AgentLink` and `RegionAdmin` over
-//! gRPC and Prometheus metrics over HTTP, run the link to the global tier
-//! when one is configured, and shut all of it down gracefully: shards are
-//! given away fence-first, so a standby takes over at once. Must never hold
-//! scheduling logic.
+//! gRPC (with server reflection) and Prometheus metrics over HTTP, run the
+//! link to the global tier when one is configured, and shut all of it down
+//! gracefully: shards are given away fence-first, so a standby takes over at
+//! once. Must never hold scheduling logic.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
 
 use crate::agent::{AgentApiConfig, ApiParts, RegionApi};
 use crate::error::{RegionalError, Result};
@@ -78,6 +79,18 @@ impl Config {
             dedicated_lease_thread: true,
         }
     }
+}
+
+/// Server reflection over this server's services. The descriptor set holds
+/// every `meridian.v1` service, so the served ones are named: a client must
+/// not be told of a service (Federation, RegionLink) this server does not
+/// answer. Both protocol versions are served: some clients still speak
+/// only `v1alpha`.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .with_service_name(<AgentLinkServer<RegionApi> as NamedService>::NAME)
+        .with_service_name(<RegionAdminServer<RegionApi> as NamedService>::NAME)
 }
 
 fn server_error(e: impl std::fmt::Display) -> RegionalError {
@@ -226,6 +239,8 @@ impl Wiring {
         };
         let manager_task = tokio::spawn(manager.run(stopped(stop_rx.clone())));
         let grpc = tonic::transport::Server::builder()
+            .add_service(reflection().build_v1().map_err(server_error)?)
+            .add_service(reflection().build_v1alpha().map_err(server_error)?)
             .add_service(AgentLinkServer::new(api.clone()))
             .add_service(RegionAdminServer::new(api))
             .serve_with_incoming_shutdown(listener.incoming, stopped(stop_rx.clone()));
