@@ -20,7 +20,7 @@ use std::time::Duration;
 use meridian_control::lease::{Fence, Role};
 use meridian_control::trace;
 use meridian_control::{Backoff, SharedClock};
-use meridian_proto::v1::{Job, JobState, RegionInfo};
+use meridian_proto::v1::{Job, JobEventKind, JobState, RegionInfo};
 use meridian_store::{Database, RangeOption, Transaction};
 use prost::Message;
 use tokio::sync::{Notify, watch};
@@ -28,11 +28,12 @@ use tokio::sync::{Notify, watch};
 use crate::error::{GlobalError, Result};
 use crate::events::EventWriter;
 use crate::handoff::{self, read_moving};
-use crate::jobs::read_job;
+use crate::jobs::{job_event, read_job, write_job};
 use crate::keys::Keys;
 use crate::leader::Leadership;
 use crate::lifecycle::{self, state_of};
 use crate::parking::Parking;
+use crate::reach::ClassView;
 use crate::registry::{self, lease_live, read_region};
 use crate::router::{
     self, Amount, Decision, JobRequest, RegionSpread, RegionView, Snapshot, TenantQuota,
@@ -295,13 +296,28 @@ impl Controller {
             spread: self.spread,
         };
         let requests: Vec<JobRequest> = pending.iter().map(request_of).collect();
-        let assignments: BTreeMap<String, String> = router::route(&snapshot, &requests)
-            .into_iter()
-            .filter_map(|d| match d {
-                Decision::Assign { job_id, region } => Some((job_id, region)),
-                Decision::Wait { .. } => None,
-            })
+        let told: BTreeMap<&str, &str> = pending
+            .iter()
+            .map(|j| (j.job_id.as_str(), j.waiting_reason.as_str()))
             .collect();
+        let mut assignments = BTreeMap::new();
+        let mut reasons = BTreeMap::new();
+        for decision in router::route(&snapshot, &requests) {
+            match decision {
+                Decision::Assign { job_id, region } => {
+                    assignments.insert(job_id, region);
+                }
+                Decision::Wait { job_id, reason } => {
+                    let reason = reason.to_string();
+                    if told.get(job_id.as_str()) != Some(&reason.as_str()) {
+                        reasons.insert(job_id, reason);
+                    }
+                }
+            }
+        }
+        if !reasons.is_empty() {
+            self.commit_reasons(fence, reasons, now).await?;
+        }
         if assignments.is_empty() {
             return Ok(0);
         }
@@ -411,6 +427,43 @@ impl Controller {
             .await
     }
 
+    /// Records why jobs still wait, each re-checked in the fenced
+    /// transaction (a job routed or cancelled meanwhile is left alone).
+    async fn commit_reasons(
+        &self,
+        fence: &Fence,
+        reasons: BTreeMap<String, String>,
+        now: u64,
+    ) -> Result<()> {
+        let keys = self.keys.clone();
+        self.db
+            .run(|tx, _| {
+                let (keys, fence, reasons) = (keys.clone(), fence.clone(), &reasons);
+                async move {
+                    let mut wanted = vec![fence.key().to_vec()];
+                    wanted.extend(reasons.keys().map(|j| keys.job(j)));
+                    tx.prefetch(&wanted).await?;
+                    fence.check(&tx).await?;
+                    let mut events = EventWriter::new();
+                    for (job_id, reason) in reasons {
+                        let Some(mut job) = read_job(&tx, &keys, job_id).await? else {
+                            continue;
+                        };
+                        if state_of(&job) != JobState::Pending || job.waiting_reason == *reason {
+                            continue;
+                        }
+                        job.waiting_reason.clone_from(reason);
+                        job.updated_at_unix_ms = now;
+                        let event = job_event(JobEventKind::Updated, &job, None, now);
+                        events.job(&tx, &keys, &event)?;
+                        write_job(&tx, &keys, &job)?;
+                    }
+                    Ok::<_, GlobalError>(())
+                }
+            })
+            .await
+    }
+
     /// Traces each routed job and counts its resources against its region
     /// until a newer capacity report covers them.
     fn note_routed(&mut self, done: &[(String, Job)]) {
@@ -469,6 +522,12 @@ impl Controller {
                 memory_bytes: node.memory_bytes,
                 gpus: u64::from(node.gpu_count),
             },
+            // Unknown without a report, when truncated, or when a region
+            // with nodes reports no class (it predates class reports).
+            classes: (info.capacity.is_some()
+                && !cap.node_classes_truncated
+                && (cap.nodes_total == 0 || !cap.node_classes.is_empty()))
+            .then(|| cap.node_classes.iter().map(ClassView::of).collect()),
         }
     }
 }
@@ -557,5 +616,6 @@ fn request_of(job: &Job) -> JobRequest {
         gpu_type: res.gpu_type,
         allowed: spec.allowed_regions,
         preferred: spec.preferred_regions,
+        constraints: spec.node_constraints,
     }
 }

@@ -83,6 +83,8 @@ pub fn assign(
     job.assignment_epoch += 1;
     job.region = region.to_string();
     job.region_acknowledged = false;
+    // The region explains its own waits from here on.
+    job.waiting_reason.clear();
     tx.clear(&keys.pending(&job.job_id))?;
     tx.set(
         &keys.held(region, &job.job_id),

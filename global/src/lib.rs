@@ -30,6 +30,7 @@ pub mod link;
 pub mod metrics_endpoint;
 pub mod openapi;
 pub mod parking;
+pub mod reach;
 pub mod registry;
 pub mod reports;
 pub mod retention;

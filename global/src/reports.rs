@@ -123,6 +123,11 @@ pub async fn status(
     }
     job.task_counts = Some(counts);
     job.updated_at_unix_ms = now;
+    job.waiting_reason = if lifecycle::is_terminal(to) {
+        String::new()
+    } else {
+        update.waiting_reason.clone()
+    };
     if to == JobState::Failed {
         job.failure_reason = update.failure_reason.clone();
     }

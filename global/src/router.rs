@@ -6,11 +6,18 @@
 //! priority first, then weighted fair share across tenants (the tenant with
 //! the lowest held CPU per unit of weight goes next), then job id. A job
 //! goes to its first preferred region that qualifies, otherwise the
-//! emptiest (spread) or fullest (pack) qualifying region. It must never read
+//! emptiest (spread) or fullest (pack) qualifying region. A region none of
+//! whose nodes could ever run a task of the job (by the node classes it
+//! reports, see [`crate::reach`]) never qualifies, and a job no allowed
+//! region could ever run waits with the reason. It must never read
 //! the store, the clock or a random source: the same input gives the same
 //! decisions.
 
 use std::collections::BTreeMap;
+
+use meridian_proto::v1::LabelRequirement;
+
+use crate::reach::{self, ClassView, Need};
 
 /// How jobs spread over the qualifying regions when no preference decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +98,8 @@ pub struct RegionView {
     pub free_gpus_by_type: BTreeMap<String, u64>,
     /// Largest free amount on any one node (per dimension).
     pub max_node_free: Amount,
+    /// Its nodes grouped by label set; `None` when unknown.
+    pub classes: Option<Vec<ClassView>>,
 }
 
 /// A pending job as the router sees it.
@@ -112,11 +121,21 @@ pub struct JobRequest {
     pub allowed: Vec<String>,
     /// Preferred regions, most preferred first.
     pub preferred: Vec<String>,
+    /// Requirements on node labels.
+    pub constraints: Vec<LabelRequirement>,
 }
 
 impl JobRequest {
     fn total(&self) -> Amount {
         self.per_task.times(self.tasks)
+    }
+
+    fn need(&self) -> Need<'_> {
+        Need {
+            per_task: self.per_task,
+            gpu_type: &self.gpu_type,
+            constraints: &self.constraints,
+        }
     }
 }
 
@@ -153,7 +172,7 @@ pub enum Decision {
 }
 
 /// Why a job stays pending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitReason {
     /// No allowed region holds a live lease and takes new jobs.
     NoRegion,
@@ -161,6 +180,9 @@ pub enum WaitReason {
     NoCapacity,
     /// Its tenant would exceed its CPU cap.
     TenantQuota,
+    /// No node of any allowed, ready region could ever run one of its
+    /// tasks: which nodes fail what.
+    NeverFits(String),
 }
 
 impl std::fmt::Display for WaitReason {
@@ -169,6 +191,7 @@ impl std::fmt::Display for WaitReason {
             WaitReason::NoRegion => "no allowed region is ready",
             WaitReason::NoCapacity => "no allowed region has capacity",
             WaitReason::TenantQuota => "tenant quota reached",
+            WaitReason::NeverFits(why) => why,
         })
     }
 }
@@ -207,6 +230,19 @@ pub fn route(snapshot: &Snapshot, pending: &[JobRequest]) -> Vec<Decision> {
             decisions.push(wait(job, WaitReason::NoRegion));
             continue;
         }
+        let need_forever = job.need();
+        let (able, never): (Vec<&RegionView>, Vec<&RegionView>) = eligible
+            .into_iter()
+            .partition(|r| reach::could_ever_run(r.classes.as_deref(), &need_forever));
+        if able.is_empty() {
+            let why = reach::never_runs(
+                never.iter().filter_map(|r| r.classes.as_deref()),
+                &need_forever,
+            );
+            decisions.push(wait(job, WaitReason::NeverFits(why)));
+            continue;
+        }
+        let eligible = able;
         let fits = |r: &&RegionView| {
             let Some((room, gpus)) = free.get(r.name.as_str()) else {
                 return false;

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use meridian_global::reach::ClassView;
 use meridian_global::router::*;
+use meridian_proto::v1::{LabelOperator, LabelRequirement};
 use proptest::prelude::*;
 
 fn region(name: &str, cpu: u64) -> RegionView {
@@ -21,6 +23,32 @@ fn region(name: &str, cpu: u64) -> RegionView {
             memory_bytes: 1 << 40,
             gpus: 0,
         },
+        classes: None,
+    }
+}
+
+/// A class of `nodes` nodes with `labels`, each with `cpu` millis.
+fn class(labels: &[(&str, &str)], nodes: u64, cpu: u64) -> ClassView {
+    ClassView {
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        nodes,
+        max: Amount {
+            cpu_millis: cpu,
+            memory_bytes: 1 << 40,
+            gpus: 0,
+        },
+        gpu_types: Vec::new(),
+    }
+}
+
+fn label_in(key: &str, value: &str) -> LabelRequirement {
+    LabelRequirement {
+        key: key.into(),
+        op: LabelOperator::In as i32,
+        values: vec![value.into()],
     }
 }
 
@@ -38,6 +66,7 @@ fn job(id: &str, tenant: &str, priority: i32, cpu: u64) -> JobRequest {
         gpu_type: String::new(),
         allowed: vec![],
         preferred: vec![],
+        constraints: vec![],
     }
 }
 
@@ -95,6 +124,54 @@ fn drained_unready_and_disallowed_regions_get_nothing() {
 }
 
 #[test]
+fn a_job_no_node_of_any_region_could_run_waits_and_says_which_nodes_fail_what() {
+    let mut a = region("a", 100_000);
+    a.classes = Some(vec![class(&[("real", "false")], 600, 4000)]);
+    let mut b = region("b", 100_000);
+    b.classes = Some(vec![class(&[("real", "true")], 3, 500)]);
+    let s = snapshot(vec![a, b]);
+    let mut j = job("j", "t", 0, 1000);
+    j.constraints = vec![label_in("real", "true")];
+    assert_eq!(
+        route(&s, &[j]),
+        vec![Decision::Wait {
+            job_id: "j".into(),
+            reason: WaitReason::NeverFits(
+                "0/603 nodes of the allowed regions could ever run a task: \
+                 600 do not match real=true, 3 have less cpu than a task asks"
+                    .into()
+            )
+        }]
+    );
+}
+
+#[test]
+fn a_constrained_job_goes_only_to_a_region_with_a_matching_node_even_when_another_is_emptier() {
+    let mut a = region("a", 900_000);
+    a.classes = Some(vec![class(&[("real", "false")], 600, 4000)]);
+    let mut b = region("b", 1000);
+    b.classes = Some(vec![
+        class(&[("real", "false")], 5, 4000),
+        class(&[("real", "true")], 1, 4000),
+    ]);
+    let s = snapshot(vec![a, b]);
+    let mut j = job("j", "t", 0, 100);
+    j.constraints = vec![label_in("real", "true")];
+    assert_eq!(assigned(&route(&s, &[j]))["j"], "b");
+}
+
+#[test]
+fn a_region_whose_node_classes_are_unknown_gets_the_benefit_of_the_doubt() {
+    let mut a = region("a", 1000);
+    a.classes = Some(vec![class(&[("real", "false")], 600, 4000)]);
+    let b = region("b", 1000);
+    let s = snapshot(vec![a, b]);
+    let mut j = job("j", "t", 0, 100);
+    j.constraints = vec![label_in("real", "true")];
+    assert_eq!(assigned(&route(&s, &[j]))["j"], "b");
+}
+
+#[test]
 fn a_tenant_over_its_cap_waits() {
     let mut s = snapshot(vec![region("a", 100_000)]);
     s.quotas.insert(
@@ -140,8 +217,13 @@ fn weighted_fair_share_gives_a_double_weight_tenant_twice_the_capacity() {
 
 fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
     let region = (0u64..20_000, any::<bool>(), any::<bool>(), 0u64..4000);
+    // Unknown classes, or a mix of labelled classes with their own sizes.
+    let classes = prop::option::of(prop::collection::vec(
+        (any::<bool>(), 1u64..100, 0u64..4000),
+        0..3,
+    ));
     (
-        prop::collection::vec(region, 1..5),
+        prop::collection::vec((region, classes), 1..5),
         any::<bool>(),
         prop::option::of(0u64..10_000),
     )
@@ -149,7 +231,7 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
             let regions = regions
                 .into_iter()
                 .enumerate()
-                .map(|(i, (cpu, ready, draining, node))| RegionView {
+                .map(|(i, ((cpu, ready, draining, node), classes))| RegionView {
                     name: format!("r{i}"),
                     ready,
                     draining,
@@ -164,6 +246,13 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
                         memory_bytes: 1 << 40,
                         gpus: 0,
                     },
+                    classes: classes.map(|cs| {
+                        cs.into_iter()
+                            .map(|(real, nodes, cpu)| {
+                                class(&[("real", if real { "true" } else { "false" })], nodes, cpu)
+                            })
+                            .collect()
+                    }),
                 })
                 .collect();
             let mut quotas = BTreeMap::new();
@@ -194,24 +283,32 @@ fn arb_jobs() -> impl Strategy<Value = Vec<JobRequest>> {
         1u64..3000,
         1u32..4,
         prop::collection::vec(0usize..5, 0..3),
+        any::<bool>(),
     );
     prop::collection::vec(one, 0..40).prop_map(|jobs| {
         jobs.into_iter()
             .enumerate()
-            .map(|(i, (tenant, priority, cpu, tasks, allowed))| JobRequest {
-                job_id: format!("j{i:03}"),
-                tenant: format!("t{tenant}"),
-                priority,
-                tasks,
-                per_task: Amount {
-                    cpu_millis: cpu,
-                    memory_bytes: 1,
-                    gpus: 0,
+            .map(
+                |(i, (tenant, priority, cpu, tasks, allowed, real))| JobRequest {
+                    job_id: format!("j{i:03}"),
+                    tenant: format!("t{tenant}"),
+                    priority,
+                    tasks,
+                    per_task: Amount {
+                        cpu_millis: cpu,
+                        memory_bytes: 1,
+                        gpus: 0,
+                    },
+                    gpu_type: String::new(),
+                    allowed: allowed.into_iter().map(|r| format!("r{r}")).collect(),
+                    preferred: vec![],
+                    constraints: if real {
+                        vec![label_in("real", "true")]
+                    } else {
+                        vec![]
+                    },
                 },
-                gpu_type: String::new(),
-                allowed: allowed.into_iter().map(|r| format!("r{r}")).collect(),
-                preferred: vec![],
-            })
+            )
             .collect()
     })
 }
@@ -242,6 +339,13 @@ proptest! {
             prop_assert!(r.ready && !r.draining);
             prop_assert!(j.allowed.is_empty() || j.allowed.contains(region));
             prop_assert!(j.per_task.cpu_millis <= r.max_node_free.cpu_millis, "a task fits on some node");
+            if let Some(classes) = &r.classes {
+                let could = classes.iter().any(|c| {
+                    j.per_task.cpu_millis <= c.max.cpu_millis
+                        && j.constraints.iter().all(|req| c.labels.get(&req.key) == Some(&req.values[0]))
+                });
+                prop_assert!(could, "{} went to {} where no node could ever run it", j.job_id, r.name);
+            }
             *used.entry(r.name.as_str()).or_default() += j.per_task.cpu_millis * u64::from(j.tasks);
             *tenant.entry(j.tenant.as_str()).or_default() += j.per_task.cpu_millis * u64::from(j.tasks);
         }

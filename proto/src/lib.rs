@@ -47,6 +47,8 @@ pub mod v1 {
     tonic::include_proto!("meridian.v1");
 }
 
+pub mod selector;
+
 /// Encoded `google.protobuf.FileDescriptorSet` of every `meridian.v1` file
 /// (with source info), for registering gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -181,3 +181,46 @@ async fn a_freed_slot_too_small_for_a_waiting_job_leaves_it_asleep() {
     assert_eq!(whole.outcome.bound.len(), 1, "{whole:?}");
     assert_eq!(region.task("job-big", 0).await.node, "node-a");
 }
+
+/// The waiting reason recorded on `job`.
+fn waiting_reason(region: &Region, job: &str) -> String {
+    region.fx.path.state.read().jobs[job]
+        .record
+        .waiting_reason
+        .clone()
+}
+
+#[tokio::test]
+async fn a_waiting_job_says_which_nodes_fail_what_and_forgets_it_once_placed() {
+    let region = Region::new().await;
+    region.register("plain-a", "boot-1").await;
+    region.register("plain-b", "boot-1").await;
+    register_labelled(&region, "real-c").await;
+    // The only node that matches is full.
+    region
+        .insert("job-busy", real_only(simple_spec("t", 1, 4_000, GIB)))
+        .await;
+    let mut lp = region.shard_loop(0).await;
+    assert_eq!(lp.round().await.expect("round").outcome.bound.len(), 1);
+    assert_eq!(waiting_reason(&region, "job-busy"), "");
+
+    region
+        .insert("job-wait", real_only(simple_spec("t", 1, 1_000, GIB)))
+        .await;
+    let parked = lp.round().await.expect("round");
+    assert_eq!(parked.unschedulable, 1, "{parked:?}");
+    assert_eq!(
+        waiting_reason(&region, "job-wait"),
+        "0/3 nodes: 2 do not match real=true, 1 have too little cpu",
+        "recorded by the round that parked it"
+    );
+
+    finish(&region, "real-c", "job-busy", v1::TaskState::Succeeded).await;
+    let placed = lp.round().await.expect("round");
+    assert_eq!(placed.outcome.bound.len(), 1, "{placed:?}");
+    assert_eq!(
+        waiting_reason(&region, "job-wait"),
+        "",
+        "no task waits any more"
+    );
+}

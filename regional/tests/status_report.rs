@@ -23,15 +23,18 @@ use tonic::{Request, Response, Status};
 #[derive(Debug)]
 enum Seen {
     Ack,
-    Capacity,
+    Capacity(Vec<v1::NodeClass>),
     Status(String, i32),
+    Waiting(String, String),
 }
 
-/// Assigns `jobs` (one task each) at epoch 1 and answers everything, but
+/// Assigns `jobs` (one task of `cpu` millis each) at epoch 1 and answers
+/// everything, but
 /// refuses the final status of `refuse_final` as STALE_EPOCH, and never
 /// answers a capacity report when `hold_capacity` is set.
 struct FakeGlobal {
     jobs: Vec<String>,
+    cpu: u64,
     refuse_final: String,
     hold_capacity: bool,
     seen: mpsc::UnboundedSender<Seen>,
@@ -85,7 +88,7 @@ impl RegionLink for FakeGlobal {
                 kind: v1::AssignmentEventKind::Assign as i32,
                 job_id: job.clone(),
                 assignment_epoch: 1,
-                spec: Some(simple_spec("t", 1, 500, GIB)),
+                spec: Some(simple_spec("t", 1, self.cpu, GIB)),
                 request_id: format!("req-{job}"),
                 ..Default::default()
             })
@@ -126,6 +129,11 @@ impl RegionLink for FakeGlobal {
         let mut results = Vec::new();
         for u in request.into_inner().updates {
             let _ = self.seen.send(Seen::Status(u.job_id.clone(), u.state));
+            if !u.waiting_reason.is_empty() {
+                let _ = self
+                    .seen
+                    .send(Seen::Waiting(u.job_id.clone(), u.waiting_reason.clone()));
+            }
             let refused =
                 u.job_id == self.refuse_final && u.state == v1::JobState::Succeeded as i32;
             results.push(v1::ItemResult {
@@ -147,9 +155,14 @@ impl RegionLink for FakeGlobal {
 
     async fn report_capacity(
         &self,
-        _: Request<v1::ReportCapacityRequest>,
+        request: Request<v1::ReportCapacityRequest>,
     ) -> Result<Response<v1::ReportCapacityResponse>, Status> {
-        let _ = self.seen.send(Seen::Capacity);
+        let classes = request
+            .into_inner()
+            .capacity
+            .map(|c| c.node_classes)
+            .unwrap_or_default();
+        let _ = self.seen.send(Seen::Capacity(classes));
         if self.hold_capacity {
             futures::future::pending::<()>().await;
         }
@@ -206,8 +219,8 @@ async fn await_intake(seen: &mut mpsc::UnboundedReceiver<Seen>, jobs: usize) {
     while acks < jobs || !capacity {
         match seen.recv().await.expect("fake global open") {
             Seen::Ack => acks += 1,
-            Seen::Capacity => capacity = true,
-            Seen::Status(..) => {}
+            Seen::Capacity(_) => capacity = true,
+            Seen::Status(..) | Seen::Waiting(..) => {}
         }
     }
 }
@@ -233,6 +246,7 @@ async fn task_state_changes_go_up_as_they_commit_and_an_accepted_final_state_ret
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let fake = FakeGlobal {
         jobs: vec!["job-a".into(), "job-b".into(), "job-c".into()],
+        cpu: 500,
         refuse_final: "job-b".into(),
         hold_capacity: false,
         seen: seen_tx,
@@ -408,6 +422,7 @@ async fn a_capacity_report_the_global_tier_never_answers_holds_back_no_task_stat
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let fake = FakeGlobal {
         jobs: vec!["job-a".into()],
+        cpu: 500,
         refuse_final: String::new(),
         hold_capacity: true,
         seen: seen_tx,
@@ -439,4 +454,63 @@ async fn a_capacity_report_the_global_tier_never_answers_holds_back_no_task_stat
 
     let _ = stop.send(());
     let _ = link.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_placer_cannot_place_goes_up_with_why_and_the_node_classes_with_capacity() {
+    let region = Region::new().await;
+    region.register("n1", "boot-1").await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    // Twice the node's 4 cores: no node can ever take it.
+    let fake = FakeGlobal {
+        jobs: vec!["job-big".into()],
+        cpu: 8_000,
+        refuse_final: String::new(),
+        hold_capacity: false,
+        seen: seen_tx,
+    };
+    let (stop, link) = start_link(&region, fake, Duration::from_secs(3600)).await;
+    let guard = Duration::from_secs(60);
+    let classes = tokio::time::timeout(guard, async {
+        let (mut acked, mut classes) = (false, None);
+        while !acked || classes.is_none() {
+            match seen.recv().await.expect("fake global open") {
+                Seen::Ack => acked = true,
+                Seen::Capacity(c) => classes = Some(c),
+                Seen::Status(..) | Seen::Waiting(..) => {}
+            }
+        }
+        classes.unwrap_or_default()
+    })
+    .await
+    .expect("the job taken in and a capacity report sent");
+    assert_eq!(classes.len(), 1, "{classes:?}");
+    assert_eq!(classes[0].nodes, 1);
+    assert_eq!(
+        classes[0].max_allocatable.as_ref().map(|r| r.cpu_millis),
+        Some(4_000)
+    );
+
+    // One round finds no node for it: the reason goes up at once.
+    let mut placer = region.shard_loop(0).await;
+    let round = placer.round().await.expect("round");
+    assert_eq!(round.unschedulable, 1, "{round:?}");
+    let why = tokio::time::timeout(guard, async {
+        loop {
+            if let Seen::Waiting(job, why) = seen.recv().await.expect("fake global open") {
+                break (job, why);
+            }
+        }
+    })
+    .await
+    .expect("the waiting reason reported without waiting for the next catch-up");
+    assert_eq!(
+        why,
+        (
+            "job-big".to_string(),
+            "0/1 nodes: 1 have too little cpu".to_string()
+        )
+    );
+    let _ = stop.send(());
+    link.await.expect("link task");
 }

@@ -256,5 +256,6 @@ fn empty_job() -> crate::model::JobRecord {
         created_at_unix_ms: 0,
         trace_id: String::new(),
         shard: 0,
+        waiting_reason: String::new(),
     }
 }

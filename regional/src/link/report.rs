@@ -40,6 +40,9 @@ type Client = RegionLinkClient<tonic::transport::Channel>;
 pub struct Reported {
     pub version: u64,
     pub digest: Vec<u32>,
+    /// The waiting reason reported with it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting: String,
 }
 
 crate::model::codec::json_record!(Reported);
@@ -402,7 +405,46 @@ fn capacity(s: &RegionState, now: u64) -> v1::RegionCapacity {
         cap.gpu_allocated += u.gpus;
     }
     cap.max_node_free = Some(max_free.to_proto());
+    (cap.node_classes, cap.node_classes_truncated) = node_classes(s);
     cap
+}
+
+/// Most node classes in one capacity report.
+const MAX_NODE_CLASSES: usize = 256;
+
+/// The region's nodes grouped by label set, largest groups first (ties by
+/// labels, so the report is the same for the same nodes); whether some
+/// were left out.
+fn node_classes(s: &RegionState) -> (Vec<v1::NodeClass>, bool) {
+    let mut classes: BTreeMap<&BTreeMap<String, String>, v1::NodeClass> = BTreeMap::new();
+    for (_, n) in s.node_records() {
+        let class = classes.entry(&n.labels).or_insert_with(|| v1::NodeClass {
+            labels: n
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            max_allocatable: Some(v1::Resources::default()),
+            ..Default::default()
+        });
+        class.nodes += 1;
+        if let Some(max) = class.max_allocatable.as_mut() {
+            max.cpu_millis = max.cpu_millis.max(n.allocatable.cpu);
+            max.memory_bytes = max.memory_bytes.max(n.allocatable.mem);
+            max.gpu_count = max.gpu_count.max(n.allocatable.gpus);
+        }
+        let gpu_type = &n.allocatable.gpu_type;
+        if !gpu_type.is_empty() && !class.gpu_types.contains(gpu_type) {
+            class.gpu_types.push(gpu_type.clone());
+            class.gpu_types.sort();
+        }
+    }
+    let mut classes: Vec<v1::NodeClass> = classes.into_values().collect();
+    // Stable: equal sizes keep label order.
+    classes.sort_by_key(|c| std::cmp::Reverse(c.nodes));
+    let truncated = classes.len() > MAX_NODE_CLASSES;
+    classes.truncate(MAX_NODE_CLASSES);
+    (classes, truncated)
 }
 
 /// One job's status update, when its task counts differ from what was last
@@ -418,7 +460,13 @@ fn job_update(
         return None;
     }
     let counts = crate::jobs::task_counts(blocks.iter().copied());
-    if prev.digest == counts {
+    // A reason holds only while some task waits for a node.
+    let waiting = if counts[v1::TaskState::Pending as usize] > 0 {
+        job.waiting_reason.as_str()
+    } else {
+        ""
+    };
+    if prev.digest == counts && prev.waiting == waiting {
         return None;
     }
     let mut tasks = Vec::new();
@@ -468,13 +516,14 @@ fn job_update(
         },
         tasks,
         observed_at_unix_ms: now,
-        waiting_reason: String::new(),
+        waiting_reason: waiting.to_string(),
     };
     Some((
         update,
         Reported {
             version,
             digest: counts.to_vec(),
+            waiting: waiting.to_string(),
         },
     ))
 }

@@ -96,6 +96,7 @@ pub fn job_from_spec(
         created_at_unix_ms,
         trace_id: String::new(),
         shard: 0,
+        waiting_reason: String::new(),
     })
 }
 

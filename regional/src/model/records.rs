@@ -167,6 +167,11 @@ pub struct JobRecord {
     /// a leader that cannot place it hands it to another shard that can.
     #[serde(default)]
     pub shard: u32,
+    /// Why the job's tasks wait for a node, as its owner's placer last
+    /// found (`state::why`); empty when it never found one unplaceable or
+    /// has since placed them all. Written only by the owner shard's leader.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting_reason: String,
 }
 
 /// Where a job stands in the region.

@@ -62,6 +62,7 @@ pub enum Intent {
     Status(upward::RecordStatus),
     Release(upward::Release),
     Handoff(upward::Handoff),
+    Explain(upward::Explain),
 }
 
 /// What an intent did.
@@ -354,6 +355,10 @@ impl Committer {
                 let count = layout.map_or(1, |l| l.count);
                 Outcome::Moved(h.apply(t, count).map_err(missing)?)
             }
+            (Intent::Explain(e), _) => {
+                e.apply(t, layout.map_or(1, |l| l.count)).map_err(missing)?;
+                Outcome::Done
+            }
             _ => return Err(RegionalError::Internal("intent prepared wrongly".into())),
         })
     }
@@ -403,6 +408,7 @@ fn reads(intent: &Intent, keys: &Keys, want: &mut ReadSet) {
         Intent::Status(s) => s.reads(want),
         Intent::Release(r) => r.reads(want),
         Intent::Handoff(h) => h.reads(want),
+        Intent::Explain(e) => e.reads(want),
     }
 }
 

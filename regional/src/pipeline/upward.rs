@@ -173,3 +173,39 @@ impl Handoff {
         Ok(moved)
     }
 }
+
+/// Why jobs of one shard wait: the owner's placer records what it found.
+#[derive(Debug, Clone, Default)]
+pub struct Explain {
+    pub from: u32,
+    /// `(job, reason)`; an empty reason clears it.
+    pub reasons: Vec<(String, String)>,
+}
+
+impl Explain {
+    pub(super) fn reads(&self, want: &mut ReadSet) {
+        for (job, _) in &self.reasons {
+            want.jobs.insert(job.clone());
+        }
+    }
+
+    /// Writes each reason that changed, for jobs `from` still owns (one
+    /// handed on meanwhile is its new owner's to explain).
+    pub(super) fn apply(&self, tx: &mut Tx<'_>, count: u32) -> Result<(), Missing> {
+        for (job_id, reason) in &self.reasons {
+            let Some(job) = tx.job(job_id)? else {
+                continue;
+            };
+            if job.shard % count.max(1) != self.from
+                || job.state != JobPhase::Active
+                || job.waiting_reason == *reason
+            {
+                continue;
+            }
+            let mut job = job.clone();
+            job.waiting_reason = reason.clone();
+            tx.set_job(job);
+        }
+        Ok(())
+    }
+}

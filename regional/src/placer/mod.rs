@@ -21,6 +21,7 @@
 pub mod hints;
 pub mod round;
 pub mod sweep;
+mod why;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use crate::metrics as m;
 use crate::model::JobPhase;
 use crate::pipeline::bind::{BatchOutcome, Bind};
 use crate::pipeline::node::Liveness;
-use crate::pipeline::upward::Handoff;
+use crate::pipeline::upward::{Explain, Handoff};
 use crate::pipeline::{Authority, Intent, Outcome, Pipeline};
 use crate::placement::{Solve, SolverConfig};
 use crate::shard::{ShardTerm, ShardWork};
@@ -47,6 +48,7 @@ use crate::state::{Delta, SharedState, Watcher};
 use hints::Waiting;
 use round::{RoundInput, batches, build_input};
 use sweep::{LivenessConfig, SweepOutcome, SweepScope, liveness_changes, task_changes};
+use why::{Reasons, RoundWhy};
 
 /// Tuning of the placement loop.
 #[derive(Debug, Clone)]
@@ -185,6 +187,8 @@ pub struct ShardLoop {
     last_sweep: Option<Instant>,
     last_resync: Option<Instant>,
     handoffs: Vec<(String, u32)>,
+    /// Waiting reasons found and not yet recorded.
+    reasons: Reasons,
     /// What the next task sweep must look at.
     sweep_scope: SweepScope,
 }
@@ -219,6 +223,7 @@ impl ShardLoop {
             last_sweep: None,
             last_resync: None,
             handoffs: Vec::new(),
+            reasons: Reasons::default(),
             sweep_scope: SweepScope::everything(),
         };
         lp.resync();
@@ -374,6 +379,7 @@ impl ShardLoop {
         m::queue_depth(self.term.shard, self.queue.len());
         let mut report = self.place().await?;
         report.handed_off = self.hand_off().await?;
+        self.record_reasons().await?;
         Ok(report)
     }
 
@@ -412,7 +418,15 @@ impl ShardLoop {
             .collect();
         unschedulable.extend(input.no_room.iter().cloned());
         report.unschedulable += input.no_room.len();
-        self.settle(guards, &stale_jobs, &unschedulable, &input, now_ms);
+        let mut why = RoundWhy::of(&input, &solution);
+        self.settle(
+            guards,
+            &stale_jobs,
+            &unschedulable,
+            &input,
+            now_ms,
+            &mut why,
+        );
         Ok(report)
     }
 
@@ -496,6 +510,7 @@ impl ShardLoop {
         unschedulable: &BTreeSet<String>,
         input: &RoundInput,
         now_ms: u64,
+        why: &mut RoundWhy,
     ) {
         for guard in guards {
             let job = guard.key().clone();
@@ -504,8 +519,9 @@ impl ShardLoop {
                 // Decided on a view that changed: decide again right away.
                 self.queue.add(job, Lane::High);
             } else if unschedulable.contains(&job) {
-                self.wait_or_hand_over(&job);
+                self.wait_or_hand_over(&job, why);
             } else {
+                self.reasons.settled(&self.ctx.state.read(), &job);
                 self.retries.remove(&job);
                 if let Some(at) = input.next_retry_unix_ms {
                     let delay = Duration::from_millis(at.saturating_sub(now_ms));
@@ -518,7 +534,7 @@ impl ShardLoop {
     /// A job with tasks that found no room: another shard with room for it
     /// takes it now; otherwise it waits for a change that helps it, or its
     /// backoff.
-    fn wait_or_hand_over(&mut self, job_id: &str) {
+    fn wait_or_hand_over(&mut self, job_id: &str, why: &mut RoundWhy) {
         let state = self.ctx.state.clone();
         let s = state.read();
         let Some(job) = s.jobs.get(job_id) else {
@@ -531,9 +547,11 @@ impl ShardLoop {
             crate::state::fit::better_shard(&s, &job.record, job.pending, self.term.shard)
         {
             self.handoffs.push((job_id.to_string(), to));
+            self.reasons.forget(job_id);
             return;
         }
         self.waiting.park(&job.record, job.pending);
+        self.reasons.parked(why, &s, job_id);
         let retry = self.retries.entry(job_id.to_string()).or_insert(0);
         let delay = self.backoff.delay(*retry);
         *retry = retry.saturating_add(1);
@@ -569,6 +587,27 @@ impl ShardLoop {
             }
             _ => 0,
         })
+    }
+
+    /// Records the waiting reasons that changed this round (fenced like
+    /// a hand-off: only the jobs' owner explains them).
+    async fn record_reasons(&mut self) -> Result<()> {
+        let reasons = self.reasons.take();
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        let generation = self.ctx.state.read().layout.map_or(0, |l| l.generation);
+        self.ctx
+            .pipeline
+            .submit(
+                Some(self.authority(Some(generation))),
+                Intent::Explain(Explain {
+                    from: self.term.shard,
+                    reasons,
+                }),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Liveness first (an epoch bump commits alone), then lost tasks and

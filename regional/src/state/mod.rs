@@ -19,6 +19,7 @@ pub mod delta;
 pub mod fit;
 pub mod load;
 pub mod tail;
+pub mod why;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
