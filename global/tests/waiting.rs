@@ -125,6 +125,15 @@ async fn a_job_no_node_of_any_region_could_run_waits_pending_with_the_reason_unt
         .unwrap()
         .into_inner();
     assert_eq!(listed.jobs[0].waiting_reason, waiting.waiting_reason);
+    let http = h.running.http_addr.expect("HTTP on");
+    let (status, body) = common::http(http, "GET", &format!("/v1/jobs/{job}"), "").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json["waiting_reason"].as_str(),
+        Some(waiting.waiting_reason.as_str()),
+        "{body}"
+    );
 
     // A region with a node that could run it: routed there, reason gone.
     let lease2 = register(&mut link, "r2").await;
