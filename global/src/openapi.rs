@@ -12,9 +12,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
-use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use prost_reflect::{FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
 use utoipa::openapi::schema::{
-    ArrayBuilder, KnownFormat, ObjectBuilder, Ref, Schema, SchemaFormat, SchemaType, Type,
+    ArrayBuilder, KnownFormat, ObjectBuilder, RefBuilder, Schema, SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder, RefOr};
 
@@ -48,15 +48,45 @@ fn component_name(desc: &MessageDescriptor) -> String {
         .to_string()
 }
 
+/// The leading comment of the definition at `path` in `file`, as the
+/// `.proto` file writes it (the descriptors keep source info so that
+/// reflection and this document carry the same documentation).
+fn comment(file: &FileDescriptor, path: &[i32]) -> Option<String> {
+    let info = file.file_descriptor_proto().source_code_info.as_ref()?;
+    let text = info
+        .location
+        .iter()
+        .find(|location| location.path == path)?
+        .leading_comments
+        .as_deref()?;
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let joined = lines.join("\n").trim().to_string();
+    (!joined.is_empty()).then_some(joined)
+}
+
+/// `first` and `then` as one description, either may be absent.
+fn describe(first: Option<String>, then: &str) -> Option<String> {
+    match (first, then.is_empty()) {
+        (Some(first), true) => Some(first),
+        (Some(first), false) => Some(format!("{first}\n\n{then}")),
+        (None, false) => Some(then.to_string()),
+        (None, true) => None,
+    }
+}
+
 /// The schema of message `desc` in the proto3 JSON mapping.
 fn message_schema(desc: &MessageDescriptor) -> RefOr<Schema> {
+    let mapping = format!(
+        "`{}` in the proto3 JSON mapping. Fields at their default value are left out of \
+         answers; of the fields of a oneof at most one is set.",
+        desc.full_name()
+    );
     let mut object = ObjectBuilder::new()
         .schema_type(Type::Object)
-        .description(Some(format!(
-            "`{}` in the proto3 JSON mapping. Fields at their default value are left \
-             out of answers; of the fields of a oneof at most one is set.",
-            desc.full_name()
-        )));
+        .description(describe(
+            comment(&desc.parent_file(), desc.path()),
+            &mapping,
+        ));
     for field in desc.fields() {
         object = object.property(field.name(), field_schema(&field));
     }
@@ -64,6 +94,7 @@ fn message_schema(desc: &MessageDescriptor) -> RefOr<Schema> {
 }
 
 fn field_schema(field: &FieldDescriptor) -> RefOr<Schema> {
+    let doc = comment(&field.parent_file(), field.path());
     if field.is_map() {
         let value = match field.kind() {
             Kind::Message(entry) => entry.map_entry_value_field().kind(),
@@ -71,67 +102,89 @@ fn field_schema(field: &FieldDescriptor) -> RefOr<Schema> {
         };
         return ObjectBuilder::new()
             .schema_type(Type::Object)
-            .additional_properties(Some(kind_schema(&value)))
+            .description(doc)
+            .additional_properties(Some(kind_schema(&value, None)))
             .into();
     }
-    let one = kind_schema(&field.kind());
     if field.is_list() {
-        ArrayBuilder::new().items(one).into()
+        ArrayBuilder::new()
+            .description(doc)
+            .items(kind_schema(&field.kind(), None))
+            .into()
     } else {
-        one
+        kind_schema(&field.kind(), doc)
     }
 }
 
-fn scalar(types: SchemaType, format: Option<SchemaFormat>, description: &str) -> RefOr<Schema> {
-    let mut object = ObjectBuilder::new().schema_type(types).format(format);
-    if !description.is_empty() {
-        object = object.description(Some(description));
-    }
-    object.into()
+fn scalar(
+    types: SchemaType,
+    format: Option<SchemaFormat>,
+    description: Option<String>,
+) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(types)
+        .format(format)
+        .description(description)
+        .into()
+}
+
+fn known(format: KnownFormat) -> Option<SchemaFormat> {
+    Some(SchemaFormat::KnownFormat(format))
 }
 
 fn custom(format: &str) -> Option<SchemaFormat> {
     Some(SchemaFormat::Custom(format.to_string()))
 }
 
-fn kind_schema(kind: &Kind) -> RefOr<Schema> {
-    let wide = "a 64-bit integer: a decimal string in answers; a number or a string in requests";
+/// The schema of one value of type `kind`, with `doc` (the field's
+/// comment) and what the JSON mapping does to the type as its description.
+fn kind_schema(kind: &Kind, doc: Option<String>) -> RefOr<Schema> {
+    let wide = "A 64-bit integer: a decimal string in answers; a number or a string in requests.";
     let integer = SchemaType::new(Type::Integer);
     let number_or_string: SchemaType = [Type::String, Type::Integer].into_iter().collect();
     match kind {
-        Kind::Message(m) => Ref::from_schema_name(component_name(m)).into(),
+        Kind::Message(m) => RefBuilder::new()
+            .ref_location_from_schema_name(component_name(m))
+            .description(doc)
+            .into(),
         Kind::Enum(e) => ObjectBuilder::new()
             .schema_type(Type::String)
-            .description(Some(format!("`{}`, by value name", e.full_name())))
+            .description(describe(
+                doc,
+                &format!("`{}`, by value name.", e.full_name()),
+            ))
             .enum_values(Some(e.values().map(|v| v.name().to_string())))
             .into(),
-        Kind::Bool => scalar(SchemaType::new(Type::Boolean), None, ""),
-        Kind::String => scalar(SchemaType::new(Type::String), None, ""),
+        Kind::Bool => scalar(SchemaType::new(Type::Boolean), None, doc),
+        Kind::String => scalar(SchemaType::new(Type::String), None, doc),
         Kind::Bytes => scalar(
             SchemaType::new(Type::String),
-            Some(SchemaFormat::KnownFormat(KnownFormat::Byte)),
-            "bytes, base64-encoded (standard or URL-safe alphabet)",
+            known(KnownFormat::Byte),
+            describe(
+                doc,
+                "Bytes, base64-encoded (standard or URL-safe alphabet).",
+            ),
         ),
         Kind::Double => scalar(
             SchemaType::new(Type::Number),
-            Some(SchemaFormat::KnownFormat(KnownFormat::Double)),
-            "",
+            known(KnownFormat::Double),
+            doc,
         ),
         Kind::Float => scalar(
             SchemaType::new(Type::Number),
-            Some(SchemaFormat::KnownFormat(KnownFormat::Float)),
-            "",
+            known(KnownFormat::Float),
+            doc,
         ),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => scalar(
-            integer,
-            Some(SchemaFormat::KnownFormat(KnownFormat::Int32)),
-            "",
-        ),
-        Kind::Uint32 | Kind::Fixed32 => scalar(integer, custom("uint32"), ""),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            scalar(number_or_string, custom("int64"), wide)
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            scalar(integer, known(KnownFormat::Int32), doc)
         }
-        Kind::Uint64 | Kind::Fixed64 => scalar(number_or_string, custom("uint64"), wide),
+        Kind::Uint32 | Kind::Fixed32 => scalar(integer, custom("uint32"), doc),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            scalar(number_or_string, custom("int64"), describe(doc, wide))
+        }
+        Kind::Uint64 | Kind::Fixed64 => {
+            scalar(number_or_string, custom("uint64"), describe(doc, wide))
+        }
     }
 }
 
@@ -234,6 +287,23 @@ mod tests {
     use utoipa::ToSchema;
 
     use super::*;
+
+    #[test]
+    fn schemas_carry_the_comments_of_the_proto_files() {
+        let Ok(desc) = descriptors::message("SubmitJobRequest") else {
+            panic!("no descriptor");
+        };
+        let schema = serde_json::to_value(message_schema(&desc)).unwrap_or_default();
+        let field = schema["properties"]["request_id"]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            field.starts_with("Client-chosen idempotency key"),
+            "{field}"
+        );
+        let message = schema["description"].as_str().unwrap_or_default();
+        assert!(message.starts_with("Request of SubmitJob"), "{message}");
+    }
 
     #[test]
     fn a_message_schema_brings_every_message_it_reaches() {
