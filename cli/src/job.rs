@@ -160,16 +160,9 @@ pub async fn run(args: JobArgs) -> Result<()> {
     match args.command {
         JobCommand::Submit(a) => submit(&mut client, output, *a).await,
         JobCommand::Get { job_id } => {
-            let job = get(&mut client, &job_id).await?;
-            match output {
-                Output::Json => render::print_message("Job", &job),
-                Output::Table => {
-                    print_job(&job);
-                    Ok(())
-                }
-            }
+            get_into(&mut client, output, &job_id, &mut std::io::stdout()).await
         }
-        JobCommand::List(a) => list(&mut client, output, a).await,
+        JobCommand::List(a) => list_into(&mut client, output, a, &mut std::io::stdout()).await,
         JobCommand::Cancel { job_id, reason } => {
             let request = CancelJobRequest { job_id, reason };
             let response = client
@@ -348,7 +341,32 @@ fn write_streams(logs: &GetTaskLogsResponse) {
     let _ = err.flush();
 }
 
-async fn list(client: &mut Client, output: Output, args: ListArgs) -> Result<()> {
+/// `meridian job get`: the job as the federation has it now, written to
+/// `out` (the whole waiting reason included; JSON is the `Job` message).
+pub async fn get_into(
+    client: &mut Client,
+    output: Output,
+    job_id: &str,
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
+    let job = get(client, job_id).await?;
+    match output {
+        Output::Json => render::write_json(out, &render::to_json("Job", &job)?),
+        Output::Table => write_job(out, &job).map_err(render::written),
+    }
+}
+
+/// Longest waiting reason shown whole in the `WHY` column of `job list`;
+/// `job get` and JSON always show all of it.
+pub const WHY_WIDTH: usize = 60;
+
+/// `meridian job list`, written to `out`.
+pub async fn list_into(
+    client: &mut Client,
+    output: Output,
+    args: ListArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
     let mut jobs: Vec<Job> = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -379,11 +397,13 @@ async fn list(client: &mut Client, output: Output, args: ListArgs) -> Result<()>
                 .iter()
                 .map(|j| render::to_json("Job", j))
                 .collect::<Result<Vec<_>>>()?;
-            render::print_json(&serde_json::json!({ "jobs": items }))
+            render::write_json(out, &serde_json::json!({ "jobs": items }))
         }
         Output::Table => {
-            let mut t =
-                render::table(&["JOB", "NAME", "TENANT", "STATE", "REGION", "TASKS", "AGE"]);
+            // WHY is last: a long reason then pushes no other column.
+            let mut t = render::table(&[
+                "JOB", "NAME", "TENANT", "STATE", "REGION", "TASKS", "AGE", "WHY",
+            ]);
             for j in &jobs {
                 let spec = j.spec.clone().unwrap_or_default();
                 let counts = j.task_counts.unwrap_or_default();
@@ -395,10 +415,10 @@ async fn list(client: &mut Client, output: Output, args: ListArgs) -> Result<()>
                     dash(&j.region),
                     format!("{}/{}", counts.succeeded, spec.task_count),
                     render::age(j.created_at_unix_ms),
+                    render::ellipsis(&j.waiting_reason, WHY_WIDTH),
                 ]);
             }
-            render::print_table(&t);
-            Ok(())
+            render::write_table(out, &t).map_err(render::written)
         }
     }
 }
@@ -411,7 +431,7 @@ fn dash(s: &str) -> String {
     }
 }
 
-fn print_job(job: &Job) {
+fn write_job(out: &mut dyn Write, job: &Job) -> std::io::Result<()> {
     let spec = job.spec.clone().unwrap_or_default();
     let what = match spec.task.as_ref().and_then(|t| t.kind.as_ref()) {
         Some(task_template::Kind::Command(c)) => std::iter::once(c.program.clone())
@@ -424,11 +444,17 @@ fn print_job(job: &Job) {
         None => "-".into(),
     };
     let mut t = render::table(&["FIELD", "VALUE"]);
-    let rows = [
+    let mut rows = vec![
         ("job", job.job_id.clone()),
         ("name", spec.name.clone()),
         ("tenant", spec.tenant.clone()),
         ("state", render::job_state(job.state)),
+    ];
+    // Next to the state it explains, and whole: this is where to read it all.
+    if !job.waiting_reason.is_empty() {
+        rows.push(("waiting", job.waiting_reason.clone()));
+    }
+    rows.extend([
         ("region", dash(&job.region)),
         ("epoch", job.assignment_epoch.to_string()),
         ("tasks", spec.task_count.to_string()),
@@ -436,7 +462,7 @@ fn print_job(job: &Job) {
         ("request id", job.request_id.clone()),
         ("trace id", dash(&job.trace_id)),
         ("created", render::age(job.created_at_unix_ms) + " ago"),
-    ];
+    ]);
     for (k, v) in rows {
         t.add_row(vec![k.to_string(), v]);
     }
@@ -449,9 +475,9 @@ fn print_job(job: &Job) {
             format!("requested: {}", job.cancel_reason),
         ]);
     }
-    render::print_table(&t);
+    render::write_table(out, &t)?;
     if !job.tasks.is_empty() {
-        println!();
+        writeln!(out)?;
         let mut t = render::table(&["TASK", "STATE", "NODE", "ATTEMPT", "EXIT", "MESSAGE"]);
         for task in &job.tasks {
             t.add_row(vec![
@@ -465,10 +491,10 @@ fn print_job(job: &Job) {
                 task.message.clone(),
             ]);
         }
-        render::print_table(&t);
+        render::write_table(out, &t)?;
     }
     if !job.history.is_empty() {
-        println!();
+        writeln!(out)?;
         let mut t = render::table(&["WHEN", "FROM", "TO", "REGION", "REASON"]);
         for h in &job.history {
             t.add_row(vec![
@@ -479,8 +505,9 @@ fn print_job(job: &Job) {
                 h.reason.clone(),
             ]);
         }
-        render::print_table(&t);
+        render::write_table(out, &t)?;
     }
+    Ok(())
 }
 
 fn parse_task(text: &str) -> Result<TaskId> {

@@ -5,6 +5,7 @@
 //! table style, and short names of enum values. Must never invent fields:
 //! `--output json` shows exactly the messages the server returned.
 
+use std::io::Write;
 use std::sync::OnceLock;
 
 use comfy_table::presets::NOTHING;
@@ -64,10 +65,19 @@ pub fn from_json<M: Message + Default>(name: &str, value: Value) -> Result<M> {
 
 /// Prints a JSON value, pretty.
 pub fn print_json(value: &Value) -> Result<()> {
+    write_json(&mut std::io::stdout().lock(), value)
+}
+
+/// Writes a JSON value, pretty, on its own lines.
+pub fn write_json(out: &mut dyn Write, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::other(format!("writing JSON: {e}")))?;
-    println!("{text}");
-    Ok(())
+    writeln!(out, "{text}").map_err(written)
+}
+
+/// The error of a failed write to the command's output.
+pub fn written(e: std::io::Error) -> CliError {
+    CliError::other(format!("writing the output: {e}"))
 }
 
 /// Prints message `name` as JSON.
@@ -87,13 +97,30 @@ pub fn table(header: &[&str]) -> Table {
 /// Prints a table (columns two spaces apart, no margin), trimming the
 /// trailing spaces of each line.
 pub fn print_table(table: &Table) {
+    // Standard output gone (a closed pipe) leaves nobody to tell.
+    let _ = write_table(&mut std::io::stdout().lock(), table);
+}
+
+/// Writes a table as [`print_table`] prints it.
+pub fn write_table(out: &mut dyn Write, table: &Table) -> std::io::Result<()> {
     let mut table = table.clone();
     for column in table.column_iter_mut() {
         column.set_padding((0, 2));
     }
     for line in table.to_string().lines() {
-        println!("{}", line.trim_end());
+        writeln!(out, "{}", line.trim_end())?;
     }
+    Ok(())
+}
+
+/// `text` cut to at most `max` characters, the cut marked with `…`, for
+/// table cells; `get` and JSON show the whole text.
+pub fn ellipsis(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(max.saturating_sub(1)).collect();
+    format!("{}…", kept.trim_end())
 }
 
 /// The short name of an enum value: `JOB_STATE_RUNNING` -> `RUNNING`.
@@ -187,5 +214,16 @@ mod tests {
         assert_eq!(cores(2500), "2.5");
         assert_eq!(cores(4000), "4");
         assert_eq!(job_state(JobState::Succeeded as i32), "SUCCEEDED");
+    }
+
+    #[test]
+    fn ellipsis_keeps_short_text_and_cuts_long_text_to_the_limit_on_a_character_boundary() {
+        assert_eq!(
+            ellipsis("no allowed region is ready", 40),
+            "no allowed region is ready"
+        );
+        assert_eq!(ellipsis("0/3 nodes: 3 are cordoned", 12), "0/3 nodes:…");
+        assert_eq!(ellipsis("ééééé", 3), "éé…");
+        assert_eq!(ellipsis("abc", 3), "abc");
     }
 }
