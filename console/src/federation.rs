@@ -261,11 +261,12 @@ fn recent_html(snap: &FederationSnapshot) -> String {
         let _ = write!(
             s,
             "<tr data-job=\"{id}\"><th scope=\"row\"><a href=\"{CONSOLE_PATH}/jobs/{url}\">{id}</a></th>\
-             <td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td class=\"num\">{}</td>\
+             <td>{}</td><td>{}</td><td class=\"state\">{}{}</td><td>{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{} / {}</td><td>{}</td></tr>",
             esc(&j.name),
             esc(&j.tenant),
             badge(&j.state),
+            waiting_note(&j.waiting_reason),
             if j.region.is_empty() {
                 "—".into()
             } else {
@@ -284,6 +285,26 @@ fn recent_html(snap: &FederationSnapshot) -> String {
     }
     s.push_str("</tbody></table>");
     s
+}
+
+/// Why a job waits, under its state badge in a list; the job page has it
+/// whole, the list cuts a long one (the full text is its tooltip).
+fn waiting_note(reason: &str) -> String {
+    const SHOWN: usize = 80;
+    if reason.is_empty() {
+        return String::new();
+    }
+    let shown = if reason.chars().count() > SHOWN {
+        let kept: String = reason.chars().take(SHOWN - 1).collect();
+        format!("{}…", kept.trim_end())
+    } else {
+        reason.to_string()
+    };
+    format!(
+        "<div class=\"reason waiting-reason\" title=\"{}\">{}</div>",
+        esc(reason),
+        esc(&shown)
+    )
 }
 
 async fn overview_page<S: FederationConsoleSource>(State(source): State<Arc<S>>) -> Html<String> {
@@ -370,40 +391,68 @@ fn job_sections(job: &JobDetail, now: u64) -> Sections {
 
 fn job_summary_html(job: &JobDetail) -> String {
     let j = &job.job;
-    let mut s = String::from("<dl class=\"facts\">");
-    let mut fact = |k: &str, v: String| {
-        let _ = write!(s, "<div><dt>{}</dt><dd>{}</dd></div>", esc(k), v);
-    };
-    fact(
+    // `(label, html, wide)`; a wide fact spans the row: a sentence would
+    // not fit a column.
+    let mut facts: Vec<(&str, String, bool)> = vec![(
         "State",
         format!("<span id=\"job-state\">{}</span>", badge(&j.state)),
-    );
-    fact("Tenant", esc(&j.tenant));
-    fact(
-        "Region",
-        if j.region.is_empty() {
-            "—".into()
-        } else {
-            esc(&j.region)
-        },
-    );
-    fact("Assignment epoch", job.assignment_epoch.to_string());
-    fact("Priority", j.priority.to_string());
-    fact("Tasks done", format!("{} / {}", j.tasks_done, j.task_count));
-    fact("Created (UTC)", render::clock(j.created_at_unix_ms));
-    fact("Updated (UTC)", render::clock(job.updated_at_unix_ms));
-    fact("Request id", esc(&job.request_id));
+        false,
+    )];
+    if !j.waiting_reason.is_empty() {
+        facts.push((
+            "Waiting",
+            format!("<span id=\"job-waiting\">{}</span>", esc(&j.waiting_reason)),
+            true,
+        ));
+    }
+    facts.extend([
+        ("Tenant", esc(&j.tenant), false),
+        (
+            "Region",
+            if j.region.is_empty() {
+                "—".into()
+            } else {
+                esc(&j.region)
+            },
+            false,
+        ),
+        ("Assignment epoch", job.assignment_epoch.to_string(), false),
+        ("Priority", j.priority.to_string(), false),
+        (
+            "Tasks done",
+            format!("{} / {}", j.tasks_done, j.task_count),
+            false,
+        ),
+        ("Created (UTC)", render::clock(j.created_at_unix_ms), false),
+        (
+            "Updated (UTC)",
+            render::clock(job.updated_at_unix_ms),
+            false,
+        ),
+        ("Request id", esc(&job.request_id), false),
+    ]);
     if !job.failure_reason.is_empty() {
-        fact(
+        facts.push((
             "Failure",
             format!(
                 "<span class=\"error-text\">{}</span>",
                 esc(&job.failure_reason)
             ),
-        );
+            false,
+        ));
     }
     if job.cancel_requested {
-        fact("Cancel", "requested".into());
+        facts.push(("Cancel", "requested".into(), false));
+    }
+    let mut s = String::from("<dl class=\"facts\">");
+    for (k, v, wide) in facts {
+        let _ = write!(
+            s,
+            "<div{}><dt>{}</dt><dd>{}</dd></div>",
+            if wide { " class=\"wide\"" } else { "" },
+            esc(k),
+            v
+        );
     }
     s.push_str("</dl>");
     s
@@ -553,4 +602,27 @@ async fn job_json<S: FederationConsoleSource>(
     Path(job_id): Path<String>,
 ) -> Result<Response, ConsoleError> {
     Ok(axum::Json(source.job(&job_id).await?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::waiting_note;
+
+    #[test]
+    fn a_long_waiting_reason_is_cut_in_a_list_with_the_whole_text_as_its_tooltip() {
+        assert_eq!(waiting_note(""), "");
+        let long = format!("0/900 nodes: {}", "900 do not match a=<b>, ".repeat(8));
+        let note = waiting_note(&long);
+        assert!(
+            note.contains(&format!("title=\"{}\"", super::esc(&long))),
+            "{note}"
+        );
+        assert!(note.contains("…</div>"), "{note}");
+        assert!(!note.contains("<b>"), "{note}");
+        let short = waiting_note("no allowed region is ready");
+        assert!(
+            short.contains(">no allowed region is ready</div>"),
+            "{short}"
+        );
+    }
 }

@@ -29,6 +29,8 @@ use crate::{CONSOLE_PATH, assets};
 const REFRESH: Duration = Duration::from_secs(1);
 /// Most node rows shown (problem nodes first).
 const MAX_NODE_ROWS: usize = 500;
+/// Most waiting jobs shown (highest priority first).
+const MAX_WAITING_ROWS: usize = 100;
 
 /// The regional console's routes, with `source` as their state.
 pub fn region_router<S: RegionConsoleSource>(source: Arc<S>) -> Router {
@@ -44,11 +46,12 @@ pub fn region_router<S: RegionConsoleSource>(source: Arc<S>) -> Router {
 
 /// A snapshot plus the messages of the source calls that failed.
 async fn collect<S: RegionConsoleSource>(source: &S) -> (RegionSnapshot, Vec<String>) {
-    let (identity, shards, nodes, lanes, placement, events) = tokio::join!(
+    let (identity, shards, nodes, lanes, waiting, placement, events) = tokio::join!(
         source.identity(),
         source.shards(),
         source.nodes(),
         source.pending_lanes(),
+        source.waiting_jobs(),
         source.placement(),
         source.events()
     );
@@ -59,6 +62,7 @@ async fn collect<S: RegionConsoleSource>(source: &S) -> (RegionSnapshot, Vec<Str
         shards: take(&mut problems, "shards", shards),
         nodes: take(&mut problems, "nodes", nodes),
         lanes: take(&mut problems, "pending queue", lanes),
+        waiting: take(&mut problems, "waiting jobs", waiting),
         placement: take(&mut problems, "placement", placement),
         events: take(&mut problems, "events", events),
     };
@@ -110,6 +114,7 @@ async fn page<S: RegionConsoleSource>(State(source): State<Arc<S>>) -> Html<Stri
          <div id=\"shards\">{}</div></section>\
          <section aria-labelledby=\"lanes-h\"><h2 id=\"lanes-h\">Pending queue by priority lane</h2>\
          <div id=\"lanes\">{}</div></section></div>\
+         <section aria-labelledby=\"waiting-h\"><h2 id=\"waiting-h\">Waiting jobs</h2><div id=\"waiting\">{}</div></section>\
          <section aria-labelledby=\"nodes-h\"><h2 id=\"nodes-h\">Nodes</h2><div id=\"nodes\">{}</div></section>\
          <section aria-labelledby=\"events-h\"><h2 id=\"events-h\">Recent events</h2><div id=\"events\">{}</div></section>",
         sections["problems"],
@@ -117,6 +122,7 @@ async fn page<S: RegionConsoleSource>(State(source): State<Arc<S>>) -> Html<Stri
         sections["charts"],
         sections["shards"],
         sections["lanes"],
+        sections["waiting"],
         sections["nodes"],
         sections["events"],
     );
@@ -136,6 +142,7 @@ fn sections(snap: &RegionSnapshot, problems: &[String]) -> BTreeMap<&'static str
     out.insert("charts", charts_html(snap));
     out.insert("shards", shards_html(snap));
     out.insert("lanes", lanes_html(snap));
+    out.insert("waiting", waiting_html(snap));
     out.insert("nodes", nodes_html(snap));
     out.insert("events", events_html(snap));
     out
@@ -301,6 +308,41 @@ fn lanes_html(snap: &RegionSnapshot) -> String {
         s.push_str("<tr><td colspan=\"3\" class=\"muted\">Queue empty.</td></tr>");
     }
     s.push_str("</tbody></table>");
+    s
+}
+
+/// The jobs whose tasks find no node, each with its placer's reason, whole:
+/// the reason is what an operator comes here to read.
+fn waiting_html(snap: &RegionSnapshot) -> String {
+    let mut s = String::from(
+        "<table class=\"waiting\"><thead><tr><th scope=\"col\">Job</th><th scope=\"col\">Tenant</th>\
+         <th scope=\"col\">Priority</th><th scope=\"col\">Pending tasks</th>\
+         <th scope=\"col\">Why it waits</th></tr></thead><tbody>",
+    );
+    for j in snap.waiting.iter().take(MAX_WAITING_ROWS) {
+        let _ = write!(
+            s,
+            "<tr data-job=\"{id}\"><th scope=\"row\">{id}</th><td>{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{} / {}</td><td class=\"waiting-reason\">{}</td></tr>",
+            esc(&j.tenant),
+            j.priority,
+            j.pending_tasks,
+            j.task_count,
+            esc(&j.reason),
+            id = esc(&j.job_id),
+        );
+    }
+    if snap.waiting.is_empty() {
+        s.push_str("<tr><td colspan=\"5\" class=\"muted\">No job waits for a node.</td></tr>");
+    }
+    s.push_str("</tbody></table>");
+    if snap.waiting.len() > MAX_WAITING_ROWS {
+        let _ = write!(
+            s,
+            "<p class=\"muted\">Showing {MAX_WAITING_ROWS} of {} waiting jobs (highest priority first).</p>",
+            count(snap.waiting.len() as u64)
+        );
+    }
     s
 }
 

@@ -10,7 +10,7 @@ use std::future::Future;
 use crate::error::ConsoleError;
 use crate::view::{
     ActionOutcome, EventView, FederationSnapshot, JobDetail, LaneView, NodeAction, NodeView,
-    PlacementSample, RegionIdentity, ShardView,
+    PlacementSample, RegionIdentity, ShardView, WaitingJobView,
 };
 
 /// Result of a source call.
@@ -26,6 +26,8 @@ pub trait RegionConsoleSource: Send + Sync + 'static {
     fn nodes(&self) -> impl Future<Output = SourceResult<Vec<NodeView>>> + Send;
     /// Pending tasks per priority lane, highest priority first.
     fn pending_lanes(&self) -> impl Future<Output = SourceResult<Vec<LaneView>>> + Send;
+    /// Jobs whose tasks wait for a node, with why, highest priority first.
+    fn waiting_jobs(&self) -> impl Future<Output = SourceResult<Vec<WaitingJobView>>> + Send;
     /// Placement rate and latency over the last minutes, oldest first.
     fn placement(&self) -> impl Future<Output = SourceResult<Vec<PlacementSample>>> + Send;
     /// Recent events, newest first.

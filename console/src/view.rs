@@ -179,6 +179,20 @@ pub struct ActionOutcome {
     pub message: String,
 }
 
+/// A job of the region whose tasks wait for a node, with the reason its
+/// placer found (`Job.waiting_reason`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingJobView {
+    pub job_id: String,
+    pub tenant: String,
+    pub priority: i32,
+    pub task_count: u32,
+    /// Tasks not placed yet.
+    pub pending_tasks: u32,
+    /// `0/3 nodes: 2 do not match real=true, 1 have too little cpu`.
+    pub reason: String,
+}
+
 /// Everything the regional console shows, in one consistent sample.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegionSnapshot {
@@ -187,6 +201,9 @@ pub struct RegionSnapshot {
     pub shards: Vec<ShardView>,
     pub nodes: Vec<NodeView>,
     pub lanes: Vec<LaneView>,
+    /// Jobs whose tasks wait for a node, highest priority first.
+    #[serde(default)]
+    pub waiting: Vec<WaitingJobView>,
     /// Oldest first.
     pub placement: Vec<PlacementSample>,
     /// Newest first.
@@ -238,6 +255,9 @@ pub struct JobRow {
     pub task_count: u32,
     pub tasks_done: u32,
     pub created_at_unix_ms: u64,
+    /// Why the job waits (`Job.waiting_reason`); empty when nothing waits.
+    #[serde(default)]
+    pub waiting_reason: String,
 }
 
 /// Everything the federation overview shows.

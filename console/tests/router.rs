@@ -9,12 +9,16 @@ use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode};
 use meridian_console::view::{
     ActionOutcome, Amount, EventView, FederationSnapshot, JobDetail, JobRow, LaneView, NodeAction,
-    NodeState, NodeView, PlacementSample, RegionIdentity, ShardView,
+    NodeState, NodeView, PlacementSample, RegionIdentity, ShardView, WaitingJobView,
 };
 use meridian_console::{
     ConsoleError, FederationConsoleSource, RegionConsoleSource, federation_router, region_router,
 };
 use tower::ServiceExt;
+
+/// A waiting reason with markup in it, which the pages must escape.
+const WAITING: &str = "0/3 nodes: 3 do not match tier=<gold>";
+const WAITING_HTML: &str = "0/3 nodes: 3 do not match tier=&lt;gold&gt;";
 
 struct Region;
 
@@ -61,6 +65,16 @@ impl RegionConsoleSource for Region {
     async fn pending_lanes(&self) -> Result<Vec<LaneView>, ConsoleError> {
         Err(ConsoleError::Unavailable("store busy".into()))
     }
+    async fn waiting_jobs(&self) -> Result<Vec<WaitingJobView>, ConsoleError> {
+        Ok(vec![WaitingJobView {
+            job_id: "j7".into(),
+            tenant: "team-a".into(),
+            priority: 5,
+            task_count: 3,
+            pending_tasks: 3,
+            reason: WAITING.into(),
+        }])
+    }
     async fn placement(&self) -> Result<Vec<PlacementSample>, ConsoleError> {
         Ok(Vec::new())
     }
@@ -93,17 +107,33 @@ impl FederationConsoleSource for Federation {
             replica: "g1".into(),
             leader: true,
             jobs_by_state: vec![("running".into(), 2)],
+            recent: vec![
+                JobRow {
+                    job_id: "j1".into(),
+                    state: "running".into(),
+                    ..JobRow::default()
+                },
+                JobRow {
+                    job_id: "j7".into(),
+                    state: "pending".into(),
+                    waiting_reason: WAITING.into(),
+                    ..JobRow::default()
+                },
+            ],
             ..FederationSnapshot::default()
         })
     }
     async fn job(&self, job_id: &str) -> Result<JobDetail, ConsoleError> {
-        if job_id != "j1" {
-            return Err(ConsoleError::NotFound(format!("job {job_id}")));
-        }
+        let waiting_reason = match job_id {
+            "j1" => String::new(),
+            "j7" => WAITING.into(),
+            _ => return Err(ConsoleError::NotFound(format!("job {job_id}"))),
+        };
         Ok(JobDetail {
             job: JobRow {
-                job_id: "j1".into(),
+                job_id: job_id.into(),
                 state: "running".into(),
+                waiting_reason,
                 ..JobRow::default()
             },
             ..JobDetail::default()
@@ -206,4 +236,41 @@ async fn the_federation_pages_render_and_an_unknown_job_is_a_404_page() {
     let (status, js) = call(router, "GET", "/console/assets/console.js", "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(js.contains("EventSource"));
+}
+
+#[tokio::test]
+async fn a_waiting_jobs_reason_is_shown_escaped_in_both_consoles_and_only_for_waiting_jobs() {
+    let (_, html) = call(region_router(Arc::new(Region)), "GET", "/console", "").await;
+    assert!(html.contains("id=\"waiting\""), "a waiting jobs section");
+    assert!(
+        html.contains("data-job=\"j7\""),
+        "the waiting job is listed"
+    );
+    assert!(html.contains(WAITING_HTML), "with its reason, escaped");
+    assert!(!html.contains("<gold>"), "nothing unescaped");
+
+    let router = federation_router(Arc::new(Federation));
+    let (_, html) = call(router.clone(), "GET", "/console", "").await;
+    assert!(html.contains(WAITING_HTML), "in the recent jobs list");
+    assert!(!html.contains("<gold>"), "nothing unescaped");
+    assert_eq!(
+        html.matches("waiting-reason").count(),
+        1,
+        "j1 waits for nothing"
+    );
+
+    let (_, html) = call(router.clone(), "GET", "/console/jobs/j7", "").await;
+    assert!(
+        html.contains(&format!("<span id=\"job-waiting\">{WAITING_HTML}</span>")),
+        "on the job page, whole"
+    );
+    let (_, html) = call(router.clone(), "GET", "/console/jobs/j1", "").await;
+    assert!(
+        !html.contains("job-waiting"),
+        "no reason for a job that does not wait"
+    );
+
+    let (_, json) = call(router, "GET", "/console/api/jobs/j7", "").await;
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(json["job"]["waiting_reason"], WAITING);
 }

@@ -86,6 +86,7 @@ fn row(job: &Job) -> JobRow {
         task_count: spec.task_count,
         tasks_done: counts.succeeded + counts.failed + counts.killed + counts.lost,
         created_at_unix_ms: job.created_at_unix_ms,
+        waiting_reason: job.waiting_reason.clone(),
     }
 }
 

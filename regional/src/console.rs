@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use meridian_console::view::{
     ActionOutcome, Amount, EventKind, EventView, LaneView, NodeAction, NodeState, NodeView,
-    PlacementSample, RegionIdentity, ShardView,
+    PlacementSample, RegionIdentity, ShardView, WaitingJobView,
 };
 use meridian_console::{ConsoleError, RegionConsoleSource};
 use meridian_proto::v1;
@@ -76,11 +76,19 @@ struct Tracker {
     shards: BTreeMap<u32, (String, u64, u64, u64)>,
     nodes: Vec<NodeView>,
     lanes: Vec<LaneView>,
+    waiting: Vec<WaitingJobView>,
     samples: VecDeque<PlacementSample>,
     events: VecDeque<EventView>,
     preempting: BTreeSet<(String, u32)>,
     counters: Option<Counters>,
     error: Option<String>,
+}
+
+/// What the sampler reads from the region view's jobs.
+struct Queue {
+    lanes: BTreeMap<i32, LaneView>,
+    preempting: BTreeSet<(String, u32)>,
+    waiting: Vec<WaitingJobView>,
 }
 
 /// Cumulative figures, compared between samples.
@@ -352,7 +360,11 @@ impl RegionConsole {
         let leases = observe_shard_leases(&api.lease_store, &api.keys, count)
             .await
             .map_err(failed)?;
-        let (lanes, preempting) = self.queue();
+        let Queue {
+            lanes,
+            preempting,
+            waiting,
+        } = self.queue();
         let counters = self.counters(now, bound);
 
         let mut st = self.state.lock();
@@ -366,6 +378,7 @@ impl RegionConsole {
         st.counters = Some(counters);
         st.nodes = nodes;
         st.lanes = lanes.into_values().rev().collect();
+        st.waiting = waiting;
         st.preempting = preempting;
         st.sampled = true;
         st.error = None;
@@ -393,14 +406,28 @@ impl RegionConsole {
         Ok(bound)
     }
 
-    /// The pending queue by priority lane, and the tasks being preempted.
-    fn queue(&self) -> (BTreeMap<i32, LaneView>, BTreeSet<(String, u32)>) {
+    /// The pending queue by priority lane, the tasks being preempted and
+    /// the jobs waiting for a node with why.
+    fn queue(&self) -> Queue {
         let api = &self.deps.api;
         let mut lanes: BTreeMap<i32, LaneView> = BTreeMap::new();
         let mut preempting = BTreeSet::new();
+        let mut waiting = Vec::new();
         {
             let state = api.state.read();
             for (job_id, job) in &state.jobs {
+                if !job.record.waiting_reason.is_empty()
+                    && job.record.state == crate::model::JobPhase::Active
+                {
+                    waiting.push(WaitingJobView {
+                        job_id: job_id.clone(),
+                        tenant: job.record.tenant.clone(),
+                        priority: job.record.priority,
+                        task_count: job.record.task_count,
+                        pending_tasks: job.pending,
+                        reason: job.record.waiting_reason.clone(),
+                    });
+                }
                 if job.pending > 0 {
                     let lane = lanes.entry(job.record.priority).or_insert(LaneView {
                         priority: job.record.priority,
@@ -418,7 +445,12 @@ impl RegionConsole {
                 }
             }
         }
-        (lanes, preempting)
+        waiting.sort_by(|a, b| (b.priority, &a.job_id).cmp(&(a.priority, &b.job_id)));
+        Queue {
+            lanes,
+            preempting,
+            waiting,
+        }
     }
 
     /// This sample's cumulative figures, from the store's counter and this
@@ -499,6 +531,10 @@ impl RegionConsoleSource for RegionConsole {
 
     async fn pending_lanes(&self) -> Result<Vec<LaneView>, ConsoleError> {
         self.checked(|st| st.lanes.clone())
+    }
+
+    async fn waiting_jobs(&self) -> Result<Vec<WaitingJobView>, ConsoleError> {
+        self.checked(|st| st.waiting.clone())
     }
 
     async fn placement(&self) -> Result<Vec<PlacementSample>, ConsoleError> {
