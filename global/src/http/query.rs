@@ -111,3 +111,81 @@ fn one_value(kind: &Kind, value: String) -> Value {
         _ => Value::String(value),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meridian_proto::v1::{JobState, LabelOperator, ListJobsRequest, WatchJobsRequest};
+
+    use super::*;
+
+    fn pairs(raw: &[(&str, &str)]) -> Vec<(String, String)> {
+        raw.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn repeated_fields_take_repetitions_commas_and_json_messages() {
+        let req: ListJobsRequest = QueryMessage::read(
+            "ListJobsRequest",
+            pairs(&[
+                ("state", "JOB_STATE_PENDING,JOB_STATE_ROUTED"),
+                ("states", "JOB_STATE_RUNNING"),
+                (
+                    "label_selector",
+                    r#"{"key":"team","op":"LABEL_OPERATOR_IN","values":["ml","ops"]}"#,
+                ),
+                (
+                    "labelSelector",
+                    r#"[{"key":"gpu","op":"LABEL_OPERATOR_EXISTS"}]"#,
+                ),
+                ("page_size", "20"),
+                ("include_tasks", "true"),
+            ]),
+            &[("state", "states")],
+        )
+        .and_then(QueryMessage::into_message)
+        .unwrap();
+        assert_eq!(
+            req.states,
+            vec![
+                JobState::Pending as i32,
+                JobState::Routed as i32,
+                JobState::Running as i32
+            ]
+        );
+        let keys: Vec<&str> = req.label_selector.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["team", "gpu"]);
+        assert_eq!(req.label_selector[0].op, LabelOperator::In as i32);
+        assert_eq!((req.page_size, req.include_tasks), (20, true));
+    }
+
+    #[test]
+    fn an_unescaped_plus_in_a_cursor_reads_as_the_base64_it_was() {
+        // 0xfb 0xef 0xbe is "++++" in base64; the query decoding made it
+        // spaces.
+        let req: WatchJobsRequest =
+            QueryMessage::read("WatchJobsRequest", pairs(&[("cursor", "    ")]), &[])
+                .and_then(QueryMessage::into_message)
+                .unwrap();
+        assert_eq!(req.cursor, vec![0xfb, 0xef, 0xbe]);
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_refused_naming_the_field() {
+        for (key, value, field) in [
+            ("page_size", "many", "page_size"),
+            ("include_tasks", "yes please", "include_tasks"),
+            ("label_selector", "team=ml", "label_selector"),
+            ("colour", "blue", "colour"),
+        ] {
+            let err = QueryMessage::read("ListJobsRequest", pairs(&[(key, value)]), &[])
+                .and_then(QueryMessage::into_message::<ListJobsRequest>)
+                .unwrap_err();
+            assert!(
+                err.field().is_some_and(|f| f.starts_with(field)),
+                "{key}: {err}"
+            );
+        }
+    }
+}
