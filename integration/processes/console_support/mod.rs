@@ -103,6 +103,57 @@ impl FakeAgent {
         }
     }
 
+    /// Registers `node` as [`FakeAgent::register`] does, with node labels
+    /// (for jobs' node constraints).
+    pub async fn register_labelled(
+        region_grpc: &str,
+        node: &str,
+        zone: &str,
+        cores: u64,
+        labels: &[(&str, &str)],
+    ) -> FakeAgent {
+        let mut client = AgentLinkClient::connect(format!("http://{region_grpc}"))
+            .await
+            .expect("connect to the region");
+        let request = v1::RegisterNodeRequest {
+            node_id: node.into(),
+            boot_id: format!("boot-{node}"),
+            allocatable: Some(v1::Resources {
+                cpu_millis: cores * 1000,
+                memory_bytes: cores * 2 * GIB,
+                gpu_count: 0,
+                gpu_type: String::new(),
+            }),
+            zone: zone.into(),
+            agent_version: "fake".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        // The replica answers once it leads the node's shard, just after it
+        // starts listening; an agent retries until then, and so does this.
+        let deadline = std::time::Instant::now() + GUARD;
+        let epoch = loop {
+            match client.register(request.clone()).await {
+                Ok(r) => break r.into_inner().node_epoch,
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(s) => panic!("register {node}: {s:?}"),
+            }
+        };
+        FakeAgent {
+            node: node.into(),
+            epoch,
+            client,
+        }
+    }
+
     /// Follows the node's assignment stream and "runs" every RUN: reports
     /// RUNNING, lets the task's simulated duration pass (the work itself,
     /// as the real agent's simulated tasks do), then reports SUCCEEDED.
