@@ -120,6 +120,10 @@ impl Retention {
             if *shutdown.borrow() {
                 return;
             }
+            // The next pass is due a period after this one started, so time
+            // that passes while it runs is not added to the wait (a clock
+            // that jumped meanwhile makes the next pass due at once).
+            next = self.clock.now().saturating_add(self.every());
             if self.leadership.is_leader() {
                 match self.pass().await {
                     Ok(trimmed) if trimmed != Trimmed::default() => {
@@ -135,7 +139,6 @@ impl Retention {
                     }
                 }
             }
-            next = self.clock.now().saturating_add(self.every());
         }
     }
 
