@@ -22,6 +22,10 @@ use crate::error::{LoadError, Result};
 pub struct Seen {
     /// When each job was first seen running (or already past running).
     pub running_at: HashMap<String, Instant>,
+    /// When each job was first seen ROUTED (assigned to a region).
+    pub routed_at: HashMap<String, Instant>,
+    /// When each job was first seen PLACED (a task bound to a node).
+    pub placed_at: HashMap<String, Instant>,
     /// Last state seen of each job.
     pub state: HashMap<String, i32>,
     /// When each job was first seen in a final state.
@@ -66,6 +70,12 @@ fn record(seen: &mut Seen, ev: &v1::JobEvent, now: Instant) {
     let job_id = job.map(|j| j.job_id.clone()).unwrap_or_default();
     if let Some(j) = job {
         seen.state.insert(j.job_id.clone(), j.state);
+        if j.state == v1::JobState::Routed as i32 {
+            seen.routed_at.entry(j.job_id.clone()).or_insert(now);
+        }
+        if j.state == v1::JobState::Placed as i32 {
+            seen.placed_at.entry(j.job_id.clone()).or_insert(now);
+        }
         if running_job(j.state) {
             seen.running_at.entry(j.job_id.clone()).or_insert(now);
         }

@@ -70,11 +70,13 @@ impl Churn<'_> {
         sampler.abort();
         let mut latency = Latency::new();
         let mut running = Timeline::new(start);
+        let mut stages = Stages::default();
         watcher.with(|s| {
             for (job, (_, at)) in &o.acked {
                 if let Some(r) = s.running_at.get(job) {
                     latency.record(r.saturating_duration_since(*at));
                     running.add(*r, 1);
+                    stages.add(*at, s.routed_at.get(job), s.placed_at.get(job), *r);
                 }
             }
             report.violations.extend(duplicate_lines(s));
@@ -102,6 +104,7 @@ impl Churn<'_> {
         report.result("submit_errors", &o.errors);
         report.result("submit_error_messages", &o.error_samples);
         report.result("submit_to_running", latency.summary());
+        stages.report(report);
         report.series("acknowledged submits", "s", "jobs/s", o.acks.series());
         report.series("jobs seen running", "s", "jobs/s", running.series());
         report.series(
@@ -118,5 +121,43 @@ impl Churn<'_> {
             offered: o,
             latency,
         })
+    }
+}
+
+/// Where a job's time went, by the states the watcher saw it in: from the
+/// scheduled send to ROUTED (submit, then routing), ROUTED to PLACED (the
+/// hand-off to the region, its intake and a placement round), PLACED to
+/// running (the agent starting the task and the report back up). Only jobs
+/// seen in all three are counted, so the stages of one job add up.
+#[derive(Default)]
+struct Stages {
+    to_routed: Latency,
+    to_placed: Latency,
+    to_running: Latency,
+}
+
+impl Stages {
+    fn add(
+        &mut self,
+        sent: Instant,
+        routed: Option<&Instant>,
+        placed: Option<&Instant>,
+        running: Instant,
+    ) {
+        let (Some(routed), Some(placed)) = (routed, placed) else {
+            return;
+        };
+        self.to_routed
+            .record(routed.saturating_duration_since(sent));
+        self.to_placed
+            .record(placed.saturating_duration_since(*routed));
+        self.to_running
+            .record(running.saturating_duration_since(*placed));
+    }
+
+    fn report(&self, report: &mut Report) {
+        report.result("stage_scheduled_to_routed", self.to_routed.summary());
+        report.result("stage_routed_to_placed", self.to_placed.summary());
+        report.result("stage_placed_to_running", self.to_running.summary());
     }
 }
