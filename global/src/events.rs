@@ -189,15 +189,20 @@ impl Tail {
                 }
             })
             .await?;
-        let cursor = match last.first() {
-            Some(kv) => keys::cursor_of(&log, &kv.key)?,
-            None => Vec::new(),
+        // A log trimmed empty still has a position: its trim point, which
+        // is a cursor the server accepts. An empty cursor instead would send
+        // a client resuming from a bookmark to "now", past whatever was
+        // appended while it was away.
+        let cursor = match (last.first(), trim) {
+            (Some(kv), _) => keys::cursor_of(&log, &kv.key)?,
+            (None, Some(trim)) => trim.through.to_vec(),
+            (None, None) => Vec::new(),
         };
         let mut tail = Tail::new(db, log, head, &cursor, "cursor")?;
-        // An empty log was read at a known trim point: events appended
-        // after this read and trimmed before the first `next` are noticed.
+        // Never trimmed at this read: a trim before the first `next` took
+        // events this reader never saw.
         if cursor.is_empty() {
-            tail.seen = Some(trim.map(|t| t.through.to_vec()).unwrap_or_default());
+            tail.seen = Some(Vec::new());
         }
         Ok((tail, cursor))
     }

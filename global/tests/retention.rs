@@ -243,6 +243,35 @@ async fn a_cursor_issued_before_a_trim_is_out_of_range_after_it_and_younger_even
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_of_a_log_trimmed_empty_bookmarks_the_trim_point_and_a_resume_from_it_loses_nothing()
+ {
+    let clock = ManualClock::new();
+    let dir = tempfile::tempdir().unwrap();
+    let running = leader(&clock, &dir).await;
+    let mut api = client(&running).await;
+    let a = submit_one(&mut api, "a").await;
+    let a_created = created(&running, &a).await;
+    clock.advance(RETENTION + Duration::from_secs(1));
+    let trim = trimmed_through(&running, &running.keys.job_events_trim(), &a_created).await;
+
+    let mut stream = watch_from(&mut api, Vec::new()).await.unwrap();
+    clock.advance(Duration::from_secs(5));
+    let bookmark = guarded("a bookmark", stream.next()).await.unwrap().unwrap();
+    assert_eq!(bookmark.kind, JobEventKind::Bookmark as i32);
+    assert!(
+        bookmark.cursor.as_slice() >= trim.through.as_slice(),
+        "a position, not an empty cursor"
+    );
+    drop(stream);
+
+    // Submitted while the watcher is away: a resume from its bookmark
+    // delivers it.
+    let b = submit_one(&mut api, "b").await;
+    let mut resumed = watch_from(&mut api, bookmark.cursor).await.unwrap();
+    until_job(&mut resumed, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_cursor_is_still_invalid_argument_after_a_trim() {
     let clock = ManualClock::new();
     let dir = tempfile::tempdir().unwrap();
