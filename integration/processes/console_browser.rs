@@ -414,7 +414,16 @@ async fn both_consoles_render_under_load_and_are_captured_as_screenshots() {
             ("r1-node-06", "zone-b"),
         ];
         for (node, zone) in nodes {
-            FakeAgent::register(&region.grpc, node, zone, 4).await.run();
+            // The only TPU node is cordoned below: the TPU jobs reach the
+            // region (a node could run them) and wait in its queue.
+            let labels: &[(&str, &str)] = if node == "r1-node-06" {
+                &[("accelerator", "tpu")]
+            } else {
+                &[]
+            };
+            FakeAgent::register_labelled(&region.grpc, node, zone, 4, labels)
+                .await
+                .run();
         }
         RegionAdminClient::connect(format!("http://{}", region.grpc))
             .await
@@ -452,9 +461,9 @@ async fn both_consoles_render_under_load_and_are_captured_as_screenshots() {
                 .await
                 .expect("submit");
         }
-        // Jobs no node can ever run (no node has the label) stay in the
-        // region's queue: placement is quick enough that work that fits
-        // never queues there for long.
+        // Jobs only the cordoned node could run stay in the region's
+        // queue: placement is quick enough that work that fits never
+        // queues there for long.
         for i in 0..2u32 {
             let mut waiting = spec(&format!("gpu-{i}"), tenants[0], 2, 1000, 1_000, 5);
             waiting.node_constraints.push(v1::LabelRequirement {
