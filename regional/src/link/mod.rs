@@ -10,6 +10,7 @@
 //! tier except through the proto client, and never act on a region lease
 //! epoch the global tier called stale.
 
+mod ack;
 pub mod apply;
 mod refuse;
 mod report;

@@ -23,8 +23,8 @@ use meridian_proto::v1;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::Instrument;
 
+use super::ack::Acks;
 use super::apply::read_cursor;
 use super::refuse;
 use super::report::Reporter;
@@ -149,7 +149,7 @@ pub(super) async fn run(
     }
 }
 
-fn authority(fence: &Fence) -> Option<Authority> {
+pub(super) fn authority(fence: &Fence) -> Option<Authority> {
     Some(Authority {
         fence: fence.clone(),
         generation: None,
@@ -199,7 +199,7 @@ async fn session(
     // session ends, so two reporters never overlap: a second one reading
     // what the first had not recorded yet could send an older version.
     let (stop_reporter, reporter_stopped) = watch::channel(false);
-    let mut reporter = AbortOnDrop(tokio::spawn(
+    let reporter = AbortOnDrop(tokio::spawn(
         Reporter {
             db: db.clone(),
             keys: keys.clone(),
@@ -213,6 +213,18 @@ async fn session(
         }
         .run(reporter_stopped),
     ));
+    let (acks, acker) = Acks::start(
+        ctx.clone(),
+        client.clone(),
+        config.clone(),
+        fence.clone(),
+        epoch,
+    );
+    let mut beside = Beside {
+        reporter,
+        acks,
+        acker: AbortOnDrop(acker),
+    };
     let ended = intake_loop(
         ctx,
         config,
@@ -221,10 +233,10 @@ async fn session(
         &mut stream,
         epoch,
         &mut renewals,
-        &mut reporter,
+        &mut beside,
     )
     .await;
-    stop_reporter_in_time(&stop_reporter, &mut reporter, clock).await;
+    stop_reporter_in_time(&stop_reporter, &mut beside.reporter, clock).await;
     ended
 }
 
@@ -374,8 +386,28 @@ async fn renew_region_lease(
 /// How long a session's end waits for its reporter to finish its report.
 const REPORTER_GRACE: Duration = Duration::from_secs(15);
 
+/// What runs beside a session's intake: the reporter and the
+/// acknowledgements; either failing ends the session.
+struct Beside {
+    reporter: AbortOnDrop<Result<(), End>>,
+    acks: Acks,
+    acker: AbortOnDrop<Result<(), End>>,
+}
+
+/// How a task beside the intake ended, as the session's end.
+fn ended_beside(
+    what: &str,
+    ended: Result<Result<(), End>, tokio::task::JoinError>,
+) -> Result<(), End> {
+    match ended {
+        Ok(Err(end)) => Err(end),
+        Ok(Ok(())) => Err(End::retry(format!("{what} ended"))),
+        Err(e) => Err(End::retry(format!("{what} failed: {e}"))),
+    }
+}
+
 /// The intake half of a session: assignments in, lease renewals, until a
-/// failure (of its own or the reporter's) ends the session.
+/// failure (of its own or of what runs beside it) ends the session.
 #[allow(clippy::too_many_arguments)]
 async fn intake_loop(
     ctx: &LinkCtx,
@@ -385,7 +417,7 @@ async fn intake_loop(
     stream: &mut tonic::Streaming<v1::AssignmentEvent>,
     epoch: u64,
     renewals: &mut mpsc::UnboundedReceiver<Result<LinkState, End>>,
-    reporter: &mut AbortOnDrop<Result<(), End>>,
+    beside: &mut Beside,
 ) -> Result<(), End> {
     let clock = &ctx.clock;
     loop {
@@ -417,7 +449,10 @@ async fn intake_loop(
                     }
                 }
                 if !events.is_empty() {
-                    intake(ctx, fence, client, config, epoch, &events, clock.now_unix_ms()).await?;
+                    let assigned =
+                        intake(ctx, fence, client, config, epoch, &events, clock.now_unix_ms())
+                            .await?;
+                    beside.acks.send(assigned).await?;
                 }
                 match end {
                     None => {}
@@ -444,13 +479,8 @@ async fn intake_loop(
                 Some(Err(end)) => return Err(end),
                 None => return Err(End::retry("region lease renewal stopped")),
             },
-            ended = &mut reporter.0 => {
-                return match ended {
-                    Ok(Err(end)) => Err(end),
-                    Ok(Ok(())) => Err(End::retry("status reporter ended")),
-                    Err(e) => Err(End::retry(format!("status reporter failed: {e}"))),
-                };
-            }
+            ended = &mut beside.reporter.0 => return ended_beside("status reporter", ended),
+            ended = &mut beside.acker.0 => return ended_beside("acknowledgements", ended),
         }
     }
 }
@@ -467,7 +497,7 @@ fn count_event(event: &v1::AssignmentEvent, applied: crate::jobs::Applied) {
 
 /// The region's step of a job's trace: the ASSIGN was stored and is being
 /// acknowledged.
-fn intake_span(region: &str, event: &v1::AssignmentEvent) -> tracing::Span {
+pub(super) fn intake_span(region: &str, event: &v1::AssignmentEvent) -> tracing::Span {
     let span = tracing::info_span!(
         "intake",
         trace_id = %event.trace_id,
@@ -488,9 +518,8 @@ fn intake_span(region: &str, event: &v1::AssignmentEvent) -> tracing::Span {
     span
 }
 
-/// Stores a batch of events and acknowledges its ASSIGNs in one call; a job
-/// whose hold moved on before the acknowledgement is dropped.
-#[allow(clippy::too_many_arguments)]
+/// Stores a batch of events (refusals reported first); returns its ASSIGNs,
+/// stored, for acknowledgement.
 async fn intake(
     ctx: &LinkCtx,
     fence: &Fence,
@@ -499,7 +528,7 @@ async fn intake(
     epoch: u64,
     events: &[v1::AssignmentEvent],
     now_unix_ms: u64,
-) -> Result<(), End> {
+) -> Result<Vec<v1::AssignmentEvent>, End> {
     // Refusals go up first: only then may the cursor pass them.
     let refused: Vec<(&v1::AssignmentEvent, String)> = events
         .iter()
@@ -518,21 +547,13 @@ async fn intake(
         .collect();
     let applied = store_events(ctx, fence, &events, cursor, now_unix_ms).await?;
     let mut assigned = Vec::new();
-    for (event, applied) in events.iter().zip(applied) {
-        count_event(event, applied);
+    for (event, applied) in events.into_iter().zip(applied) {
+        count_event(&event, applied);
         if event.kind == v1::AssignmentEventKind::Assign as i32 {
             assigned.push(event);
         }
     }
-    if assigned.is_empty() {
-        return Ok(());
-    }
-    let stale = acknowledge(ctx, client, config, epoch, &assigned).await?;
-    if stale.is_empty() {
-        return Ok(());
-    }
-    // The hold moved on before we acknowledged it: drop those jobs.
-    drop_moved(ctx, fence, stale, now_unix_ms).await
+    Ok(assigned)
 }
 
 /// Stores a batch of events in one intent; what each did.
@@ -560,97 +581,6 @@ async fn store_events(
             "an intake answered {other:?}"
         )))),
     }
-}
-
-/// Acknowledges the stored ASSIGNs in one call; the jobs whose hold moved
-/// on meanwhile, each with an epoch newer than the one acknowledged.
-async fn acknowledge(
-    ctx: &LinkCtx,
-    client: &mut RegionLinkClient<tonic::transport::Channel>,
-    config: &LinkConfig,
-    epoch: u64,
-    assigned: &[&v1::AssignmentEvent],
-) -> Result<Vec<(String, u64)>, End> {
-    let spans: Vec<tracing::Span> = assigned
-        .iter()
-        .map(|e| intake_span(&config.region, e))
-        .collect();
-    let mut request = tonic::Request::new(v1::AckAssignmentsRequest {
-        region: config.region.clone(),
-        region_lease_epoch: epoch,
-        acks: assigned
-            .iter()
-            .map(|e| v1::JobEpoch {
-                job_id: e.job_id.clone(),
-                assignment_epoch: e.assignment_epoch,
-            })
-            .collect(),
-    });
-    // A call carries one trace: the one of a lone job. Batched jobs keep
-    // their trace ids in their records and on their intake spans.
-    if let [event] = assigned
-        && let Some(value) = trace::stored(&event.trace_id)
-            .and_then(|t| tonic::metadata::MetadataValue::try_from(t.traceparent()).ok())
-    {
-        request.metadata_mut().insert(trace::TRACEPARENT, value);
-    }
-    let call = rpc::attempt(
-        ctx.clock.as_ref(),
-        rpc::DEFAULT_ATTEMPT_DEADLINE,
-        client.ack_assignments(request),
-    );
-    let r = match spans.first() {
-        Some(span) => call.instrument(span.clone()).await?,
-        None => call.await?,
-    }
-    .into_inner();
-    drop(spans);
-    if r.verdict != v1::Verdict::Accepted as i32 {
-        crate::metrics::fencing_rejection("region_lease");
-        return Err(End::retry("acknowledgement refused: stale region lease"));
-    }
-    let stale = assigned
-        .iter()
-        .zip(&r.results)
-        .filter(|(_, item)| item.verdict == v1::Verdict::StaleEpoch as i32)
-        .map(|(event, item)| {
-            crate::metrics::fencing_rejection("assignment");
-            (
-                event.job_id.clone(),
-                item.current_epoch.max(event.assignment_epoch + 1),
-            )
-        })
-        .collect();
-    Ok(stale)
-}
-
-/// Revokes, at the newer epoch, the jobs whose hold moved on.
-async fn drop_moved(
-    ctx: &LinkCtx,
-    fence: &Fence,
-    stale: Vec<(String, u64)>,
-    now_unix_ms: u64,
-) -> Result<(), End> {
-    let revokes = stale
-        .into_iter()
-        .map(|(job, newer)| v1::AssignmentEvent {
-            kind: v1::AssignmentEventKind::Revoke as i32,
-            job_id: job,
-            assignment_epoch: newer,
-            ..Default::default()
-        })
-        .collect();
-    ctx.pipeline
-        .submit(
-            authority(fence),
-            Intent::Intake(Intake {
-                events: revokes,
-                cursor: None,
-                now_unix_ms,
-            }),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Aborts the task when the session that spawned it ends.
