@@ -315,15 +315,18 @@ impl Controller {
                 }
             }
         }
+        // Routing first: a reason is for a user to read, an assignment is
+        // a job on its way.
+        let mut routed = 0;
+        if !assignments.is_empty() {
+            let done = self.commit_assignments(fence, assignments, now).await?;
+            self.note_routed(&done);
+            routed = done.len();
+        }
         if !reasons.is_empty() {
             self.commit_reasons(fence, reasons, now).await?;
         }
-        if assignments.is_empty() {
-            return Ok(0);
-        }
-        let done = self.commit_assignments(fence, assignments, now).await?;
-        self.note_routed(&done);
-        Ok(done.len())
+        Ok(routed)
     }
 
     /// Up to a batch of pending jobs that are not parked, the tenants' usage,
