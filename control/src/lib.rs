@@ -5,14 +5,16 @@
 //! classification, the per-key work [`queue`], the one retry rule for calls
 //! between processes ([`rpc`]), leases with fencing epochs ([`lease`]), the
 //! network seam every server and client goes through ([`net`]), the
-//! [`telemetry`] they record, and the jobs' [`trace`] ids every tier
-//! carries.
+//! [`telemetry`] they record, the jobs' [`trace`] ids every tier
+//! carries, and the [`entropy`] fresh ids are drawn from (seeded per run in
+//! the simulation).
 //!
 //! Must never: read time except through [`clock::Clock`], use an unseeded
 //! RNG, or depend on a tier crate (`global`, `regional`, `node-agent`).
 
 pub mod backoff;
 pub mod clock;
+pub mod entropy;
 pub mod lease;
 pub mod net;
 pub mod queue;

@@ -12,11 +12,14 @@
 //! trace in OpenTelemetry, so the spans of one job exported by different
 //! processes share one trace.
 //!
-//! Must never: take part in a decision (a trace id is only a label; fresh
-//! ids come from the operating system's randomness like boot ids do, which
-//! keeps seeded runs reproducible in everything they decide), or reject a
-//! request because its `traceparent` is malformed (it is ignored instead, as
-//! W3C Trace Context asks).
+//! Fresh trace and span ids are drawn through [`crate::entropy`], like boot
+//! ids: from the operating system in production, from the run's seed in the
+//! simulation, so a replayed seed carries the same ids.
+//!
+//! Must never: take part in a decision (a trace id is only a label), draw
+//! an id from anywhere but [`crate::entropy`], or reject a request because
+//! its `traceparent` is malformed (it is ignored instead, as W3C Trace
+//! Context asks).
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,7 +48,7 @@ pub enum TraceIdError {
 impl TraceId {
     /// A fresh random id.
     pub fn generate() -> Self {
-        let bytes = *uuid::Uuid::new_v4().as_bytes();
+        let bytes = *crate::entropy::uuid_v4().as_bytes();
         if bytes == [0; 16] {
             // Unreachable in practice (v4 sets version bits); keeps the
             // never-zero promise without a panic.
@@ -89,7 +92,7 @@ impl TraceId {
     /// A `traceparent` value for an outgoing call in this trace, with a
     /// fresh parent (span) id and the sampled flag.
     pub fn traceparent(self) -> String {
-        let span = uuid::Uuid::new_v4();
+        let span = crate::entropy::uuid_v4();
         let span_id = &span.as_bytes()[..8];
         let mut out = String::with_capacity(55);
         out.push_str("00-");

@@ -94,7 +94,7 @@ impl Host {
             ..opts
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let host_boot = uuid::Uuid::new_v4();
+        let host_boot = meridian_control::entropy::uuid_v4();
         let endpoints = parse_endpoints(region)?;
         let pool = Arc::new(ChannelPool::new());
         let mut nodes = JoinSet::new();
@@ -183,7 +183,7 @@ impl Host {
                 seed: opts.seed,
                 state_file: Some(state_file),
             },
-            uuid::Uuid::new_v4().to_string(),
+            meridian_control::entropy::uuid_v4().to_string(),
         )?;
         if let Some(prev) = previous {
             let mut reports = Vec::new();

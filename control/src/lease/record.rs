@@ -1,7 +1,9 @@
 //! The lease record as stored, and the identity of the process holding it.
 //!
-//! Owns the encoding of `(holder, epoch, expires_at)`; it must never decide
-//! anything about leadership, only describe it.
+//! Owns the encoding of `(holder, epoch, expires_at)` and the boot ids of
+//! identities (fresh per start, drawn through [`crate::entropy`]); it must
+//! never decide anything about leadership, only describe it, and never draw
+//! a boot id from anywhere but that seam.
 
 use std::fmt;
 
@@ -21,11 +23,13 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// `name` with a fresh boot id.
+    /// `name` with a fresh boot id, drawn through [`crate::entropy`]: from
+    /// the operating system in production, from the run's seed inside a
+    /// simulation (so a replayed seed names its holders alike).
     pub fn new_boot(name: impl Into<String>) -> Self {
         Identity {
             name: name.into(),
-            boot_id: Uuid::new_v4(),
+            boot_id: crate::entropy::uuid_v4(),
         }
     }
 }
@@ -73,5 +77,34 @@ impl LeaseRecord {
     /// True when others may take the lease over at wall time `now_unix_ms`.
     pub fn is_expired_at(&self, now_unix_ms: u64) -> bool {
         now_unix_ms >= self.expires_at_unix_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_booting_twice_gets_two_different_boot_ids() {
+        let first = Identity::new_boot("global-0");
+        let second = Identity::new_boot("global-0");
+        assert_eq!(first.name, second.name);
+        assert_ne!(first.boot_id, second.boot_id);
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn boot_ids_drawn_under_one_seed_repeat_in_a_replay() {
+        let boots = || {
+            let _seeded = crate::entropy::seed_this_thread(31);
+            (Identity::new_boot("r1-a"), Identity::new_boot("r1-a"))
+        };
+        let (a1, a2) = boots();
+        let (b1, b2) = boots();
+        assert_eq!((&a1, &a2), (&b1, &b2));
+        assert_ne!(
+            a1.boot_id, a2.boot_id,
+            "a restart inside a run is still a new boot"
+        );
     }
 }

@@ -215,6 +215,33 @@ impl History {
     pub fn count(&self, pred: impl Fn(&Event) -> bool) -> usize {
         self.records.iter().filter(|r| pred(&r.event)).count()
     }
+
+    /// Every record as one line of text (sequence, time, source, the event
+    /// with all its fields), in order: what [`History::digest`] hashes, and
+    /// what to diff when two replays of a seed differ.
+    pub fn lines(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .map(|r| format!("{} {:?} {} {:?}", r.seq, r.at, r.source, r.event))
+            .collect()
+    }
+
+    /// A hash of the whole history, every record and every field in order
+    /// (64-bit FNV-1a over [`History::lines`]): equal for two runs exactly
+    /// when they recorded the same thing at the same simulated times. FNV,
+    /// not std's hasher, so the value is the same in every process.
+    pub fn digest(&self) -> u64 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash = OFFSET;
+        for line in self.lines() {
+            for byte in line.bytes().chain(std::iter::once(b'\n')) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(PRIME);
+            }
+        }
+        hash
+    }
 }
 
 /// Where the recorder reads time from; the simulation passes simulated time,

@@ -147,6 +147,9 @@ fn scopes(cfg: &SimConfig) -> BTreeMap<Vec<u8>, Scope> {
 /// Runs one seed and checks its history.
 pub fn run(seed: u64, cfg: &SimConfig) -> Result<Outcome, SimError> {
     TurmoilNet::install();
+    // Every host runs on this thread, so every boot id, trace id and other
+    // fresh id of the run comes from the seed: a replay names things alike.
+    let _entropy = meridian_control::entropy::seed_this_thread(seed);
     let now_ms = Arc::new(AtomicU64::new(0));
     let recorder = {
         let now_ms = now_ms.clone();
