@@ -13,6 +13,7 @@ pub mod client;
 pub mod error;
 pub mod federation;
 pub mod plot;
+pub mod procstat;
 pub mod report;
 pub mod scenario;
 pub mod scrape;

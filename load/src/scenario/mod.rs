@@ -122,7 +122,37 @@ impl Target {
                 losses == 0.0,
             );
         }
+        report.result("processes", self.usage());
         self.shut_down().await;
+    }
+
+    /// CPU seconds and peak memory of every local process still running,
+    /// and of this load client, by name.
+    pub fn usage(&self) -> BTreeMap<String, crate::procstat::Usage> {
+        let mut out = BTreeMap::new();
+        if let Some(f) = &self.local {
+            let names = f
+                .globals
+                .iter()
+                .chain(
+                    f.regions
+                        .iter()
+                        .flat_map(|r| r.replicas.iter().chain(&r.agent)),
+                )
+                .map(|p| p.name.clone());
+            for name in names {
+                if let Some(u) = f
+                    .pid_of(&name)
+                    .and_then(|pid| crate::procstat::usage(&pid.to_string()))
+                {
+                    out.insert(name, u);
+                }
+            }
+        }
+        if let Some(u) = crate::procstat::usage("self") {
+            out.insert("load client".to_string(), u);
+        }
+        out
     }
 
     /// Stops the local federation, if any.

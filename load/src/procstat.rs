@@ -1,0 +1,74 @@
+//! CPU time and peak memory of the processes of a run, read from `/proc`.
+//!
+//! Owns reading what the kernel counts for one process: user and system
+//! CPU seconds since it started, and its peak resident memory. A report
+//! gives these per process so that a run's cost can be compared between
+//! revisions even on a noisy machine, where CPU seconds per job move much
+//! less than latencies do. Must never guess: a process that is gone or a
+//! field that does not parse gives no figure, not zero.
+
+use serde::Serialize;
+
+/// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, which Linux fixes
+/// at 100 per second for user space whatever the kernel's own tick.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// What the kernel counted for one process.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Usage {
+    /// User plus system CPU seconds since the process started.
+    pub cpu_seconds: f64,
+    /// Peak resident memory (VmHWM), in MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// The usage of process `pid` (`"self"` for this one), if it is still there.
+pub fn usage(pid: &str) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(Usage {
+        cpu_seconds: cpu_seconds(&stat)?,
+        peak_rss_mib: peak_rss_kib(&status)? / 1024.0,
+    })
+}
+
+/// utime + stime (fields 14 and 15) of a `stat` line, in seconds. The
+/// command name (field 2) may hold spaces and parentheses, so fields are
+/// counted from after its last `)`.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: field 3 (state) is index 0, so 14 and 15 are 11, 12.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SECOND)
+}
+
+fn peak_rss_kib(status: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (tokio (w) 1) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(cpu_seconds(stat), Some(3.0));
+    }
+
+    #[test]
+    fn peak_memory_is_read_from_vmhwm() {
+        let status = "Name:\tmeridian\nVmPeak:\t  900 kB\nVmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(peak_rss_kib(status), Some(2048.0));
+    }
+
+    #[test]
+    fn this_process_has_spent_some_cpu_and_memory() {
+        let u = usage("self").expect("this process is there");
+        assert!(u.cpu_seconds >= 0.0);
+        assert!(u.peak_rss_mib > 0.0);
+    }
+}
