@@ -114,6 +114,26 @@ struct AgentArgs {
     /// Prometheus `/metrics` listen address; none when omitted.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// User tasks run as. Default: `nobody` when the agent runs as root,
+    /// else the agent's own user (a non-root agent cannot switch users).
+    #[arg(long, value_name = "USER", conflicts_with = "run_as_root")]
+    run_as: Option<String>,
+    /// DANGEROUS: run tasks as root (the agent's own user) when the agent
+    /// runs as root; any task can then take over the node.
+    #[arg(long)]
+    run_as_root: bool,
+    /// Most processes and threads one task may have (its cgroup's pids.max).
+    #[arg(long, default_value_t = meridian_agent::exec::isolation::DEFAULT_PIDS_LIMIT)]
+    pids_limit: u64,
+    /// Refuse to start unless every task can get its own cgroup (memory,
+    /// CPU and pids limits); without it the agent warns and runs tasks
+    /// without limits.
+    #[arg(long)]
+    require_cgroups: bool,
+    /// Cgroup (a path inside the hierarchy, e.g. `/meridian.slice`) under
+    /// which the agent makes its tasks' cgroups; default: its own cgroup.
+    #[arg(long, value_name = "PATH")]
+    cgroup_parent: Option<String>,
     #[command(flatten)]
     telemetry: meridian_cli::TelemetryArgs,
 }
@@ -137,6 +157,17 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         simulate: args.simulate,
         seed: args.seed,
+        isolation: meridian_agent::exec::isolation::IsolationOptions {
+            run_as: match (args.run_as, args.run_as_root) {
+                (_, true) => meridian_agent::exec::isolation::RunAs::AgentUser,
+                (Some(user), false) => meridian_agent::exec::isolation::RunAs::User(user),
+                (None, false) => meridian_agent::exec::isolation::RunAs::Default,
+            },
+            cgroups: true,
+            require_cgroups: args.require_cgroups,
+            pids_limit: args.pids_limit,
+            cgroup_parent: args.cgroup_parent,
+        },
     };
     let stop = async {
         // Without a signal handler the agent runs until killed.

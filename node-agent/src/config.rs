@@ -12,6 +12,7 @@ use meridian_proto::limits::{MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LAB
 use meridian_proto::v1::Resources;
 
 use crate::error::AgentError;
+use crate::exec::isolation::IsolationOptions;
 
 /// Node label every simulated node advertises (value [`SIMULATED_VALUE`]),
 /// so the region can keep tasks that run real commands off simulated nodes.
@@ -90,6 +91,8 @@ pub struct AgentOptions {
     pub work_dir: Option<PathBuf>,
     /// Finished attempts remembered per node for idempotent RUN/STOP.
     pub finished_memory: usize,
+    /// Which user real tasks run as and whether each gets a cgroup.
+    pub isolation: IsolationOptions,
 }
 
 impl Default for AgentOptions {
@@ -110,6 +113,7 @@ impl Default for AgentOptions {
             cpu_time_limit: None,
             work_dir: None,
             finished_memory: 256,
+            isolation: IsolationOptions::default(),
         }
     }
 }
@@ -125,6 +129,9 @@ impl AgentOptions {
         }
         if self.call_timeout.is_zero() {
             return Err(AgentError::Config("call_timeout must be > 0".into()));
+        }
+        if self.isolation.pids_limit == 0 {
+            return Err(AgentError::Config("--pids-limit must be > 0".into()));
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use crate::config::{AgentOptions, NodeSpec};
 use crate::error::AgentError;
 use crate::exec::Executor;
+use crate::exec::isolation::{Isolation, IsolationOptions, scope_name};
 use crate::exec::process::{Cleanup, ProcessExecutor, cleanup_previous};
 use crate::exec::simulated::SimulatedExecutor;
 use crate::link::{ChannelPool, RegionLink, parse_endpoints};
@@ -49,6 +50,8 @@ pub struct AgentCommand {
     /// Host this many simulated nodes instead of one real node.
     pub simulate: Option<usize>,
     pub seed: u64,
+    /// Task user and cgroups of a real node.
+    pub isolation: IsolationOptions,
 }
 
 /// Running nodes of one process.
@@ -156,12 +159,17 @@ impl Host {
         std::fs::create_dir_all(&work_dir).map_err(|e| AgentError::io("creating", &work_dir, e))?;
         let state_file = StateFile::in_dir(&work_dir);
         let previous = state_file.load()?;
+        let isolation = Arc::new(Isolation::setup(
+            &opts.isolation,
+            &scope_name(&spec.node_id, &work_dir),
+        )?);
         let opts = Arc::new(opts);
         let executor: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(
             clock.clone(),
             opts.output_file_cap,
             opts.enforce_memory_limit,
             opts.cpu_time_limit,
+            isolation.clone(),
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut node = NodeAgent::new(
@@ -211,6 +219,17 @@ impl Host {
             }
             node.restore_shard_epochs(prev.shard_epochs);
             node.queue_reports(reports);
+        }
+        if let Some(cgroups) = &isolation.cgroups {
+            // After the graceful cleanup above: what is still in a task
+            // cgroup of this agent escaped its process group.
+            let removed = cgroups.clean_leftovers().await;
+            if removed > 0 {
+                tracing::warn!(
+                    removed,
+                    "task cgroups of a previous boot emptied and removed"
+                );
+            }
         }
         let mut nodes = JoinSet::new();
         nodes.spawn(node.run());
@@ -264,6 +283,7 @@ pub async fn run_agent(
     let opts = AgentOptions {
         seed: cmd.seed,
         work_dir: Some(cmd.work_dir.clone()),
+        isolation: cmd.isolation.clone(),
         ..AgentOptions::default()
     };
     let clock = SystemClock::shared();

@@ -163,7 +163,21 @@ impl TaskTable {
                 },
             ),
         };
-        if !exit.message.is_empty() {
+        let state = if exit.oom_killed && task.stop_reason.is_none() {
+            // Even a leader that shrugged off its child's OOM kill did not
+            // fit in its memory.
+            TaskState::Failed
+        } else {
+            state
+        };
+        if exit.oom_killed && !exit.message.is_empty() {
+            // The OOM kill is the news; the exit status is its symptom.
+            message = if message.is_empty() {
+                exit.message.clone()
+            } else {
+                format!("{}; {message}", exit.message)
+            };
+        } else if !exit.message.is_empty() {
             if !message.is_empty() {
                 message.push_str("; ");
             }

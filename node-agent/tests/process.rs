@@ -169,8 +169,7 @@ async fn stop_kills_the_whole_process_tree() {
 
     // The task tells us its own pid and its child's through a FIFO: reading
     // it is an event, no polling.
-    let fifo = work.path().join("pids");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo = common::task_fifo(work.path(), "pids");
     let a = attempt("job-2", 0, 1);
     let script = "sleep 1000 & echo \"$$ $!\" > \"$PIDS\"; wait";
     let template = sh(script, &[("PIDS", fifo.to_str().unwrap())], "");

@@ -5,6 +5,8 @@
 //! processes live in [`process`], simulated ones in [`simulated`]; both are
 //! driven by exactly the same node loop. Must never talk to the region.
 
+pub mod cgroup;
+pub mod isolation;
 pub mod output;
 pub mod process;
 pub mod simulated;
@@ -49,6 +51,9 @@ pub struct Exit {
     pub stderr: Tail,
     /// Detail for humans (escalated to SIGKILL, ...).
     pub message: String,
+    /// The kernel killed a process of the attempt for exceeding its memory
+    /// limit (its cgroup counted an OOM kill); `message` says so first.
+    pub oom_killed: bool,
 }
 
 /// An attempt's exit, delivered to its node's loop.

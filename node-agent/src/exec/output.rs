@@ -12,11 +12,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::Tail;
 
+/// The user (uid, gid) given the output files, so the task's user can read
+/// them; `None`: they stay the agent's.
+pub type Owner = Option<(u32, u32)>;
+
 /// Drains `reader` into `path` (rotated to `path.1` whenever it reaches
 /// `file_cap` bytes) and returns the last bytes seen. Disk errors stop the
 /// file copy but never the draining.
-pub async fn capture<R: AsyncRead + Unpin>(mut reader: R, path: PathBuf, file_cap: u64) -> Tail {
-    let mut file = open(&path).await;
+pub async fn capture<R: AsyncRead + Unpin>(
+    mut reader: R,
+    path: PathBuf,
+    file_cap: u64,
+    owner: Owner,
+) -> Tail {
+    let mut file = open(&path, owner).await;
     let mut written: u64 = 0;
     let mut total: u64 = 0;
     let mut tail: VecDeque<u8> = VecDeque::new();
@@ -36,7 +45,7 @@ pub async fn capture<R: AsyncRead + Unpin>(mut reader: R, path: PathBuf, file_ca
                 let _ = f.flush().await;
             }
             let _ = tokio::fs::rename(&path, rotated(&path)).await;
-            file = open(&path).await;
+            file = open(&path, owner).await;
             written = 0;
         }
         if let Some(f) = file.as_mut() {
@@ -64,9 +73,16 @@ pub fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-async fn open(path: &Path) -> Option<tokio::fs::File> {
+async fn open(path: &Path, owner: Owner) -> Option<tokio::fs::File> {
     match tokio::fs::File::create(path).await {
-        Ok(f) => Some(f),
+        Ok(f) => {
+            if let Some((uid, gid)) = owner
+                && let Err(e) = std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot give the output file to the task's user");
+            }
+            Some(f)
+        }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot create output file; output is only kept in memory");
             None
@@ -83,7 +99,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stdout");
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let tail = capture(&data[..], path.clone(), 30_000).await;
+        let tail = capture(&data[..], path.clone(), 30_000, None).await;
         assert!(tail.truncated);
         assert_eq!(tail.bytes.len(), MAX_OUTPUT_TAIL_BYTES);
         assert_eq!(&tail.bytes[..], &data[data.len() - MAX_OUTPUT_TAIL_BYTES..]);
@@ -95,7 +111,7 @@ mod tests {
     #[tokio::test]
     async fn short_output_is_kept_whole_and_not_truncated() {
         let dir = tempfile::tempdir().unwrap();
-        let tail = capture(&b"hello\n"[..], dir.path().join("o"), 1024).await;
+        let tail = capture(&b"hello\n"[..], dir.path().join("o"), 1024, None).await;
         assert_eq!(tail.bytes, b"hello\n");
         assert!(!tail.truncated);
     }

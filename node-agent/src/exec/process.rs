@@ -1,10 +1,12 @@
 //! Real processes: one child per attempt, leading its own process group.
 //!
 //! Owns spawning (program, args, a minimal environment plus the task's,
-//! working directory), output capture to capped files, resource limits set
-//! between fork and exec, and stopping: SIGTERM to the whole group, the grace
-//! period on the agent's clock, then SIGKILL. After the leader exits the rest
-//! of its group is killed too, so no descendant outlives its attempt.
+//! working directory), output capture to capped files, resource limits,
+//! the task's isolation (its user and cgroup, from [`super::isolation`]),
+//! and stopping: SIGTERM to the whole group, the grace period on the
+//! agent's clock, then SIGKILL. After the leader exits the rest of its
+//! group (and of its cgroup) is killed too, so no descendant outlives its
+//! attempt; an attempt whose cgroup saw an OOM kill is reported so.
 //!
 //! Must never: wait on the async runtime's threads for a process (all waits
 //! are async), or signal a pid it cannot prove is still the same process.
@@ -12,6 +14,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_control::SharedClock;
@@ -19,7 +22,9 @@ use meridian_proto::v1::task_template::Kind;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use super::output::capture;
+use super::cgroup::{TaskCgroup, TaskLimits};
+use super::isolation::{ChildSetup, Isolation};
+use super::output::{Owner, capture};
 use super::simulated::SimulatedExecutor;
 use super::{
     Executor, Exit, ExitTx, Launch, LaunchError, ProcessIds, Started, Tail, TaskControl, TaskEvent,
@@ -42,6 +47,7 @@ pub struct ProcessExecutor {
     file_cap: u64,
     enforce_memory_limit: bool,
     cpu_time_limit: Option<Duration>,
+    isolation: Arc<Isolation>,
 }
 
 impl ProcessExecutor {
@@ -50,6 +56,7 @@ impl ProcessExecutor {
         file_cap: u64,
         enforce_memory_limit: bool,
         cpu_time_limit: Option<Duration>,
+        isolation: Arc<Isolation>,
     ) -> Self {
         ProcessExecutor {
             simulated: SimulatedExecutor::new(clock.clone(), None),
@@ -57,6 +64,7 @@ impl ProcessExecutor {
             file_cap,
             enforce_memory_limit,
             cpu_time_limit,
+            isolation,
         }
     }
 }
@@ -76,9 +84,10 @@ impl Limits {
     /// without one the process is started with `posix_spawn` (vfork). The
     /// limits are in place microseconds after the process starts, before a
     /// dynamically linked program is done loading; a program could exceed
-    /// them only in that window (task cgroups will close it).
+    /// them only in that window. An isolated task (own user or cgroup) is
+    /// forked anyway and gets them before exec ([`Limits::rlimits`]).
     fn apply_to(self, pid: i32) -> std::io::Result<()> {
-        let set = |resource, soft: u64, hard: u64| -> std::io::Result<()> {
+        for (resource, soft, hard) in self.rlimits() {
             let limit = libc::rlimit {
                 rlim_cur: soft,
                 rlim_max: hard,
@@ -86,20 +95,25 @@ impl Limits {
             // SAFETY: prlimit reads `limit` and writes nothing (old is
             // null); `pid` is our own child.
             let rc = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-        };
+        }
+        Ok(())
+    }
+
+    /// `(resource, soft, hard)` of every limit to set.
+    fn rlimits(self) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
+        let mut out = Vec::new();
         if let Some(bytes) = self.address_space {
-            set(libc::RLIMIT_AS, bytes, bytes)?;
+            out.push((libc::RLIMIT_AS, bytes, bytes));
         }
         if let Some(secs) = self.cpu_seconds {
             // Soft limit sends SIGXCPU, the hard limit one second later SIGKILL.
-            set(libc::RLIMIT_CPU, secs, secs.saturating_add(1))?;
+            out.push((libc::RLIMIT_CPU, secs, secs.saturating_add(1)));
         }
-        set(libc::RLIMIT_CORE, 0, 0)
+        out.push((libc::RLIMIT_CORE, 0, 0));
+        out
     }
 }
 
@@ -119,16 +133,27 @@ impl Executor for ProcessExecutor {
         let dir = launch.dir.ok_or_else(|| {
             LaunchError::Spawn("no attempt directory (agent has no work dir)".into())
         })?;
+        let memory = launch.resources.memory_bytes;
+        let in_cgroup = self.isolation.cgroups.is_some();
         let limits = Limits {
-            address_space: (self.enforce_memory_limit && launch.resources.memory_bytes > 0)
-                .then_some(launch.resources.memory_bytes),
+            // A cgroup holds the task to its memory; an address-space limit
+            // on top would make allocations fail long before (mappings
+            // count, resident or not) instead of an OOM kill at the limit.
+            address_space: (self.enforce_memory_limit && memory > 0 && !in_cgroup)
+                .then_some(memory),
             cpu_seconds: self.cpu_time_limit.map(|d| d.as_secs().max(1)),
+        };
+        let task_limits = TaskLimits {
+            memory_bytes: if self.enforce_memory_limit { memory } else { 0 },
+            cpu_millis: launch.resources.cpu_millis,
+            pids: self.isolation.pids_limit,
         };
         let (control, stop_rx) = TaskControl::new();
         let clock = self.clock.clone();
         let cap = self.file_cap;
         let attempt = launch.attempt;
         let trace_id = launch.trace_id;
+        let isolation = self.isolation.clone();
         // The directories and the spawn itself (the calling thread waits
         // until the program has been exec'd) happen on a blocking thread:
         // the node's loop goes on with its next command, and several
@@ -136,12 +161,21 @@ impl Executor for ProcessExecutor {
         tokio::spawn(async move {
             let spawn_attempt = attempt.clone();
             let spawned = tokio::task::spawn_blocking(move || {
-                spawn(&cmd, &dir, &spawn_attempt, &trace_id, limits).map(|c| (c, dir))
+                let task = SpawnTask {
+                    cmd: &cmd,
+                    dir: &dir,
+                    attempt: &spawn_attempt,
+                    trace_id: &trace_id,
+                    limits,
+                    task_limits,
+                    isolation: &isolation,
+                };
+                spawn(&task).map(|c| (c, dir, isolation))
             })
             .await
             .unwrap_or_else(|e| Err(LaunchError::Spawn(format!("spawn thread failed: {e}"))));
-            let (child, ids, dir) = match spawned {
-                Ok(((child, ids), dir)) => (child, ids, dir),
+            let (child, dir, isolation) = match spawned {
+                Ok(s) => s,
                 Err(e) => {
                     let exit = Exit {
                         message: format!("could not start: {e}"),
@@ -153,9 +187,10 @@ impl Executor for ProcessExecutor {
             };
             let _ = exits.send(TaskEvent::Spawned {
                 attempt: attempt.clone(),
-                process: ids,
+                process: child.ids,
             });
-            let exit = run_to_exit(child, ids.pgid, &dir, cap, stop_rx, &clock).await;
+            let owner = isolation.user.as_ref().map(|u| (u.uid, u.gid));
+            let exit = run_to_exit(child, &dir, cap, owner, stop_rx, &clock).await;
             // The node loop may be gone (shutdown): nobody to tell.
             let _ = exits.send(TaskEvent::Exited(TaskExit { attempt, exit }));
         });
@@ -167,21 +202,42 @@ impl Executor for ProcessExecutor {
     }
 }
 
+/// A started attempt: its process and, when isolated, its cgroup.
+struct Child {
+    process: tokio::process::Child,
+    ids: ProcessIds,
+    cgroup: Option<TaskCgroup>,
+}
+
 /// Captures the process's output while it runs and waits for it to end:
 /// the exit, with the tails of its output when the pipes closed in time.
+/// Nothing of the task is left running when it returns.
 async fn run_to_exit(
-    mut child: tokio::process::Child,
-    pgid: i32,
+    mut child: Child,
     dir: &Path,
     cap: u64,
+    owner: Owner,
     stop_rx: tokio::sync::oneshot::Receiver<Duration>,
     clock: &SharedClock,
 ) -> Exit {
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let out = stdout.map(|s| tokio::spawn(capture(s, dir.join("stdout"), cap)));
-    let err = stderr.map(|s| tokio::spawn(capture(s, dir.join("stderr"), cap)));
-    let mut exit = supervise(child, pgid, stop_rx, clock).await;
+    let stdout = child.process.stdout.take();
+    let stderr = child.process.stderr.take();
+    let out = stdout.map(|s| tokio::spawn(capture(s, dir.join("stdout"), cap, owner)));
+    let err = stderr.map(|s| tokio::spawn(capture(s, dir.join("stderr"), cap, owner)));
+    let mut exit = supervise(child.process, child.ids.pgid, stop_rx, clock).await;
+    if let Some(cg) = &child.cgroup {
+        // Whatever left the process group (setsid) is still in the cgroup.
+        cg.kill_until_empty().await;
+        if cg.oom_kills() > 0 {
+            exit.oom_killed = true;
+            let limit = cg.limits.memory_bytes;
+            exit.message = if exit.message.is_empty() {
+                oom_message(limit)
+            } else {
+                format!("{}; {}", oom_message(limit), exit.message)
+            };
+        }
+    }
     let drained = async {
         let o = match out {
             Some(h) => h.await.unwrap_or_default(),
@@ -199,26 +255,65 @@ async fn run_to_exit(
             exit.message.push_str("; output pipes held open by an escaped descendant");
         }
     }
+    if let Some(cg) = &child.cgroup {
+        cg.remove().await;
+    }
     exit
 }
 
-/// Creates the attempt's directories and starts its process, limited.
-/// Blocks until the program has been exec'd.
-fn spawn(
-    cmd: &meridian_proto::v1::Command,
-    dir: &std::path::Path,
-    attempt: &meridian_proto::v1::TaskAttempt,
-    trace_id: &str,
+/// The report's words for an attempt the kernel OOM-killed.
+fn oom_message(limit: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    let size = if limit.is_multiple_of(MIB) {
+        format!("{} MiB", limit / MIB)
+    } else {
+        format!("{limit} bytes")
+    };
+    format!("OOM-killed: exceeded its memory limit of {size}")
+}
+
+/// Everything [`spawn`] needs about one attempt.
+struct SpawnTask<'a> {
+    cmd: &'a meridian_proto::v1::Command,
+    dir: &'a Path,
+    attempt: &'a meridian_proto::v1::TaskAttempt,
+    trace_id: &'a str,
     limits: Limits,
-) -> Result<(tokio::process::Child, ProcessIds), LaunchError> {
-    let workdir = if cmd.working_dir.is_empty() {
-        dir.join("work")
+    task_limits: TaskLimits,
+    isolation: &'a Isolation,
+}
+
+/// Creates the attempt's directories (the default working directory and
+/// the output files owned by the task's user) and its cgroup, and starts
+/// its process, limited. Blocks until the program has been exec'd.
+fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
+    let cmd = t.cmd;
+    let own_workdir = cmd.working_dir.is_empty();
+    let workdir = if own_workdir {
+        t.dir.join("work")
     } else {
         PathBuf::from(&cmd.working_dir)
     };
-    std::fs::create_dir_all(dir)
+    std::fs::create_dir_all(t.dir)
         .and_then(|()| std::fs::create_dir_all(&workdir))
         .map_err(|e| LaunchError::Spawn(format!("cannot create {}: {e}", workdir.display())))?;
+    if let Some(u) = &t.isolation.user {
+        // The task writes its own directory and may read its output; a
+        // directory the task named is its own business.
+        let mut owned = vec![t.dir.join("stdout"), t.dir.join("stderr")];
+        for f in &owned {
+            std::fs::File::create(f)
+                .map_err(|e| LaunchError::Spawn(format!("cannot create {}: {e}", f.display())))?;
+        }
+        if own_workdir {
+            owned.push(workdir.clone());
+        }
+        for f in &owned {
+            std::os::unix::fs::chown(f, Some(u.uid), Some(u.gid)).map_err(|e| {
+                LaunchError::Spawn(format!("cannot give {} to {}: {e}", f.display(), u.name))
+            })?;
+        }
+    }
     // Looked up here, in the task's own PATH: a program left to the spawn
     // to look up in a PATH that differs from the agent's makes the standard
     // library fall back from posix_spawn to a full fork.
@@ -237,28 +332,74 @@ fn spawn(
         .env("HOME", &workdir)
         .env(
             "MERIDIAN_TASK_ID",
-            attempt
+            t.attempt
                 .task
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
         )
-        .env("MERIDIAN_ATTEMPT", attempt.attempt.to_string())
-        .env("MERIDIAN_TRACE_ID", trace_id)
+        .env("MERIDIAN_ATTEMPT", t.attempt.attempt.to_string())
+        .env("MERIDIAN_TRACE_ID", t.trace_id)
         .envs(&cmd.env)
-        .current_dir(&workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let child = command
-        .spawn()
-        .map_err(|e| LaunchError::Spawn(format!("cannot start {:?}: {e}", cmd.program)))?;
-    let pid = child
+    let cgroup = match &t.isolation.cgroups {
+        Some(cgroups) => {
+            let name = cgroup_name(t.attempt);
+            Some(
+                cgroups
+                    .create_task(&name, t.task_limits)
+                    .map_err(|e| LaunchError::Spawn(format!("cannot make its cgroup: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    if t.isolation.needs_child_setup() {
+        // Joining the cgroup and dropping to the task's user must happen
+        // before the program runs its first instruction, which needs a hook
+        // between fork and exec: a full fork of the agent instead of
+        // posix_spawn (switching users alone would force it anyway).
+        let mut setup = ChildSetup::new(&workdir)
+            .map_err(|e| LaunchError::Spawn(format!("{}: {e}", workdir.display())))?;
+        setup.cgroup_fds = cgroup
+            .as_ref()
+            .map(TaskCgroup::join_fds)
+            .unwrap_or_default();
+        setup.rlimits = t.limits.rlimits();
+        setup.user = t.isolation.user.clone();
+        // SAFETY: `apply` makes only async-signal-safe system calls on
+        // memory `setup` owns (moved into the closure, prepared before the
+        // fork); the cgroup descriptors stay open in the parent until the
+        // spawn has returned (`cgroup` outlives it).
+        unsafe {
+            command.pre_exec(move || setup.apply());
+        }
+    } else {
+        command.current_dir(&workdir);
+    }
+    let spawned = command.spawn();
+    let process = match spawned {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(cg) = &cgroup {
+                for d in cg.dirs() {
+                    let _ = std::fs::remove_dir(d);
+                }
+            }
+            return Err(LaunchError::Spawn(format!(
+                "cannot start {:?}: {e}",
+                cmd.program
+            )));
+        }
+    };
+    let pid = process
         .id()
         .and_then(|p| i32::try_from(p).ok())
         .ok_or_else(|| LaunchError::Spawn("child exited before its pid was read".into()))?;
-    if let Err(e) = limits.apply_to(pid)
+    if !t.isolation.needs_child_setup()
+        && let Err(e) = t.limits.apply_to(pid)
         && e.raw_os_error() != Some(libc::ESRCH)
     {
         // A process we cannot limit does not run.
@@ -270,7 +411,19 @@ fn spawn(
         pgid: pid,
         start_ticks: start_ticks(pid).unwrap_or(0),
     };
-    Ok((child, ids))
+    Ok(Child {
+        process,
+        ids,
+        cgroup,
+    })
+}
+
+/// The cgroup of one attempt: `<job>-<index>-<attempt>`.
+fn cgroup_name(attempt: &meridian_proto::v1::TaskAttempt) -> String {
+    match &attempt.task {
+        Some(t) => format!("{}-{}-{}", t.job_id, t.index, attempt.attempt),
+        None => format!("unknown-{}", attempt.attempt),
+    }
 }
 
 /// The file `program` names: itself when it has a slash (relative to the

@@ -609,3 +609,15 @@ pub fn stop(
         ..AssignmentCommand::default()
     }
 }
+
+/// A FIFO `name` in `dir` that a task can open whatever user it runs as
+/// (a root agent runs tasks as `nobody`): the directory becomes searchable
+/// and the FIFO readable and writable by all.
+pub fn task_fifo(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let fifo = dir.join(name);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).unwrap();
+    fifo
+}
