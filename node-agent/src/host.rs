@@ -59,6 +59,8 @@ pub struct Host {
     nodes: JoinSet<()>,
     shutdown: watch::Sender<bool>,
     probe: Arc<Probe>,
+    /// A real node's task isolation (its cgroup scope goes at shutdown).
+    isolation: Option<Arc<Isolation>>,
 }
 
 impl Host {
@@ -138,6 +140,7 @@ impl Host {
             nodes,
             shutdown,
             probe,
+            isolation: None,
         })
     }
 
@@ -237,6 +240,7 @@ impl Host {
             nodes,
             shutdown,
             probe,
+            isolation: Some(isolation),
         })
     }
 
@@ -244,10 +248,19 @@ impl Host {
         &self.probe
     }
 
+    /// The task isolation of a real node (`None` for simulated nodes).
+    pub fn isolation(&self) -> Option<&Isolation> {
+        self.isolation.as_deref()
+    }
+
     /// Asks every node to stop its tasks and waits until all have.
     pub async fn shutdown(mut self) {
         self.shutdown.send_replace(true);
         while self.nodes.join_next().await.is_some() {}
+        // Every task's exit was reported after its cgroup was removed.
+        if let Some(cgroups) = self.isolation.as_ref().and_then(|i| i.cgroups.as_ref()) {
+            cgroups.remove_scope();
+        }
     }
 
     /// Waits until every node has ended (they end only on shutdown).

@@ -154,6 +154,18 @@ impl Cgroups {
         removed
     }
 
+    /// Removes the agent's scope directories, once every task cgroup in
+    /// them is gone (at shutdown); a scope still holding one stays.
+    pub fn remove_scope(&self) {
+        for s in &self.scopes {
+            if let Err(e) = std::fs::remove_dir(s)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(cgroup = %s.display(), error = %e, "cannot remove the agent's cgroup scope");
+            }
+        }
+    }
+
     /// Creates the cgroup `name` of one attempt with `limits`.
     pub fn create_task(&self, name: &str, limits: TaskLimits) -> Result<TaskCgroup, CgroupError> {
         let name = sanitize(name);
