@@ -253,6 +253,12 @@ impl TaskCgroup {
         self.join.iter().map(AsRawFd::as_raw_fd).collect()
     }
 
+    /// Closes the join descriptors once the child has exec'd: a node
+    /// running many tasks should not hold three files open per task.
+    pub fn close_join(&mut self) {
+        self.join.clear();
+    }
+
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }

@@ -234,8 +234,9 @@ impl ChildSetup {
         };
         for &fd in &self.cgroup_fds {
             // SAFETY: `fd` is an open descriptor of the parent, inherited
-            // across fork and alive until the parent drops the TaskCgroup
-            // after the spawn returned; the buffer is a static byte.
+            // across fork and kept open by the parent until the spawn
+            // returned (the child has exec'd or failed); the buffer is a
+            // static byte.
             let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
             if n != 1 {
                 return Err(std::io::Error::last_os_error());

@@ -345,7 +345,7 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let cgroup = match &t.isolation.cgroups {
+    let mut cgroup = match &t.isolation.cgroups {
         Some(cgroups) => {
             let name = cgroup_name(t.attempt);
             Some(
@@ -394,6 +394,9 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
             )));
         }
     };
+    if let Some(cg) = cgroup.as_mut() {
+        cg.close_join();
+    }
     let pid = process
         .id()
         .and_then(|p| i32::try_from(p).ok())
