@@ -8,9 +8,9 @@
 //! whose hold moved on before its acknowledgement is revoked here at the
 //! newer epoch (idempotent, and ignored when a newer event already reached
 //! the job). Must never acknowledge an ASSIGN before the intake has stored
-//! it, and never run past its session: a session that ends drops what is
-//! queued, as a crash would (placement never waited for the
-//! acknowledgement).
+//! it, and never run past its session: a session that ends lets it send
+//! what is queued within a grace, then drops the rest, as a crash would
+//! (placement never waited for the acknowledgement).
 
 use meridian_control::lease::Fence;
 use meridian_control::rpc;

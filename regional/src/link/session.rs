@@ -237,6 +237,8 @@ async fn session(
     )
     .await;
     stop_reporter_in_time(&stop_reporter, &mut beside.reporter, clock).await;
+    let Beside { acks, acker, .. } = beside;
+    finish_acks(acks, acker, clock).await;
     ended
 }
 
@@ -319,6 +321,26 @@ async fn stop_reporter_in_time(
             _ = &mut reporter.0 => {}
             _ = clock.sleep(REPORTER_GRACE) => {
                 tracing::warn!("status reporter did not stop in time; aborting it");
+            }
+        }
+    }
+}
+
+/// Lets the acknowledgements of a session that ends send what is queued:
+/// the intake stored those ASSIGNs, and the stream may have ended right
+/// after (a global failover) while the global tier still answers. Bounded
+/// by the reporter's grace; what is left then is dropped, as a crash would.
+async fn finish_acks(
+    acks: Acks,
+    mut acker: AbortOnDrop<Result<(), End>>,
+    clock: &meridian_control::SharedClock,
+) {
+    drop(acks);
+    if !acker.0.is_finished() {
+        tokio::select! {
+            _ = &mut acker.0 => {}
+            _ = clock.sleep(REPORTER_GRACE) => {
+                tracing::warn!("acknowledgements did not finish in time; dropping them");
             }
         }
     }
