@@ -204,7 +204,10 @@ fn a_shard_leader_resuming_with_stale_memory_is_fenced_and_every_invariant_holds
 /// The seeds that once left failover-stopped tasks unplaced, with the short
 /// region leases they failed under: a link-leader handover outlasts the
 /// agents' region lease, the agents stop their tasks, and the region must
-/// place them again.
+/// place them again. Seed 31 (the control plane down twice, 0.6 s apart,
+/// under region store faults) kept two exclusive jobs unconverged with a
+/// 4 s lease on the region of the time; it converges on today's region in
+/// every task numbering (docs/simulation.md, "Findings").
 #[test]
 fn tasks_agents_stop_when_a_short_region_lease_runs_out_are_placed_again() {
     for lease in [4, 8] {
@@ -212,9 +215,12 @@ fn tasks_agents_stop_when_a_short_region_lease_runs_out_are_placed_again() {
             region_lease: std::time::Duration::from_secs(lease),
             ..SimConfig::default()
         };
-        assert_every_invariant_holds_with(&cfg, [2, 19]);
+        assert_every_invariant_holds_with(&cfg, SHORT_LEASE_SEEDS.iter().copied());
     }
 }
+
+/// Seeds run with 4 s and 8 s region leases.
+const SHORT_LEASE_SEEDS: &[u64] = &[2, 19, 31];
 
 /// The planted bug (no shard fence check in the binding commit) must be
 /// reported within the CI seeds: otherwise a clean run would prove
