@@ -326,6 +326,10 @@ async fn cancelling_a_job_kills_the_whole_process_tree_of_its_task_on_the_agent(
     let _agent = tiers.agent(tiers.agent_line("node-1"));
     let pids = tiers.dir.path().join("pids");
     std::fs::create_dir_all(&pids).expect("pid dir");
+    // The agent runs as root, so its tasks run as `nobody`: they must reach
+    // and write the directory the test reads.
+    open_to_tasks(tiers.dir.path(), 0o711);
+    open_to_tasks(&pids, 0o777);
     let run = async {
         tiers.await_nodes(1).await;
         let mut federation = tiers.federation().await;
@@ -379,6 +383,9 @@ async fn a_keep_running_task_outlives_a_killed_region_and_its_final_status_arriv
     let _agent = tiers.agent(tiers.agent_line("node-1"));
     let fifo: PathBuf = tiers.dir.path().join("go");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    // The task runs as `nobody` (the agent runs as root): it must open it.
+    open_to_tasks(tiers.dir.path(), 0o711);
+    open_to_tasks(&fifo, 0o666);
     let run = async {
         tiers.await_nodes(1).await;
         let mut federation = tiers.federation().await;
@@ -469,4 +476,11 @@ async fn simulated_nodes_advertise_the_simulated_label_and_a_real_node_does_not(
 /// wire, not the agent's constant).
 fn meridian_agent_label() -> &'static str {
     "meridian.io/simulated"
+}
+
+/// Gives `path` the mode `mode`, so that a task running as the agent's
+/// unprivileged run-as user can reach what the test shares with it.
+fn open_to_tasks(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
