@@ -14,7 +14,7 @@ use meridian_proto::v1;
 use meridian_proto::v1::region_link_server::RegionLink;
 use meridian_regional::jobs::simple_spec;
 use parking_lot::Mutex;
-use support::link::start_link;
+use support::link::{accept, start_link};
 use support::{GIB, Region};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
@@ -41,24 +41,14 @@ impl RegionLink for FakeGlobal {
         &self,
         _: Request<v1::RegisterRegionRequest>,
     ) -> Result<Response<v1::RegisterRegionResponse>, Status> {
-        Ok(Response::new(v1::RegisterRegionResponse {
-            verdict: ok(),
-            region_lease_epoch: 1,
-            lease_duration_ms: 60_000,
-            renew_interval_ms: 20_000,
-            current_leader_epoch: 0,
-        }))
+        Ok(accept::registered(60_000))
     }
 
     async fn renew_region_lease(
         &self,
         _: Request<v1::RenewRegionLeaseRequest>,
     ) -> Result<Response<v1::RenewRegionLeaseResponse>, Status> {
-        Ok(Response::new(v1::RenewRegionLeaseResponse {
-            verdict: ok(),
-            current_epoch: 1,
-            lease_duration_ms: 60_000,
-        }))
+        Ok(accept::renewed(60_000))
     }
 
     type AssignmentsStream = Events;
@@ -94,13 +84,7 @@ impl RegionLink for FakeGlobal {
         Ok(Response::new(v1::AckAssignmentsResponse {
             verdict: ok(),
             current_epoch: 1,
-            results: vec![
-                v1::ItemResult {
-                    verdict: ok(),
-                    ..Default::default()
-                };
-                acks.len()
-            ],
+            results: accept::items(acks.len()),
         }))
     }
 
@@ -108,28 +92,14 @@ impl RegionLink for FakeGlobal {
         &self,
         request: Request<v1::ReportStatusRequest>,
     ) -> Result<Response<v1::ReportStatusResponse>, Status> {
-        let n = request.into_inner().updates.len();
-        Ok(Response::new(v1::ReportStatusResponse {
-            verdict: ok(),
-            current_epoch: 1,
-            results: vec![
-                v1::ItemResult {
-                    verdict: ok(),
-                    ..Default::default()
-                };
-                n
-            ],
-        }))
+        Ok(accept::statuses(request.into_inner().updates.len()))
     }
 
     async fn report_capacity(
         &self,
         _: Request<v1::ReportCapacityRequest>,
     ) -> Result<Response<v1::ReportCapacityResponse>, Status> {
-        Ok(Response::new(v1::ReportCapacityResponse {
-            verdict: ok(),
-            current_epoch: 1,
-        }))
+        Ok(accept::capacity())
     }
 
     async fn release_jobs(

@@ -16,7 +16,7 @@ use meridian_proto::v1::region_link_server::RegionLink;
 use meridian_regional::jobs::simple_spec;
 use meridian_regional::model::JobPhase;
 use parking_lot::Mutex;
-use support::link::start_link;
+use support::link::{accept, start_link};
 use support::{GIB, Region};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -69,24 +69,14 @@ impl RegionLink for TrimmingGlobal {
         &self,
         _: Request<v1::RegisterRegionRequest>,
     ) -> Result<Response<v1::RegisterRegionResponse>, Status> {
-        Ok(Response::new(v1::RegisterRegionResponse {
-            verdict: ok(),
-            region_lease_epoch: 1,
-            lease_duration_ms: 10_000,
-            renew_interval_ms: 3_000,
-            current_leader_epoch: 0,
-        }))
+        Ok(accept::registered(10_000))
     }
 
     async fn renew_region_lease(
         &self,
         _: Request<v1::RenewRegionLeaseRequest>,
     ) -> Result<Response<v1::RenewRegionLeaseResponse>, Status> {
-        Ok(Response::new(v1::RenewRegionLeaseResponse {
-            verdict: ok(),
-            current_epoch: 1,
-            lease_duration_ms: 10_000,
-        }))
+        Ok(accept::renewed(10_000))
     }
 
     type AssignmentsStream = Events;
@@ -164,10 +154,7 @@ impl RegionLink for TrimmingGlobal {
         &self,
         _: Request<v1::ReportCapacityRequest>,
     ) -> Result<Response<v1::ReportCapacityResponse>, Status> {
-        Ok(Response::new(v1::ReportCapacityResponse {
-            verdict: ok(),
-            current_epoch: 1,
-        }))
+        Ok(accept::capacity())
     }
 
     async fn release_jobs(

@@ -14,7 +14,7 @@ use meridian_proto::v1::region_link_server::RegionLink;
 use meridian_regional::jobs::{Applied, insert_job, simple_spec};
 use meridian_regional::pipeline::report::Report;
 use meridian_regional::pipeline::{Intent, Outcome};
-use support::link::start_link;
+use support::link::{accept, start_link};
 use support::{GIB, Region, report};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -52,24 +52,14 @@ impl RegionLink for FakeGlobal {
         &self,
         _: Request<v1::RegisterRegionRequest>,
     ) -> Result<Response<v1::RegisterRegionResponse>, Status> {
-        Ok(Response::new(v1::RegisterRegionResponse {
-            verdict: ok(),
-            region_lease_epoch: 1,
-            lease_duration_ms: 60_000,
-            renew_interval_ms: 20_000,
-            current_leader_epoch: 0,
-        }))
+        Ok(accept::registered(60_000))
     }
 
     async fn renew_region_lease(
         &self,
         _: Request<v1::RenewRegionLeaseRequest>,
     ) -> Result<Response<v1::RenewRegionLeaseResponse>, Status> {
-        Ok(Response::new(v1::RenewRegionLeaseResponse {
-            verdict: ok(),
-            current_epoch: 1,
-            lease_duration_ms: 60_000,
-        }))
+        Ok(accept::renewed(60_000))
     }
 
     type AssignmentsStream = Events;
@@ -112,13 +102,7 @@ impl RegionLink for FakeGlobal {
         Ok(Response::new(v1::AckAssignmentsResponse {
             verdict: ok(),
             current_epoch: 1,
-            results: vec![
-                v1::ItemResult {
-                    verdict: ok(),
-                    ..Default::default()
-                };
-                acks.len()
-            ],
+            results: accept::items(acks.len()),
         }))
     }
 
@@ -166,10 +150,7 @@ impl RegionLink for FakeGlobal {
         if self.hold_capacity {
             futures::future::pending::<()>().await;
         }
-        Ok(Response::new(v1::ReportCapacityResponse {
-            verdict: ok(),
-            current_epoch: 1,
-        }))
+        Ok(accept::capacity())
     }
 
     async fn release_jobs(

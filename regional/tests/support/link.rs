@@ -61,3 +61,62 @@ pub async fn start_link<S: RegionLink>(
     ));
     (stop, link)
 }
+
+/// Answers of a fake global tier that accepts everything under region lease
+/// epoch 1, for the methods a test does not script.
+pub mod accept {
+    use meridian_proto::v1;
+    use tonic::Response;
+
+    fn ok() -> i32 {
+        v1::Verdict::Accepted as i32
+    }
+
+    /// A registration at epoch 1, for `lease_ms`, renewed every third of it.
+    pub fn registered(lease_ms: u64) -> Response<v1::RegisterRegionResponse> {
+        Response::new(v1::RegisterRegionResponse {
+            verdict: ok(),
+            region_lease_epoch: 1,
+            lease_duration_ms: lease_ms,
+            renew_interval_ms: lease_ms / 3,
+            current_leader_epoch: 0,
+        })
+    }
+
+    /// A renewal at epoch 1 for `lease_ms`.
+    pub fn renewed(lease_ms: u64) -> Response<v1::RenewRegionLeaseResponse> {
+        Response::new(v1::RenewRegionLeaseResponse {
+            verdict: ok(),
+            current_epoch: 1,
+            lease_duration_ms: lease_ms,
+        })
+    }
+
+    /// A capacity report taken.
+    pub fn capacity() -> Response<v1::ReportCapacityResponse> {
+        Response::new(v1::ReportCapacityResponse {
+            verdict: ok(),
+            current_epoch: 1,
+        })
+    }
+
+    /// `n` items accepted.
+    pub fn items(n: usize) -> Vec<v1::ItemResult> {
+        vec![
+            v1::ItemResult {
+                verdict: ok(),
+                ..Default::default()
+            };
+            n
+        ]
+    }
+
+    /// `n` status updates accepted.
+    pub fn statuses(n: usize) -> Response<v1::ReportStatusResponse> {
+        Response::new(v1::ReportStatusResponse {
+            verdict: ok(),
+            current_epoch: 1,
+            results: items(n),
+        })
+    }
+}
