@@ -2,10 +2,11 @@
 //! deposed or stuck replica does: a watch that never says anything, a watch
 //! that fails naming another replica as leader, a job that never ends.
 //!
-//! Each fake is a real tonic `Federation` server on 127.0.0.1. Nothing
+//! Each fake is a real tonic `Federation` server on 127.0.0.1 (`support`). Nothing
 //! sleeps to wait for a condition; the guard only stops a hang.
 
-use std::pin::Pin;
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,11 +16,9 @@ use meridian_cli::client::{Client, ConnectArgs};
 use meridian_cli::error::exit;
 use meridian_cli::wait::{WaitOptions, follow};
 use meridian_cli::{CliError, JobArgs};
-use meridian_proto::v1::federation_server::{Federation, FederationServer};
 use meridian_proto::v1::*;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
+use support::{Events, Script};
+use tonic::Status;
 
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -49,58 +48,28 @@ fn job(state: JobState) -> Job {
     }
 }
 
-/// The service of one fake replica.
-struct Svc(Arc<Fake>);
-
-type Events = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
-
 #[tonic::async_trait]
-impl Federation for Svc {
-    async fn submit_job(
-        &self,
-        _: Request<SubmitJobRequest>,
-    ) -> Result<Response<SubmitJobResponse>, Status> {
-        Ok(Response::new(SubmitJobResponse {
+impl Script for Fake {
+    async fn submit_job(&self, _: SubmitJobRequest) -> Result<SubmitJobResponse, Status> {
+        Ok(SubmitJobResponse {
             job_id: "j1-1".into(),
             created: true,
             created_at_unix_ms: 1,
-        }))
+        })
     }
-    async fn submit_jobs(
-        &self,
-        _: Request<SubmitJobsRequest>,
-    ) -> Result<Response<SubmitJobsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_job(&self, _: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
-        let n = self.0.reads.fetch_add(1, Ordering::SeqCst);
-        let state = match self.0.running_reads {
+    async fn get_job(&self, _: GetJobRequest) -> Result<GetJobResponse, Status> {
+        let n = self.reads.fetch_add(1, Ordering::SeqCst);
+        let state = match self.running_reads {
             Some(limit) if n >= limit => JobState::Succeeded,
             _ => JobState::Running,
         };
-        Ok(Response::new(GetJobResponse {
+        Ok(GetJobResponse {
             job: Some(job(state)),
-        }))
+        })
     }
-    async fn list_jobs(
-        &self,
-        _: Request<ListJobsRequest>,
-    ) -> Result<Response<ListJobsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn cancel_job(
-        &self,
-        _: Request<CancelJobRequest>,
-    ) -> Result<Response<CancelJobResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    type WatchJobsStream = Events;
-    async fn watch_jobs(
-        &self,
-        _: Request<WatchJobsRequest>,
-    ) -> Result<Response<Self::WatchJobsStream>, Status> {
-        self.0.watches.fetch_add(1, Ordering::SeqCst);
-        let stream: Events = match &self.0.watch {
+    async fn watch_jobs(&self, _: WatchJobsRequest) -> Result<Events, Status> {
+        self.watches.fetch_add(1, Ordering::SeqCst);
+        Ok(match &self.watch {
             Watch::Silent => Box::pin(tokio_stream::pending()),
             Watch::FailsNaming(leader) => {
                 let mut status = Status::unavailable("this replica lost leadership");
@@ -110,72 +79,16 @@ impl Federation for Svc {
                 );
                 Box::pin(tokio_stream::iter(vec![Err(status)]))
             }
-        };
-        Ok(Response::new(stream))
+        })
     }
-    async fn get_task_logs(
-        &self,
-        _: Request<GetTaskLogsRequest>,
-    ) -> Result<Response<GetTaskLogsResponse>, Status> {
-        Ok(Response::new(GetTaskLogsResponse::default()))
-    }
-    async fn list_regions(
-        &self,
-        _: Request<ListRegionsRequest>,
-    ) -> Result<Response<ListRegionsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn drain_region(
-        &self,
-        _: Request<DrainRegionRequest>,
-    ) -> Result<Response<DrainRegionResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn undrain_region(
-        &self,
-        _: Request<UndrainRegionRequest>,
-    ) -> Result<Response<UndrainRegionResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn list_nodes(
-        &self,
-        _: Request<ListNodesRequest>,
-    ) -> Result<Response<ListNodesResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn cordon_node(
-        &self,
-        _: Request<CordonNodeRequest>,
-    ) -> Result<Response<CordonNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn uncordon_node(
-        &self,
-        _: Request<UncordonNodeRequest>,
-    ) -> Result<Response<UncordonNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn drain_node(
-        &self,
-        _: Request<DrainNodeRequest>,
-    ) -> Result<Response<DrainNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+    async fn get_task_logs(&self, _: GetTaskLogsRequest) -> Result<GetTaskLogsResponse, Status> {
+        Ok(GetTaskLogsResponse::default())
     }
 }
 
 /// Serves `fake` on a free loopback port; returns its URL.
 async fn serve(fake: Arc<Fake>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(FederationServer::new(Svc(fake)))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await;
-    });
-    url
+    support::serve(fake).await
 }
 
 fn fake(watch: Watch, running_reads: Option<usize>) -> Arc<Fake> {

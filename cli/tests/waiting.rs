@@ -5,17 +5,17 @@
 //! The server is a fake global replica: a real tonic `Federation` server on
 //! 127.0.0.1 answering GetJob and ListJobs from fixed jobs.
 
-use std::pin::Pin;
+mod support;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_cli::client::{Client, ConnectArgs};
 use meridian_cli::job::{ListArgs, WHY_WIDTH, get_into, list_into};
 use meridian_cli::render::Output;
-use meridian_proto::v1::federation_server::{Federation, FederationServer};
 use meridian_proto::v1::*;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
+use support::Script;
+use tonic::Status;
 
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -49,121 +49,32 @@ fn jobs() -> Vec<Job> {
     ]
 }
 
-struct Svc(Vec<Job>);
-
-type Events = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+/// Answers GetJob and ListJobs from fixed jobs.
+struct Jobs(Vec<Job>);
 
 #[tonic::async_trait]
-impl Federation for Svc {
-    async fn submit_job(
-        &self,
-        _: Request<SubmitJobRequest>,
-    ) -> Result<Response<SubmitJobResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn submit_jobs(
-        &self,
-        _: Request<SubmitJobsRequest>,
-    ) -> Result<Response<SubmitJobsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_job(
-        &self,
-        request: Request<GetJobRequest>,
-    ) -> Result<Response<GetJobResponse>, Status> {
-        let id = request.into_inner().job_id;
+impl Script for Jobs {
+    async fn get_job(&self, request: GetJobRequest) -> Result<GetJobResponse, Status> {
+        let id = request.job_id;
         let job = self
             .0
             .iter()
             .find(|j| j.job_id == id)
             .cloned()
             .ok_or_else(|| Status::not_found(format!("job {id}")))?;
-        Ok(Response::new(GetJobResponse { job: Some(job) }))
+        Ok(GetJobResponse { job: Some(job) })
     }
-    async fn list_jobs(
-        &self,
-        _: Request<ListJobsRequest>,
-    ) -> Result<Response<ListJobsResponse>, Status> {
-        Ok(Response::new(ListJobsResponse {
+    async fn list_jobs(&self, _: ListJobsRequest) -> Result<ListJobsResponse, Status> {
+        Ok(ListJobsResponse {
             jobs: self.0.clone(),
             next_page_token: String::new(),
-        }))
-    }
-    async fn cancel_job(
-        &self,
-        _: Request<CancelJobRequest>,
-    ) -> Result<Response<CancelJobResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    type WatchJobsStream = Events;
-    async fn watch_jobs(
-        &self,
-        _: Request<WatchJobsRequest>,
-    ) -> Result<Response<Self::WatchJobsStream>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_task_logs(
-        &self,
-        _: Request<GetTaskLogsRequest>,
-    ) -> Result<Response<GetTaskLogsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn list_regions(
-        &self,
-        _: Request<ListRegionsRequest>,
-    ) -> Result<Response<ListRegionsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn drain_region(
-        &self,
-        _: Request<DrainRegionRequest>,
-    ) -> Result<Response<DrainRegionResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn undrain_region(
-        &self,
-        _: Request<UndrainRegionRequest>,
-    ) -> Result<Response<UndrainRegionResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn list_nodes(
-        &self,
-        _: Request<ListNodesRequest>,
-    ) -> Result<Response<ListNodesResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn cordon_node(
-        &self,
-        _: Request<CordonNodeRequest>,
-    ) -> Result<Response<CordonNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn uncordon_node(
-        &self,
-        _: Request<UncordonNodeRequest>,
-    ) -> Result<Response<UncordonNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn drain_node(
-        &self,
-        _: Request<DrainNodeRequest>,
-    ) -> Result<Response<DrainNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        })
     }
 }
 
 /// Serves the jobs on a free loopback port; returns a client of it.
 async fn serve(jobs: Vec<Job>) -> Client {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(FederationServer::new(Svc(jobs)))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await;
-    });
+    let url = support::serve(Arc::new(Jobs(jobs))).await;
     Client::new(&ConnectArgs::new(&url, Duration::from_secs(5))).expect("client")
 }
 

@@ -8,8 +8,9 @@
 //! a script. Nothing sleeps to wait for a condition; the guard only stops a
 //! hang.
 
+mod support;
+
 use std::collections::{BTreeMap, VecDeque};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,11 +19,9 @@ use meridian_cli::job::WatchArgs;
 use meridian_cli::render::Output;
 use meridian_cli::wait::{WaitOptions, follow};
 use meridian_cli::watch::watch_into;
-use meridian_proto::v1::federation_server::{Federation, FederationServer};
 use meridian_proto::v1::*;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
+use support::{Events, Script as Scripted};
+use tonic::Status;
 
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -60,64 +59,32 @@ fn take_or_repeat<T: Clone>(queue: &mut VecDeque<T>) -> Option<T> {
     }
 }
 
-struct Svc(Arc<Fake>);
-
-type Events = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
-
 #[tonic::async_trait]
-impl Federation for Svc {
-    async fn submit_job(
-        &self,
-        _: Request<SubmitJobRequest>,
-    ) -> Result<Response<SubmitJobResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn submit_jobs(
-        &self,
-        _: Request<SubmitJobsRequest>,
-    ) -> Result<Response<SubmitJobsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_job(
-        &self,
-        request: Request<GetJobRequest>,
-    ) -> Result<Response<GetJobResponse>, Status> {
-        let id = request.into_inner().job_id;
-        let mut gets = self.0.gets.lock().expect("lock");
+impl Scripted for Fake {
+    async fn get_job(&self, request: GetJobRequest) -> Result<GetJobResponse, Status> {
+        let id = request.job_id;
+        let mut gets = self.gets.lock().expect("lock");
         let job = gets
             .get_mut(&id)
             .and_then(take_or_repeat)
             .ok_or_else(|| Status::not_found(format!("job {id}")))?;
-        Ok(Response::new(GetJobResponse { job: Some(job) }))
+        Ok(GetJobResponse { job: Some(job) })
     }
-    async fn list_jobs(
-        &self,
-        _: Request<ListJobsRequest>,
-    ) -> Result<Response<ListJobsResponse>, Status> {
-        let jobs = take_or_repeat(&mut self.0.lists.lock().expect("lock")).unwrap_or_default();
-        Ok(Response::new(ListJobsResponse {
+    async fn list_jobs(&self, _: ListJobsRequest) -> Result<ListJobsResponse, Status> {
+        let jobs = take_or_repeat(&mut self.lists.lock().expect("lock")).unwrap_or_default();
+        Ok(ListJobsResponse {
             jobs,
             next_page_token: String::new(),
-        }))
+        })
     }
-    async fn cancel_job(
-        &self,
-        _: Request<CancelJobRequest>,
-    ) -> Result<Response<CancelJobResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    type WatchJobsStream = Events;
-    async fn watch_jobs(
-        &self,
-        request: Request<WatchJobsRequest>,
-    ) -> Result<Response<Self::WatchJobsStream>, Status> {
-        let cursor = request.into_inner().cursor;
-        self.0.cursors.lock().expect("lock").push(cursor.clone());
-        if self.0.refuse_cursors && !cursor.is_empty() {
+    async fn watch_jobs(&self, request: WatchJobsRequest) -> Result<Events, Status> {
+        let cursor = request.cursor;
+        self.cursors.lock().expect("lock").push(cursor.clone());
+        if self.refuse_cursors && !cursor.is_empty() {
             return Err(out_of_range());
         }
-        let script = self.0.streams.lock().expect("lock").pop_front();
-        let stream: Events = match script {
+        let script = self.streams.lock().expect("lock").pop_front();
+        Ok(match script {
             None => Box::pin(tokio_stream::pending()),
             Some(Script { items, then_open }) => {
                 let items = tokio_stream::iter(items);
@@ -130,72 +97,13 @@ impl Federation for Svc {
                     Box::pin(items)
                 }
             }
-        };
-        Ok(Response::new(stream))
-    }
-    async fn get_task_logs(
-        &self,
-        _: Request<GetTaskLogsRequest>,
-    ) -> Result<Response<GetTaskLogsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn list_regions(
-        &self,
-        _: Request<ListRegionsRequest>,
-    ) -> Result<Response<ListRegionsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn drain_region(
-        &self,
-        _: Request<DrainRegionRequest>,
-    ) -> Result<Response<DrainRegionResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn undrain_region(
-        &self,
-        _: Request<UndrainRegionRequest>,
-    ) -> Result<Response<UndrainRegionResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn list_nodes(
-        &self,
-        _: Request<ListNodesRequest>,
-    ) -> Result<Response<ListNodesResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn cordon_node(
-        &self,
-        _: Request<CordonNodeRequest>,
-    ) -> Result<Response<CordonNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn uncordon_node(
-        &self,
-        _: Request<UncordonNodeRequest>,
-    ) -> Result<Response<UncordonNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn drain_node(
-        &self,
-        _: Request<DrainNodeRequest>,
-    ) -> Result<Response<DrainNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        })
     }
 }
 
 /// Serves `fake` on a free loopback port; returns its URL.
 async fn serve(fake: Arc<Fake>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(FederationServer::new(Svc(fake)))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await;
-    });
-    url
+    support::serve(fake).await
 }
 
 fn client(endpoint: &str) -> Client {

@@ -1,0 +1,146 @@
+//! A fake global replica for the CLI's tests: a real tonic `Federation`
+//! server on 127.0.0.1 whose job calls a test scripts through [`Script`];
+//! every call a test does not script answers UNIMPLEMENTED.
+#![allow(dead_code)]
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use meridian_proto::v1::federation_server::{Federation, FederationServer};
+use meridian_proto::v1::*;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+/// A watch stream as the fake serves it.
+pub type Events = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+
+fn unscripted() -> Status {
+    Status::unimplemented("not scripted by this test")
+}
+
+/// The calls a test may script.
+#[tonic::async_trait]
+pub trait Script: Send + Sync + 'static {
+    async fn submit_job(&self, _: SubmitJobRequest) -> Result<SubmitJobResponse, Status> {
+        Err(unscripted())
+    }
+    async fn get_job(&self, _: GetJobRequest) -> Result<GetJobResponse, Status> {
+        Err(unscripted())
+    }
+    async fn list_jobs(&self, _: ListJobsRequest) -> Result<ListJobsResponse, Status> {
+        Err(unscripted())
+    }
+    async fn watch_jobs(&self, _: WatchJobsRequest) -> Result<Events, Status> {
+        Err(unscripted())
+    }
+    async fn get_task_logs(&self, _: GetTaskLogsRequest) -> Result<GetTaskLogsResponse, Status> {
+        Err(unscripted())
+    }
+}
+
+struct Fake<S>(Arc<S>);
+
+#[tonic::async_trait]
+impl<S: Script> Federation for Fake<S> {
+    async fn submit_job(
+        &self,
+        r: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        self.0.submit_job(r.into_inner()).await.map(Response::new)
+    }
+    async fn submit_jobs(
+        &self,
+        _: Request<SubmitJobsRequest>,
+    ) -> Result<Response<SubmitJobsResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn get_job(&self, r: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        self.0.get_job(r.into_inner()).await.map(Response::new)
+    }
+    async fn list_jobs(
+        &self,
+        r: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        self.0.list_jobs(r.into_inner()).await.map(Response::new)
+    }
+    async fn cancel_job(
+        &self,
+        _: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        Err(unscripted())
+    }
+    type WatchJobsStream = Events;
+    async fn watch_jobs(
+        &self,
+        r: Request<WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        self.0.watch_jobs(r.into_inner()).await.map(Response::new)
+    }
+    async fn get_task_logs(
+        &self,
+        r: Request<GetTaskLogsRequest>,
+    ) -> Result<Response<GetTaskLogsResponse>, Status> {
+        self.0
+            .get_task_logs(r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn list_regions(
+        &self,
+        _: Request<ListRegionsRequest>,
+    ) -> Result<Response<ListRegionsResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn drain_region(
+        &self,
+        _: Request<DrainRegionRequest>,
+    ) -> Result<Response<DrainRegionResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn undrain_region(
+        &self,
+        _: Request<UndrainRegionRequest>,
+    ) -> Result<Response<UndrainRegionResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn list_nodes(
+        &self,
+        _: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn cordon_node(
+        &self,
+        _: Request<CordonNodeRequest>,
+    ) -> Result<Response<CordonNodeResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn uncordon_node(
+        &self,
+        _: Request<UncordonNodeRequest>,
+    ) -> Result<Response<UncordonNodeResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn drain_node(
+        &self,
+        _: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeResponse>, Status> {
+        Err(unscripted())
+    }
+}
+
+/// Serves `script` on a free loopback port; returns its URL.
+pub async fn serve<S: Script>(script: Arc<S>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(FederationServer::new(Fake(script)))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    url
+}
