@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use federation::{Dev, Sizes, Tracker, http_get_json, poll, sh_job, submit_all};
+use federation::{Dev, Sizes, Tracker, file_for_tasks, http_get_json, poll, sh_job, submit_all};
 use meridian_proto::v1;
 use meridian_sim::{CheckConfig, Event, History, JobState, Record, Scope, StopReason, check};
 use nix::sys::signal::Signal;
@@ -332,7 +332,7 @@ fn restarted(dev: &Dev, name: &str, old: i32) {
 async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_invariant_of_the_design()
  {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("tasks.log");
+    let file = file_for_tasks(dir.path(), "tasks.log");
     let t0 = unix_ns();
     let dev = Dev::start(
         &dir.path().join("dev"),

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use federation::{Dev, Sizes, Tracker, poll, sh_job, states, submit_all};
+use federation::{Dev, Sizes, Tracker, file_for_tasks, poll, sh_job, states, submit_all};
 use meridian_proto::v1;
 
 const JOBS: usize = 2_000;
@@ -84,7 +84,7 @@ async fn await_global_write(dev: &Dev, since: Instant) -> Duration {
 async fn killing_a_regional_then_the_global_leader_under_two_thousand_exclusive_tasks_runs_each_exactly_once()
  {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ran = dir.path().join("ran.txt");
+    let ran = file_for_tasks(dir.path(), "ran.txt");
     let started = Instant::now();
     let dev = Dev::start(
         &dir.path().join("dev"),

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
@@ -326,6 +326,19 @@ fn dechunk(body: &str) -> String {
         rest = after[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A file in `dir` that tasks append to. `meridian dev` runs its agents as
+/// root, so their tasks run as `nobody`: the directory must let them
+/// through and the file must take their writes.
+pub fn file_for_tasks(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::Permissions::from_mode;
+    std::fs::set_permissions(dir, mode(0o711)).expect("open the directory to tasks");
+    let file = dir.join(name);
+    std::fs::write(&file, b"").expect("create the file");
+    std::fs::set_permissions(&file, mode(0o666)).expect("open the file to tasks");
+    file
 }
 
 /// A one-task job running `sh -c script` on a real node.
