@@ -5,11 +5,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{FakeOptions, FakeRegion, attempt, run, stop};
 use meridian_agent::exec::process::is_running;
 use meridian_agent::{AgentOptions, Host, NodeSpec, Probe};
-use meridian_control::SystemClock;
+use meridian_control::{ManualClock, SystemClock};
 use meridian_proto::v1::task_template::Kind;
 use meridian_proto::v1::{
     Command, RegionLossPolicy, Resources, Simulated, TaskState, TaskTemplate,
@@ -107,17 +108,38 @@ async fn a_real_task_runs_and_its_exit_code_and_output_reach_the_region() {
 /// real node runs them as a timer and reports their exit code. (It used to
 /// report them FAILED, "could not start", which failed about one simulated
 /// job in a thousand in `meridian dev`.)
+///
+/// The node runs on a manual clock: the timers end when the test moves time,
+/// not when a machine under load gets round to it, and both end at the same
+/// instant, so the test must not (and does not) expect one final report
+/// before the other (docs/testing.md, "How tests wait").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_task_on_a_real_node_runs_as_a_timer_and_succeeds() {
-    let mut fake = FakeRegion::start(SystemClock::shared(), FakeOptions::default()).await;
+    const DURATION_MS: u64 = 20;
+    let clock = ManualClock::new();
+    let mut fake = FakeRegion::start(clock.shared(), FakeOptions::default()).await;
     let work = tempfile::tempdir().unwrap();
-    let host = real_host(&fake, work.path()).await;
+    // The manual clock does not move by itself: no spacing between reports.
+    let opts = AgentOptions {
+        work_dir: Some(work.path().to_path_buf()),
+        report_interval: Duration::ZERO,
+        ..AgentOptions::default()
+    };
+    let host = Host::real(
+        &fake.url(),
+        spec("n1"),
+        opts,
+        clock.shared(),
+        Arc::new(Probe::default()),
+    )
+    .await
+    .unwrap();
     fake.wait_stream("n1", 1).await;
     let epoch = fake.epoch_of("n1");
 
     let template = |exit_code| TaskTemplate {
         kind: Some(Kind::Simulated(Simulated {
-            duration_ms: 20,
+            duration_ms: DURATION_MS,
             exit_code,
         })),
     };
@@ -137,8 +159,19 @@ async fn a_simulated_task_on_a_real_node_runs_as_a_timer_and_succeeds() {
         )
         .await;
     }
-    // Both timers are 20 ms: either may end first, so the final reports
-    // are collected in whatever order they come.
+    // Both run (their timers exist from the launch on) and neither has
+    // ended: time has not moved.
+    let mut running = BTreeMap::new();
+    while running.len() < 2 {
+        let (_, r) = fake.next_report().await;
+        assert_eq!(r.finished_at_unix_ms, 0, "ended before its time: {r:?}");
+        assert_eq!(r.state, TaskState::Running as i32, "{r:?}");
+        running.insert(r.task.clone().and_then(|t| t.task).map(|t| t.index), r);
+    }
+
+    clock.advance(Duration::from_millis(DURATION_MS));
+    // Both timers end at this one instant: the final reports come in
+    // whatever order the node loop takes the two exits, in one batch or two.
     let mut finals = BTreeMap::new();
     while finals.len() < 2 {
         let (_, r) = fake.next_report().await;
@@ -154,6 +187,13 @@ async fn a_simulated_task_on_a_real_node_runs_as_a_timer_and_succeeds() {
     let done = &finals[&bad.task.as_ref().map(|t| t.index)];
     assert_eq!(done.state, TaskState::Failed as i32, "{done:?}");
     assert_eq!(done.exit_code, Some(4));
+    for done in finals.values() {
+        assert_eq!(
+            done.finished_at_unix_ms - done.started_at_unix_ms,
+            DURATION_MS,
+            "ran exactly as long as its timer: {done:?}"
+        );
+    }
     // No process, no files.
     assert!(!work.path().join("tasks/job-sim").exists());
     host.shutdown().await;
