@@ -15,6 +15,9 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+/// How often the live region of the failover test renews its lease.
+const REGION_B_RENEWS_EVERY: Duration = Duration::from_millis(100);
+
 async fn open(
     link: &mut RegionLinkClient<Channel>,
     region: &str,
@@ -271,7 +274,9 @@ async fn on_region_loss_failover_jobs_move_and_keep_running_jobs_stay() {
     let renewer = {
         let mut link = link.clone();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_millis(100));
+            // The renewal rate of a live region (a quarter of its 400 ms
+            // lease): the behaviour of the fake region, not a wait.
+            let mut ticker = tokio::time::interval(REGION_B_RENEWS_EVERY);
             loop {
                 ticker.tick().await;
                 let _ = link

@@ -46,6 +46,26 @@ const JOBS: usize = 120;
 const KEEP_RUNNING: usize = 2;
 const RESUBMITTED: usize = 20;
 const REGIONS: [&str; 2] = ["us-east", "eu-west"];
+/// How long the busiest shard leader of eu-west stays SIGSTOPped: about 4
+/// shard leases. The length of the fault itself, not a wait.
+const SHARD_LEADER_PAUSE: Duration = Duration::from_secs(4);
+/// How long the global leader stays SIGSTOPped: about 3 leader leases. The
+/// length of the fault itself, not a wait.
+const GLOBAL_LEADER_PAUSE: Duration = Duration::from_secs(6);
+/// The leader sampler's period: how finely the history sees leadership
+/// change (a property of the observation; nothing waits on it).
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// The faults whose length is a duration.
+mod fault {
+    use std::time::Duration;
+
+    /// Keeps a fault (a SIGSTOPped process) in place for `length`: the
+    /// sleep is the fault, not a wait for a condition.
+    pub async fn pause_for(length: Duration) {
+        tokio::time::sleep(length).await;
+    }
+}
 
 fn unix_ns() -> u128 {
     SystemTime::now()
@@ -205,8 +225,7 @@ fn sample_leaders(consoles: &Consoles, stop: &AtomicBool) -> Vec<Timed> {
                 }
             }
         }
-        // A sampling period, not a wait for a condition.
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(SAMPLE_EVERY);
     }
     out
 }
@@ -378,8 +397,10 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
     timeline.fault(format!("kill -9 {victim} (busiest shard leader)"));
     let paused = busiest(&dev, REGIONS[1]);
     signal(&dev, &paused, Signal::SIGSTOP);
-    timeline.fault(format!("SIGSTOP {paused} (busiest shard leader) for 4 s"));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    timeline.fault(format!(
+        "SIGSTOP {paused} (busiest shard leader) for {SHARD_LEADER_PAUSE:?}"
+    ));
+    fault::pause_for(SHARD_LEADER_PAUSE).await;
     signal(&dev, &paused, Signal::SIGCONT);
     timeline.fault(format!("SIGCONT {paused}"));
 
@@ -393,8 +414,10 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
     timeline.fault(format!("kill -9 {victim} (busiest shard leader)"));
     let leader = poll("a global leader", || dev.global_leader());
     signal(&dev, &leader, Signal::SIGSTOP);
-    timeline.fault(format!("SIGSTOP {leader} (global leader) for 6 s"));
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    timeline.fault(format!(
+        "SIGSTOP {leader} (global leader) for {GLOBAL_LEADER_PAUSE:?}"
+    ));
+    fault::pause_for(GLOBAL_LEADER_PAUSE).await;
     signal(&dev, &leader, Signal::SIGCONT);
     timeline.fault(format!("SIGCONT {leader}"));
 

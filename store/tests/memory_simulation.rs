@@ -75,6 +75,15 @@ fn the_same_operations_give_the_same_versionstamps_and_data() {
     assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
 }
 
+/// The gap between an increment's read and its write, in turmoil's simulated
+/// time. It is the scenario itself (it makes the processes' transactions
+/// overlap, so they conflict), not a wait for a condition.
+const READ_WRITE_GAP: Duration = Duration::from_millis(1);
+
+async fn pause_between_read_and_write() {
+    tokio::time::sleep(READ_WRITE_GAP).await;
+}
+
 /// One simulated process: increments a shared counter by read-modify-write,
 /// pausing (in simulated time) between the read and the write so the
 /// processes interleave and conflict, and logs each increment under a
@@ -94,7 +103,7 @@ async fn process(db: Database, name: String, transcript: Arc<Mutex<Vec<String>>>
                         .await?
                         .map(|v| u32::from_le_bytes(v.try_into().unwrap_or([0; 4])))
                         .unwrap_or(0);
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    pause_between_read_and_write().await;
                     tx.set(b"counter", &(seen + 1).to_le_bytes())?;
                     tx.set_versionstamped_key(&template, name.as_bytes())?;
                     Ok::<_, StoreError>(seen)

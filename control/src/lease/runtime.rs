@@ -119,8 +119,11 @@ mod tests {
     async fn a_dedicated_runtime_runs_while_the_callers_runtime_is_blocked() {
         let rt = LeaseRuntime::dedicated("lease-test").expect("thread");
         let (tx, rx) = std::sync::mpsc::channel();
+        // The duty needs its runtime's timer (it sleeps): the scenario is a
+        // duty that a blocked caller's runtime could not drive, not a wait.
+        const DUTY_TIMER: std::time::Duration = std::time::Duration::from_millis(5);
         let task = rt.spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            tokio::time::sleep(DUTY_TIMER).await;
             let _ = tx.send(std::thread::current().name().map(str::to_string));
         });
         // The caller's only worker is blocked right here; the duty still runs.

@@ -432,6 +432,10 @@ fn add_client(
     });
 }
 
+/// The observer's sampling period (simulated time): how often it reads the
+/// stores, a property of the observation, not a wait for a condition.
+const OBSERVER_PERIOD: Duration = Duration::from_millis(250);
+
 /// The observer, which reads the stores beneath the fault wrappers.
 fn add_observer(sim: &mut turmoil::Sim<'_>, tiers: &Tiers, recorder: &Recorder) {
     let rec = recorder.clone();
@@ -446,7 +450,7 @@ fn add_observer(sim: &mut turmoil::Sim<'_>, tiers: &Tiers, recorder: &Recorder) 
             let rkeys = meridian_regional::model::Keys::new(REGION);
             let mut memory = RegionMemory::default();
             loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(OBSERVER_PERIOD).await;
                 observe::observe_jobs(&global_db, &gkeys, &rec).await;
                 observe::observe_region(&region_db, &rkeys, &rec, &mut memory).await;
             }

@@ -82,6 +82,15 @@ pub fn jobs(seed: u64, count: usize, window: Duration) -> Vec<PlannedJob> {
     out
 }
 
+/// The simulated client's pause after a failed submit before it tries the
+/// next replica: behaviour of the simulated world (in turmoil's simulated
+/// time), not a wait of the test.
+const CLIENT_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long after its acknowledgement a job marked `repeat` is submitted
+/// again with the same request id (the duplicate the world offers), in
+/// simulated time.
+const REPEAT_AFTER: Duration = Duration::from_millis(700);
+
 /// Submits `job` until acknowledged (or `give_up_after` elapses), trying
 /// the global replicas in turn; records every acknowledgement.
 async fn submit(
@@ -119,7 +128,7 @@ async fn submit(
                 tracing::error!(%status, "the simulation submitted an invalid job");
                 return false;
             }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => tokio::time::sleep(CLIENT_RETRY_PAUSE).await,
         }
     }
     false
@@ -141,7 +150,7 @@ pub async fn run(
             tokio::time::sleep_until(start + job.at).await;
             let acked = submit(&job, &globals, &recorder, give_up).await;
             if acked && job.repeat {
-                tokio::time::sleep(Duration::from_millis(700)).await;
+                tokio::time::sleep(REPEAT_AFTER).await;
                 submit(&job, &globals, &recorder, give_up).await;
             }
         });
