@@ -20,7 +20,7 @@ use meridian_regional::pipeline::bind::Bind;
 use meridian_regional::pipeline::{Authority, Intent, Outcome};
 use meridian_regional::placement::{SolverConfig, solve};
 use meridian_regional::placer::PlacerConfig;
-use meridian_regional::placer::round::{batches, build_input};
+use meridian_regional::placer::round::{NodeView, batches, build_input};
 
 const DOC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -84,7 +84,13 @@ async fn main() {
     let input = {
         let state = fixture.path.state.read();
         let jobs: BTreeSet<String> = state.pending_jobs.iter().cloned().collect();
-        build_input(&state, 0, &jobs, fixture.clock.now_unix_ms())
+        build_input(
+            &state,
+            0,
+            &jobs,
+            fixture.clock.now_unix_ms(),
+            &mut NodeView::default(),
+        )
     };
     let t_read = Duration::ZERO;
     let t_build = t0.elapsed();

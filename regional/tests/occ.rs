@@ -23,7 +23,7 @@ use meridian_regional::pipeline::{Authority, Intent, Outcome};
 use meridian_regional::placement::{
     Binding, NodeId, PendingTask, Snapshot, Solution, SolverConfig, TaskRef, solve,
 };
-use meridian_regional::placer::round::{Batch, RoundInput, batches, build_input};
+use meridian_regional::placer::round::{Batch, NodeView, RoundInput, batches, build_input};
 use meridian_regional::shard::ensure_layout;
 use support::{GIB, Region};
 
@@ -32,7 +32,7 @@ fn decide(region: &Region, jobs: &[&str]) -> (RoundInput, Solution) {
     let jobs: BTreeSet<String> = jobs.iter().map(|j| j.to_string()).collect();
     let input = {
         let state = region.fx.path.state.read();
-        build_input(&state, 0, &jobs, region.now_ms())
+        build_input(&state, 0, &jobs, region.now_ms(), &mut NodeView::default())
     };
     let solution = solve(&input.snapshot, &input.pending, &SolverConfig::default());
     (input, solution)
@@ -527,4 +527,88 @@ async fn a_faulty_solver_that_binds_onto_a_full_node_never_overcommits_it() {
         third.outcome.stale,
         vec![(TaskRef::new("job-2", 0), Stale::NoRoom)]
     );
+}
+
+/// The shard's nodes as a round built from a view kept since earlier rounds,
+/// and as one built from scratch.
+fn kept_and_fresh(region: &Region, kept: &mut NodeView, jobs: &[&str]) -> (Snapshot, Snapshot) {
+    let jobs: BTreeSet<String> = jobs.iter().map(|j| j.to_string()).collect();
+    let state = region.fx.path.state.read();
+    let now = region.now_ms();
+    let from_kept = build_input(&state, 0, &jobs, now, kept);
+    let from_scratch = build_input(&state, 0, &jobs, now, &mut NodeView::default());
+    let snapshots = (from_kept.snapshot.clone(), from_scratch.snapshot.clone());
+    kept.restore(from_kept);
+    snapshots
+}
+
+#[tokio::test]
+async fn a_node_view_kept_between_rounds_sees_every_binding_cordon_new_node_and_reshard() {
+    let region = Region::new().await;
+    region.register("node-a", "boot-a").await;
+    region.register("node-b", "boot-b").await;
+    for job in ["job-1", "job-2"] {
+        region.insert(job, simple_spec("t", 1, 1_000, GIB)).await;
+    }
+    let mut kept = NodeView::default();
+    let (first, fresh) = kept_and_fresh(&region, &mut kept, &["job-1"]);
+    assert_eq!(first, fresh);
+    assert_eq!(first.nodes.len(), 2);
+
+    // A binding moves a node's allocation.
+    let (input, solution) = decide(&region, &["job-1"]);
+    let out = bind(
+        &region,
+        region.term().fence,
+        input.generation,
+        one_batch(&input, &solution),
+    )
+    .await
+    .expect("bind");
+    assert_eq!(out.bound.len(), 1, "{out:?}");
+    let (after_bind, fresh) = kept_and_fresh(&region, &mut kept, &["job-2"]);
+    assert_eq!(after_bind, fresh);
+    assert_ne!(after_bind, first, "the kept view missed the binding");
+
+    // A cordon makes a node unschedulable; a new node joins.
+    let out = region
+        .submit(
+            0,
+            Intent::Cordon(SetCordon {
+                node: "node-b".into(),
+                change: Cordon::Cordon { reason: "x".into() },
+            }),
+        )
+        .await
+        .expect("cordon");
+    assert!(matches!(out, Outcome::Node(Some(_))), "{out:?}");
+    region.register("node-c", "boot-c").await;
+    let (after_cordon, fresh) = kept_and_fresh(&region, &mut kept, &["job-2"]);
+    assert_eq!(after_cordon, fresh);
+    assert!(!after_cordon.nodes["node-b"].schedulable);
+    assert_eq!(after_cordon.nodes.len(), 3);
+
+    // Re-sharding moves nodes to another shard: they leave shard 0's view.
+    // Jobs of every shard wait, so shard 0 still has one to decide for.
+    let waiting: Vec<String> = (0..16).map(|i| format!("w-{i}")).collect();
+    for job in &waiting {
+        region.insert(job, simple_spec("t", 1, 1_000, GIB)).await;
+    }
+    ensure_layout(&region.db, &region.keys, 2)
+        .await
+        .expect("re-shard");
+    region.fx.path.tailer.catch_up().await.expect("catch up");
+    let waiting: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    let (resharded, fresh) = kept_and_fresh(&region, &mut kept, &waiting);
+    assert_eq!(resharded, fresh);
+    let on_shard_0: BTreeSet<&str> = ["node-a", "node-b", "node-c"]
+        .into_iter()
+        .filter(|n| region.fx.shard_of(n) == 0)
+        .collect();
+    assert!(
+        !on_shard_0.is_empty() && on_shard_0.len() < 3,
+        "the test needs nodes on both sides of the re-shard: {on_shard_0:?}"
+    );
+    let kept_ids: BTreeSet<&str> = resharded.nodes.keys().map(|id| id.0.as_str()).collect();
+    assert_eq!(kept_ids, on_shard_0);
 }

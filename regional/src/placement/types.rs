@@ -23,6 +23,14 @@ impl NodeId {
     }
 }
 
+// A map keyed by node id can be searched by the id's text without building a
+// `NodeId`: the derived order is the `String`'s, which is the `str`'s.
+impl std::borrow::Borrow<str> for NodeId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

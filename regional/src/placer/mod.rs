@@ -46,7 +46,7 @@ use crate::shard::{ShardTerm, ShardWork};
 use crate::state::tail::Tailer;
 use crate::state::{Delta, SharedState, Watcher};
 use hints::Waiting;
-use round::{RoundInput, batches, build_input};
+use round::{NodeView, RoundInput, batches, build_input};
 use sweep::{LivenessConfig, SweepOutcome, SweepScope, liveness_changes, task_changes};
 use why::{Reasons, RoundWhy};
 
@@ -191,6 +191,8 @@ pub struct ShardLoop {
     reasons: Reasons,
     /// What the next task sweep must look at.
     sweep_scope: SweepScope,
+    /// The solver's copies of the shard's nodes, kept between rounds.
+    view: NodeView,
 }
 
 impl ShardLoop {
@@ -225,6 +227,7 @@ impl ShardLoop {
             handoffs: Vec::new(),
             reasons: Reasons::default(),
             sweep_scope: SweepScope::everything(),
+            view: NodeView::default(),
         };
         lp.resync();
         Ok(lp)
@@ -401,7 +404,7 @@ impl ShardLoop {
         let now_ms = self.ctx.clock.now_unix_ms();
         let input = {
             let s = self.ctx.state.read();
-            build_input(&s, self.term.shard, &jobs, now_ms)
+            build_input(&s, self.term.shard, &jobs, now_ms, &mut self.view)
         };
         let solution = self.solve(&input, jobs.len());
         let mut report = RoundReport {
@@ -427,6 +430,7 @@ impl ShardLoop {
             now_ms,
             &mut why,
         );
+        self.view.restore(input);
         Ok(report)
     }
 

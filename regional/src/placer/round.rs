@@ -13,11 +13,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::hints::Shape;
-use crate::model::{JobPhase, pending_task, running_task, solver_node};
+use crate::model::{JobPhase, NodeRecord, Res, pending_task, running_task, solver_node};
 use crate::pipeline::bind::{PlannedBinding, PlannedStop};
-use crate::placement::{PendingTask, Snapshot, Solution, TaskRef};
+use crate::placement::{Node, NodeId, PendingTask, Resources, Snapshot, Solution, TaskRef};
 use crate::state::fit::{constraints, room_for};
-use crate::state::{JobEntry, RegionState};
+use crate::state::{JobEntry, NodeEntry, RegionState};
 
 /// What one solve of one shard works on.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +43,7 @@ pub fn build_input(
     shard: u32,
     jobs: &BTreeSet<String>,
     now_unix_ms: u64,
+    view: &mut NodeView,
 ) -> RoundInput {
     let count = state.shard_count();
     let mut input = RoundInput {
@@ -50,11 +51,6 @@ pub fn build_input(
         ..RoundInput::default()
     };
     let mut room_by_shape: BTreeMap<Shape, u64> = BTreeMap::new();
-    for (entry, record) in state.shard_nodes(shard) {
-        let mut node = solver_node(record);
-        node.allocated = entry.allocated.to_solver();
-        input.snapshot.nodes.insert(node.id.clone(), node);
-    }
     for job_id in jobs {
         let Some(job) = state.jobs.get(job_id) else {
             continue;
@@ -69,10 +65,87 @@ pub fn build_input(
         };
         take_pending(state, job_id, job, limit, now_unix_ms, &mut input);
     }
+    if input.pending.is_empty() {
+        // Nothing to solve: the nodes would only be copied and dropped.
+        return input;
+    }
+    input.snapshot.nodes = view.refreshed(state, shard);
     if needs_running(state, &input.pending) {
         add_running(state, shard, &mut input);
     }
     input
+}
+
+/// The solver's view of a shard's nodes, kept from one round to the next.
+///
+/// A round used to copy every node of the shard (its id, labels, zone and
+/// rack) into a fresh snapshot and drop it after the solve, which cost more
+/// than the solve itself when rounds are small and frequent. The view keeps
+/// the copies and rebuilds only a node whose record or committed allocation
+/// differs from its copy, found by a comparison that allocates nothing.
+#[derive(Debug, Default)]
+pub struct NodeView {
+    nodes: BTreeMap<NodeId, Node>,
+}
+
+impl NodeView {
+    /// The shard's nodes as of `state`, lent to one round's input; give
+    /// them back with [`NodeView::restore`].
+    fn refreshed(&mut self, state: &RegionState, shard: u32) -> BTreeMap<NodeId, Node> {
+        let mut nodes = std::mem::take(&mut self.nodes);
+        let mut seen = 0usize;
+        for (entry, record) in state.shard_nodes(shard) {
+            seen += 1;
+            match nodes.get_mut(record.node_id.as_str()) {
+                Some(node) if is_current(node, entry, record) => {}
+                Some(node) => *node = fresh(entry, record),
+                None => {
+                    nodes.insert(NodeId::new(record.node_id.as_str()), fresh(entry, record));
+                }
+            }
+        }
+        if nodes.len() != seen {
+            // A node left the shard (or the region): drop its copy.
+            nodes.retain(|id, _| {
+                state
+                    .nodes
+                    .get(id.0.as_str())
+                    .is_some_and(|e| e.shard == shard && e.record.is_some())
+            });
+        }
+        nodes
+    }
+
+    /// Takes back the nodes lent to `input`.
+    pub fn restore(&mut self, input: RoundInput) {
+        if !input.snapshot.nodes.is_empty() {
+            self.nodes = input.snapshot.nodes;
+        }
+    }
+}
+
+fn fresh(entry: &NodeEntry, record: &NodeRecord) -> Node {
+    let mut node = solver_node(record);
+    node.allocated = entry.allocated.to_solver();
+    node
+}
+
+/// Whether `node` is what [`fresh`] would build from `entry` and `record`.
+fn is_current(node: &Node, entry: &NodeEntry, record: &NodeRecord) -> bool {
+    node.version == record.version
+        && node.schedulable == record.schedulable()
+        && same(&node.capacity, &record.allocatable)
+        && same(&node.allocated, &entry.allocated)
+        && node.zone.as_deref().unwrap_or("") == record.zone
+        && node.rack.as_deref().unwrap_or("") == record.rack
+        && node.labels == record.labels
+}
+
+fn same(solver: &Resources, res: &Res) -> bool {
+    solver.cpu_millis == res.cpu
+        && solver.memory_bytes == res.mem
+        && solver.gpus == res.gpus
+        && solver.gpu_type.as_deref().unwrap_or("") == res.gpu_type
 }
 
 /// How many tasks of a job of `job`'s shape the shard has room for. Jobs of
