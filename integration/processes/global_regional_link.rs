@@ -6,8 +6,9 @@
 //! SUCCEEDED reports flow up to the jobs' state in `GetJob`.
 //!
 //! Nothing here sleeps to wait for a condition: progress is awaited on the
-//! assignment streams and on the global tier's `WatchJobs` stream; the only
-//! pause is an agent's retry of a refused call, as a real agent does.
+//! assignment streams and on the global tier's `WatchJobs` stream; a call
+//! the region refuses while it does not lead yet is sent again as a real
+//! agent sends it, by control's retry rule (`support::retry`).
 
 mod support;
 
@@ -47,22 +48,18 @@ impl FakeAgent {
     /// Opens the assignment stream (retrying while the region has no shard
     /// leader yet) and forwards its commands.
     async fn follow(&self, commands: mpsc::UnboundedSender<(String, v1::AssignmentCommand)>) {
-        let mut client = self.client.clone();
         let request = v1::NodeAssignmentsRequest {
             node_id: self.node.clone(),
             node_epoch: self.epoch,
             cursor: Vec::new(),
         };
-        let mut stream = loop {
-            match client.assignments(request.clone()).await {
-                Ok(s) => break s.into_inner(),
-                Err(s) if s.code() == tonic::Code::Unavailable => {
-                    // An agent's retry of a refused call, not a test wait.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(s) => panic!("assignments of {}: {s}", self.node),
-            }
-        };
+        let mut stream =
+            support::retry::until_served(&format!("assignments of {}", self.node), || {
+                let (mut client, request) = (self.client.clone(), request.clone());
+                async move { client.assignments(request).await }
+            })
+            .await
+            .into_inner();
         let node = self.node.clone();
         tokio::spawn(async move {
             while let Ok(Some(cmd)) = stream.message().await {

@@ -112,7 +112,7 @@ impl FakeAgent {
         cores: u64,
         labels: &[(&str, &str)],
     ) -> FakeAgent {
-        let mut client = AgentLinkClient::connect(format!("http://{region_grpc}"))
+        let client = AgentLinkClient::connect(format!("http://{region_grpc}"))
             .await
             .expect("connect to the region");
         let request = v1::RegisterNodeRequest {
@@ -133,20 +133,15 @@ impl FakeAgent {
             ..Default::default()
         };
         // The replica answers once it leads the node's shard, just after it
-        // starts listening; an agent retries until then, and so does this.
-        let deadline = std::time::Instant::now() + GUARD;
-        let epoch = loop {
-            match client.register(request.clone()).await {
-                Ok(r) => break r.into_inner().node_epoch,
-                Err(s)
-                    if s.code() == tonic::Code::Unavailable
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(s) => panic!("register {node}: {s:?}"),
-            }
-        };
+        // starts listening; an agent sends the registration again until
+        // then, by control's retry rule, and so does this.
+        let epoch = support::retry::until_served(&format!("register {node}"), || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.register(request).await }
+        })
+        .await
+        .into_inner()
+        .node_epoch;
         FakeAgent {
             node: node.into(),
             epoch,
@@ -164,17 +159,13 @@ impl FakeAgent {
                 node_epoch: self.epoch,
                 cursor: Vec::new(),
             };
-            let mut client = self.client.clone();
-            let mut stream = loop {
-                match client.assignments(request.clone()).await {
-                    Ok(s) => break s.into_inner(),
-                    Err(s) if s.code() == tonic::Code::Unavailable => {
-                        // An agent's retry of a refused call, as a real agent does.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(_) => return,
-                }
-            };
+            let mut stream =
+                support::retry::until_served(&format!("assignments of {}", self.node), || {
+                    let (mut client, request) = (self.client.clone(), request.clone());
+                    async move { client.assignments(request).await }
+                })
+                .await
+                .into_inner();
             while let Ok(Some(cmd)) = stream.message().await {
                 if cmd.kind != v1::CommandKind::Run as i32 {
                     continue;
@@ -189,7 +180,7 @@ impl FakeAgent {
                 let agent = self.clone();
                 tokio::spawn(async move {
                     agent.report(&attempt, v1::TaskState::Running).await;
-                    tokio::time::sleep(Duration::from_millis(duration)).await;
+                    run_simulated_task(Duration::from_millis(duration)).await;
                     agent.report(&attempt, v1::TaskState::Succeeded).await;
                 });
             }
@@ -437,6 +428,12 @@ pub fn screenshot_dir(tmp: &tempfile::TempDir) -> PathBuf {
     }
 }
 
+/// The work of a simulated task a fake agent runs: the task's own runtime
+/// (as a real agent's timer for a simulated task), not a wait of the test.
+async fn run_simulated_task(runtime: Duration) {
+    tokio::time::sleep(runtime).await;
+}
+
 /// Wall time in ms.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -470,20 +467,15 @@ impl FakeRegion {
             ..Default::default()
         };
         // The global replica leads just after it starts listening; a region
-        // retries until then, and so does this one.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let lease = loop {
-            match link.register_region(request.clone()).await {
-                Ok(r) => break r.into_inner().region_lease_epoch,
-                Err(s)
-                    if s.code() == tonic::Code::Unavailable
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(s) => panic!("register the region: {s:?}"),
-            }
-        };
+        // sends its registration again until then, by control's retry rule,
+        // and so does this one.
+        let lease = support::retry::until_served(&format!("register region {name}"), || {
+            let (mut link, request) = (link.clone(), request.clone());
+            async move { link.register_region(request).await }
+        })
+        .await
+        .into_inner()
+        .region_lease_epoch;
         link.report_capacity(v1::ReportCapacityRequest {
             region: name.into(),
             region_lease_epoch: lease,

@@ -2,15 +2,11 @@
 //! `AgentLink` proto, where a test needs nodes whose every report it
 //! decides (a fake agent) rather than a `meridian agent` process.
 
-use std::time::{Duration, Instant};
-
 use meridian_proto::v1;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use tonic::transport::Channel;
 
 const GIB: u64 = 1 << 30;
-/// Failure guard of the registration's retries.
-const REGISTER_GUARD: Duration = Duration::from_secs(30);
 
 /// Registers `node` in `zone`, offering `cores` cores and 2 GiB of memory
 /// per core, with the region replica at `region_grpc` (`ADDR`). Returns the
@@ -21,7 +17,7 @@ pub async fn register_node(
     zone: &str,
     cores: u64,
 ) -> (AgentLinkClient<Channel>, u64) {
-    let mut client = AgentLinkClient::connect(format!("http://{region_grpc}"))
+    let client = AgentLinkClient::connect(format!("http://{region_grpc}"))
         .await
         .expect("connect to the region");
     let request = v1::RegisterNodeRequest {
@@ -38,17 +34,15 @@ pub async fn register_node(
         ..Default::default()
     };
     // A region replica answers registrations only once it leads the node's
-    // shard, which it takes just after it starts listening; an agent
-    // retries until then, and so does this one.
-    let deadline = Instant::now() + REGISTER_GUARD;
-    let epoch = loop {
-        match client.register(request.clone()).await {
-            Ok(r) => break r.into_inner().node_epoch,
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(s) => panic!("register: {s:?}"),
-        }
-    };
+    // shard, which it takes just after it starts listening; an agent sends
+    // the registration again until then, by control's retry rule, and so
+    // does this one.
+    let epoch = super::retry::until_served(&format!("register {node}"), || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.register(request).await }
+    })
+    .await
+    .into_inner()
+    .node_epoch;
     (client, epoch)
 }

@@ -4,13 +4,15 @@
 //! and read until every expected marker line appeared (a process says it is
 //! up; nothing waits by sleeping), then drained on a thread so the child
 //! never blocks on a full pipe; and [`Proc`], which ends the child when the
-//! test ends, passing or failing, so no test leaves a process behind.
+//! test ends, passing or failing, so no test leaves a process behind. A
+//! stopping child is awaited on its pidfd ([`super::wait`]), a captured log
+//! line on a condition variable the reading thread signals.
 //! What to run is not decided here: `meridian` command lines come from
 //! `meridian_cli::dev::line`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -21,8 +23,6 @@ use nix::unistd::Pid;
 const DROP_GRACE: Duration = Duration::from_secs(20);
 /// Failure guard of [`Proc::interrupt`]: a stop that takes this long hangs.
 const INTERRUPT_GUARD: Duration = Duration::from_secs(90);
-/// Interval of the exit polls while a process stops.
-const POLL: Duration = Duration::from_millis(25);
 
 /// Where a child's standard error goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,14 +167,93 @@ impl Launch {
     }
 }
 
+/// A child's captured stderr: its lines so far, and whether it has ended.
+#[derive(Default)]
+struct Lines {
+    lines: Vec<String>,
+    ended: bool,
+}
+
+/// A captured stderr that can be waited on: the reading thread signals
+/// `grew` at every line and at the end.
+#[derive(Default)]
+struct LogInner {
+    state: Mutex<Lines>,
+    grew: Condvar,
+}
+
+/// A handle to a child's captured stderr, for a test (or a blocking task)
+/// to wait for a line.
+#[derive(Clone, Default)]
+pub struct Log(Arc<LogInner>);
+
+impl Log {
+    /// Whether a line so far contains every one of `parts`.
+    pub fn contains(&self, parts: &[&str]) -> bool {
+        let st = self.0.state.lock().expect("log lock");
+        st.lines.iter().any(|l| parts.iter().all(|p| l.contains(p)))
+    }
+
+    /// Every line so far, for a failure message.
+    pub fn text(&self) -> String {
+        self.0.state.lock().expect("log lock").lines.join("\n")
+    }
+
+    /// Blocks until a line contains every one of `parts`; `Err` with the
+    /// log so far when the stream ends or `guard` passes first. Woken by
+    /// each new line, never by a timer.
+    pub fn wait_for(&self, parts: &[&str], guard: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + guard;
+        let mut st = self.0.state.lock().expect("log lock");
+        let mut seen = 0;
+        loop {
+            if st.lines[seen..]
+                .iter()
+                .any(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return Ok(());
+            }
+            seen = st.lines.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if st.ended || left.is_zero() {
+                let why = if st.ended {
+                    "the log ended"
+                } else {
+                    "guard passed"
+                };
+                return Err(format!(
+                    "no log line with {parts:?} ({why} after {guard:?}); log:\n{}",
+                    st.lines.join("\n")
+                ));
+            }
+            st = self.0.grew.wait_timeout(st, left).expect("log lock").0;
+        }
+    }
+
+    /// [`Log::wait_for`] from async code, on a blocking thread.
+    pub async fn until(&self, parts: &[&str], guard: Duration) -> Result<(), String> {
+        let log = self.clone();
+        let parts: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            log.wait_for(&parts, guard)
+        })
+        .await
+        .expect("the log wait ran")
+    }
+}
+
 /// Collects the lines of a child's stderr as they come.
-fn capture(stderr: std::process::ChildStderr) -> Arc<Mutex<Vec<String>>> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
+fn capture(stderr: std::process::ChildStderr) -> Log {
+    let log = Log::default();
+    let sink = log.0.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().expect("log lock").push(line);
+            sink.state.lock().expect("log lock").lines.push(line);
+            sink.grew.notify_all();
         }
+        sink.state.lock().expect("log lock").ended = true;
+        sink.grew.notify_all();
     });
     log
 }
@@ -186,7 +265,7 @@ pub struct Proc {
     child: Child,
     group: bool,
     stop: Stop,
-    log: Option<Arc<Mutex<Vec<String>>>>,
+    log: Option<Log>,
 }
 
 impl Proc {
@@ -197,6 +276,19 @@ impl Proc {
     /// Whether it has exited (and has been reaped).
     fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for its exit on its pidfd, up to `within`, and reaps it; true
+    /// when it exited. The child is not reaped before, so its pid cannot
+    /// have been reused.
+    fn exits_within(&mut self, within: Duration) -> bool {
+        if self.exited() {
+            return true;
+        }
+        let Some(fd) = super::wait::pidfd(self.pid().as_raw()) else {
+            return self.exited();
+        };
+        super::wait::exited_within(&fd, within) && self.exited()
     }
 
     /// SIGKILL (its whole group when it has its own), and reap it.
@@ -216,33 +308,28 @@ impl Proc {
             return;
         }
         let _ = kill(self.pid(), Signal::SIGINT);
-        let start = Instant::now();
-        while !self.exited() {
-            assert!(
-                start.elapsed() < INTERRUPT_GUARD,
-                "the process did not stop"
-            );
-            std::thread::sleep(POLL);
-        }
+        assert!(
+            self.exits_within(INTERRUPT_GUARD),
+            "the process did not stop within {INTERRUPT_GUARD:?}"
+        );
     }
 
     /// Whether a captured stderr line contains every one of `parts` (never,
     /// unless launched with [`Stderr::Capture`]).
     pub fn logged(&self, parts: &[&str]) -> bool {
-        self.log.as_ref().is_some_and(|log| {
-            log.lock()
-                .expect("log lock")
-                .iter()
-                .any(|l| parts.iter().all(|p| l.contains(p)))
-        })
+        self.log.as_ref().is_some_and(|log| log.contains(parts))
     }
 
     /// The captured stderr so far, for a failure message.
     pub fn log_text(&self) -> String {
+        self.log.as_ref().map(Log::text).unwrap_or_default()
+    }
+
+    /// Its captured stderr, to wait on (launched with [`Stderr::Capture`]).
+    pub fn log(&self) -> Log {
         self.log
-            .as_ref()
-            .map(|log| log.lock().expect("log lock").join("\n"))
-            .unwrap_or_default()
+            .clone()
+            .expect("the process was launched with Stderr::Capture")
     }
 }
 
@@ -250,12 +337,8 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if self.stop == Stop::Interrupt && !self.exited() {
             let _ = kill(self.pid(), Signal::SIGINT);
-            let deadline = Instant::now() + DROP_GRACE;
-            while Instant::now() < deadline {
-                if self.exited() {
-                    return;
-                }
-                std::thread::sleep(POLL);
+            if self.exits_within(DROP_GRACE) {
+                return;
             }
         }
         self.kill_now();

@@ -3,17 +3,21 @@
 //! program and ends it with the test, [`roles`] starts the federation's
 //! roles from their `meridian_cli::dev::line` command lines and reads the
 //! addresses they print, [`fake_agent`] registers nodes the test drives
-//! itself.
+//! itself, [`retry`] sends a call again as the product's clients do until a
+//! replica serves it, [`wait`] awaits process exits (pidfd) and lines tasks write
+//! into FIFOs.
 
 // Each test binary that includes this module uses only part of it.
 #![allow(dead_code, unused_imports)]
 
 pub mod fake_agent;
 pub mod launch;
+pub mod retry;
 pub mod roles;
+pub mod wait;
 
 pub use fake_agent::register_node;
-pub use launch::{Launch, Proc, Stderr};
+pub use launch::{Launch, Log, Proc, Stderr};
 pub use roles::{Agent, Global, Regional};
 
 /// A loopback address whose port is free right now, for a process that must
