@@ -14,9 +14,11 @@
 //! - simulated nodes advertise `meridian.io/simulated=true`, a real node
 //!   does not.
 //!
-//! Nothing waits by sleeping: progress is awaited on process output, on the
-//! global tier's `WatchJobs` stream, or by polling an API (or a pid file)
-//! under the failure guard.
+//! Nothing waits by sleeping or polling: progress is awaited on process
+//! output (the line each agent logs once a node is registered), on the
+//! global tier's `WatchJobs` stream, on a FIFO a task writes its pids into,
+//! and on pidfds for the task's processes to exit; the failure guard only
+//! stops a hang.
 
 mod support;
 
@@ -30,13 +32,14 @@ use meridian_cli::dev::line::{AgentLine, GlobalLine, LOOPBACK_ANY_PORT, Regional
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::region_admin_client::RegionAdminClient;
-use support::{Agent, Global, Launch, Proc, Regional};
+use support::{Agent, Global, Launch, Proc, Regional, Stderr};
 use tonic::transport::Channel;
 
 /// Failure guard only: no step waits this long when things work.
 const GUARD: Duration = Duration::from_secs(90);
-/// Interval of the polls done under the guard.
-const POLL: Duration = Duration::from_millis(25);
+/// Log filter of the agents: warnings, and the line each node logs once the
+/// region has registered it (what [`Tiers::await_nodes`] waits for).
+const AGENT_LOG: &str = "warn,meridian_agent::node=info";
 const GIB: u64 = 1 << 30;
 
 /// How this file's processes run: SIGINT first when dropped (an agent
@@ -107,9 +110,14 @@ impl Tiers {
         AgentLine::new(vec![self.region_url()], node, work, 2.0, 4 * GIB)
     }
 
-    /// Starts a `meridian agent` from `line`.
+    /// Starts a `meridian agent` from `line`, its log captured.
     fn agent(&self, line: AgentLine) -> Proc {
-        Agent::start_with(&line, stop_gently).proc
+        Agent::start_with(&line, |l| {
+            stop_gently(l)
+                .env("RUST_LOG", AGENT_LOG)
+                .stderr(Stderr::Capture)
+        })
+        .proc
     }
 
     async fn federation(&self) -> FederationClient<Channel> {
@@ -118,23 +126,37 @@ impl Tiers {
             .expect("connect to the global tier")
     }
 
-    /// The region's nodes once `want` of them are READY (polled).
-    async fn await_nodes(&self, want: usize) -> Vec<v1::NodeInfo> {
-        loop {
-            if let Ok(mut admin) = RegionAdminClient::connect(self.region_url()).await
-                && let Ok(resp) = admin.list_nodes(v1::ListNodesRequest::default()).await
-            {
-                let nodes = resp.into_inner().nodes;
-                let ready = nodes
-                    .iter()
-                    .filter(|n| n.state == v1::NodeState::Ready as i32)
-                    .count();
-                if ready >= want {
-                    return nodes;
-                }
-            }
-            tokio::time::sleep(POLL).await;
+    /// The region's nodes once every one of `nodes` is registered: each
+    /// agent logs a node's registration once the region has answered it
+    /// (the region stores the node READY before it answers), and the wait
+    /// is on those lines; then the region is asked once.
+    async fn await_nodes(&self, nodes: &[(&Proc, &str)]) -> Vec<v1::NodeInfo> {
+        for (agent, node) in nodes {
+            let field = format!("node={node}");
+            agent
+                .log()
+                .until(&["registered", &field], GUARD)
+                .await
+                .unwrap_or_else(|e| panic!("{node} registered: {e}"));
         }
+        let mut admin = RegionAdminClient::connect(self.region_url())
+            .await
+            .expect("connect to the region");
+        let listed = admin
+            .list_nodes(v1::ListNodesRequest::default())
+            .await
+            .expect("list nodes")
+            .into_inner()
+            .nodes;
+        for (_, node) in nodes {
+            assert!(
+                listed
+                    .iter()
+                    .any(|n| n.node_id == *node && n.state == v1::NodeState::Ready as i32),
+                "{node} is READY once registered: {listed:?}"
+            );
+        }
+        listed
     }
 }
 
@@ -243,17 +265,12 @@ async fn logs(federation: &mut FederationClient<Channel>, job_id: &str) -> v1::G
         .into_inner()
 }
 
-/// Polls for a file holding a pid.
+/// The pid a task writes into the FIFO at `path`.
 async fn read_pid(path: &Path) -> i32 {
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && text.ends_with('\n')
-            && let Ok(pid) = text.trim().parse()
-        {
-            return pid;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let line = support::wait::fifo_line(path, GUARD).await;
+    line.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("a pid in {}: {line:?}: {e}", path.display()))
 }
 
 /// True while `pid` is a live process (a zombie counts as gone).
@@ -271,9 +288,9 @@ fn alive(pid: i32) -> bool {
 async fn a_real_task_that_exits_non_zero_fails_its_job_and_its_output_is_served_by_the_global_tier()
 {
     let tiers = Tiers::start(true);
-    let _agent = tiers.agent(tiers.agent_line("node-1"));
+    let agent = tiers.agent(tiers.agent_line("node-1"));
     let run = async {
-        tiers.await_nodes(1).await;
+        tiers.await_nodes(&[(&agent, "node-1")]).await;
         let mut federation = tiers.federation().await;
         let mut events = watch(&mut federation).await;
         let job_id = submit(
@@ -323,15 +340,19 @@ async fn a_real_task_that_exits_non_zero_fails_its_job_and_its_output_is_served_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_job_kills_the_whole_process_tree_of_its_task_on_the_agent() {
     let tiers = Tiers::start(true);
-    let _agent = tiers.agent(tiers.agent_line("node-1"));
+    let agent = tiers.agent(tiers.agent_line("node-1"));
     let pids = tiers.dir.path().join("pids");
     std::fs::create_dir_all(&pids).expect("pid dir");
+    // The task writes each pid into a FIFO the test reads: reading is the
+    // wait, no file is polled.
+    let shell_fifo = support::wait::task_fifo(&pids, "shell");
+    let child_fifo = support::wait::task_fifo(&pids, "child");
     // The agent runs as root, so its tasks run as `nobody`: they must reach
     // and write the directory the test reads.
     open_to_tasks(tiers.dir.path(), 0o711);
     open_to_tasks(&pids, 0o777);
     let run = async {
-        tiers.await_nodes(1).await;
+        tiers.await_nodes(&[(&agent, "node-1")]).await;
         let mut federation = tiers.federation().await;
         let mut events = watch(&mut federation).await;
         // The shell starts a background child, records both pids, and waits.
@@ -347,8 +368,9 @@ async fn cancelling_a_job_kills_the_whole_process_tree_of_its_task_on_the_agent(
         )
         .await;
         await_state(&mut events, &job_id, v1::JobState::Running).await;
-        let shell = read_pid(&pids.join("shell")).await;
-        let child = read_pid(&pids.join("child")).await;
+        // Both FIFOs are open for reading at once: the shell writes the
+        // child's pid first and blocks until that one has a reader.
+        let (shell, child) = tokio::join!(read_pid(&shell_fifo), read_pid(&child_fifo));
         assert!(alive(shell) && alive(child), "both run before the cancel");
 
         federation
@@ -359,8 +381,11 @@ async fn cancelling_a_job_kills_the_whole_process_tree_of_its_task_on_the_agent(
             .await
             .expect("cancel");
         await_state(&mut events, &job_id, v1::JobState::Cancelled).await;
-        while alive(shell) || alive(child) {
-            tokio::time::sleep(POLL).await;
+        for pid in [shell, child] {
+            assert!(
+                support::wait::process_exit(pid, GUARD).await,
+                "{pid} still runs after the cancel"
+            );
         }
         let job = get_job(&mut federation, &job_id).await;
         println!(
@@ -380,14 +405,14 @@ async fn cancelling_a_job_kills_the_whole_process_tree_of_its_task_on_the_agent(
 async fn a_keep_running_task_outlives_a_killed_region_and_its_final_status_arrives_after_the_restart()
  {
     let mut tiers = Tiers::start(true);
-    let _agent = tiers.agent(tiers.agent_line("node-1"));
+    let agent = tiers.agent(tiers.agent_line("node-1"));
     let fifo: PathBuf = tiers.dir.path().join("go");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     // The task runs as `nobody` (the agent runs as root): it must open it.
     open_to_tasks(tiers.dir.path(), 0o711);
     open_to_tasks(&fifo, 0o666);
     let run = async {
-        tiers.await_nodes(1).await;
+        tiers.await_nodes(&[(&agent, "node-1")]).await;
         let mut federation = tiers.federation().await;
         let mut events = watch(&mut federation).await;
         // Blocks reading the FIFO until the test writes to it.
@@ -449,10 +474,12 @@ async fn a_keep_running_task_outlives_a_killed_region_and_its_final_status_arriv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_nodes_advertise_the_simulated_label_and_a_real_node_does_not() {
     let tiers = Tiers::start(false);
-    let _real = tiers.agent(tiers.agent_line("real").labels("zone=z1"));
-    let _sim = tiers.agent(tiers.agent_line("sim").simulate(2).labels("zone=z1"));
+    let real = tiers.agent(tiers.agent_line("real").labels("zone=z1"));
+    let sim = tiers.agent(tiers.agent_line("sim").simulate(2).labels("zone=z1"));
     let run = async {
-        let nodes = tiers.await_nodes(3).await;
+        let nodes = tiers
+            .await_nodes(&[(&real, "real"), (&sim, "sim-000000"), (&sim, "sim-000001")])
+            .await;
         let labels: BTreeMap<String, BTreeMap<String, String>> = nodes
             .into_iter()
             .map(|n| (n.node_id, n.labels.into_iter().collect()))

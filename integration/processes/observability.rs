@@ -15,8 +15,9 @@
 //!   collector (here an in-test `TraceService`) under the job's trace id;
 //!   a malformed endpoint is refused at start.
 //!
-//! Nothing waits by sleeping: progress is awaited on process output or by
-//! polling an API or the captured logs under the failure guard.
+//! Nothing waits by sleeping or polling: progress is awaited on process
+//! output, on the captured logs (woken by each new line), and on the global
+//! tier's `WatchJobs` stream; the failure guard only stops a hang.
 
 mod support;
 
@@ -24,12 +25,11 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_cli::dev::line::{AgentLine, GlobalLine, LOOPBACK_ANY_PORT, RegionalLine};
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
-use meridian_proto::v1::region_admin_client::RegionAdminClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -41,12 +41,11 @@ use tonic::transport::Channel;
 
 /// Failure guard only: no step waits this long when things work.
 const GUARD: Duration = Duration::from_secs(90);
-/// Interval of the polls done under the guard.
-const POLL: Duration = Duration::from_millis(25);
 /// The trace id every test job is submitted under.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-/// Log filter of the processes: quiet, except the per-job trace events.
-const LOG: &str = "warn,meridian_trace=debug";
+/// Log filter of the processes: quiet, except the per-job trace events and
+/// the line an agent logs once its node is registered.
+const LOG: &str = "warn,meridian_trace=debug,meridian_agent::node=info";
 
 /// One federation at a time on the machine (under plain `cargo test` the
 /// tests of this file would otherwise start theirs side by side).
@@ -69,16 +68,10 @@ fn observed(launch: Launch, env: &[(&str, &str)]) -> Launch {
         .envs(env)
 }
 
-/// Polls `proc`'s captured log for a line with every one of `parts`.
+/// Waits for a line of `proc`'s captured log with every one of `parts`.
 async fn await_log(proc: &Proc, what: &str, parts: &[&str]) {
-    let start = Instant::now();
-    while !proc.logged(parts) {
-        assert!(
-            start.elapsed() < GUARD,
-            "{what}: no log line with {parts:?}; log:\n{}",
-            proc.log_text()
-        );
-        tokio::time::sleep(POLL).await;
+    if let Err(e) = proc.log().until(parts, GUARD).await {
+        panic!("{what}: {e}");
     }
 }
 
@@ -185,69 +178,82 @@ async fn submit_traced(federation: &mut FederationClient<Channel>, spec: v1::Job
         request_id: format!("req-{}", spec.name),
         spec: Some(spec),
     };
-    loop {
+    // A replica that has just started may not lead yet: the submit is sent
+    // again, same request id, as the product's clients send it.
+    support::retry::until_served("submit", || {
         let mut request = tonic::Request::new(submit.clone());
         request.metadata_mut().insert(
             "traceparent",
             traceparent().parse().expect("ascii traceparent"),
         );
-        match federation.submit_job(request).await {
-            Ok(answer) => return answer.into_inner().job_id,
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                // A client's retry of a refused call (a replica that has just
-                // started may not lead yet), not a test wait.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(s) => panic!("submit: {s}"),
-        }
-    }
+        let mut federation = federation.clone();
+        async move { federation.submit_job(request).await }
+    })
+    .await
+    .into_inner()
+    .job_id
 }
 
-/// Polls the job until it is terminal.
+fn is_terminal(state: i32) -> bool {
+    [
+        v1::JobState::Succeeded,
+        v1::JobState::Failed,
+        v1::JobState::Cancelled,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
+}
+
+async fn get_job(federation: &mut FederationClient<Channel>, job_id: &str) -> v1::Job {
+    federation
+        .get_job(v1::GetJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .expect("get job")
+        .into_inner()
+        .job
+        .expect("job")
+}
+
+/// Awaits the job's terminal state on the global tier's `WatchJobs`
+/// stream; the stream is opened before the job is read once, so no change
+/// falls between the two.
 async fn await_terminal(federation: &mut FederationClient<Channel>, job_id: &str) -> v1::Job {
-    let start = Instant::now();
-    loop {
-        let job = federation
-            .get_job(v1::GetJobRequest {
-                job_id: job_id.into(),
-            })
-            .await
-            .expect("get job")
-            .into_inner()
-            .job
-            .expect("job");
-        let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
-        if matches!(
-            state,
-            v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled
-        ) {
+    let mut events = federation
+        .watch_jobs(v1::WatchJobsRequest::default())
+        .await
+        .expect("watch jobs")
+        .into_inner();
+    let wait = async {
+        let job = get_job(federation, job_id).await;
+        if is_terminal(job.state) {
             return job;
         }
-        assert!(start.elapsed() < GUARD, "job {job_id} stuck in {state:?}");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Polls the region until `want` nodes are READY.
-async fn await_ready_nodes(region: &str, want: usize) {
-    let start = Instant::now();
-    loop {
-        if let Ok(mut admin) = RegionAdminClient::connect(region.to_string()).await
-            && let Ok(resp) = admin.list_nodes(v1::ListNodesRequest::default()).await
-        {
-            let ready = resp
-                .into_inner()
-                .nodes
-                .iter()
-                .filter(|n| n.state == v1::NodeState::Ready as i32)
-                .count();
-            if ready >= want {
-                return;
+        loop {
+            let event = events
+                .message()
+                .await
+                .expect("watch stream")
+                .expect("watch stream open");
+            if let Some(j) = event.job
+                && j.job_id == job_id
+                && is_terminal(j.state)
+            {
+                return get_job(federation, job_id).await;
             }
         }
-        assert!(start.elapsed() < GUARD, "nodes never became ready");
-        tokio::time::sleep(POLL).await;
-    }
+    };
+    tokio::time::timeout(GUARD, wait)
+        .await
+        .unwrap_or_else(|_| panic!("job {job_id} not terminal within {GUARD:?}"))
+}
+
+/// Awaits the line the agent logs once the region has registered its node
+/// (the region stores the node READY before it answers).
+async fn await_ready_node(agent: &Proc, node: &str) {
+    let field = format!("node={node}");
+    await_log(agent, "the node registers", &["registered", &field]).await;
 }
 
 /// The three tiers, each its own process.
@@ -259,7 +265,6 @@ struct Federation {
     region_metrics: String,
     agent: Proc,
     agent_metrics: String,
-    region_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -297,7 +302,6 @@ fn start_federation(env: &[(&str, &str)]) -> Federation {
         region_metrics,
         agent: agent.proc,
         agent_metrics,
-        region_url,
         _dir: dir,
     }
 }
@@ -306,7 +310,7 @@ fn start_federation(env: &[(&str, &str)]) -> Federation {
 async fn one_trace_id_follows_a_job_from_submit_through_region_to_the_agents_process() {
     let _one = ONE_AT_A_TIME.lock().await;
     let f = start_federation(&[]);
-    await_ready_nodes(&f.region_url, 1).await;
+    await_ready_node(&f.agent, "n1").await;
     let mut federation = FederationClient::connect(f.global_grpc.clone())
         .await
         .expect("connect to the global tier");
@@ -380,7 +384,7 @@ async fn one_trace_id_follows_a_job_from_submit_through_region_to_the_agents_pro
 async fn every_server_serves_the_documented_metrics_and_a_job_moves_the_rates() {
     let _one = ONE_AT_A_TIME.lock().await;
     let f = start_federation(&[]);
-    await_ready_nodes(&f.region_url, 1).await;
+    await_ready_node(&f.agent, "n1").await;
     let mut federation = FederationClient::connect(f.global_grpc.clone())
         .await
         .expect("connect to the global tier");
@@ -606,7 +610,7 @@ async fn spans_of_one_job_from_every_process_share_its_trace_in_otlp() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ]);
-    await_ready_nodes(&f.region_url, 1).await;
+    await_ready_node(&f.agent, "n1").await;
     let mut federation = FederationClient::connect(f.global_grpc.clone())
         .await
         .expect("connect to the global tier");
