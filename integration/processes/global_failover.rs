@@ -1,7 +1,9 @@
 //! Two `meridian global` processes on one SQLite file; the leader is killed
 //! with SIGKILL under a steady submit load. Clients retry with the same
 //! request ids (following the `meridian-leader` hint); at the end no
-//! acknowledged job is lost and no request id made two jobs. The measured
+//! acknowledged job is lost and no request id made two jobs. The clients
+//! are the CLI's leader-following client, so the test itself never pauses
+//! between attempts. The measured
 //! failover time (kill -> first acknowledged submit by the new leader) is
 //! printed and must be under 3 s.
 
@@ -10,11 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use meridian_proto::LEADER_METADATA_KEY;
 use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::*;
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
 mod support;
 
@@ -26,55 +26,25 @@ const KILL_AFTER: usize = 300;
 /// Failure guard only.
 const GUARD: Duration = Duration::from_secs(120);
 
-/// A client that follows the leader: tries the hinted endpoint, otherwise
-/// the next one, until the submit is acknowledged.
-struct Client {
-    channels: BTreeMap<String, FederationClient<Channel>>,
-    endpoints: Vec<String>,
-    current: usize,
-}
+/// A client that follows the leader: the product's own (the CLI's), which
+/// sends a refused submit where the `meridian-leader` hint points, or to the
+/// next replica after the retry rule's pause, with the same request id.
+struct Client(meridian_cli::client::Client);
 
 impl Client {
     fn new(endpoints: &[String]) -> Client {
-        let channels = endpoints
-            .iter()
-            .map(|e| {
-                let channel = Channel::from_shared(e.clone())
-                    .unwrap()
-                    .connect_timeout(Duration::from_millis(500))
-                    .timeout(Duration::from_secs(3))
-                    .connect_lazy();
-                (e.clone(), FederationClient::new(channel))
-            })
-            .collect();
-        Client {
-            channels,
-            endpoints: endpoints.to_vec(),
-            current: 0,
-        }
+        let args = meridian_cli::client::ConnectArgs::new(endpoints.join(","), GUARD);
+        Client(meridian_cli::client::Client::new(&args).expect("a client of the replicas"))
     }
 
     async fn submit(&mut self, req: SubmitJobRequest) -> SubmitJobResponse {
-        loop {
-            let endpoint = self.endpoints[self.current].clone();
-            let client = self.channels.get_mut(&endpoint).unwrap();
-            match client.submit_job(req.clone()).await {
-                Ok(r) => return r.into_inner(),
-                Err(status) => {
-                    assert_ne!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-                    let hint = status
-                        .metadata()
-                        .get(LEADER_METADATA_KEY)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|h| self.endpoints.iter().position(|e| e == h));
-                    self.current = hint.unwrap_or((self.current + 1) % self.endpoints.len());
-                    if hint.is_none() {
-                        // Client-side retry pause (not a test wait).
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        }
+        self.0
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.submit_job(req).await }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("submit {}: {e}", req.request_id))
     }
 }
 

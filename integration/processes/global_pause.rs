@@ -27,46 +27,35 @@ fn spec() -> JobSpec {
     support::tiny_job("paused", "test")
 }
 
-/// Polls `check` until it answers, failing the test after [`GUARD`].
-async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {GUARD:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The index of the replica that accepts writes (a standby refuses them
-/// with its leader hint).
+/// The index of the replica that accepts writes, found as the product's
+/// leader-following client finds it: a probe submit sent where the
+/// standby's hint points, again after a refusal as the retry rule says.
 async fn leader(endpoints: &[String]) -> usize {
-    poll("a replica leads", || async {
-        for (i, endpoint) in endpoints.iter().enumerate() {
-            let Ok(mut c) = FederationClient::connect(endpoint.clone()).await else {
-                continue;
-            };
-            let probe = SubmitJobRequest {
-                request_id: format!("probe-{i}"),
-                spec: Some(spec()),
-            };
-            if c.submit_job(probe).await.is_ok() {
-                return Some(i);
-            }
-        }
-        None
-    })
-    .await
+    let args = meridian_cli::client::ConnectArgs::new(endpoints.join(","), GUARD);
+    let mut client = meridian_cli::client::Client::new(&args).expect("a client of the replicas");
+    let probe = SubmitJobRequest {
+        request_id: "probe".into(),
+        spec: Some(spec()),
+    };
+    client
+        .call(|mut c| {
+            let probe = probe.clone();
+            async move { c.submit_job(probe).await }
+        })
+        .await
+        .expect("a replica leads");
+    let at = meridian_control::rpc::normalize(client.endpoint());
+    endpoints
+        .iter()
+        .position(|e| meridian_control::rpc::normalize(e) == at)
+        .expect("the leader is one of the replicas")
 }
 
 /// Every job the replica at `endpoint` lists.
-async fn all_jobs(endpoint: &str) -> Option<Vec<Job>> {
-    let mut c = FederationClient::connect(endpoint.to_string()).await.ok()?;
+async fn all_jobs(endpoint: &str) -> Result<Vec<Job>, tonic::Status> {
+    let mut c = FederationClient::connect(endpoint.to_string())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut jobs = Vec::new();
     let mut token = String::new();
     loop {
@@ -76,12 +65,11 @@ async fn all_jobs(endpoint: &str) -> Option<Vec<Job>> {
                 page_token: token.clone(),
                 ..ListJobsRequest::default()
             })
-            .await
-            .ok()?
+            .await?
             .into_inner();
         jobs.extend(page.jobs);
         if page.next_page_token.is_empty() {
-            return Some(jobs);
+            return Ok(jobs);
         }
         token = page.next_page_token;
     }
@@ -102,7 +90,7 @@ async fn a_submit_sent_to_a_frozen_global_leader_completes_through_the_standby_w
     let started = Instant::now();
     // The frozen leader first: the order a client that knew the old leader
     // would try.
-    let mut submit = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let submit = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args([
             "job",
             "submit",
@@ -120,13 +108,17 @@ async fn a_submit_sent_to_a_frozen_global_leader_completes_through_the_standby_w
         .stderr(Stdio::piped())
         .spawn()
         .expect("run meridian job submit");
-    let status = poll("the submit ends", || {
-        let ended = submit.try_wait().expect("wait for the submit");
-        async move { ended }
-    })
-    .await;
+    // The submit's exit is the event: waited for on a blocking thread.
+    let output = tokio::time::timeout(
+        GUARD,
+        tokio::task::spawn_blocking(move || submit.wait_with_output()),
+    )
+    .await
+    .expect("the submit ends within the guard")
+    .expect("the wait ran")
+    .expect("submit output");
+    let status = output.status;
     let took = started.elapsed();
-    let output = submit.wait_with_output().expect("submit output");
     println!(
         "submit with the global leader frozen: {:.0} ms",
         took.as_secs_f64() * 1000.0
@@ -143,27 +135,44 @@ async fn a_submit_sent_to_a_frozen_global_leader_completes_through_the_standby_w
     // The resumed process has caught up (with its lease, and with what was
     // sent to it while frozen) once it refuses a write naming the standby.
     let new_leader = endpoints[standby].clone();
-    poll("the resumed replica names the new leader", || {
+    // No replica announces what it believes, so the resumed one is asked
+    // with a probe submit until it refuses naming the standby; between two
+    // answers that are not that yet, the pause is the product's retry rule
+    // (support::retry).
+    support::retry::until_served("the resumed replica names the new leader", || {
         let (endpoint, new_leader) = (endpoints[frozen].clone(), new_leader.clone());
         async move {
-            let mut c = FederationClient::connect(endpoint).await.ok()?;
+            let not_yet = |what: String| Err(tonic::Status::unavailable(what));
+            let mut c = match FederationClient::connect(endpoint).await {
+                Ok(c) => c,
+                Err(e) => return not_yet(e.to_string()),
+            };
             let probe = SubmitJobRequest {
                 request_id: "probe-after-resume".into(),
                 spec: Some(spec()),
             };
-            let refused = c.submit_job(probe).await.err()?;
+            let refused = match c.submit_job(probe).await {
+                Ok(_) => return not_yet("accepted a write".into()),
+                Err(refused) => refused,
+            };
             let hint = refused
                 .metadata()
-                .get(meridian_proto::LEADER_METADATA_KEY)?;
-            (hint.to_str().ok()? == new_leader).then_some(())
+                .get(meridian_proto::LEADER_METADATA_KEY)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string);
+            match hint {
+                Some(h) if h == new_leader => Ok(()),
+                other => not_yet(format!("names {other:?}")),
+            }
         }
     })
     .await;
-    let seen_by_resumed = poll("the resumed replica lists the jobs", || {
-        all_jobs(&endpoints[frozen])
-    })
-    .await;
-    let jobs = poll("the standby lists the jobs", || {
+    let seen_by_resumed =
+        support::retry::until_served("the resumed replica lists the jobs", || {
+            all_jobs(&endpoints[frozen])
+        })
+        .await;
+    let jobs = support::retry::until_served("the standby lists the jobs", || {
         all_jobs(&endpoints[standby])
     })
     .await;
