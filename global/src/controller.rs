@@ -27,6 +27,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::error::{GlobalError, Result};
 use crate::events::EventWriter;
+use crate::gate;
 use crate::handoff::{self, read_moving};
 use crate::jobs::{job_event, read_job, write_job};
 use crate::keys::Keys;
@@ -75,6 +76,9 @@ pub struct Controller {
     parking: Parking,
     /// Delay after a failed pass.
     retry: Backoff,
+    /// Where the next pass goes on judging dependency-waiting jobs (only a
+    /// scan position: the jobs and their state are in the store).
+    gate_from: Option<String>,
 }
 
 /// Waits after a pass that failed as a whole: 50 ms doubling to 5 s.
@@ -110,6 +114,7 @@ impl Controller {
             spread,
             quotas,
             reserved: BTreeMap::new(),
+            gate_from: None,
         }
     }
 
@@ -177,6 +182,15 @@ impl Controller {
                 report.revoked += revoked;
                 report.force_released += released;
             }
+        }
+        // Jobs whose dependencies are met join the pending index before
+        // routing, so they are routed in this same pass.
+        let gated = gate::unblock(&self.db, &self.keys, &fence, now, self.gate_from.take()).await?;
+        self.gate_from = gated.next;
+        if gated.changed > 0 {
+            // A job failed here may be the dependency of one judged before
+            // it (beyond this batch): look again.
+            self.kick.notify_one();
         }
         report.assigned = self.route(&fence, &regions, now).await?;
         metrics::counter!("meridian_global_jobs_routed_total").increment(report.assigned as u64);
@@ -609,7 +623,7 @@ fn request_of(job: &Job) -> JobRequest {
     JobRequest {
         job_id: job.job_id.clone(),
         tenant: spec.tenant,
-        priority: spec.priority,
+        priority: gate::priority_of(job),
         tasks: spec.task_count,
         per_task: Amount {
             cpu_millis: res.cpu_millis,

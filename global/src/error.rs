@@ -63,6 +63,11 @@ pub enum GlobalError {
         /// The job the request id already names.
         job_id: String,
     },
+    /// The object is not in a state that allows the request (a hold or a
+    /// priority change of a job already routed to a region). Not
+    /// retryable as is.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -95,7 +100,9 @@ impl GlobalError {
             GlobalError::NotFound(_) => Code::NotFound,
             GlobalError::NotLeader { .. } | GlobalError::Fenced(_) => Code::Unavailable,
             GlobalError::OutOfRange(_) => Code::OutOfRange,
-            GlobalError::StaleEpoch(_) => Code::FailedPrecondition,
+            GlobalError::StaleEpoch(_) | GlobalError::FailedPrecondition(_) => {
+                Code::FailedPrecondition
+            }
             GlobalError::Overloaded(_) => Code::ResourceExhausted,
             GlobalError::RequestIdReused { .. } => Code::AlreadyExists,
             GlobalError::Corrupt(_) => Code::Internal,

@@ -22,8 +22,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::dependencies;
 use crate::error::{GlobalError, Result};
 use crate::events;
+use crate::gate::Gate;
 use crate::jobs::Jobs;
 use crate::keys::Keys;
 use crate::leader::Leadership;
@@ -46,6 +48,8 @@ pub struct FederationService {
     pub jobs: Jobs,
     /// Group commit of submits.
     pub submitter: Submitter,
+    /// Hold, release and priority of queued jobs.
+    pub gate: Gate,
     /// Region records.
     pub registry: Registry,
     /// Quiet time before a bookmark on watch streams.
@@ -154,8 +158,13 @@ impl FederationService {
         let mut results: Vec<Option<SubmitJobResult>> = vec![None; req.items.len()];
         let mut valid = Vec::new();
         let mut positions = Vec::new();
-        for (i, item) in req.items.into_iter().enumerate() {
-            match validate::submit(&item) {
+        // Request ids of this batch naming each other in a circle: only
+        // possible within one call, since every other dependency must name
+        // a job that exists already.
+        let cycles = dependencies::batch_cycles(&req.items);
+        for ((i, item), cycle) in req.items.into_iter().enumerate().zip(cycles) {
+            let checked = validate::submit(&item).and_then(|()| cycle.map_or(Ok(()), Err));
+            match checked {
                 Ok(()) => {
                     positions.push(i);
                     valid.push((item, shared.unwrap_or_else(TraceId::generate)));
@@ -191,6 +200,37 @@ impl FederationService {
         let fence = self.leadership.fence().await?;
         let job = self.jobs.cancel(&fence, &req.job_id, &req.reason).await?;
         Ok(CancelJobResponse { job: Some(job) })
+    }
+
+    /// HoldJob.
+    pub async fn hold(&self, req: &HoldJobRequest) -> Result<HoldJobResponse> {
+        validate::job_id("job_id", &req.job_id)?;
+        validate::reason("reason", &req.reason)?;
+        let fence = self.leadership.fence().await?;
+        let job = self.gate.hold(&fence, &req.job_id, &req.reason).await?;
+        Ok(HoldJobResponse { job: Some(job) })
+    }
+
+    /// ReleaseJob.
+    pub async fn release(&self, req: &ReleaseJobRequest) -> Result<ReleaseJobResponse> {
+        validate::job_id("job_id", &req.job_id)?;
+        let fence = self.leadership.fence().await?;
+        let job = self.gate.release(&fence, &req.job_id).await?;
+        Ok(ReleaseJobResponse { job: Some(job) })
+    }
+
+    /// SetJobPriority.
+    pub async fn set_priority(
+        &self,
+        req: &SetJobPriorityRequest,
+    ) -> Result<SetJobPriorityResponse> {
+        validate::job_id("job_id", &req.job_id)?;
+        let fence = self.leadership.fence().await?;
+        let job = self
+            .gate
+            .set_priority(&fence, &req.job_id, req.priority)
+            .await?;
+        Ok(SetJobPriorityResponse { job: Some(job) })
     }
 
     /// DrainRegion / UndrainRegion.
@@ -267,6 +307,27 @@ impl Federation for FederationService {
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
         Ok(Response::new(self.cancel(request.get_ref()).await?))
+    }
+
+    async fn hold_job(
+        &self,
+        request: Request<HoldJobRequest>,
+    ) -> Result<Response<HoldJobResponse>, Status> {
+        Ok(Response::new(self.hold(request.get_ref()).await?))
+    }
+
+    async fn release_job(
+        &self,
+        request: Request<ReleaseJobRequest>,
+    ) -> Result<Response<ReleaseJobResponse>, Status> {
+        Ok(Response::new(self.release(request.get_ref()).await?))
+    }
+
+    async fn set_job_priority(
+        &self,
+        request: Request<SetJobPriorityRequest>,
+    ) -> Result<Response<SetJobPriorityResponse>, Status> {
+        Ok(Response::new(self.set_priority(request.get_ref()).await?))
     }
 
     type WatchJobsStream = ReceiverStream<Result<JobEvent, Status>>;

@@ -23,8 +23,10 @@ use meridian_store::{Database, RangeOption, Transaction};
 use prost::Message;
 use tokio::sync::Notify;
 
+use crate::dependencies;
 use crate::error::{GlobalError, Result};
 use crate::events::EventWriter;
+use crate::gate;
 use crate::keys::Keys;
 use crate::lifecycle::{self, state_of};
 use crate::validate;
@@ -285,6 +287,7 @@ impl Jobs {
                     let moving = tx.get(&keys.moving(job_id)).await?.is_some();
                     if state == JobState::Pending && !moving {
                         tx.clear(&keys.pending(job_id))?;
+                        tx.clear(&keys.blocked(job_id))?;
                         let why = format!("cancelled: {reason}");
                         change_state(
                             &tx,
@@ -318,6 +321,8 @@ impl Jobs {
                 }
             })
             .await
+            // Jobs waiting on this one are judged again.
+            .inspect(|_| self.kick.notify_one())
     }
 }
 
@@ -371,11 +376,18 @@ async fn submit_one(
             }
         }
     }
+    let dependencies = match dependencies::resolve(tx, keys, &spec).await? {
+        Ok(resolved) => resolved,
+        Err(refused) => return Ok(Err(refused)),
+    };
     let mut job = lifecycle::new_job(new_id.to_string(), req.request_id.clone(), spec, now);
     job.trace_id = item.trace.to_string();
-    write_job(tx, keys, &job)?;
+    job.dependencies = dependencies;
     tx.set(&request_key, new_id.as_bytes())?;
-    tx.set(&keys.pending(new_id), b"")?;
+    let verdict = gate::verdict_for(tx, keys, &job).await?;
+    if let gate::Verdict::Wait(reason) = &verdict {
+        job.waiting_reason.clone_from(reason);
+    }
     let created = job_event(
         JobEventKind::Created,
         &job,
@@ -383,6 +395,10 @@ async fn submit_one(
         now,
     );
     events.job(tx, keys, &created)?;
+    // After CREATED: a dependency that can never be met fails the job now,
+    // with its own event.
+    gate::place(tx, keys, events, &mut job, verdict, now)?;
+    write_job(tx, keys, &job)?;
     Ok(Ok(SubmitJobResponse {
         job_id: new_id.to_string(),
         created: true,

@@ -87,6 +87,17 @@ impl Keys {
         self.root.subspace(&("pending",))
     }
 
+    /// Index of pending jobs waiting for their dependencies (never routed
+    /// while listed here; `gate.rs` moves them to the pending index).
+    pub fn blocked(&self, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("blocked", job_id))
+    }
+
+    /// The range of the dependency-waiting index.
+    pub fn blockeds(&self) -> Subspace {
+        self.root.subspace(&("blocked",))
+    }
+
     /// Index of unfinished jobs held by a region: value is the epoch.
     pub fn held(&self, region: &str, job_id: &str) -> Vec<u8> {
         self.root.pack(&("held", region, job_id))

@@ -28,6 +28,7 @@ use crate::config::GlobalConfig;
 use crate::controller::Controller;
 use crate::error::{GlobalError, Result};
 use crate::federation::FederationService;
+use crate::gate::Gate;
 use crate::jobs::Jobs;
 use crate::keys::Keys;
 use crate::leader::{Advertised, Leadership, Stores};
@@ -209,6 +210,7 @@ fn services(
     let jobs = Jobs::new(db.clone(), keys.clone(), clock.clone(), kick.clone());
     let registry = Registry::new(db.clone(), keys.clone(), clock.clone(), config.region_lease);
     let submitter = Submitter::start(jobs.clone(), leadership.clone());
+    let gate = Gate::new(db.clone(), keys.clone(), clock.clone(), kick.clone());
     let federation = FederationService {
         db: db.clone(),
         keys: keys.clone(),
@@ -216,6 +218,7 @@ fn services(
         leadership: leadership.clone(),
         jobs: jobs.clone(),
         submitter,
+        gate,
         registry: registry.clone(),
         bookmark_every: config.bookmark_every,
         shutdown: shutdown.clone(),

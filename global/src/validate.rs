@@ -279,6 +279,7 @@ pub fn job_spec(spec: &JobSpec) -> Result<()> {
     }
     selector("spec.node_constraints", &spec.node_constraints)?;
     affinities(spec)?;
+    crate::dependencies::validate(spec)?;
     if PlacementPolicy::try_from(spec.placement).is_err() {
         return invalid(
             "spec.placement",

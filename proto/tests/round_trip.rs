@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use meridian_proto::v1::{
-    AffinityKind, Command, Job, JobSpec, JobState, LabelOperator, LabelRequirement,
-    PlacementPolicy, RegionLossPolicy, Resources, RetryPolicy, Simulated, TaskAffinity,
-    TaskTemplate, TopologyDomain, task_template,
+    AffinityKind, Command, DependencyCondition, Job, JobDependency, JobSpec, JobState,
+    LabelOperator, LabelRequirement, PlacementPolicy, RegionLossPolicy, Resources, RetryPolicy,
+    Simulated, TaskAffinity, TaskTemplate, TopologyDomain, job_dependency, task_template,
 };
 use prost::Message;
 
@@ -73,6 +73,16 @@ fn full_spec(kind: task_template::Kind) -> JobSpec {
             backoff_cap_ms: 30_000,
         }),
         stop_grace_period_ms: 15_000,
+        dependencies: vec![
+            JobDependency {
+                condition: DependencyCondition::AfterOk.into(),
+                target: Some(job_dependency::Target::JobId("j1-1".to_owned())),
+            },
+            JobDependency {
+                condition: DependencyCondition::AfterFailed.into(),
+                target: Some(job_dependency::Target::RequestId("step-a".to_owned())),
+            },
+        ],
     }
 }
 
@@ -155,6 +165,13 @@ fn a_job_status_view_survives_an_encode_decode_round_trip() {
         updated_at_unix_ms: 6,
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
         waiting_reason: "0/3 nodes: 3 do not match real=true".to_owned(),
+        dependencies: vec![JobDependency {
+            condition: DependencyCondition::AfterAny.into(),
+            target: Some(job_dependency::Target::JobId("j1-1".to_owned())),
+        }],
+        held: true,
+        hold_reason: "waiting for the data".to_owned(),
+        priority: Some(-3),
     };
     let decoded = Job::decode(job.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(decoded, job);

@@ -70,6 +70,24 @@ impl<S: Script> Federation for Fake<S> {
     ) -> Result<Response<CancelJobResponse>, Status> {
         Err(unscripted())
     }
+    async fn hold_job(
+        &self,
+        _: Request<HoldJobRequest>,
+    ) -> Result<Response<HoldJobResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn release_job(
+        &self,
+        _: Request<ReleaseJobRequest>,
+    ) -> Result<Response<ReleaseJobResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn set_job_priority(
+        &self,
+        _: Request<SetJobPriorityRequest>,
+    ) -> Result<Response<SetJobPriorityResponse>, Status> {
+        Err(unscripted())
+    }
     type WatchJobsStream = Events;
     async fn watch_jobs(
         &self,

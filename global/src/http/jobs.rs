@@ -1,5 +1,5 @@
-//! The job routes: submit (one or a batch), list, get, cancel, and a task's
-//! logs.
+//! The job routes: submit (one or a batch), list, get, cancel, hold,
+//! release, priority, and a task's logs.
 //!
 //! Owns reading each route's request (body, query string, path) into the
 //! RPC's request message and handing it to the same code the gRPC
@@ -12,7 +12,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use meridian_proto::v1::federation_server::Federation;
 use meridian_proto::v1::{
-    CancelJobRequest, GetTaskLogsRequest, ListJobsRequest, SubmitJobRequest, SubmitJobsRequest,
+    CancelJobRequest, GetTaskLogsRequest, HoldJobRequest, ListJobsRequest, ReleaseJobRequest,
+    SetJobPriorityRequest, SubmitJobRequest, SubmitJobsRequest,
 };
 use serde_json::{Value, json};
 
@@ -194,6 +195,107 @@ pub async fn cancel(
         Err(e) => Err(e),
     };
     respond(&s, "CancelJobResponse", result).await
+}
+
+/// HoldJob.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{job_id}/hold",
+    tag = "jobs",
+    operation_id = "HoldJob",
+    params(("job_id" = String, Path, description = "The job (wins over `job_id` in the body)")),
+    request_body(content = proto::HoldJobRequest, content_type = "application/json",
+        description = "Optional: `{\"reason\": \"...\"}`"),
+    responses(
+        (status = 200, description = "The job, held", body = proto::HoldJobResponse),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is no longer pending at the global tier \
+            (FAILED_PRECONDITION)", body = ErrorBody),
+        (status = 503, description = "This replica does not lead", body = ErrorBody,
+            headers(("meridian-leader" = String, description = "the leader's HTTP endpoint"))),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn hold(State(s): State<AppState>, Path(job_id): Path<String>, body: Bytes) -> ApiResult {
+    let result = match json::parse::<HoldJobRequest>("HoldJobRequest", &body) {
+        Ok(mut req) => {
+            req.job_id = job_id;
+            s.api.hold(&req).await
+        }
+        Err(e) => Err(e),
+    };
+    respond(&s, "HoldJobResponse", result).await
+}
+
+/// ReleaseJob.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{job_id}/release",
+    tag = "jobs",
+    operation_id = "ReleaseJob",
+    params(("job_id" = String, Path, description = "The job (wins over `job_id` in the body)")),
+    request_body(content = proto::ReleaseJobRequest, content_type = "application/json",
+        description = "Optional: `{}`"),
+    responses(
+        (status = 200, description = "The job, released (unchanged when it was not held)",
+            body = proto::ReleaseJobResponse),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "This replica does not lead", body = ErrorBody,
+            headers(("meridian-leader" = String, description = "the leader's HTTP endpoint"))),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn release(
+    State(s): State<AppState>,
+    Path(job_id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let result = match json::parse::<ReleaseJobRequest>("ReleaseJobRequest", &body) {
+        Ok(mut req) => {
+            req.job_id = job_id;
+            s.api.release(&req).await
+        }
+        Err(e) => Err(e),
+    };
+    respond(&s, "ReleaseJobResponse", result).await
+}
+
+/// SetJobPriority.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{job_id}/priority",
+    tag = "jobs",
+    operation_id = "SetJobPriority",
+    params(("job_id" = String, Path, description = "The job (wins over `job_id` in the body)")),
+    request_body(content = proto::SetJobPriorityRequest, content_type = "application/json",
+        description = "`{\"priority\": N}`"),
+    responses(
+        (status = 200, description = "The job with its new priority",
+            body = proto::SetJobPriorityResponse),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is no longer pending at the global tier \
+            (FAILED_PRECONDITION)", body = ErrorBody),
+        (status = 503, description = "This replica does not lead", body = ErrorBody,
+            headers(("meridian-leader" = String, description = "the leader's HTTP endpoint"))),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn set_priority(
+    State(s): State<AppState>,
+    Path(job_id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let result = match json::parse::<SetJobPriorityRequest>("SetJobPriorityRequest", &body) {
+        Ok(mut req) => {
+            req.job_id = job_id;
+            s.api.set_priority(&req).await
+        }
+        Err(e) => Err(e),
+    };
+    respond(&s, "SetJobPriorityResponse", result).await
 }
 
 /// GetTaskLogs: the task from the path, `attempt` and `max_bytes` from the

@@ -7,7 +7,8 @@
 //! Every route calls the same code as the gRPC service; this module and its
 //! children must never implement API behaviour of their own.
 //!
-//! - `jobs`: submit, batch, list, get, cancel, task logs.
+//! - `jobs`: submit, batch, list, get, cancel, hold, release, priority,
+//!   task logs.
 //! - `watch`: WatchJobs as server-sent events.
 //! - `regions`: regions, region drain, and the nodes of a region.
 //! - `query`: query strings read into request messages.
@@ -76,6 +77,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(watch::watch))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::hold))
+        .routes(routes!(jobs::release))
+        .routes(routes!(jobs::set_priority))
         .routes(routes!(jobs::task_logs))
         .routes(routes!(regions::regions))
         .routes(routes!(regions::drain))

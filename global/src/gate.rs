@@ -1,0 +1,364 @@
+//! The gate in front of the router: jobs that are PENDING at the global tier
+//! but must not be routed yet (held, or waiting for their dependencies), and
+//! the changes a user may make to a job while it is still queued there
+//! (hold, release, priority).
+//!
+//! Owns the two indexes a pending job may sit in besides the router's
+//! pending index: none (held: `Job.held`, listed nowhere, released only by
+//! ReleaseJob) and `blocked` (waiting for dependencies, judged by
+//! [`unblock`] on every controller pass). A job is in at most one of the
+//! pending and blocked indexes, and in the pending index only when it is
+//! neither held nor waiting for a dependency. Every write checks the
+//! leader fence in its own transaction and records an UPDATED (or
+//! STATE_CHANGED) event, so watches see it and a new leader finds the same
+//! state. It must never change a job that has left PENDING: a region's
+//! queue never hears of a hold or a priority change, so those are refused
+//! with FAILED_PRECONDITION once the job was routed.
+
+use std::sync::Arc;
+
+use meridian_control::SharedClock;
+use meridian_control::lease::Fence;
+use meridian_proto::v1::{Job, JobEventKind, JobState};
+use meridian_store::{Database, RangeOption, Transaction};
+use tokio::sync::Notify;
+
+use crate::dependencies;
+pub use crate::dependencies::Verdict;
+use crate::error::{GlobalError, Result};
+use crate::events::EventWriter;
+use crate::handoff::read_moving;
+use crate::jobs::{change_state, job_event, read_job, write_job};
+use crate::keys::Keys;
+use crate::lifecycle::{self, state_of};
+use crate::validate;
+
+/// Dependency-waiting jobs judged per controller pass at most.
+pub const UNBLOCK_BATCH: usize = 500;
+
+/// The waiting reason of a held job.
+pub const HELD: &str = "held";
+
+/// The priority the router orders `job` by: the one set by SetJobPriority,
+/// else the spec's.
+pub fn priority_of(job: &Job) -> i32 {
+    job.priority
+        .unwrap_or_else(|| job.spec.as_ref().map_or(0, |s| s.priority))
+}
+
+/// The judgement of a pending job's dependencies (already resolved into
+/// `job.dependencies`), read in `tx`; a job without any is [`Verdict::Met`].
+pub async fn verdict_for(tx: &Transaction, keys: &Keys, job: &Job) -> Result<Verdict> {
+    if job.dependencies.is_empty() {
+        return Ok(Verdict::Met);
+    }
+    dependencies::judge_in(tx, keys, &job.dependencies).await
+}
+
+/// Places a pending, unheld job by its verdict: met, it enters the pending
+/// index; waiting, the blocked index with its reason; never met, it ends
+/// FAILED naming the dependency (with its STATE_CHANGED event). The caller
+/// writes the job record afterwards.
+pub fn place(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    job: &mut Job,
+    verdict: Verdict,
+    now: u64,
+) -> Result<()> {
+    match verdict {
+        Verdict::Met => tx.set(&keys.pending(&job.job_id), b"")?,
+        Verdict::Wait(reason) => {
+            job.waiting_reason = reason;
+            tx.set(&keys.blocked(&job.job_id), b"")?;
+        }
+        Verdict::Never(reason) => fail(tx, keys, events, job, &reason, now)?,
+    }
+    Ok(())
+}
+
+/// Ends a pending job FAILED because of a dependency.
+fn fail(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    job: &mut Job,
+    reason: &str,
+    now: u64,
+) -> Result<()> {
+    tx.clear(&keys.blocked(&job.job_id))?;
+    tx.clear(&keys.pending(&job.job_id))?;
+    job.failure_reason = reason.to_string();
+    job.waiting_reason.clear();
+    change_state(tx, keys, events, job, JobState::Failed, reason, now)?;
+    Ok(())
+}
+
+/// What one [`unblock`] pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unblocked {
+    /// Jobs moved to the pending index, failed, or given a new reason.
+    pub changed: usize,
+    /// Where the next pass goes on, when this one stopped at its batch
+    /// limit; `None` starts from the first blocked job.
+    pub next: Option<String>,
+}
+
+/// Judges up to [`UNBLOCK_BATCH`] dependency-waiting jobs after `from`, in
+/// job-id order, in one fenced transaction: a job whose dependencies are all
+/// met moves to the pending index (routed in the same controller pass), one
+/// with a dependency that can never be met ends FAILED naming it, and one
+/// that still waits gets its reason updated when it changed. Dependencies
+/// are older than their dependents, so in id order a failure is seen by the
+/// dependents judged after it in the same transaction: a chain fails at
+/// once.
+pub async fn unblock(
+    db: &Database,
+    keys: &Keys,
+    fence: &Fence,
+    now: u64,
+    from: Option<String>,
+) -> Result<Unblocked> {
+    db.run(|tx, _| {
+        let (keys, fence, from) = (keys.clone(), fence.clone(), from.clone());
+        async move {
+            let range = keys.blockeds().range();
+            let begin = match &from {
+                Some(id) => {
+                    let mut k = keys.blocked(id);
+                    k.push(0);
+                    k
+                }
+                None => range.0,
+            };
+            let rows = tx
+                .get_range(RangeOption::new(begin, range.1).limit(UNBLOCK_BATCH))
+                .await?;
+            if rows.is_empty() {
+                // Nothing to write, so nothing to fence.
+                return Ok(Unblocked::default());
+            }
+            fence.check(&tx).await?;
+            let full = rows.len() == UNBLOCK_BATCH;
+            let mut events = EventWriter::new();
+            let mut out = Unblocked::default();
+            let mut last = None;
+            for kv in rows {
+                let (job_id,): (String,) = keys
+                    .blockeds()
+                    .unpack(&kv.key)
+                    .map_err(|e| GlobalError::Corrupt(format!("blocked key: {e}")))?;
+                if judge_one(&tx, &keys, &mut events, &job_id, now).await? {
+                    out.changed += 1;
+                }
+                last = Some(job_id);
+            }
+            out.next = if full { last } else { None };
+            Ok::<_, GlobalError>(out)
+        }
+    })
+    .await
+}
+
+/// Judges one blocked job inside `tx`; returns whether anything changed.
+async fn judge_one(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    job_id: &str,
+    now: u64,
+) -> Result<bool> {
+    let Some(mut job) = read_job(tx, keys, job_id).await? else {
+        tx.clear(&keys.blocked(job_id))?;
+        return Ok(true);
+    };
+    // Only a pending, unheld job belongs here; anything else is an entry
+    // left behind and goes.
+    if state_of(&job) != JobState::Pending || job.held {
+        tx.clear(&keys.blocked(job_id))?;
+        return Ok(true);
+    }
+    match dependencies::judge_in(tx, keys, &job.dependencies).await? {
+        Verdict::Met => {
+            tx.clear(&keys.blocked(job_id))?;
+            tx.set(&keys.pending(job_id), b"")?;
+            job.waiting_reason.clear();
+            updated(tx, keys, events, &mut job, now)?;
+        }
+        Verdict::Wait(reason) => {
+            if job.waiting_reason == reason {
+                return Ok(false);
+            }
+            job.waiting_reason = reason;
+            updated(tx, keys, events, &mut job, now)?;
+        }
+        Verdict::Never(reason) => {
+            fail(tx, keys, events, &mut job, &reason, now)?;
+            write_job(tx, keys, &job)?;
+        }
+    }
+    Ok(true)
+}
+
+/// Writes `job` with an UPDATED event.
+fn updated(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    job: &mut Job,
+    now: u64,
+) -> Result<()> {
+    job.updated_at_unix_ms = now;
+    events.job(tx, keys, &job_event(JobEventKind::Updated, job, None, now))?;
+    write_job(tx, keys, job)
+}
+
+/// Hold, release and priority changes of queued jobs.
+#[derive(Clone)]
+pub struct Gate {
+    db: Database,
+    keys: Keys,
+    clock: SharedClock,
+    kick: Arc<Notify>,
+}
+
+impl Gate {
+    /// The gate over `db`; `kick` wakes the controller after a change it
+    /// should act on.
+    pub fn new(db: Database, keys: Keys, clock: SharedClock, kick: Arc<Notify>) -> Self {
+        Gate {
+            db,
+            keys,
+            clock,
+            kick,
+        }
+    }
+
+    /// Holds a job still pending at the global tier: it leaves the pending
+    /// and blocked indexes and waits with the reason "held". Idempotent.
+    pub async fn hold(&self, fence: &Fence, job_id: &str, reason: &str) -> Result<Job> {
+        validate::job_id("job_id", job_id)?;
+        validate::reason("reason", reason)?;
+        let now = self.clock.now_unix_ms();
+        let keys = self.keys.clone();
+        self.db
+            .run(|tx, _| {
+                let (keys, fence) = (keys.clone(), fence.clone());
+                async move {
+                    let mut job = queued(&tx, &keys, &fence, job_id, "a hold").await?;
+                    if !job.held {
+                        job.held = true;
+                        job.hold_reason = reason.to_string();
+                        job.waiting_reason = HELD.to_string();
+                        tx.clear(&keys.pending(job_id))?;
+                        tx.clear(&keys.blocked(job_id))?;
+                        updated(&tx, &keys, &mut EventWriter::new(), &mut job, now)?;
+                    }
+                    Ok::<_, GlobalError>(lifecycle::summary(&job))
+                }
+            })
+            .await
+    }
+
+    /// Releases a held job: it goes back to the pending index, or to the
+    /// blocked one while a dependency is unmet (or fails if one never can
+    /// be). A no-op on a job not held.
+    pub async fn release(&self, fence: &Fence, job_id: &str) -> Result<Job> {
+        validate::job_id("job_id", job_id)?;
+        let now = self.clock.now_unix_ms();
+        let keys = self.keys.clone();
+        let job = self
+            .db
+            .run(|tx, _| {
+                let (keys, fence) = (keys.clone(), fence.clone());
+                async move {
+                    fence.check(&tx).await?;
+                    let Some(mut job) = read_job(&tx, &keys, job_id).await? else {
+                        return Err(GlobalError::NotFound(format!("job {job_id}")));
+                    };
+                    // Only a pending job can be held, and a held one stays
+                    // pending until released or cancelled.
+                    if !job.held || state_of(&job) != JobState::Pending {
+                        return Ok(lifecycle::summary(&job));
+                    }
+                    job.held = false;
+                    job.hold_reason.clear();
+                    job.waiting_reason.clear();
+                    let mut events = EventWriter::new();
+                    let verdict = verdict_for(&tx, &keys, &job).await?;
+                    place(&tx, &keys, &mut events, &mut job, verdict, now)?;
+                    if state_of(&job) == JobState::Pending {
+                        updated(&tx, &keys, &mut events, &mut job, now)?;
+                    } else {
+                        write_job(&tx, &keys, &job)?;
+                    }
+                    Ok::<_, GlobalError>(lifecycle::summary(&job))
+                }
+            })
+            .await?;
+        self.kick.notify_one();
+        Ok(job)
+    }
+
+    /// Sets the priority the router orders a pending job by.
+    pub async fn set_priority(&self, fence: &Fence, job_id: &str, priority: i32) -> Result<Job> {
+        validate::job_id("job_id", job_id)?;
+        let now = self.clock.now_unix_ms();
+        let keys = self.keys.clone();
+        let job = self
+            .db
+            .run(|tx, _| {
+                let (keys, fence) = (keys.clone(), fence.clone());
+                async move {
+                    let mut job = queued(&tx, &keys, &fence, job_id, "a priority change").await?;
+                    if priority_of(&job) != priority {
+                        job.priority = Some(priority);
+                        updated(&tx, &keys, &mut EventWriter::new(), &mut job, now)?;
+                    }
+                    Ok::<_, GlobalError>(lifecycle::summary(&job))
+                }
+            })
+            .await?;
+        self.kick.notify_one();
+        Ok(job)
+    }
+}
+
+/// Checks the fence and reads `job_id`, refusing it unless it is still
+/// pending at the global tier (not being moved between regions, no cancel
+/// requested).
+async fn queued(
+    tx: &Transaction,
+    keys: &Keys,
+    fence: &Fence,
+    job_id: &str,
+    what: &str,
+) -> Result<Job> {
+    fence.check(tx).await?;
+    let Some(job) = read_job(tx, keys, job_id).await? else {
+        return Err(GlobalError::NotFound(format!("job {job_id}")));
+    };
+    let state = state_of(&job);
+    let moving = read_moving(tx, keys, job_id).await?.is_some();
+    if state != JobState::Pending || moving || job.cancel_requested {
+        return Err(not_queued(&job, state, what));
+    }
+    Ok(job)
+}
+
+/// The refusal of a change to a job that is no longer queued at the global
+/// tier.
+fn not_queued(job: &Job, state: JobState, what: &str) -> GlobalError {
+    let state = state.as_str_name().trim_start_matches("JOB_STATE_");
+    let place = if job.region.is_empty() {
+        String::new()
+    } else {
+        format!(" in region {}", job.region)
+    };
+    GlobalError::FailedPrecondition(format!(
+        "job {} is {state}{place}: {what} applies only to a job still pending at the \
+         global tier (not routed to a region, not being cancelled)",
+        job.job_id
+    ))
+}
