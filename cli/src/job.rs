@@ -8,8 +8,9 @@
 use std::io::Write;
 
 use meridian_proto::v1::{
-    CancelJobRequest, GetJobRequest, GetTaskLogsRequest, GetTaskLogsResponse, Job, JobState,
-    ListJobsRequest, SubmitJobRequest, TaskId, task_template,
+    CancelJobRequest, DependencyCondition, GetJobRequest, GetTaskLogsRequest, GetTaskLogsResponse,
+    Job, JobDependency, JobState, ListJobsRequest, SubmitJobRequest, TaskId, job_dependency,
+    task_template,
 };
 
 use crate::client::{Client, ConnectArgs};
@@ -48,6 +49,28 @@ pub enum JobCommand {
         /// Why, recorded in the job's history.
         #[arg(long, default_value = "cancelled from the command line")]
         reason: String,
+    },
+    /// Hold a job still pending at the global tier: it is not routed until
+    /// released (a job already routed cannot be held).
+    Hold {
+        /// The job id.
+        job_id: String,
+        /// Why, shown with the job.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Release a held job: it is routed again (once its dependencies are met).
+    Release {
+        /// The job id.
+        job_id: String,
+    },
+    /// Change the priority of a job still pending at the global tier.
+    SetPriority {
+        /// The job id.
+        job_id: String,
+        /// The new priority (higher is routed first; may be negative).
+        #[arg(allow_negative_numbers = true)]
+        priority: i32,
     },
     /// Print job events as they happen (until the named jobs are all done).
     Watch(WatchArgs),
@@ -183,6 +206,13 @@ pub async fn run(args: JobArgs) -> Result<()> {
                     Ok(())
                 }
             }
+        }
+        JobCommand::Hold { job_id, reason } => {
+            crate::queued::hold(&mut client, output, job_id, reason).await
+        }
+        JobCommand::Release { job_id } => crate::queued::release(&mut client, output, job_id).await,
+        JobCommand::SetPriority { job_id, priority } => {
+            crate::queued::set_priority(&mut client, output, job_id, priority).await
         }
         JobCommand::Watch(a) => {
             crate::watch::watch_into(&mut client, output, a, &mut std::io::stdout()).await
@@ -454,6 +484,17 @@ fn write_job(out: &mut dyn Write, job: &Job) -> std::io::Result<()> {
     if !job.waiting_reason.is_empty() {
         rows.push(("waiting", job.waiting_reason.clone()));
     }
+    if job.held {
+        rows.push(("held", dash(&job.hold_reason)));
+    }
+    for dep in &job.dependencies {
+        rows.push(("depends on", dependency(dep)));
+    }
+    if let Some(p) = job.priority {
+        rows.push(("priority", format!("{p} (submitted {})", spec.priority)));
+    } else if spec.priority != 0 {
+        rows.push(("priority", spec.priority.to_string()));
+    }
     rows.extend([
         ("region", dash(&job.region)),
         ("epoch", job.assignment_epoch.to_string()),
@@ -510,6 +551,19 @@ fn write_job(out: &mut dyn Write, job: &Job) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A dependency as the submit flags spell it: `after_ok j1-2`.
+fn dependency(dep: &JobDependency) -> String {
+    let condition = DependencyCondition::try_from(dep.condition)
+        .map(|c| render::short(c.as_str_name(), "DEPENDENCY_CONDITION_").to_ascii_lowercase())
+        .unwrap_or_else(|_| dep.condition.to_string());
+    let target = match &dep.target {
+        Some(job_dependency::Target::JobId(id)) => id.clone(),
+        Some(job_dependency::Target::RequestId(id)) => format!("request id {id}"),
+        None => "-".into(),
+    };
+    format!("{condition} {target}")
+}
+
 fn parse_task(text: &str) -> Result<TaskId> {
     match text.rsplit_once('/') {
         Some((job, index)) => Ok(TaskId {
@@ -564,6 +618,33 @@ mod tests {
         assert!(parse_timeout("0").is_err());
         assert!(parse_timeout("5 parsecs").is_err());
         assert!(parse_timeout("s").is_err());
+    }
+
+    #[test]
+    fn job_get_shows_dependencies_the_hold_and_a_changed_priority() {
+        let job = Job {
+            job_id: "j1-3".into(),
+            state: JobState::Pending as i32,
+            waiting_reason: "held".into(),
+            held: true,
+            hold_reason: "data late".into(),
+            priority: Some(9),
+            dependencies: vec![JobDependency {
+                condition: DependencyCondition::AfterOk as i32,
+                target: Some(job_dependency::Target::JobId("j1-1".into())),
+            }],
+            ..Job::default()
+        };
+        let mut out = Vec::new();
+        write_job(&mut out, &job).expect("written");
+        let text = String::from_utf8(out).expect("utf-8");
+        for line in [
+            "depends on  after_ok j1-1",
+            "held        data late",
+            "priority    9 (submitted 0)",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod client;
 pub mod dev;
 pub mod error;
 pub mod job;
+pub mod queued;
 pub mod render;
 pub mod spec;
 pub mod telemetry;

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use meridian_proto::v1::{
-    Command, JobSpec, LabelOperator, LabelRequirement, PlacementPolicy, RegionLossPolicy,
-    Resources, RetryPolicy, Simulated, TaskTemplate, task_template,
+    Command, DependencyCondition, JobDependency, JobSpec, LabelOperator, LabelRequirement,
+    PlacementPolicy, RegionLossPolicy, Resources, RetryPolicy, Simulated, TaskTemplate,
+    job_dependency, task_template,
 };
 
 use crate::error::{CliError, Result};
@@ -34,6 +35,18 @@ pub struct SpecArgs {
     /// Priority: higher runs first.
     #[arg(long, allow_negative_numbers = true)]
     pub priority: Option<i32>,
+    /// Start only once these jobs succeeded, every task of each (job ids,
+    /// comma-separated or repeated); the job fails if one of them fails or
+    /// is cancelled.
+    #[arg(long = "after-ok", value_delimiter = ',', value_name = "JOB_ID")]
+    pub after_ok: Vec<String>,
+    /// Start only once these jobs ended, whatever their outcome.
+    #[arg(long = "after-any", value_delimiter = ',', value_name = "JOB_ID")]
+    pub after_any: Vec<String>,
+    /// Start only once these jobs failed or were cancelled; the job fails
+    /// if one of them succeeds.
+    #[arg(long = "after-failed", value_delimiter = ',', value_name = "JOB_ID")]
+    pub after_failed: Vec<String>,
     /// Number of tasks.
     #[arg(long, short = 'n')]
     pub count: Option<u32>,
@@ -172,7 +185,25 @@ pub fn build(args: &SpecArgs) -> Result<JobSpec> {
     apply_resources(&mut spec, args)?;
     apply_placement(&mut spec, args)?;
     apply_failure_policies(&mut spec, args);
+    apply_dependencies(&mut spec, args);
     Ok(spec)
+}
+
+/// The jobs this one waits for, after those of the file, by condition
+/// (after_ok, after_any, after_failed), each in the order given.
+fn apply_dependencies(spec: &mut JobSpec, args: &SpecArgs) {
+    for (condition, ids) in [
+        (DependencyCondition::AfterOk, &args.after_ok),
+        (DependencyCondition::AfterAny, &args.after_any),
+        (DependencyCondition::AfterFailed, &args.after_failed),
+    ] {
+        for id in ids.iter().map(|id| id.trim()).filter(|id| !id.is_empty()) {
+            spec.dependencies.push(JobDependency {
+                condition: condition as i32,
+                target: Some(job_dependency::Target::JobId(id.to_string())),
+            });
+        }
+    }
 }
 
 /// The task: a simulated one or a command from the flags (replacing the
@@ -341,6 +372,49 @@ mod tests {
         assert_eq!(
             (c.program.as_str(), c.args),
             ("echo", vec!["hello".to_string()])
+        );
+    }
+
+    #[test]
+    fn after_flags_become_dependencies_by_job_id_in_flag_order() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            spec: SpecArgs,
+        }
+        let cli = Cli::parse_from([
+            "submit",
+            "--after-ok",
+            "j1,j2",
+            "--after-any",
+            "j3",
+            "--after-failed",
+            "j4",
+            "--after-ok",
+            "j5",
+            "--simulate",
+            "10",
+        ]);
+        let spec = build(&cli.spec).expect("spec");
+        let got: Vec<(i32, String)> = spec
+            .dependencies
+            .iter()
+            .map(|d| match &d.target {
+                Some(job_dependency::Target::JobId(id)) => (d.condition, id.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let ok = DependencyCondition::AfterOk as i32;
+        assert_eq!(
+            got,
+            vec![
+                (ok, "j1".to_string()),
+                (ok, "j2".to_string()),
+                (ok, "j5".to_string()),
+                (DependencyCondition::AfterAny as i32, "j3".to_string()),
+                (DependencyCondition::AfterFailed as i32, "j4".to_string()),
+            ]
         );
     }
 
