@@ -10,6 +10,7 @@
 //! it was slow.
 
 pub mod client;
+pub mod cost;
 pub mod error;
 pub mod federation;
 pub mod plot;

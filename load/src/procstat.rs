@@ -44,6 +44,32 @@ fn cpu_seconds(stat: &str) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// Context switches of every thread of process `pid` (voluntary and not):
+/// each store round trip or cross-thread wake-up costs at least one.
+pub fn context_switches(pid: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        // A thread that ended between the listing and the read is skipped:
+        // its switches are lost with it, as the kernel loses them too.
+        if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+            total += switches_of(&status);
+        }
+    }
+    Some(total)
+}
+
+fn switches_of(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|l| {
+            l.starts_with("voluntary_ctxt_switches:")
+                || l.starts_with("nonvoluntary_ctxt_switches:")
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 fn peak_rss_kib(status: &str) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -63,6 +89,12 @@ mod tests {
     fn peak_memory_is_read_from_vmhwm() {
         let status = "Name:\tmeridian\nVmPeak:\t  900 kB\nVmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n";
         assert_eq!(peak_rss_kib(status), Some(2048.0));
+    }
+
+    #[test]
+    fn context_switches_add_the_voluntary_and_the_forced_ones() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(switches_of(status), 15);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::Ctx;
 use crate::client;
+use crate::cost;
 use crate::error::Result;
 use crate::federation::Layout;
 use crate::scenario::churn::{Churn, Outcome};
@@ -56,10 +57,19 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         wait: Duration::from_secs(ctx.pick(30, 60)),
         depth_title: "region queue depth (pending, all shards)",
     };
+    let probes = target.probes();
+    let before = cost::sample(&probes).await;
     let Outcome {
         offered: o,
         latency,
     } = phase.run(ctx, &target, &mut report).await?;
+    let after = cost::sample(&probes).await;
+    // Per acknowledged job, over the phase (submits, the wait for them to
+    // run, and the simulated tasks' ends that fall inside it).
+    report.result(
+        "cost_per_job",
+        cost::per_job(&before, &after, o.acked.len() as u64),
+    );
     let l = latency.summary();
     let achieved = rate(o.acked.len() as u64, d);
     report.result("scheduled", o.scheduled);

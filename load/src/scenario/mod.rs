@@ -126,6 +126,32 @@ impl Target {
         self.shut_down().await;
     }
 
+    /// Every local process, with what its cost is read from, and this load
+    /// client.
+    pub fn probes(&self) -> Vec<crate::cost::Probe> {
+        let mut out = Vec::new();
+        if let Some(f) = &self.local {
+            let procs = f.globals.iter().chain(
+                f.regions
+                    .iter()
+                    .flat_map(|r| r.replicas.iter().chain(&r.agent)),
+            );
+            for p in procs {
+                out.push(crate::cost::Probe {
+                    name: p.name.clone(),
+                    pid: f.pid_of(&p.name),
+                    metrics: p.metrics,
+                });
+            }
+        }
+        out.push(crate::cost::Probe {
+            name: "load client".to_string(),
+            pid: Some(std::process::id() as i32),
+            metrics: None,
+        });
+        out
+    }
+
     /// CPU seconds and peak memory of every local process still running,
     /// and of this load client, by name.
     pub fn usage(&self) -> BTreeMap<String, crate::procstat::Usage> {

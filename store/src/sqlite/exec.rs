@@ -19,6 +19,8 @@ use crate::error::{Result, StoreError};
 /// A unit of SQLite work for one round trip.
 pub(crate) trait Work: Send + 'static {
     type Output: Send + 'static;
+    /// What kind of round trip this is, for the round-trip counter.
+    const KIND: &'static str;
     /// Runs the work on `conn`.
     fn run(&mut self, conn: &Connection) -> Result<Self::Output>;
 }
@@ -29,6 +31,9 @@ pub(crate) async fn execute<W: Work>(
     mut conn: PooledConn,
     mut work: W,
 ) -> (Option<PooledConn>, Result<W::Output>) {
+    // Counted because round trips, not bytes, are what a store operation
+    // costs here: each is two thread wake-ups.
+    metrics::counter!("meridian_store_round_trips_total", "kind" => W::KIND).increment(1);
     let joined = tokio::task::spawn_blocking(move || {
         let outcome = conn.conn().and_then(|c| work.run(c));
         (conn, outcome)

@@ -151,6 +151,7 @@ struct Batch {
 
 impl Work for Batch {
     type Output = Vec<Result<Committed>>;
+    const KIND: &'static str = "group_commit";
 
     fn run(&mut self, c: &Connection) -> Result<Self::Output> {
         exec_sql(c, "BEGIN IMMEDIATE")?;

@@ -125,6 +125,7 @@ where
     R: Send + 'static,
 {
     type Output = (R, Vec<Mutation>);
+    const KIND: &'static str = "read";
 
     fn run(&mut self, c: &Connection) -> Result<Self::Output> {
         begun(c, self.open, self.begin_immediate, |c| {
@@ -146,6 +147,7 @@ struct CommitHop {
 
 impl Work for CommitHop {
     type Output = Committed;
+    const KIND: &'static str = "commit";
 
     fn run(&mut self, c: &Connection) -> Result<Committed> {
         let result = begun(c, self.open, self.begin_immediate, |c| {
