@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use meridian_control::SharedClock;
 use meridian_control::lease::Fence;
-use meridian_proto::v1::{Job, JobEventKind, JobState};
+use meridian_proto::v1::{Job, JobEventKind, JobSpec, JobState};
 use meridian_store::{Database, RangeOption, Transaction};
 use tokio::sync::Notify;
 
@@ -44,6 +44,15 @@ pub const HELD: &str = "held";
 pub fn priority_of(job: &Job) -> i32 {
     job.priority
         .unwrap_or_else(|| job.spec.as_ref().map_or(0, |s| s.priority))
+}
+
+/// The spec a region is given with the job (ASSIGN events): the submitted
+/// spec, with the priority the router ordered the job by, so the region's
+/// queue orders it the same way.
+pub fn spec_for_region(job: &Job) -> Option<JobSpec> {
+    let mut spec = job.spec.clone()?;
+    spec.priority = priority_of(job);
+    Some(spec)
 }
 
 /// The judgement of a pending job's dependencies (already resolved into

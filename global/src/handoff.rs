@@ -100,7 +100,7 @@ pub fn assign(
         kind: AssignmentEventKind::Assign as i32,
         job_id: job.job_id.clone(),
         assignment_epoch: job.assignment_epoch,
-        spec: job.spec.clone(),
+        spec: crate::gate::spec_for_region(job),
         request_id: job.request_id.clone(),
         reason: "routed".to_string(),
         at_unix_ms: now,

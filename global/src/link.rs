@@ -225,7 +225,7 @@ impl LinkService {
                         events.push(AssignmentEvent {
                             kind: AssignmentEventKind::Assign as i32,
                             assignment_epoch: job.assignment_epoch,
-                            spec: job.spec.clone(),
+                            spec: crate::gate::spec_for_region(&job),
                             request_id: job.request_id.clone(),
                             job_created_at_unix_ms: job.created_at_unix_ms,
                             trace_id: job.trace_id.clone(),

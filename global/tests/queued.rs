@@ -1,9 +1,10 @@
 //! Changes to a job still queued at the global tier, over real sockets:
 //! a held job is not routed until released, a priority raised while queued
-//! makes the router take that job first, a job already routed refuses both
-//! with FAILED_PRECONDITION, the HTTP routes answer as the gRPC calls do,
-//! and holds and dependency waits are in the store, so a new leader keeps
-//! them. Every wait is on a watch stream.
+//! makes the router take that job first and reaches the region with the
+//! job, a job already routed refuses both with FAILED_PRECONDITION, the
+//! HTTP routes answer as the gRPC calls do, and holds and dependency waits
+//! are in the store, so a new leader keeps them. Every wait is on a watch
+//! stream.
 
 mod common;
 
@@ -246,10 +247,18 @@ async fn a_priority_raised_while_queued_makes_the_router_take_that_job_first() {
     );
     // Room for one job of two 500-millicore tasks, not for two.
     let mut link = h.link().await;
-    register_with(&mut link, "r1", 1_500).await;
+    let lease = register_with(&mut link, "r1", 1_500).await;
     await_job(&mut client, &late, "the raised job routed", routed).await;
     let waiting = get(&mut client, &early).await;
     assert_eq!(waiting.state, JobState::Pending as i32);
+    // The region is given the priority the router used, for its own queue.
+    let mut stream = assignments(&mut link, "r1", lease).await;
+    let assign = guarded("the ASSIGN event", stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(assign.job_id, late);
+    assert_eq!(assign.spec.unwrap().priority, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
