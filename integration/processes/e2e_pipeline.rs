@@ -121,11 +121,19 @@ fn a_pipeline_runs_in_order_on_real_agents_and_when_its_first_step_fails_the_lat
     // success leaves it pending until it is released.
     let held = ok(&dev, &["job", "hold", &b, "--reason", "checking the data"]);
     assert_eq!(held, format!("{b} held (PENDING: held)"));
+    let raised = ok(&dev, &["job", "set-priority", &b, "-5"]);
+    assert_eq!(raised, format!("{b} priority -5 (PENDING: held)"));
     std::fs::write(&go, b"").expect("let A start");
     ok(&dev, &["job", "watch", &a]);
     let after_a = job(&dev, &b);
     assert_eq!(after_a["state"], "JOB_STATE_PENDING");
     assert_eq!(after_a["waiting_reason"], "held");
+    assert_eq!(after_a["priority"], -5);
+    // A job that ran can no longer be held: the CLI says why and fails.
+    let late = meridian(&dev, &["job", "hold", &a]);
+    assert!(!late.status.success());
+    let said = String::from_utf8_lossy(&late.stderr);
+    assert!(said.contains(&format!("job {a} is SUCCEEDED")), "{said}");
     assert_eq!(ran(&file), ["a"]);
     ok(&dev, &["job", "release", &b]);
     // Follows C until it ends (B, released, runs first).
