@@ -211,19 +211,50 @@ impl Tail {
     /// Fails with OUT_OF_RANGE when events after the position were trimmed
     /// (a reader that fell behind the retention), rather than skip them.
     pub async fn next(&mut self, limit: usize) -> Result<Batch> {
-        let (from, end) = (self.from.clone(), self.log.range().1);
-        let (head, trim_key) = (self.head.clone(), self.trim.clone());
+        let end = self.log.range().1;
+        // The last event this reader passed, when it has passed one. While
+        // that event is still in the log nothing after it was trimmed (a trim
+        // removes a prefix of the log, with its trim record, in one
+        // transaction), so the read starts at it and the trim record is read
+        // only when it is gone: one round trip instead of two per batch.
+        let anchor = match &self.seen {
+            Some(seen) if !seen.is_empty() => {
+                let mut key = keys::after_cursor(&self.log, seen, "cursor")?;
+                key.pop();
+                Some(key)
+            }
+            _ => None,
+        };
+        let (from, head, trim_key) = (self.from.clone(), self.head.clone(), self.trim.clone());
         let (rows, watch, trim) = self
             .db
             .run(|tx, _| {
-                let (from, end) = (from.clone(), end.clone());
+                let (from, end, anchor) = (from.clone(), end.clone(), anchor.clone());
                 let (head, trim_key) = (head.clone(), trim_key.clone());
                 async move {
-                    // Read with the rows, so the check and the rows agree.
-                    let trim = Trim::read(&tx, &trim_key).await?;
-                    let rows = tx
-                        .get_range(RangeOption::new(from, end).limit(limit))
-                        .await?;
+                    let (rows, trim) = match anchor {
+                        Some(anchor) => {
+                            let mut rows = tx
+                                .get_range(RangeOption::new(anchor.clone(), end).limit(limit + 1))
+                                .await?;
+                            if rows.first().is_some_and(|kv| kv.key == anchor) {
+                                rows.remove(0);
+                                (rows, None)
+                            } else {
+                                rows.truncate(limit);
+                                (rows, Trim::read(&tx, &trim_key).await?)
+                            }
+                        }
+                        None => {
+                            // Read with the rows, so the check and the rows
+                            // agree.
+                            let trim = Trim::read(&tx, &trim_key).await?;
+                            let rows = tx
+                                .get_range(RangeOption::new(from, end).limit(limit))
+                                .await?;
+                            (rows, trim)
+                        }
+                    };
                     if !rows.is_empty() {
                         return Ok::<_, GlobalError>((rows, None, trim));
                     }
