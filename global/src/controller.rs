@@ -76,9 +76,6 @@ pub struct Controller {
     parking: Parking,
     /// Delay after a failed pass.
     retry: Backoff,
-    /// Where the next pass goes on judging dependency-waiting jobs (only a
-    /// scan position: the jobs and their state are in the store).
-    gate_from: Option<String>,
 }
 
 /// Waits after a pass that failed as a whole: 50 ms doubling to 5 s.
@@ -114,7 +111,6 @@ impl Controller {
             spread,
             quotas,
             reserved: BTreeMap::new(),
-            gate_from: None,
         }
     }
 
@@ -185,11 +181,8 @@ impl Controller {
         }
         // Jobs whose dependencies are met join the pending index before
         // routing, so they are routed in this same pass.
-        let gated = gate::unblock(&self.db, &self.keys, &fence, now, self.gate_from.take()).await?;
-        self.gate_from = gated.next;
-        if gated.changed > 0 {
-            // A job failed here may be the dependency of one judged before
-            // it (beyond this batch): look again.
+        let gated = gate::unblock(&self.db, &self.keys, &fence, now).await?;
+        if gated.more {
             self.kick.notify_one();
         }
         report.assigned = self.route(&fence, &regions, now).await?;

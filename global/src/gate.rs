@@ -3,17 +3,19 @@
 //! the changes a user may make to a job while it is still queued there
 //! (hold, release, priority).
 //!
-//! Owns the two indexes a pending job may sit in besides the router's
-//! pending index: none (held: `Job.held`, listed nowhere, released only by
-//! ReleaseJob) and `blocked` (waiting for dependencies, judged by
-//! [`unblock`] on every controller pass). A job is in at most one of the
-//! pending and blocked indexes, and in the pending index only when it is
-//! neither held nor waiting for a dependency. Every write checks the
-//! leader fence in its own transaction and records an UPDATED (or
-//! STATE_CHANGED) event, so watches see it and a new leader finds the same
-//! state. It must never change a job that has left PENDING: a region's
-//! queue never hears of a hold or a priority change, so those are refused
-//! with FAILED_PRECONDITION once the job was routed.
+//! Owns where a pending job sits besides the router's pending index: held
+//! (`Job.held`, in no index, released only by ReleaseJob) or `blocked`
+//! (waiting for dependencies); the `dependency -> dependent` edges and the
+//! settled queue through which the end of a job reaches the jobs waiting on
+//! it ([`unblock`], at the start of every controller pass). A job is in at
+//! most one of the pending and blocked indexes, and in the pending index
+//! only when it is neither held nor waiting for a dependency. Every write
+//! checks the leader fence in its own transaction and records an UPDATED
+//! (or STATE_CHANGED) event, so watches see it and a new leader finds the
+//! same state. It must never change a job that has left PENDING: a
+//! region's queue never hears of a hold or a priority change after the
+//! assignment, so those are refused with FAILED_PRECONDITION once the job
+//! was routed.
 
 use std::sync::Arc;
 
@@ -33,8 +35,8 @@ use crate::keys::Keys;
 use crate::lifecycle::{self, state_of};
 use crate::validate;
 
-/// Dependency-waiting jobs judged per controller pass at most.
-pub const UNBLOCK_BATCH: usize = 500;
+/// Ended jobs whose dependents are judged per controller pass at most.
+pub const SETTLED_BATCH: usize = 256;
 
 /// The waiting reason of a held job.
 pub const HELD: &str = "held";
@@ -104,70 +106,117 @@ fn fail(
     Ok(())
 }
 
+/// Records, in `tx`, that `job` waits on each of its unfinished
+/// dependencies: the edge `dependency -> job`, and `has_dependents` on the
+/// dependency, so the commit that ends it queues it as settled.
+pub async fn link(tx: &Transaction, keys: &Keys, job: &Job) -> Result<()> {
+    for dep in &job.dependencies {
+        let id = dependencies::target_id(dep);
+        let Some(mut named) = read_job(tx, keys, id).await? else {
+            continue;
+        };
+        // An ended job never changes again: the judgement that read its
+        // final state is the last one it needs.
+        if lifecycle::is_terminal(state_of(&named)) {
+            continue;
+        }
+        tx.set(&keys.dependent(id, &job.job_id), b"")?;
+        if !named.has_dependents {
+            named.has_dependents = true;
+            write_job(tx, keys, &named)?;
+        }
+    }
+    Ok(())
+}
+
 /// What one [`unblock`] pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Unblocked {
     /// Jobs moved to the pending index, failed, or given a new reason.
     pub changed: usize,
-    /// Where the next pass goes on, when this one stopped at its batch
-    /// limit; `None` starts from the first blocked job.
-    pub next: Option<String>,
+    /// The pass stopped at [`SETTLED_BATCH`] with ended jobs left to
+    /// handle.
+    pub more: bool,
 }
 
-/// Judges up to [`UNBLOCK_BATCH`] dependency-waiting jobs after `from`, in
-/// job-id order, in one fenced transaction: a job whose dependencies are all
-/// met moves to the pending index (routed in the same controller pass), one
-/// with a dependency that can never be met ends FAILED naming it, and one
-/// that still waits gets its reason updated when it changed. Dependencies
-/// are older than their dependents, so in id order a failure is seen by the
-/// dependents judged after it in the same transaction: a chain fails at
-/// once.
-pub async fn unblock(
-    db: &Database,
-    keys: &Keys,
-    fence: &Fence,
-    now: u64,
-    from: Option<String>,
-) -> Result<Unblocked> {
+/// Judges the dependents of the jobs that ended since the last pass (the
+/// settled queue), in one fenced transaction: a dependent whose
+/// dependencies are all met moves to the pending index (routed in the same
+/// controller pass), one with a dependency that can never be met ends
+/// FAILED naming it, and one that still waits gets its reason updated. A
+/// dependent failed here is queued as settled in turn and handled in the
+/// same transaction, so a chain fails in one commit. The work is
+/// proportional to the jobs that ended, not to the jobs waiting.
+pub async fn unblock(db: &Database, keys: &Keys, fence: &Fence, now: u64) -> Result<Unblocked> {
     db.run(|tx, _| {
-        let (keys, fence, from) = (keys.clone(), fence.clone(), from.clone());
+        let (keys, fence) = (keys.clone(), fence.clone());
         async move {
-            let range = keys.blockeds().range();
-            let begin = match &from {
-                Some(id) => {
-                    let mut k = keys.blocked(id);
-                    k.push(0);
-                    k
-                }
-                None => range.0,
-            };
-            let rows = tx
-                .get_range(RangeOption::new(begin, range.1).limit(UNBLOCK_BATCH))
-                .await?;
-            if rows.is_empty() {
-                // Nothing to write, so nothing to fence.
-                return Ok(Unblocked::default());
-            }
-            fence.check(&tx).await?;
-            let full = rows.len() == UNBLOCK_BATCH;
-            let mut events = EventWriter::new();
             let mut out = Unblocked::default();
-            let mut last = None;
-            for kv in rows {
-                let (job_id,): (String,) = keys
-                    .blockeds()
-                    .unpack(&kv.key)
-                    .map_err(|e| GlobalError::Corrupt(format!("blocked key: {e}")))?;
-                if judge_one(&tx, &keys, &mut events, &job_id, now).await? {
-                    out.changed += 1;
+            let mut fenced = false;
+            let mut handled = 0;
+            let mut events = EventWriter::new();
+            loop {
+                let rows = tx
+                    .get_range(RangeOption::from(keys.settleds().range()).limit(SETTLED_BATCH))
+                    .await?;
+                if rows.is_empty() {
+                    break;
                 }
-                last = Some(job_id);
+                if handled >= SETTLED_BATCH {
+                    out.more = true;
+                    break;
+                }
+                // Nothing is written before there is something to judge.
+                if !fenced {
+                    fence.check(&tx).await?;
+                    fenced = true;
+                }
+                for kv in rows.into_iter().take(SETTLED_BATCH - handled) {
+                    let (ended,): (String,) = keys
+                        .settleds()
+                        .unpack(&kv.key)
+                        .map_err(|e| GlobalError::Corrupt(format!("settled key: {e}")))?;
+                    out.changed += settle(&tx, &keys, &mut events, &ended, now).await?;
+                    handled += 1;
+                }
             }
-            out.next = if full { last } else { None };
             Ok::<_, GlobalError>(out)
         }
     })
     .await
+}
+
+/// Judges the dependents of one ended job still waiting in the blocked
+/// index, then forgets its edges and its settled entry. Returns how many
+/// dependents changed.
+async fn settle(
+    tx: &Transaction,
+    keys: &Keys,
+    events: &mut EventWriter,
+    ended: &str,
+    now: u64,
+) -> Result<usize> {
+    let edges = keys.dependents(ended);
+    let (begin, end) = edges.range();
+    let mut changed = 0;
+    for kv in tx
+        .get_range(RangeOption::new(begin.clone(), end.clone()))
+        .await?
+    {
+        let (dependent,): (String,) = edges
+            .unpack(&kv.key)
+            .map_err(|e| GlobalError::Corrupt(format!("dependent key: {e}")))?;
+        // A held dependent is judged when released; one routed or ended
+        // needs nothing.
+        if tx.get(&keys.blocked(&dependent)).await?.is_some()
+            && judge_one(tx, keys, events, &dependent, now).await?
+        {
+            changed += 1;
+        }
+    }
+    tx.clear_range(&begin, &end)?;
+    tx.clear(&keys.settled(ended))?;
+    Ok(changed)
 }
 
 /// Judges one blocked job inside `tx`; returns whether anything changed.
@@ -296,6 +345,9 @@ impl Gate {
                     job.waiting_reason.clear();
                     let mut events = EventWriter::new();
                     let verdict = verdict_for(&tx, &keys, &job).await?;
+                    if matches!(verdict, Verdict::Wait(_)) {
+                        link(&tx, &keys, &job).await?;
+                    }
                     place(&tx, &keys, &mut events, &mut job, verdict, now)?;
                     if state_of(&job) == JobState::Pending {
                         updated(&tx, &keys, &mut events, &mut job, now)?;

@@ -67,7 +67,9 @@ pub fn job_event(
 }
 
 /// Moves `job` to `to` and appends the STATE_CHANGED event; a no-op when
-/// already there. Illegal transitions are refused as corrupt requests.
+/// already there. Illegal transitions are refused as corrupt requests. A
+/// job that ends while others wait on it is queued as settled, for
+/// `gate::unblock` to judge them.
 pub fn change_state(
     tx: &Transaction,
     keys: &Keys,
@@ -79,6 +81,11 @@ pub fn change_state(
 ) -> Result<bool> {
     let changed = lifecycle::transition(job, to, reason, now)
         .map_err(|e| GlobalError::invalid("state", e.to_string()))?;
+    if changed && job.has_dependents && lifecycle::is_terminal(to) {
+        // In the commit that ends the job, so no end is missed by the jobs
+        // waiting on it (`gate::unblock` judges them).
+        tx.set(&keys.settled(&job.job_id), b"")?;
+    }
     if changed {
         let event = job_event(
             JobEventKind::StateChanged,
@@ -397,6 +404,9 @@ async fn submit_one(
     events.job(tx, keys, &created)?;
     // After CREATED: a dependency that can never be met fails the job now,
     // with its own event.
+    if matches!(verdict, gate::Verdict::Wait(_)) {
+        gate::link(tx, keys, &job).await?;
+    }
     gate::place(tx, keys, events, &mut job, verdict, now)?;
     write_job(tx, keys, &job)?;
     Ok(Ok(SubmitJobResponse {

@@ -88,7 +88,8 @@ impl Keys {
     }
 
     /// Index of pending jobs waiting for their dependencies (never routed
-    /// while listed here; `gate.rs` moves them to the pending index).
+    /// while listed here; `gate.rs` moves them to the pending index when
+    /// the last one is met).
     pub fn blocked(&self, job_id: &str) -> Vec<u8> {
         self.root.pack(&("blocked", job_id))
     }
@@ -96,6 +97,28 @@ impl Keys {
     /// The range of the dependency-waiting index.
     pub fn blockeds(&self) -> Subspace {
         self.root.subspace(&("blocked",))
+    }
+
+    /// `dependency -> dependent` edge, written when the dependent is
+    /// submitted (or released) while the dependency is unfinished.
+    pub fn dependent(&self, dependency: &str, dependent: &str) -> Vec<u8> {
+        self.root.pack(&("dependent", dependency, dependent))
+    }
+
+    /// The jobs waiting on `dependency`.
+    pub fn dependents(&self, dependency: &str) -> Subspace {
+        self.root.subspace(&("dependent", dependency))
+    }
+
+    /// Queue of jobs with dependents that have ended and whose dependents
+    /// are still to be judged (written in the transaction that ends them).
+    pub fn settled(&self, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("settled", job_id))
+    }
+
+    /// The range of the settled queue.
+    pub fn settleds(&self) -> Subspace {
+        self.root.subspace(&("settled",))
     }
 
     /// Index of unfinished jobs held by a region: value is the epoch.

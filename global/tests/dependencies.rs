@@ -357,3 +357,47 @@ async fn unknown_dependencies_and_cycles_are_refused_at_submit_naming_the_field(
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["field"], "spec.dependencies[0].job_id");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_of_two_jobs_says_what_is_left_and_one_held_meanwhile_is_judged_at_release() {
+    let h = Harness::start(|_| {}).await;
+    let mut link = h.link().await;
+    let mut client = h.federation().await;
+    let lease = register(&mut link, "r1").await;
+    let a = submit_job(&mut client, "a", spec("t")).await;
+    let b = submit_job(&mut client, "b", spec("t")).await;
+    let both = submit_job(&mut client, "both", with(vec![after_ok(&a), after_ok(&b)])).await;
+    let held = submit_job(&mut client, "held", with(vec![after_ok(&a)])).await;
+    assert_eq!(
+        get(&mut client, &both).await.waiting_reason,
+        format!("waits for job {a} to succeed, job {b} to succeed")
+    );
+    client
+        .hold_job(HoldJobRequest {
+            job_id: held.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    let a_routed = await_job(&mut client, &a, "a routed", routed).await;
+    report_end(&mut link, "r1", lease, &a_routed, JobState::Succeeded, "").await;
+    let narrowed = await_job(&mut client, &both, "the reason narrowed", |j| {
+        j.waiting_reason == format!("waits for job {b} to succeed")
+    })
+    .await;
+    assert_eq!(narrowed.state, JobState::Pending as i32);
+    // Held while its dependency ended: still held, and met once released.
+    let still = get(&mut client, &held).await;
+    assert!(still.held);
+    assert_eq!(still.state, JobState::Pending as i32);
+    client
+        .release_job(ReleaseJobRequest {
+            job_id: held.clone(),
+        })
+        .await
+        .unwrap();
+    await_job(&mut client, &held, "held routed after release", routed).await;
+    let b_routed = await_job(&mut client, &b, "b routed", routed).await;
+    report_end(&mut link, "r1", lease, &b_routed, JobState::Succeeded, "").await;
+    await_job(&mut client, &both, "both routed", routed).await;
+}

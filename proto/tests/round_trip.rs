@@ -172,6 +172,7 @@ fn a_job_status_view_survives_an_encode_decode_round_trip() {
         held: true,
         hold_reason: "waiting for the data".to_owned(),
         priority: Some(-3),
+        has_dependents: true,
     };
     let decoded = Job::decode(job.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(decoded, job);
