@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use meridian_control::SharedClock;
 use meridian_control::lease::{LeaderStatus, Role};
 use meridian_control::trace::{self, TraceId};
@@ -129,8 +130,9 @@ impl LinkService {
             .run(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
-                    // Every record the items read, in one round trip.
-                    let mut wanted = vec![fence.key().to_vec()];
+                    // Every record the items read, in one round trip: the
+                    // fence, the region's lease, and each item's job.
+                    let mut wanted = vec![fence.key().to_vec(), keys.region(region)];
                     for item in items {
                         let job = item.job_id();
                         wanted.push(keys.job(job));
@@ -276,6 +278,10 @@ impl LinkService {
         mut leader: watch::Receiver<LeaderStatus>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // The region's lease is read again only when its record changed (a
+        // renewal, a new epoch), not before every batch: the watch set by
+        // the last read says when.
+        let mut lease_watch: Option<meridian_store::WatchFuture> = None;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -284,23 +290,36 @@ impl LinkService {
                 let _ = out.send(Err(Status::unavailable("leadership lost"))).await;
                 return;
             }
-            let (current, lease_changed) = match self.lease_epoch_watch(&req.region).await {
-                Ok(w) => w,
-                Err(err) => {
-                    let _ = out.send(Err(err.into())).await;
+            // A stream that never goes quiet must still see a new epoch.
+            if lease_watch
+                .as_mut()
+                .is_some_and(|w| w.now_or_never().is_some())
+            {
+                lease_watch = None;
+            }
+            if lease_watch.is_none() {
+                let (current, changed) = match self.lease_epoch_watch(&req.region).await {
+                    Ok(w) => w,
+                    Err(err) => {
+                        let _ = out.send(Err(err.into())).await;
+                        return;
+                    }
+                };
+                if current != req.region_lease_epoch {
+                    let _ = out
+                        .send(Err(superseded(
+                            &req.region,
+                            req.region_lease_epoch,
+                            current,
+                        )))
+                        .await;
                     return;
                 }
-            };
-            if current != req.region_lease_epoch {
-                let _ = out
-                    .send(Err(superseded(
-                        &req.region,
-                        req.region_lease_epoch,
-                        current,
-                    )))
-                    .await;
-                return;
+                lease_watch = Some(changed);
             }
+            let Some(lease_changed) = lease_watch.as_mut() else {
+                continue;
+            };
             let (batch, wake) = match tail.next(256).await {
                 Ok(b) => b,
                 Err(err) => {
@@ -325,7 +344,7 @@ impl LinkService {
             let Some(wake) = wake else { continue };
             tokio::select! {
                 _ = wake => {}
-                _ = lease_changed => {}
+                _ = lease_changed => lease_watch = None,
                 _ = self.clock.sleep(self.bookmark_every) => {
                     let bookmark = AssignmentEvent {
                         cursor: last.clone(),

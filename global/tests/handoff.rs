@@ -438,3 +438,43 @@ async fn a_stream_opened_with_a_superseded_region_lease_ends_with_failed_precond
         .unwrap_err();
     assert_eq!(reopened.code(), tonic::Code::FailedPrecondition);
 }
+
+#[tokio::test]
+async fn an_open_assignment_stream_ends_when_another_replica_takes_the_regions_lease() {
+    let h = Harness::start(|_| {}).await;
+    let mut link = h.link().await;
+    let lease = register(&mut link, "region-a").await;
+    let mut stream = open(&mut link, "region-a", lease).await;
+
+    let taken = link
+        .register_region(RegisterRegionRequest {
+            region: "region-a".into(),
+            replica: Some(ReplicaIdentity {
+                replica_id: "region-a-1".into(),
+                boot_id: "boot-region-a-1".into(),
+                ..ReplicaIdentity::default()
+            }),
+            leader_epoch: 2,
+            ..RegisterRegionRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(taken.verdict, Verdict::Accepted as i32);
+    assert!(taken.region_lease_epoch > lease);
+
+    // The old holder's stream learns it from the region record's watch,
+    // not from a read before every batch.
+    let end = guarded("the old stream's end", async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => break status,
+                None => panic!("the stream closed without saying why"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(end.code(), tonic::Code::FailedPrecondition, "{end:?}");
+    assert!(end.message().contains("not current"), "{end:?}");
+}
