@@ -197,6 +197,14 @@ impl Keys {
         (begin, self.feed().1)
     }
 
+    /// First key of the feed entries of the transaction committed at
+    /// `stamp` (its part 0).
+    pub fn feed_at(&self, stamp: [u8; 10]) -> Vec<u8> {
+        let mut first = [0u8; 12];
+        first[..10].copy_from_slice(&stamp);
+        self.root.pack(&("feed", Versionstamp::from(first)))
+    }
+
     /// The commit stamp and part of a feed key.
     pub fn feed_stamp(&self, key: &[u8]) -> Option<([u8; 10], u16)> {
         self.root

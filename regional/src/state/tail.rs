@@ -106,17 +106,19 @@ impl Tailer {
     pub async fn catch_up(&self) -> Result<Caught> {
         let mut total = Caught::default();
         loop {
-            let step = self.step().await?;
+            let (step, more) = self.step().await?;
             total.entries += step.entries;
             total.applied += step.applied;
             total.reloaded |= step.reloaded;
-            if step.reloaded || step.entries < ENTRIES_PER_STEP {
+            if step.reloaded || !more {
                 return Ok(total);
             }
         }
     }
 
-    async fn step(&self) -> Result<Caught> {
+    /// One page of the feed; also whether the page was full (more entries
+    /// may follow).
+    async fn step(&self) -> Result<(Caught, bool)> {
         let cursor = self.state.read().cursor;
         let read = self
             .db
@@ -131,13 +133,17 @@ impl Tailer {
                 tracing::warn!("the feed was trimmed past this replica's cursor: loading afresh");
                 let fresh = super::load::load(&self.db, &self.keys).await?;
                 self.state.replace(fresh);
-                Ok(Caught {
-                    reloaded: true,
-                    ..Caught::default()
-                })
+                Ok((
+                    Caught {
+                        reloaded: true,
+                        ..Caught::default()
+                    },
+                    false,
+                ))
             }
             Step::Read {
                 entries,
+                page_full,
                 last,
                 values,
             } => {
@@ -150,11 +156,14 @@ impl Tailer {
                         s.advance_cursor(last);
                     }
                 });
-                Ok(Caught {
-                    entries,
-                    applied,
-                    reloaded: false,
-                })
+                Ok((
+                    Caught {
+                        entries,
+                        applied,
+                        reloaded: false,
+                    },
+                    page_full,
+                ))
             }
         }
     }
@@ -177,6 +186,8 @@ enum Step {
     Reload,
     Read {
         entries: usize,
+        /// The read filled its page: more entries may follow.
+        page_full: bool,
         last: Option<Stamp>,
         values: BTreeMap<Change, (Stamp, Value)>,
     },
@@ -188,17 +199,40 @@ async fn read_step(
     state: &SharedState,
     cursor: Stamp,
 ) -> Result<Step> {
-    let trimmed = tx
-        .get(&keys.feed_trim())
-        .await?
-        .as_deref()
-        .and_then(stamp_of);
-    if trimmed.is_some_and(|t| t > cursor) {
-        return Ok(Step::Reload);
-    }
-    let kvs = tx
-        .get_range(RangeOption::from(keys.feed_after(cursor)).limit(ENTRIES_PER_STEP))
+    // The read starts at the cursor's own transaction. While its entries
+    // are still in the feed nothing after them was trimmed (a trim clears a
+    // prefix of the feed and records its cut in one transaction), so the
+    // trim record is read only when they are gone: one round trip per step
+    // instead of two.
+    let (_, end) = keys.feed();
+    let mut kvs = tx
+        .get_range(RangeOption::new(keys.feed_at(cursor), end).limit(ENTRIES_PER_STEP))
         .await?;
+    let mut page_full = kvs.len() == ENTRIES_PER_STEP;
+    let anchored = kvs
+        .iter()
+        .take_while(|kv| keys.feed_stamp(&kv.key).is_some_and(|(s, _)| s == cursor))
+        .count();
+    if anchored == 0 || anchored == kvs.len() {
+        // The cursor's entries are gone (or fill the whole page): judge by
+        // the trim record, and read what follows the cursor.
+        let trimmed = tx
+            .get(&keys.feed_trim())
+            .await?
+            .as_deref()
+            .and_then(stamp_of);
+        if trimmed.is_some_and(|t| t > cursor) {
+            return Ok(Step::Reload);
+        }
+        if anchored > 0 {
+            kvs = tx
+                .get_range(RangeOption::from(keys.feed_after(cursor)).limit(ENTRIES_PER_STEP))
+                .await?;
+            page_full = kvs.len() == ENTRIES_PER_STEP;
+        }
+    } else {
+        kvs.drain(..anchored);
+    }
     let mut last = None;
     // Each change once, at the newest stamp that named it.
     let mut wanted: BTreeMap<Change, Stamp> = BTreeMap::new();
@@ -219,6 +253,7 @@ async fn read_step(
     let values = read_values(tx, keys, wanted).await?;
     Ok(Step::Read {
         entries: kvs.len(),
+        page_full,
         last,
         values,
     })
