@@ -80,13 +80,14 @@ async fn a_follower_whose_cursor_is_still_in_the_feed_reads_on_past_an_older_tri
     let caught = tailer.catch_up().await.expect("catch up");
     assert!(!caught.reloaded, "{caught:?}");
     assert_eq!(caught.entries, 2, "the two registrations after the cursor");
-    let s = state.read();
-    for node in ["node-a", "node-b", "node-c", "node-d"] {
-        assert!(s.nodes.contains_key(node), "{node} missing");
+    {
+        let s = state.read();
+        for node in ["node-a", "node-b", "node-c", "node-d"] {
+            assert!(s.nodes.contains_key(node), "{node} missing");
+        }
     }
 
     // Caught up: nothing more to read, and still no reload.
-    drop(s);
     let again = tailer.catch_up().await.expect("catch up again");
     assert_eq!((again.entries, again.reloaded), (0, false));
 }
