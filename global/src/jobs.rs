@@ -148,6 +148,7 @@ impl Jobs {
             .run(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
+                    tx.prefetch(&submit_reads(&keys, &fence, items)).await?;
                     fence.check(&tx).await?;
                     let mut events = EventWriter::new();
                     let mut results = Vec::with_capacity(items.len());
@@ -331,6 +332,23 @@ impl Jobs {
             // Jobs waiting on this one are judged again.
             .inspect(|_| self.kick.notify_one())
     }
+}
+
+/// The records every submit of a group reads (the fence, each request
+/// record, each region a spec names), read in one round trip before the
+/// items are judged one by one.
+fn submit_reads(keys: &Keys, fence: &Fence, items: &[NewJob]) -> Vec<Vec<u8>> {
+    let mut wanted = std::collections::BTreeSet::from([fence.key().to_vec()]);
+    for item in items {
+        let Some(spec) = &item.request.spec else {
+            continue;
+        };
+        wanted.insert(keys.request(&spec.tenant, &item.request.request_id));
+        for region in spec.allowed_regions.iter().chain(&spec.preferred_regions) {
+            wanted.insert(keys.region(region));
+        }
+    }
+    wanted.into_iter().collect()
 }
 
 async fn submit_one(
