@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::router::{RegionSpread, TenantQuota};
+use crate::schedules::ticker::StageHook;
 
 /// Configuration of one replica of the global tier.
 #[derive(Debug, Clone)]
@@ -53,6 +54,9 @@ pub struct GlobalConfig {
     /// Time an HTTP client has to send a request's body once its headers
     /// are in before it is answered 408 and its connection closed.
     pub http_body_timeout: Duration,
+    /// Awaited at each stage of a schedule's tick: a fault-injection test's
+    /// way to stop a replica at an exact point. None in production.
+    pub schedule_hook: Option<StageHook>,
 }
 
 impl GlobalConfig {
@@ -76,6 +80,7 @@ impl GlobalConfig {
             seed: 0,
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(10),
+            schedule_hook: None,
         }
     }
 }

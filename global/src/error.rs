@@ -63,6 +63,11 @@ pub enum GlobalError {
         /// The job the request id already names.
         job_id: String,
     },
+    /// An object of that id exists already with another definition (a
+    /// schedule created again under its id with another spec). Not
+    /// retryable: the new definition needs a new id.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     /// The object is not in a state that allows the request (a hold or a
     /// priority change of a job already routed to a region). Not
     /// retryable as is.
@@ -104,7 +109,9 @@ impl GlobalError {
                 Code::FailedPrecondition
             }
             GlobalError::Overloaded(_) => Code::ResourceExhausted,
-            GlobalError::RequestIdReused { .. } => Code::AlreadyExists,
+            GlobalError::RequestIdReused { .. } | GlobalError::AlreadyExists(_) => {
+                Code::AlreadyExists
+            }
             GlobalError::Corrupt(_) => Code::Internal,
             GlobalError::Store(e) if e.is_retryable() => Code::Unavailable,
             GlobalError::Store(_) => Code::Internal,

@@ -30,6 +30,7 @@ use crate::jobs::Jobs;
 use crate::keys::Keys;
 use crate::leader::Leadership;
 use crate::registry::Registry;
+use crate::schedules::Schedules;
 use crate::submitter::{self, Submitter};
 use crate::validate;
 
@@ -50,6 +51,8 @@ pub struct FederationService {
     pub submitter: Submitter,
     /// Hold, release and priority of queued jobs.
     pub gate: Gate,
+    /// Schedules of periodic jobs.
+    pub schedules: Schedules,
     /// Region records.
     pub registry: Registry,
     /// Quiet time before a bookmark on watch streams.
@@ -233,6 +236,30 @@ impl FederationService {
         Ok(SetJobPriorityResponse { job: Some(job) })
     }
 
+    /// CreateSchedule.
+    pub async fn create_schedule(
+        &self,
+        req: &CreateScheduleRequest,
+    ) -> Result<CreateScheduleResponse> {
+        crate::schedules::rules::create(req)?;
+        let fence = self.leadership.fence().await?;
+        self.schedules.create(&fence, req).await
+    }
+
+    /// PauseSchedule (`paused`) and ResumeSchedule.
+    pub async fn pause_schedule(&self, schedule_id: &str, paused: bool) -> Result<Schedule> {
+        crate::schedules::rules::schedule_id("schedule_id", schedule_id)?;
+        let fence = self.leadership.fence().await?;
+        self.schedules.set_paused(&fence, schedule_id, paused).await
+    }
+
+    /// DeleteSchedule.
+    pub async fn delete_schedule(&self, schedule_id: &str) -> Result<Schedule> {
+        crate::schedules::rules::schedule_id("schedule_id", schedule_id)?;
+        let fence = self.leadership.fence().await?;
+        self.schedules.delete(&fence, schedule_id).await
+    }
+
     /// DrainRegion / UndrainRegion.
     pub async fn drain(&self, req: &DrainRegionRequest, drain: bool) -> Result<RegionInfo> {
         validate::region_name("region", &req.region)?;
@@ -400,6 +427,66 @@ impl Federation for FederationService {
         let region = self.drain(&req, false).await?;
         Ok(Response::new(UndrainRegionResponse {
             region: Some(region),
+        }))
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<CreateScheduleRequest>,
+    ) -> Result<Response<CreateScheduleResponse>, Status> {
+        Ok(Response::new(
+            self.create_schedule(request.get_ref()).await?,
+        ))
+    }
+
+    async fn get_schedule(
+        &self,
+        request: Request<GetScheduleRequest>,
+    ) -> Result<Response<GetScheduleResponse>, Status> {
+        let schedule = self.schedules.get(&request.get_ref().schedule_id).await?;
+        Ok(Response::new(GetScheduleResponse {
+            schedule: Some(schedule),
+        }))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<ListSchedulesRequest>,
+    ) -> Result<Response<ListSchedulesResponse>, Status> {
+        Ok(Response::new(self.schedules.list(request.get_ref()).await?))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<PauseScheduleRequest>,
+    ) -> Result<Response<PauseScheduleResponse>, Status> {
+        let schedule = self
+            .pause_schedule(&request.get_ref().schedule_id, true)
+            .await?;
+        Ok(Response::new(PauseScheduleResponse {
+            schedule: Some(schedule),
+        }))
+    }
+
+    async fn resume_schedule(
+        &self,
+        request: Request<ResumeScheduleRequest>,
+    ) -> Result<Response<ResumeScheduleResponse>, Status> {
+        let schedule = self
+            .pause_schedule(&request.get_ref().schedule_id, false)
+            .await?;
+        Ok(Response::new(ResumeScheduleResponse {
+            schedule: Some(schedule),
+        }))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<DeleteScheduleRequest>,
+    ) -> Result<Response<DeleteScheduleResponse>, Status> {
+        let schedule = self.delete_schedule(&request.get_ref().schedule_id).await?;
+        Ok(Response::new(DeleteScheduleResponse {
+            schedule: Some(schedule),
         }))
     }
 

@@ -152,6 +152,16 @@ impl Keys {
         self.root.subspace(&("tenant_usage",))
     }
 
+    /// A schedule record (`schedules/`), by schedule id.
+    pub fn schedule(&self, schedule_id: &str) -> Vec<u8> {
+        self.root.pack(&("schedule", schedule_id))
+    }
+
+    /// The range of schedule records, in id order.
+    pub fn schedules(&self) -> Subspace {
+        self.root.subspace(&("schedule",))
+    }
+
     /// A region's registry record.
     pub fn region(&self, name: &str) -> Vec<u8> {
         self.root.pack(&("region", name))

@@ -37,6 +37,7 @@ pub mod registry;
 pub mod reports;
 pub mod retention;
 pub mod router;
+pub mod schedules;
 pub mod server;
 pub mod submitter;
 pub mod validate;

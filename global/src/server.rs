@@ -1,11 +1,11 @@
 //! Assembly and lifetime of one global replica.
 //!
 //! Owns wiring: open the store, start the candidacy, the controller, the
-//! event logs' trimmer and the group-commit loop, serve gRPC (Federation,
-//! RegionLink, health, reflection) and optionally HTTP/JSON with `/metrics`,
-//! and shut all of it down gracefully (streams end, the leader lease is
-//! released so a standby takes over at once). It must never hold scheduling
-//! logic of its own.
+//! schedules' ticker, the event logs' trimmer and the group-commit loop,
+//! serve gRPC (Federation, RegionLink, health, reflection) and optionally
+//! HTTP/JSON with `/metrics`, and shut all of it down gracefully (streams
+//! end, the leader lease is released so a standby takes over at once). It
+//! must never hold scheduling logic of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +35,8 @@ use crate::leader::{Advertised, Leadership, Stores};
 use crate::link::LinkService;
 use crate::registry::Registry;
 use crate::retention::Retention;
+use crate::schedules::Schedules;
+use crate::schedules::ticker::Ticker;
 use crate::submitter::Submitter;
 use crate::{http, metrics_endpoint};
 
@@ -62,6 +64,15 @@ impl Running {
             if status.changed().await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Stops this replica abruptly, as a SIGKILL would stop its process:
+    /// every task is aborted wherever it is, nothing is released, so a
+    /// standby takes over only once the leader lease expires.
+    pub fn kill(self) {
+        for task in &self.tasks {
+            task.abort();
         }
     }
 
@@ -133,7 +144,18 @@ async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> R
     );
     let (federation, link, controller) =
         services(&config, &db, &keys, &clock, &leadership, &shutdown);
-    let mut tasks = vec![elector_task, tokio::spawn(controller.run(shutdown.clone()))];
+    let ticker = Ticker::new(
+        clock.clone(),
+        leadership.clone(),
+        federation.jobs.clone(),
+        federation.schedules.clone(),
+        config.schedule_hook.clone(),
+    );
+    let mut tasks = vec![
+        elector_task,
+        tokio::spawn(controller.run(shutdown.clone())),
+        tokio::spawn(ticker.run(shutdown.clone())),
+    ];
     let retention = Retention::new(
         db.clone(),
         keys.clone(),
@@ -219,6 +241,7 @@ fn services(
         jobs: jobs.clone(),
         submitter,
         gate,
+        schedules: Schedules::new(db.clone(), keys.clone(), clock.clone()),
         registry: registry.clone(),
         bookmark_every: config.bookmark_every,
         shutdown: shutdown.clone(),

@@ -52,6 +52,12 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
                 "CordonNode",
                 "UncordonNode",
                 "DrainNode",
+                "CreateSchedule",
+                "GetSchedule",
+                "ListSchedules",
+                "PauseSchedule",
+                "ResumeSchedule",
+                "DeleteSchedule",
             ][..],
         ),
         (

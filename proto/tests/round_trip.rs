@@ -179,3 +179,35 @@ fn a_job_status_view_survives_an_encode_decode_round_trip() {
     // An exit code of 0 is distinguishable from "not exited yet".
     assert_eq!(decoded.tasks[0].exit_code, Some(0));
 }
+
+#[test]
+fn a_fully_populated_schedule_survives_an_encode_decode_round_trip() {
+    use meridian_proto::v1::{MissedTickPolicy, OverlapPolicy, Schedule, ScheduleSpec};
+    let schedule = Schedule {
+        schedule_id: "nightly-etl".to_owned(),
+        spec: Some(ScheduleSpec {
+            tenant: "analytics".to_owned(),
+            cron: "30 2 * * MON-FRI".to_owned(),
+            time_zone: "Europe/Paris".to_owned(),
+            job: Some(full_spec(command())),
+            overlap_policy: OverlapPolicy::Replace.into(),
+            missed_tick_policy: MissedTickPolicy::Skip.into(),
+            starting_deadline_ms: 300_000,
+        }),
+        paused: true,
+        created_at_unix_ms: 1_700_000_000_000,
+        updated_at_unix_ms: 1_700_000_100_000,
+        handled_through_unix_ms: 1_700_000_060_000,
+        last_tick_unix_ms: 1_700_000_060_000,
+        last_job_id: "j0000000002-000000000007".to_owned(),
+        last_run_tick_unix_ms: 1_700_000_000_000,
+        last_outcome: "created job j0000000002-000000000007".to_owned(),
+        skipped_ticks: 3,
+        next_tick_unix_ms: 1_700_000_120_000,
+    };
+    let decoded = Schedule::decode(schedule.encode_to_vec().as_slice()).expect("decodes");
+    assert_eq!(decoded, schedule);
+    let spec = decoded.spec.expect("spec");
+    assert_eq!(spec.overlap_policy(), OverlapPolicy::Replace);
+    assert_eq!(spec.missed_tick_policy(), MissedTickPolicy::Skip);
+}
