@@ -147,8 +147,8 @@ pub struct Tail {
     seen: Option<Vec<u8>>,
 }
 
-/// One batch read from a log: `(cursor, value)` pairs, and a watch that
-/// fires on the next append when the batch was empty.
+/// One batch read from a log: `(cursor, value)` pairs, and, when the batch
+/// reached the end of the log, a watch that fires on the next append.
 pub type Batch = (Vec<(Vec<u8>, Vec<u8>)>, Option<WatchFuture>);
 
 impl Tail {
@@ -255,11 +255,16 @@ impl Tail {
                             (rows, trim)
                         }
                     };
-                    if !rows.is_empty() {
-                        return Ok::<_, GlobalError>((rows, None, trim));
-                    }
-                    let _ = tx.get(&head).await?;
-                    Ok((rows, Some(tx.watch(&head)?), trim))
+                    // A short page reached the end of the log as of this
+                    // read: the watch, set in the same transaction, fires on
+                    // the next append after it, so the caller waits on it
+                    // instead of reading an empty page first.
+                    let watch = if rows.len() < limit {
+                        Some(tx.watch(&head)?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, GlobalError>((rows, watch, trim))
                 }
             })
             .await?;
