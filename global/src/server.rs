@@ -67,9 +67,13 @@ impl Running {
         }
     }
 
-    /// Stops this replica abruptly, as a SIGKILL would stop its process:
-    /// every task is aborted wherever it is, nothing is released, so a
-    /// standby takes over only once the leader lease expires.
+    /// Stops this replica abruptly, for fault-injection tests: every task
+    /// (controller, ticker, trimmer, servers) is aborted wherever it is,
+    /// mid-pass, without the graceful shutdown's steps, so the store is
+    /// left as a crash would leave it. The lease candidacy, finding its
+    /// replica gone, gives the leader lease up, so a standby takes over
+    /// without waiting for it to expire (a killed process's lease expires
+    /// instead: `integration/processes/global_failover.rs`).
     pub fn kill(self) {
         for task in &self.tasks {
             task.abort();

@@ -128,12 +128,15 @@ impl Ticker {
             if *shutdown.borrow() {
                 return;
             }
+            // The wait is measured from before the pass, so a clock that
+            // moves while the pass runs cannot push the next tick back.
+            let (started, wall) = (self.clock.now(), self.clock.now_unix_ms());
             let mut wait = IDLE;
             if status.borrow().role == Role::Leader {
                 match self.pass().await {
                     Ok(report) => {
                         if let Some(next) = report.next_tick {
-                            let ms = next.saturating_sub(self.clock.now_unix_ms());
+                            let ms = next.saturating_sub(wall);
                             wait = wait.min(Duration::from_millis(ms));
                         }
                     }
@@ -148,7 +151,7 @@ impl Ticker {
             }
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = self.clock.sleep(wait) => {}
+                _ = self.clock.sleep_until(started.saturating_add(wait)) => {}
                 _ = status.changed() => {}
                 _ = shutdown.changed() => {}
             }
