@@ -285,6 +285,15 @@ pub mod proto {
         UncordonNodeResponse,
         DrainNodeRequest,
         DrainNodeResponse,
+        CreateScheduleRequest,
+        CreateScheduleResponse,
+        GetScheduleResponse,
+        ListSchedulesResponse,
+        PauseScheduleRequest,
+        PauseScheduleResponse,
+        ResumeScheduleRequest,
+        ResumeScheduleResponse,
+        DeleteScheduleResponse,
     );
 }
 

@@ -1,7 +1,7 @@
 //! Periodic jobs over real gRPC on a manual clock: one job per tick, each
 //! under its tick's request id; pause, resume and delete; the overlap
 //! policies against a previous run still pending; every bad field refused
-//! naming it. Time moves only when a test moves it, and a test learns that
+//! naming it; the same calls over HTTP/JSON. Time moves only when a test moves it, and a test learns that
 //! a tick was handled from the schedule's record (a store watch), never by
 //! sleeping.
 
@@ -534,4 +534,74 @@ async fn a_leader_killed_before_the_ticks_job_commit_leaves_exactly_one_job_for_
     assert_eq!(schedule.last_job_id, jobs[0].job_id);
     assert_eq!(schedule.last_tick_unix_ms, FIRST_TICK);
     assert!(jobs[0].request_id.ends_with(&format!("/{FIRST_TICK}")));
+}
+
+#[tokio::test]
+async fn the_http_routes_create_list_get_pause_resume_and_delete_as_grpc_does() {
+    let harness = Harness::start(|_| {}).await;
+    let addr = harness.running.http_addr.unwrap();
+    let body = r#"{
+        "schedule_id": "nightly",
+        "spec": {
+            "tenant": "acme", "cron": "30 2 * * *", "time_zone": "Europe/Paris",
+            "overlap_policy": "OVERLAP_POLICY_FORBID",
+            "job": {"task_count": 1, "task": {"simulated": {"duration_ms": "10"}},
+                    "resources": {"cpu_millis": 100, "memory_bytes": "1048576"}}
+        }
+    }"#;
+    let (status, created) = http(addr, "POST", "/v1/schedules", body).await;
+    assert_eq!(status, 200, "{created}");
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(created["created"], true);
+    assert_eq!(created["schedule"]["schedule_id"], "nightly");
+    assert!(created["schedule"]["next_tick_unix_ms"].is_string());
+    let (status, again) = http(addr, "POST", "/v1/schedules", body).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(!again.contains("\"created\""), "{again}");
+    let other = body.replace("30 2", "45 2");
+    let (status, conflict) = http(addr, "POST", "/v1/schedules", &other).await;
+    assert_eq!(status, 409, "{conflict}");
+
+    let bad_zone = body.replace("Europe/Paris", "Europe/Atlantis");
+    let (status, refused) = http(addr, "POST", "/v1/schedules", &bad_zone).await;
+    assert_eq!(status, 400, "{refused}");
+    let refused: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    assert_eq!(refused["field"], "spec.time_zone");
+    let bad_cron = body.replace("30 2 * * *", "30 2 * *");
+    let (status, refused) = http(addr, "POST", "/v1/schedules", &bad_cron).await;
+    assert_eq!(status, 400, "{refused}");
+    let refused: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    assert_eq!(refused["field"], "spec.cron");
+
+    let (status, paused) = http(addr, "POST", "/v1/schedules/nightly/pause", "").await;
+    assert_eq!(status, 200, "{paused}");
+    assert!(paused.contains("\"paused\":true"), "{paused}");
+    let (status, got) = http(addr, "GET", "/v1/schedules/nightly", "").await;
+    assert_eq!(status, 200, "{got}");
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["schedule"]["paused"], true);
+    assert_eq!(
+        got["schedule"]["spec"]["overlap_policy"],
+        "OVERLAP_POLICY_FORBID"
+    );
+    let (status, resumed) = http(addr, "POST", "/v1/schedules/nightly/resume", "{}").await;
+    assert_eq!(status, 200, "{resumed}");
+    assert!(!resumed.contains("\"paused\""), "{resumed}");
+    let (status, listed) = http(addr, "GET", "/v1/schedules?tenant=acme", "").await;
+    assert_eq!(status, 200, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["schedules"].as_array().map(Vec::len), Some(1));
+    let (status, none) = http(addr, "GET", "/v1/schedules?tenant=other", "").await;
+    assert_eq!(status, 200, "{none}");
+    assert!(!none.contains("nightly"), "{none}");
+
+    let (status, deleted) = http(addr, "DELETE", "/v1/schedules/nightly", "").await;
+    assert_eq!(status, 200, "{deleted}");
+    let (status, gone) = http(addr, "GET", "/v1/schedules/nightly", "").await;
+    assert_eq!(status, 404, "{gone}");
+    let (status, gone) = http(addr, "DELETE", "/v1/schedules/nightly", "").await;
+    assert_eq!(status, 404, "{gone}");
+    let (status, bad_id) = http(addr, "GET", "/v1/schedules/Bad_Id", "").await;
+    assert_eq!(status, 400, "{bad_id}");
+    harness.running.shutdown().await;
 }

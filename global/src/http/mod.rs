@@ -11,6 +11,7 @@
 //!   task logs.
 //! - `watch`: WatchJobs as server-sent events.
 //! - `regions`: regions, region drain, and the nodes of a region.
+//! - `schedules`: create, list, get, pause, resume and delete schedules.
 //! - `query`: query strings read into request messages.
 //! - `errors`: the `{code, message, field}` body and the status mapping.
 //! - `guards`: the listener, its timeouts and its JSON refusals.
@@ -20,6 +21,7 @@ mod guards;
 mod jobs;
 mod query;
 mod regions;
+mod schedules;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -88,6 +90,10 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(regions::cordon))
         .routes(routes!(regions::uncordon))
         .routes(routes!(regions::drain_node))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(schedules::get, schedules::delete))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
         .routes(routes!(render_metrics))
         .routes(routes!(healthz))
         .routes(routes!(openapi_json))
