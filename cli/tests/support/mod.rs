@@ -1,6 +1,6 @@
 //! A fake global replica for the CLI's tests: a real tonic `Federation`
-//! server on 127.0.0.1 whose job calls a test scripts through [`Script`];
-//! every call a test does not script answers UNIMPLEMENTED.
+//! server on 127.0.0.1 whose job and schedule calls a test scripts through
+//! [`Script`]; every call a test does not script answers UNIMPLEMENTED.
 #![allow(dead_code)]
 
 use std::pin::Pin;
@@ -35,6 +35,39 @@ pub trait Script: Send + Sync + 'static {
         Err(unscripted())
     }
     async fn get_task_logs(&self, _: GetTaskLogsRequest) -> Result<GetTaskLogsResponse, Status> {
+        Err(unscripted())
+    }
+    async fn create_schedule(
+        &self,
+        _: CreateScheduleRequest,
+    ) -> Result<CreateScheduleResponse, Status> {
+        Err(unscripted())
+    }
+    async fn get_schedule(&self, _: GetScheduleRequest) -> Result<GetScheduleResponse, Status> {
+        Err(unscripted())
+    }
+    async fn list_schedules(
+        &self,
+        _: ListSchedulesRequest,
+    ) -> Result<ListSchedulesResponse, Status> {
+        Err(unscripted())
+    }
+    async fn pause_schedule(
+        &self,
+        _: PauseScheduleRequest,
+    ) -> Result<PauseScheduleResponse, Status> {
+        Err(unscripted())
+    }
+    async fn resume_schedule(
+        &self,
+        _: ResumeScheduleRequest,
+    ) -> Result<ResumeScheduleResponse, Status> {
+        Err(unscripted())
+    }
+    async fn delete_schedule(
+        &self,
+        _: DeleteScheduleRequest,
+    ) -> Result<DeleteScheduleResponse, Status> {
         Err(unscripted())
     }
 }
@@ -145,6 +178,57 @@ impl<S: Script> Federation for Fake<S> {
         _: Request<DrainNodeRequest>,
     ) -> Result<Response<DrainNodeResponse>, Status> {
         Err(unscripted())
+    }
+    async fn create_schedule(
+        &self,
+        r: Request<CreateScheduleRequest>,
+    ) -> Result<Response<CreateScheduleResponse>, Status> {
+        self.0
+            .create_schedule(r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn get_schedule(
+        &self,
+        r: Request<GetScheduleRequest>,
+    ) -> Result<Response<GetScheduleResponse>, Status> {
+        self.0.get_schedule(r.into_inner()).await.map(Response::new)
+    }
+    async fn list_schedules(
+        &self,
+        r: Request<ListSchedulesRequest>,
+    ) -> Result<Response<ListSchedulesResponse>, Status> {
+        self.0
+            .list_schedules(r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn pause_schedule(
+        &self,
+        r: Request<PauseScheduleRequest>,
+    ) -> Result<Response<PauseScheduleResponse>, Status> {
+        self.0
+            .pause_schedule(r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn resume_schedule(
+        &self,
+        r: Request<ResumeScheduleRequest>,
+    ) -> Result<Response<ResumeScheduleResponse>, Status> {
+        self.0
+            .resume_schedule(r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn delete_schedule(
+        &self,
+        r: Request<DeleteScheduleRequest>,
+    ) -> Result<Response<DeleteScheduleResponse>, Status> {
+        self.0
+            .delete_schedule(r.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 
