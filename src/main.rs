@@ -23,6 +23,8 @@ enum Command {
     Dev(meridian_cli::DevArgs),
     /// Submit, inspect, follow and cancel jobs.
     Job(meridian_cli::JobArgs),
+    /// Create, list, pause, resume and delete schedules of periodic jobs.
+    Schedule(meridian_cli::ScheduleArgs),
     /// List and drain regions.
     Region(meridian_cli::RegionArgs),
     /// List, cordon and drain nodes.
@@ -63,6 +65,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dev(args) => meridian_cli::finish(meridian_cli::dev::run(args).await),
         Command::Job(args) => meridian_cli::finish(meridian_cli::job::run(args).await),
+        Command::Schedule(args) => meridian_cli::finish(meridian_cli::schedule::run(args).await),
         Command::Region(args) => meridian_cli::finish(meridian_cli::admin::region(args).await),
         Command::Node(args) => meridian_cli::finish(meridian_cli::admin::node(args).await),
         Command::Completions { shell } => {

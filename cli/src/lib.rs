@@ -1,10 +1,10 @@
 //! meridian-cli: the command layer of the `meridian` binary.
 //!
-//! Owns the client commands (`job`, `region`, `node`), which talk to the
-//! global tier's `Federation` API and follow its leader, shell completions,
-//! and `meridian dev`, the supervisor that runs a whole federation on one
-//! machine as child processes of the same binary, and the process's logging
-//! and OpenTelemetry span export ([`telemetry`]). `src/main.rs` only parses
+//! Owns the client commands (`job`, `schedule`, `region`, `node`), which
+//! talk to the global tier's `Federation` API and follow its leader, shell
+//! completions, and `meridian dev`, the supervisor that runs a whole
+//! federation on one machine as child processes of the same binary, and the
+//! process's logging and OpenTelemetry span export ([`telemetry`]). `src/main.rs` only parses
 //! the command line (with the argument types defined here) and dispatches.
 //!
 //! Must never: depend on a tier crate (`meridian-global`, `-regional`,
@@ -23,6 +23,7 @@ pub mod error;
 pub mod job;
 pub mod queued;
 pub mod render;
+pub mod schedule;
 pub mod spec;
 pub mod telemetry;
 pub mod wait;
@@ -33,6 +34,7 @@ pub use client::{ConnectArgs, DEFAULT_ENDPOINT};
 pub use dev::DevArgs;
 pub use error::{CliError, Result};
 pub use job::JobArgs;
+pub use schedule::ScheduleArgs;
 pub use telemetry::TelemetryArgs;
 
 /// Shells `meridian completions` writes scripts for.
