@@ -203,6 +203,11 @@ struct GlobalArgs {
     /// cursor gets OUT_OF_RANGE and re-lists.
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     event_retention: std::time::Duration,
+    /// How long a finished job is kept before the leader removes it with
+    /// its tasks and request record (`7d`, `36h`); `meridian job get` of a
+    /// removed job says it finished and was removed.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    job_retention: std::time::Duration,
     #[command(flatten)]
     telemetry: meridian_cli::TelemetryArgs,
 }
@@ -252,6 +257,7 @@ async fn global(args: GlobalArgs) -> anyhow::Result<()> {
     config.http = args.http;
     config.name = args.name;
     config.event_retention = args.event_retention;
+    config.job_retention = args.job_retention;
     let on_ready = |grpc: std::net::SocketAddr, http: Option<std::net::SocketAddr>| {
         let http = http
             .map(|a| format!(" http=http://{a}"))

@@ -41,6 +41,10 @@ pub struct GlobalConfig {
     /// them; a watch resuming from a trimmed cursor gets OUT_OF_RANGE.
     /// Must be longer than zero.
     pub event_retention: Duration,
+    /// How long a finished job (SUCCEEDED, FAILED, CANCELLED) is kept
+    /// before the leader removes it with its records (`history.rs`); GetJob
+    /// of it then answers NOT_FOUND saying so. Must be longer than zero.
+    pub job_retention: Duration,
     /// How jobs spread over regions.
     pub spread: RegionSpread,
     /// Per-tenant quotas and fair-share weights; absent tenants get weight 1
@@ -75,6 +79,7 @@ impl GlobalConfig {
             controller_every: Duration::from_millis(100),
             bookmark_every: Duration::from_secs(5),
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            job_retention: Duration::from_secs(7 * 24 * 3600),
             spread: RegionSpread::Spread,
             quotas: BTreeMap::new(),
             seed: 0,

@@ -427,7 +427,8 @@ impl Controller {
                             .await?
                             .is_some_and(|r| lease_live(&r, now) && !r.draining);
                         if still_pending && region_ok {
-                            handoff::assign(&tx, &keys, &mut events, &mut job, &region, now)?;
+                            handoff::assign(&tx, &keys, &mut events, &mut job, &region, now)
+                                .await?;
                             done.push((region, job));
                         }
                     }
@@ -466,7 +467,7 @@ impl Controller {
                         job.updated_at_unix_ms = now;
                         let event = job_event(JobEventKind::Updated, &job, None, now);
                         events.job(&tx, &keys, &event)?;
-                        write_job(&tx, &keys, &job)?;
+                        write_job(&tx, &keys, &job).await?;
                     }
                     Ok::<_, GlobalError>(())
                 }
@@ -575,7 +576,7 @@ async fn move_held_job(
         } else {
             "region drained"
         };
-        handoff::revoke(tx, keys, events, job, why, now)?;
+        handoff::revoke(tx, keys, events, job, why, now).await?;
         revoked = 1;
         is_moving = true;
     }
@@ -583,7 +584,7 @@ async fn move_held_job(
     // stopped FAILOVER tasks by now, so the hand-off ends without the
     // region's confirmation.
     if lost && is_moving {
-        handoff::release(tx, keys, events, job, "region lost", now)?;
+        handoff::release(tx, keys, events, job, "region lost", now).await?;
         released = 1;
     }
     Ok((revoked, released))

@@ -18,6 +18,7 @@ use meridian_proto::v1::{DependencyCondition, JobDependency, JobSpec, JobState, 
 use meridian_store::Transaction;
 
 use crate::error::{GlobalError, Result};
+use crate::history::Removed;
 use crate::jobs::read_job;
 use crate::keys::Keys;
 use crate::lifecycle::{is_terminal, state_of};
@@ -169,10 +170,18 @@ pub async fn resolve(
                     .await?
                     .is_some_and(|job| job.spec.is_some_and(|s| s.tenant == spec.tenant));
                 if !known {
-                    return Ok(Err(GlobalError::invalid(
-                        format!("spec.dependencies[{i}].job_id"),
-                        format!("no job {id} of tenant {:?}", spec.tenant),
-                    )));
+                    let field = format!("spec.dependencies[{i}].job_id");
+                    let removed = Removed::read(tx, keys, id)
+                        .await?
+                        .filter(|removed| removed.tenant == spec.tenant);
+                    let why = match removed {
+                        Some(removed) => format!(
+                            "{}; a dependency must name a job still kept",
+                            removed.sentence(id)
+                        ),
+                        None => format!("no job {id} of tenant {:?}", spec.tenant),
+                    };
+                    return Ok(Err(GlobalError::invalid(field, why)));
                 }
                 id.clone()
             }
@@ -256,7 +265,10 @@ pub fn judge(deps: &[JobDependency], named: &BTreeMap<String, Named>) -> Verdict
     for dep in deps {
         let id = target_id(dep);
         let Some(job) = named.get(id) else {
-            return Verdict::Never(format!("dependency {id} no longer exists"));
+            return Verdict::Never(format!(
+                "dependency {id} no longer exists (it finished and was removed more than a \
+                 retention period ago)"
+            ));
         };
         let condition = DependencyCondition::try_from(dep.condition)
             .unwrap_or(DependencyCondition::Unspecified);
@@ -307,6 +319,16 @@ pub async fn judge_in(tx: &Transaction, keys: &Keys, deps: &[JobDependency]) -> 
         }
         if let Some(job) = read_job(tx, keys, id).await? {
             named.insert(id.to_string(), named_of(&job));
+        } else if let Some(removed) = Removed::read(tx, keys, id).await? {
+            // Removed after the retention period: its tombstone keeps the
+            // state it ended in, which is all a judgement needs.
+            named.insert(
+                id.to_string(),
+                Named {
+                    state: removed.state,
+                    failure_reason: removed.failure_reason,
+                },
+            );
         }
     }
     Ok(judge(deps, &named))
@@ -467,7 +489,11 @@ mod tests {
         );
         assert_eq!(
             judge(&deps[..1], &BTreeMap::new()),
-            Verdict::Never("dependency a no longer exists".into())
+            Verdict::Never(
+                "dependency a no longer exists (it finished and was removed more than a \
+                 retention period ago)"
+                    .into()
+            )
         );
     }
 

@@ -123,7 +123,7 @@ pub async fn link(tx: &Transaction, keys: &Keys, job: &Job) -> Result<()> {
         tx.set(&keys.dependent(id, &job.job_id), b"")?;
         if !named.has_dependents {
             named.has_dependents = true;
-            write_job(tx, keys, &named)?;
+            write_job(tx, keys, &named).await?;
         }
     }
     Ok(())
@@ -242,25 +242,25 @@ async fn judge_one(
             tx.clear(&keys.blocked(job_id))?;
             tx.set(&keys.pending(job_id), b"")?;
             job.waiting_reason.clear();
-            updated(tx, keys, events, &mut job, now)?;
+            updated(tx, keys, events, &mut job, now).await?;
         }
         Verdict::Wait(reason) => {
             if job.waiting_reason == reason {
                 return Ok(false);
             }
             job.waiting_reason = reason;
-            updated(tx, keys, events, &mut job, now)?;
+            updated(tx, keys, events, &mut job, now).await?;
         }
         Verdict::Never(reason) => {
             fail(tx, keys, events, &mut job, &reason, now)?;
-            write_job(tx, keys, &job)?;
+            write_job(tx, keys, &job).await?;
         }
     }
     Ok(true)
 }
 
 /// Writes `job` with an UPDATED event.
-fn updated(
+async fn updated(
     tx: &Transaction,
     keys: &Keys,
     events: &mut EventWriter,
@@ -269,7 +269,7 @@ fn updated(
 ) -> Result<()> {
     job.updated_at_unix_ms = now;
     events.job(tx, keys, &job_event(JobEventKind::Updated, job, None, now))?;
-    write_job(tx, keys, job)
+    write_job(tx, keys, job).await
 }
 
 /// Hold, release and priority changes of queued jobs.
@@ -311,7 +311,7 @@ impl Gate {
                         job.waiting_reason = HELD.to_string();
                         tx.clear(&keys.pending(job_id))?;
                         tx.clear(&keys.blocked(job_id))?;
-                        updated(&tx, &keys, &mut EventWriter::new(), &mut job, now)?;
+                        updated(&tx, &keys, &mut EventWriter::new(), &mut job, now).await?;
                     }
                     Ok::<_, GlobalError>(lifecycle::summary(&job))
                 }
@@ -350,9 +350,9 @@ impl Gate {
                     }
                     place(&tx, &keys, &mut events, &mut job, verdict, now)?;
                     if state_of(&job) == JobState::Pending {
-                        updated(&tx, &keys, &mut events, &mut job, now)?;
+                        updated(&tx, &keys, &mut events, &mut job, now).await?;
                     } else {
-                        write_job(&tx, &keys, &job)?;
+                        write_job(&tx, &keys, &job).await?;
                     }
                     Ok::<_, GlobalError>(lifecycle::summary(&job))
                 }
@@ -375,7 +375,7 @@ impl Gate {
                     let mut job = queued(&tx, &keys, &fence, job_id, "a priority change").await?;
                     if priority_of(&job) != priority {
                         job.priority = Some(priority);
-                        updated(&tx, &keys, &mut EventWriter::new(), &mut job, now)?;
+                        updated(&tx, &keys, &mut EventWriter::new(), &mut job, now).await?;
                     }
                     Ok::<_, GlobalError>(lifecycle::summary(&job))
                 }

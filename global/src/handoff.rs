@@ -72,7 +72,7 @@ pub fn unhold(tx: &Transaction, keys: &Keys, job: &Job) -> Result<()> {
 
 /// Gives a PENDING job to `region` under a new epoch: held index, tenant
 /// usage, the ASSIGN event on the region's stream and the state change.
-pub fn assign(
+pub async fn assign(
     tx: &Transaction,
     keys: &Keys,
     events: &mut EventWriter,
@@ -111,13 +111,13 @@ pub fn assign(
     events.region(tx, keys, region, &event)?;
     let reason = format!("routed to {region}");
     change_state(tx, keys, events, job, JobState::Routed, &reason, now)?;
-    write_job(tx, keys, job)
+    write_job(tx, keys, job).await
 }
 
 /// Revokes a job from its region, fence first: the epoch grows in this
 /// commit, so from now on only the new epoch is accepted, and the region is
 /// told (REVOKE, carrying the new epoch) to stop the job and release it.
-pub fn revoke(
+pub async fn revoke(
     tx: &Transaction,
     keys: &Keys,
     events: &mut EventWriter,
@@ -143,13 +143,13 @@ pub fn revoke(
     };
     events.region(tx, keys, &from, &event)?;
     events.job(tx, keys, &job_event(JobEventKind::Updated, job, None, now))?;
-    write_job(tx, keys, job)
+    write_job(tx, keys, job).await
 }
 
 /// Ends a hand-off: the old region released the job (or is presumed to
 /// have stopped it). The job returns to PENDING to be routed again, or ends
 /// CANCELLED when a cancel was requested meanwhile.
-pub fn release(
+pub async fn release(
     tx: &Transaction,
     keys: &Keys,
     events: &mut EventWriter,
@@ -162,7 +162,7 @@ pub fn release(
     job.region.clear();
     job.region_acknowledged = false;
     if lifecycle::is_terminal(lifecycle::state_of(job)) {
-        return write_job(tx, keys, job);
+        return write_job(tx, keys, job).await;
     }
     if job.cancel_requested {
         let why = format!("cancelled: {}", job.cancel_reason);
@@ -171,5 +171,5 @@ pub fn release(
         change_state(tx, keys, events, job, JobState::Pending, reason, now)?;
         tx.set(&keys.pending(&job.job_id), b"")?;
     }
-    write_job(tx, keys, job)
+    write_job(tx, keys, job).await
 }

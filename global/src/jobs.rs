@@ -27,26 +27,27 @@ use crate::dependencies;
 use crate::error::{GlobalError, Result};
 use crate::events::EventWriter;
 use crate::gate;
+use crate::history;
+use crate::job_index;
 use crate::keys::Keys;
 use crate::lifecycle::{self, state_of};
+use crate::listing;
 use crate::validate;
 
-/// Reads a job record inside `tx`.
+pub use crate::job_index::write_job;
+
+/// Reads a job record inside `tx`. Read through the transaction's cache so
+/// that it keeps the value: [`write_job`] reads the record again to
+/// move its index entries, and is answered without a round trip.
 pub async fn read_job(tx: &Transaction, keys: &Keys, job_id: &str) -> Result<Option<Job>> {
-    match tx.get(&keys.job(job_id)).await? {
+    let key = keys.job(job_id);
+    // A key read before in this transaction (a caller's prefetch) costs
+    // nothing here.
+    tx.prefetch(std::slice::from_ref(&key)).await?;
+    match tx.get(&key).await? {
         Some(raw) => Ok(Some(Job::decode(raw.as_slice())?)),
         None => Ok(None),
     }
-}
-
-/// Writes a job record (without its tasks) inside `tx`.
-pub fn write_job(tx: &Transaction, keys: &Keys, job: &Job) -> Result<()> {
-    let stored = Job {
-        tasks: Vec::new(),
-        ..job.clone()
-    };
-    tx.set(&keys.job(&job.job_id), &stored.encode_to_vec())?;
-    Ok(())
 }
 
 /// A job event about `job` as it is now.
@@ -174,7 +175,7 @@ impl Jobs {
                 let keys = keys.clone();
                 async move {
                     let Some(mut job) = read_job(&tx, &keys, job_id).await? else {
-                        return Err(GlobalError::NotFound(format!("job {job_id}")));
+                        return Err(history::not_found(&tx, &keys, job_id).await?);
                     };
                     let stored = tx
                         .get_range(RangeOption::from(keys.tasks(job_id).range()))
@@ -201,71 +202,9 @@ impl Jobs {
             .await
     }
 
-    /// One page of jobs matching the filters, ordered by id.
+    /// One page of jobs matching the filters, ordered by id (`listing.rs`).
     pub async fn list(&self, req: &ListJobsRequest) -> Result<ListJobsResponse> {
-        let page_size = validate::page_size(req.page_size)?;
-        let states = validate::states("states", &req.states)?;
-        validate::selector("label_selector", &req.label_selector)?;
-        let after = decode_page_token(&req.page_token)?;
-        let subspace = self.keys.jobs();
-        let (begin, end) = subspace.range();
-        let mut from = match &after {
-            Some(id) => {
-                let mut k = self.keys.job(id);
-                k.push(0);
-                k
-            }
-            None => begin,
-        };
-        let mut jobs = Vec::new();
-        // Bound the work of one call; a sparse filter returns a short page
-        // with a token to continue.
-        let mut budget = 20_000usize;
-        loop {
-            let chunk = self
-                .db
-                .run(|tx, _| {
-                    let (from, end) = (from.clone(), end.clone());
-                    async move { tx.get_range(RangeOption::new(from, end).limit(500)).await }
-                })
-                .await?;
-            let exhausted = chunk.len() < 500;
-            for kv in chunk {
-                budget = budget.saturating_sub(1);
-                from = kv.key.clone();
-                from.push(0);
-                let mut job = Job::decode(kv.value.as_slice())?;
-                if !list_matches(req, &states, &job) {
-                    continue;
-                }
-                if !req.include_tasks {
-                    job.history.clear();
-                }
-                jobs.push(job);
-                if jobs.len() == page_size {
-                    let token = jobs.last().map(|j| encode_page_token(&j.job_id));
-                    return Ok(ListJobsResponse {
-                        jobs,
-                        next_page_token: token.unwrap_or_default(),
-                    });
-                }
-            }
-            if exhausted {
-                return Ok(ListJobsResponse {
-                    jobs,
-                    next_page_token: String::new(),
-                });
-            }
-            if budget == 0 {
-                let last: (String,) = subspace
-                    .unpack(&from[..from.len() - 1])
-                    .map_err(|e| GlobalError::Corrupt(format!("job key: {e}")))?;
-                return Ok(ListJobsResponse {
-                    jobs,
-                    next_page_token: encode_page_token(&last.0),
-                });
-            }
-        }
+        listing::list(&self.db, &self.keys, req).await
     }
 
     /// Records a cancel request. A pending job is cancelled at once; a job
@@ -324,7 +263,7 @@ impl Jobs {
                             &job_event(JobEventKind::Updated, &job, None, now),
                         )?;
                     }
-                    write_job(&tx, &keys, &job)?;
+                    write_job(&tx, &keys, &job).await?;
                     Ok(lifecycle::summary(&job))
                 }
             })
@@ -426,7 +365,7 @@ async fn submit_one(
         gate::link(tx, keys, &job).await?;
     }
     gate::place(tx, keys, events, &mut job, verdict, now)?;
-    write_job(tx, keys, &job)?;
+    job_index::create_job(tx, keys, &job)?;
     Ok(Ok(SubmitJobResponse {
         job_id: new_id.to_string(),
         created: true,
@@ -440,35 +379,4 @@ async fn submit_one(
 /// a field this build does not know was dropped from both when decoded.
 fn same_spec(stored: Option<&JobSpec>, submitted: &JobSpec) -> bool {
     stored.is_some_and(|stored| stored.encode_to_vec() == submitted.encode_to_vec())
-}
-
-fn list_matches(req: &ListJobsRequest, states: &[JobState], job: &Job) -> bool {
-    let spec = job.spec.clone().unwrap_or_default();
-    (req.tenant.is_empty() || spec.tenant == req.tenant)
-        && (states.is_empty() || states.contains(&state_of(job)))
-        && (req.region.is_empty() || job.region == req.region)
-        && validate::matches(&spec.labels, &req.label_selector)
-}
-
-const TOKEN_PREFIX: &str = "p1.";
-
-fn encode_page_token(job_id: &str) -> String {
-    let hex: String = job_id.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{TOKEN_PREFIX}{hex}")
-}
-
-fn decode_page_token(token: &str) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || GlobalError::invalid("page_token", "not a token issued by this server");
-    let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
-    if hex.len() % 2 != 0 {
-        return Err(bad());
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16).map_err(|_| bad()))
-        .collect::<Result<Vec<u8>>>()?;
-    String::from_utf8(bytes).map(Some).map_err(|_| bad())
 }

@@ -152,6 +152,110 @@ impl Keys {
         self.root.subspace(&("tenant_usage",))
     }
 
+    /// Index entry of a job by tenant (`job_index.rs`), ordered by job id.
+    pub fn job_by_tenant(&self, tenant: &str, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("job_ix", "t", tenant, job_id))
+    }
+
+    /// A tenant's jobs, by id.
+    pub fn jobs_by_tenant(&self, tenant: &str) -> Subspace {
+        self.root.subspace(&("job_ix", "t", tenant))
+    }
+
+    /// Index entry of a job by state (the `JobState` number).
+    pub fn job_by_state(&self, state: i32, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("job_ix", "s", i64::from(state), job_id))
+    }
+
+    /// The jobs in one state, by id.
+    pub fn jobs_by_state(&self, state: i32) -> Subspace {
+        self.root.subspace(&("job_ix", "s", i64::from(state)))
+    }
+
+    /// Index entry of a job by tenant and state.
+    pub fn job_by_tenant_state(&self, tenant: &str, state: i32, job_id: &str) -> Vec<u8> {
+        self.root
+            .pack(&("job_ix", "ts", tenant, i64::from(state), job_id))
+    }
+
+    /// A tenant's jobs in one state, by id.
+    pub fn jobs_by_tenant_state(&self, tenant: &str, state: i32) -> Subspace {
+        self.root
+            .subspace(&("job_ix", "ts", tenant, i64::from(state)))
+    }
+
+    /// Index entry of a job by region and state (only jobs with a region).
+    pub fn job_by_region_state(&self, region: &str, state: i32, job_id: &str) -> Vec<u8> {
+        self.root
+            .pack(&("job_ix", "rs", region, i64::from(state), job_id))
+    }
+
+    /// A region's jobs in one state, by id.
+    pub fn jobs_by_region_state(&self, region: &str, state: i32) -> Subspace {
+        self.root
+            .subspace(&("job_ix", "rs", region, i64::from(state)))
+    }
+
+    /// Index entry of a job by tenant, region and state (only jobs with a
+    /// region).
+    pub fn job_by_tenant_region_state(
+        &self,
+        tenant: &str,
+        region: &str,
+        state: i32,
+        job_id: &str,
+    ) -> Vec<u8> {
+        self.root
+            .pack(&("job_ix", "trs", tenant, region, i64::from(state), job_id))
+    }
+
+    /// A tenant's jobs in one region and state, by id.
+    pub fn jobs_by_tenant_region_state(&self, tenant: &str, region: &str, state: i32) -> Subspace {
+        self.root
+            .subspace(&("job_ix", "trs", tenant, region, i64::from(state)))
+    }
+
+    /// Version of the job indexes this store holds; absent until the
+    /// backfill of a store written before them has finished.
+    pub fn job_index_version(&self) -> Vec<u8> {
+        self.root.pack(&("job_ix_version",))
+    }
+
+    /// How far the backfill of the job indexes has come (the last job key
+    /// it indexed).
+    pub fn job_index_backfill(&self) -> Vec<u8> {
+        self.root.pack(&("job_ix_backfill",))
+    }
+
+    /// Index of finished jobs by the time they finished (ms), then id: what
+    /// the job retention (`history.rs`) removes, oldest first.
+    pub fn finished(&self, at_unix_ms: u64, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("finished", at_unix_ms, job_id))
+    }
+
+    /// The range of the finished index.
+    pub fn finisheds(&self) -> Subspace {
+        self.root.subspace(&("finished",))
+    }
+
+    /// Tombstone of a job removed after the retention period: what it was
+    /// and when it finished, for GetJob and for the dependents still judged
+    /// against it.
+    pub fn removed(&self, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("removed", job_id))
+    }
+
+    /// Tombstones by the time they were written, then id: what the
+    /// retention forgets once they are a retention period old.
+    pub fn removed_at(&self, at_unix_ms: u64, job_id: &str) -> Vec<u8> {
+        self.root.pack(&("removed_at", at_unix_ms, job_id))
+    }
+
+    /// The range of tombstones by time.
+    pub fn removeds_at(&self) -> Subspace {
+        self.root.subspace(&("removed_at",))
+    }
+
     /// A schedule record (`schedules/`), by schedule id.
     pub fn schedule(&self, schedule_id: &str) -> Vec<u8> {
         self.root.pack(&("schedule", schedule_id))

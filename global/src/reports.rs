@@ -83,7 +83,7 @@ pub async fn ack(
         job.region_acknowledged = true;
         job.updated_at_unix_ms = now;
         events.job(tx, keys, &job_event(JobEventKind::Updated, &job, None, now))?;
-        write_job(tx, keys, &job)?;
+        write_job(tx, keys, &job).await?;
     }
     Ok(result(Verdict::Accepted, job.assignment_epoch, ""))
 }
@@ -143,7 +143,7 @@ pub async fn status(
     if lifecycle::is_terminal(to) {
         handoff::unhold(tx, keys, &job)?;
     }
-    write_job(tx, keys, &job)?;
+    write_job(tx, keys, &job).await?;
     Ok(result(Verdict::Accepted, epoch, ""))
 }
 
@@ -254,7 +254,7 @@ pub async fn release(
                 }
             }
             let reason = format!("released by {region}");
-            handoff::release(tx, keys, events, &mut job, &reason, now)?;
+            handoff::release(tx, keys, events, &mut job, &reason, now).await?;
             Ok(result(Verdict::Accepted, current, ""))
         }
         _ if item.assignment_epoch < current => Ok(result(

@@ -29,6 +29,7 @@ use crate::controller::Controller;
 use crate::error::{GlobalError, Result};
 use crate::federation::FederationService;
 use crate::gate::Gate;
+use crate::history::History;
 use crate::jobs::Jobs;
 use crate::keys::Keys;
 use crate::leader::{Advertised, Leadership, Stores};
@@ -168,6 +169,14 @@ async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> R
         config.event_retention,
     );
     tasks.push(tokio::spawn(retention.run(shutdown.clone())));
+    let history = History::new(
+        db.clone(),
+        keys.clone(),
+        clock.clone(),
+        leadership.clone(),
+        config.job_retention,
+    );
+    tasks.push(tokio::spawn(history.run(shutdown.clone())));
     tasks.push(serve_grpc(federation.clone(), link, grpc_listener, shutdown.clone()).await?);
     if let Some(listener) = http_listener {
         let timeouts = http::HttpTimeouts {

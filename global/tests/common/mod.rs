@@ -62,10 +62,12 @@ impl Harness {
     }
 
     /// Keys stored under the deployment, other than the leader's own
-    /// records (lease, published fence and advertisement).
+    /// records (lease, published fence and advertisement) and the version
+    /// of the job indexes (written by the leader at start).
     pub async fn stored_keys(&self) -> Vec<Vec<u8>> {
         let keys = self.running.keys.clone();
         let (lease, fence, info) = (keys.leader_lease(), keys.leader_fence(), keys.leader_info());
+        let version = keys.job_index_version();
         let rows = self
             .running
             .db
@@ -77,7 +79,7 @@ impl Harness {
             .unwrap();
         rows.into_iter()
             .map(|kv| kv.key)
-            .filter(|k| *k != lease && *k != fence && *k != info)
+            .filter(|k| *k != lease && *k != fence && *k != info && *k != version)
             .collect()
     }
 }
