@@ -304,7 +304,7 @@ async fn list(
             .iter()
             .map(|s| render::to_json("Schedule", s))
             .collect::<Result<Vec<_>>>()?;
-        return render::write_json(out, &serde_json::Value::Array(items));
+        return render::write_json(out, &serde_json::json!({ "schedules": items }));
     }
     let mut table = render::table(&[
         "ID", "TENANT", "CRON", "ZONE", "STATE", "NEXT", "LAST JOB", "LAST",

@@ -282,7 +282,7 @@ async fn schedule_list_get_pause_resume_and_delete_print_what_the_server_answere
             .expect("list"),
     )
     .expect("JSON");
-    assert_eq!(json[1]["schedule_id"], "nightly");
+    assert_eq!(json["schedules"][1]["schedule_id"], "nightly");
 
     let got = run(&mut client, Output::Table, &["get", "nightly"])
         .await
