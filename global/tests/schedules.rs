@@ -33,6 +33,7 @@ async fn leader(clock: &ManualClock, dir: &tempfile::TempDir) -> Running {
     let mut config = GlobalConfig::new(url.clone(), "127.0.0.1:0".parse().unwrap());
     config.leader_lease = Duration::from_secs(3600);
     config.controller_every = Duration::from_secs(3600);
+    config.http = Some("127.0.0.1:0".parse().unwrap());
     let db = meridian_store::open(&url).await.unwrap();
     let running = start_with(config, db, clock.shared()).await.unwrap();
     guarded("leadership", running.wait_leader()).await;
@@ -175,6 +176,15 @@ async fn a_schedule_creates_one_job_per_tick_under_the_request_id_of_its_tick() 
     let schedule = get_schedule(&mut client, "every-minute").await;
     assert_eq!(schedule.next_tick_unix_ms, FIRST_TICK + 3 * MINUTE);
     assert_eq!(schedule.skipped_ticks, 0);
+    // The recorder is the process's, shared with the other tests here: at
+    // least this test's three.
+    let (status, metrics) = http(running.http_addr.unwrap(), "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    let created = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"meridian_global_schedule_ticks_total{outcome="created"} "#))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(created.is_some_and(|n| n >= 3.0), "{metrics}");
     running.shutdown().await;
 }
 

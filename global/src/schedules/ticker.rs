@@ -145,6 +145,8 @@ impl Ticker {
                     }
                     Err(err) => {
                         wait = RETRY;
+                        metrics::counter!("meridian_global_schedule_pass_failures_total")
+                            .increment(1);
                         tracing::warn!(error = %err, "schedule pass failed");
                     }
                 }
@@ -226,6 +228,7 @@ impl Ticker {
         };
         match plan.run {
             None => {
+                count("missed");
                 record.outcome = format!(
                     "missed: tick {} was {} s late, past the starting deadline \
                      (missed tick policy SKIP)",
@@ -241,6 +244,7 @@ impl Ticker {
                 .await;
                 match self.overlap(&spec.overlap_policy, schedule).await? {
                     Overlap::Skip(reason) => {
+                        count("skipped");
                         record.outcome = reason;
                         record.skipped += 1;
                     }
@@ -256,6 +260,7 @@ impl Ticker {
                         let (job_id, created) = match self.submit(schedule, tick).await? {
                             Ok(accepted) => accepted,
                             Err(refused) => {
+                                count("refused");
                                 // The template no longer submits (a region
                                 // it names was removed): the tick is handled,
                                 // and the schedule says why it made no job.
@@ -265,6 +270,7 @@ impl Ticker {
                             }
                         };
                         report.created += usize::from(created);
+                        count(if created { "created" } else { "found" });
                         self.at(Stage::Submitted {
                             schedule_id: schedule.schedule_id.clone(),
                             tick,
@@ -333,4 +339,13 @@ impl Ticker {
             (hook.0)(stage).await;
         }
     }
+}
+
+/// Counts a handled tick by what it did: `created` (this leader made the
+/// job), `found` (the job of the tick existed already, made by a leader
+/// that died before recording the tick), `skipped` (overlap policy
+/// FORBID), `missed` (past the starting deadline under SKIP), `refused`
+/// (the template no longer submits).
+fn count(outcome: &'static str) {
+    metrics::counter!("meridian_global_schedule_ticks_total", "outcome" => outcome).increment(1);
 }
