@@ -615,3 +615,58 @@ async fn the_http_routes_create_list_get_pause_resume_and_delete_as_grpc_does() 
     assert_eq!(status, 400, "{bad_id}");
     harness.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn ticks_through_failed_and_unknown_commits_make_one_job_each() {
+    use std::sync::Arc;
+
+    use meridian_store::Database;
+    use meridian_store::fault::{FaultConfig, FaultyBackend};
+    use meridian_store::memory::MemoryBackend;
+
+    let clock = ManualClock::starting_at_unix_ms(START_MS);
+    let faulty = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultConfig::none(),
+        22,
+    ));
+    let mut config = GlobalConfig::new("memory", "127.0.0.1:0".parse().unwrap());
+    config.leader_lease = Duration::from_secs(3600);
+    config.controller_every = Duration::from_secs(3600);
+    let running = start_with(config, Database::new(faulty.clone()), clock.shared())
+        .await
+        .unwrap();
+    guarded("leadership", running.wait_leader()).await;
+    let mut client = client(&running).await;
+    client
+        .create_schedule(create("faulty", "* * * * *", OverlapPolicy::Allow))
+        .await
+        .unwrap();
+
+    // Half the commits fail from here on, a third of those after applying
+    // (`commit_unknown_result`): the store retries the submit, which finds
+    // the job its applied attempt wrote by the tick's request id.
+    faulty.set_config(FaultConfig::mixed(0.5));
+    const TICKS: u64 = 10;
+    for n in 0..TICKS {
+        let tick = FIRST_TICK + n * MINUTE;
+        clock.advance(Duration::from_millis(tick - clock_now(&clock)));
+        ticked(&running, "faulty", tick).await;
+    }
+    faulty.set_config(FaultConfig::none());
+    let stats = faulty.stats();
+    assert!(
+        stats.unknown_after > 0 && stats.not_committed > 0,
+        "{stats:?}"
+    );
+
+    let jobs = runs(&mut client, "faulty").await;
+    let mut ticks: Vec<u64> = jobs
+        .iter()
+        .map(|j| j.request_id.rsplit('/').next().unwrap().parse().unwrap())
+        .collect();
+    ticks.sort_unstable();
+    let expected: Vec<u64> = (0..TICKS).map(|n| FIRST_TICK + n * MINUTE).collect();
+    assert_eq!(ticks, expected, "one job per tick, none twice");
+    running.shutdown().await;
+}
