@@ -172,13 +172,8 @@ impl Ticker {
             if schedule.paused {
                 continue;
             }
-            match self.one(&fence, &schedule, now, &mut report).await {
-                Ok(next) => {
-                    report.next_tick = match (report.next_tick, next) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                }
+            let next = match self.one(&fence, &schedule, now, &mut report).await {
+                Ok(next) => next,
                 Err(err @ (GlobalError::NotLeader { .. } | GlobalError::Fenced(_))) => {
                     return Err(err);
                 }
@@ -189,9 +184,13 @@ impl Ticker {
                         "a schedule's tick failed; it is tried again at the next pass"
                     );
                     // Tried again soon rather than at its next tick.
-                    report.next_tick = Some(now.saturating_add(RETRY.as_millis() as u64));
+                    Some(now.saturating_add(RETRY.as_millis() as u64))
                 }
-            }
+            };
+            report.next_tick = match (report.next_tick, next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         Ok(report)
     }
