@@ -1,12 +1,13 @@
 //! meridian-load: the load-test suite behind `meridian load <scenario>`.
 //!
 //! Owns the scenarios (`submit`, `e2e`, `placement`, `scale`, `failover`,
-//! `herd`), each seeded, bounded in time and on loopback only, against a
-//! federation given by `--endpoint` or one it starts itself as real
-//! processes; their measurements and their reports (JSON, markdown, SVG in
-//! `docs/bench/`). `--quick` makes every scenario small enough for CI and
-//! turns only invariant violations (docs/architecture.md, invariants) into a failure,
-//! never a timing. Must never: hold scheduling logic, or fail a run because
+//! `herd`, `real`, `history`), each seeded, bounded in time and on loopback
+//! only, against a federation given by `--endpoint` or one it starts itself
+//! as real processes (`placement` and `history` run their tier in process,
+//! over a store they fill themselves); their measurements and their
+//! reports (JSON, markdown, SVG in `docs/bench/`). `--quick` makes every
+//! scenario small enough for CI and turns only invariant violations
+//! (docs/architecture.md, invariants) into a failure, never a timing. Must never: hold scheduling logic, or fail a run because
 //! it was slow.
 
 pub mod client;
@@ -46,6 +47,9 @@ pub enum Scenario {
     /// Real processes on real agents: one job of many tasks, then as many
     /// one-task jobs in batched calls; time until all finished.
     Real,
+    /// Submit and ListJobs against a global store of many finished jobs
+    /// and an empty one, in the same run.
+    History,
 }
 
 impl Scenario {
@@ -59,6 +63,7 @@ impl Scenario {
             Scenario::Failover => "failover",
             Scenario::Herd => "herd",
             Scenario::Real => "real",
+            Scenario::History => "history",
         }
     }
 }
@@ -90,9 +95,13 @@ pub struct LoadArgs {
     /// Simulated nodes per region (placement: nodes of the region).
     #[arg(long)]
     pub nodes: Option<u32>,
-    /// Concurrent submitters (submit).
+    /// Concurrent submitters (submit, history).
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Finished jobs written into the global store before measuring
+    /// (history; default 1,000,000, 20,000 with --quick).
+    #[arg(long)]
+    pub finished_jobs: Option<u64>,
     /// Long-running tasks bound in the region before the first kill
     /// (failover), in jobs of 1,000 tasks.
     #[arg(long)]
@@ -179,6 +188,7 @@ pub async fn run(args: LoadArgs) -> Result<Report> {
         Scenario::Failover => scenario::failover::run(&ctx).await?,
         Scenario::Herd => scenario::herd::run(&ctx).await?,
         Scenario::Real => scenario::real::run(&ctx).await?,
+        Scenario::History => scenario::history::run(&ctx).await?,
     };
     let out = args
         .out

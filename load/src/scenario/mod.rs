@@ -6,6 +6,7 @@ mod churn;
 pub mod e2e;
 pub mod failover;
 pub mod herd;
+pub mod history;
 pub mod placement;
 pub mod real;
 pub mod scale;
