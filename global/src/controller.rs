@@ -452,7 +452,10 @@ impl Controller {
                 let (keys, fence, reasons) = (keys.clone(), fence.clone(), &reasons);
                 async move {
                     let mut wanted = vec![fence.key().to_vec()];
-                    wanted.extend(reasons.keys().map(|j| keys.job(j)));
+                    for job_id in reasons.keys() {
+                        wanted.push(keys.job(job_id));
+                        wanted.push(keys.pending(job_id));
+                    }
                     tx.prefetch(&wanted).await?;
                     fence.check(&tx).await?;
                     let mut events = EventWriter::new();
@@ -460,7 +463,14 @@ impl Controller {
                         let Some(mut job) = read_job(&tx, &keys, job_id).await? else {
                             continue;
                         };
-                        if state_of(&job) != JobState::Pending || job.waiting_reason == *reason {
+                        // A job held, or sent back to wait for a dependency,
+                        // since the pass read it has left the router's queue:
+                        // its own reason ("held", the dependency) stands.
+                        let queued = tx.get(&keys.pending(job_id)).await?.is_some();
+                        if !queued
+                            || state_of(&job) != JobState::Pending
+                            || job.waiting_reason == *reason
+                        {
                             continue;
                         }
                         job.waiting_reason.clone_from(reason);
