@@ -116,6 +116,10 @@ fn describe(status: &Status) -> String {
     let message = status.message();
     if message.is_empty() {
         format!("{what} ({})", status.code())
+    } else if message.starts_with(&format!("{what}: ")) {
+        // The server said it already ("not found: job J finished ... and
+        // was removed"); saying it twice reads as a stutter.
+        message.to_string()
     } else {
         format!("{what}: {message}")
     }
@@ -138,6 +142,19 @@ mod tests {
             "invalid request: spec.task_count: must be 1 to 10000"
         );
         assert_eq!(e.exit_code(), exit::INVALID);
+    }
+
+    #[test]
+    fn a_message_that_names_its_kind_already_is_not_prefixed_twice() {
+        let removed = "not found: job j1-9 finished SUCCEEDED at 2026-12-06T08:02:25Z and was \
+                       removed after the retention period (at 2026-12-13T08:02:40Z)";
+        let e = CliError::from(Status::not_found(removed));
+        assert_eq!(e.to_string(), removed);
+        assert_eq!(e.exit_code(), exit::NOT_FOUND);
+        assert_eq!(
+            CliError::from(Status::not_found("job j1-9")).to_string(),
+            "not found: job j1-9"
+        );
     }
 
     #[test]
