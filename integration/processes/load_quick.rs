@@ -115,3 +115,23 @@ fn quick_herd_hears_from_every_node_again_after_the_region_outage() {
         "{r}"
     );
 }
+
+#[test]
+fn quick_history_measures_an_empty_and_a_filled_store_in_the_same_run() {
+    let r = quick("history");
+    assert_eq!(r["params"]["finished_jobs"], 20_000, "{r}");
+    for store in ["empty", "full"] {
+        assert!(
+            r["results"][format!("submit_jobs_per_s_{store}")]
+                .as_f64()
+                .unwrap_or(0.0)
+                > 0.0,
+            "{r}"
+        );
+        assert_eq!(
+            r["results"][format!("list_pending_first_page_{store}")]["count"],
+            400,
+            "{r}"
+        );
+    }
+}
