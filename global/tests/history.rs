@@ -3,9 +3,10 @@
 //! keyed by it, GetJob says it finished and was removed, its request id is
 //! free again, and its tombstone goes a retention period later; a younger
 //! one is kept; a dependent judged after its dependency was removed reads
-//! the dependency's end from the tombstone; a job whose end has not
-//! reached its dependents yet is kept until it has; a replica that does
-//! not lead removes nothing.
+//! the dependency's end from the tombstone, and one judged after the
+//! tombstone was forgotten too fails naming the dependency; a job whose end
+//! has not reached its dependents yet is kept until it has; a replica that
+//! does not lead removes nothing.
 
 mod common;
 
@@ -325,6 +326,47 @@ async fn a_dependent_judged_after_its_dependency_was_removed_reads_its_end_from_
                 .contains("was removed after the retention period"),
         "{}",
         refused.message()
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_still_waiting_when_the_tombstone_is_forgotten_fails_naming_the_dependency() {
+    let clock = ManualClock::new();
+    let dir = tempfile::tempdir().unwrap();
+    let running = leader(&clock, &dir).await;
+    let mut c = clients(&running).await;
+    let a = submit_job(&mut c, "a", spec("t")).await;
+    finish(&mut c, &a, JobState::Succeeded).await;
+    let b = submit_job(&mut c, "b", spec("t")).await;
+    let mut both = spec("t");
+    both.dependencies = [&a, &b]
+        .iter()
+        .map(|id| JobDependency {
+            condition: DependencyCondition::AfterOk as i32,
+            target: Some(Target::JobId((*id).clone())),
+        })
+        .collect();
+    let d = submit_job(&mut c, "d", both).await;
+    clock.advance(RETENTION + Duration::from_secs(1));
+    assert_eq!(pass(&running, &clock).await.unwrap().removed, 1);
+    clock.advance(RETENTION + Duration::from_secs(1));
+    assert_eq!(pass(&running, &clock).await.unwrap().forgotten, 1);
+
+    // Two retention periods after a ended nothing is known of it: d,
+    // judged at b's end, fails instead of waiting for ever.
+    finish(&mut c, &b, JobState::Succeeded).await;
+    let failed = await_job(&mut c.api, &d, "d judged", |j| {
+        j.state != JobState::Pending as i32
+    })
+    .await;
+    assert_eq!(failed.state, JobState::Failed as i32, "{failed:?}");
+    assert_eq!(
+        failed.failure_reason,
+        format!(
+            "dependency {a} no longer exists (it finished and was removed more than a \
+             retention period ago)"
+        )
     );
     running.shutdown().await;
 }
