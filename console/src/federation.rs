@@ -40,6 +40,7 @@ pub fn federation_router<S: FederationConsoleSource>(source: Arc<S>) -> Router {
         .route("/console/jobs/{job_id}", get(job_page::<S>))
         .route("/console/jobs/{job_id}/stream", get(job_stream::<S>))
         .route("/console/api/jobs/{job_id}", get(job_json::<S>))
+        .merge(crate::schedules::routes::<S>())
         .merge(assets::routes())
         .with_state(source)
 }
@@ -64,6 +65,7 @@ async fn overview_sections<S: FederationConsoleSource>(source: &S) -> (Sections,
     out.insert("job-states", job_states_html(&snap));
     out.insert("tenants", tenants_html(&snap));
     out.insert("recent", recent_html(&snap));
+    out.insert("gated", crate::dependencies::gated_html(&snap));
     let who = format!(
         "replica {} · {}",
         snap.replica,
@@ -266,7 +268,7 @@ fn recent_html(snap: &FederationSnapshot) -> String {
             esc(&j.name),
             esc(&j.tenant),
             badge(&j.state),
-            waiting_note(&j.waiting_reason),
+            crate::dependencies::gate_mark(j) + &waiting_note(&j.waiting_reason),
             if j.region.is_empty() {
                 "—".into()
             } else {
@@ -313,8 +315,9 @@ async fn overview_page<S: FederationConsoleSource>(State(source): State<Arc<S>>)
         "<div><h1>Meridian federation</h1><p class=\"sub\">Global overview · {}</p></div>\
          <form class=\"header-actions\" action=\"{CONSOLE_PATH}/jobs\" method=\"get\" role=\"search\">\
          <label for=\"job-id\">Job id</label><input id=\"job-id\" name=\"id\" type=\"text\" required \
-         placeholder=\"j0000000001-…\"><button type=\"submit\">Open job</button></form>",
-        esc(&who)
+         placeholder=\"j0000000001-…\"><button type=\"submit\">Open job</button></form>{}",
+        esc(&who),
+        render::federation_nav("Overview")
     );
     let body = format!(
         "<section id=\"problems\" aria-label=\"Problems\">{}</section>\
@@ -323,13 +326,16 @@ async fn overview_page<S: FederationConsoleSource>(State(source): State<Arc<S>>)
          <div class=\"two\"><section aria-labelledby=\"states-h\"><h2 id=\"states-h\">Jobs by state</h2>\
          <div id=\"job-states\">{}</div></section><section aria-labelledby=\"tenants-h\">\
          <h2 id=\"tenants-h\">Jobs by tenant</h2><div id=\"tenants\">{}</div></section></div>\
-         <section aria-labelledby=\"recent-h\"><h2 id=\"recent-h\">Recent jobs</h2><div id=\"recent\">{}</div></section>",
+         <section aria-labelledby=\"recent-h\"><h2 id=\"recent-h\">Recent jobs</h2><div id=\"recent\">{}</div></section>\
+         <section aria-labelledby=\"gated-h\"><h2 id=\"gated-h\">Held and waiting for other jobs</h2>\
+         <div id=\"gated\">{}</div></section>",
         sec["problems"],
         sec["summary"],
         sec["regions"],
         sec["job-states"],
         sec["tenants"],
-        sec["recent"]
+        sec["recent"],
+        sec["gated"]
     );
     Html(render::page(
         "Meridian federation",
@@ -380,6 +386,10 @@ async fn find_job(Query(q): Query<FindJob>) -> Redirect {
 fn job_sections(job: &JobDetail, now: u64) -> Sections {
     let mut out = Sections::new();
     out.insert("job-summary", job_summary_html(job));
+    out.insert(
+        "dependencies",
+        crate::dependencies::job_dependencies_html(job),
+    );
     out.insert(
         "timeline",
         crate::timeline::timeline_svg(job, now, MAX_TIMELINE_TASKS),
@@ -553,10 +563,12 @@ async fn job_page<S: FederationConsoleSource>(
     );
     let body = format!(
         "<section id=\"job-summary\" aria-label=\"Job summary\">{}</section>\
+         <section aria-labelledby=\"dependencies-h\"><h2 id=\"dependencies-h\">Dependencies and hold</h2>\
+         <div id=\"dependencies\">{}</div></section>\
          <section aria-labelledby=\"timeline-h\"><h2 id=\"timeline-h\">Task timeline</h2><div id=\"timeline\">{}</div></section>\
          <section aria-labelledby=\"tasks-h\"><h2 id=\"tasks-h\">Tasks</h2><div id=\"tasks\">{}</div></section>\
          <section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2><div id=\"history\">{}</div></section>",
-        sec["job-summary"], sec["timeline"], sec["tasks"], sec["history"]
+        sec["job-summary"], sec["dependencies"], sec["timeline"], sec["tasks"], sec["history"]
     );
     Html(render::page(
         &format!("Job {} · Meridian", job.job.job_id),

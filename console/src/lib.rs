@@ -19,10 +19,12 @@
 //! [`Router`]: axum::Router
 
 mod assets;
+mod dependencies;
 pub mod error;
 mod federation;
 mod region;
 mod render;
+mod schedules;
 pub mod source;
 mod timeline;
 pub mod view;
@@ -34,3 +36,10 @@ pub use source::{FederationConsoleSource, RegionConsoleSource};
 
 /// Path prefix every console page and endpoint lives under.
 pub const CONSOLE_PATH: &str = "/console";
+
+/// Wall time in ms, for "in 3m" and "5s ago" beside the times shown.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

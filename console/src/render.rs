@@ -91,6 +91,56 @@ pub fn clock(unix_ms: u64) -> String {
     )
 }
 
+/// Wall date and time (UTC) as `2026-12-06 14:05:00`; `—` for 0.
+pub fn datetime(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "—".into();
+    }
+    let secs = unix_ms / 1000;
+    let (y, m, d) = civil_date((secs / 86_400) as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (the
+/// well-known era arithmetic: 400-year eras of 146,097 days).
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The federation console's navigation, `current` marked for assistive
+/// technology.
+pub fn federation_nav(current: &str) -> String {
+    let mut s = String::from("<nav class=\"tabs\" aria-label=\"Console pages\">");
+    for (name, href) in [
+        ("Overview", CONSOLE_PATH.to_string()),
+        ("Schedules", format!("{CONSOLE_PATH}/schedules")),
+        ("Usage", format!("{CONSOLE_PATH}/usage")),
+    ] {
+        let here = if name == current {
+            " aria-current=\"page\""
+        } else {
+            ""
+        };
+        let _ = write!(s, "<a href=\"{href}\"{here}>{name}</a>");
+    }
+    s.push_str("</nav>");
+    s
+}
+
 /// Number with thousands separators.
 pub fn count(n: u64) -> String {
     let digits = n.to_string();
@@ -363,6 +413,16 @@ mod tests {
         assert_eq!(cores(1500), "1.5");
         assert_eq!(count(1_234_567), "1,234,567");
         assert_eq!(duration(65_000), "1m 05s");
+    }
+
+    #[test]
+    fn dates_are_civil_dates_in_utc() {
+        assert_eq!(datetime(0), "—");
+        assert_eq!(datetime(1_000), "1970-01-01 00:00:01");
+        // 2024 is a leap year; 2100 is not.
+        assert_eq!(datetime(1_709_164_800_000), "2024-02-29 00:00:00");
+        assert_eq!(datetime(4_107_542_400_000), "2100-03-01 00:00:00");
+        assert_eq!(datetime(1_796_565_600_000), "2026-12-06 14:00:00");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::future::Future;
 use crate::error::ConsoleError;
 use crate::view::{
     ActionOutcome, EventView, FederationSnapshot, JobDetail, LaneView, NodeAction, NodeView,
-    PlacementSample, RegionIdentity, ShardView, WaitingJobView,
+    PlacementSample, RegionIdentity, ScheduleDetail, ScheduleRow, ShardView, WaitingJobView,
 };
 
 /// Result of a source call.
@@ -53,4 +53,22 @@ pub trait FederationConsoleSource: Send + Sync + 'static {
     fn overview(&self) -> impl Future<Output = SourceResult<FederationSnapshot>> + Send;
     /// One job with its tasks and history; `NotFound` for an unknown id.
     fn job(&self, job_id: &str) -> impl Future<Output = SourceResult<JobDetail>> + Send;
+    /// Every schedule of periodic jobs, in id order. A source without
+    /// schedules answers `Unavailable`, shown in the page.
+    fn schedules(&self) -> impl Future<Output = SourceResult<Vec<ScheduleRow>>> + Send {
+        async { Err(unserved("schedules")) }
+    }
+    /// One schedule with its latest runs; `NotFound` for an unknown id.
+    fn schedule(
+        &self,
+        schedule_id: &str,
+    ) -> impl Future<Output = SourceResult<ScheduleDetail>> + Send {
+        let _ = schedule_id;
+        async { Err(unserved("schedules")) }
+    }
+}
+
+/// The error of a page whose data this source does not serve.
+fn unserved(what: &str) -> ConsoleError {
+    ConsoleError::Unavailable(format!("this server does not serve {what}"))
 }

@@ -258,6 +258,21 @@ pub struct JobRow {
     /// Why the job waits (`Job.waiting_reason`); empty when nothing waits.
     #[serde(default)]
     pub waiting_reason: String,
+    /// True while held (HoldJob): not routed until released.
+    #[serde(default)]
+    pub held: bool,
+    /// How many jobs this job names as dependencies.
+    #[serde(default)]
+    pub dependencies: u32,
+}
+
+impl JobRow {
+    /// Still at the global tier because a dependency is not met yet
+    /// (pending, not held, naming dependencies): a job whose dependencies
+    /// are met leaves PENDING within a controller pass.
+    pub fn waits_on_dependencies(&self) -> bool {
+        self.state == "pending" && !self.held && self.dependencies > 0
+    }
 }
 
 /// Everything the federation overview shows.
@@ -278,6 +293,10 @@ pub struct FederationSnapshot {
     pub scan_truncated: bool,
     /// Most recent jobs, newest first.
     pub recent: Vec<JobRow>,
+    /// Jobs kept at the global tier by a hold or unmet dependencies, among
+    /// the jobs scanned, oldest first (at most a page of them).
+    #[serde(default)]
+    pub gated: Vec<JobRow>,
 }
 
 /// One task of a job, with the attempt's times.
@@ -317,4 +336,98 @@ pub struct JobDetail {
     pub updated_at_unix_ms: u64,
     pub tasks: Vec<TaskRow>,
     pub history: Vec<TransitionRow>,
+    /// Reason given with the hold; empty when not held or none was given.
+    #[serde(default)]
+    pub hold_reason: String,
+    /// The jobs this job waits for, in the spec's order, each judged now.
+    #[serde(default)]
+    pub dependencies: Vec<DependencyRow>,
+    /// Jobs waiting on this one while it has not ended (their edges are
+    /// forgotten once its end has been judged for them).
+    #[serde(default)]
+    pub dependents: Vec<String>,
+    /// True when there were more dependents than listed.
+    #[serde(default)]
+    pub dependents_truncated: bool,
+}
+
+/// Whether one dependency is met, as the global tier judges it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyStatus {
+    /// The condition holds.
+    Met,
+    /// It may still hold: the named job has not ended.
+    #[default]
+    Pending,
+    /// It can never hold: the named job ended otherwise, or is gone.
+    Never,
+}
+
+impl DependencyStatus {
+    /// The name shown in the page (and in `data-status`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DependencyStatus::Met => "met",
+            DependencyStatus::Pending => "pending",
+            DependencyStatus::Never => "never",
+        }
+    }
+}
+
+/// One job a job waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyRow {
+    /// The job named.
+    pub job_id: String,
+    /// `after_ok`, `after_any` or `after_failed`.
+    pub condition: String,
+    /// The named job's state now; `removed` once past the retention period,
+    /// `unknown` when not even its tombstone is left.
+    pub job_state: String,
+    pub status: DependencyStatus,
+    /// What the judgement says: what it waits for, or why never.
+    pub reason: String,
+}
+
+/// One schedule of periodic jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRow {
+    pub schedule_id: String,
+    pub tenant: String,
+    /// Name of the job each tick creates.
+    pub job_name: String,
+    /// Five-field cron expression.
+    pub cron: String,
+    /// IANA time zone the expression is read in; `UTC` when none was given.
+    pub time_zone: String,
+    /// `allow`, `forbid` or `replace`.
+    pub overlap: String,
+    /// `run_once` or `skip`.
+    pub missed: String,
+    /// How late a tick may still start (ms).
+    pub starting_deadline_ms: u64,
+    pub paused: bool,
+    pub created_at_unix_ms: u64,
+    /// The next tick acted on; 0 while paused.
+    pub next_tick_unix_ms: u64,
+    /// The last tick handled; 0 before the first.
+    pub last_tick_unix_ms: u64,
+    /// The job of the last tick that created one; empty before.
+    pub last_job_id: String,
+    pub last_run_tick_unix_ms: u64,
+    /// What the last tick did.
+    pub last_outcome: String,
+    /// Ticks never run (missed in an outage, skipped by the overlap policy).
+    pub skipped_ticks: u64,
+}
+
+/// A schedule with the jobs its ticks created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleDetail {
+    pub schedule: ScheduleRow,
+    /// The latest runs, newest first.
+    pub runs: Vec<JobRow>,
+    /// True when the schedule has more runs than the page lists.
+    pub runs_truncated: bool,
 }

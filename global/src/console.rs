@@ -9,19 +9,26 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meridian_console::view::{
-    Amount, FederationSnapshot, JobDetail, JobRow, RegionSummary, TaskRow, TenantJobs,
-    TransitionRow,
+    Amount, DependencyRow, DependencyStatus, FederationSnapshot, JobDetail, JobRow, RegionSummary,
+    ScheduleDetail, ScheduleRow, TaskRow, TenantJobs, TransitionRow,
 };
 use meridian_console::{ConsoleError, FederationConsoleSource};
 use meridian_proto::v1::{Job, JobState, ListJobsRequest, RegionInfo, RegionState, TaskState};
 
 use crate::error::GlobalError;
 use crate::federation::FederationService;
+use crate::gate::{DependencyReport, Verdict};
+
+mod schedules;
 
 /// Jobs counted per overview refresh at most (pages of 1000).
 const SCAN_LIMIT: usize = 10_000;
 /// Jobs listed under "Recent jobs".
 const RECENT: usize = 25;
+/// Held and dependency-waiting jobs listed on the overview at most.
+const GATED: usize = 50;
+/// Jobs waiting on a job listed on its page at most.
+const DEPENDENTS: usize = 100;
 
 /// The federation overview's data, read through the API service.
 pub struct GlobalConsole {
@@ -53,7 +60,7 @@ fn console_error(e: GlobalError) -> ConsoleError {
     }
 }
 
-fn job_state_name(state: i32) -> String {
+pub(crate) fn job_state_name(state: i32) -> String {
     JobState::try_from(state)
         .map(|s| {
             s.as_str_name()
@@ -73,7 +80,7 @@ fn task_state_name(state: i32) -> String {
         .unwrap_or_else(|_| format!("state {state}"))
 }
 
-fn row(job: &Job) -> JobRow {
+pub(crate) fn row(job: &Job) -> JobRow {
     let spec = job.spec.clone().unwrap_or_default();
     let counts = job.task_counts.unwrap_or_default();
     JobRow {
@@ -87,7 +94,37 @@ fn row(job: &Job) -> JobRow {
         tasks_done: counts.succeeded + counts.failed + counts.killed + counts.lost,
         created_at_unix_ms: job.created_at_unix_ms,
         waiting_reason: job.waiting_reason.clone(),
+        held: job.held,
+        dependencies: job.dependencies.len() as u32,
     }
+}
+
+/// The console's rows of a dependency report.
+fn dependency_rows(report: &DependencyReport) -> Vec<DependencyRow> {
+    report
+        .dependencies
+        .iter()
+        .map(|d| {
+            let (status, reason) = match &d.verdict {
+                Verdict::Met => (DependencyStatus::Met, String::new()),
+                Verdict::Wait(why) => (DependencyStatus::Pending, why.clone()),
+                Verdict::Never(why) => (DependencyStatus::Never, why.clone()),
+            };
+            DependencyRow {
+                job_id: crate::dependencies::target_id(&d.dependency).to_string(),
+                condition: crate::dependencies::condition_name(d.dependency.condition).into(),
+                job_state: match d.state {
+                    None => "unknown".into(),
+                    Some(state) if d.removed => {
+                        format!("{} (removed)", job_state_name(state as i32))
+                    }
+                    Some(state) => job_state_name(state as i32),
+                },
+                status,
+                reason,
+            }
+        })
+        .collect()
 }
 
 fn region_summary(r: &RegionInfo, now: u64) -> RegionSummary {
@@ -155,6 +192,7 @@ impl FederationConsoleSource for GlobalConsole {
         let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
         let mut by_tenant: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut recent: Vec<JobRow> = Vec::new();
+        let mut gated: Vec<JobRow> = Vec::new();
         let mut scanned = 0usize;
         let mut token = String::new();
         let mut truncated = false;
@@ -171,6 +209,9 @@ impl FederationConsoleSource for GlobalConsole {
                 .map_err(console_error)?;
             for job in &page.jobs {
                 let r = row(job);
+                if gated.len() < GATED && (r.held || r.waits_on_dependencies()) {
+                    gated.push(r.clone());
+                }
                 *by_state.entry(r.state.clone()).or_default() += 1;
                 *by_tenant
                     .entry(r.tenant.clone())
@@ -218,12 +259,23 @@ impl FederationConsoleSource for GlobalConsole {
             jobs_scanned: scanned as u64,
             scan_truncated: truncated,
             recent,
+            gated,
         })
     }
 
     async fn job(&self, job_id: &str) -> Result<JobDetail, ConsoleError> {
         let job = self.api.jobs.get(job_id).await.map_err(console_error)?;
+        let report = self
+            .api
+            .gate
+            .dependency_report(&job, DEPENDENTS)
+            .await
+            .map_err(console_error)?;
         Ok(JobDetail {
+            hold_reason: job.hold_reason.clone(),
+            dependencies: dependency_rows(&report),
+            dependents: report.dependents,
+            dependents_truncated: report.dependents_truncated,
             job: row(&job),
             request_id: job.request_id.clone(),
             failure_reason: job.failure_reason.clone(),
@@ -259,5 +311,15 @@ impl FederationConsoleSource for GlobalConsole {
                 })
                 .collect(),
         })
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>, ConsoleError> {
+        schedules::list(&self.api).await.map_err(console_error)
+    }
+
+    async fn schedule(&self, schedule_id: &str) -> Result<ScheduleDetail, ConsoleError> {
+        schedules::detail(&self.api, schedule_id)
+            .await
+            .map_err(console_error)
     }
 }

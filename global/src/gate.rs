@@ -272,6 +272,32 @@ async fn updated(
     write_job(tx, keys, job).await
 }
 
+/// One dependency of a job as judged now, for reading (the console).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyState {
+    /// The dependency as stored (its target resolved to a job id).
+    pub dependency: meridian_proto::v1::JobDependency,
+    /// The named job's state: from its record, or from its tombstone once
+    /// removed after the retention period; `None` when neither is left.
+    pub state: Option<JobState>,
+    /// True when the state comes from the tombstone.
+    pub removed: bool,
+    /// The judgement of this dependency alone.
+    pub verdict: Verdict,
+}
+
+/// What a job waits for and what waits for it, read in one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DependencyReport {
+    /// The job's dependencies, in the spec's order.
+    pub dependencies: Vec<DependencyState>,
+    /// Jobs waiting on this one (edges exist only until its end has been
+    /// judged for them), in id order.
+    pub dependents: Vec<String>,
+    /// More dependents than `limit`.
+    pub dependents_truncated: bool,
+}
+
 /// Hold, release and priority changes of queued jobs.
 #[derive(Clone)]
 pub struct Gate {
@@ -291,6 +317,58 @@ impl Gate {
             clock,
             kick,
         }
+    }
+
+    /// Reads `job`'s dependencies, each judged alone against the named
+    /// job's record or tombstone (the same judgement the controller makes),
+    /// and at most `limit` of the jobs waiting on it. Writes nothing.
+    pub async fn dependency_report(&self, job: &Job, limit: usize) -> Result<DependencyReport> {
+        let keys = self.keys.clone();
+        self.db
+            .run(|tx, _| {
+                let keys = keys.clone();
+                async move {
+                    let mut report = DependencyReport::default();
+                    for dep in &job.dependencies {
+                        let id = dependencies::target_id(dep);
+                        let mut named = std::collections::BTreeMap::new();
+                        let mut removed = false;
+                        if let Some(found) = read_job(&tx, &keys, id).await? {
+                            named.insert(id.to_string(), dependencies::named_of(&found));
+                        } else if let Some(gone) =
+                            crate::history::Removed::read(&tx, &keys, id).await?
+                        {
+                            removed = true;
+                            named.insert(
+                                id.to_string(),
+                                dependencies::Named {
+                                    state: gone.state,
+                                    failure_reason: gone.failure_reason,
+                                },
+                            );
+                        }
+                        report.dependencies.push(DependencyState {
+                            dependency: dep.clone(),
+                            state: named.get(id).map(|n| n.state),
+                            removed,
+                            verdict: dependencies::judge(std::slice::from_ref(dep), &named),
+                        });
+                    }
+                    let edges = keys.dependents(&job.job_id);
+                    let rows = tx
+                        .get_range(RangeOption::from(edges.range()).limit(limit + 1))
+                        .await?;
+                    report.dependents_truncated = rows.len() > limit;
+                    for kv in rows.into_iter().take(limit) {
+                        let (dependent,): (String,) = edges
+                            .unpack(&kv.key)
+                            .map_err(|e| GlobalError::Corrupt(format!("dependent key: {e}")))?;
+                        report.dependents.push(dependent);
+                    }
+                    Ok::<_, GlobalError>(report)
+                }
+            })
+            .await
     }
 
     /// Holds a job still pending at the global tier: it leaves the pending
