@@ -121,6 +121,17 @@ struct AgentArgs {
     /// else the agent's own user (a non-root agent cannot switch users).
     #[arg(long, value_name = "USER", conflicts_with = "run_as_root")]
     run_as: Option<String>,
+    /// Where a real node serves its tasks' live output to the region
+    /// (`meridian job logs -f`). The default port 0 picks a free one;
+    /// `none` serves nothing.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR|none")]
+    logs_listen: String,
+    /// Endpoint the region dials for live output, when the listen address
+    /// is not how the region reaches this machine (e.g.
+    /// `http://node7.example:7600`); default: `http://` and the address
+    /// bound.
+    #[arg(long, default_value = "", value_name = "URL")]
+    logs_advertise: String,
     /// DANGEROUS: run tasks as root (the agent's own user) when the agent
     /// runs as root; any task can then take over the node.
     #[arg(long)]
@@ -164,6 +175,14 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             run_as: match (args.run_as, args.run_as_root) {
                 (_, true) => meridian_agent::exec::isolation::RunAs::AgentUser,
                 (Some(user), false) => meridian_agent::exec::isolation::RunAs::User(user),
+        logs_listen: match args.logs_listen.as_str() {
+            "none" => None,
+            addr => Some(
+                addr.parse()
+                    .with_context(|| format!("--logs-listen {addr:?} is not ADDR:PORT or none"))?,
+            ),
+        },
+        logs_advertise: args.logs_advertise,
                 (None, false) => meridian_agent::exec::isolation::RunAs::Default,
             },
             cgroups: true,

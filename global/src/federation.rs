@@ -260,6 +260,37 @@ impl FederationService {
         self.schedules.delete(&fence, schedule_id).await
     }
 
+    /// The region a task was placed in (`task` as the log calls name it).
+    async fn task_region(&self, task: Option<&TaskId>) -> Result<String, Status> {
+        let task = task.ok_or_else(|| Status::from(GlobalError::invalid("task", "required")))?;
+        let job = self.jobs.get(&task.job_id).await?;
+        job.tasks
+            .get(task.index as usize)
+            .map(|t| t.region.clone())
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Status::from(GlobalError::invalid(
+                    "task.index",
+                    "no such task, or not placed",
+                ))
+            })
+    }
+
+    /// FollowTaskLogs (any replica): the region's stream, passed through
+    /// as it comes (HTTP/2 flow control is the only buffer here).
+    pub async fn follow_logs(
+        &self,
+        req: FollowTaskLogsRequest,
+    ) -> Result<tonic::codec::Streaming<TaskLogChunk>, Status> {
+        let region = self.task_region(req.task.as_ref()).await?;
+        Ok(self
+            .admin(&region)
+            .await?
+            .follow_task_logs(req)
+            .await?
+            .into_inner())
+    }
+
     /// DrainRegion / UndrainRegion.
     pub async fn drain(&self, req: &DrainRegionRequest, drain: bool) -> Result<RegionInfo> {
         validate::region_name("region", &req.region)?;
@@ -380,22 +411,7 @@ impl Federation for FederationService {
         request: Request<GetTaskLogsRequest>,
     ) -> Result<Response<GetTaskLogsResponse>, Status> {
         let req = request.into_inner();
-        let task = req
-            .task
-            .clone()
-            .ok_or_else(|| Status::from(GlobalError::invalid("task", "required")))?;
-        let job = self.jobs.get(&task.job_id).await?;
-        let region = job
-            .tasks
-            .get(task.index as usize)
-            .map(|t| t.region.clone())
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| {
-                Status::from(GlobalError::invalid(
-                    "task.index",
-                    "no such task, or not placed",
-                ))
-            })?;
+        let region = self.task_region(req.task.as_ref()).await?;
         self.admin(&region).await?.get_task_logs(req).await
     }
 

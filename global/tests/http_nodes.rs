@@ -98,6 +98,34 @@ impl RegionAdmin for Recorder {
         }))
     }
 
+    type FollowTaskLogsStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<TaskLogChunk, Status>>>;
+
+    async fn follow_task_logs(
+        &self,
+        request: Request<FollowTaskLogsRequest>,
+    ) -> Result<Response<Self::FollowTaskLogsStream>, Status> {
+        let req = request.into_inner();
+        self.record(&req);
+        let chunk = |offset: u64, data: &[u8], end: bool| {
+            Ok(TaskLogChunk {
+                attempt: 1,
+                node_id: "n-1".into(),
+                stream: if end { 0 } else { LogStream::Stdout as i32 },
+                offset,
+                data: data.to_vec(),
+                end,
+                state: if end { TaskState::Succeeded as i32 } else { 0 },
+                ..TaskLogChunk::default()
+            })
+        };
+        Ok(Response::new(tokio_stream::iter(vec![
+            chunk(0, b"line 1\n", false),
+            chunk(7, b"line 2\n", false),
+            chunk(0, b"", true),
+        ])))
+    }
+
     async fn get_task_logs(
         &self,
         request: Request<GetTaskLogsRequest>,

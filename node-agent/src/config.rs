@@ -93,6 +93,12 @@ pub struct AgentOptions {
     pub finished_memory: usize,
     /// Which user real tasks run as and whether each gets a cgroup.
     pub isolation: IsolationOptions,
+    /// Where a real node serves the live output of its attempts
+    /// (`AgentLogs`); `None`: it serves none.
+    pub logs_listen: Option<std::net::SocketAddr>,
+    /// The endpoint advertised to the region for `AgentLogs`
+    /// (`http://host:port`); empty: `http://` and the address bound.
+    pub logs_endpoint: String,
 }
 
 impl Default for AgentOptions {
@@ -114,6 +120,8 @@ impl Default for AgentOptions {
             work_dir: None,
             finished_memory: 256,
             isolation: IsolationOptions::default(),
+            logs_listen: None,
+            logs_endpoint: String::new(),
         }
     }
 }

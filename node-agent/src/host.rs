@@ -23,9 +23,11 @@ use crate::config::{AgentOptions, NodeSpec};
 use crate::error::AgentError;
 use crate::exec::Executor;
 use crate::exec::isolation::{Isolation, IsolationOptions, scope_name};
+use crate::exec::live::LiveLogs;
 use crate::exec::process::{Cleanup, ProcessExecutor, cleanup_previous};
 use crate::exec::simulated::SimulatedExecutor;
 use crate::link::{ChannelPool, RegionLink, parse_endpoints};
+use crate::logs::LogServer;
 use crate::node::{NodeAgent, NodeContext, report};
 use crate::persist::StateFile;
 use crate::probe::Probe;
@@ -52,6 +54,10 @@ pub struct AgentCommand {
     pub seed: u64,
     /// Task user and cgroups of a real node.
     pub isolation: IsolationOptions,
+    /// Where a real node serves its tasks' live output; `None`: nowhere.
+    pub logs_listen: Option<std::net::SocketAddr>,
+    /// Endpoint advertised for it; empty: `http://` and the bound address.
+    pub logs_advertise: String,
 }
 
 /// Running nodes of one process.
@@ -166,15 +172,29 @@ impl Host {
             &opts.isolation,
             &scope_name(&spec.node_id, &work_dir),
         )?);
-        let opts = Arc::new(opts);
-        let executor: Arc<dyn Executor> = Arc::new(ProcessExecutor::new(
-            clock.clone(),
-            opts.output_file_cap,
-            opts.enforce_memory_limit,
-            opts.cpu_time_limit,
-            isolation.clone(),
-        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let live = Arc::new(LiveLogs::default());
+        let mut opts = opts;
+        if let Some(addr) = opts.logs_listen {
+            let bound = LogServer::new(live.clone(), spec.node_id.clone())
+                .serve(addr, shutdown_rx.clone())
+                .await?;
+            if opts.logs_endpoint.is_empty() {
+                opts.logs_endpoint = format!("http://{bound}");
+            }
+            tracing::info!(endpoint = %opts.logs_endpoint, "serving live task output");
+        }
+        let opts = Arc::new(opts);
+        let executor: Arc<dyn Executor> = Arc::new(
+            ProcessExecutor::new(
+                clock.clone(),
+                opts.output_file_cap,
+                opts.enforce_memory_limit,
+                opts.cpu_time_limit,
+                isolation.clone(),
+            )
+            .with_live_logs(live),
+        );
         let mut node = NodeAgent::new(
             NodeContext {
                 spec,
@@ -297,6 +317,8 @@ pub async fn run_agent(
         seed: cmd.seed,
         work_dir: Some(cmd.work_dir.clone()),
         isolation: cmd.isolation.clone(),
+        logs_listen: cmd.logs_listen,
+        logs_endpoint: cmd.logs_advertise.clone(),
         ..AgentOptions::default()
     };
     let clock = SystemClock::shared();

@@ -20,6 +20,7 @@ pub mod exec;
 pub mod fence;
 pub mod host;
 pub mod link;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod persist;

@@ -193,6 +193,8 @@ impl TaskTable {
             stderr_tail: exit.stderr.bytes,
             stdout_truncated: exit.stdout.truncated,
             stderr_truncated: exit.stderr.truncated,
+            stdout_bytes: exit.stdout.total,
+            stderr_bytes: exit.stderr.total,
             started_at_unix_ms: task.started_at_unix_ms,
             finished_at_unix_ms: now_unix_ms,
             observed_at_unix_ms: now_unix_ms,

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_proto::FILE_DESCRIPTOR_SET;
 use meridian_proto::v1::{
-    agent_link_server, federation_server, region_admin_server, region_link_server,
+    agent_link_server, agent_logs_server, federation_server, region_admin_server, region_link_server,
 };
 use prost::Message;
 use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorProto, FileDescriptorSet};
@@ -45,6 +45,7 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
                 "SetJobPriority",
                 "WatchJobs",
                 "GetTaskLogs",
+                "FollowTaskLogs",
                 "ListRegions",
                 "DrainRegion",
                 "UndrainRegion",
@@ -91,8 +92,10 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
                 "UncordonNode",
                 "DrainNode",
                 "GetTaskLogs",
+                "FollowTaskLogs",
             ][..],
         ),
+        ("meridian.v1.AgentLogs", &["FollowTaskLogs"][..]),
     ]
     .into_iter()
     .map(|(name, rpcs)| {
@@ -113,6 +116,7 @@ fn generated_servers_use_the_service_names_of_the_descriptor_set() {
         region_link_server::SERVICE_NAME,
         agent_link_server::SERVICE_NAME,
         region_admin_server::SERVICE_NAME,
+        agent_logs_server::SERVICE_NAME,
     ] {
         assert!(
             services.contains_key(name),
@@ -141,7 +145,10 @@ fn streaming_rpcs_are_server_streams_and_all_others_are_unary() {
     }
     let expected: BTreeSet<String> = [
         "AgentLink.Assignments",
+        "AgentLogs.FollowTaskLogs",
+        "Federation.FollowTaskLogs",
         "Federation.WatchJobs",
+        "RegionAdmin.FollowTaskLogs",
         "RegionLink.Assignments",
     ]
     .into_iter()

@@ -133,7 +133,7 @@ impl Fixture {
         match out {
             Outcome::Node(Some(node)) => {
                 self.path.beats.beat(&node.node_id, self.clock.now(), 0);
-                Ok(node)
+                Ok(*node)
             }
             other => Err(RegionalError::Internal(format!(
                 "a registration answered {other:?}"

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status};
 
 /// A watch stream as the fake serves it.
 pub type Events = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+/// A scripted FollowTaskLogs stream.
+pub type LogChunks = Pin<Box<dyn Stream<Item = Result<TaskLogChunk, Status>> + Send>>;
 
 fn unscripted() -> Status {
     Status::unimplemented("not scripted by this test")
@@ -35,6 +37,9 @@ pub trait Script: Send + Sync + 'static {
         Err(unscripted())
     }
     async fn get_task_logs(&self, _: GetTaskLogsRequest) -> Result<GetTaskLogsResponse, Status> {
+        Err(unscripted())
+    }
+    async fn follow_task_logs(&self, _: FollowTaskLogsRequest) -> Result<LogChunks, Status> {
         Err(unscripted())
     }
     async fn create_schedule(
@@ -134,6 +139,16 @@ impl<S: Script> Federation for Fake<S> {
     ) -> Result<Response<GetTaskLogsResponse>, Status> {
         self.0
             .get_task_logs(r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    type FollowTaskLogsStream = LogChunks;
+    async fn follow_task_logs(
+        &self,
+        r: Request<FollowTaskLogsRequest>,
+    ) -> Result<Response<Self::FollowTaskLogsStream>, Status> {
+        self.0
+            .follow_task_logs(r.into_inner())
             .await
             .map(Response::new)
     }

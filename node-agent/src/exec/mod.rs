@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 pub mod isolation;
+pub mod live;
 pub mod output;
 pub mod process;
 pub mod simulated;
@@ -38,6 +39,8 @@ pub struct Tail {
     pub bytes: Vec<u8>,
     /// The stream was longer than `bytes`.
     pub truncated: bool,
+    /// Bytes written to the stream in all.
+    pub total: u64,
 }
 
 /// How an attempt ended.

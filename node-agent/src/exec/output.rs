@@ -1,34 +1,59 @@
 //! Capture of one output stream (stdout or stderr) of a real process.
 //!
 //! Owns the size cap of the output file (rotate once, keep at most twice the
-//! cap on disk) and the in-memory tail reported to the region. Must never
-//! block the process: the pipe is always drained, even past the cap.
+//! cap on disk) and the in-memory tail reported to the region, which is also
+//! what live followers read ([`super::live`]). Must never block the process:
+//! the pipe is always drained, even past the cap, and never waits for a
+//! follower.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use meridian_proto::limits::MAX_OUTPUT_TAIL_BYTES;
+use meridian_proto::v1::LogStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::Tail;
+use super::live::{AttemptOutput, Ring};
+
+/// Where the bytes read also go: the attempt's live output (followers read
+/// it) or, with nobody to follow, a private ring for the tail.
+pub enum Sink {
+    Live(Arc<AttemptOutput>, LogStream),
+    Private(Ring),
+}
+
+impl Sink {
+    fn push(&mut self, data: &[u8]) {
+        match self {
+            Sink::Live(out, stream) => out.write(*stream, data),
+            Sink::Private(ring) => ring.push(data),
+        }
+    }
+
+    fn tail(&self) -> Tail {
+        match self {
+            Sink::Live(out, stream) => out.tail(*stream),
+            Sink::Private(ring) => ring.tail(),
+        }
+    }
+}
 
 /// The user (uid, gid) given the output files, so the task's user can read
 /// them; `None`: they stay the agent's.
 pub type Owner = Option<(u32, u32)>;
 
 /// Drains `reader` into `path` (rotated to `path.1` whenever it reaches
-/// `file_cap` bytes) and returns the last bytes seen. Disk errors stop the
-/// file copy but never the draining.
+/// `file_cap` bytes) and into `sink`, and returns the last bytes seen.
+/// Disk errors stop the file copy but never the draining.
 pub async fn capture<R: AsyncRead + Unpin>(
     mut reader: R,
     path: PathBuf,
     file_cap: u64,
     owner: Owner,
+    mut sink: Sink,
 ) -> Tail {
     let mut file = open(&path, owner).await;
     let mut written: u64 = 0;
-    let mut total: u64 = 0;
-    let mut tail: VecDeque<u8> = VecDeque::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match reader.read(&mut buf).await {
@@ -36,10 +61,7 @@ pub async fn capture<R: AsyncRead + Unpin>(
             Ok(n) => n,
         };
         let chunk = &buf[..n];
-        total += n as u64;
-        tail.extend(chunk);
-        let excess = tail.len().saturating_sub(MAX_OUTPUT_TAIL_BYTES);
-        tail.drain(..excess);
+        sink.push(chunk);
         if file_cap > 0 && written + n as u64 > file_cap {
             if let Some(mut f) = file.take() {
                 let _ = f.flush().await;
@@ -59,11 +81,7 @@ pub async fn capture<R: AsyncRead + Unpin>(
     if let Some(mut f) = file {
         let _ = f.flush().await;
     }
-    let bytes: Vec<u8> = tail.into_iter().collect();
-    Tail {
-        truncated: total > bytes.len() as u64,
-        bytes,
-    }
+    sink.tail()
 }
 
 /// Name of the rotated file of `path`.
@@ -93,13 +111,15 @@ async fn open(path: &Path, owner: Owner) -> Option<tokio::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meridian_proto::limits::MAX_OUTPUT_TAIL_BYTES;
 
     #[tokio::test]
     async fn output_past_the_cap_rotates_the_file_and_keeps_the_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stdout");
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let tail = capture(&data[..], path.clone(), 30_000, None).await;
+        let sink = Sink::Private(Ring::default());
+        let tail = capture(&data[..], path.clone(), 30_000, None, sink).await;
         assert!(tail.truncated);
         assert_eq!(tail.bytes.len(), MAX_OUTPUT_TAIL_BYTES);
         assert_eq!(&tail.bytes[..], &data[data.len() - MAX_OUTPUT_TAIL_BYTES..]);
@@ -111,7 +131,8 @@ mod tests {
     #[tokio::test]
     async fn short_output_is_kept_whole_and_not_truncated() {
         let dir = tempfile::tempdir().unwrap();
-        let tail = capture(&b"hello\n"[..], dir.path().join("o"), 1024, None).await;
+        let sink = Sink::Private(Ring::default());
+        let tail = capture(&b"hello\n"[..], dir.path().join("o"), 1024, None, sink).await;
         assert_eq!(tail.bytes, b"hello\n");
         assert!(!tail.truncated);
     }

@@ -18,13 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_control::SharedClock;
+use meridian_proto::v1::LogStream;
 use meridian_proto::v1::task_template::Kind;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use super::cgroup::{TaskCgroup, TaskLimits};
 use super::isolation::{ChildSetup, Isolation};
-use super::output::{Owner, capture};
+use super::live::{AttemptOutput, LiveLogs, Ring};
+use super::output::{Owner, Sink, capture};
 use super::simulated::SimulatedExecutor;
 use super::{
     Executor, Exit, ExitTx, Launch, LaunchError, ProcessIds, Started, Tail, TaskControl, TaskEvent,
@@ -48,6 +50,9 @@ pub struct ProcessExecutor {
     enforce_memory_limit: bool,
     cpu_time_limit: Option<Duration>,
     isolation: Arc<Isolation>,
+    /// Where the output of running attempts is kept for live followers;
+    /// `None`: nobody follows, each capture keeps its tail privately.
+    live: Option<Arc<LiveLogs>>,
 }
 
 impl ProcessExecutor {
@@ -65,7 +70,15 @@ impl ProcessExecutor {
             enforce_memory_limit,
             cpu_time_limit,
             isolation,
+            live: None,
         }
+    }
+
+    /// Keeps each attempt's output in `live` while it runs, for followers.
+    #[must_use]
+    pub fn with_live_logs(mut self, live: Arc<LiveLogs>) -> Self {
+        self.live = Some(live);
+        self
     }
 }
 
@@ -154,6 +167,7 @@ impl Executor for ProcessExecutor {
         let attempt = launch.attempt;
         let trace_id = launch.trace_id;
         let isolation = self.isolation.clone();
+        let live = self.live.clone();
         // The directories and the spawn itself (the calling thread waits
         // until the program has been exec'd) happen on a blocking thread:
         // the node's loop goes on with its next command, and several
@@ -190,7 +204,13 @@ impl Executor for ProcessExecutor {
                 process: child.ids,
             });
             let owner = isolation.user.as_ref().map(|u| (u.uid, u.gid));
-            let exit = run_to_exit(child, &dir, cap, owner, stop_rx, &clock).await;
+            let output = live.as_ref().map(|l| l.open(&attempt));
+            let exit = run_to_exit(child, &dir, cap, owner, output.clone(), stop_rx, &clock).await;
+            if let (Some(l), Some(o)) = (&live, &output) {
+                // After the last bytes were captured (or given up on):
+                // followers see the end only once nothing more can come.
+                l.finish(&attempt, o);
+            }
             // The node loop may be gone (shutdown): nobody to tell.
             let _ = exits.send(TaskEvent::Exited(TaskExit { attempt, exit }));
         });
@@ -217,6 +237,7 @@ async fn run_to_exit(
     dir: &Path,
     cap: u64,
     owner: Owner,
+    output: Option<Arc<AttemptOutput>>,
     stop_rx: tokio::sync::oneshot::Receiver<Duration>,
     clock: &SharedClock,
 ) -> Exit {

@@ -360,6 +360,7 @@ impl NodeAgent {
             zone: self.spec.zone.clone(),
             rack: self.spec.rack.clone(),
             agent_version: AGENT_VERSION.to_string(),
+            logs_endpoint: self.opts.logs_endpoint.clone(),
         };
         let sent_at = self.clock.now();
         let mut client = self.link.client();

@@ -28,6 +28,12 @@ pub struct StoredLogs {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub at: u64,
+    /// Bytes written to each stream in all (the tail is the last of them);
+    /// 0 from an agent that did not say.
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
 }
 
 crate::model::codec::json_record!(StoredLogs);
@@ -185,6 +191,17 @@ impl RegionAdmin for RegionApi {
         };
         let node = self.cordon(req.node_id, change).await?;
         Ok(Response::new(v1::DrainNodeResponse { node: Some(node) }))
+    }
+
+    type FollowTaskLogsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<v1::TaskLogChunk, Status>>;
+
+    async fn follow_task_logs(
+        &self,
+        request: Request<v1::FollowTaskLogsRequest>,
+    ) -> Result<Response<Self::FollowTaskLogsStream>, Status> {
+        let stream = super::follow::start(self.clone(), request.into_inner()).await?;
+        Ok(Response::new(stream))
     }
 
     async fn get_task_logs(

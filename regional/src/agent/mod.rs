@@ -10,6 +10,7 @@
 //! place tasks.
 
 pub mod admin;
+pub mod follow;
 pub mod service;
 pub mod stream;
 

@@ -73,7 +73,7 @@ impl RegionApi {
             )
             .await;
         let node = match node {
-            Ok(Outcome::Node(Some(n))) => n,
+            Ok(Outcome::Node(Some(n))) => *n,
             Ok(_) => {
                 m::agent_call("register", "error");
                 return Err(Status::internal("registration answered nothing"));

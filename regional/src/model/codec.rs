@@ -129,6 +129,8 @@ struct NodeWire {
     registered_at_unix_ms: u64,
     #[prost(string, tag = "15")]
     agent_version: String,
+    #[prost(string, tag = "16")]
+    logs_endpoint: String,
 }
 
 impl Record for NodeRecord {
@@ -153,6 +155,7 @@ impl Record for NodeRecord {
             version: self.version,
             registered_at_unix_ms: self.registered_at_unix_ms,
             agent_version: self.agent_version.clone(),
+            logs_endpoint: self.logs_endpoint.clone(),
         }
         .encode_to_vec()
     }
@@ -180,6 +183,7 @@ impl Record for NodeRecord {
             version: w.version,
             registered_at_unix_ms: w.registered_at_unix_ms,
             agent_version: w.agent_version,
+            logs_endpoint: w.logs_endpoint,
         })
     }
 }
@@ -211,6 +215,7 @@ mod tests {
             version: 9,
             registered_at_unix_ms: 11,
             agent_version: "0.1".into(),
+            logs_endpoint: "http://127.0.0.1:7600".into(),
         }
     }
 

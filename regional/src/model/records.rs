@@ -123,6 +123,10 @@ pub struct NodeRecord {
     pub version: u64,
     pub registered_at_unix_ms: u64,
     pub agent_version: String,
+    /// Where the node's agent serves live task output (`AgentLogs`); empty
+    /// when it serves none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub logs_endpoint: String,
 }
 
 impl NodeRecord {
@@ -349,3 +353,4 @@ impl NodeRecord {
         }
     }
 }
+            logs_endpoint: String::new(),

@@ -71,7 +71,8 @@ pub enum Outcome {
     Bound(bind::BatchOutcome),
     Reported(report::ReportOutcome),
     /// The node after a registration or cordon; `None`: unknown node.
-    Node(Option<NodeRecord>),
+    /// Boxed: a node record is several times larger than any other outcome.
+    Node(Option<Box<NodeRecord>>),
     Liveness(Vec<node::LivenessChange>),
     Swept(sweep::SweepDone),
     Intake(Vec<Applied>),
@@ -335,9 +336,9 @@ impl Committer {
                 Outcome::Bound(b.apply(t, p, epoch).map_err(missing)?)
             }
             (Intent::Report(r), _) => Outcome::Reported(r.apply(t, &self.keys).map_err(missing)?),
-            (Intent::Register(r), _) => Outcome::Node(Some(r.apply(t).map_err(missing)?)),
+            (Intent::Register(r), _) => Outcome::Node(Some(Box::new(r.apply(t).map_err(missing)?))),
             (Intent::Liveness(l), _) => Outcome::Liveness(l.apply(t).map_err(missing)?),
-            (Intent::Cordon(c), _) => Outcome::Node(c.apply(t).map_err(missing)?),
+            (Intent::Cordon(c), _) => Outcome::Node(c.apply(t).map_err(missing)?.map(Box::new)),
             (Intent::Sweep(s), _) => Outcome::Swept(s.apply(t, epoch).map_err(missing)?),
             (Intent::Intake(i), Prepared::Intake(p)) => {
                 Outcome::Intake(i.apply(t, &self.keys, p).map_err(missing)??)

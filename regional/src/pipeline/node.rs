@@ -78,6 +78,7 @@ impl Register {
             version,
             registered_at_unix_ms: self.now_unix_ms,
             agent_version: req.agent_version.clone(),
+            logs_endpoint: req.logs_endpoint.clone(),
         };
         tx.set_node(node.clone());
         Ok(node)

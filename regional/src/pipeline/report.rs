@@ -130,6 +130,8 @@ impl Report {
                             stderr: r.stderr_tail.clone(),
                             stdout_truncated: r.stdout_truncated,
                             stderr_truncated: r.stderr_truncated,
+                            stdout_bytes: r.stdout_bytes,
+                            stderr_bytes: r.stderr_bytes,
                             at: r.observed_at_unix_ms.max(self.now_unix_ms),
                         };
                         tx.set_raw(keys.logs(&t.job_id, t.index, a.attempt), encode(&logs));
