@@ -255,3 +255,37 @@ async fn stop_kills_the_whole_process_tree() {
     );
     host.shutdown().await;
 }
+
+/// An array job's task learns its number from `MERIDIAN_TASK_INDEX` (the
+/// index alone, where `MERIDIAN_TASK_ID` is `JOB/INDEX`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_finds_its_index_in_meridian_task_index() {
+    let mut fake = FakeRegion::start(SystemClock::shared(), FakeOptions::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    let host = real_host(&fake, work.path()).await;
+    fake.wait_stream("n1", 1).await;
+    let epoch = fake.epoch_of("n1");
+
+    let a = attempt("job-7", 99_999, 2);
+    let script =
+        "echo \"index=$MERIDIAN_TASK_INDEX id=$MERIDIAN_TASK_ID attempt=$MERIDIAN_ATTEMPT\"";
+    let template = sh(script, &[], "");
+    fake.send(
+        "n1",
+        run(
+            a.clone(),
+            template,
+            epoch,
+            1,
+            RegionLossPolicy::KeepRunning,
+            1000,
+        ),
+    )
+    .await;
+
+    let (done, _) = fake.wait_report(&a, |r| r.finished_at_unix_ms != 0).await;
+    assert_eq!(done.state, TaskState::Succeeded as i32);
+    let out = String::from_utf8(done.stdout_tail.clone()).unwrap();
+    assert_eq!(out, "index=99999 id=job-7/99999 attempt=2\n");
+    host.shutdown().await;
+}

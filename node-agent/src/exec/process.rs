@@ -359,6 +359,14 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
         )
+        .env(
+            "MERIDIAN_TASK_INDEX",
+            t.attempt
+                .task
+                .as_ref()
+                .map(|task| task.index.to_string())
+                .unwrap_or_default(),
+        )
         .env("MERIDIAN_ATTEMPT", t.attempt.attempt.to_string())
         .env("MERIDIAN_TRACE_ID", t.trace_id)
         .envs(&cmd.env)
