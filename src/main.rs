@@ -25,6 +25,9 @@ enum Command {
     Job(meridian_cli::JobArgs),
     /// Create, list, pause, resume and delete schedules of periodic jobs.
     Schedule(meridian_cli::ScheduleArgs),
+    /// Usage per tenant and region over a time range: CPU, memory and GPU
+    /// seconds, tasks run, wait percentiles.
+    Usage(meridian_cli::UsageArgs),
     /// List and drain regions.
     Region(meridian_cli::RegionArgs),
     /// List, cordon and drain nodes.
@@ -66,6 +69,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Dev(args) => meridian_cli::finish(meridian_cli::dev::run(args).await),
         Command::Job(args) => meridian_cli::finish(meridian_cli::job::run(args).await),
         Command::Schedule(args) => meridian_cli::finish(meridian_cli::schedule::run(args).await),
+        Command::Usage(args) => meridian_cli::finish(meridian_cli::usage::run(args).await),
         Command::Region(args) => meridian_cli::finish(meridian_cli::admin::region(args).await),
         Command::Node(args) => meridian_cli::finish(meridian_cli::admin::node(args).await),
         Command::Completions { shell } => {

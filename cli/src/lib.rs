@@ -1,6 +1,6 @@
 //! meridian-cli: the command layer of the `meridian` binary.
 //!
-//! Owns the client commands (`job`, `schedule`, `region`, `node`), which
+//! Owns the client commands (`job`, `schedule`, `usage`, `region`, `node`), which
 //! talk to the global tier's `Federation` API and follow its leader, shell
 //! completions, and `meridian dev`, the supervisor that runs a whole
 //! federation on one machine as child processes of the same binary, and the
@@ -20,12 +20,14 @@ pub mod admin;
 pub mod client;
 pub mod dev;
 pub mod error;
+pub mod follow;
 pub mod job;
 pub mod queued;
 pub mod render;
 pub mod schedule;
 pub mod spec;
 pub mod telemetry;
+pub mod usage;
 pub mod wait;
 pub mod watch;
 
@@ -36,6 +38,7 @@ pub use error::{CliError, Result};
 pub use job::JobArgs;
 pub use schedule::ScheduleArgs;
 pub use telemetry::TelemetryArgs;
+pub use usage::UsageArgs;
 
 /// Shells `meridian completions` writes scripts for.
 pub use clap_complete::Shell;

@@ -291,6 +291,11 @@ impl FederationService {
             .into_inner())
     }
 
+    /// GetUsage (any replica).
+    pub async fn usage(&self, req: &GetUsageRequest) -> Result<GetUsageResponse> {
+        crate::usage::get(&self.db, &self.keys, &self.clock, req).await
+    }
+
     /// DrainRegion / UndrainRegion.
     pub async fn drain(&self, req: &DrainRegionRequest, drain: bool) -> Result<RegionInfo> {
         validate::region_name("region", &req.region)?;
@@ -504,6 +509,13 @@ impl Federation for FederationService {
         Ok(Response::new(DeleteScheduleResponse {
             schedule: Some(schedule),
         }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<GetUsageRequest>,
+    ) -> Result<Response<GetUsageResponse>, Status> {
+        Ok(Response::new(self.usage(request.get_ref()).await?))
     }
 
     async fn list_nodes(

@@ -399,6 +399,8 @@ async fn remove(tx: &Transaction, keys: &Keys, job: &Job) -> Result<()> {
     let (begin, end) = keys.tasks(id).range();
     tx.clear_range(&begin, &end)?;
     tx.clear(&keys.status_version(id))?;
+    // What was counted of it; its usage stays in the hourly records.
+    crate::usage::forget(tx, keys, id)?;
     if let Some(spec) = &job.spec {
         // Cleared only while it names this job: clearing another job's
         // record would let its request id make a second job.

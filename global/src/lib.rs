@@ -43,6 +43,7 @@ pub mod router;
 pub mod schedules;
 pub mod server;
 pub mod submitter;
+pub mod usage;
 pub mod validate;
 
 pub use config::GlobalConfig;

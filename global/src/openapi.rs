@@ -294,6 +294,7 @@ pub mod proto {
         ResumeScheduleRequest,
         ResumeScheduleResponse,
         DeleteScheduleResponse,
+        GetUsageResponse,
     );
 }
 

@@ -20,6 +20,7 @@ use crate::handoff::{self, read_moving};
 use crate::jobs::{change_state, job_event, read_job, write_job};
 use crate::keys::Keys;
 use crate::lifecycle::{self, state_of};
+use crate::usage;
 
 fn result(verdict: Verdict, current_epoch: u64, message: impl Into<String>) -> ItemResult {
     ItemResult {
@@ -136,6 +137,12 @@ pub async fn status(
         JobState::Cancelled => format!("cancelled: {}", job.cancel_reason),
         _ => format!("reported by {region}"),
     };
+    let ran = usage::Ran {
+        epoch,
+        run_ms: update.task_run_ms,
+        runs: update.tasks_run,
+    };
+    usage::count(tx, keys, &job, region, ran, to, now).await?;
     let changed = change_state(tx, keys, events, &mut job, to, &reason, now)?;
     if !changed && update.tasks.is_empty() {
         events.job(tx, keys, &job_event(JobEventKind::Updated, &job, None, now))?;
@@ -253,6 +260,12 @@ pub async fn release(
                     tx.set(&keys.task(&job.job_id, task.index), &task.encode_to_vec())?;
                 }
             }
+            let ran = usage::Ran {
+                epoch: item.assignment_epoch,
+                run_ms: item.task_run_ms,
+                runs: item.tasks_run,
+            };
+            usage::count(tx, keys, &job, region, ran, state_of(&job), now).await?;
             let reason = format!("released by {region}");
             handoff::release(tx, keys, events, &mut job, &reason, now).await?;
             Ok(result(Verdict::Accepted, current, ""))

@@ -200,6 +200,7 @@ async fn after_a_job_moves_from_a_to_b_only_b_is_accepted_and_never_both() {
                 job_id: job.clone(),
                 assignment_epoch: revoked,
                 final_tasks: vec![],
+                ..JobRelease::default()
             }],
         })
         .await

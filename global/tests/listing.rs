@@ -405,6 +405,7 @@ async fn the_indexes_follow_jobs_through_routing_success_a_hand_off_and_a_cancel
                 job_id: b.clone(),
                 assignment_epoch: revoked.assignment_epoch,
                 final_tasks: vec![],
+                ..JobRelease::default()
             }],
         })
         .await

@@ -75,6 +75,9 @@ pub trait Script: Send + Sync + 'static {
     ) -> Result<DeleteScheduleResponse, Status> {
         Err(unscripted())
     }
+    async fn get_usage(&self, _: GetUsageRequest) -> Result<GetUsageResponse, Status> {
+        Err(unscripted())
+    }
 }
 
 struct Fake<S>(Arc<S>);
@@ -244,6 +247,12 @@ impl<S: Script> Federation for Fake<S> {
             .delete_schedule(r.into_inner())
             .await
             .map(Response::new)
+    }
+    async fn get_usage(
+        &self,
+        r: Request<GetUsageRequest>,
+    ) -> Result<Response<GetUsageResponse>, Status> {
+        self.0.get_usage(r.into_inner()).await.map(Response::new)
     }
 }
 

@@ -12,6 +12,7 @@
 //! - `watch`: WatchJobs as server-sent events.
 //! - `regions`: regions, region drain, and the nodes of a region.
 //! - `schedules`: create, list, get, pause, resume and delete schedules.
+//! - `usage`: usage per tenant and region over a range.
 //! - `query`: query strings read into request messages.
 //! - `errors`: the `{code, message, field}` body and the status mapping.
 //! - `guards`: the listener, its timeouts and its JSON refusals.
@@ -22,6 +23,7 @@ mod jobs;
 mod query;
 mod regions;
 mod schedules;
+mod usage;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -94,6 +96,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::get, schedules::delete))
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
+        .routes(routes!(usage::get_usage))
         .routes(routes!(render_metrics))
         .routes(routes!(healthz))
         .routes(routes!(openapi_json))
@@ -141,7 +144,17 @@ pub fn router(api: FederationService, metrics: Option<PrometheusHandle>) -> Rout
 )]
 async fn render_metrics(State(s): State<AppState>) -> Response {
     match &s.metrics {
-        Some(handle) => handle.render().into_response(),
+        Some(handle) => {
+            let mut text = handle.render();
+            // The usage counters come from the store, the same on every
+            // replica; a store that cannot be read leaves them out of this
+            // scrape rather than failing the process's own metrics.
+            match crate::usage::prometheus::render(&s.api.db, &s.api.keys).await {
+                Ok(usage) => text.push_str(&usage),
+                Err(e) => tracing::warn!(error = %e, "usage counters not rendered"),
+            }
+            text.into_response()
+        }
         None => (StatusCode::NOT_FOUND, "no metrics recorder in this process").into_response(),
     }
 }

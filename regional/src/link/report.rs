@@ -361,10 +361,13 @@ fn releasable(s: &RegionState) -> Vec<v1::JobRelease> {
         if let JobPhase::Revoked(e) = job.record.state
             && !job.tasks().any(|(_, t)| t.is_bound())
         {
+            let (task_run_ms, tasks_run) = ran(job.tasks().map(|(_, t)| t));
             out.push(v1::JobRelease {
                 job_id: job_id.clone(),
                 assignment_epoch: e,
                 final_tasks: Vec::new(),
+                task_run_ms,
+                tasks_run,
             });
         }
     }
@@ -469,6 +472,8 @@ fn job_update(
     if prev.digest == counts && prev.waiting == waiting {
         return None;
     }
+    // Walked only for an update that goes out.
+    let (task_run_ms, tasks_run) = ran(blocks.iter().flat_map(|b| b.tasks.iter()));
     let mut tasks = Vec::new();
     if job.task_count <= MAX_TASKS_PER_UPDATE {
         for block in blocks {
@@ -517,6 +522,8 @@ fn job_update(
         tasks,
         observed_at_unix_ms: now,
         waiting_reason: waiting.to_string(),
+        task_run_ms,
+        tasks_run,
     };
     Some((
         update,
@@ -552,6 +559,13 @@ fn task_status(region: &str, index: u32, t: &TaskRecord, now: u64) -> v1::TaskSt
         updated_at_unix_ms: now,
         ..Default::default()
     }
+}
+
+/// Accounting: run time (ms) and attempts that ran, summed over tasks.
+fn ran<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> (u64, u64) {
+    tasks.fold((0u64, 0u64), |(ms, runs), t| {
+        (ms.saturating_add(t.ran_ms), runs + u64::from(t.runs))
+    })
 }
 
 /// The first failed task's message, or its exit code, as the job's reason.

@@ -230,6 +230,18 @@ pub struct TaskRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[prost(string, tag = "11")]
     pub message: String,
+    /// Accounting: run time in ms (agent clock, end minus start) summed
+    /// over the attempts of this task that ran and ended under the job's
+    /// current hold, retries included; reported up as
+    /// `JobStatusUpdate.task_run_ms`. Grown only where an attempt's end is
+    /// applied, once per attempt.
+    #[serde(default)]
+    #[prost(uint64, tag = "20")]
+    pub ran_ms: u64,
+    /// Accounting: the number of those attempts.
+    #[serde(default)]
+    #[prost(uint32, tag = "21")]
+    pub runs: u32,
 }
 
 impl TaskRecord {
@@ -247,6 +259,8 @@ impl TaskRecord {
             stopping: String::new(),
             exit_code: None,
             message: String::new(),
+            ran_ms: 0,
+            runs: 0,
         }
     }
 

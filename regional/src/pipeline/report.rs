@@ -170,6 +170,7 @@ impl JobFacts {
 }
 
 fn end(rec: &mut TaskRecord, state: v1::TaskState, r: &v1::TaskReport, job: Option<JobFacts>) {
+    account(rec, r);
     rec.exit_code = r.exit_code;
     rec.message = r.message.clone();
     let active = job.is_some_and(|j| j.active);
@@ -198,4 +199,25 @@ fn end(rec: &mut TaskRecord, state: v1::TaskState, r: &v1::TaskReport, job: Opti
         rec.state = state as i32;
         rec.stopping.clear();
     }
+}
+
+/// Adds an ending attempt's run time to the task's accounting (an attempt
+/// that never started running adds nothing). Called once per attempt: a
+/// repeated end is answered before it reaches [`end`], and an end of an
+/// earlier attempt is refused as not bound.
+fn account(rec: &mut TaskRecord, r: &v1::TaskReport) {
+    if r.started_at_unix_ms == 0 {
+        return;
+    }
+    // An agent that leaves the end out is taken to have ended it when it
+    // observed the end.
+    let finished = if r.finished_at_unix_ms > 0 {
+        r.finished_at_unix_ms
+    } else {
+        r.observed_at_unix_ms
+    };
+    rec.ran_ms = rec
+        .ran_ms
+        .saturating_add(finished.saturating_sub(r.started_at_unix_ms));
+    rec.runs = rec.runs.saturating_add(1);
 }
