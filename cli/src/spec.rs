@@ -47,9 +47,14 @@ pub struct SpecArgs {
     /// if one of them succeeds.
     #[arg(long = "after-failed", value_delimiter = ',', value_name = "JOB_ID")]
     pub after_failed: Vec<String>,
-    /// Number of tasks.
+    /// Number of tasks (an array job: each task finds its number in
+    /// `MERIDIAN_TASK_INDEX`).
     #[arg(long, short = 'n')]
     pub count: Option<u32>,
+    /// Most tasks of the job bound to nodes at once, across the region
+    /// (like `%` in a Slurm array); 0 means no limit.
+    #[arg(long)]
+    pub parallelism: Option<u32>,
     /// CPU per task in cores, e.g. `0.5` (default 0.1).
     #[arg(long)]
     pub cpu: Option<f64>,
@@ -276,6 +281,9 @@ fn apply_identity(spec: &mut JobSpec, args: &SpecArgs) {
     } else if spec.task_count == 0 {
         spec.task_count = 1;
     }
+    if let Some(p) = args.parallelism {
+        spec.parallelism = p;
+    }
 }
 
 /// Cores, memory and GPUs per task, with their defaults.
@@ -373,6 +381,27 @@ mod tests {
             (c.program.as_str(), c.args),
             ("echo", vec!["hello".to_string()])
         );
+    }
+
+    #[test]
+    fn count_and_parallelism_make_an_array_job_with_a_cap() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            spec: SpecArgs,
+        }
+        let cli = Cli::parse_from([
+            "submit",
+            "-n",
+            "100000",
+            "--parallelism",
+            "1000",
+            "--",
+            "true",
+        ]);
+        let spec = build(&cli.spec).expect("spec");
+        assert_eq!((spec.task_count, spec.parallelism), (100_000, 1000));
     }
 
     #[test]

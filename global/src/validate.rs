@@ -268,6 +268,7 @@ pub fn job_spec(spec: &JobSpec) -> Result<()> {
             format!("at most {} tasks", limits::MAX_TASK_COUNT),
         );
     }
+    parallelism(spec)?;
     task(spec)?;
     resources(spec)?;
     regions(spec)?;
@@ -310,6 +311,31 @@ pub fn job_spec(spec: &JobSpec) -> Result<()> {
         return invalid(
             "spec.stop_grace_period_ms",
             format!("at most {} ms", limits::MAX_STOP_GRACE_PERIOD_MS),
+        );
+    }
+    Ok(())
+}
+
+/// The cap on tasks bound at once: at most the job's task count (a larger
+/// cap would mean nothing), and never with a gang, which needs every task
+/// bound at once.
+fn parallelism(spec: &JobSpec) -> Result<()> {
+    if spec.parallelism == 0 {
+        return Ok(());
+    }
+    if spec.parallelism > spec.task_count {
+        return invalid(
+            "spec.parallelism",
+            format!(
+                "at most spec.task_count ({}); 0 means no limit",
+                spec.task_count
+            ),
+        );
+    }
+    if spec.gang && spec.parallelism < spec.task_count {
+        return invalid(
+            "spec.parallelism",
+            "a gang job binds every task at once: leave parallelism at 0",
         );
     }
     Ok(())
@@ -642,6 +668,32 @@ mod tests {
             "{}",
             field_of(&req)
         );
+    }
+
+    #[test]
+    fn an_array_of_100000_tasks_with_a_parallelism_is_accepted_and_bad_caps_are_named() {
+        let ok = request(|s| {
+            s.task_count = 100_000;
+            s.parallelism = 1_000;
+        });
+        assert!(submit(&ok).is_ok(), "{:?}", submit(&ok));
+        let too_many = request(|s| s.task_count = 100_001);
+        assert!(field_of(&too_many).starts_with("spec.task_count:"));
+        let over = request(|s| {
+            s.task_count = 10;
+            s.parallelism = 11;
+        });
+        assert!(
+            field_of(&over).starts_with("spec.parallelism:"),
+            "{}",
+            field_of(&over)
+        );
+        let gang = request(|s| {
+            s.task_count = 10;
+            s.parallelism = 5;
+            s.gang = true;
+        });
+        assert!(field_of(&gang).starts_with("spec.parallelism:"));
     }
 
     #[test]

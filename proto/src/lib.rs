@@ -69,7 +69,10 @@ pub mod limits {
     /// Maximum encoded size of a `JobSpec`, in bytes.
     pub const MAX_JOB_SPEC_BYTES: usize = 64 * 1024;
     /// Maximum `JobSpec.task_count`.
-    pub const MAX_TASK_COUNT: u32 = 10_000;
+    pub const MAX_TASK_COUNT: u32 = 100_000;
+    /// Largest job whose region reports every task's status to the global
+    /// tier; a larger job's status carries its task counts only.
+    pub const MAX_TASKS_REPORTED: u32 = 256;
     /// Maximum length of a client request id, in bytes.
     pub const MAX_REQUEST_ID_BYTES: usize = 128;
     /// Maximum items per batch call (SubmitJobs, AckAssignments,

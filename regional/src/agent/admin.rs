@@ -274,5 +274,6 @@ fn empty_job() -> crate::model::JobRecord {
         trace_id: String::new(),
         shard: 0,
         waiting_reason: String::new(),
+        parallelism: 0,
     }
 }

@@ -31,7 +31,7 @@ pub fn job_from_spec(
     if spec.task_count == 0 || spec.task_count > meridian_proto::limits::MAX_TASK_COUNT {
         return Err(RegionalError::invalid(
             "spec.task_count",
-            "must be 1 to 10000",
+            format!("must be 1 to {}", meridian_proto::limits::MAX_TASK_COUNT),
         ));
     }
     let mut anti_affinity = Vec::new();
@@ -97,6 +97,7 @@ pub fn job_from_spec(
         trace_id: String::new(),
         shard: 0,
         waiting_reason: String::new(),
+        parallelism: spec.parallelism,
     })
 }
 

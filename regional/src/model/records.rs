@@ -176,6 +176,10 @@ pub struct JobRecord {
     /// has since placed them all. Written only by the owner shard's leader.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub waiting_reason: String,
+    /// Most tasks bound at once (`JobSpec.parallelism`); 0 means no limit.
+    /// Enforced by the owner shard's leader, the job's only binder.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parallelism: u32,
 }
 
 /// Where a job stands in the region.
