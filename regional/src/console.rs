@@ -438,7 +438,9 @@ impl RegionConsole {
                         lane.jobs += 1;
                     }
                 }
-                for (index, t) in job.tasks() {
+                // A preempted task is still bound: the blocks without a
+                // bound task (most of a large array's) are skipped.
+                for (index, t) in job.tasks_of_bound_blocks() {
                     if t.stopping == "preempted" {
                         preempting.insert((job_id.clone(), index));
                     }

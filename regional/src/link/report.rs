@@ -47,11 +47,6 @@ pub struct Reported {
 
 crate::model::codec::json_record!(Reported);
 
-/// Jobs with at most this many tasks carry every task's status in each update
-/// (so exit codes and nodes reach the global tier); larger jobs report counts
-/// only, which keeps an update of a 100,000-task job small.
-const MAX_TASKS_PER_UPDATE: u32 = 256;
-
 /// How long the fast status report waits after a change, so that one
 /// report carries the changes of a burst (a placement round, an agent's
 /// batch) rather than one call each.
@@ -215,7 +210,14 @@ impl Reporter {
             for (job_id, job) in &s.jobs {
                 let blocks: Vec<&TaskBlock> = job.blocks.values().map(|b| &b.block).collect();
                 let prev = reported.get(job_id).cloned().unwrap_or_default();
-                if let Some(u) = job_update(&self.config.region, &job.record, &blocks, &prev, now) {
+                if let Some(u) = job_update(
+                    &self.config.region,
+                    &job.record,
+                    job.counts,
+                    &blocks,
+                    &prev,
+                    now,
+                ) {
                     updates.push(u);
                     if updates.len() == meridian_proto::limits::MAX_BATCH_ITEMS {
                         break;
@@ -241,7 +243,14 @@ impl Reporter {
                     let job = s.jobs.get(id)?;
                     let blocks: Vec<&TaskBlock> = job.blocks.values().map(|b| &b.block).collect();
                     let prev = reported.get(id).cloned().unwrap_or_default();
-                    job_update(&self.config.region, &job.record, &blocks, &prev, now)
+                    job_update(
+                        &self.config.region,
+                        &job.record,
+                        job.counts,
+                        &blocks,
+                        &prev,
+                        now,
+                    )
                 })
                 .collect()
         };
@@ -381,14 +390,11 @@ fn capacity(s: &RegionState, now: u64) -> v1::RegionCapacity {
         nodes_total: s.node_records().count() as u32,
         ..Default::default()
     };
+    // From each job's kept counts: a second's report must not walk every
+    // task of a 100,000-task array.
     for job in s.jobs.values() {
-        for (_, t) in job.tasks() {
-            if t.is_bound() {
-                cap.running_tasks += 1;
-            } else if t.is_pending() {
-                cap.pending_tasks += 1;
-            }
-        }
+        cap.running_tasks += u64::from(job.bound());
+        cap.pending_tasks += u64::from(job.pending);
     }
     cap.pending_jobs = s.pending_jobs.len() as u64;
     let mut max_free = Res::default();
@@ -455,6 +461,7 @@ fn node_classes(s: &RegionState) -> (Vec<v1::NodeClass>, bool) {
 fn job_update(
     region: &str,
     job: &JobRecord,
+    counts: crate::state::TaskCounts,
     blocks: &[&TaskBlock],
     prev: &Reported,
     now: u64,
@@ -462,7 +469,6 @@ fn job_update(
     if job.state != JobPhase::Active && job.state != JobPhase::Cancelled {
         return None;
     }
-    let counts = crate::jobs::task_counts(blocks.iter().copied());
     // A reason holds only while some task waits for a node.
     let waiting = if counts[v1::TaskState::Pending as usize] > 0 {
         job.waiting_reason.as_str()
@@ -475,7 +481,10 @@ fn job_update(
     // Walked only for an update that goes out.
     let (task_run_ms, tasks_run) = ran(blocks.iter().flat_map(|b| b.tasks.iter()));
     let mut tasks = Vec::new();
-    if job.task_count <= MAX_TASKS_PER_UPDATE {
+    // Jobs of at most this many tasks carry every task's status in each
+    // update (so exit codes and nodes reach the global tier); larger jobs
+    // report counts only, which keeps an update of a 100,000-task job small.
+    if job.task_count <= meridian_proto::limits::MAX_TASKS_REPORTED {
         for block in blocks {
             for (offset, t) in block.tasks.iter().enumerate() {
                 tasks.push(task_status(region, block.first + offset as u32, t, now));

@@ -8,7 +8,9 @@
 //! transaction, by this intent or another of its group), less the
 //! preemption victims it stops there (the agent starts it only once they
 //! stopped), so even a wrong decision can never overcommit a node; the
-//! task is still pending at the attempt seen. Accepted bindings become task
+//! task is still pending at the attempt seen; the job's parallelism is not
+//! passed (its bound tasks as memory holds them, plus the bindings this
+//! intent accepted before). Accepted bindings become task
 //! records (PLACED, next attempt) and RUN commands in the nodes' logs;
 //! preemption victims of accepted bindings get STOP. The shard fence and the
 //! layout generation are checked by the pipeline for the whole intent.
@@ -58,6 +60,9 @@ pub enum Stale {
     /// The task is no longer pending at the attempt seen (bound, cancelled
     /// or re-placed meanwhile).
     TaskMoved,
+    /// The job already has `JobSpec.parallelism` tasks bound (a faulty or
+    /// stale decision).
+    Parallelism,
 }
 
 /// What a binding intent did.
@@ -84,10 +89,16 @@ pub struct Bind {
 /// group starts, so this is exact for bindings; a task that ended through
 /// another process and is not seen yet only makes the check more
 /// conservative.
+///
+/// The same holds for a job's bound tasks: only its owner shard's leader
+/// binds them, so memory never counts fewer than there are (an end not
+/// seen yet only makes the parallelism check stricter).
 #[derive(Debug, Clone, Default)]
 pub struct Prepared {
     allocated: BTreeMap<String, Res>,
     victims: BTreeMap<TaskRef, Res>,
+    /// For each job with a parallelism, how many more tasks may be bound.
+    parallel_room: BTreeMap<String, u32>,
 }
 
 impl Bind {
@@ -114,7 +125,22 @@ impl Bind {
                 victims.insert(stop.victim.clone(), b.resources.clone());
             }
         }
-        Prepared { allocated, victims }
+        let mut parallel_room = BTreeMap::new();
+        for b in &self.bindings {
+            if parallel_room.contains_key(&b.task.job_id) {
+                continue;
+            }
+            if let Some(job) = state.jobs.get(&b.task.job_id)
+                && job.record.parallelism > 0
+            {
+                parallel_room.insert(b.task.job_id.clone(), job.parallel_room());
+            }
+        }
+        Prepared {
+            allocated,
+            victims,
+            parallel_room,
+        }
     }
 
     pub(super) fn reads(&self, want: &mut ReadSet) {
@@ -142,9 +168,19 @@ impl Bind {
         let mut out = BatchOutcome::default();
         // Victims whose room accepted bindings of this intent count on.
         let mut claimed: BTreeSet<&TaskRef> = BTreeSet::new();
+        let mut room = prepared.parallel_room.clone();
         for b in &self.bindings {
+            if room.get(&b.task.job_id) == Some(&0) {
+                out.stale.push((b.task.clone(), Stale::Parallelism));
+                continue;
+            }
             match self.bind(tx, prepared, shard_epoch, b, &mut claimed)? {
-                Ok(()) => out.bound.push(b.task.clone()),
+                Ok(()) => {
+                    if let Some(left) = room.get_mut(&b.task.job_id) {
+                        *left -= 1;
+                    }
+                    out.bound.push(b.task.clone());
+                }
                 Err(stale) => out.stale.push((b.task.clone(), stale)),
             }
         }

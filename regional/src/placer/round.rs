@@ -5,12 +5,16 @@
 //! with what is committed on them; the pending tasks of the jobs it took from
 //! its queue whose retry time has come, and for a job that is not a gang no
 //! more of them than its shard has room for, so a wide job that does not fit
-//! costs nothing to decide), when the solver needs the running tasks too
+//! costs nothing to decide; for a job with a parallelism, no more than its
+//! cap leaves, so the cap holds whatever the solver decides), when the
+//! solver needs the running tasks too
 //! (preemption, affinity rules), and how decisions are cut into batches (a
 //! job's bindings never span two batches, so a gang commits all or nothing).
 //! Must never do I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_proto::v1::TaskState::Pending;
 
 use super::hints::Shape;
 use crate::model::{JobPhase, NodeRecord, Res, pending_task, running_task, solver_node};
@@ -58,12 +62,21 @@ pub fn build_input(
         if job.owner(count) != shard || job.record.state != JobPhase::Active || job.pending == 0 {
             continue;
         }
+        // The owner shard's leader is the only one binding the job's tasks,
+        // and its memory holds every binding it committed, so `bound` here
+        // is never below the truth: the cap holds region-wide.
+        let cap = u64::from(job.parallel_room());
+        if cap == 0 {
+            // At its limit: a task of its own ending (a change of the job)
+            // queues it again, no timer.
+            continue;
+        }
         let limit = if job.record.gang {
             u64::MAX
         } else {
             shape_room(state, shard, job, &mut room_by_shape)
         };
-        take_pending(state, job_id, job, limit, now_unix_ms, &mut input);
+        take_pending(state, job_id, job, limit, cap, now_unix_ms, &mut input);
     }
     if input.pending.is_empty() {
         // Nothing to solve: the nodes would only be copied and dropped.
@@ -169,18 +182,33 @@ fn shape_room(
 }
 
 /// Takes up to `limit` of the job's tasks that wait now (more when
-/// preemption could make room), and notes when its waiting ones are due.
+/// preemption could make room, never more than `cap`), lowest indexes
+/// first, and notes when its waiting ones are due. Blocks with nothing
+/// pending are skipped by their counts, so a round costs the job's waiting
+/// blocks, not its finished ones.
 fn take_pending(
     state: &RegionState,
     job_id: &str,
     job: &JobEntry,
     limit: u64,
+    cap: u64,
     now_unix_ms: u64,
     input: &mut RoundInput,
 ) {
     let mut taken = 0u64;
     let mut waiting_now = false;
-    for (index, t) in job.tasks() {
+    let waiting = job
+        .blocks
+        .values()
+        .filter(|b| b.counts[Pending as usize] > 0)
+        .flat_map(|b| {
+            b.block
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (b.block.first + i as u32, t))
+        });
+    for (index, t) in waiting {
         if !t.is_pending() {
             continue;
         }
@@ -193,6 +221,9 @@ fn take_pending(
             continue;
         }
         waiting_now = true;
+        if taken >= cap {
+            break;
+        }
         if taken >= limit {
             // Preemption could still make room for a higher priority.
             if job.record.priority <= state.lowest_bound_priority() {

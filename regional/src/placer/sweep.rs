@@ -216,7 +216,7 @@ pub fn task_changes(
         let Some(job) = state.jobs.get(job_id) else {
             continue;
         };
-        for (index, t) in job.tasks() {
+        for (index, t) in job.tasks_of_bound_blocks() {
             if !t.is_bound() || scope.nodes.contains(&t.node) {
                 continue;
             }

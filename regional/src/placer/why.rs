@@ -3,8 +3,9 @@
 //! Owns the waiting reasons a shard leader has found in its rounds and not
 //! yet recorded: for a job it parks, the region's nodes counted by what
 //! keeps them out (`state::why`), completed by the solver's own reason when
-//! some node does have room; for a job it has placed entirely, an empty
-//! reason that clears the old one. Only changes are recorded, so a job that
+//! some node does have room; for a job held back by its parallelism, that
+//! limit; for a job it has placed entirely, an empty reason that clears
+//! the old one. Only changes are recorded, so a job that
 //! keeps waiting for the same reason costs no write. Must never decide a
 //! binding, and never write: the loop submits what it collected.
 
@@ -79,8 +80,19 @@ impl Reasons {
     /// `job_id` went through a round without being parked: once none of
     /// its tasks waits, its old reason no longer holds.
     pub fn settled(&mut self, state: &RegionState, job_id: &str) {
-        if state.jobs.get(job_id).is_some_and(|j| j.pending == 0) {
+        let Some(job) = state.jobs.get(job_id) else {
+            return;
+        };
+        if job.pending == 0 {
             self.note(state, job_id, String::new());
+        } else if job.parallel_room() == 0 {
+            // Worded without the count bound now, so it is written once,
+            // not at every task end.
+            let reason = format!(
+                "at its parallelism limit of {} tasks at once",
+                job.record.parallelism
+            );
+            self.note(state, job_id, reason);
         }
     }
 

@@ -90,6 +90,17 @@ impl NodeEntry {
 pub struct BlockEntry {
     pub block: TaskBlock,
     pub label: Stamp,
+    /// The block's tasks by state, counted when the block is put, so a job
+    /// of many blocks is never recounted task by task.
+    pub counts: TaskCounts,
+}
+
+/// Tasks by state, indexed by `v1::TaskState` (what the link reports
+/// upward and compares).
+pub type TaskCounts = [u32; 9];
+
+fn counts_of(block: &TaskBlock) -> TaskCounts {
+    crate::jobs::task_counts(std::iter::once(block))
 }
 
 /// One job with its spec and tasks.
@@ -101,6 +112,9 @@ pub struct JobEntry {
     pub blocks: BTreeMap<u32, BlockEntry>,
     /// Tasks waiting for a node.
     pub pending: u32,
+    /// Every task of the job by state: the sum of its blocks' counts, kept
+    /// as blocks are put and removed (O(block), never O(job)).
+    pub counts: TaskCounts,
 }
 
 impl JobEntry {
@@ -121,9 +135,54 @@ impl JobEntry {
         })
     }
 
+    /// The tasks of the blocks holding a bound task, with their index:
+    /// every bound task of the job, without walking its finished blocks.
+    pub fn tasks_of_bound_blocks(&self) -> impl Iterator<Item = (u32, &crate::model::TaskRecord)> {
+        self.blocks
+            .values()
+            .filter(|b| {
+                [
+                    v1::TaskState::Placed,
+                    v1::TaskState::Starting,
+                    v1::TaskState::Running,
+                ]
+                .iter()
+                .any(|s| b.counts[*s as usize] > 0)
+            })
+            .flat_map(|b| {
+                b.block
+                    .tasks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (b.block.first + i as u32, t))
+            })
+    }
+
     /// The shard whose leader places this job's pending tasks.
     pub fn owner(&self, count: u32) -> u32 {
         self.record.shard % count.max(1)
+    }
+
+    /// Tasks bound to a node and not finished (PLACED, STARTING,
+    /// RUNNING): what `JobSpec.parallelism` caps.
+    pub fn bound(&self) -> u32 {
+        [
+            v1::TaskState::Placed,
+            v1::TaskState::Starting,
+            v1::TaskState::Running,
+        ]
+        .iter()
+        .map(|s| self.counts[*s as usize])
+        .sum()
+    }
+
+    /// How many more tasks may be bound now under the job's parallelism
+    /// (`u32::MAX` without one).
+    pub fn parallel_room(&self) -> u32 {
+        match self.record.parallelism {
+            0 => u32::MAX,
+            cap => cap.saturating_sub(self.bound()),
+        }
     }
 }
 
@@ -331,6 +390,7 @@ impl RegionState {
                     label,
                     blocks: BTreeMap::new(),
                     pending: 0,
+                    counts: [0; 9],
                 });
                 let changed = entry.record != record || entry.spec.is_none();
                 entry.record = record;
@@ -368,15 +428,25 @@ impl RegionState {
         let old = self.jobs.get_mut(job).and_then(|e| e.blocks.remove(&block));
         if let Some(old) = &old {
             self.unaccount(job, &old.block, delta);
+            if let Some(e) = self.jobs.get_mut(job) {
+                for (total, n) in e.counts.iter_mut().zip(old.counts) {
+                    *total = total.saturating_sub(n);
+                }
+            }
         }
         if let Some(new) = value {
             self.account(job, &new);
+            let counts = counts_of(&new);
             if let Some(e) = self.jobs.get_mut(job) {
+                for (total, n) in e.counts.iter_mut().zip(counts) {
+                    *total = total.saturating_add(n);
+                }
                 e.blocks.insert(
                     block,
                     BlockEntry {
                         block: new,
                         label: label.max(old.map_or([0; 10], |o| o.label)),
+                        counts,
                     },
                 );
             }
@@ -452,17 +522,14 @@ impl RegionState {
         }
     }
 
-    /// Recounts a job's pending tasks and its place among pending jobs.
+    /// A job's pending tasks (from its kept counts) and its place among
+    /// pending jobs.
     fn refresh_pending(&mut self, job: &str) {
         let Some(e) = self.jobs.get_mut(job) else {
             self.pending_jobs.remove(job);
             return;
         };
-        e.pending = e
-            .blocks
-            .values()
-            .map(|b| b.block.tasks.iter().filter(|t| t.is_pending()).count() as u32)
-            .sum();
+        e.pending = e.counts[v1::TaskState::Pending as usize];
         if e.pending > 0 && e.record.state == JobPhase::Active {
             self.pending_jobs.insert(job.to_string());
         } else {

@@ -122,3 +122,41 @@ fn a_layout_change_moves_nodes_to_their_new_shards() {
         assert_eq!(n.shard, shard_of_node(id, 4));
     }
 }
+
+#[test]
+fn a_jobs_kept_counts_equal_a_recount_after_blocks_change_and_go() {
+    let mut s = RegionState::default();
+    let mut d = Delta::default();
+    s.put_job("j", Some((job("j", 512, 100), None)), stamp(1), &mut d);
+    let placed = v1::TaskState::Placed as i32;
+    let pending = v1::TaskState::Pending as i32;
+    let running = v1::TaskState::Running as i32;
+    let done = v1::TaskState::Succeeded as i32;
+    let mut second = block(&[(running, "n1"), (done, ""), (pending, "")]);
+    second.first = 256;
+    s.put_block(
+        "j",
+        0,
+        Some(block(&[(placed, "n1"), (pending, "")])),
+        stamp(2),
+        &mut d,
+    );
+    s.put_block("j", 1, Some(second), stamp(2), &mut d);
+    s.put_block(
+        "j",
+        0,
+        Some(block(&[(done, ""), (running, "n2")])),
+        stamp(3),
+        &mut d,
+    );
+    let recount =
+        |s: &RegionState| crate::jobs::task_counts(s.jobs["j"].blocks.values().map(|b| &b.block));
+    let j = &s.jobs["j"];
+    assert_eq!(j.counts, recount(&s));
+    assert_eq!((j.pending, j.bound()), (1, 2));
+    s.put_block("j", 1, None, stamp(4), &mut d);
+    let j = &s.jobs["j"];
+    assert_eq!(j.counts, recount(&s));
+    assert_eq!((j.pending, j.bound()), (0, 1));
+    assert!(!s.pending_jobs.contains("j"));
+}

@@ -1,0 +1,249 @@
+//! Array jobs: many indexed tasks with a cap on how many are bound at once
+//! (`JobSpec.parallelism`), placed by several shards of one region.
+//!
+//! The region is driven round by round on a manual clock that never moves,
+//! so no backoff or resync timer can place anything: every index placed
+//! after the first wave was placed because a task of the job ended. The cap
+//! is checked from the region's store (the task records), not from memory,
+//! after every round of every shard.
+//!
+//! The size is `MERIDIAN_ARRAY_TASKS` (default 10,000 tasks, parallelism
+//! 1,000; the load suite and docs/workloads.md record a run at 100,000).
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use meridian_proto::v1;
+use meridian_regional::jobs::simple_spec;
+use meridian_regional::pipeline::report::Report;
+use meridian_regional::pipeline::{Intent, Outcome};
+use meridian_regional::placer::ShardLoop;
+use support::{Region, registration, report};
+
+const SHARDS: u32 = 4;
+/// 40 nodes of 4 cores, tasks of 100 millicores: 1,600 slots in the
+/// region, about 400 per shard. The cap (1,000) is above what one shard
+/// holds, so the job is placed by several shards' leaders in turn.
+const NODES: usize = 40;
+const PARALLELISM: u32 = 1_000;
+
+fn tasks() -> u32 {
+    std::env::var("MERIDIAN_ARRAY_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+/// Indexes whose first attempt fails (and is retried on its own).
+fn fails_first(index: u32) -> bool {
+    index % 10 == 3
+}
+
+/// The job's task records as stored: (index, record).
+async fn stored_tasks(
+    region: &Region,
+    job: &str,
+) -> Vec<(u32, meridian_regional::model::TaskRecord)> {
+    let view = region.view().await;
+    view.blocks
+        .iter()
+        .filter(|((j, _), _)| j == job)
+        .flat_map(|(_, b)| {
+            b.tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (b.first + i as u32, t.clone()))
+        })
+        .collect()
+}
+
+fn is_bound(t: &meridian_regional::model::TaskRecord) -> bool {
+    t.is_bound()
+}
+
+/// Ends `count` of the job's bound tasks (lowest indexes first), as their
+/// agents would report: succeeded, or failed for a first attempt of an
+/// index in [`fails_first`]. Returns how many it ended.
+async fn end_some(region: &Region, job: &str, count: usize) -> usize {
+    let bound: Vec<(u32, meridian_regional::model::TaskRecord)> = stored_tasks(region, job)
+        .await
+        .into_iter()
+        .filter(|(_, t)| is_bound(t))
+        .take(count)
+        .collect();
+    let mut by_node: BTreeMap<String, Vec<v1::TaskReport>> = BTreeMap::new();
+    for (index, t) in &bound {
+        let state = if fails_first(*index) && t.attempt == 1 {
+            v1::TaskState::Failed
+        } else {
+            v1::TaskState::Succeeded
+        };
+        let mut r = report(job, *index, t.attempt, state);
+        if state == v1::TaskState::Failed {
+            r.exit_code = Some(1);
+        }
+        by_node.entry(t.node.clone()).or_default().push(r);
+    }
+    for (node, reports) in by_node {
+        let epoch = region.fx.path.state.read().nodes[&node]
+            .record
+            .as_ref()
+            .expect("node record")
+            .epoch;
+        let out = region
+            .fx
+            .path
+            .pipeline
+            .submit(
+                None,
+                Intent::Report(Report {
+                    request: v1::ReportTaskStatusRequest {
+                        node_id: node.clone(),
+                        node_epoch: epoch,
+                        reports,
+                    },
+                    now_unix_ms: region.now_ms(),
+                }),
+            )
+            .await
+            .expect("report");
+        let Outcome::Reported(out) = out else {
+            panic!("a report answered {out:?}");
+        };
+        for r in out.results {
+            assert_eq!(r.verdict, v1::Verdict::Accepted as i32, "{}", r.message);
+        }
+    }
+    bound.len()
+}
+
+/// Every shard's loop runs one round; after each, the job's bound tasks
+/// are counted in the store and must not pass the cap. Returns the most
+/// seen and how many tasks the rounds bound and jobs they handed over.
+async fn rounds(region: &Region, loops: &mut [ShardLoop], job: &str) -> (u32, usize) {
+    let mut most = 0;
+    let mut bound_now = 0;
+    for lp in loops.iter_mut() {
+        let out = lp.round().await.expect("round");
+        bound_now += out.outcome.bound.len() + out.handed_off;
+        let bound = stored_tasks(region, job)
+            .await
+            .iter()
+            .filter(|(_, t)| is_bound(t))
+            .count() as u32;
+        assert!(
+            bound <= PARALLELISM,
+            "{bound} tasks of the job bound at once, over its parallelism of {PARALLELISM}"
+        );
+        most = most.max(bound);
+    }
+    (most, bound_now)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_array_job_completes_with_its_parallelism_never_exceeded_across_shards() {
+    let n = tasks();
+    let region = Region::with_shards(SHARDS).await;
+    let nodes: Vec<v1::RegisterNodeRequest> = (0..NODES)
+        .map(|i| registration(&format!("node-{i:02}"), "boot-1"))
+        .collect();
+    region.fx.register_many(nodes).await.expect("register");
+    let mut spec = simple_spec("t", n, 100, 1 << 20);
+    spec.parallelism = PARALLELISM;
+    spec.retry = Some(v1::RetryPolicy {
+        max_attempts: 2,
+        ..Default::default()
+    });
+    region.insert("array", spec).await;
+    let mut loops = Vec::new();
+    for shard in 0..SHARDS {
+        loops.push(region.shard_loop(shard).await);
+    }
+
+    let mut most = 0;
+    let mut shards_binding = std::collections::BTreeSet::new();
+    let mut steps = 0u32;
+    loop {
+        // Rounds until nothing more is bound or handed over: a hand-off
+        // between shards takes a round.
+        loop {
+            let (seen, bound) = rounds(&region, &mut loops, "array").await;
+            most = most.max(seen);
+            if bound == 0 {
+                break;
+            }
+        }
+        let stored = stored_tasks(&region, "array").await;
+        for (_, t) in stored.iter().filter(|(_, t)| is_bound(t)) {
+            shards_binding.insert(t.shard);
+        }
+        let bound = stored.iter().filter(|(_, t)| is_bound(t)).count() as u32;
+        let unfinished = stored
+            .iter()
+            .filter(|(_, t)| t.is_pending() || is_bound(t))
+            .count() as u32;
+        if unfinished == 0 {
+            break;
+        }
+        // The cap is filled, not only respected: every index that could
+        // run is bound, with no clock moved.
+        assert_eq!(
+            bound,
+            unfinished.min(PARALLELISM),
+            "step {steps}: the waiting indexes were not placed when tasks ended"
+        );
+        // A third of the bound tasks end: exactly as many waiting indexes
+        // must be placed next, at once.
+        let ended = end_some(&region, "array", (bound as usize / 3).max(1)).await;
+        assert!(ended > 0);
+        steps += 1;
+        assert!(
+            steps < 10 * n / PARALLELISM + 100,
+            "no progress after {steps} steps"
+        );
+    }
+
+    assert_eq!(most, PARALLELISM, "the cap was never reached");
+    assert!(
+        shards_binding.len() > 1,
+        "the job was placed by one shard only: {shards_binding:?}"
+    );
+    let stored = stored_tasks(&region, "array").await;
+    assert_eq!(stored.len() as u32, n);
+    for (index, t) in &stored {
+        assert_eq!(t.state(), v1::TaskState::Succeeded, "task {index}");
+        // Each index retried on its own: only the ones that failed took a
+        // second attempt.
+        let attempts = if fails_first(*index) { 2 } else { 1 };
+        assert_eq!(t.attempt, attempts, "attempts of task {index}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_at_its_parallelism_waits_with_the_limit_as_its_reason() {
+    let region = Region::new().await;
+    region.register("node-0", "boot-1").await;
+    let mut spec = simple_spec("t", 10, 100, 1 << 20);
+    spec.parallelism = 3;
+    region.insert("capped", spec).await;
+    let mut lp = region.shard_loop(0).await;
+    let out = lp.round().await.expect("round");
+    assert_eq!(out.outcome.bound.len(), 3);
+    // The next round records the reason; nothing more is bound.
+    let out = lp.round().await.expect("round");
+    assert!(out.outcome.bound.is_empty(), "{out:?}");
+    let view = region.view().await;
+    assert_eq!(
+        view.jobs["capped"].waiting_reason,
+        "at its parallelism limit of 3 tasks at once"
+    );
+    // Lowest indexes first.
+    let bound: Vec<u32> = stored_tasks(&region, "capped")
+        .await
+        .into_iter()
+        .filter(|(_, t)| is_bound(t))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(bound, vec![0, 1, 2]);
+}
