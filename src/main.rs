@@ -121,10 +121,6 @@ struct AgentArgs {
     /// Prometheus `/metrics` listen address; none when omitted.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// User tasks run as. Default: `nobody` when the agent runs as root,
-    /// else the agent's own user (a non-root agent cannot switch users).
-    #[arg(long, value_name = "USER", conflicts_with = "run_as_root")]
-    run_as: Option<String>,
     /// Where a real node serves its tasks' live output to the region
     /// (`meridian job logs -f`). The default port 0 picks a free one;
     /// `none` serves nothing.
@@ -136,6 +132,10 @@ struct AgentArgs {
     /// bound.
     #[arg(long, default_value = "", value_name = "URL")]
     logs_advertise: String,
+    /// User tasks run as. Default: `nobody` when the agent runs as root,
+    /// else the agent's own user (a non-root agent cannot switch users).
+    #[arg(long, value_name = "USER", conflicts_with = "run_as_root")]
+    run_as: Option<String>,
     /// DANGEROUS: run tasks as root (the agent's own user) when the agent
     /// runs as root; any task can then take over the node.
     #[arg(long)]
@@ -175,10 +175,6 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         simulate: args.simulate,
         seed: args.seed,
-        isolation: meridian_agent::exec::isolation::IsolationOptions {
-            run_as: match (args.run_as, args.run_as_root) {
-                (_, true) => meridian_agent::exec::isolation::RunAs::AgentUser,
-                (Some(user), false) => meridian_agent::exec::isolation::RunAs::User(user),
         logs_listen: match args.logs_listen.as_str() {
             "none" => None,
             addr => Some(
@@ -187,6 +183,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             ),
         },
         logs_advertise: args.logs_advertise,
+        isolation: meridian_agent::exec::isolation::IsolationOptions {
+            run_as: match (args.run_as, args.run_as_root) {
+                (_, true) => meridian_agent::exec::isolation::RunAs::AgentUser,
+                (Some(user), false) => meridian_agent::exec::isolation::RunAs::User(user),
                 (None, false) => meridian_agent::exec::isolation::RunAs::Default,
             },
             cgroups: true,
@@ -355,6 +355,12 @@ struct RegionalArgs {
     /// Seed of the replica's random choices (jitter, backoff).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// How long the tombstone of a finished job the region forgot (and its
+    /// tasks' captured output) is kept (`8d`, `36h`). Must be longer than
+    /// the global tier's `--event-retention`, the longest a replayed
+    /// assignment can arrive.
+    #[arg(long, default_value = "8d", value_parser = parse_duration)]
+    tombstone_retention: std::time::Duration,
     #[command(flatten)]
     telemetry: meridian_cli::TelemetryArgs,
 }
@@ -373,6 +379,7 @@ async fn regional(args: RegionalArgs) -> anyhow::Result<()> {
     config.node_grace = Duration::from_millis(args.node_grace_ms);
     config.max_heartbeats_per_second = args.max_heartbeats_per_second;
     config.seed = args.seed;
+    config.tombstone_retention = args.tombstone_retention;
     let stop = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -102,6 +102,19 @@ pub(crate) fn jobs_retired(n: u64) {
     metrics::counter!("meridian_regional_jobs_retired_total").increment(n);
 }
 
+/// An assignment stream resumed from a cursor the compaction had trimmed
+/// past, answered with a snapshot of the node's bound tasks.
+pub(crate) fn stream_snapshot_after_trim() {
+    metrics::counter!("meridian_regional_stream_snapshots_after_trim_total").increment(1);
+}
+
+/// Command-log entries cleared (counted in nodes touched) and tombstones
+/// forgotten by the link leader's compaction.
+pub(crate) fn compacted(nodes: usize, tombstones: usize) {
+    metrics::counter!("meridian_regional_compacted_command_logs_total").increment(nodes as u64);
+    metrics::counter!("meridian_regional_forgotten_tombstones_total").increment(tombstones as u64);
+}
+
 /// A binding refused at commit because its node had no room left for it
 /// (a wrong or stale decision; the task is placed again).
 pub(crate) fn overcommit_refused() {

@@ -57,6 +57,8 @@ pub struct Config {
     /// Renew leases on a thread and runtime of their own (production). The
     /// simulation runs everything on its one thread and turns this off.
     pub dedicated_lease_thread: bool,
+    /// How long tombstones of retired jobs are kept (see `link::compact`).
+    pub tombstone_retention: Duration,
 }
 
 impl Config {
@@ -77,6 +79,7 @@ impl Config {
             node_grace: Duration::from_secs(10),
             seed: 0,
             dedicated_lease_thread: true,
+            tombstone_retention: crate::link::compact::DEFAULT_TOMBSTONE_RETENTION,
         }
     }
 }
@@ -351,6 +354,7 @@ impl Wiring {
                     endpoint: self.endpoint.clone(),
                     lease: config.shard_lease * 2,
                     report_every: Duration::from_secs(1),
+                    tombstone_retention: config.tombstone_retention,
                 },
                 stopped(stop.clone()),
             ))

@@ -60,6 +60,14 @@ impl Cursor {
         Some(Cursor { stamp, index })
     }
 
+    /// Whether commands after this cursor may be among those the
+    /// compaction cleared (every entry of commits at or before `trim`):
+    /// the cursor is in an older commit, or within the trimmed one.
+    pub fn before_trim(&self, trim: Stamp) -> bool {
+        let commit = &self.stamp[..10];
+        commit < &trim[..] || (commit == &trim[..] && self.index != u32::MAX)
+    }
+
     /// Just after every command of the log entry of commit `stamp`.
     pub fn after_entry(stamp: Stamp) -> Cursor {
         Cursor {
@@ -77,19 +85,58 @@ fn entry_stamp(stamp: Stamp) -> [u8; 12] {
     s
 }
 
-/// Log entries after `after` (all when `None`), flattened with cursors.
+/// Log entries after `after` (all when `None`), flattened with cursors;
+/// what the log still holds when `after` is in its trimmed part.
 pub async fn read_log(
     db: &Database,
     keys: &Keys,
     node: &str,
     after: Option<Cursor>,
 ) -> Result<Vec<(Cursor, CommandRecord)>> {
+    Ok(match read_since(db, keys, node, after).await? {
+        Since::Entries(e) => e,
+        Since::Trimmed(_) => read_since(db, keys, node, None).await?.entries(),
+    })
+}
+
+/// The log after a cursor, or the news that part of it is gone.
+pub enum Since {
+    Entries(Vec<(Cursor, CommandRecord)>),
+    /// Entries after the cursor may have been cleared by the compaction
+    /// (`link::compact`) up to this stamp: only a snapshot can bring the
+    /// node up to date.
+    Trimmed(Stamp),
+}
+
+impl Since {
+    fn entries(self) -> Vec<(Cursor, CommandRecord)> {
+        match self {
+            Since::Entries(e) => e,
+            Since::Trimmed(_) => Vec::new(),
+        }
+    }
+}
+
+/// [`read_log`], telling a trimmed cursor apart: one transaction reads the
+/// trim mark and the entries, so no clear can fall in between.
+pub async fn read_since(
+    db: &Database,
+    keys: &Keys,
+    node: &str,
+    after: Option<Cursor>,
+) -> Result<Since> {
     db.run(|tx, _| {
         let keys = keys.clone();
         let node = node.to_string();
         async move {
             let (mut begin, end) = keys.commands(&node);
             if let Some(c) = after {
+                let trim = tx.get(&keys.command_trim()).await?;
+                if let Some(t) = trim.as_deref().and_then(crate::model::feed::stamp_of)
+                    && c.before_trim(t)
+                {
+                    return Ok(Since::Trimmed(t));
+                }
                 begin = keys.command_at(&node, c.stamp);
             }
             let mut out = Vec::new();
@@ -108,7 +155,7 @@ pub async fn read_log(
                     }
                 }
             }
-            Ok::<_, RegionalError>(out)
+            Ok::<_, RegionalError>(Since::Entries(out))
         }
     })
     .await
@@ -328,7 +375,7 @@ struct Pump {
 impl Pump {
     async fn run(mut self, cursor: Option<Cursor>, mut live: mpsc::Receiver<Live>) {
         let started = match cursor {
-            None => self.snapshot().await,
+            None => self.snapshot(None).await,
             Some(c) => {
                 self.last = Some(c);
                 self.resend_log().await
@@ -370,15 +417,17 @@ impl Pump {
     }
 
     /// The node's live bindings from memory, then a bookmark at the head
-    /// of its log.
-    async fn snapshot(&mut self) -> bool {
+    /// of its log, or at `trimmed` when that is later: the node has no
+    /// entry between its head and the trim, so a cursor there is exact and
+    /// the next resume reads the log instead of taking another snapshot.
+    async fn snapshot(&mut self, trimmed: Option<Stamp>) -> bool {
         let (messages, head) = self.bound_now();
         for m in messages {
             if self.out.send(Ok(m)).await.is_err() {
                 return false;
             }
         }
-        self.bookmark(head).await
+        self.bookmark(head.max(trimmed)).await
     }
 
     /// The RUN (and pending STOP) of every attempt bound to the node under
@@ -438,10 +487,15 @@ impl Pump {
         self.out.send(Ok(bookmark)).await.is_ok()
     }
 
-    /// The log after the last cursor sent.
+    /// The log after the last cursor sent; a snapshot when that part of
+    /// the log was trimmed.
     async fn resend_log(&mut self) -> bool {
-        match read_log(&self.db, &self.keys, &self.node, self.last).await {
-            Ok(entries) => self.send_all(entries).await,
+        match read_since(&self.db, &self.keys, &self.node, self.last).await {
+            Ok(Since::Entries(entries)) => self.send_all(entries).await,
+            Ok(Since::Trimmed(t)) => {
+                crate::metrics::stream_snapshot_after_trim();
+                self.snapshot(Some(t)).await
+            }
             Err(err) => {
                 let _ = self.out.send(Err(err.into())).await;
                 false

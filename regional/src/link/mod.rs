@@ -15,6 +15,7 @@ pub mod apply;
 mod refuse;
 mod report;
 mod session;
+pub mod compact;
 pub mod trim;
 
 pub use report::Reported;
@@ -54,6 +55,9 @@ pub struct LinkConfig {
     pub lease: Duration,
     /// How often capacity and status go up.
     pub report_every: Duration,
+    /// How long tombstones of retired jobs (and their captured output) are
+    /// kept; must be longer than the global tier's event retention.
+    pub tombstone_retention: Duration,
 }
 
 /// What the link runs with.
@@ -100,13 +104,19 @@ pub async fn run(
     elector
         .lead(leases, shutdown, move |mut term: Term| {
             let (ctx, config) = (ctx.clone(), config.clone());
-            let (db, keys, clock) = (db.clone(), keys.clone(), clock.clone());
+            let trimmer = trim::Trimmer {
+                db: db.clone(),
+                keys: keys.clone(),
+                clock: clock.clone(),
+                state: ctx.state.clone(),
+                tombstone_retention: config.tombstone_retention,
+            };
             async move {
                 let (stop_session, session_rx) = oneshot::channel();
                 let (stop_trim, trim_rx) = oneshot::channel();
                 let work = futures::future::join(
                     session::run(ctx, config, term.fence.clone(), session_rx),
-                    trim::run(db, keys, clock, term.fence.clone(), trim_rx),
+                    trim::run(trimmer, term.fence.clone(), trim_rx),
                 );
                 tokio::pin!(work);
                 tokio::select! {

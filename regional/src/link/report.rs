@@ -316,7 +316,10 @@ impl Reporter {
             .pipeline
             .submit(
                 Some(self.authority()),
-                Intent::Status(RecordStatus { accepted }),
+                Intent::Status(RecordStatus {
+                    accepted,
+                    now_unix_ms: self.clock.now_unix_ms(),
+                }),
             )
             .await?;
         if let Outcome::Retired(n) = out {

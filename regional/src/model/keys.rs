@@ -168,6 +168,32 @@ impl Keys {
             .map(|(_, _, v)| *v.as_bytes())
     }
 
+    /// Range of a node's command-log entries of commits at or before
+    /// `stamp` (every command of those entries).
+    pub fn commands_through(&self, node: &str, stamp: [u8; 10]) -> (Vec<u8>, Vec<u8>) {
+        let mut last = [0xffu8; 12];
+        last[..10].copy_from_slice(&stamp);
+        let mut end = self.command_at(node, last);
+        // Just past the last entry of that commit.
+        end.push(0);
+        (self.commands(node).0, end)
+    }
+
+    /// How far the command logs have been trimmed: a node's entries of
+    /// commits at or before this stamp may be gone, so a stream resuming
+    /// from an older cursor starts from a snapshot instead (set before the
+    /// first entry is cleared).
+    pub fn command_trim(&self) -> Vec<u8> {
+        self.root.pack(&("cmdtrim",))
+    }
+
+    /// Where the last complete trim of the command logs stopped (set after
+    /// its last entry was cleared): the next trim skips nodes whose head is
+    /// not past it.
+    pub fn command_trim_done(&self) -> Vec<u8> {
+        self.root.pack(&("cmdtrimdone",))
+    }
+
     /// Head of a node's command log: set to the stamp of every entry
     /// appended (watched by the node's assignment stream).
     pub fn command_head(&self, node: &str) -> Vec<u8> {
@@ -246,6 +272,49 @@ impl Keys {
     /// no-op (see `jobs::retire`).
     pub fn retired(&self, job: &str) -> Vec<u8> {
         self.root.pack(&("retired", job))
+    }
+
+    /// Time index of tombstones: `(retired at, job)`, so tombstones older
+    /// than the retention are found without reading the others.
+    pub fn retired_at(&self, at_unix_ms: u64, job: &str) -> Vec<u8> {
+        self.root.pack(&("retiredat", at_unix_ms, job))
+    }
+
+    /// When the tombstone of `job` was written: the index entry it matches
+    /// (a job retired twice leaves an older index entry that must not take
+    /// the newer tombstone with it).
+    pub fn retired_time(&self, job: &str) -> Vec<u8> {
+        self.root.pack(&("retiredtime", job))
+    }
+
+    /// Range of every tombstone.
+    pub fn all_retired(&self) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("retired",)).range()
+    }
+
+    /// How far tombstones written before the time index existed have been
+    /// indexed: the next key to look at, empty once all are.
+    pub fn retired_index_progress(&self) -> Vec<u8> {
+        self.root.pack(&("retiredindexed",))
+    }
+
+    /// Range of the tombstone time index before `cutoff_unix_ms`.
+    pub fn retired_before(&self, cutoff_unix_ms: u64) -> (Vec<u8>, Vec<u8>) {
+        let begin = self.root.subspace(&("retiredat",)).range().0;
+        (begin, self.root.pack(&("retiredat", cutoff_unix_ms)))
+    }
+
+    /// `(retired at, job)` of a key from [`Keys::retired_before`].
+    pub fn retired_at_of(&self, key: &[u8]) -> Option<(u64, String)> {
+        self.root
+            .unpack::<(String, u64, String)>(key)
+            .ok()
+            .map(|(_, at, job)| (at, job))
+    }
+
+    /// Range of every task's captured output of a job.
+    pub fn job_logs(&self, job: &str) -> (Vec<u8>, Vec<u8>) {
+        self.root.subspace(&("logs", job)).range()
     }
 
     /// Status version and digest last reported upwards for a job.

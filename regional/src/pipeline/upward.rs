@@ -39,6 +39,9 @@ pub struct Accepted {
 #[derive(Debug, Clone, Default)]
 pub struct RecordStatus {
     pub accepted: Vec<Accepted>,
+    /// Wall-clock time of the report, kept with the tombstones of the jobs
+    /// it retires so they can be forgotten after the retention.
+    pub now_unix_ms: u64,
 }
 
 impl RecordStatus {
@@ -67,7 +70,16 @@ impl RecordStatus {
         let mut retired = 0;
         for a in &self.accepted {
             tx.set_raw(keys.job_status(&a.job), encode(&a.reported));
-            if a.last && retire(tx, keys, &a.job, a.epoch, &a.reported.digest)? {
+            if a.last
+                && retire(
+                    tx,
+                    keys,
+                    &a.job,
+                    a.epoch,
+                    &a.reported.digest,
+                    self.now_unix_ms,
+                )?
+            {
                 retired += 1;
             }
         }
@@ -79,14 +91,17 @@ impl RecordStatus {
 /// exactly that final state (`reported`: the task counts sent, indexed by
 /// `TaskState`). Its record, spec, task blocks and status bookkeeping go;
 /// its captured output stays for `GetTaskLogs`; a tombstone keeps `epoch`
-/// so a replayed ASSIGN of that epoch is refused. Without this every round,
-/// sweep and report would carry every job the region ever ran.
+/// so a replayed ASSIGN of that epoch is refused, indexed by `now` so the
+/// link leader's compaction forgets it (and the output) after the tombstone
+/// retention. Without this every round, sweep and report would carry every
+/// job the region ever ran.
 fn retire(
     tx: &mut Tx<'_>,
     keys: &Keys,
     job_id: &str,
     epoch: u64,
     reported: &[u32],
+    now: u64,
 ) -> Result<bool, Missing> {
     let Some(job) = tx.job(job_id)? else {
         return Ok(false);
@@ -111,6 +126,8 @@ fn retire(
     tx.remove_job(job_id);
     tx.clear_raw(keys.job_status(job_id));
     tx.set_raw(keys.retired(job_id), encode(&epoch));
+    tx.set_raw(keys.retired_at(now, job_id), Vec::new());
+    tx.set_raw(keys.retired_time(job_id), encode(&now));
     Ok(true)
 }
 

@@ -54,6 +54,7 @@ pub async fn start_link<S: RegionLink>(
             endpoint: "http://127.0.0.1:1".into(),
             lease: Duration::from_secs(5),
             report_every,
+            tombstone_retention: meridian_regional::link::compact::DEFAULT_TOMBSTONE_RETENTION,
         },
         async move {
             let _ = stopped.await;
