@@ -1,0 +1,467 @@
+//! The federation console's workload pages in a real browser (Debian's
+//! headless Chromium through chromedriver) against a real `meridian global`:
+//! what a job waits for (dependencies, hold, the jobs waiting on it), the
+//! schedules of periodic jobs with the runs their ticks create, and usage.
+//!
+//! Jobs, holds, cancels and schedules go through the real Federation API.
+//! Nothing sleeps to wait for a condition: the page is watched with a
+//! `MutationObserver` until it shows what is expected (the live stream
+//! updates it), a tick is awaited on a `WatchJobs` stream, with timeouts as
+//! failure guards only. With `MERIDIAN_CONSOLE_SCREENSHOTS=1` the
+//! screenshots are written to `docs/console/`.
+
+mod console_support;
+mod support;
+
+use std::time::Duration;
+
+use console_support::{Browser, GUARD, Global, screenshot_dir, spec};
+use meridian_proto::v1;
+use meridian_proto::v1::federation_client::FederationClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+async fn connect(global: &Global) -> FederationClient<Channel> {
+    FederationClient::connect(global.grpc.clone())
+        .await
+        .expect("connect to the global tier")
+}
+
+async fn submit(
+    federation: &mut FederationClient<Channel>,
+    name: &str,
+    dependencies: Vec<v1::JobDependency>,
+) -> String {
+    let mut s = spec(name, "team-a", 2, 500, 1_000, 0);
+    s.dependencies = dependencies;
+    // The global replica leads just after it starts listening.
+    support::retry::until_served(&format!("submit {name}"), || {
+        let (mut federation, s) = (federation.clone(), s.clone());
+        async move {
+            federation
+                .submit_job(v1::SubmitJobRequest {
+                    request_id: format!("workloads-{}", s.name),
+                    spec: Some(s),
+                })
+                .await
+        }
+    })
+    .await
+    .into_inner()
+    .job_id
+}
+
+fn after(condition: v1::DependencyCondition, job_id: &str) -> v1::JobDependency {
+    v1::JobDependency {
+        condition: condition as i32,
+        target: Some(v1::job_dependency::Target::JobId(job_id.into())),
+    }
+}
+
+async fn get_job(federation: &mut FederationClient<Channel>, job_id: &str) -> v1::Job {
+    federation
+        .get_job(v1::GetJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .expect("get job")
+        .into_inner()
+        .job
+        .expect("job")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_page_shows_each_job_it_waits_for_and_whether_the_dependency_is_met() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let global = Global::start(&format!("sqlite:{}", dir.path().join("g.db").display()));
+    let run = async {
+        let mut federation = connect(&global).await;
+        // No region is registered: every job stays PENDING at the global
+        // tier, where holds and dependencies act.
+        let extract = submit(&mut federation, "extract", vec![]).await;
+        let transform = submit(&mut federation, "transform", vec![]).await;
+        federation
+            .hold_job(v1::HoldJobRequest {
+                job_id: transform.clone(),
+                reason: "waiting for the schema change".into(),
+            })
+            .await
+            .expect("hold");
+        let load = submit(
+            &mut federation,
+            "load",
+            vec![
+                after(v1::DependencyCondition::AfterAny, &extract),
+                after(v1::DependencyCondition::AfterOk, &transform),
+            ],
+        )
+        .await;
+        let report = submit(
+            &mut federation,
+            "report",
+            vec![after(v1::DependencyCondition::AfterOk, &load)],
+        )
+        .await;
+        // `extract` ends: `load`'s after_any on it is met, its after_ok on
+        // the held `transform` is not.
+        federation
+            .cancel_job(v1::CancelJobRequest {
+                job_id: extract.clone(),
+                reason: "superseded".into(),
+            })
+            .await
+            .expect("cancel");
+
+        let browser = Browser::start().await;
+        browser
+            .goto(&format!("{}/console/jobs/{load}", global.http))
+            .await;
+        let rows = browser
+            .wait_for(
+                "load's two dependencies, the first met",
+                &format!(
+                    "const row = id => document.querySelector('#dependency-table tr[data-dependency=\"' + id + '\"]');
+                     const a = row({extract}), b = row({transform});
+                     return a && b && a.dataset.status === 'met'
+                       ? [[a.dataset.status, a.querySelector('code').textContent, a.querySelector('a').getAttribute('href'),
+                           a.querySelector('.badge').dataset.state],
+                          [b.dataset.status, b.querySelector('code').textContent, b.querySelector('a').getAttribute('href'),
+                           b.querySelector('.badge').dataset.state, b.querySelector('.reason').textContent]]
+                       : null;",
+                    extract = json!(extract),
+                    transform = json!(transform)
+                ),
+            )
+            .await;
+        assert_eq!(
+            rows,
+            json!([
+                [
+                    "met",
+                    "after_any",
+                    format!("/console/jobs/{extract}"),
+                    "cancelled"
+                ],
+                [
+                    "pending",
+                    "after_ok",
+                    format!("/console/jobs/{transform}"),
+                    "pending",
+                    format!("waits for job {transform} to succeed")
+                ]
+            ])
+        );
+        // Why it waits, as GetJob says, and the job waiting on it.
+        let shown = browser
+            .js("return [document.querySelector('#job-waiting').textContent,
+                   [...document.querySelectorAll('#dependencies li[data-dependent]')].map(e => e.dataset.dependent),
+                   document.querySelector('#job-held') === null];")
+            .await;
+        assert_eq!(
+            shown,
+            json!([
+                get_job(&mut federation, &load).await.waiting_reason,
+                [report],
+                true
+            ])
+        );
+        let shots = screenshot_dir(&dir);
+        let png = browser.screenshot(&shots, "dependencies.png").await;
+        assert!(std::fs::metadata(&png).expect("screenshot").len() > 20_000);
+
+        // The held job says so, with its reason, and links back to `load`.
+        browser
+            .goto(&format!("{}/console/jobs/{transform}", global.http))
+            .await;
+        let held = browser
+            .wait_for(
+                "the hold on transform",
+                "const h = document.querySelector('#job-held');
+                 return h ? [h.querySelector('.hold-reason').textContent,
+                   [...document.querySelectorAll('#dependencies li[data-dependent]')].map(e => e.dataset.dependent)] : null;",
+            )
+            .await;
+        assert_eq!(held, json!(["waiting for the schema change", [load]]));
+
+        // The overview sets held and dependency-waiting jobs apart.
+        browser.goto(&format!("{}/console", global.http)).await;
+        let gated = browser
+            .wait_for(
+                "held and waiting jobs on the overview",
+                "const rows = [...document.querySelectorAll('#gated tr[data-job]')];
+                 return rows.length === 3
+                   ? rows.map(r => [r.dataset.job, r.querySelector('.gate').dataset.gate]) : null;",
+            )
+            .await;
+        assert_eq!(
+            gated,
+            json!([
+                [transform, "held"],
+                [load, "dependencies"],
+                [report, "dependencies"]
+            ])
+        );
+        let marks = browser
+            .js(&format!(
+                "const mark = id => {{ const g = document.querySelector('#recent tr[data-job=\"' + id + '\"] .gate');
+                   return g ? g.dataset.gate : null; }};
+                 return [mark({extract}), mark({transform}), mark({load})];",
+                extract = json!(extract),
+                transform = json!(transform),
+                load = json!(load)
+            ))
+            .await;
+        assert_eq!(marks, json!([null, "held", "dependencies"]));
+
+        // The held job is cancelled: `load`'s after_ok on it can never be
+        // met, and `load` fails naming it; its open page follows.
+        browser
+            .goto(&format!("{}/console/jobs/{load}", global.http))
+            .await;
+        browser
+            .wait_for(
+                "load's page",
+                "return document.querySelector('#dependency-table');",
+            )
+            .await;
+        federation
+            .cancel_job(v1::CancelJobRequest {
+                job_id: transform.clone(),
+                reason: "schema change abandoned".into(),
+            })
+            .await
+            .expect("cancel");
+        let never = browser
+            .wait_for(
+                "the dependency that can never be met, live",
+                &format!(
+                    "const b = document.querySelector('#dependency-table tr[data-dependency=\"' + {transform} + '\"]');
+                     const state = document.querySelector('#job-state .badge').dataset.state;
+                     return b && b.dataset.status === 'never' && state === 'failed'
+                       ? [b.querySelector('.dep').textContent, b.querySelector('.reason').textContent] : null;",
+                    transform = json!(transform)
+                ),
+            )
+            .await;
+        let failed = get_job(&mut federation, &load).await;
+        assert_eq!(
+            never,
+            json!(["can never be met", failed.failure_reason]),
+            "the judgement GetJob's failure names"
+        );
+    };
+    tokio::time::timeout(GUARD * 2, run)
+        .await
+        .expect("the job pages showed the dependencies in time");
+}
+
+fn schedule_spec(
+    tenant: &str,
+    name: &str,
+    cron: &str,
+    time_zone: &str,
+    overlap: v1::OverlapPolicy,
+    missed: v1::MissedTickPolicy,
+) -> v1::ScheduleSpec {
+    v1::ScheduleSpec {
+        tenant: tenant.into(),
+        cron: cron.into(),
+        time_zone: time_zone.into(),
+        job: Some(spec(name, tenant, 1, 250, 1_000, 0)),
+        overlap_policy: overlap as i32,
+        missed_tick_policy: missed as i32,
+        starting_deadline_ms: 0,
+    }
+}
+
+async fn create_schedule(
+    federation: &mut FederationClient<Channel>,
+    id: &str,
+    spec: v1::ScheduleSpec,
+    paused: bool,
+) -> v1::Schedule {
+    support::retry::until_served(&format!("create schedule {id}"), || {
+        let (mut federation, spec) = (federation.clone(), spec.clone());
+        async move {
+            federation
+                .create_schedule(v1::CreateScheduleRequest {
+                    schedule_id: id.into(),
+                    spec: Some(spec),
+                    paused,
+                })
+                .await
+        }
+    })
+    .await
+    .into_inner()
+    .schedule
+    .expect("schedule")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let global = Global::start(&format!("sqlite:{}", dir.path().join("g.db").display()));
+    let run = async {
+        let mut federation = connect(&global).await;
+        // Watch for the every-minute schedule's jobs before it exists.
+        let mut runs = support::retry::until_served("watch the schedule's jobs", || {
+            let mut federation = federation.clone();
+            async move {
+                federation
+                    .watch_jobs(v1::WatchJobsRequest {
+                        label_selector: vec![v1::LabelRequirement {
+                            key: "meridian.schedule".into(),
+                            op: v1::LabelOperator::In as i32,
+                            values: vec!["heartbeat".into()],
+                        }],
+                        ..Default::default()
+                    })
+                    .await
+            }
+        })
+        .await
+        .into_inner();
+        let nightly = create_schedule(
+            &mut federation,
+            "nightly-report",
+            schedule_spec(
+                "finance",
+                "nightly-report",
+                "30 2 * * *",
+                "Europe/Paris",
+                v1::OverlapPolicy::Forbid,
+                v1::MissedTickPolicy::Skip,
+            ),
+            false,
+        )
+        .await;
+        create_schedule(
+            &mut federation,
+            "weekly-cleanup",
+            schedule_spec(
+                "team-a",
+                "cleanup",
+                "0 4 * * SUN",
+                "",
+                v1::OverlapPolicy::Replace,
+                v1::MissedTickPolicy::RunOnce,
+            ),
+            true,
+        )
+        .await;
+        create_schedule(
+            &mut federation,
+            "heartbeat",
+            schedule_spec(
+                "team-a",
+                "heartbeat",
+                "* * * * *",
+                "UTC",
+                v1::OverlapPolicy::Allow,
+                v1::MissedTickPolicy::RunOnce,
+            ),
+            false,
+        )
+        .await;
+
+        let browser = Browser::start().await;
+        browser
+            .goto(&format!("{}/console/schedules", global.http))
+            .await;
+        let listed = browser
+            .wait_for(
+                "three schedules listed",
+                "const rows = [...document.querySelectorAll('#schedules tr[data-schedule]')];
+                 return rows.length === 3 ? rows.map(r => [r.dataset.schedule,
+                   r.querySelector('.cron').textContent, r.querySelector('.tz').textContent,
+                   r.querySelector('.overlap').textContent, r.querySelector('.missed').textContent,
+                   r.querySelector('.state .badge').dataset.state,
+                   Number((r.querySelector('.next time') || {dataset: {unixMs: 0}}).dataset.unixMs)]) : null;",
+            )
+            .await;
+        assert_eq!(listed[0][0], json!("heartbeat"));
+        assert_eq!(
+            listed[1],
+            json!([
+                "nightly-report",
+                "30 2 * * *",
+                "Europe/Paris",
+                "forbid",
+                "skip",
+                "active",
+                nightly.next_tick_unix_ms
+            ]),
+            "as GetSchedule answers"
+        );
+        assert_eq!(
+            listed[2],
+            json!([
+                "weekly-cleanup",
+                "0 4 * * SUN",
+                "UTC",
+                "replace",
+                "run_once",
+                "paused",
+                0
+            ])
+        );
+
+        // The every-minute schedule's page, open while its tick comes.
+        browser
+            .goto(&format!("{}/console/schedules/heartbeat", global.http))
+            .await;
+        browser
+            .wait_for(
+                "the schedule page before its first tick",
+                "return document.querySelector('#no-runs');",
+            )
+            .await;
+        // A tick comes within a minute of wall time: awaited on the watch.
+        let job_id = tokio::time::timeout(Duration::from_secs(75), async {
+            loop {
+                let event = runs
+                    .message()
+                    .await
+                    .expect("watch stream")
+                    .expect("stream open");
+                if event.kind == v1::JobEventKind::Created as i32 {
+                    break event.job.expect("job").job_id;
+                }
+            }
+        })
+        .await
+        .expect("the heartbeat schedule ticked within a minute");
+        let shown = browser
+            .wait_for(
+                "the tick's job on the open schedule page",
+                &format!(
+                    "const r = document.querySelector('#runs tr[data-job=\"' + {id} + '\"]');
+                     return r ? r.querySelector('a').getAttribute('href') : null;",
+                    id = json!(job_id)
+                ),
+            )
+            .await;
+        assert_eq!(shown, json!(format!("/console/jobs/{job_id}")));
+
+        // The list shows it as the last run, linked.
+        browser
+            .goto(&format!("{}/console/schedules", global.http))
+            .await;
+        let last = browser
+            .wait_for(
+                "the last run in the list",
+                "const a = document.querySelector('#schedules tr[data-schedule=\"heartbeat\"] .last a');
+                 return a ? a.getAttribute('href') : null;",
+            )
+            .await;
+        assert_eq!(last, json!(format!("/console/jobs/{job_id}")));
+        let png = browser
+            .screenshot(&screenshot_dir(&dir), "schedules.png")
+            .await;
+        assert!(std::fs::metadata(&png).expect("screenshot").len() > 20_000);
+    };
+    tokio::time::timeout(GUARD * 3, run)
+        .await
+        .expect("the schedules pages showed the schedules in time");
+}
