@@ -498,7 +498,8 @@ fn write_job(out: &mut dyn Write, job: &Job) -> std::io::Result<()> {
     rows.extend([
         ("region", dash(&job.region)),
         ("epoch", job.assignment_epoch.to_string()),
-        ("tasks", spec.task_count.to_string()),
+        ("tasks", tasks_line(&spec)),
+        ("by state", counts_line(job)),
         ("runs", what),
         ("request id", job.request_id.clone()),
         ("trace id", dash(&job.trace_id)),
@@ -549,6 +550,39 @@ fn write_job(out: &mut dyn Write, job: &Job) -> std::io::Result<()> {
         render::write_table(out, &t)?;
     }
     Ok(())
+}
+
+/// The task count, with the array's parallelism when it has one.
+fn tasks_line(spec: &meridian_proto::v1::JobSpec) -> String {
+    match spec.parallelism {
+        0 => spec.task_count.to_string(),
+        p => format!("{}, at most {p} at once", spec.task_count),
+    }
+}
+
+/// The job's tasks by state, the states with none left out: the summary a
+/// job of 100,000 tasks is read by (its view lists no task rows).
+fn counts_line(job: &Job) -> String {
+    let c = job.task_counts.unwrap_or_default();
+    let parts: Vec<String> = [
+        ("pending", c.pending),
+        ("placed", c.placed),
+        ("starting", c.starting),
+        ("running", c.running),
+        ("succeeded", c.succeeded),
+        ("failed", c.failed),
+        ("killed", c.killed),
+        ("lost", c.lost),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(name, n)| format!("{name} {n}"))
+    .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// A dependency as the submit flags spell it: `after_ok j1-2`.
@@ -645,6 +679,37 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn job_get_summarises_an_array_by_state_without_task_rows() {
+        let job = Job {
+            job_id: "j1-4".into(),
+            state: JobState::Running as i32,
+            spec: Some(meridian_proto::v1::JobSpec {
+                task_count: 100_000,
+                parallelism: 1000,
+                ..Default::default()
+            }),
+            task_counts: Some(meridian_proto::v1::TaskCounts {
+                pending: 48_000,
+                running: 1000,
+                succeeded: 50_990,
+                failed: 10,
+                ..Default::default()
+            }),
+            ..Job::default()
+        };
+        let mut out = Vec::new();
+        write_job(&mut out, &job).expect("written");
+        let text = String::from_utf8(out).expect("utf-8");
+        for line in [
+            "tasks       100000, at most 1000 at once",
+            "by state    pending 48000, running 1000, succeeded 50990, failed 10",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        assert!(!text.contains("TASK"), "no task table:\n{text}");
     }
 
     #[test]

@@ -604,3 +604,32 @@ async fn a_watch_resumed_from_a_cursor_receives_exactly_the_events_after_it() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
+
+/// A job of 100,000 tasks is read by its counts: regions report a job of
+/// more than 256 tasks by counts only, and GetJob makes up no task rows
+/// for it (a small job still gets one row per task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getting_a_100000_task_array_returns_its_counts_and_no_task_rows() {
+    let h = Harness::start(|_| {}).await;
+    let mut client = h.federation().await;
+    let mut array = spec("t");
+    array.task_count = 100_000;
+    array.parallelism = 1_000;
+    let job_id = client
+        .submit_job(submit("array-1", array))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let job = client
+        .get_job(GetJobRequest { job_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert!(job.tasks.is_empty(), "{} task rows", job.tasks.len());
+    let counts = job.task_counts.unwrap_or_default();
+    assert_eq!(counts.pending, 100_000);
+    assert_eq!(job.spec.unwrap().parallelism, 1_000);
+}
