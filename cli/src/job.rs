@@ -163,8 +163,13 @@ pub struct LogsArgs {
     #[arg(long, default_value_t = 0)]
     pub attempt: u32,
     /// At most this many trailing bytes per stream; 0 is all that is kept.
+    /// With --follow: the tail to start with (0: 4096 bytes).
     #[arg(long, default_value_t = 0)]
     pub max_bytes: u32,
+    /// Follow the output as it is written until the task ends (with
+    /// --attempt: until that attempt ends).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 fn parse_job_state(text: &str) -> std::result::Result<JobState, String> {
@@ -614,6 +619,15 @@ fn parse_task(text: &str) -> Result<TaskId> {
 }
 
 async fn logs(client: &mut Client, output: Output, args: LogsArgs) -> Result<()> {
+    if args.follow {
+        let follow = crate::follow::Follow {
+            task: parse_task(&args.task)?,
+            attempt: args.attempt,
+            tail_bytes: args.max_bytes,
+        };
+        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        return crate::follow::follow_into(client, &follow, output, &mut out, &mut err).await;
+    }
     let request = GetTaskLogsRequest {
         task: Some(parse_task(&args.task)?),
         attempt: args.attempt,

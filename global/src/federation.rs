@@ -260,19 +260,36 @@ impl FederationService {
         self.schedules.delete(&fence, schedule_id).await
     }
 
-    /// The region a task was placed in (`task` as the log calls name it).
+    /// GetUsage (any replica).
+    pub async fn usage(&self, req: &GetUsageRequest) -> Result<GetUsageResponse> {
+        crate::usage::get(&self.db, &self.keys, &self.clock, req).await
+    }
+
+    /// The region a task was placed in (`task` as the log calls name it):
+    /// its own status's, or the job's for a job too large to list its
+    /// tasks. FAILED_PRECONDITION while the job waits to be routed.
     async fn task_region(&self, task: Option<&TaskId>) -> Result<String, Status> {
         let task = task.ok_or_else(|| Status::from(GlobalError::invalid("task", "required")))?;
         let job = self.jobs.get(&task.job_id).await?;
+        let count = job.spec.as_ref().map_or(0, |s| s.task_count);
+        if task.index >= count {
+            return Err(GlobalError::invalid(
+                "task.index",
+                format!("no such task: job {} has {count} tasks", task.job_id),
+            )
+            .into());
+        }
         job.tasks
             .get(task.index as usize)
             .map(|t| t.region.clone())
             .filter(|r| !r.is_empty())
+            .or_else(|| Some(job.region.clone()).filter(|r| !r.is_empty()))
             .ok_or_else(|| {
-                Status::from(GlobalError::invalid(
-                    "task.index",
-                    "no such task, or not placed",
+                GlobalError::FailedPrecondition(format!(
+                    "task {}/{} is not placed in a region yet",
+                    task.job_id, task.index
                 ))
+                .into()
             })
     }
 
@@ -289,11 +306,6 @@ impl FederationService {
             .follow_task_logs(req)
             .await?
             .into_inner())
-    }
-
-    /// GetUsage (any replica).
-    pub async fn usage(&self, req: &GetUsageRequest) -> Result<GetUsageResponse> {
-        crate::usage::get(&self.db, &self.keys, &self.clock, req).await
     }
 
     /// DrainRegion / UndrainRegion.
@@ -418,6 +430,15 @@ impl Federation for FederationService {
         let req = request.into_inner();
         let region = self.task_region(req.task.as_ref()).await?;
         self.admin(&region).await?.get_task_logs(req).await
+    }
+
+    type FollowTaskLogsStream = tonic::codec::Streaming<TaskLogChunk>;
+
+    async fn follow_task_logs(
+        &self,
+        request: Request<FollowTaskLogsRequest>,
+    ) -> Result<Response<Self::FollowTaskLogsStream>, Status> {
+        Ok(Response::new(self.follow_logs(request.into_inner()).await?))
     }
 
     async fn list_regions(

@@ -34,6 +34,9 @@ const DEFAULT_TAIL_BYTES: u64 = 4096;
 /// Wait before dialing a node's log server again (it restarted, or has not
 /// opened the attempt's output yet).
 const REDIAL_AFTER: Duration = Duration::from_millis(200);
+/// How long a follow waits for a job unknown here to arrive (the global
+/// tier routed it, the region has not taken it in yet).
+const ARRIVAL_WAIT: Duration = Duration::from_secs(10);
 /// Bound on connecting to a node's log server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -135,12 +138,6 @@ pub async fn start(
                 task.job_id, task.index, req.attempt, s.attempt
             )));
         }
-        None if stored(&api, &task, req.attempt).await?.is_none() => {
-            return Err(Status::not_found(format!(
-                "task {}/{} is not known to this region",
-                task.job_id, task.index
-            )));
-        }
         _ => {}
     }
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
@@ -172,6 +169,7 @@ async fn run(
         n => n,
     };
     let mut moved_on = false;
+    arrived(api, task, req.attempt, &watcher, tx).await?;
     loop {
         // Wait for the attempt to follow to be placed (or to be over).
         let now = loop {
@@ -242,6 +240,38 @@ async fn run(
             stderr: Some(0),
         };
     }
+}
+
+/// Waits for a job the global tier routed here just now to reach this
+/// replica (for at most [`ARRIVAL_WAIT`]); NOT_FOUND when it does not and
+/// no output of it is stored either.
+async fn arrived(
+    api: &RegionApi,
+    task: &v1::TaskId,
+    attempt: u32,
+    watcher: &crate::state::delta::Watcher,
+    tx: &Tx,
+) -> Result<(), Status> {
+    if seen(api, task).is_some() || stored(api, task, attempt).await?.is_some() {
+        return Ok(());
+    }
+    let deadline = api.clock.sleep(ARRIVAL_WAIT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = watcher.changed() => {
+                if seen(api, task).is_some() {
+                    return Ok(());
+                }
+            }
+            () = &mut deadline => break,
+            () = tx.closed() => return Ok(()),
+        }
+    }
+    Err(Status::not_found(format!(
+        "task {}/{} is not known to region {}",
+        task.job_id, task.index, api.region
+    )))
 }
 
 /// Waits until this replica has applied the end of attempt `target` (the
