@@ -568,6 +568,8 @@ fn task_status(region: &str, index: u32, t: &TaskRecord, now: u64) -> v1::TaskSt
         exit_code: t.exit_code,
         message: t.message.clone(),
         placed_at_unix_ms: t.placed_at,
+        started_at_unix_ms: t.started_at,
+        finished_at_unix_ms: t.finished_at,
         updated_at_unix_ms: now,
         ..Default::default()
     }

@@ -246,6 +246,16 @@ pub struct TaskRecord {
     #[serde(default)]
     #[prost(uint32, tag = "21")]
     pub runs: u32,
+    /// When the latest attempt started running (agent clock); 0 while it
+    /// has not (`TaskStatus.started_at_unix_ms`).
+    #[serde(default)]
+    #[prost(uint64, tag = "22")]
+    pub started_at: u64,
+    /// When the latest attempt ended (agent clock); 0 while it has not
+    /// (`TaskStatus.finished_at_unix_ms`).
+    #[serde(default)]
+    #[prost(uint64, tag = "23")]
+    pub finished_at: u64,
 }
 
 impl TaskRecord {
@@ -265,6 +275,8 @@ impl TaskRecord {
             message: String::new(),
             ran_ms: 0,
             runs: 0,
+            started_at: 0,
+            finished_at: 0,
         }
     }
 
@@ -302,6 +314,8 @@ impl TaskRecord {
         self.stopping.clear();
         self.not_before = not_before;
         self.message = why.to_string();
+        self.started_at = 0;
+        self.finished_at = 0;
     }
 }
 

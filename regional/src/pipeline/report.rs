@@ -117,7 +117,12 @@ impl Report {
                 continue;
             }
             match state {
-                v1::TaskState::Starting | v1::TaskState::Running => rec.state = state as i32,
+                v1::TaskState::Starting | v1::TaskState::Running => {
+                    rec.state = state as i32;
+                    if r.started_at_unix_ms > 0 {
+                        rec.started_at = r.started_at_unix_ms;
+                    }
+                }
                 v1::TaskState::Succeeded
                 | v1::TaskState::Failed
                 | v1::TaskState::Killed
@@ -201,8 +206,9 @@ fn end(rec: &mut TaskRecord, state: v1::TaskState, r: &v1::TaskReport, job: Opti
     }
 }
 
-/// Adds an ending attempt's run time to the task's accounting (an attempt
-/// that never started running adds nothing). Called once per attempt: a
+/// Adds an ending attempt's run time to the task's accounting and keeps
+/// its start and end on the record (an attempt that never started running
+/// adds nothing). Called once per attempt: a
 /// repeated end is answered before it reaches [`end`], and an end of an
 /// earlier attempt is refused as not bound.
 fn account(rec: &mut TaskRecord, r: &v1::TaskReport) {
@@ -220,4 +226,6 @@ fn account(rec: &mut TaskRecord, r: &v1::TaskReport) {
         .ran_ms
         .saturating_add(finished.saturating_sub(r.started_at_unix_ms));
     rec.runs = rec.runs.saturating_add(1);
+    rec.started_at = r.started_at_unix_ms;
+    rec.finished_at = finished;
 }
