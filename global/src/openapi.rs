@@ -276,6 +276,7 @@ pub mod proto {
         SetJobPriorityResponse,
         JobEvent,
         GetTaskLogsResponse,
+        TaskLogChunk,
         ListRegionsResponse,
         DrainRegionRequest,
         RegionInfo,

@@ -1,4 +1,4 @@
-//! The node and task-log routes over real sockets: each is forwarded to the
+//! The node, task-log and log-follow routes over real sockets: each is forwarded to the
 //! region's RegionAdmin endpoint (here a recording stand-in on loopback)
 //! with the request the gRPC call would send, and its answer or its error
 //! comes back as JSON.
@@ -412,5 +412,52 @@ async fn the_logs_route_forwards_to_the_tasks_region_and_answers_the_output_as_j
     }
     let (status, body) = http(addr, "GET", "/v1/jobs/j-nope/tasks/0/logs", "").await;
     assert_eq!(status, 404, "{body}");
+    assert!(region.take().is_empty(), "refusals never reach the region");
+
+    // The follow: server-sent events, one per chunk, each with the
+    // position after it as its id; the attempt's end is an `end` event.
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!(
+            "/v1/jobs/{job}/tasks/0/logs/follow?stdout_offset=0&offsets_attempt=1&tail_bytes=64"
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("id: 1.7.0"), "{body}");
+    assert!(body.contains("id: 1.14.0"), "{body}");
+    assert!(body.contains("bGluZSAxCg=="), "base64 of line 1: {body}");
+    assert!(body.contains("event: end"), "{body}");
+    assert!(body.contains("TASK_STATE_SUCCEEDED"), "{body}");
+    assert_eq!(
+        region.take(),
+        vec![format!(
+            "{:?}",
+            FollowTaskLogsRequest {
+                task: Some(TaskId {
+                    job_id: job.clone(),
+                    index: 0,
+                }),
+                attempt: 0,
+                stdout_offset: Some(0),
+                stderr_offset: None,
+                tail_bytes: 64,
+                offsets_attempt: 1,
+            }
+        )]
+    );
+    for (path, field) in [
+        (format!("/v1/jobs/{job}/tasks/7/logs/follow"), "task.index"),
+        (
+            format!("/v1/jobs/{job}/tasks/0/logs/follow?tail_bytes=x"),
+            "tail_bytes",
+        ),
+    ] {
+        let (status, body) = http(addr, "GET", &path, "").await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(json(&body)["field"], field, "{path}: {body}");
+    }
     assert!(region.take().is_empty(), "refusals never reach the region");
 }

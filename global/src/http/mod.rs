@@ -10,6 +10,7 @@
 //! - `jobs`: submit, batch, list, get, cancel, hold, release, priority,
 //!   task logs.
 //! - `watch`: WatchJobs as server-sent events.
+//! - `logs`: FollowTaskLogs as server-sent events.
 //! - `regions`: regions, region drain, and the nodes of a region.
 //! - `schedules`: create, list, get, pause, resume and delete schedules.
 //! - `usage`: usage per tenant and region over a range.
@@ -20,6 +21,7 @@
 mod errors;
 mod guards;
 mod jobs;
+mod logs;
 mod query;
 mod regions;
 mod schedules;
@@ -85,6 +87,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::release))
         .routes(routes!(jobs::set_priority))
         .routes(routes!(jobs::task_logs))
+        .routes(routes!(logs::follow))
         .routes(routes!(regions::regions))
         .routes(routes!(regions::drain))
         .routes(routes!(regions::undrain))
