@@ -20,6 +20,9 @@
 //!
 //! The lease (`lease="global"`), fence, work-queue and store series of
 //! `meridian-control` and `meridian-store` appear on the same endpoint.
+//! So do the usage counters per tenant and region, which are not recorded
+//! here: `crate::usage::prometheus` reads them from the store at each
+//! scrape (the one place a series carries a tenant, capped).
 
 use std::sync::OnceLock;
 
