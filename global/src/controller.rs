@@ -491,7 +491,10 @@ impl Controller {
         for (region, job) in done {
             trace_route(job, region);
             let need = request_of(job).per_task;
-            let tasks = job.spec.as_ref().map_or(0, |s| u64::from(s.task_count));
+            let tasks = job
+                .spec
+                .as_ref()
+                .map_or(0, |s| u64::from(crate::handoff::tasks_at_once(s)));
             if let Some((_, amount)) = self.reserved.get_mut(region) {
                 amount.cpu_millis += need.cpu_millis * tasks;
                 amount.memory_bytes += need.memory_bytes * tasks;
@@ -623,12 +626,13 @@ fn trace_route(job: &Job, region: &str) {
 
 fn request_of(job: &Job) -> JobRequest {
     let spec = job.spec.clone().unwrap_or_default();
+    let tasks = crate::handoff::tasks_at_once(&spec);
     let res = spec.resources.unwrap_or_default();
     JobRequest {
         job_id: job.job_id.clone(),
         tenant: spec.tenant,
         priority: gate::priority_of(job),
-        tasks: spec.task_count,
+        tasks,
         per_task: Amount {
             cpu_millis: res.cpu_millis,
             memory_bytes: res.memory_bytes,

@@ -45,11 +45,21 @@ pub async fn read_moving(tx: &Transaction, keys: &Keys, job_id: &str) -> Result<
     }))
 }
 
-/// CPU millis a job holds while routed (all its tasks).
+/// CPU millis a job holds while routed (all the tasks it may run at once).
 pub fn cpu_of(job: &Job) -> i64 {
     let spec = job.spec.clone().unwrap_or_default();
-    let per = spec.resources.map_or(0, |r| r.cpu_millis);
-    i64::try_from(per.saturating_mul(u64::from(spec.task_count))).unwrap_or(i64::MAX)
+    let per = spec.resources.as_ref().map_or(0, |r| r.cpu_millis);
+    i64::try_from(per.saturating_mul(u64::from(tasks_at_once(&spec)))).unwrap_or(i64::MAX)
+}
+
+/// How many of a job's tasks can run at once: all of them, or its
+/// parallelism (an array of 100,000 tasks capped at 1,000 needs room for
+/// 1,000, in the router's fit and in the tenant's quota alike).
+pub fn tasks_at_once(spec: &meridian_proto::v1::JobSpec) -> u32 {
+    match spec.parallelism {
+        0 => spec.task_count,
+        cap => cap.min(spec.task_count),
+    }
 }
 
 /// True when a job follows FAILOVER on region loss (the default).
@@ -172,4 +182,32 @@ pub async fn release(
         tx.set(&keys.pending(&job.job_id), b"")?;
     }
     write_job(tx, keys, job).await
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_proto::v1::{JobSpec, Resources};
+
+    use super::*;
+
+    #[test]
+    fn an_array_holds_the_cpu_of_its_parallelism_not_of_all_its_tasks() {
+        let spec = |task_count, parallelism| JobSpec {
+            task_count,
+            parallelism,
+            resources: Some(Resources {
+                cpu_millis: 1_000,
+                ..Resources::default()
+            }),
+            ..JobSpec::default()
+        };
+        let job = |s: JobSpec| Job {
+            spec: Some(s),
+            ..Job::default()
+        };
+        assert_eq!(cpu_of(&job(spec(100_000, 1_000))), 1_000_000);
+        assert_eq!(cpu_of(&job(spec(100_000, 0))), 100_000_000);
+        assert_eq!(tasks_at_once(&spec(10, 0)), 10);
+        assert_eq!(tasks_at_once(&spec(10, 4)), 4);
+    }
 }

@@ -111,7 +111,8 @@ pub struct JobRequest {
     pub tenant: String,
     /// Higher goes first.
     pub priority: i32,
-    /// Number of tasks.
+    /// Number of tasks it may run at once (all of them, or its
+    /// parallelism): what must fit in a region.
     pub tasks: u32,
     /// Resources of each task.
     pub per_task: Amount,

@@ -135,3 +135,21 @@ fn quick_history_measures_an_empty_and_a_filled_store_in_the_same_run() {
         );
     }
 }
+
+#[test]
+fn quick_array_completes_with_its_parallelism_never_exceeded_in_the_region_records() {
+    let r = quick("array");
+    assert_eq!(r["results"]["final_state"], "JOB_STATE_SUCCEEDED", "{r}");
+    let most = r["results"]["most_bound_in_region_records"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    let cap = r["params"]["parallelism"].as_u64().unwrap_or(0);
+    assert!(
+        most > 0 && most <= cap,
+        "{most} bound at once, cap {cap}: {r}"
+    );
+    assert!(
+        r["results"]["region_record_reads"].as_u64().unwrap_or(0) > 0,
+        "{r}"
+    );
+}

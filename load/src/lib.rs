@@ -1,7 +1,7 @@
 //! meridian-load: the load-test suite behind `meridian load <scenario>`.
 //!
 //! Owns the scenarios (`submit`, `e2e`, `placement`, `scale`, `failover`,
-//! `herd`, `real`, `history`), each seeded, bounded in time and on loopback
+//! `herd`, `real`, `history`, `array`), each seeded, bounded in time and on loopback
 //! only, against a federation given by `--endpoint` or one it starts itself
 //! as real processes (`placement` and `history` run their tier in process,
 //! over a store they fill themselves); their measurements and their
@@ -50,6 +50,9 @@ pub enum Scenario {
     /// Submit and ListJobs against a global store of many finished jobs
     /// and an empty one, in the same run.
     History,
+    /// One array job of 100,000 simulated tasks with a parallelism of
+    /// 1,000: the cap from the region's records, `meridian job get` timed.
+    Array,
 }
 
 impl Scenario {
@@ -64,6 +67,7 @@ impl Scenario {
             Scenario::Herd => "herd",
             Scenario::Real => "real",
             Scenario::History => "history",
+            Scenario::Array => "array",
         }
     }
 }
@@ -103,7 +107,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub finished_jobs: Option<u64>,
     /// Long-running tasks bound in the region before the first kill
-    /// (failover), in jobs of 1,000 tasks.
+    /// (failover), in jobs of 1,000 tasks; the array job's tasks (array,
+    /// default 100,000).
     #[arg(long)]
     pub tasks: Option<u64>,
     /// Where the report goes (`load-<scenario>.md`, `.json`, `.svg`); default
@@ -189,6 +194,7 @@ pub async fn run(args: LoadArgs) -> Result<Report> {
         Scenario::Herd => scenario::herd::run(&ctx).await?,
         Scenario::Real => scenario::real::run(&ctx).await?,
         Scenario::History => scenario::history::run(&ctx).await?,
+        Scenario::Array => scenario::array::run(&ctx).await?,
     };
     let out = args
         .out

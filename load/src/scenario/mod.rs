@@ -2,6 +2,7 @@
 //! (given or started), waiting for its nodes, submitting at a rate, and
 //! sampling queue depth. Must never judge timings as failures.
 
+pub mod array;
 mod churn;
 pub mod e2e;
 pub mod failover;
