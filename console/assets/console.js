@@ -45,6 +45,99 @@
     setLive("off", "Static page");
   }
 
+  // Live task output: the federation API's follow stream (server-sent
+  // events of TaskLogChunk, served by this replica) appended to the
+  // <pre data-follow> of the job page. At most MAX_CHARS characters are
+  // kept (the oldest go first), so a chatty task cannot grow the page
+  // without bound. The stream ends after the task's last attempt; a stream
+  // that fails (the job is not routed yet, a replica restarted) is opened
+  // again from the position of the last event received.
+  var log = document.querySelector("pre[data-follow]");
+  if (log && window.EventSource) {
+    var MAX_CHARS = 200000;
+    var outputState = document.getElementById("output-state");
+    var shown = 0;
+    var attempt = 0;
+    var decoders = {};
+    var position = "";
+    var ended = false;
+    var say = function (text) { if (outputState) outputState.textContent = text; };
+    var append = function (text, cls) {
+      if (!text) return;
+      var span = document.createElement("span");
+      if (cls) span.className = cls;
+      span.textContent = text;
+      log.appendChild(span);
+      shown += text.length;
+      while (shown > MAX_CHARS && log.firstChild) {
+        shown -= log.firstChild.textContent.length;
+        log.removeChild(log.firstChild);
+        log.dataset.trimmed = "true";
+      }
+      log.scrollTop = log.scrollHeight;
+    };
+    var bytes = function (b64) {
+      var raw = atob(b64 || "");
+      var out = new Uint8Array(raw.length);
+      for (var i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+      return out;
+    };
+    var open = function () {
+      var url = log.dataset.follow;
+      var at = position.split(".");
+      if (at.length === 3) {
+        url += "?offsets_attempt=" + at[0] + "&stdout_offset=" + at[1] + "&stderr_offset=" + at[2];
+      }
+      var follow = new EventSource(url);
+      follow.onmessage = function (event) {
+        var c = JSON.parse(event.data);
+        position = event.lastEventId || position;
+        if (c.attempt !== attempt) {
+          if (attempt) append("--- attempt " + c.attempt + " on node " + c.node_id + " ---\n", "note");
+          attempt = c.attempt;
+          decoders = {};
+        }
+        var err = c.stream === "LOG_STREAM_STDERR";
+        if (c.skipped_bytes && c.skipped_bytes !== "0") {
+          append("[... " + c.skipped_bytes + " bytes skipped: the page fell behind the task ...]\n", "note");
+        }
+        var key = err ? "stderr" : "stdout";
+        var decoder = decoders[key] || (decoders[key] = new TextDecoder("utf-8"));
+        append(decoder.decode(bytes(c.data), { stream: true }), err ? "stderr" : "");
+        say("Live: attempt " + c.attempt + " on node " + c.node_id);
+      };
+      follow.addEventListener("end", function (event) {
+        var c = JSON.parse(event.data);
+        position = event.lastEventId || position;
+        var st = (c.state || "").replace("TASK_STATE_", "").toLowerCase();
+        if (st && st !== "unspecified") {
+          ended = true;
+          log.dataset.ended = st;
+          say("Attempt " + c.attempt + " ended " + st + "; the task has ended.");
+          follow.close();
+        } else {
+          say("Attempt " + c.attempt + " ended; following the task's next attempt…");
+        }
+      });
+      follow.addEventListener("error", function (event) {
+        if (event.data) {
+          // The server's refusal, as its error body: asking again would
+          // get the same answer.
+          say("Output not available: " + JSON.parse(event.data).message);
+          follow.close();
+          return;
+        }
+        if (!ended) say("Waiting for output…");
+        if (follow.readyState === EventSource.CLOSED && !ended) {
+          // Refused before the stream began (the job is not routed yet):
+          // an EventSource does not retry that by itself.
+          setTimeout(open, 2000);
+        }
+      });
+    };
+    open();
+  }
+
   // Actions: every button with data-action asks for confirmation first.
   document.addEventListener("click", function (event) {
     var button = event.target.closest("button[data-action]");

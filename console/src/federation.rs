@@ -532,9 +532,16 @@ fn history_html(job: &JobDetail) -> String {
 }
 
 async fn job_page<S: FederationConsoleSource>(
+/// `?task=N`: the task whose output the job page follows.
+#[derive(Debug, Default, serde::Deserialize)]
+struct OutputQuery {
+    task: Option<u32>,
+}
+
     State(source): State<Arc<S>>,
     Path(job_id): Path<String>,
 ) -> Response {
+    Query(output): Query<OutputQuery>,
     let job = match source.job(&job_id).await {
         Ok(j) => j,
         Err(e) => {
@@ -568,7 +575,13 @@ async fn job_page<S: FederationConsoleSource>(
          <section aria-labelledby=\"timeline-h\"><h2 id=\"timeline-h\">Task timeline</h2><div id=\"timeline\">{}</div></section>\
          <section aria-labelledby=\"tasks-h\"><h2 id=\"tasks-h\">Tasks</h2><div id=\"tasks\">{}</div></section>\
          <section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2><div id=\"history\">{}</div></section>",
-        sec["job-summary"], sec["dependencies"], sec["timeline"], sec["tasks"], sec["history"]
+         {}\
+        sec["job-summary"],
+        sec["dependencies"],
+        sec["timeline"],
+        sec["tasks"],
+        crate::output::output_section(&job, output.task.unwrap_or(0)),
+        sec["history"]
     );
     Html(render::page(
         &format!("Job {} · Meridian", job.job.job_id),

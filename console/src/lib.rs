@@ -22,6 +22,7 @@ mod assets;
 mod dependencies;
 pub mod error;
 mod federation;
+mod output;
 mod region;
 mod render;
 mod schedules;

@@ -8,7 +8,9 @@
 //!   last line;
 //! - a follow whose global replica is killed mid-stream goes on through
 //!   the other replica from the offsets it has: every line exactly once;
-//! - a follower that starts late gets the tail first, then the live lines.
+//! - a follower that starts late gets the tail first, then the live lines;
+//! - the federation console's job page (Debian's headless Chromium) shows
+//!   the lines as they come while the task runs, then that it ended.
 //!
 //! The task writes each line to its standard output and then to a witness
 //! file the test reads: what the task has written so far is read from that
@@ -16,6 +18,7 @@
 //! lines the CLI prints, on process exits and on the API's streams, each
 //! under a guard that only stops a hang.
 
+mod console_support;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -54,11 +57,20 @@ struct Federation {
 
 impl Federation {
     async fn start(replicas: usize) -> Federation {
+        Federation::start_with(replicas, false).await
+    }
+
+    /// With `http`, every global replica serves HTTP (API and console).
+    async fn start_with(replicas: usize, http: bool) -> Federation {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = format!("sqlite:{}", dir.path().join("global.db").display());
         let globals: Vec<Global> = (0..replicas)
             .map(|i| {
-                let line = GlobalLine::new(store.clone(), LOOPBACK_ANY_PORT).name(format!("g{i}"));
+                let mut line =
+                    GlobalLine::new(store.clone(), LOOPBACK_ANY_PORT).name(format!("g{i}"));
+                if http {
+                    line = line.http(LOOPBACK_ANY_PORT);
+                }
                 Global::start_with(&line, Launch::interrupt_on_drop)
             })
             .collect();
@@ -412,5 +424,65 @@ async fn a_late_follower_gets_the_tail_first_and_then_the_live_lines() {
         ended,
         Some(v1::TaskState::Succeeded),
         "the end says how the task ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_page_of_the_console_shows_the_output_live_while_the_task_runs() {
+    let fed = Federation::start_with(1, true).await;
+    let http = fed.globals[0].http.clone().expect("the HTTP address");
+    let (job_id, witness, go) = fed.submit_lines("console").await;
+    let browser = console_support::Browser::start().await;
+    browser.goto(&format!("{http}/console/jobs/{job_id}")).await;
+    let text = "return document.getElementById('task-output').textContent;";
+    browser
+        .wait_for(
+            "the task's first line on the page",
+            "return document.getElementById('task-output').textContent.includes('ready');",
+        )
+        .await;
+    std::fs::write(&go, b"").expect("go");
+    browser
+        .wait_for(
+            "line 3 on the page",
+            "return document.getElementById('task-output').textContent.includes('line 3\\n');",
+        )
+        .await;
+    // The page showed line 3 while the task had lines left to write.
+    let ahead = written(&witness);
+    assert!(
+        ahead < 3 + AHEAD,
+        "line 3 appeared only after the task had written {ahead} lines"
+    );
+    let state = browser
+        .js("return document.getElementById('output-state').textContent;")
+        .await;
+    assert!(
+        state.as_str().is_some_and(|s| s.starts_with("Live")),
+        "the page says it is live: {state}"
+    );
+    browser
+        .wait_for(
+            "line 12 on the page",
+            "return document.getElementById('task-output').textContent.includes('line 12\\n');",
+        )
+        .await;
+    let shots = console_support::screenshot_dir(&fed._dir);
+    browser.screenshot(&shots, "live-logs.png").await;
+    let ended = browser
+        .wait_for(
+            "the end of the task on the page",
+            "return document.getElementById('task-output').dataset.ended;",
+        )
+        .await;
+    assert_eq!(ended, "succeeded");
+    let shown = browser.js(text).await;
+    let expected: String = std::iter::once("ready\n".to_string())
+        .chain((1..=LINES).map(|i| format!("line {i}\n")))
+        .collect();
+    assert_eq!(
+        shown.as_str(),
+        Some(expected.as_str()),
+        "every line once, in order"
     );
 }
