@@ -3,7 +3,8 @@
 //! included), reported through the region link as a region reports them;
 //! GetUsage (gRPC), `/v1/usage` (HTTP), `meridian usage` (the CLI) and the
 //! `/metrics` counters all equal the sum over the task records; a report
-//! applied twice counts nothing twice; usage survives the removal of the
+//! applied twice, or through commits that failed or applied with their
+//! answer lost, counts nothing twice; usage survives the removal of the
 //! finished jobs by the retention.
 
 mod common;
@@ -22,6 +23,9 @@ use meridian_global::server::{Running, start_with};
 use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use meridian_proto::v1::*;
+use meridian_store::Database;
+use meridian_store::fault::{FaultConfig, FaultyBackend};
+use meridian_store::memory::MemoryBackend;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -125,12 +129,7 @@ async fn await_routed(api: &mut FederationClient<Channel>, job: &str) -> Job {
         if now.assignment_epoch > 0 {
             return now;
         }
-        if tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .is_err()
-        {
-            panic!("not routed: {now:?}");
-        }
+        guarded("routed", stream.next()).await;
     }
 }
 
@@ -140,15 +139,23 @@ async fn report(
     lease: u64,
     update: JobStatusUpdate,
 ) {
-    let out = link
-        .report_status(ReportStatusRequest {
-            region: region.into(),
-            region_lease_epoch: lease,
-            updates: vec![update],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // A failed call is sent again, as a region does: on a store failing
+    // commits, an attempt may have applied before its answer was lost.
+    let mut failures = Vec::new();
+    let out = loop {
+        match link
+            .report_status(ReportStatusRequest {
+                region: region.into(),
+                region_lease_epoch: lease,
+                updates: vec![update.clone()],
+            })
+            .await
+        {
+            Ok(out) => break out.into_inner(),
+            Err(status) if failures.len() < 100 => failures.push(status),
+            Err(status) => panic!("{status:?} after {failures:?}"),
+        }
+    };
     assert_eq!(out.results[0].verdict, Verdict::Accepted as i32, "{out:?}");
 }
 
@@ -160,6 +167,7 @@ async fn run(
     link: &mut RegionLinkClient<Channel>,
     leases: &BTreeMap<&str, u64>,
     plan: &[Planned],
+    faults: Option<&FaultyBackend>,
 ) -> (Vec<Attempt>, Vec<String>) {
     let mut attempts = Vec::new();
     let mut ids = Vec::new();
@@ -183,6 +191,11 @@ async fn run(
         assert_eq!(job.region, p.region);
         let lease = leases[p.region];
         clock.advance(Duration::from_millis(p.wait_ms));
+        // Faults, when asked for, only while the region reports (routing
+        // is not what this test is about).
+        if let Some(f) = faults {
+            f.set_config(FaultConfig::mixed(0.5));
+        }
         let mut version = 1;
         let mut update = |state: JobState, run_ms: u64, runs: u64| {
             version += 1;
@@ -237,6 +250,9 @@ async fn run(
             },
         )
         .await;
+        if let Some(f) = faults {
+            f.set_config(FaultConfig::none());
+        }
         ids.push(job_id);
     }
     (attempts, ids)
@@ -373,7 +389,7 @@ async fn usage_totals_equal_the_sum_over_the_task_records_through_the_api_http_c
     leases.insert("r1", register(&mut link, "r1").await);
     leases.insert("r2", register_gpu_region(&mut link, "r2").await);
     let plan = plan();
-    let (attempts, _) = run(&clock, &mut api, &mut link, &leases, &plan).await;
+    let (attempts, _) = run(&clock, &mut api, &mut link, &leases, &plan, None).await;
 
     // gRPC: each tenant, then every tenant.
     for tenant in ["alpha", "beta", ""] {
@@ -499,7 +515,7 @@ async fn usage_survives_the_removal_of_the_finished_jobs_by_the_retention() {
     let mut leases = BTreeMap::new();
     leases.insert("r1", register(&mut link, "r1").await);
     leases.insert("r2", register_gpu_region(&mut link, "r2").await);
-    let (attempts, ids) = run(&clock, &mut api, &mut link, &leases, &plan()).await;
+    let (attempts, ids) = run(&clock, &mut api, &mut link, &leases, &plan(), None).await;
     let before = usage(&mut api, "").await;
     check(&before, &attempts, "");
 
@@ -532,4 +548,39 @@ async fn usage_survives_the_removal_of_the_finished_jobs_by_the_retention() {
     let after = usage(&mut api, "").await;
     check(&after, &attempts, "");
     assert_eq!(after, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_through_failed_and_unknown_commits_count_exactly_once() {
+    let clock = ManualClock::starting_at_unix_ms(START);
+    let faulty = std::sync::Arc::new(FaultyBackend::new(
+        std::sync::Arc::new(MemoryBackend::new()),
+        FaultConfig::none(),
+        7,
+    ));
+    let mut config = GlobalConfig::new("memory", "127.0.0.1:0".parse().unwrap());
+    config.leader_lease = Duration::from_secs(36_000);
+    config.region_lease = Duration::from_secs(36_000);
+    config.controller_every = Duration::from_secs(36_000);
+    let running = start_with(config, Database::new(faulty.clone()), clock.shared())
+        .await
+        .unwrap();
+    guarded("leadership", running.wait_leader()).await;
+    let addr = format!("http://{}", running.grpc_addr);
+    let mut api = FederationClient::connect(addr.clone()).await.unwrap();
+    let mut link = RegionLinkClient::connect(addr).await.unwrap();
+    let mut leases = BTreeMap::new();
+    leases.insert("r1", register(&mut link, "r1").await);
+    leases.insert("r2", register_gpu_region(&mut link, "r2").await);
+    let (attempts, _) = run(&clock, &mut api, &mut link, &leases, &plan(), Some(&faulty)).await;
+    let stats = faulty.stats();
+    assert!(
+        stats.unknown_after > 0 && stats.not_committed > 0,
+        "{stats:?}"
+    );
+    check(&usage(&mut api, "").await, &attempts, "");
+    assert_eq!(
+        usage(&mut api, "").await.total.unwrap().wait.unwrap().jobs,
+        4
+    );
 }
