@@ -243,8 +243,13 @@ async fn run_to_exit(
 ) -> Exit {
     let stdout = child.process.stdout.take();
     let stderr = child.process.stderr.take();
-    let out = stdout.map(|s| tokio::spawn(capture(s, dir.join("stdout"), cap, owner)));
-    let err = stderr.map(|s| tokio::spawn(capture(s, dir.join("stderr"), cap, owner)));
+    let sink = |stream| match &output {
+        Some(o) => Sink::Live(o.clone(), stream),
+        None => Sink::Private(Ring::default()),
+    };
+    let (out_sink, err_sink) = (sink(LogStream::Stdout), sink(LogStream::Stderr));
+    let out = stdout.map(|s| tokio::spawn(capture(s, dir.join("stdout"), cap, owner, out_sink)));
+    let err = stderr.map(|s| tokio::spawn(capture(s, dir.join("stderr"), cap, owner, err_sink)));
     let mut exit = supervise(child.process, child.ids.pgid, stop_rx, clock).await;
     if let Some(cg) = &child.cgroup {
         // Whatever left the process group (setsid) is still in the cgroup.

@@ -382,7 +382,7 @@ impl NodeRecord {
             version: 1,
             registered_at_unix_ms: 0,
             agent_version: String::new(),
+            logs_endpoint: String::new(),
         }
     }
 }
-            logs_endpoint: String::new(),
