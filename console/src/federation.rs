@@ -531,17 +531,17 @@ fn history_html(job: &JobDetail) -> String {
     s
 }
 
-async fn job_page<S: FederationConsoleSource>(
 /// `?task=N`: the task whose output the job page follows.
 #[derive(Debug, Default, serde::Deserialize)]
 struct OutputQuery {
     task: Option<u32>,
 }
 
+async fn job_page<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
     Path(job_id): Path<String>,
-) -> Response {
     Query(output): Query<OutputQuery>,
+) -> Response {
     let job = match source.job(&job_id).await {
         Ok(j) => j,
         Err(e) => {
@@ -574,8 +574,8 @@ struct OutputQuery {
          <div id=\"dependencies\">{}</div></section>\
          <section aria-labelledby=\"timeline-h\"><h2 id=\"timeline-h\">Task timeline</h2><div id=\"timeline\">{}</div></section>\
          <section aria-labelledby=\"tasks-h\"><h2 id=\"tasks-h\">Tasks</h2><div id=\"tasks\">{}</div></section>\
-         <section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2><div id=\"history\">{}</div></section>",
          {}\
+         <section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2><div id=\"history\">{}</div></section>",
         sec["job-summary"],
         sec["dependencies"],
         sec["timeline"],
