@@ -214,6 +214,7 @@ impl Reporter {
                     &self.config.region,
                     &job.record,
                     job.counts,
+                    job.ran,
                     &blocks,
                     &prev,
                     now,
@@ -247,6 +248,7 @@ impl Reporter {
                         &self.config.region,
                         &job.record,
                         job.counts,
+                        job.ran,
                         &blocks,
                         &prev,
                         now,
@@ -371,9 +373,9 @@ fn releasable(s: &RegionState) -> Vec<v1::JobRelease> {
     let mut out = Vec::new();
     for (job_id, job) in &s.jobs {
         if let JobPhase::Revoked(e) = job.record.state
-            && !job.tasks().any(|(_, t)| t.is_bound())
+            && job.bound() == 0
         {
-            let (task_run_ms, tasks_run) = ran(job.tasks().map(|(_, t)| t));
+            let (task_run_ms, tasks_run) = job.ran;
             out.push(v1::JobRelease {
                 job_id: job_id.clone(),
                 assignment_epoch: e,
@@ -465,6 +467,7 @@ fn job_update(
     region: &str,
     job: &JobRecord,
     counts: crate::state::TaskCounts,
+    ran: crate::state::Ran,
     blocks: &[&TaskBlock],
     prev: &Reported,
     now: u64,
@@ -481,8 +484,9 @@ fn job_update(
     if prev.digest == counts && prev.waiting == waiting {
         return None;
     }
-    // Walked only for an update that goes out.
-    let (task_run_ms, tasks_run) = ran(blocks.iter().flat_map(|b| b.tasks.iter()));
+    // Kept per block as blocks change: an update of a 100,000-task job
+    // walks none of its tasks.
+    let (task_run_ms, tasks_run) = ran;
     let mut tasks = Vec::new();
     // Jobs of at most this many tasks carry every task's status in each
     // update (so exit codes and nodes reach the global tier); larger jobs
@@ -573,13 +577,6 @@ fn task_status(region: &str, index: u32, t: &TaskRecord, now: u64) -> v1::TaskSt
         updated_at_unix_ms: now,
         ..Default::default()
     }
-}
-
-/// Accounting: run time (ms) and attempts that ran, summed over tasks.
-fn ran<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> (u64, u64) {
-    tasks.fold((0u64, 0u64), |(ms, runs), t| {
-        (ms.saturating_add(t.ran_ms), runs + u64::from(t.runs))
-    })
 }
 
 /// The first failed task's message, or its exit code, as the job's reason.

@@ -93,6 +93,21 @@ pub struct BlockEntry {
     /// The block's tasks by state, counted when the block is put, so a job
     /// of many blocks is never recounted task by task.
     pub counts: TaskCounts,
+    /// Accounting: run time (ms) and runs summed over the block's tasks,
+    /// summed when the block is put, like `counts`.
+    pub ran: Ran,
+}
+
+/// Accounting sums over tasks: (run time in ms, attempts that ran).
+pub type Ran = (u64, u64);
+
+fn ran_of(block: &TaskBlock) -> Ran {
+    block.tasks.iter().fold((0, 0), |(ms, runs), t| {
+        (
+            ms.saturating_add(t.ran_ms),
+            runs.saturating_add(u64::from(t.runs)),
+        )
+    })
 }
 
 /// Tasks by state, indexed by `v1::TaskState` (what the link reports
@@ -115,6 +130,8 @@ pub struct JobEntry {
     /// Every task of the job by state: the sum of its blocks' counts, kept
     /// as blocks are put and removed (O(block), never O(job)).
     pub counts: TaskCounts,
+    /// The sum of its blocks' accounting sums, kept the same way.
+    pub ran: Ran,
 }
 
 impl JobEntry {
@@ -391,6 +408,7 @@ impl RegionState {
                     blocks: BTreeMap::new(),
                     pending: 0,
                     counts: [0; 9],
+                    ran: (0, 0),
                 });
                 let changed = entry.record != record || entry.spec.is_none();
                 entry.record = record;
@@ -432,21 +450,27 @@ impl RegionState {
                 for (total, n) in e.counts.iter_mut().zip(old.counts) {
                     *total = total.saturating_sub(n);
                 }
+                e.ran.0 = e.ran.0.saturating_sub(old.ran.0);
+                e.ran.1 = e.ran.1.saturating_sub(old.ran.1);
             }
         }
         if let Some(new) = value {
             self.account(job, &new);
             let counts = counts_of(&new);
+            let ran = ran_of(&new);
             if let Some(e) = self.jobs.get_mut(job) {
                 for (total, n) in e.counts.iter_mut().zip(counts) {
                     *total = total.saturating_add(n);
                 }
+                e.ran.0 = e.ran.0.saturating_add(ran.0);
+                e.ran.1 = e.ran.1.saturating_add(ran.1);
                 e.blocks.insert(
                     block,
                     BlockEntry {
                         block: new,
                         label: label.max(old.map_or([0; 10], |o| o.label)),
                         counts,
+                        ran,
                     },
                 );
             }

@@ -160,3 +160,28 @@ fn a_jobs_kept_counts_equal_a_recount_after_blocks_change_and_go() {
     assert_eq!((j.pending, j.bound()), (0, 1));
     assert!(!s.pending_jobs.contains("j"));
 }
+
+#[test]
+fn a_jobs_kept_run_time_equals_the_sum_over_its_tasks() {
+    let mut s = RegionState::default();
+    let mut d = Delta::default();
+    s.put_job("j", Some((job("j", 512, 100), None)), stamp(1), &mut d);
+    let done = v1::TaskState::Succeeded as i32;
+    let ran = |ms: u64, runs: u32| {
+        let mut b = block(&[(done, ""), (done, "")]);
+        for t in &mut b.tasks {
+            t.ran_ms = ms;
+            t.runs = runs;
+        }
+        b
+    };
+    s.put_block("j", 0, Some(ran(100, 1)), stamp(2), &mut d);
+    let mut second = ran(30, 2);
+    second.first = 256;
+    s.put_block("j", 1, Some(second), stamp(2), &mut d);
+    assert_eq!(s.jobs["j"].ran, (260, 6));
+    s.put_block("j", 0, Some(ran(150, 2)), stamp(3), &mut d);
+    assert_eq!(s.jobs["j"].ran, (360, 8));
+    s.put_block("j", 1, None, stamp(4), &mut d);
+    assert_eq!(s.jobs["j"].ran, (300, 4));
+}
