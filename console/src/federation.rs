@@ -41,6 +41,7 @@ pub fn federation_router<S: FederationConsoleSource>(source: Arc<S>) -> Router {
         .route("/console/jobs/{job_id}/stream", get(job_stream::<S>))
         .route("/console/api/jobs/{job_id}", get(job_json::<S>))
         .merge(crate::schedules::routes::<S>())
+        .merge(crate::usage::routes::<S>())
         .merge(assets::routes())
         .with_state(source)
 }

@@ -28,6 +28,8 @@ mod render;
 mod schedules;
 pub mod source;
 mod timeline;
+mod usage;
+mod usage_chart;
 pub mod view;
 
 pub use error::ConsoleError;

@@ -345,7 +345,7 @@ pub fn bar_chart(title: &str, bars: &[(String, u64, String)]) -> String {
     svg
 }
 
-fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     if v >= 100.0 || v == v.round() {
         count(v.round() as u64)
     } else if v >= 10.0 {
@@ -355,7 +355,7 @@ fn num(v: f64) -> String {
     }
 }
 
-fn nice_ceiling(max: f64) -> f64 {
+pub(crate) fn nice_ceiling(max: f64) -> f64 {
     if max <= 0.0 {
         return 1.0;
     }

@@ -10,7 +10,8 @@ use std::future::Future;
 use crate::error::ConsoleError;
 use crate::view::{
     ActionOutcome, EventView, FederationSnapshot, JobDetail, LaneView, NodeAction, NodeView,
-    PlacementSample, RegionIdentity, ScheduleDetail, ScheduleRow, ShardView, WaitingJobView,
+    PlacementSample, RegionIdentity, ScheduleDetail, ScheduleRow, ShardView, UsageQuery, UsageView,
+    WaitingJobView,
 };
 
 /// Result of a source call.
@@ -65,6 +66,12 @@ pub trait FederationConsoleSource: Send + Sync + 'static {
     ) -> impl Future<Output = SourceResult<ScheduleDetail>> + Send {
         let _ = schedule_id;
         async { Err(unserved("schedules")) }
+    }
+    /// Usage per tenant and region over a range, with hourly rows for the
+    /// chart; `Invalid` naming the field for a bad query.
+    fn usage(&self, query: &UsageQuery) -> impl Future<Output = SourceResult<UsageView>> + Send {
+        let _ = query;
+        async { Err(unserved("usage")) }
     }
 }
 

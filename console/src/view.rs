@@ -431,3 +431,57 @@ pub struct ScheduleDetail {
     /// True when the schedule has more runs than the page lists.
     pub runs_truncated: bool,
 }
+
+/// What the usage page asks for: a range ending now, optionally one tenant
+/// or one region.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageQuery {
+    /// Empty for every tenant.
+    pub tenant: String,
+    /// Empty for every region.
+    pub region: String,
+    /// Start of the range (Unix ms); the tier rounds it down to the hour.
+    pub since_unix_ms: u64,
+    /// End of the range (Unix ms); 0 means now.
+    pub until_unix_ms: u64,
+}
+
+/// Usage of one tenant in one region over a range or one hour of it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub tenant: String,
+    pub region: String,
+    pub start_unix_ms: u64,
+    pub end_unix_ms: u64,
+    /// Allocated CPU times run time, core-seconds.
+    pub cpu_seconds: f64,
+    /// Allocated memory times run time, GiB-seconds.
+    pub memory_gib_seconds: f64,
+    /// Allocated GPUs times run time, GPU-seconds.
+    pub gpu_seconds: f64,
+    /// Task attempts that ran, retries included.
+    pub tasks_run: u64,
+    /// Their total run time (ms).
+    pub task_run_ms: u64,
+    /// Jobs whose wait (submit to first task running) is counted.
+    pub wait_jobs: u64,
+    pub wait_p50_ms: u64,
+    pub wait_p90_ms: u64,
+    pub wait_p99_ms: u64,
+    pub wait_max_ms: u64,
+    pub wait_mean_ms: u64,
+}
+
+/// Usage over a range: per tenant and region, the total, and per hour.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageView {
+    /// The range covered, after the tier rounded it to hours.
+    pub since_unix_ms: u64,
+    pub until_unix_ms: u64,
+    /// One row per (tenant, region) with usage, by tenant then region.
+    pub records: Vec<UsageRow>,
+    /// The sum over `records`.
+    pub total: UsageRow,
+    /// One row per (tenant, region, hour) with usage, by hour.
+    pub hours: Vec<UsageRow>,
+}

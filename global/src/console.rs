@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use meridian_console::view::{
     Amount, DependencyRow, DependencyStatus, FederationSnapshot, JobDetail, JobRow, RegionSummary,
-    ScheduleDetail, ScheduleRow, TaskRow, TenantJobs, TransitionRow,
+    ScheduleDetail, ScheduleRow, TaskRow, TenantJobs, TransitionRow, UsageQuery, UsageView,
 };
 use meridian_console::{ConsoleError, FederationConsoleSource};
 use meridian_proto::v1::{Job, JobState, ListJobsRequest, RegionInfo, RegionState, TaskState};
@@ -20,6 +20,7 @@ use crate::federation::FederationService;
 use crate::gate::{DependencyReport, Verdict};
 
 mod schedules;
+mod usage;
 
 /// Jobs counted per overview refresh at most (pages of 1000).
 const SCAN_LIMIT: usize = 10_000;
@@ -315,6 +316,10 @@ impl FederationConsoleSource for GlobalConsole {
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, ConsoleError> {
         schedules::list(&self.api).await.map_err(console_error)
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<UsageView, ConsoleError> {
+        usage::read(&self.api, query).await.map_err(console_error)
     }
 
     async fn schedule(&self, schedule_id: &str) -> Result<ScheduleDetail, ConsoleError> {

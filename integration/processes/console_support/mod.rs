@@ -179,18 +179,39 @@ impl FakeAgent {
                 };
                 let agent = self.clone();
                 tokio::spawn(async move {
-                    agent.report(&attempt, v1::TaskState::Running).await;
+                    let started = now_ms();
+                    agent
+                        .report_started(&attempt, v1::TaskState::Running, started)
+                        .await;
                     run_simulated_task(Duration::from_millis(duration)).await;
-                    agent.report(&attempt, v1::TaskState::Succeeded).await;
+                    // As a real agent's end report, it carries the start
+                    // (the region's accounting reads the run time from it).
+                    agent
+                        .report_started(&attempt, v1::TaskState::Succeeded, started)
+                        .await;
                 });
             }
         });
     }
 
     pub async fn report(&self, attempt: &v1::TaskAttempt, state: v1::TaskState) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let started = if state == v1::TaskState::Running {
+            now_ms()
+        } else {
+            0
+        };
+        self.report_started(attempt, state, started).await;
+    }
+
+    /// Reports `state` of the attempt that started at `started` (0: not
+    /// known), as the agent's status report carries it.
+    pub async fn report_started(
+        &self,
+        attempt: &v1::TaskAttempt,
+        state: v1::TaskState,
+        started: u64,
+    ) {
+        let now = now_ms();
         let _ = self
             .client
             .clone()
@@ -201,11 +222,7 @@ impl FakeAgent {
                     task: Some(attempt.clone()),
                     state: state as i32,
                     exit_code: (state == v1::TaskState::Succeeded).then_some(0),
-                    started_at_unix_ms: if state == v1::TaskState::Running {
-                        now
-                    } else {
-                        0
-                    },
+                    started_at_unix_ms: started,
                     finished_at_unix_ms: if state == v1::TaskState::Succeeded {
                         now
                     } else {
