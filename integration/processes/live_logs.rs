@@ -9,6 +9,9 @@
 //! - a follow whose global replica is killed mid-stream goes on through
 //!   the other replica from the offsets it has: every line exactly once;
 //! - a follower that starts late gets the tail first, then the live lines;
+//! - following the latest attempt goes on with the retry of a failed one
+//!   (announced on stderr) and ends with the task; a given attempt ends
+//!   with that attempt;
 //! - the federation console's job page (Debian's headless Chromium) shows
 //!   the lines as they come while the task runs, then that it ended.
 //!
@@ -142,6 +145,13 @@ impl Federation {
             go = go.display(),
             witness = witness.display()
         );
+        let job_id = self.submit_script(name, script, 1).await;
+        (job_id, witness, go)
+    }
+
+    /// Submits `sh -c script` with up to `max_attempts` attempts, retried
+    /// 100 ms after a failure; returns the job id.
+    async fn submit_script(&self, name: &str, script: String, max_attempts: u32) -> String {
         let spec = v1::JobSpec {
             name: name.into(),
             tenant: "team-a".into(),
@@ -159,16 +169,16 @@ impl Federation {
                 ..v1::Resources::default()
             }),
             retry: Some(v1::RetryPolicy {
-                max_attempts: 1,
-                ..Default::default()
+                max_attempts,
+                backoff_base_ms: 100,
+                backoff_cap_ms: 100,
             }),
             // The failover test kills a global replica; the task is not
             // to be stopped for it.
             on_region_loss: v1::RegionLossPolicy::KeepRunning as i32,
             ..Default::default()
         };
-        let job_id = self
-            .client()
+        self.client()
             .await
             .submit_job(v1::SubmitJobRequest {
                 request_id: format!("req-{name}"),
@@ -177,8 +187,7 @@ impl Federation {
             .await
             .expect("submit")
             .into_inner()
-            .job_id;
-        (job_id, witness, go)
+            .job_id
     }
 }
 
@@ -212,11 +221,17 @@ impl Drop for Follower {
 
 impl Follower {
     fn start(endpoints: &str, task: &str, witness: &Path) -> Follower {
+        Follower::start_with(endpoints, &[task], witness, Stdio::inherit())
+    }
+
+    /// `meridian job logs -f ARGS...`, its stderr to `stderr`.
+    fn start_with(endpoints: &str, args: &[&str], witness: &Path, stderr: Stdio) -> Follower {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args(["job", "logs", "-f", task])
+            .args(["job", "logs", "-f"])
+            .args(args)
             .env("MERIDIAN_ENDPOINT", endpoints)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("run meridian job logs -f");
         let stdout = child.stdout.take().expect("stdout");
@@ -485,4 +500,53 @@ async fn the_job_page_of_the_console_shows_the_output_live_while_the_task_runs()
         Some(expected.as_str()),
         "every line once, in order"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_of_the_latest_attempt_goes_on_with_the_retry_and_a_given_attempt_ends_with_it() {
+    let fed = Federation::start(1).await;
+    let go = fed.shared.join("retry.go");
+    // Attempt 1 prints its number, waits for `go`, fails; attempt 2 (the
+    // retry, 100 ms later) prints its number and succeeds.
+    let script = format!(
+        "echo \"attempt $MERIDIAN_ATTEMPT\"; \
+         if [ \"$MERIDIAN_ATTEMPT\" -lt 2 ]; then while [ ! -e {} ]; do sleep 0.02; done; exit 1; fi",
+        go.display()
+    );
+    let job_id = fed.submit_script("retry", script, 2).await;
+    let task = format!("{job_id}/0");
+    let notes = fed.shared.join("follow.stderr");
+    let stderr = std::fs::File::create(&notes).expect("stderr file");
+    let mut latest = Follower::start_with(&fed.endpoints(), &[&task], &go, stderr.into());
+    assert_eq!(latest.next().expect("a line").0, "attempt 1");
+    std::fs::write(&go, b"").expect("go");
+    assert_eq!(latest.next().expect("a line").0, "attempt 2");
+    let status = latest.exit();
+    assert!(status.success(), "job logs -f exited {status}");
+    assert!(
+        latest.next().is_none(),
+        "nothing after the task's last attempt"
+    );
+    let notes = std::fs::read_to_string(&notes).expect("stderr");
+    assert!(
+        notes.contains("--- attempt 2 on node node-1 ---"),
+        "the new attempt is announced: {notes}"
+    );
+    let mut client = fed.client().await;
+    let state = tokio::time::timeout(GUARD, final_state(&mut client, &job_id))
+        .await
+        .expect("the job ended in time");
+    assert_eq!(state, v1::JobState::Succeeded);
+
+    // Attempt 1 asked for by number: its stored output, then the end.
+    let mut first = Follower::start_with(
+        &fed.endpoints(),
+        &[&task, "--attempt", "1"],
+        &go,
+        Stdio::inherit(),
+    );
+    assert_eq!(first.next().expect("a line").0, "attempt 1");
+    let status = first.exit();
+    assert!(status.success(), "job logs -f --attempt 1 exited {status}");
+    assert!(first.next().is_none(), "only attempt 1");
 }
