@@ -42,6 +42,9 @@ pub enum JobCommand {
     },
     /// List jobs.
     List(ListArgs),
+    /// One page of a job's tasks, read from its region (for an array too
+    /// large for `get` to list).
+    Tasks(crate::tasks::TasksArgs),
     /// Request cancellation of a job.
     Cancel {
         /// The job id.
@@ -191,6 +194,9 @@ pub async fn run(args: JobArgs) -> Result<()> {
             get_into(&mut client, output, &job_id, &mut std::io::stdout()).await
         }
         JobCommand::List(a) => list_into(&mut client, output, a, &mut std::io::stdout()).await,
+        JobCommand::Tasks(a) => {
+            crate::tasks::tasks_into(&mut client, output, a, &mut std::io::stdout()).await
+        }
         JobCommand::Cancel { job_id, reason } => {
             let request = CancelJobRequest { job_id, reason };
             let response = client

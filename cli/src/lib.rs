@@ -25,6 +25,7 @@ pub mod job;
 pub mod queued;
 pub mod render;
 pub mod schedule;
+pub mod tasks;
 pub mod spec;
 pub mod telemetry;
 pub mod usage;

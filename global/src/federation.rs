@@ -293,6 +293,19 @@ impl FederationService {
             })
     }
 
+    /// The region holding job `job_id` now.
+    async fn job_region(&self, job_id: &str) -> Result<String, Status> {
+        validate::job_id("job_id", job_id)?;
+        let job = self.jobs.get(job_id).await?;
+        if job.region.is_empty() {
+            return Err(GlobalError::FailedPrecondition(format!(
+                "job {job_id} is not in a region yet"
+            ))
+            .into());
+        }
+        Ok(job.region)
+    }
+
     /// FollowTaskLogs (any replica): the region's stream, passed through
     /// as it comes (HTTP/2 flow control is the only buffer here).
     pub async fn follow_logs(
@@ -430,6 +443,15 @@ impl Federation for FederationService {
         let req = request.into_inner();
         let region = self.task_region(req.task.as_ref()).await?;
         self.admin(&region).await?.get_task_logs(req).await
+    }
+
+    async fn list_job_tasks(
+        &self,
+        request: Request<ListJobTasksRequest>,
+    ) -> Result<Response<ListJobTasksResponse>, Status> {
+        let req = request.into_inner();
+        let region = self.job_region(&req.job_id).await?;
+        self.admin(&region).await?.list_job_tasks(req).await
     }
 
     type FollowTaskLogsStream = tonic::codec::Streaming<TaskLogChunk>;

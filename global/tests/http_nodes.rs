@@ -126,6 +126,13 @@ impl RegionAdmin for Recorder {
         ])))
     }
 
+    async fn list_job_tasks(
+        &self,
+        _: Request<ListJobTasksRequest>,
+    ) -> Result<Response<ListJobTasksResponse>, Status> {
+        Err(Status::unimplemented("not recorded"))
+    }
+
     async fn get_task_logs(
         &self,
         request: Request<GetTaskLogsRequest>,

@@ -247,3 +247,89 @@ async fn a_job_at_its_parallelism_waits_with_the_limit_as_its_reason() {
         .collect();
     assert_eq!(bound, vec![0, 1, 2]);
 }
+
+/// `ListJobTasks` over real gRPC: a large job's tasks page by page, of
+/// chosen states, from the replica's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_jobs_tasks_are_listed_page_by_page_by_state() {
+    let region = Region::new().await;
+    region.register("node-0", "boot-1").await;
+    let mut spec = simple_spec("t", 1_000, 10, 1 << 20);
+    spec.parallelism = 100;
+    region.insert("big", spec).await;
+    let mut lp = region.shard_loop(0).await;
+    assert_eq!(lp.round().await.expect("round").outcome.bound.len(), 100);
+    let (addr, _) = region
+        .serve(meridian_regional::agent::AgentApiConfig::default())
+        .await;
+    let mut admin = support::admin_client(addr).await;
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = admin
+            .list_job_tasks(v1::ListJobTasksRequest {
+                job_id: "big".into(),
+                states: vec![v1::TaskState::Placed as i32],
+                page_size: 30,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        pages += 1;
+        let counts = page.task_counts.unwrap_or_default();
+        assert_eq!((counts.placed, counts.pending), (100, 900));
+        assert!(
+            page.tasks
+                .iter()
+                .all(|t| t.state == v1::TaskState::Placed as i32)
+        );
+        assert!(
+            page.tasks
+                .iter()
+                .all(|t| t.node_id == "node-0" && t.attempt == 1)
+        );
+        seen.extend(page.tasks.iter().map(|t| t.index));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 4);
+    assert_eq!(seen, (0..100).collect::<Vec<u32>>());
+
+    let pending = admin
+        .list_job_tasks(v1::ListJobTasksRequest {
+            job_id: "big".into(),
+            states: vec![v1::TaskState::Pending as i32],
+            page_size: 1_000,
+            page_token: String::new(),
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(pending.tasks.len(), 900);
+    assert_eq!(pending.tasks.first().map(|t| t.index), Some(100));
+    assert!(pending.next_page_token.is_empty());
+
+    let missing = admin
+        .list_job_tasks(v1::ListJobTasksRequest {
+            job_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown job");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let bad = admin
+        .list_job_tasks(v1::ListJobTasksRequest {
+            job_id: "big".into(),
+            page_token: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad token");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().starts_with("page_token"), "{}", bad.message());
+}

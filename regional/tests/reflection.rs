@@ -138,6 +138,8 @@ async fn a_reflection_client_lists_the_region_replicas_services_and_reads_their_
         "UncordonNode",
         "DrainNode",
         "GetTaskLogs",
+        "FollowTaskLogs",
+        "ListJobTasks",
     ]
     .iter()
     .map(|m| m.to_string())

@@ -39,6 +39,9 @@ pub trait Script: Send + Sync + 'static {
     async fn get_task_logs(&self, _: GetTaskLogsRequest) -> Result<GetTaskLogsResponse, Status> {
         Err(unscripted())
     }
+    async fn list_job_tasks(&self, _: ListJobTasksRequest) -> Result<ListJobTasksResponse, Status> {
+        Err(unscripted())
+    }
     async fn follow_task_logs(&self, _: FollowTaskLogsRequest) -> Result<LogChunks, Status> {
         Err(unscripted())
     }
@@ -135,6 +138,15 @@ impl<S: Script> Federation for Fake<S> {
         r: Request<WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
         self.0.watch_jobs(r.into_inner()).await.map(Response::new)
+    }
+    async fn list_job_tasks(
+        &self,
+        r: Request<ListJobTasksRequest>,
+    ) -> Result<Response<ListJobTasksResponse>, Status> {
+        self.0
+            .list_job_tasks(r.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn get_task_logs(
         &self,

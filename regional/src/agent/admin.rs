@@ -1,5 +1,6 @@
 //! The `RegionAdmin` gRPC service: list, cordon, uncordon and drain nodes,
-//! and read captured task output.
+//! read captured task output, and page through a job's tasks
+//! ([`super::tasks`]).
 //!
 //! Owns the operator view of nodes (`NodeInfo`, with allocation computed
 //! from the bound tasks). Must never stop tasks itself: a drain is recorded
@@ -108,6 +109,15 @@ impl RegionApi {
 
 #[tonic::async_trait]
 impl RegionAdmin for RegionApi {
+    async fn list_job_tasks(
+        &self,
+        request: Request<v1::ListJobTasksRequest>,
+    ) -> Result<Response<v1::ListJobTasksResponse>, Status> {
+        let now = self.clock.now_unix_ms();
+        let s = self.state.read();
+        super::tasks::page(&s, &self.region, request.get_ref(), now).map(Response::new)
+    }
+
     async fn list_nodes(
         &self,
         request: Request<v1::ListNodesRequest>,

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod follow;
 pub mod service;
 pub mod stream;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
