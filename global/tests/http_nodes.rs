@@ -128,9 +128,22 @@ impl RegionAdmin for Recorder {
 
     async fn list_job_tasks(
         &self,
-        _: Request<ListJobTasksRequest>,
+        request: Request<ListJobTasksRequest>,
     ) -> Result<Response<ListJobTasksResponse>, Status> {
-        Err(Status::unimplemented("not recorded"))
+        let req = request.into_inner();
+        self.record(&req);
+        Ok(Response::new(ListJobTasksResponse {
+            tasks: vec![TaskStatus {
+                index: 5,
+                state: TaskState::Running as i32,
+                node_id: "n-1".into(),
+                region: REGION.into(),
+                attempt: 1,
+                ..TaskStatus::default()
+            }],
+            next_page_token: "i6".into(),
+            task_counts: None,
+        }))
     }
 
     async fn get_task_logs(
@@ -467,4 +480,71 @@ async fn the_logs_route_forwards_to_the_tasks_region_and_answers_the_output_as_j
         assert_eq!(json(&body)["field"], field, "{path}: {body}");
     }
     assert!(region.take().is_empty(), "refusals never reach the region");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_job_tasks_is_forwarded_to_the_jobs_region_and_refused_for_a_pending_job() {
+    let h = Harness::start(|_| {}).await;
+    let (region, endpoint) = stand_in_region().await;
+    let mut link = h.link().await;
+    let lease = register_with_admin(&mut link, &endpoint).await;
+    let mut stream = assignments(&mut link, REGION, lease).await;
+    let mut api = h.federation().await;
+    let mut s = spec("t");
+    s.allowed_regions = vec![REGION.into()];
+    let job = api
+        .submit_job(submit("tasks-1", s))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    loop {
+        let event = guarded("the assignment", stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if event.kind == AssignmentEventKind::Assign as i32 {
+            break;
+        }
+    }
+    let request = ListJobTasksRequest {
+        job_id: job.clone(),
+        states: vec![TaskState::Running as i32],
+        page_size: 1,
+        page_token: "i5".into(),
+    };
+    let page = api
+        .list_job_tasks(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.tasks[0].index, 5);
+    assert_eq!(page.next_page_token, "i6");
+    assert_eq!(region.take(), vec![format!("{request:?}")]);
+
+    // Waits at the global tier for the first job: in no region.
+    let mut waiting = spec("t");
+    waiting.dependencies = vec![JobDependency {
+        condition: DependencyCondition::AfterOk as i32,
+        target: Some(job_dependency::Target::JobId(job.clone())),
+    }];
+    let pending = api
+        .submit_job(submit("tasks-2", waiting))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let refused = api
+        .list_job_tasks(ListJobTasksRequest {
+            job_id: pending,
+            ..ListJobTasksRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(region.take().is_empty());
 }
