@@ -276,6 +276,7 @@ pub mod proto {
         SetJobPriorityResponse,
         JobEvent,
         GetTaskLogsResponse,
+        ListJobTasksResponse,
         TaskLogChunk,
         ListRegionsResponse,
         DrainRegionRequest,

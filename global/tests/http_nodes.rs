@@ -521,6 +521,20 @@ async fn list_job_tasks_is_forwarded_to_the_jobs_region_and_refused_for_a_pendin
     assert_eq!(page.tasks[0].index, 5);
     assert_eq!(page.next_page_token, "i6");
     assert_eq!(region.take(), vec![format!("{request:?}")]);
+    // The same over HTTP.
+    let addr = h.running.http_addr.unwrap();
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!("/v1/jobs/{job}/tasks?states=TASK_STATE_RUNNING&page_size=1&page_token=i5"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let page = json(&body);
+    assert_eq!(page["tasks"][0]["index"], 5, "{body}");
+    assert_eq!(page["next_page_token"], "i6");
+    assert_eq!(region.take(), vec![format!("{request:?}")]);
 
     // Waits at the global tier for the first job: in no region.
     let mut waiting = spec("t");

@@ -12,8 +12,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use meridian_proto::v1::federation_server::Federation;
 use meridian_proto::v1::{
-    CancelJobRequest, GetTaskLogsRequest, HoldJobRequest, ListJobsRequest, ReleaseJobRequest,
-    SetJobPriorityRequest, SubmitJobRequest, SubmitJobsRequest,
+    CancelJobRequest, GetTaskLogsRequest, HoldJobRequest, ListJobTasksRequest, ListJobsRequest,
+    ReleaseJobRequest, SetJobPriorityRequest, SubmitJobRequest, SubmitJobsRequest,
 };
 use serde_json::{Value, json};
 
@@ -296,6 +296,52 @@ pub async fn set_priority(
         Err(e) => Err(e),
     };
     respond(&s, "SetJobPriorityResponse", result).await
+}
+
+/// ListJobTasks: the job from the path; `states` (repeatable), `page_size`
+/// and `page_token` from the query string.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{job_id}/tasks",
+    tag = "jobs",
+    operation_id = "ListJobTasks",
+    params(
+        ("job_id" = String, Path, description = "The job"),
+        ("states" = Option<Vec<String>>, Query, description = "Only tasks in these states \
+            (`TASK_STATE_RUNNING`, ...; repeatable); absent means every state"),
+        ("page_size" = Option<u32>, Query, description = "Tasks per page, 1 to 1000; \
+            0 or absent means 100"),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the \
+            previous page"),
+    ),
+    responses(
+        (status = 200, description = "One page of the job's tasks in index order, from its \
+            region", body = proto::ListJobTasksResponse),
+        (status = 404, description = "No such job, or its region no longer holds it",
+            body = ErrorBody),
+        (status = 409, description = "The job is in no region yet", body = ErrorBody),
+        (status = 503, description = "The job's region cannot be reached", body = ErrorBody),
+        (status = "4XX", description = "Refused; the message names the field", body = ErrorBody),
+        (status = "5XX", description = "Failed", body = ErrorBody),
+    )
+)]
+pub async fn job_tasks(
+    State(s): State<AppState>,
+    Path(job_id): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> ApiResult {
+    let req = QueryMessage::read("ListJobTasksRequest", pairs, &[]).and_then(|mut m| {
+        m.set("job_id", json!(job_id));
+        m.into_message::<ListJobTasksRequest>()
+    });
+    let req = match req {
+        Ok(req) => req,
+        Err(e) => return Err(super::errors::fail(&s, e).await),
+    };
+    match s.api.list_job_tasks(tonic::Request::new(req)).await {
+        Ok(answer) => respond(&s, "ListJobTasksResponse", Ok(answer.into_inner())).await,
+        Err(status) => Err(ApiError::from(status)),
+    }
 }
 
 /// GetTaskLogs: the task from the path, `attempt` and `max_bytes` from the

@@ -8,7 +8,7 @@
 //! children must never implement API behaviour of their own.
 //!
 //! - `jobs`: submit, batch, list, get, cancel, hold, release, priority,
-//!   task logs.
+//!   a job's tasks page by page, task logs.
 //! - `watch`: WatchJobs as server-sent events.
 //! - `logs`: FollowTaskLogs as server-sent events.
 //! - `regions`: regions, region drain, and the nodes of a region.
@@ -86,6 +86,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::hold))
         .routes(routes!(jobs::release))
         .routes(routes!(jobs::set_priority))
+        .routes(routes!(jobs::job_tasks))
         .routes(routes!(jobs::task_logs))
         .routes(routes!(logs::follow))
         .routes(routes!(regions::regions))
