@@ -1,26 +1,25 @@
 //! The schedules pages' data: schedules as ListSchedules and GetSchedule
-//! answer them, and a schedule's latest runs as ListJobs answers them (the
-//! jobs carrying its `meridian.schedule` label).
+//! answer them, and a schedule's latest runs (the jobs of its latest
+//! ticks, `schedules::runs`).
 //!
 //! Owns turning those answers into the console's views. Must never read the
 //! store directly or change a schedule: the console's schedule pages are
 //! read-only.
 
-use meridian_console::view::{JobRow, ScheduleDetail, ScheduleRow};
-use meridian_proto::v1::{
-    LabelOperator, LabelRequirement, ListJobsRequest, MissedTickPolicy, OverlapPolicy, Schedule,
-};
+use meridian_console::view::{ScheduleDetail, ScheduleRow};
+use meridian_proto::v1::{MissedTickPolicy, OverlapPolicy, Schedule};
 
 use super::row;
 use crate::error::Result;
 use crate::federation::FederationService;
-use crate::schedules::rules::{SCHEDULE_LABEL, starting_deadline_ms};
+use crate::schedules::rules::starting_deadline_ms;
 
 /// Runs listed on a schedule's page.
 const RUNS: usize = 20;
-/// Jobs of a schedule read per refresh at most (pages of 1000): a schedule
-/// that ran more often than this shows its runs among the first ones.
-const RUNS_SCAN: usize = 10_000;
+/// Ticks looked at per refresh at most (one point read each): a schedule
+/// whose last 20 runs are spread over more ticks (skipped, missed, paused)
+/// shows those found among them.
+const MAX_TICKS: usize = 200;
 
 /// Every schedule, in id order.
 pub async fn list(api: &FederationService) -> Result<Vec<ScheduleRow>> {
@@ -33,48 +32,18 @@ pub async fn list(api: &FederationService) -> Result<Vec<ScheduleRow>> {
         .collect())
 }
 
-/// One schedule with its latest runs, newest first.
+/// One schedule with its latest runs, newest first: the jobs of its
+/// latest ticks, found by their request ids.
 pub async fn detail(api: &FederationService, schedule_id: &str) -> Result<ScheduleDetail> {
     let schedule = api.schedules.get(schedule_id).await?;
-    let tenant = schedule
-        .spec
-        .as_ref()
-        .map(|s| s.tenant.clone())
-        .unwrap_or_default();
-    let mut runs: Vec<JobRow> = Vec::new();
-    let mut total = 0usize;
-    let mut token = String::new();
-    loop {
-        let page = api
-            .jobs
-            .list(&ListJobsRequest {
-                tenant: tenant.clone(),
-                label_selector: vec![LabelRequirement {
-                    key: SCHEDULE_LABEL.into(),
-                    op: LabelOperator::In as i32,
-                    values: vec![schedule_id.to_string()],
-                }],
-                page_size: 1000,
-                page_token: token,
-                ..ListJobsRequest::default()
-            })
-            .await?;
-        total += page.jobs.len();
-        // Job ids sort by submission: the last ones read are the latest.
-        runs.extend(page.jobs.iter().map(row));
-        if runs.len() > RUNS {
-            runs.drain(..runs.len() - RUNS);
-        }
-        token = page.next_page_token;
-        if token.is_empty() || total >= RUNS_SCAN {
-            break;
-        }
-    }
-    runs.reverse();
+    let runs = api
+        .schedules
+        .latest_runs(&schedule, RUNS, MAX_TICKS)
+        .await?;
     Ok(ScheduleDetail {
         schedule: schedule_row(&schedule),
-        runs_truncated: total > runs.len(),
-        runs,
+        runs: runs.jobs.iter().map(row).collect(),
+        runs_truncated: runs.more,
     })
 }
 

@@ -15,6 +15,7 @@
 
 pub mod cadence;
 pub mod rules;
+pub mod runs;
 pub mod ticker;
 
 use std::sync::Arc;
