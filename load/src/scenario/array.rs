@@ -6,7 +6,8 @@
 //! submitting the job, and, while it runs, watching it two ways: the
 //! region's own records (its SQLite store, read beside the scheduler) for
 //! how many of the job's tasks are bound at once, and `GetJob` at the
-//! global tier, timed. Once the job has ended it times `GetJob` and the
+//! global tier, timed, with a page of its running tasks (`ListJobTasks`,
+//! from the region). Once the job has ended it times `GetJob` and the
 //! `meridian job get` command itself (a fresh process each time, as a user
 //! runs it). The nodes are sized so that no one shard holds the cap: the
 //! job is placed by several shards' leaders. Must never count slowness as
@@ -116,11 +117,30 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
 
     let guard = Duration::from_secs(ctx.pick(300, 1_800));
     let mut during = Latency::new();
+    let mut pages = Latency::new();
+    let mut page_errors = 0u64;
     let mut running = Vec::new();
     let job = loop {
         let sent = Instant::now();
         let job = get(&mut api, &job_id).await?;
         during.record(sent.elapsed());
+        if !job.region.is_empty() {
+            // A page of the running tasks, from the job's region.
+            let sent = Instant::now();
+            let page = api
+                .list_job_tasks(v1::ListJobTasksRequest {
+                    job_id: job_id.clone(),
+                    states: vec![v1::TaskState::Running as i32],
+                    page_size: 100,
+                    page_token: String::new(),
+                })
+                .await;
+            match page {
+                Ok(_) => pages.record(sent.elapsed()),
+                // The region forgets the job once its end is accepted.
+                Err(_) => page_errors += 1,
+            }
+        }
         let counts = job.task_counts.unwrap_or_default();
         running.push((
             submitted.elapsed().as_secs_f64(),
@@ -169,6 +189,8 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     report.result("task_counts", format!("{:?}", job.task_counts));
     report.result("get_job_during_run", during.summary());
     report.result("get_job_after_end", after.summary());
+    report.result("list_job_tasks_running_page_of_100", pages.summary());
+    report.result("list_job_tasks_refused", page_errors);
     report.result("meridian_job_get_command", command.summary());
 
     report.target(
