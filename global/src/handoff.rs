@@ -136,6 +136,8 @@ pub async fn revoke(
     now: u64,
 ) -> Result<()> {
     let from = job.region.clone();
+    // Exactly one: the release's usage totals are judged against the
+    // hold's epoch, one below the revocation's (`reports::release`).
     job.assignment_epoch += 1;
     job.region_acknowledged = false;
     job.updated_at_unix_ms = now;

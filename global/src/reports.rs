@@ -260,8 +260,11 @@ pub async fn release(
                     tx.set(&keys.task(&job.job_id, task.index), &task.encode_to_vec())?;
                 }
             }
+            // The totals are those of the hold being released, which the
+            // revocation fenced by adding one to its epoch
+            // (`handoff::revoke`): compared with that hold's reports.
             let ran = usage::Ran {
-                epoch: item.assignment_epoch,
+                epoch: item.assignment_epoch.saturating_sub(1),
                 run_ms: item.task_run_ms,
                 runs: item.tasks_run,
             };

@@ -584,3 +584,191 @@ async fn reports_through_failed_and_unknown_commits_count_exactly_once() {
         4
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_moved_between_regions_counts_each_regions_attempts_once_in_its_region() {
+    let clock = ManualClock::starting_at_unix_ms(START);
+    let dir = tempfile::tempdir().unwrap();
+    let running = leader(&clock, &dir).await;
+    let addr = format!("http://{}", running.grpc_addr);
+    let mut api = FederationClient::connect(addr.clone()).await.unwrap();
+    let mut link = RegionLinkClient::connect(addr).await.unwrap();
+    let lease_1 = register(&mut link, "r1").await;
+    let lease_2 = register(&mut link, "r2").await;
+    let mut stream_1 = assignments(&mut link, "r1", lease_1).await;
+    let mut s = spec("t");
+    // Both regions allowed, r1 preferred.
+    s.allowed_regions = vec!["r1".into(), "r2".into()];
+    s.preferred_regions = vec!["r1".into()];
+    s.task_count = 2;
+    let job_id = api
+        .submit_job(submit("moved", s))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let held = await_routed(&mut api, &job_id).await;
+    assert_eq!(held.region, "r1");
+    let status =
+        |epoch: u64, version: u64, state: JobState, run_ms: u64, runs: u64| JobStatusUpdate {
+            job_id: job_id.clone(),
+            assignment_epoch: epoch,
+            status_version: version,
+            state: state as i32,
+            task_run_ms: run_ms,
+            tasks_run: runs,
+            ..JobStatusUpdate::default()
+        };
+    let old = held.assignment_epoch;
+    let acked = link
+        .ack_assignments(AckAssignmentsRequest {
+            region: "r1".into(),
+            region_lease_epoch: lease_1,
+            acks: vec![JobEpoch {
+                job_id: job_id.clone(),
+                assignment_epoch: old,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.results[0].verdict, Verdict::Accepted as i32);
+    clock.advance(Duration::from_millis(1_000));
+    report(
+        &mut link,
+        "r1",
+        lease_1,
+        status(old, 1, JobState::Running, 0, 0),
+    )
+    .await;
+    // One attempt ended in r1 (5 s) and was reported.
+    report(
+        &mut link,
+        "r1",
+        lease_1,
+        status(old, 2, JobState::Running, 5_000, 1),
+    )
+    .await;
+
+    // r1 is drained with evacuation: the job is revoked; meanwhile a second
+    // attempt ran 3 s before it was stopped, which r1 says only in its
+    // release.
+    api.drain_region(DrainRegionRequest {
+        region: "r1".into(),
+        reason: "maintenance".into(),
+        evacuate: true,
+    })
+    .await
+    .unwrap();
+    // A submit kicks the controller (a kick during a pass is kept for the
+    // next), whose pass moves the evacuated region's jobs.
+    api.submit_job(submit("kick", spec("other"))).await.unwrap();
+    let revoke = loop {
+        let event = guarded("revoke", stream_1.next()).await.unwrap().unwrap();
+        if event.kind == AssignmentEventKind::Revoke as i32 {
+            break event;
+        }
+    };
+    let released = link
+        .release_jobs(ReleaseJobsRequest {
+            region: "r1".into(),
+            region_lease_epoch: lease_1,
+            releases: vec![JobRelease {
+                job_id: job_id.clone(),
+                assignment_epoch: revoke.assignment_epoch,
+                task_run_ms: 8_000,
+                tasks_run: 2,
+                ..JobRelease::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.results[0].verdict, Verdict::Accepted as i32);
+    let by_region = |r: &GetUsageResponse| -> BTreeMap<String, (u64, u64)> {
+        r.records
+            .iter()
+            .map(|x| (x.region.clone(), (x.task_run_ms, x.tasks_run)))
+            .collect()
+    };
+    let after_release = usage(&mut api, "t").await;
+    assert_eq!(
+        by_region(&after_release),
+        BTreeMap::from([("r1".to_string(), (8_000, 2))]),
+        "r1's two attempts, the reported one not counted again"
+    );
+    // The release said it once more (a retry): nothing more.
+    let again = link
+        .release_jobs(ReleaseJobsRequest {
+            region: "r1".into(),
+            region_lease_epoch: lease_1,
+            releases: vec![JobRelease {
+                job_id: job_id.clone(),
+                assignment_epoch: revoke.assignment_epoch,
+                task_run_ms: 8_000,
+                tasks_run: 2,
+                ..JobRelease::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Accepted again, or stale once the job was routed on meanwhile.
+    let verdict = again.results[0].verdict;
+    assert!(
+        verdict == Verdict::Accepted as i32 || verdict == Verdict::StaleEpoch as i32,
+        "{again:?}"
+    );
+    assert_eq!(usage(&mut api, "t").await, after_release);
+
+    // Routed again, to r2, where one attempt of each task runs 4 s.
+    let mut watch = api
+        .watch_jobs(WatchJobsRequest {
+            job_ids: vec![job_id.clone()],
+            ..WatchJobsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let in_r2 = loop {
+        let now = api
+            .get_job(GetJobRequest {
+                job_id: job_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        if now.region == "r2" && now.assignment_epoch > revoke.assignment_epoch {
+            break now;
+        }
+        guarded("routed to r2", watch.next()).await;
+    };
+    let new = in_r2.assignment_epoch;
+    report(
+        &mut link,
+        "r2",
+        lease_2,
+        status(new, 1, JobState::Running, 0, 0),
+    )
+    .await;
+    report(
+        &mut link,
+        "r2",
+        lease_2,
+        status(new, 2, JobState::Succeeded, 8_000, 2),
+    )
+    .await;
+    let done = usage(&mut api, "t").await;
+    assert_eq!(
+        by_region(&done),
+        BTreeMap::from([
+            ("r1".to_string(), (8_000, 2)),
+            ("r2".to_string(), (8_000, 2)),
+        ])
+    );
+    // The job's wait is counted once, when it first ran (in r1).
+    let wait = done.total.unwrap().wait.unwrap();
+    assert_eq!((wait.jobs, wait.mean_ms), (1, 1_000));
+}
