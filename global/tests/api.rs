@@ -125,7 +125,14 @@ fn bad_inputs() -> Vec<(&'static str, SubmitJobRequest)> {
             with(&|s| s.allowed_regions = vec!["Not A Region".into()]),
         ),
         ("spec.task_count", with(&|s| s.task_count = 0)),
-        ("spec.task_count", with(&|s| s.task_count = 10_001)),
+        ("spec.task_count", with(&|s| s.task_count = 100_001)),
+        (
+            "spec.parallelism",
+            with(&|s| {
+                s.task_count = 2;
+                s.parallelism = 3;
+            }),
+        ),
         // Too large a spec names the field that made it so.
         (
             "spec.task.command.args[0]",
