@@ -565,9 +565,10 @@ async fn job_page<S: FederationConsoleSource>(
     let sec = job_sections(&job, now);
     let header = format!(
         "<div><p class=\"crumbs\"><a href=\"{CONSOLE_PATH}\">Federation</a> / job</p>\
-         <h1>Job <span id=\"job-id-title\">{}</span></h1><p class=\"sub\">{}</p></div>",
+         <h1>Job <span id=\"job-id-title\">{}</span></h1><p class=\"sub\">{}</p></div>{}",
         esc(&job.job.job_id),
-        esc(&job.job.name)
+        esc(&job.job.name),
+        render::federation_nav("")
     );
     let body = format!(
         "<section id=\"job-summary\" aria-label=\"Job summary\">{}</section>\
