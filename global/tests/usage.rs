@@ -772,3 +772,96 @@ async fn a_job_moved_between_regions_counts_each_regions_attempts_once_in_its_re
     let wait = done.total.unwrap().wait.unwrap();
     assert_eq!((wait.jobs, wait.mean_ms), (1, 1_000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_years_hourly_records_read_back_exactly_across_pages() {
+    use meridian_global::usage::{HOUR_MS, UsageKeys, field};
+
+    const HOURS: u64 = 366 * 24;
+    let clock = ManualClock::starting_at_unix_ms(START);
+    let dir = tempfile::tempdir().unwrap();
+    let running = leader(&clock, &dir).await;
+    let mut api = FederationClient::connect(format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    // A year of hours before START, two regions, written as the report
+    // path writes them (both layouts): well past one page of reads.
+    let usage = UsageKeys::new(&running.keys);
+    let first = START - HOURS * HOUR_MS;
+    let filled = std::time::Instant::now();
+    for chunk in (0..HOURS).collect::<Vec<_>>().chunks(1_000) {
+        let chunk = chunk.to_vec();
+        running
+            .db
+            .run(|tx, _| {
+                let (usage, chunk) = (usage.clone(), chunk.clone());
+                async move {
+                    for h in chunk {
+                        let hour = first + h * HOUR_MS;
+                        for region in ["r1", "r2"] {
+                            for (name, n) in [
+                                (field::RUN_MS, h + 1),
+                                (field::RUNS, 1),
+                                (field::CPU, (h + 1) * 250),
+                            ] {
+                                let n = i64::try_from(n).unwrap();
+                                tx.add_i64(&usage.by_tenant("year", hour, region, name), n)?;
+                                tx.add_i64(&usage.by_hour(hour, "year", region, name), n)?;
+                            }
+                        }
+                    }
+                    Ok::<_, meridian_global::GlobalError>(())
+                }
+            })
+            .await
+            .unwrap();
+    }
+    let filled = filled.elapsed();
+    let want_ms: u64 = (1..=HOURS).sum();
+    for tenant in ["year", ""] {
+        let asked = std::time::Instant::now();
+        let got = api
+            .get_usage(GetUsageRequest {
+                tenant: tenant.into(),
+                since_unix_ms: first,
+                until_unix_ms: START,
+                hourly: true,
+                ..GetUsageRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        println!(
+            "tenant {tenant:?}: {} hourly records of {} counters read in {:?} (filled in {filled:?})",
+            got.hours.len(),
+            HOURS * 2 * 3,
+            asked.elapsed()
+        );
+        assert_eq!(got.hours.len() as u64, HOURS * 2);
+        assert_eq!(got.records.len(), 2);
+        for r in &got.records {
+            assert_eq!(
+                (r.task_run_ms, r.tasks_run),
+                (want_ms, HOURS),
+                "{}",
+                r.region
+            );
+            assert_eq!(r.cpu_millicore_ms, want_ms * 250);
+        }
+        let total = got.total.unwrap();
+        assert_eq!(total.task_run_ms, 2 * want_ms);
+        // A range of one day in the middle holds exactly its 24 hours.
+        let day = api
+            .get_usage(GetUsageRequest {
+                tenant: tenant.into(),
+                since_unix_ms: first + 100 * 24 * HOUR_MS,
+                until_unix_ms: first + 101 * 24 * HOUR_MS,
+                ..GetUsageRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let want_day: u64 = (100 * 24 + 1..=101 * 24).sum();
+        assert_eq!(day.total.unwrap().task_run_ms, 2 * want_day);
+    }
+}
