@@ -19,6 +19,7 @@
 //! [`Router`]: axum::Router
 
 mod assets;
+mod csrf;
 mod dependencies;
 pub mod error;
 mod federation;

@@ -546,8 +546,10 @@ fn parse_body(body: &[u8]) -> Result<ActionBody, ConsoleError> {
 async fn node_action<S: RegionConsoleSource>(
     State(source): State<Arc<S>>,
     Path((node, action)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ConsoleError> {
+    crate::csrf::check(&headers)?;
     let action = NodeAction::parse(&action)
         .ok_or_else(|| ConsoleError::NotFound(format!("no node action named {action}")))?;
     let body = parse_body(&body)?;
@@ -557,8 +559,10 @@ async fn node_action<S: RegionConsoleSource>(
 
 async fn drain_region<S: RegionConsoleSource>(
     State(source): State<Arc<S>>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ConsoleError> {
+    crate::csrf::check(&headers)?;
     let body = parse_body(&body)?;
     let outcome = source.drain_region(&body.reason, body.evacuate).await?;
     Ok(axum::Json(json!({ "ok": true, "message": outcome.message })).into_response())

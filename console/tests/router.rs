@@ -147,6 +147,8 @@ async fn call(router: axum::Router, method: &str, uri: &str, body: &str) -> (Sta
             Request::builder()
                 .method(method)
                 .uri(uri)
+                // As the console's script sends its actions.
+                .header("content-type", "application/json")
                 .body(Body::from(body.to_string()))
                 .expect("request"),
         )
@@ -279,4 +281,47 @@ async fn a_waiting_jobs_reason_is_shown_escaped_in_both_consoles_and_only_for_wa
     let (_, json) = call(router, "GET", "/console/api/jobs/j7", "").await;
     let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
     assert_eq!(json["job"]["waiting_reason"], WAITING);
+}
+
+#[tokio::test]
+async fn an_action_another_site_could_send_is_refused_before_it_reaches_the_source() {
+    let router = region_router(Arc::new(Region));
+    let send = |headers: &'static [(&'static str, &'static str)]| {
+        let router = router.clone();
+        async move {
+            let mut request = Request::builder()
+                .method("POST")
+                .uri("/console/api/nodes/n-1/cordon");
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            let response = router
+                .oneshot(request.body(Body::from("{}")).expect("request"))
+                .await
+                .expect("response");
+            let status = response.status();
+            let bytes = to_bytes(response.into_body(), 1 << 20).await.expect("body");
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    // An HTML form of another page can send only these content types.
+    let (status, body) = send(&[("content-type", "application/x-www-form-urlencoded")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("content-type:"), "{body}");
+    let (status, body) = send(&[
+        ("content-type", "application/json"),
+        ("host", "127.0.0.1:7590"),
+        ("origin", "http://evil.example"),
+    ])
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("origin:"), "{body}");
+    // The console's own page passes.
+    let (status, body) = send(&[
+        ("content-type", "application/json"),
+        ("host", "127.0.0.1:7590"),
+        ("origin", "http://127.0.0.1:7590"),
+    ])
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
