@@ -333,3 +333,68 @@ async fn a_large_jobs_tasks_are_listed_page_by_page_by_state() {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().starts_with("page_token"), "{}", bad.message());
 }
+
+/// Per-index retries with the spec's backoff: the failed index alone waits
+/// (its `not_before`), the others keep running, and it is placed again as
+/// attempt 2 once its delay has passed on the manual clock, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_index_waits_its_backoff_alone_then_runs_again() {
+    let region = Region::new().await;
+    region.register("node-0", "boot-1").await;
+    let mut spec = simple_spec("t", 3, 100, 1 << 20);
+    spec.retry = Some(v1::RetryPolicy {
+        max_attempts: 3,
+        backoff_base_ms: 1_000,
+        backoff_cap_ms: 1_000,
+    });
+    region.insert("retried", spec).await;
+    let mut lp = region.shard_loop(0).await;
+    assert_eq!(lp.round().await.expect("round").outcome.bound.len(), 3);
+    let epoch = region.fx.path.state.read().nodes["node-0"]
+        .record
+        .as_ref()
+        .expect("node record")
+        .epoch;
+    let mut failed = report("retried", 1, 1, v1::TaskState::Failed);
+    failed.exit_code = Some(2);
+    region
+        .fx
+        .path
+        .pipeline
+        .submit(
+            None,
+            Intent::Report(Report {
+                request: v1::ReportTaskStatusRequest {
+                    node_id: "node-0".into(),
+                    node_epoch: epoch,
+                    reports: vec![failed],
+                },
+                now_unix_ms: region.now_ms(),
+            }),
+        )
+        .await
+        .expect("report");
+    let waiting = region.task("retried", 1).await;
+    assert!(waiting.is_pending());
+    assert!(
+        waiting.not_before <= region.now_ms() + 1_000,
+        "{} after {}",
+        waiting.not_before,
+        region.now_ms()
+    );
+    assert!(region.task("retried", 0).await.is_bound());
+    // The jitter is drawn from the task and attempt: for this one it is
+    // not zero, so the index waits.
+    assert!(waiting.not_before > region.now_ms());
+    assert!(lp.round().await.expect("round").outcome.bound.is_empty());
+    region
+        .clock
+        .advance(std::time::Duration::from_millis(1_001));
+    let again = lp.round().await.expect("round");
+    assert_eq!(
+        again.outcome.bound,
+        vec![meridian_regional::placement::TaskRef::new("retried", 1)]
+    );
+    let task = region.task("retried", 1).await;
+    assert_eq!((task.attempt, task.is_bound()), (2, true));
+}

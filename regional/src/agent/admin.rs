@@ -285,5 +285,7 @@ fn empty_job() -> crate::model::JobRecord {
         shard: 0,
         waiting_reason: String::new(),
         parallelism: 0,
+        retry_base_ms: 0,
+        retry_cap_ms: 0,
     }
 }

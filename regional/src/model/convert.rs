@@ -98,6 +98,8 @@ pub fn job_from_spec(
         shard: 0,
         waiting_reason: String::new(),
         parallelism: spec.parallelism,
+        retry_base_ms: spec.retry.as_ref().map_or(0, |r| r.backoff_base_ms),
+        retry_cap_ms: spec.retry.as_ref().map_or(0, |r| r.backoff_cap_ms),
     })
 }
 

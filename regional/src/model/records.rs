@@ -180,6 +180,16 @@ pub struct JobRecord {
     /// Enforced by the owner shard's leader, the job's only binder.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub parallelism: u32,
+    /// Retry backoff of a failed task (`RetryPolicy.backoff_base_ms`,
+    /// `backoff_cap_ms`); 0 for no delay (`pipeline::retry`).
+    #[serde(default, skip_serializing_if = "is_zero_ms")]
+    pub retry_base_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero_ms")]
+    pub retry_cap_ms: u64,
+}
+
+fn is_zero_ms(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Where a job stands in the region.

@@ -23,6 +23,7 @@ pub mod intake;
 pub mod node;
 pub mod overlay;
 pub mod report;
+pub mod retry;
 pub mod sweep;
 pub mod upward;
 

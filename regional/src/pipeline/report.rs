@@ -127,7 +127,7 @@ impl Report {
                 | v1::TaskState::Failed
                 | v1::TaskState::Killed
                 | v1::TaskState::Lost => {
-                    end(rec, state, r, job);
+                    end(rec, state, r, job, (&t.job_id, t.index), self.now_unix_ms);
                     if !r.stdout_tail.is_empty() || !r.stderr_tail.is_empty() {
                         let logs = StoredLogs {
                             node: req.node_id.clone(),
@@ -163,6 +163,8 @@ impl Report {
 struct JobFacts {
     active: bool,
     max_attempts: u32,
+    retry_base_ms: u64,
+    retry_cap_ms: u64,
 }
 
 impl JobFacts {
@@ -170,11 +172,20 @@ impl JobFacts {
         JobFacts {
             active: job.state == JobPhase::Active,
             max_attempts: job.max_attempts,
+            retry_base_ms: job.retry_base_ms,
+            retry_cap_ms: job.retry_cap_ms,
         }
     }
 }
 
-fn end(rec: &mut TaskRecord, state: v1::TaskState, r: &v1::TaskReport, job: Option<JobFacts>) {
+fn end(
+    rec: &mut TaskRecord,
+    state: v1::TaskState,
+    r: &v1::TaskReport,
+    job: Option<JobFacts>,
+    (job_id, index): (&str, u32),
+    now_unix_ms: u64,
+) {
     account(rec, r);
     rec.exit_code = r.exit_code;
     rec.message = r.message.clone();
@@ -196,8 +207,21 @@ fn end(rec: &mut TaskRecord, state: v1::TaskState, r: &v1::TaskReport, job: Opti
             _ => false,
         };
     if again {
+        // A failure waits out the spec's backoff, this index alone; a task
+        // moved (drain, preemption, the agent's own stop) did not fail.
+        let wait = match (state, job) {
+            (v1::TaskState::Failed | v1::TaskState::Lost, Some(j)) => {
+                super::retry::delay_ms(j.retry_base_ms, j.retry_cap_ms, job_id, index, rec.attempt)
+            }
+            _ => 0,
+        };
+        let not_before = if wait == 0 {
+            0
+        } else {
+            now_unix_ms.saturating_add(wait)
+        };
         rec.repend(
-            0,
+            not_before,
             &format!("attempt {} ended {}", rec.attempt, state.as_str_name()),
         );
     } else {
