@@ -9,6 +9,10 @@
 //! - a follow whose global replica is killed mid-stream goes on through
 //!   the other replica from the offsets it has: every line exactly once;
 //! - a follower that starts late gets the tail first, then the live lines;
+//! - a task writing 100 MB as fast as it can, followed by a reader that
+//!   does not read until the task has ended: the agent, region and global
+//!   processes grow by a few MiB at most, and every byte is either printed
+//!   or counted as skipped;
 //! - following the latest attempt goes on with the retry of a failed one
 //!   (announced on stderr) and ends with the task; a given attempt ends
 //!   with that attempt;
@@ -51,8 +55,8 @@ const AHEAD: u32 = 5;
 /// one store.
 struct Federation {
     globals: Vec<Global>,
-    _region: Proc,
-    _agent: Proc,
+    region: Proc,
+    agent: Proc,
     /// A directory the task (possibly another user) may write in.
     shared: PathBuf,
     _dir: tempfile::TempDir,
@@ -111,8 +115,8 @@ impl Federation {
         open_to_tasks(&shared, 0o777);
         Federation {
             globals,
-            _region: region.proc,
-            _agent: agent,
+            region: region.proc,
+            agent,
             shared,
             _dir: dir,
         }
@@ -549,4 +553,104 @@ async fn a_follow_of_the_latest_attempt_goes_on_with_the_retry_and_a_given_attem
     let status = first.exit();
     assert!(status.success(), "job logs -f --attempt 1 exited {status}");
     assert!(first.next().is_none(), "only attempt 1");
+}
+
+/// Peak resident memory of process `pid` (`VmHWM`), in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_task_followed_by_a_reader_that_does_not_keep_up_costs_bounded_memory_and_every_byte_is_printed_or_counted_as_skipped()
+ {
+    const TOTAL: u64 = 100_000_000;
+    let fed = Federation::start(1).await;
+    let go = fed.shared.join("chatty.go");
+    let script = format!(
+        "echo ready; while [ ! -e {} ]; do sleep 0.02; done; \
+         yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {TOTAL}",
+        go.display()
+    );
+    let job_id = fed.submit_script("chatty", script, 1).await;
+    let notes = fed.shared.join("chatty.stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["job", "logs", "-f", &format!("{job_id}/0")])
+        .env("MERIDIAN_ENDPOINT", fed.endpoints())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&notes).expect("stderr file"))
+        .spawn()
+        .expect("run meridian job logs -f");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("the first line");
+    assert_eq!(first, "ready\n");
+    let pids = [
+        ("agent", fed.agent.pid().as_raw()),
+        ("region", fed.region.pid().as_raw()),
+        ("global", fed.globals[0].proc.pid().as_raw()),
+    ];
+    let before: Vec<u64> = pids.iter().map(|(_, p)| peak_rss(*p)).collect();
+    std::fs::write(&go, b"").expect("go");
+    // Nobody reads the follow while the task writes: the pipe to this
+    // test fills, the CLI stops reading its stream, and so on up to the
+    // agent.
+    let started = Instant::now();
+    let mut client = fed.client().await;
+    let state = tokio::time::timeout(GUARD, final_state(&mut client, &job_id))
+        .await
+        .expect("the job ended in time");
+    assert_eq!(state, v1::JobState::Succeeded);
+    println!("the task wrote {TOTAL} bytes in {:?}", started.elapsed());
+    for ((name, pid), before) in pids.iter().zip(&before) {
+        let after = peak_rss(*pid);
+        let grown = after.saturating_sub(*before);
+        println!(
+            "{name}: peak RSS {} MiB before, {} MiB after (+{} KiB)",
+            before >> 20,
+            after >> 20,
+            grown >> 10
+        );
+        assert!(
+            grown < 32 << 20,
+            "{name} grew by {} MiB while {TOTAL} bytes went by a follower that did not read",
+            grown >> 20
+        );
+    }
+    // Now read: what reaches the follower, plus what it was told it
+    // skipped, is every byte the task wrote.
+    let reader = std::thread::spawn(move || {
+        let mut printed = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match std::io::Read::read(&mut out, &mut buf) {
+                Ok(0) | Err(_) => return printed,
+                Ok(n) => printed += n as u64,
+            }
+        }
+    });
+    let fd = support::wait::pidfd(child.id() as i32).expect("pidfd");
+    assert!(support::wait::exited_within(&fd, GUARD), "the follow ended");
+    let status = child.wait().expect("status");
+    assert!(status.success(), "job logs -f exited {status}");
+    let printed = reader.join().expect("reader");
+    let notes = std::fs::read_to_string(&notes).expect("stderr");
+    let skipped: u64 = notes
+        .lines()
+        .filter_map(|l| l.strip_prefix("[... "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    println!("printed {printed} bytes after the first line, told of {skipped} skipped");
+    assert!(skipped > 0, "a reader this slow skipped: {notes}");
+    assert_eq!(
+        printed + skipped,
+        TOTAL,
+        "every byte printed or counted as skipped"
+    );
 }

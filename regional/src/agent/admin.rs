@@ -37,7 +37,7 @@ pub struct StoredLogs {
     pub stderr_bytes: u64,
 }
 
-crate::model::codec::json_record!(StoredLogs);
+// Stored in a compact record that always fits a value: `super::stored`.
 
 fn check_region(api: &RegionApi, region: &str) -> Result<(), Status> {
     if region.is_empty() || region == api.region {

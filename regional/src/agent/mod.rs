@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod follow;
 pub mod service;
+pub mod stored;
 pub mod stream;
 pub mod tasks;
 
