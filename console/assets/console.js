@@ -153,8 +153,13 @@
     document.getElementById("confirm-evacuate").checked = false;
     document.getElementById("confirm-evacuate-row").hidden = !pending.evacuate;
     document.getElementById("confirm-ok").textContent = button.textContent.replace("…", "");
+    // An action that records no reason (a schedule's) asks for none.
+    var reason = document.getElementById("confirm-reason");
+    var asksReason = button.dataset.reason !== "none";
+    reason.hidden = !asksReason;
+    document.querySelector("label[for=confirm-reason]").hidden = !asksReason;
     dialog.showModal();
-    document.getElementById("confirm-reason").focus();
+    (asksReason ? reason : document.getElementById("confirm-ok")).focus();
   });
 
   function perform() {

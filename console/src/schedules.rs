@@ -2,11 +2,11 @@
 //! jobs (`/console/schedules`) and one schedule with its latest runs
 //! (`/console/schedules/{id}`), both live, and their JSON.
 //!
-//! Owns those routes and their rendering. The pages are read-only: the
-//! console has no CSRF protection for state-changing requests yet, so
-//! pausing, resuming and deleting stay with `meridian schedule` and the API.
-//! Must never read a tier's store: everything comes from the
-//! [`FederationConsoleSource`].
+//! Owns those routes, their rendering, and the schedule page's Pause,
+//! Resume and Delete buttons (behind the confirmation dialog, through
+//! [`crate::csrf::check`], performed by the source through the tier's
+//! API). Must never read a tier's store or change a schedule itself:
+//! everything comes from the [`FederationConsoleSource`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::Stream;
 
 use crate::dependencies::{gate_mark, job_link};
@@ -25,7 +25,7 @@ use crate::error::ConsoleError;
 use crate::region::changed_sections;
 use crate::render::{self, badge, count, esc, url_segment};
 use crate::source::FederationConsoleSource;
-use crate::view::{ScheduleDetail, ScheduleRow};
+use crate::view::{ScheduleAction, ScheduleDetail, ScheduleRow};
 use crate::{CONSOLE_PATH, now_ms};
 
 const REFRESH: Duration = Duration::from_secs(1);
@@ -46,6 +46,10 @@ pub fn routes<S: FederationConsoleSource>() -> Router<Arc<S>> {
         .route(
             "/console/api/schedules/{schedule_id}",
             get(detail_json::<S>),
+        )
+        .route(
+            "/console/api/schedules/{schedule_id}/{action}",
+            post(action::<S>),
         )
 }
 
@@ -152,8 +156,8 @@ async fn list_page<S: FederationConsoleSource>(State(source): State<Arc<S>>) -> 
     let body = format!(
         "<section id=\"problems\" aria-label=\"Problems\">{}</section>\
          <section aria-labelledby=\"schedules-h\"><h2 id=\"schedules-h\">Schedules of periodic jobs</h2>\
-         <div id=\"schedules\">{}</div><p class=\"muted\">Read-only: pause, resume and delete with \
-         <code>meridian schedule pause|resume|delete ID</code>.</p></section>",
+         <div id=\"schedules\">{}</div><p class=\"muted\">Pause, resume and delete on a schedule's page, \
+         or with <code>meridian schedule pause|resume|delete ID</code>.</p></section>",
         sec["problems"], sec["schedules"]
     );
     Html(render::page(
@@ -217,8 +221,50 @@ fn detail_sections(d: &ScheduleDetail, now: u64) -> Sections {
     }
     s.push_str("</dl>");
     out.insert("schedule-summary", s);
+    out.insert("schedule-actions", actions_html(sc));
     out.insert("runs", runs_html(d));
     out
+}
+
+/// Pause or Resume, and Delete; each asks for confirmation first.
+fn actions_html(sc: &ScheduleRow) -> String {
+    let id = &sc.schedule_id;
+    let button = |action: ScheduleAction, label: &str, confirm: String, class: &str| {
+        format!(
+            "<button type=\"button\" class=\"{class}\" data-action=\"{a}\" data-reason=\"none\" \
+             data-url=\"{CONSOLE_PATH}/api/schedules/{url}/{a}\" data-confirm=\"{}\" \
+             aria-label=\"{label} schedule {}\">{label}</button>",
+            esc(&confirm),
+            esc(id),
+            a = action.as_str(),
+            url = url_segment(id),
+        )
+    };
+    let toggle = if sc.paused {
+        button(
+            ScheduleAction::Resume,
+            "Resume",
+            format!(
+                "Resume schedule {id}? It runs again from its next tick; the ticks that \
+                 passed while it was paused are not run."
+            ),
+            "",
+        )
+    } else {
+        button(
+            ScheduleAction::Pause,
+            "Pause",
+            format!("Pause schedule {id}? It creates no job until resumed."),
+            "",
+        )
+    };
+    let delete = button(
+        ScheduleAction::Delete,
+        "Delete",
+        format!("Delete schedule {id}? It creates no more jobs; the jobs it created are kept."),
+        "danger",
+    );
+    format!("<div class=\"row-actions\">{toggle}{delete}</div>")
 }
 
 fn runs_html(d: &ScheduleDetail) -> String {
@@ -283,8 +329,10 @@ async fn detail_page<S: FederationConsoleSource>(
     let id = &d.schedule.schedule_id;
     let body = format!(
         "<section id=\"schedule-summary\" aria-label=\"Schedule summary\">{}</section>\
+         <section aria-labelledby=\"schedule-actions-h\"><h2 id=\"schedule-actions-h\">Actions</h2>\
+         <div id=\"schedule-actions\">{}</div></section>\
          <section aria-labelledby=\"runs-h\"><h2 id=\"runs-h\">Latest runs</h2><div id=\"runs\">{}</div></section>",
-        sec["schedule-summary"], sec["runs"]
+        sec["schedule-summary"], sec["schedule-actions"], sec["runs"]
     );
     Html(render::page(
         &format!("Schedule {id} · Meridian"),
@@ -325,6 +373,18 @@ async fn list_json<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
 ) -> Result<Response, ConsoleError> {
     Ok(axum::Json(source.schedules().await?).into_response())
+}
+
+async fn action<S: FederationConsoleSource>(
+    State(source): State<Arc<S>>,
+    Path((schedule_id, action)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ConsoleError> {
+    crate::csrf::check(&headers)?;
+    let action = ScheduleAction::parse(&action)
+        .ok_or_else(|| ConsoleError::NotFound(format!("no schedule action named {action}")))?;
+    let outcome = source.schedule_action(&schedule_id, action).await?;
+    Ok(axum::Json(serde_json::json!({ "ok": true, "message": outcome.message })).into_response())
 }
 
 async fn detail_json<S: FederationConsoleSource>(

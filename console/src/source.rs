@@ -10,8 +10,8 @@ use std::future::Future;
 use crate::error::ConsoleError;
 use crate::view::{
     ActionOutcome, EventView, FederationSnapshot, JobDetail, LaneView, NodeAction, NodeView,
-    PlacementSample, RegionIdentity, ScheduleDetail, ScheduleRow, ShardView, UsageQuery, UsageView,
-    WaitingJobView,
+    PlacementSample, RegionIdentity, ScheduleAction, ScheduleDetail, ScheduleRow, ShardView,
+    UsageQuery, UsageView, WaitingJobView,
 };
 
 /// Result of a source call.
@@ -66,6 +66,15 @@ pub trait FederationConsoleSource: Send + Sync + 'static {
     ) -> impl Future<Output = SourceResult<ScheduleDetail>> + Send {
         let _ = schedule_id;
         async { Err(unserved("schedules")) }
+    }
+    /// Pauses, resumes or deletes a schedule through the tier's API.
+    fn schedule_action(
+        &self,
+        schedule_id: &str,
+        action: ScheduleAction,
+    ) -> impl Future<Output = SourceResult<ActionOutcome>> + Send {
+        let _ = (schedule_id, action);
+        async { Err(unserved("schedule actions")) }
     }
     /// Usage per tenant and region over a range, with hourly rows for the
     /// chart; `Invalid` naming the field for a bad query.

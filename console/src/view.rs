@@ -485,3 +485,33 @@ pub struct UsageView {
     /// One row per (tenant, region, hour) with usage, by hour.
     pub hours: Vec<UsageRow>,
 }
+
+/// An action on a schedule offered on its page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleAction {
+    Pause,
+    Resume,
+    Delete,
+}
+
+impl ScheduleAction {
+    /// Parses the action segment of the URL.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pause" => Some(ScheduleAction::Pause),
+            "resume" => Some(ScheduleAction::Resume),
+            "delete" => Some(ScheduleAction::Delete),
+            _ => None,
+        }
+    }
+
+    /// The URL segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleAction::Pause => "pause",
+            ScheduleAction::Resume => "resume",
+            ScheduleAction::Delete => "delete",
+        }
+    }
+}

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode};
 use meridian_console::view::{
-    FederationSnapshot, JobDetail, JobRow, ScheduleDetail, ScheduleRow, UsageQuery, UsageRow,
-    UsageView,
+    ActionOutcome, FederationSnapshot, JobDetail, JobRow, ScheduleAction, ScheduleDetail,
+    ScheduleRow, UsageQuery, UsageRow, UsageView,
 };
 use meridian_console::{ConsoleError, FederationConsoleSource, federation_router};
 use tower::ServiceExt;
@@ -58,6 +58,15 @@ impl FederationConsoleSource for Full {
                 ..JobRow::default()
             }],
             runs_truncated: false,
+        })
+    }
+    async fn schedule_action(
+        &self,
+        schedule_id: &str,
+        action: ScheduleAction,
+    ) -> Result<ActionOutcome, ConsoleError> {
+        Ok(ActionOutcome {
+            message: format!("{} {schedule_id}", action.as_str()),
         })
     }
     async fn usage(&self, query: &UsageQuery) -> Result<UsageView, ConsoleError> {
@@ -128,10 +137,16 @@ async fn the_schedules_pages_render_the_sources_schedules_and_refuse_an_unknown_
     );
     assert!(
         !html.contains("data-action="),
-        "read-only: no action buttons"
+        "the list has no action buttons"
     );
     let (status, html) = get(router.clone(), "/console/schedules/nightly").await;
     assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("data-url=\"/console/api/schedules/nightly/pause\""),
+        "an active schedule offers Pause: {html}"
+    );
+    assert!(html.contains("data-action=\"delete\""), "{html}");
+    assert!(!html.contains("data-action=\"resume\""), "{html}");
     assert!(html.contains("<tr data-job=\"j7\">"), "{html}");
     let (status, html) = get(router.clone(), "/console/schedules/weekly").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -175,4 +190,61 @@ async fn a_source_without_schedules_or_usage_says_so_on_the_page() {
     assert!(html.contains("does not serve usage"), "{html}");
     let (status, _) = get(router, "/console/api/usage").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+async fn post(router: axum::Router, uri: &str, content_type: &str) -> (StatusCode, String) {
+    let response = router
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri(uri)
+                .header("content-type", content_type)
+                .body(Body::from("{}"))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn a_schedule_action_reaches_the_source_only_as_json_from_the_console() {
+    let router = federation_router(Arc::new(Full));
+    let (status, body) = post(
+        router.clone(),
+        "/console/api/schedules/nightly/pause",
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({"ok": true, "message": "pause nightly"})
+    );
+    let (status, body) = post(
+        router.clone(),
+        "/console/api/schedules/nightly/delete",
+        "text/plain",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("content-type:"), "{body}");
+    let (status, _) = post(
+        router,
+        "/console/api/schedules/nightly/explode",
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = post(
+        federation_router(Arc::new(Bare)),
+        "/console/api/schedules/nightly/pause",
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("does not serve schedule actions"), "{body}");
 }

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meridian_console::view::{
-    Amount, DependencyRow, DependencyStatus, FederationSnapshot, JobDetail, JobRow, RegionSummary,
-    ScheduleDetail, ScheduleRow, TaskRow, TenantJobs, TransitionRow, UsageQuery, UsageView,
+    ActionOutcome, Amount, DependencyRow, DependencyStatus, FederationSnapshot, JobDetail, JobRow,
+    RegionSummary, ScheduleAction, ScheduleDetail, ScheduleRow, TaskRow, TenantJobs, TransitionRow,
+    UsageQuery, UsageView,
 };
 use meridian_console::{ConsoleError, FederationConsoleSource};
 use meridian_proto::v1::{Job, JobState, ListJobsRequest, RegionInfo, RegionState, TaskState};
@@ -316,6 +317,16 @@ impl FederationConsoleSource for GlobalConsole {
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, ConsoleError> {
         schedules::list(&self.api).await.map_err(console_error)
+    }
+
+    async fn schedule_action(
+        &self,
+        schedule_id: &str,
+        action: ScheduleAction,
+    ) -> Result<ActionOutcome, ConsoleError> {
+        schedules::act(&self.api, schedule_id, action)
+            .await
+            .map_err(console_error)
     }
 
     async fn usage(&self, query: &UsageQuery) -> Result<UsageView, ConsoleError> {

@@ -467,6 +467,168 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
         .expect("the schedules pages showed the schedules in time");
 }
 
+/// The outcome line of the last action, once it has come back.
+async fn action_outcome(browser: &Browser, what: &str) -> (String, String) {
+    let v = browser
+        .wait_for(
+            what,
+            "const t = document.getElementById('action-result');
+             return t.dataset.outcome && !t.textContent.endsWith('…')
+               ? [t.dataset.outcome, t.textContent] : null;",
+        )
+        .await;
+    (
+        v[0].as_str().unwrap_or_default().to_string(),
+        v[1].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+async fn schedule_state(federation: &mut FederationClient<Channel>, id: &str) -> Option<bool> {
+    match federation
+        .get_schedule(v1::GetScheduleRequest {
+            schedule_id: id.into(),
+        })
+        .await
+    {
+        Ok(answer) => Some(answer.into_inner().schedule.expect("schedule").paused),
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => panic!("get schedule: {status}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_resuming_and_deleting_a_schedule_in_its_page_go_through_the_api_once_confirmed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let global = Global::start(&format!("sqlite:{}", dir.path().join("g.db").display()));
+    let run = async {
+        let mut federation = connect(&global).await;
+        create_schedule(
+            &mut federation,
+            "nightly-report",
+            schedule_spec(
+                "finance",
+                "nightly-report",
+                "30 2 * * *",
+                "Europe/Paris",
+                v1::OverlapPolicy::Forbid,
+                v1::MissedTickPolicy::Skip,
+            ),
+            false,
+        )
+        .await;
+        let browser = Browser::start().await;
+        browser
+            .goto(&format!("{}/console/schedules/nightly-report", global.http))
+            .await;
+        browser
+            .wait_for(
+                "the schedule's actions",
+                "return document.querySelector('#schedule-actions button[data-action=\"pause\"]');",
+            )
+            .await;
+
+        // Cancel in the dialog sends nothing; the dialog asks no reason.
+        browser
+            .click("#schedule-actions button[data-action=\"delete\"]")
+            .await;
+        let dialog = browser
+            .wait_for(
+                "the confirmation dialog",
+                "const d = document.getElementById('confirm');
+                 return d.open ? [document.getElementById('confirm-text').textContent,
+                   document.getElementById('confirm-reason').hidden] : null;",
+            )
+            .await;
+        assert_eq!(
+            dialog,
+            json!([
+                "Delete schedule nightly-report? It creates no more jobs; the jobs it created are kept.",
+                true
+            ])
+        );
+        browser.click("#confirm-cancel").await;
+        browser
+            .wait_for(
+                "the dialog to close",
+                "return !document.getElementById('confirm').open;",
+            )
+            .await;
+        assert_eq!(
+            schedule_state(&mut federation, "nightly-report").await,
+            Some(false),
+            "cancelled: still there, not paused"
+        );
+
+        // Pause, confirmed: the API says paused, the page shows it and
+        // offers Resume, without a reload.
+        browser
+            .click("#schedule-actions button[data-action=\"pause\"]")
+            .await;
+        browser.click("#confirm-ok").await;
+        let (outcome, message) = action_outcome(&browser, "the pause's outcome").await;
+        assert_eq!(outcome, "ok", "{message}");
+        assert!(message.contains("nightly-report paused"), "{message}");
+        assert_eq!(
+            schedule_state(&mut federation, "nightly-report").await,
+            Some(true)
+        );
+        browser
+            .wait_for(
+                "the paused state and Resume, live",
+                "const s = document.querySelector('#schedule-summary .badge');
+                 return s && s.dataset.state === 'paused'
+                   && document.querySelector('#schedule-actions button[data-action=\"resume\"]');",
+            )
+            .await;
+
+        // Resume, confirmed.
+        browser
+            .click("#schedule-actions button[data-action=\"resume\"]")
+            .await;
+        browser.click("#confirm-ok").await;
+        let (outcome, message) = action_outcome(&browser, "the resume's outcome").await;
+        assert_eq!(outcome, "ok", "{message}");
+        assert!(message.contains("resumed: next tick"), "{message}");
+        assert_eq!(
+            schedule_state(&mut federation, "nightly-report").await,
+            Some(false)
+        );
+        browser
+            .wait_for(
+                "the active state, live",
+                "const s = document.querySelector('#schedule-summary .badge');
+                 return s && s.dataset.state === 'active'
+                   && document.querySelector('#schedule-actions button[data-action=\"pause\"]');",
+            )
+            .await;
+
+        // Delete, confirmed: gone from the API and from the list.
+        browser
+            .click("#schedule-actions button[data-action=\"delete\"]")
+            .await;
+        browser.click("#confirm-ok").await;
+        let (outcome, message) = action_outcome(&browser, "the delete's outcome").await;
+        assert_eq!(outcome, "ok", "{message}");
+        assert!(message.contains("deleted"), "{message}");
+        assert_eq!(
+            schedule_state(&mut federation, "nightly-report").await,
+            None
+        );
+        browser
+            .goto(&format!("{}/console/schedules", global.http))
+            .await;
+        browser
+            .wait_for(
+                "an empty schedules list",
+                "return document.querySelector('#schedules p.muted');",
+            )
+            .await;
+    };
+    tokio::time::timeout(GUARD * 2, run)
+        .await
+        .expect("the schedule's actions went through in time");
+}
+
 /// `(tenant, jobs, tasks per job, cpu millis per task, run ms per task)`.
 const WORK: [(&str, u32, u32, u64, u64); 3] = [
     ("analytics", 3, 2, 1500, 600),

@@ -2,11 +2,12 @@
 //! answer them, and a schedule's latest runs (the jobs of its latest
 //! ticks, `schedules::runs`).
 //!
-//! Owns turning those answers into the console's views. Must never read the
-//! store directly or change a schedule: the console's schedule pages are
-//! read-only.
+//! Owns turning those answers into the console's views, and the schedule
+//! page's actions into PauseSchedule, ResumeSchedule and DeleteSchedule.
+//! Must never read the store directly or change a schedule other than
+//! through those calls.
 
-use meridian_console::view::{ScheduleDetail, ScheduleRow};
+use meridian_console::view::{ActionOutcome, ScheduleAction, ScheduleDetail, ScheduleRow};
 use meridian_proto::v1::{MissedTickPolicy, OverlapPolicy, Schedule};
 
 use super::row;
@@ -45,6 +46,33 @@ pub async fn detail(api: &FederationService, schedule_id: &str) -> Result<Schedu
         runs: runs.jobs.iter().map(row).collect(),
         runs_truncated: runs.more,
     })
+}
+
+/// Pauses, resumes or deletes a schedule, as the API's calls do (the
+/// leader's fence checked).
+pub async fn act(
+    api: &FederationService,
+    schedule_id: &str,
+    action: ScheduleAction,
+) -> Result<ActionOutcome> {
+    let message = match action {
+        ScheduleAction::Pause => {
+            api.pause_schedule(schedule_id, true).await?;
+            format!("Schedule {schedule_id} paused: it creates no job until resumed")
+        }
+        ScheduleAction::Resume => {
+            let s = api.pause_schedule(schedule_id, false).await?;
+            format!(
+                "Schedule {schedule_id} resumed: next tick {}",
+                crate::schedules::cadence::rfc3339(s.next_tick_unix_ms)
+            )
+        }
+        ScheduleAction::Delete => {
+            api.delete_schedule(schedule_id).await?;
+            format!("Schedule {schedule_id} deleted; the jobs it created are kept")
+        }
+    };
+    Ok(ActionOutcome { message })
 }
 
 fn schedule_row(s: &Schedule) -> ScheduleRow {
