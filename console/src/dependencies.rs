@@ -155,6 +155,8 @@ mod tests {
             state: state.into(),
             held,
             dependencies,
+            // As the global tier sets it for a job waiting on them.
+            blocked: state == "pending" && !held && dependencies > 0,
             ..JobRow::default()
         }
     }

@@ -264,14 +264,16 @@ pub struct JobRow {
     /// How many jobs this job names as dependencies.
     #[serde(default)]
     pub dependencies: u32,
+    /// Kept at the global tier because a dependency is not met yet (as the
+    /// tier judges it; not set for a held job).
+    #[serde(default)]
+    pub blocked: bool,
 }
 
 impl JobRow {
-    /// Still at the global tier because a dependency is not met yet
-    /// (pending, not held, naming dependencies): a job whose dependencies
-    /// are met leaves PENDING within a controller pass.
+    /// Still at the global tier because a dependency is not met yet.
     pub fn waits_on_dependencies(&self) -> bool {
-        self.state == "pending" && !self.held && self.dependencies > 0
+        self.blocked && !self.held
     }
 }
 

@@ -98,6 +98,12 @@ pub(crate) fn row(job: &Job) -> JobRow {
         waiting_reason: job.waiting_reason.clone(),
         held: job.held,
         dependencies: job.dependencies.len() as u32,
+        // The reason a job in the blocked index carries; a pending job whose
+        // dependencies are met waits for a region with the router's reason.
+        blocked: job.state == JobState::Pending as i32
+            && !job.held
+            && !job.dependencies.is_empty()
+            && crate::dependencies::is_dependency_wait(&job.waiting_reason),
     }
 }
 

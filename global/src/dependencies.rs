@@ -225,6 +225,16 @@ pub struct Named {
     pub failure_reason: String,
 }
 
+/// How the reason of a job waiting for its dependencies begins (its
+/// `Job.waiting_reason` while in the blocked index).
+const WAIT_PREFIX: &str = "waits for ";
+
+/// Whether `reason` is a [`Verdict::Wait`]'s: the job is kept at the global
+/// tier by a dependency not met yet (rather than waiting for a region).
+pub fn is_dependency_wait(reason: &str) -> bool {
+    reason.starts_with(WAIT_PREFIX)
+}
+
 /// The judgement of a dependent job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -304,7 +314,7 @@ pub fn judge(deps: &[JobDependency], named: &BTreeMap<String, Named>) -> Verdict
     if waits.is_empty() {
         Verdict::Met
     } else {
-        Verdict::Wait(format!("waits for {}", waits.join(", ")))
+        Verdict::Wait(format!("{WAIT_PREFIX}{}", waits.join(", ")))
     }
 }
 

@@ -103,6 +103,14 @@ async fn a_jobs_page_shows_each_job_it_waits_for_and_whether_the_dependency_is_m
             vec![after(v1::DependencyCondition::AfterOk, &load)],
         )
         .await;
+        // Only waits for `extract` to end: once it has, it waits for a
+        // region like any job, and is not marked as waiting on another.
+        let archive = submit(
+            &mut federation,
+            "archive",
+            vec![after(v1::DependencyCondition::AfterAny, &extract)],
+        )
+        .await;
         // `extract` ends: `load`'s after_any on it is met, its after_ok on
         // the held `transform` is not.
         federation
@@ -203,16 +211,31 @@ async fn a_jobs_page_shows_each_job_it_waits_for_and_whether_the_dependency_is_m
             ])
         );
         let marks = browser
-            .js(&format!(
-                "const mark = id => {{ const g = document.querySelector('#recent tr[data-job=\"' + id + '\"] .gate');
-                   return g ? g.dataset.gate : null; }};
-                 return [mark({extract}), mark({transform}), mark({load})];",
-                extract = json!(extract),
-                transform = json!(transform),
-                load = json!(load)
-            ))
+            .wait_for(
+                "archive's reason from the router",
+                &format!(
+                    "const row = id => document.querySelector('#recent tr[data-job=\"' + id + '\"]');
+                     const mark = id => {{ const g = row(id).querySelector('.gate'); return g ? g.dataset.gate : null; }};
+                     const why = row({archive}).querySelector('.waiting-reason');
+                     return why && !why.textContent.startsWith('waits for')
+                       ? [mark({extract}), mark({transform}), mark({load}), mark({archive}), why.textContent] : null;",
+                    extract = json!(extract),
+                    transform = json!(transform),
+                    load = json!(load),
+                    archive = json!(archive)
+                ),
+            )
             .await;
-        assert_eq!(marks, json!([null, "held", "dependencies"]));
+        assert_eq!(
+            marks,
+            json!([
+                null,
+                "held",
+                "dependencies",
+                null,
+                get_job(&mut federation, &archive).await.waiting_reason
+            ])
+        );
 
         // The held job is cancelled: `load`'s after_ok on it can never be
         // met, and `load` fails naming it; its open page follows.
