@@ -28,10 +28,7 @@ pub(crate) fn output_section(job: &JobDetail, index: u32) -> String {
             if i == index {
                 let _ = write!(picker, "<strong aria-current=\"true\">{i}</strong> ");
             } else {
-                let _ = write!(
-                    picker,
-                    "<a href=\"?task={i}#output-h\">{i}</a> ",
-                );
+                let _ = write!(picker, "<a href=\"?task={i}#output-h\">{i}</a> ");
             }
         }
         if count > LINKED_TASKS {
