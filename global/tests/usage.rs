@@ -501,6 +501,11 @@ async fn usage_totals_equal_the_sum_over_the_task_records_through_the_api_http_c
             want.cpu_millicore_ms as f64 / 1e6
         );
         assert!(metrics.lines().any(|l| l == line), "{line}");
+        // One job per pair in this plan, its wait counted once.
+        let line = format!(
+            "meridian_usage_jobs_started_total{{tenant=\"{tenant}\",region=\"{region}\"}} 1"
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line}");
     }
 }
 

@@ -25,7 +25,7 @@ pub mod prometheus;
 pub mod query;
 
 use meridian_proto::v1::{Job, JobState};
-use meridian_store::{Subspace, Transaction, tuple};
+use meridian_store::{Database, KeyValue, RangeOption, Subspace, Transaction, tuple};
 
 use crate::error::{GlobalError, Result};
 use crate::keys::Keys;
@@ -54,6 +54,11 @@ pub mod field {
     pub const WAIT_COUNT: &str = "wait_n";
     /// Prefix of a wait histogram bucket (`w` then the bucket number).
     pub const WAIT_BUCKET: &str = "w";
+
+    /// The histogram bucket a field counts, when it is one.
+    pub fn bucket_of(name: &str) -> Option<u32> {
+        name.strip_prefix(WAIT_BUCKET)?.parse().ok()
+    }
 }
 
 /// Where usage lives: `("usage", ...)` under the deployment's root.
@@ -233,7 +238,10 @@ pub async fn count(
         let delta = i64::try_from(*n).unwrap_or(i64::MAX);
         tx.add_i64(&usage.by_tenant(tenant, hour, region, name), delta)?;
         tx.add_i64(&usage.by_hour(hour, tenant, region, name), delta)?;
-        tx.add_i64(&usage.total(tenant, region, name), delta)?;
+        // The all-time totals feed `/metrics`, which shows no histogram.
+        if field::bucket_of(name).is_none() {
+            tx.add_i64(&usage.total(tenant, region, name), delta)?;
+        }
     }
     if ran.epoch > counted.epoch {
         counted.run_ms = ran.run_ms;
@@ -244,6 +252,39 @@ pub async fn count(
     }
     counted.epoch = ran.epoch;
     counted.write(tx, &usage, &job.job_id)
+}
+
+/// Counter keys read per transaction by the readers (a year of hourly
+/// records of many tenants does not fit one transaction).
+pub const PAGE: usize = 10_000;
+
+/// Every pair of `[begin, end)`, read in transactions of [`PAGE`] pairs.
+/// Not one snapshot: a report committed between two pages may be seen in
+/// the later one only, as if it had come a moment later.
+pub async fn read_pages(db: &Database, begin: Vec<u8>, end: Vec<u8>) -> Result<Vec<KeyValue>> {
+    let mut begin = begin;
+    let mut out = Vec::new();
+    loop {
+        let range = RangeOption {
+            limit: PAGE,
+            ..RangeOption::new(begin.clone(), end.clone())
+        };
+        let page = db
+            .run(|tx, _| {
+                let range = range.clone();
+                async move { Ok::<_, GlobalError>(tx.get_range(range).await?) }
+            })
+            .await?;
+        let full = page.len() == PAGE;
+        if let Some(last) = page.last() {
+            begin = last.key.clone();
+            begin.push(0);
+        }
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 fn clamp(n: u128) -> u64 {

@@ -20,9 +20,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use meridian_store::{Database, RangeOption};
+use meridian_store::Database;
 
-use super::{UsageKeys, counter_value, field};
+use super::{UsageKeys, counter_value, field, read_pages};
 use crate::error::{GlobalError, Result};
 use crate::keys::Keys;
 
@@ -91,12 +91,8 @@ async fn totals(
 ) -> Result<BTreeMap<(String, String), BTreeMap<String, u64>>> {
     let usage = UsageKeys::new(keys);
     let space = usage.totals();
-    let pairs = db
-        .run(|tx, _| {
-            let range = RangeOption::from(space.range());
-            async move { Ok::<_, GlobalError>(tx.get_range(range).await?) }
-        })
-        .await?;
+    let (begin, end) = space.range();
+    let pairs = read_pages(db, begin, end).await?;
     let mut out: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
     for kv in pairs {
         let (tenant, region, name): (String, String, String) = space

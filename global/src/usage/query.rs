@@ -2,26 +2,23 @@
 //!
 //! Owns the validation of a usage request (every bad field named), the
 //! rounding of the range to whole hours, and the sums. Reads on any
-//! replica, in pages of bounded transactions (a year of hourly records of
-//! many tenants does not fit one). Must never write.
+//! replica, in pages of bounded transactions (`super::read_pages`). Must
+//! never write.
 
 use std::collections::BTreeMap;
 
 use meridian_control::SharedClock;
 use meridian_proto::v1::{GetUsageRequest, GetUsageResponse, UsageRecord, WaitTime};
-use meridian_store::{Database, RangeOption, Subspace};
+use meridian_store::{Database, Subspace};
 
 use super::histogram::Histogram;
-use super::{HOUR_MS, UsageKeys, counter_value, field, hour_of};
+use super::{HOUR_MS, UsageKeys, counter_value, field, hour_of, read_pages};
 use crate::error::{GlobalError, Result};
 use crate::keys::Keys;
 use crate::validate;
 
 /// Longest range one request may cover.
 pub const MAX_RANGE_MS: u64 = 366 * 24 * HOUR_MS;
-
-/// Counter keys read per transaction.
-const PAGE: usize = 10_000;
 
 /// Sums of one (tenant, region) over some hours.
 #[derive(Debug, Clone, Default)]
@@ -47,10 +44,7 @@ impl Acc {
             field::WAIT_SUM => &mut self.wait_sum,
             field::WAIT_COUNT => &mut self.wait_count,
             other => {
-                if let Some(b) = other
-                    .strip_prefix(field::WAIT_BUCKET)
-                    .and_then(|b| b.parse::<u32>().ok())
-                {
+                if let Some(b) = field::bucket_of(other) {
                     self.wait.add(b, n);
                 }
                 return;
@@ -154,48 +148,27 @@ async fn read(
     } else {
         keys.tenant(tenant)
     };
-    let mut begin = space.pack(&(since,));
-    let end = space.pack(&(until,));
-    let mut out = Vec::new();
-    loop {
-        let range = RangeOption {
-            limit: PAGE,
-            ..RangeOption::new(begin.clone(), end.clone())
-        };
-        let page = db
-            .run(|tx, _| {
-                let range = range.clone();
-                async move { Ok::<_, GlobalError>(tx.get_range(range).await?) }
-            })
-            .await?;
-        let full = page.len() == PAGE;
-        for kv in &page {
-            let corrupt = |e| GlobalError::Corrupt(format!("usage key: {e}"));
-            let counter = if tenant.is_empty() {
+    let page = read_pages(db, space.pack(&(since,)), space.pack(&(until,))).await?;
+    let corrupt = |e| GlobalError::Corrupt(format!("usage key: {e}"));
+    page.iter()
+        .map(|kv| {
+            if tenant.is_empty() {
                 let (hour, t, region, name): (u64, String, String, String) =
                     space.unpack(&kv.key).map_err(corrupt)?;
-                (hour, t, region, name, counter_value(&kv.value))
+                Ok((hour, t, region, name, counter_value(&kv.value)))
             } else {
                 let (hour, region, name): (u64, String, String) =
                     space.unpack(&kv.key).map_err(corrupt)?;
-                (
+                Ok((
                     hour,
                     tenant.to_string(),
                     region,
                     name,
                     counter_value(&kv.value),
-                )
-            };
-            out.push(counter);
-        }
-        match page.last() {
-            Some(last) if full => {
-                begin = last.key.clone();
-                begin.push(0);
+                ))
             }
-            _ => return Ok(out),
-        }
-    }
+        })
+        .collect()
 }
 
 /// Answers GetUsage.
