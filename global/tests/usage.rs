@@ -434,6 +434,20 @@ async fn usage_totals_equal_the_sum_over_the_task_records_through_the_api_http_c
         want.cpu_millicore_ms.to_string()
     );
     assert_eq!(json["total"]["tasks_run"], want.tasks_run.to_string());
+    // `since` and `until` name the same fields.
+    let (status, aliased) = http(
+        http_addr,
+        "GET",
+        &format!(
+            "/v1/usage?tenant=beta&region=r2&since={START}&until={}",
+            START + 3_600_000
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{aliased}");
+    let aliased: serde_json::Value = serde_json::from_str(&aliased).unwrap();
+    assert_eq!(aliased["total"], json["total"]);
     // A bad field is refused naming it.
     let (status, body) = http(http_addr, "GET", "/v1/usage?until_unix_ms=5", "").await;
     assert_eq!(status, 400, "{body}");
