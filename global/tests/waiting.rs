@@ -58,6 +58,8 @@ async fn report_classes(
 }
 
 /// Follows `job`'s events until one shows it as `pred` wants; returns it.
+/// The guard covers the whole wait: bookmarks keep a stream busy without
+/// ever showing the job.
 async fn await_job(
     client: &mut FederationClient<Channel>,
     job: &str,
@@ -83,14 +85,39 @@ async fn await_job(
     if pred(&now) {
         return now;
     }
-    loop {
-        let event = guarded(what, stream.next()).await.unwrap().unwrap();
-        if let Some(j) = event.job
-            && pred(&j)
-        {
-            return j;
+    guarded(what, async {
+        loop {
+            let event = stream.next().await.unwrap().unwrap();
+            if let Some(j) = event.job
+                && pred(&j)
+            {
+                return j;
+            }
         }
-    }
+    })
+    .await
+}
+
+/// Takes `region`'s lease without reporting any capacity: until the
+/// first report the router counts no room there (and routes nothing to
+/// it), where a report without node classes would let it route anything.
+async fn register_without_capacity(link: &mut RegionLinkClient<Channel>, region: &str) -> u64 {
+    let reg = link
+        .register_region(RegisterRegionRequest {
+            region: region.into(),
+            replica: Some(ReplicaIdentity {
+                replica_id: format!("{region}-0"),
+                boot_id: format!("boot-{region}"),
+                ..ReplicaIdentity::default()
+            }),
+            leader_epoch: 1,
+            ..RegisterRegionRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reg.verdict, Verdict::Accepted as i32);
+    reg.region_lease_epoch
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +125,9 @@ async fn a_job_no_node_of_any_region_could_run_waits_pending_with_the_reason_unt
     let h = Harness::start(|_| {}).await;
     let mut link = h.link().await;
     let mut client = h.federation().await;
-    let lease = register(&mut link, "r1").await;
+    // Classes from the first report on: a pass that read the region
+    // between a report without them and this one could route the job.
+    let lease = register_without_capacity(&mut link, "r1").await;
     report_classes(&mut link, "r1", lease, vec![class("false", 600)]).await;
     let job = client
         .submit_job(submit("never", real_only(spec("t"))))
@@ -106,16 +135,17 @@ async fn a_job_no_node_of_any_region_could_run_waits_pending_with_the_reason_unt
         .unwrap()
         .into_inner()
         .job_id;
-    let waiting = await_job(&mut client, &job, "a waiting reason", |j| {
-        !j.waiting_reason.is_empty()
+    // A pass that read the region before its report may first record
+    // that no region has room; the reason that counts is the one judged on
+    // the classes.
+    let never =
+        "0/600 nodes of the allowed regions could ever run a task: 600 do not match real=true";
+    let waiting = await_job(&mut client, &job, "the never-fits reason", |j| {
+        j.waiting_reason == never
     })
     .await;
     assert_eq!(waiting.state, JobState::Pending as i32);
     assert_eq!(waiting.region, "");
-    assert_eq!(
-        waiting.waiting_reason,
-        "0/600 nodes of the allowed regions could ever run a task: 600 do not match real=true"
-    );
     let listed = client
         .list_jobs(ListJobsRequest {
             tenant: "t".into(),
