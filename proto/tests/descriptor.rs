@@ -44,6 +44,7 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
                 "ReleaseJob",
                 "SetJobPriority",
                 "WatchJobs",
+                "ListJobTasks",
                 "GetTaskLogs",
                 "FollowTaskLogs",
                 "ListRegions",
@@ -59,6 +60,7 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
                 "PauseSchedule",
                 "ResumeSchedule",
                 "DeleteSchedule",
+                "GetUsage",
             ][..],
         ),
         (
@@ -93,6 +95,7 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
                 "DrainNode",
                 "GetTaskLogs",
                 "FollowTaskLogs",
+                "ListJobTasks",
             ][..],
         ),
         ("meridian.v1.AgentLogs", &["FollowTaskLogs"][..]),

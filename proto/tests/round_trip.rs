@@ -32,6 +32,7 @@ fn full_spec(kind: task_template::Kind) -> JobSpec {
         priority: -7,
         labels: map(&[("team", "data"), ("tier", "batch")]),
         task_count: 12,
+        parallelism: 4,
         task: Some(TaskTemplate { kind: Some(kind) }),
         resources: Some(Resources {
             cpu_millis: 1500,
