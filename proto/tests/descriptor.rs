@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_proto::FILE_DESCRIPTOR_SET;
 use meridian_proto::v1::{
-    agent_link_server, agent_logs_server, federation_server, region_admin_server, region_link_server,
+    agent_link_server, agent_logs_server, federation_server, region_admin_server,
+    region_link_server,
 };
 use prost::Message;
 use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorProto, FileDescriptorSet};

@@ -12,10 +12,10 @@
 
 mod ack;
 pub mod apply;
+pub mod compact;
 mod refuse;
 mod report;
 mod session;
-pub mod compact;
 pub mod trim;
 
 pub use report::Reported;
