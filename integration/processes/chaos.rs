@@ -340,11 +340,9 @@ fn job_state(job: &v1::Job) -> JobState {
     }
 }
 
-/// Waits until `dev` runs `name` under a pid other than `old`.
+/// Waits until `dev` says it restarted `name`, under a pid other than `old`.
 fn restarted(dev: &Dev, name: &str, old: i32) {
-    poll(&format!("{name} restarted"), || {
-        dev.pid_of(name).filter(|p| *p != old)
-    });
+    dev.await_restart(name, old, Instant::now());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,9 @@ pub struct Dev {
     pub children: BTreeMap<String, ChildInfo>,
     /// Lines `meridian dev` writes to standard error from now on.
     pub stderr: Receiver<String>,
+    /// Lines read from [`Dev::stderr`] while waiting for another one, kept
+    /// for the wait they belong to (two children may restart at once).
+    backlog: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 impl Drop for Dev {
@@ -93,6 +96,7 @@ impl Dev {
             endpoints: String::new(),
             children: BTreeMap::new(),
             stderr: err_rx,
+            backlog: Default::default(),
         };
         let (tx, rx) = channel();
         std::thread::spawn(move || {
@@ -193,13 +197,47 @@ impl Dev {
         pid
     }
 
-    /// Waits until `meridian dev` has restarted `name` (a new pid); returns
-    /// the time since `killed_at`.
+    /// Waits until `meridian dev` says it restarted `name` (its supervisor
+    /// prints that once the new process printed its ready line) and it runs
+    /// under a pid other than `old_pid`; returns the time since `killed_at`.
+    ///
+    /// A line left from an earlier restart of `name` (one nobody waited
+    /// for) is passed over: only a line after which `name` runs under a new
+    /// pid ends the wait.
     pub fn await_restart(&self, name: &str, old_pid: i32, killed_at: Instant) -> Duration {
-        poll(&format!("{name} restarted"), || {
-            self.pid_of(name).filter(|p| *p != old_pid).map(|_| ())
-        });
-        killed_at.elapsed()
+        let said = format!("meridian dev: {name} restarted");
+        let deadline = Instant::now() + GUARD;
+        loop {
+            self.await_stderr(&format!("{name} restarted"), |line| line == said);
+            if self.pid_of(name).is_some_and(|p| p != old_pid) {
+                return killed_at.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} restarted: not within {GUARD:?}"
+            );
+        }
+    }
+
+    /// The next line of `meridian dev`'s standard error that `wanted`
+    /// accepts (earlier ones kept for other waits); panics after [`GUARD`].
+    pub fn await_stderr(&self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let mut backlog = self.backlog.lock().expect("backlog");
+        if let Some(i) = backlog.iter().position(|l| wanted(l)) {
+            return backlog.remove(i).expect("present");
+        }
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("{what}: not within {GUARD:?} ({e})"));
+            if wanted(&line) {
+                return line;
+            }
+            backlog.push_back(line);
+        }
     }
 
     /// A leader-following client of the global tier.
