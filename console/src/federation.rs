@@ -19,10 +19,11 @@ use futures::Stream;
 use serde::Deserialize;
 
 use crate::error::ConsoleError;
+use crate::job_tasks::{TasksParams, TasksView};
 use crate::region::changed_sections;
 use crate::render::{self, badge, count, esc, meter, url_segment};
 use crate::source::FederationConsoleSource;
-use crate::view::{FederationSnapshot, JobDetail};
+use crate::view::{FederationSnapshot, JobDetail, TaskPage};
 use crate::{CONSOLE_PATH, assets};
 
 /// How often the live streams re-render.
@@ -384,9 +385,31 @@ async fn find_job(Query(q): Query<FindJob>) -> Redirect {
     }
 }
 
-fn job_sections(job: &JobDetail, now: u64) -> Sections {
+/// One page of the job's task table; a job not routed yet is held by no
+/// region, so its region is not asked.
+async fn task_page<S: FederationConsoleSource>(
+    source: &S,
+    job: &JobDetail,
+    view: &TasksView,
+) -> Result<TaskPage, ConsoleError> {
+    if job.job.region.is_empty() {
+        return Err(ConsoleError::NotFound(format!(
+            "job {} is not routed yet",
+            job.job.job_id
+        )));
+    }
+    source.job_tasks(&job.job.job_id, &view.query()).await
+}
+
+fn job_sections(
+    job: &JobDetail,
+    view: &TasksView,
+    page: &Result<TaskPage, ConsoleError>,
+    now: u64,
+) -> Sections {
     let mut out = Sections::new();
     out.insert("job-summary", job_summary_html(job));
+    out.insert("task-counts", crate::job_tasks::counts_html(job));
     out.insert(
         "dependencies",
         crate::dependencies::job_dependencies_html(job),
@@ -395,7 +418,7 @@ fn job_sections(job: &JobDetail, now: u64) -> Sections {
         "timeline",
         crate::timeline::timeline_svg(job, now, MAX_TIMELINE_TASKS),
     );
-    out.insert("tasks", tasks_html(job));
+    out.insert("tasks", crate::job_tasks::tasks_html(job, view, page));
     out.insert("history", history_html(job));
     out
 }
@@ -469,43 +492,6 @@ fn job_summary_html(job: &JobDetail) -> String {
     s
 }
 
-fn tasks_html(job: &JobDetail) -> String {
-    let mut s = String::from(
-        "<table><thead><tr><th scope=\"col\">Task</th><th scope=\"col\">State</th><th scope=\"col\">Region</th>\
-         <th scope=\"col\">Node</th><th scope=\"col\">Attempt</th><th scope=\"col\">Placed</th>\
-         <th scope=\"col\">Started</th><th scope=\"col\">Finished</th><th scope=\"col\">Exit</th>\
-         <th scope=\"col\">Message</th></tr></thead><tbody>",
-    );
-    for t in &job.tasks {
-        let _ = write!(
-            s,
-            "<tr data-task=\"{}\"><th scope=\"row\">{}</th><td class=\"state\">{}</td><td class=\"region\">{}</td>\
-             <td class=\"node\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-            t.index,
-            t.index,
-            badge(&t.state),
-            if t.region.is_empty() {
-                "—".into()
-            } else {
-                esc(&t.region)
-            },
-            if t.node.is_empty() {
-                "—".into()
-            } else {
-                esc(&t.node)
-            },
-            t.attempt,
-            render::clock(t.placed_at_unix_ms),
-            render::clock(t.started_at_unix_ms),
-            render::clock(t.finished_at_unix_ms),
-            t.exit_code.map_or("—".into(), |c| c.to_string()),
-            esc(&t.message),
-        );
-    }
-    s.push_str("</tbody></table>");
-    s
-}
-
 fn history_html(job: &JobDetail) -> String {
     let mut s = String::from(
         "<table class=\"compact\"><thead><tr><th scope=\"col\">When (UTC)</th><th scope=\"col\">From</th>\
@@ -542,27 +528,18 @@ async fn job_page<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
     Path(job_id): Path<String>,
     Query(output): Query<OutputQuery>,
+    Query(params): Query<TasksParams>,
 ) -> Response {
-    let job = match source.job(&job_id).await {
-        Ok(j) => j,
-        Err(e) => {
-            let status = e.status();
-            let header = "<div><h1>Job not shown</h1></div>";
-            let body = format!(
-                "<div class=\"problem\" role=\"alert\">{}</div><p><a href=\"{CONSOLE_PATH}\">Back to the overview</a></p>",
-                esc(&e.to_string())
-            );
-            return (
-                status,
-                Html(render::page("Job · Meridian", header, "", &body)),
-            )
-                .into_response();
-        }
+    let job = match params.parse() {
+        Ok(view) => source.job(&job_id).await.map(|j| (j, view)),
+        Err(e) => Err(e),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let sec = job_sections(&job, now);
+    let (job, view) = match job {
+        Ok(j) => j,
+        Err(e) => return job_problem_page(&e),
+    };
+    let page = task_page(&*source, &job, &view).await;
+    let sec = job_sections(&job, &view, &page, crate::now_ms());
     let header = format!(
         "<div><p class=\"crumbs\"><a href=\"{CONSOLE_PATH}\">Federation</a> / job</p>\
          <h1>Job <span id=\"job-id-title\">{}</span></h1><p class=\"sub\">{}</p></div>{}",
@@ -575,12 +552,14 @@ async fn job_page<S: FederationConsoleSource>(
          <section aria-labelledby=\"dependencies-h\"><h2 id=\"dependencies-h\">Dependencies and hold</h2>\
          <div id=\"dependencies\">{}</div></section>\
          <section aria-labelledby=\"timeline-h\"><h2 id=\"timeline-h\">Task timeline</h2><div id=\"timeline\">{}</div></section>\
+         <section aria-labelledby=\"task-counts-h\"><h2 id=\"task-counts-h\">Tasks by state</h2><div id=\"task-counts\">{}</div></section>\
          <section aria-labelledby=\"tasks-h\"><h2 id=\"tasks-h\">Tasks</h2><div id=\"tasks\">{}</div></section>\
          {}\
          <section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2><div id=\"history\">{}</div></section>",
         sec["job-summary"],
         sec["dependencies"],
         sec["timeline"],
+        sec["task-counts"],
         sec["tasks"],
         crate::output::output_section(&job, output.task.unwrap_or(0)),
         sec["history"]
@@ -589,36 +568,52 @@ async fn job_page<S: FederationConsoleSource>(
         &format!("Job {} · Meridian", job.job.job_id),
         &header,
         &format!(
-            "{CONSOLE_PATH}/jobs/{}/stream",
-            url_segment(&job.job.job_id)
+            "{CONSOLE_PATH}/jobs/{}/stream{}",
+            url_segment(&job.job.job_id),
+            view.query_string()
         ),
         &body,
     ))
     .into_response()
 }
 
+/// The page of a job that cannot be shown, with the status of why.
+fn job_problem_page(e: &ConsoleError) -> Response {
+    let header = "<div><h1>Job not shown</h1></div>";
+    let body = format!(
+        "<div class=\"problem\" role=\"alert\">{}</div><p><a href=\"{CONSOLE_PATH}\">Back to the overview</a></p>",
+        esc(&e.to_string())
+    );
+    (
+        e.status(),
+        Html(render::page("Job · Meridian", header, "", &body)),
+    )
+        .into_response()
+}
+
 async fn job_stream<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
     Path(job_id): Path<String>,
+    Query(params): Query<TasksParams>,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let mut interval = tokio::time::interval(REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A bad filter was refused with the page; the stream then shows all.
+    let view = params.parse().unwrap_or_default();
     let stream = futures::stream::unfold(
-        (source, job_id, Sections::new(), interval),
-        |(source, job_id, last, mut interval)| async move {
+        (source, job_id, view, Sections::new(), interval),
+        |(source, job_id, view, last, mut interval)| async move {
             interval.tick().await;
             let fresh = match source.job(&job_id).await {
                 Ok(job) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    job_sections(&job, now)
+                    let page = task_page(&*source, &job, &view).await;
+                    job_sections(&job, &view, &page, crate::now_ms())
                 }
                 // Keep what the page shows; the indicator says it is live.
                 Err(_) => last.clone(),
             };
             let event = changed_sections(&last, &fresh);
-            Some((Ok(event), (source, job_id, fresh, interval)))
+            Some((Ok(event), (source, job_id, view, fresh, interval)))
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::default())

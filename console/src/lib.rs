@@ -23,6 +23,7 @@ mod csrf;
 mod dependencies;
 pub mod error;
 mod federation;
+mod job_tasks;
 mod output;
 mod region;
 mod render;

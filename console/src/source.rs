@@ -11,7 +11,7 @@ use crate::error::ConsoleError;
 use crate::view::{
     ActionOutcome, EventView, FederationSnapshot, JobDetail, LaneView, NodeAction, NodeView,
     PlacementSample, RegionIdentity, ScheduleAction, ScheduleDetail, ScheduleRow, ShardView,
-    UsageQuery, UsageView, WaitingJobView,
+    TaskPage, TaskPageQuery, UsageQuery, UsageView, WaitingJobView,
 };
 
 /// Result of a source call.
@@ -54,6 +54,17 @@ pub trait FederationConsoleSource: Send + Sync + 'static {
     fn overview(&self) -> impl Future<Output = SourceResult<FederationSnapshot>> + Send;
     /// One job with its tasks and history; `NotFound` for an unknown id.
     fn job(&self, job_id: &str) -> impl Future<Output = SourceResult<JobDetail>> + Send;
+    /// One page of a job's tasks, read from the region holding the job;
+    /// `NotFound` for a job no region holds (not routed yet, or ended and
+    /// forgotten by its region), `Invalid` naming the field for a bad query.
+    fn job_tasks(
+        &self,
+        job_id: &str,
+        query: &TaskPageQuery,
+    ) -> impl Future<Output = SourceResult<TaskPage>> + Send {
+        let _ = (job_id, query);
+        async { Err(unserved("task pages")) }
+    }
     /// Every schedule of periodic jobs, in id order. A source without
     /// schedules answers `Unavailable`, shown in the page.
     fn schedules(&self) -> impl Future<Output = SourceResult<Vec<ScheduleRow>>> + Send {

@@ -351,6 +351,34 @@ pub struct JobDetail {
     /// True when there were more dependents than listed.
     #[serde(default)]
     pub dependents_truncated: bool,
+    /// `(task state, count)` over every task of the job, in lifecycle order
+    /// (`Job.task_counts`), for a job of any size.
+    #[serde(default)]
+    pub task_counts: Vec<(String, u32)>,
+    /// Most tasks of an array run at once; 0 when not capped.
+    #[serde(default)]
+    pub parallelism: u32,
+}
+
+/// Which page of a job's tasks to list (`ListJobTasks`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskPageQuery {
+    /// Only tasks in these states (names as in [`TaskRow::state`]); empty
+    /// means every state.
+    pub states: Vec<String>,
+    /// Token of the page, as the previous page gave it; empty for the first.
+    pub page_token: String,
+    /// Most tasks on the page.
+    pub page_size: u32,
+}
+
+/// One page of a job's tasks, as the job's region holds them now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskPage {
+    /// Tasks of the page, in index order.
+    pub tasks: Vec<TaskRow>,
+    /// Token of the next page; empty when this is the last.
+    pub next_page_token: String,
 }
 
 /// Whether one dependency is met, as the global tier judges it.

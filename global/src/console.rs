@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use meridian_console::view::{
     ActionOutcome, Amount, DependencyRow, DependencyStatus, FederationSnapshot, JobDetail, JobRow,
-    RegionSummary, ScheduleAction, ScheduleDetail, ScheduleRow, TaskRow, TenantJobs, TransitionRow,
-    UsageQuery, UsageView,
+    RegionSummary, ScheduleAction, ScheduleDetail, ScheduleRow, TaskPage, TaskPageQuery,
+    TenantJobs, TransitionRow, UsageQuery, UsageView,
 };
 use meridian_console::{ConsoleError, FederationConsoleSource};
 use meridian_proto::v1::{Job, JobState, ListJobsRequest, RegionInfo, RegionState, TaskState};
@@ -21,6 +21,7 @@ use crate::federation::FederationService;
 use crate::gate::{DependencyReport, Verdict};
 
 mod schedules;
+mod tasks;
 mod usage;
 
 /// Jobs counted per overview refresh at most (pages of 1000).
@@ -72,7 +73,7 @@ pub(crate) fn job_state_name(state: i32) -> String {
         .unwrap_or_else(|_| format!("state {state}"))
 }
 
-fn task_state_name(state: i32) -> String {
+pub(crate) fn task_state_name(state: i32) -> String {
     TaskState::try_from(state)
         .map(|s| {
             s.as_str_name()
@@ -290,22 +291,9 @@ impl FederationConsoleSource for GlobalConsole {
             assignment_epoch: job.assignment_epoch,
             cancel_requested: job.cancel_requested,
             updated_at_unix_ms: job.updated_at_unix_ms,
-            tasks: job
-                .tasks
-                .iter()
-                .map(|t| TaskRow {
-                    index: t.index,
-                    state: task_state_name(t.state),
-                    region: t.region.clone(),
-                    node: t.node_id.clone(),
-                    attempt: t.attempt,
-                    placed_at_unix_ms: t.placed_at_unix_ms,
-                    started_at_unix_ms: t.started_at_unix_ms,
-                    finished_at_unix_ms: t.finished_at_unix_ms,
-                    exit_code: t.exit_code,
-                    message: t.message.clone(),
-                })
-                .collect(),
+            tasks: job.tasks.iter().map(tasks::task_row).collect(),
+            task_counts: tasks::counts(&job.task_counts.unwrap_or_default()),
+            parallelism: job.spec.as_ref().map_or(0, |s| s.parallelism),
             history: job
                 .history
                 .iter()
@@ -319,6 +307,14 @@ impl FederationConsoleSource for GlobalConsole {
                 })
                 .collect(),
         })
+    }
+
+    async fn job_tasks(
+        &self,
+        job_id: &str,
+        query: &TaskPageQuery,
+    ) -> Result<TaskPage, ConsoleError> {
+        tasks::page(&self.api, job_id, query).await
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, ConsoleError> {
