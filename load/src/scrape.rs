@@ -1,4 +1,5 @@
-//! Reading the servers' Prometheus `/metrics` endpoints.
+//! Reading the servers' Prometheus `/metrics` endpoints (and, with the same
+//! plain GET, a page of a server's HTTP listener, such as its console).
 //!
 //! Owns one plain HTTP/1.0 GET and the parsing of the text exposition
 //! format into `(name, labels) -> value` sums. Must never fail a run: a
@@ -11,9 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Fetches `/metrics` from `addr`; `None` when it does not answer in time.
 pub async fn fetch(addr: SocketAddr) -> Option<String> {
+    fetch_path(addr, "/metrics").await
+}
+
+/// Fetches `path` from `addr`; `None` unless it answers 200 in time.
+pub async fn fetch_path(addr: SocketAddr, path: &str) -> Option<String> {
     let get = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await
             .ok()?;
         let mut body = Vec::new();

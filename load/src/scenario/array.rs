@@ -50,7 +50,8 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         "One array job of N simulated tasks (1 core, 100 ms each) with a parallelism cap, \
          through real processes (one global replica, one region of 4 shards, one simulated-node \
          agent process); the tasks bound at once read from the region's store while it runs, \
-         GetJob timed during the run, then GetJob and the `meridian job get` command timed on \
+         GetJob, a page of running tasks (ListJobTasks) and the federation console's job page \
+         filtered to running tasks timed during the run, then GetJob and the `meridian job get` command timed on \
          the finished job.",
     );
     let tasks = ctx.args.tasks.map_or(ctx.pick(5_000, 100_000), |t| {
@@ -74,11 +75,13 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         shard_lease_ms: 2000,
     };
     let target = Target::get(ctx, layout).await?;
-    let store = {
+    let (store, console) = {
         let fed = target.local("array")?;
-        fed.data_dir()
+        let store = fed
+            .data_dir()
             .join("regions")
-            .join(format!("{}.db", region_name(0)))
+            .join(format!("{}.db", region_name(0)));
+        (store, fed.globals.first().and_then(|g| g.metrics))
     };
     await_nodes(
         &target.endpoints,
@@ -119,6 +122,8 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     let mut during = Latency::new();
     let mut pages = Latency::new();
     let mut page_errors = 0u64;
+    let mut console_pages = Latency::new();
+    let mut console_without_rows = 0u64;
     let mut running = Vec::new();
     let job = loop {
         let sent = Instant::now();
@@ -139,6 +144,17 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
                 Ok(_) => pages.record(sent.elapsed()),
                 // The region forgets the job once its end is accepted.
                 Err(_) => page_errors += 1,
+            }
+            if let Some(addr) = console {
+                let path = format!("/console/jobs/{job_id}?state=running");
+                let sent = Instant::now();
+                match crate::scrape::fetch_path(addr, &path).await {
+                    Some(html) if html.contains("<tr data-task=\"") => {
+                        console_pages.record(sent.elapsed());
+                    }
+                    // No running task at that moment, or the job forgotten.
+                    _ => console_without_rows += 1,
+                }
             }
         }
         let counts = job.task_counts.unwrap_or_default();
@@ -191,6 +207,11 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     report.result("get_job_after_end", after.summary());
     report.result("list_job_tasks_running_page_of_100", pages.summary());
     report.result("list_job_tasks_refused", page_errors);
+    report.result(
+        "console_job_page_running_page_of_100",
+        console_pages.summary(),
+    );
+    report.result("console_job_page_without_rows", console_without_rows);
     report.result("meridian_job_get_command", command.summary());
 
     report.target(
