@@ -651,3 +651,143 @@ async fn pausing_resuming_and_deleting_a_schedule_in_its_page_go_through_the_api
         .await
         .expect("the schedule's actions went through in time");
 }
+
+/// The indexes of the task rows on the page, once its counts show
+/// `pending` and the table has rows whose states are all `state`.
+fn rows_of(state: &str, pending: &str) -> String {
+    format!(
+        "const c = document.querySelector('#task-counts tr[data-task-state=\"pending\"] td');
+         const rows = [...document.querySelectorAll('#tasks tr[data-task]')];
+         if (!c || c.textContent !== {pending} || rows.length === 0) return null;
+         if (!rows.every(r => r.querySelector('.badge').dataset.state === {state})) return null;
+         return rows.map(r => Number(r.dataset.task));",
+        pending = json!(pending),
+        state = json!(state)
+    )
+}
+
+/// Clicks the element `css` finds now.
+async fn click_now(browser: &Browser, css: &str) {
+    let clicked = browser
+        .js(&format!(
+            "const e = document.querySelector({}); if (!e) return false; e.click(); return true;",
+            json!(css)
+        ))
+        .await;
+    assert_eq!(clicked, json!(true), "{css} on the page");
+}
+
+async fn task_page(
+    federation: &mut FederationClient<Channel>,
+    job_id: &str,
+    token: &str,
+) -> v1::ListJobTasksResponse {
+    federation
+        .list_job_tasks(v1::ListJobTasksRequest {
+            job_id: job_id.into(),
+            states: vec![v1::TaskState::Pending as i32],
+            page_size: 100,
+            page_token: token.into(),
+        })
+        .await
+        .expect("ListJobTasks")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arrays_page_shows_its_tasks_by_state_and_pages_the_pending_ones_as_list_job_tasks_does()
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let global = Global::start(&format!("sqlite:{}", dir.path().join("g.db").display()));
+    let region = console_support::Regional::start(
+        &format!("sqlite:{}", dir.path().join("r1.db").display()),
+        "r1-a",
+        1,
+        Some(&global.grpc),
+    );
+    let run = async {
+        // A node that runs its tasks for ten minutes: the 10 the cap lets
+        // out stay running, the other 1,990 pending.
+        console_support::FakeAgent::register(&region.grpc, "r1-n1", "zone-a", 4)
+            .await
+            .run();
+        let mut federation = connect(&global).await;
+        let mut s = spec("array", "team-a", 2_000, 100, 600_000, 0);
+        s.parallelism = 10;
+        let job_id = support::retry::until_served("submit the array", || {
+            let (mut federation, s) = (federation.clone(), s.clone());
+            async move {
+                federation
+                    .submit_job(v1::SubmitJobRequest {
+                        request_id: "workloads-array".into(),
+                        spec: Some(s),
+                    })
+                    .await
+            }
+        })
+        .await
+        .into_inner()
+        .job_id;
+
+        let browser = Browser::start().await;
+        browser
+            .goto(&format!("{}/console/jobs/{job_id}", global.http))
+            .await;
+        let total = browser
+            .wait_for(
+                "the array's counts and cap",
+                "const t = document.querySelector('#task-total');
+                 return t && t.textContent.includes('at most 10 at once') ? t.textContent : null;",
+            )
+            .await;
+        assert_eq!(total, json!("2,000 tasks; at most 10 at once"));
+        // The live stream brings the counts once the cap's tasks run.
+        browser
+            .wait_for(
+                "10 tasks running",
+                "const c = document.querySelector('#task-counts tr[data-task-state=\"running\"] td');
+                 return c && c.textContent === '10' ? true : null;",
+            )
+            .await;
+        // Clicked in one script: the live stream may swap the section in
+        // between a find and a click.
+        click_now(&browser, "#tasks .task-filters a[href*=\"state=pending\"]").await;
+        let first = browser
+            .wait_for(
+                "the first page of pending tasks",
+                &rows_of("pending", "1,990"),
+            )
+            .await;
+        let api = task_page(&mut federation, &job_id, "").await;
+        let want: Vec<u32> = api.tasks.iter().map(|t| t.index).collect();
+        assert_eq!(want.len(), 100);
+        assert_eq!(first, json!(want));
+
+        click_now(&browser, "#tasks-next").await;
+        let second = browser
+            .wait_for(
+                "the second page of pending tasks",
+                &format!(
+                    "const rows = [...document.querySelectorAll('#tasks tr[data-task]')];
+                     return rows.length && Number(rows[0].dataset.task) !== {} ? (() => {{ {} }})() : null;",
+                    want[0],
+                    rows_of("pending", "1,990")
+                ),
+            )
+            .await;
+        let api2 = task_page(&mut federation, &job_id, &api.next_page_token).await;
+        let want2: Vec<u32> = api2.tasks.iter().map(|t| t.index).collect();
+        assert_eq!(second, json!(want2));
+        assert!(
+            browser
+                .js("return location.search")
+                .await
+                .as_str()
+                .is_some_and(|q| q.contains("state=pending") && q.contains("page=")),
+            "the filter and the page token are in the URL"
+        );
+    };
+    tokio::time::timeout(GUARD, run)
+        .await
+        .expect("the array's page within the guard");
+}
