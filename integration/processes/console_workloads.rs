@@ -2,7 +2,8 @@
 //! headless Chromium through chromedriver) against a real `meridian global`:
 //! what a job waits for (dependencies, hold, the jobs waiting on it), and
 //! the schedules of periodic jobs with the runs their ticks create and
-//! their actions. Usage is in `console_usage.rs`.
+//! their actions, and the paged tasks of an array run by a linked region.
+//! Usage is in `console_usage.rs`.
 //!
 //! Jobs, holds, cancels and schedules go through the real Federation API.
 //! Nothing sleeps to wait for a condition: the page is watched with a
