@@ -1,0 +1,224 @@
+//! A periodic job through kills of the global leader, with real processes:
+//! `meridian dev` with two global replicas on one SQLite store, a schedule
+//! ticking every minute (`* * * * *`, overlap ALLOW, missed ticks
+//! RUN_ONCE). The global leader is killed with SIGKILL twice: as soon as the
+//! first tick's job is listed (the leader may not have recorded the tick
+//! yet), and again just before the second tick's time, so the second tick
+//! is planned by whichever replica leads next. Shows: each tick made exactly
+//! one job (request id `schedule/<id>/<created>/<tick>`), no tick made two,
+//! and every minute between the schedule's creation and its
+//! `handled_through` either has its job or is counted in `skipped_ticks`,
+//! as the missed-tick policy says.
+//!
+//! The clock is the real one (these are processes), so the kill lands near
+//! a tick, not at an exact point of the ticker; the exact points (before
+//! and after the tick's job commit) are proven in one process with a
+//! manual clock in `global/tests/schedules.rs`. Ticks are a minute apart
+//! (five-field cron expressions), so this test takes one to two minutes.
+//!
+//! Runs alone (`.config/nextest.toml`).
+
+mod federation;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use federation::{Dev, GUARD, POLL, Sizes, list_all, simulated_job};
+use meridian_cli::client::Client;
+use meridian_proto::v1;
+
+const SCHEDULE: &str = "every-minute";
+const MINUTE_MS: u64 = 60_000;
+/// How long before a tick's time the second kill lands.
+const BEFORE_TICK: Duration = Duration::from_millis(300);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+async fn schedule(client: &mut Client) -> v1::Schedule {
+    let request = v1::GetScheduleRequest {
+        schedule_id: SCHEDULE.into(),
+    };
+    client
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.get_schedule(r).await }
+        })
+        .await
+        .expect("get the schedule")
+        .schedule
+        .expect("a schedule")
+}
+
+/// The schedule's jobs by tick (from their request ids), every job of a
+/// tick kept, so a duplicate shows.
+async fn runs(client: &mut Client, created_at: u64) -> BTreeMap<u64, Vec<String>> {
+    let prefix = format!("schedule/{SCHEDULE}/{created_at}/");
+    let mut by_tick: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for job in list_all(client).await.into_values() {
+        if let Some(tick) = job.request_id.strip_prefix(&prefix) {
+            let tick: u64 = tick
+                .parse()
+                .unwrap_or_else(|_| panic!("request id {}", job.request_id));
+            by_tick.entry(tick).or_default().push(job.job_id);
+        }
+    }
+    by_tick
+}
+
+/// Waits, polling ListJobs, until the job of `tick` is listed.
+async fn await_run(client: &mut Client, created_at: u64, tick: u64) {
+    let deadline = Instant::now() + GUARD;
+    while !runs(client, created_at).await.contains_key(&tick) {
+        assert!(
+            Instant::now() < deadline,
+            "the job of tick {tick}: not within {GUARD:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until a global replica says it leads; returns it.
+async fn await_leader(dev: &Dev) -> String {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Some(leader) = dev.global_leader() {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a global leader: not within {GUARD:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `kill -9` of the global leader; waits for a leader again and for
+/// `meridian dev` to restart the killed replica. Returns the time from the
+/// kill to a leader.
+async fn kill_the_leader(dev: &Dev) -> Duration {
+    let leader = await_leader(dev).await;
+    let killed_at = Instant::now();
+    let pid = dev.kill9(&leader);
+    let deadline = Instant::now() + GUARD;
+    // The killed replica's /healthz stops answering at once; whoever says
+    // it leads from now on is a leader after the kill.
+    let failover = loop {
+        if dev.global_leader().is_some() {
+            break killed_at.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a new global leader: not within {GUARD:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    dev.await_restart(&leader, pid, killed_at);
+    println!(
+        "killed global leader {leader} (pid {pid}): a leader again after {:.0} ms",
+        failover.as_secs_f64() * 1000.0
+    );
+    failover
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_makes_exactly_one_job_per_tick_through_kills_of_the_global_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(
+        &dir.path().join("dev"),
+        Sizes {
+            regions: 1,
+            shards: 1,
+            simulated_nodes: 10,
+            base_port: 18700,
+        },
+    );
+    assert_eq!(dev.globals().len(), 2, "two global replicas");
+    let mut client = dev.client();
+
+    let request = v1::CreateScheduleRequest {
+        schedule_id: SCHEDULE.into(),
+        spec: Some(v1::ScheduleSpec {
+            tenant: "e2e".into(),
+            cron: "* * * * *".into(),
+            time_zone: String::new(),
+            job: Some(simulated_job("tick", 100)),
+            overlap_policy: v1::OverlapPolicy::Allow as i32,
+            missed_tick_policy: v1::MissedTickPolicy::RunOnce as i32,
+            starting_deadline_ms: 0,
+        }),
+        paused: false,
+    };
+    let created = client
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.create_schedule(r).await }
+        })
+        .await
+        .expect("create the schedule")
+        .schedule
+        .expect("a schedule");
+    let created_at = created.created_at_unix_ms;
+    let first = created.next_tick_unix_ms;
+    assert_eq!(first, (created_at / MINUTE_MS + 1) * MINUTE_MS);
+    let second = first + MINUTE_MS;
+
+    // Kill 1: as soon as the first tick's job is listed.
+    await_run(&mut client, created_at, first).await;
+    kill_the_leader(&dev).await;
+
+    // Kill 2: just before the second tick's time, so the replica that leads
+    // after the kill plans it. Waiting for a time of the real clock is the
+    // scenario here, not a wait for a condition.
+    let kill_at = second.saturating_sub(BEFORE_TICK.as_millis() as u64);
+    let now = now_ms();
+    assert!(
+        now < kill_at,
+        "the first failover ended after the second tick"
+    );
+    tokio::time::sleep(Duration::from_millis(kill_at - now)).await;
+    kill_the_leader(&dev).await;
+
+    await_run(&mut client, created_at, second).await;
+    let deadline = Instant::now() + GUARD;
+    let recorded = loop {
+        let s = schedule(&mut client).await;
+        if s.handled_through_unix_ms >= second {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tick {second} recorded: not within {GUARD:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+
+    // Every tick in (created, handled_through] either has exactly one job
+    // or is counted as skipped; no job is of another tick.
+    let runs = runs(&mut client, created_at).await;
+    let window: BTreeSet<u64> = (first..=recorded.handled_through_unix_ms)
+        .step_by(MINUTE_MS as usize)
+        .collect();
+    let duplicates: Vec<_> = runs.iter().filter(|(_, jobs)| jobs.len() > 1).collect();
+    assert!(duplicates.is_empty(), "ticks with two jobs: {duplicates:?}");
+    let outside: Vec<_> = runs.keys().filter(|t| !window.contains(t)).collect();
+    assert!(
+        outside.is_empty(),
+        "jobs of ticks outside {window:?}: {outside:?}"
+    );
+    let run: BTreeSet<u64> = runs.keys().copied().collect();
+    assert!(run.contains(&first) && run.contains(&second), "{runs:?}");
+    assert_eq!(
+        recorded.skipped_ticks as usize,
+        window.len() - run.len(),
+        "every tick without a job is counted as skipped: {recorded:?}"
+    );
+    println!(
+        "schedule {SCHEDULE}: ticks {window:?} made jobs {runs:?}, last outcome {:?}",
+        recorded.last_outcome
+    );
+}
