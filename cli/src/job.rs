@@ -575,20 +575,12 @@ fn tasks_line(spec: &meridian_proto::v1::JobSpec) -> String {
 /// job of 100,000 tasks is read by (its view lists no task rows).
 fn counts_line(job: &Job) -> String {
     let c = job.task_counts.unwrap_or_default();
-    let parts: Vec<String> = [
-        ("pending", c.pending),
-        ("placed", c.placed),
-        ("starting", c.starting),
-        ("running", c.running),
-        ("succeeded", c.succeeded),
-        ("failed", c.failed),
-        ("killed", c.killed),
-        ("lost", c.lost),
-    ]
-    .iter()
-    .filter(|(_, n)| *n > 0)
-    .map(|(name, n)| format!("{name} {n}"))
-    .collect();
+    let parts: Vec<String> = c
+        .by_state()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
     if parts.is_empty() {
         "-".into()
     } else {

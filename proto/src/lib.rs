@@ -99,6 +99,7 @@ pub mod limits {
     pub const MAX_STOP_GRACE_PERIOD_MS: u64 = 3_600_000;
 }
 
+mod counts;
 mod display;
 
 pub use display::ParseTaskIdError;

@@ -16,19 +16,10 @@ use crate::federation::FederationService;
 
 /// `(state, count)` in lifecycle order, the names the console filters by.
 pub(super) fn counts(c: &TaskCounts) -> Vec<(String, u32)> {
-    [
-        ("pending", c.pending),
-        ("placed", c.placed),
-        ("starting", c.starting),
-        ("running", c.running),
-        ("succeeded", c.succeeded),
-        ("failed", c.failed),
-        ("killed", c.killed),
-        ("lost", c.lost),
-    ]
-    .into_iter()
-    .map(|(s, n)| (s.to_string(), n))
-    .collect()
+    c.by_state()
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect()
 }
 
 pub(super) fn task_row(t: &TaskStatus) -> TaskRow {
