@@ -30,6 +30,7 @@
 //! Runs alone (`.config/nextest.toml`).
 
 mod federation;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -381,7 +382,7 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
     let mut submit_client = dev.client();
     let submitting =
         tokio::spawn(async move { submit_all(&mut submit_client, "chaos", specs, 10).await });
-    poll("the first tasks ran", || {
+    support::wait::file_until(&file, "the first tasks ran", federation::GUARD, || {
         (task_log(&file).starts >= 10).then_some(())
     });
 
@@ -430,9 +431,12 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
         .collect();
     let mut keep_client = dev.client();
     let keep_acked = submit_all(&mut keep_client, "steady", keep_specs, KEEP_RUNNING).await;
-    poll("every keep_running task runs", || {
-        (task_log(&file).keep_running_started.len() >= KEEP_RUNNING).then_some(())
-    });
+    support::wait::file_until(
+        &file,
+        "every keep_running task runs",
+        federation::GUARD,
+        || (task_log(&file).keep_running_started.len() >= KEEP_RUNNING).then_some(()),
+    );
     let control_plane: Vec<String> = dev
         .globals()
         .into_iter()

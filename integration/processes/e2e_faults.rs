@@ -14,6 +14,7 @@
 //! Runs alone (`.config/nextest.toml`).
 
 mod federation;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -33,9 +34,10 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the shared file has at least `n` lines.
+/// Waits until the shared file has at least `n` lines, looking again at
+/// each write the kernel reports.
 fn await_lines(path: &Path, n: usize) {
-    poll(&format!("{n} tasks ran"), || {
+    support::wait::file_until(path, &format!("{n} tasks ran"), federation::GUARD, || {
         (lines(path).len() >= n).then_some(())
     });
 }

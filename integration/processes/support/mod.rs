@@ -4,8 +4,8 @@
 //! roles from their `meridian_cli::dev::line` command lines and reads the
 //! addresses they print, [`fake_agent`] registers nodes the test drives
 //! itself, [`retry`] sends a call again as the product's clients do until a
-//! replica serves it, [`wait`] awaits process exits (pidfd) and lines tasks write
-//! into FIFOs.
+//! replica serves it, [`wait`] awaits process exits (pidfd), lines tasks write
+//! into FIFOs and conditions on files tasks write (inotify).
 
 // Each test binary that includes this module uses only part of it.
 #![allow(dead_code, unused_imports)]

@@ -1,13 +1,15 @@
 //! Waiting on events of processes: a process's exit through its pidfd
-//! (readable once it has exited, whoever its parent is), and a line a task
-//! writes into a FIFO the test reads. Nothing here sleeps or polls on a
-//! timer: each wait blocks on the kernel's notice of the event, bounded by a
-//! failure guard that only stops a hang.
+//! (readable once it has exited, whoever its parent is), a line a task
+//! writes into a FIFO the test reads, and a condition on a file that tasks
+//! write (looked at again on each inotify notice of a write in its
+//! directory). Nothing here sleeps or polls on a timer: each wait blocks on
+//! the kernel's notice of the event, bounded by a failure guard that only
+//! stops a hang.
 //!
 //! Owns the two unsafe calls the harness makes (`pidfd_open`, `poll`); the
 //! rest of the harness waits through these functions.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -38,12 +40,17 @@ pub fn pidfd(pid: i32) -> Option<OwnedFd> {
 /// true when it exited. The wait is `poll(2)` on the pidfd, which becomes
 /// readable when the process ends.
 pub fn exited_within(fd: &OwnedFd, within: Duration) -> bool {
+    readable_within(fd.as_raw_fd(), within)
+}
+
+/// Blocks until `fd` is readable or `within` has passed; true when it is.
+fn readable_within(fd: std::os::fd::RawFd, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
         let mut entry = libc::pollfd {
-            fd: fd.as_raw_fd(),
+            fd,
             events: libc::POLLIN,
             revents: 0,
         };
@@ -104,4 +111,45 @@ pub async fn fifo_line(path: &Path, guard: Duration) -> String {
     .unwrap_or_else(|_| panic!("no line in {} within {guard:?}", path.display()))
     .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     line.trim_end_matches('\n').to_string()
+}
+
+/// Looks at `check` until it gives a value, again after every write, file
+/// creation or rename the kernel reports in the directory of `path` (which
+/// may not exist yet); panics after `guard`, naming `what`.
+pub fn file_until<T>(
+    path: &Path,
+    what: &str,
+    guard: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .unwrap_or_else(|e| panic!("inotify: {e}"));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    inotify
+        .add_watch(
+            dir,
+            AddWatchFlags::IN_MODIFY
+                | AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MOVED_TO,
+        )
+        .unwrap_or_else(|e| panic!("watch {}: {e}", dir.display()));
+    // Watched before the first look, so no write falls in between.
+    let deadline = Instant::now() + guard;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero() && readable_within(inotify.as_fd().as_raw_fd(), left),
+            "{what}: not within {guard:?}"
+        );
+        // Drained: the next wait is for writes after this look.
+        match inotify.read_events() {
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => panic!("inotify read: {e}"),
+        }
+    }
 }
