@@ -23,7 +23,7 @@ mod federation;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use federation::{Dev, GUARD, POLL, Sizes, list_all, simulated_job};
+use federation::{Dev, GUARD, POLL, Sizes, list_all, poll, simulated_job};
 use meridian_cli::client::Client;
 use meridian_proto::v1;
 
@@ -82,41 +82,17 @@ async fn await_run(client: &mut Client, created_at: u64, tick: u64) {
     }
 }
 
-/// Waits until a global replica says it leads; returns it.
-async fn await_leader(dev: &Dev) -> String {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if let Some(leader) = dev.global_leader() {
-            return leader;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a global leader: not within {GUARD:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// `kill -9` of the global leader; waits for a leader again and for
 /// `meridian dev` to restart the killed replica. Returns the time from the
 /// kill to a leader.
 async fn kill_the_leader(dev: &Dev) -> Duration {
-    let leader = await_leader(dev).await;
+    let leader = poll("a global leader", || dev.global_leader());
     let killed_at = Instant::now();
     let pid = dev.kill9(&leader);
-    let deadline = Instant::now() + GUARD;
     // The killed replica's /healthz stops answering at once; whoever says
     // it leads from now on is a leader after the kill.
-    let failover = loop {
-        if dev.global_leader().is_some() {
-            break killed_at.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a new global leader: not within {GUARD:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    };
+    poll("a new global leader", || dev.global_leader());
+    let failover = killed_at.elapsed();
     dev.await_restart(&leader, pid, killed_at);
     println!(
         "killed global leader {leader} (pid {pid}): a leader again after {:.0} ms",
