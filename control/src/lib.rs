@@ -21,6 +21,7 @@ pub mod queue;
 pub mod retry;
 pub mod rpc;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 
 pub use backoff::{Backoff, BackoffConfig, BackoffConfigError};

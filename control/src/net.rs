@@ -20,8 +20,10 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::identity::ConnInfo;
 
 /// A byte stream a connection runs over.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -31,7 +33,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// One accepted connection, as the gRPC server consumes it.
 pub struct Conn {
     io: Box<dyn Io>,
-    info: TcpConnectInfo,
+    info: ConnInfo,
 }
 
 impl Conn {
@@ -39,19 +41,35 @@ impl Conn {
     pub fn new(io: impl Io, local: Option<SocketAddr>, remote: Option<SocketAddr>) -> Self {
         Conn {
             io: Box::new(io),
-            info: TcpConnectInfo {
+            info: ConnInfo {
                 local_addr: local,
                 remote_addr: remote,
+                secure: false,
+                peer: None,
             },
         }
+    }
+
+    /// A connection over `io` described by `info` (a TLS session's peer).
+    pub fn with_info(io: impl Io, info: ConnInfo) -> Self {
+        Conn {
+            io: Box::new(io),
+            info,
+        }
+    }
+
+    /// What the server will know of this connection.
+    pub fn info(&self) -> ConnInfo {
+        self.info.clone()
     }
 }
 
 impl Connected for Conn {
-    // The TCP kind, so `Request::remote_addr` works the same on any network.
-    type ConnectInfo = TcpConnectInfo;
+    // Meridian's own kind, carrying the TLS peer's verified certificate
+    // (`tls::Peer::of(&request)`) next to the addresses.
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> ConnInfo {
         self.info.clone()
     }
 }
