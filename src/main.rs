@@ -153,11 +153,14 @@ struct AgentArgs {
     #[arg(long, value_name = "PATH")]
     cgroup_parent: Option<String>,
     #[command(flatten)]
+    tls: meridian_cli::tls::ServerTlsArgs,
+    #[command(flatten)]
     telemetry: meridian_cli::TelemetryArgs,
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let labels = meridian_agent::parse_labels(&args.labels).context("parsing --labels")?;
+    let security = args.tls.security("meridian agent")?;
     if let Some(addr) = args.metrics_listen {
         // Serves until the process ends.
         let bound = meridian_agent::metrics::serve(addr, std::future::pending())
@@ -183,6 +186,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             ),
         },
         logs_advertise: args.logs_advertise,
+        security,
         isolation: meridian_agent::exec::isolation::IsolationOptions {
             run_as: match (args.run_as, args.run_as_root) {
                 (_, true) => meridian_agent::exec::isolation::RunAs::AgentUser,
@@ -362,6 +366,8 @@ struct RegionalArgs {
     #[arg(long, default_value = "8d", value_parser = parse_duration)]
     tombstone_retention: std::time::Duration,
     #[command(flatten)]
+    tls: meridian_cli::tls::ServerTlsArgs,
+    #[command(flatten)]
     telemetry: meridian_cli::TelemetryArgs,
 }
 
@@ -380,6 +386,7 @@ async fn regional(args: RegionalArgs) -> anyhow::Result<()> {
     config.max_heartbeats_per_second = args.max_heartbeats_per_second;
     config.seed = args.seed;
     config.tombstone_retention = args.tombstone_retention;
+    config.security = args.tls.security("meridian regional")?;
     let stop = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -30,6 +30,7 @@ pub mod tasks;
 pub mod telemetry;
 pub mod usage;
 pub mod wait;
+pub mod tls;
 pub mod watch;
 
 pub use admin::{NodeArgs, RegionArgs};

@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use meridian_control::SharedClock;
 use meridian_control::lease::{LeaderStatus, Role};
+use meridian_control::tls::Peer;
 use meridian_control::trace::{self, TraceId};
 use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::region_link_server::RegionLink;
@@ -377,6 +378,9 @@ impl RegionLink for LinkService {
         &self,
         request: Request<RegisterRegionRequest>,
     ) -> Result<Response<RegisterRegionResponse>, Status> {
+        // A region speaks only for itself: the id it names must be the
+        // one its certificate names (docs/security.md).
+        Peer::of(&request).check_region(&request.get_ref().region)?;
         let fence = self.leadership.fence().await?;
         Ok(Response::new(
             self.registry.register(&fence, request.get_ref()).await?,
@@ -387,6 +391,7 @@ impl RegionLink for LinkService {
         &self,
         request: Request<RenewRegionLeaseRequest>,
     ) -> Result<Response<RenewRegionLeaseResponse>, Status> {
+        Peer::of(&request).check_region(&request.get_ref().region)?;
         let fence = self.leadership.fence().await?;
         let renewed = self.registry.renew(&fence, request.get_ref()).await?;
         if renewed.verdict == Verdict::StaleEpoch as i32 {
@@ -401,6 +406,7 @@ impl RegionLink for LinkService {
         &self,
         request: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        Peer::of(&request).check_region(&request.get_ref().region)?;
         let req = request.into_inner();
         validate::region_name("region", &req.region).map_err(Status::from)?;
         self.leadership.fence().await?;
@@ -436,6 +442,7 @@ impl RegionLink for LinkService {
         &self,
         request: Request<AckAssignmentsRequest>,
     ) -> Result<Response<AckAssignmentsResponse>, Status> {
+        Peer::of(&request).check_region(&request.get_ref().region)?;
         let trace = request
             .metadata()
             .get(trace::TRACEPARENT)
@@ -476,6 +483,7 @@ impl RegionLink for LinkService {
         &self,
         request: Request<ReportStatusRequest>,
     ) -> Result<Response<ReportStatusResponse>, Status> {
+        Peer::of(&request).check_region(&request.get_ref().region)?;
         let req = request.into_inner();
         let (verdict, current_epoch, results) = self
             .batch(
@@ -500,6 +508,7 @@ impl RegionLink for LinkService {
         &self,
         request: Request<ReportCapacityRequest>,
     ) -> Result<Response<ReportCapacityResponse>, Status> {
+        Peer::of(&request).check_region(&request.get_ref().region)?;
         let fence = self.leadership.fence().await?;
         let response = self
             .registry
@@ -513,6 +522,7 @@ impl RegionLink for LinkService {
         &self,
         request: Request<ReleaseJobsRequest>,
     ) -> Result<Response<ReleaseJobsResponse>, Status> {
+        Peer::of(&request).check_region(&request.get_ref().region)?;
         let req = request.into_inner();
         let (verdict, current_epoch, results) = self
             .batch(

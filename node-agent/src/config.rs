@@ -99,6 +99,11 @@ pub struct AgentOptions {
     /// The endpoint advertised to the region for `AgentLogs`
     /// (`http://host:port`); empty: `http://` and the address bound.
     pub logs_endpoint: String,
+    /// TLS to the region and on the log server: the certificate names this
+    /// host's nodes (`meridian://agent/<node>`, or `<prefix>*` for a host
+    /// of simulated nodes). Plain by default (tests, the simulation); the
+    /// `meridian agent` binary needs TLS files or `--insecure`.
+    pub security: meridian_control::tls::Security,
 }
 
 impl Default for AgentOptions {
@@ -122,6 +127,7 @@ impl Default for AgentOptions {
             isolation: IsolationOptions::default(),
             logs_listen: None,
             logs_endpoint: String::new(),
+            security: meridian_control::tls::Security::Insecure,
         }
     }
 }

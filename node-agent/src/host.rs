@@ -58,6 +58,8 @@ pub struct AgentCommand {
     pub logs_listen: Option<std::net::SocketAddr>,
     /// Endpoint advertised for it; empty: `http://` and the bound address.
     pub logs_advertise: String,
+    /// TLS material, or plain text (`--insecure`).
+    pub security: meridian_control::tls::Security,
 }
 
 /// Running nodes of one process.
@@ -107,7 +109,7 @@ impl Host {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let host_boot = meridian_control::entropy::uuid_v4();
         let endpoints = parse_endpoints(region)?;
-        let pool = Arc::new(ChannelPool::new());
+        let pool = Arc::new(ChannelPool::secured(opts.security.clone()));
         let mut nodes = JoinSet::new();
         for i in 0..count {
             // Spread over the given replicas; each node then follows its
@@ -177,7 +179,7 @@ impl Host {
         let mut opts = opts;
         if let Some(addr) = opts.logs_listen {
             let bound = LogServer::new(live.clone(), spec.node_id.clone())
-                .serve(addr, shutdown_rx.clone())
+                .serve(addr, &opts.security, shutdown_rx.clone())
                 .await?;
             if opts.logs_endpoint.is_empty() {
                 opts.logs_endpoint = format!("http://{bound}");
@@ -205,7 +207,7 @@ impl Host {
                     parse_endpoints(region)?,
                     0,
                     0,
-                    Arc::new(ChannelPool::new()),
+                    Arc::new(ChannelPool::secured(opts.security.clone())),
                     opts.reconnect,
                     opts.seed,
                 )?,
@@ -319,6 +321,7 @@ pub async fn run_agent(
         isolation: cmd.isolation.clone(),
         logs_listen: cmd.logs_listen,
         logs_endpoint: cmd.logs_advertise.clone(),
+        security: cmd.security.clone(),
         ..AgentOptions::default()
     };
     let clock = SystemClock::shared();

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use meridian_control::BackoffConfig;
 use meridian_control::rpc::{self, Replicas, RpcVerdict};
+use meridian_control::tls::Security;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
@@ -35,6 +36,8 @@ use crate::uplink::Uplink;
 /// Lazily connected channels of one host, by endpoint and slot, and the
 /// host's uplink to each endpoint.
 pub struct ChannelPool {
+    /// How the channels dial: plain, or TLS with the host's certificate.
+    security: Security,
     channels: Mutex<BTreeMap<(String, usize), Channel>>,
     uplinks: Mutex<BTreeMap<String, Uplink>>,
 }
@@ -55,7 +58,13 @@ impl Default for ChannelPool {
 
 impl ChannelPool {
     pub fn new() -> Self {
+        ChannelPool::secured(Security::Insecure)
+    }
+
+    /// A pool whose channels dial with `security`.
+    pub fn secured(security: Security) -> Self {
         ChannelPool {
+            security,
             channels: Mutex::new(BTreeMap::new()),
             uplinks: Mutex::new(BTreeMap::new()),
         }
@@ -81,7 +90,7 @@ impl ChannelPool {
         if let Some(c) = channels.get(&(url.to_string(), slot)) {
             return Ok(c.clone());
         }
-        let channel = connect_lazy(url)?;
+        let channel = connect_lazy(url, &self.security)?;
         channels.insert((url.to_string(), slot), channel.clone());
         Ok(channel)
     }
@@ -89,7 +98,7 @@ impl ChannelPool {
 
 /// A channel that connects on first use and reconnects by itself; each call
 /// fails fast while the replica is unreachable.
-pub fn connect_lazy(url: &str) -> Result<Channel, AgentError> {
+pub fn connect_lazy(url: &str, security: &Security) -> Result<Channel, AgentError> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| AgentError::Config(format!("region address {url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -97,8 +106,9 @@ pub fn connect_lazy(url: &str) -> Result<Channel, AgentError> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    // Through the network seam, so the simulation's network carries it.
-    Ok(meridian_control::net::connect_lazy(endpoint))
+    // Plain through the network seam, so the simulation's network carries
+    // it; TLS with the host's certificate otherwise.
+    Ok(meridian_control::tls::stream::channel(endpoint, security))
 }
 
 /// The comma-separated endpoint list of `--region`, spelled as control's

@@ -12,11 +12,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use meridian_control::tls::Security;
+use meridian_control::tls::identity::{RoleKind, only};
+use meridian_control::tls::stream::secure_listener;
 use meridian_proto::v1::agent_logs_server::{AgentLogs, AgentLogsServer};
 use meridian_proto::v1::{FollowTaskLogsRequest, LogStream, TaskLogChunk};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::AgentError;
@@ -46,17 +48,22 @@ impl LogServer {
     pub async fn serve(
         self,
         addr: SocketAddr,
+        security: &Security,
         mut stop: watch::Receiver<bool>,
     ) -> Result<SocketAddr, AgentError> {
-        let listener = TcpListener::bind(addr)
+        let listener = meridian_control::net::listen(addr)
             .await
             .map_err(|e| AgentError::Config(format!("cannot listen on {addr} for logs: {e}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| AgentError::Config(format!("logs listener address: {e}")))?;
+        let bound = listener.local_addr;
+        let listener = secure_listener(listener, security);
+        // A task's output is for the region that runs it: under TLS only a
+        // region's certificate may follow it (docs/security.md).
         let server = tonic::transport::Server::builder()
-            .add_service(AgentLogsServer::new(self))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .add_service(AgentLogsServer::with_interceptor(
+                self,
+                only(&[RoleKind::Region], "AgentLogs"),
+            ))
+            .serve_with_incoming_shutdown(listener.incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
         tokio::spawn(async move {

@@ -626,9 +626,17 @@ impl RegionConsoleSource for RegionConsole {
             return Err(e);
         };
         let outcome = async {
-            let mut client = FederationClient::connect(global.clone())
+            let unavailable = |e: tonic::transport::Error| {
+                ConsoleError::Unavailable(format!("global tier at {global}: {e}"))
+            };
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(global.clone()).map_err(unavailable)?;
+            // With this replica's own certificate: the global tier sees a
+            // region calling.
+            let channel = meridian_control::tls::stream::connect(endpoint, &self.deps.api.security)
                 .await
-                .map_err(|e| ConsoleError::Unavailable(format!("global tier at {global}: {e}")))?;
+                .map_err(unavailable)?;
+            let mut client = FederationClient::new(channel);
             let reply = client
                 .drain_region(v1::DrainRegionRequest {
                     region: region.clone(),

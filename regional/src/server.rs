@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use meridian_control::lease::{Identity, LeaseRuntime};
 use meridian_control::net::Listener;
+use meridian_control::tls::Security;
+use meridian_control::tls::identity::{RoleKind, only};
+use meridian_control::tls::stream::{HttpListener, secure_listener};
 use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::agent_link_server::AgentLinkServer;
 use meridian_proto::v1::region_admin_server::RegionAdminServer;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
@@ -59,6 +61,11 @@ pub struct Config {
     pub dedicated_lease_thread: bool,
     /// How long tombstones of retired jobs are kept (see `link::compact`).
     pub tombstone_retention: Duration,
+    /// TLS on the gRPC and HTTP servers and on the calls this replica makes
+    /// (to the global tier, to agents' log servers). Plain in
+    /// [`Config::new`]; the `meridian region` binary needs TLS files or
+    /// `--insecure`.
+    pub security: Security,
 }
 
 impl Config {
@@ -80,6 +87,7 @@ impl Config {
             seed: 0,
             dedicated_lease_thread: true,
             tombstone_retention: crate::link::compact::DEFAULT_TOMBSTONE_RETENTION,
+            security: Security::Insecure,
         }
     }
 }
@@ -164,7 +172,11 @@ pub async fn run_with(
     let listener = meridian_control::net::listen(config.listen)
         .await
         .map_err(server_error)?;
+    let listener = secure_listener(listener, &config.security);
     let local = listener.local_addr;
+    // gRPC endpoints are spelled `http://` whatever the security: the
+    // configured TLS decides how they are dialled, and one spelling keeps
+    // leader hints equal to the endpoints agents were given.
     let endpoint = format!("http://{local}");
 
     // The recorder goes in before any elector runs, so the lease
@@ -244,16 +256,32 @@ impl Wiring {
         let grpc = tonic::transport::Server::builder()
             .add_service(reflection().build_v1().map_err(server_error)?)
             .add_service(reflection().build_v1alpha().map_err(server_error)?)
-            .add_service(AgentLinkServer::new(api.clone()))
-            .add_service(RegionAdminServer::new(api))
+            // Under TLS a caller's certificate names its role
+            // (docs/security.md): only node agents speak AgentLink, and
+            // only the global tier calls RegionAdmin.
+            .add_service(AgentLinkServer::with_interceptor(
+                api.clone(),
+                only(&[RoleKind::Agent], "AgentLink"),
+            ))
+            .add_service(RegionAdminServer::with_interceptor(
+                api,
+                only(&[RoleKind::Global], "RegionAdmin"),
+            ))
             .serve_with_incoming_shutdown(listener.incoming, stopped(stop_rx.clone()));
         let grpc_task = tokio::spawn(grpc);
         println!("listening on {}", listener.local_addr);
 
         let metrics_task = match (config.metrics_listen, prometheus) {
-            (Some(addr), Some(handle)) => {
-                Some(spawn_metrics(addr, handle, console, stopped(stop_rx.clone())).await?)
-            }
+            (Some(addr), Some(handle)) => Some(
+                spawn_metrics(
+                    addr,
+                    &config.security,
+                    handle,
+                    console,
+                    stopped(stop_rx.clone()),
+                )
+                .await?,
+            ),
             _ => None,
         };
         let link_task = self.spawn_link(config, path, stop_rx);
@@ -326,6 +354,7 @@ impl Wiring {
             beats: path.beats.clone(),
             streams: path.streams.clone(),
         })
+        .with_security(config.security.clone())
     }
 
     /// The link to the global tier, when one is configured.
@@ -355,6 +384,7 @@ impl Wiring {
                     lease: config.shard_lease * 2,
                     report_every: Duration::from_secs(1),
                     tombstone_retention: config.tombstone_retention,
+                    security: config.security.clone(),
                 },
                 stopped(stop.clone()),
             ))
@@ -422,6 +452,7 @@ fn install_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
 
 async fn spawn_metrics(
     addr: SocketAddr,
+    security: &Security,
     handle: metrics_exporter_prometheus::PrometheusHandle,
     console: crate::console::ConsoleDeps,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -437,11 +468,10 @@ async fn spawn_metrics(
             }),
         )
         .merge(console);
-    let listener = TcpListener::bind(addr).await.map_err(server_error)?;
-    println!(
-        "metrics on {}",
-        listener.local_addr().map_err(server_error)?
-    );
+    let listener = HttpListener::bind(addr, security)
+        .await
+        .map_err(server_error)?;
+    println!("metrics on {}", listener.local_addr());
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

@@ -104,7 +104,9 @@ impl Security {
         matches!(self, Security::Tls(_))
     }
 
-    /// The URL scheme clients of a server with this security dial.
+    /// The URL scheme of this process's HTTP servers (`https` under TLS).
+    /// gRPC endpoints are spelled `http://` either way: the security, not
+    /// the scheme, decides how a channel dials ([`stream::channel`]).
     pub fn scheme(&self) -> &'static str {
         match self {
             Security::Insecure => "http",

@@ -125,6 +125,18 @@ impl HttpListener {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
+
+    /// The next connection whose handshake (if any) succeeded, with what
+    /// is known of it; for servers that run their own accept loop. Insert
+    /// the [`ConnInfo`] into each request's extensions so
+    /// [`super::identity::Caller::from_extensions`] finds it.
+    pub async fn accept_conn(&mut self) -> (HttpIo, ConnInfo) {
+        match self.rx.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop ends only when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
 }
 
 async fn accept_http(
@@ -182,11 +194,7 @@ impl axum::serve::Listener for HttpListener {
     type Addr = ConnInfo;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(accepted) => accepted,
-            // The accept loop ends only when this listener is dropped.
-            None => std::future::pending().await,
-        }
+        self.accept_conn().await
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {

@@ -321,7 +321,7 @@ async fn live(
                 )));
             }
         } else {
-            match relay(&now, task, target, at, tail, tx).await {
+            match relay(&api.security, &now, task, target, at, tail, tx).await {
                 Relay::Ended | Relay::ClientGone => return Ok(()),
                 Relay::Broken(why) => {
                     tracing::debug!(task = ?task, attempt = target, %why, "log server stream broke; dialing again");
@@ -358,6 +358,7 @@ enum Relay {
 }
 
 async fn relay(
+    security: &meridian_control::tls::Security,
     now: &Seen,
     task: &v1::TaskId,
     target: u32,
@@ -369,7 +370,7 @@ async fn relay(
         Ok(e) => e.connect_timeout(CONNECT_TIMEOUT),
         Err(e) => return Relay::Broken(format!("bad endpoint {}: {e}", now.endpoint)),
     };
-    let channel = match endpoint.connect().await {
+    let channel = match meridian_control::tls::stream::connect(endpoint, security).await {
         Ok(c) => c,
         Err(e) => return Relay::Broken(format!("dialing {}: {e}", now.endpoint)),
     };

@@ -16,6 +16,7 @@ pub mod stored;
 pub mod stream;
 pub mod tasks;
 
+use meridian_control::tls::Security;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +91,8 @@ pub struct RegionApi {
     pub(crate) beats: Arc<Beats>,
     pub(crate) streams: Arc<Streams>,
     rates: Arc<Mutex<BTreeMap<String, Rate>>>,
+    /// How agents' log servers are dialled (`follow`).
+    pub(crate) security: Security,
 }
 
 /// What a [`RegionApi`] is built from.
@@ -136,7 +139,14 @@ impl RegionApi {
             beats: parts.beats,
             streams: parts.streams,
             rates: Arc::new(Mutex::new(BTreeMap::new())),
+            security: Security::Insecure,
         }
+    }
+
+    /// Dials agents' log servers with `security` (plain by default).
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// The interval to tell agents now.

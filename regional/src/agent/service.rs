@@ -6,12 +6,15 @@
 //! UNAVAILABLE with the `meridian-leader` hint when this replica does not
 //! lead the node's shard, RESOURCE_EXHAUSTED when a node reports faster than
 //! its rate, and the batched calls of agent processes that host many nodes,
-//! where each node gets its own answer or its own error. Must never write
+//! where each node gets its own answer or its own error; under TLS, every
+//! call naming a node is refused unless the caller's certificate names it.
+//! Must never write
 //! the store except through the pipeline.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 
+use meridian_control::tls::Peer;
 use meridian_proto::v1;
 use meridian_proto::v1::agent_link_server::AgentLink;
 use tokio_stream::Stream;
@@ -231,6 +234,9 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::RegisterNodeRequest>,
     ) -> Result<Response<v1::RegisterNodeResponse>, Status> {
+        // An agent speaks only for the nodes its certificate names
+        // (docs/security.md); the same check opens every call below.
+        Peer::of(&request).check_node(&request.get_ref().node_id)?;
         self.register_one(request.into_inner())
             .await
             .map(Response::new)
@@ -242,6 +248,7 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::NodeAssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        Peer::of(&request).check_node(&request.get_ref().node_id)?;
         let req = request.into_inner();
         let cursor = if req.cursor.is_empty() {
             None
@@ -281,6 +288,7 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::ReportTaskStatusRequest>,
     ) -> Result<Response<v1::ReportTaskStatusResponse>, Status> {
+        Peer::of(&request).check_node(&request.get_ref().node_id)?;
         let req = request.into_inner();
         let states: Vec<i32> = req.reports.iter().map(|r| r.state).collect();
         let intent = self.report_intent(req)?;
@@ -292,6 +300,7 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        Peer::of(&request).check_node(&request.get_ref().node_id)?;
         let req = request.into_inner();
         self.heartbeat_one(&req, &mut Hints::new())
             .await
@@ -302,6 +311,10 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::HeartbeatNodesRequest>,
     ) -> Result<Response<v1::HeartbeatNodesResponse>, Status> {
+        let caller = Peer::of(&request);
+        for node in &request.get_ref().nodes {
+            caller.check_node(&node.node_id)?;
+        }
         let req = request.into_inner();
         check_nodes(&req.nodes)?;
         let mut hints = Hints::new();
@@ -325,6 +338,10 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::ReportNodesRequest>,
     ) -> Result<Response<v1::ReportNodesResponse>, Status> {
+        let caller = Peer::of(&request);
+        for node in &request.get_ref().nodes {
+            caller.check_node(&node.node_id)?;
+        }
         let req = request.into_inner();
         check_nodes(&req.nodes)?;
         // Every node's intent is queued before any is awaited, so they

@@ -58,6 +58,8 @@ pub struct LinkConfig {
     /// How long tombstones of retired jobs (and their captured output) are
     /// kept; must be longer than the global tier's event retention.
     pub tombstone_retention: Duration,
+    /// TLS to the global tier, with this region's certificate.
+    pub security: meridian_control::tls::Security,
 }
 
 /// What the link runs with.

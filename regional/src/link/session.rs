@@ -12,6 +12,7 @@
 //! lease is lost. Must never send a call with an epoch the global tier has
 //! called stale, nor classify a status itself.
 
+use meridian_control::tls::Security;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -171,7 +172,7 @@ async fn session(
     registered: &mut bool,
 ) -> Result<(), End> {
     let (db, keys, clock) = (&ctx.db, &ctx.keys, &ctx.clock);
-    let mut client = connect(global).await?;
+    let mut client = connect(global, &config.security).await?;
     let (epoch, renew_every) = register(ctx, config, fence, &mut client, registered).await?;
     let cursor = read_cursor(db, keys).await?;
     let open = client.assignments(v1::AssignmentsRequest {
@@ -188,6 +189,7 @@ async fn session(
     let (renewed, mut renewals) = mpsc::unbounded_channel();
     let _renewer = AbortOnDrop(ctx.leases.spawn(renew_region_lease(
         global.to_string(),
+        config.security.clone(),
         config.region.clone(),
         epoch,
         renew_every,
@@ -243,8 +245,12 @@ async fn session(
 }
 
 /// A connection to the global replica at `global`.
-async fn connect(global: &str) -> Result<RegionLinkClient<tonic::transport::Channel>, End> {
-    // Through the network seam, so the simulation's network carries it.
+async fn connect(
+    global: &str,
+    security: &Security,
+) -> Result<RegionLinkClient<tonic::transport::Channel>, End> {
+    // Through the network seam when plain, so the simulation's network
+    // carries it; over TLS with this region's certificate otherwise.
     // HTTP/2 keep-alives: a global replica that vanished without closing
     // the connection (a partition, a frozen host) must end the assignment
     // stream within seconds, not when TCP gives up minutes later.
@@ -255,7 +261,7 @@ async fn connect(global: &str) -> Result<RegionLinkClient<tonic::transport::Chan
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     Ok(RegionLinkClient::new(
-        meridian_control::net::connect(endpoint).await?,
+        meridian_control::tls::stream::connect(endpoint, security).await?,
     ))
 }
 
@@ -351,6 +357,7 @@ async fn finish_acks(
 /// a connection made there.
 async fn renew_region_lease(
     global: String,
+    security: Security,
     region: String,
     epoch: u64,
     every: Duration,
@@ -367,7 +374,8 @@ async fn renew_region_lease(
             return;
         }
     };
-    let mut client = RegionLinkClient::new(meridian_control::net::connect_lazy(endpoint));
+    let mut client =
+        RegionLinkClient::new(meridian_control::tls::stream::channel(endpoint, &security));
     loop {
         clock.sleep(every).await;
         let sent_at = clock.now_unix_ms();

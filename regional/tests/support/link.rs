@@ -48,6 +48,7 @@ pub async fn start_link<S: RegionLink>(
     let link = tokio::spawn(run(
         link_ctx(region),
         LinkConfig {
+            security: meridian_control::tls::Security::Insecure,
             region: "r1".into(),
             global: format!("http://{addr}"),
             replica: "replica-a".into(),
