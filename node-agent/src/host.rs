@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_control::{SharedClock, SystemClock};
-use meridian_proto::v1::{Resources, TaskState};
+use meridian_proto::v1::{Resources, TaskReport, TaskState};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -29,7 +29,7 @@ use crate::exec::simulated::SimulatedExecutor;
 use crate::link::{ChannelPool, RegionLink, parse_endpoints};
 use crate::logs::LogServer;
 use crate::node::{NodeAgent, NodeContext, report};
-use crate::persist::StateFile;
+use crate::persist::{PersistedEnd, StateFile};
 use crate::probe::Probe;
 
 /// Simulated nodes sharing one HTTP/2 connection.
@@ -242,7 +242,15 @@ impl Host {
                 r.finished_at_unix_ms = r.observed_at_unix_ms;
                 reports.push(r);
             }
+            // Ends the previous boot could not deliver go first: each names
+            // the epoch its attempt ran under, so the region can still apply
+            // it after this boot registers under a new one.
+            let ends: Vec<TaskReport> = prev.ends.iter().map(PersistedEnd::report).collect();
+            if !ends.is_empty() {
+                tracing::info!(ends = ends.len(), previous_boot = %prev.boot_id, "delivering ends of the previous boot");
+            }
             node.restore_shard_epochs(prev.shard_epochs);
+            node.queue_reports(ends);
             node.queue_reports(reports);
         }
         if let Some(cgroups) = &isolation.cgroups {

@@ -14,7 +14,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use meridian_proto::v1::{TaskAttempt, TaskId};
+use meridian_proto::v1::{TaskAttempt, TaskId, TaskReport};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
@@ -30,6 +30,73 @@ pub struct PersistedState {
     pub shard_epochs: ShardEpochs,
     /// Attempts live when the state was written.
     pub tasks: Vec<PersistedTask>,
+    /// Ends of finished attempts the region had not acknowledged when the
+    /// state was written: a restarted agent delivers them, so an attempt
+    /// that finished is not run again for want of its report. Their output
+    /// tails are not kept (the file stays small; the end is what matters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ends: Vec<PersistedEnd>,
+}
+
+/// The end of one finished attempt, not yet acknowledged by the region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedEnd {
+    pub job_id: String,
+    pub index: u32,
+    pub attempt: u32,
+    /// The node epoch the attempt ran under.
+    pub node_epoch: u64,
+    /// `TaskState` as i32 (SUCCEEDED or FAILED).
+    pub state: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub started_at_unix_ms: u64,
+    pub finished_at_unix_ms: u64,
+    pub observed_at_unix_ms: u64,
+}
+
+impl PersistedEnd {
+    /// The end as kept on disk (without output tails).
+    pub fn of(r: &TaskReport) -> Option<Self> {
+        let a = r.task.as_ref()?;
+        let t = a.task.as_ref()?;
+        Some(PersistedEnd {
+            job_id: t.job_id.clone(),
+            index: t.index,
+            attempt: a.attempt,
+            node_epoch: r.node_epoch,
+            state: r.state,
+            exit_code: r.exit_code,
+            signal: r.signal,
+            message: r.message.clone(),
+            started_at_unix_ms: r.started_at_unix_ms,
+            finished_at_unix_ms: r.finished_at_unix_ms,
+            observed_at_unix_ms: r.observed_at_unix_ms,
+        })
+    }
+
+    /// The report to deliver again, carrying its node epoch.
+    pub fn report(&self) -> TaskReport {
+        TaskReport {
+            task: Some(TaskAttempt {
+                task: Some(TaskId::new(self.job_id.clone(), self.index)),
+                attempt: self.attempt,
+            }),
+            state: self.state,
+            exit_code: self.exit_code,
+            signal: self.signal,
+            message: self.message.clone(),
+            started_at_unix_ms: self.started_at_unix_ms,
+            finished_at_unix_ms: self.finished_at_unix_ms,
+            observed_at_unix_ms: self.observed_at_unix_ms,
+            node_epoch: self.node_epoch,
+            ..TaskReport::default()
+        }
+    }
 }
 
 /// One live attempt.
@@ -171,6 +238,19 @@ mod tests {
                     start_ticks: 99,
                 }),
                 started_at_unix_ms: 5,
+            }],
+            ends: vec![PersistedEnd {
+                job_id: "j".into(),
+                index: 1,
+                attempt: 2,
+                node_epoch: 3,
+                state: meridian_proto::v1::TaskState::Succeeded as i32,
+                exit_code: Some(0),
+                signal: None,
+                message: String::new(),
+                started_at_unix_ms: 4,
+                finished_at_unix_ms: 6,
+                observed_at_unix_ms: 6,
             }],
         };
         file.save(&state).unwrap();

@@ -195,6 +195,7 @@ impl TaskTable {
             stderr_truncated: exit.stderr.truncated,
             stdout_bytes: exit.stdout.total,
             stderr_bytes: exit.stderr.total,
+            node_epoch: 0,
             started_at_unix_ms: task.started_at_unix_ms,
             finished_at_unix_ms: now_unix_ms,
             observed_at_unix_ms: now_unix_ms,
@@ -237,13 +238,48 @@ impl TaskTable {
         }
     }
 
-    /// Forgets every unsent report (after a fence: the region wrote those
-    /// attempts off and would refuse them). Returns how many were dropped.
-    pub fn drop_outbox(&mut self) -> usize {
-        let n = self.outbox.len();
-        self.outbox.clear();
-        n
+    /// After a fence of `epoch`: keeps the unsent ends of attempts that
+    /// finished on their own (SUCCEEDED or FAILED), marked with the epoch
+    /// they ran under, and forgets every other unsent report (the region
+    /// wrote those attempts off; a stop the fence caused tells it nothing).
+    /// An attempt that finished must not run again for want of its report:
+    /// the region accepts a carried end until it places the task again.
+    /// Returns (carried, dropped).
+    pub fn carry_outbox(&mut self, epoch: u64) -> (usize, usize) {
+        let before = self.outbox.len();
+        self.outbox.retain(|_, r| carries(r));
+        for r in self.outbox.values_mut() {
+            if r.node_epoch == 0 {
+                r.node_epoch = epoch;
+            }
+        }
+        (self.outbox.len(), before - self.outbox.len())
     }
+
+    /// The unsent ends of finished attempts (what a restarted agent must
+    /// still deliver), each with the node epoch it ran under (`epoch` for
+    /// those not carried yet).
+    pub fn unsent_ends(&self, epoch: u64) -> Vec<TaskReport> {
+        self.outbox
+            .values()
+            .filter(|r| carries(r))
+            .map(|r| {
+                let mut r = r.clone();
+                if r.node_epoch == 0 {
+                    r.node_epoch = epoch;
+                }
+                r
+            })
+            .collect()
+    }
+}
+
+/// A report that outlives its node epoch: how an attempt ended on its own.
+fn carries(r: &TaskReport) -> bool {
+    matches!(
+        TaskState::try_from(r.state),
+        Ok(TaskState::Succeeded | TaskState::Failed)
+    )
 }
 
 fn truncate(mut s: String) -> String {

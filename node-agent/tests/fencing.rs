@@ -160,3 +160,51 @@ async fn a_node_epoch_bump_stops_the_fenced_tasks_before_registering_again() {
     );
     host.shutdown().await;
 }
+
+/// An attempt that finished while its SUCCEEDED report was still on its
+/// way, then a fence (the region declared the node dead during a slow
+/// reconnect): the end is not dropped with the fenced epoch's other
+/// reports but delivered after the agent registers again, naming the epoch
+/// the attempt ran under, so the region can finish the task instead of
+/// running it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_unacknowledged_at_a_fence_is_delivered_after_registering_again_with_its_epoch() {
+    let clock = ManualClock::new();
+    let shared = clock.shared();
+    let mut fake = FakeRegion::start(shared.clone(), FakeOptions::default()).await;
+    let probe = Arc::new(Probe::default());
+    let host = one_node(&shared, &fake, probe.clone()).await;
+    let node = "sim-000000";
+    fake.wait_stream(node, 1).await;
+    let epoch = fake.epoch_of(node);
+
+    fake.hold_reports(true);
+    let done = attempt("j", 0, 1);
+    fake.send(
+        node,
+        run(
+            done.clone(),
+            simulated(0),
+            epoch,
+            1,
+            RegionLossPolicy::Failover,
+            0,
+        ),
+    )
+    .await;
+    probe.wait_for(|p| p.launched == 1 && p.running == 0).await;
+    fake.wait_held_reports(1).await;
+
+    fake.bump_epoch(node);
+    fake.wait_stream(node, epoch + 2).await;
+    fake.hold_reports(false);
+    let (end, _) = fake
+        .wait_report(&done, |r| r.state == TaskState::Succeeded as i32)
+        .await;
+    assert_eq!(
+        end.node_epoch, epoch,
+        "the end names the epoch its attempt ran under"
+    );
+    assert_eq!(probe.snapshot().fenced, 1);
+    host.shutdown().await;
+}

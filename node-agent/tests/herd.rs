@@ -124,3 +124,69 @@ async fn reconnects_after_an_outage_spread_over_the_backoff_window() {
     );
     host.shutdown().await;
 }
+
+/// However long the outage, a node cut off from its region tries again at
+/// least once per heartbeat interval the region gave it, never at the
+/// reconnect backoff's (longer) cap: the region declares a node dead by the
+/// beats it misses, so a node sleeping at the cap through a control-plane
+/// failover could be declared dead while alive and able to reach the new
+/// leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_tries_again_at_least_once_per_heartbeat_interval_not_at_the_backoff_cap() {
+    const NODES: usize = 20;
+    let clock = ManualClock::new();
+    let fake = FakeRegion::start(
+        clock.shared(),
+        FakeOptions {
+            heartbeat_interval_ms: 1_000,
+            ..FakeOptions::default()
+        },
+    )
+    .await;
+    let probe = Arc::new(Probe::default());
+    let opts = AgentOptions {
+        reconnect: BackoffConfig {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+        },
+        seed: 11,
+        report_interval: Duration::ZERO,
+        min_heartbeat: Duration::from_millis(500),
+        ..AgentOptions::default()
+    };
+    let base = NodeSpec {
+        node_id: "cut".into(),
+        allocatable: Resources::default(),
+        labels: BTreeMap::new(),
+        zone: String::new(),
+        rack: String::new(),
+    };
+    let host = Host::simulated(
+        &fake.url(),
+        &base,
+        NODES,
+        opts,
+        clock.shared(),
+        probe.clone(),
+    )
+    .unwrap();
+    probe.wait_for(|s| s.connected == NODES).await;
+
+    fake.set_available(false);
+    probe.wait_for(|s| s.backing_off == NODES).await;
+    // Long enough for the backoff alone to reach its 10 s cap.
+    for _ in 0..200 {
+        step(&clock, &probe).await;
+    }
+    let before = probe.snapshot().backoffs;
+    for _ in 0..100 {
+        step(&clock, &probe).await;
+    }
+    let tries = probe.snapshot().backoffs - before;
+    println!("{tries} tries of {NODES} nodes in 10 s of outage (heartbeat interval 1 s)");
+    assert!(
+        tries >= (NODES * 10) as u64,
+        "every node tries at least once a second: {tries} tries in 10 s"
+    );
+    host.shutdown().await;
+}

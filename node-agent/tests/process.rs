@@ -289,3 +289,66 @@ async fn a_task_finds_its_index_in_meridian_task_index() {
     assert_eq!(out, "index=99999 id=job-7/99999 attempt=2\n");
     host.shutdown().await;
 }
+
+/// A real task exits 0 while its report waits on a slow region, and the
+/// agent dies before the report is acknowledged (the host is dropped: its
+/// node loops end where they stand, as in a crash). The next boot finds the
+/// end in its state file and delivers it, naming the epoch the attempt ran
+/// under, so the region can finish the task rather than run it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_unacknowledged_when_the_agent_dies_is_delivered_by_its_next_boot() {
+    let mut fake = FakeRegion::start(SystemClock::shared(), FakeOptions::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let opts = AgentOptions {
+        work_dir: Some(work.path().to_path_buf()),
+        ..AgentOptions::default()
+    };
+    let host = Host::real(
+        &fake.url(),
+        spec("n1"),
+        opts,
+        SystemClock::shared(),
+        probe.clone(),
+    )
+    .await
+    .unwrap();
+    fake.wait_stream("n1", 1).await;
+    let epoch = fake.epoch_of("n1");
+
+    fake.hold_reports(true);
+    let a = attempt("job-1", 0, 1);
+    fake.send(
+        "n1",
+        run(
+            a.clone(),
+            sh("exit 0", &[], ""),
+            epoch,
+            1,
+            RegionLossPolicy::KeepRunning,
+            1000,
+        ),
+    )
+    .await;
+    probe.wait_for(|p| p.launched == 1 && p.running == 0).await;
+    fake.wait_held_reports(1).await;
+    // The end is on disk (a crash before that write would lose it, as it
+    // loses any change of the last moment).
+    common::state_file_until(work.path(), |s| s.contains("\"ends\"")).await;
+    drop(host);
+    fake.hold_reports(false);
+
+    let next = real_host(&fake, work.path()).await;
+    let (end, _) = fake
+        .wait_report(&a, |r| {
+            r.state == TaskState::Succeeded as i32 && r.node_epoch != 0
+        })
+        .await;
+    assert_eq!(end.node_epoch, epoch, "the epoch the attempt ran under");
+    assert_eq!(end.exit_code, Some(0));
+    assert!(
+        fake.epoch_of("n1") > epoch,
+        "the next boot registered under a new epoch"
+    );
+    next.shutdown().await;
+}

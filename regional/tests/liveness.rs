@@ -470,3 +470,162 @@ async fn a_node_told_to_beat_every_ten_seconds_is_judged_at_that_pace_not_the_ba
     let n = node(&region, "node-slow").await;
     assert_eq!((n.liveness, n.epoch), (NodeLiveness::Down, 2));
 }
+
+/// The silent node of an exclusive job's task declared DOWN: the task is
+/// written off (pending at attempt 1, remembering the node), and the
+/// silent node's agent registers again. Returns the silent node, the other
+/// one, and the epoch the agent registered under.
+async fn an_exclusive_task_written_off_with_its_node(
+    region: &Region,
+    lp: &mut ShardLoop,
+    agent: &mut Agent,
+) -> (String, &'static str, u64) {
+    two_nodes(region).await;
+    one_big_task(region, "job-x", true).await;
+    assert_eq!(lp.round().await.expect("round").outcome.bound.len(), 1);
+    let silent = region.task("job-x", 0).await.node;
+    let alive = other(&silent);
+    step(region, lp, agent, Duration::from_secs(16), alive).await;
+    assert_eq!(node(region, &silent).await.liveness, NodeLiveness::Down);
+    let task = region.task("job-x", 0).await;
+    assert!(task.is_pending(), "written off: {task:?}");
+    assert_eq!(
+        (task.attempt, task.lost_node.as_str()),
+        (1, silent.as_str())
+    );
+    assert_eq!(task.lost_node_epoch, 1);
+    let back = region.register(&silent, "boot-1").await;
+    assert!(back.epoch > 1, "a dead node registers under a new epoch");
+    (silent, alive, back.epoch)
+}
+
+/// The end of attempt 1 of `job-x`, as the agent carries it across the
+/// fence: it ran under node epoch 1.
+fn carried_end(state: v1::TaskState) -> v1::TaskReport {
+    v1::TaskReport {
+        node_epoch: 1,
+        started_at_unix_ms: 1_000,
+        finished_at_unix_ms: 2_000,
+        ..report("job-x", 0, 1, state)
+    }
+}
+
+async fn send_carried(
+    agent: &mut Agent,
+    node: &str,
+    epoch: u64,
+    end: v1::TaskReport,
+) -> v1::ReportTaskStatusResponse {
+    agent
+        .report_task_status(v1::ReportTaskStatusRequest {
+            node_id: node.into(),
+            node_epoch: epoch,
+            reports: vec![end],
+        })
+        .await
+        .expect("report")
+        .into_inner()
+}
+
+/// The double run once seen under faults: an exclusive task finished, its
+/// agent could not deliver the SUCCEEDED report before its node was
+/// declared dead (a failover and a slow reconnect), dropped it at the
+/// fence, and the task ran again as attempt 2. The agent now carries the
+/// end across the fence, and the region applies it while the task has not
+/// been placed again.
+#[tokio::test]
+async fn an_end_carried_across_a_fence_finishes_the_written_off_exclusive_task_which_never_runs_again()
+ {
+    let region = Region::new().await;
+    let mut lp = region.shard_loop(0).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
+    let mut agent = agent_client(addr).await;
+    let (silent, alive, epoch) =
+        an_exclusive_task_written_off_with_its_node(&region, &mut lp, &mut agent).await;
+
+    let answer = send_carried(
+        &mut agent,
+        &silent,
+        epoch,
+        carried_end(v1::TaskState::Succeeded),
+    )
+    .await;
+    assert_eq!(answer.verdict, v1::Verdict::Accepted as i32);
+    assert_eq!(answer.results[0].verdict, v1::Verdict::Accepted as i32);
+    let task = region.task("job-x", 0).await;
+    assert_eq!(task.state(), v1::TaskState::Succeeded, "{task:?}");
+    assert_eq!((task.attempt, task.node.as_str()), (1, silent.as_str()));
+    assert_eq!(task.runs, 1, "the attempt's run time is accounted once");
+    assert!(
+        task.message
+            .contains("reported after that epoch was superseded"),
+        "the record says how it ended: {}",
+        task.message
+    );
+
+    // Sent again (its answer lost): accepted without change.
+    let again = send_carried(
+        &mut agent,
+        &silent,
+        epoch,
+        carried_end(v1::TaskState::Succeeded),
+    )
+    .await;
+    assert_eq!(again.results[0].verdict, v1::Verdict::Accepted as i32);
+    assert_eq!(region.task("job-x", 0).await, task);
+
+    // Well past the exclusive wait, nothing places it again.
+    for _ in 0..12 {
+        step(&region, &mut lp, &mut agent, Duration::from_secs(1), alive).await;
+        heartbeat(&mut agent, &silent, epoch).await;
+    }
+    let after = region.task("job-x", 0).await;
+    assert_eq!(
+        (after.state(), after.attempt),
+        (v1::TaskState::Succeeded, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_carried_end_is_refused_once_the_task_was_placed_again_and_a_carried_non_end_always() {
+    let region = Region::new().await;
+    let mut lp = region.shard_loop(0).await;
+    let (addr, _) = region.serve(AgentApiConfig::default()).await;
+    let mut agent = agent_client(addr).await;
+    let (silent, alive, epoch) =
+        an_exclusive_task_written_off_with_its_node(&region, &mut lp, &mut agent).await;
+
+    // A stop the fence caused says nothing about how the attempt ended.
+    for state in [v1::TaskState::Killed, v1::TaskState::Running] {
+        let answer = send_carried(&mut agent, &silent, epoch, carried_end(state)).await;
+        assert_eq!(answer.verdict, v1::Verdict::Accepted as i32);
+        assert_eq!(
+            answer.results[0].verdict,
+            v1::Verdict::NotFound as i32,
+            "{state:?} under a superseded epoch"
+        );
+        assert!(region.task("job-x", 0).await.is_pending());
+    }
+
+    // Past the exclusive wait the task is placed again, on the node that
+    // kept beating; the end of attempt 1 arrives too late to matter.
+    for _ in 0..11 {
+        step(&region, &mut lp, &mut agent, Duration::from_secs(1), alive).await;
+    }
+    let placed = region.task("job-x", 0).await;
+    assert!(placed.is_bound(), "{placed:?}");
+    assert_eq!((placed.node.as_str(), placed.attempt), (alive, 2));
+    assert!(
+        placed.lost_node.is_empty(),
+        "placing again forgets the lost attempt"
+    );
+    let late = send_carried(
+        &mut agent,
+        &silent,
+        epoch,
+        carried_end(v1::TaskState::Succeeded),
+    )
+    .await;
+    assert_eq!(late.results[0].verdict, v1::Verdict::NotFound as i32);
+    assert_eq!(region.task("job-x", 0).await, placed);
+}

@@ -38,7 +38,7 @@ use crate::error::AgentError;
 use crate::exec::{Executor, ExitTx, Launch, ProcessIds, TaskEvent, TaskExit};
 use crate::fence::ShardEpochs;
 use crate::link::RegionLink;
-use crate::persist::{PersistedState, PersistedTask, Persister, StateFile};
+use crate::persist::{PersistedEnd, PersistedState, PersistedTask, Persister, StateFile};
 use crate::probe::Probe;
 use crate::tasks::{LiveTask, StopReason, TaskTable};
 
@@ -153,7 +153,13 @@ impl NodeAgent {
                 SessionEnd::Failed(e) => {
                     let verdict = e.verdict();
                     let from = self.link.current().to_string();
-                    let delay = self.link.after(&verdict);
+                    // Never longer than a heartbeat interval between two
+                    // tries: the region judges a node by the beats it
+                    // misses, and a node that could reach a new leader
+                    // must not sleep through its own death sentence. The
+                    // interval is paced by the region for all its nodes, so
+                    // a down region still sees no more tries than beats.
+                    let delay = self.link.after(&verdict).min(self.jittered_heartbeat());
                     if matches!(verdict, RpcVerdict::RetryAt(_)) {
                         self.probe.update(|p| p.redirects += 1);
                     }
@@ -628,9 +634,9 @@ impl NodeAgent {
                 None => break,
             }
         }
-        let dropped = self.tasks.drop_outbox();
-        if dropped > 0 {
-            tracing::info!(node = %self.spec.node_id, dropped, "dropped reports of the fenced epoch");
+        let (carried, dropped) = self.tasks.carry_outbox(old);
+        if carried + dropped > 0 {
+            tracing::info!(node = %self.spec.node_id, carried, dropped, "reports of the fenced epoch: ends carried to the next registration, the rest dropped");
         }
         self.epoch = 0;
         self.cursor.clear();
@@ -709,6 +715,12 @@ impl NodeAgent {
                         started_at_unix_ms: t.started_at_unix_ms,
                     }
                 })
+                .collect(),
+            ends: self
+                .tasks
+                .unsent_ends(self.epoch)
+                .iter()
+                .filter_map(PersistedEnd::of)
                 .collect(),
         };
         persister.save(state);

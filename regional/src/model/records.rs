@@ -266,6 +266,19 @@ pub struct TaskRecord {
     #[serde(default)]
     #[prost(uint64, tag = "23")]
     pub finished_at: u64,
+    /// While pending after its attempt was written off with its node (the
+    /// node declared dead, or registered again under a new epoch): the
+    /// node and node epoch that attempt (`attempt`) ran under. Its agent
+    /// may still hold the attempt's final report, which it could not
+    /// deliver before the fence; until the task is placed again that report
+    /// is accepted and ends the task, instead of a second run. Cleared when
+    /// the task is placed again or pended for another reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[prost(string, tag = "24")]
+    pub lost_node: String,
+    #[serde(default)]
+    #[prost(uint64, tag = "25")]
+    pub lost_node_epoch: u64,
 }
 
 impl TaskRecord {
@@ -287,6 +300,8 @@ impl TaskRecord {
             runs: 0,
             started_at: 0,
             finished_at: 0,
+            lost_node: String::new(),
+            lost_node_epoch: 0,
         }
     }
 
@@ -326,6 +341,36 @@ impl TaskRecord {
         self.message = why.to_string();
         self.started_at = 0;
         self.finished_at = 0;
+        self.lost_node.clear();
+        self.lost_node_epoch = 0;
+    }
+
+    /// Back to pending as the next attempt because its node was fenced
+    /// (declared dead, or registered again under a new epoch), remembering
+    /// where the written-off attempt ran (see [`TaskRecord::lost_node`]).
+    pub fn repend_lost(&mut self, not_before: u64) {
+        let node = std::mem::take(&mut self.node);
+        let epoch = self.node_epoch;
+        self.repend(
+            not_before,
+            &format!(
+                "attempt {} lost with its node {node} (node epoch {epoch} superseded)",
+                self.attempt
+            ),
+        );
+        self.lost_node = node;
+        self.lost_node_epoch = epoch;
+    }
+
+    /// The written-off attempt `attempt` of `node` under `epoch`, whose
+    /// final report may still arrive: the task is pending at that attempt
+    /// and has not been placed again.
+    pub fn awaits_report_of(&self, node: &str, attempt: u32, epoch: u64) -> bool {
+        self.is_pending()
+            && self.attempt == attempt
+            && !self.lost_node.is_empty()
+            && self.lost_node == node
+            && self.lost_node_epoch == epoch
     }
 }
 

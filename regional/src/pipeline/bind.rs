@@ -241,6 +241,10 @@ impl Bind {
         task.placed_at = self.now_unix_ms;
         task.not_before = 0;
         task.message.clear();
+        // Placed again: a late report of the written-off attempt no longer
+        // ends the task.
+        task.lost_node.clear();
+        task.lost_node_epoch = 0;
         let attempt = task.attempt;
         tx.command(
             &b.node,

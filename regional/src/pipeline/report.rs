@@ -6,8 +6,14 @@
 //! (the next attempt) when it was stopped to move it (drain, preemption, the
 //! agent's own stop during a failover) or failed with retries left; captured
 //! output is kept per attempt. A report repeated after its commit was
-//! uncertain is accepted again without change. Must never accept a report
-//! under a superseded node epoch, or for an attempt not bound to the node.
+//! uncertain is accepted again without change. A final report the agent
+//! carried across a fence (its node epoch superseded before the report was
+//! acknowledged) names the epoch its attempt ran under; it ends the task
+//! while that attempt is still the task's latest, bound or written off and
+//! not yet placed again, so an attempt that finished is never run twice
+//! for want of its report. Must never accept a call under a superseded
+//! node epoch, a carried report that is not an end, or a report for an
+//! attempt that is not the task's latest on this node.
 
 use meridian_proto::v1;
 
@@ -100,16 +106,41 @@ impl Report {
                 continue;
             };
             let state = v1::TaskState::try_from(r.state).unwrap_or(v1::TaskState::Unspecified);
-            let ours = rec.node == req.node_id
-                && rec.attempt == a.attempt
-                && rec.node_epoch == req.node_epoch;
+            // A report carried across a fence names the epoch its attempt
+            // ran under; the call itself is under the current one.
+            let carried = r.node_epoch != 0 && r.node_epoch != req.node_epoch;
+            let epoch = if carried {
+                r.node_epoch
+            } else {
+                req.node_epoch
+            };
+            let ours =
+                rec.node == req.node_id && rec.attempt == a.attempt && rec.node_epoch == epoch;
             if ours && rec.is_terminal() && rec.state == state as i32 {
                 // A repeat of an end already applied (the agent resent it,
                 // or our commit of it was uncertain): nothing to change.
                 results.push(item(v1::Verdict::Accepted, ""));
                 continue;
             }
-            if !rec.is_bound() || !ours {
+            if carried {
+                // Only how the attempt ended can outlive its epoch: the
+                // agent stopped everything else at the fence. It ends the
+                // task while the attempt is still the task's latest, bound
+                // or written off and not yet placed again.
+                let ended = matches!(state, v1::TaskState::Succeeded | v1::TaskState::Failed);
+                let written_off = rec.awaits_report_of(&req.node_id, a.attempt, r.node_epoch);
+                if !ended || !((ours && rec.is_bound()) || written_off) {
+                    results.push(item(
+                        v1::Verdict::NotFound,
+                        "the attempt's node epoch was superseded and the task has moved on",
+                    ));
+                    continue;
+                }
+                if written_off {
+                    rec.node = std::mem::take(&mut rec.lost_node);
+                    rec.node_epoch = std::mem::take(&mut rec.lost_node_epoch);
+                }
+            } else if !rec.is_bound() || !ours {
                 results.push(item(
                     v1::Verdict::NotFound,
                     "attempt not bound to this node",
@@ -128,6 +159,12 @@ impl Report {
                 | v1::TaskState::Killed
                 | v1::TaskState::Lost => {
                     end(rec, state, r, job, (&t.job_id, t.index), self.now_unix_ms);
+                    if carried && rec.is_terminal() && rec.message.is_empty() {
+                        rec.message = format!(
+                            "ended under node epoch {}, reported after that epoch was superseded",
+                            r.node_epoch
+                        );
+                    }
                     if !r.stdout_tail.is_empty() || !r.stderr_tail.is_empty() {
                         let logs = StoredLogs {
                             node: req.node_id.clone(),

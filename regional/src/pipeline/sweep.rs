@@ -89,7 +89,7 @@ impl SweepTasks {
                 continue;
             };
             if active {
-                t.repend(l.not_before, "lost with its node");
+                t.repend_lost(l.not_before);
             } else {
                 t.state = v1::TaskState::Lost as i32;
                 t.message = "lost with its node".into();
