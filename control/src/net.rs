@@ -30,6 +30,9 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// A connection of either kind (plain or TLS), boxed.
+pub type BoxIo = Box<dyn Io>;
+
 /// One accepted connection, as the gRPC server consumes it.
 pub struct Conn {
     io: Box<dyn Io>,

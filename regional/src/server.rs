@@ -104,6 +104,22 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .with_service_name(<RegionAdminServer<RegionApi> as NamedService>::NAME)
 }
 
+/// The replica's API services, each open to the role that may call it:
+/// under TLS a caller's certificate names its role (docs/security.md), so
+/// only node agents speak AgentLink and only the global tier calls
+/// RegionAdmin. Served on a [`meridian_control::tls::stream::secure_listener`].
+pub fn api_router(api: RegionApi) -> tonic::transport::server::Router {
+    tonic::transport::Server::builder()
+        .add_service(AgentLinkServer::with_interceptor(
+            api.clone(),
+            only(&[RoleKind::Agent], "AgentLink"),
+        ))
+        .add_service(RegionAdminServer::with_interceptor(
+            api,
+            only(&[RoleKind::Global], "RegionAdmin"),
+        ))
+}
+
 fn server_error(e: impl std::fmt::Display) -> RegionalError {
     RegionalError::Store(meridian_store::StoreError::Backend(e.to_string()))
 }
@@ -253,20 +269,9 @@ impl Wiring {
             global: config.global.clone(),
         };
         let manager_task = tokio::spawn(manager.run(stopped(stop_rx.clone())));
-        let grpc = tonic::transport::Server::builder()
+        let grpc = api_router(api)
             .add_service(reflection().build_v1().map_err(server_error)?)
             .add_service(reflection().build_v1alpha().map_err(server_error)?)
-            // Under TLS a caller's certificate names its role
-            // (docs/security.md): only node agents speak AgentLink, and
-            // only the global tier calls RegionAdmin.
-            .add_service(AgentLinkServer::with_interceptor(
-                api.clone(),
-                only(&[RoleKind::Agent], "AgentLink"),
-            ))
-            .add_service(RegionAdminServer::with_interceptor(
-                api,
-                only(&[RoleKind::Global], "RegionAdmin"),
-            ))
             .serve_with_incoming_shutdown(listener.incoming, stopped(stop_rx.clone()));
         let grpc_task = tokio::spawn(grpc);
         println!("listening on {}", listener.local_addr);

@@ -243,6 +243,26 @@ async fn dial_tls(
     Ok(TokioIo::new(stream))
 }
 
+/// A connection to the HTTP server at `addr` (HTTP/1.1): plain TCP, or a
+/// TLS session presenting this process's certificate and verifying the
+/// server's for `addr`'s IP, as a scraper or a test reads a page.
+pub async fn dial_http(addr: SocketAddr, security: &Security) -> io::Result<crate::net::BoxIo> {
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let tls = match security {
+        Security::Insecure => return Ok(Box::new(tcp)),
+        Security::Tls(tls) => tls,
+    };
+    let mut config = (*tls.client_config()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::from(addr.ip());
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| dial_error(e, &format!("TLS handshake with {addr}")))?;
+    Ok(Box::new(stream))
+}
+
 /// A channel to `endpoint` that connects on first use: through the process
 /// network when plain, TCP then TLS when `security` says so. The endpoint's
 /// scheme may be `http` or `https`: `security` decides.

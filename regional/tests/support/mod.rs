@@ -185,6 +185,43 @@ impl Region {
     }
 }
 
+impl Region {
+    /// Serves the replica's API as production wires it
+    /// (`server::api_router`) on a TLS listener of `security`.
+    pub async fn serve_secure(
+        &self,
+        config: AgentApiConfig,
+        security: &meridian_control::tls::Security,
+    ) -> SocketAddr {
+        let leading: Leading = Default::default();
+        leading.lock().insert(0, self.term().epoch);
+        let api = RegionApi::new(ApiParts {
+            db: self.db.clone(),
+            lease_store: self.db.clone(),
+            keys: self.keys.clone(),
+            clock: self.shared_clock(),
+            region: "r1".into(),
+            identity: self.fx.identity.clone(),
+            leading,
+            config,
+            pipeline: self.fx.path.pipeline.clone(),
+            state: self.fx.path.state.clone(),
+            beats: self.fx.path.beats.clone(),
+            streams: self.fx.path.streams.clone(),
+        })
+        .with_security(security.clone());
+        let listener = meridian_control::net::listen("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr;
+        let listener = meridian_control::tls::stream::secure_listener(listener, security);
+        tokio::spawn(
+            meridian_regional::server::api_router(api).serve_with_incoming(listener.incoming),
+        );
+        addr
+    }
+}
+
 pub async fn agent_client(addr: SocketAddr) -> AgentLinkClient<Channel> {
     AgentLinkClient::connect(format!("http://{addr}"))
         .await
