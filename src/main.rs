@@ -236,6 +236,8 @@ struct GlobalArgs {
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     job_retention: std::time::Duration,
     #[command(flatten)]
+    tls: meridian_cli::tls::ServerTlsArgs,
+    #[command(flatten)]
     telemetry: meridian_cli::TelemetryArgs,
 }
 
@@ -281,13 +283,15 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 async fn global(args: GlobalArgs) -> anyhow::Result<()> {
     let mut config = meridian_global::GlobalConfig::new(args.store, args.listen);
+    config.security = args.tls.security("meridian global")?;
+    let http_scheme = config.security.scheme();
     config.http = args.http;
     config.name = args.name;
     config.event_retention = args.event_retention;
     config.job_retention = args.job_retention;
     let on_ready = |grpc: std::net::SocketAddr, http: Option<std::net::SocketAddr>| {
         let http = http
-            .map(|a| format!(" http=http://{a}"))
+            .map(|a| format!(" http={http_scheme}://{a}"))
             .unwrap_or_default();
         println!("meridian global: serving grpc=http://{grpc}{http}");
     };

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use meridian_control::rpc::{self, Replicas, RetryConfig, RpcVerdict};
+use meridian_control::tls::Security;
 use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::federation_client::FederationClient;
 use tonic::Status;
@@ -31,13 +32,12 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
 pub struct ConnectArgs {
     /// Global tier gRPC endpoint(s), comma-separated; the leader is followed
     /// from there.
-    #[arg(
-        long,
-        env = "MERIDIAN_ENDPOINT",
-        default_value = DEFAULT_ENDPOINT,
-        global = true
-    )]
-    pub endpoint: String,
+    ///
+    /// Default: the client config's endpoint, else
+    /// `http://127.0.0.1:7400` (gRPC endpoints are spelled `http://`; the
+    /// TLS material, not the scheme, decides how they are dialled).
+    #[arg(long, env = "MERIDIAN_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
     /// Give up on a call that no replica could serve after this many seconds.
     #[arg(long, default_value_t = 15, global = true)]
     pub timeout_secs: u64,
@@ -46,6 +46,9 @@ pub struct ConnectArgs {
     /// costs one attempt, not the whole call).
     #[arg(long, default_value_t = default_attempt_ms(), global = true)]
     pub attempt_timeout_ms: u64,
+    /// TLS material (docs/security.md).
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
 }
 
 const fn default_attempt_ms() -> u64 {
@@ -54,10 +57,11 @@ const fn default_attempt_ms() -> u64 {
 
 impl ConnectArgs {
     /// `endpoint` (comma-separated) with a call deadline of `timeout` and the
-    /// default attempt deadline.
+    /// default attempt deadline, in plain text (set `tls` for TLS).
     pub fn new(endpoint: impl Into<String>, timeout: Duration) -> ConnectArgs {
         ConnectArgs {
-            endpoint: endpoint.into(),
+            endpoint: Some(endpoint.into()),
+            tls: crate::tls::ClientTlsArgs::plain(),
             timeout_secs: timeout.as_secs().max(1),
             attempt_timeout_ms: default_attempt_ms(),
         }
@@ -67,18 +71,22 @@ impl ConnectArgs {
 /// A leader-following client of the `Federation` service.
 pub struct Client {
     channels: BTreeMap<String, FederationClient<Channel>>,
+    security: Security,
     replicas: Replicas,
     clock: SharedClock,
     deadline: Duration,
     attempt_deadline: Duration,
 }
 
-fn channel(url: &str) -> Result<FederationClient<Channel>> {
+fn channel(url: &str, security: &Security) -> Result<FederationClient<Channel>> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| CliError::usage(format!("--endpoint {url}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
-    Ok(FederationClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 << 20))
+    Ok(
+        FederationClient::new(meridian_control::tls::stream::channel(endpoint, security))
+            .max_decoding_message_size(64 << 20),
+    )
 }
 
 impl Client {
@@ -90,13 +98,20 @@ impl Client {
 
     /// Like [`Client::new`], with the seed of its backoff given.
     pub fn seeded(args: &ConnectArgs, seed: u64) -> Result<Client> {
-        let given = rpc::parse_endpoints(&args.endpoint);
+        let resolved = args.tls.resolve()?;
+        let endpoint = args
+            .endpoint
+            .clone()
+            .or(resolved.endpoint)
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let security = resolved.security;
+        let given = rpc::parse_endpoints(&endpoint);
         if given.is_empty() {
             return Err(CliError::usage("--endpoint: no endpoint given"));
         }
         let mut channels = BTreeMap::new();
         for url in &given {
-            channels.insert(url.clone(), channel(url)?);
+            channels.insert(url.clone(), channel(url, &security)?);
         }
         let config = RetryConfig {
             attempt_deadline: Duration::from_millis(args.attempt_timeout_ms.max(1)),
@@ -106,6 +121,7 @@ impl Client {
             .map_err(|e| CliError::usage(format!("--endpoint: {e}")))?;
         Ok(Client {
             channels,
+            security,
             replicas,
             clock: SystemClock::shared(),
             deadline: Duration::from_secs(args.timeout_secs.max(1)),
@@ -128,7 +144,7 @@ impl Client {
         if let Some(c) = self.channels.get(&url) {
             return Ok(c.clone());
         }
-        let c = channel(&url).map_err(|e| {
+        let c = channel(&url, &self.security).map_err(|e| {
             CliError::other(format!("a replica named an unusable leader {url:?}: {e}"))
         })?;
         self.channels.insert(url, c.clone());

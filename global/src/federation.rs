@@ -59,6 +59,9 @@ pub struct FederationService {
     pub bookmark_every: Duration,
     /// Flips to true on shutdown; open streams end.
     pub shutdown: watch::Receiver<bool>,
+    /// How this replica dials regions' RegionAdmin (its own certificate,
+    /// which names it `meridian://global`).
+    pub security: meridian_control::tls::Security,
 }
 
 /// The `traceparent` metadata of an incoming call, when readable.
@@ -345,9 +348,17 @@ impl FederationService {
                 "region {region} has no admin endpoint"
             )));
         }
-        RegionAdminClient::connect(info.admin_endpoint.clone())
+        let endpoint = tonic::transport::Endpoint::from_shared(info.admin_endpoint.clone())
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "region {region} has an unusable admin endpoint {:?}: {e}",
+                    info.admin_endpoint
+                ))
+            })?;
+        let channel = meridian_control::tls::stream::connect(endpoint, &self.security)
             .await
-            .map_err(|e| Status::unavailable(format!("region {region} unreachable: {e}")))
+            .map_err(|e| Status::unavailable(format!("region {region} unreachable: {e}")))?;
+        Ok(RegionAdminClient::new(channel))
     }
 }
 

@@ -20,6 +20,7 @@ fn meridian(endpoint: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(args)
         .env("MERIDIAN_ENDPOINT", endpoint)
+        .env("MERIDIAN_INSECURE", "1")
         .env("RUST_LOG", "warn")
         .output()
         .expect("run meridian")

@@ -24,6 +24,8 @@ fn meridian(dev: &Dev, args: &[&str]) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(args)
         .env("MERIDIAN_ENDPOINT", &dev.endpoints)
+        // The federation harness runs `meridian dev --insecure`.
+        .env("MERIDIAN_INSECURE", "1")
         .env("MERIDIAN_TENANT", "e2e")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -67,6 +67,8 @@ fn meridian(dev: &Dev, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(args)
         .env("MERIDIAN_ENDPOINT", &dev.endpoints)
+        // The federation harness runs `meridian dev --insecure`.
+        .env("MERIDIAN_INSECURE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()

@@ -104,6 +104,7 @@ async fn a_submit_sent_to_a_frozen_global_leader_completes_through_the_standby_w
             format!("{},{}", endpoints[frozen], endpoints[standby]),
         )
         .env("RUST_LOG", "warn")
+        .env("MERIDIAN_INSECURE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -8,11 +8,44 @@
 
 use std::time::Duration;
 
+use meridian_cli::tls::ClientTlsArgs;
+use meridian_control::tls::Security;
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
+use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{LoadError, Result};
+
+/// The TLS material of this run's clients: the started federation's, or
+/// the flags given with `--endpoint`. One run, one federation, so one
+/// setting for the process; plain until set.
+static TLS: Mutex<Option<ClientTlsArgs>> = Mutex::new(None);
+
+/// Makes every client of this run dial with `tls`.
+pub fn use_tls(tls: ClientTlsArgs) {
+    *TLS.lock() = Some(tls);
+}
+
+fn tls_args() -> ClientTlsArgs {
+    TLS.lock().clone().unwrap_or_else(ClientTlsArgs::plain)
+}
+
+/// What this run's raw channels dial with.
+pub fn security() -> Result<Security> {
+    tls_args()
+        .resolve()
+        .map(|r| r.security)
+        .map_err(|e| LoadError::Usage(e.to_string()))
+}
+
+/// A lazily connected channel to `endpoint` with this run's TLS material.
+pub fn channel(endpoint: Endpoint) -> Result<Channel> {
+    Ok(meridian_control::tls::stream::channel(
+        endpoint,
+        &security()?,
+    ))
+}
 
 /// A raw client of one global endpoint (no leader following, no retry:
 /// the throughput scenarios count every failure as it comes).
@@ -23,14 +56,17 @@ pub fn federation(url: &str, timeout: Duration) -> Result<FederationClient<Chann
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
         .tcp_nodelay(true);
-    Ok(FederationClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 << 20))
+    Ok(FederationClient::new(channel(endpoint)?).max_decoding_message_size(64 << 20))
 }
 
 /// A client that follows the global leader across `endpoints`
 /// (comma-separated), retrying unavailable calls for up to `timeout`.
 pub fn following(endpoints: &str, timeout: Duration) -> Result<meridian_cli::client::Client> {
-    meridian_cli::client::Client::new(&meridian_cli::ConnectArgs::new(endpoints, timeout))
-        .map_err(|e| LoadError::Federation(e.to_string()))
+    let args = meridian_cli::ConnectArgs {
+        tls: tls_args(),
+        ..meridian_cli::ConnectArgs::new(endpoints, timeout)
+    };
+    meridian_cli::client::Client::new(&args).map_err(|e| LoadError::Federation(e.to_string()))
 }
 
 /// The endpoint of the current global leader: the one a leader-following

@@ -127,7 +127,7 @@ impl LocalFederation {
         };
         let regions: Vec<String> = (0..layout.regions).map(region_name).collect();
         let mut held = Vec::new();
-        let plan = plan::plan(
+        let mut plan = plan::plan(
             &plan::Layout {
                 global_replicas: layout.global_replicas,
                 regions: regions.clone(),
@@ -145,6 +145,25 @@ impl LocalFederation {
             },
         )?;
         drop(held);
+        // Mutual TLS as `meridian dev` runs it, from the same code; load's
+        // own certificate names a client and, for the herd scenario's
+        // direct RegionAdmin reads, the global tier.
+        meridian_cli::dev::pki::apply(&data, &mut plan, false)
+            .map_err(|e| LoadError::Federation(e.to_string()))?;
+        let pki = meridian_cli::dev::pki::pki_dir(&data);
+        let load = meridian_control::tls::pki::Authority::open_or_create(&pki)
+            .and_then(|ca| {
+                ca.ensure(
+                    &pki,
+                    "load",
+                    &[
+                        meridian_control::tls::Role::Client("load".into()),
+                        meridian_control::tls::Role::Global,
+                    ],
+                )
+            })
+            .map_err(|e| LoadError::Federation(format!("load's certificate: {e}")))?;
+        crate::client::use_tls(meridian_cli::tls::ClientTlsArgs::files(&load));
         fed.globals = plan.globals.iter().map(proc_of).collect();
         for name in regions {
             let replicas = plan

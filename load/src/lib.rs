@@ -93,6 +93,10 @@ pub struct LoadArgs {
     /// without it the scenario starts its own on loopback.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// TLS material for `--endpoint` (the federation a run starts has its
+    /// own: `meridian dev`'s PKI, and a certificate of its own for load).
+    #[command(flatten)]
+    pub tls: meridian_cli::tls::ClientTlsArgs,
     /// Offered rate, jobs/s (e2e, scale, failover).
     #[arg(long)]
     pub rate: Option<u64>,

@@ -1,7 +1,8 @@
 //! Reading the servers' Prometheus `/metrics` endpoints (and, with the same
 //! plain GET, a page of a server's HTTP listener, such as its console).
 //!
-//! Owns one plain HTTP/1.0 GET and the parsing of the text exposition
+//! Owns one HTTP/1.0 GET (over TLS when the run's federation is TLS) and
+//! the parsing of the text exposition
 //! format into `(name, labels) -> value` sums. Must never fail a run: a
 //! server that does not answer (it was just killed) reads as absent.
 
@@ -11,6 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Fetches `/metrics` from `addr`; `None` when it does not answer in time.
+/// (`security()` reads the run's TLS files at each call: scrapes are seconds
+/// apart.)
 pub async fn fetch(addr: SocketAddr) -> Option<String> {
     fetch_path(addr, "/metrics").await
 }
@@ -18,7 +21,12 @@ pub async fn fetch(addr: SocketAddr) -> Option<String> {
 /// Fetches `path` from `addr`; `None` unless it answers 200 in time.
 pub async fn fetch_path(addr: SocketAddr, path: &str) -> Option<String> {
     let get = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        // The run's TLS material: the servers' HTTP listeners are TLS when
+        // their federation is.
+        let security = crate::client::security().ok()?;
+        let mut s = meridian_control::tls::stream::dial_http(addr, &security)
+            .await
+            .ok()?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await
             .ok()?;

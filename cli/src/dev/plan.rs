@@ -83,15 +83,17 @@ impl Process {
         self.grpc.map(|a| format!("http://{a}"))
     }
 
-    /// One line saying where to reach it.
-    pub fn summary(&self, simulated_nodes: u32) -> String {
+    /// One line saying where to reach it; its HTTP servers speak
+    /// `http_scheme` (`https` under TLS).
+    pub fn summary(&self, simulated_nodes: u32, http_scheme: &str) -> String {
         let name = &self.spec.name;
+        let s = http_scheme;
         match (&self.role, self.grpc, self.http) {
-            (Role::Global, Some(grpc), Some(http)) => format!(
-                "{name} grpc=http://{grpc} http=http://{http} console=http://{http}/console"
-            ),
+            (Role::Global, Some(grpc), Some(http)) => {
+                format!("{name} grpc=http://{grpc} http={s}://{http} console={s}://{http}/console")
+            }
             (Role::Regional { .. }, Some(grpc), Some(http)) => format!(
-                "{name} grpc=http://{grpc} metrics=http://{http}/metrics console=http://{http}/console"
+                "{name} grpc=http://{grpc} metrics={s}://{http}/metrics console={s}://{http}/console"
             ),
             (
                 Role::Agent {

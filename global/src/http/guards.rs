@@ -21,7 +21,7 @@ use axum::response::Response;
 use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use meridian_control::tls::stream::HttpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -197,7 +197,7 @@ pub fn with_guards(router: Router, body_timeout: Duration) -> Router {
 /// `timeouts.header` (HTTP/1; hyper closes the connection), bodies within
 /// `timeouts.body` (408).
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: HttpListener,
     app: Router,
     timeouts: HttpTimeouts,
     mut stop: watch::Receiver<bool>,
@@ -210,27 +210,21 @@ pub async fn serve(
         .header_read_timeout(timeouts.header);
     let mut connections = JoinSet::new();
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (stream, info) = tokio::select! {
+            accepted = listener.accept_conn() => accepted,
             _ = stop.wait_for(|s| *s) => break,
         };
         // Reap finished connections so the set holds only live ones.
         while connections.try_join_next().is_some() {}
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // Out of descriptors and the like: pause rather than spin,
-                // as axum's own server does.
-                tracing::warn!(error = %err, "accepting an HTTP connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        // Each request carries what is known of its connection (TLS, the
+        // client certificate if one was presented), for the routes that
+        // ask who called.
+        let service = tower::ServiceExt::map_request(app.clone(), move |mut r: axum::http::Request<_>| {
+            r.extensions_mut().insert(info.clone());
+            r
+        });
         let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(app.clone()),
-            )
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
         let mut stop = stop.clone();
         connections.spawn(async move {

@@ -77,6 +77,10 @@ impl Dev {
             .args(["--simulated-nodes", &sizes.simulated_nodes.to_string()])
             .args(["--shards", &sizes.shards.to_string()])
             .args(["--grace-secs", "5"])
+            // Fault tests: they probe the replicas' HTTP status pages in
+            // plain HTTP/1.1; mutual TLS under `meridian dev` is tested by
+            // e2e_federation and dev_supervisor.
+            .arg("--insecure")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

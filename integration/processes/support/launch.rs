@@ -64,12 +64,19 @@ impl Launch {
 
     /// `program` with `args`. By default: `RUST_LOG=warn` (the tests read
     /// stdout; logs go to stderr and only warnings are worth seeing),
+    /// `MERIDIAN_INSECURE=1` (the roles these tests start one by one talk
+    /// plain text to each other and to the tests' own clients; the
+    /// production path, mutual TLS, is what `meridian dev` runs and what
+    /// `e2e_federation`, `dev_supervisor` and `tls_links` test),
     /// stderr inherited, same process group, SIGKILLed when dropped.
     pub fn program(program: &str, args: Vec<String>) -> Launch {
         Launch {
             program: program.into(),
             args,
-            env: vec![("RUST_LOG".into(), "warn".into())],
+            env: vec![
+                ("RUST_LOG".into(), "warn".into()),
+                ("MERIDIAN_INSECURE".into(), "1".into()),
+            ],
             env_remove: Vec::new(),
             stderr: Stderr::Inherit,
             group: false,

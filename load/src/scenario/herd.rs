@@ -30,11 +30,13 @@ fn unix_ms() -> u64 {
 }
 
 async fn list_nodes(url: &str, region: &str) -> Option<Vec<v1::NodeInfo>> {
-    let ch = Endpoint::from_shared(url.to_string())
+    let endpoint = Endpoint::from_shared(url.to_string())
         .ok()?
         .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(5))
-        .connect_lazy();
+        .timeout(Duration::from_secs(5));
+    // RegionAdmin answers the global tier's certificate only: the run's
+    // own federation gives load one naming it (crate::federation).
+    let ch = crate::client::channel(endpoint).ok()?;
     let mut c = RegionAdminClient::new(ch).max_decoding_message_size(64 << 20);
     let mut out = Vec::new();
     let mut token = String::new();

@@ -39,10 +39,13 @@ impl Target {
     /// Uses `--endpoint` or starts `layout`.
     pub async fn get(ctx: &Ctx, layout: Layout) -> Result<Target> {
         match &ctx.args.endpoint {
-            Some(e) => Ok(Target {
-                endpoints: e.clone(),
-                local: None,
-            }),
+            Some(e) => {
+                crate::client::use_tls(ctx.args.tls.clone());
+                Ok(Target {
+                    endpoints: e.clone(),
+                    local: None,
+                })
+            }
             None => {
                 let mut fed = LocalFederation::start(layout).await?;
                 if ctx.args.keep_data {
