@@ -32,6 +32,10 @@ enum Command {
     Region(meridian_cli::RegionArgs),
     /// List, cordon and drain nodes.
     Node(meridian_cli::NodeArgs),
+    /// Create, list and revoke bearer tokens (admin).
+    Token(meridian_cli::token::TokenArgs),
+    /// List the audit log of mutating calls and refusals (admin).
+    Audit(meridian_cli::audit::AuditArgs),
     /// Print a shell completion script: `meridian completions bash > ...`.
     Completions {
         /// The shell.
@@ -72,6 +76,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Usage(args) => meridian_cli::finish(meridian_cli::usage::run(args).await),
         Command::Region(args) => meridian_cli::finish(meridian_cli::admin::region(args).await),
         Command::Node(args) => meridian_cli::finish(meridian_cli::admin::node(args).await),
+        Command::Token(args) => meridian_cli::finish(meridian_cli::token::run(args).await),
+        Command::Audit(args) => meridian_cli::finish(meridian_cli::audit::run(args).await),
         Command::Completions { shell } => {
             meridian_cli::completions(shell, <Cli as clap::CommandFactory>::command());
             Ok(())
@@ -236,9 +242,36 @@ struct GlobalArgs {
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     job_retention: std::time::Duration,
     #[command(flatten)]
-    tls: meridian_cli::tls::ServerTlsArgs,
+    access: AccessArgs,
     #[command(flatten)]
     telemetry: meridian_cli::TelemetryArgs,
+}
+
+/// Authentication, tenant limits and audit of `meridian global`
+/// (docs/security.md).
+#[derive(clap::Args)]
+struct AccessArgs {
+    /// Serve without authentication: every caller acts as an admin. For
+    /// tests and trusted networks only; a warning is logged.
+    #[arg(long)]
+    no_auth: bool,
+    /// A file holding a token (`mrd_...`, first line) stored as an admin
+    /// token at start unless its id is stored already: how a new deployment
+    /// gets its first admin (`meridian token generate` prints one).
+    #[arg(long)]
+    bootstrap_token_file: Option<std::path::PathBuf>,
+    /// Sustained submits per second per tenant (0: no rate limit).
+    #[arg(long, default_value_t = 10_000.0)]
+    tenant_submit_rate: f64,
+    /// Submits a tenant may make at once.
+    #[arg(long, default_value_t = 20_000)]
+    tenant_submit_burst: u32,
+    /// Most queued (unfinished) jobs per tenant (0: no cap).
+    #[arg(long, default_value_t = 100_000)]
+    tenant_max_queued: u64,
+    /// How long audit records are kept (`90d`, `36h`).
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    audit_retention: std::time::Duration,
 }
 
 /// A duration longer than zero written as numbers with units, humantime
@@ -283,15 +316,25 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 async fn global(args: GlobalArgs) -> anyhow::Result<()> {
     let mut config = meridian_global::GlobalConfig::new(args.store, args.listen);
-    config.security = args.tls.security("meridian global")?;
-    let http_scheme = config.security.scheme();
     config.http = args.http;
     config.name = args.name;
     config.event_retention = args.event_retention;
     config.job_retention = args.job_retention;
+    config.auth_enabled = !args.access.no_auth;
+    if let Some(path) = &args.access.bootstrap_token_file {
+        let token = meridian_cli::auth::read_token_file(path)
+            .map_err(|e| anyhow::anyhow!("--bootstrap-token-file: {e}"))?;
+        config.bootstrap_token = Some(meridian_global::auth::Secret(token));
+    }
+    config.tenant_limits = meridian_global::limits::TenantLimits {
+        submits_per_sec: args.access.tenant_submit_rate,
+        burst: args.access.tenant_submit_burst,
+        max_queued: args.access.tenant_max_queued,
+    };
+    config.audit_retention = args.access.audit_retention;
     let on_ready = |grpc: std::net::SocketAddr, http: Option<std::net::SocketAddr>| {
         let http = http
-            .map(|a| format!(" http={http_scheme}://{a}"))
+            .map(|a| format!(" http=http://{a}"))
             .unwrap_or_default();
         println!("meridian global: serving grpc=http://{grpc}{http}");
     };

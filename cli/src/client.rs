@@ -16,12 +16,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use meridian_control::rpc::{self, Replicas, RetryConfig, RpcVerdict};
-use meridian_control::tls::Security;
 use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::federation_client::FederationClient;
 use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::Bearer;
 use crate::error::{CliError, Result};
 
 /// Default global endpoint: where `meridian dev` serves its first global replica.
@@ -32,12 +33,13 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
 pub struct ConnectArgs {
     /// Global tier gRPC endpoint(s), comma-separated; the leader is followed
     /// from there.
-    ///
-    /// Default: the client config's endpoint, else
-    /// `http://127.0.0.1:7400` (gRPC endpoints are spelled `http://`; the
-    /// TLS material, not the scheme, decides how they are dialled).
-    #[arg(long, env = "MERIDIAN_ENDPOINT", global = true)]
-    pub endpoint: Option<String>,
+    #[arg(
+        long,
+        env = "MERIDIAN_ENDPOINT",
+        default_value = DEFAULT_ENDPOINT,
+        global = true
+    )]
+    pub endpoint: String,
     /// Give up on a call that no replica could serve after this many seconds.
     #[arg(long, default_value_t = 15, global = true)]
     pub timeout_secs: u64,
@@ -46,9 +48,10 @@ pub struct ConnectArgs {
     /// costs one attempt, not the whole call).
     #[arg(long, default_value_t = default_attempt_ms(), global = true)]
     pub attempt_timeout_ms: u64,
-    /// TLS material (docs/security.md).
-    #[command(flatten)]
-    pub tls: crate::tls::ClientTlsArgs,
+    /// Bearer token presented to the global tier (`mrd_...`); without it,
+    /// the admin token `meridian dev` wrote in its data directory, if any.
+    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
 const fn default_attempt_ms() -> u64 {
@@ -57,34 +60,37 @@ const fn default_attempt_ms() -> u64 {
 
 impl ConnectArgs {
     /// `endpoint` (comma-separated) with a call deadline of `timeout` and the
-    /// default attempt deadline, in plain text (set `tls` for TLS).
+    /// default attempt deadline.
     pub fn new(endpoint: impl Into<String>, timeout: Duration) -> ConnectArgs {
         ConnectArgs {
-            endpoint: Some(endpoint.into()),
-            tls: crate::tls::ClientTlsArgs::plain(),
+            endpoint: endpoint.into(),
             timeout_secs: timeout.as_secs().max(1),
             attempt_timeout_ms: default_attempt_ms(),
+            token: None,
         }
     }
 }
 
 /// A leader-following client of the `Federation` service.
 pub struct Client {
-    channels: BTreeMap<String, FederationClient<Channel>>,
-    security: Security,
+    channels: BTreeMap<String, Api>,
+    bearer: Bearer,
     replicas: Replicas,
     clock: SharedClock,
     deadline: Duration,
     attempt_deadline: Duration,
 }
 
-fn channel(url: &str, security: &Security) -> Result<FederationClient<Channel>> {
+/// The Federation client of one replica, presenting the command's token.
+pub type Api = FederationClient<InterceptedService<Channel, Bearer>>;
+
+fn channel(url: &str, bearer: &Bearer) -> Result<Api> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| CliError::usage(format!("--endpoint {url}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
     Ok(
-        FederationClient::new(meridian_control::tls::stream::channel(endpoint, security))
+        FederationClient::with_interceptor(endpoint.connect_lazy(), bearer.clone())
             .max_decoding_message_size(64 << 20),
     )
 }
@@ -98,20 +104,14 @@ impl Client {
 
     /// Like [`Client::new`], with the seed of its backoff given.
     pub fn seeded(args: &ConnectArgs, seed: u64) -> Result<Client> {
-        let resolved = args.tls.resolve()?;
-        let endpoint = args
-            .endpoint
-            .clone()
-            .or(resolved.endpoint)
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let security = resolved.security;
-        let given = rpc::parse_endpoints(&endpoint);
+        let given = rpc::parse_endpoints(&args.endpoint);
         if given.is_empty() {
             return Err(CliError::usage("--endpoint: no endpoint given"));
         }
+        let bearer = Bearer::new(crate::auth::resolve(args.token.as_deref())?.as_deref())?;
         let mut channels = BTreeMap::new();
         for url in &given {
-            channels.insert(url.clone(), channel(url, &security)?);
+            channels.insert(url.clone(), channel(url, &bearer)?);
         }
         let config = RetryConfig {
             attempt_deadline: Duration::from_millis(args.attempt_timeout_ms.max(1)),
@@ -121,7 +121,7 @@ impl Client {
             .map_err(|e| CliError::usage(format!("--endpoint: {e}")))?;
         Ok(Client {
             channels,
-            security,
+            bearer,
             replicas,
             clock: SystemClock::shared(),
             deadline: Duration::from_secs(args.timeout_secs.max(1)),
@@ -139,12 +139,12 @@ impl Client {
         &self.clock
     }
 
-    fn current(&mut self) -> Result<FederationClient<Channel>> {
+    fn current(&mut self) -> Result<Api> {
         let url = self.replicas.current().to_string();
         if let Some(c) = self.channels.get(&url) {
             return Ok(c.clone());
         }
-        let c = channel(&url, &self.security).map_err(|e| {
+        let c = channel(&url, &self.bearer).map_err(|e| {
             CliError::other(format!("a replica named an unusable leader {url:?}: {e}"))
         })?;
         self.channels.insert(url, c.clone());
@@ -157,7 +157,7 @@ impl Client {
     /// every time.
     pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T>
     where
-        F: FnMut(FederationClient<Channel>) -> Fut,
+        F: FnMut(Api) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let started = self.clock.now();

@@ -17,6 +17,8 @@
 //! typed error keeps.
 
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod client;
 pub mod dev;
 pub mod error;
@@ -28,6 +30,7 @@ pub mod schedule;
 pub mod spec;
 pub mod tasks;
 pub mod telemetry;
+pub mod token;
 pub mod usage;
 pub mod wait;
 pub mod tls;

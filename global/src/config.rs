@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meridian_control::tls::Security;
-
+use crate::limits::TenantLimits;
 use crate::router::{RegionSpread, TenantQuota};
 use crate::schedules::ticker::StageHook;
 
@@ -63,11 +62,17 @@ pub struct GlobalConfig {
     /// Awaited at each stage of a schedule's tick: a fault-injection test's
     /// way to stop a replica at an exact point. None in production.
     pub schedule_hook: Option<StageHook>,
-    /// TLS on the gRPC and HTTP servers and on calls to regions
-    /// ([`Security::Insecure`] in [`GlobalConfig::new`]: in-process tests
-    /// and the simulation; the `meridian global` binary needs TLS files or
-    /// `--insecure`).
-    pub security: Security,
+    /// Whether calls need a bearer token (`auth`). Off in [`GlobalConfig::new`]
+    /// (in-process tests and the simulation); the `meridian global` binary
+    /// turns it on unless started with `--no-auth`.
+    pub auth_enabled: bool,
+    /// A token stored as the first admin token at start (unless its id is
+    /// stored already): how a new deployment gets its first admin.
+    pub bootstrap_token: Option<crate::auth::Secret>,
+    /// Per-tenant submit rate and queued-jobs cap.
+    pub tenant_limits: TenantLimits,
+    /// How long audit records are kept before the leader trims them.
+    pub audit_retention: Duration,
 }
 
 impl GlobalConfig {
@@ -93,7 +98,10 @@ impl GlobalConfig {
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(10),
             schedule_hook: None,
-            security: Security::Insecure,
+            auth_enabled: false,
+            bootstrap_token: None,
+            tenant_limits: TenantLimits::default(),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }

@@ -45,8 +45,13 @@ impl GlobalConsole {
 }
 
 /// The console routes of a global replica, for its HTTP listener.
+/// Its pages need an admin token (header or `meridian_token` cookie,
+/// `auth::http::console`): they show every tenant.
 pub fn router(api: FederationService) -> axum::Router {
-    meridian_console::federation_router(GlobalConsole::new(api))
+    let auth = api.auth.clone();
+    meridian_console::federation_router(GlobalConsole::new(api)).route_layer(
+        axum::middleware::from_fn_with_state(auth, crate::auth::http::console),
+    )
 }
 
 fn console_error(e: GlobalError) -> ConsoleError {

@@ -7,7 +7,7 @@
 //! retryable store error into a permanent one, nor the reverse.
 
 use meridian_control::lease::LeaseError;
-use meridian_proto::LEADER_METADATA_KEY;
+use meridian_proto::{LEADER_METADATA_KEY, RETRY_AFTER_MS_METADATA_KEY};
 use meridian_store::{Retryable, StoreError, TxError};
 use tonic::{Code, Status};
 
@@ -73,6 +73,23 @@ pub enum GlobalError {
     /// retryable as is.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// No valid bearer token: none presented, unknown, malformed or
+    /// revoked (`auth`). The message never repeats the token.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller's token lacks the role the call needs; the message names
+    /// that role (and tenant, for a tenant-scoped call).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A tenant is over its submit rate or its cap of queued jobs
+    /// (`limits`): retry after `retry_after_ms`.
+    #[error("tenant limit: {message}")]
+    TenantLimited {
+        /// Which limit, for people.
+        message: String,
+        /// When a retry may succeed.
+        retry_after_ms: u64,
+    },
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -108,7 +125,11 @@ impl GlobalError {
             GlobalError::StaleEpoch(_) | GlobalError::FailedPrecondition(_) => {
                 Code::FailedPrecondition
             }
-            GlobalError::Overloaded(_) => Code::ResourceExhausted,
+            GlobalError::Overloaded(_) | GlobalError::TenantLimited { .. } => {
+                Code::ResourceExhausted
+            }
+            GlobalError::Unauthenticated(_) => Code::Unauthenticated,
+            GlobalError::PermissionDenied(_) => Code::PermissionDenied,
             GlobalError::RequestIdReused { .. } | GlobalError::AlreadyExists(_) => {
                 Code::AlreadyExists
             }
@@ -123,9 +144,10 @@ impl Retryable for GlobalError {
     fn is_retryable(&self) -> bool {
         match self {
             GlobalError::Store(e) => e.is_retryable(),
-            GlobalError::NotLeader { .. } | GlobalError::Fenced(_) | GlobalError::Overloaded(_) => {
-                true
-            }
+            GlobalError::NotLeader { .. }
+            | GlobalError::Fenced(_)
+            | GlobalError::Overloaded(_)
+            | GlobalError::TenantLimited { .. } => true,
             _ => false,
         }
     }
@@ -165,6 +187,11 @@ impl From<GlobalError> for Status {
             && let Ok(value) = leader.parse()
         {
             status.metadata_mut().insert(LEADER_METADATA_KEY, value);
+        }
+        if let GlobalError::TenantLimited { retry_after_ms, .. } = &e {
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_MS_METADATA_KEY, (*retry_after_ms).into());
         }
         status
     }

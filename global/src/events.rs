@@ -404,6 +404,9 @@ pub async fn watch_jobs(
         (tail, req.cursor.clone())
     };
     let (out, rx) = mpsc::channel(256);
+    // Fixed at the call, as the filters are: the caller sees its tenants'
+    // jobs only (`auth`).
+    let visible = crate::auth::current().visible_tenants().cloned();
     // The timer runs on what this watcher was sent, not on appends to the
     // log: on a busy federation the log never goes quiet, and a watcher of
     // one quiet job would otherwise get no resume point (nor sign of life)
@@ -432,6 +435,11 @@ pub async fn watch_jobs(
                     }
                 };
                 if !job_event_matches(&req, &event) {
+                    continue;
+                }
+                if let (Some(visible), Some(job)) = (&visible, &event.job)
+                    && !visible.contains(job.spec.as_ref().map_or("", |s| s.tenant.as_str()))
+                {
                     continue;
                 }
                 event.cursor = cursor;

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::auth::{self, Auth};
 use crate::dependencies;
 use crate::error::{GlobalError, Result};
 use crate::events;
@@ -29,6 +30,7 @@ use crate::gate::Gate;
 use crate::jobs::Jobs;
 use crate::keys::Keys;
 use crate::leader::Leadership;
+use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::schedules::Schedules;
 use crate::submitter::{self, Submitter};
@@ -59,9 +61,10 @@ pub struct FederationService {
     pub bookmark_every: Duration,
     /// Flips to true on shutdown; open streams end.
     pub shutdown: watch::Receiver<bool>,
-    /// How this replica dials regions' RegionAdmin (its own certificate,
-    /// which names it `meridian://global`).
-    pub security: meridian_control::tls::Security,
+    /// Tokens and the audit log.
+    pub auth: Auth,
+    /// Per-tenant submit limits.
+    pub limits: Limits,
 }
 
 /// The `traceparent` metadata of an incoming call, when readable.
@@ -102,7 +105,18 @@ impl FederationService {
         );
         trace::link(&span, Some(trace));
         async move {
+            let tenant = req
+                .spec
+                .as_ref()
+                .map_or("", |s| s.tenant.as_str())
+                .to_string();
+            let request_id = req.request_id.clone();
             let result = self.submit_checked(req, trace).await;
+            let target = match &result {
+                Ok(accepted) => accepted.job_id.clone(),
+                Err(_) => format!("{tenant}/{request_id}"),
+            };
+            self.auth.audit.outcome("SubmitJob", &target, &result).await;
             if let Ok(accepted) = &result {
                 tracing::Span::current().record("job_id", accepted.job_id.as_str());
                 tracing::debug!(
@@ -128,7 +142,17 @@ impl FederationService {
         if !self.leadership.is_leader() {
             return Err(self.leadership.not_leader().await);
         }
+        let tenant = req
+            .spec
+            .as_ref()
+            .map_or("", |s| s.tenant.as_str())
+            .to_string();
+        auth::current().require_submit(&tenant)?;
+        self.limits.admit(&tenant, 1).await?;
         let result = self.submitter.submit(req, trace).await;
+        if !matches!(&result, Ok(r) if r.created) {
+            self.limits.unused(&tenant, 1);
+        }
         let outcome = match &result {
             Ok(r) if r.created => "created",
             Ok(_) => "duplicate",
@@ -168,11 +192,28 @@ impl FederationService {
         // possible within one call, since every other dependency must name
         // a job that exists already.
         let cycles = dependencies::batch_cycles(&req.items);
+        let principal = auth::current();
+        let mut admitted = Vec::new();
         for ((i, item), cycle) in req.items.into_iter().enumerate().zip(cycles) {
-            let checked = validate::submit(&item).and_then(|()| cycle.map_or(Ok(()), Err));
+            let tenant = item
+                .spec
+                .as_ref()
+                .map_or("", |s| s.tenant.as_str())
+                .to_string();
+            let mut checked = validate::submit(&item)
+                .and_then(|()| cycle.map_or(Ok(()), Err))
+                .and_then(|()| principal.require_submit(&tenant));
+            if checked.is_ok() && self.leadership.is_leader() {
+                checked = self.limits.admit(&tenant, 1).await;
+            }
+            if let Err(err) = &checked {
+                let target = format!("{tenant}/{}", item.request_id);
+                self.auth.audit.failed("SubmitJobs", &target, err).await;
+            }
             match checked {
                 Ok(()) => {
                     positions.push(i);
+                    admitted.push(tenant);
                     valid.push((item, shared.unwrap_or_else(TraceId::generate)));
                 }
                 Err(err) => {
@@ -184,8 +225,27 @@ impl FederationService {
         }
         if !valid.is_empty() {
             let _slot = self.submitter.batch_slot()?;
-            let done = submitter::submit_group(&self.jobs, &self.leadership, valid).await?;
-            for (i, result) in positions.into_iter().zip(done) {
+            let done = match submitter::submit_group(&self.jobs, &self.leadership, valid).await {
+                Ok(done) => done,
+                Err(e) => {
+                    for tenant in &admitted {
+                        self.limits.unused(tenant, 1);
+                    }
+                    return Err(e);
+                }
+            };
+            for ((i, result), tenant) in positions.into_iter().zip(done).zip(&admitted) {
+                if !matches!(&result, Ok(r) if r.created) {
+                    self.limits.unused(tenant, 1);
+                }
+                let target = match &result {
+                    Ok(accepted) => accepted.job_id.clone(),
+                    Err(_) => tenant.clone(),
+                };
+                self.auth
+                    .audit
+                    .outcome("SubmitJobs", &target, &result)
+                    .await;
                 results[i] = Some(SubmitJobResult {
                     outcome: Some(match result {
                         Ok(accepted) => Outcome::Accepted(accepted),
@@ -201,27 +261,44 @@ impl FederationService {
 
     /// CancelJob.
     pub async fn cancel(&self, req: &CancelJobRequest) -> Result<CancelJobResponse> {
-        validate::job_id("job_id", &req.job_id)?;
-        validate::reason("reason", &req.reason)?;
-        let fence = self.leadership.fence().await?;
-        let job = self.jobs.cancel(&fence, &req.job_id, &req.reason).await?;
+        let result = async {
+            validate::job_id("job_id", &req.job_id)?;
+            validate::reason("reason", &req.reason)?;
+            self.changeable_job(&req.job_id).await?;
+            let fence = self.audited_fence("CancelJob", &req.job_id).await?;
+            self.jobs.cancel(&fence, &req.job_id, &req.reason).await
+        }
+        .await;
+        let job = self.audit_failure("CancelJob", &req.job_id, result).await?;
         Ok(CancelJobResponse { job: Some(job) })
     }
 
     /// HoldJob.
     pub async fn hold(&self, req: &HoldJobRequest) -> Result<HoldJobResponse> {
-        validate::job_id("job_id", &req.job_id)?;
-        validate::reason("reason", &req.reason)?;
-        let fence = self.leadership.fence().await?;
-        let job = self.gate.hold(&fence, &req.job_id, &req.reason).await?;
+        let result = async {
+            validate::job_id("job_id", &req.job_id)?;
+            validate::reason("reason", &req.reason)?;
+            self.changeable_job(&req.job_id).await?;
+            let fence = self.audited_fence("HoldJob", &req.job_id).await?;
+            self.gate.hold(&fence, &req.job_id, &req.reason).await
+        }
+        .await;
+        let job = self.audit_failure("HoldJob", &req.job_id, result).await?;
         Ok(HoldJobResponse { job: Some(job) })
     }
 
     /// ReleaseJob.
     pub async fn release(&self, req: &ReleaseJobRequest) -> Result<ReleaseJobResponse> {
-        validate::job_id("job_id", &req.job_id)?;
-        let fence = self.leadership.fence().await?;
-        let job = self.gate.release(&fence, &req.job_id).await?;
+        let result = async {
+            validate::job_id("job_id", &req.job_id)?;
+            self.changeable_job(&req.job_id).await?;
+            let fence = self.audited_fence("ReleaseJob", &req.job_id).await?;
+            self.gate.release(&fence, &req.job_id).await
+        }
+        .await;
+        let job = self
+            .audit_failure("ReleaseJob", &req.job_id, result)
+            .await?;
         Ok(ReleaseJobResponse { job: Some(job) })
     }
 
@@ -230,11 +307,17 @@ impl FederationService {
         &self,
         req: &SetJobPriorityRequest,
     ) -> Result<SetJobPriorityResponse> {
-        validate::job_id("job_id", &req.job_id)?;
-        let fence = self.leadership.fence().await?;
+        let result = async {
+            validate::job_id("job_id", &req.job_id)?;
+            self.changeable_job(&req.job_id).await?;
+            let fence = self.audited_fence("SetJobPriority", &req.job_id).await?;
+            self.gate
+                .set_priority(&fence, &req.job_id, req.priority)
+                .await
+        }
+        .await;
         let job = self
-            .gate
-            .set_priority(&fence, &req.job_id, req.priority)
+            .audit_failure("SetJobPriority", &req.job_id, result)
             .await?;
         Ok(SetJobPriorityResponse { job: Some(job) })
     }
@@ -244,28 +327,54 @@ impl FederationService {
         &self,
         req: &CreateScheduleRequest,
     ) -> Result<CreateScheduleResponse> {
-        crate::schedules::rules::create(req)?;
-        let fence = self.leadership.fence().await?;
-        self.schedules.create(&fence, req).await
+        let result = async {
+            crate::schedules::rules::create(req)?;
+            let tenant = req.spec.as_ref().map_or("", |s| s.tenant.as_str());
+            auth::current().require_submit(tenant)?;
+            let fence = self
+                .audited_fence("CreateSchedule", &req.schedule_id)
+                .await?;
+            self.schedules.create(&fence, req).await
+        }
+        .await;
+        self.audit_failure("CreateSchedule", &req.schedule_id, result)
+            .await
     }
 
     /// PauseSchedule (`paused`) and ResumeSchedule.
     pub async fn pause_schedule(&self, schedule_id: &str, paused: bool) -> Result<Schedule> {
-        crate::schedules::rules::schedule_id("schedule_id", schedule_id)?;
-        let fence = self.leadership.fence().await?;
-        self.schedules.set_paused(&fence, schedule_id, paused).await
+        let action = if paused {
+            "PauseSchedule"
+        } else {
+            "ResumeSchedule"
+        };
+        let result = async {
+            crate::schedules::rules::schedule_id("schedule_id", schedule_id)?;
+            self.changeable_schedule(schedule_id).await?;
+            let fence = self.audited_fence(action, schedule_id).await?;
+            self.schedules.set_paused(&fence, schedule_id, paused).await
+        }
+        .await;
+        self.audit_failure(action, schedule_id, result).await
     }
 
     /// DeleteSchedule.
     pub async fn delete_schedule(&self, schedule_id: &str) -> Result<Schedule> {
-        crate::schedules::rules::schedule_id("schedule_id", schedule_id)?;
-        let fence = self.leadership.fence().await?;
-        self.schedules.delete(&fence, schedule_id).await
+        let result = async {
+            crate::schedules::rules::schedule_id("schedule_id", schedule_id)?;
+            self.changeable_schedule(schedule_id).await?;
+            let fence = self.audited_fence("DeleteSchedule", schedule_id).await?;
+            self.schedules.delete(&fence, schedule_id).await
+        }
+        .await;
+        self.audit_failure("DeleteSchedule", schedule_id, result)
+            .await
     }
 
     /// GetUsage (any replica).
     pub async fn usage(&self, req: &GetUsageRequest) -> Result<GetUsageResponse> {
-        crate::usage::get(&self.db, &self.keys, &self.clock, req).await
+        let req = self.usage_request(req)?;
+        crate::usage::get(&self.db, &self.keys, &self.clock, &req).await
     }
 
     /// The region a task was placed in (`task` as the log calls name it):
@@ -273,7 +382,7 @@ impl FederationService {
     /// tasks. FAILED_PRECONDITION while the job waits to be routed.
     async fn task_region(&self, task: Option<&TaskId>) -> Result<String, Status> {
         let task = task.ok_or_else(|| Status::from(GlobalError::invalid("task", "required")))?;
-        let job = self.jobs.get(&task.job_id).await?;
+        let job = self.visible_job(&task.job_id).await?;
         let count = job.spec.as_ref().map_or(0, |s| s.task_count);
         if task.index >= count {
             return Err(GlobalError::invalid(
@@ -299,7 +408,7 @@ impl FederationService {
     /// The region holding job `job_id` now.
     async fn job_region(&self, job_id: &str) -> Result<String, Status> {
         validate::job_id("job_id", job_id)?;
-        let job = self.jobs.get(job_id).await?;
+        let job = self.visible_job(job_id).await?;
         if job.region.is_empty() {
             return Err(GlobalError::FailedPrecondition(format!(
                 "job {job_id} is not in a region yet"
@@ -326,10 +435,19 @@ impl FederationService {
 
     /// DrainRegion / UndrainRegion.
     pub async fn drain(&self, req: &DrainRegionRequest, drain: bool) -> Result<RegionInfo> {
-        validate::region_name("region", &req.region)?;
-        validate::reason("reason", &req.reason)?;
-        let fence = self.leadership.fence().await?;
-        self.registry.set_drain(&fence, req, drain).await
+        let action = if drain {
+            "DrainRegion"
+        } else {
+            "UndrainRegion"
+        };
+        let result = async {
+            validate::region_name("region", &req.region)?;
+            validate::reason("reason", &req.reason)?;
+            let fence = self.audited_fence(action, &req.region).await?;
+            self.registry.set_drain(&fence, req, drain).await
+        }
+        .await;
+        self.audit_failure(action, &req.region, result).await
     }
 
     async fn admin(
@@ -348,17 +466,9 @@ impl FederationService {
                 "region {region} has no admin endpoint"
             )));
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(info.admin_endpoint.clone())
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "region {region} has an unusable admin endpoint {:?}: {e}",
-                    info.admin_endpoint
-                ))
-            })?;
-        let channel = meridian_control::tls::stream::connect(endpoint, &self.security)
+        RegionAdminClient::connect(info.admin_endpoint.clone())
             .await
-            .map_err(|e| Status::unavailable(format!("region {region} unreachable: {e}")))?;
-        Ok(RegionAdminClient::new(channel))
+            .map_err(|e| Status::unavailable(format!("region {region} unreachable: {e}")))
     }
 }
 
@@ -390,7 +500,7 @@ impl Federation for FederationService {
         &self,
         request: Request<GetJobRequest>,
     ) -> Result<Response<GetJobResponse>, Status> {
-        let job = self.jobs.get(&request.get_ref().job_id).await?;
+        let job = self.visible_job(&request.get_ref().job_id).await?;
         Ok(Response::new(GetJobResponse { job: Some(job) }))
     }
 
@@ -398,7 +508,9 @@ impl Federation for FederationService {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        Ok(Response::new(self.jobs.list(request.get_ref()).await?))
+        Ok(Response::new(
+            self.list_visible_jobs(request.get_ref()).await?,
+        ))
     }
 
     async fn cancel_job(
@@ -518,7 +630,9 @@ impl Federation for FederationService {
         &self,
         request: Request<GetScheduleRequest>,
     ) -> Result<Response<GetScheduleResponse>, Status> {
-        let schedule = self.schedules.get(&request.get_ref().schedule_id).await?;
+        let schedule = self
+            .visible_schedule(&request.get_ref().schedule_id)
+            .await?;
         Ok(Response::new(GetScheduleResponse {
             schedule: Some(schedule),
         }))
@@ -528,7 +642,9 @@ impl Federation for FederationService {
         &self,
         request: Request<ListSchedulesRequest>,
     ) -> Result<Response<ListSchedulesResponse>, Status> {
-        Ok(Response::new(self.schedules.list(request.get_ref()).await?))
+        Ok(Response::new(
+            self.list_visible_schedules(request.get_ref()).await?,
+        ))
     }
 
     async fn pause_schedule(
@@ -572,6 +688,34 @@ impl Federation for FederationService {
         Ok(Response::new(self.usage(request.get_ref()).await?))
     }
 
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        Ok(Response::new(self.create_token(request.get_ref()).await?))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        Ok(Response::new(self.list_tokens(request.get_ref()).await?))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        Ok(Response::new(self.revoke_token(request.get_ref()).await?))
+    }
+
+    async fn list_audit_records(
+        &self,
+        request: Request<ListAuditRecordsRequest>,
+    ) -> Result<Response<ListAuditRecordsResponse>, Status> {
+        Ok(Response::new(self.list_audit(request.get_ref()).await?))
+    }
+
     async fn list_nodes(
         &self,
         request: Request<ListNodesRequest>,
@@ -585,7 +729,13 @@ impl Federation for FederationService {
         request: Request<CordonNodeRequest>,
     ) -> Result<Response<CordonNodeResponse>, Status> {
         let req = request.into_inner();
-        self.admin(&req.region).await?.cordon_node(req).await
+        let target = format!("{}/{}", req.region, req.node_id);
+        let result = match self.admin(&req.region).await {
+            Ok(mut admin) => admin.cordon_node(req).await,
+            Err(status) => Err(status),
+        };
+        self.audit_forwarded("CordonNode", &target, &result).await;
+        result
     }
 
     async fn uncordon_node(
@@ -593,7 +743,13 @@ impl Federation for FederationService {
         request: Request<UncordonNodeRequest>,
     ) -> Result<Response<UncordonNodeResponse>, Status> {
         let req = request.into_inner();
-        self.admin(&req.region).await?.uncordon_node(req).await
+        let target = format!("{}/{}", req.region, req.node_id);
+        let result = match self.admin(&req.region).await {
+            Ok(mut admin) => admin.uncordon_node(req).await,
+            Err(status) => Err(status),
+        };
+        self.audit_forwarded("UncordonNode", &target, &result).await;
+        result
     }
 
     async fn drain_node(
@@ -601,6 +757,12 @@ impl Federation for FederationService {
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<DrainNodeResponse>, Status> {
         let req = request.into_inner();
-        self.admin(&req.region).await?.drain_node(req).await
+        let target = format!("{}/{}", req.region, req.node_id);
+        let result = match self.admin(&req.region).await {
+            Ok(mut admin) => admin.drain_node(req).await,
+            Err(status) => Err(status),
+        };
+        self.audit_forwarded("DrainNode", &target, &result).await;
+        result
     }
 }

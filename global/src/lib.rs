@@ -11,6 +11,8 @@
 //! except through [`meridian_control::Clock`], or accept a region's write
 //! under an assignment epoch that is not the job's current one.
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod console;
 pub mod controller;
@@ -30,6 +32,7 @@ pub mod json;
 pub mod keys;
 pub mod leader;
 pub mod lifecycle;
+pub mod limits;
 pub mod link;
 pub mod listing;
 pub mod metrics_endpoint;

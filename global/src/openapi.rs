@@ -297,6 +297,11 @@ pub mod proto {
         ResumeScheduleResponse,
         DeleteScheduleResponse,
         GetUsageResponse,
+        CreateTokenRequest,
+        CreateTokenResponse,
+        ListTokensResponse,
+        RevokeTokenResponse,
+        ListAuditRecordsResponse,
     );
 }
 

@@ -17,14 +17,16 @@ use meridian_proto::v1::federation_server::FederationServer;
 use meridian_proto::v1::region_link_server::RegionLinkServer;
 use meridian_store::Database;
 use metrics_exporter_prometheus::PrometheusHandle;
-use meridian_control::tls::identity::{RoleKind, only};
-use meridian_control::tls::stream::{HttpListener, secure_listener};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
+use crate::audit::Audit;
+use crate::auth::grpc::AuthLayer;
+use crate::auth::{Auth, Tokens};
 use crate::config::GlobalConfig;
 use crate::controller::Controller;
 use crate::error::{GlobalError, Result};
@@ -34,6 +36,7 @@ use crate::history::History;
 use crate::jobs::Jobs;
 use crate::keys::Keys;
 use crate::leader::{Advertised, Leadership, Stores};
+use crate::limits::Limits;
 use crate::link::LinkService;
 use crate::registry::Registry;
 use crate::retention::Retention;
@@ -144,14 +147,13 @@ async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> R
         clock.clone(),
         Advertised {
             grpc: format!("http://{grpc_addr}"),
-            http: http_addr
-                .map(|a| format!("{}://{a}", config.security.scheme()))
-                .unwrap_or_default(),
+            http: http_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
         },
         stop,
     );
     let (federation, link, controller) =
         services(&config, &db, &keys, &clock, &leadership, &shutdown);
+    bootstrap(&config, &federation).await?;
     let ticker = Ticker::new(
         clock.clone(),
         leadership.clone(),
@@ -180,6 +182,12 @@ async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> R
         config.job_retention,
     );
     tasks.push(tokio::spawn(history.run(shutdown.clone())));
+    tasks.push(tokio::spawn(crate::audit::trim_loop(
+        federation.auth.audit.clone(),
+        leadership.clone(),
+        config.audit_retention,
+        shutdown.clone(),
+    )));
     tasks.push(serve_grpc(federation.clone(), link, grpc_listener, shutdown.clone()).await?);
     if let Some(listener) = http_listener {
         let timeouts = http::HttpTimeouts {
@@ -206,26 +214,48 @@ async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> R
     })
 }
 
+/// Stores the configured bootstrap token as an admin token (once), and
+/// warns when calls are not authenticated.
+async fn bootstrap(config: &GlobalConfig, federation: &FederationService) -> Result<()> {
+    if !config.auth_enabled {
+        tracing::warn!("authentication is off (--no-auth): every caller acts as an admin");
+    }
+    if let Some(token) = &config.bootstrap_token
+        && federation.auth.tokens.bootstrap(&token.0).await?
+    {
+        tracing::info!(
+            token_id = crate::auth::tokens::id_of(&token.0).unwrap_or_default(),
+            "bootstrap admin token stored"
+        );
+    }
+    Ok(())
+}
+
 /// Binds the gRPC address and, when configured, the HTTP one (with the
 /// address it got).
 async fn bind(
     config: &GlobalConfig,
-) -> Result<(Listener, Option<HttpListener>, Option<SocketAddr>)> {
+) -> Result<(Listener, Option<TcpListener>, Option<SocketAddr>)> {
     // Through the network seam, so the simulation can run this replica on
     // its simulated network; production gets plain TCP.
     let grpc_listener = meridian_control::net::listen(config.listen)
         .await
         .map_err(|e| io_error("binding the gRPC address", e))?;
-    let grpc_listener = secure_listener(grpc_listener, &config.security);
     let http_listener = match config.http {
         Some(addr) => Some(
-            HttpListener::bind(addr, &config.security)
+            TcpListener::bind(addr)
                 .await
                 .map_err(|e| io_error("binding the HTTP address", e))?,
         ),
         None => None,
     };
-    let http_addr = http_listener.as_ref().map(HttpListener::local_addr);
+    let http_addr = match &http_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| io_error("reading the HTTP address", e))?,
+        ),
+        None => None,
+    };
     Ok((grpc_listener, http_listener, http_addr))
 }
 
@@ -256,7 +286,17 @@ fn services(
         registry: registry.clone(),
         bookmark_every: config.bookmark_every,
         shutdown: shutdown.clone(),
-        security: config.security.clone(),
+        auth: Auth {
+            tokens: Tokens::new(db.clone(), keys, clock.clone()),
+            audit: Audit::new(db.clone(), keys, clock.clone()),
+            enabled: config.auth_enabled,
+        },
+        limits: Limits::new(
+            config.tenant_limits,
+            db.clone(),
+            keys.clone(),
+            clock.clone(),
+        ),
     };
     let link = LinkService {
         db: db.clone(),
@@ -319,23 +359,12 @@ async fn serve_grpc(
         .layer(tower::util::MapResponseLayer::new(
             crate::decode_errors::rewrite,
         ))
+        .layer(AuthLayer::new(federation.auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        // Under TLS, a caller's certificate names its role
-        // (docs/security.md): node agents have no business with the
-        // federation API, and only regions may speak RegionLink.
-        .add_service(FederationServer::with_interceptor(
-            federation,
-            only(
-                &[RoleKind::Client, RoleKind::Region, RoleKind::Global],
-                "the Federation API",
-            ),
-        ))
-        .add_service(RegionLinkServer::with_interceptor(
-            link,
-            only(&[RoleKind::Region], "RegionLink"),
-        ));
+        .add_service(FederationServer::new(federation))
+        .add_service(RegionLinkServer::new(link));
     Ok(tokio::spawn(async move {
         let serve = grpc.serve_with_incoming_shutdown(listener.incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -350,7 +379,7 @@ async fn serve_grpc(
 fn serve_http(
     federation: FederationService,
     metrics: Option<PrometheusHandle>,
-    listener: HttpListener,
+    listener: TcpListener,
     timeouts: http::HttpTimeouts,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {

@@ -58,6 +58,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// endpoint when it answers `UNAVAILABLE`.
 pub const LEADER_METADATA_KEY: &str = "meridian-leader";
 
+/// Response metadata key of a RESOURCE_EXHAUSTED answer saying after how
+/// many milliseconds a retry may succeed (a tenant over its submit rate or
+/// its cap of queued jobs).
+pub const RETRY_AFTER_MS_METADATA_KEY: &str = "retry-after-ms";
+
 /// The message of the `NOT_FOUND` a region answers to `GetTaskLogs` for an
 /// attempt without stored output: a region keeps output only for tasks that
 /// wrote some, so clients may take it as "nothing to show".

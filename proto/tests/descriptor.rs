@@ -62,6 +62,10 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
                 "ResumeSchedule",
                 "DeleteSchedule",
                 "GetUsage",
+                "CreateToken",
+                "ListTokens",
+                "RevokeToken",
+                "ListAuditRecords",
             ][..],
         ),
         (

@@ -11,8 +11,8 @@
 
 pub mod child;
 pub mod line;
-pub mod pki;
 pub mod plan;
+pub mod token;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -61,10 +61,6 @@ pub struct DevArgs {
     /// Seconds a child gets to stop after SIGTERM before it is killed.
     #[arg(long, default_value_t = 10)]
     pub grace_secs: u64,
-    /// Run every link in plain text, with no certificates: anyone who
-    /// reaches a port can act as any tier. Prints a warning.
-    #[arg(long, env = "MERIDIAN_INSECURE")]
-    pub insecure: bool,
     /// Span export, handed on to every child.
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
@@ -130,13 +126,12 @@ async fn start_tier(
     tier: &[Process],
     grace: Duration,
     simulated_nodes: u32,
-    http_scheme: &str,
 ) -> (Tier, Result<()>) {
     let (stop, stop_rx) = watch::channel(false);
     let specs = tier.iter().map(|p| &p.spec);
     let (tasks, outcome) = child::start_in_order(exe, specs, grace, &stop_rx, |spec| {
         if let Some(p) = tier.iter().find(|p| p.spec.name == spec.name) {
-            println!("meridian dev: {}", p.summary(simulated_nodes, http_scheme));
+            println!("meridian dev: {}", p.summary(simulated_nodes));
         }
     })
     .await;
@@ -168,7 +163,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let data = std::fs::canonicalize(&args.data_dir)
         .map_err(|e| CliError::other(format!("{}: {e}", args.data_dir.display())))?;
     let mut plan = dev_plan(&args, &data)?;
-    let tls = pki::apply(&data, &mut plan, args.insecure)?;
+    let token = token::apply(&data, &mut plan)?;
     if let Some(endpoint) = &args.telemetry.otlp_endpoint {
         for p in plan.processes_mut() {
             p.spec.args.extend(line::otlp_endpoint(endpoint));
@@ -179,35 +174,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let signal = stop_signal();
     tokio::pin!(signal);
     println!("meridian dev: data in {}", data.display());
-    match &tls.ca {
-        Some(ca) => {
-            println!(
-                "meridian dev: mutual TLS on every link; CA and certificates in {}",
-                pki::pki_dir(&data).display()
-            );
-            println!(
-                "meridian dev: the CLI reads {} from this directory (elsewhere: MERIDIAN_CONFIG={0} or MERIDIAN_DATA_DIR={})",
-                tls.client_config.display(),
-                data.display()
-            );
-            println!(
-                "meridian dev: consoles are https: trust {} in your browser (or accept its warning once)",
-                ca.display()
-            );
-        }
-        None => {
-            eprintln!(
-                "meridian dev: WARNING: --insecure: every link is plain text and unauthenticated; anyone who reaches a port can act as any tier"
-            );
-        }
-    }
+    println!(
+        "meridian dev: admin token in {} (the CLI reads it from there; elsewhere set MERIDIAN_TOKEN)",
+        token.display()
+    );
 
     let mut running: Vec<Tier> = Vec::new();
     let mut failure = None;
     let mut interrupted = false;
     for tier in plan.tiers() {
-        let scheme = if args.insecure { "http" } else { "https" };
-        let start = start_tier(&exe, tier, grace, args.simulated_nodes, scheme);
+        let start = start_tier(&exe, tier, grace, args.simulated_nodes);
         tokio::select! {
             (tier, outcome) = start => {
                 running.push(tier);

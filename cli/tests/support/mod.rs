@@ -266,6 +266,30 @@ impl<S: Script> Federation for Fake<S> {
     ) -> Result<Response<GetUsageResponse>, Status> {
         self.0.get_usage(r.into_inner()).await.map(Response::new)
     }
+    async fn create_token(
+        &self,
+        _: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn list_tokens(
+        &self,
+        _: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn revoke_token(
+        &self,
+        _: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        Err(unscripted())
+    }
+    async fn list_audit_records(
+        &self,
+        _: Request<ListAuditRecordsRequest>,
+    ) -> Result<Response<ListAuditRecordsResponse>, Status> {
+        Err(unscripted())
+    }
 }
 
 /// Serves `script` on a free loopback port; returns its URL.

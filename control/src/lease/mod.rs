@@ -76,12 +76,28 @@ pub struct Fence {
     key: Vec<u8>,
     holder: Identity,
     epoch: u64,
+    rider: Option<std::sync::Arc<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl Fence {
     /// A fence for `holder` at `epoch` on the lease stored at `key`.
     pub fn new(key: Vec<u8>, holder: Identity, epoch: u64) -> Self {
-        Fence { key, holder, epoch }
+        Fence {
+            key,
+            holder,
+            epoch,
+            rider: None,
+        }
+    }
+
+    /// This fence, also writing `value` at `key` in every transaction whose
+    /// check passes: a record that must commit exactly when the fenced
+    /// write does (the global tier's audit log), without each writer
+    /// knowing of it. The write is the same on every retry, so a retried
+    /// transaction writes it once.
+    pub fn with_rider(mut self, key: Vec<u8>, value: Vec<u8>) -> Self {
+        self.rider = Some(std::sync::Arc::new((key, value)));
+        self
     }
 
     /// The epoch this fence proves.
@@ -106,7 +122,11 @@ impl Fence {
     /// way no write of a fenced owner commits.
     pub async fn check(&self, tx: &Transaction) -> Result<(), LeaseError> {
         let stored = tx.get(&self.key).await?;
-        self.verify(stored.as_deref())
+        self.verify(stored.as_deref())?;
+        if let Some(rider) = &self.rider {
+            tx.set(&rider.0, &rider.1)?;
+        }
+        Ok(())
     }
 
     /// The check of [`Fence::check`] on a lease record the caller read

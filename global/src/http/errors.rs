@@ -44,6 +44,8 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::FailedPrecondition | Code::AlreadyExists => StatusCode::CONFLICT,
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -54,6 +56,9 @@ pub struct ApiError {
     message: String,
     field: Option<String>,
     leader_http: Option<String>,
+    /// A tenant limit's retry hint, answered as `Retry-After` (seconds,
+    /// rounded up) and `retry-after-ms`.
+    retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -75,6 +80,10 @@ impl From<GlobalError> for ApiError {
             message: error.to_string(),
             field: error.field().map(str::to_owned),
             leader_http: None,
+            retry_after_ms: match &error {
+                GlobalError::TenantLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+                _ => None,
+            },
         }
     }
 }
@@ -96,6 +105,11 @@ impl From<Status> for ApiError {
             message: status.message().to_string(),
             field,
             leader_http: None,
+            retry_after_ms: status
+                .metadata()
+                .get(meridian_proto::RETRY_AFTER_MS_METADATA_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -108,6 +122,14 @@ impl IntoResponse for ApiError {
             .and_then(|l| HeaderValue::from_str(&l).ok())
         {
             response.headers_mut().insert(LEADER_METADATA_KEY, leader);
+        }
+        if let Some(ms) = self.retry_after_ms {
+            let headers = response.headers_mut();
+            headers.insert(
+                axum::http::header::RETRY_AFTER,
+                ms.div_ceil(1000).max(1).into(),
+            );
+            headers.insert(meridian_proto::RETRY_AFTER_MS_METADATA_KEY, ms.into());
         }
         response
     }
@@ -157,6 +179,7 @@ pub fn refusal(status: StatusCode, message: &str) -> Response {
         message: message.to_string(),
         field: None,
         leader_http: None,
+        retry_after_ms: None,
     };
     (status, axum::Json(error.body())).into_response()
 }

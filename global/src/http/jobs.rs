@@ -117,7 +117,7 @@ pub async fn list(
     let result = match QueryMessage::read("ListJobsRequest", pairs, &[("state", "states")])
         .and_then(QueryMessage::into_message::<ListJobsRequest>)
     {
-        Ok(req) => s.api.jobs.list(&req).await,
+        Ok(req) => s.api.list_visible_jobs(&req).await,
         Err(e) => Err(e),
     };
     respond(&s, "ListJobsResponse", result).await
@@ -138,7 +138,7 @@ pub async fn list(
 )]
 pub async fn list_post(State(s): State<AppState>, body: Bytes) -> ApiResult {
     let result = match json::parse::<ListJobsRequest>("ListJobsRequest", &body) {
-        Ok(req) => s.api.jobs.list(&req).await,
+        Ok(req) => s.api.list_visible_jobs(&req).await,
         Err(e) => Err(e),
     };
     respond(&s, "ListJobsResponse", result).await
@@ -159,7 +159,7 @@ pub async fn list_post(State(s): State<AppState>, body: Bytes) -> ApiResult {
     )
 )]
 pub async fn get_job(State(s): State<AppState>, Path(job_id): Path<String>) -> ApiResult {
-    let result = s.api.jobs.get(&job_id).await;
+    let result = s.api.visible_job(&job_id).await;
     respond(&s, "Job", result).await
 }
 

@@ -14,10 +14,12 @@
 //! - `regions`: regions, region drain, and the nodes of a region.
 //! - `schedules`: create, list, get, pause, resume and delete schedules.
 //! - `usage`: usage per tenant and region over a range.
+//! - `access`: tokens and the audit log.
 //! - `query`: query strings read into request messages.
 //! - `errors`: the `{code, message, field}` body and the status mapping.
 //! - `guards`: the listener, its timeouts and its JSON refusals.
 
+mod access;
 mod errors;
 mod guards;
 mod jobs;
@@ -101,6 +103,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
         .routes(routes!(usage::get_usage))
+        .routes(routes!(access::create, access::list))
+        .routes(routes!(access::revoke))
+        .routes(routes!(access::audit))
         .routes(routes!(render_metrics))
         .routes(routes!(healthz))
         .routes(routes!(openapi_json))
@@ -127,11 +132,17 @@ pub fn router(api: FederationService, metrics: Option<PrometheusHandle>) -> Rout
     let openapi = serde_json::to_value(&document).unwrap_or_else(
         |e| json!({ "error": format!("the OpenAPI document does not render: {e}") }),
     );
-    router.with_state(AppState {
-        api,
-        metrics,
-        openapi: Arc::new(openapi),
-    })
+    let auth = api.auth.clone();
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::http::api,
+        ))
+        .with_state(AppState {
+            api,
+            metrics,
+            openapi: Arc::new(openapi),
+        })
 }
 
 /// Prometheus metrics of this process.

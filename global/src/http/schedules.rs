@@ -72,7 +72,7 @@ pub async fn list(
     let result = match QueryMessage::read("ListSchedulesRequest", pairs, &[])
         .and_then(QueryMessage::into_message::<ListSchedulesRequest>)
     {
-        Ok(req) => s.api.schedules.list(&req).await,
+        Ok(req) => s.api.list_visible_schedules(&req).await,
         Err(e) => Err(e),
     };
     respond(&s, "ListSchedulesResponse", result).await
@@ -96,8 +96,7 @@ pub async fn list(
 pub async fn get(State(s): State<AppState>, Path(schedule_id): Path<String>) -> ApiResult {
     let result = s
         .api
-        .schedules
-        .get(&schedule_id)
+        .visible_schedule(&schedule_id)
         .await
         .map(|schedule| GetScheduleResponse {
             schedule: Some(schedule),

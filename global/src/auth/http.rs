@@ -1,0 +1,142 @@
+//! Authentication of HTTP calls: axum middleware in front of the API
+//! routes and the console.
+//!
+//! Owns finding the operation of a matched API route (its OpenAPI operation
+//! id, which is the RPC's name) and admitting the call by the same access
+//! table as gRPC; 401 / 403 answered in the API's JSON error shape before
+//! any handler runs, a refusal recorded in the audit log. The console's
+//! pages take the token from the `Authorization` header or from the
+//! `meridian_token` cookie (what a browser can send) and need the admin
+//! role, since its pages show every tenant. It must never log a header or
+//! a cookie.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{Auth, table};
+use crate::error::GlobalError;
+
+/// The cookie a browser presents its token in.
+pub const TOKEN_COOKIE: &str = "meridian_token";
+
+type Operations = BTreeMap<(String, String), String>;
+
+/// `(method, path template) -> operation id` of every API route, from the
+/// OpenAPI document the router is built from.
+fn operations() -> &'static Operations {
+    static OPS: OnceLock<Operations> = OnceLock::new();
+    OPS.get_or_init(|| {
+        let mut ops = Operations::new();
+        for (path, item) in crate::http::document().paths.paths {
+            let methods = [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PUT", &item.put),
+                ("DELETE", &item.delete),
+            ];
+            for (method, op) in methods {
+                if let Some(id) = op.as_ref().and_then(|o| o.operation_id.clone()) {
+                    ops.insert((method.to_string(), path.clone()), id);
+                }
+            }
+        }
+        ops
+    })
+}
+
+/// The operation id of the route `path` (a template, as axum matched it)
+/// for `method`.
+pub fn operation(method: &Method, path: &str) -> Option<&'static str> {
+    operations()
+        .get(&(method.as_str().to_string(), path.to_string()))
+        .map(String::as_str)
+}
+
+/// Every API route as `(method, path template, operation id)`.
+pub fn routes() -> Vec<(String, String, String)> {
+    operations()
+        .iter()
+        .map(|((m, p), o)| (m.clone(), p.clone(), o.clone()))
+        .collect()
+}
+
+fn refusal(error: &GlobalError) -> Response {
+    let code = error.code();
+    let status = crate::http::status_of(code);
+    let mut response = (
+        status,
+        axum::Json(json!({
+            "code": format!("{code:?}"),
+            "message": error.to_string(),
+            "field": null,
+        })),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+/// Middleware of the API routes.
+pub async fn api(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    // A matched path without a route for this method: axum answers 405
+    // (with `Allow`) without running any handler.
+    let Some(method) = operation(req.method(), &path) else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match super::grpc::admit(&auth, method, header.as_deref()).await {
+        Ok(principal) => super::act_as(principal, next.run(req)).await,
+        Err(error) => refusal(&error),
+    }
+}
+
+/// The token a browser or a client presents: the `Authorization` header,
+/// else the `meridian_token` cookie, as a header value.
+fn presented(headers: &HeaderMap) -> Option<String> {
+    if let Some(h) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(h.to_string());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .map(|(_, value)| format!("Bearer {value}"))
+}
+
+/// Middleware of the console's pages: admin only.
+pub async fn console(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    let presented = presented(req.headers());
+    match auth
+        .admit(presented.as_deref(), table::Access::Administer)
+        .await
+    {
+        Ok(principal) => super::act_as(principal, next.run(req)).await,
+        Err(error) => refusal(&error),
+    }
+}
