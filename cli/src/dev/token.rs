@@ -48,11 +48,20 @@ pub fn ensure(data: &Path) -> Result<PathBuf> {
 }
 
 /// Makes the admin token of `data` and has every global replica of `plan`
-/// store it as its bootstrap token; returns the file.
+/// store it as its bootstrap token; returns the file. A replica planned
+/// with `--insecure` (`meridian dev --insecure`: plain text, every tier
+/// open) is started with `--no-auth` instead, which it warns about: a
+/// token sent in plain text protects nothing, and the test harnesses that
+/// run an insecure federation dial it without one.
 pub fn apply(data: &Path, plan: &mut Plan) -> Result<PathBuf> {
     let path = ensure(data)?;
     for p in plan.processes_mut() {
-        if p.role == Role::Global {
+        if p.role != Role::Global {
+            continue;
+        }
+        if p.spec.args.iter().any(|a| a == "--insecure") {
+            p.spec.args.push("--no-auth".into());
+        } else {
             p.spec.args.push("--bootstrap-token-file".into());
             p.spec.args.push(path.display().to_string());
         }

@@ -124,8 +124,10 @@ async fn refused(auth: &Auth, method: &str, authorization: Option<&str>, error: 
         .and_then(|h| h.split_whitespace().last())
         .and_then(super::tokens::id_of)
         .unwrap_or(super::ANONYMOUS);
+    // The token's name is not looked up for a refusal: its id says which.
     let principal = Principal {
         id: id.to_string(),
+        name: String::new(),
         ..Principal::system(super::ANONYMOUS)
     };
     auth.audit
