@@ -244,6 +244,8 @@ struct GlobalArgs {
     #[command(flatten)]
     access: AccessArgs,
     #[command(flatten)]
+    tls: meridian_cli::tls::ServerTlsArgs,
+    #[command(flatten)]
     telemetry: meridian_cli::TelemetryArgs,
 }
 
@@ -316,6 +318,8 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 async fn global(args: GlobalArgs) -> anyhow::Result<()> {
     let mut config = meridian_global::GlobalConfig::new(args.store, args.listen);
+    config.security = args.tls.security("meridian global")?;
+    let http_scheme = config.security.scheme();
     config.http = args.http;
     config.name = args.name;
     config.event_retention = args.event_retention;
@@ -334,7 +338,7 @@ async fn global(args: GlobalArgs) -> anyhow::Result<()> {
     config.audit_retention = args.access.audit_retention;
     let on_ready = |grpc: std::net::SocketAddr, http: Option<std::net::SocketAddr>| {
         let http = http
-            .map(|a| format!(" http=http://{a}"))
+            .map(|a| format!(" http={http_scheme}://{a}"))
             .unwrap_or_default();
         println!("meridian global: serving grpc=http://{grpc}{http}");
     };

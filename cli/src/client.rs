@@ -16,6 +16,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use meridian_control::rpc::{self, Replicas, RetryConfig, RpcVerdict};
+use meridian_control::tls::Security;
 use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::federation_client::FederationClient;
 use tonic::Status;
@@ -33,13 +34,12 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
 pub struct ConnectArgs {
     /// Global tier gRPC endpoint(s), comma-separated; the leader is followed
     /// from there.
-    #[arg(
-        long,
-        env = "MERIDIAN_ENDPOINT",
-        default_value = DEFAULT_ENDPOINT,
-        global = true
-    )]
-    pub endpoint: String,
+    ///
+    /// Default: the client config's endpoint, else
+    /// `http://127.0.0.1:7400` (gRPC endpoints are spelled `http://`; the
+    /// TLS material, not the scheme, decides how they are dialled).
+    #[arg(long, env = "MERIDIAN_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
     /// Give up on a call that no replica could serve after this many seconds.
     #[arg(long, default_value_t = 15, global = true)]
     pub timeout_secs: u64,
@@ -52,6 +52,9 @@ pub struct ConnectArgs {
     /// the admin token `meridian dev` wrote in its data directory, if any.
     #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// TLS material (docs/security.md).
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
 }
 
 const fn default_attempt_ms() -> u64 {
@@ -60,10 +63,11 @@ const fn default_attempt_ms() -> u64 {
 
 impl ConnectArgs {
     /// `endpoint` (comma-separated) with a call deadline of `timeout` and the
-    /// default attempt deadline.
+    /// default attempt deadline, in plain text (set `tls` for TLS).
     pub fn new(endpoint: impl Into<String>, timeout: Duration) -> ConnectArgs {
         ConnectArgs {
-            endpoint: endpoint.into(),
+            endpoint: Some(endpoint.into()),
+            tls: crate::tls::ClientTlsArgs::plain(),
             timeout_secs: timeout.as_secs().max(1),
             attempt_timeout_ms: default_attempt_ms(),
             token: None,
@@ -75,6 +79,7 @@ impl ConnectArgs {
 pub struct Client {
     channels: BTreeMap<String, Api>,
     bearer: Bearer,
+    security: Security,
     replicas: Replicas,
     clock: SharedClock,
     deadline: Duration,
@@ -84,15 +89,16 @@ pub struct Client {
 /// The Federation client of one replica, presenting the command's token.
 pub type Api = FederationClient<InterceptedService<Channel, Bearer>>;
 
-fn channel(url: &str, bearer: &Bearer) -> Result<Api> {
+fn channel(url: &str, bearer: &Bearer, security: &Security) -> Result<Api> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| CliError::usage(format!("--endpoint {url}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
-    Ok(
-        FederationClient::with_interceptor(endpoint.connect_lazy(), bearer.clone())
-            .max_decoding_message_size(64 << 20),
+    Ok(FederationClient::with_interceptor(
+        meridian_control::tls::stream::channel(endpoint, security),
+        bearer.clone(),
     )
+    .max_decoding_message_size(64 << 20))
 }
 
 impl Client {
@@ -104,14 +110,21 @@ impl Client {
 
     /// Like [`Client::new`], with the seed of its backoff given.
     pub fn seeded(args: &ConnectArgs, seed: u64) -> Result<Client> {
-        let given = rpc::parse_endpoints(&args.endpoint);
+        let resolved = args.tls.resolve()?;
+        let endpoint = args
+            .endpoint
+            .clone()
+            .or(resolved.endpoint)
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let security = resolved.security;
+        let given = rpc::parse_endpoints(&endpoint);
         if given.is_empty() {
             return Err(CliError::usage("--endpoint: no endpoint given"));
         }
         let bearer = Bearer::new(crate::auth::resolve(args.token.as_deref())?.as_deref())?;
         let mut channels = BTreeMap::new();
         for url in &given {
-            channels.insert(url.clone(), channel(url, &bearer)?);
+            channels.insert(url.clone(), channel(url, &bearer, &security)?);
         }
         let config = RetryConfig {
             attempt_deadline: Duration::from_millis(args.attempt_timeout_ms.max(1)),
@@ -122,6 +135,7 @@ impl Client {
         Ok(Client {
             channels,
             bearer,
+            security,
             replicas,
             clock: SystemClock::shared(),
             deadline: Duration::from_secs(args.timeout_secs.max(1)),
@@ -144,7 +158,7 @@ impl Client {
         if let Some(c) = self.channels.get(&url) {
             return Ok(c.clone());
         }
-        let c = channel(&url, &self.bearer).map_err(|e| {
+        let c = channel(&url, &self.bearer, &self.security).map_err(|e| {
             CliError::other(format!("a replica named an unusable leader {url:?}: {e}"))
         })?;
         self.channels.insert(url, c.clone());

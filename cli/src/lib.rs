@@ -30,10 +30,10 @@ pub mod schedule;
 pub mod spec;
 pub mod tasks;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod usage;
 pub mod wait;
-pub mod tls;
 pub mod watch;
 
 pub use admin::{NodeArgs, RegionArgs};

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use meridian_control::tls::Security;
+
 use crate::limits::TenantLimits;
 use crate::router::{RegionSpread, TenantQuota};
 use crate::schedules::ticker::StageHook;
@@ -62,6 +64,11 @@ pub struct GlobalConfig {
     /// Awaited at each stage of a schedule's tick: a fault-injection test's
     /// way to stop a replica at an exact point. None in production.
     pub schedule_hook: Option<StageHook>,
+    /// TLS on the gRPC and HTTP servers and on calls to regions
+    /// ([`Security::Insecure`] in [`GlobalConfig::new`]: in-process tests
+    /// and the simulation; the `meridian global` binary needs TLS files or
+    /// `--insecure`).
+    pub security: Security,
     /// Whether calls need a bearer token (`auth`). Off in [`GlobalConfig::new`]
     /// (in-process tests and the simulation); the `meridian global` binary
     /// turns it on unless started with `--no-auth`.
@@ -98,6 +105,7 @@ impl GlobalConfig {
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(10),
             schedule_hook: None,
+            security: Security::Insecure,
             auth_enabled: false,
             bootstrap_token: None,
             tenant_limits: TenantLimits::default(),

@@ -65,6 +65,9 @@ pub struct FederationService {
     pub auth: Auth,
     /// Per-tenant submit limits.
     pub limits: Limits,
+    /// How this replica dials regions' RegionAdmin (its own certificate,
+    /// which names it `meridian://global`).
+    pub security: meridian_control::tls::Security,
 }
 
 /// The `traceparent` metadata of an incoming call, when readable.
@@ -466,9 +469,17 @@ impl FederationService {
                 "region {region} has no admin endpoint"
             )));
         }
-        RegionAdminClient::connect(info.admin_endpoint.clone())
+        let endpoint = tonic::transport::Endpoint::from_shared(info.admin_endpoint.clone())
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "region {region} has an unusable admin endpoint {:?}: {e}",
+                    info.admin_endpoint
+                ))
+            })?;
+        let channel = meridian_control::tls::stream::connect(endpoint, &self.security)
             .await
-            .map_err(|e| Status::unavailable(format!("region {region} unreachable: {e}")))
+            .map_err(|e| Status::unavailable(format!("region {region} unreachable: {e}")))?;
+        Ok(RegionAdminClient::new(channel))
     }
 }
 

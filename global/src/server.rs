@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use meridian_control::lease::LeaseRuntime;
 use meridian_control::net::Listener;
+use meridian_control::tls::identity::{RoleKind, only};
+use meridian_control::tls::stream::{HttpListener, secure_listener};
 use meridian_control::{SharedClock, SystemClock};
 use meridian_proto::v1::federation_server::FederationServer;
 use meridian_proto::v1::region_link_server::RegionLinkServer;
 use meridian_store::Database;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
@@ -147,7 +148,9 @@ async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> R
         clock.clone(),
         Advertised {
             grpc: format!("http://{grpc_addr}"),
-            http: http_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
+            http: http_addr
+                .map(|a| format!("{}://{a}", config.security.scheme()))
+                .unwrap_or_default(),
         },
         stop,
     );
@@ -235,27 +238,22 @@ async fn bootstrap(config: &GlobalConfig, federation: &FederationService) -> Res
 /// address it got).
 async fn bind(
     config: &GlobalConfig,
-) -> Result<(Listener, Option<TcpListener>, Option<SocketAddr>)> {
+) -> Result<(Listener, Option<HttpListener>, Option<SocketAddr>)> {
     // Through the network seam, so the simulation can run this replica on
     // its simulated network; production gets plain TCP.
     let grpc_listener = meridian_control::net::listen(config.listen)
         .await
         .map_err(|e| io_error("binding the gRPC address", e))?;
+    let grpc_listener = secure_listener(grpc_listener, &config.security);
     let http_listener = match config.http {
         Some(addr) => Some(
-            TcpListener::bind(addr)
+            HttpListener::bind(addr, &config.security)
                 .await
                 .map_err(|e| io_error("binding the HTTP address", e))?,
         ),
         None => None,
     };
-    let http_addr = match &http_listener {
-        Some(l) => Some(
-            l.local_addr()
-                .map_err(|e| io_error("reading the HTTP address", e))?,
-        ),
-        None => None,
-    };
+    let http_addr = http_listener.as_ref().map(HttpListener::local_addr);
     Ok((grpc_listener, http_listener, http_addr))
 }
 
@@ -297,6 +295,7 @@ fn services(
             keys.clone(),
             clock.clone(),
         ),
+        security: config.security.clone(),
     };
     let link = LinkService {
         db: db.clone(),
@@ -363,8 +362,20 @@ async fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(FederationServer::new(federation))
-        .add_service(RegionLinkServer::new(link));
+        // Under TLS, a caller's certificate names its role
+        // (docs/security.md): node agents have no business with the
+        // federation API, and only regions may speak RegionLink.
+        .add_service(FederationServer::with_interceptor(
+            federation,
+            only(
+                &[RoleKind::Client, RoleKind::Region, RoleKind::Global],
+                "the Federation API",
+            ),
+        ))
+        .add_service(RegionLinkServer::with_interceptor(
+            link,
+            only(&[RoleKind::Region], "RegionLink"),
+        ));
     Ok(tokio::spawn(async move {
         let serve = grpc.serve_with_incoming_shutdown(listener.incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -379,7 +390,7 @@ async fn serve_grpc(
 fn serve_http(
     federation: FederationService,
     metrics: Option<PrometheusHandle>,
-    listener: TcpListener,
+    listener: HttpListener,
     timeouts: http::HttpTimeouts,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {

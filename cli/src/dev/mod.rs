@@ -11,6 +11,7 @@
 
 pub mod child;
 pub mod line;
+pub mod pki;
 pub mod plan;
 pub mod token;
 
@@ -61,6 +62,10 @@ pub struct DevArgs {
     /// Seconds a child gets to stop after SIGTERM before it is killed.
     #[arg(long, default_value_t = 10)]
     pub grace_secs: u64,
+    /// Run every link in plain text, with no certificates: anyone who
+    /// reaches a port can act as any tier. Prints a warning.
+    #[arg(long, env = "MERIDIAN_INSECURE")]
+    pub insecure: bool,
     /// Span export, handed on to every child.
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
@@ -126,12 +131,13 @@ async fn start_tier(
     tier: &[Process],
     grace: Duration,
     simulated_nodes: u32,
+    http_scheme: &str,
 ) -> (Tier, Result<()>) {
     let (stop, stop_rx) = watch::channel(false);
     let specs = tier.iter().map(|p| &p.spec);
     let (tasks, outcome) = child::start_in_order(exe, specs, grace, &stop_rx, |spec| {
         if let Some(p) = tier.iter().find(|p| p.spec.name == spec.name) {
-            println!("meridian dev: {}", p.summary(simulated_nodes));
+            println!("meridian dev: {}", p.summary(simulated_nodes, http_scheme));
         }
     })
     .await;
@@ -163,6 +169,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let data = std::fs::canonicalize(&args.data_dir)
         .map_err(|e| CliError::other(format!("{}: {e}", args.data_dir.display())))?;
     let mut plan = dev_plan(&args, &data)?;
+    let tls = pki::apply(&data, &mut plan, args.insecure)?;
+    // After the PKI: an insecure plan's global replicas run without auth.
     let token = token::apply(&data, &mut plan)?;
     if let Some(endpoint) = &args.telemetry.otlp_endpoint {
         for p in plan.processes_mut() {
@@ -174,6 +182,28 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let signal = stop_signal();
     tokio::pin!(signal);
     println!("meridian dev: data in {}", data.display());
+    match &tls.ca {
+        Some(ca) => {
+            println!(
+                "meridian dev: mutual TLS on every link; CA and certificates in {}",
+                pki::pki_dir(&data).display()
+            );
+            println!(
+                "meridian dev: the CLI reads {} from this directory (elsewhere: MERIDIAN_CONFIG={0} or MERIDIAN_DATA_DIR={})",
+                tls.client_config.display(),
+                data.display()
+            );
+            println!(
+                "meridian dev: consoles are https: trust {} in your browser (or accept its warning once)",
+                ca.display()
+            );
+        }
+        None => {
+            eprintln!(
+                "meridian dev: WARNING: --insecure: every link is plain text and unauthenticated; anyone who reaches a port can act as any tier"
+            );
+        }
+    }
     println!(
         "meridian dev: admin token in {} (the CLI reads it from there; elsewhere set MERIDIAN_TOKEN)",
         token.display()
@@ -183,7 +213,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let mut failure = None;
     let mut interrupted = false;
     for tier in plan.tiers() {
-        let start = start_tier(&exe, tier, grace, args.simulated_nodes);
+        let scheme = if args.insecure { "http" } else { "https" };
+        let start = start_tier(&exe, tier, grace, args.simulated_nodes, scheme);
         tokio::select! {
             (tier, outcome) = start => {
                 running.push(tier);
