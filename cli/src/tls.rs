@@ -38,7 +38,7 @@ pub struct ServerTlsArgs {
     pub tls_key: Option<PathBuf>,
     /// Serve and dial in plain text, with no identities: anyone who reaches
     /// a port can act as any tier. For tests on one machine only.
-    #[arg(long, env = "MERIDIAN_INSECURE")]
+    #[arg(long, env = "MERIDIAN_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
 }
 
@@ -204,7 +204,7 @@ pub struct ClientTlsArgs {
     #[arg(long, env = "MERIDIAN_CONFIG", value_name = "TOML", global = true)]
     pub config: Option<PathBuf>,
     /// Dial in plain text (a federation started with --insecure).
-    #[arg(long, env = "MERIDIAN_INSECURE", global = true)]
+    #[arg(long, env = "MERIDIAN_INSECURE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
 }
 

@@ -158,6 +158,8 @@ async fn submit_wait_with_a_timeout_gives_up_with_exit_code_7_and_says_where_the
         "job",
         "--endpoint",
         &url,
+        // The fake replica serves plain text.
+        "--insecure",
         "submit",
         "--wait",
         "--timeout",

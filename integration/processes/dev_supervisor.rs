@@ -55,6 +55,7 @@ impl Dev {
                 "10",
             ])
             .env_remove("RUST_LOG")
+            .env_remove("MERIDIAN_INSECURE")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -141,10 +142,16 @@ fn alive_on(pid: i32, data: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn meridian(endpoint: &str, args: &[&str]) -> Output {
+/// Runs the CLI against `endpoint` with what `meridian dev` wrote in its
+/// data directory `data` (the client config: its CA and the CLI's
+/// certificate).
+fn meridian(endpoint: &str, data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(args)
         .env("MERIDIAN_ENDPOINT", endpoint)
+        .env("MERIDIAN_DATA_DIR", data)
+        .env_remove("MERIDIAN_CONFIG")
+        .env_remove("MERIDIAN_INSECURE")
         .env("RUST_LOG", "warn")
         .output()
         .expect("run meridian")
@@ -179,7 +186,11 @@ fn dev_prints_endpoints_restarts_a_killed_child_and_stops_every_child_on_sigint(
     // The federation overview and every region replica's console.
     assert_eq!(text.matches("/console").count(), 4, "{text}");
     let endpoint = endpoint_of(lines.last().expect("ready line"));
-    let regions = meridian(&endpoint, &["region", "list"]);
+    // Mutual TLS by default: the consoles are https, the CLI is told
+    // where its material is.
+    assert_eq!(text.matches("console=https://").count(), 4, "{text}");
+    assert!(text.contains("client.toml"), "{text}");
+    let regions = meridian(&endpoint, &data, &["region", "list"]);
     assert!(regions.status.success(), "{regions:?}");
 
     // 2 global + 2 region replicas + simulated agent + real agent.
@@ -215,7 +226,7 @@ fn dev_restarted_on_the_same_data_dir_keeps_the_jobs() {
     let base = base_port(1);
     let dev = Dev::start(&data, base);
     let endpoint = endpoint_of(dev.until_out("meridian dev: ready").last().expect("ready"));
-    let submitted = meridian(&endpoint, &["job", "submit", "--simulate", "1"]);
+    let submitted = meridian(&endpoint, &data, &["job", "submit", "--simulate", "1"]);
     assert!(submitted.status.success(), "{submitted:?}");
     let id = String::from_utf8_lossy(&submitted.stdout)
         .trim()
@@ -225,7 +236,7 @@ fn dev_restarted_on_the_same_data_dir_keeps_the_jobs() {
     let dev = Dev::start(&data, base);
     let again = endpoint_of(dev.until_out("meridian dev: ready").last().expect("ready"));
     assert_eq!(again, endpoint, "ports are deterministic");
-    let got = meridian(&endpoint, &["job", "get", &id, "-o", "json"]);
+    let got = meridian(&endpoint, &data, &["job", "get", &id, "-o", "json"]);
     assert!(got.status.success(), "{got:?}");
     let job: serde_json::Value = serde_json::from_slice(&got.stdout).expect("json");
     assert_eq!(job["job_id"], id.as_str());

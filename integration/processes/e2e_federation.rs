@@ -1,7 +1,8 @@
 //! The whole federation end to end, as `meridian dev` runs it: real global
 //! replicas, region replicas and agents (simulated and real-process) as
 //! separate OS processes on loopback ports, driven through the `meridian`
-//! CLI and the Federation gRPC API.
+//! CLI and the Federation gRPC API, every link over mutual TLS with the
+//! certificates dev made, the CLI finding them as a user's would.
 //!
 //! Nothing here sleeps to wait for a condition: readiness is the line
 //! `meridian dev` prints, and `job submit --wait` follows the job itself.
@@ -46,6 +47,8 @@ fn start_dev(data: &Path, base_port: u16, regions: u16, simulated_nodes: u32) ->
         .args(["--regions", &regions.to_string()])
         .args(["--simulated-nodes", &simulated_nodes.to_string()])
         .args(["--shards", "2", "--grace-secs", "5"])
+        // The production path: mutual TLS with dev's own PKI.
+        .env_remove("MERIDIAN_INSECURE")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -76,12 +79,19 @@ fn start_dev(data: &Path, base_port: u16, regions: u16, simulated_nodes: u32) ->
     }
 }
 
-/// Runs the CLI; a run that outlives the guard is killed and fails the test
-/// rather than hanging it.
-fn meridian(endpoints: &str, args: &[&str]) -> Output {
+/// Runs the CLI in `workdir`, as a user in a second shell in the directory
+/// `meridian dev` was started in: no endpoint, TLS material or token given,
+/// all found through the client config dev wrote under `data/dev`. A run
+/// that outlives the guard is killed and fails the test rather than
+/// hanging it.
+fn meridian(workdir: &Path, args: &[&str]) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(args)
-        .env("MERIDIAN_ENDPOINT", endpoints)
+        .current_dir(workdir)
+        .env_remove("MERIDIAN_ENDPOINT")
+        .env_remove("MERIDIAN_DATA_DIR")
+        .env_remove("MERIDIAN_CONFIG")
+        .env_remove("MERIDIAN_INSECURE")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -104,10 +114,11 @@ fn meridian(endpoints: &str, args: &[&str]) -> Output {
 fn job_submit_wait_prints_what_a_real_task_wrote_and_nothing_for_a_silent_one() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_dev, endpoints) = start_dev(&dir.path().join("dev"), 12400, 2, 50);
+    // Under data/dev, the default the CLI looks in.
+    let (_dev, _endpoints) = start_dev(&dir.path().join("data/dev"), 12400, 2, 50);
     let started = Instant::now();
     let out = meridian(
-        &endpoints,
+        dir.path(),
         &[
             "job",
             "submit",
@@ -133,7 +144,7 @@ fn job_submit_wait_prints_what_a_real_task_wrote_and_nothing_for_a_silent_one() 
     // A task that writes nothing has no stored output: nothing to print, and
     // nothing to warn about.
     let out = meridian(
-        &endpoints,
+        dir.path(),
         &[
             "job",
             "submit",

@@ -64,7 +64,7 @@ pub struct DevArgs {
     pub grace_secs: u64,
     /// Run every link in plain text, with no certificates: anyone who
     /// reaches a port can act as any tier. Prints a warning.
-    #[arg(long, env = "MERIDIAN_INSECURE")]
+    #[arg(long, env = "MERIDIAN_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
     /// Span export, handed on to every child.
     #[command(flatten)]
