@@ -8,11 +8,13 @@
 
 use std::time::Duration;
 
+use meridian_cli::auth::Bearer;
 use meridian_cli::tls::ClientTlsArgs;
 use meridian_control::tls::Security;
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
 use parking_lot::Mutex;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{LoadError, Result};
@@ -30,6 +32,52 @@ pub fn use_tls(tls: ClientTlsArgs) {
 fn tls_args() -> ClientTlsArgs {
     TLS.lock().clone().unwrap_or_else(ClientTlsArgs::plain)
 }
+
+/// The bearer token of this run's clients: the started federation's admin
+/// token, else `MERIDIAN_TOKEN`, else `meridian dev`'s (`meridian_cli::auth`).
+static TOKEN: Mutex<Option<String>> = Mutex::new(None);
+
+/// Makes every client of this run present `token`.
+pub fn use_token(token: String) {
+    *TOKEN.lock() = Some(token);
+}
+
+/// The token this run's clients present, for a child command too.
+pub fn token() -> Result<Option<String>> {
+    if let Some(t) = TOKEN.lock().clone() {
+        return Ok(Some(t));
+    }
+    meridian_cli::auth::resolve(std::env::var("MERIDIAN_TOKEN").ok().as_deref())
+        .map_err(|e| LoadError::Usage(e.to_string()))
+}
+
+/// The environment a `meridian` child command of this run needs to reach
+/// the federation as this run's clients do: its token and TLS material.
+pub fn child_env() -> Result<Vec<(&'static str, std::ffi::OsString)>> {
+    let mut env = Vec::new();
+    if let Some(token) = token()? {
+        env.push(("MERIDIAN_TOKEN", token.into()));
+    }
+    let tls = tls_args();
+    let files = [
+        ("MERIDIAN_CA_CERT", tls.ca_cert),
+        ("MERIDIAN_CLIENT_CERT", tls.client_cert),
+        ("MERIDIAN_CLIENT_KEY", tls.client_key),
+        ("MERIDIAN_CONFIG", tls.config),
+    ];
+    for (name, path) in files {
+        if let Some(path) = path {
+            env.push((name, path.into_os_string()));
+        }
+    }
+    if tls.insecure {
+        env.push(("MERIDIAN_INSECURE", "1".into()));
+    }
+    Ok(env)
+}
+
+/// A raw Federation client presenting this run's token.
+pub type Api = FederationClient<InterceptedService<Channel, Bearer>>;
 
 /// What this run's raw channels dial with.
 pub fn security() -> Result<Security> {
@@ -49,14 +97,18 @@ pub fn channel(endpoint: Endpoint) -> Result<Channel> {
 
 /// A raw client of one global endpoint (no leader following, no retry:
 /// the throughput scenarios count every failure as it comes).
-pub fn federation(url: &str, timeout: Duration) -> Result<FederationClient<Channel>> {
+pub fn federation(url: &str, timeout: Duration) -> Result<Api> {
     let url = meridian_control::rpc::normalize(url);
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| LoadError::Usage(format!("endpoint {url}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
         .tcp_nodelay(true);
-    Ok(FederationClient::new(channel(endpoint)?).max_decoding_message_size(64 << 20))
+    let bearer = Bearer::new(token()?.as_deref()).map_err(|e| LoadError::Usage(e.to_string()))?;
+    Ok(
+        FederationClient::with_interceptor(channel(endpoint)?, bearer)
+            .max_decoding_message_size(64 << 20),
+    )
 }
 
 /// A client that follows the global leader across `endpoints`
@@ -64,6 +116,7 @@ pub fn federation(url: &str, timeout: Duration) -> Result<FederationClient<Chann
 pub fn following(endpoints: &str, timeout: Duration) -> Result<meridian_cli::client::Client> {
     let args = meridian_cli::ConnectArgs {
         tls: tls_args(),
+        token: token()?,
         ..meridian_cli::ConnectArgs::new(endpoints, timeout)
     };
     meridian_cli::client::Client::new(&args).map_err(|e| LoadError::Federation(e.to_string()))

@@ -150,6 +150,12 @@ impl LocalFederation {
         // direct RegionAdmin reads, the global tier.
         meridian_cli::dev::pki::apply(&data, &mut plan, false)
             .map_err(|e| LoadError::Federation(e.to_string()))?;
+        // And the admin token, as `meridian dev` hands it to its global
+        // replicas; every client of the run presents it.
+        let token = meridian_cli::dev::token::apply(&data, &mut plan)
+            .and_then(|path| meridian_cli::auth::read_token_file(&path))
+            .map_err(|e| LoadError::Federation(format!("the admin token: {e}")))?;
+        crate::client::use_token(token);
         let pki = meridian_cli::dev::pki::pki_dir(&data);
         let load = meridian_control::tls::pki::Authority::open_or_create(&pki)
             .and_then(|ca| {

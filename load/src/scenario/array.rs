@@ -265,10 +265,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     Ok(report)
 }
 
-async fn get(
-    api: &mut v1::federation_client::FederationClient<tonic::transport::Channel>,
-    job_id: &str,
-) -> Result<v1::Job> {
+async fn get(api: &mut client::Api, job_id: &str) -> Result<v1::Job> {
     api.get_job(v1::GetJobRequest {
         job_id: job_id.to_string(),
     })
@@ -349,6 +346,7 @@ async fn time_commands(endpoint: &str, job_id: &str) -> Result<Latency> {
     for _ in 0..COMMANDS_AFTER {
         let sent = Instant::now();
         let status = tokio::process::Command::new(&exe)
+            .envs(client::child_env()?)
             .args(["job", "get", "--endpoint", endpoint, job_id])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

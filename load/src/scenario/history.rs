@@ -21,8 +21,6 @@ use meridian_global::keys::Keys;
 use meridian_global::server::{Running, start_with};
 use meridian_global::{GlobalConfig, GlobalError, job_index};
 use meridian_proto::v1;
-use meridian_proto::v1::federation_client::FederationClient;
-use tonic::transport::Channel;
 
 use crate::Ctx;
 use crate::client;
@@ -248,7 +246,7 @@ async fn replica(url: &str) -> Result<Running> {
     Ok(running)
 }
 
-async fn api(running: &Running) -> Result<FederationClient<Channel>> {
+async fn api(running: &Running) -> Result<client::Api> {
     client::federation(
         &format!("http://{}", running.grpc_addr),
         Duration::from_secs(30),
@@ -312,7 +310,7 @@ async fn measure(
 
 /// Times [`LISTS`] first pages of `tenant`'s jobs in `state`.
 async fn time_lists(
-    api: &mut FederationClient<Channel>,
+    api: &mut client::Api,
     tenant: &str,
     state: v1::JobState,
     into: &mut Latency,

@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use meridian_control::rpc::Refusal;
 use meridian_proto::v1;
-use meridian_proto::v1::federation_client::FederationClient;
 use rand::SeedableRng as _;
 use rand::seq::IndexedRandom as _;
-use tonic::transport::Channel;
 
 use crate::Ctx;
 use crate::client;
@@ -108,7 +106,7 @@ async fn phase(url: &str, seed: u64, kind: Kind, workers: usize, d: Duration) ->
 /// One closed-loop submitter of a phase: calls until `end`, each call
 /// after the answer to the one before.
 async fn worker(
-    mut c: FederationClient<Channel>,
+    mut c: client::Api,
     kind: Kind,
     seed: u64,
     w: usize,
