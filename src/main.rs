@@ -255,7 +255,11 @@ struct GlobalArgs {
 struct AccessArgs {
     /// Serve without authentication: every caller acts as an admin. For
     /// tests and trusted networks only; a warning is logged.
-    #[arg(long)]
+    #[arg(
+        long,
+        env = "MERIDIAN_NO_AUTH",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     no_auth: bool,
     /// A file holding a token (`mrd_...`, first line) stored as an admin
     /// token at start unless its id is stored already: how a new deployment

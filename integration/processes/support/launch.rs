@@ -67,7 +67,10 @@ impl Launch {
     /// `MERIDIAN_INSECURE=1` (the roles these tests start one by one talk
     /// plain text to each other and to the tests' own clients; the
     /// production path, mutual TLS, is what `meridian dev` runs and what
-    /// `e2e_federation`, `dev_supervisor` and `tls_links` test),
+    /// `e2e_federation`, `dev_supervisor` and `tls_links` test) and
+    /// `MERIDIAN_NO_AUTH=1` (a global replica they start serves their
+    /// clients without tokens; tokens and roles are tested against real
+    /// servers in `global/tests/access.rs`),
     /// stderr inherited, same process group, SIGKILLed when dropped.
     pub fn program(program: &str, args: Vec<String>) -> Launch {
         Launch {
@@ -76,6 +79,7 @@ impl Launch {
             env: vec![
                 ("RUST_LOG".into(), "warn".into()),
                 ("MERIDIAN_INSECURE".into(), "1".into()),
+                ("MERIDIAN_NO_AUTH".into(), "1".into()),
             ],
             env_remove: Vec::new(),
             stderr: Stderr::Inherit,
