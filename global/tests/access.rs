@@ -636,3 +636,40 @@ async fn a_revoked_token_is_refused_on_its_next_call() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_only_its_tenants_jobs() {
+    let s = Secured::start(|_| {}).await;
+    let (viewer_a, _) = s.token("viewer-a", Role::Viewer, &["a"]).await;
+    let mut a = s.api(Some(&viewer_a)).await;
+    let mut events = a
+        .watch_jobs(WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut admin = s.api(Some(&s.admin)).await;
+    let job_b = admin
+        .submit_job(common::submit("wb", spec("b")))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let job_a = admin
+        .submit_job(common::submit("wa", spec("a")))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    // b's job was created first: the first job event seen must be a's.
+    let first = common::guarded("a's job event", async {
+        loop {
+            let event = events.message().await.unwrap().expect("an event");
+            if let Some(job) = event.job {
+                return job.job_id;
+            }
+        }
+    })
+    .await;
+    assert_eq!(first, job_a);
+    assert_ne!(first, job_b);
+}
