@@ -193,11 +193,14 @@ impl Client {
             let Some(step) = self.replicas.after(&RpcVerdict::of(&status)) else {
                 return Err(status.into());
             };
+            // A tenant over its limit is told when a retry may pass: no
+            // sooner than that, and not at all past the call's deadline.
+            let wait = step.wait.max(retry_hint(&status));
             last = Some(status);
-            if self.clock.now() - started + step.wait >= self.deadline {
+            if self.clock.now() - started + wait >= self.deadline {
                 break;
             }
-            self.clock.sleep(step.wait).await;
+            self.clock.sleep(wait).await;
         }
         let detail = last.map(|s| s.message().to_string()).unwrap_or_default();
         Err(CliError::Unavailable(format!(
@@ -227,6 +230,18 @@ impl Client {
     pub fn move_from_silent(&mut self) {
         self.replicas.move_for(&RpcVerdict::RetryNow);
     }
+}
+
+/// The `retry-after-ms` hint of an answer (a tenant over its submit rate
+/// or queued cap); zero without one.
+fn retry_hint(status: &Status) -> Duration {
+    status
+        .metadata()
+        .get(meridian_proto::RETRY_AFTER_MS_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -260,6 +275,31 @@ mod tests {
             "http://127.0.0.1:1",
             "stays with the replica that shed the call"
         );
+    }
+
+    #[tokio::test]
+    async fn a_retry_hint_past_the_deadline_ends_the_call_without_asking_again() {
+        let args = ConnectArgs::new("http://127.0.0.1:1", Duration::from_secs(1));
+        let mut client = Client::new(&args).expect("client");
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let answer: Result<u32> = client
+            .call(|_| {
+                tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    let mut status = Status::resource_exhausted("tenant limit: over its rate");
+                    status.metadata_mut().insert(
+                        meridian_proto::RETRY_AFTER_MS_METADATA_KEY,
+                        "60000".parse().expect("metadata"),
+                    );
+                    Err(status)
+                }
+            })
+            .await;
+        assert!(
+            matches!(answer, Err(CliError::Unavailable(_))),
+            "{answer:?}"
+        );
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
