@@ -673,3 +673,49 @@ async fn a_watch_sees_only_its_tenants_jobs() {
     assert_eq!(first, job_a);
     assert_ne!(first, job_b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_the_leader_holds_on_the_next_call_to_a_standby() {
+    let s = Secured::start(|_| {}).await;
+    let url = format!(
+        "sqlite:{}",
+        s.harness.dir.path().join("global.db").display()
+    );
+    let mut config =
+        meridian_global::GlobalConfig::new(url.clone(), "127.0.0.1:0".parse().unwrap());
+    config.name = "standby".into();
+    config.auth_enabled = true;
+    let db = meridian_store::open(&url).await.unwrap();
+    let standby =
+        meridian_global::server::start_with(config, db, meridian_control::SystemClock::shared())
+            .await
+            .unwrap();
+    assert!(!standby.leadership.is_leader());
+    let (token, info) = s.token("short-lived", Role::Viewer, &["a"]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", standby.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut on_standby = meridian_proto::v1::federation_client::FederationClient::with_interceptor(
+        channel,
+        meridian_cli::auth::Bearer::new(Some(&token)).unwrap(),
+    );
+    on_standby
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .expect("the standby serves a read to a valid token");
+    s.api(Some(&s.admin))
+        .await
+        .revoke_token(RevokeTokenRequest {
+            token_id: info.token_id,
+        })
+        .await
+        .unwrap();
+    let refused = on_standby
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    standby.shutdown().await;
+}
