@@ -318,6 +318,9 @@ impl Browser {
             "--disable-sync".into(),
             "--disable-dev-shm-usage".into(),
             "--window-size=1440,900".into(),
+            // A console served over TLS with a test's own CA (as
+            // `meridian dev` serves them) opens without a warning page.
+            "--ignore-certificate-errors".into(),
             format!("--user-data-dir={}", profile.path().display()),
         ];
         let mut caps = serde_json::Map::new();
