@@ -519,3 +519,55 @@ async fn both_consoles_render_under_load_and_are_captured_as_screenshots() {
         .await
         .expect("the consoles rendered under load in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regional_console_served_over_tls_opens_in_the_browser() {
+    // The replica runs as `meridian dev` runs it: its certificate from the
+    // same PKI code, its console on https.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = dir.path().join("pki");
+    let ca = meridian_control::tls::pki::Authority::open_or_create(&pki).expect("CA");
+    let files = ca
+        .issue(
+            &pki,
+            "r1",
+            &[meridian_control::tls::Role::Region("r1".into())],
+        )
+        .expect("certificate");
+    let store = format!("sqlite:{}", dir.path().join("r1.db").display());
+    let line = meridian_cli::dev::line::RegionalLine::new(
+        "r1",
+        &store,
+        meridian_cli::dev::line::LOOPBACK_ANY_PORT,
+        1,
+    )
+    .metrics_listen(meridian_cli::dev::line::LOOPBACK_ANY_PORT)
+    .replica("ra")
+    .with(meridian_cli::tls::ServerTlsArgs::args_for(&files));
+    let region = support::Regional::start_with(&line, |l| {
+        l.env("MERIDIAN_INSECURE", "false")
+            .stderr(support::launch::Stderr::Null)
+    });
+    let http = region.metrics.clone().expect("the console address");
+    let run = async {
+        let browser = Browser::start().await;
+        browser.goto(&format!("https://{http}/console")).await;
+        let title = browser
+            .wait_for(
+                "the console page over https",
+                "return location.protocol === 'https:' && document.title ? document.title : null;",
+            )
+            .await;
+        assert_eq!(title, json!("r1 · Meridian region"));
+        // The page's live stream runs over the same TLS listener.
+        browser
+            .wait_for(
+                "the live stream",
+                "return document.getElementById('live').classList.contains('on') || null;",
+            )
+            .await;
+    };
+    tokio::time::timeout(GUARD, run)
+        .await
+        .expect("the TLS console test finished in time");
+}
