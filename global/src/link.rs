@@ -267,8 +267,9 @@ impl LinkService {
             .await
     }
 
-    /// Streams the region's events after `last`, with a bookmark after each
-    /// quiet period, until the region's lease epoch changes, this replica
+    /// Streams the region's events after `last`, with a bookmark as soon as
+    /// it first caught up (the region places only after that one) and after
+    /// each quiet period, until the region's lease epoch changes, this replica
     /// stops leading or shuts down, a read fails, or the receiver goes away.
     async fn follow_events(
         &self,
@@ -283,6 +284,7 @@ impl LinkService {
         // renewal, a new epoch), not before every batch: the watch set by
         // the last read says when.
         let mut lease_watch: Option<meridian_store::WatchFuture> = None;
+        let mut caught_up = false;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -343,6 +345,22 @@ impl LinkService {
                 }
             }
             let Some(wake) = wake else { continue };
+            if !caught_up {
+                // The stream has delivered everything written before it
+                // caught up: a bookmark says so at once, and the region
+                // starts placing only after it (a revocation written while
+                // its lease had run out is applied first).
+                caught_up = true;
+                let bookmark = AssignmentEvent {
+                    cursor: last.clone(),
+                    kind: AssignmentEventKind::Bookmark as i32,
+                    at_unix_ms: self.clock.now_unix_ms(),
+                    ..AssignmentEvent::default()
+                };
+                if out.send(Ok(bookmark)).await.is_err() {
+                    return;
+                }
+            }
             tokio::select! {
                 _ = wake => {}
                 _ = lease_changed => lease_watch = None,

@@ -407,3 +407,45 @@ async fn a_node_beats_early_when_its_lease_view_would_stop_a_failover_task_befor
     assert_still_running(&probe);
     host.shutdown().await;
 }
+
+/// A RUN of a `failover` task that arrives when the node's view of the
+/// region lease has run out (or would within the task's stop grace) is not
+/// started: once the lease ran out the global tier may have handed the job
+/// to another region. The node reports it KILLED, as a stop of its own. A
+/// `keep_running` task is started as always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_task_whose_run_arrives_after_the_region_lease_ran_out_is_not_started() {
+    let clock = ManualClock::new();
+    let OneNode {
+        mut fake,
+        host,
+        probe,
+        epoch,
+        work: _work,
+    } = one_node(&clock, 5_000, 60_000, Some(Duration::from_secs(3_600))).await;
+    // Registered with 5 s of lease left; no heartbeat renews it.
+    clock.advance(Duration::from_secs(6));
+    let fail = send_failover_task(&fake, epoch, 500).await;
+    let (report, _) = fake
+        .wait_report(&fail, |r| r.finished_at_unix_ms != 0)
+        .await;
+    assert_eq!(report.state, TaskState::Killed as i32);
+    assert_eq!(report.message, "not started: region lease ran out (failover)");
+    assert_eq!(probe.snapshot().launched, 0, "nothing was started");
+
+    let keep = attempt("keep", 0, 1);
+    fake.send(
+        "n1",
+        run(
+            keep.clone(),
+            sh("exec sleep 1000", &[]),
+            epoch,
+            1,
+            RegionLossPolicy::KeepRunning,
+            500,
+        ),
+    )
+    .await;
+    probe.wait_for(|p| p.launched == 1 && p.running == 1).await;
+    host.shutdown().await;
+}

@@ -21,6 +21,7 @@
 //! | `meridian_regional_jobs_retired_total` | counter | |
 //! | `meridian_regional_overcommit_refused_total` | counter | |
 //! | `meridian_regional_solves_refused_total` | counter | `shard` |
+//! | `meridian_regional_placement_gated_total` | counter | `shard` |
 //! | `meridian_regional_round_failures_total` | counter | `shard` |
 //! | `meridian_regional_assignments_refused_total` | counter | |
 //! | `meridian_regional_handoffs_total` | counter | `shard` |
@@ -125,6 +126,13 @@ pub(crate) fn overcommit_refused() {
 /// were thrown away (a solver bug; the jobs wait with the rule as reason).
 pub(crate) fn solve_refused(shard: u32) {
     metrics::counter!("meridian_regional_solves_refused_total", "shard" => shard.to_string())
+        .increment(1);
+}
+
+/// A round that placed nothing because the region did not hold its lease
+/// at the global tier, or had not caught up with its assignment stream.
+pub(crate) fn placement_gated(shard: u32) {
+    metrics::counter!("meridian_regional_placement_gated_total", "shard" => shard.to_string())
         .increment(1);
 }
 

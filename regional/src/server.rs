@@ -317,6 +317,9 @@ impl Wiring {
                     exclusive_wait: config.node_timeout,
                 },
                 seed: config.seed,
+                // Under a global tier the region places only while it holds
+                // its lease there and has caught up with its assignments.
+                requires_region_lease: config.global.is_some(),
                 ..PlacerConfig::default()
             },
         });

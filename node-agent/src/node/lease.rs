@@ -100,6 +100,15 @@ impl NodeAgent {
             .map(|at| self.clock.sleep_until(at))
     }
 
+    /// A task of `policy` with stop grace `grace` started now would have to
+    /// be stopped at once for the region lease: it must not start.
+    pub(super) fn lease_ran_out_for(&self, policy: RegionLossPolicy, grace: Duration) -> bool {
+        fails_over(policy)
+            && self
+                .lease_deadline
+                .is_some_and(|deadline| self.clock.now() + grace >= deadline)
+    }
+
     pub(super) fn enforce_region_lease(&mut self) {
         let Some(deadline) = self.lease_deadline else {
             return;

@@ -488,6 +488,25 @@ impl NodeAgent {
         let grace = self.grace_ms(cmd.stop_grace_period_ms);
         let policy =
             RegionLossPolicy::try_from(cmd.on_region_loss).unwrap_or(RegionLossPolicy::Unspecified);
+        if self.lease_ran_out_for(policy, grace) {
+            // The region's lease ran out (or will, within the task's stop
+            // grace) before this RUN arrived: the global tier may have
+            // handed the job to another region, so starting it could run it
+            // twice. Ended as a stop on the agent's own, which puts it back
+            // to pending without using a retry where the job still is.
+            tracing::warn!(node = %self.spec.node_id, task = ?attempt, "region lease ran out: failover task not started");
+            let mut r = report(
+                &attempt,
+                TaskState::Killed,
+                0,
+                now_ms,
+                "not started: region lease ran out (failover)".into(),
+            );
+            r.finished_at_unix_ms = now_ms;
+            self.tasks.remember_finished(attempt, r.clone());
+            self.tasks.queue(r);
+            return;
+        }
         let launch = Launch {
             attempt: attempt.clone(),
             template: cmd.template.unwrap_or_default(),

@@ -202,10 +202,7 @@ impl RegionApi {
     /// as this replica knows (0 when none is held).
     fn region_lease_remaining_ms(&self) -> u64 {
         let link = self.state.read().link;
-        link.map_or(0, |s| {
-            s.lease_expires_unix_ms
-                .saturating_sub(self.clock.now_unix_ms())
-        })
+        link.map_or(0, |s| s.agent_lease_remaining_ms(self.clock.now_unix_ms()))
     }
 
     /// The endpoint of the replica leading `shard`, when it can be found.

@@ -449,6 +449,7 @@ impl Pump {
                 let Some(t) = job.task(task.index) else {
                     continue;
                 };
+                let active = job.record.state == crate::model::JobPhase::Active;
                 let run = CommandRecord {
                     kind: v1::CommandKind::Run as i32,
                     job: task.job_id.clone(),
@@ -460,7 +461,11 @@ impl Pump {
                     reason: String::new(),
                     grace_ms: 0,
                 };
-                messages.push(to_wire(&s, None, &run));
+                // A job no longer active here (revoked, cancelled) gets no
+                // RUN, only the STOP the sweep asked for.
+                if active {
+                    messages.push(to_wire(&s, None, &run));
+                }
                 if !t.stopping.is_empty() {
                     let stop = CommandRecord {
                         kind: v1::CommandKind::Stop as i32,
@@ -510,6 +515,7 @@ impl Pump {
             list.iter()
                 .filter(|(cur, _)| self.last.is_none_or(|l| *cur > l))
                 .filter(|(_, c)| c.node_epoch == self.epoch)
+                .filter(|(_, c)| run_still_wanted(&s, &self.node, c))
                 .map(|(cur, c)| to_wire(&s, Some(*cur), c))
                 .collect()
         };
@@ -527,6 +533,29 @@ impl Pump {
         }
         true
     }
+}
+
+/// Whether a command is still to be sent: any STOP, and a RUN only while
+/// its job is active here and its attempt still bound to `node` under the
+/// command's epoch. A RUN written before the region's lease ran out can
+/// reach its node only after the region got a new lease and caught up
+/// with the global tier; if the job was revoked meanwhile (and maybe runs
+/// in another region already), memory says so by then, and the RUN is not
+/// sent (the sweep's STOP is, and the node answers it as never run).
+fn run_still_wanted(s: &RegionState, node: &str, c: &CommandRecord) -> bool {
+    if c.kind != v1::CommandKind::Run as i32 {
+        return true;
+    }
+    let active = s
+        .jobs
+        .get(&c.job)
+        .is_some_and(|j| j.record.state == crate::model::JobPhase::Active);
+    let bound = s.nodes.get(node).is_some_and(|n| {
+        n.bound
+            .get(&crate::placement::TaskRef::new(c.job.clone(), c.index))
+            .is_some_and(|b| b.attempt == c.attempt && b.node_epoch == c.node_epoch)
+    });
+    active && bound
 }
 
 /// Turns a stored command into the wire message, with the job's template

@@ -32,11 +32,55 @@ use crate::model::Keys;
 use crate::pipeline::Pipeline;
 use crate::state::SharedState;
 
-/// What agents are told about the region lease (stored by the link leader).
+/// What agents are told about the region lease (stored by the link leader),
+/// and whether shard leaders may place under it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkState {
     pub region_lease_epoch: u64,
     pub lease_expires_unix_ms: u64,
+    /// The lease epoch under which the region has applied every assignment
+    /// change the global tier had written when the stream caught up (the
+    /// first bookmark of the stream opened under that epoch). Until it
+    /// equals `region_lease_epoch`, the region may still hold jobs the
+    /// global tier moved elsewhere while its lease had run out.
+    #[serde(default)]
+    pub synced_epoch: u64,
+    /// The expiry of the last lease the region had caught up under: what
+    /// agents are told while a new lease is not caught up yet, so a link
+    /// handover inside a valid lease costs them nothing, and a region back
+    /// from a lapsed lease tells them it has none until it has caught up.
+    #[serde(default)]
+    pub synced_expires_unix_ms: u64,
+}
+
+impl LinkState {
+    /// Whether shard leaders may start new attempts at `now_unix_ms`: the
+    /// region holds its lease, and has caught up with the assignment
+    /// changes made before it got it. Once the lease has run out the
+    /// global tier may hand any of the region's jobs to another region;
+    /// placing one here would run it twice (for an exclusive job, on two
+    /// nodes at once).
+    pub fn may_place(&self, now_unix_ms: u64) -> bool {
+        self.synced() && now_unix_ms < self.lease_expires_unix_ms
+    }
+
+    /// Caught up with the assignment changes of the current lease epoch.
+    pub fn synced(&self) -> bool {
+        self.synced_epoch == self.region_lease_epoch && self.region_lease_epoch != 0
+    }
+
+    /// The lease time agents are told is left at `now_unix_ms`: the current
+    /// lease once caught up, else the last caught-up one (0 once that ran
+    /// out: an agent then keeps the deadline it has and starts no failover
+    /// task past it).
+    pub fn agent_lease_remaining_ms(&self, now_unix_ms: u64) -> u64 {
+        let expires = if self.synced() {
+            self.lease_expires_unix_ms
+        } else {
+            self.synced_expires_unix_ms
+        };
+        expires.saturating_sub(now_unix_ms)
+    }
 }
 
 crate::model::codec::json_record!(LinkState);
@@ -132,4 +176,47 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkState;
+
+    fn state(epoch: u64, expires: u64, synced: u64, synced_expires: u64) -> LinkState {
+        LinkState {
+            region_lease_epoch: epoch,
+            lease_expires_unix_ms: expires,
+            synced_epoch: synced,
+            synced_expires_unix_ms: synced_expires,
+        }
+    }
+
+    #[test]
+    fn a_region_places_only_under_a_live_lease_it_has_caught_up_under() {
+        assert!(state(3, 10_000, 3, 10_000).may_place(9_999));
+        assert!(!state(3, 10_000, 3, 10_000).may_place(10_000), "ran out");
+        assert!(!state(3, 10_000, 2, 8_000).may_place(5_000), "not caught up");
+        assert!(!state(0, 10_000, 0, 0).may_place(5_000), "never registered");
+    }
+
+    #[test]
+    fn agents_are_told_the_last_caught_up_lease_until_the_new_one_is_caught_up() {
+        // Caught up: the current lease.
+        assert_eq!(state(3, 10_000, 3, 10_000).agent_lease_remaining_ms(4_000), 6_000);
+        // A new epoch inside a live caught-up lease (a link handover): the
+        // agents' deadline does not move back.
+        assert_eq!(state(4, 12_000, 3, 10_000).agent_lease_remaining_ms(4_000), 6_000);
+        // Back from a lapsed lease: nothing left until caught up (0 leaves
+        // the agents' own, passed, deadline in place).
+        assert_eq!(state(4, 12_000, 3, 3_000).agent_lease_remaining_ms(4_000), 0);
+    }
+
+    #[test]
+    fn a_link_state_stored_before_the_catch_up_fields_reads_as_not_caught_up() {
+        let old: LinkState =
+            serde_json::from_str(r#"{"region_lease_epoch":2,"lease_expires_unix_ms":9000}"#)
+                .expect("decodes");
+        assert!(!old.may_place(1_000));
+        assert_eq!(old.agent_lease_remaining_ms(1_000), 0);
+    }
 }

@@ -150,6 +150,18 @@ pub(super) async fn run(
     }
 }
 
+/// The expiry of the last lease the region had caught up under, as the
+/// stored state `prev` knows it (0: none).
+fn last_synced_expiry(prev: Option<LinkState>) -> u64 {
+    prev.map_or(0, |p| {
+        if p.synced() {
+            p.lease_expires_unix_ms
+        } else {
+            p.synced_expires_unix_ms
+        }
+    })
+}
+
 pub(super) fn authority(fence: &Fence) -> Option<Authority> {
     Some(Authority {
         fence: fence.clone(),
@@ -301,12 +313,17 @@ async fn register(
     let epoch = reg.region_lease_epoch;
     *registered = true;
     let renew_every = Duration::from_millis(reg.renew_interval_ms.max(50));
+    let prev = ctx.state.read().link;
     store_state(
         ctx,
         fence,
         LinkState {
             region_lease_epoch: epoch,
             lease_expires_unix_ms: sent_at.saturating_add(reg.lease_duration_ms),
+            // Not caught up with this epoch's stream yet: agents go on
+            // being told the last caught-up lease.
+            synced_epoch: 0,
+            synced_expires_unix_ms: last_synced_expiry(prev),
         },
     )
     .await?;
@@ -398,6 +415,9 @@ async fn renew_region_lease(
                 out.send(Ok(LinkState {
                     region_lease_epoch: epoch,
                     lease_expires_unix_ms: sent_at.saturating_add(r.lease_duration_ms),
+                    // The intake loop sets these from what it knows.
+                    synced_epoch: 0,
+                    synced_expires_unix_ms: 0,
                 }))
             }
             // A failed renewal is tried again at the next tick; the session
@@ -450,6 +470,10 @@ async fn intake_loop(
     beside: &mut Beside,
 ) -> Result<(), End> {
     let clock = &ctx.clock;
+    // The last lease state stored, and whether the stream has caught up
+    // (its first bookmark applied): from then on shard leaders may place.
+    let mut last: Option<LinkState> = None;
+    let mut synced = false;
     loop {
         tokio::select! {
             msg = stream.message() => {
@@ -479,10 +503,32 @@ async fn intake_loop(
                     }
                 }
                 if !events.is_empty() {
+                    let caught_up = events
+                        .iter()
+                        .any(|e| e.kind == v1::AssignmentEventKind::Bookmark as i32);
                     let assigned =
                         intake(ctx, fence, client, config, epoch, &events, clock.now_unix_ms())
                             .await?;
                     beside.acks.send(assigned).await?;
+                    if caught_up && !synced {
+                        // Every change written before the stream caught up
+                        // (a revocation while the lease had run out among
+                        // them) is applied: placing is safe again.
+                        synced = true;
+                        // The lease as last stored (registration's state
+                        // is in memory by now); without one, the next
+                        // renewal records the catch-up.
+                        let stored = last.or_else(|| ctx.state.read().link);
+                        if let Some(state) = stored.filter(|s| s.region_lease_epoch == epoch) {
+                            let state = LinkState {
+                                synced_epoch: epoch,
+                                synced_expires_unix_ms: state.lease_expires_unix_ms,
+                                ..state
+                            };
+                            store_state(ctx, fence, state).await?;
+                            last = Some(state);
+                        }
+                    }
                 }
                 match end {
                     None => {}
@@ -505,7 +551,24 @@ async fn intake_loop(
                 }
             }
             renewal = renewals.recv() => match renewal {
-                Some(Ok(state)) => store_state(ctx, fence, state).await?,
+                Some(Ok(state)) => {
+                    let state = if synced {
+                        LinkState {
+                            synced_epoch: epoch,
+                            synced_expires_unix_ms: state.lease_expires_unix_ms,
+                            ..state
+                        }
+                    } else {
+                        let prev = last.or_else(|| ctx.state.read().link);
+                        LinkState {
+                            synced_epoch: 0,
+                            synced_expires_unix_ms: last_synced_expiry(prev),
+                            ..state
+                        }
+                    };
+                    store_state(ctx, fence, state).await?;
+                    last = Some(state);
+                }
                 Some(Err(end)) => return Err(end),
                 None => return Err(End::retry("region lease renewal stopped")),
             },

@@ -70,6 +70,12 @@ pub struct PlacerConfig {
     pub liveness: LivenessConfig,
     /// Seed of the backoff jitter.
     pub seed: u64,
+    /// Start new attempts only while the region holds its lease at the
+    /// global tier and has caught up with its assignment stream
+    /// ([`crate::link::LinkState::may_place`]). Set for a region under a
+    /// global tier; a standalone region (no global tier, the fixture of
+    /// tests) is its own authority.
+    pub requires_region_lease: bool,
 }
 
 impl Default for PlacerConfig {
@@ -87,6 +93,7 @@ impl Default for PlacerConfig {
             sweep_every: Duration::from_millis(500),
             liveness: LivenessConfig::default(),
             seed: 0,
+            requires_region_lease: false,
         }
     }
 }
@@ -171,6 +178,9 @@ pub struct RoundReport {
     pub unschedulable: usize,
     /// Jobs handed to another shard in this round.
     pub handed_off: usize,
+    /// Nothing was placed: the region may not place now
+    /// ([`PlacerConfig::requires_region_lease`]).
+    pub gated: bool,
 }
 
 /// One term of one shard's placement.
@@ -257,8 +267,12 @@ impl ShardLoop {
             if *stop.borrow() {
                 return Ok(());
             }
+            let mut gated = false;
             match self.round().await {
-                Ok(_) => failures = 0,
+                Ok(report) => {
+                    failures = 0;
+                    gated = report.gated;
+                }
                 // The layout moved under a decision: the next round decides
                 // under the new one (memory follows the layout change).
                 Err(RegionalError::Resharded { .. }) => {}
@@ -278,7 +292,10 @@ impl ShardLoop {
                     continue;
                 }
             }
-            if self.queue.ready_len() > 0 {
+            // A gated round leaves its jobs queued: the loop waits for the
+            // link's next state (a change of memory) or the next sweep
+            // rather than spin on them.
+            if self.queue.ready_len() > 0 && !gated {
                 continue;
             }
             let now = self.ctx.clock.now();
@@ -286,7 +303,7 @@ impl ShardLoop {
                 (t + self.ctx.config.sweep_every).saturating_duration_since(now)
             });
             let mut wait = next_sweep;
-            if let Some(at) = self.queue.next_eligible_at() {
+            if let Some(at) = self.queue.next_eligible_at().filter(|_| !gated) {
                 wait = wait.min(at.saturating_duration_since(now));
             }
             let sleep = self.ctx.clock.sleep(wait);
@@ -387,6 +404,19 @@ impl ShardLoop {
     }
 
     async fn place(&mut self) -> Result<RoundReport> {
+        if self.ctx.config.requires_region_lease {
+            let now_ms = self.ctx.clock.now_unix_ms();
+            let link = self.ctx.state.read().link;
+            if !link.is_some_and(|l| l.may_place(now_ms)) {
+                // The jobs stay queued: the link's next state (a renewal,
+                // the stream caught up) wakes the loop.
+                m::placement_gated(self.term.shard);
+                return Ok(RoundReport {
+                    gated: true,
+                    ..RoundReport::default()
+                });
+            }
+        }
         let mut guards = Vec::new();
         while guards.len() < self.ctx.config.max_jobs_per_round {
             match self.queue.try_get() {

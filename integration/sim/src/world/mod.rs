@@ -32,15 +32,25 @@ use crate::observe::{self, RegionMemory, RunContext};
 use hosts::{GLOBAL_PORT, Process, REGION_PORT};
 use plan::{Fault, FaultMix, Hosts, Tier};
 
-/// Name of the one simulated region.
+/// Name of the first simulated region (the only one unless
+/// [`SimConfig::regions`] asks for more).
 pub const REGION: &str = "r1";
+
+/// The names of a world's regions: `r1`, `r2`, ...
+pub fn region_names(regions: usize) -> Vec<String> {
+    (1..=regions.max(1)).map(|i| format!("r{i}")).collect()
+}
 
 /// The size and timing of a simulated world.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub global_replicas: usize,
+    /// Regions, each with its own store, replicas and agents.
+    pub regions: usize,
+    /// Replicas per region.
     pub region_replicas: usize,
     pub shards: u32,
+    /// Agents per region.
     pub agents: usize,
     pub jobs: usize,
     /// Length of the phase with faults and workload.
@@ -60,6 +70,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             global_replicas: 2,
+            regions: 1,
             region_replicas: 2,
             shards: 2,
             agents: 3,
@@ -76,6 +87,26 @@ impl Default for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// The whole federation: three regions of two replicas and two agents
+    /// each under two global replicas, with the loss of whole regions among
+    /// the faults and a region lease short enough (4 s) that a lost
+    /// region's jobs are handed to another region inside the safety phase.
+    pub fn federation() -> Self {
+        SimConfig {
+            regions: 3,
+            agents: 2,
+            jobs: 12,
+            region_lease: Duration::from_secs(4),
+            mix: FaultMix {
+                region_loss: true,
+                ..FaultMix::default()
+            },
+            ..SimConfig::default()
+        }
+    }
+}
+
 /// What a run did and what the checker found.
 #[derive(Debug)]
 pub struct Outcome {
@@ -85,8 +116,10 @@ pub struct Outcome {
     pub faults: Vec<(Duration, Fault)>,
     /// The global tier's job records at the end of the run.
     pub final_jobs: Vec<v1::Job>,
-    /// The region's store at the end of the run.
+    /// The first region's store at the end of the run.
     pub final_region: Option<meridian_regional::model::view::RegionView>,
+    /// Every region's store at the end of the run, by region name.
+    pub final_regions: BTreeMap<String, meridian_regional::model::view::RegionView>,
 }
 
 /// Why a run could not complete (not an invariant violation).
@@ -121,8 +154,8 @@ fn set_bug(on: bool) -> Result<(), SimError> {
 struct Tiers {
     global_raw: Arc<MemoryBackend>,
     global: Arc<FaultyBackend>,
-    region_raw: Arc<MemoryBackend>,
-    region: Arc<FaultyBackend>,
+    /// Each region's store, by region name: beneath and behind the faults.
+    regions: BTreeMap<String, (Arc<MemoryBackend>, Arc<FaultyBackend>)>,
 }
 
 fn scopes(cfg: &SimConfig) -> BTreeMap<Vec<u8>, Scope> {
@@ -131,17 +164,19 @@ fn scopes(cfg: &SimConfig) -> BTreeMap<Vec<u8>, Scope> {
         meridian_global::keys::Keys::new("default").leader_fence(),
         Scope::Global,
     );
-    let keys = meridian_regional::model::Keys::new(REGION);
-    // Scopes are named by the key writes check their fence against.
-    out.insert(keys.link_fence(), Scope::Region(REGION.to_string()));
-    for shard in 0..cfg.shards {
-        out.insert(
-            keys.shard_fence(shard),
-            Scope::Shard {
-                region: REGION.to_string(),
-                shard,
-            },
-        );
+    for region in region_names(cfg.regions) {
+        let keys = meridian_regional::model::Keys::new(&region);
+        // Scopes are named by the key writes check their fence against.
+        out.insert(keys.link_fence(), Scope::Region(region.clone()));
+        for shard in 0..cfg.shards {
+            out.insert(
+                keys.shard_fence(shard),
+                Scope::Shard {
+                    region: region.clone(),
+                    shard,
+                },
+            );
+        }
     }
     out
 }
@@ -178,14 +213,19 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Outcome, SimError> {
         &global_db,
         &meridian_global::keys::Keys::new("default"),
     ));
-    let region_db = Database::new(tiers.region_raw.clone());
-    let rkeys = meridian_regional::model::Keys::new(REGION);
-    let final_region = rt
-        .block_on(region_db.run(|tx, _| {
+    let mut final_regions = BTreeMap::new();
+    for (region, (raw, _)) in &tiers.regions {
+        let region_db = Database::new(raw.clone());
+        let rkeys = meridian_regional::model::Keys::new(region);
+        let view = rt.block_on(region_db.run(|tx, _| {
             let rkeys = rkeys.clone();
             async move { meridian_regional::model::view::RegionView::read(&tx, &rkeys).await }
-        }))
-        .ok();
+        }));
+        if let Ok(view) = view {
+            final_regions.insert(region.clone(), view);
+        }
+    }
+    let final_region = final_regions.get(REGION).cloned();
     let history = annotate(recorder.snapshot(), &jobs);
     let violations = check(&history, &cfg.check);
     drop(tiers);
@@ -196,6 +236,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Outcome, SimError> {
         faults,
         final_jobs: jobs,
         final_region,
+        final_regions,
     })
 }
 
@@ -264,6 +305,10 @@ struct World {
     skews: BTreeMap<String, Arc<AtomicI64>>,
     running: BTreeMap<String, Running>,
     crashed: BTreeSet<String>,
+    /// The region of each region replica and agent.
+    region_of: BTreeMap<String, String>,
+    /// Regions lost whole ([`Fault::RegionDown`]).
+    regions_down: BTreeSet<String>,
     /// Paused hosts whose network is held.
     held: BTreeSet<String>,
     control_plane_down: bool,
@@ -276,7 +321,7 @@ fn drive(
     recorder: &Recorder,
     now_ms: &AtomicU64,
 ) -> Result<(Vec<(Duration, Fault)>, Tiers), SimError> {
-    let tiers = stores(seed);
+    let tiers = stores(seed, cfg.regions);
     let hosts = host_names(cfg);
     let faults = plan::plan(seed, &cfg.mix, &hosts, cfg.safety);
     let total = cfg.safety + cfg.heal;
@@ -293,6 +338,8 @@ fn drive(
         skews: BTreeMap::new(),
         running: BTreeMap::new(),
         crashed: BTreeSet::new(),
+        region_of: BTreeMap::new(),
+        regions_down: BTreeSet::new(),
         held: BTreeSet::new(),
         control_plane_down: false,
         cuts: Vec::new(),
@@ -317,38 +364,74 @@ fn drive(
     Ok((faults, tiers))
 }
 
-/// The two stores: the processes write through fault wrappers, the
-/// observer reads the stores beneath them.
-fn stores(seed: u64) -> Tiers {
+/// The stores (global, and one per region): the processes write through
+/// fault wrappers, the observer reads the stores beneath them.
+fn stores(seed: u64, regions: usize) -> Tiers {
     let global_raw = Arc::new(MemoryBackend::new());
-    let region_raw = Arc::new(MemoryBackend::new());
+    let regions = region_names(regions)
+        .into_iter()
+        .zip(0u64..)
+        .map(|(name, i)| {
+            let raw = Arc::new(MemoryBackend::new());
+            // The first region's faults draw from `seed ^ 1`, as when the
+            // world had one region, so its seeds replay as they did.
+            let faulty = Arc::new(FaultyBackend::new(
+                raw.clone(),
+                FaultConfig::none(),
+                seed ^ (1 + 2 * i),
+            ));
+            (name, (raw, faulty))
+        })
+        .collect();
     Tiers {
         global: Arc::new(FaultyBackend::new(
             global_raw.clone(),
             FaultConfig::none(),
             seed,
         )),
-        region: Arc::new(FaultyBackend::new(
-            region_raw.clone(),
-            FaultConfig::none(),
-            seed ^ 1,
-        )),
         global_raw,
-        region_raw,
+        regions,
     }
 }
 
-/// The hosts of a world of this shape, as the fault plan names them.
+/// The hosts of a world of this shape, as the fault plan names them:
+/// region replicas `r1-a`, `r1-b`, ...; the first region's agents
+/// `agent-0`, ... (the names of the one-region world, so its seeds replay
+/// as they did), the others' `agent-r2-0`, ...
 pub fn host_names(cfg: &SimConfig) -> Hosts {
+    let regions: BTreeMap<String, Vec<String>> = region_names(cfg.regions)
+        .into_iter()
+        .map(|r| {
+            let replicas = (0..cfg.region_replicas)
+                .map(|i| format!("{r}-{}", (b'a' + i as u8) as char))
+                .collect();
+            (r, replicas)
+        })
+        .collect();
     Hosts {
         globals: (0..cfg.global_replicas)
             .map(|i| format!("global-{i}"))
             .collect(),
-        regionals: (0..cfg.region_replicas)
-            .map(|i| format!("{REGION}-{}", (b'a' + i as u8) as char))
+        regionals: regions.values().flatten().cloned().collect(),
+        agents: regions
+            .keys()
+            .flat_map(|r| agent_names(r, cfg.agents))
             .collect(),
-        agents: (0..cfg.agents).map(|i| format!("agent-{i}")).collect(),
+        regions,
     }
+}
+
+/// The agent hosts of `region`.
+fn agent_names(region: &str, agents: usize) -> Vec<String> {
+    (0..agents)
+        .map(|i| {
+            if region == REGION {
+                format!("agent-{i}")
+            } else {
+                format!("agent-{region}-{i}")
+            }
+        })
+        .collect()
 }
 
 /// The global replicas, the region's replicas and the agents, each with a
@@ -363,12 +446,6 @@ fn add_processes(
     global_urls: &[String],
 ) {
     let hosts = world.hosts.clone();
-    let region_urls = hosts
-        .regionals
-        .iter()
-        .map(|h| format!("http://{h}:{REGION_PORT}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let process = |world: &mut World, name: &str, store: Arc<dyn Backend>, i: u64| {
         let gate = PauseGate::default();
         let skew = Arc::new(AtomicI64::new(0));
@@ -390,24 +467,41 @@ fn add_processes(
         });
     }
     let globals_joined = global_urls.join(",");
-    for (i, name) in hosts.regionals.iter().enumerate() {
-        let p = process(world, name, tiers.region.clone(), 100 + i as u64);
-        let globals = globals_joined.clone();
-        let shards = cfg.shards;
-        sim.host(name.as_str(), move || {
-            hosts::regional(p.clone(), REGION.to_string(), globals.clone(), shards)
-        });
-    }
-    for (i, name) in hosts.agents.iter().enumerate() {
-        // Agents own no store; the gate and skew are unused but harmless.
-        let p = process(world, name, tiers.region.clone(), 200 + i as u64);
-        let running: Running = Running::default();
-        world.running.insert(name.clone(), running.clone());
-        let regions = region_urls.clone();
-        let rec = recorder.clone();
-        sim.host(name.as_str(), move || {
-            hosts::agent(p.clone(), regions.clone(), rec.clone(), running.clone())
-        });
+    // Process seeds count on across regions: the first region's hosts keep
+    // the seeds of the one-region world.
+    let mut replica_seq = 100u64;
+    let mut agent_seq = 200u64;
+    for (region, replicas) in &hosts.regions {
+        let store: Arc<dyn Backend> = tiers.regions[region].1.clone();
+        let region_urls = replicas
+            .iter()
+            .map(|h| format!("http://{h}:{REGION_PORT}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for name in replicas {
+            let p = process(world, name, store.clone(), replica_seq);
+            replica_seq += 1;
+            world.region_of.insert(name.clone(), region.clone());
+            let globals = globals_joined.clone();
+            let shards = cfg.shards;
+            let region = region.clone();
+            sim.host(name.as_str(), move || {
+                hosts::regional(p.clone(), region.clone(), globals.clone(), shards)
+            });
+        }
+        for name in agent_names(region, cfg.agents) {
+            // Agents own no store; the gate and skew are unused but harmless.
+            let p = process(world, &name, store.clone(), agent_seq);
+            agent_seq += 1;
+            world.region_of.insert(name.clone(), region.clone());
+            let running: Running = Running::default();
+            world.running.insert(name.clone(), running.clone());
+            let regions = region_urls.clone();
+            let rec = recorder.clone();
+            sim.host(name.as_str(), move || {
+                hosts::agent(p.clone(), regions.clone(), rec.clone(), running.clone())
+            });
+        }
     }
 }
 
@@ -440,19 +534,30 @@ const OBSERVER_PERIOD: Duration = Duration::from_millis(250);
 fn add_observer(sim: &mut turmoil::Sim<'_>, tiers: &Tiers, recorder: &Recorder) {
     let rec = recorder.clone();
     let global_db = Database::new(tiers.global_raw.clone());
-    let region_db = Database::new(tiers.region_raw.clone());
+    let region_dbs: Vec<(String, Database)> = tiers
+        .regions
+        .iter()
+        .map(|(name, (raw, _))| (name.clone(), Database::new(raw.clone())))
+        .collect();
     sim.host("observer", move || {
         let rec = rec.clone();
         let global_db = global_db.clone();
-        let region_db = region_db.clone();
+        let region_dbs = region_dbs.clone();
         async move {
             let gkeys = meridian_global::keys::Keys::new("default");
-            let rkeys = meridian_regional::model::Keys::new(REGION);
-            let mut memory = RegionMemory::default();
+            let mut regions: Vec<_> = region_dbs
+                .iter()
+                .map(|(name, db)| {
+                    let keys = meridian_regional::model::Keys::new(name);
+                    (db, keys, RegionMemory::default())
+                })
+                .collect();
             loop {
                 tokio::time::sleep(OBSERVER_PERIOD).await;
                 observe::observe_jobs(&global_db, &gkeys, &rec).await;
-                observe::observe_region(&region_db, &rkeys, &rec, &mut memory).await;
+                for (db, keys, memory) in &mut regions {
+                    observe::observe_region(db, keys, &rec, memory).await;
+                }
             }
         }
     });
@@ -536,7 +641,11 @@ fn set_store_faults(tiers: &Tiers, tier: Tier, fraction: f64) {
     };
     match tier {
         Tier::Global => tiers.global.set_config(config),
-        Tier::Region => tiers.region.set_config(config),
+        Tier::Region => {
+            for (_, faulty) in tiers.regions.values() {
+                faulty.set_config(config);
+            }
+        }
     }
 }
 
@@ -599,14 +708,14 @@ fn apply(
         Fault::LinkFailRate(p) => sim.set_fail_rate(*p),
         Fault::Crash(h) => crash(sim, world, recorder, h),
         Fault::Restart(h) => {
-            let control = world.hosts.control_plane().contains(h);
-            if !(control && world.control_plane_down) {
+            if !held_down(world, h) {
                 restart(sim, world, h);
             }
         }
         Fault::Pause(h) => {
             if let Some(g) = world.gates.get(h) {
-                let (begin, end) = meridian_regional::model::Keys::new(REGION).all_task_blocks();
+                let region = world.region_of.get(h).map_or(REGION, String::as_str);
+                let (begin, end) = meridian_regional::model::Keys::new(region).all_task_blocks();
                 g.arm(begin, end);
             }
         }
@@ -624,7 +733,33 @@ fn apply(
         }
         Fault::ControlPlaneDown => control_plane_down(sim, world, recorder),
         Fault::ControlPlaneUp => control_plane_up(sim, world, recorder),
+        Fault::RegionDown(r) => {
+            if world.regions_down.insert(r.clone()) {
+                for h in world.hosts.regions.get(r).cloned().unwrap_or_default() {
+                    crash(sim, world, recorder, &h);
+                }
+            }
+        }
+        Fault::RegionUp(r) => {
+            if world.regions_down.remove(r) {
+                for h in world.hosts.regions.get(r).cloned().unwrap_or_default() {
+                    if !held_down(world, &h) {
+                        restart(sim, world, &h);
+                    }
+                }
+            }
+        }
     }
+}
+
+/// A host another fault keeps down: every control-plane host while the
+/// control plane is down, every replica of a lost region.
+fn held_down(world: &World, host: &str) -> bool {
+    let control = world.hosts.control_plane().iter().any(|h| h == host);
+    let region_lost = world.region_of.get(host).is_some_and(|r| {
+        world.regions_down.contains(r) && world.hosts.regionals.iter().any(|h| h == host)
+    });
+    (control && world.control_plane_down) || region_lost
 }
 
 /// Calls `f` for each host of `a` with each host of `b`.
@@ -651,7 +786,9 @@ fn control_plane_up(sim: &mut turmoil::Sim<'_>, world: &mut World, recorder: &Re
         world.control_plane_down = false;
         recorder.record("harness", Event::ControlPlaneUp);
         for h in world.hosts.control_plane() {
-            restart(sim, world, &h);
+            if !held_down(world, &h) {
+                restart(sim, world, &h);
+            }
         }
     }
 }
@@ -727,6 +864,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, world: &mut World, tiers: &Tiers, recorder: 
         }
         resume(sim, world, &h);
     }
+    world.regions_down.clear();
     control_plane_up(sim, world, recorder);
     for h in world.crashed.clone() {
         restart(sim, world, &h);

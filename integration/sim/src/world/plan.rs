@@ -6,6 +6,7 @@
 //! Must never read anything but its seed and settings: the same seed gives
 //! the same plan.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -15,8 +16,12 @@ use rand_chacha::ChaCha8Rng;
 #[derive(Debug, Clone)]
 pub struct Hosts {
     pub globals: Vec<String>,
+    /// The replicas of every region.
     pub regionals: Vec<String>,
     pub agents: Vec<String>,
+    /// Each region's replicas, by region name (what a region loss takes
+    /// down together).
+    pub regions: BTreeMap<String, Vec<String>>,
 }
 
 impl Hosts {
@@ -65,6 +70,11 @@ pub enum Fault {
     /// Every control-plane process dies; agents stay up.
     ControlPlaneDown,
     ControlPlaneUp,
+    /// Every replica of one region dies (its agents stay up) until
+    /// [`Fault::RegionUp`]: the region is lost to the global tier, which
+    /// hands its jobs to another region once the region lease runs out.
+    RegionDown(String),
+    RegionUp(String),
 }
 
 /// The kinds of fault a run may draw, and how many.
@@ -81,6 +91,8 @@ pub struct FaultMix {
     pub store_faults: bool,
     pub clock_jumps: bool,
     pub control_plane_down: bool,
+    /// Loss of one whole region (needs more than one region).
+    pub region_loss: bool,
     /// Faults drawn per run (at least one, at most this many).
     pub max_faults: usize,
     /// Largest clock jump, either way (the configured skew bound).
@@ -102,6 +114,7 @@ impl Default for FaultMix {
             store_faults: true,
             clock_jumps: true,
             control_plane_down: true,
+            region_loss: false,
             max_faults: 4,
             skew_bound: Duration::from_millis(200),
         }
@@ -119,6 +132,7 @@ impl FaultMix {
             self.store_faults,
             self.clock_jumps,
             self.control_plane_down,
+            self.region_loss,
         ];
         (0u8..)
             .zip(flags)
@@ -220,9 +234,15 @@ fn push_fault(
             ));
             out.push((end, Fault::ClockSkew(h, 0)));
         }
-        _ => {
+        7 => {
             out.push((start, Fault::ControlPlaneDown));
             out.push((end, Fault::ControlPlaneUp));
+        }
+        _ => {
+            let names: Vec<String> = hosts.regions.keys().cloned().collect();
+            let region = pick(rng, &names).clone();
+            out.push((start, Fault::RegionDown(region.clone())));
+            out.push((end, Fault::RegionUp(region)));
         }
     }
 }
@@ -262,6 +282,7 @@ mod tests {
             globals: vec!["g0".into(), "g1".into()],
             regionals: vec!["r0".into(), "r1".into()],
             agents: vec!["a0".into()],
+            regions: BTreeMap::from([("r".to_string(), vec!["r0".into(), "r1".into()])]),
         }
     }
 
