@@ -276,3 +276,68 @@ async fn leader_steps_down_at_its_deadline_while_a_renewal_hangs_in_the_store() 
     assert!(elector.fence().is_none());
     assert_eq!(status.borrow_and_update().role, Role::Follower);
 }
+
+/// A fence proves one term, not one holder: the same process taking the
+/// lease again after releasing it holds a new epoch, and the fence of its
+/// first term admits no write and renews nothing. (Both halves of the
+/// check, epoch and holder, must hold; with either alone this passes.)
+#[tokio::test]
+async fn a_fence_of_an_earlier_term_of_the_same_holder_admits_no_write_and_renews_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = file_db(&dir).await;
+    let clock = ManualClock::new();
+    let a = lease(&db, &clock, "a");
+    let first = held(a.try_acquire().await.expect("first term"));
+    a.release(&first).await.expect("release");
+    let second = held(a.try_acquire().await.expect("second term"));
+    assert_eq!(second.fence.epoch(), first.fence.epoch() + 1);
+    assert_eq!(second.fence.holder(), first.fence.holder());
+
+    let tx = db.begin().await.expect("begin");
+    let refused = first.fence.check(&tx).await;
+    assert!(
+        matches!(refused, Err(LeaseError::Fenced { .. })),
+        "the first term's fence: {refused:?}"
+    );
+    second
+        .fence
+        .check(&tx)
+        .await
+        .expect("the current term's fence holds");
+    let renewed = a.renew(&first).await;
+    assert!(
+        matches!(renewed, Err(LeaseError::Fenced { .. })),
+        "renewing the first term: {renewed:?}"
+    );
+    assert_eq!(stored_record(&db).await.epoch, second.fence.epoch());
+}
+
+/// Only a store error the store calls retryable makes a lease error
+/// retryable; a fence never is (retrying a fenced write cannot help).
+#[test]
+fn a_lease_error_is_retryable_exactly_when_its_store_error_is() {
+    assert!(LeaseError::Store(StoreError::NotCommitted).is_retryable());
+    assert!(!LeaseError::Store(StoreError::TransactionFinished).is_retryable());
+    let fenced = LeaseError::Fenced {
+        expected_holder: "a".into(),
+        expected_epoch: 1,
+        found: "b at epoch 2".into(),
+    };
+    assert!(!fenced.is_retryable());
+}
+
+/// A leader acts strictly before its local deadline: at the deadline itself
+/// it hands out no fence.
+#[tokio::test]
+async fn a_leader_hands_out_no_fence_at_its_deadline_itself() {
+    let mut h = elector_on_faulty_store().await;
+    h.elector.tick().await;
+    let act_until = h.elector.act_until().expect("leading");
+    assert!(h.elector.fence().is_some());
+    h.clock
+        .advance(act_until.saturating_duration_since(h.clock.now()) - Duration::from_millis(1));
+    assert!(h.elector.fence().is_some(), "a millisecond before");
+    h.clock.advance(Duration::from_millis(1));
+    assert_eq!(h.clock.now(), act_until);
+    assert!(h.elector.fence().is_none(), "at the deadline");
+}
