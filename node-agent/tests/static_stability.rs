@@ -430,7 +430,10 @@ async fn a_failover_task_whose_run_arrives_after_the_region_lease_ran_out_is_not
         .wait_report(&fail, |r| r.finished_at_unix_ms != 0)
         .await;
     assert_eq!(report.state, TaskState::Killed as i32);
-    assert_eq!(report.message, "not started: region lease ran out (failover)");
+    assert_eq!(
+        report.message,
+        "not started: region lease ran out (failover)"
+    );
     assert_eq!(probe.snapshot().launched, 0, "nothing was started");
 
     let keep = attempt("keep", 0, 1);

@@ -219,10 +219,11 @@ pub async fn serve(
         // Each request carries what is known of its connection (TLS, the
         // client certificate if one was presented), for the routes that
         // ask who called.
-        let service = tower::ServiceExt::map_request(app.clone(), move |mut r: axum::http::Request<_>| {
-            r.extensions_mut().insert(info.clone());
-            r
-        });
+        let service =
+            tower::ServiceExt::map_request(app.clone(), move |mut r: axum::http::Request<_>| {
+                r.extensions_mut().insert(info.clone());
+                r
+            });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();

@@ -195,20 +195,32 @@ mod tests {
     fn a_region_places_only_under_a_live_lease_it_has_caught_up_under() {
         assert!(state(3, 10_000, 3, 10_000).may_place(9_999));
         assert!(!state(3, 10_000, 3, 10_000).may_place(10_000), "ran out");
-        assert!(!state(3, 10_000, 2, 8_000).may_place(5_000), "not caught up");
+        assert!(
+            !state(3, 10_000, 2, 8_000).may_place(5_000),
+            "not caught up"
+        );
         assert!(!state(0, 10_000, 0, 0).may_place(5_000), "never registered");
     }
 
     #[test]
     fn agents_are_told_the_last_caught_up_lease_until_the_new_one_is_caught_up() {
         // Caught up: the current lease.
-        assert_eq!(state(3, 10_000, 3, 10_000).agent_lease_remaining_ms(4_000), 6_000);
+        assert_eq!(
+            state(3, 10_000, 3, 10_000).agent_lease_remaining_ms(4_000),
+            6_000
+        );
         // A new epoch inside a live caught-up lease (a link handover): the
         // agents' deadline does not move back.
-        assert_eq!(state(4, 12_000, 3, 10_000).agent_lease_remaining_ms(4_000), 6_000);
+        assert_eq!(
+            state(4, 12_000, 3, 10_000).agent_lease_remaining_ms(4_000),
+            6_000
+        );
         // Back from a lapsed lease: nothing left until caught up (0 leaves
         // the agents' own, passed, deadline in place).
-        assert_eq!(state(4, 12_000, 3, 3_000).agent_lease_remaining_ms(4_000), 0);
+        assert_eq!(
+            state(4, 12_000, 3, 3_000).agent_lease_remaining_ms(4_000),
+            0
+        );
     }
 
     #[test]
