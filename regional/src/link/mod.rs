@@ -74,12 +74,36 @@ impl LinkState {
     /// out: an agent then keeps the deadline it has and starts no failover
     /// task past it).
     pub fn agent_lease_remaining_ms(&self, now_unix_ms: u64) -> u64 {
-        let expires = if self.synced() {
+        self.agent_expiry().saturating_sub(now_unix_ms)
+    }
+
+    /// The expiry agents are told: the current lease's once caught up, else
+    /// the last caught-up one's (0: none).
+    fn agent_expiry(&self) -> u64 {
+        if self.synced() {
             self.lease_expires_unix_ms
         } else {
             self.synced_expires_unix_ms
-        };
-        expires.saturating_sub(now_unix_ms)
+        }
+    }
+
+    /// This lease state, caught up under its epoch or not yet; when not,
+    /// agents go on being told what `prev` (the state stored before) told
+    /// them.
+    pub fn marked(self, caught_up: bool, prev: Option<LinkState>) -> LinkState {
+        if caught_up {
+            LinkState {
+                synced_epoch: self.region_lease_epoch,
+                synced_expires_unix_ms: self.lease_expires_unix_ms,
+                ..self
+            }
+        } else {
+            LinkState {
+                synced_epoch: 0,
+                synced_expires_unix_ms: prev.map_or(0, |p| p.agent_expiry()),
+                ..self
+            }
+        }
     }
 }
 

@@ -150,18 +150,6 @@ pub(super) async fn run(
     }
 }
 
-/// The expiry of the last lease the region had caught up under, as the
-/// stored state `prev` knows it (0: none).
-fn last_synced_expiry(prev: Option<LinkState>) -> u64 {
-    prev.map_or(0, |p| {
-        if p.synced() {
-            p.lease_expires_unix_ms
-        } else {
-            p.synced_expires_unix_ms
-        }
-    })
-}
-
 pub(super) fn authority(fence: &Fence) -> Option<Authority> {
     Some(Authority {
         fence: fence.clone(),
@@ -317,14 +305,15 @@ async fn register(
     store_state(
         ctx,
         fence,
+        // Not caught up with this epoch's stream yet: agents go on being
+        // told the last caught-up lease.
         LinkState {
             region_lease_epoch: epoch,
             lease_expires_unix_ms: sent_at.saturating_add(reg.lease_duration_ms),
-            // Not caught up with this epoch's stream yet: agents go on
-            // being told the last caught-up lease.
             synced_epoch: 0,
-            synced_expires_unix_ms: last_synced_expiry(prev),
-        },
+            synced_expires_unix_ms: 0,
+        }
+        .marked(false, prev),
     )
     .await?;
     Ok((epoch, renew_every))
@@ -520,11 +509,7 @@ async fn intake_loop(
                         // renewal records the catch-up.
                         let stored = last.or_else(|| ctx.state.read().link);
                         if let Some(state) = stored.filter(|s| s.region_lease_epoch == epoch) {
-                            let state = LinkState {
-                                synced_epoch: epoch,
-                                synced_expires_unix_ms: state.lease_expires_unix_ms,
-                                ..state
-                            };
+                            let state = state.marked(true, None);
                             store_state(ctx, fence, state).await?;
                             last = Some(state);
                         }
@@ -552,20 +537,8 @@ async fn intake_loop(
             }
             renewal = renewals.recv() => match renewal {
                 Some(Ok(state)) => {
-                    let state = if synced {
-                        LinkState {
-                            synced_epoch: epoch,
-                            synced_expires_unix_ms: state.lease_expires_unix_ms,
-                            ..state
-                        }
-                    } else {
-                        let prev = last.or_else(|| ctx.state.read().link);
-                        LinkState {
-                            synced_epoch: 0,
-                            synced_expires_unix_ms: last_synced_expiry(prev),
-                            ..state
-                        }
-                    };
+                    let prev = last.or_else(|| ctx.state.read().link);
+                    let state = state.marked(synced, prev);
                     store_state(ctx, fence, state).await?;
                     last = Some(state);
                 }
