@@ -52,6 +52,7 @@ fn quick(scenario: &str) -> serde_json::Value {
 #[test]
 fn quick_submit_acknowledges_distinct_jobs_that_read_back_and_dedupe() {
     let r = quick("submit");
+    assert_eq!(r["security"], "tls+auth", "{r}");
     assert!(
         r["results"]["acknowledged_jobs"].as_u64().unwrap_or(0) > 0,
         "{r}"
@@ -152,4 +153,63 @@ fn quick_array_completes_with_its_parallelism_never_exceeded_in_the_region_recor
         r["results"]["region_record_reads"].as_u64().unwrap_or(0) > 0,
         "{r}"
     );
+}
+
+#[test]
+fn compare_insecure_runs_both_modes_in_one_pair_and_reports_their_ratio() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = tempfile::tempdir().expect("temp dir");
+    let run = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "load",
+            "submit",
+            "--quick",
+            "--seed",
+            "7",
+            "--duration",
+            "1",
+        ])
+        .args(["--compare-insecure", "--pairs", "1", "--out"])
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running meridian load");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        run.status
+    );
+    assert!(
+        stdout.contains("meridian load submit: no invariant violated"),
+        "{stdout}"
+    );
+    let json = std::fs::read_to_string(out.path().join("load-submit-vs-insecure.json"))
+        .expect("the comparison's JSON");
+    let c: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let runs = c["runs"].as_array().expect("runs");
+    let modes: Vec<&str> = runs
+        .iter()
+        .map(|r| r["security"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(modes, ["tls+auth", "insecure"], "{c}");
+    for r in runs {
+        assert_eq!(r["report"]["security"], r["security"], "{r}");
+        assert!(
+            r["report"]["results"]["acknowledged_jobs"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
+            "the {} run acknowledged no job: {r}",
+            r["security"]
+        );
+    }
+    // Both modes answered, so both rates are figures and their ratio is one.
+    let unary = &c["figures"]["unary_jobs_per_s"]["pairs"][0];
+    assert!(unary["ratio"].as_f64().unwrap_or(0.0) > 0.0, "{c}");
+    assert_eq!(c["violations"], serde_json::json!([]));
+    let md = std::fs::read_to_string(out.path().join("load-submit-vs-insecure.md"))
+        .expect("the comparison's page");
+    assert!(md.contains("| 2 | 1 | insecure |"), "{md}");
 }

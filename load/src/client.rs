@@ -34,18 +34,23 @@ fn tls_args() -> ClientTlsArgs {
 }
 
 /// The bearer token of this run's clients: the started federation's admin
-/// token, else `MERIDIAN_TOKEN`, else `meridian dev`'s (`meridian_cli::auth`).
-static TOKEN: Mutex<Option<String>> = Mutex::new(None);
+/// token, or none for a federation started `--insecure` (its global tier
+/// runs without auth), else `MERIDIAN_TOKEN`, else `meridian dev`'s
+/// (`meridian_cli::auth`). The outer `None`: not decided by a started
+/// federation.
+static TOKEN: Mutex<Option<Option<String>>> = Mutex::new(None);
 
-/// Makes every client of this run present `token`.
-pub fn use_token(token: String) {
+/// Makes every client of this run present `token`, or no token at all.
+/// Set again by every federation a run starts, so the runs of
+/// `--compare-insecure` never inherit each other's.
+pub fn use_token(token: Option<String>) {
     *TOKEN.lock() = Some(token);
 }
 
 /// The token this run's clients present, for a child command too.
 pub fn token() -> Result<Option<String>> {
     if let Some(t) = TOKEN.lock().clone() {
-        return Ok(Some(t));
+        return Ok(t);
     }
     meridian_cli::auth::resolve(std::env::var("MERIDIAN_TOKEN").ok().as_deref())
         .map_err(|e| LoadError::Usage(e.to_string()))

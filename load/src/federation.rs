@@ -5,7 +5,10 @@
 //! planned by `meridian dev`'s plan (the same processes and command lines)
 //! on free loopback ports under a temporary directory, and started by its
 //! child runner (each child is the same `meridian` binary, waited for by the
-//! line it prints once serving, and restarted with backoff when it dies). It
+//! line it prints once serving, and restarted with backoff when it dies),
+//! with mutual TLS and tokens as `meridian dev` or in plain text with auth
+//! off as `meridian dev --insecure` (`meridian_cli::dev::pki` and `token`
+//! decide the flags either way). It
 //! also finds a child's process id so a scenario can kill it for real. Must never wait for a child by sleeping and never
 //! touch a process it did not start.
 
@@ -38,6 +41,87 @@ pub struct Layout {
     pub real_agents: u32,
     /// Shard lease, ms.
     pub shard_lease_ms: u64,
+}
+
+/// How a started federation's links are secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Security {
+    /// As `meridian dev`: mutual TLS on every link, bearer tokens on the
+    /// API (load presents the admin token).
+    #[serde(rename = "tls+auth")]
+    TlsAuth,
+    /// As `meridian dev --insecure`: plain text, no certificates, the
+    /// global tier without auth (load presents no token).
+    #[serde(rename = "insecure")]
+    Insecure,
+}
+
+impl Security {
+    /// Whether this is `--insecure`.
+    pub fn insecure(self) -> bool {
+        self == Security::Insecure
+    }
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Security::TlsAuth => "tls+auth",
+            Security::Insecure => "insecure",
+        }
+    }
+}
+
+/// What this run's clients present to a federation: TLS material (or
+/// plain text) and a bearer token (or none).
+#[derive(Debug, Clone)]
+pub struct ClientSide {
+    /// How clients dial.
+    pub tls: meridian_cli::tls::ClientTlsArgs,
+    /// The token they present.
+    pub token: Option<String>,
+}
+
+/// Secures `plan` (data under `data`) as `security` says, with
+/// `meridian dev`'s own code: its PKI and admin token, or `--insecure` and,
+/// on the global replicas, no auth. Returns what load's clients present.
+pub fn secure(data: &Path, plan: &mut plan::Plan, security: Security) -> Result<ClientSide> {
+    meridian_cli::dev::pki::apply(data, plan, security.insecure())
+        .map_err(|e| LoadError::Federation(e.to_string()))?;
+    // After the PKI: an insecure plan's global replicas run without auth.
+    let token = meridian_cli::dev::token::apply(data, plan)
+        .map_err(|e| LoadError::Federation(format!("the admin token: {e}")))?;
+    match security {
+        Security::Insecure => Ok(ClientSide {
+            tls: meridian_cli::tls::ClientTlsArgs::plain(),
+            token: None,
+        }),
+        Security::TlsAuth => {
+            let token = meridian_cli::auth::read_token_file(&token)
+                .map_err(|e| LoadError::Federation(format!("the admin token: {e}")))?;
+            Ok(ClientSide {
+                tls: meridian_cli::tls::ClientTlsArgs::files(&load_certificate(data)?),
+                token: Some(token),
+            })
+        }
+    }
+}
+
+/// Load's own certificate in the run's PKI: a client, and the global tier
+/// for the herd scenario's direct RegionAdmin reads.
+fn load_certificate(data: &Path) -> Result<meridian_control::tls::TlsFiles> {
+    let pki = meridian_cli::dev::pki::pki_dir(data);
+    meridian_control::tls::pki::Authority::open_or_create(&pki)
+        .and_then(|ca| {
+            ca.ensure(
+                &pki,
+                "load",
+                &[
+                    meridian_control::tls::Role::Client("load".into()),
+                    meridian_control::tls::Role::Global,
+                ],
+            )
+        })
+        .map_err(|e| LoadError::Federation(format!("load's certificate: {e}")))
 }
 
 /// One started child.
@@ -103,8 +187,9 @@ fn proc_of(p: &Process) -> Proc {
 }
 
 impl LocalFederation {
-    /// Starts `layout` tier by tier: globals, region replicas, agents.
-    pub async fn start(layout: Layout) -> Result<LocalFederation> {
+    /// Starts `layout` tier by tier (globals, region replicas, agents),
+    /// secured as `security` says, and points this run's clients at it.
+    pub async fn start(layout: Layout, security: Security) -> Result<LocalFederation> {
         let exe = std::env::current_exe()
             .map_err(|e| LoadError::io("locating the meridian binary", e))?;
         let dir = tempfile::Builder::new()
@@ -145,31 +230,9 @@ impl LocalFederation {
             },
         )?;
         drop(held);
-        // Mutual TLS as `meridian dev` runs it, from the same code; load's
-        // own certificate names a client and, for the herd scenario's
-        // direct RegionAdmin reads, the global tier.
-        meridian_cli::dev::pki::apply(&data, &mut plan, false)
-            .map_err(|e| LoadError::Federation(e.to_string()))?;
-        // And the admin token, as `meridian dev` hands it to its global
-        // replicas; every client of the run presents it.
-        let token = meridian_cli::dev::token::apply(&data, &mut plan)
-            .and_then(|path| meridian_cli::auth::read_token_file(&path))
-            .map_err(|e| LoadError::Federation(format!("the admin token: {e}")))?;
-        crate::client::use_token(token);
-        let pki = meridian_cli::dev::pki::pki_dir(&data);
-        let load = meridian_control::tls::pki::Authority::open_or_create(&pki)
-            .and_then(|ca| {
-                ca.ensure(
-                    &pki,
-                    "load",
-                    &[
-                        meridian_control::tls::Role::Client("load".into()),
-                        meridian_control::tls::Role::Global,
-                    ],
-                )
-            })
-            .map_err(|e| LoadError::Federation(format!("load's certificate: {e}")))?;
-        crate::client::use_tls(meridian_cli::tls::ClientTlsArgs::files(&load));
+        let side = secure(&data, &mut plan, security)?;
+        crate::client::use_token(side.token);
+        crate::client::use_tls(side.tls);
         fed.globals = plan.globals.iter().map(proc_of).collect();
         for name in regions {
             let replicas = plan
@@ -290,5 +353,90 @@ impl LocalFederation {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A federation of every role (one global, one region replica, a
+    /// simulated and a real agent), planned on made-up ports under `data`.
+    fn small_plan(data: &Path) -> plan::Plan {
+        let mut port = 20_000u16;
+        let layout = plan::Layout {
+            global_replicas: 1,
+            regions: vec![region_name(0)],
+            region_replicas: 1,
+            shards: 1,
+            simulated_nodes: 1,
+            real_agents: 1,
+            shard_lease_ms: None,
+        };
+        plan::plan(&layout, data, |_| {
+            port += 1;
+            Ok::<_, std::convert::Infallible>(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        })
+        .expect("plan")
+    }
+
+    fn has(args: &[String], flag: &str) -> bool {
+        args.iter().any(|a| a == flag)
+    }
+
+    #[test]
+    fn an_insecure_federation_runs_every_process_in_plain_text_and_its_global_tier_without_auth() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut plan = small_plan(dir.path());
+        let side = secure(dir.path(), &mut plan, Security::Insecure).expect("secure");
+        for p in plan.processes_mut() {
+            let args = &p.spec.args;
+            assert!(has(args, "--insecure"), "{}: {args:?}", p.spec.name);
+            assert!(
+                !args.iter().any(|a| a.starts_with("--tls")),
+                "{}: {args:?}",
+                p.spec.name
+            );
+            assert!(!has(args, "--bootstrap-token-file"), "{args:?}");
+        }
+        assert!(plan.globals.iter().all(|p| has(&p.spec.args, "--no-auth")));
+        assert!(side.tls.insecure);
+        assert_eq!(side.tls.ca_cert, None);
+        assert_eq!(side.token, None);
+        assert!(!meridian_cli::dev::pki::pki_dir(dir.path()).exists());
+    }
+
+    #[test]
+    fn a_tls_federation_gives_every_process_certificates_and_load_a_certificate_and_the_admin_token()
+     {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut plan = small_plan(dir.path());
+        let side = secure(dir.path(), &mut plan, Security::TlsAuth).expect("secure");
+        for p in plan.processes_mut() {
+            let args = &p.spec.args;
+            for flag in ["--tls-ca", "--tls-cert", "--tls-key"] {
+                assert!(has(args, flag), "{}: {args:?}", p.spec.name);
+            }
+            assert!(!has(args, "--insecure"), "{args:?}");
+            assert!(!has(args, "--no-auth"), "{args:?}");
+        }
+        assert!(
+            plan.globals
+                .iter()
+                .all(|p| has(&p.spec.args, "--bootstrap-token-file"))
+        );
+        assert!(!side.tls.insecure);
+        for file in [
+            &side.tls.ca_cert,
+            &side.tls.client_cert,
+            &side.tls.client_key,
+        ] {
+            assert!(file.as_ref().is_some_and(|f| f.exists()), "{file:?}");
+        }
+        let token = side.token.expect("the admin token");
+        let stored =
+            meridian_cli::auth::read_token_file(&meridian_cli::auth::dev_token_path(dir.path()))
+                .expect("token file");
+        assert_eq!(token, stored);
     }
 }

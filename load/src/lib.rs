@@ -11,6 +11,7 @@
 //! it was slow.
 
 pub mod client;
+pub mod compare;
 pub mod cost;
 pub mod error;
 pub mod federation;
@@ -95,8 +96,21 @@ pub struct LoadArgs {
     pub endpoint: Option<String>,
     /// TLS material for `--endpoint` (the federation a run starts has its
     /// own: `meridian dev`'s PKI, and a certificate of its own for load).
+    /// `--insecure` starts the federation as `meridian dev --insecure` does
+    /// (plain text, the global tier without auth; load presents no token),
+    /// or dials `--endpoint` in plain text.
     #[command(flatten)]
     pub tls: meridian_cli::tls::ClientTlsArgs,
+    /// Run the scenario `--pairs` times with mutual TLS and tokens and as
+    /// many times `--insecure`, alternating pair by pair (tls+auth then
+    /// insecure, insecure then tls+auth, ...), each run with a federation
+    /// of its own; writes `load-<scenario>-vs-insecure.md` and `.json`
+    /// with both modes' figures and their ratio per pair and median.
+    #[arg(long, conflicts_with_all = ["endpoint", "insecure"])]
+    pub compare_insecure: bool,
+    /// Pairs of runs of `--compare-insecure` (default 3).
+    #[arg(long, requires = "compare_insecure", value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub pairs: Option<u32>,
     /// Offered rate, jobs/s (e2e, scale, failover).
     #[arg(long)]
     pub rate: Option<u64>,
@@ -149,15 +163,38 @@ impl Ctx {
         if self.args.quick { q } else { v }
     }
 
+    /// How a federation this run starts is secured: `--insecure` or not.
+    pub fn security(&self) -> federation::Security {
+        if self.args.tls.insecure {
+            federation::Security::Insecure
+        } else {
+            federation::Security::TlsAuth
+        }
+    }
+
+    /// What the report says of the run's security: the started
+    /// federation's mode, how `--endpoint` was dialed, or `in-process` for
+    /// the scenarios that run their tier inside this process.
+    pub fn security_label(&self) -> &'static str {
+        match (self.args.scenario, &self.args.endpoint) {
+            (Scenario::Placement | Scenario::History, _) => "in-process",
+            (_, Some(_)) if self.args.tls.insecure => "endpoint, plain text",
+            (_, Some(_)) => "endpoint, tls",
+            (_, None) => self.security().name(),
+        }
+    }
+
     /// A new report of this run.
     pub fn report(&self, summary: &str) -> Report {
-        Report::new(
+        let mut report = Report::new(
             self.args.scenario.name(),
             summary,
             self.args.quick,
             self.args.seed,
             &self.command,
-        )
+        );
+        report.security = self.security_label().to_string();
+        report
     }
 
     /// A progress bar of `len` steps, hidden when stderr is not a terminal.
@@ -179,7 +216,9 @@ impl Ctx {
 
 /// Runs the scenario, writes its report and prints a summary; an invariant
 /// violation is returned as [`LoadError::Invariant`] after the report is
-/// written.
+/// written. With `--compare-insecure`, runs it in both security modes and
+/// writes the comparison instead ([`compare`]); the last run's report is
+/// returned.
 pub async fn run(args: LoadArgs) -> Result<Report> {
     let command = std::iter::once("meridian".to_string())
         .chain(std::env::args().skip(1))
@@ -189,21 +228,11 @@ pub async fn run(args: LoadArgs) -> Result<Report> {
         args: args.clone(),
         command,
     };
-    let report = match args.scenario {
-        Scenario::Submit => scenario::submit::run(&ctx).await?,
-        Scenario::E2e => scenario::e2e::run(&ctx).await?,
-        Scenario::Placement => scenario::placement::run(&ctx).await?,
-        Scenario::Scale => scenario::scale::run(&ctx).await?,
-        Scenario::Failover => scenario::failover::run(&ctx).await?,
-        Scenario::Herd => scenario::herd::run(&ctx).await?,
-        Scenario::Real => scenario::real::run(&ctx).await?,
-        Scenario::History => scenario::history::run(&ctx).await?,
-        Scenario::Array => scenario::array::run(&ctx).await?,
-    };
-    let out = args
-        .out
-        .clone()
-        .or_else(|| (!args.quick).then(|| PathBuf::from("docs/bench")));
+    if args.compare_insecure {
+        return compare::run(&ctx).await;
+    }
+    let report = run_once(&ctx).await?;
+    let out = out_dir(&args);
     if let Some(dir) = out {
         report.write(&dir)?;
         println!(
@@ -222,8 +251,9 @@ pub async fn run(args: LoadArgs) -> Result<Report> {
         );
     }
     println!(
-        "meridian load {}: results {}",
+        "meridian load {} ({}): results {}",
         report.scenario,
+        report.security,
         serde_json::to_string(&report.results).unwrap_or_default()
     );
     if report.violations.is_empty() {
@@ -231,5 +261,28 @@ pub async fn run(args: LoadArgs) -> Result<Report> {
         Ok(report)
     } else {
         Err(LoadError::Invariant(report.violations.clone()))
+    }
+}
+
+/// Where reports go: `--out`, else `docs/bench` for a full run, else
+/// nowhere.
+fn out_dir(args: &LoadArgs) -> Option<PathBuf> {
+    args.out
+        .clone()
+        .or_else(|| (!args.quick).then(|| PathBuf::from("docs/bench")))
+}
+
+/// Runs the scenario once and returns its report, violations included.
+async fn run_once(ctx: &Ctx) -> Result<Report> {
+    match ctx.args.scenario {
+        Scenario::Submit => scenario::submit::run(ctx).await,
+        Scenario::E2e => scenario::e2e::run(ctx).await,
+        Scenario::Placement => scenario::placement::run(ctx).await,
+        Scenario::Scale => scenario::scale::run(ctx).await,
+        Scenario::Failover => scenario::failover::run(ctx).await,
+        Scenario::Herd => scenario::herd::run(ctx).await,
+        Scenario::Real => scenario::real::run(ctx).await,
+        Scenario::History => scenario::history::run(ctx).await,
+        Scenario::Array => scenario::array::run(ctx).await,
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Owns the report's shape (parameters, results, targets, invariant
 //! violations, time series), its JSON form, and the markdown page with the
+//! security mode, the load average at start, the
 //! machine, git revision and exact command (from `meridian-bench-report`)
 //! beside the SVG plot. Must never judge a run beyond comparing a measured
 //! value with its target (docs/architecture.md), and never fail a run for a timing.
@@ -53,6 +54,14 @@ pub struct Report {
     pub seed: u64,
     /// The exact command.
     pub command: String,
+    /// How the federation's links were secured: `tls+auth` (mutual TLS,
+    /// bearer tokens, as `meridian dev`), `insecure` (plain text, no auth,
+    /// as `meridian dev --insecure`), how `--endpoint` was dialed, or
+    /// `in-process`.
+    pub security: String,
+    /// The machine's load average (1, 5, 15 min) when the run started: the
+    /// other work the figures shared the cores with.
+    pub load_average: String,
     /// Machine, from the provenance probe.
     pub machine: String,
     /// Git revision.
@@ -84,6 +93,8 @@ impl Report {
             quick,
             seed,
             command: command.into(),
+            security: String::new(),
+            load_average: load_average(),
             machine,
             git_revision: meridian_bench_report::git_revision(&dir),
             date: meridian_bench_report::utc_date(),
@@ -143,7 +154,9 @@ impl Report {
             self.scenario, self.summary
         );
         let _ = writeln!(md, "Command: `{}`\n", self.command);
+        let _ = writeln!(md, "- security: {}", self.security);
         let _ = writeln!(md, "- machine: {}", self.machine);
+        let _ = writeln!(md, "- load average at start: {}", self.load_average);
         let _ = writeln!(md, "- git revision: {}", self.git_revision);
         let _ = writeln!(md, "- date (UTC): {}", self.date);
         let _ = writeln!(md, "- seed: {}, quick: {}\n", self.seed, self.quick);
@@ -221,6 +234,21 @@ impl Report {
     }
 }
 
+/// The 1, 5 and 15 minute load averages from `/proc/loadavg`, or
+/// `unknown` where there is none.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn compact(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Number(n) => match n.as_f64() {
@@ -245,7 +273,9 @@ mod tests {
         let mut r = Report::new("submit", "s", true, 7, "meridian load submit --quick");
         r.target("submit", ">= 1", "2 jobs/s".into(), true);
         r.violations.push("job j lost".into());
+        r.security = "insecure".into();
         let md = r.markdown("submit.svg");
+        assert!(md.contains("- security: insecure"), "{md}");
         assert!(md.contains("VIOLATION: job j lost"), "{md}");
         assert!(md.contains("| submit | >= 1 | 2 jobs/s | yes |"), "{md}");
         assert!(md.contains("meridian load submit --quick"), "{md}");

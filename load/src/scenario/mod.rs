@@ -36,7 +36,8 @@ pub struct Target {
 }
 
 impl Target {
-    /// Uses `--endpoint` or starts `layout`.
+    /// Uses `--endpoint` or starts `layout`, with mutual TLS and tokens or,
+    /// with `--insecure`, in plain text with auth off.
     pub async fn get(ctx: &Ctx, layout: Layout) -> Result<Target> {
         match &ctx.args.endpoint {
             Some(e) => {
@@ -47,7 +48,7 @@ impl Target {
                 })
             }
             None => {
-                let mut fed = LocalFederation::start(layout).await?;
+                let mut fed = LocalFederation::start(layout, ctx.security()).await?;
                 if ctx.args.keep_data {
                     eprintln!(
                         "meridian load: data and logs are kept in {}",
