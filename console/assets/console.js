@@ -16,6 +16,13 @@
     live.textContent = text;
   }
 
+  // The session's CSRF token, which every state-changing request carries:
+  // a page of another site cannot read it.
+  function csrfToken() {
+    var meta = document.querySelector("meta[name=csrf-token]");
+    return meta ? meta.getAttribute("content") : "";
+  }
+
   function showResult(ok, message) {
     if (!toast) return;
     toast.hidden = false;
@@ -174,7 +181,7 @@
     showResult(true, action.label + "…");
     fetch(action.url, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", "x-csrf-token": csrfToken() },
       body: JSON.stringify(body)
     }).then(function (response) {
       return response.json().then(function (json) {
@@ -184,6 +191,19 @@
       });
     }, function (error) {
       showResult(false, action.label + ": " + error);
+    });
+  }
+
+  // Sign out: the session's own POST (it needs the CSRF token too), then
+  // the sign-in page.
+  var signOut = document.getElementById("sign-out");
+  if (signOut) {
+    signOut.addEventListener("click", function () {
+      fetch(signOut.dataset.url, {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-csrf-token": csrfToken() },
+        body: "{}"
+      }).then(function () { window.location.assign(signOut.dataset.url.replace(/logout$/, "login")); });
     });
   }
 

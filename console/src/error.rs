@@ -17,6 +17,12 @@ pub enum ConsoleError {
     /// The request was refused as invalid (a field named in the message).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// No session, or the token is unknown or revoked.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Signed in, but the role does not allow it (the role named).
+    #[error("permission denied: {0}")]
+    Forbidden(String),
     /// The tier cannot answer now (not leader, store or peer unreachable).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -31,6 +37,8 @@ impl ConsoleError {
         match self {
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ConsoleError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ConsoleError::Forbidden(_) => StatusCode::FORBIDDEN,
             ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ConsoleError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -22,6 +22,7 @@ use crate::error::ConsoleError;
 use crate::job_tasks::{TasksParams, TasksView};
 use crate::region::changed_sections;
 use crate::render::{self, badge, count, esc, meter, url_segment};
+use crate::session::{Gate, SignedIn};
 use crate::source::FederationConsoleSource;
 use crate::view::{FederationSnapshot, JobDetail, TaskPage};
 use crate::{CONSOLE_PATH, assets};
@@ -32,8 +33,11 @@ const REFRESH: Duration = Duration::from_secs(1);
 const MAX_TIMELINE_TASKS: usize = 40;
 
 /// The federation overview's routes, with `source` as their state.
-pub fn federation_router<S: FederationConsoleSource>(source: Arc<S>) -> Router {
-    Router::new()
+///
+/// Every route but the static assets and the sign-in page is behind
+/// `gate`.
+pub fn federation_router<S: FederationConsoleSource>(source: Arc<S>, gate: &Arc<Gate>) -> Router {
+    let guarded = Router::new()
         .route("/console", get(overview_page::<S>))
         .route("/console/stream", get(overview_stream::<S>))
         .route("/console/api/overview", get(overview_json::<S>))
@@ -43,8 +47,8 @@ pub fn federation_router<S: FederationConsoleSource>(source: Arc<S>) -> Router {
         .route("/console/api/jobs/{job_id}", get(job_json::<S>))
         .merge(crate::schedules::routes::<S>())
         .merge(crate::usage::routes::<S>())
-        .merge(assets::routes())
-        .with_state(source)
+        .with_state(source);
+    gate.guard(guarded).merge(assets::routes())
 }
 
 type Sections = BTreeMap<&'static str, String>;
@@ -311,7 +315,10 @@ fn waiting_note(reason: &str) -> String {
     )
 }
 
-async fn overview_page<S: FederationConsoleSource>(State(source): State<Arc<S>>) -> Html<String> {
+async fn overview_page<S: FederationConsoleSource>(
+    State(source): State<Arc<S>>,
+    Extension(signed): Extension<SignedIn>,
+) -> Html<String> {
     let (sec, who) = overview_sections(source.as_ref()).await;
     let header = format!(
         "<div><h1>Meridian federation</h1><p class=\"sub\">Global overview · {}</p></div>\
@@ -344,6 +351,7 @@ async fn overview_page<S: FederationConsoleSource>(State(source): State<Arc<S>>)
         &header,
         &format!("{CONSOLE_PATH}/stream"),
         &body,
+        &signed,
     ))
 }
 
@@ -529,6 +537,7 @@ async fn job_page<S: FederationConsoleSource>(
     Path(job_id): Path<String>,
     Query(output): Query<OutputQuery>,
     Query(params): Query<TasksParams>,
+    Extension(who): Extension<SignedIn>,
 ) -> Response {
     let job = match params.parse() {
         Ok(view) => source.job(&job_id).await.map(|j| (j, view)),
@@ -536,7 +545,7 @@ async fn job_page<S: FederationConsoleSource>(
     };
     let (job, view) = match job {
         Ok(j) => j,
-        Err(e) => return job_problem_page(&e),
+        Err(e) => return job_problem_page(&e, &who),
     };
     let page = task_page(&*source, &job, &view).await;
     let sec = job_sections(&job, &view, &page, crate::now_ms());
@@ -573,12 +582,13 @@ async fn job_page<S: FederationConsoleSource>(
             view.query_string()
         ),
         &body,
+        &who,
     ))
     .into_response()
 }
 
 /// The page of a job that cannot be shown, with the status of why.
-fn job_problem_page(e: &ConsoleError) -> Response {
+fn job_problem_page(e: &ConsoleError, who: &SignedIn) -> Response {
     let header = "<div><h1>Job not shown</h1></div>";
     let body = format!(
         "<div class=\"problem\" role=\"alert\">{}</div><p><a href=\"{CONSOLE_PATH}\">Back to the overview</a></p>",
@@ -586,7 +596,7 @@ fn job_problem_page(e: &ConsoleError) -> Response {
     );
     (
         e.status(),
-        Html(render::page("Job · Meridian", header, "", &body)),
+        Html(render::page("Job · Meridian", header, "", &body, who)),
     )
         .into_response()
 }

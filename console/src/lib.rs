@@ -28,6 +28,7 @@ mod output;
 mod region;
 mod render;
 mod schedules;
+pub mod session;
 pub mod source;
 mod timeline;
 mod usage;
@@ -37,6 +38,7 @@ pub mod view;
 pub use error::ConsoleError;
 pub use federation::federation_router;
 pub use region::region_router;
+pub use session::{Actor, ConsoleRole, Gate, SignedIn, TokenCheck, Viewer};
 pub use source::{FederationConsoleSource, RegionConsoleSource};
 
 /// Path prefix every console page and endpoint lives under.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::error::ConsoleError;
 use crate::render::{self, badge, count, esc, meter, url_segment};
+use crate::session::{ConsoleRole, Gate, SignedIn};
 use crate::source::RegionConsoleSource;
 use crate::view::{NodeAction, NodeState, NodeView, RegionSnapshot};
 use crate::{CONSOLE_PATH, assets};
@@ -32,20 +33,25 @@ const MAX_NODE_ROWS: usize = 500;
 /// Most waiting jobs shown (highest priority first).
 const MAX_WAITING_ROWS: usize = 100;
 
-/// The regional console's routes, with `source` as their state.
-pub fn region_router<S: RegionConsoleSource>(source: Arc<S>) -> Router {
-    Router::new()
+/// The regional console's routes, with `source` as their state; every
+/// route but the static assets and the sign-in page is behind `gate`.
+pub fn region_router<S: RegionConsoleSource>(source: Arc<S>, gate: &Arc<Gate>) -> Router {
+    let guarded = Router::new()
         .route("/console", get(page::<S>))
         .route("/console/stream", get(stream::<S>))
         .route("/console/api/snapshot", get(snapshot_json::<S>))
         .route("/console/api/nodes/{node}/{action}", post(node_action::<S>))
         .route("/console/api/drain-region", post(drain_region::<S>))
-        .merge(assets::routes())
-        .with_state(source)
+        .with_state(source);
+    gate.guard(guarded).merge(assets::routes())
 }
 
-/// A snapshot plus the messages of the source calls that failed.
-async fn collect<S: RegionConsoleSource>(source: &S) -> (RegionSnapshot, Vec<String>) {
+/// A snapshot plus the messages of the source calls that failed, narrowed
+/// to what `who` may see.
+async fn collect<S: RegionConsoleSource>(
+    source: &S,
+    who: &SignedIn,
+) -> (RegionSnapshot, Vec<String>) {
     let (identity, shards, nodes, lanes, waiting, placement, events) = tokio::join!(
         source.identity(),
         source.shards(),
@@ -66,6 +72,11 @@ async fn collect<S: RegionConsoleSource>(source: &S) -> (RegionSnapshot, Vec<Str
         placement: take(&mut problems, "placement", placement),
         events: take(&mut problems, "events", events),
     };
+    let mut snapshot = snapshot;
+    // A viewer of some tenants sees only their waiting jobs.
+    snapshot
+        .waiting
+        .retain(|j| who.viewer().sees_tenant(&j.tenant));
     (snapshot, problems)
 }
 
@@ -82,27 +93,37 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn page<S: RegionConsoleSource>(State(source): State<Arc<S>>) -> Html<String> {
-    let (snap, problems) = collect(source.as_ref()).await;
-    let sections = sections(&snap, &problems);
+async fn page<S: RegionConsoleSource>(
+    State(source): State<Arc<S>>,
+    Extension(who): Extension<SignedIn>,
+) -> Html<String> {
+    let (snap, problems) = collect(source.as_ref(), &who).await;
+    let sections = sections(&snap, &problems, &who);
     let id = &snap.identity;
+    // A viewer gets no controls (the server refuses their actions anyway).
+    let drain = if who.viewer().may_operate() {
+        format!(
+            "<div class=\"header-actions\"><button type=\"button\" class=\"danger\" data-action=\"drain-region\" \
+             data-url=\"{CONSOLE_PATH}/api/drain-region\" data-evacuate=\"true\" \
+             data-confirm=\"Drain region {}? The global tier stops routing new jobs to it.\" \
+             aria-label=\"Drain region {}\"{}>Drain region…</button></div>",
+            esc(&id.region),
+            esc(&id.region),
+            if id.linked {
+                ""
+            } else {
+                " title=\"This region runs without a global tier; the drain will report why it cannot be done.\""
+            }
+        )
+    } else {
+        String::new()
+    };
     let header = format!(
         "<div><h1>Region <span id=\"region-name\">{}</span></h1>\
-         <p class=\"sub\">Meridian regional console · replica {} · {} shards</p></div>\
-         <div class=\"header-actions\"><button type=\"button\" class=\"danger\" data-action=\"drain-region\" \
-         data-url=\"{CONSOLE_PATH}/api/drain-region\" data-evacuate=\"true\" \
-         data-confirm=\"Drain region {}? The global tier stops routing new jobs to it.\" \
-         aria-label=\"Drain region {}\"{}>Drain region…</button></div>",
+         <p class=\"sub\">Meridian regional console · replica {} · {} shards</p></div>{drain}",
         esc(&id.region),
         esc(&id.replica),
         id.shard_count,
-        esc(&id.region),
-        esc(&id.region),
-        if id.linked {
-            ""
-        } else {
-            " title=\"This region runs without a global tier; the drain will report why it cannot be done.\""
-        }
     );
     let mut body = String::new();
     let _ = write!(
@@ -131,11 +152,16 @@ async fn page<S: RegionConsoleSource>(State(source): State<Arc<S>>) -> Html<Stri
         &header,
         &format!("{CONSOLE_PATH}/stream"),
         &body,
+        &who,
     ))
 }
 
 /// Renders every live section of the page, by element id.
-fn sections(snap: &RegionSnapshot, problems: &[String]) -> BTreeMap<&'static str, String> {
+fn sections(
+    snap: &RegionSnapshot,
+    problems: &[String],
+    who: &SignedIn,
+) -> BTreeMap<&'static str, String> {
     let mut out = BTreeMap::new();
     out.insert("problems", problems_html(problems));
     out.insert("summary", summary_html(snap));
@@ -143,7 +169,7 @@ fn sections(snap: &RegionSnapshot, problems: &[String]) -> BTreeMap<&'static str
     out.insert("shards", shards_html(snap));
     out.insert("lanes", lanes_html(snap));
     out.insert("waiting", waiting_html(snap));
-    out.insert("nodes", nodes_html(snap));
+    out.insert("nodes", nodes_html(snap, who.viewer().may_operate()));
     out.insert("events", events_html(snap));
     out
 }
@@ -346,7 +372,7 @@ fn waiting_html(snap: &RegionSnapshot) -> String {
     s
 }
 
-fn nodes_html(snap: &RegionSnapshot) -> String {
+fn nodes_html(snap: &RegionSnapshot, controls: bool) -> String {
     let mut nodes: Vec<_> = snap.nodes.iter().collect();
     nodes.sort_by(|a, b| {
         (a.state == NodeState::Ready, &a.node_id).cmp(&(b.state == NodeState::Ready, &b.node_id))
@@ -360,7 +386,11 @@ fn nodes_html(snap: &RegionSnapshot) -> String {
     for n in nodes.iter().take(MAX_NODE_ROWS) {
         let (cpu_text, mem_text) = render::amount_text(&n.usage, &n.capacity);
         let id = esc(&n.node_id);
-        let actions = node_actions(n);
+        let actions = if controls {
+            node_actions(n)
+        } else {
+            String::new()
+        };
         let liveness = if n.state != n.liveness && n.liveness != NodeState::Ready {
             format!(" {}", badge(n.liveness.as_str()))
         } else {
@@ -493,16 +523,20 @@ fn events_html(snap: &RegionSnapshot) -> String {
 
 async fn stream<S: RegionConsoleSource>(
     State(source): State<Arc<S>>,
+    Extension(who): Extension<SignedIn>,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let mut interval = tokio::time::interval(REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (source, BTreeMap::<&'static str, String>::new(), interval);
-    let stream = futures::stream::unfold(state, |(source, last, mut interval)| async move {
-        interval.tick().await;
-        let (snap, problems) = collect(source.as_ref()).await;
-        let fresh = sections(&snap, &problems);
-        let event = changed_sections(&last, &fresh);
-        Some((Ok(event), (source, fresh, interval)))
+    let stream = futures::stream::unfold(state, move |(source, last, mut interval)| {
+        let who = who.clone();
+        async move {
+            interval.tick().await;
+            let (snap, problems) = collect(source.as_ref(), &who).await;
+            let fresh = sections(&snap, &problems, &who);
+            let event = changed_sections(&last, &fresh);
+            Some((Ok(event), (source, fresh, interval)))
+        }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
@@ -523,8 +557,11 @@ pub(crate) fn changed_sections(
         .data(json!(changed).to_string())
 }
 
-async fn snapshot_json<S: RegionConsoleSource>(State(source): State<Arc<S>>) -> Response {
-    let (snap, _) = collect(source.as_ref()).await;
+async fn snapshot_json<S: RegionConsoleSource>(
+    State(source): State<Arc<S>>,
+    Extension(who): Extension<SignedIn>,
+) -> Response {
+    let (snap, _) = collect(source.as_ref(), &who).await;
     axum::Json(snap).into_response()
 }
 
@@ -546,24 +583,32 @@ fn parse_body(body: &[u8]) -> Result<ActionBody, ConsoleError> {
 async fn node_action<S: RegionConsoleSource>(
     State(source): State<Arc<S>>,
     Path((node, action)): Path<(String, String)>,
+    Extension(who): Extension<SignedIn>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ConsoleError> {
     crate::csrf::check(&headers)?;
+    who.viewer().require(ConsoleRole::Operator)?;
     let action = NodeAction::parse(&action)
         .ok_or_else(|| ConsoleError::NotFound(format!("no node action named {action}")))?;
     let body = parse_body(&body)?;
-    let outcome = source.node_action(&node, action, &body.reason).await?;
+    let outcome = source
+        .node_action(&node, action, &body.reason, &who.actor)
+        .await?;
     Ok(axum::Json(json!({ "ok": true, "message": outcome.message })).into_response())
 }
 
 async fn drain_region<S: RegionConsoleSource>(
     State(source): State<Arc<S>>,
+    Extension(who): Extension<SignedIn>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ConsoleError> {
     crate::csrf::check(&headers)?;
+    who.viewer().require(ConsoleRole::Operator)?;
     let body = parse_body(&body)?;
-    let outcome = source.drain_region(&body.reason, body.evacuate).await?;
+    let outcome = source
+        .drain_region(&body.reason, body.evacuate, &who.actor)
+        .await?;
     Ok(axum::Json(json!({ "ok": true, "message": outcome.message })).into_response())
 }

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::CONSOLE_PATH;
+use crate::session::SignedIn;
 use crate::view::Amount;
 
 /// Escapes text for an HTML element body or a quoted attribute.
@@ -370,12 +371,25 @@ pub(crate) fn nice_ceiling(max: f64) -> f64 {
 
 /// The page shell: head with the embedded stylesheet, a header, the body,
 /// the confirmation dialog and the script.
-pub fn page(title: &str, header: &str, stream: &str, body: &str) -> String {
+pub fn page(title: &str, header: &str, stream: &str, body: &str, who: &SignedIn) -> String {
+    let viewer = who.viewer();
+    let account = if who.signed_in {
+        format!(
+            "<p id=\"account\" class=\"account\">Signed in as <strong id=\"account-name\">{}</strong> \
+<span id=\"account-role\" class=\"muted\">{}</span> \
+<button type=\"button\" id=\"sign-out\" data-url=\"{CONSOLE_PATH}/logout\">Sign out</button></p>",
+            esc(&viewer.name),
+            viewer.role.as_str()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<meta name=\"csrf-token\" content=\"{csrf}\">\
 <title>{title}</title><link rel=\"stylesheet\" href=\"{CONSOLE_PATH}/assets/console.css\"></head>\
-<body data-stream=\"{stream}\"><header class=\"top\">{header}\
+<body data-stream=\"{stream}\"><header class=\"top\">{header}{account}\
 <p id=\"live\" class=\"live\" role=\"status\" aria-live=\"polite\">Connecting…</p></header>\
 <main>{body}</main>\
 <div id=\"action-result\" class=\"toast\" role=\"status\" aria-live=\"assertive\" hidden></div>\
@@ -390,6 +404,7 @@ Also move the region's unfinished jobs to other regions (evacuate)</label>\
 <script src=\"{CONSOLE_PATH}/assets/console.js\"></script></body></html>",
         title = esc(title),
         stream = esc(stream),
+        csrf = esc(&who.csrf),
     )
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +24,7 @@ use crate::dependencies::{gate_mark, job_link};
 use crate::error::ConsoleError;
 use crate::region::changed_sections;
 use crate::render::{self, badge, count, esc, url_segment};
+use crate::session::{ConsoleRole, SignedIn};
 use crate::source::FederationConsoleSource;
 use crate::view::{ScheduleAction, ScheduleDetail, ScheduleRow};
 use crate::{CONSOLE_PATH, now_ms};
@@ -151,7 +152,10 @@ fn header(crumb: &str, title: &str, sub: &str) -> String {
     )
 }
 
-async fn list_page<S: FederationConsoleSource>(State(source): State<Arc<S>>) -> Html<String> {
+async fn list_page<S: FederationConsoleSource>(
+    State(source): State<Arc<S>>,
+    Extension(who): Extension<SignedIn>,
+) -> Html<String> {
     let sec = list_sections(source.as_ref()).await;
     let body = format!(
         "<section id=\"problems\" aria-label=\"Problems\">{}</section>\
@@ -169,6 +173,7 @@ async fn list_page<S: FederationConsoleSource>(State(source): State<Arc<S>>) -> 
         ),
         &format!("{CONSOLE_PATH}/schedules/stream"),
         &body,
+        &who,
     ))
 }
 
@@ -305,6 +310,7 @@ fn runs_html(d: &ScheduleDetail) -> String {
 async fn detail_page<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
     Path(schedule_id): Path<String>,
+    Extension(who): Extension<SignedIn>,
 ) -> Response {
     let d = match source.schedule(&schedule_id).await {
         Ok(d) => d,
@@ -320,6 +326,7 @@ async fn detail_page<S: FederationConsoleSource>(
                     &header(" / schedule", "Schedule not shown", ""),
                     "",
                     &body,
+                    &who,
                 )),
             )
                 .into_response();
@@ -343,6 +350,7 @@ async fn detail_page<S: FederationConsoleSource>(
         ),
         &format!("{CONSOLE_PATH}/schedules/{}/stream", url_segment(id)),
         &body,
+        &who,
     ))
     .into_response()
 }
@@ -378,12 +386,16 @@ async fn list_json<S: FederationConsoleSource>(
 async fn action<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
     Path((schedule_id, action)): Path<(String, String)>,
+    Extension(who): Extension<SignedIn>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ConsoleError> {
     crate::csrf::check(&headers)?;
+    who.viewer().require(ConsoleRole::Submitter)?;
     let action = ScheduleAction::parse(&action)
         .ok_or_else(|| ConsoleError::NotFound(format!("no schedule action named {action}")))?;
-    let outcome = source.schedule_action(&schedule_id, action).await?;
+    let outcome = source
+        .schedule_action(&schedule_id, action, &who.actor)
+        .await?;
     Ok(axum::Json(serde_json::json!({ "ok": true, "message": outcome.message })).into_response())
 }
 

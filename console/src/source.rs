@@ -8,6 +8,7 @@
 use std::future::Future;
 
 use crate::error::ConsoleError;
+use crate::session::Actor;
 use crate::view::{
     ActionOutcome, EventView, FederationSnapshot, JobDetail, LaneView, NodeAction, NodeView,
     PlacementSample, RegionIdentity, ScheduleAction, ScheduleDetail, ScheduleRow, ShardView,
@@ -33,18 +34,21 @@ pub trait RegionConsoleSource: Send + Sync + 'static {
     fn placement(&self) -> impl Future<Output = SourceResult<Vec<PlacementSample>>> + Send;
     /// Recent events, newest first.
     fn events(&self) -> impl Future<Output = SourceResult<Vec<EventView>>> + Send;
-    /// Cordons, uncordons or drains a node through the tier's admin API.
+    /// Cordons, uncordons or drains a node through the tier's admin API,
+    /// as `actor` (whose role the console has checked).
     fn node_action(
         &self,
         node: &str,
         action: NodeAction,
         reason: &str,
+        actor: &Actor,
     ) -> impl Future<Output = SourceResult<ActionOutcome>> + Send;
-    /// Drains the whole region through the federation API.
+    /// Drains the whole region through the federation API, as `actor`.
     fn drain_region(
         &self,
         reason: &str,
         evacuate: bool,
+        actor: &Actor,
     ) -> impl Future<Output = SourceResult<ActionOutcome>> + Send;
 }
 
@@ -78,13 +82,15 @@ pub trait FederationConsoleSource: Send + Sync + 'static {
         let _ = schedule_id;
         async { Err(unserved("schedules")) }
     }
-    /// Pauses, resumes or deletes a schedule through the tier's API.
+    /// Pauses, resumes or deletes a schedule through the tier's API, as
+    /// `actor`.
     fn schedule_action(
         &self,
         schedule_id: &str,
         action: ScheduleAction,
+        actor: &Actor,
     ) -> impl Future<Output = SourceResult<ActionOutcome>> + Send {
-        let _ = (schedule_id, action);
+        let _ = (schedule_id, action, actor);
         async { Err(unserved("schedule actions")) }
     }
     /// Usage per tenant and region over a range, with hourly rows for the

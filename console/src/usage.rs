@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::error::ConsoleError;
 use crate::region::changed_sections;
 use crate::render::{self, count, esc, num};
+use crate::session::SignedIn;
 use crate::source::FederationConsoleSource;
 use crate::usage_chart::{Metric, usage_chart};
 use crate::view::{UsageQuery, UsageRow, UsageView};
@@ -289,6 +290,7 @@ async fn sections<S: FederationConsoleSource>(source: &S, a: &Asked) -> Sections
 async fn page<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
     Query(p): Query<Params>,
+    Extension(who): Extension<SignedIn>,
 ) -> Response {
     let header = format!(
         "<div><p class=\"crumbs\"><a href=\"{CONSOLE_PATH}\">Federation</a> / usage</p><h1>Usage</h1>\
@@ -304,7 +306,7 @@ async fn page<S: FederationConsoleSource>(
             );
             return (
                 e.status(),
-                Html(render::page("Usage · Meridian", &header, "", &body)),
+                Html(render::page("Usage · Meridian", &header, "", &body, &who)),
             )
                 .into_response();
         }
@@ -330,6 +332,7 @@ async fn page<S: FederationConsoleSource>(
         &header,
         &format!("{CONSOLE_PATH}/usage/stream?{}", a.query_string()),
         &body,
+        &who,
     ))
     .into_response()
 }

@@ -12,9 +12,14 @@ use meridian_console::view::{
     NodeState, NodeView, PlacementSample, RegionIdentity, ShardView, WaitingJobView,
 };
 use meridian_console::{
-    ConsoleError, FederationConsoleSource, RegionConsoleSource, federation_router, region_router,
+    Actor, ConsoleError, FederationConsoleSource, RegionConsoleSource, federation_router,
+    region_router,
 };
 use tower::ServiceExt;
+
+mod common;
+
+use common::{csrf, open};
 
 /// A waiting reason with markup in it, which the pages must escape.
 const WAITING: &str = "0/3 nodes: 3 do not match tier=<gold>";
@@ -86,6 +91,7 @@ impl RegionConsoleSource for Region {
         node: &str,
         action: NodeAction,
         reason: &str,
+        _actor: &Actor,
     ) -> Result<ActionOutcome, ConsoleError> {
         match node {
             "n-1" => Ok(ActionOutcome {
@@ -94,7 +100,12 @@ impl RegionConsoleSource for Region {
             other => Err(ConsoleError::NotFound(format!("node {other}"))),
         }
     }
-    async fn drain_region(&self, _: &str, _: bool) -> Result<ActionOutcome, ConsoleError> {
+    async fn drain_region(
+        &self,
+        _: &str,
+        _: bool,
+        _: &Actor,
+    ) -> Result<ActionOutcome, ConsoleError> {
         Err(ConsoleError::Unavailable("no global tier".into()))
     }
 }
@@ -142,16 +153,17 @@ impl FederationConsoleSource for Federation {
 }
 
 async fn call(router: axum::Router, method: &str, uri: &str, body: &str) -> (StatusCode, String) {
+    // As the console's script sends its actions: JSON, with the page's
+    // CSRF token.
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    if method != "GET" {
+        request = request.header("x-csrf-token", csrf(&router, "/console").await);
+    }
     let response = router
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                // As the console's script sends its actions.
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .expect("request"),
-        )
+        .oneshot(request.body(Body::from(body.to_string())).expect("request"))
         .await
         .expect("response");
     let status = response.status();
@@ -161,7 +173,13 @@ async fn call(router: axum::Router, method: &str, uri: &str, body: &str) -> (Sta
 
 #[tokio::test]
 async fn the_regional_page_renders_escaped_views_and_names_the_failed_source_call() {
-    let (status, html) = call(region_router(Arc::new(Region)), "GET", "/console", "").await;
+    let (status, html) = call(
+        region_router(Arc::new(Region), &open()),
+        "GET",
+        "/console",
+        "",
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("eu-&lt;west&gt;"), "escaped region name");
     assert!(html.contains("data-node=\"n-1\""));
@@ -173,7 +191,7 @@ async fn the_regional_page_renders_escaped_views_and_names_the_failed_source_cal
 
 #[tokio::test]
 async fn node_actions_answer_the_sources_outcome_or_its_error_as_json() {
-    let router = region_router(Arc::new(Region));
+    let router = region_router(Arc::new(Region), &open());
     let (status, body) = call(
         router.clone(),
         "POST",
@@ -204,7 +222,7 @@ async fn node_actions_answer_the_sources_outcome_or_its_error_as_json() {
 
 #[tokio::test]
 async fn the_live_stream_sends_the_rendered_sections_first() {
-    let response = region_router(Arc::new(Region))
+    let response = region_router(Arc::new(Region), &open())
         .oneshot(
             Request::get("/console/stream")
                 .body(Body::empty())
@@ -229,7 +247,7 @@ async fn the_live_stream_sends_the_rendered_sections_first() {
 
 #[tokio::test]
 async fn the_federation_pages_render_and_an_unknown_job_is_a_404_page() {
-    let router = federation_router(Arc::new(Federation));
+    let router = federation_router(Arc::new(Federation), &open());
     let (status, html) = call(router.clone(), "GET", "/console", "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("replica g1 · leader"));
@@ -248,7 +266,13 @@ async fn the_federation_pages_render_and_an_unknown_job_is_a_404_page() {
 
 #[tokio::test]
 async fn a_waiting_jobs_reason_is_shown_escaped_in_both_consoles_and_only_for_waiting_jobs() {
-    let (_, html) = call(region_router(Arc::new(Region)), "GET", "/console", "").await;
+    let (_, html) = call(
+        region_router(Arc::new(Region), &open()),
+        "GET",
+        "/console",
+        "",
+    )
+    .await;
     assert!(html.contains("id=\"waiting\""), "a waiting jobs section");
     assert!(
         html.contains("data-job=\"j7\""),
@@ -257,7 +281,7 @@ async fn a_waiting_jobs_reason_is_shown_escaped_in_both_consoles_and_only_for_wa
     assert!(html.contains(WAITING_HTML), "with its reason, escaped");
     assert!(!html.contains("<gold>"), "nothing unescaped");
 
-    let router = federation_router(Arc::new(Federation));
+    let router = federation_router(Arc::new(Federation), &open());
     let (_, html) = call(router.clone(), "GET", "/console", "").await;
     assert!(html.contains(WAITING_HTML), "in the recent jobs list");
     assert!(!html.contains("<gold>"), "nothing unescaped");
@@ -285,13 +309,16 @@ async fn a_waiting_jobs_reason_is_shown_escaped_in_both_consoles_and_only_for_wa
 
 #[tokio::test]
 async fn an_action_another_site_could_send_is_refused_before_it_reaches_the_source() {
-    let router = region_router(Arc::new(Region));
+    let router = region_router(Arc::new(Region), &open());
+    let token = csrf(&router, "/console").await;
     let send = |headers: &'static [(&'static str, &'static str)]| {
         let router = router.clone();
+        let token = token.clone();
         async move {
             let mut request = Request::builder()
                 .method("POST")
-                .uri("/console/api/nodes/n-1/cordon");
+                .uri("/console/api/nodes/n-1/cordon")
+                .header("x-csrf-token", token);
             for (k, v) in headers {
                 request = request.header(*k, *v);
             }
@@ -316,7 +343,21 @@ async fn an_action_another_site_could_send_is_refused_before_it_reaches_the_sour
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("origin:"), "{body}");
-    // The console's own page passes.
+    // The console's own page passes; the same request without the page's
+    // CSRF token does not.
+    let missing = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/console/api/nodes/n-1/cordon")
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(missing.status(), StatusCode::FORBIDDEN);
     let (status, body) = send(&[
         ("content-type", "application/json"),
         ("host", "127.0.0.1:7590"),

@@ -13,6 +13,10 @@ use meridian_console::view::{
 use meridian_console::{ConsoleError, FederationConsoleSource, federation_router};
 use tower::ServiceExt;
 
+mod common;
+
+use common::open;
+
 const TASKS: u32 = 100_000;
 /// Tasks 0..RUNNING run, the rest succeeded.
 const RUNNING: u32 = 1_000;
@@ -137,7 +141,7 @@ fn link(html: &str, id: &str) -> Option<String> {
 #[tokio::test]
 async fn a_big_jobs_page_shows_counts_by_state_and_one_page_of_tasks_with_a_next_page_link() {
     let source = Arc::new(Arrays::default());
-    let router = federation_router(source.clone());
+    let router = federation_router(source.clone(), &open());
     let (status, html) = get(router.clone(), "/console/jobs/big").await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("100,000 tasks"), "total");
@@ -178,7 +182,7 @@ async fn a_big_jobs_page_shows_counts_by_state_and_one_page_of_tasks_with_a_next
 #[tokio::test]
 async fn a_state_filter_is_passed_to_the_source_and_kept_across_pages() {
     let source = Arc::new(Arrays::default());
-    let router = federation_router(source.clone());
+    let router = federation_router(source.clone(), &open());
     let (_, all) = get(router.clone(), "/console/jobs/big").await;
     assert!(
         all.contains("<a href=\"/console/jobs/big?state=running\">running (1,000)</a>"),
@@ -205,7 +209,7 @@ async fn a_state_filter_is_passed_to_the_source_and_kept_across_pages() {
 async fn an_unknown_state_filter_is_a_400_naming_the_parameter() {
     let source = Arc::new(Arrays::default());
     let (status, html) = get(
-        federation_router(source.clone()),
+        federation_router(source.clone(), &open()),
         "/console/jobs/big?state=sleeping",
     )
     .await;
@@ -217,7 +221,7 @@ async fn an_unknown_state_filter_is_a_400_naming_the_parameter() {
 #[tokio::test]
 async fn a_job_no_region_holds_shows_its_counts_and_says_task_rows_are_not_available() {
     let source = Arc::new(Arrays::default());
-    let router = federation_router(source.clone());
+    let router = federation_router(source.clone(), &open());
     for id in ["new", "gone"] {
         let (status, html) = get(router.clone(), &format!("/console/jobs/{id}")).await;
         assert_eq!(status, StatusCode::OK, "{id}");

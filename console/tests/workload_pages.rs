@@ -11,8 +11,12 @@ use meridian_console::view::{
     ActionOutcome, FederationSnapshot, JobDetail, JobRow, ScheduleAction, ScheduleDetail,
     ScheduleRow, UsageQuery, UsageRow, UsageView,
 };
-use meridian_console::{ConsoleError, FederationConsoleSource, federation_router};
+use meridian_console::{Actor, ConsoleError, FederationConsoleSource, federation_router};
 use tower::ServiceExt;
+
+mod common;
+
+use common::{csrf, open};
 
 const HOUR: u64 = 3_600_000;
 
@@ -64,6 +68,7 @@ impl FederationConsoleSource for Full {
         &self,
         schedule_id: &str,
         action: ScheduleAction,
+        _actor: &Actor,
     ) -> Result<ActionOutcome, ConsoleError> {
         Ok(ActionOutcome {
             message: format!("{} {schedule_id}", action.as_str()),
@@ -122,7 +127,7 @@ async fn get(router: axum::Router, uri: &str) -> (StatusCode, String) {
 
 #[tokio::test]
 async fn the_schedules_pages_render_the_sources_schedules_and_refuse_an_unknown_one() {
-    let router = federation_router(Arc::new(Full));
+    let router = federation_router(Arc::new(Full), &open());
     let (status, html) = get(router.clone(), "/console/schedules").await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("data-schedule=\"nightly\""), "{html}");
@@ -158,7 +163,7 @@ async fn the_schedules_pages_render_the_sources_schedules_and_refuse_an_unknown_
 
 #[tokio::test]
 async fn the_usage_page_draws_the_sources_hours_and_refuses_a_bad_parameter_by_name() {
-    let router = federation_router(Arc::new(Full));
+    let router = federation_router(Arc::new(Full), &open());
     let (status, html) = get(router.clone(), "/console/usage?range=6h&metric=cpu").await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("data-columns=\"2\""), "{html}");
@@ -181,7 +186,7 @@ async fn the_usage_page_draws_the_sources_hours_and_refuses_a_bad_parameter_by_n
 
 #[tokio::test]
 async fn a_source_without_schedules_or_usage_says_so_on_the_page() {
-    let router = federation_router(Arc::new(Bare));
+    let router = federation_router(Arc::new(Bare), &open());
     let (status, html) = get(router.clone(), "/console/schedules").await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("does not serve schedules"), "{html}");
@@ -193,12 +198,14 @@ async fn a_source_without_schedules_or_usage_says_so_on_the_page() {
 }
 
 async fn post(router: axum::Router, uri: &str, content_type: &str) -> (StatusCode, String) {
+    let token = csrf(&router, "/console").await;
     let response = router
         .oneshot(
             Request::builder()
                 .method("POST")
                 .uri(uri)
                 .header("content-type", content_type)
+                .header("x-csrf-token", token)
                 .body(Body::from("{}"))
                 .expect("request"),
         )
@@ -211,7 +218,7 @@ async fn post(router: axum::Router, uri: &str, content_type: &str) -> (StatusCod
 
 #[tokio::test]
 async fn a_schedule_action_reaches_the_source_only_as_json_from_the_console() {
-    let router = federation_router(Arc::new(Full));
+    let router = federation_router(Arc::new(Full), &open());
     let (status, body) = post(
         router.clone(),
         "/console/api/schedules/nightly/pause",
@@ -240,7 +247,7 @@ async fn a_schedule_action_reaches_the_source_only_as_json_from_the_console() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, body) = post(
-        federation_router(Arc::new(Bare)),
+        federation_router(Arc::new(Bare), &open()),
         "/console/api/schedules/nightly/pause",
         "application/json",
     )

@@ -13,7 +13,7 @@ use meridian_console::view::{
     RegionSummary, ScheduleAction, ScheduleDetail, ScheduleRow, TaskPage, TaskPageQuery,
     TenantJobs, TransitionRow, UsageQuery, UsageView,
 };
-use meridian_console::{ConsoleError, FederationConsoleSource};
+use meridian_console::{Actor, ConsoleError, FederationConsoleSource};
 use meridian_proto::v1::{Job, JobState, ListJobsRequest, RegionInfo, RegionState, TaskState};
 
 use crate::error::GlobalError;
@@ -44,14 +44,26 @@ impl GlobalConsole {
     }
 }
 
-/// The console routes of a global replica, for its HTTP listener.
-/// Its pages need an admin token (header or `meridian_token` cookie,
-/// `auth::http::console`): they show every tenant.
-pub fn router(api: FederationService) -> axum::Router {
-    let auth = api.auth.clone();
-    meridian_console::federation_router(GlobalConsole::new(api)).route_layer(
-        axum::middleware::from_fn_with_state(auth, crate::auth::http::console),
-    )
+/// The console routes of a global replica, for its HTTP listener. Its
+/// pages are behind sign-in with an admin token (they show every tenant),
+/// checked against this replica's token store; a replica started with
+/// `--no-auth` serves them open.
+pub fn router(api: FederationService) -> Result<axum::Router, GlobalError> {
+    let gate = if api.auth.enabled {
+        meridian_console::Gate::sign_in(
+            Arc::new(crate::auth::console::LocalCheck::new(api.auth.clone())),
+            meridian_console::ConsoleRole::Admin,
+            api.clock.clone(),
+            api.security.is_tls(),
+        )
+    } else {
+        meridian_console::Gate::open()
+    }
+    .map_err(|e| GlobalError::Corrupt(e.to_string()))?;
+    Ok(meridian_console::federation_router(
+        GlobalConsole::new(api),
+        &gate,
+    ))
 }
 
 fn console_error(e: GlobalError) -> ConsoleError {
@@ -330,8 +342,12 @@ impl FederationConsoleSource for GlobalConsole {
         &self,
         schedule_id: &str,
         action: ScheduleAction,
+        actor: &Actor,
     ) -> Result<ActionOutcome, ConsoleError> {
-        schedules::act(&self.api, schedule_id, action)
+        // As the person signed in, so the tenant checks and the audit log
+        // see them, not the replica.
+        let principal = crate::auth::console::principal_of(&actor.viewer);
+        crate::auth::act_as(principal, schedules::act(&self.api, schedule_id, action))
             .await
             .map_err(console_error)
     }

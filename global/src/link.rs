@@ -21,10 +21,10 @@ use meridian_proto::limits::MAX_BATCH_ITEMS;
 use meridian_proto::v1::region_link_server::RegionLink;
 use meridian_proto::v1::{
     AckAssignmentsRequest, AckAssignmentsResponse, AssignmentEvent, AssignmentEventKind,
-    AssignmentsRequest, ItemResult, JobEpoch, JobRelease, JobStatusUpdate, RegisterRegionRequest,
-    RegisterRegionResponse, ReleaseJobsRequest, ReleaseJobsResponse, RenewRegionLeaseRequest,
-    RenewRegionLeaseResponse, ReportCapacityRequest, ReportCapacityResponse, ReportStatusRequest,
-    ReportStatusResponse, Verdict,
+    AssignmentsRequest, CheckConsoleTokenRequest, CheckConsoleTokenResponse, ItemResult, JobEpoch,
+    JobRelease, JobStatusUpdate, RegisterRegionRequest, RegisterRegionResponse, ReleaseJobsRequest,
+    ReleaseJobsResponse, RenewRegionLeaseRequest, RenewRegionLeaseResponse, ReportCapacityRequest,
+    ReportCapacityResponse, ReportStatusRequest, ReportStatusResponse, Verdict,
 };
 use meridian_store::{Database, RangeOption, Transaction};
 use prost::Message;
@@ -61,6 +61,8 @@ pub struct LinkService {
     pub bookmark_every: Duration,
     /// Flips to true on shutdown; open streams end.
     pub shutdown: watch::Receiver<bool>,
+    /// Tokens, for the regions' console sign-in.
+    pub auth: crate::auth::Auth,
 }
 
 /// Applies one item of an epoch-checked batch inside the transaction.
@@ -392,6 +394,17 @@ fn superseded(region: &str, epoch: u64, current: u64) -> Status {
 
 #[tonic::async_trait]
 impl RegionLink for LinkService {
+    async fn check_console_token(
+        &self,
+        request: Request<CheckConsoleTokenRequest>,
+    ) -> Result<Response<CheckConsoleTokenResponse>, Status> {
+        Peer::of(&request).check_region(&request.get_ref().region)?;
+        // Any replica can answer (a read of one token record): a region's
+        // sign-in does not wait for the global leader.
+        let answer = crate::auth::console::check(&self.auth, &request.get_ref().token).await?;
+        Ok(Response::new(answer))
+    }
+
     async fn register_region(
         &self,
         request: Request<RegisterRegionRequest>,

@@ -197,12 +197,14 @@ async fn start_on(config: GlobalConfig, stores: Stores, clock: SharedClock) -> R
             header: config.http_header_timeout,
             body: config.http_body_timeout,
         };
+        let console = crate::console::router(federation.clone())?;
         tasks.push(serve_http(
             federation,
             metrics,
             listener,
             timeouts,
             shutdown.clone(),
+            console,
         ));
     }
     tracing::info!(%grpc_addr, ?http_addr, name = %config.name, "global replica serving");
@@ -306,6 +308,7 @@ fn services(
         kick: kick.clone(),
         bookmark_every: config.bookmark_every,
         shutdown: shutdown.clone(),
+        auth: federation.auth.clone(),
     };
     let controller = Controller::new(
         db.clone(),
@@ -393,9 +396,9 @@ fn serve_http(
     listener: HttpListener,
     timeouts: http::HttpTimeouts,
     stop: watch::Receiver<bool>,
+    console: axum::Router,
 ) -> JoinHandle<()> {
-    let router =
-        http::router(federation.clone(), metrics).merge(crate::console::router(federation));
+    let router = http::router(federation, metrics).merge(console);
     tokio::spawn(http::serve(listener, router, timeouts, stop))
 }
 

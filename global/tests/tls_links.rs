@@ -11,7 +11,10 @@ use meridian_control::tls::stream::{channel, dial_http};
 use meridian_control::tls::{Role, Security};
 use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
-use meridian_proto::v1::{ListRegionsRequest, RegisterRegionRequest, ReplicaIdentity};
+use meridian_proto::v1::{
+    CheckConsoleTokenRequest, ListRegionsRequest, RegisterRegionRequest, ReplicaIdentity,
+    Role as RoleOfToken,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -133,4 +136,55 @@ async fn the_http_server_speaks_https_and_refuses_plain_text() {
         !plain.as_ref().is_ok_and(|line| line.starts_with("HTTP/")),
         "{plain:?}"
     );
+}
+
+#[tokio::test]
+async fn a_region_learns_who_a_console_token_stands_for_and_only_for_its_own_console() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Authority::open_or_create(pki.path()).unwrap();
+    let files = ca.issue(pki.path(), "global", &[Role::Global]).unwrap();
+    let admin = meridian_cli::dev::token::generate().unwrap();
+    let bootstrap = admin.clone();
+    let global = Harness::start(move |c| {
+        c.security = Security::tls(files).unwrap();
+        c.auth_enabled = true;
+        c.bootstrap_token = Some(meridian_global::auth::Secret(bootstrap));
+    })
+    .await;
+    let tiers = Tiers { global, pki, ca };
+    let region = tiers.security("eu-west-0", &[Role::Region("eu-west".into())]);
+    let mut link = RegionLinkClient::new(tiers.channel(&region));
+    let ask = |region: &str, token: &str| CheckConsoleTokenRequest {
+        region: region.into(),
+        token: token.into(),
+    };
+    let answer = link
+        .check_console_token(ask("eu-west", &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.role, RoleOfToken::Admin as i32);
+    assert_eq!(answer.name, "bootstrap");
+    assert!(!answer.token_id.is_empty());
+
+    let unknown = meridian_cli::dev::token::generate().unwrap();
+    let refused = link
+        .check_console_token(ask("eu-west", &unknown))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused}");
+
+    // A region asks only for its own console.
+    let refused = link
+        .check_console_token(ask("us-east", &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    // And an agent not at all.
+    let agent = tiers.security("n1", &[Role::Agent("n1".into())]);
+    let refused = RegionLinkClient::new(tiers.channel(&agent))
+        .check_console_token(ask("n1", &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
 }

@@ -466,7 +466,7 @@ async fn spawn_metrics(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let handle = Arc::new(handle);
-    let console = crate::console::router(console, Some(handle.clone()));
+    let console = crate::console::router(console, Some(handle.clone())).map_err(server_error)?;
     let app = axum::Router::new()
         .route(
             "/metrics",

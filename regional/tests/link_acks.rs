@@ -37,6 +37,15 @@ type Events = Pin<Box<dyn Stream<Item = Result<v1::AssignmentEvent, Status>> + S
 
 #[tonic::async_trait]
 impl RegionLink for FakeGlobal {
+    async fn check_console_token(
+        &self,
+        _request: Request<v1::CheckConsoleTokenRequest>,
+    ) -> Result<Response<v1::CheckConsoleTokenResponse>, Status> {
+        Err(Status::unimplemented(
+            "this test's global tier checks no tokens",
+        ))
+    }
+
     async fn register_region(
         &self,
         _: Request<v1::RegisterRegionRequest>,

@@ -1,29 +1,23 @@
 //! Authentication of HTTP calls: axum middleware in front of the API
-//! routes and the console.
+//! routes (the consoles sign in with a session instead, `auth::console`).
 //!
 //! Owns finding the operation of a matched API route (its OpenAPI operation
 //! id, which is the RPC's name) and admitting the call by the same access
 //! table as gRPC; 401 / 403 answered in the API's JSON error shape before
-//! any handler runs, a refusal recorded in the audit log. The console's
-//! pages take the token from the `Authorization` header or from the
-//! `meridian_token` cookie (what a browser can send) and need the admin
-//! role, since its pages show every tenant. It must never log a header or
-//! a cookie.
+//! any handler runs, a refusal recorded in the audit log. It must never log
+//! a header.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{Auth, table};
+use super::Auth;
 use crate::error::GlobalError;
-
-/// The cookie a browser presents its token in.
-pub const TOKEN_COOKIE: &str = "meridian_token";
 
 type Operations = BTreeMap<(String, String), String>;
 
@@ -105,37 +99,6 @@ pub async fn api(State(auth): State<Auth>, req: Request, next: Next) -> Response
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     match super::grpc::admit(&auth, method, header.as_deref()).await {
-        Ok(principal) => super::act_as(principal, next.run(req)).await,
-        Err(error) => refusal(&error),
-    }
-}
-
-/// The token a browser or a client presents: the `Authorization` header,
-/// else the `meridian_token` cookie, as a header value.
-fn presented(headers: &HeaderMap) -> Option<String> {
-    if let Some(h) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        return Some(h.to_string());
-    }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == TOKEN_COOKIE)
-        .map(|(_, value)| format!("Bearer {value}"))
-}
-
-/// Middleware of the console's pages: admin only.
-pub async fn console(State(auth): State<Auth>, req: Request, next: Next) -> Response {
-    let presented = presented(req.headers());
-    match auth
-        .admit(presented.as_deref(), table::Access::Administer)
-        .await
-    {
         Ok(principal) => super::act_as(principal, next.run(req)).await,
         Err(error) => refusal(&error),
     }

@@ -13,6 +13,7 @@
 //! store a token's secret, and never answer a call of one tenant with data
 //! of another.
 
+pub mod console;
 pub mod grpc;
 pub mod http;
 pub mod scoped;

@@ -122,7 +122,8 @@ fn closing(mut response: Response) -> Response {
     response
 }
 
-/// Refuses a URL too long, a body that is not JSON or too large, and a body
+/// Refuses a URL too long, a body that is not JSON (but for the console's
+/// sign-in form) or too large, and a body
 /// that does not arrive in time; otherwise hands the request on with its
 /// body read whole, so no handler ever waits on a slow client.
 async fn guard(body_timeout: Duration, request: Request, next: Next) -> Response {
@@ -139,7 +140,15 @@ async fn guard(body_timeout: Duration, request: Request, next: Next) -> Response
     if !has_body(request.headers()) {
         return next.run(request).await;
     }
-    if !is_json(request.headers().get(header::CONTENT_TYPE)) {
+    // The one form a browser posts: the console's sign-in page (its own
+    // origin check is in the console's gate).
+    let sign_in_form = request.uri().path() == "/console/login"
+        && request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if !sign_in_form && !is_json(request.headers().get(header::CONTENT_TYPE)) {
         return closing(refusal(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a request body must be JSON: send Content-Type: application/json",

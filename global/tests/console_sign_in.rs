@@ -1,0 +1,127 @@
+//! The federation console's sign-in on a real replica with authentication
+//! on, over a real HTTP socket: its pages send a browser without a session
+//! to the sign-in page, a bearer header no longer opens them, a viewer
+//! token is refused at sign-in (the pages show every tenant: admin only),
+//! and an admin token opens a session whose cookie carries no token. (A
+//! revoked token ending its session at the next check is shown on a manual
+//! clock in the console crate's `sign_in` tests.)
+
+mod access_support;
+mod common;
+
+use std::net::SocketAddr;
+
+use access_support::Secured;
+use common::guarded;
+use meridian_proto::v1::Role;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// One HTTP/1.1 request with `headers`; the answer, whole.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: console.test\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    guarded("an HTTP answer", async {
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        Answer {
+            status: text[9..12].parse().unwrap(),
+            head: head.to_string(),
+            body: body.to_string(),
+        }
+    })
+    .await
+}
+
+async fn sign_in(addr: SocketAddr, token: &str) -> Answer {
+    send(
+        addr,
+        "POST",
+        "/console/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &format!("token={token}&next=%2Fconsole%2Fschedules"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_signs_in_to_the_federation_console_and_its_cookie_carries_no_token() {
+    let secured = Secured::start(|_| {}).await;
+    let addr = secured.http_addr();
+
+    let page = send(addr, "GET", "/console", &[("Accept", "text/html")], "").await;
+    assert_eq!(page.status, 303, "{}", page.head);
+    assert_eq!(
+        page.header("location").as_deref(),
+        Some("/console/login?next=%2Fconsole")
+    );
+    // A bearer header is the API's way in, not the console's.
+    let bearer = format!("Bearer {}", secured.admin);
+    let page = send(
+        addr,
+        "GET",
+        "/console/api/overview",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(page.status, 401, "{}", page.body);
+
+    let (viewer, _) = secured.token("watcher", Role::Viewer, &["a"]).await;
+    let refused = sign_in(addr, &viewer).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("role admin required"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.header("set-cookie").is_none());
+
+    let (admin, _) = secured.token("second-admin", Role::Admin, &[]).await;
+    let opened = sign_in(addr, &admin).await;
+    assert_eq!(opened.status, 303, "{}", opened.body);
+    assert_eq!(
+        opened.header("location").as_deref(),
+        Some("/console/schedules")
+    );
+    let set = opened.header("set-cookie").expect("a session cookie");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(!set.contains(&admin), "no token in the cookie");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let page = send(addr, "GET", "/console", &[("Cookie", &cookie)], "").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("second-admin"), "who is signed in");
+}
