@@ -240,7 +240,8 @@ impl Comparison {
              the load client presenting the admin token), `insecure` as `meridian dev --insecure` \
              (plain text, the global tier without auth). The modes alternate pair by pair. \
              Ratio: tls+auth over insecure (above 1: the figure is higher with TLS and auth; \
-             for a rate that is better, for a latency or a cost worse).\n",
+             for a rate that is better, for a latency or a cost worse). The load client's CPU \
+             is its own per run; its peak memory is the load process's over every run so far.\n",
             self.scenario
         );
         let _ = writeln!(md, "Command: `{}`\n", self.command);

@@ -33,18 +33,26 @@ pub struct Target {
     pub endpoints: String,
     /// The local federation, when this run started one.
     pub local: Option<LocalFederation>,
+    /// This load process's CPU seconds when the run began: one process
+    /// may make several runs (`--compare-insecure`), and each reports its
+    /// own.
+    client_cpu_at_start: f64,
 }
 
 impl Target {
     /// Uses `--endpoint` or starts `layout`, with mutual TLS and tokens or,
     /// with `--insecure`, in plain text with auth off.
     pub async fn get(ctx: &Ctx, layout: Layout) -> Result<Target> {
+        let client_cpu_at_start = crate::procstat::usage("self")
+            .map(|u| u.cpu_seconds)
+            .unwrap_or(0.0);
         match &ctx.args.endpoint {
             Some(e) => {
                 crate::client::use_tls(ctx.args.tls.clone());
                 Ok(Target {
                     endpoints: e.clone(),
                     local: None,
+                    client_cpu_at_start,
                 })
             }
             None => {
@@ -58,6 +66,7 @@ impl Target {
                 Ok(Target {
                     endpoints: fed.global_endpoints(),
                     local: Some(fed),
+                    client_cpu_at_start,
                 })
             }
         }
@@ -159,7 +168,8 @@ impl Target {
     }
 
     /// CPU seconds and peak memory of every local process still running,
-    /// and of this load client, by name.
+    /// and of this load client, by name (its CPU since this run began; its
+    /// peak memory over the whole process).
     pub fn usage(&self) -> BTreeMap<String, crate::procstat::Usage> {
         let mut out = BTreeMap::new();
         if let Some(f) = &self.local {
@@ -181,7 +191,8 @@ impl Target {
                 }
             }
         }
-        if let Some(u) = crate::procstat::usage("self") {
+        if let Some(mut u) = crate::procstat::usage("self") {
+            u.cpu_seconds = (u.cpu_seconds - self.client_cpu_at_start).max(0.0);
             out.insert("load client".to_string(), u);
         }
         out
