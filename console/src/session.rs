@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, Request, State};
-use axum::http::header::{ACCEPT, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use axum::http::header::{ACCEPT, CONTENT_TYPE, COOKIE, HOST, LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
@@ -328,6 +328,7 @@ impl Gate {
             .merge(sign_out)
             .layer(axum::middleware::from_fn_with_state(self.clone(), admit))
             .merge(sign_in)
+            .layer(axum::middleware::from_fn(host_from_authority))
     }
 
     /// The session named by the request's cookie, checked: `None` when
@@ -437,6 +438,21 @@ impl Gate {
         // Only hex, '=', ';' and ASCII words: always a valid header value.
         HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
+}
+
+/// HTTP/2 carries the host in the `:authority` pseudo-header, which the
+/// server puts in the URI, not in a `Host` header: the origin checks
+/// compare against `Host`, so it is filled in from the URI when absent.
+async fn host_from_authority(mut req: Request, next: Next) -> Response {
+    if !req.headers().contains_key(HOST)
+        && let Some(value) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(HOST, value);
+    }
+    next.run(req).await
 }
 
 /// The value of cookie `name`.

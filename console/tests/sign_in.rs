@@ -467,3 +467,29 @@ async fn a_console_that_needs_a_role_refuses_a_lower_one_at_sign_in() {
     assert!(String::from_utf8_lossy(&bytes).contains("role admin required"));
     assert_eq!(gate.session_count(), 0);
 }
+
+#[tokio::test]
+async fn over_http2_the_origin_is_compared_with_the_requests_authority() {
+    // An HTTP/2 request has no Host header: its authority is in the URI.
+    let c = Console::new();
+    let reply = c
+        .send(
+            Request::post("https://console.example:7590/console/login")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("origin", "https://console.example:7590")
+                .body(Body::from(format!("token={OPERATOR}")))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    let forged = c
+        .send(
+            Request::post("https://console.example:7590/console/login")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("origin", "https://evil.example")
+                .body(Body::from(format!("token={OPERATOR}")))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+}

@@ -520,54 +520,252 @@ async fn both_consoles_render_under_load_and_are_captured_as_screenshots() {
         .expect("the consoles rendered under load in time");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_regional_console_served_over_tls_opens_in_the_browser() {
-    // The replica runs as `meridian dev` runs it: its certificate from the
-    // same PKI code, its console on https.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let pki = dir.path().join("pki");
-    let ca = meridian_control::tls::pki::Authority::open_or_create(&pki).expect("CA");
-    let files = ca
-        .issue(
-            &pki,
-            "r1",
-            &[meridian_control::tls::Role::Region("r1".into())],
+/// A `meridian dev` federation as a user starts it: mutual TLS and tokens
+/// on, one global replica, one region replica with simulated nodes.
+struct Dev {
+    child: std::process::Child,
+    data: std::path::PathBuf,
+    /// `MERIDIAN_ENDPOINT` of the ready line.
+    endpoint: String,
+    /// The region replica's console URL.
+    region_console: String,
+}
+
+impl Dev {
+    fn start(data: &std::path::Path) -> Dev {
+        use std::io::{BufRead, BufReader};
+        // Below the ephemeral range, apart from the other tests' bases.
+        let base = 20_000 + (std::process::id() % 40) * 200;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["dev", "--data-dir"])
+            .arg(data)
+            .args(["--base-port", &base.to_string()])
+            .args([
+                "--regions",
+                "1",
+                "--global-replicas",
+                "1",
+                "--region-replicas",
+                "1",
+            ])
+            .args(["--simulated-nodes", "3", "--real-agents", "0"])
+            .env_remove("MERIDIAN_INSECURE")
+            .env_remove("MERIDIAN_NO_AUTH")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start meridian dev");
+        let out = child.stdout.take().expect("stdout");
+        // The lines come from the child as it starts; the reader ends at
+        // the ready line (or when the child's output ends, a failure).
+        let mut region_console = None;
+        let mut endpoint = None;
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let word = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .map(str::to_string)
+            };
+            if line.starts_with("meridian dev: us-east-1 ") {
+                region_console = word("console=");
+            }
+            if line.starts_with("meridian dev: ready") {
+                endpoint = word("MERIDIAN_ENDPOINT=");
+                break;
+            }
+        }
+        Dev {
+            child,
+            data: data.to_path_buf(),
+            endpoint: endpoint.expect("the ready line of meridian dev"),
+            region_console: region_console.expect("the region replica's console line"),
+        }
+    }
+
+    /// Runs the CLI with what `meridian dev` wrote (client config, admin
+    /// token); its standard output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(args)
+            .env("MERIDIAN_ENDPOINT", &self.endpoint)
+            .env("MERIDIAN_DATA_DIR", &self.data)
+            .env_remove("MERIDIAN_CONFIG")
+            .env_remove("MERIDIAN_INSECURE")
+            .env_remove("MERIDIAN_TOKEN")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run meridian");
+        assert!(
+            out.status.success(),
+            "meridian {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A new token (the last line `meridian token create` prints).
+    fn token(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        self.cli(&all)
+            .lines()
+            .last()
+            .expect("a token line")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // SIGINT: `meridian dev` stops its children before it exits.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).is_ok() {
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Signs in on the console's sign-in page with `token`; waits for the
+/// console page with its nodes listed.
+async fn sign_in(browser: &Browser, token: &str) {
+    // The sign-in page may be on its way (a redirect, or the script's
+    // navigation after signing out): the driver's wait outlives a page
+    // change, a script in the old page would not.
+    browser
+        .client
+        .wait()
+        .at_most(GUARD)
+        .for_element(fantoccini::Locator::Css("#token"))
+        .await
+        .expect("the sign-in page");
+    browser.type_into("#token", token).await;
+    browser.click("#sign-in").await;
+    // The form's post navigates to the console page: a script started
+    // before the new page loads would die with the old one, so the
+    // driver's own wait for the new page's element comes first.
+    if let Err(e) = browser
+        .client
+        .wait()
+        .at_most(GUARD)
+        .for_element(fantoccini::Locator::Css(
+            "main tr[data-node], #sign-in-error",
+        ))
+        .await
+    {
+        let text = browser.js("return document.body.innerText;").await;
+        panic!("after signing in: {e}; the page shows {text}");
+    }
+    browser
+        .wait_for(
+            "the console with its three nodes",
+            "return document.querySelectorAll('tr[data-node]').length >= 3 || null;",
         )
-        .expect("certificate");
-    let store = format!("sqlite:{}", dir.path().join("r1.db").display());
-    let line = meridian_cli::dev::line::RegionalLine::new(
-        "r1",
-        &store,
-        meridian_cli::dev::line::LOOPBACK_ANY_PORT,
-        1,
+        .await;
+}
+
+/// What the server answers a POST the page's script did not make: sent
+/// with the browser's session cookie, as another page could make the
+/// browser send it, with the given extra headers.
+async fn post_from_page(browser: &Browser, url: &str, headers: serde_json::Value) -> (u64, String) {
+    let script = r#"const [url, extra, done] = arguments;
+const headers = Object.assign({ "content-type": "application/json" }, extra);
+fetch(url, { method: "POST", headers, body: "{}", credentials: "include" })
+  .then(r => r.text().then(t => done([r.status, t])))
+  .catch(e => done([0, String(e)]));"#;
+    let answer = browser
+        .client
+        .execute_async(script, vec![json!(url), headers])
+        .await
+        .expect("the forged request");
+    (
+        answer[0].as_u64().expect("a status"),
+        answer[1].as_str().unwrap_or_default().to_string(),
     )
-    .metrics_listen(meridian_cli::dev::line::LOOPBACK_ANY_PORT)
-    .replica("ra")
-    .with(meridian_cli::tls::ServerTlsArgs::args_for(&files));
-    let region = support::Regional::start_with(&line, |l| {
-        l.env("MERIDIAN_INSECURE", "false")
-            .stderr(support::launch::Stderr::Null)
-    });
-    let http = region.metrics.clone().expect("the console address");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_no_drain_button_a_forged_post_is_refused_and_an_operator_drains_a_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dev = Dev::start(&dir.path().join("dev"));
+    let viewer = dev.token(&["--role", "viewer", "--tenant", "a", "--name", "watcher"]);
+    let operator = dev.token(&["--role", "operator", "--name", "night-shift"]);
     let run = async {
         let browser = Browser::start().await;
-        browser.goto(&format!("https://{http}/console")).await;
-        let title = browser
+        browser.goto(&dev.region_console).await;
+        sign_in(&browser, &viewer).await;
+        assert_eq!(
+            browser
+                .js("return document.getElementById('account-role').textContent;")
+                .await,
+            json!("viewer")
+        );
+        assert_eq!(
+            browser
+                .js("return document.querySelectorAll('button[data-action]').length;")
+                .await,
+            json!(0),
+            "a viewer sees no drain, cordon or region drain button"
+        );
+        let node = browser
+            .js("return document.querySelector('tr[data-node]').dataset.node;")
+            .await
+            .as_str()
+            .expect("a node id")
+            .to_string();
+        let drain = format!("/console/api/nodes/{node}/drain");
+        // Without the page's CSRF token (what another site's page would
+        // send with the browser's cookie): refused before any role check.
+        let (status, body) = post_from_page(&browser, &drain, json!({})).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("x-csrf-token"), "{body}");
+        // With it, from the viewer's own page: refused for the role.
+        let csrf = browser
+            .js("return document.querySelector('meta[name=csrf-token]').content;")
+            .await;
+        let (status, body) =
+            post_from_page(&browser, &drain, json!({ "x-csrf-token": csrf })).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("role operator required"), "{body}");
+
+        browser.click("#sign-out").await;
+        sign_in(&browser, &operator).await;
+        assert_eq!(
+            browser
+                .js("return document.getElementById('account-name').textContent;")
+                .await,
+            json!("night-shift")
+        );
+        browser
+            .click(&format!("button[aria-label='Drain node {node}']"))
+            .await;
+        browser.click("#confirm-ok").await;
+        let outcome = browser
             .wait_for(
-                "the console page over https",
-                "return location.protocol === 'https:' && document.title ? document.title : null;",
+                "the drain's outcome",
+                "const t = document.getElementById('action-result'); \
+                 return t && !t.hidden && t.dataset.outcome && !t.textContent.endsWith('…') \
+                   ? [t.dataset.outcome, t.textContent] : null;",
             )
             .await;
-        assert_eq!(title, json!("r1 · Meridian region"));
-        // The page's live stream runs over the same TLS listener.
+        assert_eq!(outcome[0], json!("ok"), "{outcome}");
         browser
             .wait_for(
-                "the live stream",
-                "return document.getElementById('live').classList.contains('on') || null;",
+                "the node shown draining",
+                &format!("return document.querySelector(\"tr[data-node='{node}'] [data-state='draining']\") ? true : null;"),
             )
             .await;
     };
-    tokio::time::timeout(GUARD, run)
+    tokio::time::timeout(GUARD * 3, run)
         .await
-        .expect("the TLS console test finished in time");
+        .expect("the sign-in test finished in time");
+    // The drain went through the federation API as the operator: the
+    // global tier recorded it under the operator's token.
+    let audit = dev.cli(&["audit", "list"]);
+    let line = audit
+        .lines()
+        .find(|l| l.contains("DrainNode"))
+        .unwrap_or_else(|| panic!("no DrainNode in the audit log:\n{audit}"));
+    assert!(line.contains("night-shift"), "{line}");
 }

@@ -194,7 +194,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
                 data.display()
             );
             println!(
-                "meridian dev: consoles are https: trust {} in your browser (or accept its warning once)",
+                "meridian dev: consoles are https: trust {} in your browser (or accept its warning once), then sign in with a token (the admin token below, or one from `meridian token create`)",
                 ca.display()
             );
         }
