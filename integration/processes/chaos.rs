@@ -16,16 +16,17 @@
 //!   wall-clock stamp). A task ends with an `exit` line when it finishes and
 //!   a `term` line when it is signalled (SIGTERM from its agent), read as
 //!   `Exited` and `Stopped`;
-//! - `LeaderChanged`: shard leaders and epochs read from both replicas'
-//!   consoles of each region, and each region's hold at the global tier
-//!   (link leader, lease epoch, written together by the registry) read from
-//!   the global consoles, sampled every 250 ms;
+//! - `LeaderChanged`: every term of every shard lease and of the global
+//!   leader lease, from the line each holder's elector logs when it becomes
+//!   leader (holder, epoch, the line's own time stamp: every term, not a
+//!   sample); and each region's hold at the global tier (link leader, lease
+//!   epoch, written together by the registry) read from the global
+//!   consoles every 250 ms, since nothing announces it;
 //! - `Fault`, `ControlPlaneDown`/`Up`, `Healed`: the harness's own actions;
 //!   `JobObserved`: the listing after every job is final.
 //!
 //! Not observable from outside the processes, so not checked here: fenced
-//! write attempts (7.3 is vacuous), node loads (7.5 is vacuous), the global
-//! leader's epoch (`/healthz` says who leads, not at which epoch).
+//! write attempts (7.3 is vacuous), node loads (7.5 is vacuous).
 //!
 //! Runs alone (`.config/nextest.toml`).
 
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use federation::{Dev, Sizes, Tracker, file_for_tasks, http_get_json, poll, sh_job, submit_all};
+use federation::{Dev, Sizes, Tracker, file_for_tasks, http_get_json, sh_job, submit_all};
 use meridian_proto::v1;
 use meridian_sim::{CheckConfig, Event, History, JobState, Record, Scope, StopReason, check};
 use nix::sys::signal::Signal;
@@ -53,18 +54,19 @@ const SHARD_LEADER_PAUSE: Duration = Duration::from_secs(4);
 /// How long the global leader stays SIGSTOPped: about 3 leader leases. The
 /// length of the fault itself, not a wait.
 const GLOBAL_LEADER_PAUSE: Duration = Duration::from_secs(6);
-/// The leader sampler's period: how finely the history sees leadership
-/// change (a property of the observation; nothing waits on it).
-const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// The region hold sampler's period: how finely the history sees a
+/// region's hold at the global tier change (a property of the observation;
+/// nothing waits on it).
+const REGION_HOLD_SAMPLE_PERIOD: Duration = Duration::from_millis(250);
 
 /// The faults whose length is a duration.
 mod fault {
     use std::time::Duration;
 
-    /// Keeps a fault (a SIGSTOPped process) in place for `length`: the
-    /// sleep is the fault, not a wait for a condition.
-    pub async fn pause_for(length: Duration) {
-        tokio::time::sleep(length).await;
+    /// Keeps a fault (a SIGSTOPped process) in place for `length_of_the_fault`:
+    /// the sleep is the fault, not a wait for a condition.
+    pub async fn pause_for(length_of_the_fault: Duration) {
+        tokio::time::sleep(length_of_the_fault).await;
     }
 }
 
@@ -121,13 +123,7 @@ fn signal(dev: &Dev, name: &str, signal: Signal) {
 
 /// The replica of `region` leading the most shards now.
 fn busiest(dev: &Dev, region: &str) -> String {
-    let replicas = dev.region_replicas(region);
-    let shards = poll("a console shows every shard led", || {
-        replicas.iter().find_map(|r| {
-            dev.shard_leaders(r)
-                .filter(|s| !s.is_empty() && s.values().all(|(l, _)| !l.is_empty()))
-        })
-    });
+    let shards = dev.await_shards_led(region);
     let mut led: BTreeMap<String, usize> = BTreeMap::new();
     for (leader, _) in shards.values() {
         *led.entry(leader.clone()).or_default() += 1;
@@ -138,30 +134,14 @@ fn busiest(dev: &Dev, region: &str) -> String {
         .expect("a leader")
 }
 
-/// Where the leader sampler reads from: (region, replica, snapshot URL) of
-/// every regional console and (replica, overview URL) of every global one.
-/// `Dev` itself stays on the test's thread.
+/// Where the region hold sampler reads from: (replica, overview URL) of
+/// every global console. `Dev` itself stays on the test's thread.
 struct Consoles {
-    regional: Vec<(String, String, String)>,
     global: Vec<(String, String)>,
 }
 
 impl Consoles {
     fn of(dev: &Dev) -> Consoles {
-        let regional = REGIONS
-            .iter()
-            .flat_map(|region| {
-                dev.region_replicas(region).into_iter().map(|replica| {
-                    let metrics = dev.address(&replica, "metrics");
-                    let base = metrics.trim_end_matches("/metrics").to_string();
-                    (
-                        region.to_string(),
-                        replica,
-                        format!("{base}/console/api/snapshot"),
-                    )
-                })
-            })
-            .collect();
         let global = dev
             .globals()
             .into_iter()
@@ -170,13 +150,44 @@ impl Consoles {
                 (g, url)
             })
             .collect();
-        Consoles { regional, global }
+        Consoles { global }
     }
 }
 
-/// Samples leaders until `stop`: shard leaders from every regional console,
-/// region holds from every global console; each (scope, holder, epoch) once.
-fn sample_leaders(consoles: &Consoles, stop: &AtomicBool) -> Vec<Timed> {
+/// Every term the federation's electors logged: shard leases as
+/// `Scope::Shard`, the global leader lease as `Scope::Global`.
+fn logged_terms(dev: &Dev) -> Vec<Timed> {
+    dev.leaders.now(|terms| {
+        terms
+            .begun
+            .iter()
+            .filter_map(|((group, lease), term)| {
+                let scope = if group == "global" && lease == "global" {
+                    Scope::Global
+                } else {
+                    let shard = lease.strip_prefix("shard-")?.parse().ok()?;
+                    Scope::Shard {
+                        region: group.clone(),
+                        shard,
+                    }
+                };
+                Some(Timed {
+                    at_ns: term.at_unix_ns,
+                    source: format!("log {}", term.holder),
+                    event: Event::LeaderChanged {
+                        scope,
+                        holder: term.holder.clone(),
+                        epoch: term.epoch,
+                    },
+                })
+            })
+            .collect()
+    })
+}
+
+/// Samples region holds from every global console until `stop`; each
+/// (scope, holder, epoch) once.
+fn sample_region_holds(consoles: &Consoles, stop: &AtomicBool) -> Vec<Timed> {
     let mut out = Vec::new();
     let mut seen: BTreeSet<(Scope, String, u64)> = BTreeSet::new();
     let mut note = |out: &mut Vec<Timed>, source: String, scope: Scope, holder: &str, epoch| {
@@ -193,24 +204,6 @@ fn sample_leaders(consoles: &Consoles, stop: &AtomicBool) -> Vec<Timed> {
         }
     };
     while !stop.load(Ordering::SeqCst) {
-        for (region, replica, url) in &consoles.regional {
-            let Some(snapshot) = http_get_json(url) else {
-                continue;
-            };
-            for s in snapshot["shards"].as_array().cloned().unwrap_or_default() {
-                if let (Some(shard), Some(holder), Some(epoch)) = (
-                    s["shard"].as_u64(),
-                    s["leader"].as_str(),
-                    s["epoch"].as_u64(),
-                ) {
-                    let scope = Scope::Shard {
-                        region: region.clone(),
-                        shard: shard as u32,
-                    };
-                    note(&mut out, format!("console {replica}"), scope, holder, epoch);
-                }
-            }
-        }
         for (global, url) in &consoles.global {
             let Some(overview) = http_get_json(url) else {
                 continue;
@@ -226,7 +219,9 @@ fn sample_leaders(consoles: &Consoles, stop: &AtomicBool) -> Vec<Timed> {
                 }
             }
         }
-        std::thread::sleep(SAMPLE_EVERY);
+        // The observation's period, not a wait for a condition: no
+        // process announces a change of a region's hold.
+        std::thread::sleep(REGION_HOLD_SAMPLE_PERIOD);
     }
     out
 }
@@ -369,7 +364,7 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
     let sampler = {
         let consoles = Consoles::of(&dev);
         let stop = stop_sampling.clone();
-        std::thread::spawn(move || sample_leaders(&consoles, &stop))
+        std::thread::spawn(move || sample_region_holds(&consoles, &stop))
     };
 
     let short = logging_script(&file, "0.2", "plain");
@@ -384,11 +379,12 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
         tokio::spawn(async move { submit_all(&mut submit_client, "chaos", specs, 10).await });
     support::wait::file_until(&file, "the first tasks ran", federation::GUARD, || {
         (task_log(&file).starts >= 10).then_some(())
-    });
+    })
+    .await;
 
     // Round 1: kill -9 of the global leader and of us-east's busiest shard
     // leader; SIGSTOP of eu-west's busiest for 4 shard leases.
-    let leader = poll("a global leader", || dev.global_leader());
+    let leader = dev.await_global_leader();
     dev.kill9(&leader);
     timeline.fault(format!("kill -9 {leader} (global leader)"));
     let victim = busiest(&dev, REGIONS[0]);
@@ -405,13 +401,13 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
 
     // Round 2: again, the other way round, and a pause of the global leader
     // for 3 leader leases.
-    let leader = poll("a global leader", || dev.global_leader());
+    let leader = dev.await_global_leader();
     dev.kill9(&leader);
     timeline.fault(format!("kill -9 {leader} (global leader)"));
     let victim = busiest(&dev, REGIONS[1]);
     dev.kill9(&victim);
     timeline.fault(format!("kill -9 {victim} (busiest shard leader)"));
-    let leader = poll("a global leader", || dev.global_leader());
+    let leader = dev.await_global_leader();
     signal(&dev, &leader, Signal::SIGSTOP);
     timeline.fault(format!(
         "SIGSTOP {leader} (global leader) for {GLOBAL_LEADER_PAUSE:?}"
@@ -436,7 +432,8 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
         "every keep_running task runs",
         federation::GUARD,
         || (task_log(&file).keep_running_started.len() >= KEEP_RUNNING).then_some(()),
-    );
+    )
+    .await;
     let control_plane: Vec<String> = dev
         .globals()
         .into_iter()
@@ -453,7 +450,7 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
     for (name, pid) in &killed {
         restarted(&dev, name, *pid);
     }
-    poll("a global leader after the restart", || dev.global_leader());
+    dev.await_global_leader();
     for region in REGIONS {
         busiest(&dev, region);
     }
@@ -485,7 +482,8 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
         .await_all_final(&mut client, &ids, Duration::from_secs(120))
         .await;
     stop_sampling.store(true, Ordering::SeqCst);
-    let leaders = sampler.join().expect("sampler");
+    let holds = sampler.join().expect("sampler");
+    let terms = logged_terms(&dev);
 
     // Sequencing: acks first (each precedes any observation of its job),
     // then everything by wall time, the listing last.
@@ -502,9 +500,33 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
         .collect();
     let observed_at = unix_ns();
     let log = task_log(&file);
-    let leader_terms = leaders.len();
+    let shards_led: BTreeSet<(String, u32)> = terms
+        .iter()
+        .filter_map(|t| match &t.event {
+            Event::LeaderChanged {
+                scope: Scope::Shard { region, shard },
+                ..
+            } => Some((region.clone(), *shard)),
+            _ => None,
+        })
+        .collect();
+    let global_terms = terms
+        .iter()
+        .filter(|t| {
+            matches!(
+                t.event,
+                Event::LeaderChanged {
+                    scope: Scope::Global,
+                    ..
+                }
+            )
+        })
+        .count();
+    let leader_terms = terms.len();
+    let region_holds = holds.len();
     timed.extend(timeline.events);
-    timed.extend(leaders);
+    timed.extend(terms);
+    timed.extend(holds);
     timed.extend(log.events);
     timed.extend(jobs.values().map(|job| Timed {
         at_ns: observed_at,
@@ -537,7 +559,7 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
     );
     println!(
         "chaos: {} acks of {} jobs, {} task starts, {} exits, {} terms, {leader_terms} leader \
-         terms seen, {} records; healed at {:.1} s, all final {:.1} s later; states {:?}; \
+         terms logged ({global_terms} global), {region_holds} region holds sampled, {} records; healed at {:.1} s, all final {:.1} s later; states {:?}; \
          keep_running ends {:?}",
         acked.len(),
         ids.len(),
@@ -564,9 +586,15 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
         log.exits + log.terms,
         "every task start has its end line"
     );
+    assert_eq!(
+        shards_led.len(),
+        REGIONS.len() * 4,
+        "every shard's leader logged its term: {shards_led:?}"
+    );
+    // The first term, and one after each of the three kills of the leader.
     assert!(
-        leader_terms >= REGIONS.len() * 4,
-        "the sampler saw every shard's leader"
+        global_terms >= 4,
+        "a global leader term after each kill of the leader: {global_terms}"
     );
     assert!(
         log.keep_running_ends

@@ -19,11 +19,12 @@
 //! Runs alone (`.config/nextest.toml`).
 
 mod federation;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use federation::{Dev, GUARD, POLL, Sizes, list_all, poll, simulated_job};
+use federation::{Dev, GUARD, Sizes, Tracker, list_all, simulated_job};
 use meridian_cli::client::Client;
 use meridian_proto::v1;
 
@@ -70,15 +71,52 @@ async fn runs(client: &mut Client, created_at: u64) -> BTreeMap<u64, Vec<String>
     by_tick
 }
 
-/// Waits, polling ListJobs, until the job of `tick` is listed.
-async fn await_run(client: &mut Client, created_at: u64, tick: u64) {
-    let deadline = Instant::now() + GUARD;
-    while !runs(client, created_at).await.contains_key(&tick) {
+/// Waits until the WatchJobs stream shows the job of `tick` (its request
+/// id names the tick).
+async fn await_run(tracker: &mut Tracker, created_at: u64, tick: u64) {
+    let request_id = format!("schedule/{SCHEDULE}/{created_at}/{tick}");
+    tracker
+        .until(&format!("the job of tick {tick}"), GUARD, |jobs| {
+            jobs.values()
+                .any(|j| j.request_id == request_id)
+                .then_some(())
+        })
+        .await;
+}
+
+/// Reads the schedule until it has recorded `tick`, again at each write to
+/// the global store's files in `data` (the record is a write there; nothing
+/// else announces it).
+async fn await_recorded(client: &mut Client, data: &std::path::Path, tick: u64) -> v1::Schedule {
+    let mut writes = support::wait::DirWrites::watch(data);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let s = schedule(client).await;
+        if s.handled_through_unix_ms >= tick {
+            return s;
+        }
         assert!(
-            Instant::now() < deadline,
-            "the job of tick {tick}: not within {GUARD:?}"
+            writes.next(deadline).await,
+            "tick {tick} recorded: not within {GUARD:?}"
         );
-        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The moments of the real clock this scenario acts at.
+mod scenario {
+    use std::time::Duration;
+
+    /// Returns at `at_unix_ms` of the wall clock: the kill is meant to land
+    /// just before a cron tick's time, so the passing of real time up to
+    /// that instant is the scenario, not a wait for a condition.
+    pub async fn until_wall_clock(at_unix_ms: u64) {
+        let now = super::now_ms();
+        assert!(
+            now < at_unix_ms,
+            "{at_unix_ms} (ms since 1970) had passed already at {now}"
+        );
+        let until_the_instant = Duration::from_millis(at_unix_ms - now);
+        tokio::time::sleep(until_the_instant).await;
     }
 }
 
@@ -86,12 +124,12 @@ async fn await_run(client: &mut Client, created_at: u64, tick: u64) {
 /// `meridian dev` to restart the killed replica. Returns the time from the
 /// kill to a leader.
 async fn kill_the_leader(dev: &Dev) -> Duration {
-    let leader = poll("a global leader", || dev.global_leader());
+    let leader = dev.await_global_leader();
     let killed_at = Instant::now();
     let pid = dev.kill9(&leader);
-    // The killed replica's /healthz stops answering at once; whoever says
-    // it leads from now on is a leader after the kill.
-    poll("a new global leader", || dev.global_leader());
+    // The kill ended the killed replica's term; the next one logged is a
+    // term after the kill.
+    dev.await_global_leader();
     let failover = killed_at.elapsed();
     dev.await_restart(&leader, pid, killed_at);
     println!(
@@ -104,8 +142,9 @@ async fn kill_the_leader(dev: &Dev) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_makes_exactly_one_job_per_tick_through_kills_of_the_global_leader() {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
     let dev = Dev::start(
-        &dir.path().join("dev"),
+        &data,
         Sizes {
             regions: 1,
             shards: 1,
@@ -115,6 +154,8 @@ async fn a_schedule_makes_exactly_one_job_per_tick_through_kills_of_the_global_l
     );
     assert_eq!(dev.globals().len(), 2, "two global replicas");
     let mut client = dev.client();
+    // Watching before the schedule exists, so no job of a tick is missed.
+    let mut tracker = Tracker::start(dev.client()).await;
 
     let request = v1::CreateScheduleRequest {
         schedule_id: SCHEDULE.into(),
@@ -144,34 +185,16 @@ async fn a_schedule_makes_exactly_one_job_per_tick_through_kills_of_the_global_l
     let second = first + MINUTE_MS;
 
     // Kill 1: as soon as the first tick's job is listed.
-    await_run(&mut client, created_at, first).await;
+    await_run(&mut tracker, created_at, first).await;
     kill_the_leader(&dev).await;
 
     // Kill 2: just before the second tick's time, so the replica that leads
-    // after the kill plans it. Waiting for a time of the real clock is the
-    // scenario here, not a wait for a condition.
-    let kill_at = second.saturating_sub(BEFORE_TICK.as_millis() as u64);
-    let now = now_ms();
-    assert!(
-        now < kill_at,
-        "the first failover ended after the second tick"
-    );
-    tokio::time::sleep(Duration::from_millis(kill_at - now)).await;
+    // after the kill plans it.
+    scenario::until_wall_clock(second.saturating_sub(BEFORE_TICK.as_millis() as u64)).await;
     kill_the_leader(&dev).await;
 
-    await_run(&mut client, created_at, second).await;
-    let deadline = Instant::now() + GUARD;
-    let recorded = loop {
-        let s = schedule(&mut client).await;
-        if s.handled_through_unix_ms >= second {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tick {second} recorded: not within {GUARD:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    };
+    await_run(&mut tracker, created_at, second).await;
+    let recorded = await_recorded(&mut client, &data, second).await;
 
     // Every tick in (created, handled_through] either has exactly one job
     // or is counted as skipped; no job is of another tick.

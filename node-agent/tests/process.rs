@@ -209,7 +209,7 @@ async fn stop_kills_the_whole_process_tree() {
 
     // The task tells us its own pid and its child's through a FIFO: reading
     // it is an event, no polling.
-    let fifo = common::task_fifo(work.path(), "pids");
+    let fifo = common::wait::task_fifo(work.path(), "pids");
     let a = attempt("job-2", 0, 1);
     let script = "sleep 1000 & echo \"$$ $!\" > \"$PIDS\"; wait";
     let template = sh(script, &[("PIDS", fifo.to_str().unwrap())], "");
@@ -334,7 +334,17 @@ async fn an_end_unacknowledged_when_the_agent_dies_is_delivered_by_its_next_boot
     fake.wait_held_reports(1).await;
     // The end is on disk (a crash before that write would lose it, as it
     // loses any change of the last moment).
-    common::state_file_until(work.path(), |s| s.contains("\"ends\"")).await;
+    let state = work.path().join("state.json");
+    common::wait::file_until(
+        &state,
+        "the end in the state file",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&state).ok()?;
+            text.contains("\"ends\"").then_some(())
+        },
+    )
+    .await;
     drop(host);
     fake.hold_reports(false);
 

@@ -45,7 +45,7 @@ async fn keep_running_tasks_survive_an_outage_and_failover_tasks_stop_at_the_lea
     } = one_node(&clock, lease.as_millis() as u64, 60_000, None).await;
 
     // keep_running: blocks on a FIFO until the test lets it finish.
-    let fifo = common::task_fifo(work.path(), "go");
+    let fifo = common::wait::task_fifo(work.path(), "go");
     let keep = attempt("keep", 0, 1);
     let script = "read line < \"$GO\"; echo \"finished $line\"; exit 7";
     fake.send(

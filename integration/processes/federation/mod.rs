@@ -1,12 +1,16 @@
 //! A whole federation under test: `meridian dev` as a child of the test,
 //! the addresses it printed, its supervised children found by name (to
-//! `kill -9` one), who leads what (read through the global `/healthz` and
-//! the regional console's JSON), and submitting and tracking many jobs
+//! `kill -9` one), who leads what (from the lines the replicas' lease
+//! electors log, [`leaders`]), and submitting and tracking many jobs
 //! through the Federation API with the CLI's leader-following client.
 //!
-//! Everything that waits polls an API under a guard that only stops a hang.
+//! Every wait here is for an event (a line `meridian dev` or a child
+//! writes, a message of a WatchJobs stream) under a guard that only stops
+//! a hang; nothing asks a replica again and again until it answers.
 
 #![allow(dead_code)]
+
+pub mod leaders;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,8 +25,6 @@ use meridian_proto::v1;
 
 /// Failure guard of start-up steps; nothing waits this long when things work.
 pub const GUARD: Duration = Duration::from_secs(120);
-/// Pause between two polls of an API.
-pub const POLL: Duration = Duration::from_millis(100);
 
 /// Sizes of the federation.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +55,9 @@ pub struct Dev {
     /// Lines read from [`Dev::stderr`] while waiting for another one, kept
     /// for the wait they belong to (two children may restart at once).
     backlog: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// Who leads what, from the children's elector lines.
+    pub leaders: leaders::Leaders,
+    sizes: Sizes,
 }
 
 impl Drop for Dev {
@@ -68,6 +73,8 @@ impl Drop for Dev {
 impl Dev {
     /// Starts `meridian dev` on `data` and waits for its ready line.
     pub fn start(data: &Path, sizes: Sizes) -> Dev {
+        // Watching before the first child starts, so no term is missed.
+        let leaders = leaders::Leaders::follow(&data.join("logs"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
             .arg("dev")
             .arg("--data-dir")
@@ -81,7 +88,7 @@ impl Dev {
             // plain HTTP/1.1; mutual TLS under `meridian dev` is tested by
             // e2e_federation and dev_supervisor.
             .arg("--insecure")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", leaders::LOG_FILTER)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -101,6 +108,8 @@ impl Dev {
             children: BTreeMap::new(),
             stderr: err_rx,
             backlog: Default::default(),
+            leaders,
+            sizes,
         };
         let (tx, rx) = channel();
         std::thread::spawn(move || {
@@ -198,6 +207,7 @@ impl Dev {
             nix::sys::signal::Signal::SIGKILL,
         )
         .expect("kill -9");
+        self.leaders.killed(name);
         pid
     }
 
@@ -276,48 +286,29 @@ impl Dev {
             .collect()
     }
 
-    /// The global replica that says it leads (`/healthz`), if one does.
-    pub fn global_leader(&self) -> Option<String> {
-        self.globals().into_iter().find(|name| {
-            http_get_json(&format!("{}/healthz", self.address(name, "http")))
-                .is_some_and(|v| v["leader"] == serde_json::Value::Bool(true))
+    /// Waits until a global replica has logged that it leads (and has not
+    /// stepped down or been killed since); returns its name.
+    pub fn await_global_leader(&self) -> String {
+        self.leaders.until("a global leader", GUARD, |terms| {
+            terms.global_leader().map(|t| t.holder.clone())
         })
     }
 
-    /// Shard id -> (leader replica, epoch) as the console of `replica` shows
-    /// them (sampled about once a second).
-    pub fn shard_leaders(&self, replica: &str) -> Option<BTreeMap<u64, (String, u64)>> {
-        let metrics = self.address(replica, "metrics");
-        let base = metrics.trim_end_matches("/metrics");
-        let snapshot = http_get_json(&format!("{base}/console/api/snapshot"))?;
-        let shards = snapshot.get("shards")?.as_array()?;
-        Some(
-            shards
-                .iter()
-                .filter_map(|s| {
-                    Some((
-                        s.get("shard")?.as_u64()?,
-                        (
-                            s.get("leader")?.as_str()?.to_string(),
-                            s.get("epoch")?.as_u64()?,
-                        ),
-                    ))
-                })
-                .collect(),
-        )
+    /// The global replica leading as far as the lines read so far say.
+    pub fn global_leader_now(&self) -> Option<String> {
+        self.leaders
+            .now(|terms| terms.global_leader().map(|t| t.holder.clone()))
     }
-}
 
-/// Polls `check` every [`POLL`] until it gives a value; panics after
-/// [`GUARD`].
-pub fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {GUARD:?}");
-        std::thread::sleep(POLL);
+    /// Waits until every shard of `region` has a leader; returns shard ->
+    /// (leader replica, epoch).
+    pub fn await_shards_led(&self, region: &str) -> BTreeMap<u64, (String, u64)> {
+        let shards = self.sizes.shards as usize;
+        self.leaders
+            .until(&format!("every shard of {region} led"), GUARD, |terms| {
+                let led = terms.shards(region);
+                (led.len() == shards).then_some(led)
+            })
     }
 }
 
@@ -526,11 +517,12 @@ pub fn states(jobs: &BTreeMap<String, v1::Job>) -> BTreeMap<String, usize> {
     counts
 }
 
-/// Final jobs as seen through WatchJobs: opened before the first submit,
+/// Jobs as seen through WatchJobs: opened before the first submit,
 /// resumed from its cursor (through the leader-following client) whenever
 /// the stream breaks, so no event is missed while global replicas die.
+/// Keeps the latest event of each job, by job id.
 pub struct Tracker {
-    finals: tokio::sync::watch::Receiver<BTreeMap<String, i32>>,
+    jobs: tokio::sync::watch::Receiver<BTreeMap<String, v1::Job>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -543,7 +535,7 @@ impl Drop for Tracker {
 impl Tracker {
     /// Starts watching every job event from now on.
     pub async fn start(mut client: Client) -> Tracker {
-        let (tx, finals) = tokio::sync::watch::channel(BTreeMap::new());
+        let (tx, jobs) = tokio::sync::watch::channel(BTreeMap::new());
         let request = v1::WatchJobsRequest::default();
         let first = client
             .call(|mut c| {
@@ -563,6 +555,10 @@ impl Tracker {
                             cursor: cursor.clone(),
                             ..Default::default()
                         };
+                        // The client sends the call again as the retry
+                        // rule says, for up to its deadline; past that no
+                        // replica serves, and the tracker ends (the waits
+                        // on it then fail, naming the jobs not seen).
                         match client
                             .call(|mut c| {
                                 let r = request.clone();
@@ -572,9 +568,8 @@ impl Tracker {
                         {
                             Ok(s) => s,
                             Err(e) => {
-                                eprintln!("tracker: cannot watch yet: {e}");
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                                continue;
+                                eprintln!("tracker: no replica serves WatchJobs: {e}");
+                                return;
                             }
                         }
                     }
@@ -583,11 +578,15 @@ impl Tracker {
                     match tokio::time::timeout(Duration::from_secs(15), s.message()).await {
                         Ok(Ok(Some(event))) => {
                             cursor = event.cursor.clone();
-                            if let Some(j) = event.job
-                                && is_final(j.state)
-                            {
-                                tx.send_modify(|m| {
-                                    m.insert(j.job_id, j.state);
+                            if let Some(j) = event.job {
+                                // A final state stays: an event of an
+                                // earlier state sent again after a resume
+                                // does not undo it.
+                                tx.send_modify(|m: &mut BTreeMap<String, v1::Job>| {
+                                    let ended = m.get(&j.job_id).is_some_and(|o| is_final(o.state));
+                                    if !ended || is_final(j.state) {
+                                        m.insert(j.job_id.clone(), j);
+                                    }
                                 });
                             }
                         }
@@ -599,7 +598,28 @@ impl Tracker {
                 }
             }
         });
-        Tracker { finals, task }
+        Tracker { jobs, task }
+    }
+
+    /// Waits until `check` gives a value from the jobs seen so far, looking
+    /// again at each event; panics after `guard`, naming `what`.
+    pub async fn until<T>(
+        &mut self,
+        what: &str,
+        guard: Duration,
+        mut check: impl FnMut(&BTreeMap<String, v1::Job>) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + guard;
+        loop {
+            if let Some(v) = check(&self.jobs.borrow_and_update()) {
+                return v;
+            }
+            match tokio::time::timeout_at(deadline, self.jobs.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => panic!("{what}: the watch of jobs ended"),
+                Err(_) => panic!("{what}: not within {guard:?}"),
+            }
+        }
     }
 
     /// Waits until every job of `ids` is final or `guard` passes; then
@@ -614,8 +634,10 @@ impl Tracker {
         let mut last_report = Instant::now();
         loop {
             let open = {
-                let finals = self.finals.borrow();
-                ids.iter().filter(|id| !finals.contains_key(*id)).count()
+                let jobs = self.jobs.borrow_and_update();
+                ids.iter()
+                    .filter(|id| jobs.get(*id).is_none_or(|j| !is_final(j.state)))
+                    .count()
             };
             if open == 0 {
                 break;
@@ -630,7 +652,7 @@ impl Tracker {
             }
             let left = guard.saturating_sub(started.elapsed());
             if left.is_zero()
-                || tokio::time::timeout(left.min(Duration::from_secs(5)), self.finals.changed())
+                || tokio::time::timeout(left.min(Duration::from_secs(5)), self.jobs.changed())
                     .await
                     .is_ok_and(|r| r.is_err())
             {

@@ -6,8 +6,10 @@
 //! the kernel's notice of the event, bounded by a failure guard that only
 //! stops a hang.
 //!
-//! Owns the two unsafe calls the harness makes (`pidfd_open`, `poll`); the
-//! rest of the harness waits through these functions.
+//! Owns the unsafe calls the harness makes (`pidfd_open`, `poll`, the
+//! registration of a pidfd with tokio); the rest of the harness waits
+//! through these functions. The node agent's tests include this same file
+//! (`node-agent/tests/common`), so each wait exists once.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -83,12 +85,15 @@ pub async fn process_exit(pid: i32, guard: Duration) -> bool {
 }
 
 /// A FIFO `name` in `dir` that a task can open whatever user it runs as
-/// (a root agent runs tasks as `nobody`).
+/// (a root agent runs tasks as `nobody`): the directory becomes searchable
+/// and the FIFO readable and writable by all.
 pub fn task_fifo(dir: &Path, name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let fifo = dir.join(name);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .unwrap_or_else(|e| panic!("mkfifo {}: {e}", fifo.display()));
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .unwrap_or_else(|e| panic!("open {} to tasks: {e}", dir.display()));
     std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666))
         .unwrap_or_else(|e| panic!("open {} to tasks: {e}", fifo.display()));
     fifo
@@ -113,43 +118,84 @@ pub async fn fifo_line(path: &Path, guard: Duration) -> String {
     line.trim_end_matches('\n').to_string()
 }
 
+/// Writes the kernel reports in one directory (inotify): a file written,
+/// closed after writing, created, or renamed into it. Set up before the
+/// first look at what the writes change, so no write falls in between.
+pub struct DirWrites {
+    inotify: AsyncFd<Watch>,
+    dir: PathBuf,
+}
+
+/// An inotify instance as tokio registers it (by its raw descriptor).
+struct Watch(nix::sys::inotify::Inotify);
+
+impl AsRawFd for Watch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl DirWrites {
+    /// Starts watching `dir`, which must exist.
+    pub fn watch(dir: &Path) -> DirWrites {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .unwrap_or_else(|e| panic!("inotify: {e}"));
+        inotify
+            .add_watch(
+                dir,
+                AddWatchFlags::IN_MODIFY
+                    | AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_MOVED_TO,
+            )
+            .unwrap_or_else(|e| panic!("watch {}: {e}", dir.display()));
+        // SAFETY: the AsyncFd owns the inotify instance; nothing replaces
+        // or closes its descriptor while registered.
+        let inotify = unsafe {
+            AsyncFd::register_with_interest(Watch(inotify), tokio::io::Interest::READABLE)
+        }
+        .unwrap_or_else(|e| panic!("register inotify: {e}"));
+        DirWrites {
+            inotify,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Waits for the next write (or several, if they came together) since
+    /// the last call; `false` when none came before `deadline`.
+    pub async fn next(&mut self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let Ok(ready) = tokio::time::timeout_at(deadline, self.inotify.readable()).await else {
+                return false;
+            };
+            let mut guard = ready.unwrap_or_else(|e| panic!("inotify {}: {e}", self.dir.display()));
+            // Drained: the next wait is for writes after this one.
+            match guard.get_inner().0.read_events() {
+                Ok(events) if !events.is_empty() => return true,
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                Err(e) => panic!("inotify read {}: {e}", self.dir.display()),
+            }
+        }
+    }
+}
+
 /// Looks at `check` until it gives a value, again after every write, file
 /// creation or rename the kernel reports in the directory of `path` (which
 /// may not exist yet); panics after `guard`, naming `what`.
-pub fn file_until<T>(
+pub async fn file_until<T>(
     path: &Path,
     what: &str,
     guard: Duration,
     mut check: impl FnMut() -> Option<T>,
 ) -> T {
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .unwrap_or_else(|e| panic!("inotify: {e}"));
     let dir = path.parent().unwrap_or(Path::new("."));
-    inotify
-        .add_watch(
-            dir,
-            AddWatchFlags::IN_MODIFY
-                | AddWatchFlags::IN_CLOSE_WRITE
-                | AddWatchFlags::IN_CREATE
-                | AddWatchFlags::IN_MOVED_TO,
-        )
-        .unwrap_or_else(|e| panic!("watch {}: {e}", dir.display()));
-    // Watched before the first look, so no write falls in between.
-    let deadline = Instant::now() + guard;
+    let mut writes = DirWrites::watch(dir);
+    let deadline = tokio::time::Instant::now() + guard;
     loop {
         if let Some(v) = check() {
             return v;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero() && readable_within(inotify.as_fd().as_raw_fd(), left),
-            "{what}: not within {guard:?}"
-        );
-        // Drained: the next wait is for writes after this look.
-        match inotify.read_events() {
-            Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
-            Err(e) => panic!("inotify read: {e}"),
-        }
+        assert!(writes.next(deadline).await, "{what}: not within {guard:?}");
     }
 }

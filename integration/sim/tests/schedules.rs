@@ -180,6 +180,26 @@ fn create_request() -> v1::CreateScheduleRequest {
 /// (simulated time; behaviour of the world, not a wait of the test).
 const CLIENT_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// Time of the simulated world. Inside turmoil's simulation a tokio sleep
+/// passes simulated time (no wall time passes): how the simulated client
+/// paces itself is part of the world the seed describes, not a wait of the
+/// test for a condition.
+mod simulated_time {
+    use std::time::Duration;
+
+    /// The simulated client lets `simulated` pass.
+    pub async fn pass(simulated: Duration) {
+        tokio::time::sleep(simulated).await;
+    }
+
+    /// The simulated client waits until the world's clock reads `at` since
+    /// the simulation began.
+    pub async fn until(at: Duration) {
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        pass(at.saturating_sub(now)).await;
+    }
+}
+
 fn client_of(url: &str) -> Option<FederationClient<tonic::transport::Channel>> {
     let endpoint = Endpoint::from_shared(url.to_string()).ok()?;
     let endpoint = endpoint.connect_timeout(Duration::from_secs(1));
@@ -207,10 +227,9 @@ async fn client(
                 break;
             }
         }
-        tokio::time::sleep(CLIENT_RETRY_PAUSE).await;
+        simulated_time::pass(CLIENT_RETRY_PAUSE).await;
     }
-    let start = turmoil::sim_elapsed().unwrap_or_default();
-    tokio::time::sleep(READ_AT.saturating_sub(start)).await;
+    simulated_time::until(READ_AT).await;
     loop {
         let url = &urls[i % urls.len()];
         i += 1;
@@ -236,7 +255,7 @@ async fn client(
                 return Ok(());
             }
         }
-        tokio::time::sleep(CLIENT_RETRY_PAUSE).await;
+        simulated_time::pass(CLIENT_RETRY_PAUSE).await;
     }
 }
 

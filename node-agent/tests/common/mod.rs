@@ -610,40 +610,10 @@ pub fn stop(
     }
 }
 
-/// A FIFO `name` in `dir` that a task can open whatever user it runs as
-/// (a root agent runs tasks as `nobody`): the directory becomes searchable
-/// and the FIFO readable and writable by all.
-pub fn task_fifo(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let fifo = dir.join(name);
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).unwrap();
-    fifo
-}
-
-/// Waits until the agent's state file in `work_dir` satisfies `check`,
-/// looking again after every file the persister renames into place there
-/// (an inotify watch set before the first look, so no write falls between;
-/// the blocking read of its events is the wait).
-pub async fn state_file_until(
-    work_dir: &std::path::Path,
-    check: impl Fn(&str) -> bool + Send + 'static,
-) {
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    let inotify = Inotify::init(InitFlags::IN_CLOEXEC).unwrap();
-    inotify
-        .add_watch(work_dir, AddWatchFlags::IN_MOVED_TO)
-        .unwrap();
-    let path = work_dir.join("state.json");
-    let shown = path.display().to_string();
-    let wait = tokio::task::spawn_blocking(move || {
-        while !std::fs::read_to_string(&path).is_ok_and(|s| check(&s)) {
-            inotify.read_events().unwrap();
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(30), wait)
-        .await
-        .unwrap_or_else(|_| panic!("{shown} never matched"))
-        .unwrap();
-}
+/// The event waits of the multi-process tests (a FIFO a task writes into,
+/// a condition on a file looked at again at each inotify notice, a
+/// process's exit through its pidfd), one copy shared by path: the root
+/// package's tests and these are separate crates, and the helpers are test
+/// code that no library should carry.
+#[path = "../../../integration/processes/support/wait.rs"]
+pub mod wait;
