@@ -309,6 +309,20 @@ impl Gate {
         }))
     }
 
+    /// `Bearer <token>` of the signed-in session `headers` present, for a
+    /// read of the tier's API from a console page (the job page's live
+    /// output); `None` without a live session or without sign-in. Only
+    /// for safe methods: a change is made through the console's actions,
+    /// which want the CSRF token.
+    pub async fn bearer_of(&self, headers: &HeaderMap) -> Option<String> {
+        match self.session(headers).await {
+            Ok(Some(s)) if s.signed_in && s.viewer().require(self.least).is_ok() => {
+                s.actor.bearer()
+            }
+            _ => None,
+        }
+    }
+
     /// Open sessions (for tests and metrics).
     pub fn session_count(&self) -> usize {
         self.sessions.lock().len()
@@ -428,7 +442,9 @@ impl Gate {
             }
         );
         let mut c =
-            format!("{SESSION_COOKIE}={value}; Path={CONSOLE_PATH}; HttpOnly; SameSite=Strict");
+            // Path `/`: the job page's live output is the API's follow stream
+            // (`/v1/...`), which a signed-in browser reads with its session.
+            format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict");
         if secure {
             c.push_str("; Secure");
         }

@@ -288,7 +288,7 @@ async fn signing_in_sets_an_http_only_strict_secure_cookie_that_does_not_carry_t
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(reply.headers[header::LOCATION], "/console/api/snapshot");
     let set = reply.headers[header::SET_COOKIE].to_str().expect("ascii");
-    for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/console"] {
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/;"] {
         assert!(set.contains(attribute), "{attribute} in {set}");
     }
     assert!(!set.contains(OPERATOR), "the token is not in the cookie");

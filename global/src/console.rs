@@ -48,7 +48,11 @@ impl GlobalConsole {
 /// pages are behind sign-in with an admin token (they show every tenant),
 /// checked against this replica's token store; a replica started with
 /// `--no-auth` serves them open.
-pub fn router(api: FederationService) -> Result<axum::Router, GlobalError> {
+///
+/// Also returns the gate, whose sessions may read the API.
+pub fn router(
+    api: FederationService,
+) -> Result<(axum::Router, Arc<meridian_console::Gate>), GlobalError> {
     let gate = if api.auth.enabled {
         meridian_console::Gate::sign_in(
             Arc::new(crate::auth::console::LocalCheck::new(api.auth.clone())),
@@ -60,10 +64,8 @@ pub fn router(api: FederationService) -> Result<axum::Router, GlobalError> {
         meridian_console::Gate::open()
     }
     .map_err(|e| GlobalError::Corrupt(e.to_string()))?;
-    Ok(meridian_console::federation_router(
-        GlobalConsole::new(api),
-        &gate,
-    ))
+    let router = meridian_console::federation_router(GlobalConsole::new(api), &gate);
+    Ok((router, gate))
 }
 
 fn console_error(e: GlobalError) -> ConsoleError {

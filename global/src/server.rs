@@ -396,9 +396,9 @@ fn serve_http(
     listener: HttpListener,
     timeouts: http::HttpTimeouts,
     stop: watch::Receiver<bool>,
-    console: axum::Router,
+    (console, gate): (axum::Router, Arc<meridian_console::Gate>),
 ) -> JoinHandle<()> {
-    let router = http::router(federation, metrics).merge(console);
+    let router = http::router(federation, metrics, Some(gate)).merge(console);
     tokio::spawn(http::serve(listener, router, timeouts, stop))
 }
 

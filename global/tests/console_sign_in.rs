@@ -2,7 +2,8 @@
 //! on, over a real HTTP socket: its pages send a browser without a session
 //! to the sign-in page, a bearer header no longer opens them, a viewer
 //! token is refused at sign-in (the pages show every tenant: admin only),
-//! and an admin token opens a session whose cookie carries no token. (A
+//! and an admin token opens a session whose cookie carries no token and
+//! which may read the API but change nothing through it. (A
 //! revoked token ending its session at the next check is shown on a manual
 //! clock in the console crate's `sign_in` tests.)
 
@@ -124,4 +125,18 @@ async fn only_an_admin_signs_in_to_the_federation_console_and_its_cookie_carries
     let page = send(addr, "GET", "/console", &[("Cookie", &cookie)], "").await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("second-admin"), "who is signed in");
+
+    // The session reads the API (the job page's live output does), as the
+    // person signed in; it changes nothing there.
+    let read = send(addr, "GET", "/v1/jobs", &[("Cookie", &cookie)], "").await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let write = send(
+        addr,
+        "POST",
+        "/v1/regions/r1/drain",
+        &[("Cookie", &cookie), ("Content-Type", "application/json")],
+        "{}",
+    )
+    .await;
+    assert_eq!(write.status, 401, "{}", write.body);
 }

@@ -8,13 +8,15 @@
 //! a header.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use meridian_console::Gate;
 
 use super::Auth;
 use crate::error::GlobalError;
@@ -81,8 +83,19 @@ fn refusal(error: &GlobalError) -> Response {
     response
 }
 
+/// What the API middleware checks calls with.
+#[derive(Clone)]
+pub struct ApiAuth {
+    /// Tokens and the audit log.
+    pub auth: Auth,
+    /// The federation console's sessions: a signed-in browser reads the
+    /// API (the job page's live output) with its session cookie.
+    pub console: Option<Arc<Gate>>,
+}
+
 /// Middleware of the API routes.
-pub async fn api(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+pub async fn api(State(api): State<ApiAuth>, req: Request, next: Next) -> Response {
+    let auth = &api.auth;
     let path = req
         .extensions()
         .get::<MatchedPath>()
@@ -93,12 +106,21 @@ pub async fn api(State(auth): State<Auth>, req: Request, next: Next) -> Response
     let Some(method) = operation(req.method(), &path) else {
         return next.run(req).await;
     };
-    let header = req
+    let mut header = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match super::grpc::admit(&auth, method, header.as_deref()).await {
+    // A read without a bearer header from a signed-in console page: as
+    // the person signed in. Never a change (those need the console's CSRF
+    // token, and go through its actions).
+    if header.is_none()
+        && matches!(*req.method(), Method::GET | Method::HEAD)
+        && let Some(gate) = &api.console
+    {
+        header = gate.bearer_of(req.headers()).await;
+    }
+    match super::grpc::admit(auth, method, header.as_deref()).await {
         Ok(principal) => super::act_as(principal, next.run(req)).await,
         Err(error) => refusal(&error),
     }

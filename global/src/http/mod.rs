@@ -125,14 +125,24 @@ pub fn route_table() -> String {
 }
 
 /// The HTTP router over a Federation service.
-pub fn router(api: FederationService, metrics: Option<PrometheusHandle>) -> Router {
+///
+/// `console` is the federation console's gate, whose signed-in sessions
+/// may read the API (see `auth::http::ApiAuth`).
+pub fn router(
+    api: FederationService,
+    metrics: Option<PrometheusHandle>,
+    console: Option<Arc<meridian_console::Gate>>,
+) -> Router {
     let (router, document) = routes().split_for_parts();
     // The document is serialisable by construction; should that ever fail,
     // `/openapi.json` says so instead of taking the API down.
     let openapi = serde_json::to_value(&document).unwrap_or_else(
         |e| json!({ "error": format!("the OpenAPI document does not render: {e}") }),
     );
-    let auth = api.auth.clone();
+    let auth = crate::auth::http::ApiAuth {
+        auth: api.auth.clone(),
+        console,
+    };
     router
         .route_layer(axum::middleware::from_fn_with_state(
             auth,
