@@ -357,6 +357,7 @@ async fn overview_page<S: FederationConsoleSource>(
 
 async fn overview_stream<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
+    Extension(who): Extension<SignedIn>,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let mut interval = tokio::time::interval(REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -369,7 +370,7 @@ async fn overview_stream<S: FederationConsoleSource>(
             Some((Ok(event), (source, fresh, interval)))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(crate::session::while_signed_in(who, stream)).keep_alive(KeepAlive::default())
 }
 
 async fn overview_json<S: FederationConsoleSource>(
@@ -605,6 +606,7 @@ async fn job_stream<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
     Path(job_id): Path<String>,
     Query(params): Query<TasksParams>,
+    Extension(who): Extension<SignedIn>,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let mut interval = tokio::time::interval(REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -626,7 +628,7 @@ async fn job_stream<S: FederationConsoleSource>(
             Some((Ok(event), (source, job_id, view, fresh, interval)))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(crate::session::while_signed_in(who, stream)).keep_alive(KeepAlive::default())
 }
 
 async fn job_json<S: FederationConsoleSource>(

@@ -528,8 +528,9 @@ async fn stream<S: RegionConsoleSource>(
     let mut interval = tokio::time::interval(REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (source, BTreeMap::<&'static str, String>::new(), interval);
+    let page = who.clone();
     let stream = futures::stream::unfold(state, move |(source, last, mut interval)| {
-        let who = who.clone();
+        let who = page.clone();
         async move {
             interval.tick().await;
             let (snap, problems) = collect(source.as_ref(), &who).await;
@@ -538,7 +539,7 @@ async fn stream<S: RegionConsoleSource>(
             Some((Ok(event), (source, fresh, interval)))
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(crate::session::while_signed_in(who, stream)).keep_alive(KeepAlive::default())
 }
 
 /// An SSE `sections` event holding the sections that differ from `last`

@@ -179,6 +179,7 @@ async fn list_page<S: FederationConsoleSource>(
 
 async fn list_stream<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
+    Extension(who): Extension<SignedIn>,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let mut interval = tokio::time::interval(REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,7 +192,7 @@ async fn list_stream<S: FederationConsoleSource>(
             Some((Ok(event), (source, fresh, interval)))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(crate::session::while_signed_in(who, stream)).keep_alive(KeepAlive::default())
 }
 
 fn detail_sections(d: &ScheduleDetail, now: u64) -> Sections {
@@ -358,6 +359,7 @@ async fn detail_page<S: FederationConsoleSource>(
 async fn detail_stream<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
     Path(schedule_id): Path<String>,
+    Extension(who): Extension<SignedIn>,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let mut interval = tokio::time::interval(REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -374,7 +376,7 @@ async fn detail_stream<S: FederationConsoleSource>(
             Some((Ok(event), (source, id, fresh, interval)))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(crate::session::while_signed_in(who, stream)).keep_alive(KeepAlive::default())
 }
 
 async fn list_json<S: FederationConsoleSource>(

@@ -206,7 +206,7 @@ impl std::fmt::Debug for Actor {
 }
 
 /// What a request that passed the gate carries (a request extension).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SignedIn {
     /// Who, with their token.
     pub actor: Actor,
@@ -214,6 +214,17 @@ pub struct SignedIn {
     pub csrf: String,
     /// False on a console without sign-in.
     pub signed_in: bool,
+    /// The gate and the session id, to ask whether it still holds.
+    session: Option<(Arc<Gate>, String)>,
+}
+
+impl std::fmt::Debug for SignedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedIn")
+            .field("actor", &self.actor)
+            .field("signed_in", &self.signed_in)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SignedIn {
@@ -221,6 +232,29 @@ impl SignedIn {
     pub fn viewer(&self) -> &Viewer {
         &self.actor.viewer
     }
+
+    /// Whether the session still holds (checked with the tier as any
+    /// request's is): a live page's stream ends once it does not.
+    pub async fn still_signed_in(&self) -> bool {
+        match &self.session {
+            None => true,
+            Some((gate, id)) => matches!(gate.by_id(id).await, Ok(Some(_))),
+        }
+    }
+}
+
+/// `stream` until `who`'s session ends (revoked, expired, signed out): a
+/// page left open stops receiving data within a check interval, and its
+/// script then finds the sign-in page on reconnecting.
+pub fn while_signed_in<S: futures::Stream>(
+    who: SignedIn,
+    stream: S,
+) -> impl futures::Stream<Item = S::Item> {
+    use futures::StreamExt;
+    stream.take_while(move |_| {
+        let who = who.clone();
+        async move { who.still_signed_in().await }
+    })
 }
 
 /// How a tier vouches for a token.
@@ -348,16 +382,26 @@ impl Gate {
     /// The session named by the request's cookie, checked: `None` when
     /// there is none, it ended, or the tier no longer vouches for it.
     async fn session(&self, headers: &HeaderMap) -> Result<Option<SignedIn>, ConsoleError> {
-        let Mode::SignIn { check, clock, .. } = &self.mode else {
+        let Mode::SignIn { .. } = &self.mode else {
             return Ok(Some(SignedIn {
                 actor: Actor::without_token(Viewer::open()),
                 csrf: self.open_csrf.clone(),
                 signed_in: false,
+                session: None,
             }));
         };
         let Some(id) = cookie(headers, SESSION_COOKIE) else {
             return Ok(None);
         };
+        self.by_id(&id).await
+    }
+
+    /// The session `id`, checked (see [`Gate::session`]).
+    async fn by_id(&self, id: &str) -> Result<Option<SignedIn>, ConsoleError> {
+        let Mode::SignIn { check, clock, .. } = &self.mode else {
+            return Ok(None);
+        };
+        let id = id.to_string();
         let now = clock.now();
         let recheck = {
             let mut sessions = self.sessions.lock();
@@ -395,6 +439,7 @@ impl Gate {
             },
             csrf: s.csrf.clone(),
             signed_in: true,
+            session: None,
         }))
     }
 
@@ -522,7 +567,14 @@ async fn admit(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> R
         return next.run(req).await;
     }
     let signed = match gate.session(req.headers()).await {
-        Ok(Some(s)) => s,
+        Ok(Some(mut s)) => {
+            if s.signed_in
+                && let Some(id) = cookie(req.headers(), SESSION_COOKIE)
+            {
+                s.session = Some((gate.clone(), id));
+            }
+            s
+        }
         Ok(None) if wants_page(&req) => return to_sign_in(&req),
         Ok(None) => {
             return ConsoleError::Unauthenticated(

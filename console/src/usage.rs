@@ -340,6 +340,7 @@ async fn page<S: FederationConsoleSource>(
 async fn stream<S: FederationConsoleSource>(
     State(source): State<Arc<S>>,
     Query(p): Query<Params>,
+    Extension(who): Extension<SignedIn>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ConsoleError> {
     let a = Asked::read(&p)?;
     // The first refresh at once, then every REFRESH, or four times as long
@@ -356,7 +357,7 @@ async fn stream<S: FederationConsoleSource>(
             Some((Ok(event), (source, a, fresh, next)))
         },
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(crate::session::while_signed_in(who, stream)).keep_alive(KeepAlive::default()))
 }
 
 async fn json<S: FederationConsoleSource>(

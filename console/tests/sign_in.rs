@@ -493,3 +493,36 @@ async fn over_http2_the_origin_is_compared_with_the_requests_authority() {
         .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_live_page_stops_receiving_once_its_session_is_revoked() {
+    let c = Console::new();
+    let cookie = c.sign_in(OPERATOR).await;
+    let response = c
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/console/stream")
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let first = futures::StreamExt::next(&mut body)
+        .await
+        .expect("a first event")
+        .expect("bytes");
+    assert!(String::from_utf8_lossy(&first).starts_with("event: sections"));
+    c.tokens.revoke(OPERATOR);
+    c.clock.advance(RECHECK);
+    // The stream's next section finds the session gone and ends instead.
+    let rest: Vec<_> =
+        tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::collect(body))
+            .await
+            .expect("the stream ended (failure guard only)");
+    assert!(rest.is_empty(), "nothing after the revocation: {rest:?}");
+    assert_eq!(c.gate.session_count(), 0);
+}
