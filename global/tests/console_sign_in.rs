@@ -12,57 +12,8 @@ mod common;
 
 use std::net::SocketAddr;
 
-use access_support::Secured;
-use common::guarded;
+use access_support::{Answer, Secured, send};
 use meridian_proto::v1::Role;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-}
-
-/// One HTTP/1.1 request with `headers`; the answer, whole.
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: console.test\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).await.unwrap();
-    guarded("an HTTP answer", async {
-        let mut raw = Vec::new();
-        conn.read_to_end(&mut raw).await.unwrap();
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        Answer {
-            status: text[9..12].parse().unwrap(),
-            head: head.to_string(),
-            body: body.to_string(),
-        }
-    })
-    .await
-}
 
 async fn sign_in(addr: SocketAddr, token: &str) -> Answer {
     send(
