@@ -521,7 +521,7 @@ async fn both_consoles_render_under_load_and_are_captured_as_screenshots() {
 }
 
 /// A `meridian dev` federation as a user starts it: mutual TLS and tokens
-/// on, one global replica, one region replica with simulated nodes.
+/// on, two global replicas, one region replica with simulated nodes.
 struct Dev {
     child: std::process::Child,
     data: std::path::PathBuf,
@@ -540,14 +540,9 @@ impl Dev {
             .args(["dev", "--data-dir"])
             .arg(data)
             .args(["--base-port", &base.to_string()])
-            .args([
-                "--regions",
-                "1",
-                "--global-replicas",
-                "1",
-                "--region-replicas",
-                "1",
-            ])
+            // Two global replicas (the default): the region's console
+            // walks the `--global` list, a standby names the leader.
+            .args(["--regions", "1", "--region-replicas", "1"])
             .args(["--simulated-nodes", "3", "--real-agents", "0"])
             .env_remove("MERIDIAN_INSECURE")
             .env_remove("MERIDIAN_NO_AUTH")

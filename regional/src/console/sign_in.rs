@@ -24,6 +24,7 @@ use meridian_console::view::NodeAction;
 use meridian_console::{ConsoleError, ConsoleRole, Gate, TokenCheck, Viewer};
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
+use meridian_control::rpc::{self, RpcVerdict};
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -35,40 +36,99 @@ pub fn gate(deps: &ConsoleDeps) -> Result<Arc<Gate>, ConsoleError> {
     if !security.is_tls() {
         return Gate::open();
     }
-    let check: Arc<dyn TokenCheck> = match &deps.global {
+    let check: Arc<dyn TokenCheck> = match Global::of(deps) {
         Some(global) => Arc::new(GlobalCheck {
             region: deps.api.region.clone(),
-            channel: channel(deps, global)?,
+            global,
         }),
         None => Arc::new(NoGlobal),
     };
     Gate::sign_in(check, ConsoleRole::Viewer, deps.api.clock.clone(), true)
 }
 
-/// A channel to the global tier, under this replica's certificate;
-/// connected on first use.
-fn channel(deps: &ConsoleDeps, global: &str) -> Result<Channel, ConsoleError> {
-    let endpoint = Endpoint::from_shared(global.to_string())
-        .map_err(|e| ConsoleError::Unavailable(format!("global tier at {global}: {e}")))?;
-    Ok(meridian_control::tls::stream::channel(
-        endpoint,
-        &deps.api.security,
-    ))
+/// The global tier's replicas (`--global`, comma separated), dialled under
+/// this replica's certificate, each channel connected on first use.
+struct Global {
+    channels: Vec<(String, Channel)>,
+}
+
+impl Global {
+    /// `None` for a region without a global tier.
+    fn of(deps: &ConsoleDeps) -> Option<Global> {
+        let list = deps.global.as_deref()?;
+        let channels: Vec<(String, Channel)> = rpc::parse_endpoints(list)
+            .into_iter()
+            .filter_map(|url| {
+                let endpoint = Endpoint::from_shared(url.clone()).ok()?;
+                Some((
+                    url,
+                    meridian_control::tls::stream::channel(endpoint, &deps.api.security),
+                ))
+            })
+            .collect();
+        (!channels.is_empty()).then_some(Global { channels })
+    }
+
+    /// `call` on the replica that answers it: a refusal naming the leader
+    /// is sent there, an unreachable replica passes to the next. A console
+    /// action is interactive: no backoff, one pass over the replicas (and
+    /// the leaders they name) at most, then the last error.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut next = 0;
+        let mut hinted: Option<String> = None;
+        let mut last = tonic::Status::unavailable("no global tier replica answered");
+        for _ in 0..self.channels.len() * 2 {
+            let at = match hinted.take() {
+                Some(url) => self.channels.iter().position(|(u, _)| *u == url),
+                None => None,
+            }
+            .unwrap_or_else(|| {
+                let at = next % self.channels.len();
+                next += 1;
+                at
+            });
+            match call(self.channels[at].1.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(status) => {
+                    match RpcVerdict::of(&status) {
+                        RpcVerdict::RetryAt(leader) => hinted = Some(rpc::normalize(&leader)),
+                        RpcVerdict::Fail => return Err(status),
+                        _ => {}
+                    }
+                    last = status;
+                }
+            }
+        }
+        Err(last)
+    }
 }
 
 /// Tokens checked by the global tier over the region link.
 struct GlobalCheck {
     region: String,
-    channel: Channel,
+    global: Global,
 }
 
 impl TokenCheck for GlobalCheck {
     fn check<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Viewer, ConsoleError>> {
         Box::pin(async move {
-            let answer = RegionLinkClient::new(self.channel.clone())
-                .check_console_token(v1::CheckConsoleTokenRequest {
-                    region: self.region.clone(),
-                    token: token.to_string(),
+            let request = v1::CheckConsoleTokenRequest {
+                region: self.region.clone(),
+                token: token.to_string(),
+            };
+            let answer = self
+                .global
+                .call(|channel| {
+                    let request = request.clone();
+                    async move {
+                        RegionLinkClient::new(channel)
+                            .check_console_token(request)
+                            .await
+                    }
                 })
                 .await
                 .map_err(from_status)?
@@ -93,15 +153,24 @@ impl TokenCheck for NoGlobal {
     }
 }
 
-/// A federation API client for `deps`' global tier.
-fn federation(deps: &ConsoleDeps) -> Result<FederationClient<Channel>, ConsoleError> {
-    let Some(global) = &deps.global else {
-        return Err(ConsoleError::Unavailable(format!(
+/// `deps`' global tier, or why there is none.
+fn global(deps: &ConsoleDeps) -> Result<Global, ConsoleError> {
+    Global::of(deps).ok_or_else(|| {
+        ConsoleError::Unavailable(format!(
             "region {} runs without a global tier (no --global): there is nothing to act through",
             deps.api.region
-        )));
-    };
-    Ok(FederationClient::new(channel(deps, global)?))
+        ))
+    })
+}
+
+/// `message` with `authorization` set to `value`.
+fn with_auth<T>(
+    message: T,
+    value: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", value.clone());
+    request
 }
 
 /// `message` with `authorization: <bearer>` set.
@@ -123,40 +192,51 @@ pub(super) async fn node_action(
     bearer: &str,
 ) -> Result<Option<v1::NodeInfo>, tonic::Status> {
     let refused = |e: ConsoleError| tonic::Status::unavailable(e.to_string());
-    let mut client = federation(deps).map_err(refused)?;
+    let global = global(deps).map_err(refused)?;
     let region = deps.api.region.clone();
-    match action {
-        NodeAction::Cordon => {
-            let request = v1::CordonNodeRequest {
-                region,
-                node_id,
-                reason,
-            };
-            let r = client
-                .cordon_node(as_caller(request, bearer).map_err(refused)?)
-                .await?;
-            Ok(r.into_inner().node)
+    let authorization: tonic::metadata::MetadataValue<_> = bearer
+        .parse()
+        .map_err(|_| tonic::Status::invalid_argument("token: not a valid header value"))?;
+    let asked = |channel: Channel| {
+        let (region, node_id, reason) = (region.clone(), node_id.clone(), reason.clone());
+        let authorization = authorization.clone();
+        async move {
+            let mut client = FederationClient::new(channel);
+            match action {
+                NodeAction::Cordon => client
+                    .cordon_node(with_auth(
+                        v1::CordonNodeRequest {
+                            region,
+                            node_id,
+                            reason,
+                        },
+                        &authorization,
+                    ))
+                    .await
+                    .map(|r| r.into_inner().node),
+                NodeAction::Uncordon => client
+                    .uncordon_node(with_auth(
+                        v1::UncordonNodeRequest { region, node_id },
+                        &authorization,
+                    ))
+                    .await
+                    .map(|r| r.into_inner().node),
+                NodeAction::Drain => client
+                    .drain_node(with_auth(
+                        v1::DrainNodeRequest {
+                            region,
+                            node_id,
+                            reason,
+                            deadline_ms: 0,
+                        },
+                        &authorization,
+                    ))
+                    .await
+                    .map(|r| r.into_inner().node),
+            }
         }
-        NodeAction::Uncordon => {
-            let request = v1::UncordonNodeRequest { region, node_id };
-            let r = client
-                .uncordon_node(as_caller(request, bearer).map_err(refused)?)
-                .await?;
-            Ok(r.into_inner().node)
-        }
-        NodeAction::Drain => {
-            let request = v1::DrainNodeRequest {
-                region,
-                node_id,
-                reason,
-                deadline_ms: 0,
-            };
-            let r = client
-                .drain_node(as_caller(request, bearer).map_err(refused)?)
-                .await?;
-            Ok(r.into_inner().node)
-        }
-    }
+    };
+    global.call(asked).await
 }
 
 /// Drains this region through the federation API: as the signed-in
@@ -169,7 +249,7 @@ pub(super) async fn drain_region(
     actor: &meridian_console::Actor,
 ) -> Result<String, ConsoleError> {
     let region = deps.api.region.clone();
-    let mut client = federation(deps)?;
+    let global = global(deps)?;
     let request = v1::DrainRegionRequest {
         region: region.clone(),
         reason: if reason.is_empty() {
@@ -179,12 +259,20 @@ pub(super) async fn drain_region(
         },
         evacuate,
     };
-    let request = match actor.bearer() {
-        Some(bearer) => as_caller(request, &bearer)?,
-        None => tonic::Request::new(request),
-    };
-    let info = client
-        .drain_region(request)
+    let bearer = actor.bearer();
+    let info = global
+        .call(|channel| {
+            let request = request.clone();
+            let bearer = bearer.clone();
+            async move {
+                let request = match bearer {
+                    Some(b) => as_caller(request, &b)
+                        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?,
+                    None => tonic::Request::new(request),
+                };
+                FederationClient::new(channel).drain_region(request).await
+            }
+        })
         .await
         .map_err(from_status)?
         .into_inner()
