@@ -121,19 +121,6 @@ fn signal(dev: &Dev, name: &str, signal: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal");
 }
 
-/// The replica of `region` leading the most shards now.
-fn busiest(dev: &Dev, region: &str) -> String {
-    let shards = dev.await_shards_led(region);
-    let mut led: BTreeMap<String, usize> = BTreeMap::new();
-    for (leader, _) in shards.values() {
-        *led.entry(leader.clone()).or_default() += 1;
-    }
-    led.into_iter()
-        .max_by_key(|(_, n)| *n)
-        .map(|(name, _)| name)
-        .expect("a leader")
-}
-
 /// Where the region hold sampler reads from: (replica, overview URL) of
 /// every global console. `Dev` itself stays on the test's thread.
 struct Consoles {
@@ -387,10 +374,10 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
     let leader = dev.await_global_leader();
     dev.kill9(&leader);
     timeline.fault(format!("kill -9 {leader} (global leader)"));
-    let victim = busiest(&dev, REGIONS[0]);
+    let victim = dev.busiest_replica(REGIONS[0]).0;
     dev.kill9(&victim);
     timeline.fault(format!("kill -9 {victim} (busiest shard leader)"));
-    let paused = busiest(&dev, REGIONS[1]);
+    let paused = dev.busiest_replica(REGIONS[1]).0;
     signal(&dev, &paused, Signal::SIGSTOP);
     timeline.fault(format!(
         "SIGSTOP {paused} (busiest shard leader) for {SHARD_LEADER_PAUSE:?}"
@@ -404,7 +391,7 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
     let leader = dev.await_global_leader();
     dev.kill9(&leader);
     timeline.fault(format!("kill -9 {leader} (global leader)"));
-    let victim = busiest(&dev, REGIONS[1]);
+    let victim = dev.busiest_replica(REGIONS[1]).0;
     dev.kill9(&victim);
     timeline.fault(format!("kill -9 {victim} (busiest shard leader)"));
     let leader = dev.await_global_leader();
@@ -452,7 +439,7 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
     }
     dev.await_global_leader();
     for region in REGIONS {
-        busiest(&dev, region);
+        dev.await_shards_led(region);
     }
     timeline.push(Event::ControlPlaneUp);
 

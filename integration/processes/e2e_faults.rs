@@ -42,21 +42,6 @@ async fn await_lines(path: &Path, n: usize) {
     .await;
 }
 
-/// The replica of `region` leading the most shards, with the leaders seen.
-fn busiest_replica(dev: &Dev, region: &str) -> (String, BTreeMap<u64, (String, u64)>) {
-    let shards = dev.await_shards_led(region);
-    let mut led: BTreeMap<String, usize> = BTreeMap::new();
-    for (leader, _) in shards.values() {
-        *led.entry(leader.clone()).or_default() += 1;
-    }
-    let busiest = led
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .map(|(name, _)| name.clone())
-        .expect("a leader");
-    (busiest, shards)
-}
-
 /// Time from `since` until a write (UndrainRegion, idempotent) succeeds at
 /// whichever global replica leads: the other one, or the killed one's next
 /// incarnation (`meridian dev` restarts it within a second or two, and it
@@ -106,7 +91,7 @@ async fn killing_a_regional_then_the_global_leader_under_two_thousand_exclusive_
 
     // Fault 1: the region replica leading most of us-east's shards.
     await_lines(&ran, 150).await;
-    let (victim, before) = busiest_replica(&dev, REGION);
+    let (victim, before) = dev.busiest_replica(REGION);
     let killed_at = Instant::now();
     let old_pid = dev.kill9(&victim);
     // Re-acquired = every shard the victim led has a leader again under a

@@ -310,6 +310,22 @@ impl Dev {
                 (led.len() == shards).then_some(led)
             })
     }
+
+    /// Waits until every shard of `region` has a leader; returns the
+    /// replica leading the most of them, and shard -> (leader, epoch).
+    pub fn busiest_replica(&self, region: &str) -> (String, BTreeMap<u64, (String, u64)>) {
+        let shards = self.await_shards_led(region);
+        let mut led: BTreeMap<&str, usize> = BTreeMap::new();
+        for (leader, _) in shards.values() {
+            *led.entry(leader).or_default() += 1;
+        }
+        let busiest = led
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(name, _)| name.to_string())
+            .expect("every shard led");
+        (busiest, shards)
+    }
 }
 
 /// GET of a JSON document over plain HTTP/1.1 (`http://host:port/path`);
