@@ -43,6 +43,9 @@ pub struct Terms {
     pub current: BTreeMap<LeaseKey, Term>,
     /// Every term begun, in the order the lines were read.
     pub begun: Vec<(LeaseKey, Term)>,
+    /// Child -> when the harness last killed it (ns since the Unix epoch):
+    /// a line it logged before then, read late, names no current term.
+    killed_at: BTreeMap<String, u128>,
 }
 
 impl Terms {
@@ -88,8 +91,13 @@ impl Terms {
         };
         if began {
             // A late line of an older term (read from another file after
-            // its successor's) leaves the newer term current.
-            if self.current.get(&key).is_none_or(|t| t.epoch <= epoch) {
+            // its successor's) leaves the newer term current; so does a
+            // line of a process killed since it wrote it.
+            let dead = self
+                .killed_at
+                .get(child)
+                .is_some_and(|at| term.at_unix_ns <= *at);
+            if !dead && self.current.get(&key).is_none_or(|t| t.epoch <= epoch) {
                 self.current.insert(key.clone(), term.clone());
             }
             self.begun.push((key, term));
@@ -220,11 +228,10 @@ impl Leaders {
     /// (a `kill -9` leaves no line behind).
     pub fn killed(&self, child: &str) {
         let (terms, changed) = &*self.shared;
-        terms
-            .lock()
-            .expect("terms")
-            .current
-            .retain(|_, t| t.holder != child);
+        let mut terms = terms.lock().expect("terms");
+        terms.current.retain(|_, t| t.holder != child);
+        terms.killed_at.insert(child.to_string(), now_unix_ns());
+        drop(terms);
         changed.notify_all();
     }
 }
@@ -316,5 +323,27 @@ mod tests {
             Some("global-2")
         );
         assert_eq!(terms.begun.len(), 3);
+    }
+
+    #[test]
+    fn a_line_written_before_its_process_was_killed_names_no_current_term() {
+        let mut terms = Terms::default();
+        terms
+            .killed_at
+            .insert("global-1".into(), 1_796_580_000_500_000_000);
+        let at = |stamp: &str| {
+            format!(
+                "{stamp}  INFO meridian_control::lease::elector: became leader lease=global epoch=3"
+            )
+        };
+        terms.apply("global-1", &at("2026-12-06T18:00:00.400000Z"));
+        assert!(terms.global_leader().is_none(), "read after the kill");
+        assert_eq!(terms.begun.len(), 1, "still a term of the history");
+        terms.apply("global-1", &at("2026-12-06T18:00:01.000000Z"));
+        assert_eq!(
+            terms.global_leader().map(|t| t.epoch),
+            Some(3),
+            "its next incarnation"
+        );
     }
 }
