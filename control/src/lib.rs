@@ -6,8 +6,9 @@
 //! between processes ([`rpc`]), leases with fencing epochs ([`lease`]), the
 //! network seam every server and client goes through ([`net`]), the
 //! [`telemetry`] they record, the jobs' [`trace`] ids every tier
-//! carries, and the [`entropy`] fresh ids are drawn from (seeded per run in
-//! the simulation).
+//! carries, the [`entropy`] fresh ids are drawn from (seeded per run in
+//! the simulation), and the switches of the [`planted`] bugs that only a
+//! test build can turn on.
 //!
 //! Must never: read time except through [`clock::Clock`], use an unseeded
 //! RNG, or depend on a tier crate (`global`, `regional`, `node-agent`).
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod entropy;
 pub mod lease;
 pub mod net;
+pub mod planted;
 pub mod queue;
 pub mod retry;
 pub mod rpc;

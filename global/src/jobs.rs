@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use meridian_control::SharedClock;
 use meridian_control::lease::Fence;
+use meridian_control::planted::{Bug, on};
 use meridian_control::trace::TraceId;
 use meridian_proto::limits;
 use meridian_proto::v1::{
@@ -311,7 +312,12 @@ async fn submit_one(
         return Ok(Err(GlobalError::invalid("spec", "required")));
     };
     let request_key = keys.request(&spec.tenant, &req.request_id);
-    if let Some(existing) = tx.get(&request_key).await? {
+    let existing = if on(Bug::SubmitIgnoresRequestId) {
+        None
+    } else {
+        tx.get(&request_key).await?
+    };
+    if let Some(existing) = existing {
         let job_id = String::from_utf8(existing)
             .map_err(|_| GlobalError::Corrupt("request record is not UTF-8".into()))?;
         let job = read_job(tx, keys, &job_id).await?.ok_or_else(|| {

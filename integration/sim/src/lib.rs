@@ -21,4 +21,5 @@ pub mod world;
 
 pub use checker::{CheckConfig, Violation, check};
 pub use history::{Event, History, JobState, Record, Recorder, Resources, Scope, StopReason};
+pub use meridian_control::planted::Bug;
 pub use world::{Outcome, SimConfig, SimError, run};

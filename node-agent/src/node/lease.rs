@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use meridian_control::Instant;
+use meridian_control::planted::{Bug, on};
 use meridian_proto::v1::{
     HeartbeatRequest, HeartbeatResponse, NodeUsage, RegionLossPolicy, TaskAttempt,
 };
@@ -70,6 +71,9 @@ impl NodeAgent {
     /// When the next failover task must be stopped so that it has exited by
     /// the region-lease deadline.
     pub(super) fn next_failover_stop(&self) -> Option<Instant> {
+        if on(Bug::AgentIgnoresRegionLease) {
+            return None;
+        }
         let deadline = self.lease_deadline?;
         self.tasks
             .live()
@@ -153,7 +157,7 @@ pub(super) fn next_lease_deadline(
 }
 
 pub(super) fn fails_over(policy: RegionLossPolicy) -> bool {
-    policy != RegionLossPolicy::KeepRunning
+    policy != RegionLossPolicy::KeepRunning || on(Bug::AgentStopsKeepRunningOnLeaseLoss)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! node epoch, a carried report that is not an end, or a report for an
 //! attempt that is not the task's latest on this node.
 
+use meridian_control::planted::{Bug, on};
 use meridian_proto::v1;
 
 use super::overlay::{Missing, ReadSet, Tx};
@@ -239,7 +240,7 @@ fn end(
             // and like a drain it costs the job none of its retries: the
             // task did not fail. The node epoch check already fenced stale
             // reports.
-            v1::TaskState::Killed => rec.stopping.is_empty(),
+            v1::TaskState::Killed => rec.stopping.is_empty() && !on(Bug::AgentStopTakenAsFinal),
             v1::TaskState::Failed | v1::TaskState::Lost => attempts_left,
             _ => false,
         };

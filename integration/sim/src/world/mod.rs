@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use meridian_control::planted::Bug;
 use meridian_proto::v1;
 use meridian_store::fault::{FaultConfig, FaultyBackend};
 use meridian_store::memory::MemoryBackend;
@@ -64,6 +65,10 @@ pub struct SimConfig {
     /// Switches off the shard fence check of the binding commit for this
     /// run (the planted bug that proves the checker works).
     pub unfenced_binding_commit: bool,
+    /// One planted bug turned on for this run, to prove the checker sees
+    /// the invariant it breaks (needs the cargo feature
+    /// `planted-bugs-for-tests`).
+    pub planted_bug: Option<Bug>,
 }
 
 impl Default for SimConfig {
@@ -83,6 +88,7 @@ impl Default for SimConfig {
                 convergence_bound: Duration::from_secs(25),
             },
             unfenced_binding_commit: false,
+            planted_bug: None,
         }
     }
 }
@@ -131,6 +137,8 @@ pub enum SimError {
     Runtime(#[from] std::io::Error),
     #[error("the unfenced binding commit needs the cargo feature unfenced-writes-for-tests")]
     NoBugSwitch,
+    #[error("the planted bug {0:?} needs the cargo feature planted-bugs-for-tests")]
+    NoPlantedBugs(Bug),
     #[error("could not read a tokio task id: {0}")]
     TaskId(String),
 }
@@ -145,6 +153,25 @@ fn set_bug(on: bool) -> Result<(), SimError> {
     {
         if on {
             Err(SimError::NoBugSwitch)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn set_planted(bug: Option<Bug>, on: bool) -> Result<(), SimError> {
+    let Some(bug) = bug else {
+        return Ok(());
+    };
+    #[cfg(feature = "planted-bugs-for-tests")]
+    {
+        meridian_control::planted::set(bug, on);
+        Ok(())
+    }
+    #[cfg(not(feature = "planted-bugs-for-tests"))]
+    {
+        if on {
+            Err(SimError::NoPlantedBugs(bug))
         } else {
             Ok(())
         }
@@ -201,8 +228,10 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Outcome, SimError> {
         scopes: scopes(cfg),
     }));
     set_bug(cfg.unfenced_binding_commit)?;
+    set_planted(cfg.planted_bug, true)?;
     let result = drive(seed, cfg, &recorder, &now_ms);
     set_bug(false)?;
+    set_planted(cfg.planted_bug, false)?;
     let (faults, tiers) = result?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
