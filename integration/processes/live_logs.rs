@@ -48,8 +48,6 @@ const AGENT_LOG: &str = "warn,meridian_agent::node=info";
 const GIB: u64 = 1 << 30;
 /// Lines the task writes, one every 100 ms.
 const LINES: u32 = 30;
-/// How far ahead of the follower the task may be when a line is printed.
-const AHEAD: u32 = 5;
 
 /// One region `r1` with one real node, and `replicas` global replicas on
 /// one store.
@@ -136,6 +134,27 @@ impl Federation {
             .expect("connect to the global tier")
     }
 
+    /// Submits the task that prints `ready`, waits for the file `go`, then
+    /// writes `line 1` .. `line 30`, each to stdout and then to the witness
+    /// file, and after each line `k` waits for the file `go.k` ([`release`])
+    /// before the next: a test that sees line `k` before it releases it
+    /// knows the task was still running and had written nothing more, with
+    /// no assumption about how fast anything is. Returns the job id, the
+    /// witness file and the `go` file.
+    async fn submit_paced_lines(&self, name: &str) -> (String, PathBuf, PathBuf) {
+        let witness = self.shared.join(format!("{name}.witness"));
+        let go = self.shared.join(format!("{name}.go"));
+        let script = format!(
+            "echo ready; while [ ! -e {go} ]; do sleep 0.02; done; \
+             for i in $(seq 1 {LINES}); do echo \"line $i\"; echo \"line $i\" >> {witness}; \
+             while [ ! -e {go}.$i ]; do sleep 0.02; done; done",
+            go = go.display(),
+            witness = witness.display()
+        );
+        let job_id = self.submit_script(name, script, 1).await;
+        (job_id, witness, go)
+    }
+
     /// Submits the task that prints `ready`, waits for the file `go` (the
     /// task polls for it, the test does not), then writes `line 1` ..
     /// `line 30`, one every 100 ms, each to stdout and then to the witness
@@ -200,6 +219,12 @@ impl Federation {
 fn open_to_tasks(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Lets a paced task ([`Federation::submit_paced_lines`]) go on past
+/// `line k`.
+fn release(go: &Path, k: u32) {
+    std::fs::write(format!("{}.{k}", go.display()), b"").expect("release a line");
 }
 
 /// Lines of the witness file: what the task has written so far.
@@ -311,7 +336,7 @@ async fn final_state(client: &mut FederationClient<Channel>, job_id: &str) -> v1
 async fn job_logs_follow_prints_each_line_of_a_running_task_as_it_is_written_and_ends_with_the_task()
  {
     let fed = Federation::start(1).await;
-    let (job_id, witness, go) = fed.submit_lines("lines").await;
+    let (job_id, witness, go) = fed.submit_paced_lines("lines").await;
     // Started right after the submit: the follow waits for the task.
     let mut follower = Follower::start(&fed.endpoints(), &format!("{job_id}/0"), &witness);
     // The task's first line, printed: the follow is established (the tail
@@ -320,23 +345,23 @@ async fn job_logs_follow_prints_each_line_of_a_running_task_as_it_is_written_and
     assert_eq!(follower.next().expect("a line").0, "ready");
     std::fs::write(&go, b"").expect("go");
     let started = Instant::now();
-    let mut most_ahead = 0;
     for k in 1..=LINES {
-        let (line, ahead) = follower.next().expect("a line");
+        let (line, written) = follower.next().expect("a line");
         assert_eq!(line, format!("line {k}"), "lines in order, none twice");
+        // The task waits for this line's release before it writes the
+        // next, so the line was printed while the task ran, not at its
+        // end (were output held back until the task ended, this would
+        // wait forever: the guard of `next` fails it). The witness may
+        // not hold line k yet: the task writes stdout first.
         assert!(
-            ahead < k + AHEAD,
-            "line {k} was printed only after the task had written {ahead} lines"
+            written <= k,
+            "line {k} printed while the task had written {written} lines"
         );
-        most_ahead = most_ahead.max(ahead.saturating_sub(k));
         if k == 1 || k == LINES {
-            println!(
-                "line {k} printed {:?} after the start; task had written {ahead}",
-                started.elapsed()
-            );
+            println!("line {k} printed {:?} after the start", started.elapsed());
         }
+        release(&go, k);
     }
-    println!("the task was at most {most_ahead} lines ahead of the follow");
     // The follow ends by itself, after the last line, because the task did.
     let status = follower.exit();
     assert!(status.success(), "job logs -f exited {status}");
@@ -451,7 +476,7 @@ async fn a_late_follower_gets_the_tail_first_and_then_the_live_lines() {
 async fn the_job_page_of_the_console_shows_the_output_live_while_the_task_runs() {
     let fed = Federation::start_with(1, true).await;
     let http = fed.globals[0].http.clone().expect("the HTTP address");
-    let (job_id, witness, go) = fed.submit_lines("console").await;
+    let (job_id, witness, go) = fed.submit_paced_lines("console").await;
     let browser = console_support::Browser::start().await;
     browser.goto(&format!("{http}/console/jobs/{job_id}")).await;
     let text = "return document.getElementById('task-output').textContent;";
@@ -462,18 +487,28 @@ async fn the_job_page_of_the_console_shows_the_output_live_while_the_task_runs()
         )
         .await;
     std::fs::write(&go, b"").expect("go");
-    browser
-        .wait_for(
-            "line 3 on the page",
-            "return document.getElementById('task-output').textContent.includes('line 3\\n');",
-        )
-        .await;
-    // The page showed line 3 while the task had lines left to write.
-    let ahead = written(&witness);
-    assert!(
-        ahead < 3 + AHEAD,
-        "line 3 appeared only after the task had written {ahead} lines"
-    );
+    for k in 1..=3 {
+        browser
+            .wait_for(
+                &format!("line {k} on the page"),
+                &format!(
+                    "return document.getElementById('task-output').textContent.includes('line {k}\\n');"
+                ),
+            )
+            .await;
+        // The task waits for this line's release: the page showed it
+        // while the task ran.
+        let written = written(&witness);
+        assert!(
+            written <= k,
+            "line {k} shown after the task wrote {written}"
+        );
+        release(&go, k);
+    }
+    // The rest at the task's own pace.
+    for k in 4..=LINES {
+        release(&go, k);
+    }
     let state = browser
         .js("return document.getElementById('output-state').textContent;")
         .await;
