@@ -5,7 +5,9 @@
 //! only, against a federation given by `--endpoint` or one it starts itself
 //! as real processes (`placement` and `history` run their tier in process,
 //! over a store they fill themselves); their measurements and their
-//! reports (JSON, markdown, SVG in `docs/bench/`). `--quick` makes every
+//! reports (JSON, markdown, SVG in `docs/bench/`); and `--compare-insecure`,
+//! one scenario run with TLS and tokens and `--insecure` in alternating
+//! pairs ([`compare`]). `--quick` makes every
 //! scenario small enough for CI and turns only invariant violations
 //! (docs/architecture.md, invariants) into a failure, never a timing. Must never: hold scheduling logic, or fail a run because
 //! it was slow.
