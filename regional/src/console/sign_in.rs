@@ -22,9 +22,9 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use meridian_console::view::NodeAction;
 use meridian_console::{ConsoleError, ConsoleRole, Gate, TokenCheck, Viewer};
+use meridian_control::rpc::{self, RpcVerdict};
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
-use meridian_control::rpc::{self, RpcVerdict};
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -169,7 +169,9 @@ fn with_auth<T>(
     value: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 ) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", value.clone());
+    request
+        .metadata_mut()
+        .insert("authorization", value.clone());
     request
 }
 
