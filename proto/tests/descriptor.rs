@@ -78,6 +78,7 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
                 "ReportStatus",
                 "ReportCapacity",
                 "ReleaseJobs",
+                "CheckConsoleToken",
             ][..],
         ),
         (
