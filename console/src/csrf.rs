@@ -29,6 +29,14 @@ pub fn check(headers: &HeaderMap) -> Result<(), ConsoleError> {
             "content-type: an action's body must be application/json".into(),
         ));
     }
+    same_origin(headers)
+}
+
+/// Refuses a request a browser says comes from another site, or whose
+/// `Origin`, when it has one, is not the console's own (the request's
+/// `Host`). Also the sign-in form's check.
+pub fn same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if text("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
         return Err(ConsoleError::Invalid(
             "sec-fetch-site: an action must come from the console's own page".into(),

@@ -657,22 +657,6 @@ struct LoginForm {
     next: String,
 }
 
-/// A form post from another site's page may not sign a browser in (login
-/// CSRF): its `Origin` must be this console's.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if text("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
-        return false;
-    }
-    match text("origin") {
-        None => true,
-        Some(origin) => {
-            let host = origin.split_once("://").map_or("", |(_, h)| h);
-            text("host").is_some_and(|h| h.eq_ignore_ascii_case(host))
-        }
-    }
-}
-
 async fn login(State(gate): State<Arc<Gate>>, headers: HeaderMap, body: String) -> Response {
     let form_type = headers
         .get(CONTENT_TYPE)
@@ -681,7 +665,9 @@ async fn login(State(gate): State<Arc<Gate>>, headers: HeaderMap, body: String) 
     let refuse = |status: StatusCode, next: &str, message: &str| {
         (status, Html(login_html(next, Some(message)))).into_response()
     };
-    if !form_type || !same_origin(&headers) {
+    // A form post from another site's page may not sign a browser in
+    // (login CSRF).
+    if !form_type || crate::csrf::same_origin(&headers).is_err() {
         return refuse(
             StatusCode::FORBIDDEN,
             "",

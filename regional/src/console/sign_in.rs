@@ -175,14 +175,13 @@ fn with_auth<T>(
     request
 }
 
-/// `message` with `authorization: <bearer>` set.
-fn as_caller<T>(message: T, bearer: &str) -> Result<tonic::Request<T>, ConsoleError> {
-    let mut request = tonic::Request::new(message);
-    let value = bearer
+/// `bearer` as the value of an `authorization` header.
+fn authorization(
+    bearer: &str,
+) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, tonic::Status> {
+    bearer
         .parse()
-        .map_err(|_| ConsoleError::Invalid("token: not a valid header value".into()))?;
-    request.metadata_mut().insert("authorization", value);
-    Ok(request)
+        .map_err(|_| tonic::Status::invalid_argument("token: not a valid header value"))
 }
 
 /// A node action through the federation API, as the holder of `bearer`.
@@ -196,9 +195,7 @@ pub(super) async fn node_action(
     let refused = |e: ConsoleError| tonic::Status::unavailable(e.to_string());
     let global = global(deps).map_err(refused)?;
     let region = deps.api.region.clone();
-    let authorization: tonic::metadata::MetadataValue<_> = bearer
-        .parse()
-        .map_err(|_| tonic::Status::invalid_argument("token: not a valid header value"))?;
+    let authorization = authorization(bearer)?;
     let asked = |channel: Channel| {
         let (region, node_id, reason) = (region.clone(), node_id.clone(), reason.clone());
         let authorization = authorization.clone();
@@ -261,19 +258,18 @@ pub(super) async fn drain_region(
         },
         evacuate,
     };
-    let bearer = actor.bearer();
+    let authorization = actor
+        .bearer()
+        .map(|b| authorization(&b))
+        .transpose()
+        .map_err(from_status)?;
     let info = global
         .call(|channel| {
-            let request = request.clone();
-            let bearer = bearer.clone();
-            async move {
-                let request = match bearer {
-                    Some(b) => as_caller(request, &b)
-                        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?,
-                    None => tonic::Request::new(request),
-                };
-                FederationClient::new(channel).drain_region(request).await
-            }
+            let request = match &authorization {
+                Some(value) => with_auth(request.clone(), value),
+                None => tonic::Request::new(request.clone()),
+            };
+            async move { FederationClient::new(channel).drain_region(request).await }
         })
         .await
         .map_err(from_status)?
