@@ -30,6 +30,10 @@ pub enum Bug {
     /// of the region lease ran out) as ended for good, though the job
     /// stays in the region and nobody else will run it.
     AgentStopTakenAsFinal,
+    /// 7.5: the region's placer leaves memory out of its fit check (both
+    /// the room a round counts and the solver's choice of node), so it
+    /// places a task on a node whose memory is already taken.
+    PlacerIgnoresMemory,
 }
 
 #[cfg(feature = "planted-bugs-for-tests")]

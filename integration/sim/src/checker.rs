@@ -156,11 +156,39 @@ pub fn check(history: &History, config: &CheckConfig) -> Vec<Violation> {
     out
 }
 
-/// 7.1, over task start/stop records.
+/// How long after its host resumes a frozen node's agent has to stop an
+/// exclusive task that another node started meanwhile. A frozen host's
+/// tasks thaw with it, so no agent can stop them before they run again;
+/// what the agent owes is to stop them at once, in its first steps after
+/// waking (the simulation steps in 10 ms ticks), before doing anything else.
+pub const RESUME_STOP_BOUND: Duration = Duration::from_millis(100);
+
+/// 7.1, over task start/stop records. A task on a frozen node
+/// ([`Event::NodePaused`]) does not run while frozen, so another node may
+/// start it then; when the node resumes, its agent has to stop the task
+/// within [`RESUME_STOP_BOUND`] if it runs elsewhere by then.
 pub fn check_exclusive(history: &History, out: &mut Vec<Violation>) {
     let mut running: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut exclusive: BTreeSet<&str> = BTreeSet::new();
+    let mut frozen: BTreeSet<&str> = BTreeSet::new();
+    // (task, resumed node) -> (node it runs on as well, deadline, record).
+    let mut thawed: BTreeMap<(&str, &str), (&str, Duration, u64)> = BTreeMap::new();
     for r in history.records() {
+        let late: Vec<(&str, &str)> = thawed
+            .iter()
+            .filter(|(_, (_, deadline, _))| r.at > *deadline)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            if let Some((other, _, seq)) = thawed.remove(&key) {
+                out.push(Violation::ExclusiveTaskOnTwoNodes {
+                    task: key.0.to_string(),
+                    running_on: other.to_string(),
+                    started_on: key.1.to_string(),
+                    seq,
+                });
+            }
+        }
         match &r.event {
             Event::TaskStarted {
                 node,
@@ -173,7 +201,9 @@ pub fn check_exclusive(history: &History, out: &mut Vec<Violation>) {
                 }
                 let nodes = running.entry(task).or_default();
                 if exclusive.contains(task.as_str())
-                    && let Some(other) = nodes.iter().find(|n| **n != node.as_str())
+                    && let Some(other) = nodes
+                        .iter()
+                        .find(|n| **n != node.as_str() && !frozen.contains(*n))
                 {
                     out.push(Violation::ExclusiveTaskOnTwoNodes {
                         task: task.clone(),
@@ -188,8 +218,38 @@ pub fn check_exclusive(history: &History, out: &mut Vec<Violation>) {
                 if let Some(nodes) = running.get_mut(task.as_str()) {
                     nodes.remove(node.as_str());
                 }
+                thawed.remove(&(task.as_str(), node.as_str()));
+            }
+            Event::NodePaused { node } => {
+                frozen.insert(node);
+            }
+            Event::NodeResumed { node } => {
+                frozen.remove(node.as_str());
+                for (task, nodes) in &running {
+                    if !nodes.contains(node.as_str()) || !exclusive.contains(task) {
+                        continue;
+                    }
+                    if let Some(other) = nodes
+                        .iter()
+                        .find(|n| **n != node.as_str() && !frozen.contains(*n))
+                    {
+                        thawed.insert((task, node), (other, r.at + RESUME_STOP_BOUND, r.seq));
+                    }
+                }
             }
             _ => {}
+        }
+    }
+    // A history that ends inside the bound judges nothing it cannot see.
+    let end = history.records().last().map(|r| r.at).unwrap_or_default();
+    for ((task, node), (other, deadline, seq)) in thawed {
+        if end > deadline {
+            out.push(Violation::ExclusiveTaskOnTwoNodes {
+                task: task.to_string(),
+                running_on: other.to_string(),
+                started_on: node.to_string(),
+                seq,
+            });
         }
     }
 }

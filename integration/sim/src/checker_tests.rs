@@ -307,3 +307,65 @@ fn keep_running_task_exiting_by_itself_or_stopped_after_recovery_is_fine() {
     ]);
     assert!(all(&h).is_empty());
 }
+
+fn timed(events: Vec<(u64, Event)>) -> History {
+    History::from_events(
+        events
+            .into_iter()
+            .map(|(ms, e)| (Duration::from_millis(ms), e)),
+    )
+}
+
+fn paused(node: &str) -> Event {
+    Event::NodePaused { node: node.into() }
+}
+
+fn resumed(node: &str) -> Event {
+    Event::NodeResumed { node: node.into() }
+}
+
+#[test]
+fn a_frozen_nodes_task_resuming_while_it_runs_elsewhere_must_be_stopped_at_once() {
+    let frozen_then_stopped_late = timed(vec![
+        (0, started("a", "t", true, false)),
+        (1_000, paused("a")),
+        (9_000, started("b", "t", true, false)),
+        (12_000, resumed("a")),
+        (12_500, stopped("a", "t", StopReason::Stopped)),
+    ]);
+    let v = all(&frozen_then_stopped_late);
+    assert!(
+        matches!(v.as_slice(), [Violation::ExclusiveTaskOnTwoNodes { running_on, started_on, .. }]
+            if running_on == "b" && started_on == "a"),
+        "{v:?}"
+    );
+    let never_stopped = timed(vec![
+        (0, started("a", "t", true, false)),
+        (1_000, paused("a")),
+        (9_000, started("b", "t", true, false)),
+        (12_000, resumed("a")),
+        (20_000, Event::Healed),
+    ]);
+    assert_eq!(all(&never_stopped).len(), 1);
+}
+
+#[test]
+fn a_frozen_nodes_task_stopped_as_its_host_resumes_is_not_on_two_nodes() {
+    let h = timed(vec![
+        (0, started("a", "t", true, false)),
+        (1_000, paused("a")),
+        (9_000, started("b", "t", true, false)),
+        (12_000, resumed("a")),
+        (12_010, stopped("a", "t", StopReason::Stopped)),
+        (20_000, Event::Healed),
+    ]);
+    assert!(all(&h).is_empty(), "{:?}", all(&h));
+    // A pause does not excuse a start elsewhere after the node resumed.
+    let after = timed(vec![
+        (0, started("a", "t", true, false)),
+        (1_000, paused("a")),
+        (2_000, resumed("a")),
+        (3_000, started("b", "t", true, false)),
+    ]);
+    assert_eq!(all(&after).len(), 1);
+}

@@ -156,6 +156,17 @@ pub enum Event {
     Healed,
     /// A fault the harness injected, for the report.
     Fault { description: String },
+    /// The harness froze a node's whole host: its agent and its tasks stop
+    /// running (no timer fires, nothing is sent or received) until
+    /// [`Event::NodeResumed`]. A frozen task does nothing, so while frozen
+    /// it does not count as running for exclusivity.
+    NodePaused { node: String },
+    /// The harness let a frozen host run again: its tasks run from here on
+    /// until they are recorded stopped.
+    NodeResumed { node: String },
+    /// An operator's request (a drain, an undrain) was acknowledged by the
+    /// API it was sent to.
+    AdminAcked { action: String },
 }
 
 /// An event with its place in the run.

@@ -8,7 +8,10 @@
 //! runs seed S alone (the replay command a failure prints).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
+use meridian_sim::world::plan::Fault;
+use meridian_sim::world::workload::BIG_TASK_MEMORY;
 use meridian_sim::world::{SimConfig, run};
 use meridian_sim::{Event, Violation};
 
@@ -52,10 +55,56 @@ fn region_of_node(node: &str) -> &str {
 
 /// What a set of runs showed, so that a clean result is known not to be
 /// vacuous.
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Seen {
     lost_regions: usize,
     moved_tasks: usize,
+    /// Agent hosts frozen, and those frozen past the time the region takes
+    /// to declare the node DOWN and place its exclusive tasks again.
+    agent_pauses: usize,
+    long_agent_pauses: usize,
+    /// Partitions of one agent from the region replicas past that time.
+    long_agent_partitions: usize,
+    /// Drains the API acknowledged.
+    node_drains: usize,
+    region_drains: usize,
+    /// Node loads read with a big task's memory placed on the node (so no
+    /// second big task fitted beside it).
+    full_nodes: usize,
+    /// Tasks started on a node while a task of the same job had just been
+    /// started elsewhere on a frozen node (a pause really moved work).
+    started_while_frozen: usize,
+}
+
+/// How long the region takes to declare a silent node DOWN and place its
+/// exclusive tasks again in the simulation (node timeout 3 s + grace 2 s +
+/// exclusive wait 3 s).
+const NODE_DOWN_AND_REPLACED: Duration = Duration::from_secs(8);
+
+fn fault_lengths(
+    faults: &[(Duration, Fault)],
+    starts: impl Fn(&Fault) -> Option<String>,
+    ends: impl Fn(&Fault) -> Option<String>,
+) -> Vec<Duration> {
+    let mut open: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (at, f) in faults {
+        if let Some(k) = starts(f) {
+            open.entry(k).or_insert(*at);
+        } else if let Some(k) = ends(f)
+            && let Some(start) = open.remove(&k)
+        {
+            out.push(at.saturating_sub(start));
+        }
+    }
+    out
+}
+
+fn one_agent(hosts: &[String]) -> Option<String> {
+    match hosts {
+        [h] if h.starts_with("agent") => Some(h.clone()),
+        _ => None,
+    }
 }
 
 /// Runs every seed of `seeds`; the failures' replay lines, and what the
@@ -82,8 +131,73 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (Vec<String>, Seen) {
         seen.lost_regions += outcome
             .faults
             .iter()
-            .filter(|(_, f)| matches!(f, meridian_sim::world::plan::Fault::RegionDown(_)))
+            .filter(|(_, f)| matches!(f, Fault::RegionDown(_)))
             .count();
+        let pauses = fault_lengths(
+            &outcome.faults,
+            |f| match f {
+                Fault::AgentPause(h) => Some(h.clone()),
+                _ => None,
+            },
+            |f| match f {
+                Fault::AgentResume(h) => Some(h.clone()),
+                _ => None,
+            },
+        );
+        seen.agent_pauses += pauses.len();
+        seen.long_agent_pauses += pauses
+            .iter()
+            .filter(|d| **d > NODE_DOWN_AND_REPLACED)
+            .count();
+        seen.long_agent_partitions += fault_lengths(
+            &outcome.faults,
+            |f| match f {
+                Fault::Partition(a, _) => one_agent(a),
+                _ => None,
+            },
+            |f| match f {
+                Fault::Repair(a, _) => one_agent(a),
+                _ => None,
+            },
+        )
+        .iter()
+        .filter(|d| **d > NODE_DOWN_AND_REPLACED)
+        .count();
+        let mut frozen: BTreeSet<String> = BTreeSet::new();
+        let mut on_frozen: BTreeSet<String> = BTreeSet::new();
+        for r in outcome.history.records() {
+            match &r.event {
+                Event::AdminAcked { action } if action.starts_with("DrainNode") => {
+                    seen.node_drains += 1
+                }
+                Event::AdminAcked { action } if action.starts_with("DrainRegion") => {
+                    seen.region_drains += 1
+                }
+                Event::NodeLoad { placed, .. } if placed.memory_bytes >= BIG_TASK_MEMORY => {
+                    seen.full_nodes += 1
+                }
+                Event::NodePaused { node } => {
+                    frozen.insert(node.clone());
+                    for r2 in outcome.history.records() {
+                        if r2.seq < r.seq
+                            && let Event::TaskStarted { node: n, task, .. } = &r2.event
+                            && n == node
+                        {
+                            on_frozen.insert(task.clone());
+                        }
+                    }
+                }
+                Event::NodeResumed { node } => {
+                    frozen.remove(node);
+                }
+                Event::TaskStarted { node, task, .. }
+                    if !frozen.is_empty() && !frozen.contains(node) && on_frozen.contains(task) =>
+                {
+                    seen.started_while_frozen += 1
+                }
+                _ => {}
+            }
+        }
         // A task bound on nodes of two regions was handed off.
         let mut regions_of: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
         for r in outcome.history.records() {
@@ -116,10 +230,7 @@ fn federation_seeds_hold_every_invariant_across_regions_lost_and_handed_off() {
     };
     let many = seeds.end - seeds.start >= 20;
     let (failures, seen) = run_seeds(seeds);
-    eprintln!(
-        "{} region losses, {} tasks bound in two regions",
-        seen.lost_regions, seen.moved_tasks
-    );
+    eprintln!("{seen:?}");
     assert!(
         failures.is_empty(),
         "{} seeds failed:\n{}",
@@ -130,6 +241,18 @@ fn federation_seeds_hold_every_invariant_across_regions_lost_and_handed_off() {
         assert!(
             seen.lost_regions > 0 && seen.moved_tasks > 0,
             "no region was lost or no task moved between regions: the runs checked no hand-off"
+        );
+        assert!(
+            seen.long_agent_pauses > 0 && seen.long_agent_partitions > 0,
+            "no agent was frozen or cut off past the node's DOWN and replacement: {seen:?}"
+        );
+        assert!(
+            seen.node_drains > 0 && seen.region_drains > 0,
+            "no node drain or no region drain was acknowledged: {seen:?}"
+        );
+        assert!(
+            seen.full_nodes > 0,
+            "no node ever held a big task: the fit check decided nothing: {seen:?}"
         );
     }
 }

@@ -190,6 +190,11 @@ impl State {
     }
 
     pub fn fits(&self, ix: &ClusterIndex<'_>, amount: Amount, node: u32) -> bool {
+        let mut amount = amount;
+        if meridian_control::planted::on(meridian_control::planted::Bug::PlacerIgnoresMemory) {
+            // The planted defect of 7.5: only what else is placed counts.
+            amount.mem = 0;
+        }
         self.used[node as usize]
             .plus(amount)
             .within(ix.capacity[node as usize])

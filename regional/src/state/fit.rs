@@ -49,8 +49,15 @@ pub fn room_for(node: &NodeEntry, job: &JobRecord, constraints: &[LabelConstrain
         let free = have.saturating_sub(used);
         free.checked_div(need).unwrap_or(u64::MAX)
     };
+    let memory_room =
+        if meridian_control::planted::on(meridian_control::planted::Bug::PlacerIgnoresMemory) {
+            // The planted defect of 7.5.
+            u64::MAX
+        } else {
+            per(r.allocatable.mem, node.allocated.mem, want.mem)
+        };
     per(r.allocatable.cpu, node.allocated.cpu, want.cpu)
-        .min(per(r.allocatable.mem, node.allocated.mem, want.mem))
+        .min(memory_room)
         .min(per(
             u64::from(r.allocatable.gpus),
             u64::from(node.allocated.gpus),

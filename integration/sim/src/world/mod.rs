@@ -9,8 +9,11 @@
 //! its own actions on the world. Must never decide a run's verdict by
 //! anything but [`crate::checker::check`].
 
+pub mod admin;
+mod faults;
 pub mod hosts;
 pub mod plan;
+mod switches;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,11 +30,13 @@ use meridian_store::{Backend, Database};
 use crate::checker::{CheckConfig, Violation, check};
 use crate::exec::Running;
 use crate::gate::PauseGate;
-use crate::history::{Event, History, Recorder, Scope, StopReason};
+use crate::history::{Event, History, Recorder, Scope};
 use crate::net::TurmoilNet;
 use crate::observe::{self, RegionMemory, RunContext};
+use faults::{World, apply, heal, hold_paused};
 use hosts::{GLOBAL_PORT, Process, REGION_PORT};
-use plan::{Fault, FaultMix, Hosts, Tier};
+use plan::{Fault, FaultMix, Hosts};
+use switches::{set_bug, set_planted};
 
 /// Name of the first simulated region (the only one unless
 /// [`SimConfig::regions`] asks for more).
@@ -54,6 +59,9 @@ pub struct SimConfig {
     /// Agents per region.
     pub agents: usize,
     pub jobs: usize,
+    /// Big jobs besides `jobs` ([`workload::big_jobs`]): their tasks fill
+    /// nodes, so the fit check decides placements and tasks wait for room.
+    pub big_jobs: usize,
     /// Length of the phase with faults and workload.
     pub safety: Duration,
     /// Length of the phase after the heal.
@@ -80,6 +88,7 @@ impl Default for SimConfig {
             shards: 2,
             agents: 3,
             jobs: 8,
+            big_jobs: 0,
             safety: Duration::from_secs(20),
             heal: Duration::from_secs(30),
             mix: FaultMix::default(),
@@ -103,9 +112,12 @@ impl SimConfig {
             regions: 3,
             agents: 2,
             jobs: 12,
+            big_jobs: 3,
             region_lease: Duration::from_secs(4),
             mix: FaultMix {
                 region_loss: true,
+                long_agent_faults: true,
+                drains: true,
                 ..FaultMix::default()
             },
             ..SimConfig::default()
@@ -143,42 +155,7 @@ pub enum SimError {
     TaskId(String),
 }
 
-fn set_bug(on: bool) -> Result<(), SimError> {
-    #[cfg(feature = "unfenced-writes-for-tests")]
-    {
-        meridian_regional::pipeline::unfenced_for_tests::set(on);
-        Ok(())
-    }
-    #[cfg(not(feature = "unfenced-writes-for-tests"))]
-    {
-        if on {
-            Err(SimError::NoBugSwitch)
-        } else {
-            Ok(())
-        }
-    }
-}
-
-fn set_planted(bug: Option<Bug>, on: bool) -> Result<(), SimError> {
-    let Some(bug) = bug else {
-        return Ok(());
-    };
-    #[cfg(feature = "planted-bugs-for-tests")]
-    {
-        meridian_control::planted::set(bug, on);
-        Ok(())
-    }
-    #[cfg(not(feature = "planted-bugs-for-tests"))]
-    {
-        if on {
-            Err(SimError::NoPlantedBugs(bug))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-struct Tiers {
+pub(super) struct Tiers {
     global_raw: Arc<MemoryBackend>,
     global: Arc<FaultyBackend>,
     /// Each region's store, by region name: beneath and behind the faults.
@@ -328,22 +305,6 @@ fn annotate(history: History, jobs: &[v1::Job]) -> History {
     History::from_records(records)
 }
 
-struct World {
-    hosts: Hosts,
-    gates: BTreeMap<String, PauseGate>,
-    skews: BTreeMap<String, Arc<AtomicI64>>,
-    running: BTreeMap<String, Running>,
-    crashed: BTreeSet<String>,
-    /// The region of each region replica and agent.
-    region_of: BTreeMap<String, String>,
-    /// Regions lost whole ([`Fault::RegionDown`]).
-    regions_down: BTreeSet<String>,
-    /// Paused hosts whose network is held.
-    held: BTreeSet<String>,
-    control_plane_down: bool,
-    cuts: Vec<(Vec<String>, Vec<String>, bool)>,
-}
-
 fn drive(
     seed: u64,
     cfg: &SimConfig,
@@ -361,18 +322,8 @@ fn drive(
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(20))
         .build();
-    let mut world = World {
-        hosts: hosts.clone(),
-        gates: BTreeMap::new(),
-        skews: BTreeMap::new(),
-        running: BTreeMap::new(),
-        crashed: BTreeSet::new(),
-        region_of: BTreeMap::new(),
-        regions_down: BTreeSet::new(),
-        held: BTreeSet::new(),
-        control_plane_down: false,
-        cuts: Vec::new(),
-    };
+    let (admin_tx, admin_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut world = World::new(hosts.clone(), admin_tx);
     let global_urls: Vec<String> = hosts
         .globals
         .iter()
@@ -387,7 +338,16 @@ fn drive(
         recorder,
         &global_urls,
     );
-    add_client(&mut sim, seed, cfg, recorder, global_urls);
+    add_client(&mut sim, seed, cfg, recorder, global_urls.clone());
+    // Only a world that drains has an operator: another host would shift
+    // turmoil's draws, and the other worlds' seeds replay as they did.
+    if cfg.mix.drains {
+        let rec = recorder.clone();
+        sim.client("admin", async move {
+            admin::run(admin_rx, global_urls, rec).await;
+            Ok(())
+        });
+    }
     add_observer(&mut sim, &tiers, recorder);
     play(&mut sim, &mut world, cfg, &tiers, recorder, &faults, now_ms)?;
     Ok((faults, tiers))
@@ -542,11 +502,12 @@ fn add_client(
     recorder: &Recorder,
     global_urls: Vec<String>,
 ) {
-    let jobs = workload::jobs(
-        seed,
-        cfg.jobs,
-        cfg.safety.saturating_sub(Duration::from_secs(4)),
-    );
+    let window = cfg.safety.saturating_sub(Duration::from_secs(4));
+    let mut jobs = workload::jobs(seed, cfg.jobs, window);
+    if cfg.big_jobs > 0 {
+        jobs.extend(workload::big_jobs(seed, cfg.big_jobs, window));
+        jobs.sort_by_key(|j| j.at);
+    }
     let rec = recorder.clone();
     let give_up = cfg.safety + cfg.heal;
     sim.client("client", async move {
@@ -660,248 +621,4 @@ fn all_converged_since_heal(history: &History) -> bool {
         }
     }
     healed && acked.is_subset(&converged)
-}
-
-fn set_store_faults(tiers: &Tiers, tier: Tier, fraction: f64) {
-    let config = if fraction > 0.0 {
-        FaultConfig::mixed(fraction)
-    } else {
-        FaultConfig::none()
-    };
-    match tier {
-        Tier::Global => tiers.global.set_config(config),
-        Tier::Region => {
-            for (_, faulty) in tiers.regions.values() {
-                faulty.set_config(config);
-            }
-        }
-    }
-}
-
-fn crash(sim: &mut turmoil::Sim<'_>, world: &mut World, recorder: &Recorder, host: &str) {
-    if !world.crashed.insert(host.to_string()) {
-        return;
-    }
-    sim.crash(host);
-    // An agent's simulated tasks live in its process and die with it.
-    if let Some(running) = world.running.get(host) {
-        let node = hosts::node_id(host);
-        let tasks: Vec<String> = std::mem::take(&mut *running.lock()).into_iter().collect();
-        for task in tasks {
-            recorder.record(
-                "harness",
-                Event::TaskStopped {
-                    node: node.clone(),
-                    task,
-                    reason: StopReason::NodeCrashed,
-                },
-            );
-        }
-    }
-}
-
-fn restart(sim: &mut turmoil::Sim<'_>, world: &mut World, host: &str) {
-    if world.crashed.remove(host) {
-        sim.bounce(host);
-    }
-}
-
-fn apply(
-    sim: &mut turmoil::Sim<'_>,
-    world: &mut World,
-    tiers: &Tiers,
-    recorder: &Recorder,
-    fault: &Fault,
-) {
-    recorder.record(
-        "harness",
-        Event::Fault {
-            description: format!("{fault:?}"),
-        },
-    );
-    match fault {
-        // Held, not dropped: real TCP retransmits across a partition of a
-        // few seconds and delivers everything once it heals, whereas a
-        // dropped segment would hang a simulated stream for good.
-        Fault::Partition(a, b) => {
-            each_pair(a, b, |x, y| sim.hold(x, y));
-            world.cuts.push((a.clone(), b.clone(), false));
-        }
-        Fault::Repair(a, b) => each_pair(a, b, |x, y| sim.release(x, y)),
-        Fault::PartitionOneway(a, b) => {
-            each_pair(a, b, |x, y| sim.partition_oneway(x, y));
-            world.cuts.push((a.clone(), b.clone(), true));
-        }
-        Fault::RepairOneway(a, b) => each_pair(a, b, |x, y| sim.repair_oneway(x, y)),
-        Fault::Latency(d) => sim.set_max_message_latency(*d),
-        Fault::LinkFailRate(p) => sim.set_fail_rate(*p),
-        Fault::Crash(h) => crash(sim, world, recorder, h),
-        Fault::Restart(h) => {
-            if !held_down(world, h) {
-                restart(sim, world, h);
-            }
-        }
-        Fault::Pause(h) => {
-            if let Some(g) = world.gates.get(h) {
-                let region = world.region_of.get(h).map_or(REGION, String::as_str);
-                let (begin, end) = meridian_regional::model::Keys::new(region).all_task_blocks();
-                g.arm(begin, end);
-            }
-        }
-        Fault::Resume(h) => {
-            if let Some(g) = world.gates.get(h) {
-                g.disarm();
-            }
-            resume(sim, world, h);
-        }
-        Fault::StoreFaults(tier, fraction) => set_store_faults(tiers, *tier, *fraction),
-        Fault::ClockSkew(h, ms) => {
-            if let Some(s) = world.skews.get(h) {
-                s.store(*ms, Ordering::Relaxed);
-            }
-        }
-        Fault::ControlPlaneDown => control_plane_down(sim, world, recorder),
-        Fault::ControlPlaneUp => control_plane_up(sim, world, recorder),
-        Fault::RegionDown(r) => {
-            if world.regions_down.insert(r.clone()) {
-                for h in world.hosts.regions.get(r).cloned().unwrap_or_default() {
-                    crash(sim, world, recorder, &h);
-                }
-            }
-        }
-        Fault::RegionUp(r) => {
-            if world.regions_down.remove(r) {
-                for h in world.hosts.regions.get(r).cloned().unwrap_or_default() {
-                    if !held_down(world, &h) {
-                        restart(sim, world, &h);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A host another fault keeps down: every control-plane host while the
-/// control plane is down, every replica of a lost region.
-fn held_down(world: &World, host: &str) -> bool {
-    let control = world.hosts.control_plane().iter().any(|h| h == host);
-    let region_lost = world.region_of.get(host).is_some_and(|r| {
-        world.regions_down.contains(r) && world.hosts.regionals.iter().any(|h| h == host)
-    });
-    (control && world.control_plane_down) || region_lost
-}
-
-/// Calls `f` for each host of `a` with each host of `b`.
-fn each_pair(a: &[String], b: &[String], mut f: impl FnMut(&str, &str)) {
-    for x in a {
-        for y in b {
-            f(x.as_str(), y.as_str());
-        }
-    }
-}
-
-fn control_plane_down(sim: &mut turmoil::Sim<'_>, world: &mut World, recorder: &Recorder) {
-    if !world.control_plane_down {
-        world.control_plane_down = true;
-        for h in world.hosts.control_plane() {
-            crash(sim, world, recorder, &h);
-        }
-        recorder.record("harness", Event::ControlPlaneDown);
-    }
-}
-
-fn control_plane_up(sim: &mut turmoil::Sim<'_>, world: &mut World, recorder: &Recorder) {
-    if world.control_plane_down {
-        world.control_plane_down = false;
-        recorder.record("harness", Event::ControlPlaneUp);
-        for h in world.hosts.control_plane() {
-            if !held_down(world, &h) {
-                restart(sim, world, &h);
-            }
-        }
-    }
-}
-
-fn all_hosts(hosts: &Hosts) -> Vec<String> {
-    hosts
-        .control_plane()
-        .into_iter()
-        .chain(hosts.agents.iter().cloned())
-        .collect()
-}
-
-fn resume(sim: &mut turmoil::Sim<'_>, world: &mut World, host: &str) {
-    if let Some(g) = world.gates.get(host)
-        && g.is_paused()
-    {
-        g.resume();
-    }
-    if world.held.remove(host) {
-        for other in all_hosts(&world.hosts) {
-            if other != host {
-                sim.release(host, other.as_str());
-            }
-        }
-    }
-}
-
-/// A pause strikes inside the process; cut its network off from the step
-/// it struck, as a stopped process neither sends nor receives.
-fn hold_paused(sim: &mut turmoil::Sim<'_>, world: &mut World, recorder: &Recorder) {
-    let struck: Vec<String> = world
-        .gates
-        .iter()
-        .filter(|(h, g)| g.is_paused() && !world.held.contains(*h))
-        .map(|(h, _)| h.clone())
-        .collect();
-    for h in struck {
-        recorder.record(
-            "harness",
-            Event::Fault {
-                description: format!("{h} paused before a binding commit"),
-            },
-        );
-        for other in all_hosts(&world.hosts) {
-            if other != h {
-                sim.hold(h.as_str(), other.as_str());
-            }
-        }
-        world.held.insert(h);
-    }
-}
-
-/// Ends every fault: the network whole and quick again, every process up
-/// and running, stores without faults, clocks true.
-fn heal(sim: &mut turmoil::Sim<'_>, world: &mut World, tiers: &Tiers, recorder: &Recorder) {
-    for (a, b, one_way) in std::mem::take(&mut world.cuts) {
-        for x in &a {
-            for y in &b {
-                if one_way {
-                    sim.repair_oneway(x.as_str(), y.as_str());
-                } else {
-                    sim.release(x.as_str(), y.as_str());
-                }
-            }
-        }
-    }
-    sim.set_max_message_latency(Duration::from_millis(20));
-    sim.set_fail_rate(0.0);
-    let paused: Vec<String> = world.gates.keys().cloned().collect();
-    for h in paused {
-        if let Some(g) = world.gates.get(&h) {
-            g.disarm();
-        }
-        resume(sim, world, &h);
-    }
-    world.regions_down.clear();
-    control_plane_up(sim, world, recorder);
-    for h in world.crashed.clone() {
-        restart(sim, world, &h);
-    }
-    set_store_faults(tiers, Tier::Global, 0.0);
-    set_store_faults(tiers, Tier::Region, 0.0);
-    for s in world.skews.values() {
-        s.store(0, Ordering::Relaxed);
-    }
-    recorder.record("harness", Event::Healed);
 }

@@ -75,6 +75,21 @@ pub enum Fault {
     /// hands its jobs to another region once the region lease runs out.
     RegionDown(String),
     RegionUp(String),
+    /// The agent's whole host freezes (SIGSTOP of the agent and its tasks,
+    /// a paused VM): no timer fires, nothing is sent or received, until
+    /// [`Fault::AgentResume`].
+    AgentPause(String),
+    AgentResume(String),
+    /// An operator drains the agent's node through the Federation API
+    /// (cordon, move its tasks elsewhere) and uncordons it at
+    /// [`Fault::UncordonNode`].
+    DrainNode(String),
+    UncordonNode(String),
+    /// An operator drains a region with evacuation through the Federation
+    /// API while its lease is live (its jobs are revoked and routed
+    /// elsewhere), and ends the drain at [`Fault::UndrainRegion`].
+    DrainRegion(String),
+    UndrainRegion(String),
 }
 
 /// The kinds of fault a run may draw, and how many.
@@ -93,6 +108,14 @@ pub struct FaultMix {
     pub control_plane_down: bool,
     /// Loss of one whole region (needs more than one region).
     pub region_loss: bool,
+    /// Freezes of an agent's host and partitions of one agent from the
+    /// region replicas, 4 to 12 s: often longer than it takes the region to
+    /// declare the node DOWN and place its exclusive tasks again (node
+    /// timeout + grace + exclusive wait, 8 s in the simulation).
+    pub long_agent_faults: bool,
+    /// Node drains and region drains (with evacuation) through the
+    /// Federation API.
+    pub drains: bool,
     /// Faults drawn per run (at least one, at most this many).
     pub max_faults: usize,
     /// Largest clock jump, either way (the configured skew bound).
@@ -115,6 +138,8 @@ impl Default for FaultMix {
             clock_jumps: true,
             control_plane_down: true,
             region_loss: false,
+            long_agent_faults: false,
+            drains: false,
             max_faults: 4,
             skew_bound: Duration::from_millis(200),
         }
@@ -133,6 +158,9 @@ impl FaultMix {
             self.clock_jumps,
             self.control_plane_down,
             self.region_loss,
+            // Appended, so a mix without them draws as it always did.
+            self.long_agent_faults,
+            self.drains,
         ];
         (0u8..)
             .zip(flags)
@@ -165,7 +193,8 @@ pub fn plan(seed: u64, mix: &FaultMix, hosts: &Hosts, safety: Duration) -> Vec<(
         let start = ms(&mut rng, 2_000, latest.max(2_001) * 2 / 3);
         let len = ms(&mut rng, 1_500, 6_000);
         let end = (start + len).min(Duration::from_millis(latest));
-        push_fault(&mut rng, kind, mix, hosts, start, end, &mut out);
+        let last = Duration::from_millis(latest);
+        push_fault(&mut rng, kind, mix, hosts, (start, end, last), &mut out);
     }
     // Stable: a start and its end at the same time keep their order.
     out.sort_by_key(|(at, _)| *at);
@@ -178,8 +207,7 @@ fn push_fault(
     kind: u8,
     mix: &FaultMix,
     hosts: &Hosts,
-    start: Duration,
-    end: Duration,
+    (start, end, latest): (Duration, Duration, Duration),
     out: &mut Vec<(Duration, Fault)>,
 ) {
     match kind {
@@ -238,11 +266,35 @@ fn push_fault(
             out.push((start, Fault::ControlPlaneDown));
             out.push((end, Fault::ControlPlaneUp));
         }
-        _ => {
+        8 => {
             let names: Vec<String> = hosts.regions.keys().cloned().collect();
             let region = pick(rng, &names).clone();
             out.push((start, Fault::RegionDown(region.clone())));
             out.push((end, Fault::RegionUp(region)));
+        }
+        9 => {
+            let h = pick(rng, &hosts.agents).clone();
+            let end = (start + ms(rng, 4_000, 12_000)).min(latest);
+            if rng.random_bool(0.5) {
+                out.push((start, Fault::AgentPause(h.clone())));
+                out.push((end, Fault::AgentResume(h)));
+            } else {
+                let (a, b) = (vec![h], hosts.regionals.clone());
+                out.push((start, Fault::Partition(a.clone(), b.clone())));
+                out.push((end, Fault::Repair(a, b)));
+            }
+        }
+        _ => {
+            if rng.random_bool(0.5) {
+                let h = pick(rng, &hosts.agents).clone();
+                out.push((start, Fault::DrainNode(h.clone())));
+                out.push((end, Fault::UncordonNode(h)));
+            } else {
+                let names: Vec<String> = hosts.regions.keys().cloned().collect();
+                let region = pick(rng, &names).clone();
+                out.push((start, Fault::DrainRegion(region.clone())));
+                out.push((end, Fault::UndrainRegion(region)));
+            }
         }
     }
 }

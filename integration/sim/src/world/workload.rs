@@ -82,6 +82,54 @@ pub fn jobs(seed: u64, count: usize, window: Duration) -> Vec<PlannedJob> {
     out
 }
 
+/// Memory of one task of a big job: more than half a simulated node, so
+/// no node holds two and a big job's tasks wait for room in turn.
+pub const BIG_TASK_MEMORY: u64 = 20 << 30;
+
+/// The big jobs of a run, drawn from its seed apart from [`jobs`] (so the
+/// other jobs of a seed stay what they were): 2 or 3 short tasks (0.5 to
+/// 2.5 s) of [`BIG_TASK_MEMORY`] each. A region has fewer nodes than a big
+/// job has tasks, so its nodes fill up and tasks wait for room; the tasks
+/// are short, so the wait is a few seconds and the convergence bound
+/// still holds.
+pub fn big_jobs(seed: u64, count: usize, window: Duration) -> Vec<PlannedJob> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xb16_b16);
+    (0..count)
+        .map(|i| {
+            let spec = v1::JobSpec {
+                name: format!("big-{i}"),
+                tenant: "sim".into(),
+                task_count: rng.random_range(2..=3),
+                task: Some(v1::TaskTemplate {
+                    kind: Some(v1::task_template::Kind::Simulated(v1::Simulated {
+                        duration_ms: rng.random_range(500..2_500),
+                        exit_code: 0,
+                    })),
+                }),
+                resources: Some(v1::Resources {
+                    cpu_millis: 1_000,
+                    memory_bytes: BIG_TASK_MEMORY,
+                    ..Default::default()
+                }),
+                on_region_loss: v1::RegionLossPolicy::Failover as i32,
+                stop_grace_period_ms: 500,
+                retry: Some(v1::RetryPolicy {
+                    max_attempts: 5,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let at_ms = rng.random_range(500..window.as_millis().max(501) as u64);
+            PlannedJob {
+                request_id: format!("rq-{seed}-big-{i}"),
+                at: Duration::from_millis(at_ms),
+                spec,
+                repeat: false,
+            }
+        })
+        .collect()
+}
+
 /// The simulated client's pause after a failed submit before it tries the
 /// next replica: behaviour of the simulated world (in turmoil's simulated
 /// time), not a wait of the test.
