@@ -20,26 +20,64 @@ pub async fn fetch(addr: SocketAddr) -> Option<String> {
 
 /// Fetches `path` from `addr`; `None` unless it answers 200 in time.
 pub async fn fetch_path(addr: SocketAddr, path: &str) -> Option<String> {
-    let get = async {
+    fetch_as(addr, path, None).await
+}
+
+/// Fetches a console page as the person whose session `cookie` names
+/// (from [`console_session`]); `None` unless it answers 200 in time.
+pub async fn fetch_as(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Option<String> {
+    let head = match cookie {
+        Some(c) => format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nCookie: {c}\r\n\r\n"),
+        None => format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    };
+    let (status, _, body) = exchange(addr, head).await?;
+    (status == 200).then_some(body)
+}
+
+/// Signs in to the console at `addr` with `token` and returns the session
+/// cookie (`name=value`) to send with later page reads. `None` when the
+/// console does not answer or refuses the token. A console served without
+/// sign-in (`--insecure`) needs no cookie: callers pass `None` then.
+pub async fn console_session(addr: SocketAddr, token: &str) -> Option<String> {
+    let form = serde_urlencoded::to_string([("token", token), ("next", "/console")]).ok()?;
+    let head = format!(
+        "POST /console/login HTTP/1.0\r\nHost: {addr}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{form}",
+        form.len()
+    );
+    let (status, headers, _) = exchange(addr, head).await?;
+    if !(300..400).contains(&status) {
+        return None;
+    }
+    headers.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if !name.eq_ignore_ascii_case("set-cookie") {
+            return None;
+        }
+        value.trim().split(';').next().map(str::to_string)
+    })
+}
+
+/// One HTTP/1.0 request on a fresh connection: status, header block, body.
+async fn exchange(addr: SocketAddr, request: String) -> Option<(u16, String, String)> {
+    let go = async {
         // The run's TLS material: the servers' HTTP listeners are TLS when
         // their federation is.
         let security = crate::client::security().ok()?;
         let mut s = meridian_control::tls::stream::dial_http(addr, &security)
             .await
             .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(request.as_bytes()).await.ok()?;
         let mut body = Vec::new();
         s.read_to_end(&mut body).await.ok()?;
         let text = String::from_utf8_lossy(&body).to_string();
         let (head, rest) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200")
-            .then_some(())
-            .or_else(|| head.starts_with("HTTP/1.0 200").then_some(()))?;
-        Some(rest.to_string())
+        let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, headers.to_string(), rest.to_string()))
     };
-    tokio::time::timeout(Duration::from_secs(2), get)
+    tokio::time::timeout(Duration::from_secs(2), go)
         .await
         .ok()
         .flatten()

@@ -124,6 +124,12 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     let mut page_errors = 0u64;
     let mut console_pages = Latency::new();
     let mut console_without_rows = 0u64;
+    // With authentication on, the console's pages need a session: the
+    // run signs in once with its token, as an operator's browser would.
+    let console_cookie = match (console, client::token()?) {
+        (Some(addr), Some(token)) => crate::scrape::console_session(addr, &token).await,
+        _ => None,
+    };
     let mut running = Vec::new();
     let job = loop {
         let sent = Instant::now();
@@ -148,7 +154,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
             if let Some(addr) = console {
                 let path = format!("/console/jobs/{job_id}?state=running");
                 let sent = Instant::now();
-                match crate::scrape::fetch_path(addr, &path).await {
+                match crate::scrape::fetch_as(addr, &path, console_cookie.as_deref()).await {
                     Some(html) if html.contains("<tr data-task=\"") => {
                         console_pages.record(sent.elapsed());
                     }
