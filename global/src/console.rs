@@ -58,7 +58,7 @@ pub fn router(
             Arc::new(crate::auth::console::LocalCheck::new(api.auth.clone())),
             meridian_console::ConsoleRole::Admin,
             api.clock.clone(),
-            api.security.is_tls(),
+            api.regions.security().is_tls(),
         )
     } else {
         meridian_console::Gate::open()

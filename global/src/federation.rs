@@ -65,9 +65,9 @@ pub struct FederationService {
     pub auth: Auth,
     /// Per-tenant submit limits.
     pub limits: Limits,
-    /// How this replica dials regions' RegionAdmin (its own certificate,
-    /// which names it `meridian://global`).
-    pub security: meridian_control::tls::Security,
+    /// This replica's channels to regions' RegionAdmin (dialed with its own
+    /// certificate, which names it `meridian://global`).
+    pub regions: crate::admin_channels::AdminChannels,
 }
 
 /// The `traceparent` metadata of an incoming call, when readable.
@@ -469,17 +469,10 @@ impl FederationService {
                 "region {region} has no admin endpoint"
             )));
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(info.admin_endpoint.clone())
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "region {region} has an unusable admin endpoint {:?}: {e}",
-                    info.admin_endpoint
-                ))
-            })?;
-        let channel = meridian_control::tls::stream::connect(endpoint, &self.security)
+        self.regions
+            .client(&info.admin_endpoint)
             .await
-            .map_err(|e| Status::unavailable(format!("region {region} unreachable: {e}")))?;
-        Ok(RegionAdminClient::new(channel))
+            .map_err(|e| Status::unavailable(format!("region {region}: {e}")))
     }
 }
 

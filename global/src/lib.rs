@@ -11,6 +11,7 @@
 //! except through [`meridian_control::Clock`], or accept a region's write
 //! under an assignment epoch that is not the job's current one.
 
+pub mod admin_channels;
 pub mod audit;
 pub mod auth;
 pub mod config;

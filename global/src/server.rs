@@ -297,7 +297,7 @@ fn services(
             keys.clone(),
             clock.clone(),
         ),
-        security: config.security.clone(),
+        regions: crate::admin_channels::AdminChannels::new(config.security.clone()),
     };
     let link = LinkService {
         db: db.clone(),
