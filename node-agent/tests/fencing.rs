@@ -208,3 +208,80 @@ async fn an_end_unacknowledged_at_a_fence_is_delivered_after_registering_again_w
     assert_eq!(probe.snapshot().fenced, 1);
     host.shutdown().await;
 }
+
+/// A node whose region answered nothing for the node timeout it was told
+/// at registration (a paused agent, resumed; a node cut off) may have
+/// been declared dead, and its tasks placed on another node: a RUN it
+/// reads then (one that waited unread in its connection during the pause)
+/// is not started but reported KILLED, which a region that still counts
+/// the node alive takes as the agent's own stop and places again. Once the
+/// region answers a heartbeat again, RUNs start as before. Found by the
+/// multi-process chaos test: a SIGSTOPped agent, resumed after its region
+/// had placed its exclusive tasks elsewhere, started them beside the new
+/// attempts for a few milliseconds before it learnt of the fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_read_after_the_node_timeout_without_an_answer_is_not_started() {
+    let clock = ManualClock::new();
+    let shared = clock.shared();
+    // Beats every second, so the node timeout told at registration is 3 s;
+    // the region lease (an hour) plays no part.
+    let mut fake = FakeRegion::start(
+        shared.clone(),
+        FakeOptions {
+            lease_remaining_ms: 3_600_000,
+            heartbeat_interval_ms: 1_000,
+        },
+    )
+    .await;
+    let probe = Arc::new(Probe::default());
+    // Calls get an hour: a held heartbeat stays out, the session stays up.
+    let opts = AgentOptions {
+        report_interval: Duration::ZERO,
+        call_timeout: Duration::from_secs(3_600),
+        ..AgentOptions::default()
+    };
+    let host =
+        Host::simulated(&fake.url(), &base(), 1, opts, shared.clone(), probe.clone()).unwrap();
+    let node = "sim-000000";
+    fake.wait_stream(node, 1).await;
+    let epoch = fake.epoch_of(node);
+    let keep = |job: &str| {
+        run(
+            attempt(job, 0, 1),
+            simulated(3_600_000),
+            epoch,
+            1,
+            RegionLossPolicy::KeepRunning,
+            0,
+        )
+    };
+
+    fake.send(node, keep("before")).await;
+    probe.wait_for(|p| p.launched == 1).await;
+
+    // 4 s pass with no answer from the region (its heartbeats are held).
+    fake.hold_heartbeats(true);
+    clock.advance(Duration::from_secs(4));
+    fake.wait_held_heartbeats(1).await;
+    let late = attempt("late", 0, 1);
+    fake.send(node, keep("late")).await;
+    let (report, _) = fake.wait_report(&late, |_| true).await;
+    assert_eq!(
+        TaskState::try_from(report.state),
+        Ok(TaskState::Killed),
+        "the first report of the late RUN: {report:?}"
+    );
+    assert_eq!(
+        report.message,
+        "not started: the region may have declared this node dead (no answer for its node timeout)"
+    );
+    assert_eq!(probe.snapshot().launched, 1, "the late RUN started nothing");
+
+    // The held beat is answered: the node counts as alive again.
+    let beats = probe.snapshot().heartbeats;
+    fake.hold_heartbeats(false);
+    probe.wait_for(|p| p.heartbeats > beats).await;
+    fake.send(node, keep("after")).await;
+    probe.wait_for(|p| p.launched == 2).await;
+    host.shutdown().await;
+}

@@ -1,11 +1,12 @@
-//! What a node knows of its region's lease, and the heartbeats that keep
-//! that knowledge fresh.
+//! What a node knows of its region's lease and of its own liveness there,
+//! and the heartbeats that keep that knowledge fresh.
 //!
 //! Owns the heartbeat call and its answer (the pace the region asks for,
 //! the lease time left, orphans to stop), the node's region-lease deadline,
-//! and the stop of `failover` tasks before that deadline. Must never stop a
-//! `keep_running` task for the lease, and never take a region without a
-//! lease (`0` remaining) for one whose lease ran out.
+//! the stop of `failover` tasks before that deadline, and until when the
+//! region surely counts the node alive (no task starts past it). Must never
+//! stop a `keep_running` task for the lease, and never take a region
+//! without a lease (`0` remaining) for one whose lease ran out.
 
 use std::time::Duration;
 
@@ -51,6 +52,7 @@ impl NodeAgent {
         }
         self.set_heartbeat_interval(resp.heartbeat_interval_ms);
         self.set_lease(sent_at, resp.region_lease_remaining_ms);
+        self.heard(sent_at);
         for orphan in resp.stop {
             let grace = self.grace_of(&orphan);
             self.tasks.stop(&orphan, StopReason::Orphan, grace);
@@ -60,6 +62,24 @@ impl NodeAgent {
 
     pub(super) fn set_lease(&mut self, sent_at: Instant, remaining_ms: u64) {
         self.lease_deadline = next_lease_deadline(self.lease_deadline, sent_at, remaining_ms);
+    }
+
+    /// The region answered a call sent at `sent_at`: it heard the node no
+    /// earlier than that, so it counts the node alive for at least the node
+    /// timeout from then.
+    pub(super) fn heard(&mut self, sent_at: Instant) {
+        if let Some(timeout) = self.node_timeout {
+            let until = sent_at + timeout;
+            self.alive_until = Some(self.alive_until.map_or(until, |u| u.max(until)));
+        }
+    }
+
+    /// Whether the region may have declared this node dead by now: nothing
+    /// it answered was sent within its node timeout. A task started now
+    /// could run beside the same task placed on another node since.
+    pub(super) fn may_be_declared_dead(&self) -> bool {
+        self.alive_until
+            .is_some_and(|until| self.clock.now() >= until)
     }
 
     pub(super) fn set_heartbeat_interval(&mut self, ms: u64) {

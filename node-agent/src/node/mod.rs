@@ -96,6 +96,12 @@ pub struct NodeAgent {
     shards: ShardEpochs,
     tasks: TaskTable,
     lease_deadline: Option<Instant>,
+    /// The node timeout its region told it at registration: a region that
+    /// hears nothing from the node for that long may declare it dead.
+    node_timeout: Option<Duration>,
+    /// Until when the region surely counts the node alive: the send time of
+    /// the last answered registration or heartbeat, plus `node_timeout`.
+    alive_until: Option<Instant>,
     heartbeat_every: Duration,
     rng: ChaCha8Rng,
 }
@@ -123,6 +129,8 @@ impl NodeAgent {
             epoch: 0,
             cursor: Vec::new(),
             lease_deadline: None,
+            node_timeout: None,
+            alive_until: None,
             shards: ShardEpochs::default(),
         })
     }
@@ -384,6 +392,9 @@ impl NodeAgent {
         self.epoch = resp.node_epoch;
         self.set_heartbeat_interval(resp.heartbeat_interval_ms);
         self.set_lease(sent_at, resp.region_lease_remaining_ms);
+        self.node_timeout =
+            (resp.node_timeout_ms > 0).then(|| Duration::from_millis(resp.node_timeout_ms));
+        self.heard(sent_at);
         tracing::info!(node = %self.spec.node_id, epoch = self.epoch, region = %resp.region, "registered");
         self.persist();
         Ok(())
@@ -488,6 +499,18 @@ impl NodeAgent {
         let grace = self.grace_ms(cmd.stop_grace_period_ms);
         let policy =
             RegionLossPolicy::try_from(cmd.on_region_loss).unwrap_or(RegionLossPolicy::Unspecified);
+        if self.may_be_declared_dead() {
+            // Nothing answered for the region's node timeout (the agent was
+            // paused, or cut off): the region may have declared the node
+            // dead and placed this attempt's task elsewhere, and this RUN
+            // may have waited unread since. Ended as a stop of the agent's
+            // own: where the node is still alive the task is placed again
+            // without using a retry; where it was fenced the report is
+            // refused with the epoch.
+            tracing::warn!(node = %self.spec.node_id, task = ?attempt, "no answer for the node timeout: task not started");
+            self.not_started(attempt, now_ms, "not started: the region may have declared this node dead (no answer for its node timeout)");
+            return;
+        }
         if self.lease_ran_out_for(policy, grace) {
             // The region's lease ran out (or will, within the task's stop
             // grace) before this RUN arrived: the global tier may have
@@ -495,16 +518,11 @@ impl NodeAgent {
             // twice. Ended as a stop on the agent's own, which puts it back
             // to pending without using a retry where the job still is.
             tracing::warn!(node = %self.spec.node_id, task = ?attempt, "region lease ran out: failover task not started");
-            let mut r = report(
-                &attempt,
-                TaskState::Killed,
-                0,
+            self.not_started(
+                attempt,
                 now_ms,
-                "not started: region lease ran out (failover)".into(),
+                "not started: region lease ran out (failover)",
             );
-            r.finished_at_unix_ms = now_ms;
-            self.tasks.remember_finished(attempt, r.clone());
-            self.tasks.queue(r);
             return;
         }
         let launch = Launch {
@@ -565,6 +583,14 @@ impl NodeAgent {
             }
         }
         self.persist();
+    }
+
+    /// Reports an attempt whose RUN was refused as KILLED with `why`.
+    fn not_started(&mut self, attempt: TaskAttempt, now_ms: u64, why: &str) {
+        let mut r = report(&attempt, TaskState::Killed, 0, now_ms, why.into());
+        r.finished_at_unix_ms = now_ms;
+        self.tasks.remember_finished(attempt, r.clone());
+        self.tasks.queue(r);
     }
 
     fn stop_task(&mut self, cmd: AssignmentCommand) {
