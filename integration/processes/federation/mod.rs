@@ -73,6 +73,12 @@ impl Drop for Dev {
 impl Dev {
     /// Starts `meridian dev` on `data` and waits for its ready line.
     pub fn start(data: &Path, sizes: Sizes) -> Dev {
+        Dev::start_with(data, sizes, &[])
+    }
+
+    /// [`Dev::start`] with further flags of `meridian dev` (e.g.
+    /// `--real-agents 3`).
+    pub fn start_with(data: &Path, sizes: Sizes, flags: &[&str]) -> Dev {
         // Watching before the first child starts, so no term is missed.
         let leaders = leaders::Leaders::follow(&data.join("logs"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
@@ -84,6 +90,7 @@ impl Dev {
             .args(["--simulated-nodes", &sizes.simulated_nodes.to_string()])
             .args(["--shards", &sizes.shards.to_string()])
             .args(["--grace-secs", "5"])
+            .args(flags)
             // Fault tests: they probe the replicas' HTTP status pages in
             // plain HTTP/1.1; mutual TLS under `meridian dev` is tested by
             // e2e_federation and dev_supervisor.
@@ -158,7 +165,8 @@ impl Dev {
             .unwrap_or_else(|| panic!("meridian dev printed no {key} address for {name}"))
     }
 
-    /// The pid of the supervised child `name` now (it changes on restart).
+    /// The pid of the supervised child `name` now (it changes on restart):
+    /// a replica by its name, an agent by its node id (`us-east-node-1`).
     pub fn pid_of(&self, name: &str) -> Option<i32> {
         let parent = self.child.id() as i32;
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -187,9 +195,9 @@ impl Dev {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            let named = args
-                .windows(2)
-                .any(|w| (w[0] == "--replica" || w[0] == "--name") && w[1] == name);
+            let named = args.windows(2).any(|w| {
+                matches!(w[0].as_str(), "--replica" | "--name" | "--node-id") && w[1] == name
+            });
             if named {
                 return Some(pid);
             }

@@ -77,6 +77,13 @@ pub async fn process_exit(pid: i32, guard: Duration) -> bool {
     let Some(fd) = pidfd(pid) else {
         return true;
     };
+    pidfd_exit(fd, guard).await
+}
+
+/// Waits until the process behind pidfd `fd` has exited; true when it did
+/// within `guard`. For a caller that opened the pidfd itself (to check,
+/// before waiting, that the pid is still the process it means).
+pub async fn pidfd_exit(fd: OwnedFd, guard: Duration) -> bool {
     // SAFETY: the AsyncFd owns the pidfd; nothing replaces or closes it
     // while registered.
     let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
