@@ -344,7 +344,7 @@ async fn global(args: GlobalArgs) -> anyhow::Result<()> {
         let http = http
             .map(|a| format!(" http={http_scheme}://{a}"))
             .unwrap_or_default();
-        println!("meridian global: serving grpc=http://{grpc}{http}");
+        println!("meridian global: serving grpc={http_scheme}://{grpc}{http}");
     };
     let stop = async {
         #[cfg(unix)]

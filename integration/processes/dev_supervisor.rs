@@ -175,12 +175,14 @@ fn dev_prints_endpoints_restarts_a_killed_child_and_stops_every_child_on_sigint(
     let text = lines.join("\n");
     for name in ["global-1", "global-2", "us-east-1", "us-east-2"] {
         assert!(
-            text.contains(&format!("meridian dev: {name} grpc=http://127.0.0.1:")),
+            text.contains(&format!("meridian dev: {name} grpc=https://127.0.0.1:")),
             "{text}"
         );
     }
     assert!(
-        text.contains(&format!("global-1 grpc=http://127.0.0.1:{base} http=")),
+        text.contains(&format!(
+            "global-1 grpc=https://127.0.0.1:{base} http=https://"
+        )),
         "{text}"
     );
     // The federation overview and every region replica's console.

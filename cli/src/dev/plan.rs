@@ -83,17 +83,18 @@ impl Process {
         self.grpc.map(|a| format!("http://{a}"))
     }
 
-    /// One line saying where to reach it; its HTTP servers speak
-    /// `http_scheme` (`https` under TLS).
+    /// One line saying where to reach it; its gRPC and HTTP servers
+    /// speak `http_scheme` (`https` under TLS), as a client such as
+    /// grpcurl or a browser must dial them.
     pub fn summary(&self, simulated_nodes: u32, http_scheme: &str) -> String {
         let name = &self.spec.name;
         let s = http_scheme;
         match (&self.role, self.grpc, self.http) {
             (Role::Global, Some(grpc), Some(http)) => {
-                format!("{name} grpc=http://{grpc} http={s}://{http} console={s}://{http}/console")
+                format!("{name} grpc={s}://{grpc} http={s}://{http} console={s}://{http}/console")
             }
             (Role::Regional { .. }, Some(grpc), Some(http)) => format!(
-                "{name} grpc=http://{grpc} metrics={s}://{http}/metrics console={s}://{http}/console"
+                "{name} grpc={s}://{grpc} metrics={s}://{http}/metrics console={s}://{http}/console"
             ),
             (
                 Role::Agent {
