@@ -152,29 +152,20 @@ impl TaskLog {
             .map(|(node, _)| node)
     }
 
-    /// A task of `node`'s region placed again after `since_ns` on another
-    /// node of that region: a start there of an attempt after the first, of
-    /// a task whose earlier attempts did not run elsewhere (so they were
-    /// bound to `node`: started there, or never started). Returns (task,
-    /// attempt, the other node).
-    pub fn placed_again_from(
-        &self,
-        node: &str,
-        region: &str,
-        since_ns: u128,
-    ) -> Option<(String, u32, String)> {
-        let ran_elsewhere = |task: &str, attempt: u32| {
-            self.intervals
-                .iter()
-                .any(|i| i.task == task && i.attempt < attempt && i.node != node)
-        };
+    /// A task that started on `node` before `since_ns` and whose later
+    /// attempt started on another node after it: (task, the two attempts,
+    /// the other node).
+    pub fn moved_from(&self, node: &str, since_ns: u128) -> Option<(String, (u32, u32), String)> {
+        let there: BTreeMap<&str, u32> = self
+            .intervals
+            .iter()
+            .filter(|i| i.node == node && i.start_ns < since_ns)
+            .map(|i| (i.task.as_str(), i.attempt))
+            .collect();
         self.intervals.iter().find_map(|i| {
-            (i.node != node
-                && agents(region).contains(&i.node)
-                && i.start_ns > since_ns
-                && i.attempt > 1
-                && !ran_elsewhere(&i.task, i.attempt))
-            .then(|| (i.task.clone(), i.attempt, i.node.clone()))
+            let before = *there.get(i.task.as_str())?;
+            (i.node != node && i.start_ns > since_ns && i.attempt > before)
+                .then(|| (i.task.clone(), (before, i.attempt), i.node.clone()))
         })
     }
 
