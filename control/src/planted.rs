@@ -30,9 +30,10 @@ pub enum Bug {
     /// of the region lease ran out) as ended for good, though the job
     /// stays in the region and nobody else will run it.
     AgentStopTakenAsFinal,
-    /// 7.5: the region's placer leaves memory out of its fit check (both
-    /// the room a round counts and the solver's choice of node), so it
-    /// places a task on a node whose memory is already taken.
+    /// 7.5: the region leaves memory out of every fit check (the room a
+    /// placement round counts, the solver's choice of node, the check of a
+    /// solve before it is used, and the binding commit's own check), so it
+    /// binds a task to a node whose memory is already taken.
     PlacerIgnoresMemory,
 }
 

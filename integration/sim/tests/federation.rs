@@ -74,6 +74,9 @@ struct Seen {
     /// Tasks started on a node while a task of the same job had just been
     /// started elsewhere on a frozen node (a pause really moved work).
     started_while_frozen: usize,
+    /// Frozen nodes that resumed with an exclusive task another node ran
+    /// by then: the case where the resumed agent must stop it at once.
+    resumed_beside_replacement: usize,
 }
 
 /// How long the region takes to declare a silent node DOWN and place its
@@ -165,7 +168,33 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (Vec<String>, Seen) {
         .count();
         let mut frozen: BTreeSet<String> = BTreeSet::new();
         let mut on_frozen: BTreeSet<String> = BTreeSet::new();
+        let mut running: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut exclusive: BTreeSet<String> = BTreeSet::new();
         for r in outcome.history.records() {
+            match &r.event {
+                Event::TaskStarted {
+                    node,
+                    task,
+                    exclusive: true,
+                    ..
+                } => {
+                    exclusive.insert(task.clone());
+                    running
+                        .entry(node.clone())
+                        .or_default()
+                        .insert(task.clone());
+                }
+                Event::TaskStarted { node, task, .. } => {
+                    running
+                        .entry(node.clone())
+                        .or_default()
+                        .insert(task.clone());
+                }
+                Event::TaskStopped { node, task, .. } => {
+                    running.entry(node.clone()).or_default().remove(task);
+                }
+                _ => {}
+            }
             match &r.event {
                 Event::AdminAcked { action } if action.starts_with("DrainNode") => {
                     seen.node_drains += 1
@@ -189,6 +218,18 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (Vec<String>, Seen) {
                 }
                 Event::NodeResumed { node } => {
                     frozen.remove(node);
+                    let on = |n: &str| running.get(n).cloned().unwrap_or_default();
+                    let mine = on(node);
+                    seen.resumed_beside_replacement += running
+                        .iter()
+                        .filter(|(n, _)| *n != node)
+                        .map(|(_, tasks)| {
+                            tasks
+                                .iter()
+                                .filter(|t| mine.contains(*t) && exclusive.contains(*t))
+                                .count()
+                        })
+                        .sum::<usize>();
                 }
                 Event::TaskStarted { node, task, .. }
                     if !frozen.is_empty() && !frozen.contains(node) && on_frozen.contains(task) =>

@@ -1,7 +1,7 @@
 //! Planted bugs, each caught by the world of several regions within its CI
 //! seeds (docs/simulation.md, "Planted bugs"): one per invariant the world
-//! can see break (7.1, 7.2, 7.3, 7.6, 7.7; that document says why 7.4 and
-//! 7.5 have none).
+//! can see break (7.1, 7.2, 7.3, 7.5, 7.6, 7.7; that document says why
+//! 7.4 has none).
 //!
 //! Each test turns one [`Bug`] on for its runs of
 //! [`SimConfig::federation()`], goes through the CI seeds in order and
@@ -113,4 +113,13 @@ fn a_planted_bug_stays_off_in_the_runs_that_do_not_ask_for_it() {
             outcome.violations
         );
     }
+}
+
+/// 7.5: a placer that leaves memory out of its fit check puts a big task
+/// beside another on one node, whose memory is then overcommitted.
+#[test]
+fn a_placer_ignoring_memory_is_caught_within_the_ci_seeds() {
+    first_seed_catching(Bug::PlacerIgnoresMemory, |v| {
+        matches!(v, Violation::NodeOvercommitted { .. })
+    });
 }

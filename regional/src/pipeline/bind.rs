@@ -219,6 +219,10 @@ impl Bind {
         would.add(&b.resources);
         room.add(&group_freed);
         room.add(&freed);
+        if meridian_control::planted::on(meridian_control::planted::Bug::PlacerIgnoresMemory) {
+            // The planted defect of 7.5 reaches the commit's check too.
+            would.mem = 0;
+        }
         if would.cpu > room.cpu || would.mem > room.mem || would.gpus > room.gpus {
             crate::metrics::overcommit_refused();
             return Ok(Err(Stale::NoRoom));

@@ -262,7 +262,12 @@ fn check_capacity(
         let capacity = usage(&node.capacity);
         for (d, resource) in ["cpu", "memory", "gpus"].into_iter().enumerate() {
             let used = allocated[d].max(running_sum[d]).saturating_sub(victims[d]) + add[d];
-            if used > capacity[d] {
+            // The planted defect of 7.5 reaches the solve's verification.
+            let ignored = resource == "memory"
+                && meridian_control::planted::on(
+                    meridian_control::planted::Bug::PlacerIgnoresMemory,
+                );
+            if used > capacity[d] && !ignored {
                 return Err(Violation::Overcommitted {
                     node: node_id.clone(),
                     resource,

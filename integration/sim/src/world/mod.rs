@@ -118,6 +118,9 @@ impl SimConfig {
                 region_loss: true,
                 long_agent_faults: true,
                 drains: true,
+                // Eleven kinds to draw from: more faults a run, so each
+                // kind still comes up about as often as among the nine.
+                max_faults: 6,
                 ..FaultMix::default()
             },
             ..SimConfig::default()
