@@ -224,4 +224,78 @@ mod tests {
         let _ = quit.send(());
         leader.await.expect("lead returned");
     }
+
+    #[tokio::test]
+    async fn the_work_waits_in_ended_for_as_long_as_its_term_lasts() {
+        let db = meridian_store::open("memory:").await.expect("store");
+        let clock = ManualClock::new();
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+        let (quit, quit_rx) = oneshot::channel::<()>();
+        let leader = tokio::spawn(elector(&db, &clock, "a").lead(
+            LeaseRuntime::inline(),
+            async move {
+                let _ = quit_rx.await;
+            },
+            move |mut term: Term| {
+                let events = events_tx.clone();
+                async move {
+                    let _ = events.send("started");
+                    term.ended().await;
+                    let _ = events.send("ended");
+                }
+            },
+        ));
+        assert_eq!(events.recv().await, Some("started"));
+        // The work ran as far as it could in the poll that sent "started"
+        // (one thread): while the term lasts, it is held in `ended`.
+        assert_eq!(
+            events.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty)
+        );
+        let _ = quit.send(());
+        leader.await.expect("lead returned");
+        assert_eq!(events.recv().await, Some("ended"));
+    }
+
+    #[tokio::test]
+    async fn each_terms_work_sees_the_epoch_of_its_own_term() {
+        let db = meridian_store::open("memory:").await.expect("store");
+        let clock = ManualClock::new();
+        let (terms_tx, mut terms) = tokio::sync::mpsc::unbounded_channel::<(&'static str, u64)>();
+        let work = |name: &'static str| {
+            let terms = terms_tx.clone();
+            move |mut term: Term| {
+                let terms = terms.clone();
+                async move {
+                    let _ = terms.send((name, term.epoch()));
+                    term.ended().await;
+                }
+            }
+        };
+        let (quit_a, quit_a_rx) = oneshot::channel::<()>();
+        let a = tokio::spawn(elector(&db, &clock, "a").lead(
+            LeaseRuntime::inline(),
+            async move {
+                let _ = quit_a_rx.await;
+            },
+            work("a"),
+        ));
+        assert_eq!(terms.recv().await, Some(("a", 1)));
+        let (quit_b, quit_b_rx) = oneshot::channel::<()>();
+        let b = tokio::spawn(elector(&db, &clock, "b").lead(
+            LeaseRuntime::inline(),
+            async move {
+                let _ = quit_b_rx.await;
+            },
+            work("b"),
+        ));
+        // A hands over on shutdown; B, waiting for its next try, takes the
+        // next epoch once its retry is due (at most a lease away).
+        let _ = quit_a.send(());
+        a.await.expect("a returned");
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(terms.recv().await, Some(("b", 2)));
+        let _ = quit_b.send(());
+        b.await.expect("b returned");
+    }
 }

@@ -236,16 +236,6 @@ impl Lease {
         &self.identity
     }
 
-    /// The lease duration.
-    pub fn duration(&self) -> Duration {
-        self.duration
-    }
-
-    /// The store key of the record.
-    pub fn key(&self) -> &[u8] {
-        &self.key
-    }
-
     /// The key writes check their fence against: the published fence, or
     /// the lease record itself.
     pub fn fence_key(&self) -> &[u8] {
