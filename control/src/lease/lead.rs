@@ -147,33 +147,43 @@ mod tests {
         )
     }
 
+    /// `elector` leading with `work` until the returned sender fires.
+    fn lead_until_quit<W, Fut>(elector: Elector, work: W) -> (oneshot::Sender<()>, JoinHandle<()>)
+    where
+        W: FnMut(Term) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (quit, quit_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(elector.lead(
+            LeaseRuntime::inline(),
+            async move {
+                let _ = quit_rx.await;
+            },
+            work,
+        ));
+        (quit, task)
+    }
+
     #[tokio::test]
     async fn work_runs_with_the_terms_fence_and_the_lease_is_released_only_after_it_returned() {
         let db = meridian_store::open("memory:").await.expect("store");
         let clock = ManualClock::new();
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
         let (started_tx, started) = oneshot::channel::<u64>();
-        let (quit, quit_rx) = oneshot::channel::<()>();
         let mut started_tx = Some(started_tx);
         let work_log = log.clone();
-        let leader = tokio::spawn(elector(&db, &clock, "a").lead(
-            LeaseRuntime::inline(),
+        let (quit, leader) = lead_until_quit(elector(&db, &clock, "a"), move |mut term: Term| {
+            let log = work_log.clone();
+            let started = started_tx.take();
             async move {
-                let _ = quit_rx.await;
-            },
-            move |mut term: Term| {
-                let log = work_log.clone();
-                let started = started_tx.take();
-                async move {
-                    if let Some(tx) = started {
-                        let _ = tx.send(term.epoch());
-                    }
-                    term.ended().await;
-                    log.lock()
-                        .push(format!("work of epoch {} returned", term.epoch()));
+                if let Some(tx) = started {
+                    let _ = tx.send(term.epoch());
                 }
-            },
-        ));
+                term.ended().await;
+                log.lock()
+                    .push(format!("work of epoch {} returned", term.epoch()));
+            }
+        });
         let epoch = started.await.expect("the work started");
         assert_eq!(epoch, 1);
 
@@ -196,24 +206,17 @@ mod tests {
         let (started_tx, started) = oneshot::channel::<()>();
         let (returned_tx, returned) = oneshot::channel::<()>();
         let mut slots = Some((started_tx, returned_tx));
-        let (quit, quit_rx) = oneshot::channel::<()>();
-        let leader = tokio::spawn(elector(&db, &clock, "a").lead(
-            LeaseRuntime::inline(),
+        let (quit, leader) = lead_until_quit(elector(&db, &clock, "a"), move |mut term: Term| {
+            let slot = slots.take();
             async move {
-                let _ = quit_rx.await;
-            },
-            move |mut term: Term| {
-                let slot = slots.take();
-                async move {
-                    let Some((started, returned)) = slot else {
-                        return;
-                    };
-                    let _ = started.send(());
-                    term.ended().await;
-                    let _ = returned.send(());
-                }
-            },
-        ));
+                let Some((started, returned)) = slot else {
+                    return;
+                };
+                let _ = started.send(());
+                term.ended().await;
+                let _ = returned.send(());
+            }
+        });
         started.await.expect("the first term's work started");
         // The leader cannot renew while time jumps past its deadline: it
         // steps down, and its work is told to return.
@@ -230,21 +233,14 @@ mod tests {
         let db = meridian_store::open("memory:").await.expect("store");
         let clock = ManualClock::new();
         let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-        let (quit, quit_rx) = oneshot::channel::<()>();
-        let leader = tokio::spawn(elector(&db, &clock, "a").lead(
-            LeaseRuntime::inline(),
+        let (quit, leader) = lead_until_quit(elector(&db, &clock, "a"), move |mut term: Term| {
+            let events = events_tx.clone();
             async move {
-                let _ = quit_rx.await;
-            },
-            move |mut term: Term| {
-                let events = events_tx.clone();
-                async move {
-                    let _ = events.send("started");
-                    term.ended().await;
-                    let _ = events.send("ended");
-                }
-            },
-        ));
+                let _ = events.send("started");
+                term.ended().await;
+                let _ = events.send("ended");
+            }
+        });
         assert_eq!(events.recv().await, Some("started"));
         // The work ran as far as it could in the poll that sent "started"
         // (one thread): while the term lasts, it is held in `ended`.
@@ -272,23 +268,9 @@ mod tests {
                 }
             }
         };
-        let (quit_a, quit_a_rx) = oneshot::channel::<()>();
-        let a = tokio::spawn(elector(&db, &clock, "a").lead(
-            LeaseRuntime::inline(),
-            async move {
-                let _ = quit_a_rx.await;
-            },
-            work("a"),
-        ));
+        let (quit_a, a) = lead_until_quit(elector(&db, &clock, "a"), work("a"));
         assert_eq!(terms.recv().await, Some(("a", 1)));
-        let (quit_b, quit_b_rx) = oneshot::channel::<()>();
-        let b = tokio::spawn(elector(&db, &clock, "b").lead(
-            LeaseRuntime::inline(),
-            async move {
-                let _ = quit_b_rx.await;
-            },
-            work("b"),
-        ));
+        let (quit_b, b) = lead_until_quit(elector(&db, &clock, "b"), work("b"));
         // A hands over on shutdown; B, waiting for its next try, takes the
         // next epoch once its retry is due (at most a lease away).
         let _ = quit_a.send(());
