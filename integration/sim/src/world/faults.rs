@@ -192,9 +192,11 @@ pub(super) fn apply(
             each_pair(a, b, |x, y| sim.hold(x, y));
             world.cuts.push((a.clone(), b.clone(), false));
         }
-        // A paused host stays cut off until it resumes.
+        // A frozen agent host stays cut off until it resumes. (A paused
+        // region replica's links are released by a repair as they always
+        // were, so the worlds without freezes replay as before.)
         Fault::Repair(a, b) => each_pair(a, b, |x, y| {
-            if !world.held.contains(x) && !world.held.contains(y) {
+            if !world.frozen.contains(x) && !world.frozen.contains(y) {
                 sim.release(x, y);
             }
         }),
