@@ -118,9 +118,11 @@ async fn the_usage_page_charts_each_tenants_usage_as_get_usage_answers_it() {
                 ])
             })
             .collect();
+        // Numbers compared as numbers: the page's 8 and the API's 8.0 are
+        // one value, which JSON writes in two ways.
         assert_eq!(
-            shown["rows"],
-            json!(from_api),
+            as_f64s(&shown["rows"]),
+            as_f64s(&json!(from_api)),
             "the page shows GetUsage's records"
         );
         // Each task held its CPU at least as long as it ran.
@@ -201,4 +203,16 @@ async fn the_usage_page_charts_each_tenants_usage_as_get_usage_answers_it() {
     tokio::time::timeout(GUARD * 2, run)
         .await
         .expect("the usage page showed the usage in time");
+}
+
+/// `value` with every number turned into an `f64`, so that JSON's `8` and
+/// `8.0` compare equal.
+fn as_f64s(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Number(n) => n.as_f64().map_or(value.clone(), |f| json!(f)),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(as_f64s).collect())
+        }
+        other => other.clone(),
+    }
 }
