@@ -118,6 +118,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_dedicated_runtime_runs_while_the_callers_runtime_is_blocked() {
         let rt = LeaseRuntime::dedicated("lease-test").expect("thread");
+        assert!(rt.is_dedicated());
         let (tx, rx) = std::sync::mpsc::channel();
         // The duty needs its runtime's timer (it sleeps): the scenario is a
         // duty that a blocked caller's runtime could not drive, not a wait.
@@ -132,6 +133,33 @@ mod tests {
             .expect("the duty ran while the caller's runtime was blocked");
         assert_eq!(name.as_deref(), Some("lease-test"));
         task.await.expect("joined");
+    }
+
+    #[test]
+    fn dropping_the_last_handle_stops_the_thread_and_drops_its_duties() {
+        /// Says when the duty holding it is dropped.
+        struct Dropped(std::sync::mpsc::Sender<()>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let rt = LeaseRuntime::dedicated("lease-test-stop").expect("thread");
+        let (running_tx, running) = std::sync::mpsc::channel();
+        let (dropped_tx, dropped) = std::sync::mpsc::channel();
+        let guard = Dropped(dropped_tx);
+        let _duty = rt.spawn(async move {
+            let _guard = guard;
+            let _ = running_tx.send(());
+            std::future::pending::<()>().await;
+        });
+        running
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the duty started");
+        // Outside any runtime, the drop joins the thread: when it returns,
+        // the thread's runtime is gone and with it the never-ending duty.
+        drop(rt);
+        assert_eq!(dropped.try_recv(), Ok(()), "the duty outlived its runtime");
     }
 
     #[tokio::test(flavor = "current_thread")]
