@@ -13,7 +13,6 @@ use std::time::Duration;
 use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tonic::transport::Endpoint;
 
 use crate::history::{Event, Recorder};
 
@@ -51,11 +50,9 @@ async fn send(command: &Command, globals: &[String], rec: &Recorder) {
     while tokio::time::Instant::now() < deadline {
         let url = &globals[i % globals.len()];
         i += 1;
-        let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
+        let Some(client) = super::workload::federation_client(url) else {
             return;
         };
-        let endpoint = endpoint.connect_timeout(Duration::from_secs(1));
-        let client = FederationClient::new(meridian_control::net::connect_lazy(endpoint));
         match tokio::time::timeout(CALL_TIMEOUT, call(client, command)).await {
             Ok(Ok(())) => {
                 rec.record(

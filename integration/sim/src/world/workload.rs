@@ -13,7 +13,7 @@ use meridian_proto::v1;
 use meridian_proto::v1::federation_client::FederationClient;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::history::{Event, Recorder};
 
@@ -139,6 +139,17 @@ const CLIENT_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// simulated time.
 const REPEAT_AFTER: Duration = Duration::from_millis(700);
 
+/// A Federation client of the global replica at `url`, through the
+/// simulated network; `None` when `url` is not an endpoint.
+pub(super) fn federation_client(url: &str) -> Option<FederationClient<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_secs(1));
+    Some(FederationClient::new(meridian_control::net::connect_lazy(
+        endpoint,
+    )))
+}
+
 /// Submits `job` until acknowledged (or `give_up_after` elapses), trying
 /// the global replicas in turn; records every acknowledgement.
 async fn submit(
@@ -152,11 +163,9 @@ async fn submit(
     while tokio::time::Instant::now() < deadline {
         let url = &globals[i % globals.len()];
         i += 1;
-        let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
+        let Some(mut client) = federation_client(url) else {
             return false;
         };
-        let endpoint = endpoint.connect_timeout(Duration::from_secs(1));
-        let mut client = FederationClient::new(meridian_control::net::connect_lazy(endpoint));
         let call = client.submit_job(v1::SubmitJobRequest {
             request_id: job.request_id.clone(),
             spec: Some(job.spec.clone()),
