@@ -85,7 +85,8 @@ impl AdminChannels {
     }
 
     /// How many endpoints have a kept channel.
-    pub fn kept(&self) -> usize {
+    #[cfg(test)]
+    fn kept(&self) -> usize {
         self.kept.lock().len()
     }
 }
