@@ -153,6 +153,9 @@ impl TaskTable {
         let task = self.live.remove(attempt)?;
         let (state, mut message) = match (&task.stop_reason, exit.exit_code) {
             (Some(reason), _) => (TaskState::Killed, reason.message()),
+            // Too late to start: as a RUN the node refused itself, the
+            // region places it again without using a retry.
+            (None, _) if exit.not_started => (TaskState::Killed, String::new()),
             (None, Some(0)) => (TaskState::Succeeded, String::new()),
             (None, Some(code)) => (TaskState::Failed, format!("exited with code {code}")),
             (None, None) => (
@@ -292,4 +295,50 @@ fn truncate(mut s: String) -> String {
         s.truncate(cut);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_proto::v1::TaskId;
+
+    fn live() -> LiveTask {
+        LiveTask {
+            node_epoch: 1,
+            policy: RegionLossPolicy::Failover,
+            grace: Duration::from_secs(1),
+            control: TaskControl::new().0,
+            process: None,
+            started_at_unix_ms: 10,
+            stop_reason: None,
+        }
+    }
+
+    #[test]
+    fn an_attempt_started_too_late_ends_killed_with_the_executors_reason_not_failed() {
+        let attempt = TaskAttempt {
+            task: Some(TaskId {
+                job_id: "j".into(),
+                index: 0,
+            }),
+            attempt: 1,
+        };
+        let mut table = TaskTable::new(16);
+        table.insert_live(attempt.clone(), live());
+        let exit = Exit {
+            message: "not started: its start deadline passed".into(),
+            not_started: true,
+            ..Exit::default()
+        };
+        let report = table.finish(&attempt, exit, 20).expect("it was live");
+        assert_eq!(report.state, TaskState::Killed as i32);
+        assert_eq!(report.message, "not started: its start deadline passed");
+
+        // The same exit without the flag is a failure to start.
+        table.insert_live(attempt.clone(), live());
+        let report = table
+            .finish(&attempt, Exit::default(), 30)
+            .expect("it was live");
+        assert_eq!(report.state, TaskState::Failed as i32);
+    }
 }

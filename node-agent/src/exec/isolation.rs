@@ -17,6 +17,7 @@ use std::path::Path;
 use nix::unistd::{Gid, Uid, User, getgrouplist};
 
 use super::cgroup::{CgroupVersion, Cgroups};
+use super::deadline::StartDeadline;
 use crate::error::AgentError;
 
 /// User tasks run as when the agent is root and none was named.
@@ -199,7 +200,15 @@ pub struct ChildSetup {
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     pub cwd: CString,
     pub user: Option<TaskUser>,
+    /// Past it the program must not start: checked last, just before
+    /// exec, in the child, which a stop of the agent does not stop.
+    pub start_by: Option<StartDeadline>,
 }
+
+/// What [`ChildSetup::apply`] fails with when the start deadline passed:
+/// an error exec itself never returns, so the spawn's caller can tell it
+/// from a real failure to start.
+pub const TOO_LATE_ERRNO: i32 = libc::ETIME;
 
 impl ChildSetup {
     pub fn new(cwd: &Path) -> Result<ChildSetup, std::io::Error> {
@@ -211,15 +220,16 @@ impl ChildSetup {
             rlimits: Vec::new(),
             cwd,
             user: None,
+            start_by: None,
         })
     }
 
     /// Runs in the forked child before exec. The order matters: join the
     /// cgroups first, so that nothing the task does escapes its limits; the
     /// rlimits; the working directory while still privileged (its parents
-    /// need not be searchable by the task's user); the user last, groups
-    /// before gid before uid, because each step needs the privilege the
-    /// next one drops.
+    /// need not be searchable by the task's user); the user, groups before
+    /// gid before uid, because each step needs the privilege the next one
+    /// drops; the start deadline last, as close to exec as it gets.
     ///
     /// Only async-signal-safe calls (write, setrlimit, chdir, setgroups,
     /// setgid, setuid) on memory prepared before the fork: after a fork of
@@ -261,6 +271,9 @@ impl ChildSetup {
             // SAFETY: as above.
             check(unsafe { libc::setuid(u.uid) })?;
         }
+        if self.start_by.is_some_and(StartDeadline::passed) {
+            return Err(std::io::Error::from_raw_os_error(TOO_LATE_ERRNO));
+        }
         Ok(())
     }
 }
@@ -284,6 +297,36 @@ pub fn scope_name(node_id: &str, work_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The child's own check, between fork and exec: the agent that forked
+    /// it may be stopped right after the fork, the child is not.
+    #[test]
+    fn a_forked_child_past_its_start_deadline_does_not_exec() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let marker = dir.path().join("ran");
+        let spawn = |start_by: StartDeadline| {
+            let mut setup = ChildSetup::new(dir.path()).expect("setup");
+            setup.start_by = Some(start_by);
+            let mut command = std::process::Command::new("/bin/sh");
+            command.args(["-c", "touch ran"]);
+            // SAFETY: `apply` makes only async-signal-safe calls on memory
+            // prepared before the fork.
+            unsafe {
+                command.pre_exec(move || setup.apply());
+            }
+            command.spawn()
+        };
+
+        let err = spawn(StartDeadline::passed_now()).expect_err("a late child must not exec");
+        assert_eq!(err.raw_os_error(), Some(TOO_LATE_ERRNO), "{err}");
+        assert!(!marker.exists(), "the program ran");
+
+        let ahead = StartDeadline::in_an_hour();
+        let status = spawn(ahead).expect("spawn in time").wait().expect("wait");
+        assert!(status.success());
+        assert!(marker.exists(), "the program in time ran");
+    }
 
     #[test]
     fn a_non_root_agent_keeps_its_own_user_and_refuses_another_or_root() {

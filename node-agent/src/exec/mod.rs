@@ -6,6 +6,7 @@
 //! driven by exactly the same node loop. Must never talk to the region.
 
 pub mod cgroup;
+pub mod deadline;
 pub mod isolation;
 pub mod live;
 pub mod output;
@@ -15,6 +16,7 @@ pub mod simulated;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meridian_control::Instant;
 use meridian_proto::v1::{Resources, TaskAttempt, TaskTemplate};
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,6 +32,14 @@ pub struct Launch {
     /// The job's trace id (empty when none), given to a process as
     /// `MERIDIAN_TRACE_ID`.
     pub trace_id: String,
+    /// The attempt must not start at or after this instant of the agent's
+    /// clock: from then on its region may have declared the node dead (or
+    /// its lease may have run out) and placed the task elsewhere. The node
+    /// checks it before launching; an executor that starts the attempt
+    /// later (on another thread, in a forked child) checks it again as
+    /// late as it can, because the agent may be stopped in between
+    /// (SIGSTOP, a long pause) and resume past it.
+    pub start_by: Option<Instant>,
 }
 
 /// Captured end of one output stream.
@@ -57,6 +67,10 @@ pub struct Exit {
     /// The kernel killed a process of the attempt for exceeding its memory
     /// limit (its cgroup counted an OOM kill); `message` says so first.
     pub oom_killed: bool,
+    /// The attempt's program was not started (or was killed as it started)
+    /// because its [`Launch::start_by`] had passed; `message` says which.
+    /// Reported as a stop of the agent's own, like a RUN the node refused.
+    pub not_started: bool,
 }
 
 /// An attempt's exit, delivered to its node's loop.
@@ -142,6 +156,9 @@ pub enum LaunchError {
     Unsupported(&'static str),
     #[error("{0}")]
     Spawn(String),
+    /// [`Launch::start_by`] passed before the program started.
+    #[error("{0}")]
+    TooLate(String),
 }
 
 /// Runs attempts. One executor serves every node of a host.

@@ -24,7 +24,8 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use super::cgroup::{TaskCgroup, TaskLimits};
-use super::isolation::{ChildSetup, Isolation};
+use super::deadline::StartDeadline;
+use super::isolation::{ChildSetup, Isolation, TOO_LATE_ERRNO};
 use super::live::{AttemptOutput, LiveLogs, Ring};
 use super::output::{Owner, Sink, capture};
 use super::simulated::SimulatedExecutor;
@@ -166,6 +167,7 @@ impl Executor for ProcessExecutor {
         let cap = self.file_cap;
         let attempt = launch.attempt;
         let trace_id = launch.trace_id;
+        let start_by = launch.start_by;
         let isolation = self.isolation.clone();
         let live = self.live.clone();
         // The directories and the spawn itself (the calling thread waits
@@ -174,6 +176,7 @@ impl Executor for ProcessExecutor {
         // attempts start at once.
         tokio::spawn(async move {
             let spawn_attempt = attempt.clone();
+            let spawn_clock = clock.clone();
             let spawned = tokio::task::spawn_blocking(move || {
                 let task = SpawnTask {
                     cmd: &cmd,
@@ -183,6 +186,7 @@ impl Executor for ProcessExecutor {
                     limits,
                     task_limits,
                     isolation: &isolation,
+                    start_by: start_by.map(|by| (by, &spawn_clock)),
                 };
                 spawn(&task).map(|c| (c, dir, isolation))
             })
@@ -190,6 +194,15 @@ impl Executor for ProcessExecutor {
             .unwrap_or_else(|e| Err(LaunchError::Spawn(format!("spawn thread failed: {e}"))));
             let (child, dir, isolation) = match spawned {
                 Ok(s) => s,
+                Err(LaunchError::TooLate(why)) => {
+                    let exit = Exit {
+                        message: why,
+                        not_started: true,
+                        ..Exit::default()
+                    };
+                    let _ = exits.send(TaskEvent::Exited(TaskExit { attempt, exit }));
+                    return;
+                }
                 Err(e) => {
                     let exit = Exit {
                         message: format!("could not start: {e}"),
@@ -307,13 +320,26 @@ struct SpawnTask<'a> {
     limits: Limits,
     task_limits: TaskLimits,
     isolation: &'a Isolation,
+    /// [`Launch::start_by`](super::Launch::start_by) and the clock it is on.
+    start_by: Option<(meridian_control::Instant, &'a SharedClock)>,
 }
+
+/// Why an attempt that reached the spawn did not start.
+const TOO_LATE: &str = "not started: its start deadline passed before the program ran (the agent was stopped or stalled; the region may have declared this node dead)";
 
 /// Creates the attempt's directories (the default working directory and
 /// the output files owned by the task's user) and its cgroup, and starts
 /// its process, limited. Blocks until the program has been exec'd.
 fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
     let cmd = t.cmd;
+    // Read on the spawning thread: the agent may have been stopped since
+    // the node's loop checked it.
+    let start_by = match t.start_by {
+        Some((by, clock)) => {
+            Some(StartDeadline::from_clock(by, clock).ok_or_else(|| too_late(TOO_LATE))?)
+        }
+        None => None,
+    };
     let own_workdir = cmd.working_dir.is_empty();
     let workdir = if own_workdir {
         t.dir.join("work")
@@ -403,6 +429,7 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
             .unwrap_or_default();
         setup.rlimits = t.limits.rlimits();
         setup.user = t.isolation.user.clone();
+        setup.start_by = start_by;
         // SAFETY: `apply` makes only async-signal-safe system calls on
         // memory `setup` owns (moved into the closure, prepared before the
         // fork); the cgroup descriptors stay open in the parent until the
@@ -422,6 +449,9 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
                     let _ = std::fs::remove_dir(d);
                 }
             }
+            if e.raw_os_error() == Some(TOO_LATE_ERRNO) && start_by.is_some() {
+                return Err(too_late(TOO_LATE));
+            }
             return Err(LaunchError::Spawn(format!(
                 "cannot start {:?}: {e}",
                 cmd.program
@@ -435,6 +465,16 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
         .id()
         .and_then(|p| i32::try_from(p).ok())
         .ok_or_else(|| LaunchError::Spawn("child exited before its pid was read".into()))?;
+    if !t.isolation.needs_child_setup() && start_by.is_some_and(StartDeadline::passed) {
+        // Started without a hook between fork and exec (posix_spawn), so
+        // the deadline could only be checked after: the program may have
+        // run for the moment the spawn took. Killed before anything is
+        // reported of it; its group is its own, and tokio reaps it.
+        signal_group(pid, Signal::SIGKILL);
+        return Err(too_late(
+            "killed as it started: its start deadline passed during the spawn (the agent was stopped or stalled; the region may have declared this node dead)",
+        ));
+    }
     if !t.isolation.needs_child_setup()
         && let Err(e) = t.limits.apply_to(pid)
         && e.raw_os_error() != Some(libc::ESRCH)
@@ -453,6 +493,10 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
         ids,
         cgroup,
     })
+}
+
+fn too_late(why: &str) -> LaunchError {
+    LaunchError::TooLate(why.into())
 }
 
 /// The cgroup of one attempt: `<job>-<index>-<attempt>`.
@@ -596,6 +640,80 @@ pub async fn cleanup_previous(ids: ProcessIds, grace: Duration, clock: &SharedCl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meridian_control::ManualClock;
+    use meridian_proto::v1::{Command, Resources, TaskAttempt, TaskId, TaskTemplate};
+
+    fn touch(marker: &Path) -> Launch {
+        Launch {
+            attempt: TaskAttempt {
+                task: Some(TaskId {
+                    job_id: "late".into(),
+                    index: 0,
+                }),
+                attempt: 1,
+            },
+            template: TaskTemplate {
+                kind: Some(Kind::Command(Command {
+                    program: "/bin/sh".into(),
+                    args: vec!["-c".into(), format!("touch {}", marker.display())],
+                    env: Default::default(),
+                    working_dir: String::new(),
+                })),
+            },
+            resources: Resources::default(),
+            dir: marker.parent().map(|d| d.join("attempt")),
+            trace_id: String::new(),
+            start_by: None,
+        }
+    }
+
+    /// The agent is stopped after its node's loop admitted a RUN and
+    /// resumes past the RUN's start deadline before the spawning thread
+    /// runs: the executor must not start the program.
+    #[tokio::test]
+    async fn an_attempt_whose_start_deadline_passed_before_its_spawn_is_not_started() {
+        let manual = ManualClock::new();
+        let clock: SharedClock = Arc::new(manual.clone());
+        let executor = ProcessExecutor::new(
+            clock.clone(),
+            1 << 20,
+            false,
+            None,
+            Arc::new(Isolation::none()),
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let marker = dir.path().join("ran");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+
+        let mut late = touch(&marker);
+        late.start_by = Some(clock.now() + Duration::from_secs(5));
+        // The node admitted it with 5 s to spare; the agent then lost 5 s.
+        manual.advance(Duration::from_secs(5));
+        let started = executor.launch(late, tx.clone()).expect("launch");
+        assert!(!started.running);
+        match rx.recv().await.expect("an event") {
+            TaskEvent::Exited(e) => {
+                assert!(e.exit.not_started, "{:?}", e.exit);
+                assert!(
+                    e.exit.message.starts_with("not started"),
+                    "{}",
+                    e.exit.message
+                );
+            }
+            TaskEvent::Spawned { .. } => panic!("a late attempt was spawned"),
+        }
+        assert!(!marker.exists(), "the program ran");
+
+        let mut in_time = touch(&marker);
+        in_time.start_by = Some(clock.now() + Duration::from_secs(3600));
+        executor.launch(in_time, tx).expect("launch");
+        assert!(matches!(rx.recv().await, Some(TaskEvent::Spawned { .. })));
+        match rx.recv().await.expect("an exit") {
+            TaskEvent::Exited(e) => assert_eq!(e.exit.exit_code, Some(0), "{:?}", e.exit),
+            TaskEvent::Spawned { .. } => panic!("spawned twice"),
+        }
+        assert!(marker.exists(), "the program in time ran");
+    }
 
     #[test]
     fn a_bare_name_is_found_in_the_tasks_path_and_a_path_is_kept() {

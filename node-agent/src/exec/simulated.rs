@@ -36,6 +36,8 @@ impl SimulatedExecutor {
 }
 
 impl Executor for SimulatedExecutor {
+    /// Starts at once, on the node's loop, right after the node checked
+    /// [`Launch::start_by`]: there is no later moment to check it again.
     fn launch(&self, launch: Launch, exits: ExitTx) -> Result<Started, LaunchError> {
         let (duration, code) = match launch.template.kind {
             Some(Kind::Simulated(s)) => (Duration::from_millis(s.duration_ms), s.exit_code),

@@ -127,10 +127,32 @@ impl NodeAgent {
     /// A task of `policy` with stop grace `grace` started now would have to
     /// be stopped at once for the region lease: it must not start.
     pub(super) fn lease_ran_out_for(&self, policy: RegionLossPolicy, grace: Duration) -> bool {
-        fails_over(policy)
-            && self
-                .lease_deadline
-                .is_some_and(|deadline| self.clock.now() + grace >= deadline)
+        self.lease_start_by(policy, grace)
+            .is_some_and(|by| self.clock.now() >= by)
+    }
+
+    /// The last instant a task of `policy` with stop grace `grace` may
+    /// start for the region lease (`None`: the lease does not bound it).
+    fn lease_start_by(&self, policy: RegionLossPolicy, grace: Duration) -> Option<Instant> {
+        if !fails_over(policy) {
+            return None;
+        }
+        let deadline = self.lease_deadline?;
+        Some(Instant::from_epoch(
+            deadline.since_epoch().saturating_sub(grace),
+        ))
+    }
+
+    /// The instant from which a task of `policy` and `grace` must not start
+    /// any more, by both rules above: the region may count the node dead,
+    /// or the lease bounds it. Given to the executor, which checks it again
+    /// just before the program starts (the agent may be stopped between the
+    /// node's check and the spawn).
+    pub(super) fn start_by(&self, policy: RegionLossPolicy, grace: Duration) -> Option<Instant> {
+        match (self.alive_until, self.lease_start_by(policy, grace)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub(super) fn enforce_region_lease(&mut self) {

@@ -536,6 +536,7 @@ impl NodeAgent {
                     .join(format!("{}-{}", task.index, attempt.attempt))
             }),
             trace_id: cmd.trace_id.clone(),
+            start_by: self.start_by(policy, grace),
         };
         match self.executor.launch(launch, self.exits_tx.clone()) {
             Ok(started) => {
