@@ -4,7 +4,8 @@
 //! the global tier hands to another region (docs/simulation.md,
 //! "Several regions").
 //!
-//! `FED_SEEDS=N` covers seeds 0..N (default [`CI_SEEDS`]); `FED_SEED=S`
+//! `FED_SEEDS=N` covers seeds 0..N (default [`CI_SEEDS`]), or FROM..N with
+//! `FED_FROM=FROM` (so a long sweep can be split and resumed); `FED_SEED=S`
 //! runs seed S alone (the replay command a failure prints).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -270,9 +271,9 @@ fn run_seeds_with(cfg: &SimConfig, seeds: impl IntoIterator<Item = u64>) -> (Vec
 fn federation_seeds_hold_every_invariant_across_regions_lost_and_handed_off() {
     let seeds = match env_u64("FED_SEED") {
         Some(s) => s..s + 1,
-        None => 0..env_u64("FED_SEEDS").unwrap_or(CI_SEEDS),
+        None => env_u64("FED_FROM").unwrap_or(0)..env_u64("FED_SEEDS").unwrap_or(CI_SEEDS),
     };
-    let many = seeds.end - seeds.start >= 20;
+    let many = seeds.end.saturating_sub(seeds.start) >= 20;
     let (failures, seen) = run_seeds(seeds);
     eprintln!("{seen:?}");
     assert!(
