@@ -521,105 +521,30 @@ async fn both_consoles_render_under_load_and_are_captured_as_screenshots() {
 }
 
 /// A `meridian dev` federation as a user starts it: mutual TLS and tokens
-/// on, two global replicas, one region replica with simulated nodes.
-struct Dev {
-    child: std::process::Child,
-    data: std::path::PathBuf,
-    /// `MERIDIAN_ENDPOINT` of the ready line.
-    endpoint: String,
-    /// The region replica's console URL.
-    region_console: String,
+/// on, two global replicas (the default: the region's console walks the
+/// `--global` list, a standby names the leader), one region replica with
+/// simulated nodes.
+fn start_dev(data: &std::path::Path) -> support::Dev {
+    support::Dev::on(data)
+        .base_port(support::dev::base_port_of_process(20_000, 0))
+        .regions(1)
+        .region_replicas(1)
+        .simulated_nodes(3)
+        .real_agents(0)
+        .stderr(support::Stderr::Null)
+        .start()
 }
 
-impl Dev {
-    fn start(data: &std::path::Path) -> Dev {
-        use std::io::{BufRead, BufReader};
-        // Below the ephemeral range, apart from the other tests' bases.
-        let base = 20_000 + (std::process::id() % 40) * 200;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args(["dev", "--data-dir"])
-            .arg(data)
-            .args(["--base-port", &base.to_string()])
-            // Two global replicas (the default): the region's console
-            // walks the `--global` list, a standby names the leader.
-            .args(["--regions", "1", "--region-replicas", "1"])
-            .args(["--simulated-nodes", "3", "--real-agents", "0"])
-            .env_remove("MERIDIAN_INSECURE")
-            .env_remove("MERIDIAN_NO_AUTH")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start meridian dev");
-        let out = child.stdout.take().expect("stdout");
-        // The lines come from the child as it starts; the reader ends at
-        // the ready line (or when the child's output ends, a failure).
-        let mut region_console = None;
-        let mut endpoint = None;
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let word = |key: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(key))
-                    .map(str::to_string)
-            };
-            if line.starts_with("meridian dev: us-east-1 ") {
-                region_console = word("console=");
-            }
-            if line.starts_with("meridian dev: ready") {
-                endpoint = word("MERIDIAN_ENDPOINT=");
-                break;
-            }
-        }
-        Dev {
-            child,
-            data: data.to_path_buf(),
-            endpoint: endpoint.expect("the ready line of meridian dev"),
-            region_console: region_console.expect("the region replica's console line"),
-        }
-    }
-
-    /// Runs the CLI with what `meridian dev` wrote (client config, admin
-    /// token); its standard output.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args(args)
-            .env("MERIDIAN_ENDPOINT", &self.endpoint)
-            .env("MERIDIAN_DATA_DIR", &self.data)
-            .env_remove("MERIDIAN_CONFIG")
-            .env_remove("MERIDIAN_INSECURE")
-            .env_remove("MERIDIAN_TOKEN")
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run meridian");
-        assert!(
-            out.status.success(),
-            "meridian {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A new token (the last line `meridian token create` prints).
-    fn token(&self, args: &[&str]) -> String {
-        let mut all = vec!["token", "create"];
-        all.extend_from_slice(args);
-        self.cli(&all)
-            .lines()
-            .last()
-            .expect("a token line")
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        // SIGINT: `meridian dev` stops its children before it exits.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).is_ok() {
-            let _ = self.child.wait();
-        }
-    }
+/// A new token (the last line `meridian token create` prints).
+fn token(dev: &support::Dev, args: &[&str]) -> String {
+    let mut all = vec!["token", "create"];
+    all.extend_from_slice(args);
+    dev.cli(&all)
+        .lines()
+        .last()
+        .expect("a token line")
+        .trim()
+        .to_string()
 }
 
 /// Signs in on the console's sign-in page with `token`; waits for the
@@ -683,12 +608,15 @@ fetch(url, { method: "POST", headers, body: "{}", credentials: "include" })
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_sees_no_drain_button_a_forged_post_is_refused_and_an_operator_drains_a_node() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let dev = Dev::start(&dir.path().join("dev"));
-    let viewer = dev.token(&["--role", "viewer", "--tenant", "a", "--name", "watcher"]);
-    let operator = dev.token(&["--role", "operator", "--name", "night-shift"]);
+    let dev = start_dev(&dir.path().join("dev"));
+    let viewer = token(
+        &dev,
+        &["--role", "viewer", "--tenant", "a", "--name", "watcher"],
+    );
+    let operator = token(&dev, &["--role", "operator", "--name", "night-shift"]);
     let run = async {
         let browser = Browser::start().await;
-        browser.goto(&dev.region_console).await;
+        browser.goto(&dev.address("us-east-1", "console")).await;
         sign_in(&browser, &viewer).await;
         assert_eq!(
             browser

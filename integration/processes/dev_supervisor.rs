@@ -3,136 +3,25 @@
 //! child that dies, keeps its data across restarts, and stops every child
 //! on SIGINT.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::Dev;
+use support::dev::base_port_of_process;
 
-/// Failure guard only: every step waits for a line or an exit, never for time.
-const GUARD: Duration = Duration::from_secs(90);
-
-/// A running `meridian dev` with its output as line streams.
-struct Dev {
-    child: Option<Child>,
-    out: Receiver<String>,
-    err: Receiver<String>,
-}
-
-fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// A base port below the ephemeral range, different per test process.
-fn base_port(salt: u32) -> u16 {
-    (10_000 + (std::process::id() % 35 + salt * 35) * 300) as u16
-}
-
-impl Dev {
-    fn start(data: &Path, base: u16) -> Dev {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args(["dev", "--data-dir"])
-            .arg(data)
-            .args([
-                "--base-port",
-                &base.to_string(),
-                "--regions",
-                "1",
-                "--simulated-nodes",
-                "5",
-                "--grace-secs",
-                "10",
-            ])
-            .env_remove("RUST_LOG")
-            .env_remove("MERIDIAN_INSECURE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start meridian dev");
-        let out = lines(child.stdout.take().expect("stdout"));
-        let err = lines(child.stderr.take().expect("stderr"));
-        Dev {
-            child: Some(child),
-            out,
-            err,
-        }
-    }
-
-    /// Waits for a stdout line starting with `prefix`, returning the lines seen.
-    fn until_out(&self, prefix: &str) -> Vec<String> {
-        until(&self.out, prefix)
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().map(Child::id).unwrap_or_default() as i32)
-    }
-
-    /// Sends SIGINT and waits for the exit.
-    fn interrupt(mut self) -> ExitStatus {
-        kill(self.pid(), Signal::SIGINT).expect("SIGINT");
-        let (tx, rx) = channel();
-        let mut child = self.child.take().expect("running");
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        rx.recv_timeout(GUARD)
-            .expect("meridian dev did not stop")
-            .expect("wait")
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn until(rx: &Receiver<String>, prefix: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(GUARD)
-            .unwrap_or_else(|e| panic!("no line {prefix:?} ({e}); saw {seen:#?}"));
-        let done = line.starts_with(prefix);
-        seen.push(line);
-        if done {
-            return seen;
-        }
-    }
-}
-
-/// Direct children of `parent`, from /proc.
-fn children(parent: Pid) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command name: state, ppid, ...
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-        if ppid == Some(parent.as_raw()) {
-            out.push(pid);
-        }
-    }
-    out
+/// `meridian dev` as a user runs it, on `data`: mutual TLS (dev's own
+/// PKI), one region, its output kept as lines for the test to read.
+fn start(data: &Path, base: u16) -> Dev {
+    Dev::on(data)
+        .base_port(base)
+        .regions(1)
+        .simulated_nodes(5)
+        .grace_secs(10)
+        .env_remove("RUST_LOG")
+        .start()
 }
 
 /// Whether `pid` is still a process running on `data` (not a reused pid).
@@ -142,37 +31,13 @@ fn alive_on(pid: i32, data: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs the CLI against `endpoint` with what `meridian dev` wrote in its
-/// data directory `data` (the client config: its CA and the CLI's
-/// certificate).
-fn meridian(endpoint: &str, data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("MERIDIAN_ENDPOINT", endpoint)
-        .env("MERIDIAN_DATA_DIR", data)
-        .env_remove("MERIDIAN_CONFIG")
-        .env_remove("MERIDIAN_INSECURE")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run meridian")
-}
-
-fn endpoint_of(ready: &str) -> String {
-    ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("MERIDIAN_ENDPOINT="))
-        .expect("endpoint in the ready line")
-        .to_string()
-}
-
 #[test]
 fn dev_prints_endpoints_restarts_a_killed_child_and_stops_every_child_on_sigint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("dev");
-    let base = base_port(0);
-    let dev = Dev::start(&data, base);
-    let lines = dev.until_out("meridian dev: ready");
-    let text = lines.join("\n");
+    let base = base_port_of_process(10_000, 0);
+    let mut dev = start(&data, base);
+    let text = dev.printed.join("\n");
     for name in ["global-1", "global-2", "us-east-1", "us-east-2"] {
         assert!(
             text.contains(&format!("meridian dev: {name} grpc=https://127.0.0.1:")),
@@ -187,16 +52,15 @@ fn dev_prints_endpoints_restarts_a_killed_child_and_stops_every_child_on_sigint(
     );
     // The federation overview and every region replica's console.
     assert_eq!(text.matches("/console").count(), 4, "{text}");
-    let endpoint = endpoint_of(lines.last().expect("ready line"));
     // Mutual TLS by default: the consoles are https, the CLI is told
     // where its material is.
     assert_eq!(text.matches("console=https://").count(), 4, "{text}");
     assert!(text.contains("client.toml"), "{text}");
-    let regions = meridian(&endpoint, &data, &["region", "list"]);
+    let regions = dev.run(&["region", "list"]);
     assert!(regions.status.success(), "{regions:?}");
 
     // 2 global + 2 region replicas + simulated agent + real agent.
-    let kids = children(dev.pid());
+    let kids = dev.child_pids();
     assert_eq!(kids.len(), 6, "{kids:?}");
 
     // A region replica killed with SIGKILL is reported and started again.
@@ -210,10 +74,14 @@ fn dev_prints_endpoints_restarts_a_killed_child_and_stops_every_child_on_sigint(
         })
         .expect("the us-east-2 process");
     kill(Pid::from_raw(victim), Signal::SIGKILL).expect("SIGKILL");
-    let report = until(&dev.err, "meridian dev: us-east-2 restarted").join("\n");
+    let report = dev
+        .stderr_through("us-east-2 restarted", |l| {
+            l.starts_with("meridian dev: us-east-2 restarted")
+        })
+        .join("\n");
     assert!(report.contains("us-east-2 exited unexpectedly"), "{report}");
 
-    let kids = children(dev.pid());
+    let kids = dev.child_pids();
     assert_eq!(kids.len(), 6, "{kids:?}");
     let status = dev.interrupt();
     assert!(status.success(), "{status:?}");
@@ -225,20 +93,20 @@ fn dev_prints_endpoints_restarts_a_killed_child_and_stops_every_child_on_sigint(
 fn dev_restarted_on_the_same_data_dir_keeps_the_jobs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("dev");
-    let base = base_port(1);
-    let dev = Dev::start(&data, base);
-    let endpoint = endpoint_of(dev.until_out("meridian dev: ready").last().expect("ready"));
-    let submitted = meridian(&endpoint, &data, &["job", "submit", "--simulate", "1"]);
+    let base = base_port_of_process(10_000, 1);
+    let mut dev = start(&data, base);
+    let endpoint = dev.endpoint.clone();
+    let submitted = dev.run(&["job", "submit", "--simulate", "1"]);
     assert!(submitted.status.success(), "{submitted:?}");
     let id = String::from_utf8_lossy(&submitted.stdout)
         .trim()
         .to_string();
     assert!(dev.interrupt().success());
 
-    let dev = Dev::start(&data, base);
-    let again = endpoint_of(dev.until_out("meridian dev: ready").last().expect("ready"));
+    let mut dev = start(&data, base);
+    let again = dev.endpoint.clone();
     assert_eq!(again, endpoint, "ports are deterministic");
-    let got = meridian(&endpoint, &data, &["job", "get", &id, "-o", "json"]);
+    let got = dev.run(&["job", "get", &id, "-o", "json"]);
     assert!(got.status.success(), "{got:?}");
     let job: serde_json::Value = serde_json::from_slice(&got.stdout).expect("json");
     assert_eq!(job["job_id"], id.as_str());

@@ -9,74 +9,29 @@
 //! The tests take one lock so that two federations never share the
 //! machine's cores.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
-use std::sync::mpsc::channel;
-use std::time::{Duration, Instant};
+mod support;
 
-/// Failure guard only: no step waits this long when things work.
-const GUARD: Duration = Duration::from_secs(120);
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use support::Dev;
+use support::dev::{GUARD, output_within};
 
 /// One federation at a time on the machine.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// A running `meridian dev`, stopped with SIGINT (then waited for) when
-/// dropped, so a failing test leaves no process behind.
-struct Dev(Child);
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `meridian dev` with small sizes and returns it with the endpoint
-/// list of its ready line.
-fn start_dev(data: &Path, base_port: u16, regions: u16, simulated_nodes: u32) -> (Dev, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .arg("dev")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--base-port", &base_port.to_string()])
-        .args(["--regions", &regions.to_string()])
-        .args(["--simulated-nodes", &simulated_nodes.to_string()])
-        .args(["--shards", "2", "--grace-secs", "5"])
-        // The production path: mutual TLS with dev's own PKI.
-        .env_remove("MERIDIAN_INSECURE")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start meridian dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let dev = Dev(child);
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + GUARD;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("meridian dev printed its ready line in time");
-        if let Some(endpoints) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("MERIDIAN_ENDPOINT="))
-        {
-            // Keep draining stdout so the supervisor never blocks on it.
-            std::thread::spawn(move || for _ in rx {});
-            return (dev, endpoints.to_string());
-        }
-    }
+/// Starts `meridian dev` with small sizes, over mutual TLS with dev's own
+/// PKI (the production path).
+fn start_dev(data: &Path, base_port: u16, regions: u16, simulated_nodes: u32) -> Dev {
+    Dev::on(data)
+        .base_port(base_port)
+        .regions(regions)
+        .simulated_nodes(simulated_nodes)
+        .shards(2)
+        .grace_secs(5)
+        .start()
 }
 
 /// Runs the CLI in `workdir`, as a user in a second shell in the directory
@@ -85,29 +40,15 @@ fn start_dev(data: &Path, base_port: u16, regions: u16, simulated_nodes: u32) ->
 /// that outlives the guard is killed and fails the test rather than
 /// hanging it.
 fn meridian(workdir: &Path, args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meridian"));
+    command
         .args(args)
         .current_dir(workdir)
         .env_remove("MERIDIAN_ENDPOINT")
         .env_remove("MERIDIAN_DATA_DIR")
         .env_remove("MERIDIAN_CONFIG")
-        .env_remove("MERIDIAN_INSECURE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run meridian");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(GUARD) {
-        Ok(output) => output.expect("meridian output"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("meridian {args:?} did not finish within {GUARD:?}");
-        }
-    }
+        .env_remove("MERIDIAN_INSECURE");
+    output_within(command, GUARD)
 }
 
 #[test]
@@ -115,7 +56,7 @@ fn job_submit_wait_prints_what_a_real_task_wrote_and_nothing_for_a_silent_one() 
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     // Under data/dev, the default the CLI looks in.
-    let (_dev, _endpoints) = start_dev(&dir.path().join("data/dev"), 12400, 2, 50);
+    let _dev = start_dev(&dir.path().join("data/dev"), 12400, 2, 50);
     let started = Instant::now();
     let out = meridian(
         dir.path(),

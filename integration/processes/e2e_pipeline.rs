@@ -12,37 +12,17 @@
 //! submit --wait` and `job watch` follow the jobs themselves.
 
 mod federation;
+mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use federation::{Dev, GUARD, Sizes, file_for_tasks};
+use federation::{Dev, Sizes, file_for_tasks};
 
-/// Runs the CLI against `dev`; a run that outlives the guard is killed and
-/// fails the test rather than hanging it.
+/// Runs the CLI against `dev` as tenant `e2e`; a run that outlives the
+/// guard is killed and fails the test rather than hanging it.
 fn meridian(dev: &Dev, args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("MERIDIAN_ENDPOINT", &dev.endpoints)
-        // The federation harness runs `meridian dev --insecure`.
-        .env("MERIDIAN_INSECURE", "1")
-        .env("MERIDIAN_TENANT", "e2e")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run meridian");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(GUARD) {
-        Ok(output) => output.expect("meridian output"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("meridian {args:?} did not finish within {GUARD:?}");
-        }
-    }
+    dev.run_with(args, &[("MERIDIAN_TENANT", "e2e")])
 }
 
 /// Runs the CLI and returns its standard output, failing the test unless

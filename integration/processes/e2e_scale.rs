@@ -6,6 +6,7 @@
 //! Runs alone (`.config/nextest.toml`).
 
 mod federation;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -10,9 +10,9 @@
 //! WatchJobs tracker of the federation support.
 
 mod federation;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use federation::{Dev, Sizes, Tracker, submit_all};
@@ -60,25 +60,6 @@ struct Sums {
     task_run_ms: u64,
     cpu_millicore_ms: u64,
     memory_mib_ms: u64,
-}
-
-/// Runs the `meridian` binary against `dev`; returns its standard output.
-fn meridian(dev: &Dev, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("MERIDIAN_ENDPOINT", &dev.endpoints)
-        // The federation harness runs `meridian dev --insecure`.
-        .env("MERIDIAN_INSECURE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run meridian");
-    assert!(
-        out.status.success(),
-        "meridian {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 fn number(v: &serde_json::Value) -> u64 {
@@ -155,10 +136,7 @@ async fn meridian_usage_equals_the_sum_over_the_task_records_of_a_run() {
 
     // `meridian usage --json`, one tenant at a time, then all of them.
     for tenant in ["acme", "globex"] {
-        let out = meridian(
-            &dev,
-            &["usage", "--tenant", tenant, "--since", "1h", "--json"],
-        );
+        let out = dev.cli(&["usage", "--tenant", tenant, "--since", "1h", "--json"]);
         let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
         let records = json["records"].as_array().expect("records");
         let mut got = BTreeMap::new();
@@ -192,7 +170,7 @@ async fn meridian_usage_equals_the_sum_over_the_task_records_of_a_run() {
         let jobs = PLAN.iter().filter(|p| p.0 == tenant).count() as u64;
         assert_eq!(number(&json["total"]["wait"]["jobs"]), jobs, "{out}");
     }
-    let table = meridian(&dev, &["usage", "--since", "1h"]);
+    let table = dev.cli(&["usage", "--since", "1h"]);
     let total = table
         .lines()
         .find(|l| l.trim_start().starts_with("TOTAL"))

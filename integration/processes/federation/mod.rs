@@ -1,6 +1,7 @@
 //! A whole federation under test: `meridian dev` as a child of the test,
-//! the addresses it printed, its supervised children found by name (to
-//! `kill -9` one), who leads what (from the lines the replicas' lease
+//! started by the shared launcher (`support::dev`: the addresses it
+//! printed, its supervised children found by name, its stderr lines), with
+//! a `kill -9` of a child by name, who leads what (from the lines the replicas' lease
 //! electors log, [`leaders`]), and submitting and tracking many jobs
 //! through the Federation API with the CLI's leader-following client.
 //!
@@ -13,18 +14,16 @@
 pub mod leaders;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use meridian_cli::client::{Client, ConnectArgs};
 use meridian_proto::v1;
 
 /// Failure guard of start-up steps; nothing waits this long when things work.
-pub const GUARD: Duration = Duration::from_secs(120);
+pub const GUARD: Duration = crate::support::dev::GUARD;
 
 /// Sizes of the federation.
 #[derive(Debug, Clone, Copy)]
@@ -35,38 +34,21 @@ pub struct Sizes {
     pub base_port: u16,
 }
 
-/// Addresses of one child as `meridian dev` printed them.
-#[derive(Debug, Clone, Default)]
-pub struct ChildInfo {
-    /// `key=value` pairs of its line (`grpc`, `http`, `metrics`, ...).
-    pub addresses: BTreeMap<String, String>,
-}
-
-/// A running `meridian dev`, stopped with SIGINT (then waited for) when
-/// dropped, so a failing test leaves no process behind.
+/// A running `meridian dev` (the shared launcher, [`crate::support::dev`],
+/// whose addresses, children by name, stderr lines and CLI it derefs to)
+/// with who leads what, stopped with SIGINT when dropped.
 pub struct Dev {
-    child: Child,
-    /// Comma-separated global gRPC endpoints (`MERIDIAN_ENDPOINT`).
-    pub endpoints: String,
-    /// Children by name (`global-1`, `us-east-2`, `eu-west-sim`, ...).
-    pub children: BTreeMap<String, ChildInfo>,
-    /// Lines `meridian dev` writes to standard error from now on.
-    pub stderr: Receiver<String>,
-    /// Lines read from [`Dev::stderr`] while waiting for another one, kept
-    /// for the wait they belong to (two children may restart at once).
-    backlog: std::sync::Mutex<std::collections::VecDeque<String>>,
+    dev: crate::support::Dev,
     /// Who leads what, from the children's elector lines.
     pub leaders: leaders::Leaders,
     sizes: Sizes,
 }
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.child.wait();
+impl std::ops::Deref for Dev {
+    type Target = crate::support::Dev;
+
+    fn deref(&self) -> &crate::support::Dev {
+        &self.dev
     }
 }
 
@@ -81,128 +63,24 @@ impl Dev {
     pub fn start_with(data: &Path, sizes: Sizes, flags: &[&str]) -> Dev {
         // Watching before the first child starts, so no term is missed.
         let leaders = leaders::Leaders::follow(&data.join("logs"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .arg("dev")
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--base-port", &sizes.base_port.to_string()])
-            .args(["--regions", &sizes.regions.to_string()])
-            .args(["--simulated-nodes", &sizes.simulated_nodes.to_string()])
-            .args(["--shards", &sizes.shards.to_string()])
-            .args(["--grace-secs", "5"])
-            .args(flags)
+        let dev = crate::support::Dev::on(data)
+            .base_port(sizes.base_port)
+            .regions(sizes.regions)
+            .simulated_nodes(sizes.simulated_nodes)
+            .shards(sizes.shards)
+            .grace_secs(5)
+            .flags(flags)
             // Fault tests: they probe the replicas' HTTP status pages in
             // plain HTTP/1.1; mutual TLS under `meridian dev` is tested by
             // e2e_federation and dev_supervisor.
-            .arg("--insecure")
+            .insecure()
             .env("RUST_LOG", leaders::LOG_FILTER)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start meridian dev");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (err_tx, err_rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                let _ = err_tx.send(line);
-            }
-        });
-        let mut dev = Dev {
-            child,
-            endpoints: String::new(),
-            children: BTreeMap::new(),
-            stderr: err_rx,
-            backlog: Default::default(),
+            .start();
+        Dev {
+            dev,
             leaders,
             sizes,
-        };
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("meridian dev printed its ready line in time");
-            let Some(rest) = line.strip_prefix("meridian dev: ") else {
-                continue;
-            };
-            if let Some(endpoints) = rest
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("MERIDIAN_ENDPOINT="))
-            {
-                dev.endpoints = endpoints.to_string();
-                // Keep draining stdout so the supervisor never blocks on it.
-                std::thread::spawn(move || for _ in rx {});
-                return dev;
-            }
-            let mut words = rest.split_whitespace();
-            let Some(name) = words.next() else { continue };
-            let name = name.trim_end_matches(':');
-            let addresses: BTreeMap<String, String> = words
-                .filter_map(|w| w.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            if !addresses.is_empty() {
-                dev.children
-                    .insert(name.to_string(), ChildInfo { addresses });
-            }
         }
-    }
-
-    /// The `key` address of child `name` (e.g. `grpc`, `http`, `metrics`).
-    pub fn address(&self, name: &str, key: &str) -> String {
-        self.children
-            .get(name)
-            .and_then(|c| c.addresses.get(key))
-            .cloned()
-            .unwrap_or_else(|| panic!("meridian dev printed no {key} address for {name}"))
-    }
-
-    /// The pid of the supervised child `name` now (it changes on restart):
-    /// a replica by its name, an agent by its node id (`us-east-node-1`).
-    pub fn pid_of(&self, name: &str) -> Option<i32> {
-        let parent = self.child.id() as i32;
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // The command name may hold spaces; fields after its ')' do not.
-            let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
-                continue;
-            };
-            let ppid: i32 = after
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            if ppid != parent {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let named = args.windows(2).any(|w| {
-                matches!(w[0].as_str(), "--replica" | "--name" | "--node-id") && w[1] == name
-            });
-            if named {
-                return Some(pid);
-            }
-        }
-        None
     }
 
     /// `kill -9` of child `name`; returns the pid killed.
@@ -242,56 +120,21 @@ impl Dev {
     }
 
     /// The next line of `meridian dev`'s standard error that `wanted`
-    /// accepts (earlier ones kept for other waits); panics after [`GUARD`].
+    /// accepts (one no earlier wait took: two children may restart at
+    /// once); panics after [`GUARD`].
     pub fn await_stderr(&self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
-        let mut backlog = self.backlog.lock().expect("backlog");
-        if let Some(i) = backlog.iter().position(|l| wanted(l)) {
-            return backlog.remove(i).expect("present");
-        }
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .stderr
-                .recv_timeout(left)
-                .unwrap_or_else(|e| panic!("{what}: not within {GUARD:?} ({e})"));
-            if wanted(&line) {
-                return line;
-            }
-            backlog.push_back(line);
-        }
+        self.stderr_through(what, wanted)
+            .pop()
+            .expect("the line waited for")
     }
 
     /// A leader-following client of the global tier.
     pub fn client(&self) -> Client {
         Client::new(&ConnectArgs::new(
-            self.endpoints.clone(),
+            self.endpoint.clone(),
             Duration::from_secs(60),
         ))
         .expect("client")
-    }
-
-    /// Names of the global replicas.
-    pub fn globals(&self) -> Vec<String> {
-        self.children
-            .keys()
-            .filter(|n| n.starts_with("global-"))
-            .cloned()
-            .collect()
-    }
-
-    /// Names of the scheduler replicas of `region`.
-    pub fn region_replicas(&self, region: &str) -> Vec<String> {
-        self.children
-            .iter()
-            .filter(|(n, c)| {
-                n.strip_prefix(region)
-                    .and_then(|r| r.strip_prefix('-'))
-                    .is_some_and(|i| i.parse::<u32>().is_ok())
-                    && c.addresses.contains_key("metrics")
-            })
-            .map(|(n, _)| n.clone())
-            .collect()
     }
 
     /// Waits until a global replica has logged that it leads (and has not

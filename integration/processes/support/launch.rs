@@ -1,9 +1,10 @@
 //! Starting a child process for a test and ending it with the test.
 //!
 //! Owns the one way the multi-process tests spawn a program: stdout piped
-//! and read until every expected marker line appeared (a process says it is
-//! up; nothing waits by sleeping), then drained on a thread so the child
-//! never blocks on a full pipe; and [`Proc`], which ends the child when the
+//! and read until every expected marker line appeared, or until a caller
+//! that reads each line itself has seen what it waits for (a process says
+//! it is up; nothing waits by sleeping), then drained on a thread so the
+//! child never blocks on a full pipe; and [`Proc`], which ends the child when the
 //! test ends, passing or failing, so no test leaves a process behind. A
 //! stopping child is awaited on its pidfd ([`super::wait`]), a captured log
 //! line on a condition variable the reading thread signals.
@@ -11,7 +12,8 @@
 //! `meridian_cli::dev::line`.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +35,9 @@ pub enum Stderr {
     Null,
     /// Kept line by line for the test to search ([`Proc::logged`]).
     Capture,
+    /// Kept as with [`Stderr::Capture`], and also copied to the test's own
+    /// standard error line by line, so a failing test shows it.
+    Tee,
 }
 
 /// How dropping a [`Proc`] ends it.
@@ -54,6 +59,8 @@ pub struct Launch {
     stderr: Stderr,
     group: bool,
     stop: Stop,
+    /// How long the lines a start waits for may take; unbounded when none.
+    ready_within: Option<Duration>,
 }
 
 impl Launch {
@@ -85,6 +92,7 @@ impl Launch {
             stderr: Stderr::Inherit,
             group: false,
             stop: Stop::Kill,
+            ready_within: None,
         }
     }
 
@@ -99,9 +107,11 @@ impl Launch {
         vars.iter().fold(self, |l, (k, v)| l.env(k, v))
     }
 
-    /// Removes a variable inherited from the test's environment (variables
-    /// set with [`Launch::env`] still apply).
+    /// Removes a variable: the one inherited from the test's environment
+    /// and any set on this launch so far, a default included (one set with
+    /// [`Launch::env`] afterwards applies again).
     pub fn env_remove(mut self, key: &str) -> Launch {
+        self.env.retain(|(k, _)| k != key);
         self.env_remove.push(key.into());
         self
     }
@@ -124,10 +134,69 @@ impl Launch {
         self
     }
 
+    /// Fails the start when the lines it waits for have not all come within
+    /// `guard` (a failure guard: a process that is up returns at once).
+    pub fn ready_within(mut self, guard: Duration) -> Launch {
+        self.ready_within = Some(guard);
+        self
+    }
+
     /// Starts it and reads its stdout until every one of `markers` appeared
     /// in a line; returns what follows each marker's first appearance on its
-    /// line (trimmed), in the order of `markers`.
+    /// line (trimmed), in the order of `markers`. With no markers it counts
+    /// as started once spawned.
     pub fn start(self, markers: &[&str]) -> (Proc, Vec<String>) {
+        if markers.is_empty() {
+            let (proc, stdout) = self.spawn();
+            std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+            return (proc, Vec::new());
+        }
+        let mut found: Vec<Option<String>> = vec![None; markers.len()];
+        let proc = self.start_reading(|line| {
+            for (i, marker) in markers.iter().enumerate() {
+                if found[i].is_none()
+                    && let Some(at) = line.find(marker)
+                {
+                    found[i] = Some(line[at + marker.len()..].trim().to_string());
+                }
+            }
+            found.iter().all(Option::is_some)
+        });
+        (proc, found.into_iter().flatten().collect())
+    }
+
+    /// Starts it and hands each line of its stdout, as it comes, to `each`
+    /// until `each` says it has seen what it waits for (true): for a
+    /// program whose up lines carry more than markers can pick out (a whole
+    /// federation's addresses, line by line).
+    pub fn start_reading(self, mut each: impl FnMut(&str) -> bool) -> Proc {
+        let what = format!("{} {:?}", self.program, self.args);
+        let deadline = self.ready_within.map(|guard| Instant::now() + guard);
+        let (proc, stdout) = self.spawn();
+        let (tx, rx) = channel();
+        // Reads on after the start returned (its receiver gone, the sends
+        // fail), so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            let line = match deadline {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            match line {
+                Ok(line) if each(&line) => return proc,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => panic!("{what} ended before it was up"),
+                Err(RecvTimeoutError::Timeout) => panic!("{what}: not up within its guard"),
+            }
+        }
+    }
+
+    /// Spawns it; its stdout is the caller's to read.
+    fn spawn(self) -> (Proc, ChildStdout) {
         let mut command = Command::new(&self.program);
         if self.group {
             std::os::unix::process::CommandExt::process_group(&mut command, 0);
@@ -142,39 +211,24 @@ impl Launch {
         command.stdout(Stdio::piped()).stderr(match self.stderr {
             Stderr::Inherit => Stdio::inherit(),
             Stderr::Null => Stdio::null(),
-            Stderr::Capture => Stdio::piped(),
+            Stderr::Capture | Stderr::Tee => Stdio::piped(),
         });
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start {} {:?}: {e}", self.program, self.args));
-        let log = child.stderr.take().map(capture);
-        // Owned by the Proc from here on, so a failing wait below still ends
-        // the child.
+        let tee = self.stderr == Stderr::Tee;
+        let log = child.stderr.take().map(|stderr| capture(stderr, tee));
         let stdout = child.stdout.take().expect("stdout is piped");
+        // Owned by the Proc from here on, so a failing wait for its lines
+        // still ends the child.
         let proc = Proc {
             child,
             group: self.group,
             stop: self.stop,
             log,
+            status: None,
         };
-        let mut lines = BufReader::new(stdout).lines();
-        let mut found: Vec<Option<String>> = vec![None; markers.len()];
-        while found.iter().any(Option::is_none) {
-            let line = lines
-                .next()
-                .unwrap_or_else(|| panic!("{} ended before printing {markers:?}", self.program))
-                .expect("read stdout");
-            for (i, marker) in markers.iter().enumerate() {
-                if found[i].is_none()
-                    && let Some(at) = line.find(marker)
-                {
-                    found[i] = Some(line[at + marker.len()..].trim().to_string());
-                }
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        (proc, found.into_iter().flatten().collect())
+        (proc, stdout)
     }
 }
 
@@ -214,15 +268,29 @@ impl Log {
     /// log so far when the stream ends or `guard` passes first. Woken by
     /// each new line, never by a timer.
     pub fn wait_for(&self, parts: &[&str], guard: Duration) -> Result<(), String> {
+        self.wait_line(&format!("with {parts:?}"), guard, |_, l| {
+            parts.iter().all(|p| l.contains(p))
+        })
+        .map(|_| ())
+    }
+
+    /// Blocks until a line is one `wanted` accepts (given the line's index
+    /// in the log, so a caller can pass over lines an earlier wait took);
+    /// returns every line up to and including it. `Err` naming `what`, with
+    /// the log so far, when the stream ends or `guard` passes first. Woken
+    /// by each new line, never by a timer.
+    pub fn wait_line(
+        &self,
+        what: &str,
+        guard: Duration,
+        mut wanted: impl FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + guard;
         let mut st = self.0.state.lock().expect("log lock");
         let mut seen = 0;
         loop {
-            if st.lines[seen..]
-                .iter()
-                .any(|l| parts.iter().all(|p| l.contains(p)))
-            {
-                return Ok(());
+            if let Some(at) = (seen..st.lines.len()).find(|&i| wanted(i, &st.lines[i])) {
+                return Ok(st.lines[..=at].to_vec());
             }
             seen = st.lines.len();
             let left = deadline.saturating_duration_since(Instant::now());
@@ -233,7 +301,7 @@ impl Log {
                     "guard passed"
                 };
                 return Err(format!(
-                    "no log line with {parts:?} ({why} after {guard:?}); log:\n{}",
+                    "no log line {what} ({why} after {guard:?}); log:\n{}",
                     st.lines.join("\n")
                 ));
             }
@@ -254,12 +322,16 @@ impl Log {
     }
 }
 
-/// Collects the lines of a child's stderr as they come.
-fn capture(stderr: std::process::ChildStderr) -> Log {
+/// Collects the lines of a child's stderr as they come; with `tee`, each
+/// is also written to the test's own standard error.
+fn capture(stderr: std::process::ChildStderr, tee: bool) -> Log {
     let log = Log::default();
     let sink = log.0.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tee {
+                eprintln!("{line}");
+            }
             sink.state.lock().expect("log lock").lines.push(line);
             sink.grew.notify_all();
         }
@@ -277,6 +349,8 @@ pub struct Proc {
     group: bool,
     stop: Stop,
     log: Option<Log>,
+    /// How it exited, once reaped.
+    status: Option<ExitStatus>,
 }
 
 impl Proc {
@@ -286,7 +360,14 @@ impl Proc {
 
     /// Whether it has exited (and has been reaped).
     fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.status = Some(status);
+                true
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 
     /// Waits for its exit on its pidfd, up to `within`, and reaps it; true
@@ -313,16 +394,16 @@ impl Proc {
     }
 
     /// SIGINT, then waits for the exit (a server flushes its spans first);
-    /// fails the test if it does not stop.
-    pub fn interrupt(&mut self) {
-        if self.exited() {
-            return;
+    /// fails the test if it does not stop. Returns how it exited.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        if !self.exited() {
+            let _ = kill(self.pid(), Signal::SIGINT);
+            assert!(
+                self.exits_within(INTERRUPT_GUARD),
+                "the process did not stop within {INTERRUPT_GUARD:?}"
+            );
         }
-        let _ = kill(self.pid(), Signal::SIGINT);
-        assert!(
-            self.exits_within(INTERRUPT_GUARD),
-            "the process did not stop within {INTERRUPT_GUARD:?}"
-        );
+        self.status.expect("the exit status of the reaped process")
     }
 
     /// Whether a captured stderr line contains every one of `parts` (never,

@@ -1,21 +1,26 @@
 //! What the root package's multi-process tests share, so each test file
 //! does not spell out the same start-up and shutdown: [`launch`] starts a
 //! program and ends it with the test, [`roles`] starts the federation's
-//! roles from their `meridian_cli::dev::line` command lines and reads the
-//! addresses they print, [`fake_agent`] registers nodes the test drives
-//! itself, [`retry`] sends a call again as the product's clients do until a
-//! replica serves it, [`wait`] awaits process exits (pidfd), lines tasks write
-//! into FIFOs and conditions on files tasks write (inotify).
+//! roles one by one from their `meridian_cli::dev::line` command lines and
+//! reads the addresses they print, [`dev`] starts a whole `meridian dev`
+//! federation (the flags tests differ in, what it prints, its children by
+//! name, its stderr lines, the CLI with its client config and token),
+//! [`fake_agent`] registers nodes the test drives itself, [`retry`] sends a
+//! call again as the product's clients do until a replica serves it,
+//! [`wait`] awaits process exits (pidfd), lines tasks write into FIFOs and
+//! conditions on files tasks write (inotify).
 
 // Each test binary that includes this module uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod dev;
 pub mod fake_agent;
 pub mod launch;
 pub mod retry;
 pub mod roles;
 pub mod wait;
 
+pub use dev::{Dev, DevLaunch};
 pub use fake_agent::register_node;
 pub use launch::{Launch, Log, Proc, Stderr};
 pub use roles::{Agent, Global, Regional};
