@@ -4,10 +4,10 @@
 //! and read until every expected marker line appeared, or until a caller
 //! that reads each line itself has seen what it waits for (a process says
 //! it is up; nothing waits by sleeping), then drained on a thread so the
-//! child never blocks on a full pipe; and [`Proc`], which ends the child when the
-//! test ends, passing or failing, so no test leaves a process behind. A
-//! stopping child is awaited on its pidfd ([`super::wait`]), a captured log
-//! line on a condition variable the reading thread signals.
+//! child never blocks on a full pipe; and [`Proc`], which ends the child
+//! when the test ends, passing or failing, so no test leaves a process
+//! behind. A stopping child is awaited on its pidfd ([`super::wait`]), a
+//! captured log line on a condition variable the reading thread signals.
 //! What to run is not decided here: `meridian` command lines come from
 //! `meridian_cli::dev::line`.
 
@@ -175,10 +175,12 @@ impl Launch {
         let (proc, stdout) = self.spawn();
         let (tx, rx) = channel();
         // Reads on after the start returned (its receiver gone, the sends
-        // fail), so the child never blocks on a full pipe.
+        // fail), so the child never blocks on a full pipe; a line that is
+        // not UTF-8 is read lossily rather than taken for the end.
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line);
+                let _ = tx.send(line.trim_end_matches('\r').to_string());
             }
         });
         loop {
