@@ -44,6 +44,10 @@ pub struct PersistedEnd {
     pub job_id: String,
     pub index: u32,
     pub attempt: u32,
+    /// The hold of the job the attempt belongs to (0 in state written
+    /// before holds were sent).
+    #[serde(default)]
+    pub assignment_epoch: u64,
     /// The node epoch the attempt ran under.
     pub node_epoch: u64,
     /// `TaskState` as i32 (SUCCEEDED or FAILED).
@@ -68,6 +72,7 @@ impl PersistedEnd {
             job_id: t.job_id.clone(),
             index: t.index,
             attempt: a.attempt,
+            assignment_epoch: a.assignment_epoch,
             node_epoch: r.node_epoch,
             state: r.state,
             exit_code: r.exit_code,
@@ -84,6 +89,7 @@ impl PersistedEnd {
         TaskReport {
             task: Some(TaskAttempt {
                 task: Some(TaskId::new(self.job_id.clone(), self.index)),
+                assignment_epoch: self.assignment_epoch,
                 attempt: self.attempt,
             }),
             state: self.state,
@@ -105,6 +111,10 @@ pub struct PersistedTask {
     pub job_id: String,
     pub index: u32,
     pub attempt: u32,
+    /// The hold of the job the attempt belongs to (0 in state written
+    /// before holds were sent).
+    #[serde(default)]
+    pub assignment_epoch: u64,
     pub process: Option<ProcessIds>,
     pub started_at_unix_ms: u64,
 }
@@ -113,6 +123,7 @@ impl PersistedTask {
     pub fn attempt(&self) -> TaskAttempt {
         TaskAttempt {
             task: Some(TaskId::new(self.job_id.clone(), self.index)),
+            assignment_epoch: self.assignment_epoch,
             attempt: self.attempt,
         }
     }
@@ -232,6 +243,7 @@ mod tests {
                 job_id: "j".into(),
                 index: 2,
                 attempt: 1,
+                assignment_epoch: 2,
                 process: Some(ProcessIds {
                     pid: 10,
                     pgid: 10,
@@ -243,6 +255,7 @@ mod tests {
                 job_id: "j".into(),
                 index: 1,
                 attempt: 2,
+                assignment_epoch: 1,
                 node_epoch: 3,
                 state: meridian_proto::v1::TaskState::Succeeded as i32,
                 exit_code: Some(0),

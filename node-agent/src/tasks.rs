@@ -94,7 +94,7 @@ impl TaskTable {
     pub fn older_attempts(&self, attempt: &TaskAttempt) -> Vec<TaskAttempt> {
         self.live
             .keys()
-            .filter(|a| a.task == attempt.task && a.attempt < attempt.attempt)
+            .filter(|a| a.task == attempt.task && *a < attempt)
             .cloned()
             .collect()
     }
@@ -321,6 +321,7 @@ mod tests {
                 job_id: "j".into(),
                 index: 0,
             }),
+            assignment_epoch: 1,
             attempt: 1,
         };
         let mut table = TaskTable::new(16);

@@ -285,3 +285,46 @@ async fn a_run_read_after_the_node_timeout_without_an_answer_is_not_started() {
     probe.wait_for(|p| p.launched == 2).await;
     host.shutdown().await;
 }
+
+/// A job the global tier took from the region and gave back is a new hold
+/// there, whose attempts count from 1 again. The node ran the earlier
+/// hold's attempt 1; it must run the new hold's attempt 1 too, not take it
+/// for a repeat of the RUN it already carried out (which left the task
+/// bound and never started).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_hold_of_a_job_runs_its_attempt_1_although_the_node_ran_an_earlier_holds() {
+    let clock = ManualClock::new();
+    let shared = clock.shared();
+    let mut fake = FakeRegion::start(shared.clone(), FakeOptions::default()).await;
+    let probe = Arc::new(Probe::default());
+    let host = one_node(&shared, &fake, probe.clone()).await;
+    let node = "sim-000000";
+    fake.wait_stream(node, 1).await;
+    let epoch = fake.epoch_of(node);
+
+    let mut earlier = attempt("j", 0, 1);
+    earlier.assignment_epoch = 2;
+    let mut later = attempt("j", 0, 1);
+    later.assignment_epoch = 3;
+    for hold in [&earlier, &later] {
+        fake.send(
+            node,
+            run(
+                hold.clone(),
+                simulated(10),
+                epoch,
+                5,
+                RegionLossPolicy::KeepRunning,
+                0,
+            ),
+        )
+        .await;
+        fake.wait_report(hold, |r| r.state == TaskState::Running as i32)
+            .await;
+        clock.advance(Duration::from_millis(10));
+        fake.wait_report(hold, |r| r.state == TaskState::Succeeded as i32)
+            .await;
+    }
+    assert_eq!(probe.snapshot().launched, 2, "each hold's attempt ran once");
+    host.shutdown().await;
+}

@@ -37,6 +37,7 @@ fn malformed_task_ids_are_rejected() {
 fn a_task_attempt_displays_with_its_attempt_number() {
     let attempt = TaskAttempt {
         task: Some(TaskId::new("j", 0)),
+        assignment_epoch: 0,
         attempt: 3,
     };
     assert_eq!(attempt.to_string(), "j/0#3");

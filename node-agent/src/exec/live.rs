@@ -288,6 +288,7 @@ mod tests {
                 job_id: "j".into(),
                 index: i,
             }),
+            assignment_epoch: 1,
             attempt: 1,
         };
         for i in 0..(FINISHED_KEPT as u32 + 5) {

@@ -42,6 +42,20 @@ pub struct Launch {
     pub start_by: Option<Instant>,
 }
 
+/// The name of an attempt's directory under its job's (and of its cgroup
+/// after the job id): `<index>-<attempt>`, and `<index>-<attempt>.<hold>`
+/// for the attempts of a later hold of the job in its region (taken away
+/// and given back), whose numbers start from 1 again: a process of an
+/// earlier hold may still run under the first name.
+pub fn attempt_dir_name(attempt: &TaskAttempt) -> String {
+    let index = attempt.task.as_ref().map_or(0, |t| t.index);
+    if attempt.assignment_epoch > 1 {
+        format!("{index}-{}.{}", attempt.attempt, attempt.assignment_epoch)
+    } else {
+        format!("{index}-{}", attempt.attempt)
+    }
+}
+
 /// Captured end of one output stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tail {

@@ -499,10 +499,10 @@ fn too_late(why: &str) -> LaunchError {
     LaunchError::TooLate(why.into())
 }
 
-/// The cgroup of one attempt: `<job>-<index>-<attempt>`.
+/// The cgroup of one attempt: `<job>-` and its directory's name.
 fn cgroup_name(attempt: &meridian_proto::v1::TaskAttempt) -> String {
     match &attempt.task {
-        Some(t) => format!("{}-{}-{}", t.job_id, t.index, attempt.attempt),
+        Some(t) => format!("{}-{}", t.job_id, super::attempt_dir_name(attempt)),
         None => format!("unknown-{}", attempt.attempt),
     }
 }
@@ -650,6 +650,7 @@ mod tests {
                     job_id: "late".into(),
                     index: 0,
                 }),
+                assignment_epoch: 1,
                 attempt: 1,
             },
             template: TaskTemplate {

@@ -533,7 +533,7 @@ impl NodeAgent {
                 let task = attempt.task.clone().unwrap_or_default();
                 w.join("tasks")
                     .join(sanitize(&task.job_id))
-                    .join(format!("{}-{}", task.index, attempt.attempt))
+                    .join(crate::exec::attempt_dir_name(&attempt))
             }),
             trace_id: cmd.trace_id.clone(),
             start_by: self.start_by(policy, grace),
@@ -757,6 +757,7 @@ impl NodeAgent {
                         job_id: task.job_id,
                         index: task.index,
                         attempt: a.attempt,
+                        assignment_epoch: a.assignment_epoch,
                         process: t.process,
                         started_at_unix_ms: t.started_at_unix_ms,
                     }

@@ -555,6 +555,7 @@ impl FakeRegion {
 pub fn attempt(job: &str, index: u32, n: u32) -> TaskAttempt {
     TaskAttempt {
         task: Some(TaskId::new(job, index)),
+        assignment_epoch: 1,
         attempt: n,
     }
 }

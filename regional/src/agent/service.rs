@@ -121,8 +121,14 @@ impl RegionApi {
                     .filter(|a| {
                         let Some(t) = &a.task else { return false };
                         let task = crate::placement::TaskRef::new(t.job_id.clone(), t.index);
+                        // An attempt of an earlier hold of the job is an
+                        // orphan even where the current hold's attempt of
+                        // the same number is bound here.
                         !e.bound.get(&task).is_some_and(|b| {
-                            b.attempt == a.attempt && b.node_epoch == req.node_epoch
+                            b.attempt == a.attempt
+                                && b.node_epoch == req.node_epoch
+                                && (a.assignment_epoch == 0
+                                    || a.assignment_epoch == b.assignment_epoch)
                         })
                     })
                     .cloned()

@@ -460,6 +460,7 @@ impl Pump {
                     node_epoch: b.node_epoch,
                     reason: String::new(),
                     grace_ms: 0,
+                    assignment_epoch: t.assignment_epoch,
                 };
                 // A job no longer active here (revoked, cancelled) gets no
                 // RUN, only the STOP the sweep asked for.
@@ -553,7 +554,11 @@ fn run_still_wanted(s: &RegionState, node: &str, c: &CommandRecord) -> bool {
     let bound = s.nodes.get(node).is_some_and(|n| {
         n.bound
             .get(&crate::placement::TaskRef::new(c.job.clone(), c.index))
-            .is_some_and(|b| b.attempt == c.attempt && b.node_epoch == c.node_epoch)
+            .is_some_and(|b| {
+                b.attempt == c.attempt
+                    && b.node_epoch == c.node_epoch
+                    && b.assignment_epoch == c.assignment_epoch
+            })
     });
     active && bound
 }
@@ -570,6 +575,7 @@ fn to_wire(s: &RegionState, cursor: Option<Cursor>, c: &CommandRecord) -> v1::As
                 job_id: c.job.clone(),
                 index: c.index,
             }),
+            assignment_epoch: c.assignment_epoch,
             attempt: c.attempt,
         }),
         shard_id: c.shard,

@@ -245,6 +245,7 @@ mod tests {
                 node_epoch: 1,
                 reason: String::new(),
                 grace_ms: 0,
+                assignment_epoch: 2,
             };
             3
         ];

@@ -279,6 +279,16 @@ pub struct TaskRecord {
     #[serde(default)]
     #[prost(uint64, tag = "25")]
     pub lost_node_epoch: u64,
+    /// The job's assignment epoch when this task was created here: the hold
+    /// its attempts belong to. A job given back to a region that held it
+    /// before gets new tasks whose attempts count from 1 again; commands and
+    /// reports carry the hold (`v1::TaskAttempt.assignment_epoch`) so that
+    /// an agent does not take the new hold's attempt 1 for the one it ran
+    /// before, and the region does not take the old one's late report for
+    /// the new one's.
+    #[serde(default)]
+    #[prost(uint64, tag = "26")]
+    pub assignment_epoch: u64,
 }
 
 impl TaskRecord {
@@ -302,7 +312,23 @@ impl TaskRecord {
             finished_at: 0,
             lost_node: String::new(),
             lost_node_epoch: 0,
+            assignment_epoch: 0,
         }
+    }
+
+    /// A task of the job's hold `assignment_epoch`, waiting for its first
+    /// placement.
+    pub fn new_pending_in(assignment_epoch: u64) -> Self {
+        TaskRecord {
+            assignment_epoch,
+            ..TaskRecord::new_pending()
+        }
+    }
+
+    /// Whether a report or command naming hold `assignment_epoch` is about
+    /// this task's hold; 0 names none (a sender that predates holds).
+    pub fn of_hold(&self, assignment_epoch: u64) -> bool {
+        assignment_epoch == 0 || assignment_epoch == self.assignment_epoch
     }
 
     pub fn state(&self) -> v1::TaskState {
@@ -409,6 +435,11 @@ pub struct CommandRecord {
     #[serde(default)]
     #[prost(uint64, tag = "9")]
     pub grace_ms: u64,
+    /// The job's assignment epoch here when the command was written: the
+    /// hold its attempt belongs to (`v1::TaskAttempt.assignment_epoch`).
+    #[serde(default)]
+    #[prost(uint64, tag = "10")]
+    pub assignment_epoch: u64,
 }
 
 #[cfg(test)]

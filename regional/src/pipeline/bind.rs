@@ -249,7 +249,7 @@ impl Bind {
         // ends the task.
         task.lost_node.clear();
         task.lost_node_epoch = 0;
-        let attempt = task.attempt;
+        let (attempt, assignment_epoch) = (task.attempt, task.assignment_epoch);
         tx.command(
             &b.node,
             CommandRecord {
@@ -262,6 +262,7 @@ impl Bind {
                 node_epoch,
                 reason: String::new(),
                 grace_ms: 0,
+                assignment_epoch,
             },
         );
         tx.use_room(&b.node, &b.resources, &freed);
@@ -317,7 +318,8 @@ impl Bind {
                 continue;
             };
             task.stopping = "preempted".into();
-            let (attempt, node_epoch) = (task.attempt, task.node_epoch);
+            let (attempt, node_epoch, assignment_epoch) =
+                (task.attempt, task.node_epoch, task.assignment_epoch);
             tx.command(
                 &s.node,
                 CommandRecord {
@@ -330,6 +332,7 @@ impl Bind {
                     node_epoch,
                     reason: "preempted".into(),
                     grace_ms: s.grace_ms,
+                    assignment_epoch,
                 },
             );
             stopped += 1;

@@ -178,7 +178,7 @@ fn assign(
             job_id,
             TaskBlock {
                 first,
-                tasks: vec![TaskRecord::new_pending(); n as usize],
+                tasks: vec![TaskRecord::new_pending_in(job.assignment_epoch); n as usize],
             },
         );
         first += n;

@@ -115,8 +115,12 @@ impl Report {
             } else {
                 req.node_epoch
             };
-            let ours =
-                rec.node == req.node_id && rec.attempt == a.attempt && rec.node_epoch == epoch;
+            // An attempt of an earlier hold of the job here (taken away and
+            // given back since) is not this task's, whatever its number.
+            let ours = rec.node == req.node_id
+                && rec.attempt == a.attempt
+                && rec.node_epoch == epoch
+                && rec.of_hold(a.assignment_epoch);
             if ours && rec.is_terminal() && rec.state == state as i32 {
                 // A repeat of an end already applied (the agent resent it,
                 // or our commit of it was uncertain): nothing to change.
@@ -129,7 +133,8 @@ impl Report {
                 // task while the attempt is still the task's latest, bound
                 // or written off and not yet placed again.
                 let ended = matches!(state, v1::TaskState::Succeeded | v1::TaskState::Failed);
-                let written_off = rec.awaits_report_of(&req.node_id, a.attempt, r.node_epoch);
+                let written_off = rec.awaits_report_of(&req.node_id, a.attempt, r.node_epoch)
+                    && rec.of_hold(a.assignment_epoch);
                 if !ended || !((ours && rec.is_bound()) || written_off) {
                     results.push(item(
                         v1::Verdict::NotFound,

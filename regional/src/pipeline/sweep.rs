@@ -110,7 +110,7 @@ impl SweepTasks {
                 continue;
             };
             t.stopping = s.reason.clone();
-            let node_epoch = t.node_epoch;
+            let (node_epoch, assignment_epoch) = (t.node_epoch, t.assignment_epoch);
             tx.command(
                 &s.node,
                 CommandRecord {
@@ -123,6 +123,7 @@ impl SweepTasks {
                     node_epoch,
                     reason: s.reason.clone(),
                     grace_ms: s.grace_ms,
+                    assignment_epoch,
                 },
             );
             done.stops += 1;

@@ -42,6 +42,8 @@ pub type Stamp = [u8; 10];
 pub struct Bound {
     pub attempt: u32,
     pub node_epoch: u64,
+    /// The hold the attempt belongs to (`TaskRecord::assignment_epoch`).
+    pub assignment_epoch: u64,
     pub resources: Res,
     /// A stop was asked for.
     pub stopping: bool,
@@ -507,6 +509,7 @@ impl RegionState {
                 Bound {
                     attempt: t.attempt,
                     node_epoch: t.node_epoch,
+                    assignment_epoch: t.assignment_epoch,
                     resources: res.clone(),
                     stopping: !t.stopping.is_empty(),
                     priority,

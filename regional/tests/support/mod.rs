@@ -257,6 +257,7 @@ pub fn report(job: &str, index: u32, attempt: u32, state: v1::TaskState) -> v1::
                 job_id: job.into(),
                 index,
             }),
+            assignment_epoch: 0,
             attempt,
         }),
         state: state as i32,
