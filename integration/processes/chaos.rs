@@ -606,6 +606,7 @@ async fn kills_and_pauses_of_leaders_and_of_the_whole_control_plane_break_no_inv
             // Generous: on 2 shared cores the tail of the workload, not a
             // lease, bounds the time to converge.
             convergence_bound: Duration::from_secs(120),
+            ..CheckConfig::default()
         },
     );
     let (starts, exits, terms_seen) = (

@@ -19,13 +19,26 @@ pub struct CheckConfig {
     /// How long after [`Event::Healed`] every acknowledged job has to be seen
     /// converged (the convergence invariant of docs/architecture.md: a few lease lengths).
     pub convergence_bound: Duration,
+    /// The region of each agent host, for 7.7's drains of a whole region;
+    /// a node belongs to its host's region (its id is the host's name, a
+    /// dash and a number). Empty: no region drain excuses a stop.
+    pub agent_regions: BTreeMap<String, String>,
 }
 
 impl Default for CheckConfig {
     fn default() -> Self {
         CheckConfig {
             convergence_bound: Duration::from_secs(30),
+            agent_regions: BTreeMap::new(),
         }
+    }
+}
+
+impl CheckConfig {
+    /// The region of `node`, when its host is known.
+    fn region_of(&self, node: &str) -> Option<&str> {
+        let (host, _) = node.rsplit_once('-')?;
+        self.agent_regions.get(host).map(String::as_str)
     }
 }
 
@@ -152,7 +165,7 @@ pub fn check(history: &History, config: &CheckConfig) -> Vec<Violation> {
     check_leaders(history, &mut out);
     check_capacity(history, &mut out);
     check_convergence(history, config, &mut out);
-    check_keep_running(history, &mut out);
+    check_keep_running(history, config, &mut out);
     out
 }
 
@@ -166,11 +179,18 @@ pub const RESUME_STOP_BOUND: Duration = Duration::from_millis(100);
 /// 7.1, over task start/stop records. A task on a frozen node
 /// ([`Event::NodePaused`]) does not run while frozen, so another node may
 /// start it then; when the node resumes, its agent has to stop the task
-/// within [`RESUME_STOP_BOUND`] if it runs elsewhere by then.
+/// within [`RESUME_STOP_BOUND`] if it runs elsewhere by then. The same
+/// holds for a start elsewhere within that bound after the resume (the
+/// move was decided while the node was frozen, and the start may land in
+/// the very tick the node wakes): the resumed agent owes the same stop, by
+/// the same deadline.
 pub fn check_exclusive(history: &History, out: &mut Vec<Violation>) {
     let mut running: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut exclusive: BTreeSet<&str> = BTreeSet::new();
     let mut frozen: BTreeSet<&str> = BTreeSet::new();
+    // Nodes resumed less than RESUME_STOP_BOUND ago: until when their
+    // agents have to have stopped what runs elsewhere.
+    let mut waking: BTreeMap<&str, Duration> = BTreeMap::new();
     // (task, resumed node) -> (node it runs on as well, deadline, record).
     let mut thawed: BTreeMap<(&str, &str), (&str, Duration, u64)> = BTreeMap::new();
     for r in history.records() {
@@ -189,6 +209,7 @@ pub fn check_exclusive(history: &History, out: &mut Vec<Violation>) {
                 });
             }
         }
+        waking.retain(|_, deadline| r.at <= *deadline);
         match &r.event {
             Event::TaskStarted {
                 node,
@@ -200,11 +221,24 @@ pub fn check_exclusive(history: &History, out: &mut Vec<Violation>) {
                     exclusive.insert(task);
                 }
                 let nodes = running.entry(task).or_default();
-                if exclusive.contains(task.as_str())
-                    && let Some(other) = nodes
-                        .iter()
-                        .find(|n| **n != node.as_str() && !frozen.contains(*n))
-                {
+                let others: Vec<&str> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|n| *n != node.as_str() && !frozen.contains(*n))
+                    .collect();
+                let mut clash = None;
+                if exclusive.contains(task.as_str()) {
+                    for other in others {
+                        match waking.get(other) {
+                            Some(&deadline) => {
+                                // Just woken: it owes the stop by its deadline.
+                                thawed.insert((task, other), (node, deadline, r.seq));
+                            }
+                            None => clash = clash.or(Some(other)),
+                        }
+                    }
+                }
+                if let Some(other) = clash {
                     out.push(Violation::ExclusiveTaskOnTwoNodes {
                         task: task.clone(),
                         running_on: (*other).to_string(),
@@ -225,6 +259,7 @@ pub fn check_exclusive(history: &History, out: &mut Vec<Violation>) {
             }
             Event::NodeResumed { node } => {
                 frozen.remove(node.as_str());
+                waking.insert(node, r.at + RESUME_STOP_BOUND);
                 for (task, nodes) in &running {
                     if !nodes.contains(node.as_str()) || !exclusive.contains(task) {
                         continue;
@@ -420,9 +455,24 @@ pub fn check_convergence(history: &History, config: &CheckConfig, out: &mut Vec<
 /// 7.7: between [`Event::ControlPlaneDown`] and [`Event::ControlPlaneUp`], no
 /// agent stops a keep_running task of its own accord (exits and crashes of
 /// the node itself are not the agent's decision).
-pub fn check_keep_running(history: &History, out: &mut Vec<Violation>) {
+///
+/// A stop the control plane decided before it went down is carried out
+/// during the outage when its command was still on its way (a drain
+/// acknowledged just before), or waited for an agent that was frozen (a
+/// task placed again elsewhere while its node was silent, whose agent
+/// learns it is fenced as it resumes): that is the control plane's
+/// decision, not the agent's. Such a stop is excused when, before the
+/// outage began, the task was bound to another node after it started here,
+/// or a drain of the node or of its region was acknowledged and not undone.
+pub fn check_keep_running(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
     let mut keep: BTreeSet<(&str, &str)> = BTreeSet::new();
     let mut down = false;
+    // Written off before the outage: placed again on another node.
+    let mut moved: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut drained_nodes: BTreeSet<String> = BTreeSet::new();
+    let mut drained_regions: BTreeSet<String> = BTreeSet::new();
+    // What the control plane had decided when the outage began.
+    let mut excused: BTreeSet<(&str, &str)> = BTreeSet::new();
     for r in history.records() {
         match &r.event {
             Event::TaskStarted {
@@ -432,12 +482,55 @@ pub fn check_keep_running(history: &History, out: &mut Vec<Violation>) {
                 ..
             } => {
                 keep.insert((node, task));
+                moved.remove(&(node.as_str(), task.as_str()));
             }
-            Event::ControlPlaneDown => down = true,
+            Event::Binding { task, node: to, .. } if !down => {
+                for &(node, t) in &keep {
+                    if t == task && node != to {
+                        moved.insert((node, t));
+                    }
+                }
+            }
+            Event::AdminAcked { action } if !down => {
+                let args = quoted(action);
+                match (action.split('(').next(), args.as_slice()) {
+                    (Some("DrainNode"), [_, node]) => {
+                        drained_nodes.insert(node.clone());
+                    }
+                    (Some("UncordonNode"), [_, node]) => {
+                        drained_nodes.remove(node);
+                    }
+                    (Some("DrainRegion"), [region]) => {
+                        drained_regions.insert(region.clone());
+                    }
+                    (Some("UndrainRegion"), [region]) => {
+                        drained_regions.remove(region);
+                    }
+                    _ => {}
+                }
+            }
+            Event::ControlPlaneDown => {
+                down = true;
+                excused = keep
+                    .iter()
+                    .filter(|key @ (node, _)| {
+                        moved.contains(*key)
+                            || drained_nodes.contains(*node)
+                            || config
+                                .region_of(node)
+                                .is_some_and(|region| drained_regions.contains(region))
+                    })
+                    .copied()
+                    .collect();
+            }
             Event::ControlPlaneUp => down = false,
             Event::TaskStopped { node, task, reason } => {
                 let key = (node.as_str(), task.as_str());
-                if down && *reason == StopReason::Stopped && keep.contains(&key) {
+                if down
+                    && *reason == StopReason::Stopped
+                    && keep.contains(&key)
+                    && !excused.contains(&key)
+                {
                     out.push(Violation::KeepRunningTaskStopped {
                         node: node.clone(),
                         task: task.clone(),
@@ -449,6 +542,17 @@ pub fn check_keep_running(history: &History, out: &mut Vec<Violation>) {
             _ => {}
         }
     }
+}
+
+/// The double-quoted arguments of an operator action as recorded
+/// (`DrainNode("r1", "agent-0-000000")`).
+fn quoted(action: &str) -> Vec<String> {
+    action
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]

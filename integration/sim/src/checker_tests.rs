@@ -253,6 +253,7 @@ fn job_seen_converged_within_the_bound_after_heal_passes() {
     ]);
     let cfg = CheckConfig {
         convergence_bound: secs(10),
+        ..CheckConfig::default()
     };
     assert!(check(&h, &cfg).is_empty());
 }
@@ -268,6 +269,7 @@ fn job_still_pending_at_the_bound_after_heal_does_not_converge() {
     ]);
     let cfg = CheckConfig {
         convergence_bound: secs(10),
+        ..CheckConfig::default()
     };
     assert_eq!(
         check(&h, &cfg),
@@ -306,6 +308,77 @@ fn keep_running_task_exiting_by_itself_or_stopped_after_recovery_is_fine() {
         stopped("n1", "k2", StopReason::Stopped),
     ]);
     assert!(all(&h).is_empty());
+}
+
+/// Seeds 394 and 993 of the federation world: stops the control plane
+/// decided before it went down, carried out during the outage.
+#[test]
+fn keep_running_task_stopped_in_the_outage_by_a_decision_taken_before_it_is_fine() {
+    let binding = |task: &str, node: &str| Event::Binding {
+        task: task.into(),
+        node: node.into(),
+        shard: 0,
+        epoch: 1,
+    };
+    let drained = |action: &str| Event::AdminAcked {
+        action: action.into(),
+    };
+    let h = history(vec![
+        started("agent-0-000000", "moved", false, true),
+        started("agent-r3-0-000000", "in-drained-region", false, true),
+        started("agent-1-000000", "on-drained-node", false, true),
+        started("agent-1-000000", "kept", false, true),
+        // Placed again elsewhere while its node was silent.
+        binding("moved", "agent-r2-0-000000"),
+        drained(r#"DrainRegion("r3")"#),
+        drained(r#"DrainNode("r1", "agent-1-000000")"#),
+        Event::ControlPlaneDown,
+        stopped("agent-0-000000", "moved", StopReason::Stopped),
+        stopped(
+            "agent-r3-0-000000",
+            "in-drained-region",
+            StopReason::Stopped,
+        ),
+        stopped("agent-1-000000", "on-drained-node", StopReason::Stopped),
+        stopped("agent-1-000000", "kept", StopReason::Exited),
+        Event::ControlPlaneUp,
+    ]);
+    let cfg = CheckConfig {
+        agent_regions: [("agent-r3-0".to_string(), "r3".to_string())].into(),
+        ..CheckConfig::default()
+    };
+    assert_eq!(check(&h, &cfg), vec![]);
+}
+
+#[test]
+fn keep_running_task_stopped_in_the_outage_after_its_drain_was_undone_is_reported() {
+    let h = history(vec![
+        started("agent-r3-0-000000", "k", false, true),
+        Event::AdminAcked {
+            action: r#"DrainRegion("r3")"#.into(),
+        },
+        Event::AdminAcked {
+            action: r#"UndrainRegion("r3")"#.into(),
+        },
+        // Bound elsewhere only once the outage began: not decided before.
+        Event::ControlPlaneDown,
+        Event::Binding {
+            task: "k".into(),
+            node: "agent-0-000000".into(),
+            shard: 0,
+            epoch: 1,
+        },
+        stopped("agent-r3-0-000000", "k", StopReason::Stopped),
+        Event::ControlPlaneUp,
+    ]);
+    let cfg = CheckConfig {
+        agent_regions: [("agent-r3-0".to_string(), "r3".to_string())].into(),
+        ..CheckConfig::default()
+    };
+    assert!(matches!(
+        &check(&h, &cfg)[..],
+        [Violation::KeepRunningTaskStopped { seq: 5, .. }]
+    ));
 }
 
 fn timed(events: Vec<(u64, Event)>) -> History {
@@ -368,4 +441,38 @@ fn a_frozen_nodes_task_stopped_as_its_host_resumes_is_not_on_two_nodes() {
         (3_000, started("b", "t", true, false)),
     ]);
     assert_eq!(all(&after).len(), 1);
+}
+
+/// Seeds 5309 and 6198 of the federation world: the region that took the
+/// task over while its node was frozen started it in the very tick the
+/// node woke; the resumed agent stopped its own copy in that tick.
+#[test]
+fn a_start_elsewhere_in_the_tick_a_frozen_node_wakes_owes_the_same_stop_by_the_same_deadline() {
+    let stopped_in_time = timed(vec![
+        (0, started("a", "t", true, false)),
+        (1_000, paused("a")),
+        (9_000, resumed("a")),
+        (9_000, started("b", "t", true, false)),
+        (9_000, stopped("a", "t", StopReason::Stopped)),
+        (20_000, Event::Healed),
+    ]);
+    assert!(
+        all(&stopped_in_time).is_empty(),
+        "{:?}",
+        all(&stopped_in_time)
+    );
+    let stopped_late = timed(vec![
+        (0, started("a", "t", true, false)),
+        (1_000, paused("a")),
+        (9_000, resumed("a")),
+        (9_050, started("b", "t", true, false)),
+        (9_200, stopped("a", "t", StopReason::Stopped)),
+        (20_000, Event::Healed),
+    ]);
+    let v = all(&stopped_late);
+    assert!(
+        matches!(v.as_slice(), [Violation::ExclusiveTaskOnTwoNodes { running_on, started_on, .. }]
+            if running_on == "b" && started_on == "a"),
+        "{v:?}"
+    );
 }

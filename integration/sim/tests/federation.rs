@@ -28,6 +28,17 @@ const FEDERATION_REGRESSION_SEEDS: &[u64] = &[
     // moved to another region, before applying the revocation.
     62, // The same cause, seen as a job that never converged.
     79,
+    // A job given back to a region that held it before got attempt numbers
+    // its agents had run already: they took the new RUNs for repeats and
+    // the tasks stayed bound, never started (the 10,000-seed sweep).
+    145, 994, 1235, 1318,
+    // A keep_running task the control plane had moved (re-placed while its
+    // node was frozen; its region drained) stopped during an outage: the
+    // checker's 7.7 now excuses a stop decided before the outage.
+    394, 993,
+    // A move decided while the node was frozen started in the tick it
+    // woke: the checker's 7.1 gives the resumed agent its usual bound.
+    5309, 6198,
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -95,6 +95,7 @@ impl Default for SimConfig {
             region_lease: Duration::from_secs(30),
             check: CheckConfig {
                 convergence_bound: Duration::from_secs(25),
+                ..CheckConfig::default()
             },
             unfenced_binding_commit: false,
             planted_bug: None,
@@ -236,7 +237,11 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Outcome, SimError> {
     }
     let final_region = final_regions.get(REGION).cloned();
     let history = annotate(recorder.snapshot(), &jobs);
-    let violations = check(&history, &cfg.check);
+    let check_cfg = CheckConfig {
+        agent_regions: agent_regions(cfg),
+        ..cfg.check.clone()
+    };
+    let violations = check(&history, &check_cfg);
     drop(tiers);
     Ok(Outcome {
         seed,
@@ -411,6 +416,18 @@ pub fn host_names(cfg: &SimConfig) -> Hosts {
             .collect(),
         regions,
     }
+}
+
+/// The region of every agent host.
+fn agent_regions(cfg: &SimConfig) -> BTreeMap<String, String> {
+    region_names(cfg.regions)
+        .into_iter()
+        .flat_map(|r| {
+            agent_names(&r, cfg.agents)
+                .into_iter()
+                .map(move |host| (host, r.clone()))
+        })
+        .collect()
 }
 
 /// The agent hosts of `region`.
