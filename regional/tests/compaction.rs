@@ -15,7 +15,6 @@ use meridian_regional::agent::stream::read_log;
 use meridian_regional::jobs::simple_spec;
 use meridian_regional::link::Reported;
 use meridian_regional::link::compact;
-use meridian_regional::pipeline::report::Report;
 use meridian_regional::pipeline::upward::{Accepted, RecordStatus};
 use meridian_regional::pipeline::{Intent, Outcome};
 use meridian_regional::state::Stamp;
@@ -185,22 +184,12 @@ async fn retire(region: &Region, job: &str) {
     let task = region.task(job, 0).await;
     for state in [v1::TaskState::Running, v1::TaskState::Succeeded] {
         region
-            .fx
-            .path
-            .pipeline
-            .submit(
-                None,
-                Intent::Report(Report {
-                    request: v1::ReportTaskStatusRequest {
-                        node_id: "n1".into(),
-                        node_epoch: task.node_epoch,
-                        reports: vec![report(job, 0, task.attempt, state)],
-                    },
-                    now_unix_ms: region.now_ms(),
-                }),
+            .report_as(
+                "n1",
+                task.node_epoch,
+                vec![report(job, 0, task.attempt, state)],
             )
-            .await
-            .expect("report");
+            .await;
     }
     let mut digest = vec![0u32; 9];
     digest[v1::TaskState::Succeeded as usize] = 1;

@@ -10,9 +10,8 @@ mod support;
 use meridian_proto::v1;
 use meridian_regional::agent::stream::read_log;
 use meridian_regional::jobs::simple_spec;
+use meridian_regional::pipeline::Intent;
 use meridian_regional::pipeline::intake::Intake;
-use meridian_regional::pipeline::report::Report;
-use meridian_regional::pipeline::{Intent, Outcome};
 use support::{GIB, Region, report};
 
 async fn event(region: &Region, kind: v1::AssignmentEventKind, epoch: u64) {
@@ -43,36 +42,14 @@ async fn event(region: &Region, kind: v1::AssignmentEventKind, epoch: u64) {
 /// Sends one report of attempt 1 of hold `hold` as n1's agent would; its
 /// verdict.
 async fn report_of_hold(region: &Region, hold: u64, state: v1::TaskState) -> v1::Verdict {
-    let epoch = region.fx.path.state.read().nodes["n1"]
-        .record
-        .as_ref()
-        .expect("node record")
-        .epoch;
     let mut r = report("j", 0, 1, state);
     if let Some(a) = r.task.as_mut() {
         a.assignment_epoch = hold;
     }
-    let out = region
-        .fx
-        .path
-        .pipeline
-        .submit(
-            None,
-            Intent::Report(Report {
-                request: v1::ReportTaskStatusRequest {
-                    node_id: "n1".into(),
-                    node_epoch: epoch,
-                    reports: vec![r],
-                },
-                now_unix_ms: region.now_ms(),
-            }),
-        )
-        .await
-        .expect("report");
-    let Outcome::Reported(out) = out else {
-        panic!("a report answered {out:?}");
-    };
-    v1::Verdict::try_from(out.results[0].verdict).expect("a verdict")
+    let results = region
+        .report_as("n1", region.node_epoch("n1"), vec![r])
+        .await;
+    v1::Verdict::try_from(results[0].verdict).expect("a verdict")
 }
 
 /// The holds named by the RUNs in n1's log, oldest first.

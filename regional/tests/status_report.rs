@@ -12,8 +12,6 @@ use std::time::Duration;
 use meridian_proto::v1;
 use meridian_proto::v1::region_link_server::RegionLink;
 use meridian_regional::jobs::{Applied, insert_job, simple_spec};
-use meridian_regional::pipeline::report::Report;
-use meridian_regional::pipeline::{Intent, Outcome};
 use support::link::{accept, start_link};
 use support::{GIB, Region, report};
 use tokio::sync::mpsc;
@@ -175,28 +173,15 @@ impl RegionLink for FakeGlobal {
 async fn set_task(region: &Region, job: &str, state: v1::TaskState) {
     let task = region.task(job, 0).await;
     assert_eq!(task.node, "n1", "{job}'s task is bound to n1");
-    let out = region
-        .fx
-        .path
-        .pipeline
-        .submit(
-            None,
-            Intent::Report(Report {
-                request: v1::ReportTaskStatusRequest {
-                    node_id: "n1".into(),
-                    node_epoch: task.node_epoch,
-                    reports: vec![report(job, 0, task.attempt, state)],
-                },
-                now_unix_ms: region.now_ms(),
-            }),
+    let results = region
+        .report_as(
+            "n1",
+            task.node_epoch,
+            vec![report(job, 0, task.attempt, state)],
         )
-        .await
-        .expect("report");
-    let Outcome::Reported(out) = out else {
-        panic!("a report answered {out:?}");
-    };
+        .await;
     assert_eq!(
-        out.results.iter().map(|r| r.verdict).collect::<Vec<_>>(),
+        results.iter().map(|r| r.verdict).collect::<Vec<_>>(),
         vec![v1::Verdict::Accepted as i32],
         "{job}: {state:?} accepted"
     );

@@ -8,8 +8,6 @@ mod support;
 
 use meridian_proto::v1;
 use meridian_regional::jobs::simple_spec;
-use meridian_regional::pipeline::report::Report;
-use meridian_regional::pipeline::{Intent, Outcome};
 use support::{Region, report};
 
 /// Node `n1`'s agent reports `index` of `job` in `state`, with the
@@ -29,32 +27,10 @@ async fn agent_says(
     if state == v1::TaskState::Failed {
         r.exit_code = Some(1);
     }
-    let epoch = region.fx.path.state.read().nodes["n1"]
-        .record
-        .as_ref()
-        .expect("node record")
-        .epoch;
-    let out = region
-        .fx
-        .path
-        .pipeline
-        .submit(
-            None,
-            Intent::Report(Report {
-                request: v1::ReportTaskStatusRequest {
-                    node_id: "n1".into(),
-                    node_epoch: epoch,
-                    reports: vec![r],
-                },
-                now_unix_ms: region.now_ms(),
-            }),
-        )
-        .await
-        .expect("report");
-    let Outcome::Reported(out) = out else {
-        panic!("a report answered {out:?}");
-    };
-    out.results[0].verdict
+    region
+        .report_as("n1", region.node_epoch("n1"), vec![r])
+        .await[0]
+        .verdict
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

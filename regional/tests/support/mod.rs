@@ -21,6 +21,7 @@ use meridian_proto::v1::region_admin_server::RegionAdminServer;
 use meridian_regional::agent::{AgentApiConfig, ApiParts, RegionApi};
 use meridian_regional::fixture::Fixture;
 use meridian_regional::model::{Keys, NodeRecord, RegionView, TaskRecord};
+use meridian_regional::pipeline::report::Report;
 use meridian_regional::pipeline::{Authority, Intent, Outcome};
 use meridian_regional::placer::{PlacerConfig, ShardLoop};
 use meridian_regional::shard::{Leading, ShardTerm};
@@ -128,6 +129,47 @@ impl Region {
             generation: None,
         };
         self.fx.path.pipeline.submit(Some(authority), intent).await
+    }
+
+    /// The epoch of `node`'s registration as memory holds it.
+    pub fn node_epoch(&self, node: &str) -> u64 {
+        self.fx.path.state.read().nodes[node]
+            .record
+            .as_ref()
+            .expect("node record")
+            .epoch
+    }
+
+    /// Submits `reports` as `node`'s agent does under `node_epoch`, through
+    /// the write pipeline as the agent API submits them; the verdict of
+    /// each.
+    pub async fn report_as(
+        &self,
+        node: &str,
+        node_epoch: u64,
+        reports: Vec<v1::TaskReport>,
+    ) -> Vec<v1::ItemResult> {
+        let out = self
+            .fx
+            .path
+            .pipeline
+            .submit(
+                None,
+                Intent::Report(Report {
+                    request: v1::ReportTaskStatusRequest {
+                        node_id: node.into(),
+                        node_epoch,
+                        reports,
+                    },
+                    now_unix_ms: self.now_ms(),
+                }),
+            )
+            .await
+            .expect("report");
+        let Outcome::Reported(out) = out else {
+            panic!("a report answered {out:?}");
+        };
+        out.results
     }
 
     /// The region as stored (not as remembered).
