@@ -255,30 +255,12 @@ async fn a_decision_on_an_attempt_the_task_has_left_is_refused_although_it_is_pe
     let late = planned(&region, "retried", "node-a");
     let first = commit(&region, vec![planned(&region, "retried", "node-a")], vec![]).await;
     assert_eq!(first.bound.len(), 1, "{first:?}");
-    let epoch = region.fx.path.state.read().nodes["node-a"]
-        .record
-        .as_ref()
-        .expect("node record")
-        .epoch;
     let mut failed = report("retried", 0, 1, v1::TaskState::Failed);
     failed.exit_code = Some(2);
-    region
-        .fx
-        .path
-        .pipeline
-        .submit(
-            None,
-            Intent::Report(Report {
-                request: v1::ReportTaskStatusRequest {
-                    node_id: "node-a".into(),
-                    node_epoch: epoch,
-                    reports: vec![failed],
-                },
-                now_unix_ms: region.now_ms(),
-            }),
-        )
-        .await
-        .expect("report");
+    let epoch = region.node_epoch("node-a");
+    for r in region.report_as("node-a", epoch, vec![failed]).await {
+        assert_eq!(r.verdict, v1::Verdict::Accepted as i32, "{}", r.message);
+    }
     let waiting = region.task("retried", 0).await;
     assert!(waiting.is_pending(), "{waiting:?}");
     assert_eq!(waiting.attempt, 1);
@@ -532,11 +514,7 @@ async fn a_victim_asked_to_stop_earlier_in_the_group_frees_no_room_for_a_later_i
 async fn a_victim_that_ended_earlier_in_the_group_frees_no_room_it_has_not_given_back() {
     let region = full_node().await;
     region.insert("high", spec(1_000, GIB, 0)).await;
-    let epoch = region.fx.path.state.read().nodes["node-a"]
-        .record
-        .as_ref()
-        .expect("node record")
-        .epoch;
+    let epoch = region.node_epoch("node-a");
     // low-0 succeeds in the same group, before the binding that counts on
     // stopping it; it no longer runs, so there is nothing to stop and the
     // binding may not count its room as freed by a stop.
