@@ -16,8 +16,6 @@ use std::collections::BTreeMap;
 
 use meridian_proto::v1;
 use meridian_regional::jobs::simple_spec;
-use meridian_regional::pipeline::report::Report;
-use meridian_regional::pipeline::{Intent, Outcome};
 use meridian_regional::placer::ShardLoop;
 use support::{Region, registration, report};
 
@@ -86,32 +84,8 @@ async fn end_some(region: &Region, job: &str, count: usize) -> usize {
         by_node.entry(t.node.clone()).or_default().push(r);
     }
     for (node, reports) in by_node {
-        let epoch = region.fx.path.state.read().nodes[&node]
-            .record
-            .as_ref()
-            .expect("node record")
-            .epoch;
-        let out = region
-            .fx
-            .path
-            .pipeline
-            .submit(
-                None,
-                Intent::Report(Report {
-                    request: v1::ReportTaskStatusRequest {
-                        node_id: node.clone(),
-                        node_epoch: epoch,
-                        reports,
-                    },
-                    now_unix_ms: region.now_ms(),
-                }),
-            )
-            .await
-            .expect("report");
-        let Outcome::Reported(out) = out else {
-            panic!("a report answered {out:?}");
-        };
-        for r in out.results {
+        let epoch = region.node_epoch(&node);
+        for r in region.report_as(&node, epoch, reports).await {
             assert_eq!(r.verdict, v1::Verdict::Accepted as i32, "{}", r.message);
         }
     }
@@ -350,30 +324,11 @@ async fn a_failed_index_waits_its_backoff_alone_then_runs_again() {
     region.insert("retried", spec).await;
     let mut lp = region.shard_loop(0).await;
     assert_eq!(lp.round().await.expect("round").outcome.bound.len(), 3);
-    let epoch = region.fx.path.state.read().nodes["node-0"]
-        .record
-        .as_ref()
-        .expect("node record")
-        .epoch;
     let mut failed = report("retried", 1, 1, v1::TaskState::Failed);
     failed.exit_code = Some(2);
     region
-        .fx
-        .path
-        .pipeline
-        .submit(
-            None,
-            Intent::Report(Report {
-                request: v1::ReportTaskStatusRequest {
-                    node_id: "node-0".into(),
-                    node_epoch: epoch,
-                    reports: vec![failed],
-                },
-                now_unix_ms: region.now_ms(),
-            }),
-        )
-        .await
-        .expect("report");
+        .report_as("node-0", region.node_epoch("node-0"), vec![failed])
+        .await;
     let waiting = region.task("retried", 1).await;
     assert!(waiting.is_pending());
     assert!(
