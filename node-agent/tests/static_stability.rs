@@ -61,7 +61,11 @@ async fn keep_running_tasks_survive_an_outage_and_failover_tasks_stop_at_the_lea
     )
     .await;
     let grace_ms = 2_000;
-    send_failover_task(&fake, epoch, grace_ms).await;
+    let fail = send_failover_task(&fake, epoch, grace_ms).await;
+    // Its process exists (RUNNING is reported once it is spawned) before the
+    // clock moves: a RUN spawned past its start deadline would not start.
+    fake.wait_report(&fail, |r| r.state == TaskState::Running as i32)
+        .await;
     probe.wait_for(|p| p.running == 2).await;
 
     // The region goes away.
@@ -386,13 +390,15 @@ async fn a_node_beats_early_when_its_lease_view_would_stop_a_failover_task_befor
 {
     let clock = ManualClock::new();
     let OneNode {
-        fake,
+        mut fake,
         host,
         probe,
         epoch,
         work: _work,
     } = one_node(&clock, 12_000, 16_000, Some(Duration::from_secs(3_600))).await;
-    send_failover_task(&fake, epoch, 1_000).await;
+    let fail = send_failover_task(&fake, epoch, 1_000).await;
+    fake.wait_report(&fail, |r| r.state == TaskState::Running as i32)
+        .await;
     probe.wait_for(|p| p.running == 1).await;
 
     // Each answer puts the stop point 11 s after the beat: the node beats
