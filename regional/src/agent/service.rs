@@ -127,8 +127,10 @@ impl RegionApi {
                         !e.bound.get(&task).is_some_and(|b| {
                             b.attempt == a.attempt
                                 && b.node_epoch == req.node_epoch
-                                && (a.assignment_epoch == 0
-                                    || a.assignment_epoch == b.assignment_epoch)
+                                && crate::model::records::names_hold(
+                                    a.assignment_epoch,
+                                    b.assignment_epoch,
+                                )
                         })
                     })
                     .cloned()

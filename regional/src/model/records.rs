@@ -205,6 +205,12 @@ pub enum JobPhase {
     Released(u64),
 }
 
+/// Whether an agent's message naming hold `named` is about an attempt of
+/// hold `held`; 0 names none (a sender that predates holds) and matches any.
+pub fn names_hold(named: u64, held: u64) -> bool {
+    named == 0 || named == held
+}
+
 /// One task's state in the region.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
 pub struct TaskRecord {
@@ -326,9 +332,9 @@ impl TaskRecord {
     }
 
     /// Whether a report or command naming hold `assignment_epoch` is about
-    /// this task's hold; 0 names none (a sender that predates holds).
+    /// this task's hold.
     pub fn of_hold(&self, assignment_epoch: u64) -> bool {
-        assignment_epoch == 0 || assignment_epoch == self.assignment_epoch
+        names_hold(assignment_epoch, self.assignment_epoch)
     }
 
     pub fn state(&self) -> v1::TaskState {
