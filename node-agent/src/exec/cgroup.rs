@@ -82,7 +82,7 @@ pub struct TaskCgroup {
     version: CgroupVersion,
     dirs: Vec<PathBuf>,
     /// `cgroup.procs` of each directory, opened by the agent so that the
-    /// child can join with a plain `write` between fork and exec.
+    /// child can join with a plain `write` before exec.
     join: Vec<File>,
     pub limits: TaskLimits,
 }

@@ -1,13 +1,13 @@
 //! The last moment an attempt may start ([`super::Launch::start_by`]),
 //! carried onto the kernel's monotonic clock so that it can be checked
-//! where the agent's own clock cannot be read: in a forked child just
+//! where the agent's own clock cannot be read: in the task's child just
 //! before exec.
 //!
 //! Owns the conversion and the check. The kernel's `CLOCK_MONOTONIC` keeps
 //! running while the agent is stopped (SIGSTOP, a debugger, a long
 //! scheduling stall), so a check against it after the agent resumes sees
 //! the time it lost. Must never allocate or lock in [`StartDeadline::passed`]:
-//! it runs between fork and exec.
+//! it runs in the task's child, which shares the agent's memory.
 
 use std::time::Duration;
 

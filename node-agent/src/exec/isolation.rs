@@ -2,13 +2,14 @@
 //!
 //! Owns the isolation options ([`IsolationOptions`]), deciding at agent
 //! start which user tasks get and whether cgroups are usable
-//! ([`Isolation::setup`]), and the steps a child takes between fork and
-//! exec ([`ChildSetup`]): join its cgroups, set its rlimits, enter its
-//! working directory, drop to the task's user.
+//! ([`Isolation::setup`]), and the steps a task's child takes before exec
+//! ([`ChildSetup`], run by [`super::spawn`]): join its cgroups, set its
+//! rlimits, enter its working directory, drop to the task's user, check its
+//! start deadline.
 //!
 //! Must never: run a task as root unless asked to explicitly, start an
 //! agent that was asked for a user it cannot switch to, or do anything in a
-//! forked child that is not async-signal-safe.
+//! task's child but plain system calls (it shares the agent's memory).
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -141,11 +142,6 @@ impl Isolation {
     pub fn cgroup_version(&self) -> Option<CgroupVersion> {
         self.cgroups.as_ref().map(Cgroups::version)
     }
-
-    /// Whether a spawn needs steps between fork and exec.
-    pub fn needs_child_setup(&self) -> bool {
-        self.user.is_some() || self.cgroups.is_some()
-    }
 }
 
 /// The user tasks get, `None` for the agent's own, given the agent's
@@ -190,7 +186,7 @@ fn task_user(run_as: &RunAs, agent: Uid) -> Result<Option<TaskUser>, AgentError>
     }))
 }
 
-/// What a child does between fork and exec, prepared by the parent so that
+/// What a task's child does before exec, prepared by the parent so that
 /// the child only makes system calls.
 #[derive(Debug)]
 pub struct ChildSetup {
@@ -224,16 +220,17 @@ impl ChildSetup {
         })
     }
 
-    /// Runs in the forked child before exec. The order matters: join the
+    /// Runs in the child before exec ([`super::spawn`]). The order matters: join the
     /// cgroups first, so that nothing the task does escapes its limits; the
     /// rlimits; the working directory while still privileged (its parents
     /// need not be searchable by the task's user); the user, groups before
     /// gid before uid, because each step needs the privilege the next one
     /// drops; the start deadline last, as close to exec as it gets.
     ///
-    /// Only async-signal-safe calls (write, setrlimit, chdir, setgroups,
-    /// setgid, setuid) on memory prepared before the fork: after a fork of
-    /// a multithreaded process, allocating or taking a lock may deadlock.
+    /// Only system calls (write, setrlimit, chdir, setgroups, setgid,
+    /// setuid) on memory prepared before the clone: the child shares the
+    /// agent's memory, where allocating or taking a lock may deadlock or
+    /// corrupt the agent.
     pub fn apply(&self) -> std::io::Result<()> {
         let check = |rc: libc::c_int| {
             if rc == 0 {
@@ -243,10 +240,10 @@ impl ChildSetup {
             }
         };
         for &fd in &self.cgroup_fds {
-            // SAFETY: `fd` is an open descriptor of the parent, inherited
-            // across fork and kept open by the parent until the spawn
-            // returned (the child has exec'd or failed); the buffer is a
-            // static byte.
+            // SAFETY: `fd` is an open descriptor of the parent, kept open
+            // by the parent until the spawn returned (the child has exec'd
+            // or failed); the buffer is a static byte. "0" is the writer:
+            // the child, not the agent.
             let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
             if n != 1 {
                 return Err(std::io::Error::last_os_error());
@@ -263,13 +260,20 @@ impl ChildSetup {
         // SAFETY: `cwd` is a NUL-terminated string owned by `self`.
         check(unsafe { libc::chdir(self.cwd.as_ptr()) })?;
         if let Some(u) = &self.user {
+            // Raw system calls, not the C library's wrappers: those change
+            // the credentials of every thread of the process they believe
+            // they are in, and a child sharing the agent's memory
+            // ([`super::spawn`]) would take the agent's threads for its own.
+            let syscall = |rc: libc::c_long| check(if rc == 0 { 0 } else { -1 });
             // SAFETY: the pointer and length describe `u.groups`, which
             // lives as long as `self`.
-            check(unsafe { libc::setgroups(u.groups.len(), u.groups.as_ptr()) })?;
+            syscall(unsafe {
+                libc::syscall(libc::SYS_setgroups, u.groups.len(), u.groups.as_ptr())
+            })?;
             // SAFETY: plain system calls on integers.
-            check(unsafe { libc::setgid(u.gid) })?;
+            syscall(unsafe { libc::syscall(libc::SYS_setgid, u.gid) })?;
             // SAFETY: as above.
-            check(unsafe { libc::setuid(u.uid) })?;
+            syscall(unsafe { libc::syscall(libc::SYS_setuid, u.uid) })?;
         }
         if self.start_by.is_some_and(StartDeadline::passed) {
             return Err(std::io::Error::from_raw_os_error(TOO_LATE_ERRNO));
@@ -298,33 +302,31 @@ pub fn scope_name(node_id: &str, work_dir: &Path) -> String {
 mod tests {
     use super::*;
 
-    /// The child's own check, between fork and exec: the agent that forked
-    /// it may be stopped right after the fork, the child is not.
+    /// The child's own check, just before exec: the agent that cloned it
+    /// may be stopped right after the clone, the child is not.
     #[test]
-    fn a_forked_child_past_its_start_deadline_does_not_exec() {
-        use std::os::unix::process::CommandExt;
+    fn a_child_past_its_start_deadline_does_not_exec() {
         let dir = tempfile::tempdir().expect("temp dir");
         let marker = dir.path().join("ran");
+        let program = super::super::spawn::Program::new(
+            Path::new("/bin/sh"),
+            &["-c".into(), "touch ran".into()],
+            &Default::default(),
+        )
+        .expect("program");
         let spawn = |start_by: StartDeadline| {
             let mut setup = ChildSetup::new(dir.path()).expect("setup");
             setup.start_by = Some(start_by);
-            let mut command = std::process::Command::new("/bin/sh");
-            command.args(["-c", "touch ran"]);
-            // SAFETY: `apply` makes only async-signal-safe calls on memory
-            // prepared before the fork.
-            unsafe {
-                command.pre_exec(move || setup.apply());
-            }
-            command.spawn()
+            super::super::spawn::start(&program, &setup)
         };
 
         let err = spawn(StartDeadline::passed_now()).expect_err("a late child must not exec");
         assert_eq!(err.raw_os_error(), Some(TOO_LATE_ERRNO), "{err}");
         assert!(!marker.exists(), "the program ran");
 
-        let ahead = StartDeadline::in_an_hour();
-        let status = spawn(ahead).expect("spawn in time").wait().expect("wait");
-        assert!(status.success());
+        let started = spawn(StartDeadline::in_an_hour()).expect("spawn in time");
+        let status = super::super::spawn::wait_blocking(&started.pidfd).expect("wait");
+        assert!(status.success(), "{status:?}");
         assert!(marker.exists(), "the program in time ran");
     }
 

@@ -12,6 +12,7 @@ pub mod live;
 pub mod output;
 pub mod process;
 pub mod simulated;
+pub mod spawn;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,7 +37,7 @@ pub struct Launch {
     /// clock: from then on its region may have declared the node dead (or
     /// its lease may have run out) and placed the task elsewhere. The node
     /// checks it before launching; an executor that starts the attempt
-    /// later (on another thread, in a forked child) checks it again as
+    /// later (on another thread, in the task's child) checks it again as
     /// late as it can, because the agent may be stopped in between
     /// (SIGSTOP, a long pause) and resume past it.
     pub start_by: Option<Instant>,
@@ -81,8 +82,8 @@ pub struct Exit {
     /// The kernel killed a process of the attempt for exceeding its memory
     /// limit (its cgroup counted an OOM kill); `message` says so first.
     pub oom_killed: bool,
-    /// The attempt's program was not started (or was killed as it started)
-    /// because its [`Launch::start_by`] had passed; `message` says which.
+    /// The attempt's program was not started
+    /// because its [`Launch::start_by`] had passed; `message` says so.
     /// Reported as a stop of the agent's own, like a RUN the node refused.
     pub not_started: bool,
 }

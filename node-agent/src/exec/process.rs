@@ -1,8 +1,9 @@
 //! Real processes: one child per attempt, leading its own process group.
 //!
-//! Owns spawning (program, args, a minimal environment plus the task's,
-//! working directory), output capture to capped files, resource limits,
-//! the task's isolation (its user and cgroup, from [`super::isolation`]),
+//! Owns an attempt's start (program lookup, args, a minimal environment
+//! plus the task's, working directory, resource limits, the task's
+//! isolation from [`super::isolation`]; the child itself is
+//! [`super::spawn`]'s), output capture to capped files,
 //! and stopping: SIGTERM to the whole group, the grace period on the
 //! agent's clock, then SIGKILL. After the leader exits the rest of its
 //! group (and of its cgroup) is killed too, so no descendant outlives its
@@ -11,9 +12,9 @@
 //! Must never: wait on the async runtime's threads for a process (all waits
 //! are async), or signal a pid it cannot prove is still the same process.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use super::isolation::{ChildSetup, Isolation, TOO_LATE_ERRNO};
 use super::live::{AttemptOutput, LiveLogs, Ring};
 use super::output::{Owner, Sink, capture};
 use super::simulated::SimulatedExecutor;
+use super::spawn::{self, Process, Program, Spawned};
 use super::{
     Executor, Exit, ExitTx, Launch, LaunchError, ProcessIds, Started, Tail, TaskControl, TaskEvent,
     TaskExit,
@@ -83,7 +85,7 @@ impl ProcessExecutor {
     }
 }
 
-/// Limits applied in the child between fork and exec.
+/// Rlimits the child sets on itself before exec.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     address_space: Option<u64>,
@@ -91,31 +93,6 @@ struct Limits {
 }
 
 impl Limits {
-    /// Sets the limits of the running process `pid` (prlimit). Applied just
-    /// after the spawn rather than in a forked child before exec: a
-    /// `pre_exec` hook forces a full fork of the agent (copying its page
-    /// tables costs more than the whole life of a short task), while
-    /// without one the process is started with `posix_spawn` (vfork). The
-    /// limits are in place microseconds after the process starts, before a
-    /// dynamically linked program is done loading; a program could exceed
-    /// them only in that window. An isolated task (own user or cgroup) is
-    /// forked anyway and gets them before exec ([`Limits::rlimits`]).
-    fn apply_to(self, pid: i32) -> std::io::Result<()> {
-        for (resource, soft, hard) in self.rlimits() {
-            let limit = libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: hard,
-            };
-            // SAFETY: prlimit reads `limit` and writes nothing (old is
-            // null); `pid` is our own child.
-            let rc = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
-
     /// `(resource, soft, hard)` of every limit to set.
     fn rlimits(self) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
         let mut out = Vec::new();
@@ -188,7 +165,7 @@ impl Executor for ProcessExecutor {
                     isolation: &isolation,
                     start_by: start_by.map(|by| (by, &spawn_clock)),
                 };
-                spawn(&task).map(|c| (c, dir, isolation))
+                start_attempt(&task).map(|c| (c, dir, isolation))
             })
             .await
             .unwrap_or_else(|e| Err(LaunchError::Spawn(format!("spawn thread failed: {e}"))));
@@ -235,9 +212,10 @@ impl Executor for ProcessExecutor {
     }
 }
 
-/// A started attempt: its process and, when isolated, its cgroup.
+/// A started attempt, not yet watched by the runtime: its process and
+/// output pipes, and its cgroup when it has one.
 struct Child {
-    process: tokio::process::Child,
+    spawned: Spawned,
     ids: ProcessIds,
     cgroup: Option<TaskCgroup>,
 }
@@ -246,7 +224,7 @@ struct Child {
 /// the exit, with the tails of its output when the pipes closed in time.
 /// Nothing of the task is left running when it returns.
 async fn run_to_exit(
-    mut child: Child,
+    child: Child,
     dir: &Path,
     cap: u64,
     owner: Owner,
@@ -254,16 +232,31 @@ async fn run_to_exit(
     stop_rx: tokio::sync::oneshot::Receiver<Duration>,
     clock: &SharedClock,
 ) -> Exit {
-    let stdout = child.process.stdout.take();
-    let stderr = child.process.stderr.take();
+    let pgid = child.ids.pgid;
+    let (process, stdout, stderr) = match Process::register(child.spawned) {
+        Ok(p) => p,
+        Err(e) => {
+            // Killed and reaped by `register`; what it left in its group
+            // or cgroup goes too.
+            signal_group(pgid, Signal::SIGKILL);
+            if let Some(cg) = &child.cgroup {
+                cg.kill_until_empty().await;
+                cg.remove().await;
+            }
+            return Exit {
+                message: format!("cannot watch the process: {e}"),
+                ..Exit::default()
+            };
+        }
+    };
     let sink = |stream| match &output {
         Some(o) => Sink::Live(o.clone(), stream),
         None => Sink::Private(Ring::default()),
     };
     let (out_sink, err_sink) = (sink(LogStream::Stdout), sink(LogStream::Stderr));
-    let out = stdout.map(|s| tokio::spawn(capture(s, dir.join("stdout"), cap, owner, out_sink)));
-    let err = stderr.map(|s| tokio::spawn(capture(s, dir.join("stderr"), cap, owner, err_sink)));
-    let mut exit = supervise(child.process, child.ids.pgid, stop_rx, clock).await;
+    let out = tokio::spawn(capture(stdout, dir.join("stdout"), cap, owner, out_sink));
+    let err = tokio::spawn(capture(stderr, dir.join("stderr"), cap, owner, err_sink));
+    let mut exit = supervise(process, pgid, stop_rx, clock).await;
     if let Some(cg) = &child.cgroup {
         // Whatever left the process group (setsid) is still in the cgroup.
         cg.kill_until_empty().await;
@@ -278,14 +271,8 @@ async fn run_to_exit(
         }
     }
     let drained = async {
-        let o = match out {
-            Some(h) => h.await.unwrap_or_default(),
-            None => Tail::default(),
-        };
-        let e = match err {
-            Some(h) => h.await.unwrap_or_default(),
-            None => Tail::default(),
-        };
+        let o: Tail = out.await.unwrap_or_default();
+        let e: Tail = err.await.unwrap_or_default();
         (o, e)
     };
     tokio::select! {
@@ -311,7 +298,7 @@ fn oom_message(limit: u64) -> String {
     format!("OOM-killed: exceeded its memory limit of {size}")
 }
 
-/// Everything [`spawn`] needs about one attempt.
+/// Everything [`start_attempt`] needs about one attempt.
 struct SpawnTask<'a> {
     cmd: &'a meridian_proto::v1::Command,
     dir: &'a Path,
@@ -330,7 +317,7 @@ const TOO_LATE: &str = "not started: its start deadline passed before the progra
 /// Creates the attempt's directories (the default working directory and
 /// the output files owned by the task's user) and its cgroup, and starts
 /// its process, limited. Blocks until the program has been exec'd.
-fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
+fn start_attempt(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
     let cmd = t.cmd;
     // Read on the spawning thread: the agent may have been stopped since
     // the node's loop checked it.
@@ -366,9 +353,7 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
             })?;
         }
     }
-    // Looked up here, in the task's own PATH: a program left to the spawn
-    // to look up in a PATH that differs from the agent's makes the standard
-    // library fall back from posix_spawn to a full fork.
+    // Looked up here, in the task's own PATH: exec does not search one.
     let path_var = cmd.env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
     let program = resolve(&cmd.program, path_var, &workdir).ok_or_else(|| {
         LaunchError::Spawn(format!(
@@ -376,35 +361,28 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
             cmd.program
         ))
     })?;
-    let mut command = tokio::process::Command::new(&program);
-    command
-        .args(&cmd.args)
-        .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", &workdir)
-        .env(
-            "MERIDIAN_TASK_ID",
-            t.attempt
-                .task
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-        )
-        .env(
-            "MERIDIAN_TASK_INDEX",
-            t.attempt
-                .task
-                .as_ref()
-                .map(|task| task.index.to_string())
-                .unwrap_or_default(),
-        )
-        .env("MERIDIAN_ATTEMPT", t.attempt.attempt.to_string())
-        .env("MERIDIAN_TRACE_ID", t.trace_id)
-        .envs(&cmd.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    // The task's variables last: it may set its own PATH or HOME.
+    let task_id = t.attempt.task.as_ref();
+    let mut env = BTreeMap::from([
+        ("PATH".to_string(), DEFAULT_PATH.to_string()),
+        ("HOME".to_string(), workdir.display().to_string()),
+        (
+            "MERIDIAN_TASK_ID".to_string(),
+            task_id.map(ToString::to_string).unwrap_or_default(),
+        ),
+        (
+            "MERIDIAN_TASK_INDEX".to_string(),
+            task_id.map(|t| t.index.to_string()).unwrap_or_default(),
+        ),
+        (
+            "MERIDIAN_ATTEMPT".to_string(),
+            t.attempt.attempt.to_string(),
+        ),
+        ("MERIDIAN_TRACE_ID".to_string(), t.trace_id.to_string()),
+    ]);
+    env.extend(cmd.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let program = Program::new(&program, &cmd.args, &env)
+        .map_err(|e| LaunchError::Spawn(format!("cannot start {:?}: {e}", cmd.program)))?;
     let mut cgroup = match &t.isolation.cgroups {
         Some(cgroups) => {
             let name = cgroup_name(t.attempt);
@@ -416,33 +394,21 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
         }
         None => None,
     };
-    if t.isolation.needs_child_setup() {
-        // Joining the cgroup and dropping to the task's user must happen
-        // before the program runs its first instruction, which needs a hook
-        // between fork and exec: a full fork of the agent instead of
-        // posix_spawn (switching users alone would force it anyway).
-        let mut setup = ChildSetup::new(&workdir)
-            .map_err(|e| LaunchError::Spawn(format!("{}: {e}", workdir.display())))?;
-        setup.cgroup_fds = cgroup
-            .as_ref()
-            .map(TaskCgroup::join_fds)
-            .unwrap_or_default();
-        setup.rlimits = t.limits.rlimits();
-        setup.user = t.isolation.user.clone();
-        setup.start_by = start_by;
-        // SAFETY: `apply` makes only async-signal-safe system calls on
-        // memory `setup` owns (moved into the closure, prepared before the
-        // fork); the cgroup descriptors stay open in the parent until the
-        // spawn has returned (`cgroup` outlives it).
-        unsafe {
-            command.pre_exec(move || setup.apply());
-        }
-    } else {
-        command.current_dir(&workdir);
-    }
-    let spawned = command.spawn();
-    let process = match spawned {
-        Ok(p) => p,
+    // Everything the child does before exec, so that the program's first
+    // instruction runs in its cgroup, under its limits, as its user.
+    let mut setup = ChildSetup::new(&workdir)
+        .map_err(|e| LaunchError::Spawn(format!("{}: {e}", workdir.display())))?;
+    setup.cgroup_fds = cgroup
+        .as_ref()
+        .map(TaskCgroup::join_fds)
+        .unwrap_or_default();
+    setup.rlimits = t.limits.rlimits();
+    setup.user = t.isolation.user.clone();
+    setup.start_by = start_by;
+    // The cgroup descriptors stay open until the spawn has returned
+    // (`cgroup` outlives it).
+    let spawned = match spawn::start(&program, &setup) {
+        Ok(s) => s,
         Err(e) => {
             if let Some(cg) = &cgroup {
                 for d in cg.dirs() {
@@ -461,35 +427,14 @@ fn spawn(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
     if let Some(cg) = cgroup.as_mut() {
         cg.close_join();
     }
-    let pid = process
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .ok_or_else(|| LaunchError::Spawn("child exited before its pid was read".into()))?;
-    if !t.isolation.needs_child_setup() && start_by.is_some_and(StartDeadline::passed) {
-        // Started without a hook between fork and exec (posix_spawn), so
-        // the deadline could only be checked after: the program may have
-        // run for the moment the spawn took. Killed before anything is
-        // reported of it; its group is its own, and tokio reaps it.
-        signal_group(pid, Signal::SIGKILL);
-        return Err(too_late(
-            "killed as it started: its start deadline passed during the spawn (the agent was stopped or stalled; the region may have declared this node dead)",
-        ));
-    }
-    if !t.isolation.needs_child_setup()
-        && let Err(e) = t.limits.apply_to(pid)
-        && e.raw_os_error() != Some(libc::ESRCH)
-    {
-        // A process we cannot limit does not run.
-        signal_group(pid, Signal::SIGKILL);
-        return Err(LaunchError::Spawn(format!("cannot limit the process: {e}")));
-    }
+    let pid = spawned.pid;
     let ids = ProcessIds {
         pid,
         pgid: pid,
         start_ticks: start_ticks(pid).unwrap_or(0),
     };
     Ok(Child {
-        process,
+        spawned,
         ids,
         cgroup,
     })
@@ -528,7 +473,7 @@ fn resolve(program: &str, path_var: &str, workdir: &std::path::Path) -> Option<P
 /// Waits for the child, handling a stop request; kills what is left of the
 /// group afterwards.
 async fn supervise(
-    mut child: tokio::process::Child,
+    mut child: Process,
     pgid: i32,
     mut stop_rx: tokio::sync::oneshot::Receiver<Duration>,
     clock: &SharedClock,
