@@ -142,8 +142,9 @@ pub struct Region {
     pub name: String,
     /// Scheduler replicas.
     pub replicas: Vec<Proc>,
-    /// The simulated-node agent.
-    pub agent: Option<Proc>,
+    /// Its agents: the one hosting the simulated nodes, then the
+    /// real-process ones.
+    pub agents: Vec<Proc>,
 }
 
 /// A running local federation; stopped by [`LocalFederation::shut_down`].
@@ -241,17 +242,24 @@ impl LocalFederation {
                 .filter(|p| matches!(&p.role, Role::Regional { region } if *region == name))
                 .map(proc_of)
                 .collect();
-            let agent = plan
+            let mut agents: Vec<&Process> = plan
                 .agents
                 .iter()
-                .find(|p| {
-                    matches!(&p.role, Role::Agent { region, simulated: true } if *region == name)
-                })
-                .map(proc_of);
+                .filter(|p| matches!(&p.role, Role::Agent { region, .. } if *region == name))
+                .collect();
+            agents.sort_by_key(|p| {
+                !matches!(
+                    p.role,
+                    Role::Agent {
+                        simulated: true,
+                        ..
+                    }
+                )
+            });
             fed.regions.push(Region {
                 name,
                 replicas,
-                agent,
+                agents: agents.into_iter().map(proc_of).collect(),
             });
         }
         for tier in plan.tiers() {

@@ -20,6 +20,14 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Peak resident memory (VmHWM), in MiB.
     pub peak_rss_mib: f64,
+    /// User plus system CPU seconds of its children that it has reaped:
+    /// for an agent, the tasks it ran. Left out of a report when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reaped_children_cpu_seconds: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// The usage of process `pid` (`"self"` for this one), if it is still there.
@@ -29,19 +37,30 @@ pub fn usage(pid: &str) -> Option<Usage> {
     Some(Usage {
         cpu_seconds: cpu_seconds(&stat)?,
         peak_rss_mib: peak_rss_kib(&status)? / 1024.0,
+        reaped_children_cpu_seconds: children_cpu_seconds(&stat)?,
     })
 }
 
-/// utime + stime (fields 14 and 15) of a `stat` line, in seconds. The
-/// command name (field 2) may hold spaces and parentheses, so fields are
-/// counted from after its last `)`.
+/// utime + stime (fields 14 and 15) of a `stat` line, in seconds.
 fn cpu_seconds(stat: &str) -> Option<f64> {
+    seconds_of_fields(stat, 14, 15)
+}
+
+/// cutime + cstime (fields 16 and 17): the reaped children's.
+fn children_cpu_seconds(stat: &str) -> Option<f64> {
+    seconds_of_fields(stat, 16, 17)
+}
+
+/// The sum of two tick counts of a `stat` line (1-based field numbers, as
+/// proc(5) gives them), in seconds. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted from after its last `)`.
+fn seconds_of_fields(stat: &str, a: usize, b: usize) -> Option<f64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: field 3 (state) is index 0, so 14 and 15 are 11, 12.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_SECOND)
+    // After the name, field 3 (state) is index 0.
+    let x: f64 = fields.get(a - 3)?.parse().ok()?;
+    let y: f64 = fields.get(b - 3)?.parse().ok()?;
+    Some((x + y) / TICKS_PER_SECOND)
 }
 
 /// Context switches of every thread of process `pid` (voluntary and not):
@@ -81,8 +100,9 @@ mod tests {
 
     #[test]
     fn cpu_time_is_read_after_a_command_name_with_spaces_and_parentheses() {
-        let stat = "4242 (tokio (w) 1) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 9 0";
+        let stat = "4242 (tokio (w) 1) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 50 15 5 20 0 9 0";
         assert_eq!(cpu_seconds(stat), Some(3.0));
+        assert_eq!(children_cpu_seconds(stat), Some(0.2));
     }
 
     #[test]

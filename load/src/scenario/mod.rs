@@ -149,7 +149,7 @@ impl Target {
             let procs = f.globals.iter().chain(
                 f.regions
                     .iter()
-                    .flat_map(|r| r.replicas.iter().chain(&r.agent)),
+                    .flat_map(|r| r.replicas.iter().chain(&r.agents)),
             );
             for p in procs {
                 out.push(crate::cost::Probe {
@@ -179,7 +179,7 @@ impl Target {
                 .chain(
                     f.regions
                         .iter()
-                        .flat_map(|r| r.replicas.iter().chain(&r.agent)),
+                        .flat_map(|r| r.replicas.iter().chain(&r.agents)),
                 )
                 .map(|p| p.name.clone());
             for name in names {
