@@ -146,7 +146,7 @@ impl Isolation {
 
 /// The user tasks get, `None` for the agent's own, given the agent's
 /// effective uid.
-fn task_user(run_as: &RunAs, agent: Uid) -> Result<Option<TaskUser>, AgentError> {
+pub(crate) fn task_user(run_as: &RunAs, agent: Uid) -> Result<Option<TaskUser>, AgentError> {
     let name = match run_as {
         RunAs::AgentUser if !agent.is_root() => {
             return Err(AgentError::Config(format!(
@@ -245,8 +245,12 @@ impl ChildSetup {
             // or failed); the buffer is a static byte. "0" is the writer:
             // the child, not the agent.
             let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-            if n != 1 {
+            if n < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if n != 1 {
+                // A short write sets no errno.
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
             }
         }
         for &(resource, soft, hard) in &self.rlimits {
@@ -265,6 +269,15 @@ impl ChildSetup {
             // they are in, and a child sharing the agent's memory
             // ([`super::spawn`]) would take the agent's threads for its own.
             let syscall = |rc: libc::c_long| check(if rc == 0 { 0 } else { -1 });
+            // Until exec the child runs in the agent's memory: once it is
+            // the task's user, a process of that user could ptrace it and
+            // write into the agent. Non-dumpable, it cannot; the spawner
+            // gives the agent its own flag back after the exec
+            // ([`super::spawn`]). Not left to the kernel's own reset at the
+            // change of credentials: that one follows `fs.suid_dumpable`,
+            // which may leave the memory dumpable.
+            // SAFETY: a plain system call on integers.
+            check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
             // SAFETY: the pointer and length describe `u.groups`, which
             // lives as long as `self`.
             syscall(unsafe {
@@ -311,7 +324,7 @@ mod tests {
         let program = super::super::spawn::Program::new(
             Path::new("/bin/sh"),
             &["-c".into(), "touch ran".into()],
-            &Default::default(),
+            &std::collections::BTreeMap::new(),
         )
         .expect("program");
         let spawn = |start_by: StartDeadline| {

@@ -13,6 +13,7 @@
 //! are async), or signal a pid it cannot prove is still the same process.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -236,9 +237,8 @@ async fn run_to_exit(
     let (process, stdout, stderr) = match Process::register(child.spawned) {
         Ok(p) => p,
         Err(e) => {
-            // Killed and reaped by `register`; what it left in its group
-            // or cgroup goes too.
-            signal_group(pgid, Signal::SIGKILL);
+            // Killed with its group and reaped by `register`; whatever
+            // left the group is still in the cgroup.
             if let Some(cg) = &child.cgroup {
                 cg.kill_until_empty().await;
                 cg.remove().await;
@@ -363,24 +363,22 @@ fn start_attempt(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
     })?;
     // The task's variables last: it may set its own PATH or HOME.
     let task_id = t.attempt.task.as_ref();
+    let var = |k: &str, v: String| (OsString::from(k), OsString::from(v));
     let mut env = BTreeMap::from([
-        ("PATH".to_string(), DEFAULT_PATH.to_string()),
-        ("HOME".to_string(), workdir.display().to_string()),
-        (
-            "MERIDIAN_TASK_ID".to_string(),
+        var("PATH", DEFAULT_PATH.to_string()),
+        (OsString::from("HOME"), workdir.clone().into_os_string()),
+        var(
+            "MERIDIAN_TASK_ID",
             task_id.map(ToString::to_string).unwrap_or_default(),
         ),
-        (
-            "MERIDIAN_TASK_INDEX".to_string(),
+        var(
+            "MERIDIAN_TASK_INDEX",
             task_id.map(|t| t.index.to_string()).unwrap_or_default(),
         ),
-        (
-            "MERIDIAN_ATTEMPT".to_string(),
-            t.attempt.attempt.to_string(),
-        ),
-        ("MERIDIAN_TRACE_ID".to_string(), t.trace_id.to_string()),
+        var("MERIDIAN_ATTEMPT", t.attempt.attempt.to_string()),
+        var("MERIDIAN_TRACE_ID", t.trace_id.to_string()),
     ]);
-    env.extend(cmd.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(cmd.env.iter().map(|(k, v)| var(k, v.clone())));
     let program = Program::new(&program, &cmd.args, &env)
         .map_err(|e| LaunchError::Spawn(format!("cannot start {:?}: {e}", cmd.program)))?;
     let mut cgroup = match &t.isolation.cgroups {

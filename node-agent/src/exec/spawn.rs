@@ -16,17 +16,20 @@
 //! effects (glibc's `setuid` would change the credentials of every thread
 //! of the *agent*, whose thread list the child shares); only plain system
 //! calls on memory prepared before the clone. Must never return before the
-//! child has exec'd or exited, nor leave a child that failed to exec
-//! unreaped.
+//! child has exec'd or exited, leave a child that failed to exec unreaped,
+//! or make the agent's memory dumpable while a child that switched to the
+//! task's user may still be running in it.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::ffi::{CString, c_void};
+use std::ffi::{CString, OsString, c_void};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -37,12 +40,18 @@ use super::isolation::ChildSetup;
 /// The child's stack: it runs a few system calls, no deep frames.
 const CHILD_STACK: usize = 64 * 1024;
 
+/// The shell a file that is not an executable format is run with, as
+/// `execvp` does: a script without a `#!` line.
+const SHELL: &std::ffi::CStr = c"/bin/sh";
+
 /// A program and what it is given, as the kernel takes them.
 #[derive(Debug)]
 pub struct Program {
     path: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    /// `/bin/sh <path> <args>...`, for a file exec refuses as ENOEXEC.
+    shell_argv: Vec<CString>,
 }
 
 impl Program {
@@ -52,27 +61,41 @@ impl Program {
     pub fn new(
         path: &Path,
         args: &[String],
-        env: &BTreeMap<String, String>,
+        env: &BTreeMap<OsString, OsString>,
     ) -> Result<Self, String> {
-        let c = |what: &str, bytes: &[u8]| {
-            CString::new(bytes).map_err(|_| format!("{what} contains a NUL byte"))
+        let c = |what: &dyn Fn() -> String, bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| format!("{} contains a NUL byte", what()))
         };
-        let path = c("the program path", path.as_os_str().as_bytes())?;
+        let path = c(&|| "the program path".into(), path.as_os_str().as_bytes())?;
         let mut argv = vec![path.clone()];
         for (i, a) in args.iter().enumerate() {
-            argv.push(c(&format!("argument {i}"), a.as_bytes())?);
+            argv.push(c(&|| format!("argument {i}"), a.as_bytes())?);
         }
         let mut envp = Vec::with_capacity(env.len());
         for (k, v) in env {
-            if k.is_empty() || k.contains('=') {
-                return Err(format!("environment name {k:?} is empty or contains '='"));
+            let name = k.as_bytes();
+            if name.is_empty() || name.contains(&b'=') {
+                return Err(format!(
+                    "environment name {:?} is empty or contains '='",
+                    k.to_string_lossy()
+                ));
             }
+            let mut entry = name.to_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(v.as_bytes());
             envp.push(c(
-                &format!("environment variable {k}"),
-                format!("{k}={v}").as_bytes(),
+                &|| format!("environment variable {}", k.to_string_lossy()),
+                &entry,
             )?);
         }
-        Ok(Program { path, argv, envp })
+        let mut shell_argv = vec![SHELL.to_owned()];
+        shell_argv.extend(argv.iter().cloned());
+        Ok(Program {
+            path,
+            argv,
+            envp,
+            shell_argv,
+        })
     }
 }
 
@@ -92,6 +115,7 @@ struct ChildContext<'a> {
     path: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
+    shell_argv: *const *const libc::c_char,
     /// Stdin, stdout and stderr to be.
     stdio: [RawFd; 3],
     setup: &'a ChildSetup,
@@ -116,10 +140,12 @@ pub fn start(program: &Program, setup: &ChildSetup) -> std::io::Result<Spawned> 
     };
     let argv = ptrs(&program.argv);
     let envp = ptrs(&program.envp);
+    let shell_argv = ptrs(&program.shell_argv);
     let ctx = ChildContext {
         path: program.path.as_ptr(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
+        shell_argv: shell_argv.as_ptr(),
         stdio: [
             stdin.as_raw_fd(),
             stdout_w.as_raw_fd(),
@@ -128,37 +154,27 @@ pub fn start(program: &Program, setup: &ChildSetup) -> std::io::Result<Spawned> 
         setup,
         error: AtomicI32::new(0),
     };
-    let mut stack = vec![0u8; CHILD_STACK];
-    // The stack grows down from its 16-byte aligned top.
-    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
-    let mut pidfd: libc::c_int = -1;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
-    // Every signal stays blocked on this thread across the clone, so no
-    // handler of the agent can run in the child on the shared memory
-    // before the child has reset the dispositions.
-    let old_mask = block_all_signals();
-    // SAFETY: the child runs `child_main` on `stack`, which outlives the
-    // call (the parent is suspended until the child exec'd or exited), with
-    // `ctx`, whose pointers all point into memory this frame keeps alive
-    // (`program`, `argv`, `envp`, `setup`). `pidfd` receives the pidfd
-    // (CLONE_PIDFD stores it through the parent-tid argument).
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            top as *mut c_void,
-            flags,
-            std::ptr::from_ref(&ctx).cast_mut().cast(),
-            &raw mut pidfd,
-        )
-    };
-    let clone_error = std::io::Error::last_os_error();
-    restore_signals(&old_mask);
-    drop((stdin, stdout_w, stderr_w));
-    if pid < 0 {
-        return Err(clone_error);
+    let switches_user = setup.user.is_some();
+    if switches_user {
+        user_switches(1);
     }
-    // SAFETY: CLONE_PIDFD gave us this new descriptor, owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let cloned = STACK.with_borrow_mut(|stack| {
+        if stack.is_none() {
+            *stack = Some(ChildStack::new()?);
+        }
+        let top = stack.as_ref().map_or(0, ChildStack::top);
+        // SAFETY: `ctx` and everything it points to (`program`, `argv`,
+        // `envp`, `shell_argv`, `setup`, the descriptors) live in this
+        // frame until the clone returns, which is after the child exec'd
+        // or exited; `top` is this thread's child stack, used by one clone
+        // at a time.
+        unsafe { clone_child(&ctx, top) }
+    });
+    if switches_user {
+        user_switches(-1);
+    }
+    drop((stdin, stdout_w, stderr_w));
+    let (pid, pidfd) = cloned?;
     let errno = ctx.error.load(Ordering::Acquire);
     if errno != 0 {
         // The child has exited (127) or is about to: reap it.
@@ -171,6 +187,130 @@ pub fn start(program: &Program, setup: &ChildSetup) -> std::io::Result<Spawned> 
         stdout: stdout_r,
         stderr: stderr_r,
     })
+}
+
+/// Clones the child onto the stack whose top is `top`, with every signal
+/// blocked on this thread across the clone so that no handler of the agent
+/// runs in the child on the shared memory before the child has reset the
+/// dispositions. Returns the pid and its pidfd.
+///
+/// # Safety
+/// `ctx` must stay valid until this returns, and `top` must be the 16-byte
+/// aligned top of a stack no one else uses meanwhile.
+unsafe fn clone_child(ctx: &ChildContext<'_>, top: usize) -> std::io::Result<(i32, OwnedFd)> {
+    let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    let old_mask = block_all_signals();
+    // SAFETY: as the caller promised; `pidfd` receives the pidfd (CLONE_PIDFD
+    // stores it through the parent-tid argument).
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut c_void,
+            flags,
+            std::ptr::from_ref(ctx).cast_mut().cast(),
+            &raw mut pidfd,
+        )
+    };
+    let clone_error = std::io::Error::last_os_error();
+    restore_signals(&old_mask);
+    if pid < 0 {
+        return Err(clone_error);
+    }
+    // SAFETY: CLONE_PIDFD gave us this new descriptor, owned by nobody else.
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+thread_local! {
+    /// This thread's child stack, made at its first spawn and kept: a map
+    /// and unmap per spawn would cost the agent's threads a TLB shootdown.
+    static STACK: RefCell<Option<ChildStack>> = const { RefCell::new(None) };
+}
+
+/// A stack for the child, with a guard page below it, so that an overflow
+/// faults instead of writing over the agent's memory.
+struct ChildStack {
+    base: *mut c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new() -> std::io::Result<ChildStack> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = CHILD_STACK + page;
+        // SAFETY: a new anonymous private mapping, nothing else is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of the mapping just made.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The stack grows down from its 16-byte aligned top.
+    fn top(&self) -> usize {
+        (self.base as usize + self.len) & !15
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer used by any child
+        // (a clone returns only after its child exec'd or exited).
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}
+
+/// Spawns in flight whose child switches to the task's user.
+static USER_SWITCHES: Mutex<u64> = Mutex::new(0);
+/// The agent's dumpable flag before any child switched user.
+static AGENT_DUMPABLE: OnceLock<libc::c_int> = OnceLock::new();
+
+/// Counts a spawn whose child switches user in (`1`) or out (`-1`).
+///
+/// A child that switches to the task's user first makes the memory it runs
+/// in non-dumpable ([`ChildSetup::apply`]), and that memory is the agent's:
+/// so that no process of the task's user can ptrace the child (and through
+/// it the agent) between its switch and its exec. That protection is wanted
+/// while such a child may run; after the last one has exec'd, the agent's
+/// own flag is put back, so the agent still leaves a core dump if it
+/// crashes.
+fn user_switches(delta: i64) {
+    let mut n = USER_SWITCHES.lock().unwrap_or_else(PoisonError::into_inner);
+    if *n == 0 {
+        // Read with no such child in flight: the agent's own value.
+        // SAFETY: PR_GET_DUMPABLE only reads.
+        AGENT_DUMPABLE.get_or_init(|| unsafe { libc::prctl(libc::PR_GET_DUMPABLE) });
+    }
+    *n = n.saturating_add_signed(delta);
+    if *n == 0
+        && let Some(&dumpable) = AGENT_DUMPABLE.get()
+        && dumpable >= 0
+    {
+        // SAFETY: sets this process's dumpable flag back to its own value.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_DUMPABLE,
+                libc::c_ulong::try_from(dumpable).unwrap_or(0),
+            );
+        }
+    }
 }
 
 /// The child, on its own stack in the agent's memory: only system calls.
@@ -219,8 +359,10 @@ fn prepare_and_exec(ctx: &ChildContext<'_>) -> i32 {
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&raw mut none);
-        if libc::pthread_sigmask(libc::SIG_SETMASK, &raw const none, std::ptr::null_mut()) != 0 {
-            return errno();
+        let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &raw const none, std::ptr::null_mut());
+        if rc != 0 {
+            // It returns the error rather than setting errno.
+            return rc;
         }
         if libc::setpgid(0, 0) != 0 {
             return errno();
@@ -240,8 +382,14 @@ fn prepare_and_exec(ctx: &ChildContext<'_>) -> i32 {
             return e.raw_os_error().unwrap_or(libc::EINVAL);
         }
         libc::execve(ctx.path, ctx.argv, ctx.envp);
+        let failed = errno();
+        if failed == libc::ENOEXEC {
+            // Not an executable format: a script without a `#!` line,
+            // which the shell runs, as `execvp` would.
+            libc::execve(SHELL.as_ptr(), ctx.shell_argv, ctx.envp);
+        }
+        failed
     }
-    errno()
 }
 
 fn open_dev_null() -> std::io::Result<OwnedFd> {
@@ -323,6 +471,10 @@ pub(super) fn wait_blocking(pidfd: &OwnedFd) -> std::io::Result<ExitStatus> {
 }
 
 /// A running process, waited on through its pidfd by the async runtime.
+/// Dropped before its exit (its supervisor was cancelled, as when the
+/// runtime shuts down) it goes on running, like a task of an agent that
+/// died: the next boot's cleanup stops its group
+/// ([`super::process::cleanup_previous`]).
 #[derive(Debug)]
 pub struct Process {
     pid: i32,
@@ -333,7 +485,8 @@ pub struct Process {
 
 impl Process {
     /// Registers `spawned`'s pidfd with the runtime, handing back its pipes
-    /// as async readers. On failure the process is killed and reaped.
+    /// as async readers. On failure the process and its group are killed
+    /// and it is reaped.
     pub fn register(
         spawned: Spawned,
     ) -> std::io::Result<(Process, pipe::Receiver, pipe::Receiver)> {
@@ -350,19 +503,27 @@ impl Process {
             Ok(fd) => fd,
             Err(e) => {
                 let (pidfd, e) = e.into_parts();
-                kill_and_reap(pidfd);
+                kill_group_and_reap(pid, pidfd);
                 return Err(e);
             }
         };
-        // From here a failure drops `process`, which kills and reaps it.
-        let process = Process {
-            pid,
-            pidfd,
-            status: None,
-        };
-        let out = pipe::Receiver::from_owned_fd(stdout)?;
-        let err = pipe::Receiver::from_owned_fd(stderr)?;
-        Ok((process, out, err))
+        let pipes = pipe::Receiver::from_owned_fd(stdout)
+            .and_then(|out| Ok((out, pipe::Receiver::from_owned_fd(stderr)?)));
+        match pipes {
+            Ok((out, err)) => Ok((
+                Process {
+                    pid,
+                    pidfd,
+                    status: None,
+                },
+                out,
+                err,
+            )),
+            Err(e) => {
+                kill_group_and_reap(pid, pidfd.into_inner());
+                Err(e)
+            }
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -388,24 +549,15 @@ impl Process {
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        // Never a zombie for the agent's lifetime: a process dropped
-        // unreaped (its supervisor was cancelled) is killed and reaped.
-        if self.status.is_none()
-            && let Ok(dup) = self.pidfd.get_ref().try_clone()
-        {
-            kill_and_reap(dup);
-        }
-    }
-}
-
-/// SIGKILLs the process `pidfd` names and reaps it on a thread of its own
-/// (the caller may be on the async runtime, where blocking is not allowed).
-fn kill_and_reap(pidfd: OwnedFd) {
-    // SAFETY: `pidfd` is open; a pidfd never names another process than
-    // its own, so this cannot hit a recycled pid.
+/// SIGKILLs the process group led by `pid` and the process `pidfd` names,
+/// and reaps it on a thread of its own (the caller may be on the async
+/// runtime, where blocking is not allowed). Only for a process not reaped
+/// yet: its pid then still names it and its group.
+fn kill_group_and_reap(pid: i32, pidfd: OwnedFd) {
+    // SAFETY: signals only; the leader is unreaped, so `pid` is still its
+    // group's id, and a pidfd never names another process than its own.
     unsafe {
+        libc::killpg(pid, libc::SIGKILL);
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
@@ -414,5 +566,73 @@ fn kill_and_reap(pidfd: OwnedFd) {
             0,
         );
     }
-    std::thread::spawn(move || wait_blocking(&pidfd));
+    let reaper = std::thread::Builder::new()
+        .name("meridian-reap".into())
+        .spawn(move || wait_blocking(&pidfd));
+    if let Err(e) = reaper {
+        tracing::warn!(pid, error = %e, "cannot start a thread to reap a killed task process");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::isolation::{ChildSetup, RunAs};
+
+    fn run(program: &Program, setup: &ChildSetup) -> ExitStatus {
+        let started = start(program, setup).expect("start");
+        wait_blocking(&started.pidfd).expect("wait")
+    }
+
+    /// `execvp` runs a file without a `#!` line with the shell; tasks that
+    /// relied on it keep working.
+    #[test]
+    fn a_script_without_an_interpreter_line_is_run_by_the_shell() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let script = dir.path().join("job");
+        std::fs::write(&script, "touch \"$1\"\n").expect("write script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let program = Program::new(&script, &["ran".into()], &BTreeMap::new()).expect("program");
+        let setup = ChildSetup::new(dir.path()).expect("setup");
+        let status = run(&program, &setup);
+        assert!(status.success(), "{status:?}");
+        assert!(dir.path().join("ran").exists(), "the script did not run");
+    }
+
+    /// The child that switches to the task's user makes the memory it runs
+    /// in, the agent's, non-dumpable; once it has exec'd the agent's own
+    /// flag is back (a root agent switches to `nobody`; another agent keeps
+    /// its user and the flag must not move either).
+    #[test]
+    fn a_child_that_switches_user_leaves_the_agent_as_dumpable_as_it_was() {
+        // SAFETY: PR_GET_DUMPABLE only reads.
+        let before = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+        let program = Program::new(Path::new("/bin/true"), &[], &BTreeMap::new()).expect("program");
+        let mut setup = ChildSetup::new(Path::new("/")).expect("setup");
+        setup.user =
+            crate::exec::isolation::task_user(&RunAs::Default, nix::unistd::Uid::effective())
+                .expect("task user");
+        let status = run(&program, &setup);
+        assert!(status.success(), "{status:?}");
+        // SAFETY: as above.
+        let after = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+        assert_eq!(after, before, "switched user: {}", setup.user.is_some());
+    }
+
+    #[test]
+    fn a_program_that_cannot_be_found_fails_the_start_with_its_errno() {
+        let program = Program::new(Path::new("/nonexistent/program"), &[], &BTreeMap::new())
+            .expect("program");
+        let setup = ChildSetup::new(Path::new("/")).expect("setup");
+        let err = start(&program, &setup).expect_err("no such program");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    }
+
+    #[test]
+    fn an_environment_name_with_an_equals_sign_is_refused_by_name() {
+        let env = BTreeMap::from([(OsString::from("A=B"), OsString::from("v"))]);
+        let err = Program::new(Path::new("/bin/true"), &[], &env).expect_err("refused");
+        assert!(err.contains("A=B"), "{err}");
+    }
 }
