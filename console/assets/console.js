@@ -31,7 +31,18 @@
     toast.dataset.outcome = ok ? "ok" : "error";
   }
 
-  // Live updates: the server sends re-rendered sections by element id.
+  // The markup `html` as this browser serializes it, to compare with what
+  // a section shows: the server's spelling of the same markup may differ.
+  var parser = document.createElement("template");
+  function serialized(html) {
+    parser.innerHTML = html;
+    return parser.innerHTML;
+  }
+
+  // Live updates: the server sends re-rendered sections by element id. A
+  // section is replaced only when its markup changed (the first event
+  // repeats what the page was served with): replacing it anyway would
+  // swap the buttons under an operator's pointer for identical ones.
   var stream = document.body.dataset.stream;
   if (stream && window.EventSource) {
     var source = new EventSource(stream);
@@ -39,10 +50,10 @@
       var sections = JSON.parse(event.data);
       Object.keys(sections).forEach(function (id) {
         var el = document.getElementById(id);
-        if (el && lastHtml[id] !== sections[id]) {
-          el.innerHTML = sections[id];
-          lastHtml[id] = sections[id];
-        }
+        if (!el || lastHtml[id] === sections[id]) return;
+        lastHtml[id] = sections[id];
+        var html = serialized(sections[id]);
+        if (el.innerHTML !== html) el.innerHTML = html;
       });
       setLive("on", "Live · " + new Date().toLocaleTimeString());
     });

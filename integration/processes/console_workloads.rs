@@ -667,6 +667,75 @@ async fn pausing_resuming_and_deleting_a_schedule_in_its_page_go_through_the_api
         .expect("the schedule's actions went through in time");
 }
 
+/// The live stream's first event repeats every section the page was
+/// served with; a section whose markup did not change is left as it is, so
+/// a button the operator is about to press stays the same element. The
+/// page's script is run again over a stand-in for the browser's
+/// `EventSource` (the real stream's first event may come before the test
+/// can hold a button), and the stand-in delivers the section unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_update_that_changes_nothing_leaves_the_pages_buttons_in_place() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let global = Global::start(&format!("sqlite:{}", dir.path().join("g.db").display()));
+    let run = async {
+        let mut federation = connect(&global).await;
+        create_schedule(
+            &mut federation,
+            "weekly-digest",
+            schedule_spec(
+                "finance",
+                "weekly-digest",
+                "0 6 * * 1",
+                "UTC",
+                v1::OverlapPolicy::Forbid,
+                v1::MissedTickPolicy::Skip,
+            ),
+            false,
+        )
+        .await;
+        let browser = Browser::start().await;
+        browser
+            .goto(&format!("{}/console/schedules/weekly-digest", global.http))
+            .await;
+        browser
+            .wait_for(
+                "the schedule's actions",
+                "return document.querySelector('#schedule-actions button[data-action=\"pause\"]');",
+            )
+            .await;
+        browser
+            .js("window.EventSource = class {
+                   constructor() { this.on = {}; window.standIn = this; }
+                   addEventListener(kind, f) { this.on[kind] = f; }
+                 };
+                 const again = document.createElement('script');
+                 again.src = document.querySelector('script[src$=\"console.js\"]').src;
+                 document.body.appendChild(again);
+                 return true;")
+            .await;
+        browser
+            .wait_for(
+                "the script's second run",
+                "return window.standIn && window.standIn.on.sections ? true : null;",
+            )
+            .await;
+        let kept = browser
+            .js("const held = document.querySelector('#schedule-actions button[data-action=\"pause\"]');
+                 const same = document.getElementById('schedule-actions').innerHTML;
+                 window.standIn.on.sections({ data: JSON.stringify({ 'schedule-actions': same }) });
+                 return document.contains(held);")
+            .await;
+        assert_eq!(
+            kept,
+            json!(true),
+            "the pause button was replaced by an identical one"
+        );
+    };
+    tokio::time::timeout(GUARD * 2, run)
+        .await
+        .expect("the page went live in time");
+}
+
 /// The indexes of the task rows on the page, once its counts show
 /// `pending` and the table has rows whose states are all `state`.
 fn rows_of(state: &str, pending: &str) -> String {

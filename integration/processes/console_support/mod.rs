@@ -24,6 +24,10 @@ use crate::support::{self, Launch, Proc, Stderr};
 
 /// Failure guard only: no step waits this long when things work.
 pub const GUARD: Duration = Duration::from_secs(60);
+/// How many times in a row an element may be replaced by a re-render
+/// between its find and the action on it before a click or typing fails:
+/// a page that re-renders that fast is broken.
+const RE_RENDERS: usize = 5;
 pub const GIB: u64 = 1 << 30;
 
 /// A `meridian regional` replica of region `r1` with its console.
@@ -393,23 +397,39 @@ observer.observe(document, {{ subtree: true, childList: true, characterData: tru
     }
 
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("find {css}: {e}"))
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        for _ in 0..RE_RENDERS {
+            let element = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("find {css}: {e}"));
+            match element.click().await {
+                Ok(()) => return,
+                // The page re-rendered that part between the find and the
+                // click (a refresh of what it shows): the element found is
+                // gone and its replacement is what a user would click.
+                Err(e) if e.is_stale_element_reference() => continue,
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
+        panic!("click {css}: replaced by a re-render {RE_RENDERS} times in a row");
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("find {css}: {e}"))
-            .send_keys(text)
-            .await
-            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+        for _ in 0..RE_RENDERS {
+            let element = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("find {css}: {e}"));
+            match element.send_keys(text).await {
+                Ok(()) => return,
+                // As for `click`: typed into the replacement.
+                Err(e) if e.is_stale_element_reference() => continue,
+                Err(e) => panic!("type into {css}: {e}"),
+            }
+        }
+        panic!("type into {css}: replaced by a re-render {RE_RENDERS} times in a row");
     }
 
     /// A PNG of the whole page at laptop width into `dir/name`.
