@@ -534,36 +534,56 @@ async fn schedule_state(federation: &mut FederationClient<Channel>, id: &str) ->
     }
 }
 
+/// A schedule `name` of tenant `finance` (`cron` in `timezone`, not
+/// paused), and a browser on its page once the page shows its actions.
+async fn schedule_page(
+    global: &Global,
+    federation: &mut FederationClient<Channel>,
+    name: &str,
+    cron: &str,
+    timezone: &str,
+) -> Browser {
+    create_schedule(
+        federation,
+        name,
+        schedule_spec(
+            "finance",
+            name,
+            cron,
+            timezone,
+            v1::OverlapPolicy::Forbid,
+            v1::MissedTickPolicy::Skip,
+        ),
+        false,
+    )
+    .await;
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/console/schedules/{name}", global.http))
+        .await;
+    browser
+        .wait_for(
+            "the schedule's actions",
+            "return document.querySelector('#schedule-actions button[data-action=\"pause\"]');",
+        )
+        .await;
+    browser
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pausing_resuming_and_deleting_a_schedule_in_its_page_go_through_the_api_once_confirmed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let global = Global::start(&format!("sqlite:{}", dir.path().join("g.db").display()));
     let run = async {
         let mut federation = connect(&global).await;
-        create_schedule(
+        let browser = schedule_page(
+            &global,
             &mut federation,
             "nightly-report",
-            schedule_spec(
-                "finance",
-                "nightly-report",
-                "30 2 * * *",
-                "Europe/Paris",
-                v1::OverlapPolicy::Forbid,
-                v1::MissedTickPolicy::Skip,
-            ),
-            false,
+            "30 2 * * *",
+            "Europe/Paris",
         )
         .await;
-        let browser = Browser::start().await;
-        browser
-            .goto(&format!("{}/console/schedules/nightly-report", global.http))
-            .await;
-        browser
-            .wait_for(
-                "the schedule's actions",
-                "return document.querySelector('#schedule-actions button[data-action=\"pause\"]');",
-            )
-            .await;
 
         // Cancel in the dialog sends nothing; the dialog asks no reason.
         browser
@@ -679,30 +699,14 @@ async fn a_live_update_that_changes_nothing_leaves_the_pages_buttons_in_place() 
     let global = Global::start(&format!("sqlite:{}", dir.path().join("g.db").display()));
     let run = async {
         let mut federation = connect(&global).await;
-        create_schedule(
+        let browser = schedule_page(
+            &global,
             &mut federation,
             "weekly-digest",
-            schedule_spec(
-                "finance",
-                "weekly-digest",
-                "0 6 * * 1",
-                "UTC",
-                v1::OverlapPolicy::Forbid,
-                v1::MissedTickPolicy::Skip,
-            ),
-            false,
+            "0 6 * * 1",
+            "UTC",
         )
         .await;
-        let browser = Browser::start().await;
-        browser
-            .goto(&format!("{}/console/schedules/weekly-digest", global.http))
-            .await;
-        browser
-            .wait_for(
-                "the schedule's actions",
-                "return document.querySelector('#schedule-actions button[data-action=\"pause\"]');",
-            )
-            .await;
         browser
             .js("window.EventSource = class {
                    constructor() { this.on = {}; window.standIn = this; }

@@ -397,39 +397,37 @@ observer.observe(document, {{ subtree: true, childList: true, characterData: tru
     }
 
     pub async fn click(&self, css: &str) {
-        for _ in 0..RE_RENDERS {
-            let element = self
-                .client
-                .find(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("find {css}: {e}"));
-            match element.click().await {
-                Ok(()) => return,
-                // The page re-rendered that part between the find and the
-                // click (a refresh of what it shows): the element found is
-                // gone and its replacement is what a user would click.
-                Err(e) if e.is_stale_element_reference() => continue,
-                Err(e) => panic!("click {css}: {e}"),
-            }
-        }
-        panic!("click {css}: replaced by a re-render {RE_RENDERS} times in a row");
+        self.act_on(css, "click", |e| async move { e.click().await })
+            .await;
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
+        self.act_on(css, "type into", |e| async move { e.send_keys(text).await })
+            .await;
+    }
+
+    /// Finds `css` and does `act` to it. When the page re-rendered that part
+    /// between the find and the action (a live update of what it shows),
+    /// the element found is gone and its replacement is what a user would
+    /// act on: it is found again, up to [`RE_RENDERS`] times.
+    async fn act_on<F, Fut>(&self, css: &str, what: &str, act: F)
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+    {
         for _ in 0..RE_RENDERS {
             let element = self
                 .client
                 .find(Locator::Css(css))
                 .await
                 .unwrap_or_else(|e| panic!("find {css}: {e}"));
-            match element.send_keys(text).await {
+            match act(element).await {
                 Ok(()) => return,
-                // As for `click`: typed into the replacement.
                 Err(e) if e.is_stale_element_reference() => continue,
-                Err(e) => panic!("type into {css}: {e}"),
+                Err(e) => panic!("{what} {css}: {e}"),
             }
         }
-        panic!("type into {css}: replaced by a re-render {RE_RENDERS} times in a row");
+        panic!("{what} {css}: replaced by a re-render {RE_RENDERS} times in a row");
     }
 
     /// A PNG of the whole page at laptop width into `dir/name`.
