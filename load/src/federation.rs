@@ -142,8 +142,8 @@ pub struct Region {
     pub name: String,
     /// Scheduler replicas.
     pub replicas: Vec<Proc>,
-    /// Its agents: the one hosting the simulated nodes, then the
-    /// real-process ones.
+    /// Its agents in plan order: the one hosting the simulated nodes, then
+    /// the real-process ones.
     pub agents: Vec<Proc>,
 }
 
@@ -242,24 +242,16 @@ impl LocalFederation {
                 .filter(|p| matches!(&p.role, Role::Regional { region } if *region == name))
                 .map(proc_of)
                 .collect();
-            let mut agents: Vec<&Process> = plan
+            let agents = plan
                 .agents
                 .iter()
                 .filter(|p| matches!(&p.role, Role::Agent { region, .. } if *region == name))
+                .map(proc_of)
                 .collect();
-            agents.sort_by_key(|p| {
-                !matches!(
-                    p.role,
-                    Role::Agent {
-                        simulated: true,
-                        ..
-                    }
-                )
-            });
             fed.regions.push(Region {
                 name,
                 replicas,
-                agents: agents.into_iter().map(proc_of).collect(),
+                agents,
             });
         }
         for tier in plan.tiers() {
