@@ -146,10 +146,7 @@ async fn a_task_that_allocates_past_its_memory_limit_is_reported_oom_killed_with
     let out = String::from_utf8_lossy(&done.stdout_tail).into_owned();
     assert!(!out.contains("survived"), "{out}");
     let line = memory_cgroup(&out).unwrap_or_else(|| panic!("no memory cgroup in {out:?}"));
-    assert!(
-        line.contains("/meridian-n1-") && line.ends_with("/oom-0-1"),
-        "the task ran in its own cgroup under the agent's scope: {line}"
-    );
+    let name = task_cgroup_of(line);
     let cgroups = host
         .isolation()
         .and_then(|i| i.cgroups.clone())
@@ -160,15 +157,79 @@ async fn a_task_that_allocates_past_its_memory_limit_is_reported_oom_killed_with
         cgroups.scopes()
     );
     for scope in cgroups.scopes() {
-        assert!(
-            !scope.join("oom-0-1").exists(),
-            "the task's cgroup is removed"
-        );
+        let procs = std::fs::read_to_string(scope.join(name).join("cgroup.procs")).unwrap();
+        assert!(procs.is_empty(), "nothing of the task is left: {procs:?}");
     }
+
+    // The next task with the same limits gets the emptied cgroup, and is
+    // not blamed for the kill its predecessor counted there.
+    fake.send(
+        "n1",
+        run_with(sh("cat /proc/self/cgroup"), epoch, 64 << 20, "next"),
+    )
+    .await;
+    let next = final_report(&mut fake, "next").await;
+    assert_eq!(
+        next.state,
+        TaskState::Succeeded as i32,
+        "{:?}",
+        next.message
+    );
+    let out = String::from_utf8_lossy(&next.stdout_tail).into_owned();
+    let line = memory_cgroup(&out).unwrap_or_else(|| panic!("no memory cgroup in {out:?}"));
+    assert_eq!(task_cgroup_of(line), name, "the cgroup was reused");
+
     host.shutdown().await;
     for scope in cgroups.scopes() {
-        assert!(!scope.exists(), "the agent's scope goes at shutdown");
+        assert!(
+            !scope.exists(),
+            "the agent's scope and its kept cgroups go at shutdown"
+        );
     }
+}
+
+/// The name of the task cgroup in a `/proc/self/cgroup` line, checked to
+/// be one of the agent's under its scope.
+fn task_cgroup_of(line: &str) -> &str {
+    let (scope, name) = line.rsplit_once('/').unwrap();
+    assert!(
+        scope.contains("/meridian-n1-") && name.starts_with("task-"),
+        "the task ran in a task cgroup under the agent's scope: {line}"
+    );
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cgroup_of_a_task_running_as_root_is_removed_not_reused() {
+    // `--run-as-root`: the agent (root, as cgroups need) keeps its user.
+    let (mut fake, host, _work, epoch) = node(IsolationOptions {
+        run_as: RunAs::AgentUser,
+        ..with_cgroups(1024)
+    })
+    .await;
+    let cgroups = host
+        .isolation()
+        .and_then(|i| i.cgroups.clone())
+        .expect("cgroups are in use");
+    let mut seen = Vec::new();
+    for job in ["first", "second"] {
+        fake.send(
+            "n1",
+            run_with(sh("cat /proc/self/cgroup"), epoch, 64 << 20, job),
+        )
+        .await;
+        let done = final_report(&mut fake, job).await;
+        assert_eq!(done.state, TaskState::Succeeded as i32);
+        let out = String::from_utf8_lossy(&done.stdout_tail).into_owned();
+        let line = memory_cgroup(&out).unwrap_or_else(|| panic!("no memory cgroup in {out:?}"));
+        let name = task_cgroup_of(line).to_string();
+        for scope in cgroups.scopes() {
+            assert!(!scope.join(&name).exists(), "{name} is removed");
+        }
+        seen.push(name);
+    }
+    assert_ne!(seen[0], seen[1], "each root task got a new cgroup");
+    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,8 +283,16 @@ fn default_task_user() -> User {
 async fn a_file_the_task_creates_and_its_output_belong_to_the_run_as_user() {
     let (mut fake, host, work, epoch) = node(IsolationOptions::default()).await;
     let user = default_task_user();
-    fake.send("n1", run_with(sh("touch made && id -u"), epoch, 0, "files"))
-        .await;
+    fake.send(
+        "n1",
+        run_with(
+            sh("touch made && id -u && echo noted >&2"),
+            epoch,
+            0,
+            "files",
+        ),
+    )
+    .await;
     let done = final_report(&mut fake, "files").await;
     assert_eq!(done.state, TaskState::Succeeded as i32);
     assert_eq!(done.stdout_tail, format!("{}\n", user.uid).into_bytes());

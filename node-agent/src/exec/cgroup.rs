@@ -5,17 +5,22 @@
 //! the agent's scope (one directory per agent under the parent cgroup),
 //! creating a task's cgroup with its limits, the files a child writes to
 //! join it before exec, reading its OOM-kill counter, killing everything
-//! in it and removing it.
+//! in it and removing it, or keeping it, emptied, for the next task with
+//! the same limits (the pool).
 //!
 //! Must never: touch a cgroup outside the agent's scope (the parent is only
-//! read and, on v2, its scope has controllers enabled), or leave a process
-//! of a finished attempt in a cgroup it then removes.
+//! read and, on v2, its scope has controllers enabled), leave a process
+//! of a finished attempt in a cgroup it then removes or pools, or pool a
+//! cgroup its task could have changed (a task running as root or as the
+//! agent's own user).
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -29,6 +34,9 @@ const MIN_CPU_QUOTA_US: u64 = 1_000;
 const EMPTY_WAIT_LIMIT: Duration = Duration::from_secs(5);
 /// v2 controllers a task cgroup needs.
 const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+/// Most emptied task cgroups an agent keeps for reuse; past it, a finished
+/// task's cgroup is removed. About the tasks one node runs at once.
+const POOL_LIMIT: usize = 128;
 
 /// Which cgroup interface the agent uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +72,48 @@ pub struct Cgroups {
     version: CgroupVersion,
     /// v2: `[scope]`; v1: `[memory, cpu, pids]` scopes, in that order.
     scopes: Vec<PathBuf>,
+    pool: Arc<Mutex<Pool>>,
+}
+
+/// Emptied task cgroups, by their limits, and the number of the next
+/// cgroup to create. Creating and removing a cgroup (three directories on
+/// v1, each with its limits written) costs more kernel time than running
+/// a tiny task; an emptied cgroup with the right limits costs three opens.
+#[derive(Debug, Default)]
+struct Pool {
+    idle: BTreeMap<TaskLimits, Vec<Vec<PathBuf>>>,
+    count: usize,
+    next: u64,
+}
+
+impl Pool {
+    fn take(&mut self, limits: TaskLimits) -> Option<Vec<PathBuf>> {
+        let dirs = self.idle.get_mut(&limits)?.pop()?;
+        self.count -= 1;
+        Some(dirs)
+    }
+
+    /// False when the pool is full: the caller removes the cgroup.
+    fn put(&mut self, limits: TaskLimits, dirs: Vec<PathBuf>) -> bool {
+        if self.count >= POOL_LIMIT {
+            return false;
+        }
+        self.count += 1;
+        self.idle.entry(limits).or_default().push(dirs);
+        true
+    }
+
+    fn drain(&mut self) -> Vec<Vec<PathBuf>> {
+        self.count = 0;
+        std::mem::take(&mut self.idle)
+            .into_values()
+            .flatten()
+            .collect()
+    }
 }
 
 /// Limits of one task cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TaskLimits {
     /// Bytes; 0 = no memory limit.
     pub memory_bytes: u64,
@@ -85,6 +131,12 @@ pub struct TaskCgroup {
     /// child can join with a plain `write` before exec.
     join: Vec<File>,
     pub limits: TaskLimits,
+    /// The OOM-kill counter when this task got the cgroup: a pooled one
+    /// keeps the counts of its earlier tasks.
+    oom_base: u64,
+    /// Where the cgroup goes back to when the task is done; `None`: it is
+    /// removed.
+    pool: Option<Arc<Mutex<Pool>>>,
 }
 
 impl Cgroups {
@@ -146,6 +198,8 @@ impl Cgroups {
                     cpu_millis: 0,
                     pids: 0,
                 },
+                oom_base: 0,
+                pool: None,
             };
             if cg.kill_and_remove().await {
                 removed += 1;
@@ -154,9 +208,16 @@ impl Cgroups {
         removed
     }
 
-    /// Removes the agent's scope directories, once every task cgroup in
-    /// them is gone (at shutdown); a scope still holding one stays.
+    /// Removes the pooled task cgroups and the agent's scope directories,
+    /// once every task cgroup in them is gone (at shutdown); a scope still
+    /// holding one stays.
     pub fn remove_scope(&self) {
+        let pooled = self.lock_pool().drain();
+        for d in pooled.iter().flatten() {
+            if let Err(e) = std::fs::remove_dir(d) {
+                tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove pooled task cgroup");
+            }
+        }
         for s in &self.scopes {
             if let Err(e) = std::fs::remove_dir(s)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -166,16 +227,48 @@ impl Cgroups {
         }
     }
 
-    /// Creates the cgroup `name` of one attempt with `limits`.
-    pub fn create_task(&self, name: &str, limits: TaskLimits) -> Result<TaskCgroup, CgroupError> {
-        let name = sanitize(name);
+    fn lock_pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        // The pool is plain data, consistent after every statement.
+        self.pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A cgroup with `limits` for one attempt: an emptied one from the pool
+    /// when there is one, else a new `task-<n>`. `reusable`: the task cannot
+    /// change its cgroup (it runs as a user other than root and the
+    /// agent's), so the cgroup may go back to the pool when it ends.
+    pub fn create_task(
+        &self,
+        limits: TaskLimits,
+        reusable: bool,
+    ) -> Result<TaskCgroup, CgroupError> {
         let mut cg = TaskCgroup {
             version: self.version,
             dirs: Vec::new(),
             join: Vec::new(),
             limits,
+            oom_base: 0,
+            pool: reusable.then(|| self.pool.clone()),
         };
-        let made = self.fill_task(&mut cg, &name);
+        let pooled = self.lock_pool().take(limits);
+        if let Some(dirs) = pooled {
+            cg.dirs = dirs;
+            cg.oom_base = cg.oom_count();
+            match cg.open_join() {
+                Ok(()) => return Ok(cg),
+                Err(e) => {
+                    // Removed behind the agent's back: make a new one.
+                    tracing::warn!(cgroup = ?cg.dirs, error = %e, "pooled task cgroup unusable");
+                    for d in &cg.dirs {
+                        let _ = std::fs::remove_dir(d);
+                    }
+                    cg.dirs.clear();
+                    cg.oom_base = 0;
+                }
+            }
+        }
+        let made = self.fill_task(&mut cg);
         if made.is_err() {
             // Nothing joined it yet: the directories are empty.
             for d in &cg.dirs {
@@ -185,19 +278,36 @@ impl Cgroups {
         made.map(|()| cg)
     }
 
-    fn fill_task(&self, cg: &mut TaskCgroup, name: &str) -> Result<(), CgroupError> {
+    /// Creates a new cgroup for `cg` with its limits.
+    fn fill_task(&self, cg: &mut TaskCgroup) -> Result<(), CgroupError> {
         let l = cg.limits;
         let quota =
             (l.cpu_millis > 0).then(|| (l.cpu_millis * CPU_PERIOD_US / 1000).max(MIN_CPU_QUOTA_US));
-        for scope in &self.scopes {
-            let dir = scope.join(name);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => {}
-                // A RUN replayed after a crash of the spawn: reuse it.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err("creating", &dir)(e)),
+        // A name no directory has in any hierarchy: one left by an earlier
+        // boot that could not be removed is skipped.
+        let mut tries = 0;
+        'name: loop {
+            let n = {
+                let mut pool = self.lock_pool();
+                pool.next += 1;
+                pool.next
+            };
+            let name = format!("task-{n}");
+            for scope in &self.scopes {
+                let dir = scope.join(&name);
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => cg.dirs.push(dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 1000 => {
+                        tries += 1;
+                        for d in cg.dirs.drain(..) {
+                            let _ = std::fs::remove_dir(d);
+                        }
+                        continue 'name;
+                    }
+                    Err(e) => return Err(io_err("creating", &dir)(e)),
+                }
             }
-            cg.dirs.push(dir);
+            break;
         }
         match self.version {
             CgroupVersion::V2 => {
@@ -234,20 +344,25 @@ impl Cgroups {
                 write_file(&pids.join("pids.max"), &l.pids.to_string())?;
             }
         }
-        for dir in &cg.dirs {
+        cg.open_join()
+    }
+}
+
+impl TaskCgroup {
+    /// Opens the `cgroup.procs` file of each directory for the child.
+    fn open_join(&mut self) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
             let procs = dir.join("cgroup.procs");
             let f = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&procs)
                 .map_err(io_err("opening", &procs))?;
-            cg.join.push(f);
+            self.join.push(f);
         }
         Ok(())
     }
-}
 
-impl TaskCgroup {
     /// Descriptors a child writes `0` to (itself) to join every hierarchy.
     pub fn join_fds(&self) -> Vec<RawFd> {
         self.join.iter().map(AsRawFd::as_raw_fd).collect()
@@ -266,6 +381,11 @@ impl TaskCgroup {
     /// How many processes of the task the kernel killed for exceeding its
     /// memory limit.
     pub fn oom_kills(&self) -> u64 {
+        self.oom_count().saturating_sub(self.oom_base)
+    }
+
+    /// The cgroup's OOM-kill counter since it was made.
+    fn oom_count(&self) -> u64 {
         let (file, key) = match self.version {
             CgroupVersion::V2 => ("memory.events", "oom_kill"),
             CgroupVersion::V1 => ("memory.oom_control", "oom_kill"),
@@ -310,6 +430,24 @@ impl TaskCgroup {
             waited += pause;
             pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// Ends the task's use of the cgroup: back to the pool when it may be
+    /// reused and `emptied` (nothing of the task is left in it), else
+    /// removed.
+    pub async fn finish(mut self, emptied: bool) -> bool {
+        self.join.clear();
+        if emptied && let Some(pool) = self.pool.take() {
+            let dirs = std::mem::take(&mut self.dirs);
+            let mut pool = pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if pool.put(self.limits, dirs.clone()) {
+                return true;
+            }
+            self.dirs = dirs;
+        }
+        self.remove().await
     }
 
     /// Removes the (empty) cgroup's directories.
@@ -516,6 +654,7 @@ fn try_v2(
     Ok(Cgroups {
         version: CgroupVersion::V2,
         scopes: vec![scope],
+        pool: Arc::default(),
     })
 }
 
@@ -556,6 +695,7 @@ fn try_v1(
     Ok(Cgroups {
         version: CgroupVersion::V1,
         scopes,
+        pool: Arc::default(),
     })
 }
 

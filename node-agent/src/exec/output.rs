@@ -44,7 +44,9 @@ pub type Owner = Option<(u32, u32)>;
 
 /// Drains `reader` into `path` (rotated to `path.1` whenever it reaches
 /// `file_cap` bytes) and into `sink`, and returns the last bytes seen.
-/// Disk errors stop the file copy but never the draining.
+/// The file is created with the first byte: a task that prints nothing
+/// (most tiny tasks) costs no inode. Disk errors stop the file copy but
+/// never the draining.
 pub async fn capture<R: AsyncRead + Unpin>(
     mut reader: R,
     path: PathBuf,
@@ -52,7 +54,7 @@ pub async fn capture<R: AsyncRead + Unpin>(
     owner: Owner,
     mut sink: Sink,
 ) -> Tail {
-    let mut file = open(&path, owner).await;
+    let mut file = FileCopy::NotYet;
     let mut written: u64 = 0;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -62,26 +64,40 @@ pub async fn capture<R: AsyncRead + Unpin>(
         };
         let chunk = &buf[..n];
         sink.push(chunk);
-        if file_cap > 0 && written + n as u64 > file_cap {
-            if let Some(mut f) = file.take() {
+        if file_cap > 0 && written + n as u64 > file_cap && written > 0 {
+            if let FileCopy::Open(f) = &mut file {
                 let _ = f.flush().await;
             }
             let _ = tokio::fs::rename(&path, rotated(&path)).await;
-            file = open(&path, owner).await;
+            file = FileCopy::NotYet;
             written = 0;
         }
-        if let Some(f) = file.as_mut() {
+        if matches!(file, FileCopy::NotYet) {
+            file = open(&path, owner)
+                .await
+                .map_or(FileCopy::Failed, FileCopy::Open);
+        }
+        if let FileCopy::Open(f) = &mut file {
             if f.write_all(chunk).await.is_err() {
-                file = None;
+                file = FileCopy::Failed;
             } else {
                 written += n as u64;
             }
         }
     }
-    if let Some(mut f) = file {
+    if let FileCopy::Open(mut f) = file {
         let _ = f.flush().await;
     }
     sink.tail()
+}
+
+/// Where the copy to disk stands.
+enum FileCopy {
+    /// No byte yet since the start or the last rotation.
+    NotYet,
+    Open(tokio::fs::File),
+    /// The disk refused: the stream is only kept in memory from here on.
+    Failed,
 }
 
 /// Name of the rotated file of `path`.
@@ -135,5 +151,15 @@ mod tests {
         let tail = capture(&b"hello\n"[..], dir.path().join("o"), 1024, None, sink).await;
         assert_eq!(tail.bytes, b"hello\n");
         assert!(!tail.truncated);
+        assert_eq!(std::fs::read(dir.path().join("o")).unwrap(), b"hello\n");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_prints_nothing_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::Private(Ring::default());
+        let tail = capture(&b""[..], dir.path().join("o"), 1024, None, sink).await;
+        assert!(tail.bytes.is_empty());
+        assert!(!dir.path().join("o").exists());
     }
 }

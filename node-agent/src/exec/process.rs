@@ -239,7 +239,7 @@ async fn run_to_exit(
         Err(e) => {
             // Killed with its group and reaped by `register`; whatever
             // left the group is still in the cgroup.
-            if let Some(cg) = &child.cgroup {
+            if let Some(cg) = child.cgroup {
                 cg.kill_until_empty().await;
                 cg.remove().await;
             }
@@ -257,9 +257,10 @@ async fn run_to_exit(
     let out = tokio::spawn(capture(stdout, dir.join("stdout"), cap, owner, out_sink));
     let err = tokio::spawn(capture(stderr, dir.join("stderr"), cap, owner, err_sink));
     let mut exit = supervise(process, pgid, stop_rx, clock).await;
+    let mut emptied = false;
     if let Some(cg) = &child.cgroup {
         // Whatever left the process group (setsid) is still in the cgroup.
-        cg.kill_until_empty().await;
+        emptied = cg.kill_until_empty().await;
         if cg.oom_kills() > 0 {
             exit.oom_killed = true;
             let limit = cg.limits.memory_bytes;
@@ -281,8 +282,8 @@ async fn run_to_exit(
             exit.message.push_str("; output pipes held open by an escaped descendant");
         }
     }
-    if let Some(cg) = &child.cgroup {
-        cg.remove().await;
+    if let Some(cg) = child.cgroup {
+        cg.finish(emptied).await;
     }
     exit
 }
@@ -314,8 +315,8 @@ struct SpawnTask<'a> {
 /// Why an attempt that reached the spawn did not start.
 const TOO_LATE: &str = "not started: its start deadline passed before the program ran (the agent was stopped or stalled; the region may have declared this node dead)";
 
-/// Creates the attempt's directories (the default working directory and
-/// the output files owned by the task's user) and its cgroup, and starts
+/// Creates the attempt's directories (the default working directory owned
+/// by the task's user) and its cgroup, and starts
 /// its process, limited. Blocks until the program has been exec'd.
 fn start_attempt(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
     let cmd = t.cmd;
@@ -333,25 +334,28 @@ fn start_attempt(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
     } else {
         PathBuf::from(&cmd.working_dir)
     };
-    std::fs::create_dir_all(t.dir)
-        .and_then(|()| std::fs::create_dir_all(&workdir))
-        .map_err(|e| LaunchError::Spawn(format!("cannot create {}: {e}", workdir.display())))?;
-    if let Some(u) = &t.isolation.user {
-        // The task writes its own directory and may read its output; a
-        // directory the task named is its own business.
-        let mut owned = vec![t.dir.join("stdout"), t.dir.join("stderr")];
-        for f in &owned {
-            std::fs::File::create(f)
-                .map_err(|e| LaunchError::Spawn(format!("cannot create {}: {e}", f.display())))?;
-        }
-        if own_workdir {
-            owned.push(workdir.clone());
-        }
-        for f in &owned {
-            std::os::unix::fs::chown(f, Some(u.uid), Some(u.gid)).map_err(|e| {
-                LaunchError::Spawn(format!("cannot give {} to {}: {e}", f.display(), u.name))
-            })?;
-        }
+    // The default working directory is inside the attempt's: one call
+    // makes both.
+    (if own_workdir {
+        Ok(())
+    } else {
+        std::fs::create_dir_all(t.dir)
+    })
+    .and_then(|()| std::fs::create_dir_all(&workdir))
+    .map_err(|e| LaunchError::Spawn(format!("cannot create {}: {e}", workdir.display())))?;
+    if let Some(u) = &t.isolation.user
+        && own_workdir
+    {
+        // The task writes its own directory; one the task named is its own
+        // business. Its output files are given to it as they are created
+        // (`output::capture`).
+        std::os::unix::fs::chown(&workdir, Some(u.uid), Some(u.gid)).map_err(|e| {
+            LaunchError::Spawn(format!(
+                "cannot give {} to {}: {e}",
+                workdir.display(),
+                u.name
+            ))
+        })?;
     }
     // Looked up here, in the task's own PATH: exec does not search one.
     let path_var = cmd.env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
@@ -381,15 +385,16 @@ fn start_attempt(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
     env.extend(cmd.env.iter().map(|(k, v)| var(k, v.clone())));
     let program = Program::new(&program, &cmd.args, &env)
         .map_err(|e| LaunchError::Spawn(format!("cannot start {:?}: {e}", cmd.program)))?;
+    // A task running as root could change its cgroup's limits or make
+    // cgroups inside it: its cgroup is never given to another task. (A
+    // task keeping the agent's own user has no `user` here.)
+    let reusable = t.isolation.user.as_ref().is_some_and(|u| u.uid != 0);
     let mut cgroup = match &t.isolation.cgroups {
-        Some(cgroups) => {
-            let name = cgroup_name(t.attempt);
-            Some(
-                cgroups
-                    .create_task(&name, t.task_limits)
-                    .map_err(|e| LaunchError::Spawn(format!("cannot make its cgroup: {e}")))?,
-            )
-        }
+        Some(cgroups) => Some(
+            cgroups
+                .create_task(t.task_limits, reusable)
+                .map_err(|e| LaunchError::Spawn(format!("cannot make its cgroup: {e}")))?,
+        ),
         None => None,
     };
     // Everything the child does before exec, so that the program's first
@@ -409,6 +414,7 @@ fn start_attempt(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
         Ok(s) => s,
         Err(e) => {
             if let Some(cg) = &cgroup {
+                // Nothing joined it: the directories are empty.
                 for d in cg.dirs() {
                     let _ = std::fs::remove_dir(d);
                 }
@@ -440,14 +446,6 @@ fn start_attempt(t: &SpawnTask<'_>) -> Result<Child, LaunchError> {
 
 fn too_late(why: &str) -> LaunchError {
     LaunchError::TooLate(why.into())
-}
-
-/// The cgroup of one attempt: `<job>-` and its directory's name.
-fn cgroup_name(attempt: &meridian_proto::v1::TaskAttempt) -> String {
-    match &attempt.task {
-        Some(t) => format!("{}-{}", t.job_id, super::attempt_dir_name(attempt)),
-        None => format!("unknown-{}", attempt.attempt),
-    }
 }
 
 /// The file `program` names: itself when it has a slash (relative to the
