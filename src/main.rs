@@ -205,13 +205,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             cgroup_parent: args.cgroup_parent,
         },
     };
-    let stop = async {
-        // Without a signal handler the agent runs until killed.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    meridian_agent::run_agent(cmd, stop)
+    // SIGTERM as well as SIGINT: `meridian dev`, service managers and
+    // orchestrators stop a process with SIGTERM, and an agent killed
+    // without its shutdown leaves its task cgroups behind.
+    meridian_agent::run_agent(cmd, stop_signal())
         .await
         .context("node agent failed")
 }
@@ -283,6 +280,27 @@ struct AccessArgs {
 /// A duration longer than zero written as numbers with units, humantime
 /// style: `7d`, `36h`, `1h30m`, `90s`, `250ms` (units `ms`, `s`, `m`, `h`,
 /// `d`, `w`; spaces between parts allowed).
+/// Resolves on the first SIGINT or SIGTERM: a server's or an agent's cue to
+/// shut down gracefully. Never resolves when no handler can be installed
+/// (the process then runs until killed).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    match term {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                r = tokio::signal::ctrl_c() => if r.is_err() { std::future::pending::<()>().await },
+            }
+        }
+        Err(_) => {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{text:?}: expected a duration such as 7d, 36h, 1h30m or 90s");
     let mut rest = text.trim();
@@ -346,28 +364,7 @@ async fn global(args: GlobalArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         println!("meridian global: serving grpc={http_scheme}://{grpc}{http}");
     };
-    let stop = async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    };
-    meridian_global::run(config, on_ready, stop)
+    meridian_global::run(config, on_ready, stop_signal())
         .await
         .context("global replica failed")
 }
@@ -442,21 +439,7 @@ async fn regional(args: RegionalArgs) -> anyhow::Result<()> {
     config.seed = args.seed;
     config.tombstone_retention = args.tombstone_retention;
     config.security = args.tls.security("meridian regional")?;
-    let stop = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    meridian_regional::server::run(config, stop)
+    meridian_regional::server::run(config, stop_signal())
         .await
         .context("region scheduler failed")
 }
