@@ -12,7 +12,9 @@
 //!   final status reaches the global tier once the region is restarted on
 //!   the same store;
 //! - simulated nodes advertise `meridian.io/simulated=true`, a real node
-//!   does not.
+//!   does not;
+//! - an agent stopped with SIGTERM shuts down: it stops its running task,
+//!   exits 0, and leaves none of its cgroups behind.
 //!
 //! Nothing waits by sleeping or polling: progress is awaited on process
 //! output (the line each agent logs once a node is registered), on the
@@ -501,6 +503,91 @@ async fn simulated_nodes_advertise_the_simulated_label_and_a_real_node_does_not(
 
 /// The label key simulated nodes carry (spelled out: this test checks the
 /// wire, not the agent's constant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopped_with_sigterm_stops_its_task_and_removes_its_cgroups() {
+    let tiers = Tiers::start(true);
+    let mut agent = tiers.agent(tiers.agent_line("node-1"));
+    let pids = tiers.dir.path().join("pids");
+    std::fs::create_dir_all(&pids).expect("pid dir");
+    let shell_fifo = support::wait::task_fifo(&pids, "shell");
+    open_to_tasks(tiers.dir.path(), 0o711);
+    open_to_tasks(&pids, 0o777);
+    let run = async {
+        tiers.await_nodes(&[(&agent, "node-1")]).await;
+        let mut federation = tiers.federation().await;
+        let script = "echo $$ > \"$PIDS/shell\"; exec sleep 1000";
+        submit(
+            &mut federation,
+            sh_job(
+                "held",
+                script,
+                &[("PIDS", pids.to_str().expect("utf-8 temp dir"))],
+                v1::RegionLossPolicy::Failover,
+            ),
+        )
+        .await;
+        read_pid(&shell_fifo).await
+    };
+    let shell = tokio::time::timeout(GUARD, run)
+        .await
+        .expect("the task started in time");
+    let cgroups = task_cgroup_dirs(shell);
+    println!("task {shell} runs in {cgroups:?}");
+    assert!(!cgroups.is_empty(), "the task runs in the agent's cgroups");
+
+    let status = tokio::task::block_in_place(|| agent.stop_with(nix::sys::signal::Signal::SIGTERM));
+    assert!(
+        status.success(),
+        "the agent shut down and exited 0: {status:?}"
+    );
+    assert!(
+        support::wait::process_exit(shell, GUARD).await,
+        "the task was stopped with the agent"
+    );
+    for dir in &cgroups {
+        let scope = dir.parent().expect("the agent's scope");
+        assert!(!dir.exists(), "{} is removed", dir.display());
+        assert!(!scope.exists(), "{} is removed", scope.display());
+    }
+}
+
+/// The directories of the agent's task cgroups `pid` is in, one per
+/// hierarchy, from `/proc/PID/cgroup` and the cgroup mounts.
+fn task_cgroup_dirs(pid: i32) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the task's cgroups");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut dirs = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if !path.contains("/meridian-node-1-") {
+            continue;
+        }
+        // mountinfo: id parent dev root point options... - fstype source super
+        let mount = mounts.lines().find_map(|m| {
+            let (head, tail) = m.split_once(" - ")?;
+            let fields: Vec<&str> = head.split(' ').collect();
+            let tail: Vec<&str> = tail.split(' ').collect();
+            let fits = match (id, tail.first().copied()) {
+                ("0", Some("cgroup2")) => true,
+                (_, Some("cgroup")) if id != "0" => tail
+                    .get(2)
+                    .is_some_and(|o| controllers.split(',').all(|c| o.split(',').any(|x| x == c))),
+                _ => false,
+            };
+            (fits && path.starts_with(fields[3])).then(|| (fields[3], fields[4]))
+        });
+        if let Some((root, point)) = mount {
+            let rel = path[root.len()..].trim_start_matches('/');
+            dirs.push(Path::new(point).join(rel));
+        }
+    }
+    dirs
+}
+
 fn meridian_agent_label() -> &'static str {
     "meridian.io/simulated"
 }

@@ -398,8 +398,14 @@ impl Proc {
     /// SIGINT, then waits for the exit (a server flushes its spans first);
     /// fails the test if it does not stop. Returns how it exited.
     pub fn interrupt(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGINT)
+    }
+
+    /// `signal` (a stop signal), then waits for the exit as
+    /// [`Proc::interrupt`] does.
+    pub fn stop_with(&mut self, signal: Signal) -> ExitStatus {
         if !self.exited() {
-            let _ = kill(self.pid(), Signal::SIGINT);
+            let _ = kill(self.pid(), signal);
             assert!(
                 self.exits_within(INTERRUPT_GUARD),
                 "the process did not stop within {INTERRUPT_GUARD:?}"
