@@ -281,23 +281,11 @@ struct AccessArgs {
 /// style: `7d`, `36h`, `1h30m`, `90s`, `250ms` (units `ms`, `s`, `m`, `h`,
 /// `d`, `w`; spaces between parts allowed).
 /// Resolves on the first SIGINT or SIGTERM: a server's or an agent's cue to
-/// shut down gracefully. Never resolves when no handler can be installed
-/// (the process then runs until killed).
+/// shut down gracefully. Never resolves when the handlers cannot be
+/// installed (the process then runs until killed).
 async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    match term {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                r = tokio::signal::ctrl_c() => if r.is_err() { std::future::pending::<()>().await },
-            }
-        }
-        Err(_) => {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+    if meridian_cli::dev::stop_signal().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -122,6 +122,17 @@ impl Tiers {
         .proc
     }
 
+    /// The directory tasks write their pids into (FIFOs the test makes in
+    /// it). The agent runs as root, so its tasks run as `nobody`: they must
+    /// reach and write the directory the test reads.
+    fn pid_dir(&self) -> PathBuf {
+        let pids = self.dir.path().join("pids");
+        std::fs::create_dir_all(&pids).expect("pid dir");
+        open_to_tasks(self.dir.path(), 0o711);
+        open_to_tasks(&pids, 0o777);
+        pids
+    }
+
     async fn federation(&self) -> FederationClient<Channel> {
         FederationClient::connect(self.global.clone().expect("a global tier"))
             .await
@@ -343,16 +354,11 @@ async fn a_real_task_that_exits_non_zero_fails_its_job_and_its_output_is_served_
 async fn cancelling_a_job_kills_the_whole_process_tree_of_its_task_on_the_agent() {
     let tiers = Tiers::start(true);
     let agent = tiers.agent(tiers.agent_line("node-1"));
-    let pids = tiers.dir.path().join("pids");
-    std::fs::create_dir_all(&pids).expect("pid dir");
+    let pids = tiers.pid_dir();
     // The task writes each pid into a FIFO the test reads: reading is the
     // wait, no file is polled.
     let shell_fifo = support::wait::task_fifo(&pids, "shell");
     let child_fifo = support::wait::task_fifo(&pids, "child");
-    // The agent runs as root, so its tasks run as `nobody`: they must reach
-    // and write the directory the test reads.
-    open_to_tasks(tiers.dir.path(), 0o711);
-    open_to_tasks(&pids, 0o777);
     let run = async {
         tiers.await_nodes(&[(&agent, "node-1")]).await;
         let mut federation = tiers.federation().await;
@@ -507,11 +513,8 @@ async fn simulated_nodes_advertise_the_simulated_label_and_a_real_node_does_not(
 async fn an_agent_stopped_with_sigterm_stops_its_task_and_removes_its_cgroups() {
     let tiers = Tiers::start(true);
     let mut agent = tiers.agent(tiers.agent_line("node-1"));
-    let pids = tiers.dir.path().join("pids");
-    std::fs::create_dir_all(&pids).expect("pid dir");
+    let pids = tiers.pid_dir();
     let shell_fifo = support::wait::task_fifo(&pids, "shell");
-    open_to_tasks(tiers.dir.path(), 0o711);
-    open_to_tasks(&pids, 0o777);
     let run = async {
         tiers.await_nodes(&[(&agent, "node-1")]).await;
         let mut federation = tiers.federation().await;

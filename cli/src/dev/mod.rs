@@ -144,8 +144,9 @@ async fn start_tier(
     (Tier { stop, tasks }, outcome)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() -> Result<&'static str> {
+/// Resolves on SIGINT or SIGTERM, naming which; an error when a handler
+/// cannot be installed.
+pub async fn stop_signal() -> Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())
         .map_err(|e| CliError::other(format!("installing the SIGINT handler: {e}")))?;

@@ -82,34 +82,35 @@ pub struct Cgroups {
 #[derive(Debug, Default)]
 struct Pool {
     idle: BTreeMap<TaskLimits, Vec<Vec<PathBuf>>>,
-    count: usize,
     next: u64,
 }
 
 impl Pool {
     fn take(&mut self, limits: TaskLimits) -> Option<Vec<PathBuf>> {
-        let dirs = self.idle.get_mut(&limits)?.pop()?;
-        self.count -= 1;
-        Some(dirs)
+        self.idle.get_mut(&limits)?.pop()
     }
 
-    /// False when the pool is full: the caller removes the cgroup.
-    fn put(&mut self, limits: TaskLimits, dirs: Vec<PathBuf>) -> bool {
-        if self.count >= POOL_LIMIT {
-            return false;
+    /// Gives `dirs` back when the pool is full: the caller removes them.
+    fn put(&mut self, limits: TaskLimits, dirs: Vec<PathBuf>) -> Result<(), Vec<PathBuf>> {
+        if self.idle.values().map(Vec::len).sum::<usize>() >= POOL_LIMIT {
+            return Err(dirs);
         }
-        self.count += 1;
         self.idle.entry(limits).or_default().push(dirs);
-        true
+        Ok(())
     }
 
     fn drain(&mut self) -> Vec<Vec<PathBuf>> {
-        self.count = 0;
         std::mem::take(&mut self.idle)
             .into_values()
             .flatten()
             .collect()
     }
+}
+
+fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
+    // The pool is plain data, consistent after every statement.
+    pool.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Limits of one task cgroup.
@@ -212,7 +213,7 @@ impl Cgroups {
     /// once every task cgroup in them is gone (at shutdown); a scope still
     /// holding one stays.
     pub fn remove_scope(&self) {
-        let pooled = self.lock_pool().drain();
+        let pooled = lock(&self.pool).drain();
         for d in pooled.iter().flatten() {
             if let Err(e) = std::fs::remove_dir(d) {
                 tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove pooled task cgroup");
@@ -225,13 +226,6 @@ impl Cgroups {
                 tracing::warn!(cgroup = %s.display(), error = %e, "cannot remove the agent's cgroup scope");
             }
         }
-    }
-
-    fn lock_pool(&self) -> std::sync::MutexGuard<'_, Pool> {
-        // The pool is plain data, consistent after every statement.
-        self.pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A cgroup with `limits` for one attempt: an emptied one from the pool
@@ -251,7 +245,7 @@ impl Cgroups {
             oom_base: 0,
             pool: reusable.then(|| self.pool.clone()),
         };
-        let pooled = self.lock_pool().take(limits);
+        let pooled = lock(&self.pool).take(limits);
         if let Some(dirs) = pooled {
             cg.dirs = dirs;
             cg.oom_base = cg.oom_count();
@@ -288,7 +282,7 @@ impl Cgroups {
         let mut tries = 0;
         'name: loop {
             let n = {
-                let mut pool = self.lock_pool();
+                let mut pool = lock(&self.pool);
                 pool.next += 1;
                 pool.next
             };
@@ -439,13 +433,10 @@ impl TaskCgroup {
         self.join.clear();
         if emptied && let Some(pool) = self.pool.take() {
             let dirs = std::mem::take(&mut self.dirs);
-            let mut pool = pool
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if pool.put(self.limits, dirs.clone()) {
-                return true;
+            match lock(&pool).put(self.limits, dirs) {
+                Ok(()) => return true,
+                Err(dirs) => self.dirs = dirs,
             }
-            self.dirs = dirs;
         }
         self.remove().await
     }
