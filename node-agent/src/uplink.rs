@@ -15,8 +15,8 @@
 //! failure comes back to that node alone, as the status its single call
 //! would have had (with the leader hint).
 //!
-//! Must never change or drop a node's request, or answer a node with
-//! another node's result.
+//! Must never change or drop the request of a node still waiting for its
+//! answer, or answer a node with another node's result.
 
 use meridian_proto::LEADER_METADATA_KEY;
 use meridian_proto::limits::MAX_NODES_PER_CALL;
@@ -146,6 +146,13 @@ async fn batch<Req, Resp, F, Fut>(
                 Err(_) => break,
             }
         }
+        // A node that stopped waiting (its call's deadline passed while the
+        // previous batch was out) asks again itself: sending its old request
+        // too would only make a slow region slower.
+        queued.retain(|(_, reply)| !reply.is_closed());
+        if queued.is_empty() {
+            continue;
+        }
         let (reqs, replies): (Vec<Req>, Vec<Reply<Resp>>) = queued.into_iter().unzip();
         match send(reqs).await {
             Ok(results) => {
@@ -225,5 +232,38 @@ mod tests {
             got,
             vec![Ok(0), Ok(10), Ok(20), Err(tonic::Code::NotFound), Ok(40)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_node_stopped_waiting_is_not_sent() {
+        let (tx, rx) = mpsc::unbounded_channel::<(u32, Reply<u32>)>();
+        let mut waiting = Vec::new();
+        for i in 0..4 {
+            let (r, w) = oneshot::channel();
+            tx.send((i, r)).expect("send");
+            // Nodes 1 and 2 gave up (their call's deadline passed).
+            if i == 1 || i == 2 {
+                drop(w);
+            } else {
+                waiting.push(w);
+            }
+        }
+        let (r, gave_up) = oneshot::channel();
+        tx.send((9, r)).expect("send");
+        drop(gave_up);
+        drop(tx);
+        let sent = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = sent.clone();
+        batch(rx, None, move |reqs: Vec<u32>| {
+            seen.lock().push(reqs.clone());
+            async move { Ok(reqs.into_iter().map(Ok).collect()) }
+        })
+        .await;
+        assert_eq!(*sent.lock(), vec![vec![0, 3]], "only the waiting nodes'");
+        let mut got = Vec::new();
+        for w in waiting {
+            got.push(w.await.expect("answered").map_err(|s| s.code()));
+        }
+        assert_eq!(got, vec![Ok(0), Ok(3)]);
     }
 }

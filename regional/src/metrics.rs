@@ -27,6 +27,7 @@
 //! | `meridian_regional_handoffs_total` | counter | `shard` |
 //! | `meridian_regional_pipeline_group_size` | histogram | |
 //! | `meridian_regional_pipeline_commit_seconds` | histogram | |
+//! | `meridian_regional_pipeline_abandoned_total` | counter | |
 //!
 //! `shard` takes the configured shard numbers only; no label takes a node,
 //! job or task id. `assignments_total` counts the global tier's events the
@@ -158,6 +159,12 @@ pub(crate) fn pipeline_group(n: usize) {
     metrics::histogram!("meridian_regional_pipeline_group_size").record(n as f64);
 }
 
+/// An agent's registration or report dropped from the write pipeline
+/// because its caller had stopped waiting.
+pub(crate) fn pipeline_abandoned() {
+    metrics::counter!("meridian_regional_pipeline_abandoned_total").increment(1);
+}
+
 /// Time of one write-pipeline transaction (reads, decisions, commit).
 pub(crate) fn pipeline_commit(d: Duration) {
     metrics::histogram!("meridian_regional_pipeline_commit_seconds").record(d.as_secs_f64());
@@ -171,6 +178,7 @@ pub(crate) fn fencing_rejection(epoch: &'static str) {
 /// the start; called once the process's recorder is installed.
 pub(crate) fn register_series() {
     let _ = metrics::counter!("meridian_regional_overcommit_refused_total");
+    let _ = metrics::counter!("meridian_regional_pipeline_abandoned_total");
     let _ = metrics::counter!("meridian_regional_assignments_refused_total");
     for epoch in ["node", "region_lease", "assignment"] {
         let _ = metrics::counter!("meridian_regional_fencing_rejections_total", "epoch" => epoch);

@@ -149,8 +149,8 @@ impl RegionApi {
         self
     }
 
-    /// The interval to tell agents now.
-    fn heartbeat_every(&self) -> Duration {
+    /// The heartbeat interval to tell agents now.
+    pub(crate) fn heartbeat_every(&self) -> Duration {
         let nodes = self.state.read().nodes.len() as u64;
         beat_every(
             self.config.heartbeat_interval,

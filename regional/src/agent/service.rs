@@ -65,6 +65,27 @@ impl RegionApi {
             return Err(self.not_leader(shard, &mut Hints::new()).await);
         };
         let every = self.heartbeat_every();
+        // A node that calls is alive: it counts as heard now, whether or not
+        // this call lives to see its commit. An agent that gives up on a slow
+        // registration and tries again must not find its node declared dead
+        // for silence in the meantime (a registration committed after its
+        // caller left would otherwise start with no beat at all).
+        self.beats.beat(&req.node_id, self.clock.now(), ms(every));
+        // The same boot registering again while its node is not DOWN keeps
+        // its epoch (`Register::apply` writes nothing then): answered from
+        // memory, so retries under load add nothing to the pipeline.
+        let known = {
+            let s = self.state.read();
+            s.nodes
+                .get(&req.node_id)
+                .and_then(|e| e.record.as_ref())
+                .filter(|n| n.boot_id == req.boot_id && n.liveness != NodeLiveness::Down)
+                .cloned()
+        };
+        if let Some(node) = known {
+            m::agent_call("register", "ok");
+            return Ok(self.registered(&node, shard, every));
+        }
         let node = self
             .pipeline
             .submit(
@@ -88,14 +109,23 @@ impl RegionApi {
         };
         self.beats.beat(&node.node_id, self.clock.now(), ms(every));
         m::agent_call("register", "ok");
-        Ok(v1::RegisterNodeResponse {
+        Ok(self.registered(&node, shard, every))
+    }
+
+    fn registered(
+        &self,
+        node: &crate::model::NodeRecord,
+        shard: u32,
+        every: std::time::Duration,
+    ) -> v1::RegisterNodeResponse {
+        v1::RegisterNodeResponse {
             node_epoch: node.epoch,
             heartbeat_interval_ms: ms(every),
             node_timeout_ms: ms(self.config.node_timeout.max(every * 3)),
             region_lease_remaining_ms: self.region_lease_remaining_ms(),
             region: self.region.clone(),
             shard_id: shard,
-        })
+        }
     }
 
     /// A heartbeat, answered from memory: nothing is written.

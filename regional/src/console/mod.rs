@@ -76,6 +76,8 @@ pub struct RegionConsole {
 #[derive(Default)]
 struct Tracker {
     sampled: bool,
+    /// When the node list was last read (see [`RegionConsole::nodes_due`]).
+    nodes_at: Option<meridian_control::Instant>,
     shard_count: u32,
     /// shard -> (leader, epoch, first seen at, expires at)
     shards: BTreeMap<u32, (String, u64, u64, u64)>,
@@ -366,7 +368,10 @@ impl RegionConsole {
         let api = &self.deps.api;
         let now = api.clock.now_unix_ms();
         let failed = |e: crate::RegionalError| ConsoleError::Failed(e.to_string());
-        let nodes: Vec<NodeView> = self.list_nodes().await?.iter().map(node_view).collect();
+        let nodes: Option<Vec<NodeView>> = match self.nodes_due() {
+            true => Some(self.list_nodes().await?.iter().map(node_view).collect()),
+            false => None,
+        };
         let bound = self.read_bound().await?;
         let count = api.state.read().layout.map_or(0, |l| l.count);
         let leases = observe_shard_leases(&api.lease_store, &api.keys, count)
@@ -383,18 +388,37 @@ impl RegionConsole {
         let first = !st.sampled;
         st.note_leaders(leases, now);
         st.shard_count = count;
-        if !first {
-            st.note_node_changes(&nodes, &preempting, now);
+        if let Some(nodes) = nodes {
+            if !first {
+                st.note_node_changes(&nodes, &preempting, now);
+            }
+            st.nodes = nodes;
+            st.nodes_at = Some(api.clock.now());
         }
         st.note_rates(&counters, now);
         st.counters = Some(counters);
-        st.nodes = nodes;
         st.lanes = lanes.into_values().rev().collect();
         st.waiting = waiting;
         st.preempting = preempting;
         st.sampled = true;
         st.error = None;
         Ok(())
+    }
+
+    /// Whether the node list is due again. Nodes change state no faster
+    /// than their heartbeats are judged, so the list is read at half the
+    /// pace the region gives its agents (every second in a small region,
+    /// every 5 s at 10,000 nodes), while the queue and the rates are
+    /// sampled every second: building every node's view each second cost a
+    /// large region more than all its heartbeats.
+    fn nodes_due(&self) -> bool {
+        let api = &self.deps.api;
+        let pace = (api.heartbeat_every() / 2).max(SAMPLE_EVERY);
+        let now = api.clock.now();
+        self.state
+            .lock()
+            .nodes_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= pace)
     }
 
     /// The store's count of bindings ever made (zero before the first).

@@ -161,6 +161,19 @@ impl Pipeline {
     }
 }
 
+/// An agent's registration or report whose caller stopped waiting (its call
+/// timed out or was cancelled): the agent still holds it and sends it again,
+/// so committing it now would only lengthen the queue in front of the retry.
+/// Counted, never silently: a queue full of these is a region too slow for
+/// its agents' deadlines.
+fn abandoned(q: &Queued) -> bool {
+    let gone = matches!(q.intent, Intent::Register(_) | Intent::Report(_)) && q.reply.is_closed();
+    if gone {
+        crate::metrics::pipeline_abandoned();
+    }
+    gone
+}
+
 struct Committer {
     db: Database,
     keys: Keys,
@@ -179,10 +192,14 @@ enum Prepared {
 impl Committer {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Queued>) {
         while let Some(first) = rx.recv().await {
+            if abandoned(&first) {
+                continue;
+            }
             let mut weight = weight(&first.intent);
             let mut group = vec![first];
             while group.len() < MAX_GROUP && weight < MAX_GROUP_BYTES {
                 match rx.try_recv() {
+                    Ok(q) if abandoned(&q) => {}
                     Ok(q) => {
                         weight += self::weight(&q.intent);
                         group.push(q);

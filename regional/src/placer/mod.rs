@@ -652,18 +652,16 @@ impl ShardLoop {
         let mut out = SweepOutcome::default();
         let changes = {
             let s = self.ctx.state.read();
-            let beats = self
-                .ctx
-                .beats
-                .snapshot(s.shard_nodes(shard).map(|(_, r)| r.node_id.as_str()));
-            liveness_changes(
-                &s,
-                &beats,
-                shard,
-                self.heard_from,
-                now,
-                &self.ctx.config.liveness,
-            )
+            self.ctx.beats.with_all(|beats| {
+                liveness_changes(
+                    &s,
+                    beats,
+                    shard,
+                    self.heard_from,
+                    now,
+                    &self.ctx.config.liveness,
+                )
+            })
         };
         // Taken now, owed again if the sweep fails.
         let mut scope = std::mem::take(&mut self.sweep_scope);

@@ -86,19 +86,27 @@ fn ms(d: Duration) -> u64 {
 /// is later.
 pub fn liveness_changes(
     state: &RegionState,
-    beats: &BTreeMap<&str, Beat>,
+    beats: &BTreeMap<String, Beat>,
     shard: u32,
     heard_from: Instant,
     now: Instant,
     config: &LivenessConfig,
 ) -> Vec<LivenessChange> {
     let mut changes = Vec::new();
-    for (_, node) in state.shard_nodes(shard) {
+    // Both maps are ordered by node id, so one walk through the beats beside
+    // the nodes finds each node's beat: a lookup per node, twice a second
+    // for every shard of a 10,000-node region, was most of the sweep.
+    let mut beats = beats.iter().peekable();
+    for (id, entry) in &state.nodes {
+        let Some(node) = entry.record.as_ref().filter(|_| entry.shard == shard) else {
+            continue;
+        };
+        while beats.next_if(|(b, _)| b.as_str() < id.as_str()).is_some() {}
+        let beat = beats.next_if(|(b, _)| *b == id).map(|(_, b)| b);
         if node.liveness == NodeLiveness::Down {
             // DOWN is left only by registering again.
             continue;
         }
-        let beat = beats.get(node.node_id.as_str());
         let last = beat.map_or(heard_from, |b| b.at.max(heard_from));
         let (suspect_ms, dead_ms) = config.deadlines(beat.map_or(0, |b| b.every_ms));
         let late = ms(now.saturating_duration_since(last));

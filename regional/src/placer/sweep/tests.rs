@@ -1,4 +1,5 @@
-//! A sweep of what changed finds exactly what a sweep of everything finds.
+//! A sweep of what changed finds exactly what a sweep of everything finds;
+//! the liveness walk finds each node's beat as a lookup by id would.
 
 use meridian_proto::v1;
 use proptest::prelude::*;
@@ -211,4 +212,89 @@ fn a_reload_or_a_new_layout_owes_a_full_sweep_and_a_failed_sweep_is_owed_again()
         ..Delta::default()
     });
     assert!(scope.all && scope.nodes.is_empty() && scope.jobs.is_empty());
+}
+
+/// The liveness rule with each node's beat looked up by id: what the walk
+/// of both ordered maps must decide.
+fn liveness_by_lookup(
+    s: &RegionState,
+    beats: &BTreeMap<String, Beat>,
+    shard: u32,
+    now: Instant,
+    config: &LivenessConfig,
+) -> Vec<LivenessChange> {
+    let mut out = Vec::new();
+    for (_, node) in s.shard_nodes(shard) {
+        if node.liveness == NodeLiveness::Down {
+            continue;
+        }
+        let beat = beats.get(&node.node_id);
+        let last = beat.map_or(Instant::ZERO, |b| b.at);
+        let (suspect, dead) = config.deadlines(beat.map_or(0, |b| b.every_ms));
+        let late = ms(now.saturating_duration_since(last));
+        let to = if late >= dead {
+            NodeLiveness::Down
+        } else if late >= suspect {
+            NodeLiveness::Suspect
+        } else {
+            NodeLiveness::Ready
+        };
+        if to != node.liveness {
+            out.push(LivenessChange {
+                node: node.node_id.clone(),
+                epoch: node.epoch,
+                from: node.liveness,
+                to,
+            });
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn the_liveness_walk_finds_every_nodes_beat_as_a_lookup_by_id_does(
+        nodes in prop::collection::btree_map(
+            "[a-c]{1,3}[0-9]{0,2}",
+            (0u8..3, 0u32..3),
+            1..40,
+        ),
+        beats in prop::collection::btree_map(
+            "[a-d]{1,3}[0-9]{0,2}",
+            (0u64..40_000, prop::sample::select(vec![0u64, 10_000])),
+            0..50,
+        ),
+        now_ms in 0u64..60_000,
+    ) {
+        let mut s = RegionState::default();
+        let mut d = Delta::default();
+        for (i, (id, (liveness, _))) in nodes.iter().enumerate() {
+            let mut n = node(id);
+            n.liveness = [NodeLiveness::Ready, NodeLiveness::Suspect, NodeLiveness::Down]
+                [usize::from(*liveness)];
+            s.put_node(id, Some(n), stamp(i as u32 + 1), &mut d);
+        }
+        // Shards as the test chose them, so every shard has gaps in its ids.
+        for (id, (_, shard)) in &nodes {
+            if let Some(e) = s.nodes.get_mut(id) {
+                e.shard = *shard;
+            }
+        }
+        let beats: BTreeMap<String, Beat> = beats
+            .into_iter()
+            .map(|(id, (at, every_ms))| {
+                (id, Beat { at: Instant::from_epoch(Duration::from_millis(at)), every_ms })
+            })
+            .collect();
+        let now = Instant::from_epoch(Duration::from_millis(now_ms));
+        let config = LivenessConfig::default();
+        for shard in 0..3 {
+            prop_assert_eq!(
+                liveness_changes(&s, &beats, shard, Instant::ZERO, now, &config),
+                liveness_by_lookup(&s, &beats, shard, now, &config)
+            );
+        }
+    }
 }
