@@ -24,7 +24,7 @@ fn prune_streams(region: &Region, leading: &Leading) {
 #[tokio::test]
 async fn registering_again_with_the_same_boot_id_keeps_the_epoch_and_a_new_boot_id_gets_a_higher_one()
  {
-    let region = Region::new().await;
+    let (region, log) = Region::recorded().await;
     let (addr, _) = region.serve(AgentApiConfig::default()).await;
     let mut agent = agent_client(addr).await;
 
@@ -35,6 +35,7 @@ async fn registering_again_with_the_same_boot_id_keeps_the_epoch_and_a_new_boot_
         .into_inner();
     assert_eq!(first.region, "r1");
     assert_eq!(first.shard_id, 0);
+    let commits = log.lock().len();
     let retry = agent
         .register(registration("node-a", "boot-1"))
         .await
@@ -44,6 +45,7 @@ async fn registering_again_with_the_same_boot_id_keeps_the_epoch_and_a_new_boot_
         retry.node_epoch, first.node_epoch,
         "a retry keeps the epoch"
     );
+    assert_eq!(log.lock().len(), commits, "a retry writes nothing");
 
     let rebooted = agent
         .register(registration("node-a", "boot-2"))

@@ -49,6 +49,19 @@ impl LivenessConfig {
         (suspect, suspect.saturating_add(grace))
     }
 
+    /// What a node whose last beat is `late_ms` old is, when it was told to
+    /// beat every `every_ms`.
+    pub fn judge(&self, late_ms: u64, every_ms: u64) -> NodeLiveness {
+        let (suspect_ms, dead_ms) = self.deadlines(every_ms);
+        if late_ms >= dead_ms {
+            NodeLiveness::Down
+        } else if late_ms >= suspect_ms {
+            NodeLiveness::Suspect
+        } else {
+            NodeLiveness::Ready
+        }
+    }
+
     /// How long a lost task of an exclusive job waits before it is placed
     /// again: long enough for its fenced agent to hear of the fence at its
     /// next two heartbeats and stop it.
@@ -108,15 +121,8 @@ pub fn liveness_changes(
             continue;
         }
         let last = beat.map_or(heard_from, |b| b.at.max(heard_from));
-        let (suspect_ms, dead_ms) = config.deadlines(beat.map_or(0, |b| b.every_ms));
         let late = ms(now.saturating_duration_since(last));
-        let to = if late >= dead_ms {
-            NodeLiveness::Down
-        } else if late >= suspect_ms {
-            NodeLiveness::Suspect
-        } else {
-            NodeLiveness::Ready
-        };
+        let to = config.judge(late, beat.map_or(0, |b| b.every_ms));
         if to != node.liveness {
             if to == NodeLiveness::Down {
                 tracing::warn!(node = %node.node_id, epoch = node.epoch, late_ms = late, "node declared dead");

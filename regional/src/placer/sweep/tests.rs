@@ -229,16 +229,8 @@ fn liveness_by_lookup(
             continue;
         }
         let beat = beats.get(&node.node_id);
-        let last = beat.map_or(Instant::ZERO, |b| b.at);
-        let (suspect, dead) = config.deadlines(beat.map_or(0, |b| b.every_ms));
-        let late = ms(now.saturating_duration_since(last));
-        let to = if late >= dead {
-            NodeLiveness::Down
-        } else if late >= suspect {
-            NodeLiveness::Suspect
-        } else {
-            NodeLiveness::Ready
-        };
+        let late = ms(now.saturating_duration_since(beat.map_or(Instant::ZERO, |b| b.at)));
+        let to = config.judge(late, beat.map_or(0, |b| b.every_ms));
         if to != node.liveness {
             out.push(LivenessChange {
                 node: node.node_id.clone(),
