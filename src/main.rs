@@ -158,6 +158,10 @@ struct AgentArgs {
     /// which the agent makes its tasks' cgroups; default: its own cgroup.
     #[arg(long, value_name = "PATH")]
     cgroup_parent: Option<String>,
+    /// How long a finished task's directory on this node (its output files
+    /// and scratch space) is kept after its last write (`24h`, `3d`).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    attempt_retention: std::time::Duration,
     #[command(flatten)]
     tls: meridian_cli::tls::ServerTlsArgs,
     #[command(flatten)]
@@ -193,6 +197,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         },
         logs_advertise: args.logs_advertise,
         security,
+        attempt_retention: args.attempt_retention,
         isolation: meridian_agent::exec::isolation::IsolationOptions {
             run_as: match (args.run_as, args.run_as_root) {
                 (_, true) => meridian_agent::exec::isolation::RunAs::AgentUser,

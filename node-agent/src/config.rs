@@ -91,6 +91,9 @@ pub struct AgentOptions {
     pub work_dir: Option<PathBuf>,
     /// Finished attempts remembered per node for idempotent RUN/STOP.
     pub finished_memory: usize,
+    /// How long a finished attempt's directory (its output files and
+    /// scratch space) stays on a real node after its last write.
+    pub attempt_retention: Duration,
     /// Which user real tasks run as and whether each gets a cgroup.
     pub isolation: IsolationOptions,
     /// Where a real node serves the live output of its attempts
@@ -105,6 +108,10 @@ pub struct AgentOptions {
     /// `meridian agent` binary needs TLS files or `--insecure`.
     pub security: meridian_control::tls::Security,
 }
+
+/// How long finished attempts' directories stay by default: a day, long
+/// enough to read a finished task's whole output from the node.
+pub const DEFAULT_ATTEMPT_RETENTION: Duration = Duration::from_secs(86_400);
 
 impl Default for AgentOptions {
     fn default() -> Self {
@@ -124,6 +131,7 @@ impl Default for AgentOptions {
             cpu_time_limit: None,
             work_dir: None,
             finished_memory: 256,
+            attempt_retention: DEFAULT_ATTEMPT_RETENTION,
             isolation: IsolationOptions::default(),
             logs_listen: None,
             logs_endpoint: String::new(),
@@ -143,6 +151,11 @@ impl AgentOptions {
         }
         if self.call_timeout.is_zero() {
             return Err(AgentError::Config("call_timeout must be > 0".into()));
+        }
+        if self.attempt_retention.is_zero() {
+            return Err(AgentError::Config(
+                "--attempt-retention must be longer than zero".into(),
+            ));
         }
         if self.isolation.pids_limit == 0 {
             return Err(AgentError::Config("--pids-limit must be > 0".into()));

@@ -25,6 +25,7 @@ use crate::exec::Executor;
 use crate::exec::isolation::{Isolation, IsolationOptions, scope_name};
 use crate::exec::live::LiveLogs;
 use crate::exec::process::{Cleanup, ProcessExecutor, cleanup_previous};
+use crate::exec::retention::{self, InUse};
 use crate::exec::simulated::SimulatedExecutor;
 use crate::link::{ChannelPool, RegionLink, parse_endpoints};
 use crate::logs::LogServer;
@@ -60,6 +61,8 @@ pub struct AgentCommand {
     pub logs_advertise: String,
     /// TLS material, or plain text (`--insecure`).
     pub security: meridian_control::tls::Security,
+    /// How long a finished attempt's directory stays after its last write.
+    pub attempt_retention: Duration,
 }
 
 /// Running nodes of one process.
@@ -187,16 +190,22 @@ impl Host {
             tracing::info!(endpoint = %opts.logs_endpoint, "serving live task output");
         }
         let opts = Arc::new(opts);
-        let executor: Arc<dyn Executor> = Arc::new(
-            ProcessExecutor::new(
-                clock.clone(),
-                opts.output_file_cap,
-                opts.enforce_memory_limit,
-                opts.cpu_time_limit,
-                isolation.clone(),
-            )
-            .with_live_logs(live),
-        );
+        let processes = ProcessExecutor::new(
+            clock.clone(),
+            opts.output_file_cap,
+            opts.enforce_memory_limit,
+            opts.cpu_time_limit,
+            isolation.clone(),
+        )
+        .with_live_logs(live);
+        tokio::spawn(expire_attempts(
+            work_dir.join("tasks"),
+            opts.attempt_retention,
+            processes.in_use(),
+            (clock.clone(), probe.clone()),
+            shutdown_rx.clone(),
+        ));
+        let executor: Arc<dyn Executor> = Arc::new(processes);
         let mut node = NodeAgent::new(
             NodeContext {
                 spec,
@@ -330,6 +339,7 @@ pub async fn run_agent(
         logs_listen: cmd.logs_listen,
         logs_endpoint: cmd.logs_advertise.clone(),
         security: cmd.security.clone(),
+        attempt_retention: cmd.attempt_retention,
         ..AgentOptions::default()
     };
     let clock = SystemClock::shared();
@@ -344,4 +354,41 @@ pub async fn run_agent(
     }
     host.shutdown().await;
     Ok(())
+}
+
+/// Removes finished attempts' directories past `keep`, one pass at start
+/// and then every [`retention::pass_every`], until shutdown. A pass walks the
+/// disk, so it runs on a blocking thread.
+async fn expire_attempts(
+    tasks: PathBuf,
+    keep: Duration,
+    in_use: Arc<InUse>,
+    (clock, probe): (SharedClock, Arc<Probe>),
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let now = std::time::UNIX_EPOCH + Duration::from_millis(clock.now_unix_ms());
+        let (dir, held) = (tasks.clone(), in_use.clone());
+        let swept = tokio::task::spawn_blocking(move || retention::sweep(&dir, keep, now, &held))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "attempt retention pass failed");
+                retention::Swept::default()
+            });
+        // Timed before the pass is told, so whoever awaits the pass and then
+        // moves the clock moves it past the next one.
+        let next = clock.sleep(retention::pass_every(keep));
+        if swept.attempts > 0 {
+            tracing::info!(
+                attempts = swept.attempts,
+                jobs = swept.jobs,
+                "removed attempt directories past their retention"
+            );
+            probe.update(|p| p.attempt_dirs_removed += swept.attempts as u64);
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = next => {}
+        }
+    }
 }

@@ -34,6 +34,8 @@ pub struct ProbeSnapshot {
     /// Heartbeats answered in a session, over all time (counted once the
     /// next one is scheduled).
     pub heartbeats: u64,
+    /// Finished attempts' directories removed past their retention.
+    pub attempt_dirs_removed: u64,
 }
 
 /// Shared, watchable counters.

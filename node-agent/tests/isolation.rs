@@ -5,35 +5,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use common::{FakeOptions, FakeRegion, attempt, run};
+use common::{FakeOptions, FakeRegion, attempt, real_node, run};
 use meridian_agent::exec::isolation::{DEFAULT_TASK_USER, IsolationOptions, RunAs};
 use meridian_agent::exec::process::is_running;
-use meridian_agent::{AgentOptions, Host, NodeSpec, Probe};
+use meridian_agent::{AgentOptions, Host, Probe};
 use meridian_control::SystemClock;
 use meridian_proto::v1::task_template::Kind;
 use meridian_proto::v1::{
     AssignmentCommand, Command, RegionLossPolicy, Resources, TaskReport, TaskState, TaskTemplate,
 };
 use nix::unistd::{Uid, User};
-
-fn spec() -> NodeSpec {
-    NodeSpec {
-        node_id: "n1".into(),
-        allocatable: Resources {
-            cpu_millis: 2000,
-            memory_bytes: 1 << 30,
-            gpu_count: 0,
-            gpu_type: String::new(),
-        },
-        labels: BTreeMap::new(),
-        zone: String::new(),
-        rack: String::new(),
-    }
-}
 
 fn sh(script: &str) -> TaskTemplate {
     TaskTemplate {
@@ -57,7 +41,7 @@ async fn node(isolation: IsolationOptions) -> (FakeRegion, Host, tempfile::TempD
     };
     let host = Host::real(
         &fake.url(),
-        spec(),
+        real_node("n1"),
         opts,
         SystemClock::shared(),
         Arc::new(Probe::default()),
@@ -364,7 +348,7 @@ async fn a_task_of_a_non_root_agent_runs_as_the_agents_user_and_another_user_is_
         };
         let refused = Host::real(
             &fake.url(),
-            spec(),
+            real_node("n1"),
             opts,
             SystemClock::shared(),
             Arc::new(Probe::default()),

@@ -7,29 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{FakeOptions, FakeRegion, attempt, run, stop};
+use common::{FakeOptions, FakeRegion, attempt, real_node, run, stop};
 use meridian_agent::exec::process::is_running;
-use meridian_agent::{AgentOptions, Host, NodeSpec, Probe};
+use meridian_agent::{AgentOptions, Host, Probe};
 use meridian_control::{ManualClock, SystemClock};
 use meridian_proto::v1::task_template::Kind;
-use meridian_proto::v1::{
-    Command, RegionLossPolicy, Resources, Simulated, TaskState, TaskTemplate,
-};
-
-fn spec(id: &str) -> NodeSpec {
-    NodeSpec {
-        node_id: id.into(),
-        allocatable: Resources {
-            cpu_millis: 2000,
-            memory_bytes: 1 << 30,
-            gpu_count: 0,
-            gpu_type: String::new(),
-        },
-        labels: BTreeMap::new(),
-        zone: String::new(),
-        rack: String::new(),
-    }
-}
+use meridian_proto::v1::{Command, RegionLossPolicy, Simulated, TaskState, TaskTemplate};
 
 fn sh(script: &str, env: &[(&str, &str)], working_dir: &str) -> TaskTemplate {
     TaskTemplate {
@@ -52,7 +35,7 @@ async fn real_host(fake: &FakeRegion, work: &std::path::Path) -> Host {
     };
     Host::real(
         &fake.url(),
-        spec("n1"),
+        real_node("n1"),
         opts,
         SystemClock::shared(),
         Arc::new(Probe::default()),
@@ -127,7 +110,7 @@ async fn a_simulated_task_on_a_real_node_runs_as_a_timer_and_succeeds() {
     };
     let host = Host::real(
         &fake.url(),
-        spec("n1"),
+        real_node("n1"),
         opts,
         clock.shared(),
         Arc::new(Probe::default()),
@@ -306,7 +289,7 @@ async fn an_end_unacknowledged_when_the_agent_dies_is_delivered_by_its_next_boot
     };
     let host = Host::real(
         &fake.url(),
-        spec("n1"),
+        real_node("n1"),
         opts,
         SystemClock::shared(),
         probe.clone(),

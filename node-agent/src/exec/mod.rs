@@ -11,6 +11,7 @@ pub mod isolation;
 pub mod live;
 pub mod output;
 pub mod process;
+pub mod retention;
 pub mod simulated;
 pub mod spawn;
 

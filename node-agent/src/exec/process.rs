@@ -30,6 +30,7 @@ use super::deadline::StartDeadline;
 use super::isolation::{ChildSetup, Isolation, TOO_LATE_ERRNO};
 use super::live::{AttemptOutput, LiveLogs, Ring};
 use super::output::{Owner, Sink, capture};
+use super::retention::InUse;
 use super::simulated::SimulatedExecutor;
 use super::spawn::{self, Process, Program, Spawned};
 use super::{
@@ -57,6 +58,9 @@ pub struct ProcessExecutor {
     /// Where the output of running attempts is kept for live followers;
     /// `None`: nobody follows, each capture keeps its tail privately.
     live: Option<Arc<LiveLogs>>,
+    /// The attempt directories of running attempts, which the retention
+    /// pass leaves alone.
+    in_use: Arc<InUse>,
 }
 
 impl ProcessExecutor {
@@ -75,7 +79,13 @@ impl ProcessExecutor {
             cpu_time_limit,
             isolation,
             live: None,
+            in_use: Arc::default(),
         }
+    }
+
+    /// The attempt directories this executor's running attempts use.
+    pub fn in_use(&self) -> Arc<InUse> {
+        self.in_use.clone()
     }
 
     /// Keeps each attempt's output in `live` while it runs, for followers.
@@ -140,6 +150,7 @@ impl Executor for ProcessExecutor {
             cpu_millis: launch.resources.cpu_millis,
             pids: self.isolation.pids_limit,
         };
+        let held = self.in_use.hold(dir.clone());
         let (control, stop_rx) = TaskControl::new();
         let clock = self.clock.clone();
         let cap = self.file_cap;
@@ -204,6 +215,7 @@ impl Executor for ProcessExecutor {
             }
             // The node loop may be gone (shutdown): nobody to tell.
             let _ = exits.send(TaskEvent::Exited(TaskExit { attempt, exit }));
+            drop(held);
         });
         Ok(Started {
             process: None,

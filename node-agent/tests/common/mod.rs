@@ -552,6 +552,22 @@ impl FakeRegion {
     }
 }
 
+/// A real node `id` offering 2 cores and 1 GiB, with no labels.
+pub fn real_node(id: &str) -> meridian_agent::NodeSpec {
+    meridian_agent::NodeSpec {
+        node_id: id.into(),
+        allocatable: meridian_proto::v1::Resources {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            gpu_count: 0,
+            gpu_type: String::new(),
+        },
+        labels: BTreeMap::new(),
+        zone: String::new(),
+        rack: String::new(),
+    }
+}
+
 pub fn attempt(job: &str, index: u32, n: u32) -> TaskAttempt {
     TaskAttempt {
         task: Some(TaskId::new(job, index)),
