@@ -282,9 +282,6 @@ struct AccessArgs {
     audit_retention: std::time::Duration,
 }
 
-/// A duration longer than zero written as numbers with units, humantime
-/// style: `7d`, `36h`, `1h30m`, `90s`, `250ms` (units `ms`, `s`, `m`, `h`,
-/// `d`, `w`; spaces between parts allowed).
 /// Resolves on the first SIGINT or SIGTERM: a server's or an agent's cue to
 /// shut down gracefully. Never resolves when the handlers cannot be
 /// installed (the process then runs until killed).
@@ -294,6 +291,9 @@ async fn stop_signal() {
     }
 }
 
+/// A duration longer than zero written as numbers with units, humantime
+/// style: `7d`, `36h`, `1h30m`, `90s`, `250ms` (units `ms`, `s`, `m`, `h`,
+/// `d`, `w`; spaces between parts allowed).
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{text:?}: expected a duration such as 7d, 36h, 1h30m or 90s");
     let mut rest = text.trim();

@@ -507,8 +507,6 @@ async fn simulated_nodes_advertise_the_simulated_label_and_a_real_node_does_not(
         .expect("the nodes registered in time");
 }
 
-/// The label key simulated nodes carry (spelled out: this test checks the
-/// wire, not the agent's constant).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_stopped_with_sigterm_stops_its_task_and_removes_its_cgroups() {
     let tiers = Tiers::start(true);
@@ -591,6 +589,8 @@ fn task_cgroup_dirs(pid: i32) -> Vec<PathBuf> {
     dirs
 }
 
+/// The label key simulated nodes carry (spelled out: this test checks the
+/// wire, not the agent's constant).
 fn meridian_agent_label() -> &'static str {
     "meridian.io/simulated"
 }

@@ -202,7 +202,8 @@ impl Host {
             work_dir.join("tasks"),
             opts.attempt_retention,
             processes.in_use(),
-            (clock.clone(), probe.clone()),
+            clock.clone(),
+            probe.clone(),
             shutdown_rx.clone(),
         ));
         let executor: Arc<dyn Executor> = Arc::new(processes);
@@ -363,7 +364,8 @@ async fn expire_attempts(
     tasks: PathBuf,
     keep: Duration,
     in_use: Arc<InUse>,
-    (clock, probe): (SharedClock, Arc<Probe>),
+    clock: SharedClock,
+    probe: Arc<Probe>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {

@@ -368,9 +368,10 @@ impl RegionConsole {
         let api = &self.deps.api;
         let now = api.clock.now_unix_ms();
         let failed = |e: crate::RegionalError| ConsoleError::Failed(e.to_string());
-        let nodes: Option<Vec<NodeView>> = match self.nodes_due() {
-            true => Some(self.list_nodes().await?.iter().map(node_view).collect()),
-            false => None,
+        let nodes: Option<Vec<NodeView>> = if self.nodes_due() {
+            Some(self.list_nodes().await?.iter().map(node_view).collect())
+        } else {
+            None
         };
         let bound = self.read_bound().await?;
         let count = api.state.read().layout.map_or(0, |l| l.count);

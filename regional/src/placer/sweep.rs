@@ -110,12 +110,10 @@ pub fn liveness_changes(
     // the nodes finds each node's beat: a lookup per node, twice a second
     // for every shard of a 10,000-node region, was most of the sweep.
     let mut beats = beats.iter().peekable();
-    for (id, entry) in &state.nodes {
-        let Some(node) = entry.record.as_ref().filter(|_| entry.shard == shard) else {
-            continue;
-        };
-        while beats.next_if(|(b, _)| b.as_str() < id.as_str()).is_some() {}
-        let beat = beats.next_if(|(b, _)| *b == id).map(|(_, b)| b);
+    for (_, node) in state.shard_nodes(shard) {
+        let id = node.node_id.as_str();
+        while beats.next_if(|(b, _)| b.as_str() < id).is_some() {}
+        let beat = beats.next_if(|(b, _)| b.as_str() == id).map(|(_, b)| b);
         if node.liveness == NodeLiveness::Down {
             // DOWN is left only by registering again.
             continue;
