@@ -16,6 +16,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod entropy;
+pub mod host_stream;
 pub mod lease;
 pub mod net;
 pub mod planted;

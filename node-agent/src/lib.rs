@@ -15,6 +15,7 @@
 
 mod beside;
 pub mod config;
+pub mod downlink;
 pub mod error;
 pub mod exec;
 pub mod fence;

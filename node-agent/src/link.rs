@@ -3,8 +3,11 @@
 //! Owns a node's endpoint list (the replicas it was given, plus any replica
 //! a `meridian-leader` hint named since), the rule for moving between them
 //! and the connections, which every node of a host shares through a
-//! [`ChannelPool`] (one HTTP/2 connection per endpoint and slot of
-//! [`crate::host::NODES_PER_CONNECTION`] nodes).
+//! [`ChannelPool`]: per endpoint, one HTTP/2 connection carries the host's
+//! heartbeats, reports and command streams ([`Uplink`], [`Downlink`]);
+//! registrations, made at boot and after a fence, are spread over slot
+//! connections of [`crate::host::NODES_PER_CONNECTION`] nodes each, so
+//! that a whole host registering at once does not queue on one.
 //!
 //! Where to go after a failed call is control's retry rule
 //! ([`meridian_control::rpc`]), applied by [`RegionLink::after`]: a hint
@@ -30,6 +33,7 @@ use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::downlink::Downlink;
 use crate::error::AgentError;
 use crate::uplink::Uplink;
 
@@ -40,14 +44,18 @@ pub struct ChannelPool {
     security: Security,
     channels: Mutex<BTreeMap<(String, usize), Channel>>,
     uplinks: Mutex<BTreeMap<String, Uplink>>,
+    downlinks: Mutex<BTreeMap<String, Downlink>>,
 }
 
-/// The uplink's connection: one of its own, never a slot of command
-/// streams. HTTP/2 flow control is per connection too; answers to
-/// heartbeats sharing a connection with command streams waited while
-/// those streams' unread commands filled its window, and node loops
-/// waiting for those heartbeats read no commands: at 10,000 nodes the
-/// nodes' view of the region lease ran out.
+/// The connection of the host's uplink and downlink to one endpoint: one
+/// of its own, never a slot of the registrations. HTTP/2 flow control is
+/// per connection too. When each node had its own command stream, answers
+/// to heartbeats sharing a connection with those streams waited while
+/// their unread commands filled its window, and node loops waiting for
+/// those heartbeats read no commands: at 10,000 nodes the nodes' view of
+/// the region lease ran out. The downlink's reader never waits for a node
+/// (downlink.rs), so the one call that carries every command stream
+/// keeps the window open.
 const UPLINK_SLOT: usize = usize::MAX;
 
 impl Default for ChannelPool {
@@ -67,7 +75,23 @@ impl ChannelPool {
             security,
             channels: Mutex::new(BTreeMap::new()),
             uplinks: Mutex::new(BTreeMap::new()),
+            downlinks: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The downlink (every node's command stream on one call) of the host
+    /// to `url`.
+    pub fn downlink(&self, url: &str) -> Result<Downlink, AgentError> {
+        if let Some(d) = self.downlinks.lock().get(url) {
+            return Ok(d.clone());
+        }
+        let downlink = Downlink::new(self.get(url, UPLINK_SLOT)?);
+        Ok(self
+            .downlinks
+            .lock()
+            .entry(url.to_string())
+            .or_insert(downlink)
+            .clone())
     }
 
     /// The uplink (batched heartbeats and reports) of the host to `url`.
@@ -169,6 +193,11 @@ impl RegionLink {
     /// The host's batched uplink to the current replica.
     pub fn uplink(&self) -> Result<Uplink, AgentError> {
         self.pool.uplink(&self.connected)
+    }
+
+    /// The host's command streams to the current replica.
+    pub fn downlink(&self) -> Result<Downlink, AgentError> {
+        self.pool.downlink(&self.connected)
     }
 
     /// The current replica answered: control's rule starts over.

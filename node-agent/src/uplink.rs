@@ -18,7 +18,7 @@
 //! Must never change or drop the request of a node still waiting for its
 //! answer, or answer a node with another node's result.
 
-use meridian_proto::LEADER_METADATA_KEY;
+use meridian_control::host_stream::node_status;
 use meridian_proto::limits::MAX_NODES_PER_CALL;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use meridian_proto::v1::{
@@ -107,23 +107,12 @@ impl Uplink {
 /// One node's part of a batched answer.
 fn one<T>(response: Option<T>, error: Option<NodeCallError>) -> Result<T, Status> {
     match (response, error) {
-        (_, Some(e)) => Err(to_status(&e)),
+        (_, Some(e)) => Err(node_status(&e)),
         (Some(r), None) => Ok(r),
         (None, None) => Err(Status::internal(
             "the region answered nothing for this node",
         )),
     }
-}
-
-/// The status a single call would have failed with.
-fn to_status(e: &NodeCallError) -> Status {
-    let mut status = Status::new(tonic::Code::from(e.code), e.message.clone());
-    if !e.leader.is_empty()
-        && let Ok(value) = e.leader.parse()
-    {
-        status.metadata_mut().insert(LEADER_METADATA_KEY, value);
-    }
-    status
 }
 
 /// Sends what is queued, one call at a time, until every sender is gone.
@@ -181,11 +170,12 @@ mod tests {
 
     #[test]
     fn a_nodes_own_error_comes_back_as_its_status_with_the_leader_hint() {
-        let s = to_status(&NodeCallError {
+        let error = NodeCallError {
             code: tonic::Code::Unavailable as i32,
             message: "not the leader".into(),
             leader: "http://127.0.0.1:9".into(),
-        });
+        };
+        let s = one::<u32>(None, Some(error)).expect_err("the node's own error");
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert_eq!(
             meridian_control::rpc::leader_hint(&s).as_deref(),

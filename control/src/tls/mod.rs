@@ -28,7 +28,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-pub use identity::{Peer, Role};
+pub use identity::{Caller, Peer, Role};
 
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,9 @@
 //! One node's agent loop: register, pull commands, run attempts, report.
 //!
 //! Owns the session life cycle of a node over `AgentLink`: prove the current
-//! registration with a Heartbeat (or Register when there is none), open the
-//! Assignments stream from the last applied cursor, then multiplex commands,
+//! registration with a Heartbeat (or Register when there is none), open its
+//! command stream from the last applied cursor (on the host's call to the
+//! replica, [`crate::downlink`]), then multiplex commands,
 //! task exits, jittered heartbeats, batched reports and the region-lease
 //! deadline until the link breaks. Where and when the next session starts
 //! is control's retry rule, applied by the [`RegionLink`]: a call refused
@@ -34,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::beside::{self, InFlight};
 use crate::config::{AgentOptions, NodeSpec};
+use crate::downlink::NodeStream;
 use crate::error::AgentError;
 use crate::exec::{Executor, ExitTx, Launch, ProcessIds, TaskEvent, TaskExit};
 use crate::fence::ShardEpochs;
@@ -203,9 +205,12 @@ impl NodeAgent {
             node_epoch: self.epoch,
             cursor: self.cursor.clone(),
         };
-        let mut client = self.link.client();
+        let downlink = match self.link.downlink() {
+            Ok(d) => d,
+            Err(e) => return SessionEnd::Failed(e),
+        };
         let opened = self
-            .call(async move { client.assignments(request).await })
+            .call(async move { downlink.open(request).await.map(tonic::Response::new) })
             .await;
         let mut stream = match opened {
             Ok(s) => s,
@@ -233,7 +238,7 @@ impl NodeAgent {
         }
     }
 
-    async fn connected(&mut self, stream: &mut tonic::Streaming<AssignmentCommand>) -> SessionEnd {
+    async fn connected(&mut self, stream: &mut NodeStream) -> SessionEnd {
         let mut next_heartbeat = self.clock.now() + self.jittered_heartbeat();
         let mut last_beat = self.clock.now();
         let mut last_report: Option<Instant> = None;

@@ -13,10 +13,10 @@ use std::time::Duration;
 use meridian_control::{Instant, SharedClock};
 use meridian_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
 use meridian_proto::v1::{
-    AssignmentCommand, CommandKind, HeartbeatRequest, HeartbeatResponse, ItemResult,
-    NodeAssignmentsRequest, RegionLossPolicy, RegisterNodeRequest, RegisterNodeResponse,
-    ReportTaskStatusRequest, ReportTaskStatusResponse, Resources, TaskAttempt, TaskId, TaskReport,
-    TaskTemplate, Verdict,
+    AssignmentCommand, CommandKind, HeartbeatRequest, HeartbeatResponse, HostAssignmentsRequest,
+    ItemResult, NodeAssignmentsRequest, RegionLossPolicy, RegisterNodeRequest,
+    RegisterNodeResponse, ReportTaskStatusRequest, ReportTaskStatusResponse, Resources,
+    TaskAttempt, TaskId, TaskReport, TaskTemplate, Verdict,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -97,6 +97,37 @@ impl Shared {
 #[derive(Clone)]
 struct Service(Arc<Shared>, String);
 
+impl Service {
+    /// Admits one node's command stream as the region would: available,
+    /// leading (or refusing with the hint), current epoch.
+    fn open_stream(
+        &self,
+        req: NodeAssignmentsRequest,
+    ) -> Result<ReceiverStream<Result<AssignmentCommand, Status>>, Status> {
+        self.0.admit(&req.node_id)?;
+        let leader = self.0.stream_leader.lock().clone();
+        if let Some(leader) = leader.filter(|l| *l != self.1) {
+            *self.0.refusals.lock().entry(self.1.clone()).or_default() += 1;
+            let mut status = Status::unavailable("this replica does not lead the node's shard");
+            status.metadata_mut().insert(
+                meridian_proto::LEADER_METADATA_KEY,
+                leader.parse().expect("url is ascii"),
+            );
+            return Err(status);
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        {
+            let mut st = self.0.state.lock();
+            if st.nodes.get(&req.node_id).map(|n| n.1) != Some(req.node_epoch) {
+                return Err(Status::failed_precondition("stale node epoch"));
+            }
+            st.streams.insert(req.node_id.clone(), tx);
+        }
+        self.0.bump();
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
 #[tonic::async_trait]
 impl AgentLink for Service {
     async fn register(
@@ -139,28 +170,20 @@ impl AgentLink for Service {
         &self,
         req: Request<NodeAssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        let req = req.into_inner();
-        self.0.admit(&req.node_id)?;
-        let leader = self.0.stream_leader.lock().clone();
-        if let Some(leader) = leader.filter(|l| *l != self.1) {
-            *self.0.refusals.lock().entry(self.1.clone()).or_default() += 1;
-            let mut status = Status::unavailable("this replica does not lead the node's shard");
-            status.metadata_mut().insert(
-                meridian_proto::LEADER_METADATA_KEY,
-                leader.parse().expect("url is ascii"),
-            );
-            return Err(status);
-        }
-        let (tx, rx) = mpsc::channel(1024);
-        {
-            let mut st = self.0.state.lock();
-            if st.nodes.get(&req.node_id).map(|n| n.1) != Some(req.node_epoch) {
-                return Err(Status::failed_precondition("stale node epoch"));
-            }
-            st.streams.insert(req.node_id.clone(), tx);
-        }
-        self.0.bump();
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.open_stream(req.into_inner()).map(Response::new)
+    }
+
+    type HostAssignmentsStream = meridian_control::host_stream::ResponseStream;
+
+    async fn host_assignments(
+        &self,
+        req: Request<tonic::Streaming<HostAssignmentsRequest>>,
+    ) -> Result<Response<Self::HostAssignmentsStream>, Status> {
+        let service = self.clone();
+        Ok(Response::new(meridian_control::host_stream::serve(
+            req.into_inner(),
+            move |node| std::future::ready(service.open_stream(node)),
+        )))
     }
 
     async fn report_task_status(

@@ -6,17 +6,20 @@
 //! UNAVAILABLE with the `meridian-leader` hint when this replica does not
 //! lead the node's shard, RESOURCE_EXHAUSTED when a node reports faster than
 //! its rate, and the batched calls of agent processes that host many nodes,
-//! where each node gets its own answer or its own error; under TLS, every
-//! call naming a node is refused unless the caller's certificate names it.
-//! Must never write
-//! the store except through the pipeline.
+//! where each node gets its own answer or its own error (`HostAssignments`
+//! carries many nodes' command streams on one call, each opened as its own
+//! `Assignments` would be); under TLS, every call naming a node is refused
+//! unless the caller's certificate names it. Must never write the store
+//! except through the pipeline.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 
-use meridian_control::tls::Peer;
+use meridian_control::host_stream;
+use meridian_control::tls::{Caller, Peer};
 use meridian_proto::v1;
 use meridian_proto::v1::agent_link_server::AgentLink;
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -246,48 +249,15 @@ impl RegionApi {
     }
 }
 
-fn node_error(status: &Status) -> v1::NodeCallError {
-    v1::NodeCallError {
-        code: status.code() as i32,
-        message: status.message().to_string(),
-        leader: status
-            .metadata()
-            .get(meridian_proto::LEADER_METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-    }
-}
-
-fn check_nodes<T>(nodes: &[T]) -> Result<(), Status> {
-    if nodes.len() > meridian_proto::limits::MAX_NODES_PER_CALL {
-        return Err(Status::invalid_argument("nodes: at most 10000 per call"));
-    }
-    Ok(())
-}
-
-#[tonic::async_trait]
-impl AgentLink for RegionApi {
-    async fn register(
+impl RegionApi {
+    /// Admits one node's command stream (its certificate, its epoch, this
+    /// replica's lead of its shard) and opens it.
+    async fn open_assignments(
         &self,
-        request: Request<v1::RegisterNodeRequest>,
-    ) -> Result<Response<v1::RegisterNodeResponse>, Status> {
-        // An agent speaks only for the nodes its certificate names
-        // (docs/security.md); the same check opens every call below.
-        Peer::of(&request).check_node(&request.get_ref().node_id)?;
-        self.register_one(request.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    type AssignmentsStream = CommandStream;
-
-    async fn assignments(
-        &self,
-        request: Request<v1::NodeAssignmentsRequest>,
-    ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        Peer::of(&request).check_node(&request.get_ref().node_id)?;
-        let req = request.into_inner();
+        caller: &Caller,
+        req: v1::NodeAssignmentsRequest,
+    ) -> Result<mpsc::Receiver<Result<v1::AssignmentCommand, Status>>, Status> {
+        caller.check_node(&req.node_id)?;
         let cursor = if req.cursor.is_empty() {
             None
         } else {
@@ -318,8 +288,64 @@ impl AgentLink for RegionApi {
             return Err(self.not_leader(shard, &mut Hints::new()).await);
         }
         m::agent_call("assignments", "ok");
-        let rx = open(self, req.node_id, req.node_epoch, cursor);
+        Ok(open(self, req.node_id, req.node_epoch, cursor))
+    }
+}
+
+fn check_nodes<T>(nodes: &[T]) -> Result<(), Status> {
+    if nodes.len() > meridian_proto::limits::MAX_NODES_PER_CALL {
+        return Err(Status::invalid_argument("nodes: at most 10000 per call"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AgentLink for RegionApi {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterNodeRequest>,
+    ) -> Result<Response<v1::RegisterNodeResponse>, Status> {
+        // An agent speaks only for the nodes its certificate names
+        // (docs/security.md); the same check opens every call below.
+        Peer::of(&request).check_node(&request.get_ref().node_id)?;
+        self.register_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type AssignmentsStream = CommandStream;
+
+    async fn assignments(
+        &self,
+        request: Request<v1::NodeAssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let caller = Peer::of(&request);
+        let rx = self.open_assignments(&caller, request.into_inner()).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type HostAssignmentsStream = host_stream::ResponseStream;
+
+    async fn host_assignments(
+        &self,
+        request: Request<tonic::Streaming<v1::HostAssignmentsRequest>>,
+    ) -> Result<Response<Self::HostAssignmentsStream>, Status> {
+        // Each node stream on the call is opened exactly as its own
+        // Assignments call would be, certificate check included.
+        let caller = Peer::of(&request);
+        let api = self.clone();
+        Ok(Response::new(host_stream::serve(
+            request.into_inner(),
+            move |req| {
+                let api = api.clone();
+                let caller = caller.clone();
+                async move {
+                    api.open_assignments(&caller, req)
+                        .await
+                        .map(ReceiverStream::new)
+                }
+            },
+        )))
     }
 
     async fn report_task_status(
@@ -365,7 +391,7 @@ impl AgentLink for RegionApi {
                 },
                 Err(s) => v1::NodeHeartbeatResult {
                     response: None,
-                    error: Some(node_error(&s)),
+                    error: Some(host_stream::node_error(&s)),
                 },
             });
         }
@@ -416,7 +442,7 @@ impl AgentLink for RegionApi {
                 },
                 Err(s) => v1::NodeReportResult {
                     response: None,
-                    error: Some(node_error(&s)),
+                    error: Some(host_stream::node_error(&s)),
                 },
             });
         }

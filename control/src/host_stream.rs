@@ -1,0 +1,232 @@
+//! The server side of `AgentLink.HostAssignments`: many nodes' command
+//! streams multiplexed on one call of one agent process.
+//!
+//! Owns the multiplexing only: which node stream an item belongs to, the
+//! order of items within a node stream, batching items that are ready
+//! together into one response message, and ending every node stream when
+//! the call ends. What a node stream carries, and whether it may be opened
+//! at all, is the caller's `open` function: exactly what its single
+//! `Assignments` call does, so the two paths cannot disagree. Also owns the
+//! one spelling of a node's failure inside a batched answer
+//! ([`node_error`], [`node_status`]), which both ends of every batched
+//! agent call use.
+//!
+//! Must never: let one node stream's slow or failed consumer stop the
+//! others' items from being read off the call, reorder the items of one
+//! node stream, or send anything on a stream id after its `ended` item.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use meridian_proto::LEADER_METADATA_KEY;
+use meridian_proto::limits::MAX_NODES_PER_CALL;
+use meridian_proto::v1::host_stream_item::Event;
+use meridian_proto::v1::{
+    AssignmentCommand, HostAssignmentsRequest, HostAssignmentsResponse, HostStreamItem,
+    NodeAssignmentsRequest, NodeCallError,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tonic::Status;
+
+/// Items waiting to be written to the call before node streams wait.
+const CALL_BUFFER: usize = 4_096;
+
+/// Most items in one response message.
+pub const MAX_ITEMS_PER_MESSAGE: usize = 1_024;
+
+/// Bytes of items past which a response message is sent without waiting
+/// for more (well under the 4 MiB a gRPC client decodes by default).
+pub const MAX_BYTES_PER_MESSAGE: usize = 1 << 20;
+
+/// What `HostAssignments` answers with.
+pub type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<HostAssignmentsResponse, Status>> + Send>>;
+
+/// A node's failure as a batched answer carries it: the status its own
+/// call would have had, with the leader hint.
+pub fn node_error(status: &Status) -> NodeCallError {
+    NodeCallError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        leader: status
+            .metadata()
+            .get(LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// The status a node's own call would have failed with ([`node_error`]
+/// read back).
+pub fn node_status(e: &NodeCallError) -> Status {
+    let mut status = Status::new(tonic::Code::from(e.code), e.message.clone());
+    if !e.leader.is_empty()
+        && let Ok(value) = e.leader.parse()
+    {
+        status.metadata_mut().insert(LEADER_METADATA_KEY, value);
+    }
+    status
+}
+
+/// Serves one `HostAssignments` call: reads `inbound` until it ends,
+/// opening each requested node stream with `open` and ending those the
+/// agent closes; answers with the items of every node stream.
+pub fn serve<In, O, F, S>(inbound: In, open: O) -> ResponseStream
+where
+    In: Stream<Item = Result<HostAssignmentsRequest, Status>> + Send + Unpin + 'static,
+    O: Fn(NodeAssignmentsRequest) -> F + Send + 'static,
+    F: Future<Output = Result<S, Status>> + Send + 'static,
+    S: Stream<Item = Result<AssignmentCommand, Status>> + Send + Unpin + 'static,
+{
+    let (out, items) = mpsc::channel(CALL_BUFFER);
+    tokio::spawn(drive(inbound, open, out));
+    Box::pin(futures::stream::unfold(
+        (items, None),
+        |(mut items, held): (Items, Option<Status>)| async move {
+            if let Some(status) = held {
+                return Some((Err(status), (items, None)));
+            }
+            let first = match items.recv().await? {
+                Ok(item) => item,
+                Err(status) => return Some((Err(status), (items, None))),
+            };
+            let mut bytes = first.encoded_len();
+            let mut batch = vec![first];
+            let mut held = None;
+            while batch.len() < MAX_ITEMS_PER_MESSAGE && bytes < MAX_BYTES_PER_MESSAGE {
+                match items.try_recv() {
+                    Ok(Ok(item)) => {
+                        bytes += item.encoded_len();
+                        batch.push(item);
+                    }
+                    Ok(Err(status)) => {
+                        held = Some(status);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            Some((Ok(HostAssignmentsResponse { items: batch }), (items, held)))
+        },
+    ))
+}
+
+/// What node streams hand the call: an item, or the call's own end.
+type Out = mpsc::Sender<Result<HostStreamItem, Status>>;
+type Items = mpsc::Receiver<Result<HostStreamItem, Status>>;
+
+async fn drive<In, O, F, S>(mut inbound: In, open: O, out: Out)
+where
+    In: Stream<Item = Result<HostAssignmentsRequest, Status>> + Send + Unpin + 'static,
+    O: Fn(NodeAssignmentsRequest) -> F + Send + 'static,
+    F: Future<Output = Result<S, Status>> + Send + 'static,
+    S: Stream<Item = Result<AssignmentCommand, Status>> + Send + Unpin + 'static,
+{
+    // Dropping the set (the call ended) aborts every forwarder, which drops
+    // its node stream: the server side sees its receiver gone.
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut by_id: BTreeMap<u64, AbortHandle> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            () = out.closed() => return,
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(e) => e.id(),
+                };
+                by_id.retain(|_, h| h.id() != id);
+            }
+            request = inbound.next() => {
+                let Some(Ok(request)) = request else { return };
+                if request.open.len() > MAX_NODES_PER_CALL || request.close.len() > MAX_NODES_PER_CALL {
+                    // A malformed call ends as a whole: the agent reopens.
+                    let _ = out
+                        .send(Err(Status::invalid_argument(
+                            "open, close: at most 10000 per message",
+                        )))
+                        .await;
+                    return;
+                }
+                for id in request.close {
+                    if let Some(handle) = by_id.remove(&id) {
+                        handle.abort();
+                    }
+                }
+                for o in request.open {
+                    let id = o.stream_id;
+                    let refused = if by_id.contains_key(&id) {
+                        Some(Status::invalid_argument(format!(
+                            "stream_id: {id} is already open on this call"
+                        )))
+                    } else if o.request.is_none() {
+                        Some(Status::invalid_argument("open.request: required"))
+                    } else {
+                        None
+                    };
+                    if let Some(status) = refused {
+                        if out.send(Ok(ended(id, &status))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let opening = open(o.request.unwrap_or_default());
+                    let handle = running.spawn(forward(id, opening, out.clone()));
+                    by_id.insert(id, handle);
+                }
+            }
+        }
+    }
+}
+
+/// One node stream: `opened` (or its refusal), its commands, its end.
+async fn forward<F, S>(id: u64, opening: F, out: Out)
+where
+    F: Future<Output = Result<S, Status>>,
+    S: Stream<Item = Result<AssignmentCommand, Status>> + Unpin,
+{
+    let mut stream = match opening.await {
+        Ok(s) => s,
+        Err(status) => {
+            let _ = out.send(Ok(ended(id, &status))).await;
+            return;
+        }
+    };
+    if out.send(Ok(item(id, Event::Opened(true)))).await.is_err() {
+        return;
+    }
+    let end = loop {
+        match stream.next().await {
+            Some(Ok(command)) => {
+                if out
+                    .send(Ok(item(id, Event::Command(command))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Some(Err(status)) => break status,
+            None => break Status::unavailable("assignment stream ended"),
+        }
+    };
+    let _ = out.send(Ok(ended(id, &end))).await;
+}
+
+fn item(stream_id: u64, event: Event) -> HostStreamItem {
+    HostStreamItem {
+        stream_id,
+        event: Some(event),
+    }
+}
+
+fn ended(stream_id: u64, status: &Status) -> HostStreamItem {
+    item(stream_id, Event::Ended(node_error(status)))
+}
+
+#[cfg(test)]
+mod tests;

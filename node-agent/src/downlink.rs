@@ -1,0 +1,297 @@
+//! The command streams of a host's nodes, on one call per replica.
+//!
+//! Owns the host's `HostAssignments` call to one replica endpoint. A node
+//! opens its command stream through the downlink of the replica it talks
+//! to and reads it as it would read its own `Assignments` stream: the
+//! region admits or refuses it the same way, and the same statuses end it.
+//! The call is started by the first node that needs it and carries every
+//! node stream of the host to that replica; a host of 10,000 simulated
+//! nodes costs the region one HTTP/2 stream, not 10,000. The call ending
+//! (the replica went away, the connection broke) ends every node stream on
+//! it with the call's status, and each node comes back on its own schedule
+//! (its retry rule, with jitter), which starts the next call.
+//!
+//! The reader of the call never waits for a node: a node that lets its
+//! stream fill up is cut off (it resumes from its cursor, as a node whose
+//! own stream fell behind does), so one busy node loop cannot hold back
+//! the commands of the others or the connection's flow-control window,
+//! which the host's heartbeats share.
+//!
+//! Must never: give a node another node's items, deliver anything on a
+//! stream after its end, or keep a stream open at the region that no node
+//! reads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use meridian_control::host_stream::node_status;
+use meridian_proto::v1::agent_link_client::AgentLinkClient;
+use meridian_proto::v1::host_stream_item::Event;
+use meridian_proto::v1::{
+    AssignmentCommand, HostAssignmentsRequest, HostStreamItem, HostStreamOpen,
+    NodeAssignmentsRequest,
+};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Status;
+use tonic::transport::Channel;
+
+/// Commands a node may leave unread before it is cut off (as the region
+/// holds for a node's own stream).
+const NODE_BUFFER: usize = 1_024;
+
+type Commands = mpsc::Sender<Result<AssignmentCommand, Status>>;
+
+/// The host's command streams to one replica endpoint.
+#[derive(Clone)]
+pub struct Downlink {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: AgentLinkClient<Channel>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The call in progress, if any.
+    call: Option<Call>,
+    /// Calls started so far; tells a finished call's driver from the next.
+    calls: u64,
+    /// Stream ids are never reused, across calls too.
+    next_id: u64,
+}
+
+struct Call {
+    number: u64,
+    requests: mpsc::UnboundedSender<HostAssignmentsRequest>,
+    nodes: BTreeMap<u64, Slot>,
+}
+
+struct Slot {
+    /// Told the region's admission once, then `None`.
+    opened: Option<oneshot::Sender<Result<(), Status>>>,
+    commands: Commands,
+}
+
+impl Downlink {
+    /// The downlink over `channel` (no call is made until a node opens).
+    pub fn new(channel: Channel) -> Downlink {
+        Downlink {
+            shared: Arc::new(Shared {
+                client: AgentLinkClient::new(channel),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// Opens a node's command stream: `Ok` once the region accepted it,
+    /// the status its own `Assignments` call would have been refused with
+    /// otherwise.
+    pub async fn open(&self, request: NodeAssignmentsRequest) -> Result<NodeStream, Status> {
+        let (opened_tx, opened) = oneshot::channel();
+        let (commands, rx) = mpsc::channel(NODE_BUFFER);
+        let (id, number) = {
+            let mut state = self.shared.state.lock();
+            state.next_id += 1;
+            let id = state.next_id;
+            let call = match state.call.take() {
+                Some(call) if !call.requests.is_closed() => call,
+                _ => {
+                    state.calls += 1;
+                    self.start(state.calls)
+                }
+            };
+            let number = call.number;
+            let open = HostAssignmentsRequest {
+                open: vec![HostStreamOpen {
+                    stream_id: id,
+                    request: Some(request),
+                }],
+                close: Vec::new(),
+            };
+            let sent = call.requests.send(open).is_ok();
+            let call = state.call.insert(call);
+            if !sent {
+                return Err(Status::unavailable("the host command stream has ended"));
+            }
+            call.nodes.insert(
+                id,
+                Slot {
+                    opened: Some(opened_tx),
+                    commands,
+                },
+            );
+            (id, number)
+        };
+        // Built before the wait, so a caller that gives up on the open
+        // (its deadline) closes the stream at the region by dropping it.
+        let stream = NodeStream {
+            id,
+            call: number,
+            rx,
+            shared: self.shared.clone(),
+        };
+        match opened.await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::unavailable("the host command stream has ended")),
+        }
+    }
+
+    /// Starts call `number`: its driver makes the call and dispatches what
+    /// comes back until it ends.
+    fn start(&self, number: u64) -> Call {
+        let (requests, outbound) = mpsc::unbounded_channel();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let mut client = shared.client.clone();
+            let end = match client
+                .host_assignments(UnboundedReceiverStream::new(outbound))
+                .await
+            {
+                Err(status) => status,
+                Ok(response) => {
+                    let mut inbound = response.into_inner();
+                    loop {
+                        match inbound.message().await {
+                            Ok(Some(message)) => shared.dispatch(number, message.items),
+                            Ok(None) => {
+                                break Status::unavailable("the host command stream ended");
+                            }
+                            Err(status) => break status,
+                        }
+                    }
+                }
+            };
+            shared.end_call(number, &end);
+        });
+        Call {
+            number,
+            requests,
+            nodes: BTreeMap::new(),
+        }
+    }
+}
+
+impl Shared {
+    /// Hands each item to its node, without waiting for any.
+    fn dispatch(&self, number: u64, items: Vec<HostStreamItem>) {
+        let mut state = self.state.lock();
+        let Some(call) = state.call.as_mut().filter(|c| c.number == number) else {
+            return;
+        };
+        let mut cut = Vec::new();
+        for item in items {
+            let id = item.stream_id;
+            // Items of a stream already closed here may still be on the way.
+            let Some(slot) = call.nodes.get_mut(&id) else {
+                continue;
+            };
+            match item.event {
+                Some(Event::Opened(_)) => {
+                    if let Some(opened) = slot.opened.take() {
+                        let _ = opened.send(Ok(()));
+                    }
+                }
+                Some(Event::Command(command)) => {
+                    let refused = slot.commands.try_send(Ok(command)).is_err();
+                    // Full, or nobody reads it any more: the node resumes
+                    // from its cursor on a new stream.
+                    if refused {
+                        call.nodes.remove(&id);
+                        cut.push(id);
+                    }
+                }
+                Some(Event::Ended(error)) => {
+                    if let Some(slot) = call.nodes.remove(&id) {
+                        slot.end(node_status(&error));
+                    }
+                }
+                None => {}
+            }
+        }
+        if !cut.is_empty() {
+            let _ = call.requests.send(HostAssignmentsRequest {
+                open: Vec::new(),
+                close: cut,
+            });
+        }
+    }
+
+    /// Ends every node stream of call `number` with its end status.
+    fn end_call(&self, number: u64, end: &Status) {
+        let nodes = {
+            let mut state = self.state.lock();
+            match state.call.take() {
+                Some(call) if call.number == number => call.nodes,
+                other => {
+                    state.call = other;
+                    return;
+                }
+            }
+        };
+        for slot in nodes.into_values() {
+            slot.end(end.clone());
+        }
+    }
+
+    /// The node is done with stream `id`: the region stops it.
+    fn close(&self, number: u64, id: u64) {
+        let mut state = self.state.lock();
+        if let Some(call) = state.call.as_mut().filter(|c| c.number == number)
+            && call.nodes.remove(&id).is_some()
+        {
+            let _ = call.requests.send(HostAssignmentsRequest {
+                open: Vec::new(),
+                close: vec![id],
+            });
+        }
+    }
+}
+
+impl Slot {
+    fn end(self, status: Status) {
+        match self.opened {
+            Some(opened) => {
+                let _ = opened.send(Err(status));
+            }
+            // A full stream just drops: the node reads "fell behind".
+            None => {
+                let _ = self.commands.try_send(Err(status));
+            }
+        }
+    }
+}
+
+/// One node's command stream on the host's call.
+pub struct NodeStream {
+    id: u64,
+    call: u64,
+    rx: mpsc::Receiver<Result<AssignmentCommand, Status>>,
+    shared: Arc<Shared>,
+}
+
+impl NodeStream {
+    /// The next command; the stream's end status once it ended.
+    pub async fn message(&mut self) -> Result<Option<AssignmentCommand>, Status> {
+        match self.rx.recv().await {
+            Some(Ok(command)) => Ok(Some(command)),
+            Some(Err(status)) => Err(status),
+            None => Err(Status::unavailable(
+                "the node's command stream fell behind: reopen from the last cursor",
+            )),
+        }
+    }
+}
+
+impl Drop for NodeStream {
+    fn drop(&mut self) {
+        self.shared.close(self.call, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests;
