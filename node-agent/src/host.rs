@@ -33,9 +33,6 @@ use crate::node::{NodeAgent, NodeContext, report};
 use crate::persist::{PersistedEnd, StateFile};
 use crate::probe::Probe;
 
-/// Simulated nodes sharing one HTTP/2 connection.
-pub const NODES_PER_CONNECTION: usize = 100;
-
 /// What `meridian agent` was asked to do.
 #[derive(Debug, Clone)]
 pub struct AgentCommand {
@@ -120,14 +117,7 @@ impl Host {
             let seed = opts
                 .seed
                 .wrapping_add((i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-            let link = RegionLink::new(
-                endpoints.clone(),
-                i,
-                i / NODES_PER_CONNECTION,
-                pool.clone(),
-                opts.reconnect,
-                seed,
-            )?;
+            let link = RegionLink::new(endpoints.clone(), i, pool.clone(), opts.reconnect, seed)?;
             let spec = base.simulated(i);
             let boot_id =
                 uuid::Uuid::from_u64_pair(host_boot.as_u64_pair().0, i as u64).to_string();
@@ -215,7 +205,6 @@ impl Host {
                 executor,
                 link: RegionLink::new(
                     parse_endpoints(region)?,
-                    0,
                     0,
                     Arc::new(ChannelPool::secured(opts.security.clone())),
                     opts.reconnect,

@@ -4,10 +4,8 @@
 //! a `meridian-leader` hint named since), the rule for moving between them
 //! and the connections, which every node of a host shares through a
 //! [`ChannelPool`]: per endpoint, one HTTP/2 connection carries the host's
-//! heartbeats, reports and command streams ([`Uplink`], [`Downlink`]);
-//! registrations, made at boot and after a fence, are spread over slot
-//! connections of [`crate::host::NODES_PER_CONNECTION`] nodes each, so
-//! that a whole host registering at once does not queue on one.
+//! batched registrations, heartbeats and reports ([`Uplink`]) and every
+//! node's command stream on one call ([`Downlink`]).
 //!
 //! Where to go after a failed call is control's retry rule
 //! ([`meridian_control::rpc`]), applied by [`RegionLink::after`]: a hint
@@ -29,7 +27,6 @@ use std::time::Duration;
 use meridian_control::BackoffConfig;
 use meridian_control::rpc::{self, Replicas, RpcVerdict};
 use meridian_control::tls::Security;
-use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
@@ -37,26 +34,24 @@ use crate::downlink::Downlink;
 use crate::error::AgentError;
 use crate::uplink::Uplink;
 
-/// Lazily connected channels of one host, by endpoint and slot, and the
-/// host's uplink to each endpoint.
+/// Lazily connected channels of one host, one per endpoint, and the
+/// host's uplink and downlink to each endpoint.
+///
+/// One connection per endpoint carries all of a host's calls. HTTP/2 flow
+/// control is per connection too: when each node had its own command
+/// stream, answers to heartbeats sharing a connection with those streams
+/// waited while their unread commands filled its window, and node loops
+/// waiting for those heartbeats read no commands (at 10,000 nodes the
+/// nodes' view of the region lease ran out). The downlink's reader never
+/// waits for a node (downlink.rs), so the one call that carries every
+/// command stream keeps the window open.
 pub struct ChannelPool {
     /// How the channels dial: plain, or TLS with the host's certificate.
     security: Security,
-    channels: Mutex<BTreeMap<(String, usize), Channel>>,
+    channels: Mutex<BTreeMap<String, Channel>>,
     uplinks: Mutex<BTreeMap<String, Uplink>>,
     downlinks: Mutex<BTreeMap<String, Downlink>>,
 }
-
-/// The connection of the host's uplink and downlink to one endpoint: one
-/// of its own, never a slot of the registrations. HTTP/2 flow control is
-/// per connection too. When each node had its own command stream, answers
-/// to heartbeats sharing a connection with those streams waited while
-/// their unread commands filled its window, and node loops waiting for
-/// those heartbeats read no commands: at 10,000 nodes the nodes' view of
-/// the region lease ran out. The downlink's reader never waits for a node
-/// (downlink.rs), so the one call that carries every command stream
-/// keeps the window open.
-const UPLINK_SLOT: usize = usize::MAX;
 
 impl Default for ChannelPool {
     fn default() -> Self {
@@ -85,7 +80,7 @@ impl ChannelPool {
         if let Some(d) = self.downlinks.lock().get(url) {
             return Ok(d.clone());
         }
-        let downlink = Downlink::new(self.get(url, UPLINK_SLOT)?);
+        let downlink = Downlink::new(self.get(url)?);
         Ok(self
             .downlinks
             .lock()
@@ -94,12 +89,13 @@ impl ChannelPool {
             .clone())
     }
 
-    /// The uplink (batched heartbeats and reports) of the host to `url`.
+    /// The uplink (batched registrations, heartbeats and reports) of the
+    /// host to `url`.
     pub fn uplink(&self, url: &str) -> Result<Uplink, AgentError> {
         if let Some(u) = self.uplinks.lock().get(url) {
             return Ok(u.clone());
         }
-        let uplink = Uplink::start(self.get(url, UPLINK_SLOT)?);
+        let uplink = Uplink::start(self.get(url)?);
         Ok(self
             .uplinks
             .lock()
@@ -108,14 +104,14 @@ impl ChannelPool {
             .clone())
     }
 
-    /// The channel of `slot` to `url`, created (unconnected) on first use.
-    pub fn get(&self, url: &str, slot: usize) -> Result<Channel, AgentError> {
+    /// The channel to `url`, created (unconnected) on first use.
+    fn get(&self, url: &str) -> Result<Channel, AgentError> {
         let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(&(url.to_string(), slot)) {
+        if let Some(c) = channels.get(url) {
             return Ok(c.clone());
         }
         let channel = connect_lazy(url, &self.security)?;
-        channels.insert((url.to_string(), slot), channel.clone());
+        channels.insert(url.to_string(), channel.clone());
         Ok(channel)
     }
 }
@@ -148,11 +144,9 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<String>, AgentError> {
 /// One node's view of the region's replicas.
 pub struct RegionLink {
     replicas: Replicas,
-    slot: usize,
     pool: Arc<ChannelPool>,
-    /// The endpoint `client` talks to.
+    /// The endpoint the node's calls go to.
     connected: String,
-    client: AgentLinkClient<Channel>,
 }
 
 impl RegionLink {
@@ -162,7 +156,6 @@ impl RegionLink {
     pub fn new(
         given: Vec<String>,
         first: usize,
-        slot: usize,
         pool: Arc<ChannelPool>,
         reconnect: BackoffConfig,
         seed: u64,
@@ -170,24 +163,19 @@ impl RegionLink {
         let replicas = Replicas::new(given, first, reconnect, seed)
             .map_err(|e| AgentError::Config(format!("region endpoints: {e}")))?;
         let connected = replicas.current().to_string();
-        let client = AgentLinkClient::new(pool.get(&connected, slot)?);
+        // An endpoint that cannot be dialled is a configuration error now,
+        // not at the first call.
+        pool.get(&connected)?;
         Ok(RegionLink {
             replicas,
-            slot,
             pool,
             connected,
-            client,
         })
     }
 
     /// The replica calls go to now.
     pub fn current(&self) -> &str {
         &self.connected
-    }
-
-    /// A client of the current replica.
-    pub fn client(&self) -> AgentLinkClient<Channel> {
-        self.client.clone()
     }
 
     /// The host's batched uplink to the current replica.
@@ -223,18 +211,15 @@ impl RegionLink {
         wait
     }
 
-    /// Points the client at the replica the rule chose. A hinted address
+    /// Points the node at the replica the rule chose. A hinted address
     /// that cannot be used leaves the node where it was.
     fn connect_current(&mut self) {
         let url = self.replicas.current().to_string();
         if url == self.connected {
             return;
         }
-        match self.pool.get(&url, self.slot) {
-            Ok(channel) => {
-                self.client = AgentLinkClient::new(channel);
-                self.connected = url;
-            }
+        match self.pool.get(&url) {
+            Ok(_) => self.connected = url,
             Err(e) => {
                 tracing::warn!(endpoint = %url, error = %e, "ignoring an unusable endpoint");
             }
@@ -250,7 +235,6 @@ mod tests {
         RegionLink::new(
             parse_endpoints(list).expect("endpoints"),
             first,
-            0,
             Arc::new(ChannelPool::default()),
             BackoffConfig::default(),
             1,

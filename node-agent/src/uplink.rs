@@ -1,15 +1,18 @@
-//! Heartbeats and task reports of a host's nodes, batched per replica.
+//! Registrations, heartbeats and task reports of a host's nodes, batched
+//! per replica.
 //!
-//! Owns the calls every node of a host makes most often. A node hands its
+//! Owns every unary call a node makes. A node hands its registration, its
 //! heartbeat or its reports to the uplink of the replica it talks to and
 //! awaits its own answer; the uplink sends whatever is queued in one
-//! `HeartbeatNodes` or `ReportNodes` call as soon as the previous call of its
-//! kind is answered, so an idle uplink sends at once and a busy one batches
+//! `RegisterNodes`, `HeartbeatNodes` or `ReportNodes` call as soon as the
+//! previous call of its kind is answered, so an idle uplink sends at once
+//! and a busy one batches
 //! by itself (a host of 1,000 simulated nodes makes a few calls a second,
 //! not thousands). Heartbeats, whose timing does not matter to a few tens of
 //! milliseconds, linger [`HEARTBEAT_LINGER`] first so that the beats of
-//! many nodes share a call even when nothing else is going on; reports go
-//! at once. The linger is a batching delay, not a time the agent reasons
+//! many nodes share a call even when nothing else is going on;
+//! registrations and reports go at once (a whole host booting registers in
+//! a few calls). The linger is a batching delay, not a time the agent reasons
 //! about, so it runs on the runtime's timer rather than the agent's clock
 //! (a manual clock in tests would hold the beat for good). A node's own
 //! failure comes back to that node alone, as the status its single call
@@ -22,8 +25,9 @@ use meridian_control::host_stream::node_status;
 use meridian_proto::limits::MAX_NODES_PER_CALL;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use meridian_proto::v1::{
-    HeartbeatNodesRequest, HeartbeatRequest, HeartbeatResponse, NodeCallError, ReportNodesRequest,
-    ReportTaskStatusRequest, ReportTaskStatusResponse,
+    HeartbeatNodesRequest, HeartbeatRequest, HeartbeatResponse, NodeCallError, RegisterNodeRequest,
+    RegisterNodeResponse, RegisterNodesRequest, ReportNodesRequest, ReportTaskStatusRequest,
+    ReportTaskStatusResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -37,6 +41,7 @@ pub const HEARTBEAT_LINGER: std::time::Duration = std::time::Duration::from_mill
 /// The batchers of one replica endpoint.
 #[derive(Clone)]
 pub struct Uplink {
+    registrations: mpsc::UnboundedSender<(RegisterNodeRequest, Reply<RegisterNodeResponse>)>,
     heartbeats: mpsc::UnboundedSender<(HeartbeatRequest, Reply<HeartbeatResponse>)>,
     reports: mpsc::UnboundedSender<(ReportTaskStatusRequest, Reply<ReportTaskStatusResponse>)>,
 }
@@ -45,7 +50,22 @@ impl Uplink {
     /// Starts the batchers of `channel`.
     pub fn start(channel: Channel) -> Uplink {
         let client = AgentLinkClient::new(channel);
+        let (registrations, reg_rx) = mpsc::unbounded_channel();
         let (heartbeats, hb_rx) = mpsc::unbounded_channel();
+        let c = client.clone();
+        tokio::spawn(batch(reg_rx, None, move |nodes| {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .register_nodes(RegisterNodesRequest { nodes })
+                    .await?
+                    .into_inner();
+                Ok(r.results
+                    .into_iter()
+                    .map(|x| one(x.response, x.error))
+                    .collect())
+            }
+        }));
         let (reports, rep_rx) = mpsc::unbounded_channel();
         let c = client.clone();
         tokio::spawn(batch(hb_rx, Some(HEARTBEAT_LINGER), move |nodes| {
@@ -75,9 +95,21 @@ impl Uplink {
             }
         }));
         Uplink {
+            registrations,
             heartbeats,
             reports,
         }
+    }
+
+    /// Sends one node's registration with the others' and waits for its
+    /// answer.
+    pub async fn register(&self, req: RegisterNodeRequest) -> Result<RegisterNodeResponse, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.registrations
+            .send((req, tx))
+            .map_err(|_| Status::unavailable("the uplink has stopped"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the uplink dropped the registration"))?
     }
 
     /// Sends one node's heartbeat with the others' and waits for its answer.

@@ -6,8 +6,9 @@ use meridian_proto::LEADER_METADATA_KEY;
 use meridian_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
 use meridian_proto::v1::{
     CommandKind, HeartbeatNodesRequest, HeartbeatNodesResponse, HeartbeatRequest,
-    HeartbeatResponse, RegisterNodeRequest, RegisterNodeResponse, ReportNodesRequest,
-    ReportNodesResponse, ReportTaskStatusRequest, ReportTaskStatusResponse,
+    HeartbeatResponse, RegisterNodeRequest, RegisterNodeResponse, RegisterNodesRequest,
+    RegisterNodesResponse, ReportNodesRequest, ReportNodesResponse, ReportTaskStatusRequest,
+    ReportTaskStatusResponse,
 };
 use tokio::sync::watch;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -31,6 +32,13 @@ impl AgentLink for Region {
         &self,
         _: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeResponse>, Status> {
+        Err(Status::unimplemented("streams only"))
+    }
+
+    async fn register_nodes(
+        &self,
+        _: Request<RegisterNodesRequest>,
+    ) -> Result<Response<RegisterNodesResponse>, Status> {
         Err(Status::unimplemented("streams only"))
     }
 

@@ -382,9 +382,9 @@ impl NodeAgent {
             logs_endpoint: self.opts.logs_endpoint.clone(),
         };
         let sent_at = self.clock.now();
-        let mut client = self.link.client();
+        let uplink = self.link.uplink()?;
         let resp = self
-            .call(async move { client.register(request).await })
+            .call(async move { uplink.register(request).await.map(tonic::Response::new) })
             .await?;
         if resp.node_epoch == 0 {
             return Err(AgentError::Rpc(tonic::Status::internal(

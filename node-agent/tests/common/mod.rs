@@ -14,9 +14,9 @@ use meridian_control::{Instant, SharedClock};
 use meridian_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
 use meridian_proto::v1::{
     AssignmentCommand, CommandKind, HeartbeatRequest, HeartbeatResponse, HostAssignmentsRequest,
-    ItemResult, NodeAssignmentsRequest, RegionLossPolicy, RegisterNodeRequest,
-    RegisterNodeResponse, ReportTaskStatusRequest, ReportTaskStatusResponse, Resources,
-    TaskAttempt, TaskId, TaskReport, TaskTemplate, Verdict,
+    ItemResult, NodeAssignmentsRequest, NodeRegisterResult, RegionLossPolicy, RegisterNodeRequest,
+    RegisterNodeResponse, RegisterNodesRequest, RegisterNodesResponse, ReportTaskStatusRequest,
+    ReportTaskStatusResponse, Resources, TaskAttempt, TaskId, TaskReport, TaskTemplate, Verdict,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -98,6 +98,39 @@ impl Shared {
 struct Service(Arc<Shared>, String);
 
 impl Service {
+    /// One registration, as the region answers it.
+    fn register_one(&self, req: RegisterNodeRequest) -> Result<RegisterNodeResponse, Status> {
+        self.0.admit(&req.node_id)?;
+        let observed = self.0.register_observer.lock().as_ref().map_or(0, |f| f());
+        let epoch = {
+            let mut st = self.0.state.lock();
+            let current = st.nodes.get(&req.node_id).cloned();
+            let epoch = match current {
+                Some((boot, e)) if boot == req.boot_id => e,
+                _ => {
+                    st.next_epoch += 1;
+                    st.next_epoch
+                }
+            };
+            st.nodes
+                .insert(req.node_id.clone(), (req.boot_id.clone(), epoch));
+            st.registrations
+                .push((req.node_id.clone(), epoch, observed));
+            epoch
+        };
+        self.0.bump();
+        Ok(RegisterNodeResponse {
+            node_epoch: epoch,
+            heartbeat_interval_ms: self.0.heartbeat_interval_ms,
+            node_timeout_ms: self.0.heartbeat_interval_ms * 3,
+            region_lease_remaining_ms: self.0.lease_remaining_ms,
+            region: "fake".into(),
+            shard_id: 1,
+        })
+    }
+}
+
+impl Service {
     /// Admits one node's command stream as the region would: available,
     /// leading (or refusing with the hint), current epoch.
     fn open_stream(
@@ -134,34 +167,29 @@ impl AgentLink for Service {
         &self,
         req: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeResponse>, Status> {
-        let req = req.into_inner();
-        self.0.admit(&req.node_id)?;
-        let observed = self.0.register_observer.lock().as_ref().map_or(0, |f| f());
-        let epoch = {
-            let mut st = self.0.state.lock();
-            let current = st.nodes.get(&req.node_id).cloned();
-            let epoch = match current {
-                Some((boot, e)) if boot == req.boot_id => e,
-                _ => {
-                    st.next_epoch += 1;
-                    st.next_epoch
-                }
-            };
-            st.nodes
-                .insert(req.node_id.clone(), (req.boot_id.clone(), epoch));
-            st.registrations
-                .push((req.node_id.clone(), epoch, observed));
-            epoch
-        };
-        self.0.bump();
-        Ok(Response::new(RegisterNodeResponse {
-            node_epoch: epoch,
-            heartbeat_interval_ms: self.0.heartbeat_interval_ms,
-            node_timeout_ms: self.0.heartbeat_interval_ms * 3,
-            region_lease_remaining_ms: self.0.lease_remaining_ms,
-            region: "fake".into(),
-            shard_id: 1,
-        }))
+        self.register_one(req.into_inner()).map(Response::new)
+    }
+
+    async fn register_nodes(
+        &self,
+        req: Request<RegisterNodesRequest>,
+    ) -> Result<Response<RegisterNodesResponse>, Status> {
+        let results = req
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(|node| match self.register_one(node) {
+                Ok(r) => NodeRegisterResult {
+                    response: Some(r),
+                    error: None,
+                },
+                Err(s) => NodeRegisterResult {
+                    response: None,
+                    error: Some(meridian_control::host_stream::node_error(&s)),
+                },
+            })
+            .collect();
+        Ok(Response::new(RegisterNodesResponse { results }))
     }
 
     type AssignmentsStream = ReceiverStream<Result<AssignmentCommand, Status>>;

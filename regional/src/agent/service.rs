@@ -313,6 +313,39 @@ impl AgentLink for RegionApi {
             .map(Response::new)
     }
 
+    async fn register_nodes(
+        &self,
+        request: Request<v1::RegisterNodesRequest>,
+    ) -> Result<Response<v1::RegisterNodesResponse>, Status> {
+        let caller = Peer::of(&request);
+        for node in &request.get_ref().nodes {
+            caller.check_node(&node.node_id)?;
+        }
+        let req = request.into_inner();
+        check_nodes(&req.nodes)?;
+        // Polled together, so their intents are queued (and committed)
+        // together; and not spawned, so a call its agent gave up on drops
+        // them all, and the pipeline lets go of registrations nobody
+        // awaits, as it does for a single Register.
+        let answers =
+            futures::future::join_all(req.nodes.into_iter().map(|node| self.register_one(node)))
+                .await;
+        let results = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(r) => v1::NodeRegisterResult {
+                    response: Some(r),
+                    error: None,
+                },
+                Err(s) => v1::NodeRegisterResult {
+                    response: None,
+                    error: Some(host_stream::node_error(&s)),
+                },
+            })
+            .collect();
+        Ok(Response::new(v1::RegisterNodesResponse { results }))
+    }
+
     type AssignmentsStream = CommandStream;
 
     async fn assignments(
