@@ -1,7 +1,9 @@
-//! CPU time and peak memory of the processes of a run, read from `/proc`.
+//! CPU time, peak memory and open sockets of the processes of a run, read
+//! from `/proc`.
 //!
 //! Owns reading what the kernel counts for one process: user and system
-//! CPU seconds since it started, and its peak resident memory. A report
+//! CPU seconds since it started, its peak resident memory and the sockets
+//! it holds. A report
 //! gives these per process so that a run's cost can be compared between
 //! revisions even on a noisy machine, where CPU seconds per job move much
 //! less than latencies do. Must never guess: a process that is gone or a
@@ -24,6 +26,11 @@ pub struct Usage {
     /// for an agent, the tasks it ran. Left out of a report when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub reaped_children_cpu_seconds: f64,
+    /// Sockets the process holds open when read (its connections and
+    /// listeners): for an agent hosting many nodes, what they cost the
+    /// host and the region in connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_sockets: Option<u64>,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -38,7 +45,20 @@ pub fn usage(pid: &str) -> Option<Usage> {
         cpu_seconds: cpu_seconds(&stat)?,
         peak_rss_mib: peak_rss_kib(&status)? / 1024.0,
         reaped_children_cpu_seconds: children_cpu_seconds(&stat)?,
+        open_sockets: open_sockets(pid),
     })
+}
+
+/// File descriptors of process `pid` that are sockets; `None` when its
+/// descriptors cannot be listed.
+fn open_sockets(pid: &str) -> Option<u64> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        fds.flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count() as u64,
+    )
 }
 
 /// utime + stime (fields 14 and 15) of a `stat` line, in seconds.
@@ -122,5 +142,15 @@ mod tests {
         let u = usage("self").expect("this process is there");
         assert!(u.cpu_seconds >= 0.0);
         assert!(u.peak_rss_mib > 0.0);
+    }
+
+    #[test]
+    fn a_socket_this_process_holds_is_counted() {
+        // Other tests of this process open and close sockets meanwhile, so
+        // only "at least ours" holds.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        assert!(open_sockets("self").is_some_and(|n| n >= 1));
+        drop(listener);
+        assert_eq!(open_sockets("no-such-process"), None);
     }
 }
