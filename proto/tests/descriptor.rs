@@ -90,6 +90,8 @@ fn the_file_descriptor_set_decodes_and_lists_every_service_with_its_rpcs() {
                 "Heartbeat",
                 "HeartbeatNodes",
                 "ReportNodes",
+                "RegisterNodes",
+                "HostAssignments",
             ][..],
         ),
         (
@@ -135,25 +137,30 @@ fn generated_servers_use_the_service_names_of_the_descriptor_set() {
 }
 
 #[test]
-fn streaming_rpcs_are_server_streams_and_all_others_are_unary() {
+fn streaming_rpcs_are_server_streams_and_only_host_assignments_streams_both_ways() {
     let set = descriptor_set();
     let mut streaming = BTreeSet::new();
+    let mut from_clients = BTreeSet::new();
     for file in &set.file {
         for service in &file.service {
             for method in &service.method {
-                assert!(
-                    !method.client_streaming(),
-                    "{} streams from the client",
-                    method.name()
-                );
+                let name = format!("{}.{}", service.name(), method.name());
+                if method.client_streaming() {
+                    assert!(
+                        method.server_streaming(),
+                        "{name} streams only from the client"
+                    );
+                    from_clients.insert(name.clone());
+                }
                 if method.server_streaming() {
-                    streaming.insert(format!("{}.{}", service.name(), method.name()));
+                    streaming.insert(name);
                 }
             }
         }
     }
     let expected: BTreeSet<String> = [
         "AgentLink.Assignments",
+        "AgentLink.HostAssignments",
         "AgentLogs.FollowTaskLogs",
         "Federation.FollowTaskLogs",
         "Federation.WatchJobs",
@@ -164,6 +171,10 @@ fn streaming_rpcs_are_server_streams_and_all_others_are_unary() {
     .map(str::to_owned)
     .collect();
     assert_eq!(streaming, expected);
+    assert_eq!(
+        from_clients,
+        BTreeSet::from(["AgentLink.HostAssignments".to_owned()])
+    );
 }
 
 #[test]
