@@ -25,9 +25,9 @@ use meridian_control::host_stream::node_status;
 use meridian_proto::limits::MAX_NODES_PER_CALL;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use meridian_proto::v1::{
-    HeartbeatNodesRequest, HeartbeatRequest, HeartbeatResponse, NodeCallError, RegisterNodeRequest,
-    RegisterNodeResponse, RegisterNodesRequest, ReportNodesRequest, ReportTaskStatusRequest,
-    ReportTaskStatusResponse,
+    HeartbeatNodesRequest, HeartbeatRequest, HeartbeatResponse, NodeCallError, NodeHeartbeatResult,
+    NodeRegisterResult, NodeReportResult, RegisterNodeRequest, RegisterNodeResponse,
+    RegisterNodesRequest, ReportNodesRequest, ReportTaskStatusRequest, ReportTaskStatusResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -41,9 +41,9 @@ pub const HEARTBEAT_LINGER: std::time::Duration = std::time::Duration::from_mill
 /// The batchers of one replica endpoint.
 #[derive(Clone)]
 pub struct Uplink {
-    registrations: mpsc::UnboundedSender<(RegisterNodeRequest, Reply<RegisterNodeResponse>)>,
-    heartbeats: mpsc::UnboundedSender<(HeartbeatRequest, Reply<HeartbeatResponse>)>,
-    reports: mpsc::UnboundedSender<(ReportTaskStatusRequest, Reply<ReportTaskStatusResponse>)>,
+    registrations: Queue<RegisterNodeRequest, RegisterNodeResponse>,
+    heartbeats: Queue<HeartbeatRequest, HeartbeatResponse>,
+    reports: Queue<ReportTaskStatusRequest, ReportTaskStatusResponse>,
 }
 
 impl Uplink {
@@ -52,46 +52,28 @@ impl Uplink {
         let client = AgentLinkClient::new(channel);
         let (registrations, reg_rx) = mpsc::unbounded_channel();
         let (heartbeats, hb_rx) = mpsc::unbounded_channel();
+        let (reports, rep_rx) = mpsc::unbounded_channel();
         let c = client.clone();
         tokio::spawn(batch(reg_rx, None, move |nodes| {
             let mut c = c.clone();
             async move {
-                let r = c
-                    .register_nodes(RegisterNodesRequest { nodes })
-                    .await?
-                    .into_inner();
-                Ok(r.results
-                    .into_iter()
-                    .map(|x| one(x.response, x.error))
-                    .collect())
+                let call = c.register_nodes(RegisterNodesRequest { nodes });
+                Ok(parts(call.await?.into_inner().results))
             }
         }));
-        let (reports, rep_rx) = mpsc::unbounded_channel();
         let c = client.clone();
         tokio::spawn(batch(hb_rx, Some(HEARTBEAT_LINGER), move |nodes| {
             let mut c = c.clone();
             async move {
-                let r = c
-                    .heartbeat_nodes(HeartbeatNodesRequest { nodes })
-                    .await?
-                    .into_inner();
-                Ok(r.results
-                    .into_iter()
-                    .map(|x| one(x.response, x.error))
-                    .collect())
+                let call = c.heartbeat_nodes(HeartbeatNodesRequest { nodes });
+                Ok(parts(call.await?.into_inner().results))
             }
         }));
         tokio::spawn(batch(rep_rx, None, move |nodes| {
             let mut c = client.clone();
             async move {
-                let r = c
-                    .report_nodes(ReportNodesRequest { nodes })
-                    .await?
-                    .into_inner();
-                Ok(r.results
-                    .into_iter()
-                    .map(|x| one(x.response, x.error))
-                    .collect())
+                let call = c.report_nodes(ReportNodesRequest { nodes });
+                Ok(parts(call.await?.into_inner().results))
             }
         }));
         Uplink {
@@ -104,22 +86,12 @@ impl Uplink {
     /// Sends one node's registration with the others' and waits for its
     /// answer.
     pub async fn register(&self, req: RegisterNodeRequest) -> Result<RegisterNodeResponse, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.registrations
-            .send((req, tx))
-            .map_err(|_| Status::unavailable("the uplink has stopped"))?;
-        rx.await
-            .map_err(|_| Status::unavailable("the uplink dropped the registration"))?
+        ask(&self.registrations, req, "registration").await
     }
 
     /// Sends one node's heartbeat with the others' and waits for its answer.
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.heartbeats
-            .send((req, tx))
-            .map_err(|_| Status::unavailable("the uplink has stopped"))?;
-        rx.await
-            .map_err(|_| Status::unavailable("the uplink dropped the heartbeat"))?
+        ask(&self.heartbeats, req, "heartbeat").await
     }
 
     /// Sends one node's reports with the others' and waits for its answer.
@@ -127,13 +99,59 @@ impl Uplink {
         &self,
         req: ReportTaskStatusRequest,
     ) -> Result<ReportTaskStatusResponse, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.reports
-            .send((req, tx))
-            .map_err(|_| Status::unavailable("the uplink has stopped"))?;
-        rx.await
-            .map_err(|_| Status::unavailable("the uplink dropped the reports"))?
+        ask(&self.reports, req, "reports").await
     }
+}
+
+type Queue<Req, Resp> = mpsc::UnboundedSender<(Req, Reply<Resp>)>;
+
+/// Queues one node's request for the next call of its kind and waits for
+/// that node's answer.
+async fn ask<Req, Resp>(queue: &Queue<Req, Resp>, req: Req, what: &str) -> Result<Resp, Status> {
+    let (tx, rx) = oneshot::channel();
+    queue
+        .send((req, tx))
+        .map_err(|_| Status::unavailable("the uplink has stopped"))?;
+    rx.await
+        .map_err(|_| Status::unavailable(format!("the uplink dropped the {what}")))?
+}
+
+/// One node's entry of a batched answer: its response or its error.
+trait Part {
+    type Response;
+    fn split(self) -> (Option<Self::Response>, Option<NodeCallError>);
+}
+
+impl Part for NodeRegisterResult {
+    type Response = RegisterNodeResponse;
+    fn split(self) -> (Option<RegisterNodeResponse>, Option<NodeCallError>) {
+        (self.response, self.error)
+    }
+}
+
+impl Part for NodeHeartbeatResult {
+    type Response = HeartbeatResponse;
+    fn split(self) -> (Option<HeartbeatResponse>, Option<NodeCallError>) {
+        (self.response, self.error)
+    }
+}
+
+impl Part for NodeReportResult {
+    type Response = ReportTaskStatusResponse;
+    fn split(self) -> (Option<ReportTaskStatusResponse>, Option<NodeCallError>) {
+        (self.response, self.error)
+    }
+}
+
+/// Every node's answer of a batched call, in request order.
+fn parts<P: Part>(results: Vec<P>) -> Vec<Result<P::Response, Status>> {
+    results
+        .into_iter()
+        .map(|p| {
+            let (response, error) = p.split();
+            one(response, error)
+        })
+        .collect()
 }
 
 /// One node's part of a batched answer.

@@ -292,6 +292,18 @@ impl RegionApi {
     }
 }
 
+/// One node's entry of a batched answer, built by `make` from its
+/// response or its error.
+fn node_result<T, R>(
+    answer: Result<T, Status>,
+    make: impl FnOnce(Option<T>, Option<v1::NodeCallError>) -> R,
+) -> R {
+    match answer {
+        Ok(r) => make(Some(r), None),
+        Err(s) => make(None, Some(host_stream::node_error(&s))),
+    }
+}
+
 fn check_nodes<T>(nodes: &[T]) -> Result<(), Status> {
     if nodes.len() > meridian_proto::limits::MAX_NODES_PER_CALL {
         return Err(Status::invalid_argument("nodes: at most 10000 per call"));
@@ -332,15 +344,11 @@ impl AgentLink for RegionApi {
                 .await;
         let results = answers
             .into_iter()
-            .map(|answer| match answer {
-                Ok(r) => v1::NodeRegisterResult {
-                    response: Some(r),
-                    error: None,
-                },
-                Err(s) => v1::NodeRegisterResult {
-                    response: None,
-                    error: Some(host_stream::node_error(&s)),
-                },
+            .map(|answer| {
+                node_result(answer, |response, error| v1::NodeRegisterResult {
+                    response,
+                    error,
+                })
             })
             .collect();
         Ok(Response::new(v1::RegisterNodesResponse { results }))
@@ -417,16 +425,10 @@ impl AgentLink for RegionApi {
         let mut hints = Hints::new();
         let mut results = Vec::with_capacity(req.nodes.len());
         for node in &req.nodes {
-            results.push(match self.heartbeat_one(node, &mut hints).await {
-                Ok(r) => v1::NodeHeartbeatResult {
-                    response: Some(r),
-                    error: None,
-                },
-                Err(s) => v1::NodeHeartbeatResult {
-                    response: None,
-                    error: Some(host_stream::node_error(&s)),
-                },
-            });
+            results.push(node_result(
+                self.heartbeat_one(node, &mut hints).await,
+                |response, error| v1::NodeHeartbeatResult { response, error },
+            ));
         }
         Ok(Response::new(v1::HeartbeatNodesResponse { results }))
     }
@@ -468,16 +470,9 @@ impl AgentLink for RegionApi {
                     Err(e) => Err(Status::internal(format!("report task failed: {e}"))),
                 },
             };
-            results.push(match answer {
-                Ok(r) => v1::NodeReportResult {
-                    response: Some(r),
-                    error: None,
-                },
-                Err(s) => v1::NodeReportResult {
-                    response: None,
-                    error: Some(host_stream::node_error(&s)),
-                },
-            });
+            results.push(node_result(answer, |response, error| {
+                v1::NodeReportResult { response, error }
+            }));
         }
         Ok(Response::new(v1::ReportNodesResponse { results }))
     }
