@@ -2,9 +2,10 @@
 //! streams multiplexed on one call of one agent process.
 //!
 //! Owns the multiplexing only: which node stream an item belongs to, the
-//! order of items within a node stream, batching items that are ready
-//! together into one response message, and ending every node stream when
-//! the call ends. What a node stream carries, and whether it may be opened
+//! order of items within a node stream, each stream's credit (the agent
+//! grants commands as its node reads them, so a slow node slows only its
+//! own stream), batching items that are ready together into one response
+//! message, and ending every node stream when the call ends. What a node stream carries, and whether it may be opened
 //! at all, is the caller's `open` function: exactly what its single
 //! `Assignments` call does, so the two paths cannot disagree. Also owns the
 //! one spelling of a node's failure inside a batched answer
@@ -12,23 +13,25 @@
 //! agent call use.
 //!
 //! Must never: let one node stream's slow or failed consumer stop the
-//! others' items from being read off the call, reorder the items of one
-//! node stream, or send anything on a stream id after its `ended` item.
+//! others' items from being read off the call, send a stream more
+//! commands than its credit, reorder the items of one node stream, or
+//! send anything on a stream id after its `ended` item.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use meridian_proto::LEADER_METADATA_KEY;
-use meridian_proto::limits::MAX_NODES_PER_CALL;
+use meridian_proto::limits::{HOST_STREAM_WINDOW, MAX_NODES_PER_CALL};
 use meridian_proto::v1::host_stream_item::Event;
 use meridian_proto::v1::{
     AssignmentCommand, HostAssignmentsRequest, HostAssignmentsResponse, HostStreamItem,
     NodeAssignmentsRequest, NodeCallError,
 };
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tonic::Status;
 
@@ -120,6 +123,13 @@ where
 type Out = mpsc::Sender<Result<HostStreamItem, Status>>;
 type Items = mpsc::Receiver<Result<HostStreamItem, Status>>;
 
+/// A node stream open on the call.
+struct Open {
+    forwarder: AbortHandle,
+    /// Commands the agent still takes on this stream.
+    credit: Arc<Semaphore>,
+}
+
 async fn drive<In, O, F, S>(mut inbound: In, open: O, out: Out)
 where
     In: Stream<Item = Result<HostAssignmentsRequest, Status>> + Send + Unpin + 'static,
@@ -130,61 +140,87 @@ where
     // Dropping the set (the call ended) aborts every forwarder, which drops
     // its node stream: the server side sees its receiver gone.
     let mut running: JoinSet<()> = JoinSet::new();
-    let mut by_id: BTreeMap<u64, AbortHandle> = BTreeMap::new();
+    let mut streams: BTreeMap<u64, Open> = BTreeMap::new();
+    // Which stream each forwarder serves, so a finished one is forgotten
+    // without a walk of every stream (10,000 end at once when this replica
+    // loses a shard).
+    let mut by_task: BTreeMap<tokio::task::Id, u64> = BTreeMap::new();
     loop {
         tokio::select! {
             () = out.closed() => return,
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
-                let id = match &done {
-                    Ok((id, ())) => *id,
+                let task = match &done {
+                    Ok((task, ())) => *task,
                     Err(e) => e.id(),
                 };
-                by_id.retain(|_, h| h.id() != id);
+                if let Some(id) = by_task.remove(&task)
+                    && streams.get(&id).is_some_and(|s| s.forwarder.id() == task)
+                {
+                    streams.remove(&id);
+                }
             }
             request = inbound.next() => {
                 let Some(Ok(request)) = request else { return };
-                if request.open.len() > MAX_NODES_PER_CALL || request.close.len() > MAX_NODES_PER_CALL {
+                if let Err(status) = check(&request, &streams) {
                     // A malformed call ends as a whole: the agent reopens.
-                    let _ = out
-                        .send(Err(Status::invalid_argument(
-                            "open, close: at most 10000 per message",
-                        )))
-                        .await;
+                    let _ = out.send(Err(status)).await;
                     return;
                 }
                 for id in request.close {
-                    if let Some(handle) = by_id.remove(&id) {
-                        handle.abort();
+                    if let Some(stream) = streams.remove(&id) {
+                        stream.forwarder.abort();
+                    }
+                }
+                for grant in request.credit {
+                    if let Some(stream) = streams.get(&grant.stream_id) {
+                        stream.credit.add_permits(grant.commands as usize);
                     }
                 }
                 for o in request.open {
                     let id = o.stream_id;
-                    let refused = if by_id.contains_key(&id) {
-                        Some(Status::invalid_argument(format!(
-                            "stream_id: {id} is already open on this call"
-                        )))
-                    } else if o.request.is_none() {
-                        Some(Status::invalid_argument("open.request: required"))
-                    } else {
-                        None
-                    };
-                    if let Some(status) = refused {
-                        if out.send(Ok(ended(id, &status))).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
                     let opening = open(o.request.unwrap_or_default());
-                    let handle = running.spawn(forward(id, opening, out.clone()));
-                    by_id.insert(id, handle);
+                    let credit = Arc::new(Semaphore::new(HOST_STREAM_WINDOW as usize));
+                    let forwarder =
+                        running.spawn(forward(id, opening, credit.clone(), out.clone()));
+                    by_task.insert(forwarder.id(), id);
+                    streams.insert(id, Open { forwarder, credit });
                 }
             }
         }
     }
 }
 
-/// One node stream: `opened` (or its refusal), its commands, its end.
-async fn forward<F, S>(id: u64, opening: F, out: Out)
+/// Why a request message ends the call: too many entries, an open
+/// without its request, or a stream id already open (two streams must
+/// never share an id: the agent could not tell their items apart).
+fn check(request: &HostAssignmentsRequest, streams: &BTreeMap<u64, Open>) -> Result<(), Status> {
+    if request.open.len() > MAX_NODES_PER_CALL
+        || request.close.len() > MAX_NODES_PER_CALL
+        || request.credit.len() > MAX_NODES_PER_CALL
+    {
+        return Err(Status::invalid_argument(
+            "open, close, credit: at most 10000 per message",
+        ));
+    }
+    let mut opening = std::collections::BTreeSet::new();
+    for o in &request.open {
+        if o.request.is_none() {
+            return Err(Status::invalid_argument("open.request: required"));
+        }
+        let reopened = streams.contains_key(&o.stream_id) && !request.close.contains(&o.stream_id);
+        if reopened || !opening.insert(o.stream_id) {
+            return Err(Status::invalid_argument(format!(
+                "open.stream_id: {} is already open on this call",
+                o.stream_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One node stream: `opened` (or its refusal), its commands as the agent
+/// grants credit for them, its end.
+async fn forward<F, S>(id: u64, opening: F, credit: Arc<Semaphore>, out: Out)
 where
     F: Future<Output = Result<S, Status>>,
     S: Stream<Item = Result<AssignmentCommand, Status>> + Unpin,
@@ -202,6 +238,13 @@ where
     let end = loop {
         match stream.next().await {
             Some(Ok(command)) => {
+                // Waiting here leaves the node's own pump waiting, and past
+                // its buffer the region cuts the stream, as it would cut a
+                // stream of its own whose reader fell behind.
+                let Ok(permit) = credit.acquire().await else {
+                    return;
+                };
+                permit.forget();
                 if out
                     .send(Ok(item(id, Event::Command(command))))
                     .await

@@ -11,11 +11,14 @@
 //! it with the call's status, and each node comes back on its own schedule
 //! (its retry rule, with jitter), which starts the next call.
 //!
-//! The reader of the call never waits for a node: a node that lets its
-//! stream fill up is cut off (it resumes from its cursor, as a node whose
-//! own stream fell behind does), so one busy node loop cannot hold back
-//! the commands of the others or the connection's flow-control window,
-//! which the host's heartbeats share.
+//! The reader of the call never waits for a node. Each node stream has a
+//! credit of commands (`HOST_STREAM_WINDOW`), given back as the node reads
+//! them, and the region sends no more: a busy node loop slows its own
+//! stream only, as HTTP/2 flow control did for a stream of its own, and
+//! never holds back the others' commands or the connection's window,
+//! which the host's heartbeats share. A node stream whose buffer fills
+//! anyway (a region that ignores the credit) is cut off: the node resumes
+//! from its cursor.
 //!
 //! Must never: give a node another node's items, deliver anything on a
 //! stream after its end, or keep a stream open at the region that no node
@@ -25,11 +28,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meridian_control::host_stream::node_status;
+use meridian_proto::limits::HOST_STREAM_WINDOW;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
 use meridian_proto::v1::host_stream_item::Event;
 use meridian_proto::v1::{
     AssignmentCommand, HostAssignmentsRequest, HostStreamItem, HostStreamOpen,
-    NodeAssignmentsRequest,
+    NodeAssignmentsRequest, StreamCredit,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -37,9 +41,14 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
-/// Commands a node may leave unread before it is cut off (as the region
-/// holds for a node's own stream).
-const NODE_BUFFER: usize = 1_024;
+/// Room for a stream's whole credit and its end: a region that keeps to
+/// the credit never finds it full.
+const NODE_BUFFER: usize = HOST_STREAM_WINDOW as usize + 1;
+
+/// Commands a node reads before the credit for them goes back to the
+/// region (half the window: the region is never held up while the node
+/// keeps reading).
+const GRANT_EVERY: u32 = HOST_STREAM_WINDOW / 2;
 
 type Commands = mpsc::Sender<Result<AssignmentCommand, Status>>;
 
@@ -110,7 +119,7 @@ impl Downlink {
                     stream_id: id,
                     request: Some(request),
                 }],
-                close: Vec::new(),
+                ..Default::default()
             };
             let sent = call.requests.send(open).is_ok();
             let call = state.call.insert(call);
@@ -132,6 +141,7 @@ impl Downlink {
             id,
             call: number,
             rx,
+            read: 0,
             shared: self.shared.clone(),
         };
         match opened.await {
@@ -215,8 +225,8 @@ impl Shared {
         }
         if !cut.is_empty() {
             let _ = call.requests.send(HostAssignmentsRequest {
-                open: Vec::new(),
                 close: cut,
+                ..Default::default()
             });
         }
     }
@@ -245,8 +255,25 @@ impl Shared {
             && call.nodes.remove(&id).is_some()
         {
             let _ = call.requests.send(HostAssignmentsRequest {
-                open: Vec::new(),
                 close: vec![id],
+                ..Default::default()
+            });
+        }
+    }
+
+    /// The node read `commands` more of stream `id`: the region may send
+    /// as many more.
+    fn grant(&self, number: u64, id: u64, commands: u32) {
+        let state = self.state.lock();
+        if let Some(call) = state.call.as_ref().filter(|c| c.number == number)
+            && call.nodes.contains_key(&id)
+        {
+            let _ = call.requests.send(HostAssignmentsRequest {
+                credit: vec![StreamCredit {
+                    stream_id: id,
+                    commands,
+                }],
+                ..Default::default()
             });
         }
     }
@@ -271,6 +298,8 @@ pub struct NodeStream {
     id: u64,
     call: u64,
     rx: mpsc::Receiver<Result<AssignmentCommand, Status>>,
+    /// Commands read since credit for them was last given back.
+    read: u32,
     shared: Arc<Shared>,
 }
 
@@ -278,7 +307,14 @@ impl NodeStream {
     /// The next command; the stream's end status once it ended.
     pub async fn message(&mut self) -> Result<Option<AssignmentCommand>, Status> {
         match self.rx.recv().await {
-            Some(Ok(command)) => Ok(Some(command)),
+            Some(Ok(command)) => {
+                self.read += 1;
+                if self.read >= GRANT_EVERY {
+                    self.shared.grant(self.call, self.id, self.read);
+                    self.read = 0;
+                }
+                Ok(Some(command))
+            }
             Some(Err(status)) => Err(status),
             None => Err(Status::unavailable(
                 "the node's command stream fell behind: reopen from the last cursor",

@@ -83,8 +83,12 @@ pub mod limits {
     /// Maximum items per batch call (SubmitJobs, AckAssignments,
     /// ReportStatus, ReleaseJobs, ReportTaskStatus).
     pub const MAX_BATCH_ITEMS: usize = 1000;
-    /// Most nodes in one HeartbeatNodes or ReportNodes call.
+    /// Most nodes in one RegisterNodes, HeartbeatNodes or ReportNodes call
+    /// (and most opens, closes or credits in one HostAssignments message).
     pub const MAX_NODES_PER_CALL: usize = 10_000;
+    /// Commands a node stream on a HostAssignments call may send before
+    /// the agent grants more: every stream starts with this credit.
+    pub const HOST_STREAM_WINDOW: u32 = 1024;
     /// Page size used when a list request leaves it at 0.
     pub const DEFAULT_PAGE_SIZE: u32 = 100;
     /// Largest page size a list request may ask for.

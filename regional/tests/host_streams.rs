@@ -30,7 +30,7 @@ fn open(pairs: &[(u64, &str, u64)]) -> v1::HostAssignmentsRequest {
                 }),
             })
             .collect(),
-        close: Vec::new(),
+        ..Default::default()
     }
 }
 

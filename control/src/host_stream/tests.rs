@@ -6,6 +6,7 @@ use parking_lot::Mutex;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 
 use super::*;
+use meridian_proto::limits::HOST_STREAM_WINDOW;
 
 type NodeTx = mpsc::Sender<Result<AssignmentCommand, Status>>;
 
@@ -64,7 +65,7 @@ impl Harness {
         self.requests
             .send(Ok(HostAssignmentsRequest {
                 open,
-                close: Vec::new(),
+                ..Default::default()
             }))
             .expect("call open");
     }
@@ -72,8 +73,20 @@ impl Harness {
     fn close(&self, ids: &[u64]) {
         self.requests
             .send(Ok(HostAssignmentsRequest {
-                open: Vec::new(),
                 close: ids.to_vec(),
+                ..Default::default()
+            }))
+            .expect("call open");
+    }
+
+    fn grant(&self, id: u64, commands: u32) {
+        self.requests
+            .send(Ok(HostAssignmentsRequest {
+                credit: vec![meridian_proto::v1::StreamCredit {
+                    stream_id: id,
+                    commands,
+                }],
+                ..Default::default()
             }))
             .expect("call open");
     }
@@ -210,19 +223,73 @@ async fn closing_a_stream_drops_its_node_stream_and_frees_its_id() {
 }
 
 #[tokio::test]
-async fn an_id_already_open_on_the_call_is_refused_without_touching_the_first() {
+async fn an_id_already_open_on_the_call_ends_the_call_with_invalid_argument() {
     let mut h = Harness::start();
     h.open(&[(1, "a")]);
     let a = h.node("a").await;
     h.open(&[(1, "b")]);
-    let item = h.next_item().await;
-    let Some(Event::Ended(e)) = item.event else {
-        panic!("refused, got {item:?}");
+    let status = loop {
+        match h.responses.next().await.expect("an answer") {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
     };
-    assert_eq!(node_status(&e).code(), tonic::Code::InvalidArgument);
-    assert!(e.message.contains("stream_id"), "{}", e.message);
-    assert!(!h.opened.lock().contains_key("b"));
-    a.send(Ok(command(1))).await.expect("the first stays open");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("stream_id"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        !h.opened.lock().contains_key("b"),
+        "the second never opened"
+    );
+    a.closed().await;
+}
+
+#[tokio::test]
+async fn a_stream_is_sent_no_more_commands_than_its_credit() {
+    let mut h = Harness::start();
+    h.open(&[(1, "a"), (2, "b")]);
+    let a = h.node("a").await;
+    let b = h.node("b").await;
+    let window = HOST_STREAM_WINDOW;
+    // The node stream holds more than the window; the test's channel
+    // takes 16, so feed it beside the reads.
+    let feed = tokio::spawn(async move {
+        for n in 0..window + 10 {
+            a.send(Ok(command((n % 256) as u8))).await.expect("open");
+        }
+        a
+    });
+    for _ in 0..window {
+        let item = h.next_item().await;
+        assert_eq!(item.stream_id, 1);
+    }
+    // Out of credit: stream 1 waits, stream 2 is not held back.
+    b.send(Ok(command(99))).await.expect("open");
+    let item = h.next_item().await;
+    assert_eq!(
+        (item.stream_id, item.event),
+        (2, Some(Event::Command(command(99))))
+    );
+    h.grant(1, 4);
+    for _ in 0..4 {
+        assert_eq!(h.next_item().await.stream_id, 1);
+    }
+    // Nothing more of stream 1 until the next grant: stream 2's next item
+    // comes first.
+    b.send(Ok(command(98))).await.expect("open");
+    let item = h.next_item().await;
+    assert_eq!(
+        (item.stream_id, item.event),
+        (2, Some(Event::Command(command(98))))
+    );
+    h.grant(1, 6);
+    for _ in 0..6 {
+        assert_eq!(h.next_item().await.stream_id, 1);
+    }
+    feed.await.expect("fed");
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures::StreamExt;
 use meridian_control::host_stream;
 use meridian_proto::LEADER_METADATA_KEY;
+use meridian_proto::limits::HOST_STREAM_WINDOW;
+use meridian_proto::v1::HostAssignmentsResponse;
 use meridian_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
 use meridian_proto::v1::{
     CommandKind, HeartbeatNodesRequest, HeartbeatNodesResponse, HeartbeatRequest,
@@ -21,6 +23,10 @@ use super::*;
 /// with a leader hint; `cut` ends every call in progress.
 #[derive(Clone, Default)]
 struct Region {
+    /// When set, the call ignores credit: on the first open it answers
+    /// `opened` and this many commands at once (a region that breaks the
+    /// protocol).
+    flood: Option<u32>,
     nodes: Arc<Mutex<BTreeMap<String, Commands>>>,
     calls: Arc<AtomicUsize>,
     cut: Arc<Mutex<Option<watch::Sender<bool>>>>,
@@ -86,6 +92,27 @@ impl AgentLink for Region {
         request: Request<tonic::Streaming<HostAssignmentsRequest>>,
     ) -> Result<Response<Self::HostAssignmentsStream>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(flood) = self.flood {
+            let mut inbound = request.into_inner();
+            let first = inbound.next().await;
+            let id = first
+                .and_then(|r| r.ok())
+                .and_then(|r| r.open.first().map(|o| o.stream_id))
+                .ok_or_else(|| Status::invalid_argument("an open first"))?;
+            let mut items = vec![HostStreamItem {
+                stream_id: id,
+                event: Some(Event::Opened(true)),
+            }];
+            items.extend((0..flood).map(|n| HostStreamItem {
+                stream_id: id,
+                event: Some(Event::Command(command(n))),
+            }));
+            let answer = futures::stream::iter([Ok(HostAssignmentsResponse { items })])
+                .chain(futures::stream::pending());
+            // Keep reading the agent's messages (its close) while answering.
+            tokio::spawn(async move { while inbound.next().await.is_some() {} });
+            return Ok(Response::new(Box::pin(answer)));
+        }
         let nodes = self.nodes.clone();
         let served = host_stream::serve(request.into_inner(), move |req| {
             let nodes = nodes.clone();
@@ -190,24 +217,39 @@ async fn a_refusal_reaches_the_opening_node_with_the_leader_hint() {
 }
 
 #[tokio::test]
-async fn a_node_that_stops_reading_is_cut_off_without_holding_back_the_others() {
+async fn a_node_that_stops_reading_holds_back_only_its_own_stream_and_loses_nothing() {
     let region = Region::default();
     let downlink = serve(region.clone()).await;
     let mut slow = downlink.open(request("slow")).await.expect("opens");
     let mut quick = downlink.open(request("quick")).await.expect("opens");
     let (to_slow, to_quick) = (sender(&region, "slow"), sender(&region, "quick"));
-    let overflow = NODE_BUFFER as u32 + 1;
-    for n in 0..overflow {
+    // Twice the credit waits at the region for the slow node.
+    let total = 2 * HOST_STREAM_WINDOW;
+    for n in 0..total {
         to_slow.send(Ok(command(n))).await.expect("slow open");
     }
     to_quick.send(Ok(command(7))).await.expect("quick open");
     assert_eq!(quick.message().await.expect("quick"), Some(command(7)));
-    // The region is told to stop the slow stream.
-    to_slow.closed().await;
-    for n in 0..NODE_BUFFER as u32 {
-        assert_eq!(slow.message().await.expect("buffered"), Some(command(n)));
+    // Reading gives the credit back: every command comes, in order, and
+    // the stream is never cut.
+    for n in 0..total {
+        assert_eq!(slow.message().await.expect("in order"), Some(command(n)));
     }
-    let cut = slow.message().await.expect_err("cut off");
+    assert!(!to_slow.is_closed(), "the slow stream is still open");
+}
+
+#[tokio::test]
+async fn a_stream_sent_past_its_credit_is_cut_off_with_unavailable() {
+    let region = Region {
+        flood: Some(NODE_BUFFER as u32 + 1),
+        ..Default::default()
+    };
+    let downlink = serve(region).await;
+    let mut flooded = downlink.open(request("a")).await.expect("opens");
+    for n in 0..NODE_BUFFER as u32 {
+        assert_eq!(flooded.message().await.expect("buffered"), Some(command(n)));
+    }
+    let cut = flooded.message().await.expect_err("cut off");
     assert_eq!(cut.code(), tonic::Code::Unavailable);
 }
 

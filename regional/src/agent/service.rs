@@ -336,9 +336,12 @@ impl AgentLink for RegionApi {
         let req = request.into_inner();
         check_nodes(&req.nodes)?;
         // Polled together, so their intents are queued (and committed)
-        // together; and not spawned, so a call its agent gave up on drops
-        // them all, and the pipeline lets go of registrations nobody
-        // awaits, as it does for a single Register.
+        // together; and not spawned, so a call cancelled by its client
+        // drops them all and the pipeline lets go of them. The agent's
+        // uplink leaves out the nodes that gave up before the call is sent
+        // but does not cancel a call once sent: a registration committed
+        // after its node gave up is answered from memory when the node
+        // asks again (same boot, same epoch, no write).
         let answers =
             futures::future::join_all(req.nodes.into_iter().map(|node| self.register_one(node)))
                 .await;
