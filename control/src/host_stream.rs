@@ -5,12 +5,13 @@
 //! order of items within a node stream, each stream's credit (the agent
 //! grants commands as its node reads them, so a slow node slows only its
 //! own stream), batching items that are ready together into one response
-//! message, and ending every node stream when the call ends. What a node stream carries, and whether it may be opened
-//! at all, is the caller's `open` function: exactly what its single
-//! `Assignments` call does, so the two paths cannot disagree. Also owns the
+//! message, and ending every node stream when the call ends. What a node
+//! stream carries, and whether it may be opened at all, is the caller's
+//! `open` function: exactly what its single `Assignments` call does, so
+//! the two paths cannot disagree. Also owns the
 //! one spelling of a node's failure inside a batched answer
-//! ([`node_error`], [`node_status`]), which both ends of every batched
-//! agent call use.
+//! ([`node_error`], [`node_result`], [`node_status`]), which both ends of
+//! every batched agent call use.
 //!
 //! Must never: let one node stream's slow or failed consumer stop the
 //! others' items from being read off the call, send a stream more
@@ -61,6 +62,18 @@ pub fn node_error(status: &Status) -> NodeCallError {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string(),
+    }
+}
+
+/// One node's entry of a batched answer, built by `make` from its
+/// response or its error.
+pub fn node_result<T, R>(
+    answer: Result<T, Status>,
+    make: impl FnOnce(Option<T>, Option<NodeCallError>) -> R,
+) -> R {
+    match answer {
+        Ok(r) => make(Some(r), None),
+        Err(s) => make(None, Some(node_error(&s))),
     }
 }
 

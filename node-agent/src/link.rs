@@ -48,9 +48,14 @@ use crate::uplink::Uplink;
 pub struct ChannelPool {
     /// How the channels dial: plain, or TLS with the host's certificate.
     security: Security,
-    channels: Mutex<BTreeMap<String, Channel>>,
-    uplinks: Mutex<BTreeMap<String, Uplink>>,
-    downlinks: Mutex<BTreeMap<String, Downlink>>,
+    endpoints: Mutex<BTreeMap<String, Links>>,
+}
+
+/// The host's links to one endpoint, over its one channel.
+#[derive(Clone)]
+struct Links {
+    uplink: Uplink,
+    downlink: Downlink,
 }
 
 impl Default for ChannelPool {
@@ -68,51 +73,36 @@ impl ChannelPool {
     pub fn secured(security: Security) -> Self {
         ChannelPool {
             security,
-            channels: Mutex::new(BTreeMap::new()),
-            uplinks: Mutex::new(BTreeMap::new()),
-            downlinks: Mutex::new(BTreeMap::new()),
+            endpoints: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// The downlink (every node's command stream on one call) of the host
     /// to `url`.
     pub fn downlink(&self, url: &str) -> Result<Downlink, AgentError> {
-        if let Some(d) = self.downlinks.lock().get(url) {
-            return Ok(d.clone());
-        }
-        let downlink = Downlink::new(self.get(url)?);
-        Ok(self
-            .downlinks
-            .lock()
-            .entry(url.to_string())
-            .or_insert(downlink)
-            .clone())
+        Ok(self.links(url)?.downlink)
     }
 
     /// The uplink (batched registrations, heartbeats and reports) of the
     /// host to `url`.
     pub fn uplink(&self, url: &str) -> Result<Uplink, AgentError> {
-        if let Some(u) = self.uplinks.lock().get(url) {
-            return Ok(u.clone());
-        }
-        let uplink = Uplink::start(self.get(url)?);
-        Ok(self
-            .uplinks
-            .lock()
-            .entry(url.to_string())
-            .or_insert(uplink)
-            .clone())
+        Ok(self.links(url)?.uplink)
     }
 
-    /// The channel to `url`, created (unconnected) on first use.
-    fn get(&self, url: &str) -> Result<Channel, AgentError> {
-        let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(url) {
-            return Ok(c.clone());
+    /// The links to `url`, over a channel created (unconnected) on first
+    /// use.
+    fn links(&self, url: &str) -> Result<Links, AgentError> {
+        let mut endpoints = self.endpoints.lock();
+        if let Some(links) = endpoints.get(url) {
+            return Ok(links.clone());
         }
         let channel = connect_lazy(url, &self.security)?;
-        channels.insert(url.to_string(), channel.clone());
-        Ok(channel)
+        let links = Links {
+            uplink: Uplink::start(channel.clone()),
+            downlink: Downlink::new(channel),
+        };
+        endpoints.insert(url.to_string(), links.clone());
+        Ok(links)
     }
 }
 
@@ -165,7 +155,7 @@ impl RegionLink {
         let connected = replicas.current().to_string();
         // An endpoint that cannot be dialled is a configuration error now,
         // not at the first call.
-        pool.get(&connected)?;
+        pool.links(&connected)?;
         Ok(RegionLink {
             replicas,
             pool,
@@ -218,7 +208,7 @@ impl RegionLink {
         if url == self.connected {
             return;
         }
-        match self.pool.get(&url) {
+        match self.pool.links(&url) {
             Ok(_) => self.connected = url,
             Err(e) => {
                 tracing::warn!(endpoint = %url, error = %e, "ignoring an unusable endpoint");

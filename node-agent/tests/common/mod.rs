@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_control::host_stream::node_result;
 use meridian_control::{Instant, SharedClock};
 use meridian_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
 use meridian_proto::v1::{
@@ -128,9 +129,7 @@ impl Service {
             shard_id: 1,
         })
     }
-}
 
-impl Service {
     /// Admits one node's command stream as the region would: available,
     /// leading (or refusing with the hint), current epoch.
     fn open_stream(
@@ -178,15 +177,10 @@ impl AgentLink for Service {
             .into_inner()
             .nodes
             .into_iter()
-            .map(|node| match self.register_one(node) {
-                Ok(r) => NodeRegisterResult {
-                    response: Some(r),
-                    error: None,
-                },
-                Err(s) => NodeRegisterResult {
-                    response: None,
-                    error: Some(meridian_control::host_stream::node_error(&s)),
-                },
+            .map(|node| {
+                node_result(self.register_one(node), |response, error| {
+                    NodeRegisterResult { response, error }
+                })
             })
             .collect();
         Ok(Response::new(RegisterNodesResponse { results }))

@@ -292,23 +292,22 @@ impl RegionApi {
     }
 }
 
-/// One node's entry of a batched answer, built by `make` from its
-/// response or its error.
-fn node_result<T, R>(
-    answer: Result<T, Status>,
-    make: impl FnOnce(Option<T>, Option<v1::NodeCallError>) -> R,
-) -> R {
-    match answer {
-        Ok(r) => make(Some(r), None),
-        Err(s) => make(None, Some(host_stream::node_error(&s))),
+/// The request of a batched call, once the caller's certificate names
+/// every node in it and it holds no more than the limit.
+fn admit_batch<T, N>(
+    request: Request<T>,
+    nodes: impl Fn(&T) -> &Vec<N>,
+    id: impl Fn(&N) -> &String,
+) -> Result<T, Status> {
+    let caller = Peer::of(&request);
+    for node in nodes(request.get_ref()) {
+        caller.check_node(id(node))?;
     }
-}
-
-fn check_nodes<T>(nodes: &[T]) -> Result<(), Status> {
-    if nodes.len() > meridian_proto::limits::MAX_NODES_PER_CALL {
+    let req = request.into_inner();
+    if nodes(&req).len() > meridian_proto::limits::MAX_NODES_PER_CALL {
         return Err(Status::invalid_argument("nodes: at most 10000 per call"));
     }
-    Ok(())
+    Ok(req)
 }
 
 #[tonic::async_trait]
@@ -329,12 +328,7 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::RegisterNodesRequest>,
     ) -> Result<Response<v1::RegisterNodesResponse>, Status> {
-        let caller = Peer::of(&request);
-        for node in &request.get_ref().nodes {
-            caller.check_node(&node.node_id)?;
-        }
-        let req = request.into_inner();
-        check_nodes(&req.nodes)?;
+        let req = admit_batch(request, |r| &r.nodes, |n| &n.node_id)?;
         // Polled together, so their intents are queued (and committed)
         // together; and not spawned, so a call cancelled by its client
         // drops them all and the pipeline lets go of them. The agent's
@@ -348,7 +342,7 @@ impl AgentLink for RegionApi {
         let results = answers
             .into_iter()
             .map(|answer| {
-                node_result(answer, |response, error| v1::NodeRegisterResult {
+                host_stream::node_result(answer, |response, error| v1::NodeRegisterResult {
                     response,
                     error,
                 })
@@ -419,16 +413,11 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::HeartbeatNodesRequest>,
     ) -> Result<Response<v1::HeartbeatNodesResponse>, Status> {
-        let caller = Peer::of(&request);
-        for node in &request.get_ref().nodes {
-            caller.check_node(&node.node_id)?;
-        }
-        let req = request.into_inner();
-        check_nodes(&req.nodes)?;
+        let req = admit_batch(request, |r| &r.nodes, |n| &n.node_id)?;
         let mut hints = Hints::new();
         let mut results = Vec::with_capacity(req.nodes.len());
         for node in &req.nodes {
-            results.push(node_result(
+            results.push(host_stream::node_result(
                 self.heartbeat_one(node, &mut hints).await,
                 |response, error| v1::NodeHeartbeatResult { response, error },
             ));
@@ -440,12 +429,7 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::ReportNodesRequest>,
     ) -> Result<Response<v1::ReportNodesResponse>, Status> {
-        let caller = Peer::of(&request);
-        for node in &request.get_ref().nodes {
-            caller.check_node(&node.node_id)?;
-        }
-        let req = request.into_inner();
-        check_nodes(&req.nodes)?;
+        let req = admit_batch(request, |r| &r.nodes, |n| &n.node_id)?;
         // Every node's intent is queued before any is awaited, so they
         // commit together.
         let mut pending = Vec::with_capacity(req.nodes.len());
@@ -473,7 +457,7 @@ impl AgentLink for RegionApi {
                     Err(e) => Err(Status::internal(format!("report task failed: {e}"))),
                 },
             };
-            results.push(node_result(answer, |response, error| {
+            results.push(host_stream::node_result(answer, |response, error| {
                 v1::NodeReportResult { response, error }
             }));
         }
