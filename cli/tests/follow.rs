@@ -4,7 +4,7 @@
 //! the server has said the task ended. Nothing sleeps; the guard only stops
 //! a hang.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

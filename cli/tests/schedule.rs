@@ -6,7 +6,7 @@
 //! The server is a real tonic `Federation` server on 127.0.0.1 answering the
 //! schedule calls from what the test scripts.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! Each fake is a real tonic `Federation` server on 127.0.0.1 (`support`). Nothing
 //! sleeps to wait for a condition; the guard only stops a hang.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

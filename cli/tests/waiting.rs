@@ -5,7 +5,7 @@
 //! The server is a fake global replica: a real tonic `Federation` server on
 //! 127.0.0.1 answering GetJob and ListJobs from fixed jobs.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! a script. Nothing sleeps to wait for a condition; the guard only stops a
 //! hang.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};

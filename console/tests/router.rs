@@ -17,7 +17,7 @@ use meridian_console::{
 };
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 use common::{csrf, open};
 

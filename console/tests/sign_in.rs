@@ -26,7 +26,7 @@ use meridian_store::clock::ManualClock;
 use parking_lot::Mutex;
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 use common::csrf_in;
 

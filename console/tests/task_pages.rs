@@ -13,7 +13,7 @@ use meridian_console::view::{
 use meridian_console::{ConsoleError, FederationConsoleSource, federation_router};
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 use common::open;
 

@@ -14,7 +14,7 @@ use meridian_console::view::{
 use meridian_console::{Actor, ConsoleError, FederationConsoleSource, federation_router};
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 use common::{csrf, open};
 

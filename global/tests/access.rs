@@ -7,8 +7,8 @@
 //! NOT_FOUND (404) for tenant a's job and schedule, and everything else
 //! passes the access check.
 
-mod access_support;
-mod common;
+use crate::access_support;
+use crate::common;
 
 use std::collections::BTreeSet;
 

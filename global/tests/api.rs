@@ -1,7 +1,7 @@
 //! The federation API over real gRPC (and HTTP) on loopback: idempotent
 //! submits, validation, get/list/cancel/watch.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -2,8 +2,8 @@
 //! ListAuditRecords with its principal, target and outcome; a refused call
 //! is recorded too; filters and pages narrow the list.
 
-mod access_support;
-mod common;
+use crate::access_support;
+use crate::common;
 
 use access_support::Secured;
 use common::spec;

@@ -7,8 +7,7 @@
 //! revoked token ending its session at the next check is shown on a manual
 //! clock in the console crate's `sign_in` tests.)
 
-mod access_support;
-mod common;
+use crate::access_support;
 
 use std::net::SocketAddr;
 

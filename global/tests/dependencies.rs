@@ -5,7 +5,7 @@
 //! cycles are refused at submit naming the field. Regions are played by the
 //! test through RegionLink; every wait is on the job's watch stream.
 
-mod common;
+use crate::common;
 
 use common::*;
 use meridian_proto::v1::federation_client::FederationClient;

@@ -2,7 +2,7 @@
 //! region's writes under the old epoch are refused from the revoking commit
 //! on, the new region's are accepted, and never both.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

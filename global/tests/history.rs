@@ -8,7 +8,7 @@
 //! has not reached its dependents yet is kept until it has; a replica that
 //! does not lead removes nothing.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

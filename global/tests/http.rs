@@ -3,7 +3,7 @@
 //! client slow with its body or its headers is cut off after a timeout while
 //! other connections are served.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

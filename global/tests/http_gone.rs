@@ -3,8 +3,8 @@
 //! with the JSON error body before any event, by `?cursor=` and by
 //! `Last-Event-ID` alike, while a cursor at the trim point still resumes.
 
-mod common;
-mod sse;
+use crate::common;
+use crate::sse;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! with the request the gRPC call would send, and its answer or its error
 //! comes back as JSON.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

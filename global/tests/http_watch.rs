@@ -4,8 +4,8 @@
 //! events, and a cursor the server never issued is refused with the JSON
 //! error body before any event.
 
-mod common;
-mod sse;
+use crate::common;
+use crate::sse;
 
 use std::time::Duration;
 

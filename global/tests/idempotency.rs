@@ -3,7 +3,7 @@
 //! another spec is refused with ALREADY_EXISTS naming that job, in unary and
 //! batched submits, and under racing submits.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -3,8 +3,8 @@
 //! RESOURCE_EXHAUSTED (429) with a retry hint, while another tenant is
 //! served.
 
-mod access_support;
-mod common;
+use crate::access_support;
+use crate::common;
 
 use access_support::{Secured, http};
 use common::spec;

@@ -6,7 +6,7 @@
 //! between regions, a cancel); a store written before the indexes existed
 //! is backfilled by the leader and listed from them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

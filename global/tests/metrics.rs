@@ -4,7 +4,7 @@
 //! each counted as a fencing rejection on `/metrics`. One test per binary:
 //! the Prometheus recorder is the process's.
 
-mod common;
+use crate::common;
 
 use common::{Harness, assignments, guarded, http, register, spec, submit};
 use futures::StreamExt;

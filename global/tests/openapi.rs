@@ -6,7 +6,7 @@
 //! of each path's 405. A route added without its `#[utoipa::path]` fails
 //! here.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

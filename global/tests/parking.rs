@@ -3,7 +3,7 @@
 //! and the jobs behind it are routed as if it were not there. One test per
 //! binary: it reads the process's `/metrics`.
 
-mod common;
+use crate::common;
 
 use common::{Harness, assignments, guarded, http, register, spec, submit};
 use futures::StreamExt;

@@ -6,7 +6,7 @@
 //! are in the store, so a new leader keeps them. Every wait is on a watch
 //! stream.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

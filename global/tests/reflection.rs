@@ -3,7 +3,7 @@
 //! server answers, and gets the descriptor of each with its methods, which
 //! is what `grpcurl` needs to call them without the `.proto` files.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

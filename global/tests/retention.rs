@@ -6,7 +6,7 @@
 //! OUT_OF_RANGE and a fresh one starts from the snapshot, and a replica that
 //! does not lead trims nothing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

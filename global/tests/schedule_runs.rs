@@ -3,7 +3,7 @@
 //! skipped by the overlap policy in between. Time moves only when the test
 //! moves it; a tick is awaited on the schedule's record (a store watch).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

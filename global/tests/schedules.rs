@@ -5,7 +5,7 @@
 //! a tick was handled from the schedule's record (a store watch), never by
 //! sleeping.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

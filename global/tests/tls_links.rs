@@ -3,7 +3,7 @@
 //! node agents have no business with the federation API, and the HTTP
 //! server is HTTPS. Certificates come from the PKI code `meridian dev` uses.
 
-mod common;
+use crate::common;
 
 use common::Harness;
 use meridian_control::tls::pki::Authority;

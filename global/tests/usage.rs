@@ -7,7 +7,7 @@
 //! answer lost, counts nothing twice; usage survives the removal of the
 //! finished jobs by the retention.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

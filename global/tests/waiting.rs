@@ -4,7 +4,7 @@
 //! reports a node that could run it; a region's own reason reaches the job
 //! and is cleared once no task waits.
 
-mod common;
+use crate::common;
 
 use common::*;
 use meridian_proto::v1::federation_client::FederationClient;

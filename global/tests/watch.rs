@@ -1,7 +1,7 @@
 //! WatchJobs over a real socket: each watcher's own bookmark timer, driven
 //! by a manual clock, and the refusal of cursors the server never issued.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use meridian_cli::dev::line::{GlobalLine, LOOPBACK_ANY_PORT};
 use serde_json::Value;
 
-mod support;
+use crate::support;
 
 use support::Global;
 

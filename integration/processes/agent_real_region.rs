@@ -22,7 +22,7 @@
 //! and on pidfds for the task's processes to exit; the failure guard only
 //! stops a hang.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -39,14 +39,11 @@
 //!
 //! Runs alone (`.config/nextest.toml`).
 
-#[path = "federation/chaos_history.rs"]
-mod chaos_history;
-mod federation;
-mod support;
-#[path = "federation/task_exits.rs"]
-mod task_exits;
-#[path = "federation/task_lines.rs"]
-mod task_lines;
+use crate::chaos_history;
+use crate::federation;
+use crate::support;
+use crate::task_exits;
+use crate::task_lines;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -8,8 +8,8 @@
 //! `MutationObserver` until it shows what is expected (the live stream
 //! updates it), with a timeout as a failure guard only.
 
-mod console_support;
-mod support;
+use crate::console_support;
+use crate::support;
 
 use std::time::Instant;
 

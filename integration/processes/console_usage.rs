@@ -7,8 +7,8 @@
 //! guard only. With `MERIDIAN_CONSOLE_SCREENSHOTS=1` the screenshot is
 //! written to `docs/console/usage.png`.
 
-mod console_support;
-mod support;
+use crate::console_support;
+use crate::support;
 
 use console_support::{Browser, FakeAgent, GUARD, Global, Regional, screenshot_dir, spec};
 use meridian_proto::v1;

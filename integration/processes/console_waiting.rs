@@ -10,8 +10,7 @@
 //! with a `MutationObserver` until it shows what is expected, with a
 //! timeout as a failure guard only.
 
-mod console_support;
-mod support;
+use crate::console_support;
 
 use console_support::{Browser, FakeAgent, GUARD, Global, Regional, spec};
 use meridian_proto::v1;

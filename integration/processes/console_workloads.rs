@@ -12,8 +12,8 @@
 //! failure guards only. With `MERIDIAN_CONSOLE_SCREENSHOTS=1` the
 //! screenshots are written to `docs/console/`.
 
-mod console_support;
-mod support;
+use crate::console_support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! child that dies, keeps its data across restarts, and stops every child
 //! on SIGINT.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -12,8 +12,8 @@
 //!
 //! Runs alone (`.config/nextest.toml`).
 
-mod federation;
-mod support;
+use crate::federation;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! The tests take one lock so that two federations never share the
 //! machine's cores.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -11,8 +11,7 @@
 //! while it is certainly still queued. Nothing in the test sleeps: `job
 //! submit --wait` and `job watch` follow the jobs themselves.
 
-mod federation;
-mod support;
+use crate::federation;
 
 use std::path::Path;
 use std::process::Output;

@@ -5,8 +5,7 @@
 //!
 //! Runs alone (`.config/nextest.toml`).
 
-mod federation;
-mod support;
+use crate::federation;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -9,8 +9,7 @@
 //! Nothing sleeps to wait for a condition: the jobs' ends come from the
 //! WatchJobs tracker of the federation support.
 
-mod federation;
-mod support;
+use crate::federation;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

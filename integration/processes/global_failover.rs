@@ -16,7 +16,7 @@ use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::*;
 use tokio::sync::Mutex;
 
-mod support;
+use crate::support;
 
 use support::Global;
 

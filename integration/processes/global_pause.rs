@@ -24,7 +24,7 @@ use meridian_proto::v1::*;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 
-mod support;
+use crate::support;
 
 use support::Global;
 

@@ -10,7 +10,7 @@
 //! the region refuses while it does not lead yet is sent again as a real
 //! agent sends it, by control's retry rule (`support::retry`).
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -25,8 +25,8 @@
 //! lines the CLI prints, on process exits and on the API's streams, each
 //! under a guard that only stops a hang.
 
-mod console_support;
-mod support;
+use crate::console_support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -19,7 +19,7 @@
 //! output, on the captured logs (woken by each new line), and on the global
 //! tier's `WatchJobs` stream; the failure guard only stops a hang.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

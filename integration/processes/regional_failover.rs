@@ -3,7 +3,7 @@
 //! keep arriving. Its shards get a new leader within two lease lengths, every
 //! task ends up bound, and no task is ever bound twice.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

@@ -18,8 +18,8 @@
 //!
 //! Runs alone (`.config/nextest.toml`).
 
-mod federation;
-mod support;
+use crate::federation;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -1,7 +1,7 @@
 //! Fencing: stale shard epochs are refused; a node-epoch bump stops the
 //! fenced tasks before the agent registers again.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

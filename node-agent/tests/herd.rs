@@ -6,7 +6,7 @@
 //! started its next backoff (events, not sleeps), so arrivals per step are
 //! exact and the run is reproducible from its seed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! (`require_cgroups`): on a machine without usable ones they fail saying
 //! what is missing, they never pass without having been isolated.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! Real time (the reconnect backoff is 100 ms at first); every wait is an
 //! awaited event under a guard that only stops a hang.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

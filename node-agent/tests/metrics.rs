@@ -3,7 +3,7 @@
 //! under another node epoch are counted as fencing rejections, the accepted
 //! ones as task starts.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

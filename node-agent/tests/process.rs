@@ -1,7 +1,7 @@
 //! Real processes through the whole agent: a fake region sends RUN/STOP on
 //! the real proto and receives the status reports.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! retention ends: at start, those a previous boot left, and then as time
 //! passes on the node's clock. A directory still within its retention stays.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

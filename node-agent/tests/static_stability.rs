@@ -3,7 +3,7 @@
 //! once the region is back); `failover` tasks are stopped so that they have
 //! exited by the region-lease deadline.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

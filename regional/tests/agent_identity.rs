@@ -2,7 +2,7 @@
 //! (`server::api_router`) on a real TLS socket, called by node agents whose
 //! certificates (from the PKI code `meridian dev` uses) name their nodes.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 

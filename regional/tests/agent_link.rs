@@ -2,7 +2,7 @@
 //! stale epochs answered so the agent re-registers, the resumable assignment
 //! stream, the rate bound on status reports and the heartbeat budget.
 
-mod support;
+use crate::support;
 
 use meridian_proto::v1;
 use meridian_regional::agent::AgentApiConfig;

@@ -6,7 +6,7 @@
 //! from settling. (A retry of the same boot is answered from memory: see
 //! `agent_link.rs`.)
 
-mod support;
+use crate::support;
 
 use std::pin::pin;
 

@@ -10,7 +10,7 @@
 //! The size is `MERIDIAN_ARRAY_TASKS` (default 10,000 tasks, parallelism
 //! 1,000; the load suite and docs/workloads.md record a run at 100,000).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 

@@ -5,7 +5,7 @@
 //! intent refused in a group leaves nothing behind while the others
 //! commit. And batches are cut along job ids, never splitting a job.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 

@@ -7,7 +7,7 @@
 //! The placer's own rounds never produce such decisions, so these are the
 //! only tests in which the commit's re-checks decide anything.
 
-mod support;
+use crate::support;
 
 use meridian_proto::v1;
 use meridian_regional::agent::stream::read_log;

@@ -4,7 +4,7 @@
 //! the tombstones of retired jobs, forgotten with their output after the
 //! tombstone retention and not before.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

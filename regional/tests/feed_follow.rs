@@ -2,7 +2,7 @@
 //! the cursor's entries are still in the feed, and loads the region afresh
 //! once a trim has passed its cursor, never skipping what was trimmed.
 
-mod support;
+use crate::support;
 
 use meridian_regional::model::Keys;
 use meridian_regional::model::feed::stamp_of;

@@ -5,7 +5,7 @@
 //! report of the earlier hold does not end the same-numbered attempt of the
 //! current one.
 
-mod support;
+use crate::support;
 
 use meridian_proto::v1;
 use meridian_regional::agent::stream::read_log;

@@ -3,7 +3,7 @@
 //! their command streams on one `HostAssignments` call, each admitted, fed
 //! and ended as its own `Assignments` stream would be.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 
@@ -200,4 +200,32 @@ async fn a_hosts_nodes_register_in_one_call_and_stream_on_one_call_each_judged_a
     };
     assert_eq!(e.code, tonic::Code::FailedPrecondition as i32);
     assert!(!seen.contains_key(&1), "node-a's stream goes on untouched");
+}
+
+#[tokio::test]
+async fn a_replica_that_leads_no_shard_refuses_each_node_of_a_batch_with_unavailable() {
+    let region = Region::new().await;
+    let (addr, leading) = region.serve(AgentApiConfig::default()).await;
+    leading.lock().clear();
+    let mut agent = agent_client(addr).await;
+
+    let nodes: Vec<_> = (0..50)
+        .map(|i| registration(&format!("node-{i}"), "boot-1"))
+        .collect();
+    let answers = agent
+        .register_nodes(v1::RegisterNodesRequest { nodes })
+        .await
+        .expect("the call itself is answered")
+        .into_inner()
+        .results;
+    assert_eq!(answers.len(), 50, "one answer per node");
+    for answer in &answers {
+        let error = answer.error.as_ref().expect("refused");
+        assert_eq!(error.code, tonic::Code::Unavailable as i32, "{error:?}");
+        assert!(error.message.contains("does not lead shard 0"), "{error:?}");
+    }
+    assert!(
+        region.fx.path.state.read().nodes.is_empty(),
+        "nothing registered"
+    );
 }

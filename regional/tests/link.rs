@@ -7,7 +7,7 @@
 //! that test). An ASSIGN the region cannot take is failed upward and does
 //! not hold up the events behind it.
 
-mod support;
+use crate::support;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! placed; the next acknowledgement goes once the first is answered, and
 //! carries every ASSIGN stored meanwhile.
 
-mod support;
+use crate::support;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! every ASSIGN, CANCEL and REVOKE the trimmed events held, so the region
 //! misses none of them.
 
-mod support;
+use crate::support;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -12,7 +12,7 @@
 //! node was told matters, record them in the leader's `Beats` directly) and
 //! assert on the node and task records the shard loop's sweep writes.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

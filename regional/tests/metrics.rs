@@ -4,7 +4,7 @@
 //! agent calls, while calls under the current epoch are not. One test per
 //! binary: the recorder is the process's.
 
-mod support;
+use crate::support;
 
 use meridian_proto::v1;
 use meridian_regional::agent::AgentApiConfig;

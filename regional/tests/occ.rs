@@ -4,7 +4,7 @@
 //! version that changed, on room that is gone, on a task that moved, by a
 //! deposed leader or under an older layout never binds.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

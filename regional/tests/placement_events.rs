@@ -4,7 +4,7 @@
 //! The manual clock never moves in these tests, so no backoff or resync
 //! timer can be what placed a job.
 
-mod support;
+use crate::support;
 
 use meridian_proto::v1;
 use meridian_regional::jobs::simple_spec;

@@ -4,7 +4,7 @@
 //! whose final state the global tier accepted is forgotten by the region,
 //! while one it refused stays.
 
-mod support;
+use crate::support;
 
 use std::pin::Pin;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! and end, which the status report carries up (the global tier's usage
 //! and `TaskStatus` times come from here).
 
-mod support;
+use crate::support;
 
 use meridian_proto::v1;
 use meridian_regional::jobs::simple_spec;

@@ -7,8 +7,7 @@
 //! a long-lived cluster and must never touch data outside those subspaces.
 #![cfg(feature = "fdb")]
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use common::conformance;
 use meridian_store::Database;

@@ -2,8 +2,7 @@
 //! (`memory:`), on a multi-threaded runtime and on the current-thread
 //! runtime a simulation uses.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use common::conformance;
 use meridian_store::Database;

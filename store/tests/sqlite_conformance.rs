@@ -2,8 +2,7 @@
 //! on a database file in a temporary directory (`sqlite:PATH`), once on a
 //! private throw-away database (`sqlite::memory:`).
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use common::conformance;
 use meridian_store::Database;

@@ -6,7 +6,7 @@
 //! child's stdout, a child's exit, a watch — never for time; timeouts are
 //! failure guards only.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;

@@ -57,15 +57,19 @@ impl RegionApi {
         status
     }
 
+    /// `hints` is shared by the registrations of one call: a replica that
+    /// leads none of a batch's shards looks up each shard's leader once, not
+    /// once per node.
     async fn register_one(
         &self,
         req: v1::RegisterNodeRequest,
+        hints: &tokio::sync::Mutex<Hints>,
     ) -> Result<v1::RegisterNodeResponse, Status> {
         Register::validate(&req)?;
         let (shard, authority) = self.lead_of(&req.node_id);
         let Some(authority) = authority else {
             m::agent_call("register", "not_leader");
-            return Err(self.not_leader(shard, &mut Hints::new()).await);
+            return Err(self.not_leader(shard, &mut *hints.lock().await).await);
         };
         let every = self.heartbeat_every();
         // A node that calls is alive: it counts as heard now, whether or not
@@ -319,7 +323,7 @@ impl AgentLink for RegionApi {
         // An agent speaks only for the nodes its certificate names
         // (docs/security.md); the same check opens every call below.
         Peer::of(&request).check_node(&request.get_ref().node_id)?;
-        self.register_one(request.into_inner())
+        self.register_one(request.into_inner(), &Default::default())
             .await
             .map(Response::new)
     }
@@ -336,9 +340,13 @@ impl AgentLink for RegionApi {
         // but does not cancel a call once sent: a registration committed
         // after its node gave up is answered from memory when the node
         // asks again (same boot, same epoch, no write).
-        let answers =
-            futures::future::join_all(req.nodes.into_iter().map(|node| self.register_one(node)))
-                .await;
+        let hints = tokio::sync::Mutex::new(Hints::new());
+        let answers = futures::future::join_all(
+            req.nodes
+                .into_iter()
+                .map(|node| self.register_one(node, &hints)),
+        )
+        .await;
         let results = answers
             .into_iter()
             .map(|answer| {

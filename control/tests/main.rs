@@ -1,0 +1,14 @@
+//! The integration tests of this crate, built as one test binary: one link
+//! instead of one per file, a fraction of the disk and build time. Each
+//! file of this folder is a module here; the shared helpers are declared
+//! once, above them. nextest still runs every test in its own process.
+
+mod backoff;
+mod clock;
+mod lease;
+mod lease_home;
+mod lease_multiprocess;
+mod metrics;
+mod queue;
+mod queue_props;
+mod tls;

@@ -1,0 +1,15 @@
+//! The integration tests of this crate, built as one test binary: one link
+//! instead of one per file, a fraction of the disk and build time. Each
+//! file of this folder is a module here; the shared helpers are declared
+//! once, above them. nextest still runs every test in its own process.
+
+#[macro_use]
+mod common;
+
+mod fdb_conformance;
+mod memory_backend;
+mod memory_conformance;
+mod memory_simulation;
+mod sqlite_conformance;
+mod sqlite_multiprocess;
+mod sqlite_runtimes;
