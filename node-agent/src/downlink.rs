@@ -20,6 +20,10 @@
 //! anyway (a region that ignores the credit) is cut off: the node resumes
 //! from its cursor.
 //!
+//! A replica of an older build does not serve `HostAssignments`; each node
+//! then opens its own `Assignments` call, as agents did before
+//! (`crate::skew`).
+//!
 //! Must never: give a node another node's items, deliver anything on a
 //! stream after its end, or keep a stream open at the region that no node
 //! reads.
@@ -41,6 +45,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
+use crate::skew::Skew;
+
 /// Room for a stream's whole credit and its end: a region that keeps to
 /// the credit never finds it full.
 const NODE_BUFFER: usize = HOST_STREAM_WINDOW as usize + 1;
@@ -61,6 +67,9 @@ pub struct Downlink {
 struct Shared {
     client: AgentLinkClient<Channel>,
     state: Mutex<State>,
+    /// Whether the replica serves `HostAssignments` (an older build does
+    /// not: then each node makes its own `Assignments` call).
+    skew: Skew,
 }
 
 #[derive(Default)]
@@ -92,14 +101,28 @@ impl Downlink {
             shared: Arc::new(Shared {
                 client: AgentLinkClient::new(channel),
                 state: Mutex::new(State::default()),
+                skew: Skew::default(),
             }),
         }
     }
 
     /// Opens a node's command stream: `Ok` once the region accepted it,
     /// the status its own `Assignments` call would have been refused with
-    /// otherwise.
+    /// otherwise. On a replica of an older build (crate::skew), the node's
+    /// own `Assignments` call.
     pub async fn open(&self, request: NodeAssignmentsRequest) -> Result<NodeStream, Status> {
+        if self.shared.skew.host_call() {
+            match self.open_on_host(request.clone()).await {
+                Err(status) if self.shared.skew.older_build(&status) => {}
+                opened => return opened,
+            }
+        }
+        let mut client = self.shared.client.clone();
+        let stream = client.assignments(request).await?.into_inner();
+        Ok(NodeStream(Inner::Single(stream)))
+    }
+
+    async fn open_on_host(&self, request: NodeAssignmentsRequest) -> Result<NodeStream, Status> {
         let (opened_tx, opened) = oneshot::channel();
         let (commands, rx) = mpsc::channel(NODE_BUFFER);
         let (id, number) = {
@@ -137,13 +160,13 @@ impl Downlink {
         };
         // Built before the wait, so a caller that gives up on the open
         // (its deadline) closes the stream at the region by dropping it.
-        let stream = NodeStream {
+        let stream = NodeStream(Inner::Host(HostStream {
             id,
             call: number,
             rx,
             read: 0,
             shared: self.shared.clone(),
-        };
+        }));
         match opened.await {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(status)) => Err(status),
@@ -293,8 +316,27 @@ impl Slot {
     }
 }
 
-/// One node's command stream on the host's call.
-pub struct NodeStream {
+/// One node's command stream: on the host's call, or on the node's own
+/// call where the replica serves no host call.
+pub struct NodeStream(Inner);
+
+enum Inner {
+    Host(HostStream),
+    Single(tonic::Streaming<AssignmentCommand>),
+}
+
+impl NodeStream {
+    /// The next command; the stream's end status once it ended.
+    pub async fn message(&mut self) -> Result<Option<AssignmentCommand>, Status> {
+        match &mut self.0 {
+            Inner::Host(stream) => stream.message().await,
+            Inner::Single(stream) => stream.message().await,
+        }
+    }
+}
+
+/// A node's stream on the host's call.
+struct HostStream {
     id: u64,
     call: u64,
     rx: mpsc::Receiver<Result<AssignmentCommand, Status>>,
@@ -303,9 +345,8 @@ pub struct NodeStream {
     shared: Arc<Shared>,
 }
 
-impl NodeStream {
-    /// The next command; the stream's end status once it ended.
-    pub async fn message(&mut self) -> Result<Option<AssignmentCommand>, Status> {
+impl HostStream {
+    async fn message(&mut self) -> Result<Option<AssignmentCommand>, Status> {
         match self.rx.recv().await {
             Some(Ok(command)) => {
                 self.read += 1;
@@ -323,7 +364,7 @@ impl NodeStream {
     }
 }
 
-impl Drop for NodeStream {
+impl Drop for HostStream {
     fn drop(&mut self) {
         self.shared.close(self.call, self.id);
     }

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod node;
 pub mod persist;
 pub mod probe;
+pub mod skew;
 pub mod tasks;
 mod trace;
 pub mod uplink;

@@ -16,10 +16,13 @@
 //! about, so it runs on the runtime's timer rather than the agent's clock
 //! (a manual clock in tests would hold the beat for good). A node's own
 //! failure comes back to that node alone, as the status its single call
-//! would have had (with the leader hint).
+//! would have had (with the leader hint). A replica of an older build that
+//! serves only the per-node calls gets those instead (`crate::skew`).
 //!
 //! Must never change or drop the request of a node still waiting for its
 //! answer, or answer a node with another node's result.
+
+use std::sync::Arc;
 
 use meridian_control::host_stream::node_status;
 use meridian_proto::limits::MAX_NODES_PER_CALL;
@@ -32,6 +35,8 @@ use meridian_proto::v1::{
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tonic::transport::Channel;
+
+use crate::skew::Skew;
 
 type Reply<T> = oneshot::Sender<Result<T, Status>>;
 
@@ -53,27 +58,60 @@ impl Uplink {
         let (registrations, reg_rx) = mpsc::unbounded_channel();
         let (heartbeats, hb_rx) = mpsc::unbounded_channel();
         let (reports, rep_rx) = mpsc::unbounded_channel();
-        let c = client.clone();
+        // A replica of an older build serves only the per-node calls
+        // (crate::skew); each kind of call finds that out for itself.
+        let (c, skew) = (client.clone(), Arc::new(Skew::default()));
         tokio::spawn(batch(reg_rx, None, move |nodes| {
-            let mut c = c.clone();
+            let (c, skew) = (c.clone(), skew.clone());
             async move {
-                let call = c.register_nodes(RegisterNodesRequest { nodes });
-                Ok(parts(call.await?.into_inner().results))
+                let host = |nodes| {
+                    let mut c = c.clone();
+                    async move {
+                        let call = c.register_nodes(RegisterNodesRequest { nodes });
+                        Ok(parts(call.await?.into_inner().results))
+                    }
+                };
+                let single = |node| {
+                    let mut c = c.clone();
+                    async move { Ok(c.register(node).await?.into_inner()) }
+                };
+                skew.call(nodes, host, single).await
             }
         }));
-        let c = client.clone();
+        let (c, skew) = (client.clone(), Arc::new(Skew::default()));
         tokio::spawn(batch(hb_rx, Some(HEARTBEAT_LINGER), move |nodes| {
-            let mut c = c.clone();
+            let (c, skew) = (c.clone(), skew.clone());
             async move {
-                let call = c.heartbeat_nodes(HeartbeatNodesRequest { nodes });
-                Ok(parts(call.await?.into_inner().results))
+                let host = |nodes| {
+                    let mut c = c.clone();
+                    async move {
+                        let call = c.heartbeat_nodes(HeartbeatNodesRequest { nodes });
+                        Ok(parts(call.await?.into_inner().results))
+                    }
+                };
+                let single = |node| {
+                    let mut c = c.clone();
+                    async move { Ok(c.heartbeat(node).await?.into_inner()) }
+                };
+                skew.call(nodes, host, single).await
             }
         }));
+        let skew = Arc::new(Skew::default());
         tokio::spawn(batch(rep_rx, None, move |nodes| {
-            let mut c = client.clone();
+            let (c, skew) = (client.clone(), skew.clone());
             async move {
-                let call = c.report_nodes(ReportNodesRequest { nodes });
-                Ok(parts(call.await?.into_inner().results))
+                let host = |nodes| {
+                    let mut c = c.clone();
+                    async move {
+                        let call = c.report_nodes(ReportNodesRequest { nodes });
+                        Ok(parts(call.await?.into_inner().results))
+                    }
+                };
+                let single = |node| {
+                    let mut c = c.clone();
+                    async move { Ok(c.report_task_status(node).await?.into_inner()) }
+                };
+                skew.call(nodes, host, single).await
             }
         }));
         Uplink {

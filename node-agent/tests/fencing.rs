@@ -230,6 +230,7 @@ async fn a_run_read_after_the_node_timeout_without_an_answer_is_not_started() {
         FakeOptions {
             lease_remaining_ms: 3_600_000,
             heartbeat_interval_ms: 1_000,
+            ..FakeOptions::default()
         },
     )
     .await;

@@ -13,3 +13,4 @@ mod metrics;
 mod process;
 mod retention;
 mod static_stability;
+mod version_skew;

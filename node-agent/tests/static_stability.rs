@@ -214,6 +214,7 @@ async fn one_node(
         FakeOptions {
             lease_remaining_ms,
             heartbeat_interval_ms,
+            ..FakeOptions::default()
         },
     )
     .await;

@@ -60,9 +60,24 @@ struct Shared {
     hold_reports: watch::Sender<bool>,
     /// While true, heartbeat calls wait.
     hold_heartbeats: watch::Sender<bool>,
+    /// A region of an older build: the host-level calls are not served.
+    per_node_calls_only: bool,
+    /// Calls served, by method name.
+    calls: Mutex<BTreeMap<&'static str, usize>>,
 }
 
 impl Shared {
+    /// Counts a call of `method`; UNIMPLEMENTED for a host-level call when
+    /// this region plays an older build, as tonic answers a method it does
+    /// not know.
+    fn serve(&self, method: &'static str, host_level: bool) -> Result<(), Status> {
+        if host_level && self.per_node_calls_only {
+            return Err(Status::unimplemented(format!("unknown method {method}")));
+        }
+        *self.calls.lock().entry(method).or_default() += 1;
+        Ok(())
+    }
+
     fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
@@ -166,6 +181,7 @@ impl AgentLink for Service {
         &self,
         req: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeResponse>, Status> {
+        self.0.serve("register", false)?;
         self.register_one(req.into_inner()).map(Response::new)
     }
 
@@ -173,6 +189,7 @@ impl AgentLink for Service {
         &self,
         req: Request<RegisterNodesRequest>,
     ) -> Result<Response<RegisterNodesResponse>, Status> {
+        self.0.serve("register_nodes", true)?;
         let results = req
             .into_inner()
             .nodes
@@ -192,6 +209,7 @@ impl AgentLink for Service {
         &self,
         req: Request<NodeAssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        self.0.serve("assignments", false)?;
         self.open_stream(req.into_inner()).map(Response::new)
     }
 
@@ -201,6 +219,7 @@ impl AgentLink for Service {
         &self,
         req: Request<tonic::Streaming<HostAssignmentsRequest>>,
     ) -> Result<Response<Self::HostAssignmentsStream>, Status> {
+        self.0.serve("host_assignments", true)?;
         let service = self.clone();
         Ok(Response::new(meridian_control::host_stream::serve(
             req.into_inner(),
@@ -212,6 +231,7 @@ impl AgentLink for Service {
         &self,
         req: Request<ReportTaskStatusRequest>,
     ) -> Result<Response<ReportTaskStatusResponse>, Status> {
+        self.0.serve("report_task_status", false)?;
         let req = req.into_inner();
         self.0.admit(&req.node_id)?;
         self.0
@@ -254,6 +274,7 @@ impl AgentLink for Service {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.0.serve("heartbeat", false)?;
         let req = req.into_inner();
         self.0.admit(&req.node_id)?;
         self.0
@@ -280,6 +301,7 @@ impl AgentLink for Service {
         &self,
         req: Request<meridian_proto::v1::HeartbeatNodesRequest>,
     ) -> Result<Response<meridian_proto::v1::HeartbeatNodesResponse>, Status> {
+        self.0.serve("heartbeat_nodes", true)?;
         let mut results = Vec::new();
         for node in req.into_inner().nodes {
             results.push(match self.heartbeat(Request::new(node)).await {
@@ -302,6 +324,7 @@ impl AgentLink for Service {
         &self,
         req: Request<meridian_proto::v1::ReportNodesRequest>,
     ) -> Result<Response<meridian_proto::v1::ReportNodesResponse>, Status> {
+        self.0.serve("report_nodes", true)?;
         let mut results = Vec::new();
         for node in req.into_inner().nodes {
             results.push(match self.report_task_status(Request::new(node)).await {
@@ -339,6 +362,9 @@ fn call_error(s: &Status) -> meridian_proto::v1::NodeCallError {
 pub struct FakeOptions {
     pub lease_remaining_ms: u64,
     pub heartbeat_interval_ms: u64,
+    /// Play a region of an older build, which serves only the per-node
+    /// calls (`Register`, `Heartbeat`, `ReportTaskStatus`, `Assignments`).
+    pub per_node_calls_only: bool,
 }
 
 impl Default for FakeOptions {
@@ -346,6 +372,7 @@ impl Default for FakeOptions {
         FakeOptions {
             lease_remaining_ms: 600_000,
             heartbeat_interval_ms: 60_000,
+            per_node_calls_only: false,
         }
     }
 }
@@ -375,6 +402,8 @@ impl FakeRegion {
             refusals: Mutex::new(BTreeMap::new()),
             hold_reports: watch::Sender::new(false),
             hold_heartbeats: watch::Sender::new(false),
+            per_node_calls_only: opts.per_node_calls_only,
+            calls: Mutex::new(BTreeMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -428,6 +457,12 @@ impl FakeRegion {
     }
 
     /// Streams the replica at `url` refused because it did not lead.
+    /// Calls served so far, by method name (`register`, `register_nodes`,
+    /// `assignments`, `host_assignments`, ...).
+    pub fn calls(&self) -> BTreeMap<&'static str, usize> {
+        self.shared.calls.lock().clone()
+    }
+
     pub fn refusals(&self, url: &str) -> usize {
         self.shared.refusals.lock().get(url).copied().unwrap_or(0)
     }

@@ -1,0 +1,179 @@
+//! Version skew: an agent of a newer build than its region's replica.
+//!
+//! Owns the rule for the host-level calls (`RegisterNodes`,
+//! `HeartbeatNodes`, `ReportNodes`, `HostAssignments`) that a replica of an
+//! older build does not serve. Such a replica answers UNIMPLEMENTED; the
+//! agent then makes each node's own call (`Register`, `Heartbeat`,
+//! `ReportTaskStatus`, `Assignments`), which every build serves, and tries
+//! the host-level call again after [`RETRY_HOST_CALL_AFTER`], because the
+//! replica may have been upgraded in the meantime. So a rolling upgrade may
+//! take agents and regions in either order; it costs the older pair only
+//! the per-node calls it always made.
+//!
+//! Must never take any status other than UNIMPLEMENTED for "older build":
+//! a refusal, an overload or a broken connection is answered as the
+//! host-level call's own.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use std::time::Instant;
+use tonic::{Code, Status};
+
+/// How long the per-node calls are used before the host-level call is
+/// tried again.
+pub const RETRY_HOST_CALL_AFTER: Duration = Duration::from_secs(60);
+
+/// Per-node calls of one fallback in flight at most: a whole host's nodes
+/// on one connection would otherwise open thousands of HTTP/2 streams at
+/// once.
+const SINGLE_CALLS_IN_FLIGHT: usize = 64;
+
+/// Whether one kind of host-level call is served by one replica endpoint.
+pub struct Skew {
+    retry_after: Duration,
+    /// Per-node calls are used until then.
+    single_until: Mutex<Option<Instant>>,
+}
+
+impl Default for Skew {
+    fn default() -> Self {
+        Skew::retrying_after(RETRY_HOST_CALL_AFTER)
+    }
+}
+
+impl Skew {
+    /// A skew that tries the host-level call again `retry_after` after it
+    /// was found unserved.
+    pub fn retrying_after(retry_after: Duration) -> Self {
+        Skew {
+            retry_after,
+            single_until: Mutex::new(None),
+        }
+    }
+
+    /// Whether to try the host-level call.
+    pub fn host_call(&self) -> bool {
+        let mut until = self.single_until.lock();
+        match *until {
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                *until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Takes note of a host-level call's failure: `true` when it says the
+    /// replica does not serve the call, so the per-node call is to be made.
+    pub fn older_build(&self, status: &Status) -> bool {
+        if status.code() != Code::Unimplemented {
+            return false;
+        }
+        *self.single_until.lock() = Some(Instant::now() + self.retry_after);
+        true
+    }
+
+    /// Answers `requests` with the host-level call `host` where the replica
+    /// serves it, else with the per-node call `single` for each request;
+    /// either way one answer per request, in order.
+    pub async fn call<Req, Resp, H, HF, S, SF>(
+        &self,
+        requests: Vec<Req>,
+        host: H,
+        single: S,
+    ) -> Result<Vec<Result<Resp, Status>>, Status>
+    where
+        Req: Clone,
+        H: FnOnce(Vec<Req>) -> HF,
+        HF: Future<Output = Result<Vec<Result<Resp, Status>>, Status>>,
+        S: Fn(Req) -> SF,
+        SF: Future<Output = Result<Resp, Status>>,
+    {
+        if self.host_call() {
+            match host(requests.clone()).await {
+                Err(status) if self.older_build(&status) => {}
+                answered => return answered,
+            }
+        }
+        Ok(futures::stream::iter(requests.into_iter().map(single))
+            .buffered(SINGLE_CALLS_IN_FLIGHT)
+            .collect()
+            .await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    async fn ask(skew: &Skew, host_calls: &AtomicUsize) -> Vec<Option<u32>> {
+        let answers = skew
+            .call(
+                vec![1u32, 2, 3],
+                |_| {
+                    host_calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err(Status::unimplemented("unknown method")) }
+                },
+                |n| async move { Ok(n * 10) },
+            )
+            .await
+            .expect("answered per node");
+        answers.into_iter().map(Result::ok).collect()
+    }
+
+    #[tokio::test]
+    async fn an_unimplemented_host_call_is_answered_per_node_in_order_and_not_tried_again_at_once()
+    {
+        let skew = Skew::default();
+        let host_calls = AtomicUsize::new(0);
+        assert_eq!(
+            ask(&skew, &host_calls).await,
+            [Some(10), Some(20), Some(30)]
+        );
+        assert_eq!(host_calls.load(Ordering::SeqCst), 1);
+        // Within the minute: straight to the per-node calls.
+        assert_eq!(
+            ask(&skew, &host_calls).await,
+            [Some(10), Some(20), Some(30)]
+        );
+        assert_eq!(host_calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_host_call_is_tried_again_once_its_wait_has_passed() {
+        // A wait of zero has passed by the next call: the replica may have
+        // been upgraded, so the host call is made again.
+        let skew = Skew::retrying_after(Duration::ZERO);
+        let host_calls = AtomicUsize::new(0);
+        ask(&skew, &host_calls).await;
+        ask(&skew, &host_calls).await;
+        assert_eq!(host_calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn any_other_failure_of_the_host_call_is_its_own_answer() {
+        let skew = Skew::default();
+        let singles = AtomicUsize::new(0);
+        let answer = skew
+            .call(
+                vec![1u32],
+                |_| async {
+                    Err::<Vec<Result<u32, Status>>, _>(Status::unavailable("not the leader"))
+                },
+                |n| {
+                    singles.fetch_add(1, Ordering::SeqCst);
+                    async move { Ok(n) }
+                },
+            )
+            .await;
+        assert_eq!(answer.map_err(|s| s.code()).err(), Some(Code::Unavailable));
+        assert_eq!(singles.load(Ordering::SeqCst), 0);
+        assert!(skew.host_call(), "the next call is a host call again");
+    }
+}
