@@ -296,22 +296,21 @@ impl RegionApi {
     }
 }
 
-/// The request of a batched call, once the caller's certificate names
-/// every node in it and it holds no more than the limit.
+/// The request of a batched call and its caller, once the call holds no
+/// more than the limit. The caller's certificate is checked per node by
+/// the handler: a node it does not name is refused alone, so the host's
+/// other nodes (their heartbeats above all) are not refused with it.
 fn admit_batch<T, N>(
     request: Request<T>,
     nodes: impl Fn(&T) -> &Vec<N>,
-    id: impl Fn(&N) -> &String,
-) -> Result<T, Status> {
+) -> Result<(Caller, T), Status> {
     let caller = Peer::of(&request);
-    for node in nodes(request.get_ref()) {
-        caller.check_node(id(node))?;
-    }
+    caller.check_agent()?;
     let req = request.into_inner();
     if nodes(&req).len() > meridian_proto::limits::MAX_NODES_PER_CALL {
         return Err(Status::invalid_argument("nodes: at most 10000 per call"));
     }
-    Ok(req)
+    Ok((caller, req))
 }
 
 #[tonic::async_trait]
@@ -332,7 +331,7 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::RegisterNodesRequest>,
     ) -> Result<Response<v1::RegisterNodesResponse>, Status> {
-        let req = admit_batch(request, |r| &r.nodes, |n| &n.node_id)?;
+        let (caller, req) = admit_batch(request, |r| &r.nodes)?;
         // Polled together, so their intents are queued (and committed)
         // together; and not spawned, so a call cancelled by its client
         // drops them all and the pipeline lets go of them. The agent's
@@ -341,11 +340,10 @@ impl AgentLink for RegionApi {
         // after its node gave up is answered from memory when the node
         // asks again (same boot, same epoch, no write).
         let hints = tokio::sync::Mutex::new(Hints::new());
-        let answers = futures::future::join_all(
-            req.nodes
-                .into_iter()
-                .map(|node| self.register_one(node, &hints)),
-        )
+        let answers = futures::future::join_all(req.nodes.into_iter().map(|node| async {
+            caller.check_node(&node.node_id)?;
+            self.register_one(node, &hints).await
+        }))
         .await;
         let results = answers
             .into_iter()
@@ -421,14 +419,17 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::HeartbeatNodesRequest>,
     ) -> Result<Response<v1::HeartbeatNodesResponse>, Status> {
-        let req = admit_batch(request, |r| &r.nodes, |n| &n.node_id)?;
+        let (caller, req) = admit_batch(request, |r| &r.nodes)?;
         let mut hints = Hints::new();
         let mut results = Vec::with_capacity(req.nodes.len());
         for node in &req.nodes {
-            results.push(host_stream::node_result(
-                self.heartbeat_one(node, &mut hints).await,
-                |response, error| v1::NodeHeartbeatResult { response, error },
-            ));
+            let answer = match caller.check_node(&node.node_id) {
+                Ok(()) => self.heartbeat_one(node, &mut hints).await,
+                Err(denied) => Err(denied),
+            };
+            results.push(host_stream::node_result(answer, |response, error| {
+                v1::NodeHeartbeatResult { response, error }
+            }));
         }
         Ok(Response::new(v1::HeartbeatNodesResponse { results }))
     }
@@ -437,13 +438,16 @@ impl AgentLink for RegionApi {
         &self,
         request: Request<v1::ReportNodesRequest>,
     ) -> Result<Response<v1::ReportNodesResponse>, Status> {
-        let req = admit_batch(request, |r| &r.nodes, |n| &n.node_id)?;
+        let (caller, req) = admit_batch(request, |r| &r.nodes)?;
         // Every node's intent is queued before any is awaited, so they
         // commit together.
         let mut pending = Vec::with_capacity(req.nodes.len());
         for node in req.nodes {
             let states: Vec<i32> = node.reports.iter().map(|r| r.state).collect();
-            match self.report_intent(node) {
+            let intent = caller
+                .check_node(&node.node_id)
+                .and_then(|()| self.report_intent(node));
+            match intent {
                 Ok(intent) => {
                     let pipeline = self.pipeline.clone();
                     pending.push((
