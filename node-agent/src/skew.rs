@@ -34,8 +34,20 @@ const SINGLE_CALLS_IN_FLIGHT: usize = 64;
 /// Whether one kind of host-level call is served by one replica endpoint.
 pub struct Skew {
     retry_after: Duration,
-    /// Per-node calls are used until then.
-    single_until: Mutex<Option<Instant>>,
+    served: Mutex<Served>,
+}
+
+enum Served {
+    /// Not known yet (or again): a batch keeps a copy of its requests, to
+    /// make the per-node calls with if the host-level call is refused.
+    Unknown,
+    /// A host-level call was answered: batches keep no copy. Should the
+    /// replica be replaced by an older build, one batch is answered
+    /// UNIMPLEMENTED (its nodes try again, as after any failed call) and
+    /// the next goes per node.
+    Yes,
+    /// Per-node calls until then.
+    No { until: Instant },
 }
 
 impl Default for Skew {
@@ -50,20 +62,20 @@ impl Skew {
     pub fn retrying_after(retry_after: Duration) -> Self {
         Skew {
             retry_after,
-            single_until: Mutex::new(None),
+            served: Mutex::new(Served::Unknown),
         }
     }
 
     /// Whether to try the host-level call.
     pub fn host_call(&self) -> bool {
-        let mut until = self.single_until.lock();
-        match *until {
-            Some(t) if Instant::now() < t => false,
-            Some(_) => {
-                *until = None;
+        let mut served = self.served.lock();
+        match *served {
+            Served::No { until } if Instant::now() < until => false,
+            Served::No { .. } => {
+                *served = Served::Unknown;
                 true
             }
-            None => true,
+            Served::Unknown | Served::Yes => true,
         }
     }
 
@@ -73,8 +85,15 @@ impl Skew {
         if status.code() != Code::Unimplemented {
             return false;
         }
-        *self.single_until.lock() = Some(Instant::now() + self.retry_after);
+        *self.served.lock() = Served::No {
+            until: Instant::now() + self.retry_after,
+        };
         true
+    }
+
+    /// Takes note of a host-level call that was answered.
+    pub fn served(&self) {
+        *self.served.lock() = Served::Yes;
     }
 
     /// Answers `requests` with the host-level call `host` where the replica
@@ -94,9 +113,22 @@ impl Skew {
         SF: Future<Output = Result<Resp, Status>>,
     {
         if self.host_call() {
+            let known = matches!(*self.served.lock(), Served::Yes);
+            if known {
+                let answered = host(requests).await;
+                if let Err(status) = &answered {
+                    self.older_build(status);
+                }
+                return answered;
+            }
             match host(requests.clone()).await {
                 Err(status) if self.older_build(&status) => {}
-                answered => return answered,
+                answered => {
+                    if answered.is_ok() {
+                        self.served();
+                    }
+                    return answered;
+                }
             }
         }
         Ok(futures::stream::iter(requests.into_iter().map(single))
@@ -175,5 +207,48 @@ mod tests {
         assert_eq!(answer.map_err(|s| s.code()).err(), Some(Code::Unavailable));
         assert_eq!(singles.load(Ordering::SeqCst), 0);
         assert!(skew.host_call(), "the next call is a host call again");
+    }
+
+    #[tokio::test]
+    async fn once_served_a_refusal_answers_its_batch_and_the_next_batch_goes_per_node() {
+        let skew = Skew::default();
+        let refuse = std::sync::atomic::AtomicBool::new(false);
+        let host_calls = AtomicUsize::new(0);
+        let ask = || {
+            skew.call(
+                vec![1u32, 2],
+                |reqs| {
+                    host_calls.fetch_add(1, Ordering::SeqCst);
+                    let refused = refuse.load(Ordering::SeqCst);
+                    async move {
+                        if refused {
+                            Err(Status::unimplemented("unknown method"))
+                        } else {
+                            Ok(reqs.into_iter().map(Ok).collect())
+                        }
+                    }
+                },
+                |n| async move { Ok(n * 10) },
+            )
+        };
+        let first = ask().await.expect("served");
+        assert_eq!(
+            first.into_iter().map(Result::ok).collect::<Vec<_>>(),
+            [Some(1), Some(2)]
+        );
+        // The replica is replaced by an older build.
+        refuse.store(true, Ordering::SeqCst);
+        let refused = ask().await.map(|_| ()).map_err(|s| s.code());
+        assert_eq!(
+            refused,
+            Err(Code::Unimplemented),
+            "no copy was kept to answer per node"
+        );
+        let next = ask().await.expect("per node");
+        assert_eq!(
+            next.into_iter().map(Result::ok).collect::<Vec<_>>(),
+            [Some(10), Some(20)]
+        );
+        assert_eq!(host_calls.load(Ordering::SeqCst), 2);
     }
 }
