@@ -58,62 +58,39 @@ impl Uplink {
         let (registrations, reg_rx) = mpsc::unbounded_channel();
         let (heartbeats, hb_rx) = mpsc::unbounded_channel();
         let (reports, rep_rx) = mpsc::unbounded_channel();
-        // A replica of an older build serves only the per-node calls
-        // (crate::skew); each kind of call finds that out for itself.
-        let (c, skew) = (client.clone(), Arc::new(Skew::default()));
-        tokio::spawn(batch(reg_rx, None, move |nodes| {
-            let (c, skew) = (c.clone(), skew.clone());
-            async move {
-                let host = |nodes| {
-                    let mut c = c.clone();
-                    async move {
-                        let call = c.register_nodes(RegisterNodesRequest { nodes });
-                        Ok(parts(call.await?.into_inner().results))
-                    }
-                };
-                let single = |node| {
-                    let mut c = c.clone();
-                    async move { Ok(c.register(node).await?.into_inner()) }
-                };
-                skew.call(nodes, host, single).await
-            }
-        }));
-        let (c, skew) = (client.clone(), Arc::new(Skew::default()));
-        tokio::spawn(batch(hb_rx, Some(HEARTBEAT_LINGER), move |nodes| {
-            let (c, skew) = (c.clone(), skew.clone());
-            async move {
-                let host = |nodes| {
-                    let mut c = c.clone();
-                    async move {
-                        let call = c.heartbeat_nodes(HeartbeatNodesRequest { nodes });
-                        Ok(parts(call.await?.into_inner().results))
-                    }
-                };
-                let single = |node| {
-                    let mut c = c.clone();
-                    async move { Ok(c.heartbeat(node).await?.into_inner()) }
-                };
-                skew.call(nodes, host, single).await
-            }
-        }));
-        let skew = Arc::new(Skew::default());
-        tokio::spawn(batch(rep_rx, None, move |nodes| {
-            let (c, skew) = (client.clone(), skew.clone());
-            async move {
-                let host = |nodes| {
-                    let mut c = c.clone();
-                    async move {
-                        let call = c.report_nodes(ReportNodesRequest { nodes });
-                        Ok(parts(call.await?.into_inner().results))
-                    }
-                };
-                let single = |node| {
-                    let mut c = c.clone();
-                    async move { Ok(c.report_task_status(node).await?.into_inner()) }
-                };
-                skew.call(nodes, host, single).await
-            }
-        }));
+        spawn_batcher(
+            reg_rx,
+            None,
+            with(&client, |mut c, nodes| async move {
+                let call = c.register_nodes(RegisterNodesRequest { nodes });
+                Ok(parts(call.await?.into_inner().results))
+            }),
+            with(&client, |mut c, node| async move {
+                Ok(c.register(node).await?.into_inner())
+            }),
+        );
+        spawn_batcher(
+            hb_rx,
+            Some(HEARTBEAT_LINGER),
+            with(&client, |mut c, nodes| async move {
+                let call = c.heartbeat_nodes(HeartbeatNodesRequest { nodes });
+                Ok(parts(call.await?.into_inner().results))
+            }),
+            with(&client, |mut c, node| async move {
+                Ok(c.heartbeat(node).await?.into_inner())
+            }),
+        );
+        spawn_batcher(
+            rep_rx,
+            None,
+            with(&client, |mut c, nodes| async move {
+                let call = c.report_nodes(ReportNodesRequest { nodes });
+                Ok(parts(call.await?.into_inner().results))
+            }),
+            with(&client, |mut c, node| async move {
+                Ok(c.report_task_status(node).await?.into_inner())
+            }),
+        );
         Uplink {
             registrations,
             heartbeats,
@@ -139,6 +116,41 @@ impl Uplink {
     ) -> Result<ReportTaskStatusResponse, Status> {
         ask(&self.reports, req, "reports").await
     }
+}
+
+type Client = AgentLinkClient<Channel>;
+
+/// A call made on a clone of `client` (tonic's calls take `&mut self`).
+fn with<T, F, Fut>(client: &Client, call: F) -> impl Fn(T) -> Fut + Clone + Send + Sync + 'static
+where
+    F: Fn(Client, T) -> Fut + Clone + Send + Sync + 'static,
+{
+    let client = client.clone();
+    move |arg| call(client.clone(), arg)
+}
+
+/// Starts the batcher of one kind of call: the host-level call `host`
+/// where the replica serves it, the per-node call `single` where it is of
+/// an older build (crate::skew), each endpoint and kind finding that out
+/// for itself.
+fn spawn_batcher<Req, Resp, H, HF, S, SF>(
+    rx: mpsc::UnboundedReceiver<(Req, Reply<Resp>)>,
+    linger: Option<std::time::Duration>,
+    host: H,
+    single: S,
+) where
+    Req: Clone + Send + 'static,
+    Resp: Send + 'static,
+    H: Fn(Vec<Req>) -> HF + Clone + Send + Sync + 'static,
+    HF: Future<Output = Result<Vec<Result<Resp, Status>>, Status>> + Send,
+    S: Fn(Req) -> SF + Clone + Send + Sync + 'static,
+    SF: Future<Output = Result<Resp, Status>> + Send,
+{
+    let skew = Arc::new(Skew::default());
+    tokio::spawn(batch(rx, linger, move |requests| {
+        let (skew, host, single) = (skew.clone(), host.clone(), single.clone());
+        async move { skew.call(requests, host, single).await }
+    }));
 }
 
 type Queue<Req, Resp> = mpsc::UnboundedSender<(Req, Reply<Resp>)>;
