@@ -68,14 +68,22 @@ impl Skew {
 
     /// Whether to try the host-level call.
     pub fn host_call(&self) -> bool {
+        self.next().is_some()
+    }
+
+    /// How the next call is made: per node (`None`), or host-level, with a
+    /// copy of the requests kept until the endpoint is known to serve it
+    /// (`Some(true)`) or without (`Some(false)`).
+    fn next(&self) -> Option<bool> {
         let mut served = self.served.lock();
         match *served {
-            Served::No { until } if Instant::now() < until => false,
+            Served::No { until } if Instant::now() < until => None,
             Served::No { .. } => {
                 *served = Served::Unknown;
-                true
+                Some(true)
             }
-            Served::Unknown | Served::Yes => true,
+            Served::Unknown => Some(true),
+            Served::Yes => Some(false),
         }
     }
 
@@ -89,11 +97,6 @@ impl Skew {
             until: Instant::now() + self.retry_after,
         };
         true
-    }
-
-    /// Takes note of a host-level call that was answered.
-    pub fn served(&self) {
-        *self.served.lock() = Served::Yes;
     }
 
     /// Answers `requests` with the host-level call `host` where the replica
@@ -112,24 +115,24 @@ impl Skew {
         S: Fn(Req) -> SF,
         SF: Future<Output = Result<Resp, Status>>,
     {
-        if self.host_call() {
-            let known = matches!(*self.served.lock(), Served::Yes);
-            if known {
+        match self.next() {
+            Some(false) => {
                 let answered = host(requests).await;
                 if let Err(status) = &answered {
                     self.older_build(status);
                 }
                 return answered;
             }
-            match host(requests.clone()).await {
+            Some(true) => match host(requests.clone()).await {
                 Err(status) if self.older_build(&status) => {}
                 answered => {
                     if answered.is_ok() {
-                        self.served();
+                        *self.served.lock() = Served::Yes;
                     }
                     return answered;
                 }
-            }
+            },
+            None => {}
         }
         Ok(futures::stream::iter(requests.into_iter().map(single))
             .buffered(SINGLE_CALLS_IN_FLIGHT)
