@@ -74,16 +74,20 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// The call in progress, if any.
-    call: Option<Call>,
+    /// The calls not yet ended by their drivers, by number; new streams
+    /// open on the last one while it takes requests. An earlier call whose
+    /// requests have closed is ending: its nodes stay here until its
+    /// driver ends them with the call's own status (which may be the
+    /// UNIMPLEMENTED of an older build, the one status that sends a node
+    /// to its own call).
+    calls: BTreeMap<u64, Call>,
     /// Calls started so far; tells a finished call's driver from the next.
-    calls: u64,
+    started: u64,
     /// Stream ids are never reused, across calls too.
     next_id: u64,
 }
 
 struct Call {
-    number: u64,
     requests: mpsc::UnboundedSender<HostAssignmentsRequest>,
     nodes: BTreeMap<u64, Slot>,
 }
@@ -129,14 +133,6 @@ impl Downlink {
             let mut state = self.shared.state.lock();
             state.next_id += 1;
             let id = state.next_id;
-            let call = match state.call.take() {
-                Some(call) if !call.requests.is_closed() => call,
-                _ => {
-                    state.calls += 1;
-                    self.start(state.calls)
-                }
-            };
-            let number = call.number;
             let open = HostAssignmentsRequest {
                 open: vec![HostStreamOpen {
                     stream_id: id,
@@ -144,11 +140,26 @@ impl Downlink {
                 }],
                 ..Default::default()
             };
-            let sent = call.requests.send(open).is_ok();
-            let call = state.call.insert(call);
-            if !sent {
+            let taking = match state.calls.last_key_value() {
+                Some((&number, call)) if !call.requests.is_closed() => Some(number),
+                _ => None,
+            };
+            let number = match taking {
+                Some(number) => number,
+                None => {
+                    state.started += 1;
+                    let number = state.started;
+                    let call = self.start(number);
+                    state.calls.insert(number, call);
+                    number
+                }
+            };
+            let Some(call) = state.calls.get_mut(&number) else {
                 return Err(Status::unavailable("the host command stream has ended"));
-            }
+            };
+            // Should the call have closed since, the open is not sent and
+            // the node waits with the others for the call's end status.
+            let _ = call.requests.send(open);
             call.nodes.insert(
                 id,
                 Slot {
@@ -202,7 +213,6 @@ impl Downlink {
             shared.end_call(number, &end);
         });
         Call {
-            number,
             requests,
             nodes: BTreeMap::new(),
         }
@@ -213,7 +223,7 @@ impl Shared {
     /// Hands each item to its node, without waiting for any.
     fn dispatch(&self, number: u64, items: Vec<HostStreamItem>) {
         let mut state = self.state.lock();
-        let Some(call) = state.call.as_mut().filter(|c| c.number == number) else {
+        let Some(call) = state.calls.get_mut(&number) else {
             return;
         };
         let mut cut = Vec::new();
@@ -256,16 +266,10 @@ impl Shared {
 
     /// Ends every node stream of call `number` with its end status.
     fn end_call(&self, number: u64, end: &Status) {
-        let nodes = {
-            let mut state = self.state.lock();
-            match state.call.take() {
-                Some(call) if call.number == number => call.nodes,
-                other => {
-                    state.call = other;
-                    return;
-                }
-            }
+        let Some(call) = self.state.lock().calls.remove(&number) else {
+            return;
         };
+        let nodes = call.nodes;
         for slot in nodes.into_values() {
             slot.end(end.clone());
         }
@@ -274,7 +278,7 @@ impl Shared {
     /// The node is done with stream `id`: the region stops it.
     fn close(&self, number: u64, id: u64) {
         let mut state = self.state.lock();
-        if let Some(call) = state.call.as_mut().filter(|c| c.number == number)
+        if let Some(call) = state.calls.get_mut(&number)
             && call.nodes.remove(&id).is_some()
         {
             let _ = call.requests.send(HostAssignmentsRequest {
@@ -288,7 +292,7 @@ impl Shared {
     /// as many more.
     fn grant(&self, number: u64, id: u64, commands: u32) {
         let state = self.state.lock();
-        if let Some(call) = state.call.as_ref().filter(|c| c.number == number)
+        if let Some(call) = state.calls.get(&number)
             && call.nodes.contains_key(&id)
         {
             let _ = call.requests.send(HostAssignmentsRequest {

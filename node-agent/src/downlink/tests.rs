@@ -27,6 +27,9 @@ struct Region {
     /// `opened` and this many commands at once (a region that breaks the
     /// protocol).
     flood: Option<u32>,
+    /// When set, the region plays an older build: `HostAssignments` is
+    /// unknown to it, and each node's own `Assignments` call is served.
+    older_build: bool,
     nodes: Arc<Mutex<BTreeMap<String, Commands>>>,
     calls: Arc<AtomicUsize>,
     cut: Arc<Mutex<Option<watch::Sender<bool>>>>,
@@ -52,9 +55,14 @@ impl AgentLink for Region {
 
     async fn assignments(
         &self,
-        _: Request<NodeAssignmentsRequest>,
+        request: Request<NodeAssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        Err(Status::unimplemented("host streams only"))
+        if !self.older_build {
+            return Err(Status::unimplemented("host streams only"));
+        }
+        let (tx, rx) = mpsc::channel(NODE_BUFFER);
+        self.nodes.lock().insert(request.into_inner().node_id, tx);
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn report_task_status(
@@ -92,6 +100,9 @@ impl AgentLink for Region {
         request: Request<tonic::Streaming<HostAssignmentsRequest>>,
     ) -> Result<Response<Self::HostAssignmentsStream>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.older_build {
+            return Err(Status::unimplemented("unknown method HostAssignments"));
+        }
         if let Some(flood) = self.flood {
             let mut inbound = request.into_inner();
             let first = inbound.next().await;
@@ -299,4 +310,76 @@ async fn the_call_ending_ends_every_node_stream_and_the_next_open_starts_a_new_c
     let to_a = sender(&region, "a");
     to_a.send(Ok(command(9))).await.expect("open");
     assert_eq!(again.message().await.expect("new call"), Some(command(9)));
+}
+
+/// Nodes that open while the host call is being refused may find that
+/// call ending, or start the next: each must still get the refusal's own
+/// UNIMPLEMENTED (and so its own call), never a status it would wait out
+/// on its retry rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_opening_on_an_older_build_each_fall_back_to_their_own_call() {
+    let region = Region {
+        older_build: true,
+        ..Default::default()
+    };
+    let downlink = serve(region.clone()).await;
+    let nodes: Vec<String> = (0..1000).map(|n| format!("n{n}")).collect();
+    // Opens spread over the time the host call takes to be refused.
+    let mut opening = Vec::new();
+    for node in &nodes {
+        let downlink = downlink.clone();
+        let request = request(node);
+        opening.push(tokio::spawn(async move { downlink.open(request).await }));
+        tokio::task::yield_now().await;
+    }
+    for (node, open) in nodes.iter().zip(opening) {
+        let open = open.await.expect("joined");
+        assert!(open.is_ok(), "{node}: {:?}", open.err());
+    }
+    let mut streams = region.nodes.lock().keys().cloned().collect::<Vec<_>>();
+    streams.sort();
+    let mut expected = nodes.clone();
+    expected.sort();
+    assert_eq!(streams, expected, "each node on its own call");
+}
+
+/// The window the test above can only hit by chance: a call whose
+/// requests closed (its driver is about to end it) while a node waits on
+/// it, and the next node's open starts the next call. The waiting node
+/// gets the first call's own end status.
+#[tokio::test]
+async fn a_node_waiting_on_an_ending_call_gets_that_calls_status_after_the_next_call_started() {
+    let region = Region::default();
+    let downlink = serve(region.clone()).await;
+    let (opened_tx, mut waiting) = oneshot::channel();
+    let (commands, _rx) = mpsc::channel(NODE_BUFFER);
+    {
+        let (requests, outbound) = mpsc::unbounded_channel();
+        drop(outbound);
+        let mut state = downlink.shared.state.lock();
+        state.started = 1;
+        state.next_id = 1;
+        let nodes = BTreeMap::from([(
+            1,
+            Slot {
+                opened: Some(opened_tx),
+                commands,
+            },
+        )]);
+        state.calls.insert(1, Call { requests, nodes });
+    }
+    let _b = downlink.open(request("b")).await.expect("b opens");
+    assert_eq!(region.calls.load(Ordering::SeqCst), 1, "b started call 2");
+    assert!(
+        matches!(waiting.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+        "still waiting for call 1's end, not dropped with it"
+    );
+    downlink
+        .shared
+        .end_call(1, &Status::unimplemented("unknown method"));
+    let status = waiting
+        .await
+        .expect("ended by its call")
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
 }
