@@ -75,8 +75,8 @@ pub struct CreateArgs {
     /// The schedule's id: lower-case letters, digits and `-`. Creating the
     /// same id with the same flags again changes nothing.
     pub schedule_id: String,
-    /// Cron expression of five fields (`30 2 * * *`) or a nickname
-    /// (`@daily`).
+    /// Cron expression of five fields (`30 2 * * *`), of six with seconds
+    /// first (`*/15 * * * * *`), or a nickname (`@daily`).
     #[arg(long)]
     pub cron: String,
     /// IANA time zone the expression is read in (`Europe/Paris`); default

@@ -31,9 +31,9 @@ pub struct Cadence {
 }
 
 impl Cadence {
-    /// Parses `expr` (five fields, or a nickname such as `@daily`) read in
-    /// the IANA zone `zone` (empty: UTC). Errors name `spec.cron` or
-    /// `spec.time_zone`.
+    /// Parses `expr` (five fields, six with seconds first, or a nickname
+    /// such as `@daily`) read in the IANA zone `zone` (empty: UTC). Errors
+    /// name `spec.cron` or `spec.time_zone`.
     pub fn parse(expr: &str, zone: &str) -> Result<Cadence> {
         let zone = if zone.is_empty() {
             TimeZone::UTC
@@ -49,7 +49,7 @@ impl Cadence {
             return Err(GlobalError::invalid("spec.cron", "required"));
         }
         let cron = CronParser::builder()
-            .seconds(Seconds::Disallowed)
+            .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build()
             .parse(expr)
@@ -58,7 +58,7 @@ impl Cadence {
                     "spec.cron",
                     format!(
                         "not a cron expression of five fields (minute hour day-of-month \
-                         month day-of-week): {e}"
+                         month day-of-week), or six with seconds first: {e}"
                     ),
                 )
             })?;
@@ -239,6 +239,17 @@ mod tests {
     }
 
     #[test]
+    fn a_six_field_expression_reads_its_first_field_as_seconds() {
+        let c = cadence("*/15 * * * * *", "UTC");
+        let t = at("2026-05-05T10:15:00Z");
+        assert_eq!(c.next_after(t), Some(t + 15_000));
+        assert_eq!(c.next_after(t + 59_000), Some(t + MINUTE));
+        // Five fields still start with the minute: ticks a minute apart.
+        let minutely = cadence("* * * * *", "UTC");
+        assert_eq!(minutely.next_after(t), Some(t + MINUTE));
+    }
+
+    #[test]
     fn a_wall_time_skipped_by_the_spring_dst_change_runs_at_the_first_instant_after_the_gap() {
         // Europe/Paris jumps from 02:00 CET to 03:00 CEST on 2026-03-29:
         // 02:30 does not exist that day.
@@ -277,7 +288,15 @@ mod tests {
 
     #[test]
     fn bad_expressions_and_zones_are_refused_naming_the_field() {
-        for bad in ["", "  ", "61 * * * *", "* * *", "0 0 * * * *", "every day"] {
+        for bad in [
+            "",
+            "  ",
+            "61 * * * *",
+            "* * *",
+            "61 * * * * *",
+            "0 0 0 * * * *",
+            "every day",
+        ] {
             let err = Cadence::parse(bad, "").unwrap_err();
             assert_eq!(err.field(), Some("spec.cron"), "{bad:?}: {err}");
         }
