@@ -14,6 +14,10 @@ use meridian_control::ManualClock;
 use meridian_proto::v1::task_template::Kind;
 use meridian_proto::v1::{RegionLossPolicy, Resources, Simulated, TaskState, TaskTemplate};
 
+/// Bounds each wait on the agent, so a broken fallback fails the test with
+/// the calls served so far instead of hanging it.
+const GUARD: Duration = Duration::from_secs(30);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_of_a_newer_agent_register_run_report_and_beat_on_a_region_that_serves_only_per_node_calls()
  {
@@ -49,7 +53,10 @@ async fn nodes_of_a_newer_agent_register_run_report_and_beat_on_a_region_that_se
     )
     .expect("host");
     for i in 0..3 {
-        fake.wait_stream(&format!("sim-{i:06}"), 1).await;
+        let node = format!("sim-{i:06}");
+        tokio::time::timeout(GUARD, fake.wait_stream(&node, 1))
+            .await
+            .unwrap_or_else(|_| panic!("{node} has no stream after {GUARD:?}: {:?}", fake.calls()));
     }
 
     let node = "sim-000001";
@@ -74,7 +81,9 @@ async fn nodes_of_a_newer_agent_register_run_report_and_beat_on_a_region_that_se
 
     fake.hold_heartbeats(true);
     clock.advance(Duration::from_secs(4));
-    fake.wait_held_heartbeats(1).await;
+    tokio::time::timeout(GUARD, fake.wait_held_heartbeats(1))
+        .await
+        .unwrap_or_else(|_| panic!("no heartbeat after {GUARD:?}: {:?}", fake.calls()));
     fake.hold_heartbeats(false);
 
     let calls = fake.calls();
