@@ -6,8 +6,10 @@
 //! `true` jobs submitted in batched calls (at most 1,000 jobs per call,
 //! the API's limit; the calls go out together). Each is timed from the
 //! first submit to the event that shows the last job finished, as a
-//! `WatchJobs` client sees it. Must never count a job that did not succeed
-//! as finished work.
+//! `WatchJobs` client sees it; for the separate jobs, the report also says
+//! when the last call was answered and when the jobs were seen routed,
+//! placed, running and finished. Must never count a job that did not
+//! succeed as finished work.
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +81,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     let mut one_job = Vec::new();
     let mut many_jobs = Vec::new();
     let mut failed = 0usize;
+    let mut phases = Vec::new();
     for round in 0..rounds {
         let started = Instant::now();
         let accepted = submit_one_job(&mut c, ctx.args.seed, round, tasks).await?;
@@ -89,9 +92,11 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
 
         let started = Instant::now();
         let jobs = submit_separate_jobs(&target.endpoints, ctx.args.seed, round, tasks).await?;
+        let accepted = started.elapsed();
         let (took, bad) = finish(&watcher, &jobs, started, guard).await?;
         many_jobs.push(took);
         failed += bad;
+        phases.push(Phases::of(&watcher, &jobs, started, accepted));
     }
     watcher.stop();
     let median = |v: &mut Vec<Duration>| {
@@ -102,6 +107,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     report.result("one_job_seconds", secs(&one_job));
     report.result("separate_jobs_seconds", secs(&many_jobs));
     report.result("jobs_not_succeeded", failed);
+    report.result("separate_jobs_phases", &phases);
     let one = median(&mut one_job);
     let many = median(&mut many_jobs);
     // The medians as numbers of their own: a comparison of runs
@@ -203,6 +209,61 @@ async fn submit_separate_jobs(
         }
     }
     Ok(jobs)
+}
+
+/// Where the time of one round of separate jobs went, each figure in
+/// seconds from the first submit: when the last batched call was answered,
+/// and when the last job was first seen in each state on the watch (a job
+/// whose states were coalesced into one event is not seen in the earlier
+/// ones), with the median job's for comparison.
+#[derive(Debug, serde::Serialize)]
+struct Phases {
+    accepted: f64,
+    routed: Spread,
+    placed: Spread,
+    running: Spread,
+    finished: Spread,
+}
+
+/// The median and the last of one phase over a round's jobs, in seconds
+/// from the first submit, and how many jobs were seen in it.
+#[derive(Debug, serde::Serialize)]
+struct Spread {
+    seen: usize,
+    median: f64,
+    last: f64,
+}
+
+impl Spread {
+    fn of(
+        jobs: &[String],
+        at: &std::collections::HashMap<String, Instant>,
+        started: Instant,
+    ) -> Self {
+        let mut secs: Vec<f64> = jobs
+            .iter()
+            .filter_map(|j| at.get(j))
+            .map(|t| t.saturating_duration_since(started).as_secs_f64())
+            .collect();
+        secs.sort_by(f64::total_cmp);
+        Spread {
+            seen: secs.len(),
+            median: secs.get(secs.len() / 2).copied().unwrap_or(0.0),
+            last: secs.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+impl Phases {
+    fn of(watcher: &Watcher, jobs: &[String], started: Instant, accepted: Duration) -> Self {
+        watcher.with(|s| Phases {
+            accepted: accepted.as_secs_f64(),
+            routed: Spread::of(jobs, &s.routed_at, started),
+            placed: Spread::of(jobs, &s.placed_at, started),
+            running: Spread::of(jobs, &s.running_at, started),
+            finished: Spread::of(jobs, &s.finished_at, started),
+        })
+    }
 }
 
 /// Waits for `jobs` to finish; returns the time from `started` to the last
