@@ -197,6 +197,9 @@ impl FederationService {
         let cycles = dependencies::batch_cycles(&req.items);
         let principal = auth::current();
         let mut admitted = Vec::new();
+        // The items' audit records, written together once every item has
+        // its outcome.
+        let mut records = Vec::new();
         for ((i, item), cycle) in req.items.into_iter().enumerate().zip(cycles) {
             let tenant = item
                 .spec
@@ -211,7 +214,7 @@ impl FederationService {
             }
             if let Err(err) = &checked {
                 let target = format!("{tenant}/{}", item.request_id);
-                self.auth.audit.failed("SubmitJobs", &target, err).await;
+                records.extend(self.auth.audit.failure("SubmitJobs", &target, err));
             }
             match checked {
                 Ok(()) => {
@@ -234,6 +237,7 @@ impl FederationService {
                     for tenant in &admitted {
                         self.limits.unused(tenant, 1);
                     }
+                    self.auth.audit.write_all(records).await;
                     return Err(e);
                 }
             };
@@ -245,10 +249,11 @@ impl FederationService {
                     Ok(accepted) => accepted.job_id.clone(),
                     Err(_) => tenant.clone(),
                 };
-                self.auth
-                    .audit
-                    .outcome("SubmitJobs", &target, &result)
-                    .await;
+                records.extend(
+                    self.auth
+                        .audit
+                        .outcome_record("SubmitJobs", &target, &result),
+                );
                 results[i] = Some(SubmitJobResult {
                     outcome: Some(match result {
                         Ok(accepted) => Outcome::Accepted(accepted),
@@ -257,6 +262,7 @@ impl FederationService {
                 });
             }
         }
+        self.auth.audit.write_all(records).await;
         Ok(SubmitJobsResponse {
             results: results.into_iter().map(Option::unwrap_or_default).collect(),
         })

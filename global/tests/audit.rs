@@ -237,3 +237,76 @@ async fn every_mutating_call_and_a_refusal_are_in_the_audit_log() {
     let all: Vec<_> = records.iter().map(|r| r.record_id.clone()).collect();
     assert_eq!(seen, all);
 }
+
+/// The items of one batched call are recorded together (a transaction per
+/// group of records, not one after another), and each still has its own
+/// record: the accepted ones with their job, a refused one with its
+/// refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_item_of_a_batched_submit_has_its_own_record_accepted_or_refused() {
+    let s = Secured::start(|_| {}).await;
+    let (submitter, sub_info) = s.token("sub-a", Role::Submitter, &["a"]).await;
+    let mut api = s.api(Some(&submitter)).await;
+    let mut items: Vec<SubmitJobRequest> = (0..600)
+        .map(|i| common::submit(&format!("batch-{i}"), spec("a")))
+        .collect();
+    items.push(common::submit("other-tenant", spec("b")));
+    let results = api
+        .submit_jobs(SubmitJobsRequest { items })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let mut accepted = Vec::new();
+    for result in &results[..600] {
+        let Some(submit_job_result::Outcome::Accepted(a)) = &result.outcome else {
+            panic!("{result:?}");
+        };
+        accepted.push(a.job_id.clone());
+    }
+    assert!(
+        matches!(
+            &results[600].outcome,
+            Some(submit_job_result::Outcome::Error(e)) if e.code == tonic::Code::PermissionDenied as i32
+        ),
+        "{:?}",
+        results[600]
+    );
+
+    let admin = s.api(Some(&s.admin)).await;
+    let mut records = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .clone()
+            .list_audit_records(ListAuditRecordsRequest {
+                action: "SubmitJobs".into(),
+                limit: 1000,
+                page_token: page_token.clone(),
+                ..ListAuditRecordsRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        records.extend(page.records);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let sub = sub_info.token_id.as_str();
+    let ok: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.principal == sub && r.outcome == "OK")
+        .map(|r| r.target.as_str())
+        .collect();
+    let expected: std::collections::BTreeSet<&str> = accepted.iter().map(String::as_str).collect();
+    assert_eq!(ok, expected, "one OK record per accepted job");
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r.outcome == "PERMISSION_DENIED")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].target, "b/other-tenant");
+    assert_eq!(records.len(), 601, "no other record of the call");
+}
