@@ -140,23 +140,19 @@ impl Downlink {
                 }],
                 ..Default::default()
             };
-            let taking = match state.calls.last_key_value() {
-                Some((&number, call)) if !call.requests.is_closed() => Some(number),
-                _ => None,
-            };
-            let number = match taking {
-                Some(number) => number,
-                None => {
-                    state.started += 1;
-                    let number = state.started;
-                    let call = self.start(number);
-                    state.calls.insert(number, call);
-                    number
-                }
-            };
-            let Some(call) = state.calls.get_mut(&number) else {
-                return Err(Status::unavailable("the host command stream has ended"));
-            };
+            let taking = state
+                .calls
+                .last_key_value()
+                .filter(|(_, call)| !call.requests.is_closed())
+                .map(|(&number, _)| number);
+            let number = taking.unwrap_or_else(|| {
+                state.started += 1;
+                state.started
+            });
+            let call = state
+                .calls
+                .entry(number)
+                .or_insert_with(|| self.start(number));
             // Should the call have closed since, the open is not sent and
             // the node waits with the others for the call's end status.
             let _ = call.requests.send(open);

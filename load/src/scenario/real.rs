@@ -92,11 +92,11 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
 
         let started = Instant::now();
         let jobs = submit_separate_jobs(&target.endpoints, ctx.args.seed, round, tasks).await?;
-        let accepted = started.elapsed();
+        let answered = started.elapsed();
         let (took, bad) = finish(&watcher, &jobs, started, guard).await?;
         many_jobs.push(took);
         failed += bad;
-        phases.push(Phases::of(&watcher, &jobs, started, accepted));
+        phases.push(Phases::of(&watcher, &jobs, started, answered));
     }
     watcher.stop();
     let median = |v: &mut Vec<Duration>| {
@@ -255,9 +255,9 @@ impl Spread {
 }
 
 impl Phases {
-    fn of(watcher: &Watcher, jobs: &[String], started: Instant, accepted: Duration) -> Self {
+    fn of(watcher: &Watcher, jobs: &[String], started: Instant, answered: Duration) -> Self {
         watcher.with(|s| Phases {
-            accepted: accepted.as_secs_f64(),
+            accepted: answered.as_secs_f64(),
             routed: Spread::of(jobs, &s.routed_at, started),
             placed: Spread::of(jobs, &s.placed_at, started),
             running: Spread::of(jobs, &s.running_at, started),
