@@ -5,9 +5,26 @@
 use crate::access_support;
 use crate::common;
 
-use access_support::Secured;
+use access_support::{Api, Secured};
 use common::spec;
 use meridian_proto::v1::*;
+
+/// Every record `request` matches, page after page, in the order listed.
+async fn every_page(admin: &mut Api, mut request: ListAuditRecordsRequest) -> Vec<AuditRecord> {
+    let mut records = Vec::new();
+    loop {
+        let page = admin
+            .list_audit_records(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        records.extend(page.records);
+        if page.next_page_token.is_empty() {
+            return records;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mutating_call_and_a_refusal_are_in_the_audit_log() {
@@ -216,24 +233,17 @@ async fn every_mutating_call_and_a_refusal_are_in_the_audit_log() {
         .into_inner();
     assert_eq!(cancels.records.len(), 1);
     assert_eq!(cancels.records[0].target, job);
-    let mut seen = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = admin
-            .list_audit_records(ListAuditRecordsRequest {
-                limit: 5,
-                page_token: token.clone(),
-                ..ListAuditRecordsRequest::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        seen.extend(page.records.into_iter().map(|r| r.record_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let seen: Vec<_> = every_page(
+        &mut admin,
+        ListAuditRecordsRequest {
+            limit: 5,
+            ..ListAuditRecordsRequest::default()
+        },
+    )
+    .await
+    .into_iter()
+    .map(|r| r.record_id)
+    .collect();
     let all: Vec<_> = records.iter().map(|r| r.record_id.clone()).collect();
     assert_eq!(seen, all);
 }
@@ -273,27 +283,16 @@ async fn every_item_of_a_batched_submit_has_its_own_record_accepted_or_refused()
         results[600]
     );
 
-    let admin = s.api(Some(&s.admin)).await;
-    let mut records = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = admin
-            .clone()
-            .list_audit_records(ListAuditRecordsRequest {
-                action: "SubmitJobs".into(),
-                limit: 1000,
-                page_token: page_token.clone(),
-                ..ListAuditRecordsRequest::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        records.extend(page.records);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let mut admin = s.api(Some(&s.admin)).await;
+    let records = every_page(
+        &mut admin,
+        ListAuditRecordsRequest {
+            action: "SubmitJobs".into(),
+            limit: 1000,
+            ..ListAuditRecordsRequest::default()
+        },
+    )
+    .await;
     let sub = sub_info.token_id.as_str();
     let ok: std::collections::BTreeSet<&str> = records
         .iter()
