@@ -40,6 +40,7 @@ use crate::keys::{self, Keys};
 use crate::leader::Leadership;
 use crate::metrics_endpoint;
 use crate::registry::{self, Registry, check_lease};
+use crate::usage::UsageKeys;
 use crate::{lifecycle, reports, validate};
 
 /// The RegionLink service of one replica.
@@ -134,13 +135,22 @@ impl LinkService {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
                     // Every record the items read, in one round trip: the
-                    // fence, the region's lease, and each item's job.
+                    // fence, the region's lease, each item's job and, for
+                    // the items that count usage, what was counted. A read
+                    // left to the item would cost a round trip per item,
+                    // each with this process's write turn held (the items
+                    // before it wrote), so every other writer would wait
+                    // out the whole batch.
                     let mut wanted = vec![fence.key().to_vec(), keys.region(region)];
+                    let usage = UsageKeys::new(&keys);
                     for item in items {
                         let job = item.job_id();
                         wanted.push(keys.job(job));
                         wanted.push(keys.moving(job));
                         wanted.push(keys.status_version(job));
+                        if matches!(kind, BatchKind::Status | BatchKind::Release) {
+                            wanted.push(usage.counted(job));
+                        }
                     }
                     tx.prefetch(&wanted).await?;
                     fence.check(&tx).await?;

@@ -26,6 +26,7 @@ mod openapi;
 mod parking;
 mod queued;
 mod reflection;
+mod report_batches;
 mod retention;
 mod router;
 mod schedule_runs;

@@ -78,6 +78,11 @@ pub struct FaultStats {
     pub unknown_after: u64,
     /// Commits that were delayed.
     pub delayed: u64,
+    /// Reads that reached the wrapper: each `get`, `get_many` and
+    /// `get_range` of a transaction (keys a transaction had read before are
+    /// answered above the backend and never get here). On SQLite each is
+    /// one round trip to the store's thread.
+    pub reads: u64,
 }
 
 impl FaultStats {
@@ -107,6 +112,7 @@ struct Counters {
     unknown_before: AtomicU64,
     unknown_after: AtomicU64,
     delayed: AtomicU64,
+    reads: AtomicU64,
 }
 
 struct Shared {
@@ -201,6 +207,7 @@ impl FaultyBackend {
             unknown_before: c.unknown_before.load(Ordering::Relaxed),
             unknown_after: c.unknown_after.load(Ordering::Relaxed),
             delayed: c.delayed.load(Ordering::Relaxed),
+            reads: c.reads.load(Ordering::Relaxed),
         }
     }
 
@@ -241,20 +248,26 @@ impl FaultyTx {
             .clone()
             .ok_or(StoreError::TransactionFinished)
     }
+
+    fn counted_read(&self) -> Result<Arc<dyn BackendTx>> {
+        let inner = self.current()?;
+        self.shared.counters.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(inner)
+    }
 }
 
 #[async_trait]
 impl BackendTx for FaultyTx {
     async fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>> {
-        self.current()?.get(key, snapshot).await
+        self.counted_read()?.get(key, snapshot).await
     }
 
     async fn get_many(&self, keys: &[Vec<u8>], snapshot: bool) -> Result<Vec<Option<Vec<u8>>>> {
-        self.current()?.get_many(keys, snapshot).await
+        self.counted_read()?.get_many(keys, snapshot).await
     }
 
     async fn get_range(&self, request: &RangeRequest) -> Result<RangeChunk> {
-        self.current()?.get_range(request).await
+        self.counted_read()?.get_range(request).await
     }
 
     fn mutate(&self, mutation: Mutation) {

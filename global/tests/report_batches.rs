@@ -1,0 +1,174 @@
+//! A region's batched calls cost the global tier's store a fixed number of
+//! reads, whatever the number of items: what every item of an
+//! acknowledgement or a status report reads is read with the batch, in one
+//! round trip. On SQLite a read after the first write of a transaction
+//! holds the process's write turn, so a read per item would make every
+//! other writer of the replica (submits, routing, the other regions'
+//! reports) wait out the whole batch.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use meridian_control::SystemClock;
+use meridian_global::GlobalConfig;
+use meridian_global::server::{Running, start_with};
+use meridian_proto::v1::*;
+use meridian_store::Database;
+use meridian_store::fault::{FaultConfig, FaultyBackend};
+use meridian_store::sqlite::{SqliteBackend, SqliteOptions};
+use tokio_stream::StreamExt;
+
+/// Jobs per batch: well above the handful of reads a batch makes itself.
+const JOBS: usize = 300;
+
+/// Reads a batch may make whatever its size: the prefetch, and a retry's
+/// prefetch if its commit lost a race with another writer, with room for
+/// the leader's own renewals landing in the same window.
+const READS_PER_BATCH: u64 = 8;
+
+async fn replica(dir: &tempfile::TempDir) -> (Running, Arc<FaultyBackend>) {
+    let path = dir.path().join("global.db");
+    let sqlite = SqliteBackend::open(&path, SqliteOptions::default())
+        .await
+        .unwrap();
+    let counting = Arc::new(FaultyBackend::new(Arc::new(sqlite), FaultConfig::none(), 1));
+    let url = format!("sqlite:{}", path.display());
+    let mut config = GlobalConfig::new(url, "127.0.0.1:0".parse().unwrap());
+    config.region_lease = Duration::from_secs(3600);
+    let running = start_with(
+        config,
+        Database::new(counting.clone()),
+        SystemClock::shared(),
+    )
+    .await
+    .unwrap();
+    guarded("leadership", running.wait_leader()).await;
+    (running, counting)
+}
+
+fn one_task(tenant: &str) -> JobSpec {
+    JobSpec {
+        task_count: 1,
+        ..spec(tenant)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledging_and_reporting_three_hundred_jobs_reads_the_store_a_few_times_not_once_per_job()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, store) = replica(&dir).await;
+    let grpc = format!("http://{}", running.grpc_addr);
+    let mut link = meridian_proto::v1::region_link_client::RegionLinkClient::connect(grpc.clone())
+        .await
+        .unwrap();
+    let mut api = meridian_proto::v1::federation_client::FederationClient::connect(grpc)
+        .await
+        .unwrap();
+    let lease = register(&mut link, "r1").await;
+    let mut stream = assignments(&mut link, "r1", lease).await;
+    let requests = (0..JOBS)
+        .map(|i| submit(&format!("job-{i}"), one_task("acme")))
+        .collect();
+    let submitted = api
+        .submit_jobs(SubmitJobsRequest { items: requests })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(submitted.results.len(), JOBS);
+
+    let mut held = Vec::new();
+    while held.len() < JOBS {
+        let event = guarded("assignment", stream.next()).await.unwrap().unwrap();
+        if event.kind == AssignmentEventKind::Assign as i32 {
+            held.push(JobEpoch {
+                job_id: event.job_id,
+                assignment_epoch: event.assignment_epoch,
+            });
+        }
+    }
+
+    let before = store.stats().reads;
+    let acked = link
+        .ack_assignments(AckAssignmentsRequest {
+            region: "r1".into(),
+            region_lease_epoch: lease,
+            acks: held.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ack_reads = store.stats().reads - before;
+    assert!(
+        acked
+            .results
+            .iter()
+            .all(|r| r.verdict == Verdict::Accepted as i32),
+        "every acknowledgement accepted: {acked:?}"
+    );
+
+    // Each job's one task ran for a second and succeeded: the report
+    // counts usage (what was counted before is read for every job), moves
+    // each job to a final state and writes its task.
+    let updates = held
+        .iter()
+        .map(|h| JobStatusUpdate {
+            job_id: h.job_id.clone(),
+            assignment_epoch: h.assignment_epoch,
+            status_version: 1,
+            state: JobState::Succeeded as i32,
+            task_counts: Some(TaskCounts {
+                succeeded: 1,
+                ..TaskCounts::default()
+            }),
+            tasks: vec![TaskStatus {
+                index: 0,
+                state: TaskState::Succeeded as i32,
+                ..TaskStatus::default()
+            }],
+            task_run_ms: 1_000,
+            tasks_run: 1,
+            ..JobStatusUpdate::default()
+        })
+        .collect();
+    let before = store.stats().reads;
+    let reported = link
+        .report_status(ReportStatusRequest {
+            region: "r1".into(),
+            region_lease_epoch: lease,
+            updates,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status_reads = store.stats().reads - before;
+    assert!(
+        reported
+            .results
+            .iter()
+            .all(|r| r.verdict == Verdict::Accepted as i32),
+        "every status accepted: {reported:?}"
+    );
+    assert!(
+        ack_reads <= READS_PER_BATCH && status_reads <= READS_PER_BATCH,
+        "reads of the store: {ack_reads} for {JOBS} acknowledgements, \
+         {status_reads} for {JOBS} status updates (at most {READS_PER_BATCH} each)"
+    );
+
+    // What the batches wrote is what a reader sees: every job succeeded.
+    for h in &held {
+        let job = api
+            .get_job(GetJobRequest {
+                job_id: h.job_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(job.state, JobState::Succeeded as i32, "{}", h.job_id);
+    }
+}
