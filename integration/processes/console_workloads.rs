@@ -329,7 +329,7 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
     let global = Global::start(&format!("sqlite:{}", dir.path().join("g.db").display()));
     let run = async {
         let mut federation = connect(&global).await;
-        // Watch for the every-minute schedule's jobs before it exists.
+        // Watch for the heartbeat schedule's jobs before it exists.
         let mut runs = support::retry::until_served("watch the schedule's jobs", || {
             let mut federation = federation.clone();
             async move {
@@ -381,7 +381,9 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
             schedule_spec(
                 "team-a",
                 "heartbeat",
-                "* * * * *",
+                // Every ten seconds (six fields, seconds first), so the
+                // test waits for a tick seconds, not up to a minute.
+                "*/10 * * * * *",
                 "UTC",
                 v1::OverlapPolicy::Allow,
                 v1::MissedTickPolicy::RunOnce,
@@ -432,12 +434,12 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
             ])
         );
 
-        // The every-minute schedule's page, open while its tick comes.
+        // The heartbeat schedule's page, open while its tick comes.
         browser
             .goto(&format!("{}/console/schedules/heartbeat", global.http))
             .await;
-        // The runs the page shows once drawn: none, or (when the schedule
-        // was created just before a minute) the first tick's already.
+        // The runs the page shows once drawn: none, or the ticks that came
+        // before it was drawn.
         let drawn = browser
             .wait_for(
                 "the schedule page drawn",
@@ -452,9 +454,9 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
             .iter()
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect();
-        // A tick after the page was drawn comes within a minute of wall
+        // A tick after the page was drawn comes within ten seconds of wall
         // time: awaited on the watch, skipping the jobs already shown.
-        let job_id = tokio::time::timeout(Duration::from_secs(75), async {
+        let job_id = tokio::time::timeout(Duration::from_secs(25), async {
             loop {
                 let event = runs
                     .message()
@@ -470,7 +472,7 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
             }
         })
         .await
-        .expect("the heartbeat schedule ticked within a minute of the page being drawn");
+        .expect("the heartbeat schedule ticked within ten seconds of the page being drawn");
         let shown = browser
             .wait_for(
                 "the tick's job on the open schedule page",
@@ -483,6 +485,51 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
             .await;
         assert_eq!(shown, json!(format!("/console/jobs/{job_id}")));
 
+        // Ticks go on every ten seconds, so one may have come since. Paused,
+        // the schedule's last run stays put: a tick commits before the
+        // pause or sees it. That last run is this tick's job or a later
+        // tick's, which the watch then sees made.
+        support::retry::until_served("pause the heartbeat schedule", || {
+            let mut federation = federation.clone();
+            async move {
+                federation
+                    .pause_schedule(v1::PauseScheduleRequest {
+                        schedule_id: "heartbeat".into(),
+                    })
+                    .await
+            }
+        })
+        .await;
+        let last_run = support::retry::until_served("read the heartbeat schedule", || {
+            let mut federation = federation.clone();
+            async move {
+                federation
+                    .get_schedule(v1::GetScheduleRequest {
+                        schedule_id: "heartbeat".into(),
+                    })
+                    .await
+            }
+        })
+        .await
+        .into_inner()
+        .schedule
+        .expect("schedule")
+        .last_job_id;
+        if last_run != job_id {
+            loop {
+                let event = runs
+                    .message()
+                    .await
+                    .expect("watch stream")
+                    .expect("stream open");
+                if event.kind == v1::JobEventKind::Created as i32
+                    && event.job.is_some_and(|j| j.job_id == last_run)
+                {
+                    break;
+                }
+            }
+        }
+
         // The list shows it as the last run, linked.
         browser
             .goto(&format!("{}/console/schedules", global.http))
@@ -494,7 +541,7 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
                  return a ? a.getAttribute('href') : null;",
             )
             .await;
-        assert_eq!(last, json!(format!("/console/jobs/{job_id}")));
+        assert_eq!(last, json!(format!("/console/jobs/{last_run}")));
         let png = browser
             .screenshot(&screenshot_dir(&dir), "schedules.png")
             .await;
