@@ -456,21 +456,10 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
             .collect();
         // A tick after the page was drawn comes within ten seconds of wall
         // time: awaited on the watch, skipping the jobs already shown.
-        let job_id = tokio::time::timeout(Duration::from_secs(25), async {
-            loop {
-                let event = runs
-                    .message()
-                    .await
-                    .expect("watch stream")
-                    .expect("stream open");
-                if event.kind == v1::JobEventKind::Created as i32 {
-                    let job = event.job.expect("job").job_id;
-                    if !drawn.contains(&job) {
-                        break job;
-                    }
-                }
-            }
-        })
+        let job_id = tokio::time::timeout(
+            Duration::from_secs(25),
+            next_created(&mut runs, |job| !drawn.iter().any(|d| d == job)),
+        )
         .await
         .expect("the heartbeat schedule ticked within ten seconds of the page being drawn");
         let shown = browser
@@ -516,18 +505,7 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
         .expect("schedule")
         .last_job_id;
         if last_run != job_id {
-            loop {
-                let event = runs
-                    .message()
-                    .await
-                    .expect("watch stream")
-                    .expect("stream open");
-                if event.kind == v1::JobEventKind::Created as i32
-                    && event.job.is_some_and(|j| j.job_id == last_run)
-                {
-                    break;
-                }
-            }
+            next_created(&mut runs, |job| job == last_run).await;
         }
 
         // The list shows it as the last run, linked.
@@ -550,6 +528,26 @@ async fn the_schedules_page_lists_each_schedule_and_a_tick_shows_its_job_live() 
     tokio::time::timeout(GUARD * 3, run)
         .await
         .expect("the schedules pages showed the schedules in time");
+}
+
+/// The id of the next job `runs` shows created that `wanted` accepts.
+async fn next_created(
+    runs: &mut tonic::Streaming<v1::JobEvent>,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    loop {
+        let event = runs
+            .message()
+            .await
+            .expect("watch stream")
+            .expect("stream open");
+        if event.kind == v1::JobEventKind::Created as i32 {
+            let job = event.job.expect("job").job_id;
+            if wanted(&job) {
+                return job;
+            }
+        }
+    }
 }
 
 /// The outcome line of the last action, once it has come back.
