@@ -5,7 +5,8 @@
 //! `not_committed` (nothing applied), `commit_unknown_result` before applying
 //! (nothing applied) or after applying (everything applied), plus added commit
 //! latency; the seeded random source that makes a run replay; counters of what
-//! it injected; and switching faults at run time.
+//! it injected and of the reads that reached it; and switching faults at run
+//! time.
 //!
 //! It must never corrupt data or apply half a transaction: a transaction is
 //! either committed whole by the inner backend or dropped whole, so it rolls
@@ -152,7 +153,8 @@ impl Shared {
     }
 }
 
-/// A backend that injects commit faults and latency into another backend.
+/// A backend that injects commit faults and latency into another backend,
+/// and counts the commits and reads that reach it ([`FaultStats`]).
 ///
 /// Keep an `Arc<FaultyBackend>` to read [`FaultyBackend::stats`] or change the
 /// faults with [`FaultyBackend::set_config`] while a `Database` uses it.
