@@ -51,6 +51,12 @@ async fn replica(dir: &tempfile::TempDir) -> (Running, Arc<FaultyBackend>) {
     (running, counting)
 }
 
+fn all_accepted(results: &[ItemResult]) -> bool {
+    results
+        .iter()
+        .all(|r| r.verdict == Verdict::Accepted as i32)
+}
+
 fn one_task(tenant: &str) -> JobSpec {
     JobSpec {
         task_count: 1,
@@ -105,10 +111,7 @@ async fn acknowledging_and_reporting_five_hundred_jobs_reads_the_store_a_few_tim
         .into_inner();
     let ack_reads = store.stats().reads - before;
     assert!(
-        acked
-            .results
-            .iter()
-            .all(|r| r.verdict == Verdict::Accepted as i32),
+        all_accepted(&acked.results),
         "every acknowledgement accepted: {acked:?}"
     );
 
@@ -148,10 +151,7 @@ async fn acknowledging_and_reporting_five_hundred_jobs_reads_the_store_a_few_tim
         .into_inner();
     let status_reads = store.stats().reads - before;
     assert!(
-        reported
-            .results
-            .iter()
-            .all(|r| r.verdict == Verdict::Accepted as i32),
+        all_accepted(&reported.results),
         "every status accepted: {reported:?}"
     );
     assert!(

@@ -17,7 +17,6 @@ use console_support::{
     Browser, FakeAgent, FakeRegion, GUARD, Global, Regional, now_ms, screenshot_dir, spec,
 };
 use meridian_proto::v1;
-use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::region_admin_client::RegionAdminClient;
 use serde_json::json;
 
@@ -262,9 +261,7 @@ async fn the_job_detail_page_shows_a_finished_jobs_task_timeline_with_the_region
     let global = Global::start(&format!("sqlite:{}", dir.path().join("g.db").display()));
     let run = async {
         let mut region = FakeRegion::register(&global.grpc, "r1").await;
-        let mut federation = FederationClient::connect(global.grpc.clone())
-            .await
-            .expect("connect to the global tier");
+        let mut federation = global.federation().await;
         let job_id = federation
             .submit_job(v1::SubmitJobRequest {
                 request_id: "timeline-1".into(),
@@ -435,9 +432,7 @@ async fn both_consoles_render_under_load_and_are_captured_as_screenshots() {
             })
             .await
             .expect("cordon");
-        let mut federation = FederationClient::connect(global.grpc.clone())
-            .await
-            .expect("connect to the global tier");
+        let mut federation = global.federation().await;
         let tenants = ["analytics", "search", "ml-training"];
         for i in 0..36u32 {
             let (tasks, ms, priority) = match i % 4 {

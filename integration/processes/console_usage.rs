@@ -12,7 +12,6 @@ use crate::support;
 
 use console_support::{Browser, FakeAgent, GUARD, Global, Regional, screenshot_dir, spec};
 use meridian_proto::v1;
-use meridian_proto::v1::federation_client::FederationClient;
 use serde_json::json;
 
 /// `(tenant, jobs, tasks per job, cpu millis per task, run ms per task)`.
@@ -42,9 +41,7 @@ async fn the_usage_page_charts_each_tenants_usage_as_get_usage_answers_it() {
                 .await
                 .run();
         }
-        let mut federation = FederationClient::connect(global.grpc.clone())
-            .await
-            .expect("connect to the global tier");
+        let mut federation = global.federation().await;
         for (tenant, jobs, tasks, cpu, ms) in WORK {
             for i in 0..jobs {
                 let s = spec(&format!("{tenant}-{i}"), tenant, tasks, cpu, ms, 0);

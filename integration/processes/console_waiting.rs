@@ -111,9 +111,7 @@ async fn a_job_that_cannot_be_placed_shows_why_on_the_federation_job_page_and_in
             )
             .await;
 
-        let mut federation = FederationClient::connect(global.grpc.clone())
-            .await
-            .expect("connect to the global tier");
+        let mut federation = global.federation().await;
         let nowhere = submit(&mut federation, constrained("nowhere", "real", "nowhere")).await;
         let cordoned = submit(&mut federation, constrained("cordoned", "pool", "special")).await;
 

@@ -22,6 +22,7 @@ mod agent_real_region;
 mod chaos;
 mod cli_commands;
 mod console_browser;
+mod console_schedules;
 mod console_usage;
 mod console_waiting;
 mod console_workloads;

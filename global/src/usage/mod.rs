@@ -168,7 +168,10 @@ pub fn hour_of(unix_ms: u64) -> u64 {
 /// since the last report counted for the same epoch (all of it for a newer
 /// epoch, nothing for an older one), times the job's allocated resources;
 /// and the job's wait, the first time a report finds it running (`to`). The
-/// usage goes to the hour of `now` (global clock).
+/// usage goes to the hour of `now` (global clock). Its one read is the
+/// job's [`UsageKeys::counted`] record: a caller that applies many reports
+/// in one transaction reads those records with its batch (`link.rs`), so
+/// that no report costs a round trip of its own.
 pub async fn count(
     tx: &Transaction,
     keys: &Keys,

@@ -16,6 +16,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use meridian_cli::dev::line::{GlobalLine, LOOPBACK_ANY_PORT, RegionalLine};
 use meridian_proto::v1;
 use meridian_proto::v1::agent_link_client::AgentLinkClient;
+use meridian_proto::v1::federation_client::FederationClient;
 use meridian_proto::v1::region_link_client::RegionLinkClient;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
@@ -81,6 +82,13 @@ impl Global {
             grpc: started.grpc,
             http: started.http.expect("the http address"),
         }
+    }
+
+    /// A Federation API client of this replica.
+    pub async fn federation(&self) -> FederationClient<Channel> {
+        FederationClient::connect(self.grpc.clone())
+            .await
+            .expect("connect to the global tier")
     }
 }
 
