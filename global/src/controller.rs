@@ -223,7 +223,7 @@ impl Controller {
         let blocked = &blocked;
         let (revoked, released, broken) = self
             .db
-            .run(|tx, _| {
+            .run_locked(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
                     fence.check(&tx).await?;
@@ -403,7 +403,7 @@ impl Controller {
     ) -> Result<Vec<(String, Job)>> {
         let keys = self.keys.clone();
         self.db
-            .run(|tx, _| {
+            .run_locked(|tx, _| {
                 let (keys, fence, assignments) = (keys.clone(), fence.clone(), assignments.clone());
                 async move {
                     let mut wanted = vec![fence.key().to_vec()];
@@ -448,7 +448,7 @@ impl Controller {
     ) -> Result<()> {
         let keys = self.keys.clone();
         self.db
-            .run(|tx, _| {
+            .run_locked(|tx, _| {
                 let (keys, fence, reasons) = (keys.clone(), fence.clone(), &reasons);
                 async move {
                     let mut wanted = vec![fence.key().to_vec()];

@@ -148,7 +148,7 @@ impl Jobs {
         let now = self.clock.now_unix_ms();
         let results = self
             .db
-            .run(|tx, _| {
+            .run_locked(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
                     tx.prefetch(&submit_reads(&keys, &fence, items)).await?;

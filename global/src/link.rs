@@ -131,7 +131,7 @@ impl LinkService {
         let now = self.clock.now_unix_ms();
         let outcome = self
             .db
-            .run(|tx, _| {
+            .run_locked(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
                     // Every record the items read, in one round trip: the

@@ -102,7 +102,7 @@ impl Registry {
         let (keys, lease_ms) = (self.keys.clone(), self.lease_ms());
         let now = self.clock.now_unix_ms();
         self.db
-            .run(|tx, _| {
+            .run_locked(|tx, _| {
                 let (keys, fence, replica) = (keys.clone(), fence.clone(), replica.clone());
                 async move {
                     fence.check(&tx).await?;
@@ -160,7 +160,7 @@ impl Registry {
         let (keys, lease_ms) = (self.keys.clone(), self.lease_ms());
         let now = self.clock.now_unix_ms();
         self.db
-            .run(|tx, _| {
+            .run_locked(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
                     fence.check(&tx).await?;
@@ -203,7 +203,7 @@ impl Registry {
         let keys = self.keys.clone();
         let now = self.clock.now_unix_ms();
         self.db
-            .run(|tx, _| {
+            .run_locked(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
                     fence.check(&tx).await?;
@@ -277,7 +277,7 @@ impl Registry {
         validate::reason("reason", &req.reason)?;
         let keys = self.keys.clone();
         self.db
-            .run(|tx, _| {
+            .run_locked(|tx, _| {
                 let (keys, fence) = (keys.clone(), fence.clone());
                 async move {
                     fence.check(&tx).await?;

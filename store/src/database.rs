@@ -165,12 +165,27 @@ impl Database {
         self.run_inner(TxOptions::default(), f).await
     }
 
-    /// Like [`Database::run_with_info`], but every attempt takes the write
-    /// lock up front on backends that have one (SQLite's `BEGIN IMMEDIATE`).
-    /// For a process's batched writer: its transactions read and then write
-    /// many keys, so on a backend whose conflicts are coarse (any commit
-    /// since the read) a lost race would throw the whole batch's reads away.
-    pub async fn run_locked<T, E, F, Fut>(&self, f: F) -> Result<(T, CommitInfo), E>
+    /// Like [`Database::run`], but every attempt takes the write lock up
+    /// front on backends that have one (SQLite's `BEGIN IMMEDIATE`). For a
+    /// transaction that reads and then writes while other writers commit
+    /// beside it: on a backend whose conflicts are coarse (any commit since
+    /// its first read) such a transaction loses the race about as often as
+    /// another commit lands between its first read and its commit, and each
+    /// loss throws its reads and its work away and pauses before the retry.
+    /// A read-only transaction must not use it: it would queue behind the
+    /// writers for nothing.
+    pub async fn run_locked<T, E, F, Fut>(&self, f: F) -> Result<T, E>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TxError,
+    {
+        self.run_locked_with_info(f).await.map(|(value, _)| value)
+    }
+
+    /// Like [`Database::run_locked`], and also returns what the commit
+    /// reported.
+    pub async fn run_locked_with_info<T, E, F, Fut>(&self, f: F) -> Result<(T, CommitInfo), E>
     where
         F: FnMut(Transaction, MaybeCommitted) -> Fut,
         Fut: Future<Output = Result<T, E>>,

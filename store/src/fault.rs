@@ -5,8 +5,8 @@
 //! `not_committed` (nothing applied), `commit_unknown_result` before applying
 //! (nothing applied) or after applying (everything applied), plus added commit
 //! latency; the seeded random source that makes a run replay; counters of what
-//! it injected and of the reads that reached it; and switching faults at run
-//! time.
+//! it injected, of the reads that reached it and of the races the inner
+//! backend lost on its own; and switching faults at run time.
 //!
 //! It must never corrupt data or apply half a transaction: a transaction is
 //! either committed whole by the inner backend or dropped whole, so it rolls
@@ -84,6 +84,11 @@ pub struct FaultStats {
     /// answered above the backend and never get here). On SQLite each is
     /// one round trip to the store's thread.
     pub reads: u64,
+    /// Races the inner backend lost on its own: a read or a commit it
+    /// refused with `NotCommitted` because another writer committed first
+    /// (on SQLite, any commit since the transaction's first read). Not a
+    /// fault of this wrapper, and not among [`FaultStats::faults`].
+    pub lost_races: u64,
 }
 
 impl FaultStats {
@@ -114,6 +119,7 @@ struct Counters {
     unknown_after: AtomicU64,
     delayed: AtomicU64,
     reads: AtomicU64,
+    lost_races: AtomicU64,
 }
 
 struct Shared {
@@ -210,6 +216,7 @@ impl FaultyBackend {
             unknown_after: c.unknown_after.load(Ordering::Relaxed),
             delayed: c.delayed.load(Ordering::Relaxed),
             reads: c.reads.load(Ordering::Relaxed),
+            lost_races: c.lost_races.load(Ordering::Relaxed),
         }
     }
 
@@ -256,20 +263,35 @@ impl FaultyTx {
         self.shared.counters.reads.fetch_add(1, Ordering::Relaxed);
         Ok(inner)
     }
+
+    /// Passes the inner backend's answer on, counting a race it lost (a
+    /// read that flushed writes can lose one as a commit does).
+    fn raced<T>(&self, result: Result<T>) -> Result<T> {
+        if matches!(result, Err(StoreError::NotCommitted)) {
+            self.shared
+                .counters
+                .lost_races
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
 }
 
 #[async_trait]
 impl BackendTx for FaultyTx {
     async fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>> {
-        self.counted_read()?.get(key, snapshot).await
+        let result = self.counted_read()?.get(key, snapshot).await;
+        self.raced(result)
     }
 
     async fn get_many(&self, keys: &[Vec<u8>], snapshot: bool) -> Result<Vec<Option<Vec<u8>>>> {
-        self.counted_read()?.get_many(keys, snapshot).await
+        let result = self.counted_read()?.get_many(keys, snapshot).await;
+        self.raced(result)
     }
 
     async fn get_range(&self, request: &RangeRequest) -> Result<RangeChunk> {
-        self.counted_read()?.get_range(request).await
+        let result = self.counted_read()?.get_range(request).await;
+        self.raced(result)
     }
 
     fn mutate(&self, mutation: Mutation) {
@@ -305,7 +327,10 @@ impl BackendTx for FaultyTx {
             tokio::time::sleep(delay).await;
         }
         match fault {
-            Fault::None => inner.commit().await,
+            Fault::None => {
+                let result = inner.commit().await;
+                self.raced(result)
+            }
             Fault::NotCommitted => {
                 drop(inner);
                 counters.not_committed.fetch_add(1, Ordering::Relaxed);
@@ -319,7 +344,8 @@ impl BackendTx for FaultyTx {
             Fault::UnknownAfter => {
                 // A commit the inner backend refused was not applied; its own
                 // error is the truth and is returned unchanged.
-                inner.commit().await?;
+                let result = inner.commit().await;
+                self.raced(result)?;
                 counters.unknown_after.fetch_add(1, Ordering::Relaxed);
                 Err(StoreError::CommitUnknownResult)
             }
@@ -354,6 +380,69 @@ mod tests {
         let tx = db.begin().await?;
         tx.set(key, b"v")?;
         tx.commit().await
+    }
+
+    #[tokio::test]
+    async fn a_race_the_inner_backend_loses_is_counted_apart_from_injected_faults() {
+        let inner = sqlite().await;
+        let faulty = faulty(&inner, FaultConfig::none(), 7);
+        let db = Database::new(faulty.clone());
+
+        // The first read opens the snapshot; another writer commits after it.
+        let slow = db.begin().await.unwrap();
+        assert_eq!(slow.get(b"k").await.unwrap(), None);
+        write_once(&db, b"other").await.unwrap();
+        slow.set(b"k", b"v").unwrap();
+        let err = slow.commit().await.unwrap_err();
+
+        assert!(matches!(err, StoreError::NotCommitted), "{err:?}");
+        let stats = faulty.stats();
+        assert_eq!(stats.lost_races, 1);
+        assert_eq!(stats.faults(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn locked_read_then_write_transactions_side_by_side_never_lose_a_race() {
+        const WRITERS: u64 = 4;
+        const EACH: u64 = 25;
+        let inner = sqlite().await;
+        let faulty = faulty(&inner, FaultConfig::none(), 8);
+        let db = Database::new(faulty.clone());
+
+        // Each attempt reads the counter and writes it back one higher, so
+        // every commit lands between another writer's read and commit
+        // unless the lock is taken before the read.
+        let attempts = Arc::new(AtomicU64::new(0));
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..WRITERS {
+            let (db, attempts) = (db.clone(), attempts.clone());
+            writers.spawn(async move {
+                for _ in 0..EACH {
+                    db.run_locked(|tx, _| {
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            let n = tx
+                                .get(b"counter")
+                                .await?
+                                .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+                            tx.set(b"counter", &(n + 1).to_be_bytes())?;
+                            Ok::<_, StoreError>(())
+                        }
+                    })
+                    .await
+                    .unwrap();
+                }
+            });
+        }
+        writers.join_all().await;
+
+        let total = read(&db, b"counter").await.unwrap();
+        assert_eq!(
+            u64::from_be_bytes(total.try_into().unwrap()),
+            WRITERS * EACH
+        );
+        assert_eq!(faulty.stats().lost_races, 0);
+        assert_eq!(attempts.load(Ordering::Relaxed), WRITERS * EACH);
     }
 
     #[tokio::test]

@@ -119,6 +119,15 @@ pub async fn tombstones(
                     let range = RangeOption::from(keys.retired_before(cutoff_unix_ms))
                         .limit(TOMBSTONES_PER_TX);
                     let entries = tx.get_range(range).await?;
+                    // What each entry reads, in one round trip before the
+                    // first write: a read after a write holds the write
+                    // turn, and a read per entry would hold it for a batch.
+                    let wanted: Vec<Vec<u8>> = entries
+                        .iter()
+                        .filter_map(|kv| keys.retired_at_of(&kv.key))
+                        .flat_map(|(_, job)| [keys.retired_time(&job), keys.job(&job)])
+                        .collect();
+                    tx.prefetch(&wanted).await?;
                     let mut n = 0;
                     for kv in &entries {
                         tx.clear(&kv.key)?;
@@ -180,6 +189,12 @@ pub async fn index_old_tombstones(
                     fence.check(&tx).await?;
                     let range = RangeOption::new(begin, end).limit(TOMBSTONES_PER_TX);
                     let entries = tx.get_range(range).await?;
+                    let wanted: Vec<Vec<u8>> = entries
+                        .iter()
+                        .filter_map(|kv| keys.second_of(&kv.key))
+                        .map(|job| keys.retired_time(&job))
+                        .collect();
+                    tx.prefetch(&wanted).await?;
                     let mut n = 0;
                     for kv in &entries {
                         let Some(job) = keys.second_of(&kv.key) else {

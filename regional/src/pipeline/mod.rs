@@ -251,7 +251,7 @@ impl Committer {
         let started = std::time::Instant::now();
         let ((outcomes, mut overlay), info) = self
             .db
-            .run_locked(|tx, maybe: MaybeCommitted| {
+            .run_locked_with_info(|tx, maybe: MaybeCommitted| {
                 uncertain |= maybe.0;
                 let prepared = &prepared;
                 async move { self.decide(&tx, group, prepared).await }
