@@ -38,7 +38,12 @@ const JOBS: usize = 500;
 /// read per item, as before, made 308 for 300 items.
 const READS_PER_BATCH: u64 = JOBS as u64 / 10;
 
-async fn replica(dir: &tempfile::TempDir) -> (Running, Arc<FaultyBackend>) {
+type Link = meridian_proto::v1::region_link_client::RegionLinkClient<tonic::transport::Channel>;
+type Api = meridian_proto::v1::federation_client::FederationClient<tonic::transport::Channel>;
+
+/// A leading replica on a SQLite file in `dir`, its store counted, with a
+/// region link client and an API client connected to it.
+async fn replica(dir: &tempfile::TempDir) -> (Running, Arc<FaultyBackend>, Link, Api) {
     let path = dir.path().join("global.db");
     let sqlite = SqliteBackend::open(&path, SqliteOptions::default())
         .await
@@ -55,7 +60,10 @@ async fn replica(dir: &tempfile::TempDir) -> (Running, Arc<FaultyBackend>) {
     .await
     .unwrap();
     guarded("leadership", running.wait_leader()).await;
-    (running, counting)
+    let grpc = format!("http://{}", running.grpc_addr);
+    let link = Link::connect(grpc.clone()).await.unwrap();
+    let api = Api::connect(grpc).await.unwrap();
+    (running, counting, link, api)
 }
 
 fn all_accepted(results: &[ItemResult]) -> bool {
@@ -75,14 +83,7 @@ fn one_task(tenant: &str) -> JobSpec {
 async fn acknowledging_and_reporting_five_hundred_jobs_reads_the_store_a_few_times_not_once_per_job()
  {
     let dir = tempfile::tempdir().unwrap();
-    let (running, store) = replica(&dir).await;
-    let grpc = format!("http://{}", running.grpc_addr);
-    let mut link = meridian_proto::v1::region_link_client::RegionLinkClient::connect(grpc.clone())
-        .await
-        .unwrap();
-    let mut api = meridian_proto::v1::federation_client::FederationClient::connect(grpc)
-        .await
-        .unwrap();
+    let (_running, store, mut link, mut api) = replica(&dir).await;
     let lease = register(&mut link, "r1").await;
     let mut stream = assignments(&mut link, "r1", lease).await;
     let requests = (0..JOBS)
@@ -184,11 +185,7 @@ async fn acknowledging_and_reporting_five_hundred_jobs_reads_the_store_a_few_tim
 
 /// Acknowledges a held job, reports it running and then succeeded, each on
 /// a call of its own: a transaction each, beside the other jobs' calls.
-async fn acknowledge_and_finish(
-    mut link: meridian_proto::v1::region_link_client::RegionLinkClient<tonic::transport::Channel>,
-    lease: u64,
-    held: JobEpoch,
-) -> Vec<ItemResult> {
+async fn acknowledge_and_finish(mut link: Link, lease: u64, held: JobEpoch) -> Vec<ItemResult> {
     let mut results = link
         .ack_assignments(AckAssignmentsRequest {
             region: "r1".into(),
@@ -234,14 +231,7 @@ async fn submits_routing_and_region_reports_committing_side_by_side_never_lose_a
     const SUBMITTERS: usize = 8;
     const EACH: usize = 25;
     let dir = tempfile::tempdir().unwrap();
-    let (running, store) = replica(&dir).await;
-    let grpc = format!("http://{}", running.grpc_addr);
-    let mut link = meridian_proto::v1::region_link_client::RegionLinkClient::connect(grpc.clone())
-        .await
-        .unwrap();
-    let api = meridian_proto::v1::federation_client::FederationClient::connect(grpc)
-        .await
-        .unwrap();
+    let (_running, store, mut link, api) = replica(&dir).await;
     let lease = register(&mut link, "r1").await;
     let mut stream = assignments(&mut link, "r1", lease).await;
     let before = store.stats().lost_races;
