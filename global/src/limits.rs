@@ -9,9 +9,14 @@
 //! The queued count is read from the tenant-and-state index only when an
 //! upper bound (the last count plus what was admitted since; jobs only
 //! leave the queue) reaches the cap, so a tenant far below it costs no
-//! read. Buckets live in the leader's memory: a new leader starts them
-//! full. It must never admit past the cap a count it has just read, and
-//! never hold a lock across a store read.
+//! read. A tenant at its cap is counted at most once per
+//! [`QUEUED_RETRY_MS`] and once at a time: a count reads up to the cap's
+//! worth of index entries, and counting again for every refused submit
+//! made a tenant at a cap of 100,000 cost the leader a 100,000-row scan
+//! per call, every tenant's submits waiting behind them. Buckets live in
+//! the leader's memory: a new leader starts them full. It must never admit
+//! past the cap a count it has just read, and never hold a lock across a
+//! store read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -72,6 +77,21 @@ struct Queued {
     /// Queued jobs at the last count, plus those admitted since: never
     /// below the true number, as jobs only leave the queue.
     bound: u64,
+    /// What the last count found.
+    counted: u64,
+    /// A count is under way: submits over the bound meanwhile are refused
+    /// rather than counting again beside it.
+    counting: bool,
+    /// After a count that refused: no new count before this time.
+    recount_at: Option<meridian_control::Instant>,
+}
+
+/// The refusal of a tenant at its queued cap.
+fn at_cap(tenant: &str, counted: u64, cap: u64, retry_after_ms: u64) -> GlobalError {
+    GlobalError::TenantLimited {
+        message: format!("tenant {tenant:?} has {counted} queued jobs, its cap is {cap}"),
+        retry_after_ms,
+    }
 }
 
 /// The leader's admission limits.
@@ -139,28 +159,48 @@ impl Limits {
             return Ok(());
         }
         let n = u64::from(n);
+        let now = self.clock.now();
         {
             let mut queued = self.queued.lock();
-            let entry = queued
-                .entry(tenant.to_string())
-                .or_insert(Queued { bound: cap });
+            let entry = queued.entry(tenant.to_string()).or_insert(Queued {
+                bound: cap,
+                ..Queued::default()
+            });
             if entry.bound + n <= cap {
                 entry.bound += n;
                 return Ok(());
             }
+            if entry.counting {
+                return Err(GlobalError::TenantLimited {
+                    message: format!(
+                        "tenant {tenant:?} may be at its cap of {cap} queued jobs (being counted)"
+                    ),
+                    retry_after_ms: QUEUED_RETRY_MS / 10,
+                });
+            }
+            if let Some(at) = entry.recount_at
+                && now < at
+            {
+                let wait = at.saturating_duration_since(now).as_millis();
+                let wait = u64::try_from(wait).unwrap_or(QUEUED_RETRY_MS).max(1);
+                return Err(at_cap(tenant, entry.counted, cap, wait));
+            }
+            entry.counting = true;
         }
-        let counted = self.count(tenant, cap + 1).await?;
+        let counted = self.count(tenant, cap + 1).await;
         let mut queued = self.queued.lock();
         let entry = queued.entry(tenant.to_string()).or_default();
+        entry.counting = false;
+        let counted = counted?;
+        entry.counted = counted;
         entry.bound = counted;
         if counted + n <= cap {
             entry.bound += n;
+            entry.recount_at = None;
             return Ok(());
         }
-        Err(GlobalError::TenantLimited {
-            message: format!("tenant {tenant:?} has {counted} queued jobs, its cap is {cap}"),
-            retry_after_ms: QUEUED_RETRY_MS,
-        })
+        entry.recount_at = Some(now + std::time::Duration::from_millis(QUEUED_RETRY_MS));
+        Err(at_cap(tenant, counted, cap, QUEUED_RETRY_MS))
     }
 
     /// Returns `n` admissions of `tenant` that did not create a job (a
@@ -200,5 +240,97 @@ impl Limits {
                 }
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use meridian_control::ManualClock;
+    use meridian_store::fault::{FaultConfig, FaultyBackend};
+    use meridian_store::memory::MemoryBackend;
+
+    use super::*;
+
+    const CAP: u64 = 3;
+
+    async fn queue(db: &Database, keys: &Keys, tenant: &str, job_id: &str) {
+        let key = keys.job_by_tenant_state(tenant, JobState::Pending as i32, job_id);
+        db.run(|tx, _| {
+            let key = key.clone();
+            async move {
+                tx.set(&key, b"")?;
+                Ok::<_, GlobalError>(())
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn finish(db: &Database, keys: &Keys, tenant: &str, job_id: &str) {
+        let key = keys.job_by_tenant_state(tenant, JobState::Pending as i32, job_id);
+        db.run(|tx, _| {
+            let key = key.clone();
+            async move {
+                tx.clear(&key)?;
+                Ok::<_, GlobalError>(())
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tenant_at_its_queued_cap_is_counted_once_per_retry_interval_not_once_per_submit() {
+        let store = Arc::new(FaultyBackend::new(
+            Arc::new(MemoryBackend::new()),
+            FaultConfig::none(),
+            1,
+        ));
+        let db = Database::new(store.clone());
+        let keys = Keys::new("limits");
+        let clock = ManualClock::new();
+        let config = TenantLimits {
+            submits_per_sec: 0.0,
+            burst: 0,
+            max_queued: CAP,
+        };
+        let limits = Limits::new(config, db.clone(), keys.clone(), clock.shared());
+        for i in 0..CAP {
+            queue(&db, &keys, "a", &format!("j{i}")).await;
+        }
+
+        let before = store.stats().reads;
+        let first = limits.admit("a", 1).await.unwrap_err();
+        let one_count = store.stats().reads - before;
+        assert!(one_count > 0, "the first refusal counts");
+        assert!(first.to_string().contains("has 3 queued jobs"), "{first}");
+        for _ in 0..50 {
+            let refused = limits.admit("a", 1).await.unwrap_err();
+            assert!(
+                matches!(refused, GlobalError::TenantLimited { .. }),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            store.stats().reads - before,
+            one_count,
+            "fifty more refusals within the interval count nothing"
+        );
+        // Another tenant is counted on its own and admitted.
+        limits.admit("b", 1).await.unwrap();
+
+        // A job ends; before the interval is over the tenant is still
+        // refused from what was counted, then counted again and admitted.
+        finish(&db, &keys, "a", "j0").await;
+        clock.advance(Duration::from_millis(QUEUED_RETRY_MS - 1));
+        let early = limits.admit("a", 1).await.unwrap_err();
+        assert!(early.to_string().contains("has 3 queued jobs"), "{early}");
+        clock.advance(Duration::from_millis(1));
+        limits.admit("a", 1).await.unwrap();
+        queue(&db, &keys, "a", "j3").await;
+        let full = limits.admit("a", 1).await.unwrap_err();
+        assert!(full.to_string().contains("has 3 queued jobs"), "{full}");
     }
 }

@@ -41,6 +41,13 @@ pub struct Layout {
     pub real_agents: u32,
     /// Shard lease, ms.
     pub shard_lease_ms: u64,
+    /// The global tier's per-tenant submit limits as `meridian dev` has
+    /// them. Off (`--tenant-submit-rate 0 --tenant-max-queued 0`) for a
+    /// scenario that measures the tier's own capacity with the one tenant
+    /// load submits as: the default rate (10,000 a second) sits below the
+    /// batched target, and jobs of a region without nodes stay queued past
+    /// the default cap (100,000) within a run.
+    pub tenant_limits: bool,
 }
 
 /// How a started federation's links are secured.
@@ -231,6 +238,13 @@ impl LocalFederation {
             },
         )?;
         drop(held);
+        if !layout.tenant_limits {
+            for global in &mut plan.globals {
+                global.spec.args.extend(
+                    ["--tenant-submit-rate", "0", "--tenant-max-queued", "0"].map(String::from),
+                );
+            }
+        }
         let side = secure(&data, &mut plan, security)?;
         crate::client::use_token(side.token);
         crate::client::use_tls(side.tls);

@@ -35,6 +35,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         simulated_nodes: nodes,
         real_agents: 0,
         shard_lease_ms: 1000,
+        tenant_limits: true,
     };
     report.param("offered_jobs_per_s", offered);
     report.param("seconds", d.as_secs());

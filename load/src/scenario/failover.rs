@@ -173,6 +173,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         simulated_nodes: nodes,
         real_agents: 0,
         shard_lease_ms: 1000,
+        tenant_limits: true,
     };
     report.param("kill_interval_s", interval.as_secs());
     report.param("seconds", d.as_secs());

@@ -75,6 +75,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         simulated_nodes: nodes,
         real_agents: 0,
         shard_lease_ms: 1000,
+        tenant_limits: true,
     };
     report.param("simulated_nodes", nodes);
     let target = Target::get(ctx, layout).await?;

@@ -67,6 +67,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         simulated_nodes: 200,
         real_agents: 1,
         shard_lease_ms: 1000,
+        tenant_limits: true,
     };
     report.param("tasks", tasks);
     report.param("rounds", rounds);

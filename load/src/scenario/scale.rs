@@ -40,6 +40,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         simulated_nodes: per_region,
         real_agents: 0,
         shard_lease_ms: 2000,
+        tenant_limits: true,
     };
     let target = Target::get(ctx, layout).await?;
     let started = t0.elapsed();

@@ -192,6 +192,7 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
         simulated_nodes: 0,
         real_agents: 0,
         shard_lease_ms: 1000,
+        tenant_limits: false,
     };
     let target = Target::get(ctx, layout).await?;
     let url = client::leader(&target.endpoints).await?;
@@ -210,6 +211,16 @@ pub async fn run(ctx: &Ctx) -> Result<crate::Report> {
     report.param(
         "endpoint",
         target.local.is_none().then_some(&target.endpoints),
+    );
+    // One tenant's admission limits would bound what this measures (the
+    // tier's capacity), so a federation started here has them off.
+    report.param(
+        "tenant_limits",
+        if target.local.is_some() {
+            "off"
+        } else {
+            "the target's"
+        },
     );
     let bar = ctx.progress(3, "submit");
     let reference = phase(&url, seed, Kind::Reference, workers, d).await?;
