@@ -86,6 +86,20 @@ struct Queued {
     recount_at: Option<meridian_control::Instant>,
 }
 
+/// Marks a tenant's count as no longer under way when dropped.
+struct Counting<'a> {
+    queued: &'a Mutex<BTreeMap<String, Queued>>,
+    tenant: &'a str,
+}
+
+impl Drop for Counting<'_> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.queued.lock().get_mut(self.tenant) {
+            entry.counting = false;
+        }
+    }
+}
+
 /// The refusal of a tenant at its queued cap.
 fn at_cap(tenant: &str, counted: u64, cap: u64, retry_after_ms: u64) -> GlobalError {
     GlobalError::TenantLimited {
@@ -187,10 +201,16 @@ impl Limits {
             }
             entry.counting = true;
         }
+        // Cleared however the count ends: a call dropped mid-count (its
+        // client gone) must not leave the tenant refused for good.
+        let guard = Counting {
+            queued: &self.queued,
+            tenant,
+        };
         let counted = self.count(tenant, cap + 1).await;
+        drop(guard);
         let mut queued = self.queued.lock();
         let entry = queued.entry(tenant.to_string()).or_default();
-        entry.counting = false;
         let counted = counted?;
         entry.counted = counted;
         entry.bound = counted;
@@ -332,5 +352,48 @@ mod tests {
         queue(&db, &keys, "a", "j3").await;
         let full = limits.admit("a", 1).await.unwrap_err();
         assert!(full.to_string().contains("has 3 queued jobs"), "{full}");
+    }
+
+    #[tokio::test]
+    async fn a_submit_dropped_while_its_tenant_is_counted_leaves_no_count_under_way() {
+        let store = Arc::new(FaultyBackend::new(
+            Arc::new(MemoryBackend::new()),
+            FaultConfig::none(),
+            2,
+        ));
+        let db = Database::new(store.clone());
+        let keys = Keys::new("limits");
+        let config = TenantLimits {
+            submits_per_sec: 0.0,
+            burst: 0,
+            max_queued: CAP,
+        };
+        let limits = Limits::new(
+            config,
+            db.clone(),
+            keys.clone(),
+            ManualClock::new().shared(),
+        );
+        for i in 0..CAP {
+            queue(&db, &keys, "a", &format!("j{i}")).await;
+        }
+
+        // The count's commit is slow, and its caller goes away meanwhile.
+        store.set_config(FaultConfig {
+            latency: Duration::from_secs(1),
+            ..FaultConfig::none()
+        });
+        {
+            let dropped = limits.admit("a", 1);
+            tokio::pin!(dropped);
+            assert!(futures::poll!(&mut dropped).is_pending());
+        }
+        store.set_config(FaultConfig::none());
+
+        let counted = limits.admit("a", 1).await.unwrap_err();
+        assert!(
+            counted.to_string().contains("has 3 queued jobs"),
+            "{counted}"
+        );
     }
 }
