@@ -9,14 +9,14 @@
 //! The queued count is read from the tenant-and-state index only when an
 //! upper bound (the last count plus what was admitted since; jobs only
 //! leave the queue) reaches the cap, so a tenant far below it costs no
-//! read. A tenant at its cap is counted at most once per
-//! [`QUEUED_RETRY_MS`] and once at a time: a count reads up to the cap's
-//! worth of index entries, and counting again for every refused submit
-//! made a tenant at a cap of 100,000 cost the leader a 100,000-row scan
-//! per call, every tenant's submits waiting behind them. Buckets live in
-//! the leader's memory: a new leader starts them full. It must never admit
-//! past the cap a count it has just read, and never hold a lock across a
-//! store read.
+//! read. A tenant is counted once at a time: a count reads up to the
+//! cap's worth of index entries, and every submit over the bound counting
+//! at once made a tenant at a cap of 100,000 cost the leader one
+//! 100,000-row scan per concurrent call, every tenant's submits waiting
+//! behind them; submits over the bound while a count is under way are
+//! refused with a short hint instead. Buckets live in the leader's memory:
+//! a new leader starts them full. It must never admit past the cap a count
+//! it has just read, and never hold a lock across a store read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,6 +58,10 @@ impl Default for TenantLimits {
 /// of finished jobs later.
 pub const QUEUED_RETRY_MS: u64 = 1000;
 
+/// Retry hint of a submit over its tenant's bound while the tenant is
+/// being counted: about one count later.
+pub const COUNTING_RETRY_MS: u64 = 100;
+
 /// The states of a queued job.
 const QUEUED: [JobState; 4] = [
     JobState::Pending,
@@ -77,13 +81,9 @@ struct Queued {
     /// Queued jobs at the last count, plus those admitted since: never
     /// below the true number, as jobs only leave the queue.
     bound: u64,
-    /// What the last count found.
-    counted: u64,
     /// A count is under way: submits over the bound meanwhile are refused
     /// rather than counting again beside it.
     counting: bool,
-    /// After a count that refused: no new count before this time.
-    recount_at: Option<meridian_control::Instant>,
 }
 
 /// Marks a tenant's count as no longer under way when dropped.
@@ -97,14 +97,6 @@ impl Drop for Counting<'_> {
         if let Some(entry) = self.queued.lock().get_mut(self.tenant) {
             entry.counting = false;
         }
-    }
-}
-
-/// The refusal of a tenant at its queued cap.
-fn at_cap(tenant: &str, counted: u64, cap: u64, retry_after_ms: u64) -> GlobalError {
-    GlobalError::TenantLimited {
-        message: format!("tenant {tenant:?} has {counted} queued jobs, its cap is {cap}"),
-        retry_after_ms,
     }
 }
 
@@ -173,7 +165,6 @@ impl Limits {
             return Ok(());
         }
         let n = u64::from(n);
-        let now = self.clock.now();
         {
             let mut queued = self.queued.lock();
             let entry = queued.entry(tenant.to_string()).or_insert(Queued {
@@ -189,15 +180,8 @@ impl Limits {
                     message: format!(
                         "tenant {tenant:?} may be at its cap of {cap} queued jobs (being counted)"
                     ),
-                    retry_after_ms: QUEUED_RETRY_MS / 10,
+                    retry_after_ms: COUNTING_RETRY_MS,
                 });
-            }
-            if let Some(at) = entry.recount_at
-                && now < at
-            {
-                let wait = at.saturating_duration_since(now).as_millis();
-                let wait = u64::try_from(wait).unwrap_or(QUEUED_RETRY_MS).max(1);
-                return Err(at_cap(tenant, entry.counted, cap, wait));
             }
             entry.counting = true;
         }
@@ -209,18 +193,18 @@ impl Limits {
         };
         let counted = self.count(tenant, cap + 1).await;
         drop(guard);
+        let counted = counted?;
         let mut queued = self.queued.lock();
         let entry = queued.entry(tenant.to_string()).or_default();
-        let counted = counted?;
-        entry.counted = counted;
         entry.bound = counted;
         if counted + n <= cap {
             entry.bound += n;
-            entry.recount_at = None;
             return Ok(());
         }
-        entry.recount_at = Some(now + std::time::Duration::from_millis(QUEUED_RETRY_MS));
-        Err(at_cap(tenant, counted, cap, QUEUED_RETRY_MS))
+        Err(GlobalError::TenantLimited {
+            message: format!("tenant {tenant:?} has {counted} queued jobs, its cap is {cap}"),
+            retry_after_ms: QUEUED_RETRY_MS,
+        })
     }
 
     /// Returns `n` admissions of `tenant` that did not create a job (a
@@ -301,8 +285,8 @@ mod tests {
         .unwrap();
     }
 
-    #[tokio::test]
-    async fn a_tenant_at_its_queued_cap_is_counted_once_per_retry_interval_not_once_per_submit() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submits_over_the_cap_at_once_cost_one_count_not_one_each() {
         let store = Arc::new(FaultyBackend::new(
             Arc::new(MemoryBackend::new()),
             FaultConfig::none(),
@@ -310,48 +294,55 @@ mod tests {
         ));
         let db = Database::new(store.clone());
         let keys = Keys::new("limits");
-        let clock = ManualClock::new();
         let config = TenantLimits {
             submits_per_sec: 0.0,
             burst: 0,
             max_queued: CAP,
         };
-        let limits = Limits::new(config, db.clone(), keys.clone(), clock.shared());
+        let limits = Limits::new(
+            config,
+            db.clone(),
+            keys.clone(),
+            ManualClock::new().shared(),
+        );
         for i in 0..CAP {
             queue(&db, &keys, "a", &format!("j{i}")).await;
         }
-
         let before = store.stats().reads;
-        let first = limits.admit("a", 1).await.unwrap_err();
-        let one_count = store.stats().reads - before;
-        assert!(one_count > 0, "the first refusal counts");
-        assert!(first.to_string().contains("has 3 queued jobs"), "{first}");
-        for _ in 0..50 {
-            let refused = limits.admit("a", 1).await.unwrap_err();
-            assert!(
-                matches!(refused, GlobalError::TenantLimited { .. }),
-                "{refused}"
-            );
-        }
-        assert_eq!(
-            store.stats().reads - before,
-            one_count,
-            "fifty more refusals within the interval count nothing"
+        let refused = limits.admit("a", 1).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("has 3 queued jobs"),
+            "{refused}"
         );
-        // Another tenant is counted on its own and admitted.
-        limits.admit("b", 1).await.unwrap();
+        let one_count = store.stats().reads - before;
+        assert!(one_count > 0);
 
-        // A job ends; before the interval is over the tenant is still
-        // refused from what was counted, then counted again and admitted.
+        // Fifty submits at once while the count is slow: one counts, the
+        // others are refused without reading.
+        store.set_config(FaultConfig {
+            latency: Duration::from_millis(50),
+            ..FaultConfig::none()
+        });
+        let before = store.stats().reads;
+        let answers = futures::future::join_all((0..50).map(|_| limits.admit("a", 1))).await;
+        assert_eq!(store.stats().reads - before, one_count);
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a, Err(GlobalError::TenantLimited { .. })))
+        );
+        let waiting = answers
+            .iter()
+            .filter(|a| matches!(a, Err(e) if e.to_string().contains("being counted")))
+            .count();
+        assert_eq!(waiting, 49, "{answers:?}");
+        store.set_config(FaultConfig::none());
+
+        // A job ends: the next submit counts again and is admitted.
         finish(&db, &keys, "a", "j0").await;
-        clock.advance(Duration::from_millis(QUEUED_RETRY_MS - 1));
-        let early = limits.admit("a", 1).await.unwrap_err();
-        assert!(early.to_string().contains("has 3 queued jobs"), "{early}");
-        clock.advance(Duration::from_millis(1));
         limits.admit("a", 1).await.unwrap();
-        queue(&db, &keys, "a", "j3").await;
-        let full = limits.admit("a", 1).await.unwrap_err();
-        assert!(full.to_string().contains("has 3 queued jobs"), "{full}");
+        // Another tenant is counted on its own.
+        limits.admit("b", 1).await.unwrap();
     }
 
     #[tokio::test]
