@@ -285,8 +285,9 @@ mod tests {
         .unwrap();
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn submits_over_the_cap_at_once_cost_one_count_not_one_each() {
+    /// Limits with a cap of [`CAP`] queued jobs over a counted store in
+    /// which tenant `a` has that many.
+    async fn tenant_a_at_its_cap() -> (Arc<FaultyBackend>, Database, Keys, Limits) {
         let store = Arc::new(FaultyBackend::new(
             Arc::new(MemoryBackend::new()),
             FaultConfig::none(),
@@ -299,15 +300,17 @@ mod tests {
             burst: 0,
             max_queued: CAP,
         };
-        let limits = Limits::new(
-            config,
-            db.clone(),
-            keys.clone(),
-            ManualClock::new().shared(),
-        );
+        let clock = ManualClock::new().shared();
+        let limits = Limits::new(config, db.clone(), keys.clone(), clock);
         for i in 0..CAP {
             queue(&db, &keys, "a", &format!("j{i}")).await;
         }
+        (store, db, keys, limits)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submits_over_the_cap_at_once_cost_one_count_not_one_each() {
+        let (store, db, keys, limits) = tenant_a_at_its_cap().await;
         let before = store.stats().reads;
         let refused = limits.admit("a", 1).await.unwrap_err();
         assert!(
@@ -347,27 +350,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_submit_dropped_while_its_tenant_is_counted_leaves_no_count_under_way() {
-        let store = Arc::new(FaultyBackend::new(
-            Arc::new(MemoryBackend::new()),
-            FaultConfig::none(),
-            2,
-        ));
-        let db = Database::new(store.clone());
-        let keys = Keys::new("limits");
-        let config = TenantLimits {
-            submits_per_sec: 0.0,
-            burst: 0,
-            max_queued: CAP,
-        };
-        let limits = Limits::new(
-            config,
-            db.clone(),
-            keys.clone(),
-            ManualClock::new().shared(),
-        );
-        for i in 0..CAP {
-            queue(&db, &keys, "a", &format!("j{i}")).await;
-        }
+        let (store, _, _, limits) = tenant_a_at_its_cap().await;
 
         // The count's commit is slow, and its caller goes away meanwhile.
         store.set_config(FaultConfig {
