@@ -13,8 +13,8 @@
 //! cap's worth of index entries, and every submit over the bound counting
 //! at once made a tenant at a cap of 100,000 cost the leader one
 //! 100,000-row scan per concurrent call, every tenant's submits waiting
-//! behind them; submits over the bound while a count is under way are
-//! refused with a short hint instead. Buckets live in the leader's memory:
+//! behind them; submits over the bound while a count is under way wait
+//! for it and are judged by it instead. Buckets live in the leader's memory:
 //! a new leader starts them full. It must never admit past the cap a count
 //! it has just read, and never hold a lock across a store read.
 
@@ -25,6 +25,7 @@ use meridian_control::SharedClock;
 use meridian_proto::v1::JobState;
 use meridian_store::{Database, RangeOption};
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use crate::error::{GlobalError, Result};
 use crate::keys::Keys;
@@ -58,10 +59,6 @@ impl Default for TenantLimits {
 /// of finished jobs later.
 pub const QUEUED_RETRY_MS: u64 = 1000;
 
-/// Retry hint of a submit over its tenant's bound while the tenant is
-/// being counted: about one count later.
-pub const COUNTING_RETRY_MS: u64 = 100;
-
 /// The states of a queued job.
 const QUEUED: [JobState; 4] = [
     JobState::Pending,
@@ -76,27 +73,42 @@ struct Bucket {
     at: meridian_control::Instant,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Queued {
     /// Queued jobs at the last count, plus those admitted since: never
     /// below the true number, as jobs only leave the queue.
     bound: u64,
-    /// A count is under way: submits over the bound meanwhile are refused
-    /// rather than counting again beside it.
-    counting: bool,
+    /// A count is under way: submits over the bound meanwhile wait for
+    /// it (the sender is dropped when it ends) instead of counting beside
+    /// it.
+    counting: Option<watch::Receiver<()>>,
+    /// Counts completed, so a submit that waited knows one answered it.
+    counts: u64,
+    /// What the last completed count found.
+    counted: u64,
 }
 
-/// Marks a tenant's count as no longer under way when dropped.
+/// Marks a tenant's count as no longer under way when dropped, then wakes
+/// the submits that waited for it (dropping `_done`).
 struct Counting<'a> {
     queued: &'a Mutex<BTreeMap<String, Queued>>,
     tenant: &'a str,
+    _done: watch::Sender<()>,
 }
 
 impl Drop for Counting<'_> {
     fn drop(&mut self) {
         if let Some(entry) = self.queued.lock().get_mut(self.tenant) {
-            entry.counting = false;
+            entry.counting = None;
         }
+    }
+}
+
+/// The refusal of a tenant at its queued cap.
+fn at_cap(tenant: &str, counted: u64, cap: u64) -> GlobalError {
+    GlobalError::TenantLimited {
+        message: format!("tenant {tenant:?} has {counted} queued jobs, its cap is {cap}"),
+        retry_after_ms: QUEUED_RETRY_MS,
     }
 }
 
@@ -165,46 +177,63 @@ impl Limits {
             return Ok(());
         }
         let n = u64::from(n);
-        {
+        let sender = loop {
+            let (mut done, waited_from) = {
+                let mut queued = self.queued.lock();
+                let entry = queued.entry(tenant.to_string()).or_insert(Queued {
+                    bound: cap,
+                    ..Queued::default()
+                });
+                if entry.bound + n <= cap {
+                    entry.bound += n;
+                    return Ok(());
+                }
+                match &entry.counting {
+                    Some(under_way) => (under_way.clone(), entry.counts),
+                    None => {
+                        let (sender, receiver) = watch::channel(());
+                        entry.counting = Some(receiver);
+                        break sender;
+                    }
+                }
+            };
+            // Judged by the count under way, not by one more beside it.
+            let _ = done.changed().await;
             let mut queued = self.queued.lock();
-            let entry = queued.entry(tenant.to_string()).or_insert(Queued {
-                bound: cap,
-                ..Queued::default()
-            });
+            let entry = queued.entry(tenant.to_string()).or_default();
             if entry.bound + n <= cap {
                 entry.bound += n;
                 return Ok(());
             }
-            if entry.counting {
-                return Err(GlobalError::TenantLimited {
-                    message: format!(
-                        "tenant {tenant:?} may be at its cap of {cap} queued jobs (being counted)"
-                    ),
-                    retry_after_ms: COUNTING_RETRY_MS,
-                });
+            if entry.counts > waited_from {
+                return Err(at_cap(tenant, entry.counted, cap));
             }
-            entry.counting = true;
-        }
-        // Cleared however the count ends: a call dropped mid-count (its
-        // client gone) must not leave the tenant refused for good.
-        let guard = Counting {
+            // That count failed: try again, counting if no one else is.
+        };
+        // Cleared however the count ends, and only after its result is
+        // recorded, so whoever waited sees it: a call dropped mid-count
+        // (its client gone) must not leave the tenant waiting for good.
+        let under_way = Counting {
             queued: &self.queued,
             tenant,
+            _done: sender,
         };
-        let counted = self.count(tenant, cap + 1).await;
-        drop(guard);
-        let counted = counted?;
-        let mut queued = self.queued.lock();
-        let entry = queued.entry(tenant.to_string()).or_default();
-        entry.bound = counted;
-        if counted + n <= cap {
-            entry.bound += n;
-            return Ok(());
-        }
-        Err(GlobalError::TenantLimited {
-            message: format!("tenant {tenant:?} has {counted} queued jobs, its cap is {cap}"),
-            retry_after_ms: QUEUED_RETRY_MS,
-        })
+        let counted = self.count(tenant, cap + 1).await?;
+        let verdict = {
+            let mut queued = self.queued.lock();
+            let entry = queued.entry(tenant.to_string()).or_default();
+            entry.counts += 1;
+            entry.counted = counted;
+            entry.bound = counted;
+            if counted + n <= cap {
+                entry.bound += n;
+                Ok(())
+            } else {
+                Err(at_cap(tenant, counted, cap))
+            }
+        };
+        drop(under_way);
+        verdict
     }
 
     /// Returns `n` admissions of `tenant` that did not create a job (a
@@ -321,7 +350,7 @@ mod tests {
         assert!(one_count > 0);
 
         // Fifty submits at once while the count is slow: one counts, the
-        // others are refused without reading.
+        // others wait for it and are judged by it, without reading.
         store.set_config(FaultConfig {
             latency: Duration::from_millis(50),
             ..FaultConfig::none()
@@ -329,16 +358,12 @@ mod tests {
         let before = store.stats().reads;
         let answers = futures::future::join_all((0..50).map(|_| limits.admit("a", 1))).await;
         assert_eq!(store.stats().reads - before, one_count);
-        assert!(
-            answers
-                .iter()
-                .all(|a| matches!(a, Err(GlobalError::TenantLimited { .. })))
-        );
-        let waiting = answers
-            .iter()
-            .filter(|a| matches!(a, Err(e) if e.to_string().contains("being counted")))
-            .count();
-        assert_eq!(waiting, 49, "{answers:?}");
+        for answer in &answers {
+            assert!(
+                matches!(answer, Err(e) if e.to_string().contains("has 3 queued jobs")),
+                "{answer:?}"
+            );
+        }
         store.set_config(FaultConfig::none());
 
         // A job ends: the next submit counts again and is admitted.
@@ -346,6 +371,25 @@ mod tests {
         limits.admit("a", 1).await.unwrap();
         // Another tenant is counted on its own.
         limits.admit("b", 1).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_tenant_s_first_submits_at_once_are_admitted_after_one_count() {
+        let (store, _, _, limits) = tenant_a_at_its_cap().await;
+        store.set_config(FaultConfig {
+            latency: Duration::from_millis(50),
+            ..FaultConfig::none()
+        });
+        let before = store.stats().reads;
+        let answers = futures::future::join_all((0..CAP).map(|_| limits.admit("new", 1))).await;
+        let one_count = store.stats().reads - before;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert!(one_count > 0);
+        store.set_config(FaultConfig::none());
+        // The bound holds the three admitted: the next one counts again.
+        let before = store.stats().reads;
+        limits.admit("new", 1).await.unwrap();
+        assert!(store.stats().reads > before);
     }
 
     #[tokio::test]

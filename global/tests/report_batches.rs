@@ -247,20 +247,25 @@ async fn submits_routing_and_region_reports_committing_side_by_side_never_lose_a
         });
     }
     // Each job is acknowledged and reported as soon as it is assigned,
-    // while the submitters and the router go on.
+    // while the submitters and the router go on. One deadline for all of
+    // them: the stream's bookmarks would keep a per-event one from
+    // expiring if a submit failed and its job never came.
     let mut reports = tokio::task::JoinSet::new();
-    let mut assigned = 0;
-    while assigned < SUBMITTERS * EACH {
-        let event = guarded("assignment", stream.next()).await.unwrap().unwrap();
-        if event.kind == AssignmentEventKind::Assign as i32 {
-            assigned += 1;
-            let held = JobEpoch {
-                job_id: event.job_id,
-                assignment_epoch: event.assignment_epoch,
-            };
-            reports.spawn(acknowledge_and_finish(link.clone(), lease, held));
+    guarded("every assignment", async {
+        let mut assigned = 0;
+        while assigned < SUBMITTERS * EACH {
+            let event = stream.next().await.unwrap().unwrap();
+            if event.kind == AssignmentEventKind::Assign as i32 {
+                assigned += 1;
+                let held = JobEpoch {
+                    job_id: event.job_id,
+                    assignment_epoch: event.assignment_epoch,
+                };
+                reports.spawn(acknowledge_and_finish(link.clone(), lease, held));
+            }
         }
-    }
+    })
+    .await;
     guarded("submitters", submitters.join_all()).await;
     let results = guarded("reports", reports.join_all()).await;
 
