@@ -88,6 +88,17 @@ struct Queued {
     counted: u64,
 }
 
+impl Queued {
+    /// Admits `n` more if the bound leaves room for them under `cap`.
+    fn take(&mut self, n: u64, cap: u64) -> bool {
+        let room = self.bound + n <= cap;
+        if room {
+            self.bound += n;
+        }
+        room
+    }
+}
+
 /// Marks a tenant's count as no longer under way when dropped, then wakes
 /// the submits that waited for it (dropping `_done`).
 struct Counting<'a> {
@@ -184,8 +195,7 @@ impl Limits {
                     bound: cap,
                     ..Queued::default()
                 });
-                if entry.bound + n <= cap {
-                    entry.bound += n;
+                if entry.take(n, cap) {
                     return Ok(());
                 }
                 match &entry.counting {
@@ -201,8 +211,7 @@ impl Limits {
             let _ = done.changed().await;
             let mut queued = self.queued.lock();
             let entry = queued.entry(tenant.to_string()).or_default();
-            if entry.bound + n <= cap {
-                entry.bound += n;
+            if entry.take(n, cap) {
                 return Ok(());
             }
             if entry.counts > waited_from {
@@ -225,8 +234,7 @@ impl Limits {
             entry.counts += 1;
             entry.counted = counted;
             entry.bound = counted;
-            if counted + n <= cap {
-                entry.bound += n;
+            if entry.take(n, cap) {
                 Ok(())
             } else {
                 Err(at_cap(tenant, counted, cap))
