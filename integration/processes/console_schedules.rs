@@ -308,6 +308,33 @@ async fn action_outcome(browser: &Browser, what: &str) -> (String, String) {
     )
 }
 
+/// Presses the schedule's `action` button, confirms it in the dialog, and
+/// returns the outcome line once it has come back.
+async fn confirmed(browser: &Browser, action: &str) -> (String, String) {
+    browser
+        .click(&format!(
+            "#schedule-actions button[data-action=\"{action}\"]"
+        ))
+        .await;
+    browser.click("#confirm-ok").await;
+    action_outcome(browser, &format!("the {action}'s outcome")).await
+}
+
+/// Waits until the page shows the schedule in `state` and offers `next`,
+/// without a reload.
+async fn shows_state(browser: &Browser, state: &str, next: &str) {
+    browser
+        .wait_for(
+            &format!("the {state} state and its {next} button, live"),
+            &format!(
+                "const s = document.querySelector('#schedule-summary .badge');
+                 return s && s.dataset.state === '{state}'
+                   && document.querySelector('#schedule-actions button[data-action=\"{next}\"]');"
+            ),
+        )
+        .await;
+}
+
 async fn schedule_state(federation: &mut FederationClient<Channel>, id: &str) -> Option<bool> {
     match federation
         .get_schedule(v1::GetScheduleRequest {
@@ -406,53 +433,27 @@ async fn pausing_resuming_and_deleting_a_schedule_in_its_page_go_through_the_api
 
         // Pause, confirmed: the API says paused, the page shows it and
         // offers Resume, without a reload.
-        browser
-            .click("#schedule-actions button[data-action=\"pause\"]")
-            .await;
-        browser.click("#confirm-ok").await;
-        let (outcome, message) = action_outcome(&browser, "the pause's outcome").await;
+        let (outcome, message) = confirmed(&browser, "pause").await;
         assert_eq!(outcome, "ok", "{message}");
         assert!(message.contains("nightly-report paused"), "{message}");
         assert_eq!(
             schedule_state(&mut federation, "nightly-report").await,
             Some(true)
         );
-        browser
-            .wait_for(
-                "the paused state and Resume, live",
-                "const s = document.querySelector('#schedule-summary .badge');
-                 return s && s.dataset.state === 'paused'
-                   && document.querySelector('#schedule-actions button[data-action=\"resume\"]');",
-            )
-            .await;
+        shows_state(&browser, "paused", "resume").await;
 
         // Resume, confirmed.
-        browser
-            .click("#schedule-actions button[data-action=\"resume\"]")
-            .await;
-        browser.click("#confirm-ok").await;
-        let (outcome, message) = action_outcome(&browser, "the resume's outcome").await;
+        let (outcome, message) = confirmed(&browser, "resume").await;
         assert_eq!(outcome, "ok", "{message}");
         assert!(message.contains("resumed: next tick"), "{message}");
         assert_eq!(
             schedule_state(&mut federation, "nightly-report").await,
             Some(false)
         );
-        browser
-            .wait_for(
-                "the active state, live",
-                "const s = document.querySelector('#schedule-summary .badge');
-                 return s && s.dataset.state === 'active'
-                   && document.querySelector('#schedule-actions button[data-action=\"pause\"]');",
-            )
-            .await;
+        shows_state(&browser, "active", "pause").await;
 
         // Delete, confirmed: gone from the API and from the list.
-        browser
-            .click("#schedule-actions button[data-action=\"delete\"]")
-            .await;
-        browser.click("#confirm-ok").await;
-        let (outcome, message) = action_outcome(&browser, "the delete's outcome").await;
+        let (outcome, message) = confirmed(&browser, "delete").await;
         assert_eq!(outcome, "ok", "{message}");
         assert!(message.contains("deleted"), "{message}");
         assert_eq!(
